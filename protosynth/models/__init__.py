@@ -1,0 +1,1 @@
+"""Models protosynth loads by spec string: CLIP encoders and unCLIP decoders."""

@@ -1,0 +1,93 @@
+"""``protosynth models train``: the small CLIP, then the small unCLIP decoder conditioned on it.
+
+Writes ``OUT/clip`` (open_clip local-dir model), ``OUT/decoder`` (diffusers pipeline folder),
+``OUT/metrics.json`` (held-out metrics of both) and ``OUT/provenance.json`` (command, seed, commit,
+seconds). Both trainers checkpoint and resume, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..corpus import Corpus, load_corpus
+from ..errors import ProtosynthError
+from .train_clip import ClipTrainConfig, train_clip
+
+
+@dataclass
+class ModelsTrainConfig:
+    corpus: str = "shapes"
+    test: str | None = None  # default: the world's test split, or a held-out slice of a JSONL corpus
+    only: str = "all"  # all | clip | decoder
+    seed: int = 0
+    quick: bool = False
+    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    decoder: dict = field(default_factory=dict)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
+    """Train and held-out corpora: the world's own test split, or a seeded 10% of JSONL images."""
+    train = load_corpus(cfg.corpus)
+    if cfg.test:
+        return train, load_corpus(cfg.test)
+    if train.pixels is not None:  # the world
+        head = cfg.corpus.split(",")[0]
+        opts = [o for o in cfg.corpus.split(",")[1:] if not o.startswith("n=")]
+        test_spec = ",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else []))
+        return train, load_corpus(test_spec if head.startswith("shapes") else cfg.corpus)
+    import numpy as np
+
+    rng = np.random.default_rng(cfg.seed)
+    n_test = max(1, train.n_images // 10)
+    if train.n_images < 2:
+        raise ProtosynthError(f"corpus {cfg.corpus}: needs at least 2 images to hold one out")
+    test_idx = set(rng.choice(train.n_images, n_test, replace=False).tolist())
+    parts = [[i for i in range(train.n_images) if (i in test_idx) == held] for held in (False, True)]
+    out = []
+    for idx in parts:
+        out.append(Corpus(spec=train.spec, fingerprint=train.fingerprint + f"-{len(idx)}",
+                          image_keys=[train.image_keys[i] for i in idx],
+                          captions=[train.captions[i] for i in idx], root=train.root,
+                          image_lines=[train.image_lines[i] for i in idx]))
+    return out[0], out[1]
+
+
+def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
+    """Train what ``cfg.only`` names into ``out``; returns the merged metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = split_corpus(cfg)
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    prov_path = out / "provenance.json"
+    provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {"runs": []}
+    t0 = time.time()
+    if cfg.only in ("all", "clip"):
+        metrics["clip"] = train_clip(train, test, out / "clip", cfg.clip)
+    if cfg.only in ("all", "decoder"):
+        from .train_decoder import DecoderTrainConfig, train_decoder
+
+        dcfg = DecoderTrainConfig(**cfg.decoder)
+        metrics["decoder"] = train_decoder(train, test, out / "clip", out / "decoder", dcfg)
+    provenance["runs"].append({
+        "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
+        "test_corpus": test.spec, "commit": _git_commit(), "seconds": round(time.time() - t0, 1),
+        "threads": os.cpu_count(), "config": asdict(cfg),
+    })
+    provenance["metrics"] = metrics
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    prov_path.write_text(json.dumps(provenance, indent=2))
+    return metrics
