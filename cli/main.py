@@ -61,6 +61,39 @@ def models_train(
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
 
+@app.command()
+def distill(
+    budget: int = typer.Option(500, help="Number of synthetic image-text pairs."),
+    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..] or a .jsonl manifest."),
+    clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED."),
+    decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR or a save_pretrained folder."),
+    mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<mode>-b<budget>-s<seed>)."),
+    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+    device: str = typer.Option("cpu"),
+    steps: int = typer.Option(50, help="Denoising steps per image."),
+    guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+    noise_level: int = typer.Option(0, help="Noise augmentation of the image embedding (0-999)."),
+    init: str = typer.Option("noise", help="noise, or nearest: start from the member image nearest the prototype."),
+    strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
+    batch_size: int = typer.Option(100, help="Images rendered per batch."),
+) -> None:
+    """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
+    import logging
+
+    from protosynth.distill import DistillConfig, distill as run_distill
+    from protosynth.render import RenderConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, batch_size=batch_size,
+                        init=init, strength=strength, seed=seed)
+    cfg = DistillConfig(budget=budget, corpus=corpus, clip=clip, decoder=decoder, mode=mode, seed=seed,
+                        out=out, force=force, device=device, render=rcfg)
+    path = run(run_distill, cfg)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

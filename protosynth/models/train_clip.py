@@ -20,7 +20,7 @@ from ..corpus import Corpus
 from ..metrics import retrieval_metrics
 from .bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
 from .clip import CLIP_WEIGHTS, ClipEncoder, load_clip
-from .training import cosine_lr, progress, restore_rng, rng_state, save_atomic
+from .training import StepBar, cosine_lr, restore_rng, rng_state, save_atomic
 
 
 @dataclass
@@ -87,8 +87,7 @@ def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) ->
         step = state["step"]
     t0 = time.time()
     batch = min(cfg.batch_size, corpus.n_images)
-    with progress() as bar:
-        task = bar.add_task("train CLIP", total=cfg.steps, completed=step, info="")
+    with StepBar("train CLIP", cfg.steps, step) as bar:
         while step < cfg.steps:
             idx = torch.randperm(corpus.n_images, generator=gen)[:batch]
             pick = (torch.rand(batch, generator=gen) * counts[idx]).long()
@@ -106,7 +105,7 @@ def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) ->
             with torch.no_grad():
                 model.logit_scale.clamp_(0, np.log(100))
             step += 1
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+            bar.advance(f"loss {loss.item():.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                              "rng": rng_state(gen)}, ckpt)

@@ -1,0 +1,160 @@
+"""The main job: corpus -> embeddings -> prototypes -> renders -> distilled set (PDS, training-free).
+
+``distill(DistillConfig(...))`` runs the four stages, each a module of its own, and writes the set
+with its manifest (every setting, per-stage seconds, peak memory, render fidelity, file hashes).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import load_corpus
+from .distilled import check_out_dir, write_distilled
+from .embed import EmbedConfig, embed_corpus
+from .errors import ProtosynthError
+from .models.clip import load_clip
+from .models.decoder import load_decoder
+from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_rows
+from .render import INITS, RenderConfig, fidelity, render_images
+
+log = logging.getLogger(__name__)
+PACKAGES = ("protosynth", "torch", "open_clip_torch", "diffusers", "faiss-cpu", "scipy", "numpy", "Pillow")
+
+
+@dataclass
+class DistillConfig:
+    budget: int = 500
+    corpus: str = "shapes"
+    clip: str = "default"
+    decoder: str = "default"
+    mode: str = "matched"
+    seed: int = 0
+    out: Path | None = None
+    force: bool = False
+    device: str = "cpu"
+    render: RenderConfig = field(default_factory=RenderConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    drop_fraction: float = 0.2
+    kmeans_iters: int = 25
+
+
+def default_out(cfg: DistillConfig) -> Path:
+    name = Path(cfg.corpus).stem if cfg.corpus.endswith(".jsonl") else cfg.corpus.replace(":", "-").replace(",", "_")
+    return Path("distilled") / f"{name}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def validate(cfg: DistillConfig) -> Path:
+    """Every check that needs no model or data, before any work starts; returns the out dir."""
+    if cfg.budget < 1:
+        raise ProtosynthError(f"--budget must be at least 1, got {cfg.budget}")
+    if cfg.mode not in MODES:
+        raise ProtosynthError(f"unknown --mode {cfg.mode!r}: use one of {', '.join(MODES)}")
+    if cfg.render.init not in INITS:
+        raise ProtosynthError(f"unknown --init {cfg.render.init!r}: use {' or '.join(INITS)}")
+    if not 0.0 < cfg.render.strength <= 1.0:
+        raise ProtosynthError(f"--strength must be in (0, 1], got {cfg.render.strength}")
+    out = cfg.out or default_out(cfg)
+    check_out_dir(out, cfg.force)
+    return out
+
+
+def distill(cfg: DistillConfig) -> Path:
+    """Run the whole pipeline and write the set; returns its folder."""
+    out = validate(cfg)
+    torch.manual_seed(cfg.seed)
+    seconds: dict[str, float] = {}
+    t = time.time()
+    corpus = load_corpus(cfg.corpus)
+    if cfg.budget > corpus.n_pairs:
+        raise ProtosynthError(f"--budget {cfg.budget} is larger than the {corpus.n_pairs} pairs of corpus {cfg.corpus}")
+    clip = load_clip(cfg.clip, cfg.device)
+    decoder = load_decoder(cfg.decoder, cfg.device)
+    if decoder.embedding_dim != clip.embed_dim:
+        raise ProtosynthError(
+            f"--decoder {cfg.decoder} is conditioned on {decoder.embedding_dim}-d embeddings but --clip {cfg.clip} "
+            f"gives {clip.embed_dim}-d ones"
+        )
+    seconds["load"] = round(time.time() - t, 2)
+
+    t = time.time()
+    emb = embed_corpus(corpus, clip, cfg.embed)
+    seconds["embed"] = round(time.time() - t, 2)
+
+    t = time.time()
+    pcfg = PrototypeConfig(budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction,
+                           niter=cfg.kmeans_iters, seed=cfg.seed)
+    protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), pcfg)
+    caption_idx = nearest_rows(protos.text, emb.text.numpy())
+    seconds["prototypes"] = round(time.time() - t, 2)
+
+    t = time.time()
+    init_images = None
+    if cfg.render.init == "nearest":
+        init_images = []
+        for c, members in enumerate(protos.members):
+            pool = members if len(members) else np.arange(corpus.n_pairs)
+            best = pool[nearest_rows(protos.image[c : c + 1], emb.image.numpy()[pool])[0]]
+            init_images.append(corpus.load_image(int(corpus.pair_image[best])))
+    renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg.render, init_images)
+    seconds["render"] = round(time.time() - t, 2)
+
+    t = time.time()
+    fid = fidelity(clip, renders, protos.image)
+    seconds["fidelity"] = round(time.time() - t, 2)
+
+    t = time.time()
+    pairs = [
+        {"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(caption_idx[i])],
+         "caption_pair": int(caption_idx[i]), "members": [int(m) for m in protos.members[i]]}
+        for i in range(cfg.budget)
+    ]
+    tensors = {
+        "image_raw": torch.from_numpy(protos.image_raw), "image_normalised": torch.from_numpy(protos.image),
+        "text_raw": torch.from_numpy(protos.text_raw), "text_normalised": torch.from_numpy(protos.text),
+    }
+    manifest = {
+        "format": "protosynth-distilled/1", "method": "pds", "budget": cfg.budget, "mode": cfg.mode,
+        "seed": cfg.seed, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint,
+                                      "images": corpus.n_images, "pairs": corpus.n_pairs},
+        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim},
+        "decoder": {"spec": cfg.decoder, "class": type(decoder).__name__, "conditioning_dim": decoder.embedding_dim},
+        "text_space": clip.space, "settings": _jsonable(asdict(cfg)), "prototype_stats": protos.stats,
+        "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": _versions(),
+    }
+    seconds["write"] = 0.0
+    manifest["seconds"] = seconds
+    manifest["peak_memory_mb"] = _peak_rss_mb()
+    write_distilled(out, renders, pairs, tensors, manifest, force=cfg.force,
+                    tensor_metadata={"text_space": clip.space, "image_space": clip.space})
+    log.info("wrote %s in %.1fs (write %.1fs)", out, sum(seconds.values()), time.time() - t)
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

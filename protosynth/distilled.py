@@ -1,0 +1,132 @@
+"""Stage 4, the distilled-set format: plain files any tool can read, written atomically.
+
+A set folder holds ``images/000000.png ...``, ``pairs.jsonl`` (index, image, caption, members),
+``embeddings.safetensors`` (prototype tensors; ``text_space`` in its metadata names the space the
+text embeddings live in), ``preview.png`` and, written last, ``manifest.json`` with the sha256 of
+every other file. Everything is written into a hidden temporary sibling folder and renamed into
+place when complete, so an interrupted run never leaves a folder that looks like a set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from .errors import ProtosynthError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty ``--out`` unless ``--force``: checked before any work starts."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ProtosynthError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+def preview_grid(images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8,
+                 scale: int = 96) -> Image.Image:
+    """A grid of the first images, each with its caption wrapped underneath."""
+    n = min(len(images), max_items)
+    font = ImageFont.load_default()
+    cell_w, text_h = scale + 24, 52
+    rows = max(1, -(-n // cols))
+    canvas = Image.new("RGB", (cols * cell_w, rows * (scale + text_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        x, y = (i % cols) * cell_w, (i // cols) * (scale + text_h)
+        canvas.paste(images[i].convert("RGB").resize((scale, scale), Image.NEAREST), (x + 12, y + 2))
+        lines = textwrap.wrap(captions[i], width=20)[:4]
+        for j, line in enumerate(lines):
+            draw.text((x + 2, y + scale + 4 + 11 * j), line, fill="black", font=font)
+    return canvas
+
+
+def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], tensors: dict[str, torch.Tensor],
+                    manifest: dict, force: bool = False, tensor_metadata: dict[str, str] | None = None) -> Path:
+    """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last."""
+    check_out_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    (tmp / "images").mkdir(parents=True)
+    for rec, im in zip(pairs, images):
+        im.save(tmp / rec["image"], format="PNG")
+    with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as fh:
+        for rec in pairs:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+    save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp / "embeddings.safetensors"),
+              metadata=tensor_metadata or {})
+    preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+@dataclass
+class DistilledSet(Dataset):
+    """A distilled set as a torch Dataset of (image in [0, 1] CHW, caption, text embedding)."""
+
+    root: Path
+    manifest: dict
+    pairs: list[dict]
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def image(self, i: int) -> Image.Image:
+        with Image.open(self.root / self.pairs[i]["image"]) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
+        arr = np.asarray(self.image(i), dtype=np.float32) / 255.0
+        text = self.tensors.get("text_normalised", self.tensors.get("text"))
+        return torch.from_numpy(arr).permute(2, 0, 1), self.pairs[i]["caption"], text[i]
+
+
+def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
+    """Open a complete set folder; ``verify`` re-checks every file's sha256 against the manifest."""
+    root = Path(path)
+    if not (root / MANIFEST).is_file():
+        raise ProtosynthError(f"{root}: not a complete distilled set (no {MANIFEST})")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+        pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines() if line.strip()]
+        tensors = load_file(str(root / "embeddings.safetensors"))
+        from safetensors import safe_open
+
+        with safe_open(str(root / "embeddings.safetensors"), "pt") as fh:
+            metadata = dict(fh.metadata() or {})
+    except (OSError, ValueError) as exc:
+        raise ProtosynthError(f"{root}: unreadable distilled set ({exc})") from None
+    if not pairs:
+        raise ProtosynthError(f"{root}: distilled set has no pairs")
+    if verify:
+        for name, digest in manifest.get("files", {}).items():
+            if not (root / name).is_file() or sha256_file(root / name) != digest:
+                raise ProtosynthError(f"{root}: file {name} is missing or does not match the manifest")
+    return DistilledSet(root, manifest, pairs, tensors, metadata)

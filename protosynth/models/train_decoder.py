@@ -1,0 +1,164 @@
+"""Train the small unCLIP decoder on a corpus, conditioned on a trained CLIP's image embeddings.
+
+Epsilon-prediction DDPM training with Stable unCLIP's conditioning recipe: the embedding is
+noise-augmented at a random level (so the decoder tolerates prototype embeddings, which are means
+and sit off the data manifold) and dropped to zeros 10% of the time for classifier-free guidance.
+EMA weights are kept and are what gets saved. Checkpoints every few minutes make it resumable.
+
+Render fidelity (the adherence measure): render held-out embeddings, re-embed the renders with the
+same CLIP, and count how often each render is nearest to its own target (top-1/top-5 among all
+targets), with the mean cosine to the target.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+
+from ..corpus import Corpus
+from .clip import ClipEncoder, load_clip
+from .decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
+from .train_clip import corpus_tensor
+from .training import StepBar, restore_rng, rng_state, save_atomic
+
+
+@dataclass
+class DecoderTrainConfig:
+    steps: int = 20_000
+    max_minutes: float | None = None  # stop early (after a checkpoint) when this much time has passed
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    max_noise_level: int = 200  # conditioning noise augmentation drawn from [0, max)
+    cond_drop: float = 0.1
+    seed: int = 0
+    quick: bool = False
+    checkpoint_minutes: float = 5.0
+    eval_every: int = 2000
+    eval_images: int = 256
+    eval_steps: int = 25
+    guidance_scale: float = 3.0
+
+
+def _images_in_unit_range(corpus: Corpus, size: int) -> torch.Tensor:
+    """Corpus images resized to the decoder size, as floats in [-1, 1]."""
+    out = np.empty((corpus.n_images, size, size, 3), dtype=np.uint8)
+    for i in range(corpus.n_images):
+        im = corpus.load_image(i)
+        if im.size != (size, size):
+            im = im.resize((size, size), resample=3)
+        out[i] = np.asarray(im)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def embed_images(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> torch.Tensor:
+    images = corpus_tensor(corpus, encoder.preprocess)
+    return torch.cat([encoder.encode_images(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def render_fidelity(pipe: SmallUnCLIPPipeline, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
+                    guidance: float, seed: int = 0, batch: int = 128) -> dict[str, float]:
+    """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
+    from ..render import RenderConfig, fidelity, render_images
+
+    cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed)
+    return fidelity(encoder, render_images(pipe, targets, cfg), targets)
+
+
+def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: DecoderTrainConfig) -> dict:
+    """Train into ``out`` (a ``save_pretrained`` folder, EMA weights); resume from its checkpoint."""
+    encoder = load_clip(f"small:{clip_dir}")
+    torch.manual_seed(cfg.seed)
+    size = encoder.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick)
+    embeds = embed_images(encoder, corpus)
+    pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
+    pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
+    images = _images_in_unit_range(corpus, size)
+    unet = pipe.unet
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    ckpt = ckpt_dir / "checkpoint.pt"
+    step, history = 0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"], gen)
+        step, history = state["step"], state["history"]
+    test_targets = embed_images(encoder, test)[: cfg.eval_images]
+    sched = pipe.image_noising_scheduler  # the DDPM training schedule (same betas as the sampler)
+    t_start, last_ckpt = time.time(), time.time()
+
+    def checkpoint() -> None:
+        save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
+                     "rng": rng_state(gen), "step": step, "history": history}, ckpt)
+
+    def evaluate() -> dict:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        unet.eval()
+        fid = render_fidelity(pipe, encoder, test_targets, cfg.eval_steps, cfg.guidance_scale, seed=cfg.seed)
+        ema.restore(unet.parameters())
+        unet.train()
+        return fid
+
+    with StepBar("train decoder", cfg.steps, step) as bar:
+        while step < cfg.steps:
+            idx = torch.randint(0, corpus.n_images, (cfg.batch_size,), generator=gen)
+            x0, e = images[idx], embeds[idx]
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+            levels = torch.randint(0, cfg.max_noise_level, (len(idx),), generator=gen)
+            class_labels, cond = pipe.condition(e, levels, torch.randn(e.shape, generator=gen))
+            keep = (torch.rand(len(idx), generator=gen) >= cfg.cond_drop).float()[:, None]
+            class_labels, cond = class_labels * keep, cond * keep
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            eps = pipe.predict_noise(sched.add_noise(x0, noise, t), t, class_labels, cond)
+            loss = F.mse_loss(eps, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            ema.step(unet.parameters())
+            step += 1
+            bar.advance(f"loss {loss.item():.4f}")
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                history.append({"step": step, "minutes": round((time.time() - t_start) / 60, 1), **evaluate()})
+                print(f"decoder eval {json.dumps(history[-1])}", flush=True)
+            out_of_time = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time:
+                checkpoint()
+                last_ckpt = time.time()
+            if out_of_time:
+                break
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    final = render_fidelity(load_decoder(str(out)), encoder, test_targets, cfg.eval_steps, cfg.guidance_scale,
+                            seed=cfg.seed)
+    record = {"steps": step, "config": asdict(cfg), "history": history, "test_fidelity": final,
+              "seconds_this_run": round(time.time() - t_start, 1)}
+    (out / "train_metrics.json").write_text(json.dumps(record, indent=2))
+    return {"steps": step, "render_fidelity": final}
