@@ -49,7 +49,6 @@ def models_train(
     decoder: dict = {"seed": seed}
     if quick:
         clip_cfg = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, seed=seed, checkpoint_every=20)
-        decoder.update(quick=True)
     if clip_steps is not None:
         clip_cfg.steps = clip_steps
     if decoder_steps is not None:

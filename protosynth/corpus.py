@@ -77,6 +77,8 @@ class Corpus:
 def _parse_world_spec(spec: str) -> tuple[str, WorldConfig]:
     head, *opts = spec.split(",")
     parts = head.split(":")
+    if len(parts) > 2:
+        raise ProtosynthError(f"corpus {spec!r}: expected shapes[:split], got {head!r}")
     split = parts[1] if len(parts) > 1 else "train"
     if split not in SPLIT_OFFSETS:
         raise ProtosynthError(f"corpus {spec!r}: unknown world split {split!r} (train, test, pretrain)")
@@ -129,7 +131,7 @@ def load_jsonl(path: str | Path) -> Corpus:
     order: dict[str, int] = {}
     captions: list[list[str]] = []
     lines: list[int] = []
-    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    for lineno, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {lineno}"

@@ -27,6 +27,10 @@ def retrieval_metrics(scores_i2t: np.ndarray, text_to_image: np.ndarray) -> dict
     n_images, n_texts = scores.shape
     if text_to_image.shape != (n_texts,):
         raise ValueError(f"text_to_image has shape {text_to_image.shape}, expected ({n_texts},)")
+    if not np.isfinite(scores).all():
+        raise ValueError("score matrix contains NaN or inf")
+    if not np.issubdtype(text_to_image.dtype, np.integer) or ((text_to_image < 0) | (text_to_image >= n_images)).any():
+        raise ValueError(f"text_to_image must hold image indices in [0, {n_images})")
     own = text_to_image[None, :] == np.arange(n_images)[:, None]  # (I, T)
     if not own.any(axis=1).all():
         raise ValueError("every image needs at least one caption")

@@ -79,7 +79,7 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
     if cfg.only in ("all", "decoder"):
         from .train_decoder import DecoderTrainConfig, train_decoder
 
-        dcfg = DecoderTrainConfig(**cfg.decoder)
+        dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
         metrics["decoder"] = train_decoder(train, test, out / "clip", out / "decoder", dcfg)
     provenance["runs"].append({
         "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

@@ -48,6 +48,13 @@ class DecoderTrainConfig:
     eval_steps: int = 25
     guidance_scale: float = 3.0
 
+    @classmethod
+    def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
+        """The full configuration, or the tiny one ``--quick`` trains in well under a minute."""
+        base = dict(quick=True, steps=40, batch_size=32, eval_every=0, eval_images=32, eval_steps=5,
+                    checkpoint_minutes=0.2) if quick else {}
+        return cls(**{**base, **overrides})
+
 
 def _images_in_unit_range(corpus: Corpus, size: int) -> torch.Tensor:
     """Corpus images resized to the decoder size, as floats in [-1, 1]."""

@@ -1,0 +1,385 @@
+"""Corpus specs: the built-in world (with its cache) and JSONL manifests, with one-line errors."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protosynth.corpus import Corpus, _parse_world_spec, cache_dir, load_corpus, load_jsonl, load_world
+from protosynth.errors import ProtosynthError
+from protosynth.world import WorldConfig, generate_split
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Every test gets its own world cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PROTOSYNTH_CACHE", str(cache))
+    return cache
+
+
+def _png(path: Path, colour=(255, 0, 0), size=(8, 6)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def _manifest(path: Path, rows: list) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _names_file_and_line(exc: pytest.ExceptionInfo, path: Path, line: int) -> None:
+    msg = str(exc.value)
+    assert str(path) in msg, msg
+    assert re.search(rf"\bline {line}\b", msg), msg
+    assert "\n" not in msg
+
+
+# ---------------------------------------------------------------- world spec parsing
+
+
+def test_parse_plain_shapes_is_default_train():
+    split, cfg = _parse_world_spec("shapes")
+    assert split == "train"
+    assert cfg == WorldConfig()
+
+
+def test_parse_split_and_n():
+    split, cfg = _parse_world_spec("shapes:test,n=50")
+    assert split == "test"
+    assert cfg == WorldConfig(n_test=50)
+    assert cfg.n_train == WorldConfig().n_train  # n only changes the named split
+
+
+def test_parse_n_and_size_on_default_split():
+    split, cfg = _parse_world_spec("shapes,n=30,size=16")
+    assert split == "train"
+    assert cfg.n_train == 30
+    assert cfg.image_size == 16
+
+
+def test_parse_seed_and_pretrain():
+    split, cfg = _parse_world_spec("shapes:pretrain,seed=3,n=5")
+    assert split == "pretrain"
+    assert cfg.seed == 3 and cfg.n_pretrain == 5
+
+
+def test_load_world_test_split():
+    corpus = load_corpus("shapes:test,n=50")
+    assert isinstance(corpus, Corpus)
+    assert corpus.spec == "shapes:test,n=50"
+    assert corpus.n_images == 50
+    assert corpus.pixels.shape == (50, 32, 32, 3)
+    assert corpus.image_keys[0] == "test/000000" and corpus.image_keys[-1] == "test/000049"
+    assert all(len(c) == 5 for c in corpus.captions)
+    expected = generate_split(WorldConfig(n_test=50), "test")
+    assert np.array_equal(corpus.pixels, expected.images)
+    assert corpus.captions == expected.captions
+
+
+def test_load_world_size_option():
+    corpus = load_corpus("shapes,n=30,size=16")
+    assert corpus.n_images == 30
+    assert corpus.pixels.shape == (30, 16, 16, 3)
+    img = corpus.load_image(3)
+    assert img.mode == "RGB" and img.size == (16, 16)
+    assert np.array_equal(corpus.image_array(3), corpus.pixels[3])
+    assert corpus.image_keys[0].startswith("train/")
+
+
+def test_world_fingerprints_differ_by_spec():
+    a = load_corpus("shapes:test,n=20")
+    b = load_corpus("shapes:train,n=20")
+    c = load_corpus("shapes:test,n=20,seed=1")
+    d = load_corpus("shapes:test,n=20")
+    assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+    assert a.fingerprint == d.fingerprint
+
+
+# ---------------------------------------------------------------- caching
+
+
+def test_cache_dir_follows_env(_cache):
+    assert cache_dir() == _cache
+
+
+def test_world_is_cached_and_second_load_reads_cache(_cache):
+    first = load_world("shapes:test,n=12")
+    files = list((_cache / "world").glob("*.npz"))
+    assert len(files) == 1
+    assert first.fingerprint in files[0].name
+    assert not list((_cache / "world").glob("*.tmp*"))  # the temporary file was renamed away
+
+    second = load_world("shapes:test,n=12")
+    assert np.array_equal(second.pixels, first.pixels)
+    assert second.captions == first.captions
+
+    # tamper with the cache: a third load must return the cached content, not regenerate
+    tampered_pixels = np.zeros_like(first.pixels)
+    tampered_captions = [["cached caption"] * 2 for _ in first.captions]
+    np.savez(files[0], images=tampered_pixels, captions=np.array(json.dumps(tampered_captions)))
+    third = load_world("shapes:test,n=12")
+    assert np.array_equal(third.pixels, tampered_pixels)
+    assert third.captions == tampered_captions
+    assert third.n_pairs == 24
+
+
+def test_different_specs_get_different_cache_files(_cache):
+    load_world("shapes:test,n=10")
+    load_world("shapes:test,n=10,size=16")
+    load_world("shapes:train,n=10")
+    assert len(list((_cache / "world").glob("*.npz"))) == 3
+
+
+# ---------------------------------------------------------------- caption-level pairs
+
+
+def test_world_pairs_repeat_image_per_caption():
+    corpus = load_corpus("shapes:test,n=20")
+    assert corpus.n_pairs == 100
+    assert corpus.pair_image.tolist() == [i for i in range(20) for _ in range(5)]
+    assert corpus.pair_caption[:5] == corpus.captions[0]
+    assert corpus.pair_caption[-1] == corpus.captions[19][-1]
+
+
+def test_pairs_with_uneven_caption_counts():
+    corpus = Corpus(spec="x", fingerprint="f", image_keys=["a", "b", "c"],
+                    captions=[["a1"], ["b1", "b2", "b3"], ["c1", "c2"]])
+    assert corpus.n_images == 3
+    assert corpus.n_pairs == 6
+    assert corpus.pair_image.tolist() == [0, 1, 1, 1, 2, 2]
+    assert corpus.pair_image.dtype == np.int64
+    assert corpus.pair_caption == ["a1", "b1", "b2", "b3", "c1", "c2"]
+
+
+# ---------------------------------------------------------------- JSONL manifests
+
+
+def test_jsonl_caption_and_captions_forms(tmp_path):
+    _png(tmp_path / "imgs" / "a.png", (255, 0, 0))
+    _png(tmp_path / "imgs" / "b.png", (0, 255, 0))
+    _png(tmp_path / "c.png", (0, 0, 255))
+    manifest = _manifest(tmp_path / "data.jsonl", [
+        {"image": "imgs/a.png", "caption": "a red thing"},
+        {"image": "imgs/b.png", "captions": ["green one", "  a green square  "]},
+        "",
+        {"image": "imgs/a.png", "caption": "another red caption"},
+        {"image": "c.png", "captions": ["blue"]},
+    ])
+    corpus = load_corpus(str(manifest))
+    assert corpus.spec == str(manifest)
+    assert corpus.fingerprint.startswith("jsonl-")
+    assert corpus.image_keys == ["imgs/a.png", "imgs/b.png", "c.png"]
+    assert corpus.captions == [
+        ["a red thing", "another red caption"],
+        ["green one", "a green square"],  # captions are stripped
+        ["blue"],
+    ]
+    assert corpus.image_lines == [1, 2, 5]  # first line of each image; the blank line counts
+    assert corpus.pair_image.tolist() == [0, 0, 1, 1, 2]
+    assert corpus.pair_caption == ["a red thing", "another red caption", "green one", "a green square", "blue"]
+    assert corpus.pixels is None
+    assert corpus.root == tmp_path
+
+
+def test_jsonl_paths_are_relative_to_the_manifest(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _png(data / "pics" / "x.png", (10, 20, 30), size=(5, 4))
+    manifest = _manifest(data / "m.jsonl", [{"image": "pics/x.png", "caption": "dark"}])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a relative image path must not depend on the working directory
+    corpus = load_jsonl(manifest)
+    img = corpus.load_image(0)
+    assert img.mode == "RGB" and img.size == (5, 4)
+    arr = corpus.image_array(0)
+    assert arr.shape == (4, 5, 3) and arr.dtype == np.uint8
+    assert tuple(arr[0, 0]) == (10, 20, 30)
+
+
+def test_jsonl_relative_manifest_path(tmp_path, monkeypatch):
+    _png(tmp_path / "sub" / "a.png")
+    _manifest(tmp_path / "sub" / "m.jsonl", [{"image": "a.png", "caption": "red"}])
+    monkeypatch.chdir(tmp_path)
+    corpus = load_corpus("sub/m.jsonl")
+    assert tuple(corpus.image_array(0)[0, 0]) == (255, 0, 0)
+
+
+def test_jsonl_grayscale_image_loads_as_rgb(tmp_path):
+    path = tmp_path / "g.png"
+    Image.new("L", (3, 3), 128).save(path)
+    corpus = load_jsonl(_manifest(tmp_path / "m.jsonl", [{"image": "g.png", "caption": "grey"}]))
+    assert corpus.image_array(0).shape == (3, 3, 3)
+
+
+def test_jsonl_fingerprint_changes_with_content(tmp_path):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "one"}])
+    fp1 = load_jsonl(m).fingerprint
+    assert load_jsonl(m).fingerprint == fp1
+    _manifest(m, [{"image": "a.png", "caption": "two"}])
+    assert load_jsonl(m).fingerprint != fp1
+
+
+# ---------------------------------------------------------------- bad manifests
+
+
+def test_jsonl_not_json(tmp_path):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "fine"}, "{not json"])
+    with pytest.raises(ProtosynthError, match="JSON") as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 2)
+
+
+@pytest.mark.parametrize("row", [
+    {"caption": "no image"},
+    {"image": "", "caption": "empty image"},
+    {"image": 3, "caption": "image not a string"},
+    ["a.png", "a list, not an object"],
+])
+def test_jsonl_missing_image_field(tmp_path, row):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "ok"}, {"image": "a.png", "caption": "ok"}, row])
+    with pytest.raises(ProtosynthError, match="image") as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 3)
+
+
+@pytest.mark.parametrize("row", [
+    {"image": "a.png"},
+    {"image": "a.png", "captions": []},
+    {"image": "a.png", "captions": "not a list"},
+])
+def test_jsonl_missing_caption_field(tmp_path, row):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [row])
+    with pytest.raises(ProtosynthError, match="caption") as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 1)
+
+
+@pytest.mark.parametrize("row", [
+    {"image": "a.png", "caption": ""},
+    {"image": "a.png", "caption": "   "},
+    {"image": "a.png", "caption": None},
+    {"image": "a.png", "caption": 7},
+    {"image": "a.png", "captions": ["good", ""]},
+    {"image": "a.png", "captions": ["good", ["nested"]]},
+])
+def test_jsonl_empty_or_non_string_caption(tmp_path, row):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "ok"}, row])
+    with pytest.raises(ProtosynthError, match="caption") as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 2)
+
+
+def test_jsonl_missing_image_file(tmp_path):
+    _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [
+        {"image": "a.png", "caption": "ok"},
+        {"image": "a.png", "caption": "ok"},
+        {"image": "a.png", "caption": "ok"},
+        {"image": "missing.png", "caption": "gone"},
+    ])
+    with pytest.raises(ProtosynthError, match="not found") as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 4)
+    assert "missing.png" in str(exc.value)
+
+
+def test_jsonl_image_path_is_a_directory(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "dir.png", "caption": "not a file"}])
+    with pytest.raises(ProtosynthError) as exc:
+        load_jsonl(m)
+    _names_file_and_line(exc, m, 1)
+
+
+def test_corrupt_image_file_fails_on_load_naming_file_and_line(tmp_path):
+    _png(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"this is not a png at all")
+    m = _manifest(tmp_path / "m.jsonl", [
+        {"image": "good.png", "caption": "fine"},
+        {"image": "bad.png", "caption": "broken"},
+    ])
+    corpus = load_jsonl(m)  # existence is checked up front; decoding happens on use
+    assert corpus.image_array(0).shape == (6, 8, 3)
+    with pytest.raises(ProtosynthError, match="cannot read image") as exc:
+        corpus.load_image(1)
+    _names_file_and_line(exc, m, 2)
+    assert "bad.png" in str(exc.value)
+
+
+def test_truncated_image_file_fails_on_load(tmp_path):
+    good = _png(tmp_path / "full.png", size=(64, 64))
+    data = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "cut.png", "caption": "half"}])
+    corpus = load_jsonl(m)
+    with pytest.raises(ProtosynthError) as exc:
+        corpus.load_image(0)
+    _names_file_and_line(exc, m, 1)
+
+
+def test_image_deleted_after_loading_manifest(tmp_path):
+    img = _png(tmp_path / "a.png")
+    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "soon gone"}])
+    corpus = load_jsonl(m)
+    img.unlink()
+    with pytest.raises(ProtosynthError, match="not found") as exc:
+        corpus.load_image(0)
+    _names_file_and_line(exc, m, 1)
+
+
+def test_empty_manifest(tmp_path):
+    m = _manifest(tmp_path / "m.jsonl", ["", "   "])
+    with pytest.raises(ProtosynthError, match="no pairs") as exc:
+        load_jsonl(m)
+    assert str(m) in str(exc.value)
+
+
+def test_missing_manifest(tmp_path):
+    m = tmp_path / "nope.jsonl"
+    with pytest.raises(ProtosynthError, match="no such file") as exc:
+        load_corpus(str(m))
+    assert str(m) in str(exc.value)
+
+
+# ---------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize("spec", ["flickr30k", "data.json", "shapesx", "", "Shapes"])
+def test_unknown_corpus_spec(spec):
+    with pytest.raises(ProtosynthError, match="unknown corpus") as exc:
+        load_corpus(spec)
+    assert repr(spec) in str(exc.value)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("shapes,foo=1", "unknown world option"),
+    ("shapes,n=abc", "integer"),
+    ("shapes,n", "integer"),
+    ("shapes,size=1.5", "integer"),
+    ("shapes,n=0", "positive"),
+    ("shapes:test,size=-4", "positive"),
+    ("shapes:val", "unknown world split"),
+    ("shapes:", "unknown world split"),
+])
+def test_bad_world_option(spec, needle, _cache):
+    with pytest.raises(ProtosynthError, match=needle) as exc:
+        load_corpus(spec)
+    assert repr(spec) in str(exc.value)
+    assert not (_cache / "world").exists()  # nothing was generated
+
+
+def test_seed_zero_is_allowed():
+    split, cfg = _parse_world_spec("shapes:test,seed=0,n=1")
+    assert cfg.seed == 0 and cfg.n_test == 1

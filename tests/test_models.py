@@ -1,0 +1,114 @@
+"""The small models: open_clip factory round-trip, decoder pipeline round-trip, resumable training."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from protosynth.corpus import load_corpus
+from protosynth.errors import ProtosynthError
+from protosynth.models import train_clip as train_clip_mod
+from protosynth.models.clip import load_clip
+from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
+from protosynth.models.train_clip import ClipTrainConfig, train_clip
+
+
+def test_architectures_registered_with_open_clip():
+    assert {"ps-small-clip", "ps-tiny-clip"} <= set(open_clip.list_models())
+    model = open_clip.create_model("ps-tiny-clip")
+    assert model.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_quick_models_outputs(quick_models):
+    metrics = json.loads((quick_models / "metrics.json").read_text())
+    for key in ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean"):
+        assert 0.0 <= metrics["clip"][key] <= 100.0
+    fid = metrics["decoder"]["render_fidelity"]
+    assert fid["n"] == 32 and 0.0 <= fid["top1"] <= fid["top5"] <= 100.0
+    prov = json.loads((quick_models / "provenance.json").read_text())
+    run = prov["runs"][-1]
+    assert run["command"] == "test fixture" and run["seed"] == 0 and run["seconds"] > 0
+    assert run["corpus_fingerprint"].startswith("world-")
+
+
+def test_small_clip_loads_through_open_clip_local_dir(quick_models):
+    enc = load_clip(f"small:{quick_models}")
+    same = load_clip(f"local-dir:{quick_models / 'clip'}")
+    texts = ["a red circle in the center", "two shapes: a big blue square on the left"]
+    assert torch.equal(enc.encode_texts(texts), same.encode_texts(texts))
+    assert enc.encode_texts(texts).shape == (2, enc.embed_dim)
+    assert enc.space == same.space and enc.space.startswith("small-clip:")
+
+
+def test_unknown_specs_are_clear_errors(tmp_path):
+    with pytest.raises(ProtosynthError, match="unknown --clip spec"):
+        load_clip("nonsense")
+    with pytest.raises(ProtosynthError, match="no open_clip_config.json"):
+        load_clip(f"small:{tmp_path}")
+    with pytest.raises(ProtosynthError, match="unknown open_clip architecture"):
+        load_clip("Not-A-Model:openai")
+    with pytest.raises(ProtosynthError, match="unknown --decoder spec"):
+        load_decoder("nonsense")
+
+
+def test_decoder_save_load_round_trip(tmp_path):
+    pipe = build_pipeline(embed_dim=16, quick=True)
+    pipe.save_pretrained(str(tmp_path / "dec"))
+    again = load_decoder(str(tmp_path / "dec"))
+    assert isinstance(again, SmallUnCLIPPipeline) and again.embedding_dim == 16 and again.image_size == 32
+    emb = torch.randn(3, 16)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    a = pipe(emb, num_inference_steps=3, generator=gens(), output_type="np")
+    b = again(emb, num_inference_steps=3, generator=gens(), output_type="np")
+    assert a.shape == (3, 32, 32, 3) and (a == b).all()
+
+
+def test_decoder_images_do_not_depend_on_batching():
+    pipe = build_pipeline(embed_dim=8, quick=True)
+    emb = torch.randn(4, 8)
+    all4 = pipe(emb, num_inference_steps=3, generator=[torch.Generator().manual_seed(i) for i in range(4)],
+                output_type="pt")
+    last = pipe(emb[3:], num_inference_steps=3, generator=[torch.Generator().manual_seed(3)], output_type="pt")
+    assert torch.allclose(all4[3], last[0], atol=1e-5)
+
+
+def test_decoder_rejects_wrong_embedding_dim():
+    pipe = build_pipeline(embed_dim=8, quick=True)
+    with pytest.raises(ProtosynthError, match="dimension 8"):
+        pipe(torch.randn(2, 9), num_inference_steps=2)
+
+
+def test_img2img_strength_keeps_layout_closer_than_from_noise():
+    pipe = build_pipeline(embed_dim=8, quick=True)
+    init = torch.rand(2, 3, 32, 32) * 2 - 1
+    emb = torch.randn(2, 8)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    weak = pipe(emb, num_inference_steps=10, generator=gens(), image=init, strength=0.1, output_type="pt")
+    full = pipe(emb, num_inference_steps=10, generator=gens(), output_type="pt")
+    target = (init + 1) / 2
+    assert (weak - target).abs().mean() < (full - target).abs().mean()
+
+
+def test_clip_training_resumes_to_identical_weights(tmp_path, monkeypatch):
+    corpus, test = load_corpus("shapes,n=64"), load_corpus("shapes:test,n=16")
+    cfg = ClipTrainConfig(arch="ps-tiny-clip", steps=6, batch_size=16, checkpoint_every=3, warmup=2)
+    train_clip(corpus, test, tmp_path / "straight", cfg)
+
+    real_save, calls = train_clip_mod.save_atomic, []
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        calls.append(path)
+        raise KeyboardInterrupt  # killed right after the first checkpoint
+
+    monkeypatch.setattr(train_clip_mod, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_clip(corpus, test, tmp_path / "resumed", cfg)
+    monkeypatch.setattr(train_clip_mod, "save_atomic", real_save)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    train_clip(corpus, test, tmp_path / "resumed", cfg)
+    a = (tmp_path / "straight" / "open_clip_model.safetensors").read_bytes()
+    b = (tmp_path / "resumed" / "open_clip_model.safetensors").read_bytes()
+    assert a == b
