@@ -1,0 +1,266 @@
+"""Bad input through the real CLI: exit code 2, one ``error: ...`` line naming the culprit, and no
+output folder that looks complete. Also an interrupted (SIGKILLed) run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOSYNTH = Path(sys.executable).parent / "protosynth"
+
+
+def invoke(args: list[str], env: dict | None = None):
+    return CliRunner().invoke(app, ["distill", *args], env=env)
+
+
+def assert_one_line_error(result, *culprits: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for culprit in culprits:
+        assert re.search(culprit, line), f"{culprit!r} not named in {line!r}"
+    return line
+
+
+def models_args(models: Path) -> list[str]:
+    return ["--clip", f"small:{models}", "--decoder", f"small:{models}"]
+
+
+# ---- checks that need no model -------------------------------------------------------------
+
+NO_MODEL_CASES = {
+    "budget 0": (["--budget", "0"], [r"--budget", r"\b0\b"]),
+    "budget negative": (["--budget", "-4"], [r"--budget", r"-4"]),
+    "budget above pairs": (["--corpus", "shapes,n=5", "--budget", "1000"], [r"--budget 1000", r"\b25 pairs", r"shapes,n=5"]),
+    "unknown corpus": (["--corpus", "flickr99", "--budget", "4"], [r"'flickr99'"]),
+    "bad world option": (["--corpus", "shapes,n=lots", "--budget", "4"], [r"n=lots"]),
+    "unknown world split": (["--corpus", "shapes:valid", "--budget", "4"], [r"'valid'"]),
+    "unknown clip": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "bogus"], [r"--clip", r"'bogus'"]),
+    "unknown clip arch": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "NoSuchArch-1:openai"], [r"NoSuchArch-1"]),
+    "unknown mode": (["--budget", "4", "--mode", "fancy"], [r"--mode", r"'fancy'"]),
+    "unknown init": (["--budget", "4", "--init", "sideways"], [r"--init", r"'sideways'"]),
+    "strength out of range": (["--budget", "4", "--init", "nearest", "--strength", "0"], [r"--strength", r"\b0"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_MODEL_CASES))
+def test_bad_option(case, tmp_path):
+    args, culprits = NO_MODEL_CASES[case]
+    out = tmp_path / "out"
+    assert_one_line_error(invoke([*args, "--out", str(out)]), *culprits)
+    assert not out.exists()
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
+def test_missing_small_clip_dir(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{tmp_path / 'empty'}", "--out", str(out)])
+    assert_one_line_error(r, r"--clip small:", re.escape(str(tmp_path / "empty")))
+    assert not out.exists()
+
+
+def test_missing_jsonl_file(tmp_path):
+    out = tmp_path / "out"
+    assert_one_line_error(invoke(["--corpus", str(tmp_path / "nope.jsonl"), "--budget", "4", "--out", str(out)]),
+                          r"nope\.jsonl")
+    assert not out.exists()
+
+
+# ---- malformed JSONL manifests ---------------------------------------------------------------
+
+def good_lines(jsonl_corpus: Path) -> list[str]:
+    return jsonl_corpus.read_text().splitlines()
+
+
+BAD_LINES = {
+    "not JSON": ('{"image": "img/0.png", "caption": "a red square"', [r"line 4", r"not valid JSON"]),
+    "not an object": ('["img/0.png", "a red square"]', [r"line 4", r"'image'"]),
+    "no caption": ('{"image": "img/0.png"}', [r"line 4", r"caption"]),
+    "no image": ('{"caption": "a red square"}', [r"line 4", r"'image'"]),
+    "empty captions list": ('{"image": "img/0.png", "captions": []}', [r"line 4", r"captions"]),
+    "empty caption": ('{"image": "img/0.png", "caption": "   "}', [r"line 4", r"empty"]),
+    "empty caption in list": ('{"image": "img/1.png", "captions": ["a blue circle", ""]}', [r"line 4", r"empty"]),
+    "missing image file": ('{"image": "img/missing.png", "caption": "a red square"}', [r"line 4", r"img/missing\.png", r"not found"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_bad_jsonl_line(case, jsonl_corpus, tmp_path):
+    bad, culprits = BAD_LINES[case]
+    lines = good_lines(jsonl_corpus)
+    manifest = jsonl_corpus.parent / "bad.jsonl"
+    manifest.write_text("\n".join(lines[:3] + [bad] + lines[3:]) + "\n")
+    out = tmp_path / "out"
+    assert_one_line_error(invoke(["--corpus", str(manifest), "--budget", "4", "--out", str(out)]),
+                          re.escape(str(manifest)), *culprits)
+    assert not out.exists()
+
+
+def corrupt_bytes(kind: str, good: bytes) -> bytes:
+    if kind == "garbage":
+        return bytes(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8)) + b"not a png"
+    if kind == "truncated":  # a valid PNG header, then the data stops
+        return good[: len(good) // 2]
+    flipped = bytearray(good)  # "flipped": right length and header, scrambled pixel data
+    for i in range(60, len(good) - 20):
+        flipped[i] ^= 0x5A
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "flipped"])
+def test_corrupt_image_is_named_with_its_line(kind, jsonl_corpus, quick_models, tmp_path):
+    """A corrupt .png passes the manifest check (the file exists) and fails when embedded."""
+    img = jsonl_corpus.parent / "img"
+    (img / "junk.png").write_bytes(corrupt_bytes(kind, (img / "0.png").read_bytes()))
+    lines = good_lines(jsonl_corpus)
+    lines.insert(6, json.dumps({"image": "img/junk.png", "caption": "a green triangle"}))
+    lines.insert(9, json.dumps({"image": "img/junk.png", "caption": "a triangle that is green"}))
+    manifest = jsonl_corpus.parent / "corrupt.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    r = invoke(["--corpus", str(manifest), "--budget", "4", *models_args(quick_models), "--steps", "2", "--out", str(out)])
+    assert_one_line_error(r, re.escape(str(manifest)), r"line 7\b", r"img/junk\.png")
+    assert not out.exists()
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
+# ---- models and output folder ----------------------------------------------------------------
+
+def test_unknown_decoder_spec(quick_models, tmp_path):
+    out = tmp_path / "out"
+    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
+                "--decoder", "bogus", "--out", str(out)])
+    assert_one_line_error(r, r"--decoder", r"'bogus'")
+    assert not out.exists()
+
+
+def test_decoder_folder_without_pipeline(quick_models, tmp_path):
+    out = tmp_path / "out"
+    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
+                "--decoder", f"small:{quick_models / 'clip'}", "--out", str(out)])
+    assert_one_line_error(r, r"--decoder", r"model_index\.json")
+    assert not out.exists()
+
+
+def test_decoder_dimension_mismatch(quick_models, tmp_path):
+    from protosynth.models.decoder import build_pipeline
+
+    clip_dim = json.loads((quick_models / "clip" / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"]
+    wrong = clip_dim + 16
+    folder = tmp_path / "wrong-decoder"
+    build_pipeline(embed_dim=wrong, quick=True).save_pretrained(str(folder))
+    out = tmp_path / "out"
+    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
+                "--decoder", str(folder), "--out", str(out)])
+    assert_one_line_error(r, r"--decoder", re.escape(str(folder)), rf"\b{wrong}-d", rf"\b{clip_dim}-d")
+    assert not out.exists()
+
+
+def test_out_not_empty_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--out", str(out)])
+    assert_one_line_error(r, r"--out", re.escape(str(out)), r"--force")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    # a file where the folder should be is refused too
+    as_file = tmp_path / "file"
+    as_file.write_text("x")
+    assert_one_line_error(invoke(["--budget", "4", "--out", str(as_file)]), re.escape(str(as_file)))
+    assert as_file.read_text() == "x"
+
+
+def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
+    """The contrast to the errors above: the same CLI, valid input, exit 0 and a complete set."""
+    from protosynth.distilled import load_distilled
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("stale")
+    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "2",
+                "--out", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    assert not (out / "old.txt").exists()
+    assert len(load_distilled(out, verify=True)) == 4
+
+
+# ---- interrupted runs ------------------------------------------------------------------------
+
+def start(args: list[str], cache: Path) -> subprocess.Popen:
+    env = dict(os.environ, PROTOSYNTH_CACHE=str(cache))
+    return subprocess.Popen([str(PROTOSYNTH), "distill", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+
+
+def test_killed_after_two_seconds_leaves_nothing(quick_models, tmp_path):
+    out = tmp_path / "sets" / "out"
+    proc = start(["--corpus", "shapes,n=300", "--budget", "8", *models_args(quick_models), "--steps", "2",
+                  "--out", str(out)], tmp_path / "cache")
+    try:
+        time.sleep(2.5)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+    finally:
+        kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+    assert not any(tmp_path.rglob("manifest.json"))
+
+
+def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tmp_path):
+    """Kill the run the moment its writer has started (its temporary folder appears)."""
+    from protosynth.distilled import load_distilled
+
+    parent = tmp_path / "sets"
+    out = parent / "out"
+    proc = start(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "1",
+                  "--guidance", "1", "--out", str(out)], tmp_path / "cache")
+    caught = False
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if parent.is_dir() and any(parent.iterdir()):  # the writer's first folder, whatever it is
+                proc.send_signal(signal.SIGKILL)
+                caught = True
+                break
+            time.sleep(0.002)
+    finally:
+        kill(proc)
+    assert caught, f"the writer never started (exit {proc.returncode})"
+    assert not out.exists(), f"a run killed while writing left {sorted(p.name for p in out.iterdir())} at --out"
+    tmp = list(parent.glob(".out.tmp-*"))
+    assert len(tmp) == 1 and not (tmp[0] / "manifest.json").exists()
+    assert not any(tmp_path.rglob("manifest.json"))
+    with pytest.raises(Exception, match="manifest"):
+        load_distilled(tmp[0])
+
+    # rerunning the same command completes and sweeps the stale temporary folder
+    r = invoke(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "1",
+                "--guidance", "1", "--out", str(out)], env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.output
+    assert len(load_distilled(out, verify=True)) == 300
+    assert [p.name for p in parent.iterdir()] == ["out"]
+    imgs = np.asarray(load_distilled(out).image(0))
+    assert imgs.shape == (32, 32, 3)

@@ -1,0 +1,299 @@
+"""The main job end to end: ``distill()`` on the tiny ``--quick`` models and a 300-image world.
+
+Real classes throughout (open_clip CLIP, diffusers pipeline, faiss, the on-disk cache); only the
+atomic-write test injects a failure into the writer.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import protosynth.distilled
+from protosynth.corpus import load_corpus
+from protosynth.distill import DistillConfig, distill
+from protosynth.distilled import load_distilled
+from protosynth.errors import ProtosynthError
+from protosynth.render import RenderConfig
+
+CORPUS = "shapes,n=300"
+BUDGET = 12
+TENSORS = ("image_raw", "image_normalised", "text_raw", "text_normalised")
+
+
+def make_cfg(models: Path, out: Path, **kw) -> DistillConfig:
+    render = kw.pop("render", RenderConfig(steps=3))
+    return DistillConfig(**{"budget": BUDGET, "corpus": CORPUS, "clip": f"small:{models}",
+                            "decoder": f"small:{models}", "out": out, "render": render, **kw})
+
+
+def tree_bytes(root: Path, names=("images", "pairs.jsonl", "embeddings.safetensors")) -> dict[str, bytes]:
+    out = {}
+    for name in names:
+        p = root / name
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            out[str(f.relative_to(root))] = f.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A fresh embedding cache for this module, so the first run really embeds."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROTOSYNTH_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def full_run(quick_models, cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "set"
+    assert distill(make_cfg(quick_models, out)) == out
+    return out
+
+
+def test_layout(full_run):
+    files = sorted(str(p.relative_to(full_run)) for p in full_run.rglob("*") if p.is_file())
+    images = [f"images/{i:06d}.png" for i in range(BUDGET)]
+    assert files == sorted(images + ["pairs.jsonl", "embeddings.safetensors", "preview.png", "manifest.json"])
+    assert [p.name for p in full_run.parent.iterdir()] == ["set"], "temporary folder left behind"
+    for name in images:
+        with Image.open(full_run / name) as im:
+            assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
+    with Image.open(full_run / "preview.png") as im:
+        assert im.format == "PNG" and im.width > 96 and im.height > 96
+        assert len(np.unique(np.asarray(im.convert("L")))) > 2, "preview is blank"
+
+
+def test_pairs_jsonl(full_run, quick_models):
+    from protosynth.embed import embed_corpus
+    from protosynth.models.clip import load_clip
+    from protosynth.prototypes import nearest_rows
+
+    recs = [json.loads(line) for line in (full_run / "pairs.jsonl").read_text().splitlines()]
+    corpus = load_corpus(CORPUS)
+    assert len(recs) == BUDGET
+    members_seen = []
+    for i, rec in enumerate(recs):
+        assert {"index", "image", "caption", "members"} <= set(rec)
+        assert rec["index"] == i and rec["image"] == f"images/{i:06d}.png"
+        assert isinstance(rec["caption"], str) and rec["caption"] in corpus.pair_caption
+        assert rec["members"] and all(isinstance(m, int) and 0 <= m < corpus.n_pairs for m in rec["members"])
+        members_seen.extend(rec["members"])
+    assert len(set(members_seen)) > BUDGET  # the prototypes summarise many pairs, not one each
+    # the caption is the real caption nearest to the text prototype (cached embeddings, same CLIP)
+    emb = embed_corpus(corpus, load_clip(f"small:{quick_models}"))
+    assert emb.from_cache
+    text = load_file(str(full_run / "embeddings.safetensors"))["text_normalised"].numpy()
+    nearest = nearest_rows(text, emb.text.numpy())
+    assert [r["caption"] for r in recs] == [corpus.pair_caption[int(j)] for j in nearest]
+
+
+def test_embeddings_file(full_run):
+    t = load_file(str(full_run / "embeddings.safetensors"))
+    assert set(TENSORS) <= set(t)
+    dim = t["image_raw"].shape[1]
+    for name in TENSORS:
+        assert t[name].shape == (BUDGET, dim) and t[name].dtype == torch.float32
+        assert torch.isfinite(t[name]).all()
+    for half in ("image", "text"):
+        normed, raw = t[f"{half}_normalised"], t[f"{half}_raw"]
+        torch.testing.assert_close(normed.norm(dim=1), torch.ones(BUDGET), atol=1e-5, rtol=0)
+        torch.testing.assert_close(raw / raw.norm(dim=1, keepdim=True), normed, atol=1e-5, rtol=0)
+        assert not torch.allclose(raw.norm(dim=1), torch.ones(BUDGET))  # raw = the CLIP's own scale
+    with safe_open(str(full_run / "embeddings.safetensors"), "pt") as fh:
+        assert fh.metadata()["text_space"].startswith("small-clip:")
+
+
+def test_manifest(full_run, quick_models):
+    m = json.loads((full_run / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(full_run)) for p in full_run.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(m["files"]) == on_disk
+    for name, digest in m["files"].items():
+        assert hashlib.sha256((full_run / name).read_bytes()).hexdigest() == digest, name
+    assert m["method"] == "pds" and m["budget"] == BUDGET and m["mode"] == "matched" and m["seed"] == 0
+    corpus = load_corpus(CORPUS)
+    assert m["corpus"]["fingerprint"] == corpus.fingerprint and m["corpus"]["pairs"] == corpus.n_pairs == 1500
+    assert m["clip"]["spec"] == f"small:{quick_models}" and m["decoder"]["spec"] == f"small:{quick_models}"
+    assert m["clip"]["dim"] == m["decoder"]["conditioning_dim"]
+    assert m["settings"]["render"]["steps"] == 3 and m["settings"]["budget"] == BUDGET
+    assert m["embeddings_from_cache"] is False
+    assert m["prototype_stats"]["pairs"] == 1500 and m["prototype_stats"]["dropped"] == 300
+    assert set(m["seconds"]) >= {"load", "embed", "prototypes", "render", "write"}
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in m["seconds"].values())
+    assert m["seconds"]["render"] > 0
+    assert m["peak_memory_mb"] > 50
+    assert m["versions"]["torch"] == importlib.metadata.version("torch") and m["versions"]["faiss-cpu"] != "absent"
+    fid = m["render_fidelity"]
+    assert fid["n"] == BUDGET and 0 <= fid["top1"] <= fid["top5"] <= 100 and -1 <= fid["mean_cosine"] <= 1
+
+
+def test_render_fidelity_is_measured_on_the_written_images(full_run, quick_models):
+    """Re-embedding the PNGs on disk against the image prototypes reproduces the manifest's numbers."""
+    from protosynth.models.clip import load_clip
+    from protosynth.render import fidelity
+
+    ds = load_distilled(full_run)
+    images = [ds.image(i) for i in range(len(ds))]
+    got = fidelity(load_clip(f"small:{quick_models}"), images, ds.tensors["image_normalised"])
+    assert got == json.loads((full_run / "manifest.json").read_text())["render_fidelity"]
+
+
+def split_safetensors(blob: bytes) -> tuple[dict, bytes]:
+    """(parsed header, tensor bytes) of a safetensors file."""
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + n]), blob[8 + n :]
+
+
+def test_same_config_twice_is_identical_and_cached(full_run, quick_models, tmp_path):
+    again = distill(make_cfg(quick_models, tmp_path / "again"))
+    first, second = tree_bytes(full_run), tree_bytes(again)
+    assert sorted(first) == sorted(second) and len(first) == BUDGET + 2
+    for name in first:
+        if name != "embeddings.safetensors":
+            assert first[name] == second[name], f"{name} differs between two runs of the same config"
+    # same header (as JSON) and byte-identical tensor data; see the next test for the header bytes
+    assert split_safetensors(first["embeddings.safetensors"]) == split_safetensors(second["embeddings.safetensors"])
+    assert json.loads((again / "manifest.json").read_text())["embeddings_from_cache"] is True
+
+
+@pytest.mark.xfail(strict=True, reason="bug: safetensors writes metadata keys in hash order, which changes "
+                   "from call to call, so embeddings.safetensors (two metadata keys) is not byte-identical")
+def test_embeddings_file_is_byte_identical_across_writes(full_run, tmp_path):
+    """The issue's 'Must show': same command and seed twice give a byte-identical embeddings file.
+    ``write_distilled`` is called 16 times with the very same inputs as a real run."""
+    ds = load_distilled(full_run)
+    images = [ds.image(i) for i in range(len(ds))]
+    blobs = set()
+    for k in range(16):
+        out = protosynth.distilled.write_distilled(
+            tmp_path / f"w{k}", images, ds.pairs, ds.tensors, {"method": "pds"},
+            tensor_metadata={"text_space": ds.metadata["text_space"], "image_space": ds.metadata["image_space"]})
+        blobs.add((out / "embeddings.safetensors").read_bytes())
+    assert len(blobs) == 1, f"{len(blobs)} different embeddings.safetensors from identical inputs"
+
+
+@pytest.mark.parametrize("mode", ["joint", "image", "text"])
+def test_every_other_mode(mode, full_run, quick_models, tmp_path):
+    out = distill(make_cfg(quick_models, tmp_path / mode, mode=mode, budget=8))
+    ds = load_distilled(out, verify=True)
+    assert len(ds) == 8 and ds.manifest["mode"] == mode
+    members = [m for p in ds.pairs for m in p["members"]]
+    assert len(members) == len(set(members)) == 1200  # one clustering: a partition of the kept pairs
+    assert np.isfinite(ds.tensors["image_raw"].numpy()).all()
+
+
+def test_init_nearest_starts_from_member_images(full_run, quick_models, tmp_path):
+    out = distill(make_cfg(quick_models, tmp_path / "nearest",
+                           render=RenderConfig(steps=3, init="nearest", strength=0.5)))
+    ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
+    assert ds.manifest["settings"]["render"]["init"] == "nearest"
+    assert [p["members"] for p in ds.pairs] == [p["members"] for p in ref.pairs]  # same prototypes
+    corpus = load_corpus(CORPUS)
+
+    def dist_to_members(s, i):  # pixel MSE from render i to its closest member image
+        img = np.asarray(s.image(i), np.float32)
+        members = np.stack([corpus.image_array(int(corpus.pair_image[m])) for m in s.pairs[i]["members"]])
+        return float(((members.astype(np.float32) - img) ** 2).mean(axis=(1, 2, 3)).min())
+
+    near = np.mean([dist_to_members(ds, i) for i in range(BUDGET)])
+    noise = np.mean([dist_to_members(ref, i) for i in range(BUDGET)])
+    assert near < 0.5 * noise, (near, noise)
+
+
+def test_load_distilled_dataset(full_run):
+    ds = load_distilled(full_run, verify=True)
+    assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == BUDGET
+    pairs = [json.loads(line) for line in (full_run / "pairs.jsonl").read_text().splitlines()]
+    text = load_file(str(full_run / "embeddings.safetensors"))["text_normalised"]
+    for i in (0, BUDGET - 1):
+        image, caption, emb = ds[i]
+        assert isinstance(image, torch.Tensor) and image.shape == (3, 32, 32) and image.dtype == torch.float32
+        assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        with Image.open(full_run / pairs[i]["image"]) as im:
+            expected = torch.from_numpy(np.asarray(im.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+        torch.testing.assert_close(image, expected)
+        assert isinstance(caption, str) and caption == pairs[i]["caption"]
+        assert isinstance(emb, torch.Tensor) and torch.equal(emb, text[i])
+    loader = torch.utils.data.DataLoader(ds, batch_size=5)
+    images, captions, embs = next(iter(loader))
+    assert images.shape == (5, 3, 32, 32) and len(captions) == 5 and embs.shape == (5, text.shape[1])
+
+
+def test_load_distilled_verify_catches_tampering(full_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    load_distilled(copy, verify=True)
+    with Image.open(copy / "images/000003.png") as im:
+        arr = np.asarray(im.convert("RGB")).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    Image.fromarray(arr).save(copy / "images/000003.png")
+    load_distilled(copy)  # without verify the set still opens
+    with pytest.raises(ProtosynthError, match="images/000003.png"):
+        load_distilled(copy, verify=True)
+    shutil.copy(full_run / "images/000003.png", copy / "images/000003.png")
+    (copy / "pairs.jsonl").write_text((full_run / "pairs.jsonl").read_text().replace('"index": 1,', '"index": 7,'))
+    with pytest.raises(ProtosynthError, match="pairs.jsonl"):
+        load_distilled(copy, verify=True)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ProtosynthError, match="manifest"):
+        load_distilled(copy)
+
+
+def test_load_distilled_is_exported_from_the_package(full_run):
+    import protosynth
+
+    ds = protosynth.load_distilled(full_run)
+    assert isinstance(ds, protosynth.DistilledSet) and len(ds) == BUDGET
+
+
+def test_jsonl_corpus_distils(jsonl_corpus, quick_models, tmp_path):
+    out = distill(make_cfg(quick_models, tmp_path / "jsonl", corpus=str(jsonl_corpus), budget=8))
+    ds = load_distilled(out, verify=True)
+    assert len(ds) == 8
+    captions = {json.loads(line).get("caption") for line in jsonl_corpus.read_text().splitlines()}
+    captions |= {c for line in jsonl_corpus.read_text().splitlines() for c in json.loads(line).get("captions", [])}
+    assert all(p["caption"] in captions for p in ds.pairs)
+    assert ds.manifest["corpus"]["spec"] == str(jsonl_corpus) and ds.manifest["corpus"]["pairs"] == 60
+    assert all(0 <= m < 60 for p in ds.pairs for m in p["members"])
+
+
+def _complete_looking(parent: Path) -> list[Path]:
+    return [p.parent for p in parent.rglob("manifest.json")]
+
+
+def test_write_is_atomic(quick_models, full_run, tmp_path, monkeypatch):
+    def broken_preview(*args, **kwargs):
+        raise RuntimeError("disk full while drawing the preview")
+
+    out = tmp_path / "sets" / "new"
+    monkeypatch.setattr(protosynth.distilled, "preview_grid", broken_preview)
+    with pytest.raises(RuntimeError, match="disk full"):
+        distill(make_cfg(quick_models, out))
+    assert not out.exists()
+    assert _complete_looking(tmp_path) == []
+
+    # --force over a complete set: a failed run leaves the old set whole
+    old = tmp_path / "sets" / "old"
+    shutil.copytree(full_run, old)
+    before = tree_bytes(old, ("images", "pairs.jsonl", "embeddings.safetensors", "manifest.json"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        distill(make_cfg(quick_models, old, force=True, budget=8))
+    assert tree_bytes(old, ("images", "pairs.jsonl", "embeddings.safetensors", "manifest.json")) == before
+    load_distilled(old, verify=True)
+    assert _complete_looking(tmp_path) == [old]
+
+    # the next successful run into the same place completes and sweeps the stale temporary folder
+    monkeypatch.undo()
+    distill(make_cfg(quick_models, out, budget=8))
+    load_distilled(out, verify=True)
+    assert not list((tmp_path / "sets").glob(".new.tmp-*"))
