@@ -10,7 +10,7 @@ import logging
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +117,14 @@ def distill(cfg: DistillConfig) -> Path:
             pool = members if len(members) else np.arange(corpus.n_pairs)
             best = pool[nearest_rows(protos.image[c : c + 1], emb.image.numpy()[pool])[0]]
             init_images.append(corpus.load_image(int(corpus.pair_image[best])))
-    renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg.render, init_images)
+    rcfg = replace(cfg.render, seed=cfg.seed)
+    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images)
     seconds["render"] = round(time.time() - t, 2)
 
     t = time.time()
     fid = fidelity(clip, renders, protos.image)
     seconds["fidelity"] = round(time.time() - t, 2)
 
-    t = time.time()
     pairs = [
         {"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(caption_idx[i])],
          "caption_pair": int(caption_idx[i]), "members": [int(m) for m in protos.members[i]]}
@@ -140,15 +140,13 @@ def distill(cfg: DistillConfig) -> Path:
                                       "images": corpus.n_images, "pairs": corpus.n_pairs},
         "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim},
         "decoder": {"spec": cfg.decoder, "class": type(decoder).__name__, "conditioning_dim": decoder.embedding_dim},
-        "text_space": clip.space, "settings": _jsonable(asdict(cfg)), "prototype_stats": protos.stats,
+        "text_space": clip.space, "settings": _jsonable(asdict(replace(cfg, render=rcfg))), "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": _versions(),
     }
-    seconds["write"] = 0.0
-    manifest["seconds"] = seconds
+    manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = _peak_rss_mb()
-    write_distilled(out, renders, pairs, tensors, manifest, force=cfg.force,
-                    tensor_metadata={"text_space": clip.space, "image_space": clip.space})
-    log.info("wrote %s in %.1fs (write %.1fs)", out, sum(seconds.values()), time.time() - t)
+    write_distilled(out, renders, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    log.info("wrote %s", out)
     return out
 
 

@@ -1,8 +1,8 @@
 """Stage 4, the distilled-set format: plain files any tool can read, written atomically.
 
 A set folder holds ``images/000000.png ...``, ``pairs.jsonl`` (index, image, caption, members),
-``embeddings.safetensors`` (prototype tensors; ``text_space`` in its metadata names the space the
-text embeddings live in), ``preview.png`` and, written last, ``manifest.json`` with the sha256 of
+``embeddings.safetensors`` (prototype tensors; its one metadata entry, ``text_space``, names the
+embedding space of the text tensors), ``preview.png`` and, written last, ``manifest.json`` with the sha256 of
 every other file. Everything is written into a hidden temporary sibling folder and renamed into
 place when complete, so an interrupted run never leaves a folder that looks like a set.
 """
@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def sha256_file(path: Path) -> str:
 
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty ``--out`` unless ``--force``: checked before any work starts."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    if out.exists() and not out.is_dir():
+        raise ProtosynthError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
         raise ProtosynthError(f"--out {out} exists and is not empty; pass --force to replace it")
 
 
@@ -60,28 +63,36 @@ def preview_grid(images: list[Image.Image], captions: list[str], max_items: int 
 
 
 def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], tensors: dict[str, torch.Tensor],
-                    manifest: dict, force: bool = False, tensor_metadata: dict[str, str] | None = None) -> Path:
+                    manifest: dict, text_space: str, force: bool = False) -> Path:
     """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last."""
+    started = time.time()
     check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    (tmp / "images").mkdir(parents=True)
-    for rec, im in zip(pairs, images):
-        im.save(tmp / rec["image"], format="PNG")
-    with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as fh:
-        for rec in pairs:
-            fh.write(json.dumps(rec, sort_keys=True) + "\n")
-    save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp / "embeddings.safetensors"),
-              metadata=tensor_metadata or {})
-    preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        (tmp / "images").mkdir(parents=True)
+        for rec, im in zip(pairs, images):
+            im.save(tmp / rec["image"], format="PNG")
+        with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as fh:
+            for rec in pairs:
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        # a single metadata entry: safetensors writes several in an order that varies between runs,
+        # which would break byte-identical output
+        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp / "embeddings.safetensors"),
+                  metadata={"text_space": text_space})
+        preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
+        manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 

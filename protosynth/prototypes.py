@@ -45,6 +45,9 @@ class Prototypes:
     text_raw: np.ndarray
     members: list[np.ndarray]  # pair indices summarised by each prototype
     stats: dict = field(default_factory=dict)
+    # the pairs each half was averaged over: equal to ``members`` except after an empty match
+    image_members: list[np.ndarray] = field(default_factory=list)
+    text_members: list[np.ndarray] = field(default_factory=list)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -66,19 +69,21 @@ def kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray, np
 
 
 def _means(img: np.ndarray, txt: np.ndarray, raw_img_norm: np.ndarray, raw_txt_norm: np.ndarray,
-           members: list[np.ndarray], fallback: list[tuple[np.ndarray, np.ndarray]]) -> Prototypes:
-    k, d = len(members), img.shape[1]
-    pi, pt = np.zeros((k, d), np.float32), np.zeros((k, d), np.float32)
-    ri, rt = np.zeros(k, np.float32), np.zeros(k, np.float32)
-    for c, m in enumerate(members):
-        if len(m):
-            pi[c], pt[c] = img[m].mean(0), txt[m].mean(0)
-            ri[c], rt[c] = raw_img_norm[m].mean(), raw_txt_norm[m].mean()
-        else:  # an empty cluster: keep the centroids themselves, with the corpus mean norm
-            pi[c], pt[c] = fallback[c]
-            ri[c], rt[c] = raw_img_norm.mean(), raw_txt_norm.mean()
-    pi, pt = _unit(pi), _unit(pt)
-    return Prototypes(pi, pt, pi * ri[:, None], pt * rt[:, None], members)
+           img_members: list[np.ndarray], txt_members: list[np.ndarray],
+           fallback: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Unit and raw-rescaled means; each half averages its own member list."""
+    k, d = len(img_members), img.shape[1]
+    out = []
+    for emb, norms, members, half in ((img, raw_img_norm, img_members, 0), (txt, raw_txt_norm, txt_members, 1)):
+        unit, scale = np.zeros((k, d), np.float32), np.zeros(k, np.float32)
+        for c, m in enumerate(members):
+            if len(m):
+                unit[c], scale[c] = emb[m].mean(0), norms[m].mean()
+            else:  # an empty cluster: keep its centroid, with the corpus mean norm
+                unit[c], scale[c] = fallback[c][half], norms.mean()
+        unit = _unit(unit)
+        out += [unit, unit * scale[:, None]]
+    return tuple(out)
 
 
 def build_prototypes(image_raw: np.ndarray, text_raw: np.ndarray, cfg: PrototypeConfig) -> Prototypes:
@@ -107,13 +112,18 @@ def build_prototypes(image_raw: np.ndarray, text_raw: np.ndarray, cfg: Prototype
         counts = np.zeros((k, k), dtype=np.int64)
         np.add.at(counts, (li, lt), 1)
         rows, cols = linear_sum_assignment(-counts)
-        members, fallback = [], []
+        members, img_members, txt_members, fallback = [], [], [], []
         for r, c in zip(rows, cols):
             shared = keep[(li == r) & (lt == c)]
-            if len(shared) == 0:
+            if len(shared):
+                members.append(shared)
+                img_members.append(shared)
+                txt_members.append(shared)
+            else:  # each half falls back to its own cluster's mean; members are both clusters
                 stats["empty_matches"] += 1
-                shared = keep[(li == r) | (lt == c)]
-            members.append(shared)
+                members.append(keep[(li == r) | (lt == c)])
+                img_members.append(keep[li == r])
+                txt_members.append(keep[lt == c])
             fallback.append((ci[r], ct[c]))
         stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
         if stats["empty_matches"]:
@@ -123,22 +133,16 @@ def build_prototypes(image_raw: np.ndarray, text_raw: np.ndarray, cfg: Prototype
         x = {"joint": np.concatenate([ki, kt], 1), "image": ki, "text": kt}[cfg.mode]
         cents, labels = kmeans(x, k, cfg.niter, cfg.seed)
         members = [keep[labels == c] for c in range(k)]
+        img_members = txt_members = members
         d = img.shape[1]
+        # an empty one-modality cluster has no other half: that half is the mean of all kept pairs
+        mean_i, mean_t = _unit(ki.mean(0, keepdims=True))[0], _unit(kt.mean(0, keepdims=True))[0]
         fallback = [
-            {"joint": (ce[:d], ce[d:]), "image": (ce, ce * 0), "text": (ce * 0, ce)}[cfg.mode] for ce in cents
+            {"joint": (ce[:d], ce[d:]), "image": (ce, mean_t), "text": (mean_i, ce)}[cfg.mode] for ce in cents
         ]
     stats["empty_clusters"] = int(sum(len(m) == 0 for m in members))
-    protos = _means(img, txt, norms_i, norms_t, members, fallback)
-    if stats["empty_clusters"] and cfg.mode in ("image", "text"):
-        # an empty one-modality cluster has no other half: borrow the mean of all kept pairs
-        other = txt if cfg.mode == "image" else img
-        for c, m in enumerate(members):
-            if len(m) == 0:
-                target = protos.text if cfg.mode == "image" else protos.image
-                target[c] = _unit(other[keep].mean(0, keepdims=True))[0]
-        protos.image_raw = protos.image * np.linalg.norm(protos.image_raw, axis=1, keepdims=True)
-        protos.text_raw = protos.text * np.linalg.norm(protos.text_raw, axis=1, keepdims=True)
-    protos.stats = stats
+    image_u, image_r, text_u, text_r = _means(img, txt, norms_i, norms_t, img_members, txt_members, fallback)
+    protos = Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members)
     for name in ("image", "text", "image_raw", "text_raw"):
         if not np.isfinite(getattr(protos, name)).all():
             raise AssertionError(f"non-finite {name} prototype")  # a bug, never user input

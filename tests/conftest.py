@@ -10,6 +10,7 @@ import pytest
 # Every test run gets its own cache, so tests never read or write the user's ~/.cache/protosynth.
 os.environ.setdefault("PROTOSYNTH_CACHE", tempfile.mkdtemp(prefix="protosynth-test-cache-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting threads crawl on a shared CPU
 
 import torch  # noqa: E402
 

@@ -186,6 +186,22 @@ def test_out_not_empty_without_force(tmp_path):
     assert as_file.read_text() == "x"
 
 
+def test_file_at_out_with_force(quick_models, tmp_path):
+    as_file = tmp_path / "file"
+    as_file.write_text("x")
+    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "1", "--guidance", "1",
+                "--out", str(as_file), "--force"])
+    if r.exit_code == 2:  # refused up front: acceptable
+        assert_one_line_error(r, re.escape(str(as_file)))
+        assert as_file.read_text() == "x"
+    else:  # or replaced by a complete set
+        from protosynth.distilled import load_distilled
+
+        assert r.exit_code == 0, (r.exit_code, r.exception)
+        assert len(load_distilled(as_file, verify=True)) == 4
+    assert not list(tmp_path.glob(".file.tmp-*"))
+
+
 def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
     """The contrast to the errors above: the same CLI, valid input, exit 0 and a complete set."""
     from protosynth.distilled import load_distilled
@@ -193,7 +209,7 @@ def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("stale")
-    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "2",
+    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "1", "--guidance", "1",
                 "--out", str(out), "--force"])
     assert r.exit_code == 0, r.output
     assert not (out / "old.txt").exists()
@@ -217,7 +233,7 @@ def kill(proc: subprocess.Popen) -> None:
 
 def test_killed_after_two_seconds_leaves_nothing(quick_models, tmp_path):
     out = tmp_path / "sets" / "out"
-    proc = start(["--corpus", "shapes,n=300", "--budget", "8", *models_args(quick_models), "--steps", "2",
+    proc = start(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "2",
                   "--out", str(out)], tmp_path / "cache")
     try:
         time.sleep(2.5)
