@@ -112,3 +112,47 @@ def test_clip_training_resumes_to_identical_weights(tmp_path, monkeypatch):
     a = (tmp_path / "straight" / "open_clip_model.safetensors").read_bytes()
     b = (tmp_path / "resumed" / "open_clip_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
+    """``protosynth models train --quick`` on a JSONL corpus: a held-out slice for metrics, and the
+    result loads through ``small:DIR`` for both models."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "models"
+    result = CliRunner().invoke(app, ["models", "train", "--corpus", str(jsonl_corpus), "--out", str(out), "--quick",
+                                      "--clip-steps", "5", "--decoder-steps", "3"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"clip", "decoder"} and metrics["decoder"]["steps"] == 3
+    prov = json.loads((out / "provenance.json").read_text())["runs"][-1]
+    assert prov["command"].startswith("protosynth") and prov["test_corpus"] == str(jsonl_corpus)
+    assert load_decoder(f"small:{out}").embedding_dim == load_clip(f"small:{out}").embed_dim
+
+
+def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, monkeypatch):
+    from protosynth.models import train_decoder as td
+
+    corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
+    cfg = td.DecoderTrainConfig.preset(True, steps=4, checkpoint_minutes=0.0, eval_images=8, eval_steps=2)
+    clip_dir = quick_models / "clip"
+    td.train_decoder(corpus, test, clip_dir, tmp_path / "straight", cfg)
+
+    real_save = td.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt  # killed right after the first checkpoint
+
+    monkeypatch.setattr(td, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        td.train_decoder(corpus, test, clip_dir, tmp_path / "resumed", cfg)
+    monkeypatch.setattr(td, "save_atomic", real_save)
+    assert not (tmp_path / "resumed").exists()  # nothing complete-looking before the end
+    assert torch.load(tmp_path / "resumed.ckpt" / "checkpoint.pt", weights_only=False)["step"] == 1
+    td.train_decoder(corpus, test, clip_dir, tmp_path / "resumed", cfg)
+    a = (tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    b = (tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert a == b
