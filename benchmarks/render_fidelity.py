@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from protosynth.corpus import load_corpus
 from protosynth.embed import embed_corpus
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import load_decoder
-from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_rows
+from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs
 from protosynth.render import RenderConfig, fidelity, render_images
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,11 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     clip, decoder = load_clip(args.clip), load_decoder(args.decoder)
     emb = embed_corpus(corpus, clip)
     protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), PrototypeConfig(budget=args.budget))
-    nearest = [
-        int(corpus.pair_image[m[nearest_rows(protos.image[c : c + 1], emb.image.numpy()[m])[0]]])
-        for c, m in enumerate(protos.members)
-    ]
-    init_images = [corpus.load_image(i) for i in nearest]
+    nearest = nearest_member_pairs(protos, emb.image.numpy())
+    init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in nearest]
     rows = []
     for setting in settings:
         cfg = RenderConfig(**setting)
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
     # the members' own nearest images, as a reference ceiling for what re-embedding real images gives
     real = fidelity(clip, init_images, protos.image)
-    record = {"command": "python -m benchmarks.render_fidelity " + " ".join(argv or []), "budget": args.budget,
+    record = {"command": "python -m benchmarks.render_fidelity " + " ".join(sys.argv[1:] if argv is None else argv), "budget": args.budget,
               "corpus": corpus.spec, "clip": args.clip, "decoder": args.decoder, "rows": rows,
               "nearest_real_member_reference": real, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ import typer
 
 from protosynth.errors import ProtosynthError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal dataset distillation.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multimodal dataset distillation.")
 models_app = typer.Typer(no_args_is_help=True, help="Train the small models protosynth ships.")
 app.add_typer(models_app, name="models")
 
@@ -99,9 +100,22 @@ def distill(
     typer.echo(f"wrote {path}")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
 
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(0)
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}".splitlines()[0], err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -131,7 +131,12 @@ def load_jsonl(path: str | Path) -> Corpus:
     order: dict[str, int] = {}
     captions: list[list[str]] = []
     lines: list[int] = []
-    for lineno, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), start=1):
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise ProtosynthError(f"{path} line {line_no}: not valid UTF-8") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {lineno}"

@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .corpus import load_corpus
@@ -22,7 +21,7 @@ from .embed import EmbedConfig, embed_corpus
 from .errors import ProtosynthError
 from .models.clip import load_clip
 from .models.decoder import load_decoder
-from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_rows
+from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity, render_images
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,25 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"unknown --mode {cfg.mode!r}: use one of {', '.join(MODES)}")
     if cfg.render.init not in INITS:
         raise ProtosynthError(f"unknown --init {cfg.render.init!r}: use {' or '.join(INITS)}")
-    if not 0.0 < cfg.render.strength <= 1.0:
-        raise ProtosynthError(f"--strength must be in (0, 1], got {cfg.render.strength}")
+    r = cfg.render
+    if not 0.0 < r.strength <= 1.0:
+        raise ProtosynthError(f"--strength must be in (0, 1], got {r.strength}")
+    if not 1 <= r.steps <= 1000:
+        raise ProtosynthError(f"--steps must be between 1 and 1000, got {r.steps}")
+    if not 0 <= r.noise_level <= 999:
+        raise ProtosynthError(f"--noise-level must be between 0 and 999, got {r.noise_level}")
+    if r.batch_size < 1:
+        raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
+    if r.guidance_scale < 0:
+        raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ProtosynthError(f"unknown --device {cfg.device!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProtosynthError(f"--device {cfg.device}: no CUDA device is available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ProtosynthError(f"unsupported --device {cfg.device!r}: use cpu, cuda or mps")
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out
@@ -96,6 +112,11 @@ def distill(cfg: DistillConfig) -> Path:
             f"--decoder {cfg.decoder} is conditioned on {decoder.embedding_dim}-d embeddings but --clip {cfg.clip} "
             f"gives {clip.embed_dim}-d ones"
         )
+    if getattr(decoder, "clip_space", None) and decoder.clip_space != clip.space:
+        raise ProtosynthError(
+            f"--decoder {cfg.decoder} was trained on CLIP space {decoder.clip_space} but --clip {cfg.clip} is "
+            f"{clip.space}; pass the CLIP it was trained with"
+        )
     seconds["load"] = round(time.time() - t, 2)
 
     t = time.time()
@@ -112,11 +133,8 @@ def distill(cfg: DistillConfig) -> Path:
     t = time.time()
     init_images = None
     if cfg.render.init == "nearest":
-        init_images = []
-        for c, members in enumerate(protos.members):
-            pool = members if len(members) else np.arange(corpus.n_pairs)
-            best = pool[nearest_rows(protos.image[c : c + 1], emb.image.numpy()[pool])[0]]
-            init_images.append(corpus.load_image(int(corpus.pair_image[best])))
+        best = nearest_member_pairs(protos, emb.image.numpy())
+        init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
     rcfg = replace(cfg.render, seed=cfg.seed)
     renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images)
     seconds["render"] = round(time.time() - t, 2)

@@ -8,7 +8,6 @@ place when complete, so an interrupted run never leaves a folder that looks like
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,28 +19,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from .errors import ProtosynthError
+from .files import sha256_file
 
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty ``--out`` unless ``--force``: checked before any work starts."""
+    """Refuse a non-empty ``--out`` unless ``--force``, and even with it anything but an earlier set:
+    ``--force`` replaces distilled sets, never the working folder or an unrelated one."""
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
         raise ProtosynthError(f"--out {out} exists and is not empty; pass --force to replace it")
+    if Path.cwd().resolve().is_relative_to(out.resolve()) or not (out / MANIFEST).is_file():
+        raise ProtosynthError(f"--out {out} is not a distilled set (no {MANIFEST}); --force only replaces sets")
 
 
 def preview_grid(images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8,
@@ -68,7 +66,7 @@ def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], ten
     started = time.time()
     check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
@@ -87,12 +85,14 @@ def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], ten
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
         manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
+        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():  # move the old set aside first: the swap is two renames, never a half-deleted set
+            os.replace(out, trash)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(trash, ignore_errors=True)
     return out
 
 
@@ -132,7 +132,7 @@ def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
 
         with safe_open(str(root / "embeddings.safetensors"), "pt") as fh:
             metadata = dict(fh.metadata() or {})
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ProtosynthError(f"{root}: unreadable distilled set ({exc})") from None
     if not pairs:
         raise ProtosynthError(f"{root}: distilled set has no pairs")

@@ -149,6 +149,16 @@ def build_prototypes(image_raw: np.ndarray, text_raw: np.ndarray, cfg: Prototype
     return protos
 
 
+def nearest_member_pairs(protos: Prototypes, image_raw: np.ndarray) -> np.ndarray:
+    """For each prototype, the member pair whose image embedding is nearest its image prototype
+    (over all pairs when a prototype has no member): the start image of ``--init nearest``."""
+    out = np.empty(len(protos.members), dtype=np.int64)
+    for c, members in enumerate(protos.members):
+        pool = members if len(members) else np.arange(len(image_raw))
+        out[c] = pool[nearest_rows(protos.image[c : c + 1], image_raw[pool])[0]]
+    return out
+
+
 def nearest_rows(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Index of the most cosine-similar key for each query (exact, faiss inner product)."""
     index = faiss.IndexFlatIP(keys.shape[1])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import ProtosynthError
 from .models.clip import ClipEncoder
-from .models.decoder import SmallUnCLIPPipeline
+from .models.decoder import SmallUnCLIPPipeline, to_unit_range
 from .models.training import StepBar
 
 INITS = ("noise", "nearest")
@@ -37,13 +37,6 @@ class RenderConfig:
 
 def image_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
-
-
-def to_unit_range(images: list[Image.Image], size: int) -> torch.Tensor:
-    """PIL images resized to ``size`` as a (N, 3, size, size) tensor in [-1, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), resample=3)
-                               if im.size != (size, size) else im.convert("RGB")) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def render_images(decoder: SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: RenderConfig,
@@ -78,7 +71,7 @@ def fidelity(encoder: ClipEncoder, renders: list[Image.Image], targets: torch.Te
     want = F.normalize(torch.as_tensor(np.asarray(targets), dtype=torch.float32), dim=-1)
     sims = got @ want.T
     own = sims.diag()
-    rank = (sims > own[:, None]).sum(dim=1)
+    rank = (sims >= own[:, None]).sum(dim=1) - 1  # ties count against the render
     return {"top1": round(float((rank < 1).float().mean() * 100), 2),
             "top5": round(float((rank < 5).float().mean() * 100), 2),
             "mean_cosine": round(float(own.mean()), 4), "n": len(renders)}

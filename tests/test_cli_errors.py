@@ -55,6 +55,13 @@ NO_MODEL_CASES = {
     "unknown mode": (["--budget", "4", "--mode", "fancy"], [r"--mode", r"'fancy'"]),
     "unknown init": (["--budget", "4", "--init", "sideways"], [r"--init", r"'sideways'"]),
     "strength out of range": (["--budget", "4", "--init", "nearest", "--strength", "0"], [r"--strength", r"\b0"]),
+    "steps 0": (["--budget", "4", "--steps", "0"], [r"--steps", r"\b0\b"]),
+    "steps too many": (["--budget", "4", "--steps", "1001"], [r"--steps", r"1001"]),
+    "noise level too high": (["--budget", "4", "--noise-level", "1000"], [r"--noise-level", r"1000"]),
+    "noise level negative": (["--budget", "4", "--noise-level", "-1"], [r"--noise-level", r"-1"]),
+    "batch size 0": (["--budget", "4", "--batch-size", "0"], [r"--batch-size", r"\b0\b"]),
+    "negative guidance": (["--budget", "4", "--guidance", "-2"], [r"--guidance", r"-2"]),
+    "unknown device": (["--budget", "4", "--device", "bogus"], [r"--device", r"'bogus'"]),
 }
 
 
@@ -207,13 +214,14 @@ def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
     from protosynth.distilled import load_distilled
 
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("stale")
-    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "1", "--guidance", "1",
-                "--out", str(out), "--force"])
+    args = ["--corpus", "shapes,n=30", *models_args(quick_models), "--steps", "1", "--guidance", "1", "--out", str(out)]
+    assert invoke([*args, "--budget", "5"]).exit_code == 0
+    (out / "old.txt").write_text("stale")  # an earlier set, with an extra file in it
+    r = invoke([*args, "--budget", "4", "--force"])
     assert r.exit_code == 0, r.output
     assert not (out / "old.txt").exists()
     assert len(load_distilled(out, verify=True)) == 4
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp or trash left
 
 
 # ---- interrupted runs ------------------------------------------------------------------------
@@ -280,3 +288,54 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
     assert [p.name for p in parent.iterdir()] == ["out"]
     imgs = np.asarray(load_distilled(out).image(0))
     assert imgs.shape == (32, 32, 3)
+
+
+# ---- usage errors through the console script (typer's own parsing) --------------------------------
+
+
+@pytest.mark.parametrize("args,culprit", [
+    (["distill", "--budget", "abc"], r"--budget"),
+    (["distill", "--no-such-option"], r"--no-such-option"),
+    (["models", "train"], r"--out"),
+])
+def test_usage_errors_are_one_line(args, culprit):
+    proc = subprocess.run([str(PROTOSYNTH), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(culprit, lines[0]), proc.stderr
+
+
+def test_force_replaces_only_a_distilled_set(tmp_path):
+    """--force must never delete a folder that is not a set (say the user's project)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "thesis.tex").write_text("precious")
+    r = invoke(["--budget", "4", "--out", str(project), "--force"])
+    assert_one_line_error(r, re.escape(str(project)), r"not a distilled set")
+    assert (project / "thesis.tex").read_text() == "precious"
+
+
+def test_models_train_refuses_the_world_test_split(tmp_path):
+    r = CliRunner().invoke(app, ["models", "train", "--corpus", "shapes:test,n=20", "--out", str(tmp_path / "m"),
+                                 "--quick"])
+    assert_one_line_error(r, r"shapes:test", r"--test")
+
+
+def test_models_train_decoder_only_needs_a_clip(tmp_path):
+    r = CliRunner().invoke(app, ["models", "train", "--only", "decoder", "--out", str(tmp_path / "m"), "--quick"])
+    assert_one_line_error(r, r"--only decoder", r"clip")
+
+
+def test_decoder_from_another_clip_space_is_refused(quick_models, tmp_path):
+    """Same dimension, different CLIP: the decoder's conditioning.json names the space it expects."""
+    import shutil
+
+    dec = tmp_path / "dec"
+    shutil.copytree(quick_models / "decoder", dec)
+    cond = json.loads((dec / "conditioning.json").read_text())
+    (dec / "conditioning.json").write_text(json.dumps(dict(cond, clip_space="small-clip:000000000000")))
+    out = tmp_path / "out"
+    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", "--clip", f"small:{quick_models}", "--decoder", str(dec),
+                "--out", str(out)])
+    assert_one_line_error(r, r"small-clip:000000000000", r"--clip")
+    assert not out.exists()

@@ -383,3 +383,13 @@ def test_bad_world_option(spec, needle, _cache):
 def test_seed_zero_is_allowed():
     split, cfg = _parse_world_spec("shapes:test,seed=0,n=1")
     assert cfg.seed == 0 and cfg.n_test == 1
+
+
+def test_invalid_utf8_is_named_with_its_line(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"image": "a.png", "caption": "fine"}\n{"image": "a.png", "caption": "caf\xe9"}\n')
+    with pytest.raises(ProtosynthError, match=r"bad.jsonl line 2: not valid UTF-8"):
+        load_jsonl(path)

@@ -12,18 +12,17 @@ a corpus-specific BPE merges file, so the code that loads it is the code that lo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import open_clip
 import torch
 from PIL import Image
 
 from ..errors import ProtosynthError
+from ..files import sha256_file
 from .bpe import BPE_FILENAME, load_tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -45,16 +44,22 @@ class ClipEncoder:
     device: torch.device
 
     @torch.no_grad()
-    def encode_images(self, images: list[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """Raw (un-normalised) image embeddings; accepts PIL images or a preprocessed batch."""
-        if not isinstance(images, torch.Tensor):
-            images = torch.stack([self.preprocess(im) for im in images])
-        return self.model.encode_image(images.to(self.device)).float().cpu()
+    def encode_images(self, images: list[Image.Image] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Raw (un-normalised) image embeddings of PIL images or a preprocessed tensor, in batches."""
+        out = []
+        for s in range(0, len(images), batch_size):
+            chunk = images[s : s + batch_size]
+            if not isinstance(chunk, torch.Tensor):
+                chunk = torch.stack([self.preprocess(im) for im in chunk])
+            out.append(self.model.encode_image(chunk.to(self.device)).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Raw (un-normalised) text embeddings."""
-        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Raw (un-normalised) text embeddings, in batches."""
+        out = [self.model.encode_text(self.tokenizer(texts[s : s + batch_size]).to(self.device)).float().cpu()
+               for s in range(0, len(texts), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
 
 def small_clip_dir(path: Path) -> Path:
@@ -65,24 +70,19 @@ def small_clip_dir(path: Path) -> Path:
     raise ProtosynthError(f"--clip small:{path}: no open_clip_config.json in {path} or {path / 'clip'}")
 
 
-def _weights_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def _load_local_dir(folder: Path, spec: str, device: torch.device) -> ClipEncoder:
     if not (folder / CLIP_WEIGHTS).is_file():
         raise ProtosynthError(f"--clip {spec}: no weights file {folder / CLIP_WEIGHTS}")
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
-    cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
+        cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    except Exception as exc:  # a corrupt config or weights file, or a bad --device
+        raise ProtosynthError(f"--clip {spec}: cannot load the open_clip model in {folder} ({exc})") from None
     context = cfg["text_cfg"].get("context_length", 77)
     bpe = folder / BPE_FILENAME
     tokenizer = load_tokenizer(bpe, context) if bpe.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval()
-    space = f"small-clip:{_weights_digest(folder / CLIP_WEIGHTS)}"
+    space = f"small-clip:{sha256_file(folder / CLIP_WEIGHTS)[:12]}"
     return ClipEncoder(model, preprocess, tokenizer, spec, space, int(cfg["embed_dim"]), device)
 
 
@@ -122,8 +122,3 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu") -> Clip
     raise ProtosynthError(
         f"unknown --clip spec {spec!r}: use 'default', 'small:DIR', 'local-dir:DIR' or 'ARCH:PRETRAINED'"
     )
-
-
-def normalise(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=torch.float32)
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -12,6 +12,7 @@ uses an all-zero condition, as Stable unCLIP does.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,20 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
 
 
 SHIPPED_DECODER = Path(__file__).resolve().parent.parent / "weights" / "world" / "decoder"
+CONDITIONING_FILE = "conditioning.json"  # which CLIP space a trained decoder expects
+
+
+def to_unit_range(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images resized to ``size`` (bicubic) as a (N, 3, size, size) tensor in [-1, 1]: the
+    decoder's pixel convention."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), resample=Image.BICUBIC)
+                               if im.size != (size, size) else im.convert("RGB")) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def write_conditioning(folder: Path, clip_space: str, embedding_dim: int) -> None:
+    (Path(folder) / CONDITIONING_FILE).write_text(
+        json.dumps({"clip_space": clip_space, "embedding_dim": embedding_dim}, indent=2))
 
 
 def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
@@ -177,6 +192,11 @@ def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> S
     if not (folder / "model_index.json").is_file():
         raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
     diffusers_logging.disable_progress_bar()
-    pipe = SmallUnCLIPPipeline.from_pretrained(str(folder))
+    try:
+        pipe = SmallUnCLIPPipeline.from_pretrained(str(folder)).to(device)
+    except Exception as exc:  # a corrupt or foreign pipeline folder, or a bad --device
+        raise ProtosynthError(f"--decoder {spec}: cannot load the pipeline in {folder} ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    cond = folder / CONDITIONING_FILE
+    pipe.clip_space = json.loads(cond.read_text()).get("clip_space") if cond.is_file() else None
+    return pipe

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..corpus import Corpus, load_corpus
 from ..errors import ProtosynthError
+from ..files import write_text_atomic
 from .train_clip import ClipTrainConfig, train_clip
 
 
@@ -42,18 +43,27 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     """Train and held-out corpora: the world's own test split, or a seeded 10% of JSONL images."""
     train = load_corpus(cfg.corpus)
     if cfg.test:
-        return train, load_corpus(cfg.test)
-    if train.pixels is not None:  # the world
-        head = cfg.corpus.split(",")[0]
+        test = load_corpus(cfg.test)
+    elif train.pixels is not None:  # the world: its own test split
+        if train.image_keys and train.image_keys[0].startswith("test/"):
+            raise ProtosynthError(f"--corpus {cfg.corpus}: training on the world's test split; pass --test")
         opts = [o for o in cfg.corpus.split(",")[1:] if not o.startswith("n=")]
-        test_spec = ",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else []))
-        return train, load_corpus(test_spec if head.startswith("shapes") else cfg.corpus)
+        test = load_corpus(",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else [])))
+    else:
+        return _hold_out(train, cfg.seed)
+    if test.fingerprint == train.fingerprint:
+        raise ProtosynthError(f"--corpus {cfg.corpus}: the held-out corpus is the training corpus; pass --test")
+    return train, test
+
+
+def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
+    """A seeded 10% of the images (at least one) held out of a file corpus for metrics."""
     import numpy as np
 
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     n_test = max(1, train.n_images // 10)
     if train.n_images < 2:
-        raise ProtosynthError(f"corpus {cfg.corpus}: needs at least 2 images to hold one out")
+        raise ProtosynthError(f"corpus {train.spec}: needs at least 2 images to hold one out")
     test_idx = set(rng.choice(train.n_images, n_test, replace=False).tolist())
     parts = [[i for i in range(train.n_images) if (i in test_idx) == held] for held in (False, True)]
     out = []
@@ -67,6 +77,10 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
 
 def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
     """Train what ``cfg.only`` names into ``out``; returns the merged metrics."""
+    if out.exists() and not out.is_dir():
+        raise ProtosynthError(f"--out {out} is a file, not a folder")
+    if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
+        raise ProtosynthError(f"--only decoder needs a trained CLIP in {out / 'clip'}; run --only clip first")
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_corpus(cfg)
     metrics_path = out / "metrics.json"
@@ -88,6 +102,6 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         "threads": os.cpu_count(), "config": asdict(cfg),
     })
     provenance["metrics"] = metrics
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    prov_path.write_text(json.dumps(provenance, indent=2))
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
+    write_text_atomic(prov_path, json.dumps(provenance, indent=2))
     return metrics

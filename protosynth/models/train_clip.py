@@ -6,6 +6,7 @@ corpus's BPE merges, so ``--clip small:DIR`` loads it through open_clip's factor
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..corpus import Corpus
+from ..files import write_text_atomic
 from ..metrics import retrieval_metrics
 from .bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
 from .clip import CLIP_WEIGHTS, ClipEncoder, load_clip
@@ -43,18 +45,19 @@ def corpus_tensor(corpus: Corpus, preprocess) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_clip(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> dict[str, float]:
     """R@1/5/10 both ways (PROTOCOLS.md names) on a corpus's images and all their captions."""
-    images = corpus_tensor(corpus, encoder.preprocess)
-    img = torch.cat([encoder.encode_images(images[i : i + batch]) for i in range(0, len(images), batch)])
-    caps = corpus.pair_caption
-    txt = torch.cat([encoder.encode_texts(caps[i : i + batch]) for i in range(0, len(caps), batch)])
+    img = encoder.encode_images(corpus_tensor(corpus, encoder.preprocess), batch)
+    txt = encoder.encode_texts(corpus.pair_caption, batch)
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     return retrieval_metrics((img @ txt.T).numpy(), corpus.pair_image)
 
 
 def _write_model_dir(model, model_cfg: dict, folder: Path) -> None:
+    """Weights and config, each written to a temporary file and renamed (never half-written)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / CLIP_WEIGHTS))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+    tmp = folder / f".{CLIP_WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / CLIP_WEIGHTS)
+    write_text_atomic(folder / "open_clip_config.json", json.dumps({"model_cfg": model_cfg}, indent=2))
 
 
 def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) -> dict[str, float]:
@@ -114,5 +117,5 @@ def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) ->
     metrics = evaluate_clip(encoder, test)
     record = {"train_seconds_this_run": round(time.time() - t0, 1), "config": asdict(cfg),
               "test_corpus": test.spec, "test": metrics}
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(record, indent=2))
     return metrics

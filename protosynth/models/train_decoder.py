@@ -18,14 +18,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 
 from ..corpus import Corpus
+from ..errors import ProtosynthError
+from ..files import write_text_atomic
+from ..render import RenderConfig, fidelity, render_images
 from .clip import ClipEncoder, load_clip
-from .decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
+from .decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range, write_conditioning
 from .train_clip import corpus_tensor
 from .training import StepBar, restore_rng, rng_state, save_atomic
 
@@ -56,29 +58,15 @@ class DecoderTrainConfig:
         return cls(**{**base, **overrides})
 
 
-def _images_in_unit_range(corpus: Corpus, size: int) -> torch.Tensor:
-    """Corpus images resized to the decoder size, as floats in [-1, 1]."""
-    out = np.empty((corpus.n_images, size, size, 3), dtype=np.uint8)
-    for i in range(corpus.n_images):
-        im = corpus.load_image(i)
-        if im.size != (size, size):
-            im = im.resize((size, size), resample=3)
-        out[i] = np.asarray(im)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 @torch.no_grad()
-def embed_images(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> torch.Tensor:
-    images = corpus_tensor(corpus, encoder.preprocess)
-    return torch.cat([encoder.encode_images(images[i : i + batch]) for i in range(0, len(images), batch)])
+def embed_images(encoder: ClipEncoder, corpus: Corpus) -> torch.Tensor:
+    return encoder.encode_images(corpus_tensor(corpus, encoder.preprocess))
 
 
 @torch.no_grad()
 def render_fidelity(pipe: SmallUnCLIPPipeline, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
                     guidance: float, seed: int = 0, batch: int = 128) -> dict[str, float]:
     """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
-    from ..render import RenderConfig, fidelity, render_images
-
     cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed)
     return fidelity(encoder, render_images(pipe, targets, cfg), targets)
 
@@ -93,7 +81,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     embeds = embed_images(encoder, corpus)
     pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
-    images = _images_in_unit_range(corpus, size)
+    images = to_unit_range([corpus.load_image(i) for i in range(corpus.n_images)], size)
     unet = pipe.unet
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -104,9 +92,17 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     step, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
+        if state.get("quick", cfg.quick) != cfg.quick:
+            raise ProtosynthError(f"{ckpt}: checkpoint is from a {'quick' if state.get('quick') else 'full'} run; "
+                                  f"delete {ckpt_dir} to start over")
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
+        if state.get("clip_space", encoder.space) != encoder.space:
+            raise ProtosynthError(
+                f"{ckpt}: this decoder checkpoint was trained on CLIP {state.get('clip_space')}, but {clip_dir} is "
+                f"{encoder.space}; delete {ckpt_dir} to start over"
+            )
         restore_rng(state["rng"], gen)
         step, history = state["step"], state["history"]
     test_targets = embed_images(encoder, test)[: cfg.eval_images]
@@ -115,7 +111,8 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
 
     def checkpoint() -> None:
         save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-                     "rng": rng_state(gen), "step": step, "history": history}, ckpt)
+                     "rng": rng_state(gen), "step": step, "history": history, "clip_space": encoder.space,
+                     "quick": cfg.quick}, ckpt)
 
     def evaluate() -> dict:
         ema.store(unet.parameters())
@@ -161,11 +158,12 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp))
+    write_conditioning(tmp, encoder.space, encoder.embed_dim)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     final = render_fidelity(load_decoder(str(out)), encoder, test_targets, cfg.eval_steps, cfg.guidance_scale,
                             seed=cfg.seed)
     record = {"steps": step, "config": asdict(cfg), "history": history, "test_fidelity": final,
               "seconds_this_run": round(time.time() - t_start, 1)}
-    (out / "train_metrics.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(out / "train_metrics.json", json.dumps(record, indent=2))
     return {"steps": step, "render_fidelity": final}
