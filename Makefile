@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench
+.PHONY: install demo test ship-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Copy a `protosynth models train` output into the package as the shipped default models
+# (weights, configs, metrics and provenance; never the resumable checkpoints).
+MODELS ?= runs/world
+ship-models:
+	rm -rf protosynth/weights/world && mkdir -p protosynth/weights/world/clip
+	cp $(MODELS)/clip/open_clip_config.json $(MODELS)/clip/open_clip_model.safetensors \
+	   $(MODELS)/clip/bpe_merges.txt.gz $(MODELS)/clip/metrics.json protosynth/weights/world/clip/
+	cp -r $(MODELS)/decoder protosynth/weights/world/decoder
+	cp $(MODELS)/metrics.json $(MODELS)/provenance.json protosynth/weights/world/
