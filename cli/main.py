@@ -45,6 +45,7 @@ def models_train(
     clip_steps: Optional[int] = typer.Option(None, help="CLIP optimisation steps."),
     decoder_steps: Optional[int] = typer.Option(None, help="Decoder optimisation steps."),
     decoder_minutes: Optional[float] = typer.Option(None, help="Stop decoder training after this many minutes (checkpointed)."),
+    decoder_init_from: Optional[str] = typer.Option(None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."),
 ) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
     from protosynth.models.train import ModelsTrainConfig, train_models
@@ -62,6 +63,8 @@ def models_train(
         decoder["steps"] = decoder_steps
     if decoder_minutes is not None:
         decoder["max_minutes"] = decoder_minutes
+    if decoder_init_from is not None:
+        decoder["init_from"] = decoder_init_from
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder)
     metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")

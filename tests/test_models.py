@@ -156,3 +156,21 @@ def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, m
     a = (tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path):
+    """--decoder-init-from: with a zero learning rate the result is exactly the starting decoder."""
+    from safetensors.torch import load_file
+
+    from protosynth.models import train_decoder as td
+
+    corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
+    cfg = td.DecoderTrainConfig.preset(True, steps=2, lr=0.0, eval_images=8, eval_steps=2,
+                                       init_from=f"small:{quick_models}")
+    td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "cont", cfg)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    got, want = load_file(str(tmp_path / "cont" / name)), load_file(str(quick_models / "decoder" / name))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    wrong = td.DecoderTrainConfig.preset(False, steps=1, init_from=f"small:{quick_models}")
+    with pytest.raises(ProtosynthError, match="architecture differs"):
+        td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "wrong", wrong)

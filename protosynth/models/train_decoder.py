@@ -49,6 +49,7 @@ class DecoderTrainConfig:
     eval_images: int = 256
     eval_steps: int = 25
     guidance_scale: float = 3.0
+    init_from: str | None = None  # a decoder spec to start from (e.g. "default") instead of random weights
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
@@ -83,12 +84,22 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
     images = to_unit_range([corpus.load_image(i) for i in range(corpus.n_images)], size)
     unet = pipe.unet
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    ckpt = ckpt_dir / "checkpoint.pt"
+    if cfg.init_from and not ckpt.is_file():  # continue from a saved decoder (e.g. the shipped one)
+        start = load_decoder(cfg.init_from)
+        if getattr(start, "clip_space", None) not in (None, encoder.space):
+            raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: trained on CLIP {start.clip_space}, "
+                                  f"not on {encoder.space} ({clip_dir})")
+        try:
+            unet.load_state_dict(start.unet.state_dict())
+        except RuntimeError:
+            raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: its UNet architecture differs from "
+                                  f"the one being trained ({'quick' if cfg.quick else 'full'})") from None
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ckpt_dir = out.with_name(out.name + ".ckpt")
-    ckpt = ckpt_dir / "checkpoint.pt"
     step, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
