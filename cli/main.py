@@ -79,7 +79,7 @@ def distill(
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<mode>-b<budget>-s<seed>)."),
-    force: bool = typer.Option(False, help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
     device: str = typer.Option("cpu"),
     steps: int = typer.Option(50, help="Denoising steps per image."),
     guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
