@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,6 @@ class StepBar:
     plain line every ``every`` seconds instead, so background runs can be followed."""
 
     def __init__(self, description: str, total: int, completed: int = 0, every: float = 30.0):
-        import sys
-        import time
-
         self._time = time.time
         self.description, self.total, self.done, self.every = description, total, completed, every
         self.plain = not sys.stderr.isatty()
@@ -47,8 +46,6 @@ class StepBar:
             self._bar.__exit__(*exc)
 
     def advance(self, info: str = "") -> None:
-        import sys
-
         self.done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=1, info=info)
