@@ -1,6 +1,6 @@
 """Train the small unCLIP decoder on a corpus, conditioned on a trained CLIP's image embeddings.
 
-Epsilon-prediction DDPM training with Stable unCLIP's conditioning recipe: the embedding is
+DDPM training (v-prediction by default, epsilon available) with Stable unCLIP's conditioning recipe: the embedding is
 noise-augmented at a random level (so the decoder tolerates prototype embeddings, which are means
 and sit off the data manifold) and dropped to zeros 10% of the time for classifier-free guidance.
 EMA weights are kept and are what gets saved. Checkpoints every few minutes make it resumable.
@@ -50,6 +50,7 @@ class DecoderTrainConfig:
     eval_steps: int = 25
     guidance_scale: float = 3.0
     init_from: str | None = None  # a decoder spec to start from (e.g. "default") instead of random weights
+    prediction_type: str = "v_prediction"  # or "epsilon" (what the first shipped decoder used)
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
@@ -78,7 +79,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     torch.manual_seed(cfg.seed)
     size = encoder.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick)
+    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick, prediction_type=cfg.prediction_type)
     embeds = embed_images(encoder, corpus)
     pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
@@ -106,6 +107,9 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
         if state.get("quick", cfg.quick) != cfg.quick:
             raise ProtosynthError(f"{ckpt}: checkpoint is from a {'quick' if state.get('quick') else 'full'} run; "
                                   f"delete {ckpt_dir} to start over")
+        if state.get("prediction_type", "epsilon") != cfg.prediction_type:
+            raise ProtosynthError(f"{ckpt}: checkpoint predicts {state.get('prediction_type', 'epsilon')}, not "
+                                  f"{cfg.prediction_type}; delete {ckpt_dir} to start over")
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
@@ -123,7 +127,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     def checkpoint() -> None:
         save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
                      "rng": rng_state(gen), "step": step, "history": history, "clip_space": encoder.space,
-                     "quick": cfg.quick}, ckpt)
+                     "quick": cfg.quick, "prediction_type": cfg.prediction_type}, ckpt)
 
     def evaluate() -> dict:
         ema.store(unet.parameters())
@@ -146,8 +150,9 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
             class_labels, cond = class_labels * keep, cond * keep
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-            eps = pipe.predict_noise(sched.add_noise(x0, noise, t), t, class_labels, cond)
-            loss = F.mse_loss(eps, noise)
+            pred = pipe.predict(sched.add_noise(x0, noise, t), t, class_labels, cond)
+            target = sched.get_velocity(x0, noise, t) if cfg.prediction_type == "v_prediction" else noise
+            loss = F.mse_loss(pred, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
