@@ -13,25 +13,14 @@ from typing import Optional
 
 import typer
 
-from protosynth.errors import ProtosynthError
+from cli.common import fail, run
+from cli.evaluation import eval_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal dataset distillation.")
 models_app = typer.Typer(no_args_is_help=True, help="Train the small models protosynth ships.")
 app.add_typer(models_app, name="models")
-
-
-def fail(message: str) -> None:
-    """One line on stderr and exit code 2: the contract for every bad input."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
-def run(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ProtosynthError as exc:
-        fail(str(exc))
+app.add_typer(eval_app, name="eval")
 
 
 @models_app.command("train")
@@ -72,6 +61,24 @@ def models_train(
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder)
     metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
+
+
+@models_app.command("pretrain-backbone")
+def models_pretrain_backbone(
+    arch: str = typer.Option("ps-nfnet", help="Small architecture: ps-nfnet, ps-resnet, ps-regnet or ps-vit."),
+    out: Path = typer.Option(..., help="Output folder (config.json, model.safetensors, metrics.json, provenance.json)."),
+    epochs: int = typer.Option(15),
+    n_images: int = typer.Option(10_000, help="Images of the world's pretraining split."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Pretrain a small image backbone on the world's pretraining split (the ImageNet stand-in)."""
+    from protosynth.evaluation.pretrain import PretrainConfig, pretrain_backbone
+
+    if epochs < 1 or n_images < 2:
+        fail("--epochs must be at least 1 and --n-images at least 2")
+    cfg = PretrainConfig(arch=arch, epochs=epochs, n_images=n_images, holdout=min(1000, n_images // 10), seed=seed)
+    metrics = run(pretrain_backbone, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
+    typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 
 
 @app.command()

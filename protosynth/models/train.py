@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from ..corpus import Corpus, load_corpus
 from ..errors import ProtosynthError
-from ..files import write_text_atomic
+from ..files import git_commit, write_text_atomic
 from .train_clip import ClipTrainConfig, train_clip
 
 
@@ -29,14 +28,6 @@ class ModelsTrainConfig:
     quick: bool = False
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     decoder: dict = field(default_factory=dict)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
@@ -98,7 +89,7 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
     provenance["runs"].append({
         "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
-        "test_corpus": test.spec, "commit": _git_commit(), "seconds": round(time.time() - t0, 1),
+        "test_corpus": test.spec, "commit": git_commit(), "seconds": round(time.time() - t0, 1),
         "threads": os.cpu_count(), "config": asdict(cfg),
     })
     provenance["metrics"] = metrics

@@ -1,0 +1,136 @@
+"""``protosynth eval ...``: retrieval evaluation of distilled sets (options in, a table and JSON out)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import fail, run
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
+
+PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
+
+
+def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, seed, select_on_test, text, device,
+            full: Optional[str]):
+    from protosynth.evaluation.evaluate import EvalConfig
+
+    if protocol is None:
+        protocol = "small" if _on_world(sets, full) else "nfnet-bert"
+    return EvalConfig(protocol=protocol, test=test, repeats=repeats, epochs=epochs, seed=seed,
+                      select_on_test=select_on_test, text=text, device=device, full=full)
+
+
+def _on_world(sets: list[Path], full: Optional[str]) -> bool:
+    specs = [full] if full else []
+    for s in sets:
+        try:
+            specs.append(json.loads((s / "manifest.json").read_text())["corpus"]["spec"])
+        except (OSError, ValueError, KeyError):
+            fail(f"{s}: not a complete distilled set (no readable manifest.json)")
+    return all(sp.split(",")[0].split(":")[0] == "shapes" for sp in specs)
+
+
+def _write_json(doc: dict, path: Optional[Path]) -> None:
+    if path is not None:
+        from protosynth.files import write_text_atomic
+
+        write_text_atomic(path, json.dumps(doc, indent=2))
+        typer.echo(f"wrote {path}")
+
+
+def _label(row: dict) -> str:
+    if row["path"] is None:
+        return f"full ({row.get('corpus')})"
+    return row["path"]
+
+
+def print_retrieval_table(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from protosynth.evaluation.evaluate import METRIC_NAMES
+
+    table = Table(title=f"{doc['protocol']} protocol, backbone {doc['backbone']}, test {doc['test']}, "
+                        f"{doc['repeats']} repeats, score = {doc['score']}")
+    for col in ["set", "method", "budget", "text"] + METRIC_NAMES:
+        table.add_column(col)
+    for row in doc["sets"]:
+        m = row["metrics"]
+        table.add_row(_label(row), str(row["method"]), str(row["budget"]), row["text"],
+                      *[f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in METRIC_NAMES])
+    Console().print(table)
+
+
+def print_cross_arch_table(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{doc['protocol']} protocol across backbones, {doc['repeats']} repeats, score = {doc['score']}")
+    table.add_column("set")
+    for arch in doc["archs"]:
+        for k in ("r_mean", "IR@1", "TR@1"):
+            table.add_column(f"{arch} {k}")
+    labels = list(dict.fromkeys(_label(r) for r in doc["sets"]))
+    for label in labels:
+        cells = []
+        for arch in doc["archs"]:
+            row = next(r for r in doc["sets"] if _label(r) == label and r["arch"] == arch)
+            cells += [f"{row['metrics'][k]['mean']:.1f}" for k in ("r_mean", "IR@1", "TR@1")]
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
+@eval_app.command("retrieval")
+def retrieval(
+    sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
+    protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
+    test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the test split of the sets' corpus)."),
+    repeats: int = typer.Option(5, help="Models trained per set (seeds seed..seed+R-1)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the protocol's)."),
+    seed: int = typer.Option(0),
+    select_on_test: bool = typer.Option(False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."),
+    text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
+    full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
+    backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results document here."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Train retrieval models on each set and report IR@K, TR@K and r_mean (mean ± std over repeats)."""
+    from dataclasses import replace
+
+    from protosynth.evaluation.evaluate import evaluate
+
+    cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full),
+                  backbone=backbone)
+    doc = run(evaluate, sets or [], cfg)
+    print_retrieval_table(doc)
+    _write_json(doc, json_out)
+
+
+@eval_app.command("cross-arch")
+def cross_arch_cmd(
+    sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
+    archs: Optional[str] = typer.Option(None, help="Comma-separated backbone specs (default: the protocol's list)."),
+    protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
+    test: Optional[str] = typer.Option(None, help="Test corpus spec."),
+    repeats: int = typer.Option(5),
+    epochs: Optional[int] = typer.Option(None),
+    seed: int = typer.Option(0),
+    select_on_test: bool = typer.Option(False),
+    text: str = typer.Option("auto"),
+    full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
+    from protosynth.evaluation.evaluate import cross_arch
+
+    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full)
+    arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
+    doc = run(cross_arch, sets or [], cfg, arch_list)
+    print_cross_arch_table(doc)
+    _write_json(doc, json_out)

@@ -1,0 +1,1 @@
+"""Retrieval evaluation: protocols (nfnet-bert, pds, small), backbones, text encoders, training."""

@@ -1,0 +1,151 @@
+"""Turn a distilled set, a corpus or a test split into the tensors a protocol trains and scores on.
+
+Text of a set is used the way it was stored (``--text``):
+- ``auto`` (default): the stored text embeddings when their space is the protocol's text space,
+  else the set's captions;
+- ``captions``: each pair's caption, embedded by the protocol's text encoder;
+- ``members``: the mean, in the protocol's text space, of the captions of the real pairs each
+  synthetic pair summarises (PDS sets record them);
+- ``stored``: the stored embeddings, which must be in the protocol's text space.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..corpus import Corpus, load_corpus
+from ..distilled import DistilledSet
+from ..errors import ProtosynthError
+from .backbones import Backbone
+from .retrieval import PairData, TestData
+from .text_encoders import TextEncoder
+
+TEXT_MODES = ("auto", "captions", "members", "stored")
+
+
+def to_pixels(images: list[Image.Image] | np.ndarray, backbone: Backbone, size: int) -> torch.Tensor:
+    """(N, 3, size, size) images normalised with the backbone's mean/std (bicubic resize, no crop)."""
+    if isinstance(images, np.ndarray):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    else:
+        arr = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC) if im.size != (size, size)
+                          else im.convert("RGB")) for im in images]
+        x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def corpus_pixels(corpus: Corpus) -> np.ndarray:
+    if corpus.pixels is not None:
+        return corpus.pixels
+    return np.stack([corpus.image_array(i) for i in range(corpus.n_images)])
+
+
+def encode_texts(encoder: TextEncoder, captions: list[str], normalise: bool) -> torch.Tensor:
+    feats = encoder.encode(captions)
+    return F.normalize(feats, dim=-1) if normalise else feats
+
+
+def default_test_spec(corpus_spec: str) -> str:
+    """The world's test split for a world corpus spec (same image size and seed); other corpora
+    have no built-in test split."""
+    head, *opts = corpus_spec.split(",")
+    if head.split(":")[0] != "shapes":
+        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in test split; pass --test SPEC")
+    keep = [o for o in opts if o.partition("=")[0] in ("size", "seed")]
+    return ",".join(["shapes:test", *keep])
+
+
+def test_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> TestData:
+    if min(len(c) for c in corpus.captions) < 1:
+        raise ProtosynthError(f"test corpus {corpus.spec}: every image needs a caption")
+    return TestData(to_pixels(corpus_pixels(corpus), backbone, size),
+                    encode_texts(encoder, corpus.pair_caption, normalise_text), corpus.pair_image.copy())
+
+
+def full_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> PairData:
+    """Every caption-level pair of a corpus (the upper-bound run)."""
+    pixels = to_pixels(corpus_pixels(corpus), backbone, size)
+    texts = encode_texts(encoder, corpus.pair_caption, normalise_text)
+    return PairData(pixels[torch.from_numpy(corpus.pair_image)], texts, notes={"text": "captions"})
+
+
+def _stored_text(ds: DistilledSet, normalise: bool) -> torch.Tensor | None:
+    for key in ("text", "text_normalised" if normalise else "text_raw"):
+        if key in ds.tensors:
+            return ds.tensors[key].float()
+    return None
+
+
+def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool,
+             text_mode: str = "auto") -> PairData:
+    """A distilled set (or coreset) as training pairs for a protocol."""
+    if text_mode not in TEXT_MODES:
+        raise ProtosynthError(f"--text {text_mode!r}: use {', '.join(TEXT_MODES)}")
+    where = str(ds.root)
+    stored_space = ds.metadata.get("text_space") or ds.manifest.get("text_space")
+    stored = _stored_text(ds, normalise_text) if stored_space == encoder.space else None
+    if text_mode == "stored" and stored is None:
+        raise ProtosynthError(f"{where}: --text stored needs text embeddings in the protocol's text space "
+                              f"{encoder.space!r}; the set stores {stored_space!r}")
+    if text_mode in ("auto", "stored") and stored is not None:
+        texts, how = stored, "stored"
+    elif text_mode == "members":
+        texts, how = _member_texts(ds, encoder, normalise_text), "members"
+    else:
+        captions = [p.get("caption") for p in ds.pairs]
+        if any(not isinstance(c, str) or not c.strip() for c in captions):
+            raise ProtosynthError(f"{where}: the set has no usable captions and no text embeddings in the protocol's "
+                                  f"text space {encoder.space!r} (it stores {stored_space!r})")
+        texts, how = encode_texts(encoder, captions, normalise_text), "captions"
+    if len(texts) != len(ds.pairs):
+        raise ProtosynthError(f"{where}: {len(texts)} text embeddings for {len(ds.pairs)} pairs")
+    images = to_pixels([ds.image(i) for i in range(len(ds))], backbone, size)
+    lrs = {k: float(ds.tensors[k].reshape(-1)[0]) for k in ("lr_image", "lr_text") if k in ds.tensors}
+    return PairData(images, texts, lrs.get("lr_image"), lrs.get("lr_text"),
+                    notes={"text": how, "learned_lrs": bool(lrs)})
+
+
+def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:
+    if any(not p.get("members") for p in ds.pairs):
+        raise ProtosynthError(f"{ds.root}: --text members needs member indices on every pair")
+    corpus = load_corpus(ds.manifest["corpus"]["spec"])
+    wanted = sorted({m for p in ds.pairs for m in p["members"]})
+    if wanted[-1] >= corpus.n_pairs:
+        raise ProtosynthError(f"{ds.root}: member index {wanted[-1]} is outside corpus {corpus.spec} "
+                              f"({corpus.n_pairs} pairs)")
+    feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
+    row = {m: i for i, m in enumerate(wanted)}
+    return torch.stack([feats[[row[m] for m in p["members"]]].mean(0) for p in ds.pairs])
+
+
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def check_no_overlap(ds: DistilledSet, test: Corpus) -> None:
+    """Refuse a test split that shares an image with the set or with the real pairs it summarises."""
+    corpus_spec = ds.manifest.get("corpus", {}).get("spec")
+    if ds.manifest.get("corpus", {}).get("fingerprint") == test.fingerprint:
+        raise ProtosynthError(f"{ds.root}: the test split {test.spec} is the corpus the set was made from")
+    pixels = corpus_pixels(test)
+    test_hashes = {_digest(pixels[i]): i for i in range(test.n_images)}
+    for i in range(len(ds)):
+        hit = test_hashes.get(_digest(np.asarray(ds.image(i))))
+        if hit is not None:
+            raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
+    members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
+    if members and corpus_spec:
+        corpus = load_corpus(corpus_spec)
+        for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
+            hit = test_hashes.get(_digest(corpus.image_array(img)))
+            if hit is not None:
+                raise ProtosynthError(f"{ds.root}: member image {corpus.image_keys[img]} of {corpus_spec} is test "
+                                      f"image {hit} of {test.spec}")

@@ -1,0 +1,158 @@
+"""``protosynth eval retrieval`` and ``eval cross-arch``: train R retrieval models per set, report mean/std.
+
+Each repeat r trains from seed ``seed + r``. The reported score is the final epoch's; with
+``select_on_test`` it is instead the best checkpoint (every ``checkpoint_every`` epochs, by r_mean)
+on the test split, which is what the LoRS/RepBlend reference code reports; every output labels it.
+Standard deviations are sample standard deviations (ddof=1) over the repeats.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..corpus import load_corpus
+from ..distilled import DistilledSet, load_distilled
+from ..errors import ProtosynthError
+from ..metrics import KS
+from ..models.training import StepBar
+from .backbones import load_backbone
+from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, set_data, test_data
+from .protocols import Protocol, get_protocol
+from .retrieval import PairData, TestData, batched, train_and_score
+from .text_encoders import load_text_encoder
+
+METRIC_NAMES = [f"IR@{k}" for k in KS] + [f"TR@{k}" for k in KS] + ["r_mean"]
+FINAL = "final epoch"
+SELECTED = "best checkpoint on the test split (--select-on-test; model selection on test, as the reference code does)"
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "small"
+    test: str | None = None  # default: the test split of the sets' corpus
+    repeats: int = 5
+    epochs: int | None = None  # default: the protocol's (full-data runs: its full_epochs)
+    seed: int = 0
+    select_on_test: bool = False
+    text: str = "auto"
+    device: str = "cpu"
+    backbone: str | None = None  # default: the protocol's
+    full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
+
+
+def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
+    protocol = get_protocol(cfg.protocol)
+    if cfg.repeats < 1:
+        raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise ProtosynthError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.text not in TEXT_MODES:
+        raise ProtosynthError(f"--text {cfg.text!r}: use {', '.join(TEXT_MODES)}")
+    if not paths and not cfg.full:
+        raise ProtosynthError("give at least one distilled-set folder, or --full")
+    try:
+        torch.device(cfg.device)
+    except RuntimeError:
+        raise ProtosynthError(f"--device {cfg.device!r} is not a torch device") from None
+    return protocol
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
+    out = {}
+    for name in METRIC_NAMES:
+        values = [r[name] for r in runs]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[name] = {"mean": round(float(np.mean(values)), 3), "std": round(std, 3), "runs": [round(v, 3) for v in values]}
+    return out
+
+
+def _text_spec(protocol: Protocol, sets: list[DistilledSet]) -> str:
+    if protocol.text != "clip":
+        return protocol.text
+    specs = {s.manifest.get("clip", {}).get("spec") for s in sets} or {"default"}
+    if None in specs or len(specs) > 1:
+        raise ProtosynthError(f"--protocol {protocol.name} embeds text with the CLIP each set was made with; these sets "
+                              f"name {sorted(map(str, specs))}: evaluate sets of one CLIP together")
+    return f"clip:{specs.pop()}"
+
+
+def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
+    if cfg.test:
+        return cfg.test
+    corpora = [s.manifest.get("corpus", {}).get("spec") for s in sets] + ([cfg.full] if cfg.full else [])
+    if any(c is None for c in corpora):
+        raise ProtosynthError("a set's manifest names no corpus; pass --test SPEC")
+    specs = {default_test_spec(c) for c in corpora}
+    if len(specs) > 1:
+        raise ProtosynthError(f"the sets come from corpora with different test splits ({sorted(specs)}); pass --test")
+    return specs.pop()
+
+
+def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
+    """Evaluate every set (and the --full upper bound) under one protocol; the ``--json`` document."""
+    protocol = validate(cfg, paths)
+    sets = [load_distilled(p) for p in paths]
+    text_spec = _text_spec(protocol, sets)
+    backbone = load_backbone(cfg.backbone or protocol.backbone)
+    size = protocol.image_size or backbone.image_size
+    encoder = load_text_encoder(text_spec)
+    normalise = text_spec.startswith("clip:")
+    test_spec = _test_spec(cfg, sets)
+    test_corpus = load_corpus(test_spec)
+    test = test_data(test_corpus, encoder, backbone, size, normalise)
+    for ds in sets:
+        check_no_overlap(ds, test_corpus)
+    jobs: list[tuple[dict, PairData, int]] = []
+    for ds in sets:
+        data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
+        row = {"path": str(ds.root), "method": ds.manifest.get("method"), "budget": ds.manifest.get("budget", len(ds)),
+               "mode": ds.manifest.get("mode"), "text": data.notes["text"], "learned_lrs": data.notes["learned_lrs"]}
+        jobs.append((row, data, cfg.epochs or protocol.epochs))
+    if cfg.full:
+        full = load_corpus(cfg.full)
+        if full.fingerprint == test_corpus.fingerprint:
+            raise ProtosynthError(f"--full {cfg.full} is the test split {test_spec}")
+        row = {"path": None, "method": "full", "budget": full.n_pairs, "mode": None, "text": "captions",
+               "learned_lrs": False, "corpus": cfg.full}
+        jobs.append((row, full_data(full, encoder, backbone, size, normalise), cfg.epochs or protocol.full_epochs))
+    total = sum(cfg.repeats * epochs for _, _, epochs in jobs)
+    results = []
+    with StepBar(f"eval {protocol.name} ({backbone.spec})", total) as bar:
+        for row, data, epochs in jobs:
+            started = time.time()
+            frozen = None
+            if not protocol.train_backbone:  # features of a frozen backbone: computed once per set
+                with torch.no_grad():
+                    backbone.model.to(cfg.device).eval()
+                    feats = lambda x: backbone.features(x, protocol.image_features)  # noqa: E731
+                    frozen = (batched(feats, data.images, cfg.device), batched(feats, test.images, cfg.device))
+            runs = [train_and_score(protocol, backbone, data, test, cfg.seed + r, epochs, cfg.select_on_test,
+                                    cfg.device, frozen, progress=lambda: bar.advance(row["method"] or ""))
+                    for r in range(cfg.repeats)]
+            scored = [r.best if cfg.select_on_test else r.final for r in runs]
+            row = dict(row, epochs=epochs, metrics=summarise(scored), seconds=round(time.time() - started, 1),
+                       score=SELECTED if cfg.select_on_test else FINAL)
+            if cfg.select_on_test:
+                row["best_epochs"] = [r.best_epoch for r in runs]
+                row["final_metrics"] = summarise([r.final for r in runs])
+            results.append(row)
+    return {"protocol": protocol.name, "backbone": backbone.spec, "text_encoder": encoder.spec,
+            "text_space": encoder.space, "test": test_spec, "repeats": cfg.repeats, "seed": cfg.seed,
+            "select_on_test": cfg.select_on_test, "score": SELECTED if cfg.select_on_test else FINAL,
+            "settings": asdict(protocol), "sets": results}
+
+
+def cross_arch(paths: list[Path], cfg: EvalConfig, archs: list[str] | None = None) -> dict:
+    """The same protocol over several image backbones; one result per (set, arch)."""
+    protocol = validate(cfg, paths)
+    archs = archs or list(protocol.cross_archs)
+    if not archs:
+        raise ProtosynthError(f"--protocol {protocol.name} has no default --archs; pass some")
+    docs = [evaluate(paths, replace(cfg, backbone=a)) for a in archs]
+    sets = [dict(row, arch=arch) for arch, doc in zip(archs, docs) for row in doc["sets"]]
+    head = {k: v for k, v in docs[0].items() if k not in ("sets", "backbone")}
+    return dict(head, archs=archs, sets=sets)
