@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test ship-models
+.PHONY: install demo test ship-models ship-backbones
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ test: $(STAMP)
 # (weights, configs, metrics and provenance; never the resumable checkpoints).
 MODELS ?= runs/world
 ship-models:
-	rm -rf protosynth/weights/world && mkdir -p protosynth/weights/world/clip
+	rm -rf protosynth/weights/world/clip protosynth/weights/world/decoder && mkdir -p protosynth/weights/world/clip
 	cp $(MODELS)/clip/open_clip_config.json $(MODELS)/clip/open_clip_model.safetensors \
 	   $(MODELS)/clip/bpe_merges.txt.gz $(MODELS)/clip/metrics.json protosynth/weights/world/clip/
 	cp -r $(MODELS)/decoder protosynth/weights/world/decoder
 	cp $(MODELS)/metrics.json $(MODELS)/provenance.json protosynth/weights/world/
+
+# Copy backbones written by `protosynth models pretrain-backbone --out $(BACKBONES)/ARCH` into the
+# package (one folder per architecture: config, weights, metrics, provenance).
+BACKBONES ?= runs/backbones
+ship-backbones:
+	for d in $(BACKBONES)/ps-*; do a=$$(basename $$d); rm -rf protosynth/weights/world/backbones/$$a; \
+	  mkdir -p protosynth/weights/world/backbones/$$a; \
+	  cp $$d/config.json $$d/model.safetensors $$d/metrics.json $$d/provenance.json protosynth/weights/world/backbones/$$a/; done

@@ -96,6 +96,8 @@ def retrieval(
     text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
     full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
+    text_encoder: Optional[str] = typer.Option(None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."),
+    image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results document here."),
     device: str = typer.Option("cpu"),
 ) -> None:
@@ -105,7 +107,7 @@ def retrieval(
     from protosynth.evaluation.evaluate import evaluate
 
     cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full),
-                  backbone=backbone)
+                  backbone=backbone, text_encoder=text_encoder, image_size=image_size)
     doc = run(evaluate, sets or [], cfg)
     print_retrieval_table(doc)
     _write_json(doc, json_out)

@@ -114,6 +114,27 @@ def distill(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def coreset(
+    method: str = typer.Option(..., help="random, herding, kcenter or forgetting."),
+    budget: int = typer.Option(500, help="Number of real pairs to keep."),
+    corpus: str = typer.Option("shapes", help="Corpus spec."),
+    clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."),
+    force: bool = typer.Option(False, help="Replace an earlier set at --out."),
+    device: str = typer.Option("cpu"),
+    forgetting_epochs: int = typer.Option(5, help="forgetting: epochs of training on all pairs to count events."),
+    keep: str = typer.Option("most", help="forgetting: keep the most- or least-forgotten pairs."),
+) -> None:
+    """Select BUDGET real pairs (a coreset baseline) and write them in the distilled-set format."""
+    from protosynth.coreset import CoresetConfig, build_coreset
+
+    cfg = CoresetConfig(method=method, budget=budget, corpus=corpus, clip=clip, seed=seed, out=out, force=force,
+                        device=device, forgetting_epochs=forgetting_epochs, keep=keep)
+    typer.echo(f"wrote {run(build_coreset, cfg)}")
+
+
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click

@@ -5,10 +5,7 @@ with its manifest (every setting, per-stage seconds, peak memory, render fidelit
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,9 +20,9 @@ from .models.clip import load_clip
 from .models.decoder import load_decoder
 from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity, render_images
+from .runinfo import check_device, corpus_name, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
-PACKAGES = ("protosynth", "torch", "open_clip_torch", "diffusers", "faiss-cpu", "scipy", "numpy", "Pillow")
 
 
 @dataclass
@@ -46,22 +43,7 @@ class DistillConfig:
 
 
 def default_out(cfg: DistillConfig) -> Path:
-    name = Path(cfg.corpus).stem if cfg.corpus.endswith(".jsonl") else cfg.corpus.replace(":", "-").replace(",", "_")
-    return Path("distilled") / f"{name}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
-
-
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return Path("distilled") / f"{corpus_name(cfg.corpus)}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 
 def validate(cfg: DistillConfig) -> Path:
@@ -83,14 +65,7 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
     if r.guidance_scale < 0:
         raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        raise ProtosynthError(f"unknown --device {cfg.device!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProtosynthError(f"--device {cfg.device}: no CUDA device is available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ProtosynthError(f"unsupported --device {cfg.device!r}: use cpu, cuda or mps")
+    check_device(cfg.device)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out
@@ -159,10 +134,10 @@ def distill(cfg: DistillConfig) -> Path:
         "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim},
         "decoder": {"spec": cfg.decoder, "class": type(decoder).__name__, "conditioning_dim": decoder.embedding_dim},
         "text_space": clip.space, "settings": _jsonable(asdict(replace(cfg, render=rcfg))), "prototype_stats": protos.stats,
-        "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": _versions(),
+        "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": versions(),
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
-    manifest["peak_memory_mb"] = _peak_rss_mb()
+    manifest["peak_memory_mb"] = peak_rss_mb()
     write_distilled(out, renders, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
     log.info("wrote %s", out)
     return out

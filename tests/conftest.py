@@ -52,3 +52,37 @@ def jsonl_corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""
+    from protosynth.evaluation.pretrain import PretrainConfig, pretrain_backbone
+
+    out = tmp_path_factory.mktemp("backbone") / "ps-nfnet"
+    pretrain_backbone(PretrainConfig(arch="ps-nfnet", n_images=300, holdout=50, epochs=1), out, command="test fixture")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (the real transformers classes) with a word-level vocab
+    of the world's words, saved with save_pretrained as a Hugging Face folder."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from protosynth.world import COLOUR_SYNONYMS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
+
+    words = set()
+    for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, POSITION_PHRASES):
+        for phrases in table.values():
+            for p in phrases:
+                words.update(p.split())
+    words.update("a an and the there is are with two three of pair trio shapes plus".split())
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder

@@ -19,6 +19,7 @@ from ..distilled import DistilledSet, load_distilled
 from ..errors import ProtosynthError
 from ..metrics import KS
 from ..models.training import StepBar
+from ..runinfo import check_device
 from .backbones import load_backbone
 from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, set_data, test_data
 from .protocols import Protocol, get_protocol
@@ -41,6 +42,8 @@ class EvalConfig:
     text: str = "auto"
     device: str = "cpu"
     backbone: str | None = None  # default: the protocol's
+    text_encoder: str | None = None  # default: the protocol's (a tiny BERT folder in the tests)
+    image_size: int | None = None  # default: the protocol's
     full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
 
 
@@ -54,10 +57,7 @@ def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
         raise ProtosynthError(f"--text {cfg.text!r}: use {', '.join(TEXT_MODES)}")
     if not paths and not cfg.full:
         raise ProtosynthError("give at least one distilled-set folder, or --full")
-    try:
-        torch.device(cfg.device)
-    except RuntimeError:
-        raise ProtosynthError(f"--device {cfg.device!r} is not a torch device") from None
+    check_device(cfg.device)
     return protocol
 
 
@@ -70,7 +70,9 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def _text_spec(protocol: Protocol, sets: list[DistilledSet]) -> str:
+def _text_spec(protocol: Protocol, sets: list[DistilledSet], override: str | None) -> str:
+    if override:
+        return override
     if protocol.text != "clip":
         return protocol.text
     specs = {s.manifest.get("clip", {}).get("spec") for s in sets} or {"default"}
@@ -96,9 +98,9 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     """Evaluate every set (and the --full upper bound) under one protocol; the ``--json`` document."""
     protocol = validate(cfg, paths)
     sets = [load_distilled(p) for p in paths]
-    text_spec = _text_spec(protocol, sets)
+    text_spec = _text_spec(protocol, sets, cfg.text_encoder)
     backbone = load_backbone(cfg.backbone or protocol.backbone)
-    size = protocol.image_size or backbone.image_size
+    size = cfg.image_size or protocol.image_size or backbone.image_size
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
@@ -140,7 +142,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                 row["best_epochs"] = [r.best_epoch for r in runs]
                 row["final_metrics"] = summarise([r.final for r in runs])
             results.append(row)
-    return {"protocol": protocol.name, "backbone": backbone.spec, "text_encoder": encoder.spec,
+    return {"protocol": protocol.name, "backbone": backbone.spec, "text_encoder": encoder.spec, "image_size": size,
             "text_space": encoder.space, "test": test_spec, "repeats": cfg.repeats, "seed": cfg.seed,
             "select_on_test": cfg.select_on_test, "score": SELECTED if cfg.select_on_test else FINAL,
             "settings": asdict(protocol), "sets": results}

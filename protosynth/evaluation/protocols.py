@@ -56,7 +56,7 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "small": Protocol(
         name="small", backbone="ps-nfnet", text="minilm", image_size=32, full_epochs=5,
-        cross_archs=("ps-nfnet", "ps-resnet", "ps-regnet", "ps-vit"),
+        cross_archs=("ps-nfnet", "ps-resnet", "ps-vit"),
     ),
 }
 

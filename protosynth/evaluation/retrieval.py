@@ -112,12 +112,12 @@ def score(model: DualEncoder, test: TestData, device, image_feats: torch.Tensor 
 
 @dataclass
 class RunResult:
-    final: dict[str, float]
+    final: dict[str, float] | None  # None when trained without a test split
     best: dict[str, float] | None  # best checkpoint by r_mean (select-on-test mode only)
     best_epoch: int | None
 
 
-def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test: TestData, seed: int,
+def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test: TestData | None, seed: int,
                     epochs: int, select_on_test: bool = False, device: str = "cpu",
                     frozen_features: tuple[torch.Tensor, torch.Tensor] | None = None,
                     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
@@ -164,8 +164,8 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
                 on_batch(idx, (img @ txt.T).detach().cpu())
         if progress is not None:
             progress()
-        if select_on_test and ((epoch + 1) % protocol.checkpoint_every == 0 or epoch + 1 == epochs):
+        if select_on_test and test is not None and ((epoch + 1) % protocol.checkpoint_every == 0 or epoch + 1 == epochs):
             m = score(model, test, device, test_img)
             if best is None or m["r_mean"] > best["r_mean"]:
                 best, best_epoch = m, epoch + 1
-    return RunResult(score(model, test, device, test_img), best, best_epoch)
+    return RunResult(score(model, test, device, test_img) if test is not None else None, best, best_epoch)

@@ -60,6 +60,7 @@ def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         model = AutoModel.from_pretrained(source, local_files_only=True).eval()

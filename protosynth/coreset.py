@@ -1,0 +1,204 @@
+"""Coreset baselines: ``budget`` real pairs chosen from the corpus, written in the distilled-set format.
+
+The exact rules (seeded; caption-level pairs, as PDS embeds them):
+- ``random``: a uniform sample without replacement (numpy ``default_rng(seed)``).
+- ``herding`` (Welling 2009): on joint features z = [img/|img|, txt/|txt|]/sqrt(2) from the CLIP,
+  pick greedily the pair that brings the running mean of the chosen z closest (Euclidean) to the mean
+  of all z; ties go to the lowest index. Deterministic (the seed is not used).
+- ``kcenter``: greedy farthest-point on the same z: start from a seeded random pair, then add the
+  pair whose distance to its nearest chosen pair is largest.
+- ``forgetting`` (Toneva et al. 2019): train the evaluation protocol's model on every pair for
+  ``forgetting_epochs`` epochs; each time a pair is presented in a mini-batch it is *correct* when
+  its image scores a caption of its own image highest among the batch's captions. A forgetting
+  event is correct at one presentation and wrong at the next. Pairs never correct count as
+  forgotten infinitely often (as Toneva). ``keep=most`` (default) keeps the most-forgotten pairs,
+  the informative ones by Toneva's finding that unforgettable examples can be dropped; ``keep=least``
+  keeps the least-forgotten. Ties are broken by a seeded random order. Counts are cached per corpus,
+  protocol, epochs and seed, so several budgets reuse one training run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import Corpus, cache_dir, load_corpus
+from .distilled import check_out_dir, write_distilled
+from .embed import embed_corpus
+from .errors import ProtosynthError
+from .models.clip import load_clip
+from .runinfo import check_device, corpus_name, peak_rss_mb, versions
+
+METHODS = ("random", "herding", "kcenter", "forgetting")
+
+
+@dataclass
+class CoresetConfig:
+    method: str = "random"
+    budget: int = 500
+    corpus: str = "shapes"
+    clip: str = "default"  # the CLIP for herding/k-center features and the stored embeddings
+    seed: int = 0
+    out: Path | None = None
+    force: bool = False
+    device: str = "cpu"
+    forgetting_protocol: str = "small"
+    forgetting_epochs: int = 5
+    keep: str = "most"  # forgetting: keep the most- or least-forgotten pairs
+
+
+def default_out(cfg: CoresetConfig) -> Path:
+    return Path("distilled") / f"{corpus_name(cfg.corpus)}-coreset-{cfg.method}-b{cfg.budget}-s{cfg.seed}"
+
+
+def joint_features(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Unit-norm joint features: the normalised image and text embeddings side by side, / sqrt(2)."""
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    return np.concatenate([unit(image), unit(text)], axis=1).astype(np.float64) / np.sqrt(2.0)
+
+
+def select_random(n: int, budget: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice(n, size=budget, replace=False)
+
+
+def select_herding(z: np.ndarray, budget: int) -> np.ndarray:
+    """Greedy: each step adds argmin_i |mean - (sum_chosen + z_i)/t|, i.e. argmax_i (t*mean - sum_chosen) . z_i
+    among unchosen pairs, for unit-norm z."""
+    target, total = z.mean(0), np.zeros(z.shape[1])
+    chosen = np.zeros(len(z), dtype=bool)
+    out = []
+    for t in range(1, budget + 1):
+        gain = z @ (t * target - total) - 0.5 * (z * z).sum(1)  # same argmax as the distance, norms kept exact
+        gain[chosen] = -np.inf
+        i = int(np.argmax(gain))
+        out.append(i)
+        chosen[i] = True
+        total += z[i]
+    return np.asarray(out)
+
+
+def select_kcenter(z: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    first = int(np.random.default_rng(seed).integers(len(z)))
+    out = [first]
+    dist = np.linalg.norm(z - z[first], axis=1)
+    for _ in range(budget - 1):
+        i = int(np.argmax(dist))
+        out.append(i)
+        dist = np.minimum(dist, np.linalg.norm(z - z[i], axis=1))
+    return np.asarray(out)
+
+
+def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int, device: str = "cpu") -> np.ndarray:
+    """Forgetting events per pair (inf = never correct) while training the protocol's model on all pairs."""
+    import hashlib
+
+    path = cache_dir() / "forgetting" / (hashlib.sha256(
+        f"{corpus.fingerprint}\0{protocol_name}\0{epochs}\0{seed}".encode()).hexdigest()[:24] + ".npy")
+    if path.is_file():
+        return np.load(path)
+    from .evaluation.backbones import load_backbone
+    from .evaluation.data import full_data
+    from .evaluation.protocols import get_protocol
+    from .evaluation.retrieval import train_and_score
+    from .evaluation.text_encoders import load_text_encoder
+    from .models.training import StepBar
+
+    protocol = get_protocol(protocol_name)
+    if protocol.text == "clip" or not protocol.train_backbone:
+        raise ProtosynthError(f"forgetting counts need a protocol that trains its image model; not {protocol_name}")
+    backbone = load_backbone(protocol.backbone)
+    encoder = load_text_encoder(protocol.text)
+    size = protocol.image_size or backbone.image_size
+    data = full_data(corpus, encoder, backbone, size, normalise_text=False)
+    image_of = torch.from_numpy(corpus.pair_image)
+    last = torch.zeros(corpus.n_pairs, dtype=torch.bool)
+    ever = torch.zeros(corpus.n_pairs, dtype=torch.bool)
+    events = torch.zeros(corpus.n_pairs, dtype=torch.long)
+
+    def on_batch(idx: torch.Tensor, logits: torch.Tensor) -> None:
+        correct = image_of[idx[logits.argmax(1)]] == image_of[idx]
+        events[idx] += (last[idx] & ~correct).long()
+        last[idx] = correct
+        ever[idx] |= correct
+
+    with StepBar(f"forgetting ({protocol_name}, {epochs} epochs)", epochs) as bar:
+        train_and_score(protocol, backbone, data, None, seed, epochs, device=device, on_batch=on_batch,
+                        progress=lambda: bar.advance(""))
+    counts = np.where(ever.numpy(), events.numpy().astype(np.float64), np.inf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, counts)
+    tmp.replace(path)
+    return counts
+
+
+def select_forgetting(counts: np.ndarray, budget: int, seed: int, keep: str) -> np.ndarray:
+    tiebreak = np.random.default_rng(seed).permutation(len(counts))
+    key = -counts if keep == "most" else counts
+    order = np.lexsort((tiebreak, key))  # primary key last
+    return order[:budget]
+
+
+def validate(cfg: CoresetConfig) -> Path:
+    if cfg.method not in METHODS:
+        raise ProtosynthError(f"unknown --method {cfg.method!r}: use {', '.join(METHODS)}")
+    if cfg.budget < 1:
+        raise ProtosynthError(f"--budget must be at least 1, got {cfg.budget}")
+    if cfg.keep not in ("most", "least"):
+        raise ProtosynthError(f"--keep {cfg.keep!r}: use most or least")
+    if cfg.forgetting_epochs < 1:
+        raise ProtosynthError(f"--forgetting-epochs must be at least 1, got {cfg.forgetting_epochs}")
+    check_device(cfg.device)
+    out = cfg.out or default_out(cfg)
+    check_out_dir(out, cfg.force)
+    return out
+
+
+def build_coreset(cfg: CoresetConfig) -> Path:
+    """Select ``budget`` real pairs with ``cfg.method`` and write them as a distilled set."""
+    out = validate(cfg)
+    seconds: dict[str, float] = {}
+    t = time.time()
+    corpus = load_corpus(cfg.corpus)
+    if cfg.budget > corpus.n_pairs:
+        raise ProtosynthError(f"--budget {cfg.budget} is larger than the {corpus.n_pairs} pairs of corpus {cfg.corpus}")
+    clip = load_clip(cfg.clip, cfg.device)
+    emb = embed_corpus(corpus, clip)
+    image, text = emb.image.numpy(), emb.text.numpy()
+    seconds["embed"] = round(time.time() - t, 2)
+    t = time.time()
+    if cfg.method == "random":
+        chosen = select_random(corpus.n_pairs, cfg.budget, cfg.seed)
+    elif cfg.method == "herding":
+        chosen = select_herding(joint_features(image, text), cfg.budget)
+    elif cfg.method == "kcenter":
+        chosen = select_kcenter(joint_features(image, text), cfg.budget, cfg.seed)
+    else:
+        counts = forgetting_counts(corpus, cfg.forgetting_protocol, cfg.forgetting_epochs, cfg.seed, cfg.device)
+        chosen = select_forgetting(counts, cfg.budget, cfg.seed, cfg.keep)
+    seconds["select"] = round(time.time() - t, 2)
+    chosen = [int(p) for p in chosen]
+    images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
+    pairs = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[p], "caption_pair": p,
+              "members": [p]} for i, p in enumerate(chosen)]
+
+    def unit(x: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
+
+    tensors = {"image_raw": torch.from_numpy(image[chosen]), "image_normalised": unit(image[chosen]),
+               "text_raw": torch.from_numpy(text[chosen]), "text_normalised": unit(text[chosen])}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    manifest = {
+        "format": "protosynth-distilled/1", "method": f"coreset-{cfg.method}", "budget": cfg.budget, "mode": None,
+        "seed": cfg.seed, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint,
+                                      "images": corpus.n_images, "pairs": corpus.n_pairs},
+        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim}, "text_space": clip.space,
+        "settings": settings, "rule": (__doc__ or "").split("The exact rules", 1)[-1].strip(),
+        "versions": versions(), "seconds": seconds, "peak_memory_mb": peak_rss_mb(),
+    }
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    return out

