@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ProtosynthError
-from .world import SPLIT_OFFSETS, WorldConfig, generate_split
+from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
 
 def cache_dir() -> Path:
@@ -102,24 +102,42 @@ def _parse_world_spec(spec: str) -> tuple[str, WorldConfig]:
     return split, cfg
 
 
-def load_world(spec: str = "shapes") -> Corpus:
-    """The world split named by ``spec``, generated on first use and cached as ``.npz``."""
-    split, cfg = _parse_world_spec(spec)
-    fp = f"world-{cfg.fingerprint()}-{split}"
-    path = cache_dir() / "world" / f"{fp}.npz"
+# Split contents that changed: test and pretrain v2 have no image equal to a train (or test) image.
+SPLIT_VERSION = {"train": "", "test": "-v2", "pretrain": "-v2"}
+EARLIER_SPLITS = {"train": (), "test": ("train",), "pretrain": ("train", "test")}
+
+
+def world_fingerprint(cfg: WorldConfig, split: str) -> str:
+    return f"world-{cfg.fingerprint()}-{split}{SPLIT_VERSION[split]}"
+
+
+def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
+    """One world split with its objects, generated on first use and cached as ``.npz``. Test and
+    pretrain images never equal an image of an earlier split (train, then test)."""
+    path = cache_dir() / "world" / f"{world_fingerprint(cfg, split)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
-            pixels = data["images"]
-            captions = json.loads(str(data["captions"]))
-    else:
-        ws = generate_split(cfg, split)
-        pixels, captions = ws.images, ws.captions
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=pixels, captions=np.array(json.dumps(captions)))
-        os.replace(tmp, path)
-    keys = [f"{split}/{i:06d}" for i in range(len(captions))]
-    return Corpus(spec=spec, fingerprint=fp, image_keys=keys, captions=captions, pixels=pixels)
+            objects = [[WorldObject(*o) for o in objs] for objs in json.loads(str(data["objects"]))]
+            return WorldSplit(data["images"], json.loads(str(data["captions"])), objects)
+    exclude = None
+    if EARLIER_SPLITS[split]:
+        exclude = {image_digest(im) for earlier in EARLIER_SPLITS[split] for im in world_split(cfg, earlier).images}
+    ws = generate_split(cfg, split, exclude)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    objects = [[[o.colour, o.shape, o.size, o.position] for o in objs] for objs in ws.objects]
+    np.savez(tmp, images=ws.images, captions=np.array(json.dumps(ws.captions)), objects=np.array(json.dumps(objects)))
+    os.replace(tmp, path)
+    return ws
+
+
+def load_world(spec: str = "shapes") -> Corpus:
+    """The world split named by ``spec`` (see ``world_split``)."""
+    split, cfg = _parse_world_spec(spec)
+    ws = world_split(cfg, split)
+    keys = [f"{split}/{i:06d}" for i in range(len(ws.captions))]
+    return Corpus(spec=spec, fingerprint=world_fingerprint(cfg, split), image_keys=keys, captions=ws.captions,
+                  pixels=ws.images)
 
 
 def load_jsonl(path: str | Path) -> Corpus:

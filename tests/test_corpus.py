@@ -1,6 +1,8 @@
 """Corpus specs: the built-in world (with its cache) and JSONL manifests, with one-line errors."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import re
 from pathlib import Path
@@ -112,8 +114,8 @@ def test_cache_dir_follows_env(_cache):
 def test_world_is_cached_and_second_load_reads_cache(_cache):
     first = load_world("shapes:test,n=12")
     files = list((_cache / "world").glob("*.npz"))
-    assert len(files) == 1
-    assert first.fingerprint in files[0].name
+    assert len(files) == 2  # the test split and the train split it is kept disjoint from
+    assert any(first.fingerprint in f.name for f in files)
     assert not list((_cache / "world").glob("*.tmp*"))  # the temporary file was renamed away
 
     second = load_world("shapes:test,n=12")
@@ -123,7 +125,9 @@ def test_world_is_cached_and_second_load_reads_cache(_cache):
     # tamper with the cache: a third load must return the cached content, not regenerate
     tampered_pixels = np.zeros_like(first.pixels)
     tampered_captions = [["cached caption"] * 2 for _ in first.captions]
-    np.savez(files[0], images=tampered_pixels, captions=np.array(json.dumps(tampered_captions)))
+    test_file = next(f for f in files if first.fingerprint in f.name)
+    np.savez(test_file, images=tampered_pixels, captions=np.array(json.dumps(tampered_captions)),
+             objects=np.array(json.dumps([[] for _ in first.captions])))
     third = load_world("shapes:test,n=12")
     assert np.array_equal(third.pixels, tampered_pixels)
     assert third.captions == tampered_captions
@@ -131,9 +135,9 @@ def test_world_is_cached_and_second_load_reads_cache(_cache):
 
 
 def test_different_specs_get_different_cache_files(_cache):
-    load_world("shapes:test,n=10")
-    load_world("shapes:test,n=10,size=16")
     load_world("shapes:train,n=10")
+    load_world("shapes:train,n=10,size=16")
+    load_world("shapes:train,n=10,seed=3")
     assert len(list((_cache / "world").glob("*.npz"))) == 3
 
 
@@ -393,3 +397,23 @@ def test_invalid_utf8_is_named_with_its_line(tmp_path):
     path.write_bytes(b'{"image": "a.png", "caption": "fine"}\n{"image": "a.png", "caption": "caf\xe9"}\n')
     with pytest.raises(ProtosynthError, match=r"bad.jsonl line 2: not valid UTF-8"):
         load_jsonl(path)
+
+
+def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
+    """Raw generation repeats some single-object images across splits (7 of the 1,000 test images
+    equal a train image); the cached splits are disjoint by construction."""
+    from protosynth.corpus import world_split
+    from protosynth.world import WorldConfig, generate_split, image_digest
+
+    cfg = WorldConfig()
+    train = {image_digest(im) for im in world_split(cfg, "train").images}
+    raw_test = generate_split(cfg, "test")
+    assert sum(image_digest(im) in train for im in raw_test.images) > 0  # the problem is real
+    test = world_split(cfg, "test")
+    test_digests = [image_digest(im) for im in test.images]
+    assert not set(test_digests) & train and len(set(test_digests)) == len(test_digests)
+    # only the colliding images were redrawn, captions and objects with them
+    same = sum(np.array_equal(a, b) for a, b in zip(raw_test.images, test.images))
+    assert len(test.images) - 20 < same < len(test.images)
+    pretrain = {image_digest(im) for im in world_split(replace(cfg, n_pretrain=2000), "pretrain").images}
+    assert not pretrain & train and not pretrain & set(test_digests)

@@ -4,8 +4,8 @@ The reference protocols start from ImageNet-supervised backbones. The world has 
 task with the same character (recognise what is where): for each of the 3x3 position cells,
 classify its content among "empty" and the 8 colours x 4 shapes x 2 sizes (65 classes), so the
 classifier has 9 x 65 = 585 logits and the loss is the mean of the nine cross-entropies. The
-pretraining split is disjoint from train and test (its own seed stream), so no evaluation image is
-ever seen here. AdamW with a cosine schedule; the last ``holdout`` images are held out for the
+pretraining split is disjoint from train and test (its own seed stream, and no image equal to a
+train or test image), so no evaluation image is ever seen here. AdamW with a cosine schedule; the last ``holdout`` images are held out for the
 accuracy written to ``metrics.json``.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
 from ..models.training import StepBar
-from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig, generate_split
+from ..corpus import world_split
+from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
 from .backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
@@ -88,7 +89,7 @@ def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict
         raise ProtosynthError(f"--holdout {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
     started = time.time()
     world = WorldConfig(n_pretrain=cfg.n_images, image_size=cfg.image_size)
-    split = generate_split(world, "pretrain")
+    split = world_split(world, "pretrain")  # disjoint from train and test by construction
     x, y = normalise(split.images), torch.from_numpy(cell_labels(split.objects))
     n_train = cfg.n_images - cfg.holdout
     torch.manual_seed(cfg.seed)
