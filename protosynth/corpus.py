@@ -117,8 +117,9 @@ def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
     path = cache_dir() / "world" / f"{world_fingerprint(cfg, split)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
-            objects = [[WorldObject(*o) for o in objs] for objs in json.loads(str(data["objects"]))]
-            return WorldSplit(data["images"], json.loads(str(data["captions"])), objects)
+            if "objects" in data.files:  # caches written before objects were stored are regenerated
+                objects = [[WorldObject(*o) for o in objs] for objs in json.loads(str(data["objects"]))]
+                return WorldSplit(data["images"], json.loads(str(data["captions"])), objects)
     exclude = None
     if EARLIER_SPLITS[split]:
         exclude = {image_digest(im) for earlier in EARLIER_SPLITS[split] for im in world_split(cfg, earlier).images}
