@@ -48,8 +48,16 @@ def _label(row: dict) -> str:
     return row["path"]
 
 
-def print_retrieval_table(doc: dict) -> None:
+def _console():
+    """A terminal gets its own width; a pipe or file gets wide lines rather than wrapped cells."""
+    import sys
+
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
+def print_retrieval_table(doc: dict) -> None:
     from rich.table import Table
 
     from protosynth.evaluation.evaluate import METRIC_NAMES
@@ -62,11 +70,10 @@ def print_retrieval_table(doc: dict) -> None:
         m = row["metrics"]
         table.add_row(_label(row), str(row["method"]), str(row["budget"]), row["text"],
                       *[f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in METRIC_NAMES])
-    Console().print(table)
+    _console().print(table)
 
 
 def print_cross_arch_table(doc: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{doc['protocol']} protocol across backbones, {doc['repeats']} repeats, score = {doc['score']}")
@@ -81,7 +88,7 @@ def print_cross_arch_table(doc: dict) -> None:
             row = next(r for r in doc["sets"] if _label(r) == label and r["arch"] == arch)
             cells += [f"{row['metrics'][k]['mean']:.1f}" for k in ("r_mean", "IR@1", "TR@1")]
         table.add_row(label, *cells)
-    Console().print(table)
+    _console().print(table)
 
 
 @eval_app.command("retrieval")

@@ -74,7 +74,7 @@ def full_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: in
     """Every caption-level pair of a corpus (the upper-bound run)."""
     pixels = to_pixels(corpus_pixels(corpus), backbone, size)
     texts = encode_texts(encoder, corpus.pair_caption, normalise_text)
-    return PairData(pixels[torch.from_numpy(corpus.pair_image)], texts, notes={"text": "captions"})
+    return PairData(pixels, texts, notes={"text": "captions"}, image_index=torch.from_numpy(corpus.pair_image))
 
 
 def _stored_text(ds: DistilledSet, normalise: bool) -> torch.Tensor | None:

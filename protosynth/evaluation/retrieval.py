@@ -43,15 +43,17 @@ class ProjectionHead(nn.Module):
 class PairData:
     """Training pairs: images already normalised for the backbone, frozen text features."""
 
-    images: torch.Tensor  # (N, 3, S, S)
+    images: torch.Tensor  # (M, 3, S, S): one row per pair, or per image with image_index
     texts: torch.Tensor  # (N, D)
     lr_image: float | None = None
     lr_text: float | None = None
     notes: dict = field(default_factory=dict)
+    image_index: torch.Tensor | None = None  # (N,) row of ``images`` for each pair (caption-level corpora)
 
     def __post_init__(self) -> None:
-        if len(self.images) != len(self.texts):
-            raise ProtosynthError(f"{len(self.images)} images but {len(self.texts)} text features")
+        n_images = len(self.image_index) if self.image_index is not None else len(self.images)
+        if n_images != len(self.texts):
+            raise ProtosynthError(f"{n_images} images but {len(self.texts)} text features")
         if len(self.images) < 2:
             raise ProtosynthError("retrieval training needs at least 2 pairs (InfoNCE contrasts pairs within a batch)")
 
@@ -148,10 +150,11 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
             g["lr"] = g["base"] * (0.1 if epoch >= epochs // 2 else 1.0)
         # near-equal batches (no batch of one: BatchNorm backbones need two)
         for idx in torch.tensor_split(torch.randperm(n, generator=gen), n_batches):
+            rows = data.image_index[idx] if data.image_index is not None else idx
             if train_img is not None:
-                img = F.normalize(train_img[idx].to(device), dim=-1)
+                img = F.normalize(train_img[rows].to(device), dim=-1)
             else:
-                img = model.encode_images(data.images[idx].to(device))
+                img = model.encode_images(data.images[rows].to(device))
             txt = model.encode_texts(data.texts[idx].to(device))
             loss = info_nce(img, txt, protocol.temperature)
             if not torch.isfinite(loss):
