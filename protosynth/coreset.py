@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .corpus import Corpus, cache_dir, load_corpus
-from .distilled import check_out_dir, write_distilled
+from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import embed_corpus
 from .errors import ProtosynthError
 from .models.clip import load_clip
@@ -164,8 +164,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
     seconds: dict[str, float] = {}
     t = time.time()
     corpus = load_corpus(cfg.corpus)
-    if cfg.budget > corpus.n_pairs:
-        raise ProtosynthError(f"--budget {cfg.budget} is larger than the {corpus.n_pairs} pairs of corpus {cfg.corpus}")
+    check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)
     image, text = emb.image.numpy(), emb.text.numpy()
@@ -193,10 +192,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
                "text_raw": torch.from_numpy(text[chosen]), "text_normalised": unit(text[chosen])}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     manifest = {
-        "format": "protosynth-distilled/1", "method": f"coreset-{cfg.method}", "budget": cfg.budget, "mode": None,
-        "seed": cfg.seed, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint,
-                                      "images": corpus.n_images, "pairs": corpus.n_pairs},
-        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim}, "text_space": clip.space,
+        **manifest_header(f"coreset-{cfg.method}", cfg.budget, None, cfg.seed, corpus, clip),
         "settings": settings, "rule": (__doc__ or "").split("The exact rules", 1)[-1].strip(),
         "versions": versions(), "seconds": seconds, "peak_memory_mb": peak_rss_mb(),
     }

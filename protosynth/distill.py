@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .corpus import load_corpus
-from .distilled import check_out_dir, write_distilled
+from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import EmbedConfig, embed_corpus
 from .errors import ProtosynthError
 from .models.clip import load_clip
@@ -78,8 +78,7 @@ def distill(cfg: DistillConfig) -> Path:
     seconds: dict[str, float] = {}
     t = time.time()
     corpus = load_corpus(cfg.corpus)
-    if cfg.budget > corpus.n_pairs:
-        raise ProtosynthError(f"--budget {cfg.budget} is larger than the {corpus.n_pairs} pairs of corpus {cfg.corpus}")
+    check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     decoder = load_decoder(cfg.decoder, cfg.device)
     if decoder.embedding_dim != clip.embed_dim:
@@ -128,12 +127,9 @@ def distill(cfg: DistillConfig) -> Path:
         "text_raw": torch.from_numpy(protos.text_raw), "text_normalised": torch.from_numpy(protos.text),
     }
     manifest = {
-        "format": "protosynth-distilled/1", "method": "pds", "budget": cfg.budget, "mode": cfg.mode,
-        "seed": cfg.seed, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint,
-                                      "images": corpus.n_images, "pairs": corpus.n_pairs},
-        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim},
+        **manifest_header("pds", cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         "decoder": {"spec": cfg.decoder, "class": type(decoder).__name__, "conditioning_dim": decoder.embedding_dim},
-        "text_space": clip.space, "settings": _jsonable(asdict(replace(cfg, render=rcfg))), "prototype_stats": protos.stats,
+        "settings": _jsonable(asdict(replace(cfg, render=rcfg))), "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": versions(),
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry

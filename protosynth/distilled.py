@@ -42,6 +42,21 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise ProtosynthError(f"--out {out} is not a distilled set (no {MANIFEST}); --force only replaces sets")
 
 
+def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpus, clip) -> dict:
+    """The manifest fields every set has, whatever made it (PDS, a coreset, a baseline)."""
+    return {
+        "format": "protosynth-distilled/1", "method": method, "budget": budget, "mode": mode, "seed": seed,
+        "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint, "images": corpus.n_images,
+                   "pairs": corpus.n_pairs},
+        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim}, "text_space": clip.space,
+    }
+
+
+def check_budget(budget: int, corpus) -> None:
+    if budget > corpus.n_pairs:
+        raise ProtosynthError(f"--budget {budget} is larger than the {corpus.n_pairs} pairs of corpus {corpus.spec}")
+
+
 def preview_grid(images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8,
                  scale: int = 96) -> Image.Image:
     """A grid of the first images, each with its caption wrapped underneath."""

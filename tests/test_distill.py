@@ -183,7 +183,7 @@ def test_every_other_mode(mode, full_run, quick_models, tmp_path):
 
 def test_init_nearest_starts_from_member_images(full_run, quick_models, tmp_path):
     out = distill(make_cfg(quick_models, tmp_path / "nearest",
-                           render=RenderConfig(steps=3, init="nearest", strength=0.5)))
+                           render=RenderConfig(steps=10, init="nearest", strength=0.3)))
     ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
     assert ds.manifest["settings"]["render"]["init"] == "nearest"
     assert [p["members"] for p in ds.pairs] == [p["members"] for p in ref.pairs]  # same prototypes
