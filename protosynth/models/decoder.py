@@ -51,11 +51,13 @@ def build_pipeline(embed_dim: int, image_size: int = 32, quick: bool = False,
 
     ``v_prediction`` (the default) weights the high-noise steps, where layout and colour are decided,
     far more than epsilon prediction does (whose x0 error weight there tends to zero); sampling
-    uses "trailing" timesteps so it starts from the pure-noise end of the schedule."""
+    then uses "trailing" timesteps so it starts from the pure-noise end of the schedule."""
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    # epsilon cannot predict x0 from pure noise (alpha_bar ~ 0 at t = 999), so it keeps "leading" steps
+    spacing = "trailing" if prediction_type == "v_prediction" else "leading"
     sched = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                 clip_sample=True, timestep_spacing="trailing")
+                 clip_sample=True, timestep_spacing=spacing)
     pipe = SmallUnCLIPPipeline(
         unet=build_unet(embed_dim, image_size, quick),
         scheduler=DDIMScheduler(**sched, set_alpha_to_one=False),
