@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = RenderConfig(**setting)
         t = time.time()
         renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg,
-                                init_images if cfg.init == "nearest" else None)
+                                init_images if cfg.init == "nearest" else None, guide=clip)
         seconds = time.time() - t
         rows.append({"setting": setting, "fidelity": fidelity(clip, renders, protos.image),
                      "seconds_per_image": round(seconds / len(renders), 4)})

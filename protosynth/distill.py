@@ -110,7 +110,7 @@ def distill(cfg: DistillConfig) -> Path:
         best = nearest_member_pairs(protos, emb.image.numpy())
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
     rcfg = replace(cfg.render, seed=cfg.seed)
-    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images)
+    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images, guide=clip)
     seconds["render"] = round(time.time() - t, 2)
 
     t = time.time()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from .errors import ProtosynthError
@@ -33,21 +34,47 @@ class RenderConfig:
     init: str = "noise"
     strength: float = 0.6
     seed: int = 0
+    clip_guidance: float = 0.0  # > 0: CLIP-guided sampling with the pipeline's CLIP (see pixel_embedder)
 
 
 def image_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
+def pixel_embedder(encoder: ClipEncoder, image_size: int):
+    """A differentiable CLIP image embedding of decoder images in [-1, 1] (resize + CLIP
+    normalisation as tensor ops), for CLIP-guided sampling."""
+    visual = encoder.model.visual
+    size = visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    cfg = getattr(encoder.model, "preprocess_cfg", None) or getattr(visual, "preprocess_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean") or OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std") or OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1) / 2
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+        x = (x - mean.to(x.device)) / std.to(x.device)
+        return F.normalize(encoder.model.encode_image(x), dim=-1)
+
+    return embed
+
+
 def render_images(decoder: SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: RenderConfig,
-                  init_images: list[Image.Image] | None = None) -> list[Image.Image]:
-    """Render each raw embedding row; ``init_images`` are required when ``cfg.init == 'nearest'``."""
+                  init_images: list[Image.Image] | None = None,
+                  guide: ClipEncoder | None = None) -> list[Image.Image]:
+    """Render each raw embedding row; ``init_images`` are required when ``cfg.init == 'nearest'``,
+    ``guide`` (the CLIP of the embeddings) when ``cfg.clip_guidance > 0``."""
     if cfg.init not in INITS:
         raise ProtosynthError(f"unknown --init {cfg.init!r}: use noise or nearest")
     if not isinstance(decoder, SmallUnCLIPPipeline):
         raise ProtosynthError(f"decoder {type(decoder).__name__} is not supported by this renderer")
     if cfg.init == "nearest" and init_images is None:
         raise ValueError("init='nearest' needs init_images")
+    if cfg.clip_guidance > 0 and guide is None:
+        raise ValueError("clip_guidance > 0 needs the CLIP (guide=)")
+    guidance_model = pixel_embedder(guide, decoder.image_size) if cfg.clip_guidance > 0 else None
     out: list[Image.Image] = []
     n, bs = len(embeds), cfg.batch_size
     with StepBar("render", -(-n // bs)) as bar:
@@ -59,7 +86,8 @@ def render_images(decoder: SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: Rende
                 init = to_unit_range(init_images[s:e], decoder.image_size)
             out.extend(decoder(embeds[s:e], num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                                noise_level=cfg.noise_level, generator=gens, image=init,
-                               strength=cfg.strength if init is not None else 1.0))
+                               strength=cfg.strength if init is not None else 1.0,
+                               guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance))
             bar.advance(f"{e}/{n} images")
     return out
 
