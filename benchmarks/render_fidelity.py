@@ -7,6 +7,14 @@ prototype under each setting (guidance scale, steps, --init nearest with several
 measures fidelity: how often a render, re-embedded by the CLIP, is nearest its own prototype among
 all prototypes (top-1/top-5), and its mean cosine. Writes
 ``benchmarks/results/render_fidelity.json`` and ``render_fidelity.md``.
+
+CLIP fidelity is judged by the CLIP that made the embeddings, which CLIP-guided sampling also uses,
+so that setting is graded by its own guide. An independent judge therefore checks every setting on
+held-out test images whose objects are known: their CLIP embeddings are rendered, and the shipped
+``ps-resnet`` world classifier (trained on the pretraining split, never on renders) reads each
+render's 3x3 cells; adherence = how often each true object is found in its cell with the right
+colour, shape and size ("exact"), or the right colour / shape / presence alone. The judge's score on
+the real test images is its ceiling.
 """
 from __future__ import annotations
 
@@ -28,13 +36,34 @@ from protosynth.render import RenderConfig, fidelity, render_images
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = [
-    {"guidance_scale": 1.0, "steps": 50},
     {"guidance_scale": 3.0, "steps": 50},
-    {"guidance_scale": 5.0, "steps": 50},
-    {"guidance_scale": 3.0, "steps": 50, "init": "nearest", "strength": 0.4},
+    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.01},
+    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.02},
+    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.03},
+    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.05},
     {"guidance_scale": 3.0, "steps": 50, "init": "nearest", "strength": 0.6},
-    {"guidance_scale": 3.0, "steps": 50, "init": "nearest", "strength": 0.8},
 ]
+
+
+def judge_cells(judge, images: list) -> np.ndarray:
+    """(N, 9) class per cell as read by the judge backbone (0 empty, else 1 + object kind)."""
+    from protosynth.evaluation.pretrain import CELL_CLASSES, normalise
+
+    x = normalise(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    with torch.no_grad():
+        logits = torch.cat([judge.model(x[s : s + 256]) for s in range(0, len(x), 256)])
+    return logits.view(len(x), 9, CELL_CLASSES).argmax(-1).numpy()
+
+
+def adherence(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Per true object: found in its cell at all, with the right colour, shape, and exactly."""
+    occ = true > 0
+    p, t = pred[occ] - 1, true[occ] - 1  # kind = (colour * 4 + shape) * 2 + size
+    found = p >= 0
+    pct = lambda hit: round(100 * float(np.mean(hit)), 1)  # noqa: E731
+    return {"present": pct(found), "colour": pct(found & (p // 8 == t // 8)),
+            "shape": pct(found & ((p // 2) % 4 == (t // 2) % 4)), "exact": pct(p == t),
+            "empty_cells_kept_empty": pct(pred[~occ] == 0)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", default="default")
     ap.add_argument("--decoder", default="default")
     ap.add_argument("--settings", default=None, help="JSON list of RenderConfig overrides (default: built-in sweep)")
+    ap.add_argument("--heldout", type=int, default=256, help="Test images for the independent judge (0: skip).")
     ap.add_argument("--out", type=Path, default=RESULTS / "render_fidelity")
     args = ap.parse_args(argv)
     settings = json.loads(args.settings) if args.settings else SETTINGS
@@ -54,6 +84,20 @@ def main(argv: list[str] | None = None) -> None:
     protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), PrototypeConfig(budget=args.budget))
     nearest = nearest_member_pairs(protos, emb.image.numpy())
     init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in nearest]
+    judge = test = true = targets = None
+    if args.heldout and args.corpus == "shapes":  # the judge knows the default world's objects
+        from PIL import Image
+
+        from protosynth.corpus import world_split
+        from protosynth.evaluation.backbones import load_backbone
+        from protosynth.evaluation.pretrain import cell_labels
+        from protosynth.world import WorldConfig
+
+        judge = load_backbone("ps-resnet")
+        split = world_split(WorldConfig(), "test")
+        test = [Image.fromarray(a) for a in split.images[: args.heldout]]
+        true = cell_labels(split.objects[: args.heldout])
+        targets = clip.encode_images(test)
     rows = []
     for setting in settings:
         cfg = RenderConfig(**setting)
@@ -61,23 +105,36 @@ def main(argv: list[str] | None = None) -> None:
         renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg,
                                 init_images if cfg.init == "nearest" else None, guide=clip)
         seconds = time.time() - t
-        rows.append({"setting": setting, "fidelity": fidelity(clip, renders, protos.image),
-                     "seconds_per_image": round(seconds / len(renders), 4)})
+        row = {"setting": setting, "fidelity": fidelity(clip, renders, protos.image),
+               "seconds_per_image": round(seconds / len(renders), 4)}
+        if judge is not None and cfg.init == "noise":
+            held = render_images(decoder, targets, cfg, guide=clip)
+            row["heldout_fidelity"] = fidelity(clip, held, targets)
+            row["judge_adherence"] = adherence(judge_cells(judge, held), true)
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     # the members' own nearest images, as a reference ceiling for what re-embedding real images gives
     real = fidelity(clip, init_images, protos.image)
+    judge_ceiling = adherence(judge_cells(judge, test), true) if judge is not None else None
     record = {"command": "python -m benchmarks.render_fidelity " + " ".join(sys.argv[1:] if argv is None else argv), "budget": args.budget,
               "corpus": corpus.spec, "clip": args.clip, "decoder": args.decoder, "rows": rows,
-              "nearest_real_member_reference": real, "threads": torch.get_num_threads()}
+              "nearest_real_member_reference": real, "heldout_images": args.heldout,
+              "judge": "ps-resnet", "judge_on_real_test_images": judge_ceiling, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image |", "|---|---|---|---|---|"]
+    lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / present % |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         s, f = r["setting"], r["fidelity"]
         name = ", ".join(f"{k}={v}" for k, v in s.items())
-        lines.append(f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} |")
-    lines.append(f"| nearest real member image (reference) | {real['top1']:.1f} | {real['top5']:.1f} | "
-                 f"{real['mean_cosine']:.3f} | - |")
+        h, j = r.get("heldout_fidelity"), r.get("judge_adherence")
+        extra = (f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
+                 if h else "- | -")
+        lines.append(f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} | {extra} |")
+    jc = judge_ceiling
+    judge_cell = f"{jc['exact']:.1f} / {jc['colour']:.1f} / {jc['shape']:.1f} / {jc['present']:.1f}" if jc else "-"
+    lines.append(f"| real images (reference: nearest member; the test images for the judge) | {real['top1']:.1f} | "
+                 f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -98,6 +98,7 @@ def distill(
     init: str = typer.Option("noise", help="noise, or nearest: start from the member image nearest the prototype."),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
     batch_size: int = typer.Option(100, help="Images rendered per batch."),
+    clip_guidance: float = typer.Option(0.0, help="CLIP-guided sampling: step size (pixel RMS) of each x0 nudge toward the prototype; 0 = off."),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
@@ -107,7 +108,7 @@ def distill(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, batch_size=batch_size,
-                        init=init, strength=strength, seed=seed)
+                        init=init, strength=strength, seed=seed, clip_guidance=clip_guidance)
     cfg = DistillConfig(budget=budget, corpus=corpus, clip=clip, decoder=decoder, mode=mode, seed=seed,
                         out=out, force=force, device=device, render=rcfg)
     path = run(run_distill, cfg)

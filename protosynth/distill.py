@@ -63,6 +63,8 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"--noise-level must be between 0 and 999, got {r.noise_level}")
     if r.batch_size < 1:
         raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
+    if not 0 <= r.clip_guidance <= 1:
+        raise ProtosynthError(f"--clip-guidance must be between 0 and 1, got {r.clip_guidance}")
     if r.guidance_scale < 0:
         raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)

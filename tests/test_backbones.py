@@ -55,12 +55,12 @@ def test_pretrain_refuses_a_foreign_out_folder(tmp_path):
 
 def test_shipped_backbones_cover_the_small_protocol():
     """Every arch of the small protocol's cross-arch list ships, with provenance and a held-out
-    accuracy well above chance (chance cell accuracy is about 80 %: most cells are empty)."""
+    accuracy above the trivial one (always "empty" scores 81.6 % of cells and 0 % of images)."""
     for arch in get_protocol("small").cross_archs:
         assert arch in small_archs()
         folder = SHIPPED_BACKBONES / arch
         prov = json.loads((folder / "provenance.json").read_text())
         assert prov["config"]["arch"] == arch and prov["command"].startswith("protosynth models pretrain-backbone")
         metrics = json.loads((folder / "metrics.json").read_text())
-        assert metrics["holdout"]["cell_accuracy"] > 80
+        assert metrics["holdout"]["cell_accuracy"] > 84 and metrics["holdout"]["image_accuracy"] > 10
         assert load_backbone(arch).image_size == 32
