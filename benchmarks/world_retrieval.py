@@ -22,6 +22,7 @@ from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.distill import DistillConfig, distill
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig, evaluate
 from protosynth.files import git_commit, write_text_atomic
+from protosynth.render import RenderConfig
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("matched", "joint", "image", "text")
@@ -35,6 +36,11 @@ def make_sets(budgets: list[int], work: Path, seed: int, only: str) -> list[Path
             out = work / f"pds-{mode}-b{budget}"
             if not (out / "manifest.json").is_file():
                 distill(DistillConfig(budget=budget, mode=mode, seed=seed, out=out))
+            paths.append(out)
+        if only in ("all", "pds"):  # the decoder alone, without CLIP guidance: PDS as published
+            out = work / f"pds-matched-noguide-b{budget}"
+            if not (out / "manifest.json").is_file():
+                distill(DistillConfig(budget=budget, seed=seed, out=out, render=RenderConfig(clip_guidance=0.0)))
             paths.append(out)
         for method in CORESETS if only in ("all", "coresets") else ():
             out = work / f"coreset-{method}-b{budget}"
@@ -58,6 +64,10 @@ def cached_row(path: Path | None, cfg: EvalConfig, work: Path) -> tuple[dict, di
         return saved["row"], saved["doc"]
     doc = evaluate([path] if path is not None else [], replace(cfg, full=None if path is not None else "shapes"))
     row, head = doc["sets"][0], {k: v for k, v in doc.items() if k != "sets"}
+    if path is not None:
+        manifest = json.loads((path / "manifest.json").read_text())
+        row["clip_guidance"] = manifest.get("settings", {}).get("render", {}).get("clip_guidance")
+        row["render_fidelity"] = manifest.get("render_fidelity")
     store.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(store, json.dumps({"row": row, "doc": head, "cfg": cfg.__dict__}, indent=2))
     return row, head
@@ -77,7 +87,8 @@ def load_rows(work: Path, cfg: EvalConfig) -> list[dict]:
 def row_order(row: dict) -> tuple:
     order = [f"pds:{m}" for m in MODES] + [f"coreset-{c}:None" for c in CORESETS]
     key = f"{row['method']}:{row.get('mode')}"
-    return (row["path"] is None, row["budget"], order.index(key) if key in order else len(order))
+    return (row["path"] is None, row["budget"], order.index(key) if key in order else len(order),
+            -(row.get("clip_guidance") or 0))
 
 
 def markdown(doc: dict, command: str) -> str:
@@ -89,6 +100,8 @@ def markdown(doc: dict, command: str) -> str:
              "|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
     for row in doc["sets"]:
         method = row["method"] + (f" ({row['mode']})" if row.get("mode") else "")
+        if row["method"] == "pds":
+            method += f", clip-guidance {row.get('clip_guidance')}"
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
         lines.append(f"| {row['budget']} | {method} | {row['text']} | " + " | ".join(cells) + f" | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ def distill(
     init: str = typer.Option("noise", help="noise, or nearest: start from the member image nearest the prototype."),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
     batch_size: int = typer.Option(100, help="Images rendered per batch."),
-    clip_guidance: float = typer.Option(0.0, help="CLIP-guided sampling: step size (pixel RMS) of each x0 nudge toward the prototype; 0 = off."),
+    clip_guidance: float = typer.Option(0.02, help="CLIP-guided sampling: step size (pixel RMS) of each x0 nudge toward the prototype; 0 = the decoder alone (pure PDS)."),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging

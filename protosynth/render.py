@@ -34,7 +34,9 @@ class RenderConfig:
     init: str = "noise"
     strength: float = 0.6
     seed: int = 0
-    clip_guidance: float = 0.0  # > 0: CLIP-guided sampling with the pipeline's CLIP (see pixel_embedder)
+    # CLIP-guided sampling with the embeddings' own CLIP (see pixel_embedder); 0 = the decoder alone
+    # (pure PDS). 0.02 measured best here: render fidelity 15.2 -> 84.4 % at budget 500 (README).
+    clip_guidance: float = 0.02
 
 
 def image_seed(seed: int, index: int) -> int:
