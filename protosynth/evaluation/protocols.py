@@ -55,7 +55,7 @@ PROTOCOLS: dict[str, Protocol] = {
         image_size=224, lr=0.2, cross_archs=("nf_resnet50", "vit_tiny_patch16_224", "resnet50"),
     ),
     "small": Protocol(
-        name="small", backbone="ps-nfnet", text="minilm", image_size=32, full_epochs=5,
+        name="small", backbone="ps-nfnet", text="minilm", image_size=32, full_epochs=2,
         cross_archs=("ps-nfnet", "ps-resnet", "ps-vit"),
     ),
 }
