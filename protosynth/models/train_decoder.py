@@ -69,7 +69,8 @@ def embed_images(encoder: ClipEncoder, corpus: Corpus) -> torch.Tensor:
 def render_fidelity(pipe: SmallUnCLIPPipeline, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
                     guidance: float, seed: int = 0, batch: int = 128) -> dict[str, float]:
     """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
-    cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed)
+    # the decoder alone: CLIP guidance would grade the guide, not the decoder
+    cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed, clip_guidance=0.0)
     return fidelity(encoder, render_images(pipe, targets, cfg), targets)
 
 
