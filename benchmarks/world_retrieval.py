@@ -94,8 +94,8 @@ def row_order(row: dict) -> tuple:
 def markdown(doc: dict, command: str) -> str:
     lines = [f"# World retrieval: {doc['protocol']} protocol ({doc['backbone']} + {doc['text_encoder']}), "
              f"test {doc['test']}, {doc['repeats']} repeats, score = {doc['score']}", "",
-             f"Command: `{command}` (commit {doc['commit'][:12]}, {doc['threads']} CPU threads). Mean ± sample std "
-             f"over repeats, percent; seconds = wall time to evaluate that row (all repeats).", "",
+             f"Command: `{command}` (commit {doc['commit'][:12]}). Mean ± sample std over repeats, percent; "
+             f"seconds = wall time to evaluate that row (all repeats) in the run that computed it.", "",
              "| budget | method | text | " + " | ".join(METRIC_NAMES) + " | seconds |",
              "|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
     for row in doc["sets"]:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             if (r["path"] is None and not args.no_full) or (r["path"] is not None and r["budget"] in budgets)]
     rows.sort(key=row_order)
     doc = dict(doc, sets=rows)
-    doc.update(command=command, commit=git_commit(), threads=torch.get_num_threads(),
+    doc.update(command=command, commit=git_commit(), threads_this_process=torch.get_num_threads(),
                seconds_making_sets=round(seconds_sets, 1), seconds_this_run=round(time.time() - started, 1))
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results / "world_retrieval.json", json.dumps(doc, indent=2))
