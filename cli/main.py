@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from cli import baselines
 from cli.common import fail, run
 from cli.evaluation import eval_app
 
@@ -21,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="Train the small models protosynth ships.")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
+app.command("buffer")(baselines.buffer)
+app.command("baseline")(baselines.baseline)
+app.command("compare-baselines")(baselines.compare_baselines)
 
 
 @models_app.command("train")

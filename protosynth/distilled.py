@@ -42,13 +42,16 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise ProtosynthError(f"--out {out} is not a distilled set (no {MANIFEST}); --force only replaces sets")
 
 
-def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpus, clip) -> dict:
-    """The manifest fields every set has, whatever made it (PDS, a coreset, a baseline)."""
+def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpus, clip,
+                    text_space: str | None = None) -> dict:
+    """The manifest fields every set has, whatever made it (PDS, a coreset, a baseline); a set made
+    without a CLIP (the optimisation baselines) has ``clip: None`` and names its ``text_space``."""
     return {
         "format": "protosynth-distilled/1", "method": method, "budget": budget, "mode": mode, "seed": seed,
         "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint, "images": corpus.n_images,
                    "pairs": corpus.n_pairs},
-        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim}, "text_space": clip.space,
+        "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim} if clip is not None else None,
+        "text_space": text_space or clip.space,
     }
 
 

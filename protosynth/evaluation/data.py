@@ -107,10 +107,31 @@ def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: i
         texts, how = encode_texts(encoder, captions, normalise_text), "captions"
     if len(texts) != len(ds.pairs):
         raise ProtosynthError(f"{where}: {len(texts)} text embeddings for {len(ds.pairs)} pairs")
-    images = to_pixels([ds.image(i) for i in range(len(ds))], backbone, size)
+    images = _stored_pixels(ds, backbone, size)
+    if images is None:
+        images = to_pixels([ds.image(i) for i in range(len(ds))], backbone, size)
     lrs = {k: float(ds.tensors[k].reshape(-1)[0]) for k in ("lr_image", "lr_text") if k in ds.tensors}
+    sim = ds.tensors.get("similarity")
+    if sim is not None and tuple(sim.shape) != (len(ds), len(ds)):
+        raise ProtosynthError(f"{where}: similarity matrix of shape {tuple(sim.shape)} for {len(ds)} pairs")
+    image_side = ds.manifest.get("evaluation", {}).get("image", "finetune")
     return PairData(images, texts, lrs.get("lr_image"), lrs.get("lr_text"),
-                    notes={"text": how, "learned_lrs": bool(lrs)})
+                    notes={"text": how, "learned_lrs": bool(lrs)},
+                    similarity=sim.float() if sim is not None else None, image_head=image_side == "frozen+head")
+
+
+def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Tensor | None:
+    """A baseline's optimised pixels, unclamped as they were learned (the PNGs are clamped to [0, 1]),
+    re-normalised for ``backbone`` and resized to ``size`` when those differ from the set's."""
+    if "pixels" not in ds.tensors:
+        return None
+    proto = ds.manifest.get("protocol", {})
+    if "mean" not in proto or "std" not in proto:
+        raise ProtosynthError(f"{ds.root}: stored pixels without their normalisation (manifest protocol.mean/std)")
+    x = ds.tensors["pixels"].float() * torch.tensor(proto["std"]).view(1, 3, 1, 1) + torch.tensor(proto["mean"]).view(1, 3, 1, 1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    return (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1)
 
 
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:

@@ -75,7 +75,7 @@ def _text_spec(protocol: Protocol, sets: list[DistilledSet], override: str | Non
         return override
     if protocol.text != "clip":
         return protocol.text
-    specs = {s.manifest.get("clip", {}).get("spec") for s in sets} or {"default"}
+    specs = {(s.manifest.get("clip") or {}).get("spec") for s in sets} or {"default"}
     if None in specs or len(specs) > 1:
         raise ProtosynthError(f"--protocol {protocol.name} embeds text with the CLIP each set was made with; these sets "
                               f"name {sorted(map(str, specs))}: evaluate sets of one CLIP together")
@@ -112,7 +112,9 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     for ds in sets:
         data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
         row = {"path": str(ds.root), "method": ds.manifest.get("method"), "budget": ds.manifest.get("budget", len(ds)),
-               "mode": ds.manifest.get("mode"), "text": data.notes["text"], "learned_lrs": data.notes["learned_lrs"]}
+               "mode": ds.manifest.get("mode"), "text": data.notes["text"], "learned_lrs": data.notes["learned_lrs"],
+               "loss": "wbce" if data.similarity is not None else "info_nce",
+               "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen")}
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
         full = load_corpus(cfg.full)
@@ -127,7 +129,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         for row, data, epochs in jobs:
             started = time.time()
             frozen = None
-            if not protocol.train_backbone:  # features of a frozen backbone: computed once per set
+            if not protocol.train_backbone or data.image_head:  # a frozen backbone's features: computed once per set
                 with torch.no_grad():
                     backbone.model.to(cfg.device).eval()
                     feats = lambda x: backbone.features(x, protocol.image_features)  # noqa: E731

@@ -49,6 +49,8 @@ class PairData:
     lr_text: float | None = None
     notes: dict = field(default_factory=dict)
     image_index: torch.Tensor | None = None  # (N,) row of ``images`` for each pair (caption-level corpora)
+    similarity: torch.Tensor | None = None  # (N, N) soft targets: train with weighted BCE (LoRS) instead of InfoNCE
+    image_head: bool = False  # freeze the backbone and train an image ProjectionHead (RepBlend's evaluation)
 
     def __post_init__(self) -> None:
         n_images = len(self.image_index) if self.image_index is not None else len(self.images)
@@ -66,19 +68,24 @@ class TestData:
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, backbone: Backbone, kind: str, text_dim: int, train_backbone: bool):
+    def __init__(self, backbone: Backbone, kind: str, text_dim: int, train_backbone: bool, image_head: bool = False):
         super().__init__()
         self.backbone = backbone.model
         self._bb = backbone
         self.kind = kind
         self.train_backbone = train_backbone
         out_dim = backbone.logits_dim if kind == "logits" else backbone.feature_dim
+        self.image_head = ProjectionHead(out_dim, out_dim) if image_head else None
         self.text_head = ProjectionHead(text_dim, out_dim)
         if not train_backbone:
             self.backbone.requires_grad_(False)
 
+    def embed_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings from backbone features (through the image head when there is one)."""
+        return F.normalize(self.image_head(f) if self.image_head is not None else f, dim=-1)
+
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self._bb.features(x, self.kind), dim=-1)
+        return self.embed_features(self._bb.features(x, self.kind))
 
     def encode_texts(self, t: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(t), dim=-1)
@@ -96,6 +103,19 @@ def info_nce(img: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def weighted_bce(img: torch.Tensor, txt: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LoRS's student loss: binary cross-entropy between sigmoid(cosine / temperature) and the
+    similarity target, averaged separately over positives (target > 0.5) and negatives, then the
+    two means averaged (a batch with no negatives uses the positive mean alone)."""
+    logits = img @ txt.T / temperature
+    bce = F.binary_cross_entropy_with_logits(logits, target.clamp(0, 1), reduction="none")
+    pos = target > 0.5
+    parts = [bce[pos].mean()] if pos.any() else []
+    if (~pos).any():
+        parts.append(bce[~pos].mean())
+    return torch.stack(parts).mean()
+
+
 @torch.no_grad()
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device, size: int = 256) -> torch.Tensor:
     return torch.cat([fn(x[s : s + size].to(device)).cpu() for s in range(0, len(x), size)])
@@ -106,7 +126,8 @@ def score(model: DualEncoder, test: TestData, device, image_feats: torch.Tensor 
     """Retrieval metrics of ``model`` on ``test`` (PROTOCOLS.md definitions)."""
     was_training = model.training
     model.eval()
-    img = F.normalize(image_feats, dim=-1) if image_feats is not None else batched(model.encode_images, test.images, device)
+    img = (batched(model.embed_features, image_feats, device) if image_feats is not None
+           else batched(model.encode_images, test.images, device))
     txt = batched(model.encode_texts, test.texts, device)
     model.train(was_training)
     return retrieval_metrics((img @ txt.T).numpy(), test.text_to_image)
@@ -131,12 +152,14 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
     """
     torch.manual_seed(seed)
     bb = Backbone(copy.deepcopy(backbone.model), backbone.spec, backbone.image_size, backbone.mean, backbone.std)
-    model = DualEncoder(bb, protocol.image_features, data.texts.shape[1], protocol.train_backbone).to(device)
+    train_backbone = protocol.train_backbone and not data.image_head
+    model = DualEncoder(bb, protocol.image_features, data.texts.shape[1], train_backbone, data.image_head).to(device)
     lr_img = data.lr_image if data.lr_image is not None else protocol.lr
     lr_txt = data.lr_text if data.lr_text is not None else protocol.lr
     groups = [{"params": list(model.text_head.parameters()), "lr": lr_txt, "base": lr_txt}]
-    if protocol.train_backbone:
-        groups.append({"params": list(model.backbone.parameters()), "lr": lr_img, "base": lr_img})
+    image_side = model.image_head if data.image_head else (model.backbone if train_backbone else None)
+    if image_side is not None:
+        groups.append({"params": list(image_side.parameters()), "lr": lr_img, "base": lr_img})
     opt = torch.optim.SGD(groups, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(data.texts)
@@ -152,11 +175,14 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
         for idx in torch.tensor_split(torch.randperm(n, generator=gen), n_batches):
             rows = data.image_index[idx] if data.image_index is not None else idx
             if train_img is not None:
-                img = F.normalize(train_img[rows].to(device), dim=-1)
+                img = model.embed_features(train_img[rows].to(device))
             else:
                 img = model.encode_images(data.images[rows].to(device))
             txt = model.encode_texts(data.texts[idx].to(device))
-            loss = info_nce(img, txt, protocol.temperature)
+            if data.similarity is not None:
+                loss = weighted_bce(img, txt, data.similarity[idx][:, idx].to(device), protocol.temperature)
+            else:
+                loss = info_nce(img, txt, protocol.temperature)
             if not torch.isfinite(loss):
                 raise ProtosynthError(f"retrieval training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
                                       f"learning rates image {lr_img}, text {lr_txt}")

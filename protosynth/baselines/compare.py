@@ -1,0 +1,246 @@
+"""``protosynth compare-baselines``: every method at one budget, one protocol, one table.
+
+Steps, each resumable (a finished step is reused when the command is run again):
+1. buffers: ``OUT/buffers/full`` (MTT-VL, LoRS, AMD) and ``OUT/buffers/heads`` (RepBlend);
+2. one set per method in ``OUT/sets/<method>-b<budget>``, each made in its own child process so its
+   seconds and peak memory are its own (buffer cost is reported separately);
+3. one evaluation of all sets under the protocol (plus ``full``, the upper bound), a row per
+   method cached in ``OUT/rows``;
+4. ``OUT/compare.json``, ``compare.md`` and ``compare.png`` (r_mean with std bars; distillation
+   seconds and peak memory per method).
+
+``--quick`` shrinks everything to a smoke-sized run: buffers of 2 experts x 2 epochs on 2,000
+pairs, 10 matching iterations, forgetting from 1 epoch, evaluation with 20 epochs (the full row:
+1 epoch) and 2 repeats. Its numbers show the machinery works, not how the methods rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..errors import ProtosynthError
+from ..files import git_commit, write_text_atomic
+from ..runinfo import check_device
+from .buffer import BufferConfig, build_buffer, load_buffer
+
+CORESETS = ("random", "herding", "kcenter", "forgetting")
+OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
+ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
+
+
+@dataclass
+class CompareConfig:
+    budget: int = 100
+    methods: tuple[str, ...] = ALL_METHODS
+    corpus: str = "shapes"
+    protocol: str = "small"
+    repeats: int = 5
+    out: Path = Path("runs/compare")
+    quick: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    eval_epochs: int | None = None  # default: the protocol's (quick: 20)
+    experts: int = 4
+    expert_epochs: int = 3  # epochs per expert trajectory
+    buffer_pairs: int | None = None
+    iterations: int | None = None  # matching iterations (default: the method's preset)
+
+    def effective(self) -> "CompareConfig":
+        if not self.quick:
+            return self
+        return replace(self, repeats=min(self.repeats, 2), eval_epochs=self.eval_epochs or 20,
+                       experts=min(self.experts, 2), expert_epochs=min(self.expert_epochs, 2),
+                       buffer_pairs=self.buffer_pairs or 2000, iterations=self.iterations or 10)
+
+
+def _validate(cfg: CompareConfig) -> None:
+    unknown = [m for m in cfg.methods if m not in ALL_METHODS]
+    if unknown:
+        raise ProtosynthError(f"unknown --methods {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
+    if not cfg.methods:
+        raise ProtosynthError("--methods is empty")
+    if cfg.budget < 2:
+        raise ProtosynthError(f"--budget must be at least 2, got {cfg.budget}")
+    if cfg.repeats < 1:
+        raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+    check_device(cfg.device)
+
+
+def _buffer(cfg: CompareConfig, heads: bool) -> Path:
+    bcfg = BufferConfig(corpus=cfg.corpus, protocol=cfg.protocol, experts=cfg.experts, epochs=cfg.expert_epochs,
+                        heads_only=heads, max_pairs=cfg.buffer_pairs, seed=cfg.seed, device=cfg.device,
+                        out=cfg.out / "buffers" / ("heads" if heads else "full"))
+    return build_buffer(bcfg)
+
+
+def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+    """Runs in a child process: one method's set at ``out``."""
+    if method in CORESETS:
+        from ..coreset import CoresetConfig, build_coreset
+
+        build_coreset(CoresetConfig(method=method, budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out,
+                                    device=cfg.device, forgetting_protocol=cfg.protocol,
+                                    forgetting_epochs=1 if cfg.quick else 5))
+    elif method == "pds":
+        from ..distill import DistillConfig, distill
+
+        distill(DistillConfig(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device))
+    else:
+        from .presets import BaselineConfig
+        from .run import distill_baseline
+
+        buffer = buffers["heads" if method == "repblend" else "full"]
+        distill_baseline(BaselineConfig(method=method, budget=cfg.budget, buffer=buffer, out=out, seed=cfg.seed,
+                                        device=cfg.device, quick=cfg.quick, iterations=cfg.iterations))
+
+
+def _in_child(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_child_main, args=(method, cfg, out, buffers))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise ProtosynthError(f"compare-baselines: making the {method} set failed (exit code {proc.exitcode}); "
+                              f"see the message above, fix it and run again (finished methods are kept)")
+
+
+def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+    import sys
+
+    try:
+        _make_set(method, cfg, out, buffers)
+    except ProtosynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _row_key(path: Path | None, eval_cfg) -> str:
+    blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
+        asdict(eval_cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[str, dict], dict]:
+    from ..evaluation.evaluate import EvalConfig, evaluate
+
+    eval_cfg = EvalConfig(protocol=cfg.protocol, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device,
+                          epochs=cfg.eval_epochs)
+    rows, head = {}, {}
+    for method, path in paths.items():
+        store = cfg.out / "rows" / f"{method}-{_row_key(path, eval_cfg)}.json"
+        if store.is_file():
+            saved = json.loads(store.read_text())
+        else:
+            run_cfg = replace(eval_cfg, full=cfg.corpus if path is None else None,
+                              epochs=(1 if cfg.quick else None) if path is None else eval_cfg.epochs)
+            doc = evaluate([path] if path is not None else [], run_cfg)
+            saved = {"row": doc["sets"][0], "head": {k: v for k, v in doc.items() if k != "sets"}}
+            store.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(store, json.dumps(saved, indent=2))
+        rows[method], head = saved["row"], saved["head"]
+    return rows, head
+
+
+def compare_baselines(cfg: CompareConfig) -> dict:
+    """Run (or resume) the comparison; returns the compare.json document."""
+    _validate(cfg)
+    cfg = cfg.effective()
+    started = time.time()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    buffers, buffer_cost = {}, {}
+    for kind, needed in (("full", {"mtt-vl", "lors", "amd"}), ("heads", {"repblend"})):
+        if needed & set(cfg.methods):
+            buffers[kind] = _buffer(cfg, kind == "heads")
+            man = load_buffer(buffers[kind]).manifest
+            buffer_cost[kind] = {"seconds": man["seconds"], "peak_memory_mb": man["peak_memory_mb"],
+                                 "experts": man["settings"]["experts"], "epochs": man["settings"]["epochs"],
+                                 "trained_on_pairs": man["corpus"]["trained_on"]}
+    paths: dict[str, Path | None] = {}
+    for method in cfg.methods:
+        if method == "full":
+            paths[method] = None
+            continue
+        out = cfg.out / "sets" / f"{method}-b{cfg.budget}"
+        if not (out / "manifest.json").is_file():
+            _in_child(method, cfg, out, buffers)
+        paths[method] = out
+    rows, head = _evaluate(paths, cfg)
+    table = []
+    for method in cfg.methods:
+        row = dict(rows[method], method=method)
+        if paths[method] is not None:
+            man = json.loads((paths[method] / "manifest.json").read_text())
+            secs = man.get("seconds", {})
+            row["distill_seconds"] = secs.get("total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2))
+            row["peak_memory_mb"] = man.get("peak_memory_mb")
+            row["buffer"] = "heads" if method == "repblend" else ("full" if method in OPTIMISATION else None)
+        table.append(row)
+    pds = next((r for r in table if r["method"] == "pds"), None)
+    for row in table:
+        if pds and row.get("distill_seconds") is not None and pds.get("distill_seconds"):
+            row["cost_vs_pds"] = round(row["distill_seconds"] / pds["distill_seconds"], 2)
+    doc = {"budget": cfg.budget, "corpus": cfg.corpus, "quick": cfg.quick, "protocol": head.get("protocol"),
+           "repeats": cfg.repeats, "score": head.get("score"), "eval_epochs": cfg.eval_epochs,
+           "test": head.get("test"), "buffers": buffer_cost, "methods": table,
+           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+           "commit": git_commit(), "seconds_this_run": round(time.time() - started, 1)}
+    write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
+    write_text_atomic(cfg.out / "compare.md", markdown(doc))
+    plot(doc, cfg.out / "compare.png")
+    return doc
+
+
+METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
+
+
+def markdown(doc: dict) -> str:
+    lines = [f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
+             f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""), "",
+             "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
+             "process's own; expert buffers are listed below the table.", "",
+             "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",
+             "|---|" + "---|" * (len(METRICS) + 3)]
+    for row in doc["methods"]:
+        cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
+        extra = [f"{row['distill_seconds']:.0f}" if row.get("distill_seconds") is not None else "-",
+                 f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "-",
+                 f"{row['cost_vs_pds']:.2f}x" if row.get("cost_vs_pds") is not None else "-"]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    for kind, b in doc["buffers"].items():
+        lines.append(f"\nBuffer `{kind}`: {b['experts']} experts x {b['epochs']} epochs on {b['trained_on_pairs']} pairs, "
+                     f"{b['seconds']:.0f} s, peak {b['peak_memory_mb']:.0f} MB.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["methods"]
+    names = [r["method"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax1.bar(names, [r["metrics"]["r_mean"]["mean"] for r in rows],
+            yerr=[r["metrics"]["r_mean"]["std"] for r in rows], capsize=3, color="tab:blue")
+    ax1.set_ylabel("r_mean (%)")
+    ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats)")
+    made = [r for r in rows if r.get("distill_seconds") is not None]
+    ax2.bar([r["method"] for r in made], [r["distill_seconds"] for r in made], color="tab:orange")
+    ax2.set_ylabel("distillation seconds")
+    ax2.set_yscale("log")
+    twin = ax2.twinx()
+    twin.plot([r["method"] for r in made], [r.get("peak_memory_mb") or 0 for r in made], "ko-", label="peak MB")
+    twin.set_ylabel("peak memory (MB)")
+    ax2.set_title("cost (buffers not included)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

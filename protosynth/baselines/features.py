@@ -1,0 +1,80 @@
+"""A corpus as a retrieval protocol sees it: normalised pixels at the protocol's size, frozen
+text-encoder features of every caption, and the protocol's pretrained backbone.
+
+Buffers and every trajectory-matching method start from these, so the text features are cached on
+disk (keyed by corpus fingerprint and text-encoder spec) and unique captions are encoded once.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..corpus import Corpus, cache_dir
+from ..errors import ProtosynthError
+from ..evaluation.backbones import Backbone, load_backbone
+from ..evaluation.data import corpus_pixels, to_pixels
+from ..evaluation.protocols import Protocol, get_protocol
+from ..evaluation.retrieval import batched
+from ..evaluation.text_encoders import TextEncoder, load_text_encoder
+
+
+@dataclass
+class ProtocolFeatures:
+    corpus: Corpus
+    protocol: Protocol
+    backbone: Backbone  # the pretrained backbone (never trained in place: see fresh_backbone)
+    encoder: TextEncoder
+    size: int
+    pixels: torch.Tensor  # (images, 3, size, size), normalised for the backbone
+    texts: torch.Tensor  # (pairs, text_dim)
+    pair_image: torch.Tensor  # (pairs,)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.texts.shape[1])
+
+    def fresh_backbone(self) -> Backbone:
+        b = self.backbone
+        return Backbone(copy.deepcopy(b.model), b.spec, b.image_size, b.mean, b.std)
+
+    @torch.no_grad()
+    def backbone_features(self, device: str = "cpu") -> torch.Tensor:
+        """Pooled features of every corpus image under the frozen pretrained backbone."""
+        model = self.backbone.model.to(device).eval()
+        return batched(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), self.pixels, device)
+
+
+def text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
+    """Features of every caption-level pair, cached; each distinct caption is encoded once."""
+    key = hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
+    path = cache_dir() / "protocol_text" / f"{key}.npy"
+    if path.is_file():
+        arr = np.load(path)
+        if arr.shape == (corpus.n_pairs, encoder.dim):
+            return torch.from_numpy(arr)
+    unique, inverse = np.unique(np.asarray(corpus.pair_caption, dtype=object), return_inverse=True)
+    feats = encoder.encode([str(c) for c in unique])[torch.from_numpy(inverse.reshape(-1))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, feats.numpy())
+    tmp.replace(path)
+    return feats
+
+
+def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None = None,
+                      text_encoder: str | None = None) -> ProtocolFeatures:
+    """``backbone``/``text_encoder`` override the protocol's (tests use tiny ones)."""
+    protocol = get_protocol(protocol_name)
+    if protocol.text == "clip" and text_encoder is None:
+        raise ProtosynthError(f"--protocol {protocol_name} embeds text with a set's own CLIP; trajectory matching "
+                              f"needs a fixed text encoder: use small or nfnet-bert")
+    bb = load_backbone(backbone or protocol.backbone)
+    size = protocol.image_size or bb.image_size
+    encoder = load_text_encoder(text_encoder or protocol.text)
+    pixels = to_pixels(corpus_pixels(corpus), bb, size)
+    return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, text_features(corpus, encoder),
+                            torch.from_numpy(corpus.pair_image.astype(np.int64)))

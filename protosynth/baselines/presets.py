@@ -1,0 +1,106 @@
+"""Settings of the four optimisation baselines, and their published presets (PROTOCOLS.md).
+
+Every field left ``None`` in a :class:`BaselineConfig` is filled from the preset for the method, the
+corpus family (``flickr``, ``coco`` or ``world``) and the budget (the nearest of 100/200/500); the
+filled settings are what the manifest records.
+
+Published (Flickr30k / COCO, all four methods share the trajectory-matching core): syn_steps 8,
+expert_epochs 1, max_start_epoch 2 (3 at 500 pairs), 3000 iterations, lr_lr 1e-2, inner lr init
+0.1; lr_img = lr_txt = 100 (Flickr 100), 1000 (Flickr 200/500, COCO 100/200), 5000 (COCO 500).
+LoRS (lr_sim, rank, alpha, mini-batch): Flickr 100: 10, 10, 3, 20; 200: 10, 5, 1, 20;
+500: 100, 20, 0.01, 40. COCO 100: 5, 10, 1, 20; 200: 50, 20, 1, 20; 500: 500, 40, 1, 30 (tau 0.1).
+MTT-VL's synthetic mini-batch is not in PROTOCOLS.md; it uses LoRS's. AMD and RepBlend build on
+LoRS (similarity matrix, constant-memory gradient) and use its settings.
+
+World presets (the offline ``small`` protocol on the built-in world) keep the published structure
+at a CPU budget: 150 iterations (``--quick``: 10), the rest as Flickr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ..errors import ProtosynthError
+
+METHODS = ("mtt-vl", "lors", "amd", "repblend")
+FAMILIES = ("flickr", "coco", "world")
+USES_SIMILARITY = ("lors", "amd", "repblend")
+
+
+@dataclass
+class BaselineConfig:
+    method: str = "lors"
+    budget: int = 100
+    buffer: Path | None = None
+    out: Path | None = None
+    force: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    family: str | None = None  # preset family; default: world for the built-in world, else flickr
+    quick: bool = False
+    iterations: int | None = None
+    syn_steps: int | None = None
+    expert_epochs: int | None = None
+    max_start_epoch: int | None = None
+    batch_syn: int | None = None
+    lr_img: float | None = None
+    lr_txt: float | None = None
+    lr_lr: float | None = None
+    lr_init: float | None = None
+    lr_sim: float | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    temperature: float | None = None  # None: the protocol's (0.07); COCO LoRS uses 0.1
+    grad_mode: str | None = None  # unroll (mtt-vl) or constant (the others)
+    merged: bool | None = None  # merged normalisation of the matching loss (default: per modality)
+    clip: str = "default"  # AMD's prototype initialisation clusters this CLIP's joint embeddings
+
+
+def preset_budget(budget: int) -> int:
+    return min((100, 200, 500), key=lambda b: (abs(b - budget), b))
+
+
+_LORS = {  # (lr_sim, rank, alpha, mini-batch)
+    "flickr": {100: (10.0, 10, 3.0, 20), 200: (10.0, 5, 1.0, 20), 500: (100.0, 20, 0.01, 40)},
+    "coco": {100: (5.0, 10, 1.0, 20), 200: (50.0, 20, 1.0, 20), 500: (500.0, 40, 1.0, 30)},
+}
+_LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
+
+
+def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
+    """The preset values for one method, family and budget."""
+    if method not in METHODS:
+        raise ProtosynthError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
+    if family not in FAMILIES:
+        raise ProtosynthError(f"unknown --preset {family!r}: use {', '.join(FAMILIES)}")
+    b = preset_budget(budget)
+    base = "flickr" if family == "world" else family
+    lr_sim, rank, alpha, batch = _LORS[base][b]
+    out = {"iterations": 3000, "syn_steps": 8, "expert_epochs": 1, "max_start_epoch": 3 if b == 500 else 2,
+           "batch_syn": batch, "lr_img": _LR_SYN[base][b], "lr_txt": _LR_SYN[base][b], "lr_lr": 1e-2,
+           "lr_init": 0.1, "lr_sim": lr_sim, "rank": rank, "alpha": alpha,
+           "temperature": 0.1 if family == "coco" and method in USES_SIMILARITY else None,
+           "grad_mode": "unroll" if method == "mtt-vl" else "constant", "merged": False}
+    if family == "world":
+        out["iterations"] = 10 if quick else 150
+    return out
+
+
+def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig:
+    """``cfg`` with every unset field taken from the preset, validated against the buffer's epochs."""
+    filled = preset(cfg.method, family, cfg.budget, cfg.quick)
+    cfg = replace(cfg, family=family, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
+    for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "rank"):
+        if getattr(cfg, name) < 1:
+            raise ProtosynthError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("lr_img", "lr_txt", "lr_lr", "lr_init", "lr_sim"):
+        if getattr(cfg, name) < 0:
+            raise ProtosynthError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.expert_epochs > max_epochs:
+        raise ProtosynthError(f"--expert-epochs {cfg.expert_epochs} exceeds the buffer's {max_epochs} epochs")
+    return cfg
+
+
+def settings(cfg: BaselineConfig) -> dict:
+    return {f.name: (str(getattr(cfg, f.name)) if isinstance(getattr(cfg, f.name), Path) else getattr(cfg, f.name))
+            for f in fields(cfg) if f.name not in ("out", "force", "device")}

@@ -1,0 +1,205 @@
+"""``protosynth baseline``: distill a set with MTT-VL, LoRS, AMD or RepBlend from a buffer.
+
+- **mtt-vl**: M random real pairs as the start; both modalities matched through the full unroll.
+- **lors**: as mtt-vl, plus the low-rank similarity matrix S learned with the data, the student
+  trained with weighted BCE against S; M-1 pairs at budget M (S is paid for with one pair).
+- **amd**: image and text start epochs drawn independently within R_V and R_L (from the experts,
+  logged); initialised from prototypes: the real pair nearest each k-means centroid of the joint
+  CLIP embeddings (protosynth's prototype stage, ``--mode joint``).
+- **repblend**: heads-only buffers; every inner step mixes backbone features and text features
+  with one lambda ~ Beta(1, 1) and one permutation for both modalities (the S target not mixed).
+
+The written set holds the optimised pixels both as PNGs (clamped to [0, 1]) and unclamped in
+``embeddings.safetensors`` (``pixels``, normalised for the backbone), the text features (``text``,
+tagged with the protocol's text space), the learned inner learning rates and S (``similarity``).
+``protosynth eval retrieval`` trains on them as each method's own evaluation does; the manifest's
+``evaluation`` entry says how (loss, and whether the image side is a frozen backbone + head).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..corpus import load_corpus
+from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from ..errors import ProtosynthError
+from ..models.training import StepBar
+from ..runinfo import check_device, corpus_name, peak_rss_mb, versions
+from . import amd
+from .buffer import Buffer, load_buffer, make_student
+from .features import ProtocolFeatures, protocol_features
+from .matching import Blend, SyntheticSet, match
+from .presets import USES_SIMILARITY, BaselineConfig, resolve, settings
+from .student import LowRankSimilarity, trainable
+
+
+def default_out(cfg: BaselineConfig, corpus_spec: str) -> Path:
+    return Path("distilled") / f"{corpus_name(corpus_spec)}-{cfg.method}-b{cfg.budget}-s{cfg.seed}"
+
+
+def init_pairs(cfg: BaselineConfig, feats: ProtocolFeatures, m: int) -> np.ndarray:
+    """The real pairs the synthetic set starts from: random, or (AMD) nearest to joint prototypes."""
+    if cfg.method != "amd":
+        return np.random.default_rng(cfg.seed).choice(feats.corpus.n_pairs, m, replace=False)
+    from ..coreset import joint_features
+    from ..embed import embed_corpus
+    from ..models.clip import load_clip
+    from ..prototypes import kmeans
+
+    emb = embed_corpus(feats.corpus, load_clip(cfg.clip, cfg.device))
+    z = joint_features(emb.image.numpy(), emb.text.numpy())
+    import faiss
+
+    centroids, _ = kmeans(z, m, niter=25, seed=cfg.seed)
+    index = faiss.IndexFlatL2(z.shape[1])
+    index.add(np.ascontiguousarray(z, np.float32))
+    _, near = index.search(np.ascontiguousarray(centroids, np.float32), min(m, len(z)))
+    chosen, used = [], set()
+    for row in near:  # the nearest pair to each centroid not already taken (m candidates always suffice)
+        pick = next(int(p) for p in row if int(p) not in used)
+        used.add(pick)
+        chosen.append(pick)
+    return np.array(chosen)
+
+
+def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
+    if buffer.manifest["corpus"]["fingerprint"] != corpus.fingerprint:
+        raise ProtosynthError(f"--buffer {buffer.root} was trained on {buffer.manifest['corpus']['spec']}, "
+                              f"not on {corpus.spec}")
+    want = "heads" if cfg.method == "repblend" else "full"
+    if buffer.shape != want:
+        hint = "--heads-only" if want == "heads" else "without --heads-only"
+        raise ProtosynthError(f"--method {cfg.method} needs a {want} buffer (`protosynth buffer {hint}`); "
+                              f"{buffer.root} is {buffer.shape}")
+
+
+def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int, amd_ranges: dict | None):
+    if amd_ranges is not None:
+        t_v = int(rng.integers(0, min(amd_ranges["R_V"], last_start) + 1))
+        t_l = int(rng.integers(0, min(amd_ranges["R_L"], last_start) + 1))
+        return t_v, t_l
+    t = int(rng.integers(0, min(cfg.max_start_epoch, last_start + 1)))
+    return t, t
+
+
+def distill_baseline(cfg: BaselineConfig) -> Path:
+    """Run one baseline and write its set; returns the set folder."""
+    check_device(cfg.device)
+    if cfg.budget < 2:
+        raise ProtosynthError(f"--budget must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
+    if cfg.buffer is None:
+        raise ProtosynthError("--buffer DIR is required (make one with `protosynth buffer`)")
+    buffer = load_buffer(cfg.buffer)
+    corpus_spec = buffer.manifest["corpus"]["spec"]
+    out = cfg.out or default_out(cfg, corpus_spec)
+    check_out_dir(out, cfg.force)
+    family = cfg.family or ("world" if corpus_spec.split(",")[0].split(":")[0] == "shapes" else "flickr")
+    cfg = resolve(cfg, family, buffer.epochs)
+    started = time.time()
+    seconds: dict[str, float] = {}
+    corpus = load_corpus(corpus_spec)
+    check_budget(cfg.budget, corpus)
+    _check_buffer(buffer, cfg, corpus)
+    b = buffer.manifest
+    feats = protocol_features(corpus, b["protocol"], b["settings"].get("backbone"), b["settings"].get("text_encoder"))
+    m = cfg.budget - 1 if cfg.method in USES_SIMILARITY else cfg.budget
+    pairs = init_pairs(cfg, feats, m)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = feats.pixels[feats.pair_image[torch.from_numpy(pairs)]].clone().requires_grad_(True)
+    texts = feats.texts[torch.from_numpy(pairs)].clone().requires_grad_(True)
+    syn = SyntheticSet(images, texts, torch.tensor(cfg.lr_init, requires_grad=True),
+                       torch.tensor(cfg.lr_init, requires_grad=True),
+                       LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None)
+    groups = [{"params": [syn.images], "lr": cfg.lr_img}, {"params": [syn.texts], "lr": cfg.lr_txt},
+              {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr}]
+    if syn.sim is not None:
+        groups.append({"params": list(syn.sim.parameters()), "lr": cfg.lr_sim})
+    opt = torch.optim.SGD(groups, momentum=0.5)
+    seconds["setup"] = round(time.time() - started, 2)
+
+    t0 = time.time()
+    trajectories = [buffer.trajectory(e) for e in range(buffer.experts)]
+    ranges = amd.expert_ranges(trajectories) if cfg.method == "amd" else None
+    student = make_student(feats, buffer.shape == "heads", cfg.seed).to(cfg.device)
+    names = set(trainable(student))
+    if set(trajectories[0][0]) != names:
+        raise ProtosynthError(f"--buffer {buffer.root}: its parameters do not fit the protocol's student "
+                              f"({len(trajectories[0][0])} tensors saved, {len(names)} expected)")
+    temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
+    rng = np.random.default_rng(cfg.seed)
+    last_start = buffer.epochs - cfg.expert_epochs
+    losses, lr_clamps = [], 0
+    perm, cursor = torch.randperm(m, generator=gen), 0
+    with StepBar(f"{cfg.method} b{cfg.budget}", cfg.iterations) as bar:
+        for it in range(cfg.iterations):
+            e = int(rng.integers(buffer.experts))
+            t_v, t_l = _start_epochs(cfg, rng, last_start, ranges)
+            traj = trajectories[e]
+            start = {k: (traj[t_v] if k.startswith("image.") else traj[t_l])[k] for k in names}
+            target = {k: (traj[t_v + cfg.expert_epochs] if k.startswith("image.") else
+                          traj[t_l + cfg.expert_epochs])[k] for k in names}
+            batches, blends = [], []
+            for _ in range(cfg.syn_steps):
+                if cursor + min(cfg.batch_syn, m) > m:
+                    perm, cursor = torch.randperm(m, generator=gen), 0
+                idx = perm[cursor : cursor + min(cfg.batch_syn, m)]
+                cursor += len(idx)
+                batches.append(idx)
+                blends.append(Blend(float(rng.beta(1.0, 1.0)), torch.randperm(len(idx), generator=gen))
+                              if cfg.method == "repblend" else None)
+            opt.zero_grad(set_to_none=True)
+            loss = match(student, start, target, syn, batches, temperature, cfg.grad_mode, blends, cfg.merged)
+            if not np.isfinite(loss):
+                raise ProtosynthError(f"{cfg.method}: matching loss is {loss} at iteration {it + 1}; lower --lr-img/--lr-txt")
+            opt.step()
+            with torch.no_grad():
+                for lr in (syn.lr_image, syn.lr_text):
+                    if lr.item() < 1e-4:  # a negative inner lr would train the student backwards
+                        lr.clamp_(min=1e-4)
+                        lr_clamps += 1
+            losses.append(loss)
+            bar.advance(f"loss {loss:.4f} t=({t_v},{t_l})")
+    seconds["distill"] = round(time.time() - t0, 2)
+    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, seconds, started)
+
+
+def _curve(losses: list[float], points: int = 50) -> list[float]:
+    chunks = np.array_split(np.asarray(losses), min(points, len(losses)))
+    return [round(float(c.mean()), 6) for c in chunks]
+
+
+def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, seconds, started) -> Path:
+    mean = torch.tensor(feats.backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(feats.backbone.std).view(1, 3, 1, 1)
+    pixels = syn.images.detach().cpu()
+    arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(a) for a in arr]
+    corpus = feats.corpus
+    rows = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)], "init_pair": int(p),
+             "members": [int(p)]} for i, p in enumerate(pairs)]
+    tensors = {"pixels": pixels, "text": syn.texts.detach().cpu(), "lr_image": syn.lr_image.detach().reshape(1),
+               "lr_text": syn.lr_text.detach().reshape(1)}
+    if syn.sim is not None:
+        tensors["similarity"] = syn.sim().detach().cpu()
+    k = max(1, min(10, len(losses) // 5))
+    manifest = {
+        **manifest_header(cfg.method, cfg.budget, None, cfg.seed, corpus, None, text_space=feats.encoder.space),
+        "pairs_stored": len(pairs), "settings": settings(cfg),
+        "protocol": {"name": feats.protocol.name, "backbone": feats.backbone.spec, "text_encoder": feats.encoder.spec,
+                     "image_size": feats.size, "mean": list(feats.backbone.mean), "std": list(feats.backbone.std)},
+        "evaluation": {"loss": "wbce" if syn.sim is not None else "info_nce",
+                       "image": "frozen+head" if cfg.method == "repblend" else "finetune"},
+        "buffer": {"path": str(buffer.root), "settings": buffer.manifest["settings"], "seconds": buffer.manifest["seconds"]},
+        "caption_note": "captions are those of the real pairs the synthetic pairs started from (init_pair); "
+                        "the trained text is the stored `text` tensor",
+        "matching_loss": {"first": round(float(np.mean(losses[:k])), 6), "last": round(float(np.mean(losses[-k:])), 6),
+                          "curve": _curve(losses)},
+        "learned_lr": {"image": syn.lr_image.item(), "text": syn.lr_text.item(), "clamped_steps": lr_clamps},
+        "amd_ranges": ranges, "versions": versions(), "peak_memory_mb": peak_rss_mb(),
+        "seconds": dict(seconds, total=round(time.time() - started, 2)),
+    }
+    return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)

@@ -1,0 +1,232 @@
+"""The trajectory-matching engine and the four baselines: mechanism tests on tiny problems (real
+timm/torch classes, float64 where gradients are compared), and the buffer and baseline stages end
+to end on a tiny world."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from protosynth.baselines import amd
+from protosynth.baselines.buffer import BufferConfig, build_buffer, load_buffer
+from protosynth.baselines.matching import Blend, SyntheticSet, match, matching_loss, step_loss
+from protosynth.baselines.presets import BaselineConfig, preset
+from protosynth.baselines.run import distill_baseline
+from protosynth.baselines.student import LowRankSimilarity, Student, trainable, weighted_bce
+from protosynth.errors import ProtosynthError
+from protosynth.evaluation.backbones import Backbone
+
+TINY_WORLD = "shapes,n=40"
+
+
+def tiny_student(shape: str, text_dim: int = 6, seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    model = timm.create_model("nf_resnet26", pretrained=False, num_classes=4, channels=[4, 8, 8, 8])
+    bb = Backbone(model.eval(), "tiny", 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return Student(bb, text_dim, shape).double().eval()
+
+
+def tiny_problem(shape: str, m: int = 6, with_sim: bool = False, seed: int = 0):
+    student = tiny_student(shape, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    start = {k: v.detach().clone() for k, v in trainable(student).items()}
+    target = {k: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in start.items()}
+
+    def fresh() -> SyntheticSet:
+        g = torch.Generator().manual_seed(seed + 1)
+        sim = LowRankSimilarity(m, 2, 1.0, g).double() if with_sim else None
+        if sim is not None:  # off the identity, so S's gradient is not trivially structured
+            with torch.no_grad():
+                sim.right.normal_(generator=g)
+        return SyntheticSet(torch.randn(m, 3, 16, 16, generator=g, dtype=torch.float64).requires_grad_(True),
+                            torch.randn(m, 6, generator=g, dtype=torch.float64).requires_grad_(True),
+                            torch.tensor(0.3, dtype=torch.float64, requires_grad=True),
+                            torch.tensor(0.2, dtype=torch.float64, requires_grad=True), sim)
+    batches = [torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 0, 1]), torch.tensor([2, 3, 4, 5])]
+    return student, start, target, fresh, batches
+
+
+def grads_of(student, start, target, syn, batches, mode, blends=None, merged=False):
+    loss = match(student, start, target, syn, batches, 0.07, mode, blends, merged)
+    return loss, {k: v.grad.clone() for k, v in syn.leaves().items()}
+
+
+@pytest.mark.parametrize("shape,with_sim,merged", [("full", False, False), ("heads", True, True)])
+def test_constant_memory_gradient_equals_full_unroll(shape, with_sim, merged):
+    student, start, target, fresh, batches = tiny_problem(shape, with_sim=with_sim)
+    blends = [Blend(0.3, torch.tensor([1, 0, 3, 2])), None, Blend(0.8, torch.tensor([3, 2, 1, 0]))] if shape == "heads" else None
+    loss_u, g_u = grads_of(student, start, target, fresh(), batches, "unroll", blends, merged)
+    loss_c, g_c = grads_of(student, start, target, fresh(), batches, "constant", blends, merged)
+    assert loss_u == pytest.approx(loss_c, rel=1e-12)
+    assert set(g_u) == set(g_c)
+    for k in g_u:
+        assert g_u[k].abs().max() > 0, k
+        torch.testing.assert_close(g_c[k], g_u[k], rtol=1e-7, atol=1e-12, msg=k)
+    # the first-order approximation drops the Hessian terms: different with several steps ...
+    _, g_f = grads_of(student, start, target, fresh(), batches, "first-order", blends, merged)
+    assert not torch.allclose(g_f["images"], g_u["images"], rtol=1e-4)
+
+
+def test_first_order_is_exact_for_one_step():
+    student, start, target, fresh, batches = tiny_problem("full")
+    _, g_u = grads_of(student, start, target, fresh(), batches[:1], "unroll")
+    _, g_f = grads_of(student, start, target, fresh(), batches[:1], "first-order")
+    for k in g_u:
+        torch.testing.assert_close(g_f[k], g_u[k], rtol=1e-7, atol=1e-12)
+
+
+def test_matching_loss_is_zero_when_the_student_lands_on_the_target():
+    student, start, _, fresh, batches = tiny_problem("full")
+    syn = fresh()
+    params = dict(start)
+    with torch.no_grad():
+        for idx in batches:  # where the student lands: the target
+            p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+            with torch.enable_grad():
+                g = torch.autograd.grad(step_loss(student, p, syn, idx, 0.07), list(p.values()))
+            params = {k: params[k] - (syn.lr_image if k.startswith("image.") else syn.lr_text) * gi
+                      for k, gi in zip(params, g)}
+    for mode in ("unroll", "constant"):
+        assert match(student, start, params, fresh(), batches, 0.07, mode) == pytest.approx(0.0, abs=1e-20)
+    # and the normalisation: a student that does not move scores exactly 1 per modality
+    assert float(matching_loss(start, start, params)) == pytest.approx(2.0)
+    assert float(matching_loss(start, start, params, merged=True)) == pytest.approx(1.0)
+
+
+def test_lors_similarity_starts_at_identity_and_weighted_bce_by_hand():
+    sim = LowRankSimilarity(5, 3, 2.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sim(), torch.eye(5))
+    torch.testing.assert_close(sim(torch.tensor([3, 1])), torch.eye(2))
+    with torch.no_grad():
+        sim.right.fill_(1.0)
+    full = sim().detach()
+    torch.testing.assert_close(sim(torch.tensor([4, 0])).detach(), full[[4, 0]][:, [4, 0]])
+    # hand-checked WBCE: cosines [[1, 0], [0.6, 0.8]]... with tau 1 and target [[1, 0.2], [0.7, 1]]
+    img = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.2], [0.7, 1.0]])
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # img @ txt.T
+
+    def bce(x, y):
+        p = 1 / (1 + np.exp(-x))
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    pos = [bce(1.0, 1.0), bce(0.6, 0.7), bce(0.8, 1.0)]  # entries > 0.5
+    neg = [bce(0.0, 0.2)]
+    expected = (np.mean(pos) + np.mean(neg)) / 2
+    assert float(weighted_bce(img, txt, target, 1.0)) == pytest.approx(expected, rel=1e-6)
+    assert z.shape == (2, 2)
+
+
+def test_amd_ranges_on_trajectories_with_a_known_crossing():
+    # image moves 1, 2, 3, 4, 5 per epoch; text 5, 4, 3, 2, 1: ratio = 1/25, 4/16, 1, 16/4, 25 -> median 1
+    steps_img, steps_txt = [1, 2, 3, 4, 5], [5, 4, 3, 2, 1]
+
+    def trajectory(offset: float):
+        out, a, b = [], offset, -offset
+        out.append({"image.w": torch.tensor([a]), "text.w": torch.tensor([b, 0.0])})
+        for si, st in zip(steps_img, steps_txt):
+            a, b = a + si, b + st
+            out.append({"image.w": torch.tensor([a]), "text.w": torch.tensor([b, 0.0])})
+        return out
+    r = amd.expert_ranges([trajectory(0.0), trajectory(1.0)])  # expert offsets cancel in the differences
+    assert r["mmd_image"] == pytest.approx([1, 4, 9, 16, 25])
+    assert r["mmd_text"] == pytest.approx([25, 16, 9, 4, 1])
+    assert r["T_med"] == pytest.approx(1.0)
+    assert (r["R_V"], r["R_L"]) == (4, 3)  # first epoch above the median; last epoch at or below it
+
+
+def test_repblend_blends_both_modalities_with_one_lambda_and_one_permutation():
+    student, start, _, fresh, _ = tiny_problem("heads")
+    syn = fresh()
+    idx = torch.tensor([0, 1, 2, 3])
+    blend = Blend(0.25, torch.tensor([2, 0, 3, 1]))
+    got = step_loss(student, start, syn, idx, 0.07, blend)
+    with torch.no_grad():
+        f = student.features(syn.images[idx])
+        t = syn.texts[idx]
+        mix = lambda x, perm: 0.75 * x + 0.25 * x[perm]  # noqa: E731
+        same = torch.func.functional_call(student, start, (mix(f, blend.perm), mix(t, blend.perm)),
+                                          {"are_features": True}, strict=False)
+        other = torch.func.functional_call(student, start, (mix(f, blend.perm), mix(t, torch.tensor([1, 2, 0, 3]))),
+                                           {"are_features": True}, strict=False)
+    from protosynth.baselines.student import info_nce
+    assert got.item() == pytest.approx(float(info_nce(*same, 0.07)), rel=1e-10)
+    assert got.item() != pytest.approx(float(info_nce(*other, 0.07)), rel=1e-6)
+
+
+def test_presets_follow_the_published_numbers():
+    p = preset("lors", "flickr", 500)
+    assert (p["lr_sim"], p["rank"], p["alpha"], p["batch_syn"], p["max_start_epoch"]) == (100.0, 20, 0.01, 40, 3)
+    assert preset("lors", "coco", 500)["lr_img"] == 5000.0 and preset("lors", "coco", 500)["temperature"] == 0.1
+    assert preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
+    assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
+    with pytest.raises(ProtosynthError, match="unknown --method"):
+        preset("dream", "flickr", 100)
+
+
+@pytest.fixture(scope="module")
+def buffers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("buffers")
+    full = build_buffer(BufferConfig(corpus=TINY_WORLD, experts=2, epochs=2, batch_size=16, out=root / "full"))
+    heads = build_buffer(BufferConfig(corpus=TINY_WORLD, experts=1, epochs=2, batch_size=16, heads_only=True,
+                                      out=root / "heads"))
+    return full, heads
+
+
+def test_buffer_layout_manifest_and_resume(buffers, tmp_path):
+    full, heads = buffers
+    b = load_buffer(full)
+    assert (b.experts, b.epochs, b.shape) == (2, 2, "full")
+    traj = b.trajectory(1)
+    assert len(traj) == 3 and set(traj[0]) == set(b.snapshot(0, 0))
+    assert any(k.startswith("image.model.") for k in traj[0]) and any(k.startswith("text.") for k in traj[0])
+    assert not torch.equal(traj[0]["text.fc.weight"], traj[1]["text.fc.weight"])
+    assert load_buffer(heads).shape == "heads" and all(k.split(".")[0] in ("image", "text")
+                                                       and ".model." not in k for k in load_buffer(heads).snapshot(0, 0))
+    # a killed run: expert 1 lost its last epoch and its done marker; resuming recomputes it identically
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(full, copy)
+    (copy / "manifest.json").unlink()
+    (copy / "expert_001" / "done.json").unlink()
+    (copy / "expert_001" / "epoch_02.safetensors").unlink()
+    with pytest.raises(ProtosynthError, match="not a finished buffer"):
+        load_buffer(copy)
+    build_buffer(BufferConfig(corpus=TINY_WORLD, experts=2, epochs=2, batch_size=16, out=copy))
+    for k, v in load_file(str(full / "expert_001" / "epoch_02.safetensors")).items():
+        assert torch.equal(v, load_file(str(copy / "expert_001" / "epoch_02.safetensors"))[k]), k
+    with pytest.raises(ProtosynthError, match="other settings"):
+        build_buffer(BufferConfig(corpus=TINY_WORLD, experts=3, epochs=2, batch_size=16, out=copy))
+
+
+@pytest.mark.parametrize("method", ["mtt-vl", "lors", "amd", "repblend"])
+def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick_models):
+    full, heads = buffers
+    cfg = BaselineConfig(method=method, budget=12, buffer=heads if method == "repblend" else full, out=tmp_path / method,
+                         iterations=12, syn_steps=3, batch_syn=12, max_start_epoch=1, lr_img=100.0, lr_txt=100.0,
+                         lr_lr=1e-3, lr_sim=0.0 if method == "repblend" else None, clip=f"small:{quick_models}")
+    out = distill_baseline(cfg)
+    man = json.loads((out / "manifest.json").read_text())
+    curve = man["matching_loss"]["curve"]
+    assert np.mean(curve[-3:]) < np.mean(curve[:3]), curve
+    m = 11 if method != "mtt-vl" else 12  # S is paid for with one pair
+    assert man["pairs_stored"] == m and len(list((out / "images").glob("*.png"))) == m
+    from protosynth.distilled import load_distilled
+    ds = load_distilled(out, verify=True)
+    assert ds.tensors["pixels"].shape == (m, 3, 32, 32) and ds.tensors["text"].shape[0] == m
+    assert ("similarity" in ds.tensors) == (method != "mtt-vl")
+    assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
+    if method == "amd":
+        assert {"R_V", "R_L", "T_med"} <= set(man["amd_ranges"])
+
+
+def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
+    full, heads = buffers
+    with pytest.raises(ProtosynthError, match="heads"):
+        distill_baseline(BaselineConfig(method="repblend", budget=5, buffer=full, out=tmp_path / "x"))
+    with pytest.raises(ProtosynthError, match="not a finished buffer"):
+        distill_baseline(BaselineConfig(method="lors", budget=5, buffer=tmp_path / "nothing", out=tmp_path / "y"))
