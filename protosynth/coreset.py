@@ -54,10 +54,12 @@ def default_out(cfg: CoresetConfig) -> Path:
     return Path("distilled") / f"{corpus_name(cfg.corpus)}-coreset-{cfg.method}-b{cfg.budget}-s{cfg.seed}"
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
 def joint_features(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     """Unit-norm joint features: the normalised image and text embeddings side by side, / sqrt(2)."""
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
     return np.concatenate([unit(image), unit(text)], axis=1).astype(np.float64) / np.sqrt(2.0)
 
 
@@ -184,12 +186,8 @@ def build_coreset(cfg: CoresetConfig) -> Path:
     images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
     pairs = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[p], "caption_pair": p,
               "members": [p]} for i, p in enumerate(chosen)]
-
-    def unit(x: np.ndarray) -> torch.Tensor:
-        return torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
-
-    tensors = {"image_raw": torch.from_numpy(image[chosen]), "image_normalised": unit(image[chosen]),
-               "text_raw": torch.from_numpy(text[chosen]), "text_normalised": unit(text[chosen])}
+    tensors = {"image_raw": torch.from_numpy(image[chosen]), "image_normalised": torch.from_numpy(unit(image[chosen])),
+               "text_raw": torch.from_numpy(text[chosen]), "text_normalised": torch.from_numpy(unit(text[chosen]))}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     manifest = {
         **manifest_header(f"coreset-{cfg.method}", cfg.budget, None, cfg.seed, corpus, clip),

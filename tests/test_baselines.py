@@ -230,3 +230,45 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
         distill_baseline(BaselineConfig(method="repblend", budget=5, buffer=full, out=tmp_path / "x"))
     with pytest.raises(ProtosynthError, match="not a finished buffer"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=tmp_path / "nothing", out=tmp_path / "y"))
+
+
+def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
+    """Every method at a tiny budget through the real command path (smaller than --quick)."""
+    from typer.testing import CliRunner
+
+    from cli import baselines as cli_baselines
+    from cli.main import app
+    from protosynth.baselines.compare import ALL_METHODS
+
+    assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
+    out = tmp_path / "cmp"
+    args = ["compare-baselines", "--budget", "6", "--corpus", TINY_WORLD, "--quick", "--repeats", "1",
+            "--eval-epochs", "2", "--iterations", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in doc["methods"]] == list(ALL_METHODS)
+    for row in doc["methods"]:
+        assert 0 <= row["metrics"]["r_mean"]["mean"] <= 100
+        if row["method"] != "full":
+            assert row["distill_seconds"] > 0 and row["peak_memory_mb"] > 0 and row["cost_vs_pds"] > 0
+    assert doc["buffers"]["full"]["trained_on_pairs"] == 200 and doc["quick"] is True
+    assert (out / "compare.png").stat().st_size > 1000 and "| lors |" in (out / "compare.md").read_text()
+    # a second run resumes: no set is remade, no row re-evaluated
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+
+
+def test_baseline_cli_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    r = CliRunner().invoke(app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a finished buffer" in r.output
+    r = CliRunner().invoke(app, ["buffer", "--experts", "0", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "--experts must be at least 1" in r.output
+    r = CliRunner().invoke(app, ["compare-baselines", "--methods", "random,dream", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "unknown --methods dream" in r.output

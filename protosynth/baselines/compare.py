@@ -125,24 +125,26 @@ def _row_key(path: Path | None, eval_cfg) -> str:
 
 
 def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[str, dict], dict]:
+    """One evaluation of every set without a stored row (test data loaded once), then the full row."""
     from ..evaluation.evaluate import EvalConfig, evaluate
 
     eval_cfg = EvalConfig(protocol=cfg.protocol, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device,
                           epochs=cfg.eval_epochs)
-    rows, head = {}, {}
-    for method, path in paths.items():
-        store = cfg.out / "rows" / f"{method}-{_row_key(path, eval_cfg)}.json"
-        if store.is_file():
-            saved = json.loads(store.read_text())
-        else:
-            run_cfg = replace(eval_cfg, full=cfg.corpus if path is None else None,
-                              epochs=(1 if cfg.quick else None) if path is None else eval_cfg.epochs)
-            doc = evaluate([path] if path is not None else [], run_cfg)
-            saved = {"row": doc["sets"][0], "head": {k: v for k, v in doc.items() if k != "sets"}}
-            store.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(store, json.dumps(saved, indent=2))
-        rows[method], head = saved["row"], saved["head"]
-    return rows, head
+    store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
+    todo = [m for m in paths if not store[m].is_file()]
+    sets = [m for m in todo if paths[m] is not None]
+    docs = []
+    if sets:
+        docs.append((sets, evaluate([paths[m] for m in sets], eval_cfg)))
+    if "full" in todo:  # its own epochs (--quick: 1), never the sets' --eval-epochs
+        docs.append((["full"], evaluate([], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None))))
+    for methods, doc in docs:
+        head = {k: v for k, v in doc.items() if k != "sets"}
+        for m, row in zip(methods, doc["sets"]):
+            store[m].parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(store[m], json.dumps({"row": row, "head": head}, indent=2))
+    saved = {m: json.loads(store[m].read_text()) for m in paths}
+    return {m: s["row"] for m, s in saved.items()}, next(iter(saved.values()))["head"]
 
 
 def compare_baselines(cfg: CompareConfig) -> dict:

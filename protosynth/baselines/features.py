@@ -1,22 +1,21 @@
 """A corpus as a retrieval protocol sees it: normalised pixels at the protocol's size, frozen
 text-encoder features of every caption, and the protocol's pretrained backbone.
 
-Buffers and every trajectory-matching method start from these, so the text features are cached on
-disk (keyed by corpus fingerprint and text-encoder spec) and unique captions are encoded once.
+Buffers and every trajectory-matching method start from these (the text features come from the
+evaluation's on-disk cache).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..corpus import Corpus, cache_dir
+from ..corpus import Corpus
 from ..errors import ProtosynthError
 from ..evaluation.backbones import Backbone, load_backbone
-from ..evaluation.data import corpus_pixels, to_pixels
+from ..evaluation.data import corpus_pixels, corpus_text_features, to_pixels
 from ..evaluation.protocols import Protocol, get_protocol
 from ..evaluation.retrieval import batched
 from ..evaluation.text_encoders import TextEncoder, load_text_encoder
@@ -48,23 +47,6 @@ class ProtocolFeatures:
         return batched(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), self.pixels, device)
 
 
-def text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
-    """Features of every caption-level pair, cached; each distinct caption is encoded once."""
-    key = hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
-    path = cache_dir() / "protocol_text" / f"{key}.npy"
-    if path.is_file():
-        arr = np.load(path)
-        if arr.shape == (corpus.n_pairs, encoder.dim):
-            return torch.from_numpy(arr)
-    unique, inverse = np.unique(np.asarray(corpus.pair_caption, dtype=object), return_inverse=True)
-    feats = encoder.encode([str(c) for c in unique])[torch.from_numpy(inverse.reshape(-1))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, feats.numpy())
-    tmp.replace(path)
-    return feats
-
-
 def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None = None,
                       text_encoder: str | None = None) -> ProtocolFeatures:
     """``backbone``/``text_encoder`` override the protocol's (tests use tiny ones)."""
@@ -76,5 +58,5 @@ def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None =
     size = protocol.image_size or bb.image_size
     encoder = load_text_encoder(text_encoder or protocol.text)
     pixels = to_pixels(corpus_pixels(corpus), bb, size)
-    return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, text_features(corpus, encoder),
+    return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, corpus_text_features(corpus, encoder),
                             torch.from_numpy(corpus.pair_image.astype(np.int64)))

@@ -11,15 +11,17 @@ Text of a set is used the way it was stored (``--text``):
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..corpus import Corpus, load_corpus
+from ..corpus import Corpus, cache_dir, load_corpus
 from ..distilled import DistilledSet
 from ..errors import ProtosynthError
+from ..world import image_digest
 from .backbones import Backbone
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
@@ -53,6 +55,29 @@ def encode_texts(encoder: TextEncoder, captions: list[str], normalise: bool) -> 
     return F.normalize(feats, dim=-1) if normalise else feats
 
 
+def corpus_text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
+    """Features of every caption-level pair; each distinct caption is encoded once. Cached on disk
+    (by corpus fingerprint and encoder spec) for named encoders; never for a CLIP or a local folder,
+    whose weights can change under the same spec."""
+    source = encoder.spec.split(":", 1)[-1]
+    cacheable = not encoder.spec.startswith("clip:") and not Path(source).exists()
+    key = hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
+    path = cache_dir() / "protocol_text" / f"{key}.npy"
+    if cacheable and path.is_file():
+        arr = np.load(path)
+        if arr.shape == (corpus.n_pairs, encoder.dim):
+            return torch.from_numpy(arr)
+    unique, inverse = np.unique(np.asarray(corpus.pair_caption, dtype=object), return_inverse=True)
+    feats = encoder.encode([str(c) for c in unique])[torch.from_numpy(inverse.reshape(-1))]
+    if not cacheable:
+        return feats
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, feats.numpy())
+    tmp.replace(path)
+    return feats
+
+
 def default_test_spec(corpus_spec: str) -> str:
     """The world's test split for a world corpus spec (same image size and seed); other corpora
     have no built-in test split."""
@@ -66,14 +91,16 @@ def default_test_spec(corpus_spec: str) -> str:
 def test_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> TestData:
     if min(len(c) for c in corpus.captions) < 1:
         raise ProtosynthError(f"test corpus {corpus.spec}: every image needs a caption")
+    texts = corpus_text_features(corpus, encoder)
     return TestData(to_pixels(corpus_pixels(corpus), backbone, size),
-                    encode_texts(encoder, corpus.pair_caption, normalise_text), corpus.pair_image.copy())
+                    F.normalize(texts, dim=-1) if normalise_text else texts, corpus.pair_image.copy())
 
 
 def full_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> PairData:
     """Every caption-level pair of a corpus (the upper-bound run)."""
     pixels = to_pixels(corpus_pixels(corpus), backbone, size)
-    texts = encode_texts(encoder, corpus.pair_caption, normalise_text)
+    texts = corpus_text_features(corpus, encoder)
+    texts = F.normalize(texts, dim=-1) if normalise_text else texts
     return PairData(pixels, texts, notes={"text": "captions"}, image_index=torch.from_numpy(corpus.pair_image))
 
 
@@ -147,26 +174,27 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> to
     return torch.stack([feats[[row[m] for m in p["members"]]].mean(0) for p in ds.pairs])
 
 
-def _digest(arr: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
+def image_hashes(corpus: Corpus) -> dict[bytes, int]:
+    """Pixel digest -> image index, for the overlap check (computed once per test split)."""
+    pixels = corpus_pixels(corpus)
+    return {image_digest(pixels[i]): i for i in range(corpus.n_images)}
 
 
-def check_no_overlap(ds: DistilledSet, test: Corpus) -> None:
+def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:
     """Refuse a test split that shares an image with the set or with the real pairs it summarises."""
     corpus_spec = ds.manifest.get("corpus", {}).get("spec")
     if ds.manifest.get("corpus", {}).get("fingerprint") == test.fingerprint:
         raise ProtosynthError(f"{ds.root}: the test split {test.spec} is the corpus the set was made from")
-    pixels = corpus_pixels(test)
-    test_hashes = {_digest(pixels[i]): i for i in range(test.n_images)}
+    test_hashes = test_hashes if test_hashes is not None else image_hashes(test)
     for i in range(len(ds)):
-        hit = test_hashes.get(_digest(np.asarray(ds.image(i))))
+        hit = test_hashes.get(image_digest(np.asarray(ds.image(i))))
         if hit is not None:
             raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
     members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
     if members and corpus_spec:
         corpus = load_corpus(corpus_spec)
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
-            hit = test_hashes.get(_digest(corpus.image_array(img)))
+            hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:
                 raise ProtosynthError(f"{ds.root}: member image {corpus.image_keys[img]} of {corpus_spec} is test "
                                       f"image {hit} of {test.spec}")

@@ -21,9 +21,9 @@ from ..metrics import KS
 from ..models.training import StepBar
 from ..runinfo import check_device
 from .backbones import load_backbone
-from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, set_data, test_data
+from .data import TEXT_MODES, check_no_overlap, image_hashes, default_test_spec, full_data, set_data, test_data
 from .protocols import Protocol, get_protocol
-from .retrieval import PairData, TestData, batched, train_and_score
+from .retrieval import PairData, batched, train_and_score
 from .text_encoders import load_text_encoder
 
 METRIC_NAMES = [f"IR@{k}" for k in KS] + [f"TR@{k}" for k in KS] + ["r_mean"]
@@ -106,8 +106,9 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     test_spec = _test_spec(cfg, sets)
     test_corpus = load_corpus(test_spec)
     test = test_data(test_corpus, encoder, backbone, size, normalise)
+    hashes = image_hashes(test_corpus)
     for ds in sets:
-        check_no_overlap(ds, test_corpus)
+        check_no_overlap(ds, test_corpus, hashes)
     jobs: list[tuple[dict, PairData, int]] = []
     for ds in sets:
         data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
