@@ -272,3 +272,18 @@ def test_baseline_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "--experts must be at least 1" in r.output
     r = CliRunner().invoke(app, ["compare-baselines", "--methods", "random,dream", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "unknown --methods dream" in r.output
+
+
+def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
+    """The reference protocol's classes (timm nfnet_l0 with random weights, a BERT [CLS]) through
+    the same buffer and matching code, at 32 px to stay fast."""
+    buf = build_buffer(BufferConfig(corpus="shapes,n=4", protocol="nfnet-bert", experts=1, epochs=1, batch_size=10,
+                                    backbone="random:nfnet_l0", text_encoder=f"hf-cls:{tiny_bert}", image_size=32,
+                                    out=tmp_path / "buf"))
+    man = load_buffer(buf).manifest
+    assert man["backbone"] == "random:nfnet_l0" and man["parameters"]["image"] > 1e6
+    out = distill_baseline(BaselineConfig(method="lors", budget=4, buffer=buf, out=tmp_path / "lors", iterations=1,
+                                          syn_steps=2, batch_syn=3, max_start_epoch=1))
+    ds_man = json.loads((out / "manifest.json").read_text())
+    assert ds_man["protocol"]["backbone"] == "random:nfnet_l0" and ds_man["text_space"].endswith(":cls")
+    assert np.isfinite(ds_man["matching_loss"]["last"])

@@ -50,6 +50,7 @@ class BufferConfig:
     max_pairs: int | None = None  # train on a seeded subset of this many pairs (quick runs); None = all
     backbone: str | None = None  # default: the protocol's (tests pass tiny ones)
     text_encoder: str | None = None
+    image_size: int | None = None
     seed: int = 0
     out: Path | None = None
     device: str = "cpu"
@@ -136,7 +137,7 @@ def build_buffer(cfg: BufferConfig) -> Path:
     write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))
     started = time.time()
     corpus = load_corpus(cfg.corpus)
-    feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder)
+    feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
     pairs = train_pairs(corpus, cfg)
     image_inputs = feats.backbone_features(cfg.device) if cfg.heads_only else feats.pixels
     experts = []

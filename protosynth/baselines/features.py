@@ -48,14 +48,14 @@ class ProtocolFeatures:
 
 
 def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None = None,
-                      text_encoder: str | None = None) -> ProtocolFeatures:
-    """``backbone``/``text_encoder`` override the protocol's (tests use tiny ones)."""
+                      text_encoder: str | None = None, image_size: int | None = None) -> ProtocolFeatures:
+    """``backbone``/``text_encoder``/``image_size`` override the protocol's (tests use tiny ones)."""
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" and text_encoder is None:
         raise ProtosynthError(f"--protocol {protocol_name} embeds text with a set's own CLIP; trajectory matching "
                               f"needs a fixed text encoder: use small or nfnet-bert")
     bb = load_backbone(backbone or protocol.backbone)
-    size = protocol.image_size or bb.image_size
+    size = image_size or protocol.image_size or bb.image_size
     encoder = load_text_encoder(text_encoder or protocol.text)
     pixels = to_pixels(corpus_pixels(corpus), bb, size)
     return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, corpus_text_features(corpus, encoder),

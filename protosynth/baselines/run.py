@@ -105,7 +105,8 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     check_budget(cfg.budget, corpus)
     _check_buffer(buffer, cfg, corpus)
     b = buffer.manifest
-    feats = protocol_features(corpus, b["protocol"], b["settings"].get("backbone"), b["settings"].get("text_encoder"))
+    feats = protocol_features(corpus, b["protocol"], b["settings"].get("backbone"), b["settings"].get("text_encoder"),
+                              b["settings"].get("image_size"))
     m = cfg.budget - 1 if cfg.method in USES_SIMILARITY else cfg.budget
     pairs = init_pairs(cfg, feats, m)
     gen = torch.Generator().manual_seed(cfg.seed)
