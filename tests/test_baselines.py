@@ -233,7 +233,8 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
 
 
 def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
-    """Every method at a tiny budget through the real command path (smaller than --quick)."""
+    """Methods of every kind (coreset, PDS, full-unroll and heads-only baselines, the upper bound) at a
+    tiny budget through the real command path, smaller than --quick; the others share these paths."""
     from typer.testing import CliRunner
 
     from cli import baselines as cli_baselines
@@ -242,18 +243,20 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
 
     assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
     out = tmp_path / "cmp"
+    methods = ["random", "pds", "lors", "repblend", "full"]
     args = ["compare-baselines", "--budget", "6", "--corpus", TINY_WORLD, "--quick", "--repeats", "1",
-            "--eval-epochs", "2", "--iterations", "2", "--out", str(out)]
+            "--eval-epochs", "2", "--iterations", "2", "--methods", ",".join(methods), "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "compare.json").read_text())
-    assert [r["method"] for r in doc["methods"]] == list(ALL_METHODS)
+    assert [r["method"] for r in doc["methods"]] == methods
     for row in doc["methods"]:
         assert 0 <= row["metrics"]["r_mean"]["mean"] <= 100
         if row["method"] != "full":
             assert row["distill_seconds"] > 0 and row["peak_memory_mb"] > 0 and row["cost_vs_pds"] > 0
     assert doc["buffers"]["full"]["trained_on_pairs"] == 200 and doc["quick"] is True
     assert (out / "compare.png").stat().st_size > 1000 and "| lors |" in (out / "compare.md").read_text()
+    assert doc["shared_preparation_seconds"] > 0
     # a second run resumes: no set is remade, no row re-evaluated
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
     result = CliRunner().invoke(app, args)

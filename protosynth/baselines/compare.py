@@ -70,16 +70,36 @@ def _validate(cfg: CompareConfig) -> None:
     check_device(cfg.device)
 
 
-def _buffer(cfg: CompareConfig, heads: bool) -> Path:
-    bcfg = BufferConfig(corpus=cfg.corpus, protocol=cfg.protocol, experts=cfg.experts, epochs=cfg.expert_epochs,
+def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
+    return BufferConfig(corpus=cfg.corpus, protocol=cfg.protocol, experts=cfg.experts, epochs=cfg.expert_epochs,
                         heads_only=heads, max_pairs=cfg.buffer_pairs, seed=cfg.seed, device=cfg.device,
                         out=cfg.out / "buffers" / ("heads" if heads else "full"))
-    return build_buffer(bcfg)
+
+
+def _prepare(cfg: CompareConfig) -> None:
+    """The caches several methods share (the CLIP embeddings of the corpus, the protocol's text
+    features of every caption), filled once up front so no method's seconds include them."""
+    from ..corpus import load_corpus
+    from ..embed import embed_corpus
+    from ..evaluation.data import corpus_text_features
+    from ..evaluation.protocols import get_protocol
+    from ..evaluation.text_encoders import load_text_encoder
+    from ..models.clip import load_clip
+
+    corpus = load_corpus(cfg.corpus)
+    embed_corpus(corpus, load_clip("default", cfg.device))
+    protocol = get_protocol(cfg.protocol)
+    if protocol.text != "clip":
+        corpus_text_features(corpus, load_text_encoder(protocol.text))
 
 
 def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
     """Runs in a child process: one method's set at ``out``."""
-    if method in CORESETS:
+    if method == "prepare":
+        _prepare(cfg)
+    elif method in ("buffer-full", "buffer-heads"):
+        build_buffer(_buffer_config(cfg, method == "buffer-heads"))
+    elif method in CORESETS:
         from ..coreset import CoresetConfig, build_coreset
 
         build_coreset(CoresetConfig(method=method, budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out,
@@ -98,13 +118,15 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                                         device=cfg.device, quick=cfg.quick, iterations=cfg.iterations))
 
 
-def _in_child(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[str, Path]) -> None:
+    """Run one step in a fresh (spawned) process, so its peak memory is its own plus a bare
+    interpreter, not this process's (Linux carries the parent's peak RSS across fork and exec)."""
     ctx = mp.get_context("spawn")
     proc = ctx.Process(target=_child_main, args=(method, cfg, out, buffers))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
-        raise ProtosynthError(f"compare-baselines: making the {method} set failed (exit code {proc.exitcode}); "
+        raise ProtosynthError(f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
                               f"see the message above, fix it and run again (finished methods are kept)")
 
 
@@ -153,10 +175,15 @@ def compare_baselines(cfg: CompareConfig) -> dict:
     cfg = cfg.effective()
     started = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _in_child("prepare", cfg, None, {})
+    prepare_seconds = round(time.time() - t0, 1)
     buffers, buffer_cost = {}, {}
     for kind, needed in (("full", {"mtt-vl", "lors", "amd"}), ("heads", {"repblend"})):
         if needed & set(cfg.methods):
-            buffers[kind] = _buffer(cfg, kind == "heads")
+            buffers[kind] = _buffer_config(cfg, kind == "heads").out
+            if not (buffers[kind] / "manifest.json").is_file():
+                _in_child(f"buffer-{kind}", cfg, None, {})
             man = load_buffer(buffers[kind]).manifest
             buffer_cost[kind] = {"seconds": man["seconds"], "peak_memory_mb": man["peak_memory_mb"],
                                  "experts": man["settings"]["experts"], "epochs": man["settings"]["epochs"],
@@ -188,6 +215,7 @@ def compare_baselines(cfg: CompareConfig) -> dict:
     doc = {"budget": cfg.budget, "corpus": cfg.corpus, "quick": cfg.quick, "protocol": head.get("protocol"),
            "repeats": cfg.repeats, "score": head.get("score"), "eval_epochs": cfg.eval_epochs,
            "test": head.get("test"), "buffers": buffer_cost, "methods": table,
+           "shared_preparation_seconds": prepare_seconds,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
            "commit": git_commit(), "seconds_this_run": round(time.time() - started, 1)}
     write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
@@ -212,6 +240,8 @@ def markdown(doc: dict) -> str:
                  f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "-",
                  f"{row['cost_vs_pds']:.2f}x" if row.get("cost_vs_pds") is not None else "-"]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    lines.append(f"\nShared preparation (CLIP embeddings and text features of the corpus, cached; not in any "
+                 f"method's seconds): {doc.get('shared_preparation_seconds', 0):.0f} s in this run.")
     for kind, b in doc["buffers"].items():
         lines.append(f"\nBuffer `{kind}`: {b['experts']} experts x {b['epochs']} epochs on {b['trained_on_pairs']} pairs, "
                      f"{b['seconds']:.0f} s, peak {b['peak_memory_mb']:.0f} MB.")
