@@ -290,3 +290,15 @@ def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
     ds_man = json.loads((out / "manifest.json").read_text())
     assert ds_man["protocol"]["backbone"] == "random:nfnet_l0" and ds_man["text_space"].endswith(":cls")
     assert np.isfinite(ds_man["matching_loss"]["last"])
+
+
+def test_quick_compare_uses_the_small_world_and_smoke_settings():
+    from protosynth.baselines.compare import QUICK_WORLD, CompareConfig
+
+    q = CompareConfig(quick=True).effective()
+    assert (q.corpus, q.repeats, q.eval_epochs, q.experts, q.expert_epochs, q.buffer_pairs, q.iterations) == (
+        QUICK_WORLD, 2, 20, 2, 2, 2000, 10)
+    assert CompareConfig(quick=True, corpus="my.jsonl").effective().corpus == "my.jsonl"
+    assert CompareConfig().effective() == CompareConfig()
+    assert preset("mtt-vl", "world", 100, quick=True)["syn_steps"] == 8
+    assert preset("mtt-vl", "world", 100)["syn_steps"] == 20
