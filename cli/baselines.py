@@ -56,6 +56,7 @@ def baseline(
     rank: Optional[int] = typer.Option(None),
     alpha: Optional[float] = typer.Option(None),
     grad_mode: Optional[str] = typer.Option(None, help="unroll, constant or first-order (default: the method's)."),
+    merged: Optional[bool] = typer.Option(None, "--merged/--separate", help="Matching-loss normalisation: both modalities together, or per modality (default)."),
     clip: str = typer.Option("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters."),
 ) -> None:
     """Distil a set with an optimisation baseline (trajectory matching on a buffer)."""
@@ -66,7 +67,7 @@ def baseline(
                          family=preset, quick=quick, iterations=iterations, syn_steps=syn_steps,
                          expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, batch_syn=batch_syn,
                          lr_img=lr_img, lr_txt=lr_txt, lr_lr=lr_lr, lr_init=lr_init, lr_sim=lr_sim, rank=rank,
-                         alpha=alpha, grad_mode=grad_mode, clip=clip)
+                         alpha=alpha, grad_mode=grad_mode, merged=merged, clip=clip)
     typer.echo(f"wrote {run(distill_baseline, cfg)}")
 
 

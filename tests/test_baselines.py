@@ -230,6 +230,10 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
         distill_baseline(BaselineConfig(method="repblend", budget=5, buffer=full, out=tmp_path / "x"))
     with pytest.raises(ProtosynthError, match="not a finished buffer"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=tmp_path / "nothing", out=tmp_path / "y"))
+    with pytest.raises(ProtosynthError, match="--grad-mode 'sideways'"):
+        distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "z", grad_mode="sideways"))
+    with pytest.raises(ProtosynthError, match="--expert-epochs 5 exceeds"):
+        distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "w", expert_epochs=5))
 
 
 def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
@@ -302,3 +306,11 @@ def test_quick_compare_uses_the_small_world_and_smoke_settings():
     assert CompareConfig().effective() == CompareConfig()
     assert preset("mtt-vl", "world", 100, quick=True)["syn_steps"] == 8
     assert preset("mtt-vl", "world", 100)["syn_steps"] == 20
+
+
+def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
+    full, _ = buffers
+    outs = [distill_baseline(BaselineConfig(method="lors", budget=6, buffer=full, out=tmp_path / f"run{i}", iterations=2,
+                                            syn_steps=2, batch_syn=4, max_start_epoch=1)) for i in range(2)]
+    for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

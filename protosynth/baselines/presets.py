@@ -104,6 +104,8 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
     for name in ("lr_img", "lr_txt", "lr_lr", "lr_init", "lr_sim"):
         if getattr(cfg, name) < 0:
             raise ProtosynthError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.grad_mode not in ("unroll", "constant", "first-order"):
+        raise ProtosynthError(f"--grad-mode {cfg.grad_mode!r}: use unroll, constant or first-order")
     if cfg.expert_epochs > max_epochs:
         raise ProtosynthError(f"--expert-epochs {cfg.expert_epochs} exceeds the buffer's {max_epochs} epochs")
     return cfg
