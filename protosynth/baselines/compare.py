@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -134,8 +135,6 @@ def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[s
 
 
 def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
-    import sys
-
     try:
         _make_set(method, cfg, out, buffers)
     except ProtosynthError as exc:
@@ -220,7 +219,8 @@ def compare_baselines(cfg: CompareConfig) -> dict:
            "test": head.get("test"), "buffers": buffer_cost, "methods": table,
            "shared_preparation_seconds": prepare_seconds,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-           "commit": git_commit(), "seconds_this_run": round(time.time() - started, 1)}
+           "command": "protosynth " + " ".join(sys.argv[1:]), "commit": git_commit(),
+           "seconds_this_run": round(time.time() - started, 1)}
     write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
     write_text_atomic(cfg.out / "compare.md", markdown(doc))
     plot(doc, cfg.out / "compare.png")
@@ -233,6 +233,7 @@ METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
 def markdown(doc: dict) -> str:
     lines = [f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
              f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""), "",
+             f"Command: `{doc.get('command', '')}` (commit {str(doc.get('commit', ''))[:12]}).", "",
              "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
              "process's own; expert buffers are listed below the table.", "",
              "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",
