@@ -87,7 +87,7 @@ def train_pairs(corpus: Corpus, cfg: BufferConfig) -> np.ndarray:
 
 def make_student(feats: ProtocolFeatures, heads_only: bool, seed: int) -> Student:
     torch.manual_seed(seed)
-    return Student(feats.fresh_backbone(), feats.text_dim, "heads" if heads_only else "full").eval()
+    return Student(feats.backbone.copy(), feats.text_dim, "heads" if heads_only else "full").eval()
 
 
 def _save(params: dict[str, torch.Tensor], path: Path) -> None:

@@ -6,7 +6,6 @@ evaluation's on-disk cache).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..evaluation.text_encoders import TextEncoder, load_text_encoder
 class ProtocolFeatures:
     corpus: Corpus
     protocol: Protocol
-    backbone: Backbone  # the pretrained backbone (never trained in place: see fresh_backbone)
+    backbone: Backbone  # the pretrained backbone (students and experts train a Backbone.copy())
     encoder: TextEncoder
     size: int
     pixels: torch.Tensor  # (images, 3, size, size), normalised for the backbone
@@ -36,15 +35,11 @@ class ProtocolFeatures:
     def text_dim(self) -> int:
         return int(self.texts.shape[1])
 
-    def fresh_backbone(self) -> Backbone:
-        b = self.backbone
-        return Backbone(copy.deepcopy(b.model), b.spec, b.image_size, b.mean, b.std)
-
     @torch.no_grad()
     def backbone_features(self, device: str = "cpu") -> torch.Tensor:
         """Pooled features of every corpus image under the frozen pretrained backbone."""
-        model = self.backbone.model.to(device).eval()
-        return batched(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), self.pixels, device)
+        self.backbone.model.to(device).eval()
+        return batched(lambda x: self.backbone.features(x, "pool"), self.pixels, device)
 
 
 def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None = None,

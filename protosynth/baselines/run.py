@@ -27,6 +27,7 @@ from PIL import Image
 from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..errors import ProtosynthError
+from ..evaluation.data import denormalise
 from ..models.training import StepBar
 from ..runinfo import check_device, corpus_name, peak_rss_mb, versions
 from . import amd
@@ -174,10 +175,9 @@ def _curve(losses: list[float], points: int = 50) -> list[float]:
 
 
 def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, seconds, started) -> Path:
-    mean = torch.tensor(feats.backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(feats.backbone.std).view(1, 3, 1, 1)
     pixels = syn.images.detach().cpu()
-    arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    rgb = denormalise(pixels, feats.backbone.mean, feats.backbone.std)
+    arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     images = [Image.fromarray(a) for a in arr]
     corpus = feats.corpus
     rows = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)], "init_pair": int(p),

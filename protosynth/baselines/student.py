@@ -24,14 +24,16 @@ SHAPES = ("full", "heads")
 
 
 class BackboneFeatures(nn.Module):
-    """A timm model as a module whose forward gives the pooled features."""
+    """A backbone as a module (its timm model registered as ``model``) whose forward gives the pooled
+    features, so ``functional_call`` can swap its parameters."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.model = backbone.model
+        self._backbone = backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self._backbone.features(x, "pool")
 
 
 class Student(nn.Module):

@@ -14,6 +14,7 @@ Every backbone keeps its classifier, so a protocol can take either the pooled fe
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,10 @@ class Backbone:
     @property
     def logits_dim(self) -> int:
         return int(self.model.num_classes)
+
+    def copy(self) -> "Backbone":
+        """An independent copy (its own weights) to train, leaving this one as it was loaded."""
+        return Backbone(copy.deepcopy(self.model), self.spec, self.image_size, self.mean, self.std)
 
     def features(self, x: torch.Tensor, kind: str) -> torch.Tensor:
         """``pool``: pooled pre-logits features; ``logits``: classifier outputs."""

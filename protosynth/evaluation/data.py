@@ -29,6 +29,15 @@ from .text_encoders import TextEncoder
 TEXT_MODES = ("auto", "captions", "members", "stored")
 
 
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """[0, 1] RGB (N, 3, H, W) -> a backbone's input convention."""
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+
+
 def to_pixels(images: list[Image.Image] | np.ndarray, backbone: Backbone, size: int) -> torch.Tensor:
     """(N, 3, size, size) images normalised with the backbone's mean/std (bicubic resize, no crop)."""
     if isinstance(images, np.ndarray):
@@ -39,9 +48,7 @@ def to_pixels(images: list[Image.Image] | np.ndarray, backbone: Backbone, size: 
         arr = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC) if im.size != (size, size)
                           else im.convert("RGB")) for im in images]
         x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalise(x, backbone.mean, backbone.std)
 
 
 def corpus_pixels(corpus: Corpus) -> np.ndarray:
@@ -155,10 +162,10 @@ def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Ten
     proto = ds.manifest.get("protocol", {})
     if "mean" not in proto or "std" not in proto:
         raise ProtosynthError(f"{ds.root}: stored pixels without their normalisation (manifest protocol.mean/std)")
-    x = ds.tensors["pixels"].float() * torch.tensor(proto["std"]).view(1, 3, 1, 1) + torch.tensor(proto["mean"]).view(1, 3, 1, 1)
+    x = denormalise(ds.tensors["pixels"].float(), proto["mean"], proto["std"])
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-    return (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1)
+    return normalise(x, backbone.mean, backbone.std)
 
 
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:

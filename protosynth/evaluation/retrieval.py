@@ -8,7 +8,6 @@ x0.1 after half the epochs. No augmentation.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -151,7 +150,7 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
     ``on_batch(indices, logits)``: called after every step (forgetting events are counted there).
     """
     torch.manual_seed(seed)
-    bb = Backbone(copy.deepcopy(backbone.model), backbone.spec, backbone.image_size, backbone.mean, backbone.std)
+    bb = backbone.copy()
     train_backbone = protocol.train_backbone and not data.image_head
     model = DualEncoder(bb, protocol.image_features, data.texts.shape[1], train_backbone, data.image_head).to(device)
     lr_img = data.lr_image if data.lr_image is not None else protocol.lr
