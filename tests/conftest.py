@@ -1,14 +1,21 @@
 """Shared fixtures: an isolated cache, and tiny models trained once per session with ``--quick``."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 # Every test run gets its own cache, so tests never read or write the user's ~/.cache/protosynth.
-os.environ.setdefault("PROTOSYNTH_CACHE", tempfile.mkdtemp(prefix="protosynth-test-cache-"))
+# It is removed when the run ends: each one holds up to 400 MB, and leftovers once filled the disk
+# CI shares with sessions (the pip install then failed with "No space left on device").
+if "PROTOSYNTH_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="protosynth-test-cache-")
+    os.environ["PROTOSYNTH_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting threads crawl on a shared CPU
 
