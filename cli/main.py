@@ -85,38 +85,58 @@ def models_pretrain_backbone(
     typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 
 
+def parse_budgets(text: str) -> list[int]:
+    """``500`` or ``100,200,500``."""
+    try:
+        budgets = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        fail(f"--budget {text!r}: use a number or a comma-separated list such as 100,200,500")
+    if not budgets:
+        fail(f"--budget {text!r}: no budget given")
+    return budgets
+
+
 @app.command()
 def distill(
-    budget: int = typer.Option(500, help="Number of synthetic image-text pairs."),
+    budget: str = typer.Option("500", help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass."),
     corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..] or a .jsonl manifest."),
-    clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED."),
-    decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR or a save_pretrained folder."),
+    clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
+    clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture of a checkpoint file given as --clip."),
+    clip_space: Optional[str] = typer.Option(None, help="Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai for a copy of OpenAI's weights."),
+    decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<mode>-b<budget>-s<seed>)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget."),
     force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
     device: str = typer.Option("cpu"),
-    steps: int = typer.Option(50, help="Denoising steps per image."),
-    guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
-    noise_level: int = typer.Option(0, help="Noise augmentation of the image embedding (0-999)."),
-    init: str = typer.Option("noise", help="noise, or nearest: start from the member image nearest the prototype."),
+    dtype: str = typer.Option("auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small decoder)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo, 3 for the small decoder)."),
+    noise_level: Optional[int] = typer.Option(None, help="Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder)."),
+    negative_prompt: Optional[str] = typer.Option(None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."),
+    size: Optional[int] = typer.Option(None, help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32)."),
+    super_res_steps: Optional[int] = typer.Option(None, help="Karlo super-resolution steps (default 7)."),
+    init: str = typer.Option("noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
     batch_size: int = typer.Option(100, help="Images rendered per batch."),
-    clip_guidance: float = typer.Option(0.02, help="CLIP-guided sampling: step size (pixel RMS) of each x0 nudge toward the prototype; 0 = the decoder alone (pure PDS)."),
+    clip_guidance: Optional[float] = typer.Option(None, help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.02); 0 = the decoder alone (pure PDS)."),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
 
-    from protosynth.distill import DistillConfig, distill as run_distill
+    from protosynth.distill import DistillConfig, distill_budgets
     from protosynth.render import RenderConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, batch_size=batch_size,
-                        init=init, strength=strength, seed=seed, clip_guidance=clip_guidance)
-    cfg = DistillConfig(budget=budget, corpus=corpus, clip=clip, decoder=decoder, mode=mode, seed=seed,
-                        out=out, force=force, device=device, render=rcfg)
-    path = run(run_distill, cfg)
-    typer.echo(f"wrote {path}")
+    budgets = parse_budgets(budget)
+    rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, negative_prompt=negative_prompt,
+                        size=size, super_res_steps=super_res_steps, batch_size=batch_size, init=init,
+                        strength=strength, seed=seed, clip_guidance=clip_guidance)
+    cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
+                        decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
+                        render=rcfg)
+    for path in run(distill_budgets, cfg, budgets):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

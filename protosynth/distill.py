@@ -2,6 +2,11 @@
 
 ``distill(DistillConfig(...))`` runs the four stages, each a module of its own, and writes the set
 with its manifest (every setting, per-stage seconds, peak memory, render fidelity, file hashes).
+``distill_budgets(cfg, [100, 200, 500])`` writes one set per budget from one load and one
+embedding pass.
+
+The CLIP and the decoder come as a pair: a decoder declares the CLIP space it was trained on, and
+``clip=None`` takes the CLIP it names (``sd-unclip-small`` -> ``ViT-L-14-quickgelu:openai``).
 """
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from .corpus import load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import EmbedConfig, embed_corpus
 from .errors import ProtosynthError
-from .models.clip import load_clip
-from .models.decoder import load_decoder
+from .models.clip import ClipEncoder, load_clip
+from .models.unclip import Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
-from .render import INITS, RenderConfig, fidelity, render_images
+from .render import INITS, RenderConfig, fidelity, render_images, resolve_render
 from .runinfo import check_device, corpus_name, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
@@ -29,8 +34,11 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     budget: int = 500
     corpus: str = "shapes"
-    clip: str = "default"
+    clip: str | None = None  # None: the CLIP the decoder was trained on
     decoder: str = "default"
+    clip_arch: str | None = None  # open_clip architecture of a checkpoint file given as ``clip``
+    clip_space: str | None = None  # declared space of such a file (e.g. ViT-L-14:openai)
+    dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
     mode: str = "matched"
     seed: int = 0
     out: Path | None = None
@@ -42,8 +50,12 @@ class DistillConfig:
     kmeans_iters: int = 25
 
 
+def set_name(cfg: DistillConfig) -> str:
+    return f"{corpus_name(cfg.corpus)}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+
+
 def default_out(cfg: DistillConfig) -> Path:
-    return Path("distilled") / f"{corpus_name(cfg.corpus)}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+    return Path("distilled") / set_name(cfg)
 
 
 def validate(cfg: DistillConfig) -> Path:
@@ -57,15 +69,14 @@ def validate(cfg: DistillConfig) -> Path:
     r = cfg.render
     if not 0.0 < r.strength <= 1.0:
         raise ProtosynthError(f"--strength must be in (0, 1], got {r.strength}")
-    if not 1 <= r.steps <= 1000:
-        raise ProtosynthError(f"--steps must be between 1 and 1000, got {r.steps}")
-    if not 0 <= r.noise_level <= 999:
-        raise ProtosynthError(f"--noise-level must be between 0 and 999, got {r.noise_level}")
+    for option, value, low, high in (("--steps", r.steps, 1, 1000), ("--noise-level", r.noise_level, 0, 999),
+                                     ("--clip-guidance", r.clip_guidance, 0, 1), ("--size", r.size, 8, 4096),
+                                     ("--super-res-steps", r.super_res_steps, 1, 1000)):
+        if value is not None and not low <= value <= high:
+            raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
     if r.batch_size < 1:
         raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
-    if not 0 <= r.clip_guidance <= 1:
-        raise ProtosynthError(f"--clip-guidance must be between 0 and 1, got {r.clip_guidance}")
-    if r.guidance_scale < 0:
+    if r.guidance_scale is not None and r.guidance_scale < 0:
         raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)
     out = cfg.out or default_out(cfg)
@@ -73,32 +84,57 @@ def validate(cfg: DistillConfig) -> Path:
     return out
 
 
-def distill(cfg: DistillConfig) -> Path:
-    """Run the whole pipeline and write the set; returns its folder."""
-    out = validate(cfg)
-    torch.manual_seed(cfg.seed)
-    seconds: dict[str, float] = {}
+@dataclass
+class Loaded:
+    """What every budget of one run shares: the corpus, the model pair and the embeddings."""
+
+    corpus: object
+    clip: ClipEncoder
+    decoder: Decoder
+    emb: object
+    seconds: dict
+
+
+def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
+    """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed.
+    Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
     corpus = load_corpus(cfg.corpus)
-    check_budget(cfg.budget, corpus)
-    clip = load_clip(cfg.clip, cfg.device)
-    decoder = load_decoder(cfg.decoder, cfg.device)
-    if decoder.embedding_dim != clip.embed_dim:
-        raise ProtosynthError(
-            f"--decoder {cfg.decoder} is conditioned on {decoder.embedding_dim}-d embeddings but --clip {cfg.clip} "
-            f"gives {clip.embed_dim}-d ones"
-        )
-    if getattr(decoder, "clip_space", None) and decoder.clip_space != clip.space:
-        raise ProtosynthError(
-            f"--decoder {cfg.decoder} was trained on CLIP space {decoder.clip_space} but --clip {cfg.clip} is "
-            f"{clip.space}; pass the CLIP it was trained with"
-        )
-    seconds["load"] = round(time.time() - t, 2)
-
+    for budget in budgets:
+        check_budget(budget, corpus)
+    decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)
+    resolve_render(cfg.render, decoder)  # a setting the decoder cannot honour fails here
+    clip_spec = cfg.clip or decoder.default_clip or "default"
+    clip = load_clip(clip_spec, cfg.device, arch=cfg.clip_arch, space=cfg.clip_space)
+    check_pair(decoder, clip_spec, clip.space, clip.embed_dim)
+    seconds = {"load": round(time.time() - t, 2)}
     t = time.time()
     emb = embed_corpus(corpus, clip, cfg.embed)
     seconds["embed"] = round(time.time() - t, 2)
+    return Loaded(corpus, clip, decoder, emb, seconds)
 
+
+def distill(cfg: DistillConfig) -> Path:
+    """Run the whole pipeline and write the set; returns its folder."""
+    return distill_budgets(cfg, [cfg.budget])[0]
+
+
+def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
+    """One set per budget from a single load and embedding pass. With several budgets, ``cfg.out``
+    is a parent folder holding one set folder per budget."""
+    if not budgets or len(set(budgets)) != len(budgets):
+        raise ProtosynthError(f"--budget needs distinct values, got {','.join(map(str, budgets))}")
+    cfgs = [replace(cfg, budget=b, out=(cfg.out / set_name(replace(cfg, budget=b)))
+                    if cfg.out is not None and len(budgets) > 1 else cfg.out) for b in budgets]
+    outs = [validate(c) for c in cfgs]
+    torch.manual_seed(cfg.seed)
+    loaded = load_stages(cfg, budgets)
+    return [_write_budget(c, out, loaded, budgets) for c, out in zip(cfgs, outs)]
+
+
+def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int]) -> Path:
+    corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
+    seconds = dict(loaded.seconds)
     t = time.time()
     pcfg = PrototypeConfig(budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction,
                            niter=cfg.kmeans_iters, seed=cfg.seed)
@@ -111,8 +147,10 @@ def distill(cfg: DistillConfig) -> Path:
     if cfg.render.init == "nearest":
         best = nearest_member_pairs(protos, emb.image.numpy())
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
-    rcfg = replace(cfg.render, seed=cfg.seed)
-    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images, guide=clip)
+    rcfg = resolve_render(replace(cfg.render, seed=cfg.seed), decoder)
+    prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
+    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images, guide=clip,
+                            prompts=prompts)
     seconds["render"] = round(time.time() - t, 2)
 
     t = time.time()
@@ -130,9 +168,12 @@ def distill(cfg: DistillConfig) -> Path:
     }
     manifest = {
         **manifest_header("pds", cfg.budget, cfg.mode, cfg.seed, corpus, clip),
-        "decoder": {"spec": cfg.decoder, "class": type(decoder).__name__, "conditioning_dim": decoder.embedding_dim},
-        "settings": _jsonable(asdict(replace(cfg, render=rcfg))), "prototype_stats": protos.stats,
+        "decoder": {"spec": decoder.spec, "kind": decoder.kind, "class": type(decoder.pipe).__name__,
+                    "conditioning_dim": decoder.embedding_dim, "clip_space": decoder.clip_space,
+                    "prompts": "nearest real caption" if prompts is not None else None},
+        "settings": _jsonable(asdict(replace(cfg, render=rcfg, clip=clip.spec))), "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": versions(),
+        "budgets_in_run": budgets,
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()

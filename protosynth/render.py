@@ -1,15 +1,19 @@
-"""Stage 3, render: one image per prototype image embedding through the unCLIP decoder.
+"""Stage 3, render: one image per prototype image embedding through an unCLIP decoder.
 
 Each image has its own seed (``seed * 1_000_003 + index``), so an image does not depend on the batch
-it was drawn in. ``init="nearest"`` starts denoising from the member image nearest to the prototype,
-noised to ``strength`` (img2img): the member anchors the layout while the embedding steers content.
+it was drawn in. ``init="nearest"`` (small decoder) starts denoising from the member image nearest
+to the prototype, noised to ``strength`` (img2img): the member anchors the layout while the
+embedding steers content. Published decoders take the nearest real caption as their prompt (PDS).
+
+Settings left ``None`` in ``RenderConfig`` take the decoder's defaults (``models.unclip``: the PDS
+settings for Stable unCLIP); a setting the decoder cannot honour is an error, never ignored.
 
 Render fidelity measures adherence: each render is re-embedded by the CLIP and counted a hit when
 its own prototype is the nearest (top-1) or among the 5 nearest (top-5) of all prototypes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -21,22 +25,50 @@ from .errors import ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import SmallUnCLIPPipeline, to_unit_range
 from .models.training import StepBar
+from .models.unclip import RENDER_DEFAULTS, UNSUPPORTED, Decoder
 
 INITS = ("noise", "nearest")
 
 
 @dataclass
 class RenderConfig:
-    steps: int = 50
-    guidance_scale: float = 3.0
-    noise_level: int = 0
+    """``None`` = the decoder's default (see ``models.unclip.RENDER_DEFAULTS``)."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    noise_level: int | None = None
+    negative_prompt: str | None = None
+    size: int | None = None  # output side in pixels (published decoders: 224, the real protocol's)
+    super_res_steps: int | None = None  # Karlo's super-resolution steps
+    # CLIP-guided sampling with the embeddings' own CLIP (small decoder; see pixel_embedder). 0 = the
+    # decoder alone (pure PDS). 0.02 measured best here: render fidelity 15.2 -> 84.4 % at budget 500.
+    clip_guidance: float | None = None
     batch_size: int = 100
     init: str = "noise"
     strength: float = 0.6
     seed: int = 0
-    # CLIP-guided sampling with the embeddings' own CLIP (see pixel_embedder); 0 = the decoder alone
-    # (pure PDS). 0.02 measured best here: render fidelity 15.2 -> 84.4 % at budget 500 (README).
-    clip_guidance: float = 0.02
+
+
+def as_decoder(decoder: Decoder | SmallUnCLIPPipeline) -> Decoder:
+    """Accept a bare small pipeline (training, benchmarks) where a ``Decoder`` is expected."""
+    if isinstance(decoder, Decoder):
+        return decoder
+    if isinstance(decoder, SmallUnCLIPPipeline):
+        return Decoder(decoder, "small", "pipeline", decoder.embedding_dim, getattr(decoder, "clip_space", None),
+                       None, dict(RENDER_DEFAULTS["small"]))
+    raise ProtosynthError(f"decoder {type(decoder).__name__} is not supported by this renderer")
+
+
+def resolve_render(cfg: RenderConfig, decoder: Decoder | SmallUnCLIPPipeline) -> RenderConfig:
+    """``cfg`` with every ``None`` filled from the decoder's defaults; an explicit setting the
+    decoder cannot honour is a ProtosynthError naming the option."""
+    dec = as_decoder(decoder)
+    for name, what in UNSUPPORTED[dec.kind].items():
+        value = cfg.init if name == "init" else getattr(cfg, name)
+        if (name == "init" and value != "noise") or (name != "init" and value not in (None, 0, 0.0, "")):
+            raise ProtosynthError(f"{what} is not supported by --decoder {dec.spec} ({dec.kind})")
+    filled = {f.name: dec.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
+    return replace(cfg, **filled)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -63,20 +95,23 @@ def pixel_embedder(encoder: ClipEncoder, image_size: int):
     return embed
 
 
-def render_images(decoder: SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: RenderConfig,
-                  init_images: list[Image.Image] | None = None,
-                  guide: ClipEncoder | None = None) -> list[Image.Image]:
-    """Render each raw embedding row; ``init_images`` are required when ``cfg.init == 'nearest'``,
-    ``guide`` (the CLIP of the embeddings) when ``cfg.clip_guidance > 0``."""
+def render_images(decoder: Decoder | SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: RenderConfig,
+                  init_images: list[Image.Image] | None = None, guide: ClipEncoder | None = None,
+                  prompts: list[str] | None = None) -> list[Image.Image]:
+    """Render each raw embedding row. ``init_images`` are required when ``cfg.init == 'nearest'``,
+    ``guide`` (the CLIP of the embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed
+    decoders that take text (Stable unCLIP)."""
     if cfg.init not in INITS:
         raise ProtosynthError(f"unknown --init {cfg.init!r}: use noise or nearest")
-    if not isinstance(decoder, SmallUnCLIPPipeline):
-        raise ProtosynthError(f"decoder {type(decoder).__name__} is not supported by this renderer")
+    dec = as_decoder(decoder)
+    cfg = resolve_render(cfg, dec)
     if cfg.init == "nearest" and init_images is None:
         raise ValueError("init='nearest' needs init_images")
     if cfg.clip_guidance > 0 and guide is None:
         raise ValueError("clip_guidance > 0 needs the CLIP (guide=)")
-    guidance_model = pixel_embedder(guide, decoder.image_size) if cfg.clip_guidance > 0 else None
+    if prompts is not None and len(prompts) != len(embeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(embeds)} embeddings")
+    guidance_model = pixel_embedder(guide, dec.pipe.image_size) if cfg.clip_guidance > 0 else None
     out: list[Image.Image] = []
     n, bs = len(embeds), cfg.batch_size
     with StepBar("render", -(-n // bs)) as bar:
@@ -85,11 +120,16 @@ def render_images(decoder: SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: Rende
             gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i)) for i in range(s, e)]
             init = None
             if cfg.init == "nearest":
-                init = to_unit_range(init_images[s:e], decoder.image_size)
-            out.extend(decoder(embeds[s:e], num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                               noise_level=cfg.noise_level, generator=gens, image=init,
-                               strength=cfg.strength if init is not None else 1.0,
-                               guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance))
+                init = to_unit_range(init_images[s:e], dec.pipe.image_size)
+            images = dec.draw(embeds[s:e], gens, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                              noise_level=cfg.noise_level, prompts=None if prompts is None else prompts[s:e],
+                              negative_prompt=cfg.negative_prompt, super_res_steps=cfg.super_res_steps,
+                              init=init, strength=cfg.strength if init is not None else 1.0,
+                              guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance)
+            if cfg.size:
+                images = [im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC)
+                          for im in images]
+            out.extend(images)
             bar.advance(f"{e}/{n} images")
     return out
 

@@ -62,6 +62,20 @@ NO_MODEL_CASES = {
     "batch size 0": (["--budget", "4", "--batch-size", "0"], [r"--batch-size", r"\b0\b"]),
     "negative guidance": (["--budget", "4", "--guidance", "-2"], [r"--guidance", r"-2"]),
     "unknown device": (["--budget", "4", "--device", "bogus"], [r"--device", r"'bogus'"]),
+    "budget list not numbers": (["--budget", "100,lots"], [r"--budget", r"100,lots"]),
+    "budget list repeated": (["--corpus", "shapes,n=5", "--budget", "4,4"], [r"--budget", r"distinct"]),
+    "size too small": (["--budget", "4", "--size", "2"], [r"--size", r"\b2\b"]),
+    "unknown decoder": (["--corpus", "shapes,n=5", "--budget", "4", "--decoder", "dall-e"], [r"--decoder", r"dall-e"]),
+    "unknown dtype": (["--corpus", "shapes,n=5", "--budget", "4", "--dtype", "int3"], [r"--dtype", r"int3"]),
+    "published decoder offline": (["--corpus", "shapes,n=5", "--budget", "4", "--decoder", "sd-unclip-small"],
+                                  [r"--decoder sd-unclip-small", r"stabilityai/stable-diffusion-2-1-unclip-small",
+                                   r"hf download"]),
+    "published clip offline": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "ViT-B-32-quickgelu:openai"],
+                               [r"--clip ViT-B-32-quickgelu:openai", r"not in the local cache"]),
+    "clip file without arch": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", str(Path(__file__))],
+                               [r"needs --clip-arch"]),
+    "small decoder negative prompt": (["--corpus", "shapes,n=5", "--budget", "4", "--negative-prompt", "blur"],
+                                      [r"--negative-prompt is not supported", r"--decoder default"]),
 }
 
 

@@ -4,7 +4,13 @@ Specs:
 - ``default``: the small CLIP shipped inside the package for the built-in world;
 - ``small:DIR``: what ``protosynth models train --out DIR`` wrote (``DIR/clip``, or DIR itself);
 - ``local-dir:DIR``: any open_clip folder (``open_clip_config.json`` + weights);
-- ``ARCH:PRETRAINED``: an open_clip architecture and pretrained tag, e.g. ``ViT-L-14-quickgelu:openai``.
+- ``ARCH:PRETRAINED``: an open_clip architecture and pretrained tag, e.g. ``ViT-L-14-quickgelu:openai``
+  (weights from the local Hugging Face / open_clip cache when present, else downloaded);
+- a checkpoint file (``.pt``, ``.bin``, ``.safetensors``) together with ``arch=`` (``--clip-arch``).
+
+Every encoder names its embedding ``space``: decoders declare the space they were trained on, and
+``protosynth distill`` refuses a CLIP/decoder pair from different spaces. ``-quickgelu`` variants
+share their base architecture's space (same weights, the activation open_clip must use for them).
 
 The small CLIP is an ordinary open_clip model: its architecture is a JSON config registered with
 open_clip (``ps-small-clip``), and a trained one is saved as an open_clip ``local-dir:`` folder with
@@ -13,6 +19,7 @@ a corpus-specific BPE merges file, so the code that loads it is the code that lo
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +28,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from ..errors import ProtosynthError
+from ..errors import ProtosynthError, held_back_logs
 from ..files import sha256_file
 from .bpe import BPE_FILENAME, load_tokenizer
 
@@ -86,25 +93,61 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device) -> ClipEncode
     return ClipEncoder(model, preprocess, tokenizer, spec, space, int(cfg["embed_dim"]), device)
 
 
-def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device) -> ClipEncoder:
+def space_name(arch: str, tag: str) -> str:
+    """The embedding space of open_clip ``arch`` with pretrained weights ``tag``."""
+    return f"{arch.replace('-quickgelu', '')}:{tag}"
+
+
+def _embed_dim(model) -> int:
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    if proj is not None:
+        return int(proj.shape[1])
+    return int(model.encode_text(torch.zeros(1, model.context_length, dtype=torch.long)).shape[1])
+
+
+def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str) -> ClipEncoder:
     if arch not in open_clip.list_models():
         raise ProtosynthError(f"--clip {spec}: unknown open_clip architecture {arch!r}")
+    is_file = Path(tag).is_file()
+    if not is_file and tag not in open_clip.list_pretrained_tags_by_model(arch):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ProtosynthError(f"--clip {spec}: open_clip has no pretrained tag {tag!r} for {arch} (known: {known})")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
-    except Exception as exc:  # offline: the hub download fails inside open_clip
+        with held_back_logs(logging.ERROR):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
+    except Exception as exc:  # offline: the hub download fails inside open_clip; or a corrupt file
+        if is_file:
+            raise ProtosynthError(f"--clip {tag}: cannot load it as {arch} weights ({exc})".splitlines()[0]) from None
         raise ProtosynthError(
-            f"--clip {spec}: cannot load pretrained weights {tag!r} for {arch} ({type(exc).__name__}); "
-            "download them on a connected machine into the Hugging Face cache, or pass a local file"
+            f"--clip {spec}: the {arch} weights {tag!r} are not in the local cache and cannot be downloaded "
+            f"here ({type(exc).__name__}); on a connected machine run `python -c \"import open_clip; "
+            f"open_clip.create_model('{arch}', pretrained='{tag}')\"` to fill the Hugging Face cache, "
+            "or pass the checkpoint file with --clip FILE --clip-arch ARCH"
         ) from None
     model.eval()
-    embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else -1
-    arch_space = arch.replace("-quickgelu", "")
-    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, f"{arch_space}:{tag}", embed_dim, device)
+    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device)
 
 
-def load_clip(spec: str = "default", device: str | torch.device = "cpu") -> ClipEncoder:
-    """Load the CLIP named by ``spec`` (see module docstring) in eval mode."""
+def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: str | None = None,
+              space: str | None = None) -> ClipEncoder:
+    """Load the CLIP named by ``spec`` (see module docstring) in eval mode.
+
+    ``arch``: the open_clip architecture of a checkpoint file given as ``spec``. ``space``: declare
+    the embedding space of a checkpoint file (e.g. ``ViT-L-14:openai`` for a copy of OpenAI's
+    weights); otherwise a file's space is named by its architecture and content hash."""
     device = torch.device(device)
+    if arch is not None or Path(spec).is_file():
+        if arch is None:
+            raise ProtosynthError(f"--clip {spec}: a checkpoint file needs --clip-arch (an open_clip architecture)")
+        if not Path(spec).is_file():
+            raise ProtosynthError(f"--clip-arch {arch} needs --clip to be a checkpoint file; {spec} is not a file")
+        path = Path(spec)
+        return _load_pretrained(arch, str(path), spec, device, space or f"{arch.replace('-quickgelu', '')}:file-"
+                                f"{sha256_file(path)[:12]}")
+    if space is not None:
+        raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch")
     if spec == "default":
         if not (SHIPPED_DIR / "clip" / CLIP_WEIGHTS).is_file():
             raise ProtosynthError(f"--clip default: the shipped small CLIP is missing from {SHIPPED_DIR / 'clip'}")
@@ -118,7 +161,8 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu") -> Clip
         return _load_local_dir(folder, spec, device)
     arch, sep, tag = spec.partition(":")
     if sep and arch and tag:
-        return _load_pretrained(arch, tag, spec, device)
+        return _load_pretrained(arch, tag, spec, device, space_name(arch, tag))
     raise ProtosynthError(
-        f"unknown --clip spec {spec!r}: use 'default', 'small:DIR', 'local-dir:DIR' or 'ARCH:PRETRAINED'"
+        f"unknown --clip spec {spec!r}: use 'default', 'small:DIR', 'local-dir:DIR', 'ARCH:PRETRAINED' "
+        "or a checkpoint file with --clip-arch"
     )

@@ -211,9 +211,13 @@ def to_unit_range(images: list[Image.Image], size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def write_conditioning(folder: Path, clip_space: str, embedding_dim: int) -> None:
-    (Path(folder) / CONDITIONING_FILE).write_text(
-        json.dumps({"clip_space": clip_space, "embedding_dim": embedding_dim}, indent=2))
+def write_conditioning(folder: Path, clip_space: str, embedding_dim: int, clip: str | None = None) -> None:
+    """Declare which CLIP a decoder folder expects: its space, dimension and (optionally) the
+    ``--clip`` spec to pair with by default."""
+    declared = {"clip_space": clip_space, "embedding_dim": embedding_dim}
+    if clip is not None:
+        declared["clip"] = clip
+    (Path(folder) / CONDITIONING_FILE).write_text(json.dumps(declared, indent=2))
 
 
 def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:

@@ -1,0 +1,265 @@
+"""Decoders by spec string: the small unCLIP we train, and the published unCLIP pipelines.
+
+Specs (``--decoder``):
+- ``default`` / ``small:DIR``: protosynth's small decoder (``SmallUnCLIPPipeline``);
+- ``sd-unclip-small``: ``StableUnCLIPImg2ImgPipeline``, stabilityai/stable-diffusion-2-1-unclip-small,
+  conditioned on OpenAI ViT-L/14 image embeddings (768-d), the PDS decoder;
+- ``sd-unclip-h``: the same pipeline, stabilityai/stable-diffusion-2-1-unclip, open_clip ViT-H-14
+  laion2b embeddings (1024-d);
+- ``karlo``: ``UnCLIPImageVariationPipeline``, kakaobrain/karlo-v1-alpha-image-variations (ViT-L/14,
+  768-d; deprecated in diffusers, so guarded);
+- a folder written by ``save_pretrained`` of any of these three pipeline classes (its
+  ``model_index.json`` names the class). A ``conditioning.json`` beside it (``write_conditioning``)
+  declares the CLIP space it expects; without one only the embedding dimension can be checked.
+
+Each ``Decoder`` declares the CLIP embedding space and dimension it expects, the CLIP spec to pair
+with by default, and its render defaults (the PDS settings for Stable unCLIP). ``draw`` renders one
+batch; ``protosynth.render`` owns seeds, batching, resizing and progress.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from ..errors import ProtosynthError, held_back_logs
+from .clip import space_name
+from .decoder import CONDITIONING_FILE, SHIPPED_DECODER, SmallUnCLIPPipeline, load_decoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published unCLIP decoder: where its weights live and which CLIP it was trained on."""
+
+    repo: str
+    pipeline: str  # "stable-unclip" or "karlo"
+    clip: str  # the open_clip spec of its embedding space
+    dim: int
+
+
+PUBLISHED = {
+    "sd-unclip-small": Published("stabilityai/stable-diffusion-2-1-unclip-small", "stable-unclip",
+                                 "ViT-L-14-quickgelu:openai", 768),
+    "sd-unclip-h": Published("stabilityai/stable-diffusion-2-1-unclip", "stable-unclip",
+                             "ViT-H-14:laion2b_s32b_b79k", 1024),
+    "karlo": Published("kakaobrain/karlo-v1-alpha-image-variations", "karlo", "ViT-L-14-quickgelu:openai", 768),
+}
+PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline": "stable-unclip",
+                    "UnCLIPImageVariationPipeline": "karlo"}
+
+# Render defaults per decoder kind. Stable unCLIP: the PDS settings (100 steps, guidance 5,
+# noise_level 10, negative prompt "text, watermark", output resized to 224). Karlo has no prompt or
+# noise level; its own pipeline defaults (25 decoder + 7 super-resolution steps, guidance 8).
+# The small decoder: the settings measured best on the world (README), CLIP guidance on.
+RENDER_DEFAULTS = {
+    "small": dict(steps=50, guidance_scale=3.0, noise_level=0, negative_prompt=None, size=None,
+                  clip_guidance=0.02, super_res_steps=None),
+    "stable-unclip": dict(steps=100, guidance_scale=5.0, noise_level=10, negative_prompt="text, watermark",
+                          size=224, clip_guidance=0.0, super_res_steps=None),
+    "karlo": dict(steps=25, guidance_scale=8.0, noise_level=None, negative_prompt=None, size=224,
+                  clip_guidance=0.0, super_res_steps=7),
+}
+# What a kind cannot do, so an explicit request for it is an error, never silently ignored.
+UNSUPPORTED = {
+    "stable-unclip": {"clip_guidance": "CLIP-guided sampling", "init": "--init nearest", "super_res_steps": "--super-res-steps"},
+    "karlo": {"clip_guidance": "CLIP-guided sampling", "init": "--init nearest", "noise_level": "--noise-level",
+              "negative_prompt": "--negative-prompt"},
+    "small": {"negative_prompt": "--negative-prompt", "super_res_steps": "--super-res-steps"},
+}
+
+
+@dataclass
+class Decoder:
+    """A loaded decoder pipeline and the contract it comes with."""
+
+    pipe: Any
+    kind: str  # "small", "stable-unclip" or "karlo"
+    spec: str
+    embedding_dim: int
+    clip_space: str | None  # None: not declared (only the dimension can be checked)
+    default_clip: str | None  # the --clip paired with it when none is given
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def uses_prompts(self) -> bool:
+        return self.kind == "stable-unclip"
+
+    def draw(self, embeds: torch.Tensor, generators: list[torch.Generator], *, steps: int, guidance_scale: float,
+             noise_level: int | None = None, prompts: list[str] | None = None, negative_prompt: str | None = None,
+             super_res_steps: int | None = None, init: torch.Tensor | None = None, strength: float = 1.0,
+             guidance_model: Callable | None = None, guidance_model_scale: float = 0.0) -> list[Image.Image]:
+        """One batch: an image per embedding row, image i drawn with ``generators[i]``."""
+        n = len(embeds)
+        if self.kind == "small":
+            return self.pipe(embeds, num_inference_steps=steps, guidance_scale=guidance_scale,
+                             noise_level=noise_level or 0, generator=generators, image=init, strength=strength,
+                             guidance_model=guidance_model, guidance_model_scale=guidance_model_scale)
+        dtype = self.pipe.dtype
+        embeds = embeds.to(self.pipe.device, dtype)
+        if self.kind == "stable-unclip":
+            prompts = prompts if prompts is not None else [""] * n
+            negative = [negative_prompt] * n if negative_prompt else None
+            return self.pipe(image_embeds=embeds, prompt=list(prompts), negative_prompt=negative,
+                             num_inference_steps=steps, guidance_scale=guidance_scale, noise_level=noise_level or 0,
+                             generator=generators, output_type="pil").images
+        return self.pipe(image_embeddings=embeds, decoder_num_inference_steps=steps,
+                         super_res_num_inference_steps=super_res_steps or 7, decoder_guidance_scale=guidance_scale,
+                         generator=generators, output_type="pil").images
+
+
+def _pipeline_class(kind: str):
+    if kind == "stable-unclip":
+        from diffusers import StableUnCLIPImg2ImgPipeline
+
+        return StableUnCLIPImg2ImgPipeline
+    try:  # deprecated in diffusers (no fixes after 0.33.1); still exported by the releases we pin
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from diffusers import UnCLIPImageVariationPipeline
+    except ImportError:
+        raise ProtosynthError(
+            "--decoder karlo: this diffusers release no longer ships UnCLIPImageVariationPipeline (deprecated); "
+            "install a diffusers release that still exports it, or use sd-unclip-small"
+        ) from None
+    return UnCLIPImageVariationPipeline
+
+
+def _load_karlo(source: str, dtype: torch.dtype):
+    """Karlo assembled component by component. diffusers 0.42 cannot ``from_pretrained`` it: its
+    ``model_index.json`` names the text projection's library as "unclip" (the published repo) or
+    "diffusers" (what ``save_pretrained`` writes now), and neither resolves since the pipeline moved
+    to ``diffusers.pipelines.deprecated``. Each component's own ``from_pretrained`` still works."""
+    from diffusers import UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    classes = {"decoder": UNet2DConditionModel, "super_res_first": UNet2DModel, "super_res_last": UNet2DModel,
+               "text_proj": UnCLIPTextProjModel, "text_encoder": CLIPTextModelWithProjection,
+               "image_encoder": CLIPVisionModelWithProjection, "tokenizer": CLIPTokenizer,
+               "feature_extractor": CLIPImageProcessor, "decoder_scheduler": UnCLIPScheduler,
+               "super_res_scheduler": UnCLIPScheduler}
+    parts = {name: cls.from_pretrained(source, subfolder=name) for name, cls in classes.items()}
+    return _pipeline_class("karlo")(**parts).to(dtype=dtype)
+
+
+def _from_pretrained(kind: str, source: str, dtype: torch.dtype):
+    if kind == "karlo":
+        return _load_karlo(source, dtype)
+    return _pipeline_class(kind).from_pretrained(source, torch_dtype=dtype)
+
+
+def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ProtosynthError(f"unknown --dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    return getattr(torch, dtype)
+
+
+def _finish(pipe, device: torch.device) -> Any:
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_published(name: str, device: torch.device, dtype: torch.dtype) -> Decoder:
+    pub = PUBLISHED[name]
+    _pipeline_class(pub.pipeline)  # fails clearly when this diffusers no longer ships it
+    try:
+        with warnings.catch_warnings(), held_back_logs():
+            warnings.simplefilter("ignore")
+            pipe = _from_pretrained(pub.pipeline, pub.repo, dtype)
+    except Exception as exc:  # offline: diffusers raises OSError when the snapshot is not cached
+        hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise ProtosynthError(
+            f"--decoder {name}: the weights of {pub.repo} are not in the local Hugging Face cache ({hub}) and "
+            f"cannot be downloaded here ({type(exc).__name__}); on a connected machine run "
+            f"`hf download {pub.repo}`, or pass a folder written by save_pretrained"
+        ) from None
+    return Decoder(_finish(pipe, device), pub.pipeline, name, pub.dim, space_name(*pub.clip.split(":")),
+                   pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
+
+
+def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except json.JSONDecodeError as exc:
+        raise ProtosynthError(f"--decoder {spec}: {index} is not valid JSON ({exc.msg})") from None
+    kind = PIPELINE_CLASSES.get(class_name)
+    if kind is None:
+        raise ProtosynthError(f"--decoder {spec}: {folder} holds a {class_name}, not one of "
+                              f"{', '.join(PIPELINE_CLASSES)}")
+    cond = folder / CONDITIONING_FILE
+    declared = json.loads(cond.read_text()) if cond.is_file() else {}
+    if kind == "small":
+        pipe = load_decoder(str(folder), device)
+        dim = pipe.embedding_dim
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pipe = _from_pretrained(kind, str(folder), dtype)
+            pipe = _finish(pipe, device)
+        except ProtosynthError:
+            raise
+        except Exception as exc:  # a corrupt or incomplete folder
+            raise ProtosynthError(f"--decoder {spec}: cannot load the {class_name} in {folder} ({exc})"
+                                  .splitlines()[0]) from None
+        dim = int(pipe.image_normalizer.mean.shape[-1]) if kind == "stable-unclip" else \
+            int(pipe.text_proj.embedding_proj.in_features)
+    default_clip = declared.get("clip")
+    if default_clip is None and kind == "small" and spec == "default":
+        default_clip = "default"
+    if default_clip is None and spec.startswith("small:"):
+        default_clip = spec  # the CLIP trained beside it in the same `models train` folder
+    return Decoder(pipe, kind, spec, dim, declared.get("clip_space"), default_clip, dict(RENDER_DEFAULTS[kind]))
+
+
+def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtype: str = "auto") -> Decoder:
+    """Load the decoder named by ``spec`` (see module docstring). ``dtype="auto"`` is float16 for
+    the published pipelines on CUDA and float32 elsewhere; the small decoder is always float32."""
+    device = torch.device(device)
+    tdtype = _torch_dtype(dtype, device)
+    if spec in PUBLISHED:
+        return _load_published(spec, device, tdtype)
+    if spec == "default":
+        return _load_folder(spec, SHIPPED_DECODER, device, tdtype)
+    if spec.startswith("small:"):
+        root = Path(spec[len("small:"):])
+        folder = root / "decoder" if (root / "decoder" / "model_index.json").is_file() else root
+        return _load_folder(spec, folder, device, tdtype)
+    if Path(spec).is_dir():
+        return _load_folder(spec, Path(spec), device, tdtype)
+    raise ProtosynthError(
+        f"unknown --decoder spec {spec!r}: use default, small:DIR, {', '.join(PUBLISHED)} or a save_pretrained folder"
+    )
+
+
+def check_pair(decoder: Decoder, clip_spec: str, clip_space: str, clip_dim: int) -> None:
+    """Refuse a CLIP whose embeddings the decoder was not trained on (space, else dimension)."""
+    if decoder.clip_space is not None and decoder.clip_space != clip_space:
+        hint = f" (pass --clip {decoder.default_clip}, or leave --clip out)" if decoder.default_clip else ""
+        raise ProtosynthError(
+            f"--decoder {decoder.spec} expects embeddings of CLIP space {decoder.clip_space} but --clip {clip_spec} "
+            f"gives {clip_space}{hint}"
+        )
+    if decoder.embedding_dim != clip_dim:
+        raise ProtosynthError(
+            f"--decoder {decoder.spec} is conditioned on {decoder.embedding_dim}-d embeddings but --clip {clip_spec} "
+            f"gives {clip_dim}-d ones"
+        )
+    if decoder.clip_space is None:
+        log.warning("--decoder %s declares no CLIP space (no %s); only the dimension (%d) was checked",
+                    decoder.spec, CONDITIONING_FILE, clip_dim)

@@ -1,0 +1,179 @@
+"""The real-model paths, proven on tiny random-initialised models of the real classes: open_clip
+checkpoints through open_clip's factory, ``StableUnCLIPImg2ImgPipeline`` and Karlo's
+``UnCLIPImageVariationPipeline`` saved with ``save_pretrained`` and loaded back by folder, the
+CLIP/decoder space contract, and the offline errors for published weights."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from tiny_pipelines import TEST_CLIP_ARCH, register_test_clip, save_random_clip, tiny_karlo, tiny_stable_unclip
+
+from protosynth import distill as distill_mod
+from protosynth.distill import DistillConfig, distill, distill_budgets
+from protosynth.errors import ProtosynthError
+from protosynth.models.clip import load_clip
+from protosynth.models.decoder import write_conditioning
+from protosynth.models.unclip import PUBLISHED, Decoder, check_pair, open_decoder
+from protosynth.render import RenderConfig, render_images, resolve_render
+
+CORPUS = "shapes,n=30"
+
+
+@pytest.fixture(scope="module")
+def real_world(tmp_path_factory):
+    """A random test-architecture CLIP checkpoint and the two tiny published-class pipelines
+    conditioned on its 32-d embeddings, saved as folders that declare its space."""
+    root = tmp_path_factory.mktemp("real")
+    clip_file = save_random_clip(root / "clip.safetensors")
+    space = load_clip(str(clip_file), arch=TEST_CLIP_ARCH).space
+    folders = {}
+    for name, build in (("stable", tiny_stable_unclip), ("karlo", tiny_karlo)):
+        pipe = build(32, root / f"{name}_parts")
+        pipe.save_pretrained(str(root / name))
+        write_conditioning(root / name, space, 32)
+        folders[name] = root / name
+    return {"clip": clip_file, "space": space, **folders}
+
+
+def cfg_for(world, decoder: str, out, **render) -> DistillConfig:
+    return DistillConfig(budget=4, corpus=CORPUS, clip=str(world["clip"]), clip_arch=TEST_CLIP_ARCH,
+                         decoder=str(world[decoder]), out=out, render=RenderConfig(steps=2, batch_size=2, **render))
+
+
+def test_clip_checkpoint_file_goes_through_open_clip_factory(tmp_path):
+    register_test_clip(tmp_path / "configs")
+    torch.manual_seed(3)
+    model = open_clip.create_model(TEST_CLIP_ARCH).eval()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    enc = load_clip(str(tmp_path / "w.safetensors"), arch=TEST_CLIP_ARCH)
+    texts = ["a red circle", "a small blue square on the left"]
+    with torch.no_grad():
+        want = model.encode_text(open_clip.get_tokenizer(TEST_CLIP_ARCH)(texts))
+    assert torch.allclose(enc.encode_texts(texts), want, atol=1e-6)
+    assert enc.embed_dim == 32 and enc.space.startswith(f"{TEST_CLIP_ARCH}:file-")
+    declared = load_clip(str(tmp_path / "w.safetensors"), arch=TEST_CLIP_ARCH, space="ViT-L-14:openai")
+    assert declared.space == "ViT-L-14:openai"
+    with pytest.raises(ProtosynthError, match="needs --clip-arch"):
+        load_clip(str(tmp_path / "w.safetensors"))
+    with pytest.raises(ProtosynthError, match="needs --clip to be a checkpoint file"):
+        load_clip("ViT-B-32:openai", arch=TEST_CLIP_ARCH)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ProtosynthError, match="cannot load it as"):
+        load_clip(str(tmp_path / "bad.safetensors"), arch=TEST_CLIP_ARCH)
+
+
+def test_published_weights_missing_offline_are_one_clear_error():
+    with pytest.raises(ProtosynthError, match=r"ViT-B-32-quickgelu weights 'openai' are not in the local cache"):
+        load_clip("ViT-B-32-quickgelu:openai")
+    with pytest.raises(ProtosynthError, match="no pretrained tag 'nonsense'.*openai"):
+        load_clip("ViT-B-32-quickgelu:nonsense")
+    with pytest.raises(ProtosynthError, match="stabilityai/stable-diffusion-2-1-unclip-small are not in the local"):
+        open_decoder("sd-unclip-small")
+
+
+def test_published_decoders_declare_their_clip_and_refuse_other_spaces():
+    assert {n: (p.clip, p.dim) for n, p in PUBLISHED.items()} == {
+        "sd-unclip-small": ("ViT-L-14-quickgelu:openai", 768), "sd-unclip-h": ("ViT-H-14:laion2b_s32b_b79k", 1024),
+        "karlo": ("ViT-L-14-quickgelu:openai", 768)}
+    dec = Decoder(None, "stable-unclip", "sd-unclip-small", 768, "ViT-L-14:openai", "ViT-L-14-quickgelu:openai")
+    check_pair(dec, "ViT-L-14-quickgelu:openai", "ViT-L-14:openai", 768)  # the quickgelu variant shares the space
+    with pytest.raises(ProtosynthError, match="expects embeddings of CLIP space ViT-L-14:openai.*"
+                                              "pass --clip ViT-L-14-quickgelu:openai"):
+        check_pair(dec, "ViT-H-14:laion2b_s32b_b79k", "ViT-H-14:laion2b_s32b_b79k", 1024)
+
+
+def test_stable_unclip_folder_distill_uses_pds_settings_and_prompts(real_world, tmp_path):
+    out = distill(cfg_for(real_world, "stable", tmp_path / "set", size=40))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decoder"]["class"] == "StableUnCLIPImg2ImgPipeline"
+    assert manifest["decoder"]["prompts"] == "nearest real caption"
+    r = manifest["settings"]["render"]
+    assert (r["guidance_scale"], r["noise_level"], r["negative_prompt"], r["clip_guidance"]) == (5.0, 10, "text, watermark", 0.0)
+    assert manifest["clip"]["space"] == real_world["space"]
+    with Image.open(out / "images" / "000000.png") as im:
+        assert im.size == (40, 40)
+
+
+def test_stable_unclip_prompts_reach_the_unet_and_seeds_do_not_depend_on_batching(real_world):
+    dec = open_decoder(str(real_world["stable"]))
+    embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    cfg = RenderConfig(steps=2, batch_size=3)
+    prompts = ["a red circle", "a blue square", "two green triangles"]
+    together = render_images(dec, embeds, cfg, prompts=prompts)
+    one_by_one = render_images(dec, embeds, replace(cfg, batch_size=1), prompts=prompts)
+    assert [np.asarray(a).tolist() for a in together] == [np.asarray(b).tolist() for b in one_by_one]
+    other = render_images(dec, embeds, cfg, prompts=["a yellow star"] * 3)
+    assert not np.array_equal(np.asarray(together[0]), np.asarray(other[0]))
+
+
+def test_karlo_folder_distill(real_world, tmp_path):
+    out = distill(cfg_for(real_world, "karlo", tmp_path / "set", super_res_steps=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decoder"]["class"] == "UnCLIPImageVariationPipeline" and manifest["decoder"]["prompts"] is None
+    r = manifest["settings"]["render"]
+    assert (r["guidance_scale"], r["super_res_steps"], r["size"]) == (8.0, 2, 224)
+    with Image.open(out / "images" / "000003.png") as im:
+        assert im.size == (224, 224)
+
+
+@pytest.mark.parametrize("decoder,setting,message", [
+    ("karlo", {"noise_level": 5}, "--noise-level is not supported"),
+    ("karlo", {"negative_prompt": "blurry"}, "--negative-prompt is not supported"),
+    ("stable", {"clip_guidance": 0.02}, "CLIP-guided sampling is not supported"),
+    ("stable", {"init": "nearest"}, "--init nearest is not supported"),
+])
+def test_settings_a_decoder_cannot_honour_are_errors(real_world, tmp_path, decoder, setting, message):
+    cfg = cfg_for(real_world, decoder, tmp_path / "set")
+    cfg = replace(cfg, render=replace(cfg.render, **setting))
+    with pytest.raises(ProtosynthError, match=message):
+        distill(cfg)
+    assert not (tmp_path / "set").exists()
+    small = resolve_render(RenderConfig(), open_decoder("default"))
+    assert (small.steps, small.guidance_scale, small.clip_guidance, small.size) == (50, 3.0, 0.02, None)
+
+
+def test_space_and_dimension_mismatch_are_refused(real_world, tmp_path):
+    other = save_random_clip(tmp_path / "other.safetensors", seed=1)  # same architecture, other weights
+    with pytest.raises(ProtosynthError, match="expects embeddings of CLIP space"):
+        distill(replace(cfg_for(real_world, "stable", tmp_path / "a"), clip=str(other)))
+    undeclared = tmp_path / "undeclared"
+    tiny_stable_unclip(32, tmp_path / "parts").save_pretrained(str(undeclared))
+    with pytest.raises(ProtosynthError, match="conditioned on 32-d embeddings but --clip default gives 64-d"):
+        distill(replace(cfg_for(real_world, "stable", tmp_path / "b"), clip="default", clip_arch=None,
+                        decoder=str(undeclared)))
+
+
+def test_decoder_folder_names_its_default_clip(real_world, tmp_path):
+    folder = tmp_path / "paired"
+    tiny_stable_unclip(32, tmp_path / "parts").save_pretrained(str(folder))
+    write_conditioning(folder, "ViT-B-32:openai", 32, clip="ViT-B-32-quickgelu:openai")
+    assert open_decoder(str(folder)).default_clip == "ViT-B-32-quickgelu:openai"
+    # leaving --clip out takes the declared CLIP: offline, that is the missing-weights error
+    with pytest.raises(ProtosynthError, match="ViT-B-32-quickgelu weights 'openai' are not in the local cache"):
+        distill(replace(cfg_for(real_world, "stable", tmp_path / "set"), clip=None, clip_arch=None,
+                        decoder=str(folder)))
+
+
+def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkeypatch):
+    calls = []
+    real = distill_mod.embed_corpus
+    monkeypatch.setattr(distill_mod, "embed_corpus", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = DistillConfig(budget=3, corpus=CORPUS, clip=f"small:{quick_models}", decoder=f"small:{quick_models}",
+                        out=tmp_path / "sets", render=RenderConfig(steps=1, guidance_scale=1.0))
+    outs = distill_budgets(cfg, [3, 5])
+    assert len(calls) == 1
+    assert [o.name for o in outs] == ["shapes_n=30-matched-b3-s0", "shapes_n=30-matched-b5-s0"]
+    for out, budget in zip(outs, (3, 5)):
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["budget"] == budget and manifest["budgets_in_run"] == [3, 5]
+        assert len((out / "pairs.jsonl").read_text().splitlines()) == budget
+    with pytest.raises(ProtosynthError, match="distinct"):
+        distill_budgets(cfg, [3, 3])
