@@ -177,3 +177,46 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
         assert len((out / "pairs.jsonl").read_text().splitlines()) == budget
     with pytest.raises(ProtosynthError, match="distinct"):
         distill_budgets(cfg, [3, 3])
+
+
+def _hub_snapshot(cache, repo: str, folder) -> None:
+    """Lay ``folder`` out in a Hugging Face hub cache as the snapshot of ``repo`` (what a download
+    on a connected machine leaves behind)."""
+    import shutil
+
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.parametrize("name,folder", [("sd-unclip-small", "stable"), ("karlo", "karlo")])
+def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, name, folder):
+    """Offline, ``--decoder sd-unclip-small`` / ``karlo`` load whatever the Hugging Face cache holds
+    for their repository (here the tiny pipelines), and pair with a CLIP declared to be ViT-L-14:openai."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "hub"
+    _hub_snapshot(cache, PUBLISHED[name].repo, real_world[folder])
+    script = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from tiny_pipelines import register_test_clip
+register_test_clip(Path({str(tmp_path / 'configs')!r}))
+from protosynth.distill import DistillConfig, distill
+from protosynth.render import RenderConfig
+cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world['clip'])!r}, clip_arch={TEST_CLIP_ARCH!r},
+                    clip_space="ViT-L-14:openai", decoder={name!r}, out=Path({str(tmp_path / 'set')!r}),
+                    render=RenderConfig(steps=2, size=32, super_res_steps=2 if {name!r} == "karlo" else None))
+print(distill(cfg))
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == "ViT-L-14:openai"
+    assert manifest["clip"]["space"] == "ViT-L-14:openai" and len(list((tmp_path / "set" / "images").iterdir())) == 3

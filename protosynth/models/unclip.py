@@ -185,8 +185,17 @@ def _load_published(name: str, device: torch.device, dtype: torch.dtype) -> Deco
             f"cannot be downloaded here ({type(exc).__name__}); on a connected machine run "
             f"`hf download {pub.repo}`, or pass a folder written by save_pretrained"
         ) from None
-    return Decoder(_finish(pipe, device), pub.pipeline, name, pub.dim, space_name(*pub.clip.split(":")),
-                   pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
+    return Decoder(_finish(pipe, device), pub.pipeline, name, _conditioning_dim(pub.pipeline, pipe),
+                   space_name(*pub.clip.split(":")), pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
+
+
+def _conditioning_dim(kind: str, pipe) -> int:
+    """The image-embedding dimension a loaded pipeline is conditioned on, read off its weights."""
+    if kind == "stable-unclip":
+        return int(pipe.image_normalizer.mean.shape[-1])
+    if kind == "karlo":
+        return int(pipe.text_proj.embedding_proj.in_features)
+    return int(pipe.embedding_dim)
 
 
 def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
@@ -217,8 +226,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         except Exception as exc:  # a corrupt or incomplete folder
             raise ProtosynthError(f"--decoder {spec}: cannot load the {class_name} in {folder} ({exc})"
                                   .splitlines()[0]) from None
-        dim = int(pipe.image_normalizer.mean.shape[-1]) if kind == "stable-unclip" else \
-            int(pipe.text_proj.embedding_proj.in_features)
+        dim = _conditioning_dim(kind, pipe)
     default_clip = declared.get("clip")
     if default_clip is None and kind == "small" and spec == "default":
         default_clip = "default"
