@@ -29,7 +29,7 @@ app.command("compare-baselines")(baselines.compare_baselines)
 
 @models_app.command("train")
 def models_train(
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..] or a .jsonl manifest."),
+    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a JSONL corpus)."),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
@@ -85,10 +85,20 @@ def models_pretrain_backbone(
     typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 
 
+CORPUS_HELP = ("Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
+               "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar').")
+IMAGE_ROOT_HELP = ("Folder the image paths of a Karpathy .json or a .csv corpus are relative to "
+                   "(default: that file's folder).")
+SKIP_BAD_HELP = ("Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
+                 "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora.")
+
+
 @app.command()
 def distill(
     budget: int = typer.Option(500, help="Number of synthetic image-text pairs."),
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..] or a .jsonl manifest."),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED."),
     decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
@@ -114,7 +124,7 @@ def distill(
     rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, batch_size=batch_size,
                         init=init, strength=strength, seed=seed, clip_guidance=clip_guidance)
     cfg = DistillConfig(budget=budget, corpus=corpus, clip=clip, decoder=decoder, mode=mode, seed=seed,
-                        out=out, force=force, device=device, render=rcfg)
+                        out=out, force=force, device=device, render=rcfg, image_root=image_root, skip_bad=skip_bad)
     path = run(run_distill, cfg)
     typer.echo(f"wrote {path}")
 
@@ -123,7 +133,9 @@ def distill(
 def coreset(
     method: str = typer.Option(..., help="random, herding, kcenter or forgetting."),
     budget: int = typer.Option(500, help="Number of real pairs to keep."),
-    corpus: str = typer.Option("shapes", help="Corpus spec."),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."),
@@ -136,7 +148,8 @@ def coreset(
     from protosynth.coreset import CoresetConfig, build_coreset
 
     cfg = CoresetConfig(method=method, budget=budget, corpus=corpus, clip=clip, seed=seed, out=out, force=force,
-                        device=device, forgetting_epochs=forgetting_epochs, keep=keep)
+                        device=device, forgetting_epochs=forgetting_epochs, keep=keep, image_root=image_root,
+                        skip_bad=skip_bad)
     typer.echo(f"wrote {run(build_coreset, cfg)}")
 
 

@@ -40,6 +40,8 @@ class DistillConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     drop_fraction: float = 0.2
     kmeans_iters: int = 25
+    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
+    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -79,7 +81,7 @@ def distill(cfg: DistillConfig) -> Path:
     torch.manual_seed(cfg.seed)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = load_corpus(cfg.corpus)
+    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     decoder = load_decoder(cfg.decoder, cfg.device)
