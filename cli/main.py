@@ -29,7 +29,7 @@ app.command("compare-baselines")(baselines.compare_baselines)
 
 @models_app.command("train")
 def models_train(
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..] or a .jsonl manifest."),
+    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a JSONL corpus)."),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
@@ -96,10 +96,20 @@ def parse_budgets(text: str) -> list[int]:
     return budgets
 
 
+CORPUS_HELP = ("Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
+               "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar').")
+IMAGE_ROOT_HELP = ("Folder the image paths of a Karpathy .json or a .csv corpus are relative to "
+                   "(default: that file's folder).")
+SKIP_BAD_HELP = ("Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
+                 "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora.")
+
+
 @app.command()
 def distill(
     budget: str = typer.Option("500", help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass."),
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..] or a .jsonl manifest."),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
     clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture of a checkpoint file given as --clip."),
     clip_space: Optional[str] = typer.Option(None, help="Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai for a copy of OpenAI's weights."),
@@ -134,7 +144,7 @@ def distill(
                         strength=strength, seed=seed, clip_guidance=clip_guidance)
     cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
                         decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
-                        render=rcfg)
+                        render=rcfg, image_root=image_root, skip_bad=skip_bad)
     for path in run(distill_budgets, cfg, budgets):
         typer.echo(f"wrote {path}")
 
@@ -143,7 +153,9 @@ def distill(
 def coreset(
     method: str = typer.Option(..., help="random, herding, kcenter or forgetting."),
     budget: int = typer.Option(500, help="Number of real pairs to keep."),
-    corpus: str = typer.Option("shapes", help="Corpus spec."),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."),
@@ -156,7 +168,8 @@ def coreset(
     from protosynth.coreset import CoresetConfig, build_coreset
 
     cfg = CoresetConfig(method=method, budget=budget, corpus=corpus, clip=clip, seed=seed, out=out, force=force,
-                        device=device, forgetting_epochs=forgetting_epochs, keep=keep)
+                        device=device, forgetting_epochs=forgetting_epochs, keep=keep, image_root=image_root,
+                        skip_bad=skip_bad)
     typer.echo(f"wrote {run(build_coreset, cfg)}")
 
 

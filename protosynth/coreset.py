@@ -48,6 +48,8 @@ class CoresetConfig:
     forgetting_protocol: str = "small"
     forgetting_epochs: int = 5
     keep: str = "most"  # forgetting: keep the most- or least-forgotten pairs
+    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
+    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
 
 
 def default_out(cfg: CoresetConfig) -> Path:
@@ -165,7 +167,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = load_corpus(cfg.corpus)
+    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)

@@ -1,77 +1,49 @@
-"""Corpora behind one interface: the built-in world (``shapes``) and JSONL manifests.
+"""Corpora behind one interface, ``load_corpus(spec, image_root=None, skip_bad=False) -> Corpus``.
 
 A corpus is a list of images, each with one or more captions; the pipeline works on caption-level
-pairs (image i repeated once per caption), as Flickr30k training files do.
+pairs (image i repeated once per caption), as Flickr30k training files do. This module is the
+facade every other module imports from; the file readers live in ``protosynth.corpora``.
 
-Spec strings:
+Spec strings, by form:
 - ``shapes`` / ``shapes:train`` / ``shapes:test`` / ``shapes:pretrain``, optionally followed by
   ``,n=2000,size=32,seed=0`` to change the world's split size, image size or seed;
-- a path to a ``.jsonl`` manifest, one object per line: ``{"image": "rel.png", "caption": "..."}``
-  or ``{"image": "rel.png", "captions": ["...", ...]}``, image paths relative to the manifest.
+- ``*.jsonl``: protosynth's manifest, one object per line: ``{"image": "rel.png", "caption": "..."}``
+  or ``{"image": "rel.png", "captions": ["...", ...]}``, image paths relative to the manifest;
+- ``*.json``: a Karpathy/BLIP list (caption-level train file or image-level test file);
+- ``*.csv``: ``image`` and ``caption`` columns, one row per pair;
+- ``*.tar`` or a glob with ``*``/``?``: webdataset shards (``jpg``/``png`` + ``txt``/``json``).
+
+``image_root`` (JSON and CSV only) is the folder image paths are relative to (default: the file's
+folder). ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
+captions, listing them in ``Corpus.skipped``; without it a missing image file is an error at load
+and a corrupt one an error when read, each naming the file and the row.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from .corpora.base import Corpus, ImageSource
+from .corpora.csvtable import load_csv
+from .corpora.jsonl import load_jsonl
+from .corpora.karpathy import load_karpathy
+from .corpora.webdataset import load_webdataset
 from .errors import ProtosynthError
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
+
+__all__ = ["Corpus", "ImageSource", "cache_dir", "load_corpus", "load_csv", "load_jsonl", "load_karpathy",
+           "load_webdataset", "load_world", "world_fingerprint", "world_split"]
+
+FORMATS = "'shapes[:train|test|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
 
 
 def cache_dir() -> Path:
     """Where protosynth caches generated worlds and embeddings (``PROTOSYNTH_CACHE`` overrides)."""
     return Path(os.environ.get("PROTOSYNTH_CACHE", Path.home() / ".cache" / "protosynth"))
-
-
-@dataclass
-class Corpus:
-    """Images with captions. ``pair_image[p]`` is the image of caption-level pair ``p``."""
-
-    spec: str
-    fingerprint: str
-    image_keys: list[str]
-    captions: list[list[str]]
-    pixels: np.ndarray | None = None  # (N, H, W, 3) uint8 when held in memory (the world)
-    root: Path | None = None  # manifest folder for file-backed corpora
-    image_lines: list[int] = field(default_factory=list)  # manifest line of each image
-    pair_image: np.ndarray = field(init=False)
-    pair_caption: list[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        counts = [len(c) for c in self.captions]
-        self.pair_image = np.repeat(np.arange(len(self.captions), dtype=np.int64), counts)
-        self.pair_caption = [c for caps in self.captions for c in caps]
-
-    @property
-    def n_images(self) -> int:
-        return len(self.captions)
-
-    @property
-    def n_pairs(self) -> int:
-        return len(self.pair_caption)
-
-    def load_image(self, i: int) -> Image.Image:
-        """Image ``i`` as RGB; a missing or corrupt file is a ProtosynthError naming file and line."""
-        if self.pixels is not None:
-            return Image.fromarray(self.pixels[i])
-        path = (self.root or Path(".")) / self.image_keys[i]
-        where = f"{self.spec} line {self.image_lines[i]}" if self.image_lines else self.spec
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise ProtosynthError(f"{where}: image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ProtosynthError(f"{where}: cannot read image {path}: {exc}") from None
-
-    def image_array(self, i: int) -> np.ndarray:
-        return np.asarray(self.load_image(i), dtype=np.uint8)
 
 
 def _parse_world_spec(spec: str) -> tuple[str, WorldConfig]:
@@ -141,65 +113,26 @@ def load_world(spec: str = "shapes") -> Corpus:
                   pixels=ws.images)
 
 
-def load_jsonl(path: str | Path) -> Corpus:
-    """Read a JSONL manifest; every malformed line is an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ProtosynthError(f"corpus {str(path)!r}: no such file")
-    raw = path.read_bytes()
-    order: dict[str, int] = {}
-    captions: list[list[str]] = []
-    lines: list[int] = []
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line_no = raw[: exc.start].count(b"\n") + 1
-        raise ProtosynthError(f"{path} line {line_no}: not valid UTF-8") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProtosynthError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
-            raise ProtosynthError(f"{where}: needs an 'image' field with a relative path")
-        if "caption" in obj:
-            caps = [obj["caption"]]
-        elif "captions" in obj and isinstance(obj["captions"], list) and obj["captions"]:
-            caps = obj["captions"]
-        else:
-            raise ProtosynthError(f"{where}: needs a 'caption' string or a non-empty 'captions' list")
-        for c in caps:
-            if not isinstance(c, str) or not c.strip():
-                raise ProtosynthError(f"{where}: empty or non-string caption")
-        image = obj["image"]
-        if not (path.parent / image).is_file():
-            raise ProtosynthError(f"{where}: image file not found: {path.parent / image}")
-        if image not in order:
-            order[image] = len(captions)
-            captions.append([])
-            lines.append(lineno)
-        captions[order[image]].extend(c.strip() for c in caps)
-    if not captions:
-        raise ProtosynthError(f"corpus {str(path)!r}: manifest has no pairs")
-    h = hashlib.sha256(raw)
-    for image in order:
-        st = (path.parent / image).stat()
-        h.update(f"{image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return Corpus(
-        spec=str(path), fingerprint=f"jsonl-{h.hexdigest()[:16]}", image_keys=list(order),
-        captions=captions, root=path.parent, image_lines=lines,
-    )
-
-
-def load_corpus(spec: str) -> Corpus:
+def load_corpus(spec: str, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
     """Resolve a corpus spec string (see module docstring)."""
     if spec == "shapes" or spec.startswith(("shapes:", "shapes,")):
-        return load_world(spec)
-    if spec.endswith(".jsonl"):
-        return load_jsonl(spec)
-    raise ProtosynthError(
-        f"unknown corpus {spec!r}: use 'shapes[:train|test|pretrain]' or a path to a .jsonl manifest"
-    )
+        kind = "world"
+    else:
+        suffix = spec.lower().rsplit(".", 1)[-1] if "." in Path(spec).name else ""
+        kind = "tar" if suffix == "tar" or "*" in spec or "?" in spec else suffix
+    if kind not in ("world", "jsonl", "json", "csv", "tar"):
+        raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
+    image_root = None if image_root is None else Path(image_root)
+    if image_root is not None and kind not in ("json", "csv"):
+        raise ProtosynthError(f"--image-root applies to .json and .csv corpora, not {spec!r}")
+    if kind == "world":
+        corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
+        corpus.skip_bad = skip_bad
+        return corpus
+    if kind == "jsonl":
+        return load_jsonl(spec, skip_bad=skip_bad)
+    if kind == "json":
+        return load_karpathy(spec, image_root=image_root, skip_bad=skip_bad)
+    if kind == "csv":
+        return load_csv(spec, image_root=image_root, skip_bad=skip_bad)
+    return load_webdataset(spec, skip_bad=skip_bad)

@@ -48,6 +48,8 @@ class DistillConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     drop_fraction: float = 0.2
     kmeans_iters: int = 25
+    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
+    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
 
 
 def set_name(cfg: DistillConfig) -> str:
@@ -99,7 +101,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed.
     Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
-    corpus = load_corpus(cfg.corpus)
+    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:
         check_budget(budget, corpus)
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)

@@ -48,11 +48,19 @@ def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpu
     without a CLIP (the optimisation baselines) has ``clip: None`` and names its ``text_space``."""
     return {
         "format": "protosynth-distilled/1", "method": method, "budget": budget, "mode": mode, "seed": seed,
-        "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint, "images": corpus.n_images,
-                   "pairs": corpus.n_pairs},
+        "corpus": corpus_record(corpus),
         "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim} if clip is not None else None,
         "text_space": text_space or clip.space,
     }
+
+
+def corpus_record(corpus) -> dict:
+    """The manifest's ``corpus`` entry: what was read, with the options needed to read it the same
+    way again (``image_root``, ``skip_bad``) and how many unreadable images --skip-bad dropped (the
+    first few named)."""
+    return {"spec": corpus.spec, "fingerprint": corpus.fingerprint, "images": corpus.n_images,
+            "pairs": corpus.n_pairs, "image_root": str(corpus.image_root) if corpus.image_root else None,
+            "skip_bad": corpus.skip_bad, "skipped_bad": len(corpus.skipped), "skipped_first": corpus.skipped[:10]}
 
 
 def check_budget(budget: int, corpus) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import resource
 import sys
 from pathlib import Path
@@ -29,8 +30,13 @@ def versions() -> dict[str, str]:
 
 
 def corpus_name(spec: str) -> str:
-    """``shapes:test,n=300`` -> ``shapes-test_n=300``; a manifest path -> its stem."""
-    return Path(spec).stem if spec.endswith(".jsonl") else spec.replace(":", "-").replace(",", "_")
+    """``shapes:test,n=300`` -> ``shapes-test_n=300``; a file -> its stem (``train-*.tar`` -> ``train``,
+    ``shards/*.tar`` -> ``shards``): one folder name, never a path or a glob."""
+    if spec == "shapes" or spec.startswith(("shapes:", "shapes,")):
+        return spec.replace(":", "-").replace(",", "_")
+    path = Path(spec)
+    stem = re.sub(r"[*?\[\]]", "", path.stem).strip("-_.")
+    return stem or re.sub(r"[*?\[\]]", "", path.parent.name).strip("-_.") or "corpus"
 
 
 def check_device(device_spec: str) -> None:

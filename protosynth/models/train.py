@@ -57,12 +57,7 @@ def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
         raise ProtosynthError(f"corpus {train.spec}: needs at least 2 images to hold one out")
     test_idx = set(rng.choice(train.n_images, n_test, replace=False).tolist())
     parts = [[i for i in range(train.n_images) if (i in test_idx) == held] for held in (False, True)]
-    out = []
-    for idx in parts:
-        out.append(Corpus(spec=train.spec, fingerprint=train.fingerprint + f"-{len(idx)}",
-                          image_keys=[train.image_keys[i] for i in idx],
-                          captions=[train.captions[i] for i in idx], root=train.root,
-                          image_lines=[train.image_lines[i] for i in idx]))
+    out = [train.subset(idx, fingerprint=train.fingerprint + f"-{len(idx)}") for idx in parts]
     return out[0], out[1]
 
 

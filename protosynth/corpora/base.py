@@ -1,0 +1,202 @@
+"""What every corpus reader shares: the ``Corpus`` record, where its images come from, and the
+``--skip-bad`` pass.
+
+Images are read by key through an ``ImageSource`` (files under a root folder, or members of tar
+shards) rather than by index, so a subset of a corpus (``Corpus.subset``) reads the same images.
+Every read error is one line naming the manifest file and the row (or the shard and member) the
+image came from: a user with 30,000 images needs to know which line to fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import struct
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ProtosynthError
+
+log = logging.getLogger(__name__)
+
+# PIL raises many exception types on corrupt data (a truncated PNG is an OSError, a bad header a
+# SyntaxError or struct.error, a huge one DecompressionBombError); all mean "this image is bad".
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+def decode(data: bytes | Path, where: str, what: str) -> Image.Image:
+    """Fully decode an image (file path or bytes) to RGB; any failure is one line naming ``where``."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ProtosynthError(f"{where}: image file not found: {what}") from None
+    except DECODE_ERRORS as exc:
+        raise ProtosynthError(f"{where}: cannot read image {what}: {exc}") from None
+
+
+class ImageSource(ABC):
+    """Where a file-backed corpus's images live, addressed by image key."""
+
+    @abstractmethod
+    def where(self, key: str) -> str:
+        """The manifest file and row (or shard and member) of ``key``, for messages."""
+
+    @abstractmethod
+    def read(self, key: str) -> Image.Image:
+        """Image ``key`` as RGB, or a ProtosynthError naming ``where(key)``."""
+
+    def check_present(self, key: str) -> None:
+        """Cheap existence check at load time (without ``--skip-bad``); decoding waits for use."""
+
+
+class FileImages(ImageSource):
+    """Image files at ``root / key`` (JSONL, Karpathy JSON, CSV); ``rows[key]`` is 'file line 3' etc."""
+
+    def __init__(self, root: Path, rows: dict[str, str]):
+        self.root, self.rows = root, rows
+
+    def where(self, key: str) -> str:
+        return self.rows[key]
+
+    def read(self, key: str) -> Image.Image:
+        return decode(self.root / key, self.rows[key], str(self.root / key))
+
+    def check_present(self, key: str) -> None:
+        if not (self.root / key).is_file():
+            raise ProtosynthError(f"{self.rows[key]}: image file not found: {self.root / key}")
+
+
+@dataclass
+class Corpus:
+    """Images with captions. ``pair_image[p]`` is the image of caption-level pair ``p``."""
+
+    spec: str
+    fingerprint: str
+    image_keys: list[str]
+    captions: list[list[str]]
+    pixels: np.ndarray | None = None  # (N, H, W, 3) uint8 when held in memory (the world)
+    root: Path | None = None  # image folder of file-backed corpora
+    image_lines: list[int] = field(default_factory=list)  # manifest line / CSV row / JSON entry of each image
+    source: ImageSource | None = None  # how to read images not held in ``pixels``
+    image_root: Path | None = None  # the --image-root it was loaded with, recorded to reload it the same way
+    skip_bad: bool = False  # loaded with --skip-bad
+    skipped: list[str] = field(default_factory=list)  # one line per unreadable image --skip-bad dropped
+    pair_image: np.ndarray = field(init=False)
+    pair_caption: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        counts = [len(c) for c in self.captions]
+        self.pair_image = np.repeat(np.arange(len(self.captions), dtype=np.int64), counts)
+        self.pair_caption = [c for caps in self.captions for c in caps]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.captions)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pair_caption)
+
+    def load_image(self, i: int) -> Image.Image:
+        """Image ``i`` as RGB; a missing or corrupt file is a ProtosynthError naming file and row."""
+        if self.pixels is not None:
+            return Image.fromarray(self.pixels[i])
+        if self.source is None:
+            raise ProtosynthError(f"corpus {self.spec}: holds captions only, no images")
+        return self.source.read(self.image_keys[i])
+
+    def image_array(self, i: int) -> np.ndarray:
+        return np.asarray(self.load_image(i), dtype=np.uint8)
+
+    def subset(self, indices: list[int], fingerprint: str) -> Corpus:
+        """The images ``indices`` (with their captions), reading from the same source."""
+        pick = list(indices)
+        return Corpus(
+            spec=self.spec, fingerprint=fingerprint, image_keys=[self.image_keys[i] for i in pick],
+            captions=[self.captions[i] for i in pick], pixels=None if self.pixels is None else self.pixels[pick],
+            root=self.root, image_lines=[self.image_lines[i] for i in pick] if self.image_lines else [],
+            source=self.source, image_root=self.image_root, skip_bad=self.skip_bad, skipped=self.skipped,
+        )
+
+
+def clean_captions(caps: object, where: str) -> list[str]:
+    """Stripped captions; an empty or non-string caption is an error naming ``where``."""
+    if not isinstance(caps, list) or not caps:
+        raise ProtosynthError(f"{where}: needs a 'caption' string or a non-empty 'captions' list")
+    for c in caps:
+        if not isinstance(c, str) or not c.strip():
+            raise ProtosynthError(f"{where}: empty or non-string caption")
+    return [c.strip() for c in caps]
+
+
+def decode_utf8(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise ProtosynthError(f"{path} line {line_no}: not valid UTF-8") from None
+
+
+def manifest_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ProtosynthError(f"corpus {str(path)!r}: no such file")
+    return path
+
+
+def image_folder(manifest: Path, image_root: Path | None) -> Path:
+    """``--image-root`` if given (it must be a folder), else the manifest's own folder."""
+    if image_root is None:
+        return manifest.parent
+    if not Path(image_root).is_dir():
+        raise ProtosynthError(f"--image-root {image_root}: no such folder")
+    return Path(image_root)
+
+
+def check_images(spec: str, keys: list[str], source: ImageSource, skip_bad: bool,
+                 found: dict[str, str] | None = None) -> dict[str, str]:
+    """Without ``skip_bad``: every image must exist (the first missing one is the error). With it:
+    decode every image once; returns key -> message for each unreadable one (after those a reader
+    already ``found``, such as tar samples without an image member)."""
+    bad = dict(found or {})
+    for key in keys:
+        if not skip_bad:
+            source.check_present(key)
+            continue
+        try:
+            source.read(key)
+        except ProtosynthError as exc:
+            bad[key] = str(exc)
+    if bad:
+        first = next(iter(bad.values()))
+        if len(bad) == len(keys) + len(found or {}):
+            raise ProtosynthError(f"corpus {spec}: every one of its {len(bad)} images is unreadable ({first})")
+        log.warning("corpus %s: --skip-bad skipped %d unreadable images (first: %s)", spec, len(bad), first)
+    return bad
+
+
+def file_corpus(spec: str, prefix: str, raw: bytes, root: Path, keys: list[str], captions: list[list[str]],
+                rows: list[int], where: list[str], image_root: Path | None, skip_bad: bool) -> Corpus:
+    """The corpus of a parsed manifest whose images are files under ``root``: existence checks (or
+    the --skip-bad pass), then the fingerprint that keys the embedding cache."""
+    source = FileImages(root, dict(zip(keys, where)))
+    bad = check_images(spec, keys, source, skip_bad)
+    kept = [i for i, key in enumerate(keys) if key not in bad]
+    keys, captions, rows = [keys[i] for i in kept], [captions[i] for i in kept], [rows[i] for i in kept]
+    # manifest bytes, image root, each kept image's size and mtime, and what was dropped: any change
+    # to what would be embedded gives a new fingerprint
+    h = hashlib.sha256(raw)
+    h.update(f"root\0{root.resolve()}\n".encode())
+    for key in keys:
+        st = (root / key).stat()
+        h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for key in bad:
+        h.update(f"skipped\0{key}\n".encode())
+    return Corpus(spec=spec, fingerprint=f"{prefix}-{h.hexdigest()[:16]}", image_keys=keys, captions=captions,
+                  root=root, image_lines=rows, source=source, image_root=image_root, skip_bad=skip_bad,
+                  skipped=list(bad.values()))

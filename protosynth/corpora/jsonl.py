@@ -1,0 +1,39 @@
+"""JSONL manifests, protosynth's own format: one object per line,
+``{"image": "rel.png", "caption": "..."}`` or ``{"image": "rel.png", "captions": ["...", ...]}``,
+image paths relative to the manifest's folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ProtosynthError
+from .base import Corpus, clean_captions, decode_utf8, file_corpus, manifest_file
+
+
+def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
+    """Read a JSONL manifest; every malformed line is an error naming the file and line."""
+    path = manifest_file(path)
+    raw = path.read_bytes()
+    order: dict[str, int] = {}
+    captions: list[list[str]] = []
+    lines: list[int] = []
+    for lineno, line in enumerate(decode_utf8(raw, path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProtosynthError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
+            raise ProtosynthError(f"{where}: needs an 'image' field with a relative path")
+        caps = clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
+        if obj["image"] not in order:
+            order[obj["image"]] = len(captions)
+            captions.append([])
+            lines.append(lineno)
+        captions[order[obj["image"]]].extend(caps)
+    if not captions:
+        raise ProtosynthError(f"corpus {str(path)!r}: manifest has no pairs")
+    return file_corpus(str(path), "jsonl", raw, path.parent, list(order), captions, lines,
+                       [f"{path} line {n}" for n in lines], None, skip_bad)

@@ -1,0 +1,152 @@
+"""webdataset tar shards: a path to one uncompressed ``.tar`` or a glob (``*``/``?``) over several,
+read in sorted order. Members are grouped into samples by key, the member name up to the first dot
+after the last slash (``dir/000123.jpg`` and ``dir/000123.txt`` are sample ``dir/000123``). The
+image is the ``jpg``, ``jpeg``, ``png`` or ``webp`` member; the caption the ``txt`` member (the
+whole text, one caption) or else the ``json`` member's ``caption`` string or ``captions`` list.
+Members with other extensions are ignored, as webdataset does.
+
+Each shard's member offsets are indexed once at load (``TarInfo.offset_data``), so an image is
+read by seeking into the shard: random access without unpacking, as the embedding stage needs.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import ProtosynthError
+from .base import Corpus, ImageSource, check_images, clean_captions, decode
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTS = ("txt", "json")
+
+
+@dataclass(frozen=True)
+class Member:
+    shard: Path
+    name: str
+    offset: int
+    size: int
+
+
+class TarImages(ImageSource):
+    """Image members of tar shards, by sample key ``SHARD/KEY``; read by seek, one open per read
+    (so it works unchanged in forked data-loader workers)."""
+
+    def __init__(self, members: dict[str, Member]):
+        self.members = members
+
+    def where(self, key: str) -> str:
+        m = self.members[key]
+        return f"{m.shard} member {m.name}"
+
+    def read(self, key: str) -> Image.Image:
+        m = self.members[key]
+        try:
+            with open(m.shard, "rb") as fh:
+                fh.seek(m.offset)
+                data = fh.read(m.size)
+        except OSError as exc:
+            raise ProtosynthError(f"{self.where(key)}: cannot read the shard ({exc.strerror or exc})") from None
+        if len(data) != m.size:
+            raise ProtosynthError(f"{self.where(key)}: the shard ends inside this member (truncated)")
+        return decode(data, self.where(key), m.name)
+
+
+def shard_paths(spec: str) -> list[Path]:
+    if "*" in spec or "?" in spec:
+        paths = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        if not paths:
+            raise ProtosynthError(f"corpus {spec!r}: the glob matches no files")
+        return paths
+    if not Path(spec).is_file():
+        raise ProtosynthError(f"corpus {spec!r}: no such file")
+    return [Path(spec)]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``dir/000123.seg.png`` -> (``dir/000123``, ``seg.png``): webdataset's key and extension."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
+
+
+def index_shard(shard: Path) -> dict[str, dict[str, tuple[tarfile.TarInfo, bytes | None]]]:
+    """Sample key -> {extension: (member, bytes of a caption member)}, in first-seen order. Caption
+    members are small and read during the one pass; images are only located."""
+    samples: dict[str, dict[str, tuple[tarfile.TarInfo, bytes | None]]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for info in tar:
+                key, ext = split_name(info.name)
+                if not info.isfile() or ext not in IMAGE_EXTS + CAPTION_EXTS:
+                    continue
+                sample = samples.setdefault(key, {})
+                if ext in sample:
+                    raise ProtosynthError(f"{shard} member {info.name}: a second '{ext}' member for sample {key}")
+                sample[ext] = (info, tar.extractfile(info).read() if ext in CAPTION_EXTS else None)
+    except (tarfile.TarError, OSError) as exc:
+        raise ProtosynthError(f"{shard}: not a readable uncompressed tar file ({exc})") from None
+    return samples
+
+
+def parse_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | None]], key: str) -> list[str]:
+    ext = "txt" if "txt" in sample else "json" if "json" in sample else None
+    if ext is None:
+        raise ProtosynthError(f"{shard} sample {key}: no caption member (txt or json)")
+    info, data = sample[ext]
+    where = f"{shard} member {info.name}"
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProtosynthError(f"{where}: not valid UTF-8") from None
+    if ext == "txt":
+        return clean_captions([text], where)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtosynthError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ProtosynthError(f"{where}: needs a JSON object with 'caption' or 'captions'")
+    return clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
+
+
+def load_webdataset(spec: str, skip_bad: bool = False) -> Corpus:
+    """Index every shard of ``spec``; a sample without an image member is a missing image (skipped
+    and counted with ``skip_bad``), one without a caption an error."""
+    members: dict[str, Member] = {}
+    captions: list[list[str]] = []
+    no_image: dict[str, str] = {}
+    h = hashlib.sha256()
+    for shard in shard_paths(spec):
+        st = shard.stat()
+        h.update(f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for key, sample in index_shard(shard).items():
+            caps = parse_caption(shard, sample, key)
+            images = [ext for ext in IMAGE_EXTS if ext in sample]
+            if len(images) > 1:
+                raise ProtosynthError(f"{shard} sample {key}: several image members ({', '.join(images)})")
+            full_key = f"{shard}/{key}"
+            if not images:
+                no_image[full_key] = f"{shard} sample {key}: no image member ({', '.join(IMAGE_EXTS)})"
+                if not skip_bad:
+                    raise ProtosynthError(no_image[full_key])
+                continue
+            info = sample[images[0]][0]
+            members[full_key] = Member(shard, info.name, info.offset_data, info.size)
+            captions.append(caps)
+    if not members and not no_image:
+        raise ProtosynthError(f"corpus {spec!r}: the shards hold no samples ({', '.join(IMAGE_EXTS)} + txt/json)")
+    keys = list(members)
+    source = TarImages(members)
+    bad = check_images(spec, keys, source, skip_bad, found=no_image)
+    kept = [i for i, key in enumerate(keys) if key not in bad]
+    for key in bad:
+        h.update(f"skipped\0{key}\n".encode())
+    return Corpus(spec=spec, fingerprint=f"wds-{h.hexdigest()[:16]}", image_keys=[keys[i] for i in kept],
+                  captions=[captions[i] for i in kept], source=source, skip_bad=skip_bad, skipped=list(bad.values()))
