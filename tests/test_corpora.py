@@ -502,3 +502,21 @@ def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_
     assert r.exit_code == 0, (r.output, r.exception)
     manifest = json.loads((tmp_path / "core" / "manifest.json").read_text())
     assert manifest["corpus"]["skipped_bad"] == 2 and manifest["settings"]["skip_bad"] is True
+
+
+def test_evaluation_reloads_a_sets_corpus_the_way_it_was_read(tmp_path, world):
+    """Member indices of a set made with --skip-bad point into the corpus without the bad images;
+    evaluation re-reads it with the recorded options and refuses a corpus that changed since."""
+    from types import SimpleNamespace
+
+    from protosynth.distilled import corpus_record
+    from protosynth.evaluation.data import source_corpus
+
+    spec, _ = bad_corpus("csv", tmp_path, world)
+    made_from = load_corpus(spec, skip_bad=True)
+    ds = SimpleNamespace(root=tmp_path / "set", manifest={"corpus": corpus_record(made_from)})
+    again = source_corpus(ds)
+    assert again.pair_caption == made_from.pair_caption and again.fingerprint == made_from.fingerprint
+    (tmp_path / "img" / "2.png").write_bytes(png_bytes(world.images[2]))  # the corrupt image is mended
+    with pytest.raises(ProtosynthError, match=r"changed since the set was made"):
+        source_corpus(ds)

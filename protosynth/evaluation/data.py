@@ -168,10 +168,21 @@ def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Ten
     return normalise(x, backbone.mean, backbone.std)
 
 
+def source_corpus(ds: DistilledSet) -> Corpus:
+    """The corpus a set was made from, read the way it was then (``image_root``, ``skip_bad``), and
+    refused when it changed since: member indices only mean something in the same pair order."""
+    rec = ds.manifest.get("corpus", {})
+    corpus = load_corpus(rec["spec"], image_root=rec.get("image_root"), skip_bad=bool(rec.get("skip_bad")))
+    if rec.get("fingerprint") and rec["fingerprint"] != corpus.fingerprint:
+        raise ProtosynthError(f"{ds.root}: corpus {rec['spec']} changed since the set was made (fingerprint "
+                              f"{rec['fingerprint']}, now {corpus.fingerprint}); its member indices no longer apply")
+    return corpus
+
+
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:
     if any(not p.get("members") for p in ds.pairs):
         raise ProtosynthError(f"{ds.root}: --text members needs member indices on every pair")
-    corpus = load_corpus(ds.manifest["corpus"]["spec"])
+    corpus = source_corpus(ds)
     wanted = sorted({m for p in ds.pairs for m in p["members"]})
     if wanted[-1] >= corpus.n_pairs:
         raise ProtosynthError(f"{ds.root}: member index {wanted[-1]} is outside corpus {corpus.spec} "
@@ -199,7 +210,7 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
             raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
     members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
     if members and corpus_spec:
-        corpus = load_corpus(corpus_spec)
+        corpus = source_corpus(ds)
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:
