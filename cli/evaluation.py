@@ -11,17 +11,19 @@ from cli.common import fail, run
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
+IMAGE_ROOT_HELP = "Folder the image paths of a Karpathy .json or .csv --test / --full corpus are relative to."
 PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
 
 
 def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, seed, select_on_test, text, device,
-            full: Optional[str]):
+            full: Optional[str], image_root: Optional[Path] = None):
     from protosynth.evaluation.evaluate import EvalConfig
 
     if protocol is None:
         protocol = "small" if _on_world(sets, full) else "nfnet-bert"
     return EvalConfig(protocol=protocol, test=test, repeats=repeats, epochs=epochs, seed=seed,
-                      select_on_test=select_on_test, text=text, device=device, full=full)
+                      select_on_test=select_on_test, text=text, device=device, full=full,
+                      image_root=image_root)
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
@@ -102,6 +104,7 @@ def retrieval(
     select_on_test: bool = typer.Option(False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."),
     text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
     full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
     text_encoder: Optional[str] = typer.Option(None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."),
     image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
@@ -113,7 +116,8 @@ def retrieval(
 
     from protosynth.evaluation.evaluate import evaluate
 
-    cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full),
+    cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full,
+                          image_root),
                   backbone=backbone, text_encoder=text_encoder, image_size=image_size)
     doc = run(evaluate, sets or [], cfg)
     print_retrieval_table(doc)
@@ -132,13 +136,14 @@ def cross_arch_cmd(
     select_on_test: bool = typer.Option(False),
     text: str = typer.Option("auto"),
     full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
-    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full)
+    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root)
     arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
     doc = run(cross_arch, sets or [], cfg, arch_list)
     print_cross_arch_table(doc)

@@ -253,3 +253,26 @@ def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     assert "pds" in res.output and "captions" in res.output and json.loads(out.read_text())["sets"][0]["path"] == str(pds_set)
     res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--repeats", "0"])
     assert res.exit_code == 2 and "error: --repeats must be at least 1" in res.output
+
+
+def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set, tiny_backbone, tmp_path):
+    """The world's test split written as a Karpathy/BLIP test file (one entry per image, a caption
+    list, paths relative to --image-root) gives the very numbers of the split itself."""
+    from PIL import Image
+
+    from protosynth.corpus import load_corpus
+
+    world = load_corpus(TEST)
+    (tmp_path / "images" / "test").mkdir(parents=True)
+    entries = []
+    for i in range(world.n_images):
+        Image.fromarray(world.image_array(i)).save(tmp_path / "images" / "test" / f"{i}.png")
+        entries.append({"image": f"test/{i}.png", "caption": world.captions[i]})
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "test.json").write_text(json.dumps(entries))
+    as_file = evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"),
+                                            image_root=tmp_path / "images"))
+    as_split = evaluate([pds_set], tiny_eval(tiny_backbone))
+    assert as_file["sets"][0]["metrics"] == as_split["sets"][0]["metrics"]
+    with pytest.raises(ProtosynthError, match=r"test\.json entry 0: image file not found"):
+        evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json")))

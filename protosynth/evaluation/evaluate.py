@@ -45,6 +45,7 @@ class EvalConfig:
     text_encoder: str | None = None  # default: the protocol's (a tiny BERT folder in the tests)
     image_size: int | None = None  # default: the protocol's
     full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
+    image_root: Path | None = None  # folder the image paths of a .json/.csv --test or --full are relative to
 
 
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
@@ -104,7 +105,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
-    test_corpus = load_corpus(test_spec)
+    test_corpus = load_corpus(test_spec, image_root=cfg.image_root)
     test = test_data(test_corpus, encoder, backbone, size, normalise)
     hashes = image_hashes(test_corpus)
     for ds in sets:
@@ -118,7 +119,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen")}
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_corpus(cfg.full)
+        full = load_corpus(cfg.full, image_root=cfg.image_root)
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"--full {cfg.full} is the test split {test_spec}")
         row = {"path": None, "method": "full", "budget": full.n_pairs, "mode": None, "text": "captions",
