@@ -111,8 +111,9 @@ class Decoder:
             return self.pipe(image_embeds=embeds, prompt=list(prompts), negative_prompt=negative,
                              num_inference_steps=steps, guidance_scale=guidance_scale, noise_level=noise_level or 0,
                              generator=generators, output_type="pil").images
+        super_res = super_res_steps or RENDER_DEFAULTS["karlo"]["super_res_steps"]
         return self.pipe(image_embeddings=embeds, decoder_num_inference_steps=steps,
-                         super_res_num_inference_steps=super_res_steps or 7, decoder_guidance_scale=guidance_scale,
+                         super_res_num_inference_steps=super_res, decoder_guidance_scale=guidance_scale,
                          generator=generators, output_type="pil").images
 
 
