@@ -16,7 +16,8 @@ def embed(
     shard_size: int = typer.Option(4096, help="Images per shard: the unit of work a kill can lose."),
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),
     batch_size: int = typer.Option(256, help="Images (or captions) per encoder batch."),
-    workers: int = typer.Option(2, help="DataLoader processes that load, preprocess and tokenise (0: none)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader processes that load, preprocess and tokenise "
+                                          "(default: 2 for a .jsonl corpus, 0 for the in-memory world)."),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again

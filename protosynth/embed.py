@@ -37,14 +37,16 @@ class EmbedConfig:
     out: Path | None = None  # the store folder; None: cache_dir()/embeddings/<key>[-fp16]
     shard_size: int = 4096  # images per shard: the unit of work a kill can lose
     fp16: bool = False  # store float16 (half the disk); readers still return float32
-    # 2 workers overlap loading/tokenising with the encoder on the 2-core machine (benchmarks/scale.py)
-    num_workers: int = 2
+    # DataLoader processes that load, preprocess and tokenise; None: 2 for a file-backed corpus (image
+    # decoding is real work), 0 for one held in memory (the world: there, worker start-up and CPU
+    # contention on 2 cores cost more than the 1-2 % of the time that loading takes; benchmarks/scale.py)
+    num_workers: int | None = None
 
 
 def check_config(cfg: EmbedConfig) -> None:
     """The checks that need no model or data."""
     for flag, value, low in (("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
-                             ("--workers", cfg.num_workers, 0)):
+                             ("--workers", 0 if cfg.num_workers is None else cfg.num_workers, 0)):
         if value < low:
             raise ProtosynthError(f"{flag} must be at least {low}, got {value}")
 
@@ -102,6 +104,12 @@ class _Batches(Dataset):
         return self.tokenizer(self.corpus.pair_caption[a:b])
 
 
+def workers(corpus: Corpus, cfg: EmbedConfig) -> int:
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return 0 if corpus.pixels is not None else 2
+
+
 def _batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
     """Each shard's image batches then its text batches, every batch counted from the shard's start."""
     plan = []
@@ -119,7 +127,7 @@ def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shard
         return
     on_gpu = encoder.device.type == "cuda"
     loader = DataLoader(_Batches(corpus, encoder, plan), batch_size=None, shuffle=False,
-                        num_workers=cfg.num_workers, pin_memory=on_gpu, persistent_workers=False)
+                        num_workers=workers(corpus, cfg), pin_memory=on_gpu, persistent_workers=False)
     batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
     try:
         _consume(batches, shards, encoder, cfg, write, len(plan))
