@@ -200,7 +200,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['n']:,} | {r['d']} | {r['k']} | {r['trained_on']:,} | {r['seconds']} | "
                      f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['rss_before_kmeans_mb']:.0f} |")
     r = doc["render"]
-    lines += ["", f"**Render**: shipped decoder, default RenderConfig ({r['steps']} steps, guidance {r['guidance_scale']}, "
+    lines += ["", f"**Render**: shipped decoder, default RenderConfig ({r['steps']} steps, "
+              f"guidance {r['guidance_scale']}, "
               f"CLIP guidance {r['clip_guidance']}), {r['images']} images in batches of {r['batch_size']}: "
               f"**{r['seconds_per_image']} s / image** ({r['seconds']} s).", ""]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ def embed(
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),
     batch_size: int = typer.Option(256, help="Images (or captions) per encoder batch."),
     workers: Optional[int] = typer.Option(None, help="DataLoader processes that load, preprocess and tokenise "
-                                          "(default: 2 for a .jsonl corpus, 0 for the in-memory world)."),
+                                          "(default: 2 with a GPU encoder; on the CPU, the cores torch leaves idle, at most 2)."),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again

@@ -13,6 +13,7 @@ runs the encoder, so the encoder, not I/O, sets the pace.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,9 +38,7 @@ class EmbedConfig:
     out: Path | None = None  # the store folder; None: cache_dir()/embeddings/<key>[-fp16]
     shard_size: int = 4096  # images per shard: the unit of work a kill can lose
     fp16: bool = False  # store float16 (half the disk); readers still return float32
-    # DataLoader processes that load, preprocess and tokenise; None: 2 for a file-backed corpus (image
-    # decoding is real work), 0 for one held in memory (the world: there, worker start-up and CPU
-    # contention on 2 cores cost more than the 1-2 % of the time that loading takes; benchmarks/scale.py)
+    # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
     num_workers: int | None = None
 
 
@@ -104,10 +103,16 @@ class _Batches(Dataset):
         return self.tokenizer(self.corpus.pair_caption[a:b])
 
 
-def workers(corpus: Corpus, cfg: EmbedConfig) -> int:
+def workers(encoder: ClipEncoder, cfg: EmbedConfig) -> int:
+    """``cfg.num_workers``, else 2 when the encoder runs on a GPU (the CPU is free to load), and on the
+    CPU only the cores torch leaves idle, at most 2. Workers on cores the encoder uses just compete
+    with it: on this 2-core machine 2 workers were slower than none for the world (0.81 vs 0.89 of
+    the bare forward) and for 384 px JPEG files (0.69 vs 0.75; benchmarks/results/scale.md)."""
     if cfg.num_workers is not None:
         return cfg.num_workers
-    return 0 if corpus.pixels is not None else 2
+    if encoder.device.type != "cpu":
+        return 2
+    return max(0, min(2, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
@@ -127,7 +132,7 @@ def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shard
         return
     on_gpu = encoder.device.type == "cuda"
     loader = DataLoader(_Batches(corpus, encoder, plan), batch_size=None, shuffle=False,
-                        num_workers=workers(corpus, cfg), pin_memory=on_gpu, persistent_workers=False)
+                        num_workers=workers(encoder, cfg), pin_memory=on_gpu, persistent_workers=False)
     batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
     try:
         _consume(batches, shards, encoder, cfg, write, len(plan))
@@ -168,7 +173,7 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
         raise ProtosynthError(f"{folder} is a file, not a folder for embeddings")
     if index is None:
         if folder.is_dir() and any(folder.iterdir()):
-            raise ProtosynthError(f"{folder} is not empty and holds no {folder.name}/index.json: use a new folder")
+            raise ProtosynthError(f"{folder} is not empty and holds no embedding index.json: use a new or empty folder")
         return
     corpus, clip = index.get("corpus", {}), index.get("clip", {})
     if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
