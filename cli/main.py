@@ -15,6 +15,7 @@ import typer
 
 from cli import baselines
 from cli.common import fail, run
+from cli.embed import embed as embed_verb
 from cli.evaluation import eval_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,6 +26,7 @@ app.add_typer(eval_app, name="eval")
 app.command("buffer")(baselines.buffer)
 app.command("baseline")(baselines.baseline)
 app.command("compare-baselines")(baselines.compare_baselines)
+app.command("embed")(embed_verb)
 
 
 @models_app.command("train")

@@ -140,14 +140,15 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     t = time.time()
     pcfg = PrototypeConfig(budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction,
                            niter=cfg.kmeans_iters, seed=cfg.seed)
-    protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), pcfg)
-    caption_idx = nearest_rows(protos.text, emb.text.numpy())
+    # row sources, memory-mapped from the store: the corpus need not fit in RAM
+    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
+    caption_idx = nearest_rows(protos.text, emb.text_rows)
     seconds["prototypes"] = round(time.time() - t, 2)
 
     t = time.time()
     init_images = None
     if cfg.render.init == "nearest":
-        best = nearest_member_pairs(protos, emb.image.numpy())
+        best = nearest_member_pairs(protos, emb.image_rows)
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
     rcfg = resolve_render(replace(cfg.render, seed=cfg.seed), decoder)
     prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None

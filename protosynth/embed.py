@@ -1,69 +1,247 @@
-"""Stage 1, embed: CLIP image and text embeddings of every caption-level pair, cached on disk.
+"""Stage 1, embed: CLIP image and text embeddings of every caption-level pair, in a resumable store.
 
 Each image is encoded once and repeated for its captions (PDS embeds caption-level pairs; the image
-embedding of a repeated image is the same vector). The cache is keyed by the corpus fingerprint
-and the CLIP's spec and embedding space, so a second run with the same inputs does not re-embed.
+embedding of a repeated image is the same vector). The embeddings go to a sharded store
+(``store.py``) keyed by the corpus fingerprint and the CLIP's spec and space, so a second run with
+the same inputs does not re-embed, and a killed run resumes: only shards missing from the folder
+are computed. A shard's numbers depend on that shard alone (its batches start at its first image
+and its first pair), so a resumed store is byte-identical to an uninterrupted one.
+
+Loading, preprocessing and tokenising run in DataLoader worker processes while the main process
+runs the encoder, so the encoder, not I/O, sets the pace.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir
+from .errors import ProtosynthError
+from .files import sha256_file
 from .models.clip import ClipEncoder
 from .models.training import StepBar
+from .store import (FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, plan_shards, read_index, remove_stale_tmp,
+                    save_npy_atomic, shard_done, write_index)
 
 
 @dataclass
 class EmbedConfig:
     batch_size: int = 256
-    use_cache: bool = True
+    use_cache: bool = True  # read and write the store in the cache; False: compute in memory (unless out)
+    out: Path | None = None  # the store folder; None: cache_dir()/embeddings/<key>[-fp16]
+    shard_size: int = 4096  # images per shard: the unit of work a kill can lose
+    fp16: bool = False  # store float16 (half the disk); readers still return float32
+    # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
+    num_workers: int | None = None
+
+
+def check_config(cfg: EmbedConfig) -> None:
+    """The checks that need no model or data."""
+    for flag, value, low in (("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
+                             ("--workers", 0 if cfg.num_workers is None else cfg.num_workers, 0)):
+        if value < low:
+            raise ProtosynthError(f"{flag} must be at least {low}, got {value}")
 
 
 @dataclass
 class Embeddings:
-    """Raw (un-normalised) embeddings, one row per caption-level pair."""
+    """Raw (un-normalised) pair-level embeddings: ``image_rows`` / ``text_rows`` read rows on demand
+    (memory-mapped when stored: pass them to ``build_prototypes`` for corpora larger than RAM);
+    ``image`` / ``text`` are the whole float32 matrices as tensors, built on first use."""
 
-    image: torch.Tensor
-    text: torch.Tensor
-    from_cache: bool
-    cache_path: Path | None
+    image_rows: Rows  # (n_pairs, d): row p is image corpus.pair_image[p]
+    text_rows: Rows  # (n_pairs, d)
+    from_cache: bool  # True when no shard had to be computed
+    cache_path: Path | None  # the store folder
+
+    @cached_property
+    def image(self) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.image_rows))
+
+    @cached_property
+    def text(self) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.text_rows))
 
 
 def cache_key(corpus: Corpus, encoder: ClipEncoder) -> str:
     return hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
 
 
+def store_dir(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig) -> Path | None:
+    """Where ``cfg`` puts the store: ``cfg.out``, else the cache (None when the cache is off)."""
+    if cfg.out is not None:
+        return Path(cfg.out)
+    if not cfg.use_cache:
+        return None
+    return cache_dir() / "embeddings" / (cache_key(corpus, encoder) + ("-fp16" if cfg.fp16 else ""))
+
+
+class _Batches(Dataset):
+    """Item j is the j-th planned batch, whole: a stack of preprocessed images or a tensor of tokens.
+    Whole batches (``batch_size=None`` in the DataLoader) keep the batch boundaries of the plan."""
+
+    def __init__(self, corpus: Corpus, encoder: ClipEncoder, plan: list[tuple[str, int, int]]):
+        self.corpus, self.preprocess, self.tokenizer, self.plan = corpus, encoder.preprocess, encoder.tokenizer, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, j: int) -> torch.Tensor | ProtosynthError:
+        kind, a, b = self.plan[j]
+        try:
+            if kind == "image":
+                return torch.stack([self.preprocess(self.corpus.load_image(i)) for i in range(a, b)])
+        except ProtosynthError as exc:  # returned, not raised: a worker would wrap it in a traceback
+            return exc
+        return self.tokenizer(self.corpus.pair_caption[a:b])
+
+
+def workers(encoder: ClipEncoder, cfg: EmbedConfig) -> int:
+    """``cfg.num_workers``, else 2 when the encoder runs on a GPU (the CPU is free to load), and on the
+    CPU only the cores torch leaves idle, at most 2. Workers on cores the encoder uses just compete
+    with it: on this 2-core machine 2 workers were slower than none for the world (0.81 vs 0.89 of
+    the bare forward) and for 384 px JPEG files (0.69 vs 0.75; benchmarks/results/scale.md)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if encoder.device.type != "cpu":
+        return 2
+    return max(0, min(2, (os.cpu_count() or 1) - torch.get_num_threads()))
+
+
+def _batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
+    """Each shard's image batches then its text batches, every batch counted from the shard's start."""
+    plan = []
+    for s in shards:
+        for kind, (a, b) in (("image", s["images"]), ("text", s["pairs"])):
+            plan += [(kind, i, min(i + bs, b)) for i in range(a, b, bs)]
+    return plan
+
+
 @torch.no_grad()
+def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict], write) -> None:
+    """Encode ``shards`` in order and hand each one's (image, text) arrays to ``write(shard, img, txt)``."""
+    plan = _batch_plan(shards, cfg.batch_size)
+    if not plan:
+        return
+    on_gpu = encoder.device.type == "cuda"
+    loader = DataLoader(_Batches(corpus, encoder, plan), batch_size=None, shuffle=False,
+                        num_workers=workers(encoder, cfg), pin_memory=on_gpu, persistent_workers=False)
+    batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
+    try:
+        _consume(batches, shards, encoder, cfg, write, len(plan))
+    finally:
+        batches.clear()
+
+
+def _consume(batches: list, shards: list[dict], encoder: ClipEncoder, cfg: EmbedConfig, write, total: int) -> None:
+    on_gpu = encoder.device.type == "cuda"
+    dtype = np.float16 if cfg.fp16 else np.float32
+    with StepBar("embed", total) as bar:
+        for s in shards:
+            parts = {"image": [], "text": []}
+            for kind, (a, b) in (("image", s["images"]), ("text", s["pairs"])):
+                for _ in range(a, b, cfg.batch_size):
+                    x = next(batches[0])
+                    if isinstance(x, ProtosynthError):
+                        raise x
+                    x = x.to(encoder.device, non_blocking=on_gpu)
+                    y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
+                    parts[kind].append(y.float().cpu().numpy())
+                    bar.advance(f"shard {s['images'][0] // cfg.shard_size + 1}")
+            img, txt = (np.concatenate(parts[k]) if parts[k] else np.empty((0, encoder.embed_dim), np.float32)
+                        for k in ("image", "text"))
+            write(s, img.astype(dtype), txt.astype(dtype))
+
+
+def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict]) -> dict:
+    return {"format": FORMAT, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint},
+            "clip": {"spec": encoder.spec, "space": encoder.space}, "dim": encoder.embed_dim,
+            "dtype": "float16" if cfg.fp16 else "float32", "shard_size": cfg.shard_size,
+            "n_images": corpus.n_images, "n_pairs": corpus.n_pairs, "shards": shards, "complete": False}
+
+
+def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
+    """A folder may only hold a store of the same corpus, CLIP and dtype (and, to resume, shard size)."""
+    if folder.exists() and not folder.is_dir():
+        raise ProtosynthError(f"{folder} is a file, not a folder for embeddings")
+    if index is None:
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ProtosynthError(f"{folder} is not empty and holds no embedding index.json: use a new or empty folder")
+        return
+    corpus, clip = index.get("corpus", {}), index.get("clip", {})
+    if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
+        raise ProtosynthError(f"{folder} holds embeddings of another corpus ({corpus.get('spec')}, "
+                              f"{corpus.get('fingerprint')}); use another folder")
+    if clip != want["clip"]:
+        raise ProtosynthError(f"{folder} holds embeddings of another CLIP ({clip.get('spec')}, "
+                              f"{clip.get('space')}); use another folder")
+    if index.get("dtype") != want["dtype"]:
+        raise ProtosynthError(f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
+                              f"{'add' if index.get('dtype') == 'float16' else 'drop'} --fp16 or use another folder")
+    if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
+        raise ProtosynthError(f"{folder} holds an unfinished store with --shard-size {index.get('shard_size')}: "
+                              f"resume with that shard size, or delete the folder")
+
+
 def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None) -> Embeddings:
-    """Embed all pairs of ``corpus`` (images once each), reading or writing the on-disk cache."""
+    """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards."""
     cfg = cfg or EmbedConfig()
-    path = cache_dir() / "embeddings" / f"{cache_key(corpus, encoder)}.safetensors"
-    if cfg.use_cache and path.is_file():
-        data = load_file(str(path))
-        return Embeddings(data["image"][torch.from_numpy(corpus.pair_image)], data["text"], True, path)
-    bs = cfg.batch_size
-    n_img_batches = -(-corpus.n_images // bs)
-    n_txt_batches = -(-corpus.n_pairs // bs)
-    images, texts = [], []
-    with StepBar("embed", n_img_batches + n_txt_batches) as bar:
-        for s in range(0, corpus.n_images, bs):
-            batch = [corpus.load_image(i) for i in range(s, min(s + bs, corpus.n_images))]
-            images.append(encoder.encode_images(batch))
-            bar.advance("images")
-        for s in range(0, corpus.n_pairs, bs):
-            texts.append(encoder.encode_texts(corpus.pair_caption[s : s + bs]))
-            bar.advance("captions")
-    per_image, text = torch.cat(images).contiguous(), torch.cat(texts).contiguous()
-    if cfg.use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        save_file({"image": per_image, "text": text}, str(tmp),
-                  metadata={"corpus": corpus.fingerprint, "clip": encoder.spec, "space": encoder.space})
-        os.replace(tmp, path)
-    return Embeddings(per_image[torch.from_numpy(corpus.pair_image)], text, False, path if cfg.use_cache else None)
+    check_config(cfg)
+    folder = store_dir(corpus, encoder, cfg)
+    if folder is None:  # no store: the same shards, kept in memory
+        got: list[tuple[np.ndarray, np.ndarray]] = []
+        shards = plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size)
+        _encode_shards(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)))
+        dim = got[0][0].shape[1] if got else encoder.embed_dim
+        images = [g[0] for g in got]
+        lengths = [len(i) for i in images]
+        return Embeddings(Rows(images, lengths, dim, row_map=corpus.pair_image),
+                          Rows([g[1] for g in got], [len(g[1]) for g in got], dim), False, None)
+    index = read_index(folder)
+    want = _header(corpus, encoder, cfg, plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size))
+    _check_existing(folder, index, want)
+    if index is not None and index.get("complete"):
+        return _open(folder, from_cache=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(folder)
+    if index is None:
+        write_index(folder, want)
+    if not (folder / PAIR_IMAGE).is_file():
+        save_npy_atomic(folder / PAIR_IMAGE, corpus.pair_image)
+    shards = want["shards"]
+    todo = [s for s in shards if not shard_done(folder, s)]
+    digests: dict[str, str] = {}
+
+    def write(s: dict, img: np.ndarray, txt: np.ndarray) -> None:
+        digests[s["text_file"]] = save_npy_atomic(folder / s["text_file"], txt)
+        digests[s["image_file"]] = save_npy_atomic(folder / s["image_file"], img)
+
+    _encode_shards(corpus, encoder, cfg, todo, write)
+    for s in shards:
+        for key in ("image", "text"):
+            name = s[f"{key}_file"]
+            s[f"{key}_sha256"] = digests.get(name) or sha256_file(folder / name)
+    if shards:
+        want["dim"] = int(np.load(folder / shards[0]["image_file"], mmap_mode="r").shape[1])
+    want["pair_image_sha256"] = sha256_file(folder / PAIR_IMAGE)
+    del want["complete"]
+    want["complete"] = True  # the last key, in the index written after the last shard
+    write_index(folder, want)
+    return _open(folder, from_cache=not todo)
+
+
+def _open(folder: Path, from_cache: bool) -> Embeddings:
+    store = EmbeddingStore(folder)
+    return Embeddings(store.image_pairs, store.texts, from_cache, folder)
+
+
+def open_embeddings(folder: Path) -> EmbeddingStore:
+    """A complete store, memory-mapped: ``.images`` per image, ``.image_pairs`` / ``.texts`` per pair."""
+    return EmbeddingStore(Path(folder))

@@ -1,0 +1,178 @@
+"""The on-disk embedding store: a folder of ``.npy`` shards with an ``index.json``.
+
+Layout (one folder per corpus x CLIP x storage dtype)::
+
+    index.json          corpus fingerprint, clip spec + space, dim, dtype, shard size, counts,
+                        the shard list (image range, pair range, files, sha256), "complete" last
+    pair_image.npy      int64 (n_pairs,): the image row of each caption-level pair
+    image-000000.npy    (images in shard 0, dim) image embeddings, one row per image
+    text-000000.npy     (pairs of those images, dim) text embeddings, one row per caption-level pair
+    ...
+
+A shard covers a range of ``shard_size`` images and the caption-level pairs of those images (a
+corpus lists an image's captions consecutively, so that is one pair range). Every file is written
+to a temporary name and renamed into place, so a file present under its final name is complete; a
+shard is done when both of its files exist. ``index.json`` is written first with
+``"complete": false`` (so a resumed run can check it is resuming the same work) and rewritten with
+the hashes and ``"complete": true`` after the last shard. ``.npy`` because ``np.load(mmap_mode="r")``
+maps it without reading it: clustering reads rows on demand, so the corpus may exceed RAM.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from .errors import ProtosynthError
+from .files import sha256_file, write_text_atomic
+
+FORMAT = "protosynth-embeddings/1"
+INDEX = "index.json"
+PAIR_IMAGE = "pair_image.npy"
+MAX_OPEN = 64  # memory maps held open at once (each keeps a file descriptor)
+
+
+def shard_files(j: int) -> tuple[str, str]:
+    return f"image-{j:06d}.npy", f"text-{j:06d}.npy"
+
+
+def plan_shards(pair_image: np.ndarray, n_images: int, shard_size: int) -> list[dict]:
+    """Image ranges of ``shard_size`` and the pair range of each (pairs of an image are consecutive)."""
+    out = []
+    for j, a in enumerate(range(0, n_images, shard_size)):
+        b = min(a + shard_size, n_images)
+        p0, p1 = (int(v) for v in np.searchsorted(pair_image, [a, b]))
+        image_file, text_file = shard_files(j)
+        out.append({"images": [a, b], "pairs": [p0, p1], "image_file": image_file, "text_file": text_file})
+    return out
+
+
+def shard_done(folder: Path, shard: dict) -> bool:
+    return (folder / shard["image_file"]).is_file() and (folder / shard["text_file"]).is_file()
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """``np.save`` to a temporary sibling, fsync, rename; returns the file's sha256."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Delete temporary files left by killed writers (never those of a live process)."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def read_index(folder: Path) -> dict | None:
+    path = folder / INDEX
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProtosynthError(f"{path}: unreadable embedding index ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise ProtosynthError(f"{path}: not a protosynth embedding index (format {FORMAT})")
+    return index
+
+
+def write_index(folder: Path, index: dict) -> None:
+    write_text_atomic(folder / INDEX, json.dumps(index, indent=1) + "\n")
+
+
+class Rows:
+    """A (n, dim) matrix split over consecutive parts (memory-mapped ``.npy`` files or arrays), read
+    on demand as float32. ``row_map`` (optional) maps each row to a row of the parts: the pair-level
+    view of per-image embeddings. ``take(idx, axis=0)`` mirrors ``ndarray.take`` so code written for
+    arrays accepts a Rows; ``np.asarray(rows)`` materialises the whole matrix."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, parts: list, lengths: list[int], dim: int, row_map: np.ndarray | None = None):
+        self.parts, self.dim, self.row_map = list(parts), int(dim), row_map
+        self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.row_map) if self.row_map is not None else int(self.starts[-1]), self.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _part(self, j: int) -> np.ndarray:
+        part = self.parts[j]
+        if isinstance(part, np.ndarray):
+            return part
+        if j not in self._open:
+            self._open[j] = np.load(part, mmap_mode="r")
+            if len(self._open) > MAX_OPEN:
+                self._open.popitem(last=False)
+        self._open.move_to_end(j)
+        return self._open[j]
+
+    def take(self, idx, axis: int = 0) -> np.ndarray:
+        if axis != 0:
+            raise ValueError("Rows.take reads whole rows (axis=0)")
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        rows = self.row_map[idx] if self.row_map is not None else idx
+        out = np.empty((len(rows), self.dim), np.float32)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(len(self.parts) + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[j] : bounds[j + 1]]
+            out[sel] = self._part(j)[rows[sel] - self.starts[j]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self.take(np.arange(len(self)))
+        return full if dtype is None else full.astype(dtype, copy=False)
+
+
+class EmbeddingStore:
+    """A complete store opened for reading: ``images`` (per image), ``image_pairs`` and ``texts``
+    (per caption-level pair), all memory-mapped ``Rows``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index = read_index(self.folder)
+        if index is None or not index.get("complete"):
+            raise ProtosynthError(f"{self.folder}: no complete embedding store (index.json missing or unfinished)")
+        self.index = index
+        shards, dim = index["shards"], int(index["dim"])
+        for s in shards:  # headers only: a shard of the wrong shape is a corrupt store, not a crash later
+            for name, (a, b) in ((s["image_file"], s["images"]), (s["text_file"], s["pairs"])):
+                try:
+                    shape = np.load(self.folder / name, mmap_mode="r").shape
+                except (OSError, ValueError) as exc:
+                    raise ProtosynthError(f"{self.folder / name}: unreadable embedding shard ({exc})") from None
+                if shape != (b - a, dim):
+                    raise ProtosynthError(f"{self.folder / name}: shape {shape}, index says {(b - a, dim)}")
+        self.pair_image = np.load(self.folder / PAIR_IMAGE)
+        img_len = [s["images"][1] - s["images"][0] for s in shards]
+        txt_len = [s["pairs"][1] - s["pairs"][0] for s in shards]
+        self.images = Rows([self.folder / s["image_file"] for s in shards], img_len, dim)
+        self.image_pairs = Rows(self.images.parts, img_len, dim, row_map=self.pair_image)
+        self.texts = Rows([self.folder / s["text_file"] for s in shards], txt_len, dim)
+
+    def verify(self) -> list[str]:
+        """Files whose sha256 differs from the index (reads every shard)."""
+        bad = []
+        for s in self.index["shards"]:
+            for key in ("image", "text"):
+                if sha256_file(self.folder / s[f"{key}_file"]) != s[f"{key}_sha256"]:
+                    bad.append(s[f"{key}_file"])
+        return bad

@@ -1,0 +1,208 @@
+"""Stage 1, embed: the sharded store (layout, values, reuse, resume, fp16, workers) and ``protosynth embed``.
+
+Real classes throughout: the shipped small CLIP, the world and JSONL corpora, torch DataLoader
+workers, and a real ``python -m cli.main embed`` killed with SIGKILL mid-run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from protosynth.corpus import cache_dir, load_corpus
+from protosynth.embed import EmbedConfig, cache_key, embed_corpus, open_embeddings
+from protosynth.errors import ProtosynthError
+from protosynth.files import sha256_file
+from protosynth.models.clip import load_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = "shapes,n=40"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("default")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(CORPUS)
+
+
+def cfg(out: Path | None, **kw) -> EmbedConfig:
+    return EmbedConfig(out=out, **{"shard_size": 16, "batch_size": 8, "num_workers": 0, **kw})
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_store_layout_index_and_values(tmp_path, corpus, clip):
+    emb = embed_corpus(corpus, clip, cfg(tmp_path / "store"))
+    folder = tmp_path / "store"
+    assert emb.cache_path == folder and not emb.from_cache
+    index = json.loads((folder / "index.json").read_text())
+    assert list(index)[-1] == "complete" and index["complete"] is True
+    assert (index["n_images"], index["n_pairs"], index["shard_size"], index["dtype"]) == (40, 200, 16, "float32")
+    assert index["corpus"]["fingerprint"] == corpus.fingerprint
+    assert index["clip"] == {"spec": "default", "space": clip.space} and index["dim"] == clip.embed_dim
+    assert [s["images"] for s in index["shards"]] == [[0, 16], [16, 32], [32, 40]]
+    assert [s["pairs"] for s in index["shards"]] == [[0, 80], [80, 160], [160, 200]]
+    names = {"index.json", "pair_image.npy"} | {s[f"{k}_file"] for s in index["shards"] for k in ("image", "text")}
+    assert {p.name for p in folder.iterdir()} == names  # no temporary file left
+    for s in index["shards"]:
+        for k in ("image", "text"):
+            assert sha256_file(folder / s[f"{k}_file"]) == s[f"{k}_sha256"]
+    assert open_embeddings(folder).verify() == []
+    # values: the encoder's own embeddings; the image row of pair p is image pair_image[p]
+    want_img = clip.encode_images([corpus.load_image(i) for i in range(corpus.n_images)])
+    want_txt = clip.encode_texts(corpus.pair_caption)
+    torch.testing.assert_close(emb.image, want_img[torch.from_numpy(corpus.pair_image)], atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb.text, want_txt, atol=1e-5, rtol=0)
+    assert emb.image.dtype == emb.text.dtype == torch.float32 and emb.image.shape == (200, clip.embed_dim)
+    store = open_embeddings(folder)
+    assert isinstance(store.images._part(0), np.memmap)  # read through memory maps, not loaded
+    np.testing.assert_allclose(np.asarray(store.images), want_img.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(store.image_pairs.take([199, 3, 81]), emb.image.numpy()[[199, 3, 81]])
+
+
+def test_default_store_is_in_the_cache_and_reused(corpus, clip):
+    first = embed_corpus(corpus, clip, EmbedConfig(shard_size=16, num_workers=0))
+    assert first.cache_path == cache_dir() / "embeddings" / cache_key(corpus, clip)
+    again = embed_corpus(corpus, clip, EmbedConfig(shard_size=7, num_workers=0))  # any shard size reads it
+    assert again.from_cache and again.cache_path == first.cache_path
+    assert torch.equal(again.image, first.image) and torch.equal(again.text, first.text)
+    memory = embed_corpus(corpus, clip, EmbedConfig(use_cache=False, shard_size=16, num_workers=0))
+    assert memory.cache_path is None and not memory.from_cache
+    assert torch.equal(memory.image, first.image) and torch.equal(memory.text, first.text)
+
+
+def test_workers_and_a_file_backed_corpus_give_identical_bytes(tmp_path, jsonl_corpus, clip):
+    corpus = load_corpus(str(jsonl_corpus))
+    embed_corpus(corpus, clip, cfg(tmp_path / "w0", shard_size=5, batch_size=3))
+    embed_corpus(corpus, clip, cfg(tmp_path / "w2", shard_size=5, batch_size=3, num_workers=2))
+    assert files(tmp_path / "w0") == files(tmp_path / "w2")
+
+
+def test_resume_computes_only_missing_shards(tmp_path, corpus, clip):
+    folder = tmp_path / "store"
+    embed_corpus(corpus, clip, cfg(folder))
+    before = files(folder)
+    index = json.loads((folder / "index.json").read_text())
+    # the state a kill leaves: the first index (unfinished), shard 1 never written, shard 2 half written
+    index["complete"] = False
+    for s in index["shards"]:
+        s.pop("image_sha256"), s.pop("text_sha256")
+    (folder / "index.json").write_text(json.dumps(index))
+    (folder / "image-000001.npy").unlink()
+    (folder / "text-000001.npy").unlink()
+    (folder / "image-000002.npy").unlink()
+    (folder / ".text-000002.npy.999999999.tmp").write_bytes(b"partial")  # a dead writer's temp file
+    kept = (folder / "image-000000.npy").stat()
+    emb = embed_corpus(corpus, clip, cfg(folder))
+    assert not emb.from_cache
+    after = (folder / "image-000000.npy").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # shard 0 was not redone
+    assert files(folder) == before  # byte-identical, index included; the stale temp file is gone
+
+
+def test_fp16_store(tmp_path, corpus, clip):
+    emb32 = embed_corpus(corpus, clip, cfg(tmp_path / "f32"))
+    emb16 = embed_corpus(corpus, clip, cfg(tmp_path / "f16", fp16=True))
+    assert np.load(tmp_path / "f16" / "image-000000.npy").dtype == np.float16
+    assert json.loads((tmp_path / "f16" / "index.json").read_text())["dtype"] == "float16"
+    assert emb16.image.dtype == emb16.text.dtype == torch.float32
+    torch.testing.assert_close(emb16.image, emb32.image, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(emb16.text, emb32.text, rtol=2e-3, atol=2e-3)
+    default = EmbedConfig(fp16=True, shard_size=16, num_workers=0)
+    assert embed_corpus(corpus, clip, default).cache_path.name == cache_key(corpus, clip) + "-fp16"
+
+
+def test_bad_input_is_one_clear_error(tmp_path, corpus, clip):
+    for kw, flag in (({"shard_size": 0}, "--shard-size"), ({"batch_size": 0}, "--batch-size"),
+                     ({"num_workers": -1}, "--workers")):
+        with pytest.raises(ProtosynthError, match=flag):
+            embed_corpus(corpus, clip, cfg(tmp_path / "x", **kw))
+    assert not (tmp_path / "x").exists()
+    embed_corpus(corpus, clip, cfg(tmp_path / "store"))
+    with pytest.raises(ProtosynthError, match="another corpus"):
+        embed_corpus(load_corpus("shapes,n=20"), clip, cfg(tmp_path / "store"))
+    with pytest.raises(ProtosynthError, match="float32 embeddings.*drop --fp16"):
+        embed_corpus(corpus, clip, cfg(tmp_path / "store", fp16=True))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ProtosynthError, match="not empty"):
+        embed_corpus(corpus, clip, cfg(tmp_path / "other"))
+    index = json.loads((tmp_path / "store" / "index.json").read_text())
+    (tmp_path / "store" / "index.json").write_text(json.dumps(dict(index, complete=False)))
+    with pytest.raises(ProtosynthError, match="--shard-size 16"):
+        embed_corpus(corpus, clip, cfg(tmp_path / "store", shard_size=8))
+
+
+def test_missing_image_in_a_worker_is_one_line(tmp_path, jsonl_corpus, clip):
+    corpus = load_corpus(str(jsonl_corpus))
+    (jsonl_corpus.parent / "img" / "7.png").unlink()
+    with pytest.raises(ProtosynthError) as err:
+        embed_corpus(corpus, clip, cfg(tmp_path / "s", num_workers=2))
+    assert "image file not found" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_bad_shard_size_is_one_line_exit_2(tmp_path):
+    r = CliRunner().invoke(app, ["embed", "--corpus", CORPUS, "--shard-size", "0", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == ["error: --shard-size must be at least 1, got 0"]
+
+
+def _embed_cmd(out: Path, workers: int) -> list[str]:  # torch threads: 2 here as in conftest
+    return [sys.executable, "-m", "cli.main", "embed", "--corpus", "shapes,n=120", "--shard-size", "6",
+            "--batch-size", "6", "--workers", str(workers), "--out", str(out)]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+
+
+def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    """SIGKILL ``protosynth embed`` once some but not all shards exist, rerun it, compare bytes."""
+    load_corpus("shapes,n=120")  # the world is generated once, before the clock matters
+    out, clean = tmp_path / "resumed", tmp_path / "clean"
+    n_shards = 20
+    proc = subprocess.Popen(_embed_cmd(out, 2), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    done = 0
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            done = len(list(out.glob("image-*.npy"))) if out.is_dir() else 0
+            if done >= 1:
+                os.killpg(proc.pid, signal.SIGKILL)  # the DataLoader workers too
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"] is False and len(index["shards"]) == n_shards
+    assert 1 <= len(list(out.glob("image-*.npy"))) < n_shards
+
+    resumed = subprocess.run(_embed_cmd(out, 2), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(out)
+    # the uninterrupted run, in this process (same thread count) and without workers
+    embed_corpus(load_corpus("shapes,n=120"), load_clip("default"),
+                 EmbedConfig(out=clean, shard_size=6, batch_size=6, num_workers=0))
+    assert files(out) == files(clean)  # every shard, pair_image.npy and index.json, byte for byte
+    a, b = open_embeddings(out), open_embeddings(clean)
+    assert np.array_equal(np.asarray(a.image_pairs), np.asarray(b.image_pairs))
+    assert np.array_equal(np.asarray(a.texts), np.asarray(b.texts))
