@@ -7,11 +7,16 @@ from typing import Optional
 import typer
 
 from cli.common import run
+from cli.help_text import CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
 
 
 def embed(
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..] or a .jsonl manifest."),
-    clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED."),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a checkpoint file with --clip-arch."),
+    clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture of a checkpoint file given as --clip."),
+    clip_space: Optional[str] = typer.Option(None, help="Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai."),
     out: Optional[Path] = typer.Option(None, help="Store folder (default: the cache, where distill finds it)."),
     shard_size: int = typer.Option(4096, help="Images per shard: the unit of work a kill can lose."),
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),
@@ -32,7 +37,8 @@ def embed(
     def go() -> Path:
         check_config(cfg)
         check_device(device)
-        emb = embed_corpus(load_corpus(corpus), load_clip(clip, device), cfg)
+        corpus_ = load_corpus(corpus, image_root=image_root, skip_bad=skip_bad)
+        emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg)
         return emb.cache_path
 
     typer.echo(str(run(go)))

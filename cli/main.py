@@ -15,6 +15,7 @@ import typer
 
 from cli import baselines
 from cli.common import fail, run
+from cli.help_text import CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
 from cli.embed import embed as embed_verb
 from cli.evaluation import eval_app
 
@@ -96,14 +97,6 @@ def parse_budgets(text: str) -> list[int]:
     if not budgets:
         fail(f"--budget {text!r}: no budget given")
     return budgets
-
-
-CORPUS_HELP = ("Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
-               "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar').")
-IMAGE_ROOT_HELP = ("Folder the image paths of a Karpathy .json or a .csv corpus are relative to "
-                   "(default: that file's folder).")
-SKIP_BAD_HELP = ("Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
-                 "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora.")
 
 
 @app.command()

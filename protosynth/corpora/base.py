@@ -124,6 +124,27 @@ class Corpus:
         )
 
 
+class CaptionsByImage:
+    """Captions grouped by image path in first-seen order, with the row that first named each image
+    (its line, CSV row or JSON entry): how every file format turns rows into images."""
+
+    def __init__(self) -> None:
+        self.order: dict[str, int] = {}
+        self.captions: list[list[str]] = []
+        self.first_rows: list[int] = []
+
+    def add(self, image: str, caps: list[str], row: int) -> None:
+        if image not in self.order:
+            self.order[image] = len(self.captions)
+            self.captions.append([])
+            self.first_rows.append(row)
+        self.captions[self.order[image]].extend(caps)
+
+    @property
+    def images(self) -> list[str]:
+        return list(self.order)
+
+
 def clean_captions(caps: object, where: str) -> list[str]:
     """Stripped captions; an empty or non-string caption is an error naming ``where``."""
     if not isinstance(caps, list) or not caps:

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import Corpus, clean_captions, decode_utf8, file_corpus, image_folder, manifest_file
+from .base import CaptionsByImage, Corpus, clean_captions, decode_utf8, file_corpus, image_folder, manifest_file
 
 
 def load_csv(path: str | Path, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
@@ -16,9 +16,7 @@ def load_csv(path: str | Path, image_root: Path | None = None, skip_bad: bool = 
     root = image_folder(path, image_root)
     raw = path.read_bytes()
     reader = csv.reader(io.StringIO(decode_utf8(raw, path), newline=""))
-    order: dict[str, int] = {}
-    captions: list[list[str]] = []
-    first: list[int] = []
+    rows = CaptionsByImage()
     row_no = 0  # the last record read, for csv.Error (reader.line_num counts physical lines)
     try:
         header = [h.strip() for h in next(reader, [])]
@@ -39,14 +37,10 @@ def load_csv(path: str | Path, image_root: Path | None = None, skip_bad: bool = 
             if not image:
                 raise ProtosynthError(f"{where}: empty 'image' path")
             caps = clean_captions([row[col_caption]], where)
-            if image not in order:
-                order[image] = len(captions)
-                captions.append([])
-                first.append(row_no)
-            captions[order[image]].extend(caps)
+            rows.add(image, caps, row_no)
     except csv.Error as exc:
         raise ProtosynthError(f"{path} row {row_no + 1}: not valid CSV ({exc})") from None
-    if not captions:
+    if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: the CSV has no rows")
-    return file_corpus(str(path), "csv", raw, root, list(order), captions, first,
-                       [f"{path} row {n}" for n in first], image_root, skip_bad)
+    return file_corpus(str(path), "csv", raw, root, rows.images, rows.captions, rows.first_rows,
+                       [f"{path} row {n}" for n in rows.first_rows], image_root, skip_bad)

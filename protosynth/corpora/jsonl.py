@@ -7,16 +7,14 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import Corpus, clean_captions, decode_utf8, file_corpus, manifest_file
+from .base import CaptionsByImage, Corpus, clean_captions, decode_utf8, file_corpus, manifest_file
 
 
 def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
     """Read a JSONL manifest; every malformed line is an error naming the file and line."""
     path = manifest_file(path)
     raw = path.read_bytes()
-    order: dict[str, int] = {}
-    captions: list[list[str]] = []
-    lines: list[int] = []
+    rows = CaptionsByImage()
     for lineno, line in enumerate(decode_utf8(raw, path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -28,12 +26,8 @@ def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
         if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
             raise ProtosynthError(f"{where}: needs an 'image' field with a relative path")
         caps = clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
-        if obj["image"] not in order:
-            order[obj["image"]] = len(captions)
-            captions.append([])
-            lines.append(lineno)
-        captions[order[obj["image"]]].extend(caps)
-    if not captions:
+        rows.add(obj["image"], caps, lineno)
+    if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: manifest has no pairs")
-    return file_corpus(str(path), "jsonl", raw, path.parent, list(order), captions, lines,
-                       [f"{path} line {n}" for n in lines], None, skip_bad)
+    return file_corpus(str(path), "jsonl", raw, path.parent, rows.images, rows.captions, rows.first_rows,
+                       [f"{path} line {n}" for n in rows.first_rows], None, skip_bad)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import Corpus, clean_captions, decode_utf8, file_corpus, image_folder, manifest_file
+from .base import CaptionsByImage, Corpus, clean_captions, decode_utf8, file_corpus, image_folder, manifest_file
 
 
 def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
@@ -23,9 +23,7 @@ def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bo
     if not isinstance(entries, list):
         raise ProtosynthError(f"{path}: expected a JSON list of entries (Karpathy/BLIP format), "
                               f"got a {type(entries).__name__}")
-    order: dict[str, int] = {}
-    captions: list[list[str]] = []
-    first: list[int] = []
+    rows = CaptionsByImage()
     for i, entry in enumerate(entries):
         where = f"{path} entry {i}"
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not entry["image"]:
@@ -34,12 +32,8 @@ def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bo
             raise ProtosynthError(f"{where}: needs a 'caption' (a string, or a list of strings for a test file)")
         cap = entry["caption"]
         caps = clean_captions(cap if isinstance(cap, list) else [cap], where)
-        if entry["image"] not in order:
-            order[entry["image"]] = len(captions)
-            captions.append([])
-            first.append(i)
-        captions[order[entry["image"]]].extend(caps)
-    if not captions:
+        rows.add(entry["image"], caps, i)
+    if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: the JSON list has no entries")
-    return file_corpus(str(path), "karpathy", raw, root, list(order), captions, first,
-                       [f"{path} entry {i}" for i in first], image_root, skip_bad)
+    return file_corpus(str(path), "karpathy", raw, root, rows.images, rows.captions, rows.first_rows,
+                       [f"{path} entry {i}" for i in rows.first_rows], image_root, skip_bad)
