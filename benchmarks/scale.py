@@ -80,7 +80,7 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: 
     cfg = EmbedConfig(batch_size=batch_size)
     plan = _batch_plan(plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size), batch_size)
     t = time.perf_counter()
-    images = [torch.stack([clip.preprocess(corpus.load_image(i)) for i in range(a, b)])
+    images = [torch.stack([clip.preprocess(corpus.load_image(i, clip.input_size)) for i in range(a, b)])
               for kind, a, b in plan if kind == "image"]
     prep = time.perf_counter() - t
     t = time.perf_counter()

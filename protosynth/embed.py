@@ -89,6 +89,7 @@ class _Batches(Dataset):
 
     def __init__(self, corpus: Corpus, encoder: ClipEncoder, plan: list[tuple[str, int, int]]):
         self.corpus, self.preprocess, self.tokenizer, self.plan = corpus, encoder.preprocess, encoder.tokenizer, plan
+        self.min_side = encoder.input_size  # JPEGs decode at a reduced DCT scale down to this side
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -97,7 +98,7 @@ class _Batches(Dataset):
         kind, a, b = self.plan[j]
         try:
             if kind == "image":
-                return torch.stack([self.preprocess(self.corpus.load_image(i)) for i in range(a, b)])
+                return torch.stack([self.preprocess(self.corpus.load_image(i, self.min_side)) for i in range(a, b)])
         except ProtosynthError as exc:  # returned, not raised: a worker would wrap it in a traceback
             return exc
         return self.tokenizer(self.corpus.pair_caption[a:b])

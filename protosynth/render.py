@@ -78,9 +78,7 @@ def image_seed(seed: int, index: int) -> int:
 def pixel_embedder(encoder: ClipEncoder, image_size: int):
     """A differentiable CLIP image embedding of decoder images in [-1, 1] (resize + CLIP
     normalisation as tensor ops), for CLIP-guided sampling."""
-    visual = encoder.model.visual
-    size = visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    visual, size = encoder.model.visual, encoder.input_size
     cfg = getattr(encoder.model, "preprocess_cfg", None) or getattr(visual, "preprocess_cfg", None) or {}
     mean = torch.tensor(cfg.get("mean") or OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(cfg.get("std") or OPENAI_DATASET_STD).view(1, 3, 1, 1)

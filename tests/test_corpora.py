@@ -520,3 +520,18 @@ def test_evaluation_reloads_a_sets_corpus_the_way_it_was_read(tmp_path, world):
     (tmp_path / "img" / "2.png").write_bytes(png_bytes(world.images[2]))  # the corrupt image is mended
     with pytest.raises(ProtosynthError, match=r"changed since the set was made"):
         source_corpus(ds)
+def test_jpeg_decodes_at_reduced_scale_for_a_small_encoder(tmp_path, world):
+    """With ``min_side`` a JPEG decodes at the smallest DCT scale that keeps both sides >= it (PIL
+    draft): a 256 px JPEG for a 32 px encoder comes back at 32 px, a PNG at full size."""
+    from PIL import Image
+
+    big = Image.fromarray(world.images[0]).resize((256, 192), Image.BICUBIC)
+    big.save(tmp_path / "a.jpg", quality=95)
+    big.save(tmp_path / "b.png")
+    write_csv(tmp_path / "c.csv", [["a.jpg", "a jpeg"], ["b.png", "a png"]], header=("image", "caption"))
+    corpus = load_corpus(str(tmp_path / "c.csv"))
+    assert corpus.load_image(0).size == (256, 192) and corpus.load_image(1).size == (256, 192)
+    assert corpus.load_image(0, min_side=32).size == (64, 48)  # 1/4: 1/8 would give 24 px, below 32
+    assert corpus.load_image(0, min_side=90).size == (128, 96)
+    assert corpus.load_image(0, min_side=100).size == (256, 192)  # 96 px would be below 100
+    assert corpus.load_image(1, min_side=32).size == (256, 192)

@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
 
 
-def decode(data: bytes | Path, where: str, what: str) -> Image.Image:
-    """Fully decode an image (file path or bytes) to RGB; any failure is one line naming ``where``."""
+def decode(data: bytes | Path, where: str, what: str, min_side: int | None = None) -> Image.Image:
+    """Fully decode an image (file path or bytes) to RGB; any failure is one line naming ``where``.
+
+    ``min_side``: the caller only needs an image whose sides are at least this long (an encoder
+    that resizes to it next). A JPEG is then decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    still has both sides >= ``min_side`` (PIL's ``draft``), which skips most of the decoding work."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            if min_side and im.format == "JPEG":
+                im.draft("RGB", (min_side, min_side))
             return im.convert("RGB")
     except FileNotFoundError:
         raise ProtosynthError(f"{where}: image file not found: {what}") from None
@@ -47,8 +53,8 @@ class ImageSource(ABC):
         """The manifest file and row (or shard and member) of ``key``, for messages."""
 
     @abstractmethod
-    def read(self, key: str) -> Image.Image:
-        """Image ``key`` as RGB, or a ProtosynthError naming ``where(key)``."""
+    def read(self, key: str, min_side: int | None = None) -> Image.Image:
+        """Image ``key`` as RGB, or a ProtosynthError naming ``where(key)`` (``min_side``: see ``decode``)."""
 
     def check_present(self, key: str) -> None:
         """Cheap existence check at load time (without ``--skip-bad``); decoding waits for use."""
@@ -63,8 +69,8 @@ class FileImages(ImageSource):
     def where(self, key: str) -> str:
         return self.rows[key]
 
-    def read(self, key: str) -> Image.Image:
-        return decode(self.root / key, self.rows[key], str(self.root / key))
+    def read(self, key: str, min_side: int | None = None) -> Image.Image:
+        return decode(self.root / key, self.rows[key], str(self.root / key), min_side)
 
     def check_present(self, key: str) -> None:
         if not (self.root / key).is_file():
@@ -102,13 +108,14 @@ class Corpus:
     def n_pairs(self) -> int:
         return len(self.pair_caption)
 
-    def load_image(self, i: int) -> Image.Image:
-        """Image ``i`` as RGB; a missing or corrupt file is a ProtosynthError naming file and row."""
+    def load_image(self, i: int, min_side: int | None = None) -> Image.Image:
+        """Image ``i`` as RGB; a missing or corrupt file is a ProtosynthError naming file and row.
+        ``min_side``: JPEGs may come back smaller, down to this side (see ``decode``)."""
         if self.pixels is not None:
             return Image.fromarray(self.pixels[i])
         if self.source is None:
             raise ProtosynthError(f"corpus {self.spec}: holds captions only, no images")
-        return self.source.read(self.image_keys[i])
+        return self.source.read(self.image_keys[i], min_side)
 
     def image_array(self, i: int) -> np.ndarray:
         return np.asarray(self.load_image(i), dtype=np.uint8)

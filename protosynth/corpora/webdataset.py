@@ -45,7 +45,7 @@ class TarImages(ImageSource):
         m = self.members[key]
         return f"{m.shard} member {m.name}"
 
-    def read(self, key: str) -> Image.Image:
+    def read(self, key: str, min_side: int | None = None) -> Image.Image:
         m = self.members[key]
         try:
             with open(m.shard, "rb") as fh:
@@ -55,7 +55,7 @@ class TarImages(ImageSource):
             raise ProtosynthError(f"{self.where(key)}: cannot read the shard ({exc.strerror or exc})") from None
         if len(data) != m.size:
             raise ProtosynthError(f"{self.where(key)}: the shard ends inside this member (truncated)")
-        return decode(data, self.where(key), m.name)
+        return decode(data, self.where(key), m.name, min_side)
 
 
 def shard_paths(spec: str) -> list[Path]:

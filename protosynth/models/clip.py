@@ -50,6 +50,12 @@ class ClipEncoder:
     embed_dim: int
     device: torch.device
 
+    @property
+    def input_size(self) -> int:
+        """The side of the square images the image tower takes (what preprocessing resizes to)."""
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image] | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Raw (un-normalised) image embeddings of PIL images or a preprocessed tensor, in batches."""
