@@ -101,11 +101,11 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed.
     Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
+    decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
+    resolve_render(cfg.render, decoder)  # a setting the decoder cannot honour fails here
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:
         check_budget(budget, corpus)
-    decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)
-    resolve_render(cfg.render, decoder)  # a setting the decoder cannot honour fails here
     clip_spec = cfg.clip or decoder.default_clip or "default"
     clip = load_clip(clip_spec, cfg.device, arch=cfg.clip_arch, space=cfg.clip_space)
     check_pair(decoder, clip_spec, clip.space, clip.embed_dim)

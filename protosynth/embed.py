@@ -70,8 +70,15 @@ class Embeddings:
         return torch.from_numpy(np.asarray(self.text_rows))
 
 
+# How images reach the encoder; part of the cache key, so a change here never reuses stale embeddings.
+# "jpeg-draft": JPEGs decode at the smallest DCT scale that covers the encoder's input side.
+DECODE = "jpeg-draft"
+
+
 def cache_key(corpus: Corpus, encoder: ClipEncoder) -> str:
-    return hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
+    """Corpus fingerprint, CLIP spec, space and weights (a checkpoint file's hash), and the decoding."""
+    parts = [corpus.fingerprint, encoder.spec, encoder.space, encoder.weights_id, DECODE, str(encoder.input_size)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
 def store_dir(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig) -> Path | None:

@@ -75,7 +75,7 @@ def image_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def pixel_embedder(encoder: ClipEncoder, image_size: int):
+def pixel_embedder(encoder: ClipEncoder):
     """A differentiable CLIP image embedding of decoder images in [-1, 1] (resize + CLIP
     normalisation as tensor ops), for CLIP-guided sampling."""
     visual, size = encoder.model.visual, encoder.input_size
@@ -109,7 +109,7 @@ def render_images(decoder: Decoder | SmallUnCLIPPipeline, embeds: torch.Tensor, 
         raise ValueError("clip_guidance > 0 needs the CLIP (guide=)")
     if prompts is not None and len(prompts) != len(embeds):
         raise ValueError(f"{len(prompts)} prompts for {len(embeds)} embeddings")
-    guidance_model = pixel_embedder(guide, dec.pipe.image_size) if cfg.clip_guidance > 0 else None
+    guidance_model = pixel_embedder(guide) if cfg.clip_guidance > 0 else None
     out: list[Image.Image] = []
     n, bs = len(embeds), cfg.batch_size
     with StepBar("render", -(-n // bs)) as bar:

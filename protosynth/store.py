@@ -127,6 +127,8 @@ class Rows:
         if axis != 0:
             raise ValueError("Rows.take reads whole rows (axis=0)")
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"rows {idx.min()}..{idx.max()} outside 0..{len(self) - 1}")
         rows = self.row_map[idx] if self.row_map is not None else idx
         out = np.empty((len(rows), self.dim), np.float32)
         part = np.searchsorted(self.starts, rows, side="right") - 1

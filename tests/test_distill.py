@@ -297,7 +297,7 @@ def test_pixel_embedder_matches_the_clip_preprocessing(quick_models):
     corpus = load_corpus(CORPUS)
     images = [corpus.load_image(i) for i in range(6)]
     want = torch.nn.functional.normalize(clip.encode_images(images), dim=-1)
-    got = pixel_embedder(clip, 32)(to_unit_range(images, 32))
+    got = pixel_embedder(clip)(to_unit_range(images, 32))
     assert torch.allclose(got, want, atol=1e-5)
 
 

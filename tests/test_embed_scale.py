@@ -36,6 +36,9 @@ def test_rows_take_matches_array_indexing(tmp_path):
     mapped = Rows(rows.parts, [70, 70, 70, 70, 20], 8, row_map=np.repeat(np.arange(300), 2))
     assert mapped.shape == (600, 8)
     np.testing.assert_array_equal(mapped.take([1, 598, 2]), x[[0, 299, 1]])
+    for bad in ([300], [-1], [0, 600]):  # like ndarray.take: never uninitialised rows
+        with pytest.raises(IndexError):
+            (mapped if bad == [0, 600] else rows).take(bad)
 
 
 def test_kmeans_above_the_threshold_fits_a_seeded_sample_and_assigns_every_point():

@@ -220,3 +220,40 @@ print(distill(cfg))
     manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == "ViT-L-14:openai"
     assert manifest["clip"]["space"] == "ViT-L-14:openai" and len(list((tmp_path / "set" / "images").iterdir())) == 3
+
+
+def test_openai_weights_get_quickgelu_whatever_the_arch_name():
+    from protosynth.models.clip import _quick_gelu
+
+    assert _quick_gelu("ViT-L-14", "ViT-L-14:openai")  # open_clip alone would build GELU and only warn
+    assert not _quick_gelu("ViT-L-14-quickgelu", "ViT-L-14:openai")  # already QuickGELU
+    assert not _quick_gelu("ViT-H-14", "ViT-H-14:laion2b_s32b_b79k")
+    assert not _quick_gelu(TEST_CLIP_ARCH, f"{TEST_CLIP_ARCH}:file-0123456789ab")
+
+
+def test_embedding_cache_key_follows_a_checkpoints_content(tmp_path):
+    from protosynth.corpus import load_corpus
+    from protosynth.embed import cache_key
+
+    corpus = load_corpus(CORPUS)
+    path = save_random_clip(tmp_path / "latest.safetensors", seed=0)
+    first = load_clip(str(path), arch=TEST_CLIP_ARCH, space="ViT-L-14:openai")
+    save_random_clip(path, seed=1)  # the same path, new weights, the same declared space
+    second = load_clip(str(path), arch=TEST_CLIP_ARCH, space="ViT-L-14:openai")
+    assert first.spec == second.spec and first.space == second.space
+    assert cache_key(corpus, first) != cache_key(corpus, second)
+
+
+def test_decoder_folder_with_bad_json_or_dtype_is_one_clear_error(real_world, tmp_path):
+    import shutil
+
+    folder = tmp_path / "dec"
+    shutil.copytree(real_world["stable"], folder)
+    (folder / "conditioning.json").write_text("[1, 2]")
+    with pytest.raises(ProtosynthError, match="conditioning.json must hold a JSON object"):
+        open_decoder(str(folder))
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(ProtosynthError, match="model_index.json is not valid JSON"):
+        open_decoder(str(folder))
+    with pytest.raises(ProtosynthError, match="--dtype: the small decoder"):
+        open_decoder("default", dtype="float16")

@@ -9,8 +9,9 @@ Specs:
 - a checkpoint file (``.pt``, ``.bin``, ``.safetensors``) together with ``arch=`` (``--clip-arch``).
 
 Every encoder names its embedding ``space``: decoders declare the space they were trained on, and
-``protosynth distill`` refuses a CLIP/decoder pair from different spaces. ``-quickgelu`` variants
-share their base architecture's space (same weights, the activation open_clip must use for them).
+``protosynth distill`` refuses a CLIP/decoder pair from different spaces. ``ViT-L-14`` and
+``ViT-L-14-quickgelu`` with OpenAI's weights are one space: protosynth forces QuickGELU whenever the
+weights were trained with it, so both load the same model.
 
 The small CLIP is an ordinary open_clip model: its architecture is a JSON config registered with
 open_clip (``ps-small-clip``), and a trained one is saved as an open_clip ``local-dir:`` folder with
@@ -49,6 +50,7 @@ class ClipEncoder:
     space: str
     embed_dim: int
     device: torch.device
+    weights_id: str = ""  # a checkpoint file's sha256 (its path alone does not name its content)
 
     @property
     def input_size(self) -> int:
@@ -110,7 +112,16 @@ def _embed_dim(model) -> int:
         return int(proj.out_features)
     if proj is not None:
         return int(proj.shape[1])
-    return int(model.encode_text(torch.zeros(1, model.context_length, dtype=torch.long)).shape[1])
+    tokens = torch.zeros(1, model.context_length, dtype=torch.long, device=next(model.parameters()).device)
+    return int(model.encode_text(tokens).shape[1])
+
+
+def _quick_gelu(arch: str, space: str) -> bool:
+    """Whether the weights of ``space`` were trained with QuickGELU (OpenAI's are): open_clip builds a
+    plain ``ViT-L-14`` with GELU and only warns, which would put the embeddings off the space a
+    decoder expects, so the activation is forced to match the weights."""
+    base, _, tag = space.partition(":")
+    return "quickgelu" not in arch.lower() and bool(open_clip.get_pretrained_cfg(base, tag).get("quick_gelu"))
 
 
 def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str) -> ClipEncoder:
@@ -122,7 +133,8 @@ def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space
         raise ProtosynthError(f"--clip {spec}: open_clip has no pretrained tag {tag!r} for {arch} (known: {known})")
     try:
         with held_back_logs(logging.ERROR):
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=tag, device=device, force_quick_gelu=_quick_gelu(arch, space))
     except Exception as exc:  # offline: the hub download fails inside open_clip; or a corrupt file
         if is_file:
             raise ProtosynthError(f"--clip {tag}: cannot load it as {arch} weights ({exc})".splitlines()[0]) from None
@@ -133,7 +145,9 @@ def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space
             "or pass the checkpoint file with --clip FILE --clip-arch ARCH"
         ) from None
     model.eval()
-    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device)
+    weights_id = sha256_file(Path(tag)) if is_file else ""
+    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device,
+                       weights_id)
 
 
 def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: str | None = None,
@@ -150,8 +164,8 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
         if not Path(spec).is_file():
             raise ProtosynthError(f"--clip-arch {arch} needs --clip to be a checkpoint file; {spec} is not a file")
         path = Path(spec)
-        return _load_pretrained(arch, str(path), spec, device, space or f"{arch.replace('-quickgelu', '')}:file-"
-                                f"{sha256_file(path)[:12]}")
+        return _load_pretrained(arch, str(path), spec, device,
+                                space or f"{arch.replace('-quickgelu', '')}:file-{sha256_file(path)[:12]}")
     if space is not None:
         raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch")
     if spec == "default":

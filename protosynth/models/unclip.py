@@ -179,13 +179,16 @@ def _load_published(name: str, device: torch.device, dtype: torch.dtype) -> Deco
         with warnings.catch_warnings(), held_back_logs():
             warnings.simplefilter("ignore")
             pipe = _from_pretrained(pub.pipeline, pub.repo, dtype)
-    except Exception as exc:  # offline: diffusers raises OSError when the snapshot is not cached
+    except OSError as exc:  # offline, diffusers and huggingface_hub raise OSError subclasses for a missing snapshot
         hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise ProtosynthError(
             f"--decoder {name}: the weights of {pub.repo} are not in the local Hugging Face cache ({hub}) and "
             f"cannot be downloaded here ({type(exc).__name__}); on a connected machine run "
             f"`hf download {pub.repo}`, or pass a folder written by save_pretrained"
         ) from None
+    except Exception as exc:  # a corrupt snapshot or a version mismatch: say what it was
+        raise ProtosynthError(f"--decoder {name}: cannot load {pub.repo} ({type(exc).__name__}: {exc})"
+                              .splitlines()[0]) from None
     return Decoder(_finish(pipe, device), pub.pipeline, name, _conditioning_dim(pub.pipeline, pipe),
                    space_name(*pub.clip.split(":")), pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
 
@@ -199,21 +202,30 @@ def _conditioning_dim(kind: str, pipe) -> int:
     return int(pipe.embedding_dim)
 
 
+def _read_json(path: Path, spec: str) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtosynthError(f"--decoder {spec}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ProtosynthError(f"--decoder {spec}: {path} must hold a JSON object")
+    return obj
+
+
 def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
     index = folder / "model_index.json"
     if not index.is_file():
         raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
-    try:
-        class_name = json.loads(index.read_text()).get("_class_name")
-    except json.JSONDecodeError as exc:
-        raise ProtosynthError(f"--decoder {spec}: {index} is not valid JSON ({exc.msg})") from None
+    class_name = _read_json(index, spec).get("_class_name")
     kind = PIPELINE_CLASSES.get(class_name)
     if kind is None:
         raise ProtosynthError(f"--decoder {spec}: {folder} holds a {class_name}, not one of "
                               f"{', '.join(PIPELINE_CLASSES)}")
     cond = folder / CONDITIONING_FILE
-    declared = json.loads(cond.read_text()) if cond.is_file() else {}
+    declared = _read_json(cond, spec) if cond.is_file() else {}
     if kind == "small":
+        if dtype != torch.float32:
+            raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
         pipe = load_decoder(str(folder), device)
         dim = pipe.embedding_dim
     else:
