@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from cli.common import run
-from cli.help_text import CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from cli.help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
 
 
 def embed(
@@ -15,8 +15,8 @@ def embed(
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a checkpoint file with --clip-arch."),
-    clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture of a checkpoint file given as --clip."),
-    clip_space: Optional[str] = typer.Option(None, help="Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai."),
+    clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
+    clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
     out: Optional[Path] = typer.Option(None, help="Store folder (default: the cache, where distill finds it)."),
     shard_size: int = typer.Option(4096, help="Images per shard: the unit of work a kill can lose."),
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),

@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 
 from cli.common import fail, run
+from cli.help_text import EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
-IMAGE_ROOT_HELP = "Folder the image paths of a Karpathy .json or .csv --test / --full corpus are relative to."
 PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
 
 
@@ -104,7 +104,7 @@ def retrieval(
     select_on_test: bool = typer.Option(False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."),
     text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
     full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
     text_encoder: Optional[str] = typer.Option(None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."),
     image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
@@ -136,7 +136,7 @@ def cross_arch_cmd(
     select_on_test: bool = typer.Option(False),
     text: str = typer.Option("auto"),
     full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     device: str = typer.Option("cpu"),
 ) -> None:

@@ -6,3 +6,6 @@ IMAGE_ROOT_HELP = ("Folder the image paths of a Karpathy .json or a .csv corpus 
                    "(default: that file's folder).")
 SKIP_BAD_HELP = ("Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
                  "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora.")
+EVAL_IMAGE_ROOT_HELP = "Folder the image paths of a Karpathy .json or .csv --test / --full corpus are relative to."
+CLIP_ARCH_HELP = "open_clip architecture of a checkpoint file given as --clip."
+CLIP_SPACE_HELP = "Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai for a copy of OpenAI's weights."

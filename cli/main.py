@@ -15,7 +15,7 @@ import typer
 
 from cli import baselines
 from cli.common import fail, run
-from cli.help_text import CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from cli.help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
 from cli.embed import embed as embed_verb
 from cli.evaluation import eval_app
 
@@ -106,8 +106,8 @@ def distill(
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
-    clip_arch: Optional[str] = typer.Option(None, help="open_clip architecture of a checkpoint file given as --clip."),
-    clip_space: Optional[str] = typer.Option(None, help="Embedding space of a --clip checkpoint file, e.g. ViT-L-14:openai for a copy of OpenAI's weights."),
+    clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
+    clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
     decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     seed: int = typer.Option(0),

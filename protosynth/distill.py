@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .corpus import load_corpus
+from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
-from .embed import EmbedConfig, embed_corpus
+from .embed import EmbedConfig, Embeddings, embed_corpus
 from .errors import ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
@@ -90,10 +90,10 @@ def validate(cfg: DistillConfig) -> Path:
 class Loaded:
     """What every budget of one run shares: the corpus, the model pair and the embeddings."""
 
-    corpus: object
+    corpus: Corpus
     clip: ClipEncoder
     decoder: Decoder
-    emb: object
+    emb: Embeddings
     seconds: dict
 
 

@@ -2,13 +2,13 @@
 
 Each image is encoded once and repeated for its captions (PDS embeds caption-level pairs; the image
 embedding of a repeated image is the same vector). The embeddings go to a sharded store
-(``store.py``) keyed by the corpus fingerprint and the CLIP's spec and space, so a second run with
+(``store.py``) keyed by what decides the numbers (``cache_key``), so a second run with
 the same inputs does not re-embed, and a killed run resumes: only shards missing from the folder
 are computed. A shard's numbers depend on that shard alone (its batches start at its first image
 and its first pair), so a resumed store is byte-identical to an uninterrupted one.
 
-Loading, preprocessing and tokenising run in DataLoader worker processes while the main process
-runs the encoder, so the encoder, not I/O, sets the pace.
+Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
+runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 """
 from __future__ import annotations
 

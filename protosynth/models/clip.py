@@ -124,7 +124,8 @@ def _quick_gelu(arch: str, space: str) -> bool:
     return "quickgelu" not in arch.lower() and bool(open_clip.get_pretrained_cfg(base, tag).get("quick_gelu"))
 
 
-def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str) -> ClipEncoder:
+def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str,
+                     weights_id: str = "") -> ClipEncoder:
     if arch not in open_clip.list_models():
         raise ProtosynthError(f"--clip {spec}: unknown open_clip architecture {arch!r}")
     is_file = Path(tag).is_file()
@@ -145,7 +146,6 @@ def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space
             "or pass the checkpoint file with --clip FILE --clip-arch ARCH"
         ) from None
     model.eval()
-    weights_id = sha256_file(Path(tag)) if is_file else ""
     return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device,
                        weights_id)
 
@@ -163,9 +163,9 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
             raise ProtosynthError(f"--clip {spec}: a checkpoint file needs --clip-arch (an open_clip architecture)")
         if not Path(spec).is_file():
             raise ProtosynthError(f"--clip-arch {arch} needs --clip to be a checkpoint file; {spec} is not a file")
-        path = Path(spec)
-        return _load_pretrained(arch, str(path), spec, device,
-                                space or f"{arch.replace('-quickgelu', '')}:file-{sha256_file(path)[:12]}")
+        digest = sha256_file(Path(spec))  # hashed once: a ViT-L checkpoint is over a gigabyte
+        return _load_pretrained(arch, spec, spec, device,
+                                space or f"{arch.replace('-quickgelu', '')}:file-{digest[:12]}", digest)
     if space is not None:
         raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch")
     if spec == "default":

@@ -220,17 +220,19 @@ def write_conditioning(folder: Path, clip_space: str, embedding_dim: int, clip: 
     (Path(folder) / CONDITIONING_FILE).write_text(json.dumps(declared, indent=2))
 
 
-def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
-    """Load a decoder by spec: ``default`` (shipped), ``small:DIR``, or a ``save_pretrained`` folder."""
+def decoder_folder(spec: str) -> Path | None:
+    """The folder of a small-decoder spec: ``default`` (shipped), ``small:DIR`` (``DIR/decoder`` of a
+    ``models train`` output, or DIR itself), or a folder; None for any other spec."""
     if spec == "default":
-        folder = SHIPPED_DECODER
-    elif spec.startswith("small:"):
+        return SHIPPED_DECODER
+    if spec.startswith("small:"):
         root = Path(spec[len("small:"):])
-        folder = root / "decoder" if (root / "decoder" / "model_index.json").is_file() else root
-    elif Path(spec).is_dir():
-        folder = Path(spec)
-    else:
-        raise ProtosynthError(f"unknown --decoder spec {spec!r}: use 'default', 'small:DIR' or a pipeline folder")
+        return root / "decoder" if (root / "decoder" / "model_index.json").is_file() else root
+    return Path(spec) if Path(spec).is_dir() else None
+
+
+def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
+    """The ``SmallUnCLIPPipeline`` saved in ``folder``; errors name ``spec``, what the user typed."""
     if not (folder / "model_index.json").is_file():
         raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
     diffusers_logging.disable_progress_bar()
@@ -242,3 +244,11 @@ def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> S
     cond = folder / CONDITIONING_FILE
     pipe.clip_space = json.loads(cond.read_text()).get("clip_space") if cond.is_file() else None
     return pipe
+
+
+def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
+    """Load a small decoder by spec: ``default`` (shipped), ``small:DIR``, or a ``save_pretrained`` folder."""
+    folder = decoder_folder(spec)
+    if folder is None:
+        raise ProtosynthError(f"unknown --decoder spec {spec!r}: use 'default', 'small:DIR' or a pipeline folder")
+    return load_small_pipeline(folder, spec, device)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..errors import ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import CONDITIONING_FILE, SHIPPED_DECODER, SmallUnCLIPPipeline, load_decoder
+from .decoder import CONDITIONING_FILE, decoder_folder, load_small_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
     if kind == "small":
         if dtype != torch.float32:
             raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
-        pipe = load_decoder(str(folder), device)
+        pipe = load_small_pipeline(folder, spec, device)
         dim = pipe.embedding_dim
     else:
         try:
@@ -255,14 +255,9 @@ def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtyp
     tdtype = _torch_dtype(dtype, device)
     if spec in PUBLISHED:
         return _load_published(spec, device, tdtype)
-    if spec == "default":
-        return _load_folder(spec, SHIPPED_DECODER, device, tdtype)
-    if spec.startswith("small:"):
-        root = Path(spec[len("small:"):])
-        folder = root / "decoder" if (root / "decoder" / "model_index.json").is_file() else root
+    folder = decoder_folder(spec)
+    if folder is not None:
         return _load_folder(spec, folder, device, tdtype)
-    if Path(spec).is_dir():
-        return _load_folder(spec, Path(spec), device, tdtype)
     raise ProtosynthError(
         f"unknown --decoder spec {spec!r}: use default, small:DIR, {', '.join(PUBLISHED)} or a save_pretrained folder"
     )
