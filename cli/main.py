@@ -43,6 +43,7 @@ def models_train(
     decoder_minutes: Optional[float] = typer.Option(None, help="Stop decoder training after this many minutes (checkpointed)."),
     decoder_init_from: Optional[str] = typer.Option(None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."),
     decoder_prediction: str = typer.Option("v_prediction", help="What the decoder UNet predicts: v_prediction or epsilon."),
+    decoder_coords: bool = typer.Option(False, help="Give the decoder UNet (x, y) position input channels (CoordConv)."),
 ) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
     from protosynth.models.train import ModelsTrainConfig, train_models
@@ -65,6 +66,7 @@ def models_train(
     if decoder_prediction not in ("v_prediction", "epsilon"):
         fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
+    decoder["coords"] = decoder_coords
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder)
     metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")

@@ -53,11 +53,13 @@ def test_unknown_specs_are_clear_errors(tmp_path):
         load_decoder("nonsense")
 
 
-def test_decoder_save_load_round_trip(tmp_path):
-    pipe = build_pipeline(embed_dim=16, quick=True)
+@pytest.mark.parametrize("coords", [False, True])
+def test_decoder_save_load_round_trip(tmp_path, coords):
+    pipe = build_pipeline(embed_dim=16, quick=True, coords=coords)
     pipe.save_pretrained(str(tmp_path / "dec"))
     again = load_decoder(str(tmp_path / "dec"))
     assert isinstance(again, SmallUnCLIPPipeline) and again.embedding_dim == 16 and again.image_size == 32
+    assert again.patch == 2 and again.coord_channels == (2 if coords else 0)
     emb = torch.randn(3, 16)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
     a = pipe(emb, num_inference_steps=3, generator=gens(), output_type="np")
@@ -72,6 +74,18 @@ def test_decoder_images_do_not_depend_on_batching():
                 output_type="pt")
     last = pipe(emb[3:], num_inference_steps=3, generator=[torch.Generator().manual_seed(3)], output_type="pt")
     assert torch.allclose(all4[3], last[0], atol=1e-5)
+
+
+def test_coordinate_channels_reach_the_unet():
+    """The position channels are real inputs: silencing their input weights changes the output."""
+    pipe = build_pipeline(embed_dim=8, quick=True, coords=True)
+    x, emb = torch.randn(2, 3, 32, 32), torch.randn(2, 8)
+    labels, cond = pipe.condition(emb, torch.zeros(2, dtype=torch.long), torch.zeros(2, 8))
+    with torch.no_grad():
+        before = pipe.predict(x, 500, labels, cond)
+        pipe.unet.conv_in.weight[:, -2:] = 0.0
+        after = pipe.predict(x, 500, labels, cond)
+    assert before.shape == x.shape and not torch.allclose(before, after)
 
 
 def test_decoder_rejects_wrong_embedding_dim():

@@ -51,6 +51,7 @@ class DecoderTrainConfig:
     guidance_scale: float = 3.0
     init_from: str | None = None  # a decoder spec to start from (e.g. "default") instead of random weights
     prediction_type: str = "v_prediction"  # or "epsilon" (what the first shipped decoder used)
+    coords: bool = False  # give the UNet (x, y) position channels (see decoder.build_unet)
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
@@ -80,7 +81,8 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     torch.manual_seed(cfg.seed)
     size = encoder.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick, prediction_type=cfg.prediction_type)
+    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick, prediction_type=cfg.prediction_type,
+                          coords=cfg.coords)
     embeds = embed_images(encoder, corpus)
     pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
@@ -108,6 +110,9 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
         if state.get("quick", cfg.quick) != cfg.quick:
             raise ProtosynthError(f"{ckpt}: checkpoint is from a {'quick' if state.get('quick') else 'full'} run; "
                                   f"delete {ckpt_dir} to start over")
+        if state.get("coords", False) != cfg.coords:
+            raise ProtosynthError(f"{ckpt}: checkpoint is from a run {'with' if state.get('coords') else 'without'} "
+                                  f"--decoder-coords; delete {ckpt_dir} to start over")
         if state.get("prediction_type", "epsilon") != cfg.prediction_type:
             raise ProtosynthError(f"{ckpt}: checkpoint predicts {state.get('prediction_type', 'epsilon')}, not "
                                   f"{cfg.prediction_type}; delete {ckpt_dir} to start over")
@@ -128,7 +133,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     def checkpoint() -> None:
         save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
                      "rng": rng_state(gen), "step": step, "history": history, "clip_space": encoder.space,
-                     "quick": cfg.quick, "prediction_type": cfg.prediction_type}, ckpt)
+                     "quick": cfg.quick, "prediction_type": cfg.prediction_type, "coords": cfg.coords}, ckpt)
 
     def evaluate() -> dict:
         ema.store(unet.parameters())
