@@ -188,3 +188,21 @@ def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path)
     wrong = td.DecoderTrainConfig.preset(False, steps=1, init_from=f"small:{quick_models}")
     with pytest.raises(ProtosynthError, match="architecture differs"):
         td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "wrong", wrong)
+
+
+def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path):
+    """--decoder-init-from a decoder without position channels into one with them (--decoder-coords):
+    the new inputs start at zero weight, so before training it renders exactly what it started from."""
+    from protosynth.models import train_decoder as td
+
+    corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
+    cfg = td.DecoderTrainConfig.preset(True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True,
+                                       init_from=f"small:{quick_models}")
+    td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "wide", cfg)
+    start, wide = load_decoder(f"small:{quick_models}"), load_decoder(str(tmp_path / "wide"))
+    assert (start.coord_channels, wide.coord_channels) == (0, 2)
+    assert torch.count_nonzero(wide.unet.conv_in.weight[:, -2:]) == 0
+    emb = torch.randn(2, start.embedding_dim)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    assert torch.allclose(start(emb, num_inference_steps=3, generator=gens(), output_type="pt"),
+                          wide(emb, num_inference_steps=3, generator=gens(), output_type="pt"), atol=1e-5)

@@ -27,7 +27,7 @@ from ..errors import ProtosynthError
 from ..files import write_text_atomic
 from ..render import RenderConfig, fidelity, render_images
 from .clip import ClipEncoder, load_clip
-from .decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range, write_conditioning
+from .decoder import COORD_CHANNELS, SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range, write_conditioning
 from .train_clip import corpus_tensor
 from .training import StepBar, restore_rng, rng_state, save_atomic
 
@@ -59,6 +59,18 @@ class DecoderTrainConfig:
         base = dict(quick=True, steps=40, batch_size=32, eval_every=0, eval_images=32, eval_steps=5,
                     checkpoint_minutes=0.2) if quick else {}
         return cls(**{**base, **overrides})
+
+
+def widened_for_coords(state: dict[str, torch.Tensor], unet) -> dict[str, torch.Tensor]:
+    """A UNet state dict made loadable into ``unet`` when only ``unet`` takes the (x, y) position
+    channels: their input weights start at zero, so the widened UNet computes exactly what the
+    original did and training learns how to use position from there."""
+    key = "conv_in.weight"
+    w, want = state[key], unet.conv_in.weight
+    if w.shape[1] + COORD_CHANNELS == want.shape[1] and w.shape[0] == want.shape[0]:
+        state = dict(state)
+        state[key] = torch.cat([w, w.new_zeros(w.shape[0], COORD_CHANNELS, *w.shape[2:])], dim=1)
+    return state
 
 
 @torch.no_grad()
@@ -96,7 +108,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
             raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: trained on CLIP {start.clip_space}, "
                                   f"not on {encoder.space} ({clip_dir})")
         try:
-            unet.load_state_dict(start.unet.state_dict())
+            unet.load_state_dict(widened_for_coords(start.unet.state_dict(), unet))
         except RuntimeError:
             raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: its UNet architecture differs from "
                                   f"the one being trained ({'quick' if cfg.quick else 'full'})") from None
