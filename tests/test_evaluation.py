@@ -276,3 +276,10 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
     assert as_file["sets"][0]["metrics"] == as_split["sets"][0]["metrics"]
     with pytest.raises(ProtosynthError, match=r"test\.json entry 0: image file not found"):
         evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json")))
+    # real test splits hold images of many sizes: each is resized to the protocol's size
+    for i in range(0, world.n_images, 3):
+        Image.fromarray(world.image_array(i)).resize((48, 40), Image.NEAREST).save(tmp_path / "images" / "test" / f"{i}.png")
+    mixed = evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"),
+                                          image_root=tmp_path / "images"))
+    assert mixed["sets"][0]["metrics"] != as_split["sets"][0]["metrics"]
+    assert abs(mixed["sets"][0]["metrics"]["r_mean"]["mean"] - as_split["sets"][0]["metrics"]["r_mean"]["mean"]) < 15

@@ -14,7 +14,8 @@ import torch
 from ..corpus import Corpus
 from ..errors import ProtosynthError
 from ..evaluation.backbones import Backbone, load_backbone
-from ..evaluation.data import corpus_pixels, corpus_text_features, to_pixels
+from ..evaluation.data import corpus_text_features
+from ..evaluation.pixels import PixelRows, corpus_pixel_rows
 from ..evaluation.protocols import Protocol, get_protocol
 from ..evaluation.retrieval import batched
 from ..evaluation.text_encoders import TextEncoder, load_text_encoder
@@ -27,7 +28,7 @@ class ProtocolFeatures:
     backbone: Backbone  # the pretrained backbone (students and experts train a Backbone.copy())
     encoder: TextEncoder
     size: int
-    pixels: torch.Tensor  # (images, 3, size, size), normalised for the backbone
+    pixels: PixelRows  # (images, 3, size, size), normalised for the backbone as rows are read
     texts: torch.Tensor  # (pairs, text_dim)
     pair_image: torch.Tensor  # (pairs,)
 
@@ -52,6 +53,6 @@ def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None =
     bb = load_backbone(backbone or protocol.backbone)
     size = image_size or protocol.image_size or bb.image_size
     encoder = load_text_encoder(text_encoder or protocol.text)
-    pixels = to_pixels(corpus_pixels(corpus), bb, size)
+    pixels = corpus_pixel_rows(corpus, bb.mean, bb.std, size)
     return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, corpus_text_features(corpus, encoder),
                             torch.from_numpy(corpus.pair_image.astype(np.int64)))

@@ -23,6 +23,7 @@ from ..distilled import DistilledSet
 from ..errors import ProtosynthError
 from ..world import image_digest
 from .backbones import Backbone
+from .pixels import PixelRows, corpus_pixel_rows, resized
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
 
@@ -38,23 +39,10 @@ def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
-def to_pixels(images: list[Image.Image] | np.ndarray, backbone: Backbone, size: int) -> torch.Tensor:
-    """(N, 3, size, size) images normalised with the backbone's mean/std (bicubic resize, no crop)."""
-    if isinstance(images, np.ndarray):
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-    else:
-        arr = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC) if im.size != (size, size)
-                          else im.convert("RGB")) for im in images]
-        x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 255.0
-    return normalise(x, backbone.mean, backbone.std)
-
-
-def corpus_pixels(corpus: Corpus) -> np.ndarray:
-    if corpus.pixels is not None:
-        return corpus.pixels
-    return np.stack([corpus.image_array(i) for i in range(corpus.n_images)])
+def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
+    """(N, 3, size, size) images normalised with the backbone's mean/std (bicubic resize, no crop):
+    a set's few images, held in memory (a corpus goes through ``corpus_pixel_rows``)."""
+    return PixelRows(np.stack([resized(im, size) for im in images]), backbone.mean, backbone.std)[:]
 
 
 def encode_texts(encoder: TextEncoder, captions: list[str], normalise: bool) -> torch.Tensor:
@@ -99,13 +87,13 @@ def test_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: in
     if min(len(c) for c in corpus.captions) < 1:
         raise ProtosynthError(f"test corpus {corpus.spec}: every image needs a caption")
     texts = corpus_text_features(corpus, encoder)
-    return TestData(to_pixels(corpus_pixels(corpus), backbone, size),
+    return TestData(corpus_pixel_rows(corpus, backbone.mean, backbone.std, size),
                     F.normalize(texts, dim=-1) if normalise_text else texts, corpus.pair_image.copy())
 
 
 def full_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> PairData:
-    """Every caption-level pair of a corpus (the upper-bound run)."""
-    pixels = to_pixels(corpus_pixels(corpus), backbone, size)
+    """Every caption-level pair of a corpus (the upper-bound run); images are decoded per batch."""
+    pixels = corpus_pixel_rows(corpus, backbone.mean, backbone.std, size)
     texts = corpus_text_features(corpus, encoder)
     texts = F.normalize(texts, dim=-1) if normalise_text else texts
     return PairData(pixels, texts, notes={"text": "captions"}, image_index=torch.from_numpy(corpus.pair_image))
@@ -193,9 +181,11 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> to
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
-    """Pixel digest -> image index, for the overlap check (computed once per test split)."""
-    pixels = corpus_pixels(corpus)
-    return {image_digest(pixels[i]): i for i in range(corpus.n_images)}
+    """Pixel digest -> image index, for the overlap check (computed once per test split; file
+    corpora's images differ in size, so they are decoded one at a time)."""
+    if corpus.pixels is not None:
+        return {image_digest(corpus.pixels[i]): i for i in range(corpus.n_images)}
+    return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
 
 
 def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ProtosynthError
 from ..metrics import retrieval_metrics
 from .backbones import Backbone
+from .pixels import PixelRows
 from .protocols import Protocol
 
 
@@ -42,7 +43,7 @@ class ProjectionHead(nn.Module):
 class PairData:
     """Training pairs: images already normalised for the backbone, frozen text features."""
 
-    images: torch.Tensor  # (M, 3, S, S): one row per pair, or per image with image_index
+    images: torch.Tensor | PixelRows  # (M, 3, S, S): one row per pair, or per image with image_index
     texts: torch.Tensor  # (N, D)
     lr_image: float | None = None
     lr_text: float | None = None
@@ -61,7 +62,7 @@ class PairData:
 
 @dataclass
 class TestData:
-    images: torch.Tensor  # (I, 3, S, S)
+    images: torch.Tensor | PixelRows  # (I, 3, S, S)
     texts: torch.Tensor  # (T, D)
     text_to_image: np.ndarray  # (T,)
 
