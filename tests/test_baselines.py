@@ -121,6 +121,21 @@ def test_lors_similarity_starts_at_identity_and_weighted_bce_by_hand():
     assert z.shape == (2, 2)
 
 
+def test_similarity_learns_from_the_identity():
+    """S starts at exactly the identity; the matching gradient must still reach its factors (a
+    clamped WBCE target once gave them exactly zero, so S never left the identity)."""
+    student, start, target, fresh, batches = tiny_problem("heads")
+    g = torch.Generator().manual_seed(1)
+    syn = fresh()
+    syn.sim = LowRankSimilarity(6, 2, 1.0, g).double()
+    torch.testing.assert_close(syn.sim(), torch.eye(6, dtype=torch.float64))
+    for mode in ("unroll", "constant"):
+        syn.sim.zero_grad()
+        match(student, start, target, syn, batches, 0.07, mode)
+        assert syn.sim.diag.grad.abs().max() > 0, mode
+        assert syn.sim.right.grad.abs().max() > 0, mode
+
+
 def test_amd_ranges_on_trajectories_with_a_known_crossing():
     # image moves 1, 2, 3, 4, 5 per epoch; text 5, 4, 3, 2, 1: ratio = 1/25, 4/16, 1, 16/4, 25 -> median 1
     steps_img, steps_txt = [1, 2, 3, 4, 5], [5, 4, 3, 2, 1]

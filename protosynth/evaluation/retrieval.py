@@ -106,9 +106,13 @@ def info_nce(img: torch.Tensor, txt: torch.Tensor, temperature: float) -> torch.
 def weighted_bce(img: torch.Tensor, txt: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
     """LoRS's student loss: binary cross-entropy between sigmoid(cosine / temperature) and the
     similarity target, averaged separately over positives (target > 0.5) and negatives, then the
-    two means averaged (a batch with no negatives uses the positive mean alone)."""
+    two means averaged (a batch with no negatives uses the positive mean alone).
+
+    The target is used as it is, never clamped (as in LoRS's code): S starts at exactly the identity,
+    where every entry sits on a clamp bound, and clamp passes no gradient there, so a clamped target
+    left S frozen at the identity for good."""
     logits = img @ txt.T / temperature
-    bce = F.binary_cross_entropy_with_logits(logits, target.clamp(0, 1), reduction="none")
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pos = target > 0.5
     parts = [bce[pos].mean()] if pos.any() else []
     if (~pos).any():
