@@ -34,7 +34,9 @@ app.command("embed")(embed_verb)
 def models_train(
     corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
-    test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a JSONL corpus)."),
+    test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP + " Also for --test."),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP + " Also for --test."),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
     quick: bool = typer.Option(False, help="Tiny models, a minute of training: for tests."),
     seed: int = typer.Option(0),
@@ -67,7 +69,8 @@ def models_train(
         fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
     decoder["coords"] = decoder_coords
-    cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder)
+    cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,
+                            image_root=image_root, skip_bad=skip_bad)
     metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
