@@ -15,7 +15,8 @@ import typer
 
 from cli import baselines
 from cli.common import fail, run
-from cli.help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from cli.help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
+                           SKIP_BAD_HELP, SKIP_BAD_TEST_HELP)
 from cli.embed import embed as embed_verb
 from cli.evaluation import eval_app
 
@@ -35,8 +36,8 @@ def models_train(
     corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP + " Also for --test."),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP + " Also for --test."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_TEST_HELP),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
     quick: bool = typer.Option(False, help="Tiny models, a minute of training: for tests."),
     seed: int = typer.Option(0),
