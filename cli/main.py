@@ -114,6 +114,8 @@ def distill(
     clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
     clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
     clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
+    fp16: bool = typer.Option(False, help="Use the float16 embedding store (the one `embed --fp16` writes; "
+                              "made here if missing) instead of the float32 one."),
     decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     seed: int = typer.Option(0),
@@ -136,6 +138,7 @@ def distill(
     import logging
 
     from protosynth.distill import DistillConfig, distill_budgets
+    from protosynth.embed import EmbedConfig
     from protosynth.render import RenderConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -145,7 +148,7 @@ def distill(
                         strength=strength, seed=seed, clip_guidance=clip_guidance)
     cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
                         decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
-                        render=rcfg, image_root=image_root, skip_bad=skip_bad)
+                        render=rcfg, image_root=image_root, skip_bad=skip_bad, embed=EmbedConfig(fp16=fp16))
     for path in run(distill_budgets, cfg, budgets):
         typer.echo(f"wrote {path}")
 
