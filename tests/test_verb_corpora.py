@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from protosynth.world import WorldConfig, generate_split
 
-N_TRAIN, N_TEST, BAD = 8, 3, 2  # image BAD of the train CSV is truncated (two rows per image: its first is row 2 * BAD + 2)
+N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def test_compare_baselines(layout, tmp_path):
     assert_one_line(code, err, r"--corpus .*train\.csv has no built-in test split; pass --test SPEC")
     args += ["--test", layout / "ann" / "test.csv"]
     code, err = invoke(args)  # read in a child process; its error comes back as the command's one line
-    assert_one_line(code, err, rf"prepare step: {re.escape(str(layout / 'ann' / 'train.csv'))} row 2: image file not found")
+    train = re.escape(str(layout / "ann" / "train.csv"))
+    assert_one_line(code, err, rf"prepare step: {train} row 2: image file not found")
     code, text = invoke([*args, "--image-root", layout / "data", "--skip-bad"])
     assert code == 0, text
     doc = json.loads((out / "compare.json").read_text())
