@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 
 from cli.common import run
+from cli.help_text import (BUFFER_IMAGE_ROOT_HELP, BUFFER_SKIP_BAD_HELP, CORPUS_HELP, IMAGE_ROOT_HELP,
+                           IMAGE_ROOT_TEST_HELP, SKIP_BAD_HELP)
 
 # the same list as protosynth.baselines.compare.ALL_METHODS (not imported: --help stays fast; a test checks)
 ALL_METHODS = "random,herding,kcenter,forgetting,pds,mtt-vl,lors,amd,repblend,full"
@@ -14,6 +16,8 @@ ALL_METHODS = "random,herding,kcenter,forgetting,pds,mtt-vl,lors,amd,repblend,fu
 
 def buffer(
     corpus: str = typer.Option("shapes", help="Corpus spec the experts train on (its whole train split)."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     protocol: str = typer.Option("small", help="Retrieval protocol whose model the experts are: small or nfnet-bert."),
     experts: int = typer.Option(4, help="Number of expert trajectories."),
     epochs: int = typer.Option(3, help="Epochs per expert (a snapshot after each)."),
@@ -29,7 +33,8 @@ def buffer(
     from protosynth.baselines.buffer import BufferConfig, build_buffer
 
     cfg = BufferConfig(corpus=corpus, protocol=protocol, experts=experts, epochs=epochs, heads_only=heads_only, lr=lr,
-                       batch_size=batch_size, max_pairs=max_pairs, seed=seed, out=out, device=device)
+                       batch_size=batch_size, max_pairs=max_pairs, seed=seed, out=out, device=device,
+                       image_root=image_root, skip_bad=skip_bad)
     typer.echo(f"wrote {run(build_buffer, cfg)}")
 
 
@@ -37,6 +42,8 @@ def baseline(
     method: str = typer.Option(..., help="mtt-vl, lors, amd or repblend."),
     budget: int = typer.Option(100, help="Synthetic pairs (LoRS-family methods store budget-1 pairs plus S)."),
     buffer: Path = typer.Option(..., help="A folder written by `protosynth buffer` (--heads-only for repblend)."),
+    image_root: Optional[Path] = typer.Option(None, help=BUFFER_IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=BUFFER_SKIP_BAD_HELP),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<method>-b<budget>-s<seed>)."),
     force: bool = typer.Option(False, help="Replace an earlier set at --out."),
     seed: int = typer.Option(0),
@@ -67,7 +74,8 @@ def baseline(
                          family=preset, quick=quick, iterations=iterations, syn_steps=syn_steps,
                          expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, batch_syn=batch_syn,
                          lr_img=lr_img, lr_txt=lr_txt, lr_lr=lr_lr, lr_init=lr_init, lr_sim=lr_sim, rank=rank,
-                         alpha=alpha, grad_mode=grad_mode, merged=merged, clip=clip)
+                         alpha=alpha, grad_mode=grad_mode, merged=merged, clip=clip, image_root=image_root,
+                         skip_bad=skip_bad)
     typer.echo(f"wrote {run(distill_baseline, cfg)}")
 
 
@@ -75,7 +83,10 @@ def compare_baselines(
     budget: int = typer.Option(100),
     methods: str = typer.Option(ALL_METHODS,
                                 help="Comma-separated methods."),
-    corpus: str = typer.Option("shapes"),
+    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
+    test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the world's test split; another corpus needs one)."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP + " Not for --test: a test split is read whole."),
     protocol: str = typer.Option("small"),
     repeats: int = typer.Option(5),
     out: Path = typer.Option(Path("runs/compare"), help="Work and output folder (compare.json/.md/.png); reruns resume."),
@@ -93,7 +104,7 @@ def compare_baselines(
     cfg = CompareConfig(budget=budget, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                         corpus=corpus, protocol=protocol, repeats=repeats, out=out, quick=quick, seed=seed,
                         device=device, eval_epochs=eval_epochs, experts=experts, expert_epochs=expert_epochs,
-                        iterations=iterations)
+                        iterations=iterations, test=test, image_root=image_root, skip_bad=skip_bad)
     doc = run(run_compare, cfg)
     typer.echo(markdown(doc))
     typer.echo(f"wrote {out / 'compare.json'}, compare.md, compare.png")

@@ -15,7 +15,8 @@ import typer
 
 from cli import baselines
 from cli.common import fail, run
-from cli.help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from cli.help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
+                           SKIP_BAD_HELP, SKIP_BAD_TEST_HELP)
 from cli.embed import embed as embed_verb
 from cli.evaluation import eval_app
 
@@ -34,7 +35,9 @@ app.command("embed")(embed_verb)
 def models_train(
     corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
-    test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a JSONL corpus)."),
+    test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_TEST_HELP),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
     quick: bool = typer.Option(False, help="Tiny models, a minute of training: for tests."),
     seed: int = typer.Option(0),
@@ -67,7 +70,8 @@ def models_train(
         fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
     decoder["coords"] = decoder_coords
-    cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder)
+    cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,
+                            image_root=image_root, skip_bad=skip_bad)
     metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
@@ -110,6 +114,8 @@ def distill(
     clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
     clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
     clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
+    fp16: bool = typer.Option(False, help="Use the float16 embedding store (the one `embed --fp16` writes; "
+                              "made here if missing) instead of the float32 one."),
     decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     seed: int = typer.Option(0),
@@ -132,6 +138,7 @@ def distill(
     import logging
 
     from protosynth.distill import DistillConfig, distill_budgets
+    from protosynth.embed import EmbedConfig
     from protosynth.render import RenderConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -141,7 +148,7 @@ def distill(
                         strength=strength, seed=seed, clip_guidance=clip_guidance)
     cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
                         decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
-                        render=rcfg, image_root=image_root, skip_bad=skip_bad)
+                        render=rcfg, image_root=image_root, skip_bad=skip_bad, embed=EmbedConfig(fp16=fp16))
     for path in run(distill_budgets, cfg, budgets):
         typer.echo(f"wrote {path}")
 

@@ -3,7 +3,8 @@
 ``distill(DistillConfig(...))`` runs the four stages, each a module of its own, and writes the set
 with its manifest (every setting, per-stage seconds, peak memory, render fidelity, file hashes).
 ``distill_budgets(cfg, [100, 200, 500])`` writes one set per budget from one load and one
-embedding pass.
+embedding pass. ``cfg.embed.fp16`` (``--fp16``) reads the float16 store that ``protosynth embed
+--fp16`` writes under the same cache key, instead of embedding the corpus again in float32.
 
 The CLIP and the decoder come as a pair: a decoder declares the CLIP space it was trained on, and
 ``clip=None`` takes the CLIP it names (``sd-unclip-small`` -> ``ViT-L-14-quickgelu:openai``).
@@ -45,7 +46,7 @@ class DistillConfig:
     force: bool = False
     device: str = "cpu"
     render: RenderConfig = field(default_factory=RenderConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)  # fp16: read (or write) the float16 store
     drop_fraction: float = 0.2
     kmeans_iters: int = 25
     image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
@@ -175,7 +176,8 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
                     "conditioning_dim": decoder.embedding_dim, "clip_space": decoder.clip_space,
                     "prompts": "nearest real caption" if prompts is not None else None},
         "settings": _jsonable(asdict(replace(cfg, render=rcfg, clip=clip.spec))), "prototype_stats": protos.stats,
-        "embeddings_from_cache": emb.from_cache, "render_fidelity": fid, "versions": versions(),
+        "embeddings_from_cache": emb.from_cache, "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
+        "render_fidelity": fid, "versions": versions(),
         "budgets_in_run": budgets,
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry

@@ -206,3 +206,34 @@ def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     a, b = open_embeddings(out), open_embeddings(clean)
     assert np.array_equal(np.asarray(a.image_pairs), np.asarray(b.image_pairs))
     assert np.array_equal(np.asarray(a.texts), np.asarray(b.texts))
+
+
+def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
+    """``embed --fp16`` then ``distill --fp16`` on the same corpus and CLIP: one cache key and dtype,
+    so distill encodes nothing (``_encode_shards`` is never asked for a shard); without ``--fp16``
+    it reads the float32 store, which is not there yet, and embeds."""
+    from protosynth import embed as embed_mod
+
+    corpus = "shapes,n=24"  # not CORPUS: this test's stores start empty
+    r = CliRunner().invoke(app, ["embed", "--corpus", corpus, "--fp16", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    store = Path(r.stdout.strip())
+    assert store.name.endswith("-fp16") and json.loads((store / "index.json").read_text())["dtype"] == "float16"
+    before = {p.name: p.stat().st_mtime_ns for p in store.iterdir()}
+    encoded = []
+    real = embed_mod._encode_shards
+    monkeypatch.setattr(embed_mod, "_encode_shards",
+                        lambda c, e, cfg, shards, write: (encoded.append(len(shards)), real(c, e, cfg, shards, write)))
+    manifests = {}
+    for flag in (["--fp16"], []):
+        out = tmp_path / ("f16" if flag else "f32")
+        r = CliRunner().invoke(app, ["distill", "--corpus", corpus, "--budget", "2", "--steps", "1", "--out", str(out),
+                                     *flag])
+        assert r.exit_code == 0, r.output
+        manifests[bool(flag)] = json.loads((out / "manifest.json").read_text())
+    assert encoded == [1]  # only the float32 run embedded (its one shard)
+    assert {p.name: p.stat().st_mtime_ns for p in store.iterdir()} == before
+    f16, f32 = manifests[True], manifests[False]
+    assert f16["embeddings_from_cache"] is True and f16["embeddings_dtype"] == "float16"
+    assert f16["settings"]["embed"]["fp16"] is True
+    assert f32["embeddings_from_cache"] is False and f32["embeddings_dtype"] == "float32"

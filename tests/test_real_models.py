@@ -257,3 +257,52 @@ def test_decoder_folder_with_bad_json_or_dtype_is_one_clear_error(real_world, tm
         open_decoder(str(folder))
     with pytest.raises(ProtosynthError, match="--dtype: the small decoder"):
         open_decoder("default", dtype="float16")
+
+
+def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
+    """A ``local-dir:`` copy of OpenAI-space weights declares its space with ``--clip-space`` as a
+    checkpoint file does: the same model (QuickGELU forced), the weights' hash in the cache key, and
+    it pairs with a decoder of that space. Undeclared it is its own ``small-clip:`` space, refused."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from protosynth.corpus import load_corpus
+    from protosynth.embed import cache_key
+    from tiny_pipelines import TEST_CLIP_CONFIG
+
+    folder = tmp_path / "vit-l-copy"
+    folder.mkdir()
+    shutil.copy(real_world["clip"], folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TEST_CLIP_CONFIG}))
+    spec = f"local-dir:{folder}"
+    declared = load_clip(spec, space="ViT-L-14:openai")
+    as_file = load_clip(str(real_world["clip"]), arch=TEST_CLIP_ARCH, space="ViT-L-14:openai")
+    undeclared = load_clip(spec)
+    texts = ["a red circle", "a small blue square on the left"]
+    assert declared.space == "ViT-L-14:openai" and declared.weights_id == as_file.weights_id
+    assert torch.allclose(declared.encode_texts(texts), as_file.encode_texts(texts), atol=1e-6)
+    assert not torch.allclose(undeclared.encode_texts(texts), declared.encode_texts(texts), atol=1e-4)  # GELU
+    assert undeclared.space.startswith("small-clip:") and undeclared.weights_id == ""
+    corpus = load_corpus(CORPUS)
+    assert cache_key(corpus, declared) != cache_key(corpus, undeclared)
+
+    decoder = tmp_path / "dec"
+    shutil.copytree(real_world["stable"], decoder)
+    write_conditioning(decoder, "ViT-L-14:openai", 32)
+    base = ["distill", "--corpus", CORPUS, "--budget", "2", "--steps", "1", "--size", "32", "--decoder", str(decoder),
+            "--clip", spec]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "refused")])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]  # after weight-loading bars
+    assert r.exit_code == 2 and len(errors) == 1 and not (tmp_path / "refused").exists()
+    assert "expects embeddings of CLIP space ViT-L-14:openai" in errors[0] and "gives small-clip:" in errors[0]
+    r = CliRunner().invoke(app, [*base, "--clip-space", "ViT-L-14:openai", "--out", str(tmp_path / "set")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert manifest["clip"] == {"spec": spec, "space": "ViT-L-14:openai", "dim": 32}
+    assert manifest["settings"]["clip_space"] == "ViT-L-14:openai"
+    r = CliRunner().invoke(app, ["embed", "--corpus", CORPUS, "--clip", "default", "--clip-space", "ViT-L-14:openai"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "error: --clip-space only applies to a checkpoint file given with --clip FILE --clip-arch or a "
+        "local-dir:DIR folder, not --clip default"]

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..corpus import Corpus, load_corpus
+from ..distilled import corpus_record
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
 from ..models.training import StepBar
@@ -54,6 +55,8 @@ class BufferConfig:
     seed: int = 0
     out: Path | None = None
     device: str = "cpu"
+    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
+    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
 
 
 def _validate(cfg: BufferConfig) -> Path:
@@ -75,7 +78,11 @@ def _seed(*parts: int) -> int:
 
 
 def _settings(cfg: BufferConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("out", "device")}
+    """What a finished or unfinished buffer must match to be reused. The corpus-reading options are
+    left out while unset, so buffers written before they existed are still reused."""
+    unset = {"image_root": None, "skip_bad": False}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+            if k not in ("out", "device") and not (k in unset and v == unset[k])}
 
 
 def train_pairs(corpus: Corpus, cfg: BufferConfig) -> np.ndarray:
@@ -130,14 +137,16 @@ def build_buffer(cfg: BufferConfig) -> Path:
         if done.get("settings") != _settings(cfg):
             raise ProtosynthError(f"--out {out} holds a finished buffer made with other settings; choose another --out")
         return out
-    out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != _settings(cfg):
         raise ProtosynthError(f"--out {out} holds an unfinished buffer with other settings; remove it or choose another --out")
-    write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))
     started = time.time()
-    corpus = load_corpus(cfg.corpus)
+    # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
+    # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
+    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))
     pairs = train_pairs(corpus, cfg)
     image_inputs = feats.backbone_features(cfg.device) if cfg.heads_only else feats.pixels
     experts = []
@@ -173,8 +182,9 @@ def build_buffer(cfg: BufferConfig) -> Path:
             experts.append(info)
     n_params = {m: sum(v.numel() for k, v in trainable(student).items() if k.startswith(m + "."))
                 for m in ("image", "text")}
-    manifest = {"format": "protosynth-buffer/1", "settings": _settings(cfg), "corpus": {
-        "spec": corpus.spec, "fingerprint": corpus.fingerprint, "pairs": corpus.n_pairs, "trained_on": len(pairs)},
+    # the corpus entry says how it was read (image root, --skip-bad): `baseline` reads it the same way
+    manifest = {"format": "protosynth-buffer/1", "settings": _settings(cfg),
+        "corpus": {**corpus_record(corpus), "trained_on": len(pairs)},
         "protocol": cfg.protocol, "backbone": feats.backbone.spec, "text_encoder": feats.encoder.spec,
         "text_space": feats.encoder.space, "image_size": feats.size, "shape": "heads" if cfg.heads_only else "full",
         "parameters": n_params, "experts": experts, "seconds": round(time.time() - started, 1),

@@ -51,6 +51,9 @@ class CompareConfig:
     expert_epochs: int = 3  # epochs per expert trajectory
     buffer_pairs: int | None = None
     iterations: int | None = None  # matching iterations (default: the method's preset)
+    test: str | None = None  # test corpus spec (default: the world's test split; other corpora need one)
+    image_root: Path | None = None  # folder of a .json/.csv corpus's (and test corpus's) image paths
+    skip_bad: bool = False  # drop unreadable images of the corpus (sets, buffers, full row), never the test's
 
     def effective(self) -> "CompareConfig":
         if not self.quick:
@@ -71,13 +74,16 @@ def _validate(cfg: CompareConfig) -> None:
         raise ProtosynthError(f"--budget must be at least 2, got {cfg.budget}")
     if cfg.repeats < 1:
         raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+    if cfg.test is None and cfg.corpus.split(",")[0].split(":")[0] != "shapes":
+        raise ProtosynthError(f"--corpus {cfg.corpus} has no built-in test split; pass --test SPEC")
     check_device(cfg.device)
 
 
 def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
     return BufferConfig(corpus=cfg.corpus, protocol=cfg.protocol, experts=cfg.experts, epochs=cfg.expert_epochs,
                         heads_only=heads, max_pairs=cfg.buffer_pairs, seed=cfg.seed, device=cfg.device,
-                        out=cfg.out / "buffers" / ("heads" if heads else "full"))
+                        out=cfg.out / "buffers" / ("heads" if heads else "full"), image_root=cfg.image_root,
+                        skip_bad=cfg.skip_bad)
 
 
 def _prepare(cfg: CompareConfig) -> None:
@@ -90,7 +96,7 @@ def _prepare(cfg: CompareConfig) -> None:
     from ..evaluation.text_encoders import load_text_encoder
     from ..models.clip import load_clip
 
-    corpus = load_corpus(cfg.corpus)
+    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     embed_corpus(corpus, load_clip("default", cfg.device))
     protocol = get_protocol(cfg.protocol)
     if protocol.text != "clip":
@@ -108,43 +114,58 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
 
         build_coreset(CoresetConfig(method=method, budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out,
                                     device=cfg.device, forgetting_protocol=cfg.protocol,
-                                    forgetting_epochs=1 if cfg.quick else 5))
+                                    forgetting_epochs=1 if cfg.quick else 5, image_root=cfg.image_root,
+                                    skip_bad=cfg.skip_bad))
     elif method == "pds":
         from ..distill import DistillConfig, distill
 
-        distill(DistillConfig(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device))
+        distill(DistillConfig(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device,
+                              image_root=cfg.image_root, skip_bad=cfg.skip_bad))
     else:
         from .presets import BaselineConfig
         from .run import distill_baseline
 
         buffer = buffers["heads" if method == "repblend" else "full"]
         distill_baseline(BaselineConfig(method=method, budget=cfg.budget, buffer=buffer, out=out, seed=cfg.seed,
-                                        device=cfg.device, quick=cfg.quick, iterations=cfg.iterations))
+                                        device=cfg.device, quick=cfg.quick, iterations=cfg.iterations,
+                                        image_root=cfg.image_root, skip_bad=cfg.skip_bad))
 
 
 def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[str, Path]) -> None:
     """Run one step in a fresh (spawned) process, so its peak memory is its own plus a bare
     interpreter, not this process's (Linux carries the parent's peak RSS across fork and exec)."""
     ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_child_main, args=(method, cfg, out, buffers))
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(method, cfg, out, buffers, writer))
     proc.start()
+    writer.close()  # the child holds the only writer: recv() ends when it exits
+    try:
+        message = reader.recv()
+    except EOFError:
+        message = None
     proc.join()
+    if message is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
+        raise ProtosynthError(f"compare-baselines, {method} step: {message}")
     if proc.exitcode != 0:
         raise ProtosynthError(f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
                               f"see the message above, fix it and run again (finished methods are kept)")
 
 
-def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path], errors) -> None:
+    """A ProtosynthError goes back to the parent, which reports it as its own one-line error."""
     try:
         _make_set(method, cfg, out, buffers)
     except ProtosynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        errors.send(str(exc))
         sys.exit(2)
 
 
 def _row_key(path: Path | None, eval_cfg) -> str:
+    """Rows are reused while the set and the evaluation settings are unchanged; ``skip_bad`` (added
+    later, set only for the full row) is left out while off, so rows stored before keep their keys."""
+    settings = {k: v for k, v in asdict(eval_cfg).items() if not (k == "skip_bad" and not v)}
     blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
-        asdict(eval_cfg), sort_keys=True, default=str).encode()
+        settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
@@ -153,7 +174,7 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     from ..evaluation.evaluate import EvalConfig, evaluate
 
     eval_cfg = EvalConfig(protocol=cfg.protocol, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device,
-                          epochs=cfg.eval_epochs)
+                          epochs=cfg.eval_epochs, test=cfg.test, image_root=cfg.image_root)
     store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
     todo = [m for m in paths if not store[m].is_file()]
     sets = [m for m in todo if paths[m] is not None]
@@ -161,7 +182,8 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     if sets:
         docs.append((sets, evaluate([paths[m] for m in sets], eval_cfg)))
     if "full" in todo:  # its own epochs (--quick: 1), never the sets' --eval-epochs
-        docs.append((["full"], evaluate([], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None))))
+        docs.append((["full"], evaluate([], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None,
+                                                    skip_bad=cfg.skip_bad))))
     for methods, doc in docs:
         head = {k: v for k, v in doc.items() if k != "sets"}
         for m, row in zip(methods, doc["sets"]):

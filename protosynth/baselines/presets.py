@@ -60,6 +60,8 @@ class BaselineConfig:
     grad_mode: str | None = None  # unroll (mtt-vl) or constant (the others)
     merged: bool | None = None  # merged normalisation of the matching loss (default: per modality)
     clip: str = "default"  # AMD's prototype initialisation clusters this CLIP's joint embeddings
+    image_root: Path | None = None  # the buffer corpus's image folder; None: the one the buffer recorded
+    skip_bad: bool = False  # skip unreadable images; on anyway when the buffer was made with it
 
 
 def preset_budget(budget: int) -> int:

@@ -18,6 +18,7 @@ tagged with the protocol's text space), the learned inner learning rates and S (
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +68,23 @@ def init_pairs(cfg: BaselineConfig, feats: ProtocolFeatures, m: int) -> np.ndarr
     return np.array(chosen)
 
 
+def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
+    """The buffer's corpus, read as the buffer read it (its recorded image root and --skip-bad) unless
+    ``cfg`` says otherwise; returns it with ``cfg`` holding the options used, for the manifest."""
+    rec = buffer.manifest["corpus"]
+    root = cfg.image_root if cfg.image_root is not None else rec.get("image_root")
+    cfg = replace(cfg, image_root=Path(root) if root else None, skip_bad=cfg.skip_bad or bool(rec.get("skip_bad")))
+    return load_corpus(rec["spec"], image_root=cfg.image_root, skip_bad=cfg.skip_bad), cfg
+
+
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
-    if buffer.manifest["corpus"]["fingerprint"] != corpus.fingerprint:
-        raise ProtosynthError(f"--buffer {buffer.root} was trained on {buffer.manifest['corpus']['spec']}, "
-                              f"not on {corpus.spec}")
+    rec = buffer.manifest["corpus"]
+    if rec["spec"] != corpus.spec:
+        raise ProtosynthError(f"--buffer {buffer.root} was trained on {rec['spec']}, not on {corpus.spec}")
+    if rec["fingerprint"] != corpus.fingerprint:
+        raise ProtosynthError(f"--buffer {buffer.root} was trained on {rec['spec']} read as fingerprint "
+                              f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
+                              f"--image-root or --skip-bad differ)")
     want = "heads" if cfg.method == "repblend" else "full"
     if buffer.shape != want:
         hint = "--heads-only" if want == "heads" else "without --heads-only"
@@ -102,7 +116,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     cfg = resolve(cfg, family, buffer.epochs)
     started = time.time()
     seconds: dict[str, float] = {}
-    corpus = load_corpus(corpus_spec)
+    corpus, cfg = buffer_corpus(buffer, cfg)
     check_budget(cfg.budget, corpus)
     _check_buffer(buffer, cfg, corpus)
     b = buffer.manifest

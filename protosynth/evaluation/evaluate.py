@@ -46,6 +46,7 @@ class EvalConfig:
     image_size: int | None = None  # default: the protocol's
     full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
     image_root: Path | None = None  # folder the image paths of a .json/.csv --test or --full are relative to
+    skip_bad: bool = False  # read --full with --skip-bad (compare-baselines: as its sets read it); never the test
 
 
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
@@ -119,7 +120,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen")}
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_corpus(cfg.full, image_root=cfg.image_root)
+        full = load_corpus(cfg.full, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"--full {cfg.full} is the test split {test_spec}")
         row = {"path": None, "method": "full", "budget": full.n_pairs, "mode": None, "text": "captions",

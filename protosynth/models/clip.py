@@ -3,7 +3,9 @@
 Specs:
 - ``default``: the small CLIP shipped inside the package for the built-in world;
 - ``small:DIR``: what ``protosynth models train --out DIR`` wrote (``DIR/clip``, or DIR itself);
-- ``local-dir:DIR``: any open_clip folder (``open_clip_config.json`` + weights);
+- ``local-dir:DIR``: any open_clip folder (``open_clip_config.json`` + weights); with ``space=`` it
+  declares which space its weights are in (a local copy of OpenAI's ViT-L pairs with the published
+  unCLIP decoders), else its space is named by its weights' hash;
 - ``ARCH:PRETRAINED``: an open_clip architecture and pretrained tag, e.g. ``ViT-L-14-quickgelu:openai``
   (weights from the local Hugging Face / open_clip cache when present, else downloaded);
 - a checkpoint file (``.pt``, ``.bin``, ``.safetensors``) together with ``arch=`` (``--clip-arch``).
@@ -85,20 +87,26 @@ def small_clip_dir(path: Path) -> Path:
     raise ProtosynthError(f"--clip small:{path}: no open_clip_config.json in {path} or {path / 'clip'}")
 
 
-def _load_local_dir(folder: Path, spec: str, device: torch.device) -> ClipEncoder:
+def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | None = None) -> ClipEncoder:
+    """An open_clip folder. Undeclared, its space is ``small-clip:<weights hash>``; with a declared
+    ``space`` the hash goes to ``weights_id`` instead (the embedding cache must still follow the
+    weights), and QuickGELU is forced when that space's weights were trained with it."""
     if not (folder / CLIP_WEIGHTS).is_file():
         raise ProtosynthError(f"--clip {spec}: no weights file {folder / CLIP_WEIGHTS}")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
         cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+        quick = space is not None and not cfg.get("quick_gelu") and _trained_with_quick_gelu(space)
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device,
+                                                                     force_quick_gelu=quick)
     except Exception as exc:  # a corrupt config or weights file, or a bad --device
         raise ProtosynthError(f"--clip {spec}: cannot load the open_clip model in {folder} ({exc})") from None
     context = cfg["text_cfg"].get("context_length", 77)
     bpe = folder / BPE_FILENAME
     tokenizer = load_tokenizer(bpe, context) if bpe.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval()
-    space = f"small-clip:{sha256_file(folder / CLIP_WEIGHTS)[:12]}"
-    return ClipEncoder(model, preprocess, tokenizer, spec, space, int(cfg["embed_dim"]), device)
+    digest = sha256_file(folder / CLIP_WEIGHTS)
+    return ClipEncoder(model, preprocess, tokenizer, spec, space or f"small-clip:{digest[:12]}", int(cfg["embed_dim"]),
+                       device, digest if space else "")
 
 
 def space_name(arch: str, tag: str) -> str:
@@ -116,12 +124,16 @@ def _embed_dim(model) -> int:
     return int(model.encode_text(tokens).shape[1])
 
 
+def _trained_with_quick_gelu(space: str) -> bool:
+    base, _, tag = space.partition(":")
+    return bool(open_clip.get_pretrained_cfg(base, tag).get("quick_gelu"))
+
+
 def _quick_gelu(arch: str, space: str) -> bool:
     """Whether the weights of ``space`` were trained with QuickGELU (OpenAI's are): open_clip builds a
     plain ``ViT-L-14`` with GELU and only warns, which would put the embeddings off the space a
     decoder expects, so the activation is forced to match the weights."""
-    base, _, tag = space.partition(":")
-    return "quickgelu" not in arch.lower() and bool(open_clip.get_pretrained_cfg(base, tag).get("quick_gelu"))
+    return "quickgelu" not in arch.lower() and _trained_with_quick_gelu(space)
 
 
 def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str,
@@ -155,8 +167,8 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
     """Load the CLIP named by ``spec`` (see module docstring) in eval mode.
 
     ``arch``: the open_clip architecture of a checkpoint file given as ``spec``. ``space``: declare
-    the embedding space of a checkpoint file (e.g. ``ViT-L-14:openai`` for a copy of OpenAI's
-    weights); otherwise a file's space is named by its architecture and content hash."""
+    the embedding space of a checkpoint file or a ``local-dir:`` folder (e.g. ``ViT-L-14:openai`` for
+    a copy of OpenAI's weights); otherwise its space is named by its content hash."""
     device = torch.device(device)
     if arch is not None or Path(spec).is_file():
         if arch is None:
@@ -166,8 +178,9 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
         digest = sha256_file(Path(spec))  # hashed once: a ViT-L checkpoint is over a gigabyte
         return _load_pretrained(arch, spec, spec, device,
                                 space or f"{arch.replace('-quickgelu', '')}:file-{digest[:12]}", digest)
-    if space is not None:
-        raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch")
+    if space is not None and not spec.startswith("local-dir:"):
+        raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch "
+                              f"or a local-dir:DIR folder, not --clip {spec}")
     if spec == "default":
         if not (SHIPPED_DIR / "clip" / CLIP_WEIGHTS).is_file():
             raise ProtosynthError(f"--clip default: the shipped small CLIP is missing from {SHIPPED_DIR / 'clip'}")
@@ -178,7 +191,7 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
         folder = Path(spec[len("local-dir:"):])
         if not (folder / "open_clip_config.json").is_file():
             raise ProtosynthError(f"--clip {spec}: no open_clip_config.json in {folder}")
-        return _load_local_dir(folder, spec, device)
+        return _load_local_dir(folder, spec, device, space)
     arch, sep, tag = spec.partition(":")
     if sep and arch and tag:
         return _load_pretrained(arch, tag, spec, device, space_name(arch, tag))

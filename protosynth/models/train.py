@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..corpus import Corpus, load_corpus
+from ..distilled import corpus_record
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
 from .train_clip import ClipTrainConfig, train_clip
@@ -28,13 +29,17 @@ class ModelsTrainConfig:
     quick: bool = False
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
     decoder: dict = field(default_factory=dict)
+    image_root: Path | None = None  # folder of a .json/.csv --corpus's (and --test's) image paths
+    skip_bad: bool = False  # drop (and count) unreadable images of --corpus and --test instead of stopping
 
 
 def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
-    """Train and held-out corpora: the world's own test split, or a seeded 10% of JSONL images."""
-    train = load_corpus(cfg.corpus)
+    """Train and held-out corpora: the world's own test split, or a seeded 10% of a file corpus's
+    images. ``--image-root`` and ``--skip-bad`` read ``--test`` as they read ``--corpus``: a Karpathy
+    train and test file share one image folder."""
+    train = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     if cfg.test:
-        test = load_corpus(cfg.test)
+        test = load_corpus(cfg.test, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
             raise ProtosynthError(f"--corpus {cfg.corpus}: training on the world's test split; pass --test")
@@ -84,8 +89,9 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
     provenance["runs"].append({
         "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
-        "test_corpus": test.spec, "commit": git_commit(), "seconds": round(time.time() - t0, 1),
-        "threads": os.cpu_count(), "config": asdict(cfg),
+        "test_corpus": test.spec, "corpus_read": corpus_record(train), "test_read": corpus_record(test),
+        "commit": git_commit(), "seconds": round(time.time() - t0, 1), "threads": os.cpu_count(),
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
     })
     provenance["metrics"] = metrics
     write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
