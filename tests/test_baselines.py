@@ -179,6 +179,8 @@ def test_presets_follow_the_published_numbers():
     assert preset("lors", "coco", 500)["lr_img"] == 5000.0 and preset("lors", "coco", 500)["temperature"] == 0.1
     assert preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
+    assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 0.1
+    assert preset("amd", "world", 100, quick=True)["lr_sim"] == 0.1
     with pytest.raises(ProtosynthError, match="unknown --method"):
         preset("dream", "flickr", 100)
 
