@@ -93,12 +93,9 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
            "lr_init": 0.1, "lr_sim": lr_sim, "rank": rank, "alpha": alpha,
            "temperature": 0.1 if family == "coco" and method in USES_SIMILARITY else None,
            "grad_mode": "unroll" if method == "mtt-vl" else "constant", "merged": False}
-    if family == "world":
-        out.update(lr_sim=WORLD_LR_SIM)
-    if family == "world" and quick:  # smoke runs use small buffers (few steps per epoch): the published steps
-        out.update(iterations=10)
-    elif family == "world":
-        out.update(iterations=150, syn_steps=20, lr_lr=5e-2)
+    if family == "world":  # quick smoke runs use small buffers (few steps per epoch): the published steps
+        out.update(lr_sim=WORLD_LR_SIM, **(dict(iterations=10) if quick else
+                                            dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
     return out
 
 
