@@ -182,9 +182,7 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> to
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
     """Pixel digest -> image index, for the overlap check (computed once per test split; file
-    corpora's images differ in size, so they are decoded one at a time)."""
-    if corpus.pixels is not None:
-        return {image_digest(corpus.pixels[i]): i for i in range(corpus.n_images)}
+    corpora's images differ in size, so they are read one at a time)."""
     return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
 
 
