@@ -48,7 +48,7 @@ class PixelRows:
             index = index.cpu().numpy()
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        rows = np.ascontiguousarray(self.pixels[index])
+        rows = np.array(self.pixels[index])  # a copy: memory-mapped rows are read-only, torch warns on those
         x = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.0
         return (x - self.mean) / self.std
 
