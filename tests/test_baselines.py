@@ -181,6 +181,8 @@ def test_presets_follow_the_published_numbers():
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
     assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 0.1
     assert preset("amd", "world", 100, quick=True)["lr_sim"] == 0.1
+    # world data lrs: measured per method at b100 (LoRS, AMD); RepBlend and MTT-VL keep Flickr's
+    assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 1000.0, 1000.0]
     with pytest.raises(ProtosynthError, match="unknown --method"):
         preset("dream", "flickr", 100)
 
@@ -265,7 +267,9 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
     out = tmp_path / "cmp"
     methods = ["random", "pds", "lors", "repblend", "full"]
-    args = ["compare-baselines", "--budget", "6", "--corpus", TINY_WORLD, "--quick", "--repeats", "1",
+    # a 40-image test split (as tests/test_evaluation.py uses): encoding the default one's 5,000
+    # captions with MiniLM took ~45 of this test's ~130 s
+    args = ["compare-baselines", "--budget", "6", "--corpus", TINY_WORLD, "--test", "shapes:test,n=40", "--quick", "--repeats", "1",
             "--eval-epochs", "2", "--iterations", "2", "--methods", ",".join(methods), "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -283,6 +287,11 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+    # a set made with other settings is never reused under this run's name
+    result = CliRunner().invoke(app, [*args[:-2], "--iterations", "3", "--out", str(out)])
+    assert result.exit_code == 2 and "lors-b6 was made with other settings (iterations 2 (now 3))" in result.output
+    lors = json.loads((out / "sets" / "lors-b6" / "manifest.json").read_text())["learned_lr"]
+    assert len(lors["text_curve"]) == 2 and lors["text_curve"][-1] == pytest.approx(lors["text"], rel=1e-5)
 
 
 def test_baseline_cli_bad_input(tmp_path):

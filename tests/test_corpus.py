@@ -1,8 +1,6 @@
 """Corpus specs: the built-in world (with its cache) and JSONL manifests, with one-line errors."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import re
 from pathlib import Path
@@ -96,12 +94,17 @@ def test_load_world_size_option():
 
 
 def test_world_fingerprints_differ_by_spec():
-    a = load_corpus("shapes:test,n=20")
-    b = load_corpus("shapes:train,n=20")
-    c = load_corpus("shapes:test,n=20,seed=1")
-    d = load_corpus("shapes:test,n=20")
+    """Train splits only: a test split is kept disjoint from a whole (10,000-image) train split."""
+    from protosynth.corpus import _parse_world_spec, world_fingerprint
+
+    a = load_corpus("shapes:train,n=20")
+    b = load_corpus("shapes:train,n=21")
+    c = load_corpus("shapes:train,n=20,seed=1")
+    d = load_corpus("shapes,n=20")
     assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
     assert a.fingerprint == d.fingerprint
+    split, cfg = _parse_world_spec("shapes:test,n=20")
+    assert world_fingerprint(cfg, split) not in {world_fingerprint(cfg, "train"), world_fingerprint(cfg, "pretrain")}
 
 
 # ---------------------------------------------------------------- caching
@@ -400,12 +403,13 @@ def test_invalid_utf8_is_named_with_its_line(tmp_path):
 
 
 def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
-    """Raw generation repeats some single-object images across splits (7 of the 1,000 test images
-    equal a train image); the cached splits are disjoint by construction."""
+    """Raw generation repeats some single-object images across splits (7 of the default 1,000 test
+    images equal a train image; 2 with the 3,000-image train split used here to keep it fast); the
+    cached splits are disjoint by construction."""
     from protosynth.corpus import world_split
     from protosynth.world import WorldConfig, generate_split, image_digest
 
-    cfg = WorldConfig()
+    cfg = WorldConfig(n_train=3000, n_pretrain=1000)
     train = {image_digest(im) for im in world_split(cfg, "train").images}
     raw_test = generate_split(cfg, "test")
     assert sum(image_digest(im) in train for im in raw_test.images) > 0  # the problem is real
@@ -415,5 +419,5 @@ def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
     # only the colliding images were redrawn, captions and objects with them
     same = sum(np.array_equal(a, b) for a, b in zip(raw_test.images, test.images))
     assert len(test.images) - 20 < same < len(test.images)
-    pretrain = {image_digest(im) for im in world_split(replace(cfg, n_pretrain=2000), "pretrain").images}
+    pretrain = {image_digest(im) for im in world_split(cfg, "pretrain").images}
     assert not pretrain & train and not pretrain & set(test_digests)

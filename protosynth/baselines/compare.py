@@ -122,13 +122,41 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
         distill(DistillConfig(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device,
                               image_root=cfg.image_root, skip_bad=cfg.skip_bad))
     else:
-        from .presets import BaselineConfig
         from .run import distill_baseline
 
-        buffer = buffers["heads" if method == "repblend" else "full"]
-        distill_baseline(BaselineConfig(method=method, budget=cfg.budget, buffer=buffer, out=out, seed=cfg.seed,
-                                        device=cfg.device, quick=cfg.quick, iterations=cfg.iterations,
-                                        image_root=cfg.image_root, skip_bad=cfg.skip_bad))
+        distill_baseline(_baseline_config(method, cfg, out, buffers))
+
+
+def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]):
+    from .presets import BaselineConfig
+
+    return BaselineConfig(method=method, budget=cfg.budget, buffer=buffers["heads" if method == "repblend" else "full"],
+                          out=out, seed=cfg.seed, device=cfg.device, quick=cfg.quick, iterations=cfg.iterations,
+                          image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+
+
+def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> str | None:
+    """Why a finished set in ``out`` does not answer this run (another corpus, seed or budget, or,
+    for an optimisation method, other preset values, e.g. after a preset changed), or None.
+    Reusing such a set silently would put a row made one way into a table that says another."""
+    man = json.loads((out / "manifest.json").read_text())
+    corpus = man.get("corpus", {})
+    wanted = {"corpus": (corpus.get("spec"), cfg.corpus), "seed": (man.get("seed"), cfg.seed),
+              "budget": (man.get("budget"), cfg.budget),
+              "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
+              "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad)}
+    if method in OPTIMISATION:
+        from .presets import USES_SIMILARITY, preset, resolve
+
+        bcfg = _baseline_config(method, cfg, out, buffers)
+        family = "world" if cfg.corpus.split(",")[0].split(":")[0] == "shapes" else "flickr"
+        resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
+        recorded = man.get("settings", {})
+        keys = [k for k in preset(method, family, cfg.budget, cfg.quick)
+                if method in USES_SIMILARITY or k not in ("lr_sim", "rank", "alpha")]
+        wanted.update({k.replace("_", "-"): (recorded.get(k), getattr(resolved, k)) for k in keys})
+    diff = [f"{k} {was} (now {now})" for k, (was, now) in wanted.items() if was != now]
+    return ", ".join(diff) or None
 
 
 def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[str, Path]) -> None:
@@ -220,6 +248,9 @@ def compare_baselines(cfg: CompareConfig) -> dict:
         out = cfg.out / "sets" / f"{method}-b{cfg.budget}"
         if not (out / "manifest.json").is_file():
             _in_child(method, cfg, out, buffers)
+        elif reason := _stale_reason(method, cfg, out, buffers):
+            raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
+                                  f"delete it to remake it, or use another --out")
         paths[method] = out
     rows, head = _evaluate(paths, cfg)
     table = []

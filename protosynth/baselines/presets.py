@@ -76,6 +76,12 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
     "coco": {100: (5.0, 10, 1.0, 20), 200: (50.0, 20, 1.0, 20), 500: (500.0, 40, 1.0, 30)},
 }
 WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 1, 5.1 at Flickr's 10
+# World data lr (lr_img = lr_txt) per method, every budget, measured at b100 with lr_sim 0.1 (README,
+# "The similarity-matrix fix"): LoRS 20.9 at 10 vs 11.8 at Flickr's 100; AMD 11.9 vs 4.9. RepBlend
+# keeps Flickr's: at 10 its learned inner lrs swung (0.09 -> 2.3 in 20 iterations) until the student
+# diverged (NaN, or a loss spike that threw the text lr onto the 1e-4 floor for good). MTT-VL keeps
+# Flickr's too (43.9 at b100).
+WORLD_LR_SYN = {"lors": 10.0, "amd": 10.0}
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
@@ -96,6 +102,8 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     if family == "world":  # quick smoke runs use small buffers (few steps per epoch): the published steps
         out.update(lr_sim=WORLD_LR_SIM, **(dict(iterations=10) if quick else
                                             dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
+        if method in WORLD_LR_SYN:
+            out.update(lr_img=WORLD_LR_SYN[method], lr_txt=WORLD_LR_SYN[method])
     return out
 
 

@@ -148,7 +148,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
     rng = np.random.default_rng(cfg.seed)
     last_start = buffer.epochs - cfg.expert_epochs
-    losses, lr_clamps = [], 0
+    losses, lr_clamps, lr_trace = [], 0, []
     perm, cursor = torch.randperm(m, generator=gen), 0
     with StepBar(f"{cfg.method} b{cfg.budget}", cfg.iterations) as bar:
         for it in range(cfg.iterations):
@@ -170,7 +170,10 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             opt.zero_grad(set_to_none=True)
             loss = match(student, start, target, syn, batches, temperature, cfg.grad_mode, blends, cfg.merged)
             if not np.isfinite(loss):
-                raise ProtosynthError(f"{cfg.method}: matching loss is {loss} at iteration {it + 1}; lower --lr-img/--lr-txt")
+                raise ProtosynthError(
+                    f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
+                    f"{syn.lr_image.item():.3g}, text {syn.lr_text.item():.3g}); lower --lr-lr if they grew "
+                    f"large, else --lr-img/--lr-txt")
             opt.step()
             with torch.no_grad():
                 for lr in (syn.lr_image, syn.lr_text):
@@ -178,9 +181,10 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
                         lr.clamp_(min=1e-4)
                         lr_clamps += 1
             losses.append(loss)
-            bar.advance(f"loss {loss:.4f} t=({t_v},{t_l})")
+            lr_trace.append((syn.lr_image.item(), syn.lr_text.item()))
+            bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
     seconds["distill"] = round(time.time() - t0, 2)
-    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, seconds, started)
+    return _write(cfg, out, feats, syn, pairs, losses, ranges, (lr_clamps, lr_trace), buffer, seconds, started)
 
 
 def _curve(losses: list[float], points: int = 50) -> list[float]:
@@ -188,7 +192,8 @@ def _curve(losses: list[float], points: int = 50) -> list[float]:
     return [round(float(c.mean()), 6) for c in chunks]
 
 
-def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, seconds, started) -> Path:
+def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_log, buffer, seconds, started) -> Path:
+    lr_clamps, lr_trace = lr_log
     pixels = syn.images.detach().cpu()
     rgb = denormalise(pixels, feats.backbone.mean, feats.backbone.std)
     arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -213,7 +218,9 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, buffer, secon
                         "the trained text is the stored `text` tensor",
         "matching_loss": {"first": round(float(np.mean(losses[:k])), 6), "last": round(float(np.mean(losses[-k:])), 6),
                           "curve": _curve(losses)},
-        "learned_lr": {"image": syn.lr_image.item(), "text": syn.lr_text.item(), "clamped_steps": lr_clamps},
+        "learned_lr": {"image": syn.lr_image.item(), "text": syn.lr_text.item(), "clamped_steps": lr_clamps,
+                       # why a run stalled: an inner lr pinned at the 1e-4 floor stops the student
+                       "image_curve": _curve([a for a, _ in lr_trace]), "text_curve": _curve([b for _, b in lr_trace])},
         "amd_ranges": ranges, "versions": versions(), "peak_memory_mb": peak_rss_mb(),
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
     }
