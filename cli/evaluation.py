@@ -12,18 +12,19 @@ from cli.help_text import EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
+SKIP_BAD_HELP = "Skip (and count) unreadable images of the --full corpus instead of stopping; never the test split's."
 PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
 
 
 def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, seed, select_on_test, text, device,
-            full: Optional[str], image_root: Optional[Path] = None):
+            full: Optional[str], image_root: Optional[Path] = None, skip_bad: bool = False):
     from protosynth.evaluation.evaluate import EvalConfig
 
     if protocol is None:
         protocol = "small" if _on_world(sets, full) else "nfnet-bert"
     return EvalConfig(protocol=protocol, test=test, repeats=repeats, epochs=epochs, seed=seed,
                       select_on_test=select_on_test, text=text, device=device, full=full,
-                      image_root=image_root)
+                      image_root=image_root, skip_bad=skip_bad)
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
@@ -105,6 +106,7 @@ def retrieval(
     text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
     full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
     image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
     text_encoder: Optional[str] = typer.Option(None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."),
     image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
@@ -117,7 +119,7 @@ def retrieval(
     from protosynth.evaluation.evaluate import evaluate
 
     cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full,
-                          image_root),
+                          image_root, skip_bad),
                   backbone=backbone, text_encoder=text_encoder, image_size=image_size)
     doc = run(evaluate, sets or [], cfg)
     print_retrieval_table(doc)
@@ -137,13 +139,15 @@ def cross_arch_cmd(
     text: str = typer.Option("auto"),
     full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
     image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
+    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     device: str = typer.Option("cpu"),
 ) -> None:
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
-    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root)
+    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root,
+                  skip_bad)
     arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
     doc = run(cross_arch, sets or [], cfg, arch_list)
     print_cross_arch_table(doc)

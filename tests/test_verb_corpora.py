@@ -138,3 +138,17 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key
     assert _row_key(None, EvalConfig(skip_bad=True)) != _row_key(None, EvalConfig())
+
+
+def test_eval_retrieval_full_row_skips_bad_images(layout, tmp_path):
+    """The upper-bound row reads its corpus like the other verbs: one line for the truncated image,
+    and with --skip-bad it trains on the readable pairs."""
+    train, test = layout / "ann" / "train.csv", layout / "ann" / "test.csv"
+    args = ["eval", "retrieval", "--full", train, "--test", test, "--image-root", layout / "data", "--protocol", "small",
+            "--repeats", 1, "--epochs", 1, "--json", tmp_path / "full.json"]
+    code, err = invoke(args)  # the test split's decoding bar comes first on stderr
+    assert code == 2 and re.match(rf"error: {re.escape(str(train))} row {2 * BAD + 2}: ", err.strip().splitlines()[-1]), err
+    code, text = invoke([*args, "--skip-bad"])
+    assert code == 0, text
+    row = json.loads((tmp_path / "full.json").read_text())["sets"][0]
+    assert row["path"] is None and row["budget"] == 2 * (N_TRAIN - 1)
