@@ -23,20 +23,12 @@ from ..distilled import DistilledSet
 from ..errors import ProtosynthError
 from ..world import image_digest
 from .backbones import Backbone
-from .pixels import PixelRows, corpus_pixel_rows, resized
+from ..imageops import resized
+from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise  # noqa: F401 (re-exported)
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
 
 TEXT_MODES = ("auto", "captions", "members", "stored")
-
-
-def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """[0, 1] RGB (N, 3, H, W) -> a backbone's input convention."""
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:

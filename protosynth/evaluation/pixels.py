@@ -22,18 +22,26 @@ import torch
 from PIL import Image
 
 from ..corpus import Corpus, cache_dir
+from ..imageops import resized
 from ..models.training import StepBar
 
 CACHE_VERSION = "1"  # bump when the decoding or resizing rule changes
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """[0, 1] RGB (N, 3, H, W) -> a backbone's input convention."""
+    return (x - torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)) / torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+
+
+def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return x * torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1) + torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
 
 
 class PixelRows:
     """Read-only rows of uint8 images (N, S, S, 3) that index to normalised float tensors (k, 3, S, S)."""
 
     def __init__(self, pixels: np.ndarray, mean, std):
-        self.pixels = pixels
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.pixels, self.mean, self.std = pixels, tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -49,15 +57,7 @@ class PixelRows:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         rows = np.array(self.pixels[index])  # a copy: memory-mapped rows are read-only, torch warns on those
-        x = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.0
-        return (x - self.mean) / self.std
-
-
-def resized(image: Image.Image, size: int) -> np.ndarray:
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
+        return normalise(torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.0, self.mean, self.std)
 
 
 def corpus_pixel_rows(corpus: Corpus, mean, std, size: int) -> PixelRows:

@@ -26,6 +26,7 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from PIL import Image
 
 from ..errors import ProtosynthError
+from ..imageops import resized
 
 COORD_CHANNELS = 2  # (x, y) position channels a coordinate-aware UNet takes after the pixel patches
 
@@ -225,8 +226,7 @@ CONDITIONING_FILE = "conditioning.json"  # which CLIP space a trained decoder ex
 def to_unit_range(images: list[Image.Image], size: int) -> torch.Tensor:
     """PIL images resized to ``size`` (bicubic) as a (N, 3, size, size) tensor in [-1, 1]: the
     decoder's pixel convention."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), resample=Image.BICUBIC)
-                               if im.size != (size, size) else im.convert("RGB")) for im in images])
+    arr = np.stack([resized(im, size) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
