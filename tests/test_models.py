@@ -42,6 +42,25 @@ def test_small_clip_loads_through_open_clip_local_dir(quick_models):
     assert enc.space == same.space and enc.space.startswith("small-clip:")
 
 
+def test_local_dir_takes_open_clips_other_weight_files(quick_models, tmp_path):
+    """A folder saved with torch.save (``open_clip_pytorch_model.bin``, as older open_clip exports
+    are) loads too; its space follows that file's bytes. No weights at all: one clear error."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = shutil.copytree(quick_models / "clip", tmp_path / "bin")  # config, BPE merges, weights
+    torch.save(load_file(folder / "open_clip_model.safetensors"), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_model.safetensors").unlink()
+    texts = ["a red circle in the center"]
+    as_bin = load_clip(f"local-dir:{folder}")
+    assert torch.equal(as_bin.encode_texts(texts), load_clip(f"small:{quick_models}").encode_texts(texts))
+    assert as_bin.space.startswith("small-clip:")
+    (folder / "open_clip_pytorch_model.bin").unlink()
+    with pytest.raises(ProtosynthError, match=r"no weights file in .*open_clip_model\.safetensors"):
+        load_clip(f"local-dir:{folder}")
+
+
 def test_unknown_specs_are_clear_errors(tmp_path):
     with pytest.raises(ProtosynthError, match="unknown --clip spec"):
         load_clip("nonsense")

@@ -39,6 +39,10 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "world"
 CLIP_WEIGHTS = "open_clip_model.safetensors"
+# the weight files open_clip's local-dir: loader takes, in its order of preference (open_clip factory)
+LOCAL_DIR_WEIGHTS = (CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
+                     "model.pth")
 
 
 @dataclass
@@ -91,8 +95,9 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | 
     """An open_clip folder. Undeclared, its space is ``small-clip:<weights hash>``; with a declared
     ``space`` the hash goes to ``weights_id`` instead (the embedding cache must still follow the
     weights), and QuickGELU is forced when that space's weights were trained with it."""
-    if not (folder / CLIP_WEIGHTS).is_file():
-        raise ProtosynthError(f"--clip {spec}: no weights file {folder / CLIP_WEIGHTS}")
+    weights = next((folder / n for n in LOCAL_DIR_WEIGHTS if (folder / n).is_file()), None)
+    if weights is None:
+        raise ProtosynthError(f"--clip {spec}: no weights file in {folder} (open_clip reads {', '.join(LOCAL_DIR_WEIGHTS[:3])}, ...)")
     try:
         cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
         quick = space is not None and not cfg.get("quick_gelu") and _trained_with_quick_gelu(space)
@@ -104,7 +109,7 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | 
     bpe = folder / BPE_FILENAME
     tokenizer = load_tokenizer(bpe, context) if bpe.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval()
-    digest = sha256_file(folder / CLIP_WEIGHTS)
+    digest = sha256_file(weights)
     return ClipEncoder(model, preprocess, tokenizer, spec, space or f"small-clip:{digest[:12]}", int(cfg["embed_dim"]),
                        device, digest if space else "")
 
