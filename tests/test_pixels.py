@@ -87,3 +87,19 @@ def test_image_hashes_of_images_of_different_sizes(mixed_sizes):
     hashes = image_hashes(mixed_sizes)
     assert sorted(hashes.values()) == list(range(6))
     assert hashes[image_digest(mixed_sizes.image_array(2))] == 2
+
+
+def test_image_hashes_of_a_file_corpus_are_cached(mixed_sizes, monkeypatch):
+    """The overlap check's digests come from the cache the second time (no image decoded), and a
+    damaged cache file is recomputed rather than trusted."""
+    first = image_hashes(mixed_sizes)
+    (cached,) = (cache_dir() / "hashes").glob("*.json")
+
+    def no_decoding(*_a, **_k):
+        raise AssertionError("decoded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(type(mixed_sizes), "load_image", no_decoding)
+        assert image_hashes(mixed_sizes) == first
+    cached.write_text("{not json")
+    assert image_hashes(mixed_sizes) == first and len(json.loads(cached.read_text())) == 6

@@ -11,6 +11,7 @@ Text of a set is used the way it was stored (``--text``):
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image
 from ..corpus import Corpus, cache_dir, load_corpus
 from ..distilled import DistilledSet
 from ..errors import ProtosynthError
+from ..files import write_text_atomic
 from ..world import image_digest
 from .backbones import Backbone
 from ..imageops import resized
@@ -173,9 +175,23 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> to
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
-    """Pixel digest -> image index, for the overlap check (computed once per test split; file
-    corpora's images differ in size, so they are read one at a time)."""
-    return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
+    """Pixel digest -> image index, for the overlap check. A file corpus's digests (each image
+    decoded at full size, one at a time) are cached by its fingerprint, as its pixels are, so an
+    evaluation does not decode the whole test split a second time."""
+    if corpus.pixels is not None:  # in memory (the world): nothing to save
+        return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
+    path = cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            digests = json.loads(path.read_text())
+            if len(digests) == corpus.n_images:
+                return {bytes.fromhex(d): i for i, d in enumerate(digests)}
+        except ValueError:
+            pass  # a damaged cache file is recomputed below
+    digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps([d.hex() for d in digests]))
+    return {d: i for i, d in enumerate(digests)}
 
 
 def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:
