@@ -141,8 +141,10 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     trajectories = [buffer.trajectory(e) for e in range(buffer.experts)]
     ranges = amd.expert_ranges(trajectories) if cfg.method == "amd" else None
     student = make_student(feats, buffer.shape == "heads", cfg.seed).to(cfg.device)
-    names = set(trainable(student))
-    if set(trajectories[0][0]) != names:
+    # the student's own parameter order, never a set's: a set of strings iterates in an order that
+    # changes with each process's hash seed, and so did the float sums over parameters (runs differed)
+    names = list(trainable(student))
+    if set(trajectories[0][0]) != set(names):
         raise ProtosynthError(f"--buffer {buffer.root}: its parameters do not fit the protocol's student "
                               f"({len(trajectories[0][0])} tensors saved, {len(names)} expected)")
     temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
