@@ -146,10 +146,10 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
               "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
               "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad)}
     if method in OPTIMISATION:
-        from .presets import USES_SIMILARITY, preset, resolve
+        from .presets import USES_SIMILARITY, default_family, preset, resolve
 
         bcfg = _baseline_config(method, cfg, out, buffers)
-        family = "world" if cfg.corpus.split(",")[0].split(":")[0] == "shapes" else "flickr"
+        family = default_family(cfg.corpus)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
         recorded = man.get("settings", {})
         keys = [k for k in preset(method, family, cfg.budget, cfg.quick)

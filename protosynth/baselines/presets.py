@@ -67,6 +67,11 @@ class BaselineConfig:
     skip_bad: bool = False  # skip unreadable images; on anyway when the buffer was made with it
 
 
+def default_family(corpus_spec: str) -> str:
+    """The preset family when none is named: ``world`` for the built-in world, else ``flickr``."""
+    return "world" if corpus_spec.split(",")[0].split(":")[0] == "shapes" else "flickr"
+
+
 def preset_budget(budget: int) -> int:
     return min((100, 200, 500), key=lambda b: (abs(b - budget), b))
 

@@ -35,7 +35,7 @@ from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
 from .matching import Blend, SyntheticSet, match
-from .presets import USES_SIMILARITY, BaselineConfig, resolve, settings
+from .presets import USES_SIMILARITY, BaselineConfig, default_family, resolve, settings
 from .student import LowRankSimilarity, trainable
 
 
@@ -112,7 +112,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     corpus_spec = buffer.manifest["corpus"]["spec"]
     out = cfg.out or default_out(cfg, corpus_spec)
     check_out_dir(out, cfg.force)
-    family = cfg.family or ("world" if corpus_spec.split(",")[0].split(":")[0] == "shapes" else "flickr")
+    family = cfg.family or default_family(corpus_spec)
     cfg = resolve(cfg, family, buffer.epochs)
     started = time.time()
     seconds: dict[str, float] = {}
