@@ -28,7 +28,7 @@ from PIL import Image
 from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..errors import ProtosynthError
-from ..evaluation.data import denormalise
+from ..evaluation.pixels import denormalise
 from ..models.training import StepBar
 from ..runinfo import check_device, corpus_name, peak_rss_mb, versions
 from . import amd
@@ -186,7 +186,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             lr_trace.append((syn.lr_image.item(), syn.lr_text.item()))
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
     seconds["distill"] = round(time.time() - t0, 2)
-    return _write(cfg, out, feats, syn, pairs, losses, ranges, (lr_clamps, lr_trace), buffer, seconds, started)
+    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started)
 
 
 def _curve(losses: list[float], points: int = 50) -> list[float]:
@@ -194,8 +194,7 @@ def _curve(losses: list[float], points: int = 50) -> list[float]:
     return [round(float(c.mean()), 6) for c in chunks]
 
 
-def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_log, buffer, seconds, started) -> Path:
-    lr_clamps, lr_trace = lr_log
+def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started) -> Path:
     pixels = syn.images.detach().cpu()
     rgb = denormalise(pixels, feats.backbone.mean, feats.backbone.std)
     arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

@@ -24,9 +24,9 @@ from ..distilled import DistilledSet
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
 from ..world import image_digest
-from .backbones import Backbone
 from ..imageops import resized
-from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise  # noqa: F401 (re-exported)
+from .backbones import Backbone
+from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
 
