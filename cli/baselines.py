@@ -59,6 +59,7 @@ def baseline(
     lr_txt: Optional[float] = typer.Option(None),
     lr_lr: Optional[float] = typer.Option(None),
     lr_init: Optional[float] = typer.Option(None),
+    lr_space: Optional[str] = typer.Option(None, help="How the inner lrs are learned: linear (published) or log (steps by a factor; the world's 500-pair preset)."),
     lr_sim: Optional[float] = typer.Option(None),
     rank: Optional[int] = typer.Option(None),
     alpha: Optional[float] = typer.Option(None),
@@ -73,7 +74,7 @@ def baseline(
     cfg = BaselineConfig(method=method, budget=budget, buffer=buffer, out=out, force=force, seed=seed, device=device,
                          family=preset, quick=quick, iterations=iterations, syn_steps=syn_steps,
                          expert_epochs=expert_epochs, max_start_epoch=max_start_epoch, batch_syn=batch_syn,
-                         lr_img=lr_img, lr_txt=lr_txt, lr_lr=lr_lr, lr_init=lr_init, lr_sim=lr_sim, rank=rank,
+                         lr_img=lr_img, lr_txt=lr_txt, lr_lr=lr_lr, lr_init=lr_init, lr_space=lr_space, lr_sim=lr_sim, rank=rank,
                          alpha=alpha, grad_mode=grad_mode, merged=merged, clip=clip, image_root=image_root,
                          skip_bad=skip_bad)
     typer.echo(f"wrote {run(distill_baseline, cfg)}")

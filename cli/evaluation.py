@@ -28,13 +28,15 @@ def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, se
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
+    from protosynth.runinfo import is_world
+
     specs = [full] if full else []
     for s in sets:
         try:
             specs.append(json.loads((s / "manifest.json").read_text())["corpus"]["spec"])
         except (OSError, ValueError, KeyError):
             fail(f"{s}: not a complete distilled set (no readable manifest.json)")
-    return all(sp.split(",")[0].split(":")[0] == "shapes" for sp in specs)
+    return all(is_world(sp) for sp in specs)
 
 
 def _write_json(doc: dict, path: Optional[Path]) -> None:

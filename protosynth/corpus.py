@@ -33,9 +33,10 @@ from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.webdataset import load_webdataset
 from .errors import ProtosynthError
+from .runinfo import canonical_root, canonical_spec, is_world
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
-__all__ = ["Corpus", "ImageSource", "cache_dir", "load_corpus", "load_csv", "load_jsonl", "load_karpathy",
+__all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_spec", "is_world", "load_corpus", "load_csv", "load_jsonl", "load_karpathy",
            "load_webdataset", "load_world", "world_fingerprint", "world_split"]
 
 FORMATS = "'shapes[:train|test|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
@@ -114,17 +115,18 @@ def load_world(spec: str = "shapes") -> Corpus:
 
 
 def load_corpus(spec: str, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
-    """Resolve a corpus spec string (see module docstring)."""
-    if spec == "shapes" or spec.startswith(("shapes:", "shapes,")):
+    """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
+    and image root (absolute paths)."""
+    if is_world(spec):
         kind = "world"
     else:
         suffix = spec.lower().rsplit(".", 1)[-1] if "." in Path(spec).name else ""
         kind = "tar" if suffix == "tar" or "*" in spec or "?" in spec else suffix
     if kind not in ("world", "jsonl", "json", "csv", "tar"):
         raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
-    image_root = None if image_root is None else Path(image_root)
     if image_root is not None and kind not in ("json", "csv"):
         raise ProtosynthError(f"--image-root applies to .json and .csv corpora, not {spec!r}")
+    spec, image_root = canonical_spec(spec), canonical_root(image_root)
     if kind == "world":
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
         corpus.skip_bad = skip_bad

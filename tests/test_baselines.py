@@ -71,6 +71,26 @@ def test_constant_memory_gradient_equals_full_unroll(shape, with_sim, merged):
     assert not torch.allclose(g_f["images"], g_u["images"], rtol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["unroll", "constant"])
+def test_log_space_lr_gradient_is_the_chain_rule_of_the_linear_one(mode):
+    """With log(lr) as the leaf, d loss / d log(lr) = lr * d loss / d lr, and every other gradient is
+    unchanged: the parametrisation changes how the lr is stepped, not what the student does."""
+    student, start, target, fresh, batches = tiny_problem("full")
+    loss_lin, g_lin = grads_of(student, start, target, fresh(), batches, mode)
+    syn = fresh()
+    lrs = {"lr_image": float(syn.lr_image), "lr_text": float(syn.lr_text)}
+    with torch.no_grad():
+        syn.lr_image.copy_(syn.lr_image.log())
+        syn.lr_text.copy_(syn.lr_text.log())
+    syn.log_lr = True
+    loss_log, g_log = grads_of(student, start, target, syn, batches, mode)
+    assert loss_log == pytest.approx(loss_lin, rel=1e-12)
+    for k in g_lin:
+        want = g_lin[k] * lrs[k] if k in lrs else g_lin[k]
+        torch.testing.assert_close(g_log[k], want, rtol=1e-7, atol=1e-12, msg=k)
+    assert float(syn.rate("image")) == pytest.approx(lrs["lr_image"])
+
+
 def test_first_order_is_exact_for_one_step():
     student, start, target, fresh, batches = tiny_problem("full")
     _, g_u = grads_of(student, start, target, fresh(), batches[:1], "unroll")
@@ -183,6 +203,9 @@ def test_presets_follow_the_published_numbers():
     assert preset("amd", "world", 100, quick=True)["lr_sim"] == 0.1
     # world data lrs: measured per method at b100 (LoRS, AMD); RepBlend and MTT-VL keep Flickr's
     assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 1000.0, 1000.0]
+    # inner lrs: learned linearly as published, in log space on the world at 500 pairs only
+    assert [preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 200), ("world", 500))] == [
+        "linear", "linear", "log"]
     with pytest.raises(ProtosynthError, match="unknown --method"):
         preset("dream", "flickr", 100)
 

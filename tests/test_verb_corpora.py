@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -103,6 +104,22 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
                                r"csv-\w+; read now it is csv-\w+ \(its images, --image-root or --skip-bad differ\)")
 
 
+def test_relative_paths_are_recorded_absolute_so_another_folder_can_reuse_the_buffer(layout, tmp_path, monkeypatch):
+    """A buffer made with relative --corpus/--image-root is read again by ``baseline`` run from
+    another folder (the manifest records absolute paths, not the paths as typed)."""
+    monkeypatch.chdir(layout / "ann")
+    code, text = invoke(["buffer", "--corpus", "train.csv", "--image-root", "../data", "--skip-bad", "--experts", 1,
+                         "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "buf"])
+    assert code == 0, text
+    corpus = json.loads((tmp_path / "buf" / "manifest.json").read_text())["corpus"]
+    assert (corpus["spec"], corpus["image_root"]) == (str(layout / "ann" / "train.csv"), str(layout / "data"))
+    monkeypatch.chdir(tmp_path)
+    code, text = invoke(["baseline", "--method", "mtt-vl", "--budget", 4, "--buffer", "buf", "--iterations", 1,
+                         "--syn-steps", 1, "--batch-syn", 2, "--out", "set"])
+    assert code == 0, text
+    assert json.loads((tmp_path / "set" / "manifest.json").read_text())["corpus"]["spec"] == corpus["spec"]
+
+
 def test_compare_baselines(layout, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare-baselines", "--corpus", layout / "ann" / "train.csv", "--budget", 2, "--methods", "random,full",
@@ -133,7 +150,7 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     from protosynth.evaluation.evaluate import EvalConfig
 
     assert not {"image_root", "skip_bad"} & set(_settings(BufferConfig()))
-    assert _settings(BufferConfig(image_root=Path("data"), skip_bad=True))["image_root"] == "data"
+    assert _settings(BufferConfig(image_root=Path("data"), skip_bad=True))["image_root"] == os.path.abspath("data")
     before = {k: v for k, v in asdict(EvalConfig()).items() if k != "skip_bad"}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..distilled import corpus_record
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
 from ..models.training import StepBar
-from ..runinfo import check_device, peak_rss_mb, versions
+from ..runinfo import canonical_root, canonical_spec, check_device, peak_rss_mb, versions
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 
@@ -81,6 +81,8 @@ def _settings(cfg: BufferConfig) -> dict:
     """What a finished or unfinished buffer must match to be reused. The corpus-reading options are
     left out while unset, so buffers written before they existed are still reused."""
     unset = {"image_root": None, "skip_bad": False}
+    # absolute corpus paths: the same buffer asked for from another folder is still the same buffer
+    cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root))
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
             if k not in ("out", "device") and not (k in unset and v == unset[k])}
 

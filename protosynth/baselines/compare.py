@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
-from ..runinfo import check_device
+from ..runinfo import canonical_root, canonical_spec, check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
@@ -146,14 +146,14 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
               "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
               "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad)}
     if method in OPTIMISATION:
-        from .presets import USES_SIMILARITY, default_family, preset, resolve
+        from .presets import SIMILARITY_KEYS, USES_SIMILARITY, default_family, preset, resolve
 
         bcfg = _baseline_config(method, cfg, out, buffers)
         family = default_family(cfg.corpus)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
         recorded = man.get("settings", {})
         keys = [k for k in preset(method, family, cfg.budget, cfg.quick)
-                if method in USES_SIMILARITY or k not in ("lr_sim", "rank", "alpha")]
+                if method in USES_SIMILARITY or k not in SIMILARITY_KEYS]
         wanted.update({k.replace("_", "-"): (recorded.get(k), getattr(resolved, k)) for k in keys})
     diff = [f"{k} {was} (now {now})" for k, (was, now) in wanted.items() if was != now]
     return ", ".join(diff) or None
@@ -225,6 +225,9 @@ def compare_baselines(cfg: CompareConfig) -> dict:
     """Run (or resume) the comparison; returns the compare.json document."""
     _validate(cfg)
     cfg = cfg.effective()
+    # absolute paths, as the manifests of the sets and buffers record them (so reuse checks compare like with like)
+    cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root),
+                  test=None if cfg.test is None else canonical_spec(cfg.test))
     started = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

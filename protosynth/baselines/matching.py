@@ -34,13 +34,23 @@ MODALITIES = ("image", "text")
 @dataclass
 class SyntheticSet:
     """The learnable synthetic data: pixels (normalised for the backbone), text features in the
-    protocol's text space, one inner learning rate per modality, and LoRS's similarity matrix."""
+    protocol's text space, one inner learning rate per modality, and LoRS's similarity matrix.
+
+    With ``log_lr`` the lr leaves hold log(lr), so the outer optimiser moves each lr by a factor
+    rather than by an amount: one overshooting iteration can halve an lr but not throw it below
+    zero (with the lr itself as the leaf, such a spike pinned it at the 1e-4 floor)."""
 
     images: torch.Tensor  # (M, 3, S, S), requires grad
     texts: torch.Tensor  # (M, D), requires grad
-    lr_image: torch.Tensor  # scalar, requires grad
+    lr_image: torch.Tensor  # scalar, requires grad: the image side's inner lr (or its log)
     lr_text: torch.Tensor
     sim: LowRankSimilarity | None = None
+    log_lr: bool = False
+
+    def rate(self, modality: str) -> torch.Tensor:
+        """The inner learning rate of ``modality`` (``image`` or ``text``), differentiable."""
+        raw = self.lr_image if modality == "image" else self.lr_text
+        return raw.exp() if self.log_lr else raw
 
     def leaves(self) -> dict[str, torch.Tensor]:
         out = {"images": self.images, "texts": self.texts, "lr_image": self.lr_image, "lr_text": self.lr_text}
@@ -79,7 +89,7 @@ def step_loss(student: Student, params: dict[str, torch.Tensor], syn: SyntheticS
 
 
 def _lr(syn: SyntheticSet, name: str) -> torch.Tensor:
-    return syn.lr_image if name.startswith("image.") else syn.lr_text
+    return syn.rate("image" if name.startswith("image.") else "text")
 
 
 def matching_loss(end: dict[str, torch.Tensor], start: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
@@ -131,7 +141,7 @@ def match(student: Student, start: dict[str, torch.Tensor], target: dict[str, to
         # theta_{i+1} = theta_i - lr * g_i: the vector-Jacobian product of -lr * g_i with the adjoint
         inner = {m: sum((adjoint[k] * g).sum() for k, g in zip(names, grads) if k.startswith(m + "."))
                  for m in MODALITIES}
-        surrogate = -(syn.lr_image * inner["image"] + syn.lr_text * inner["text"])
+        surrogate = -(syn.rate("image") * inner["image"] + syn.rate("text") * inner["text"])
         wrt = list(leaves.values()) + ([] if grad_mode == "first-order" else list(p.values()))
         out = torch.autograd.grad(surrogate, wrt, allow_unused=True)
         for leaf, g in zip(leaves.values(), out[: len(leaves)]):

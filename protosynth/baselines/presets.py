@@ -13,7 +13,7 @@ MTT-VL's synthetic mini-batch is not in PROTOCOLS.md; it uses LoRS's. AMD and Re
 LoRS (similarity matrix, constant-memory gradient) and use its settings.
 
 World presets (the offline ``small`` protocol on the built-in world): 150 iterations, syn_steps 20
-and lr_lr 5e-2, the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
+and lr_lr 5e-2 (at 500 pairs on log(lr), see WORLD_LR_SYN), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
 lr_lr 1e-2, since quick buffers have few steps per epoch; with syn_steps 20 on a 16-step quick
 buffer the MTT-VL student overshot, its inner lrs were driven to the floor and its pixels diverged). A world expert epoch is 391 SGD steps, so an
 8-step student at lr 0.1 barely moves toward it: in a 20-30-iteration check at budget 100 (MTT-VL)
@@ -30,10 +30,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import ProtosynthError
+from ..runinfo import is_world
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")
 USES_SIMILARITY = ("lors", "amd", "repblend")
+SIMILARITY_KEYS = ("lr_sim", "rank", "alpha")  # settings that only a method with S uses
 
 
 @dataclass
@@ -56,6 +58,7 @@ class BaselineConfig:
     lr_txt: float | None = None
     lr_lr: float | None = None
     lr_init: float | None = None
+    lr_space: str | None = None  # how the inner lrs are learned: "linear" (published) or "log" (log(lr) is the leaf)
     lr_sim: float | None = None
     rank: int | None = None
     alpha: float | None = None
@@ -69,7 +72,7 @@ class BaselineConfig:
 
 def default_family(corpus_spec: str) -> str:
     """The preset family when none is named: ``world`` for the built-in world, else ``flickr``."""
-    return "world" if corpus_spec.split(",")[0].split(":")[0] == "shapes" else "flickr"
+    return "world" if is_world(corpus_spec) else "flickr"
 
 
 def preset_budget(budget: int) -> int:
@@ -87,6 +90,11 @@ WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 
 # diverged (NaN, or a loss spike that threw the text lr onto the 1e-4 floor for good). MTT-VL keeps
 # Flickr's too (43.9 at b100).
 WORLD_LR_SYN = {"lors": 10.0, "amd": 10.0}
+# At 500 pairs (mini-batch 40, start epochs 0-2) the world's inner lrs are learned in log space. With
+# the lr itself as the leaf, MTT-VL's lrs grew on epoch-0 starts, the next epoch-1/2 start overshot
+# (matching loss 2.5-3.7) and the outer step threw them onto the 1e-4 floor within 5-25 iterations,
+# at lr_lr 5e-2 and at 1e-2, at data lr 100 and with start epochs 0-1. In log space (30-iteration
+# probes) the lrs stayed near 0.1 and the loss settled: 1.90 -> 1.50 by iteration 30 (README).
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
@@ -101,7 +109,7 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     lr_sim, rank, alpha, batch = _LORS[base][b]
     out = {"iterations": 3000, "syn_steps": 8, "expert_epochs": 1, "max_start_epoch": 3 if b == 500 else 2,
            "batch_syn": batch, "lr_img": _LR_SYN[base][b], "lr_txt": _LR_SYN[base][b], "lr_lr": 1e-2,
-           "lr_init": 0.1, "lr_sim": lr_sim, "rank": rank, "alpha": alpha,
+           "lr_init": 0.1, "lr_space": "linear", "lr_sim": lr_sim, "rank": rank, "alpha": alpha,
            "temperature": 0.1 if family == "coco" and method in USES_SIMILARITY else None,
            "grad_mode": "unroll" if method == "mtt-vl" else "constant", "merged": False}
     if family == "world":  # quick smoke runs use small buffers (few steps per epoch): the published steps
@@ -109,6 +117,8 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
                                             dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
         if method in WORLD_LR_SYN:
             out.update(lr_img=WORLD_LR_SYN[method], lr_txt=WORLD_LR_SYN[method])
+        if b == 500 and not quick:
+            out.update(lr_space="log")
     return out
 
 
@@ -122,6 +132,10 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
     for name in ("lr_img", "lr_txt", "lr_lr", "lr_init", "lr_sim"):
         if getattr(cfg, name) < 0:
             raise ProtosynthError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.lr_space not in ("linear", "log"):
+        raise ProtosynthError(f"--lr-space {cfg.lr_space!r}: use linear or log")
+    if cfg.lr_space == "log" and cfg.lr_init <= 0:
+        raise ProtosynthError(f"--lr-space log needs a positive --lr-init, got {cfg.lr_init}")
     if cfg.grad_mode not in ("unroll", "constant", "first-order"):
         raise ProtosynthError(f"--grad-mode {cfg.grad_mode!r}: use unroll, constant or first-order")
     if cfg.expert_epochs > max_epochs:

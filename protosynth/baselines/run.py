@@ -17,6 +17,7 @@ tagged with the protocol's text space), the learned inner learning rates and S (
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -127,9 +128,11 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     images = feats.pixels[feats.pair_image[torch.from_numpy(pairs)]].clone().requires_grad_(True)
     texts = feats.texts[torch.from_numpy(pairs)].clone().requires_grad_(True)
-    syn = SyntheticSet(images, texts, torch.tensor(cfg.lr_init, requires_grad=True),
-                       torch.tensor(cfg.lr_init, requires_grad=True),
-                       LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None)
+    log_lr = cfg.lr_space == "log"
+    lr0 = math.log(cfg.lr_init) if log_lr else cfg.lr_init
+    syn = SyntheticSet(images, texts, torch.tensor(lr0, requires_grad=True), torch.tensor(lr0, requires_grad=True),
+                       LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None,
+                       log_lr=log_lr)
     groups = [{"params": [syn.images], "lr": cfg.lr_img}, {"params": [syn.texts], "lr": cfg.lr_txt},
               {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr}]
     if syn.sim is not None:
@@ -174,16 +177,16 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             if not np.isfinite(loss):
                 raise ProtosynthError(
                     f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
-                    f"{syn.lr_image.item():.3g}, text {syn.lr_text.item():.3g}); lower --lr-lr if they grew "
-                    f"large, else --lr-img/--lr-txt")
+                    f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower --lr-lr if "
+                    f"they grew large, else --lr-img/--lr-txt")
             opt.step()
             with torch.no_grad():
-                for lr in (syn.lr_image, syn.lr_text):
+                for lr in ((syn.lr_image, syn.lr_text) if not log_lr else ()):
                     if lr.item() < 1e-4:  # a negative inner lr would train the student backwards
                         lr.clamp_(min=1e-4)
                         lr_clamps += 1
             losses.append(loss)
-            lr_trace.append((syn.lr_image.item(), syn.lr_text.item()))
+            lr_trace.append((syn.rate("image").item(), syn.rate("text").item()))
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
     seconds["distill"] = round(time.time() - t0, 2)
     return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started)
@@ -202,8 +205,8 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
     corpus = feats.corpus
     rows = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)], "init_pair": int(p),
              "members": [int(p)]} for i, p in enumerate(pairs)]
-    tensors = {"pixels": pixels, "text": syn.texts.detach().cpu(), "lr_image": syn.lr_image.detach().reshape(1),
-               "lr_text": syn.lr_text.detach().reshape(1)}
+    tensors = {"pixels": pixels, "text": syn.texts.detach().cpu(), "lr_image": syn.rate("image").detach().reshape(1),
+               "lr_text": syn.rate("text").detach().reshape(1)}
     if syn.sim is not None:
         tensors["similarity"] = syn.sim().detach().cpu()
     k = max(1, min(10, len(losses) // 5))
@@ -219,7 +222,7 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
                         "the trained text is the stored `text` tensor",
         "matching_loss": {"first": round(float(np.mean(losses[:k])), 6), "last": round(float(np.mean(losses[-k:])), 6),
                           "curve": _curve(losses)},
-        "learned_lr": {"image": syn.lr_image.item(), "text": syn.lr_text.item(), "clamped_steps": lr_clamps,
+        "learned_lr": {"image": syn.rate("image").item(), "text": syn.rate("text").item(), "clamped_steps": lr_clamps,
                        # why a run stalled: an inner lr pinned at the 1e-4 floor stops the student
                        "image_curve": _curve([a for a, _ in lr_trace]), "text_curve": _curve([b for _, b in lr_trace])},
         "amd_ranges": ranges, "versions": versions(), "peak_memory_mb": peak_rss_mb(),
