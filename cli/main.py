@@ -47,6 +47,7 @@ def models_train(
     decoder_init_from: Optional[str] = typer.Option(None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."),
     decoder_prediction: str = typer.Option("v_prediction", help="What the decoder UNet predicts: v_prediction or epsilon."),
     decoder_coords: bool = typer.Option(False, help="Give the decoder UNet (x, y) position input channels (CoordConv)."),
+    decoder_lr_schedule: str = typer.Option("constant", help="Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps)."),
 ) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
     from protosynth.models.train import ModelsTrainConfig, train_models
@@ -69,6 +70,9 @@ def models_train(
     if decoder_prediction not in ("v_prediction", "epsilon"):
         fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
+    if decoder_lr_schedule not in ("constant", "cosine"):
+        fail(f"--decoder-lr-schedule {decoder_lr_schedule!r}: use constant or cosine")
+    decoder["lr_schedule"] = decoder_lr_schedule
     decoder["coords"] = decoder_coords
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,
                             image_root=image_root, skip_bad=skip_bad)

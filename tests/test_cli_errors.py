@@ -335,6 +335,13 @@ def test_models_train_refuses_the_world_test_split(tmp_path):
     assert_one_line_error(r, r"shapes:test", r"--test")
 
 
+@pytest.mark.parametrize("option,value", [("--decoder-lr-schedule", "linear"), ("--decoder-prediction", "x0")])
+def test_models_train_names_a_bad_decoder_option(option, value, tmp_path):
+    r = CliRunner().invoke(app, ["models", "train", "--out", str(tmp_path / "m"), "--quick", option, value])
+    assert_one_line_error(r, re.escape(option), value)
+    assert not (tmp_path / "m").exists()
+
+
 def test_models_train_decoder_only_needs_a_clip(tmp_path):
     r = CliRunner().invoke(app, ["models", "train", "--only", "decoder", "--out", str(tmp_path / "m"), "--quick"])
     assert_one_line_error(r, r"--only decoder", r"clip")

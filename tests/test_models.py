@@ -225,3 +225,18 @@ def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
     assert torch.allclose(start(emb, num_inference_steps=3, generator=gens(), output_type="pt"),
                           wide(emb, num_inference_steps=3, generator=gens(), output_type="pt"), atol=1e-5)
+
+
+def test_decoder_lr_schedules_warm_up_then_hold_or_decay():
+    """--decoder-lr-schedule: both warm up linearly; constant then holds the base lr, cosine falls
+    to half of it midway and to zero at the last step."""
+    from protosynth.models.train_decoder import DecoderTrainConfig, decoder_lr
+
+    const = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200)
+    cos = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200, lr_schedule="cosine")
+    for cfg in (const, cos):
+        assert decoder_lr(cfg, 0) == pytest.approx(1e-3 / 200) and decoder_lr(cfg, 199) == pytest.approx(1e-3)
+    assert decoder_lr(const, 700) == decoder_lr(const, 1199) == pytest.approx(1e-3)
+    assert decoder_lr(cos, 700) == pytest.approx(5e-4)
+    assert decoder_lr(cos, 1200) == pytest.approx(0.0, abs=1e-12)
+    assert decoder_lr(cos, 900) < decoder_lr(cos, 500) < 1e-3

@@ -29,7 +29,7 @@ from ..render import RenderConfig, fidelity, render_images
 from .clip import ClipEncoder, load_clip
 from .decoder import COORD_CHANNELS, SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range, write_conditioning
 from .train_clip import corpus_tensor
-from .training import StepBar, restore_rng, rng_state, save_atomic
+from .training import StepBar, cosine_lr, restore_rng, rng_state, save_atomic
 
 
 @dataclass
@@ -39,6 +39,7 @@ class DecoderTrainConfig:
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 200
+    lr_schedule: str = "constant"  # after warm-up: "constant" (what the shipped decoder used) or "cosine" to 0 at `steps`
     ema_decay: float = 0.999
     max_noise_level: int = 200  # conditioning noise augmentation drawn from [0, max)
     cond_drop: float = 0.1
@@ -59,6 +60,18 @@ class DecoderTrainConfig:
         base = dict(quick=True, steps=40, batch_size=32, eval_every=0, eval_images=32, eval_steps=5,
                     checkpoint_minutes=0.2) if quick else {}
         return cls(**{**base, **overrides})
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def decoder_lr(cfg: DecoderTrainConfig, step: int) -> float:
+    """The learning rate at ``step``: linear warm-up, then constant or a cosine decay to zero at
+    ``cfg.steps``. The constant rate is suspected of the rise-then-fall of held-out fidelity
+    past ~10,000 steps (README), which a decay would test."""
+    if cfg.lr_schedule == "cosine":
+        return cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
 
 
 def widened_for_coords(state: dict[str, torch.Tensor], unet) -> dict[str, torch.Tensor]:
@@ -167,7 +180,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
             keep = (torch.rand(len(idx), generator=gen) >= cfg.cond_drop).float()[:, None]
             class_labels, cond = class_labels * keep, cond * keep
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+                g["lr"] = decoder_lr(cfg, step)
             pred = pipe.predict(sched.add_noise(x0, noise, t), t, class_labels, cond)
             target = sched.get_velocity(x0, noise, t) if cfg.prediction_type == "v_prediction" else noise
             loss = F.mse_loss(pred, target)
