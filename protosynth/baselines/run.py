@@ -180,11 +180,12 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
                     f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower --lr-lr if "
                     f"they grew large, else --lr-img/--lr-txt")
             opt.step()
-            with torch.no_grad():
-                for lr in ((syn.lr_image, syn.lr_text) if not log_lr else ()):
-                    if lr.item() < 1e-4:  # a negative inner lr would train the student backwards
-                        lr.clamp_(min=1e-4)
-                        lr_clamps += 1
+            if not log_lr:  # in log space an lr is positive by construction
+                with torch.no_grad():
+                    for lr in (syn.lr_image, syn.lr_text):
+                        if lr.item() < 1e-4:  # a negative inner lr would train the student backwards
+                            lr.clamp_(min=1e-4)
+                            lr_clamps += 1
             losses.append(loss)
             lr_trace.append((syn.rate("image").item(), syn.rate("text").item()))
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
