@@ -250,7 +250,8 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     full, heads = buffers
     cfg = BaselineConfig(method=method, budget=12, buffer=heads if method == "repblend" else full, out=tmp_path / method,
                          iterations=12, syn_steps=3, batch_syn=12, max_start_epoch=1, lr_img=100.0, lr_txt=100.0,
-                         lr_lr=1e-3, lr_sim=0.0 if method == "repblend" else None, clip=f"small:{quick_models}")
+                         lr_lr=1e-3, lr_sim=0.0 if method == "repblend" else None, clip=f"small:{quick_models}",
+                         lr_space="log" if method == "mtt-vl" else None)  # one method through the log-space lrs
     out = distill_baseline(cfg)
     man = json.loads((out / "manifest.json").read_text())
     curve = man["matching_loss"]["curve"]
@@ -261,6 +262,9 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     ds = load_distilled(out, verify=True)
     assert ds.tensors["pixels"].shape == (m, 3, 32, 32) and ds.tensors["text"].shape[0] == m
     assert ("similarity" in ds.tensors) == (method != "mtt-vl")
+    assert man["settings"]["lr_space"] == ("log" if method == "mtt-vl" else "linear")
+    # the set stores the lr itself (never its log), as the manifest reports it
+    assert float(ds.tensors["lr_image"]) == pytest.approx(man["learned_lr"]["image"]) and man["learned_lr"]["image"] > 0
     assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
     if method == "amd":
         assert {"R_V", "R_L", "T_med"} <= set(man["amd_ranges"])
