@@ -36,8 +36,9 @@ from .errors import ProtosynthError
 from .runinfo import canonical_root, canonical_spec, is_world
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
-__all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_spec", "is_world", "load_corpus", "load_csv", "load_jsonl", "load_karpathy",
-           "load_webdataset", "load_world", "world_fingerprint", "world_split"]
+__all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_spec", "is_world", "load_corpus",
+           "load_csv", "load_jsonl", "load_karpathy", "load_webdataset", "load_world", "world_fingerprint",
+           "world_split"]
 
 FORMATS = "'shapes[:train|test|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
 
