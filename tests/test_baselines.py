@@ -78,7 +78,7 @@ def test_log_space_lr_gradient_is_the_chain_rule_of_the_linear_one(mode):
     student, start, target, fresh, batches = tiny_problem("full")
     loss_lin, g_lin = grads_of(student, start, target, fresh(), batches, mode)
     syn = fresh()
-    lrs = {"lr_image": float(syn.lr_image), "lr_text": float(syn.lr_text)}
+    lrs = {"lr_image": syn.lr_image.item(), "lr_text": syn.lr_text.item()}
     with torch.no_grad():
         syn.lr_image.copy_(syn.lr_image.log())
         syn.lr_text.copy_(syn.lr_text.log())
@@ -88,7 +88,7 @@ def test_log_space_lr_gradient_is_the_chain_rule_of_the_linear_one(mode):
     for k in g_lin:
         want = g_lin[k] * lrs[k] if k in lrs else g_lin[k]
         torch.testing.assert_close(g_log[k], want, rtol=1e-7, atol=1e-12, msg=k)
-    assert float(syn.rate("image")) == pytest.approx(lrs["lr_image"])
+    assert syn.rate("image").item() == pytest.approx(lrs["lr_image"])
 
 
 def test_first_order_is_exact_for_one_step():
