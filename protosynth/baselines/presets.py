@@ -90,9 +90,9 @@ WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 
 # diverged (NaN, or a loss spike that threw the text lr onto the 1e-4 floor for good). MTT-VL keeps
 # Flickr's at 100 and 200 pairs (43.9 and 49.0); at 500 Flickr's 1000 moved the MiniLM text features
 # so far in one outer step that the set fell from 63.6 to 35.3 (26.9 after 150 iterations), while
-# data lr 10 scored 66.5 (README, "World comparison at 500 pairs").
+# data lr 10 scored 66.5; RepBlend at 500: 3.9 at 1000, 30.1 at 10 (README, "World comparison at 500 pairs").
 WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
-                "mtt-vl": {500: 10.0}}
+                "mtt-vl": {500: 10.0}, "repblend": {500: 10.0}}
 # At 500 pairs (mini-batch 40, start epochs 0-2) the world's inner lrs are learned in log space. With
 # the lr itself as the leaf, MTT-VL's lrs grew on epoch-0 starts, the next epoch-1/2 start overshot
 # (matching loss 2.5-3.7) and the outer step threw them onto the 1e-4 floor within 5-25 iterations,
