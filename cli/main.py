@@ -70,8 +70,10 @@ def models_train(
     if decoder_prediction not in ("v_prediction", "epsilon"):
         fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
-    if decoder_lr_schedule not in ("constant", "cosine"):
-        fail(f"--decoder-lr-schedule {decoder_lr_schedule!r}: use constant or cosine")
+    from protosynth.models.train_decoder import LR_SCHEDULES
+
+    if decoder_lr_schedule not in LR_SCHEDULES:
+        fail(f"--decoder-lr-schedule {decoder_lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
     decoder["lr_schedule"] = decoder_lr_schedule
     decoder["coords"] = decoder_coords
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,

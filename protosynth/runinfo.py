@@ -43,6 +43,7 @@ def canonical_spec(spec: str) -> str:
 
 
 def canonical_root(image_root: Path | str | None) -> Path | None:
+    """``--image-root`` made absolute, for the same reason as ``canonical_spec``."""
     return None if image_root is None else Path(os.path.abspath(image_root))
 
 

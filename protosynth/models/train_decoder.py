@@ -69,6 +69,8 @@ def decoder_lr(cfg: DecoderTrainConfig, step: int) -> float:
     """The learning rate at ``step``: linear warm-up, then constant or a cosine decay to zero at
     ``cfg.steps``. The constant rate is suspected of the rise-then-fall of held-out fidelity
     past ~10,000 steps (README), which a decay would test."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ProtosynthError(f"--decoder-lr-schedule {cfg.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
     if cfg.lr_schedule == "cosine":
         return cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
