@@ -315,6 +315,7 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+    assert json.loads((out / "compare.json").read_text())["shared_preparation_seconds"] == 0  # nothing to prepare for
     # a set made with other settings is never reused under this run's name
     result = CliRunner().invoke(app, [*args[:-2], "--iterations", "3", "--out", str(out)])
     assert result.exit_code == 2 and "lors-b6 was made with other settings (iterations 2 (now 3))" in result.output

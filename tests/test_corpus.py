@@ -14,9 +14,10 @@ from protosynth.errors import ProtosynthError
 from protosynth.world import WorldConfig, generate_split
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _cache(tmp_path, monkeypatch):
-    """Every test gets its own world cache."""
+    """A world cache of the test's own, for tests that look into it; the others share the run's cache
+    (a test split needs the 10,000-image train split, which is generated once per run there)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(cache))
     return cache
@@ -135,6 +136,20 @@ def test_world_is_cached_and_second_load_reads_cache(_cache):
     assert np.array_equal(third.pixels, tampered_pixels)
     assert third.captions == tampered_captions
     assert third.n_pairs == 24
+
+
+def test_test_splits_of_any_size_share_one_cached_train_split(_cache):
+    """The train split a test split is kept disjoint from does not depend on the test split's size,
+    so one cache file serves every ``shapes:test,n=N`` (each once generated its own 10,000 images)."""
+    load_world("shapes:test,n=3")
+    load_world("shapes:test,n=4")
+    names = sorted(f.name for f in (_cache / "world").glob("*.npz"))
+    assert len(names) == 3 and sum(n.endswith("-train.npz") for n in names) == 1, names
+    train = next(f for f in (_cache / "world").glob("*-train.npz"))
+    assert WorldConfig().fingerprint() in train.name  # the default world's own train cache
+    # sharing is right because a train split's content ignores the other splits' sizes (small worlds here)
+    a, b = (generate_split(WorldConfig(n_train=64, n_test=n, n_pretrain=n), "train") for n in (3, 999))
+    assert np.array_equal(a.images, b.images) and a.captions == b.captions
 
 
 def test_different_specs_get_different_cache_files(_cache):

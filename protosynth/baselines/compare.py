@@ -159,6 +159,17 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
     return ", ".join(diff) or None
 
 
+def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
+    if reason := _stale_reason(method, cfg, out, buffers):
+        raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
+                              f"delete it to remake it, or use another --out")
+
+
+def _finished(folder: Path) -> bool:
+    """A set or buffer folder is finished when its manifest (written last) is there."""
+    return (folder / "manifest.json").is_file()
+
+
 def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[str, Path]) -> None:
     """Run one step in a fresh (spawned) process, so its peak memory is its own plus a bare
     interpreter, not this process's (Linux carries the parent's peak RSS across fork and exec)."""
@@ -230,30 +241,36 @@ def compare_baselines(cfg: CompareConfig) -> dict:
                   test=None if cfg.test is None else canonical_spec(cfg.test))
     started = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    buffers = {kind: _buffer_config(cfg, kind == "heads").out
+               for kind, needed in (("full", {"mtt-vl", "lors", "amd"}), ("heads", {"repblend"}))
+               if needed & set(cfg.methods)}
+    sets = {m: cfg.out / "sets" / f"{m}-b{cfg.budget}" for m in cfg.methods if m != "full"}
+    for method, out in sets.items():  # refuse a stale set before minutes of preparation, not after
+        kind = "heads" if method == "repblend" else "full"
+        if _finished(out) and (method not in OPTIMISATION or _finished(buffers[kind])):
+            _refuse_if_stale(method, cfg, out, buffers)
     t0 = time.time()
-    _in_child("prepare", cfg, None, {})
+    if not all(_finished(b) for b in buffers.values()) or not all(_finished(o) for o in sets.values()):
+        _in_child("prepare", cfg, None, {})  # a resumed run with nothing left to make skips it (a process start)
     prepare_seconds = round(time.time() - t0, 1)
-    buffers, buffer_cost = {}, {}
-    for kind, needed in (("full", {"mtt-vl", "lors", "amd"}), ("heads", {"repblend"})):
-        if needed & set(cfg.methods):
-            buffers[kind] = _buffer_config(cfg, kind == "heads").out
-            if not (buffers[kind] / "manifest.json").is_file():
-                _in_child(f"buffer-{kind}", cfg, None, {})
-            man = load_buffer(buffers[kind]).manifest
-            buffer_cost[kind] = {"seconds": man["seconds"], "peak_memory_mb": man["peak_memory_mb"],
-                                 "experts": man["settings"]["experts"], "epochs": man["settings"]["epochs"],
-                                 "trained_on_pairs": man["corpus"]["trained_on"]}
+    buffer_cost = {}
+    for kind in buffers:
+        if not _finished(buffers[kind]):
+            _in_child(f"buffer-{kind}", cfg, None, {})
+        man = load_buffer(buffers[kind]).manifest
+        buffer_cost[kind] = {"seconds": man["seconds"], "peak_memory_mb": man["peak_memory_mb"],
+                             "experts": man["settings"]["experts"], "epochs": man["settings"]["epochs"],
+                             "trained_on_pairs": man["corpus"]["trained_on"]}
     paths: dict[str, Path | None] = {}
     for method in cfg.methods:
         if method == "full":
             paths[method] = None
             continue
-        out = cfg.out / "sets" / f"{method}-b{cfg.budget}"
-        if not (out / "manifest.json").is_file():
+        out = sets[method]
+        if not _finished(out):
             _in_child(method, cfg, out, buffers)
-        elif reason := _stale_reason(method, cfg, out, buffers):
-            raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
-                                  f"delete it to remake it, or use another --out")
+        else:  # checked again: an optimisation set's buffer may only now be there to compare with
+            _refuse_if_stale(method, cfg, out, buffers)
         paths[method] = out
     rows, head = _evaluate(paths, cfg)
     table = []
