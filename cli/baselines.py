@@ -59,7 +59,7 @@ def baseline(
     lr_txt: Optional[float] = typer.Option(None),
     lr_lr: Optional[float] = typer.Option(None),
     lr_init: Optional[float] = typer.Option(None),
-    lr_space: Optional[str] = typer.Option(None, help="How the inner lrs are learned: linear (published) or log (steps by a factor; the world's 500-pair preset)."),
+    lr_space: Optional[str] = typer.Option(None, help="How the inner lrs are learned: linear (published) or log (steps by a factor; the world preset)."),
     lr_sim: Optional[float] = typer.Option(None),
     rank: Optional[int] = typer.Option(None),
     alpha: Optional[float] = typer.Option(None),

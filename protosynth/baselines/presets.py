@@ -13,7 +13,7 @@ MTT-VL's synthetic mini-batch is not in PROTOCOLS.md; it uses LoRS's. AMD and Re
 LoRS (similarity matrix, constant-memory gradient) and use its settings.
 
 World presets (the offline ``small`` protocol on the built-in world): 150 iterations, syn_steps 20
-and lr_lr 5e-2 (at 500 pairs on log(lr), see WORLD_LR_SYN), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
+and lr_lr 5e-2 (on log(lr), see WORLD_LR_SYN), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
 lr_lr 1e-2, since quick buffers have few steps per epoch; with syn_steps 20 on a 16-step quick
 buffer the MTT-VL student overshot, its inner lrs were driven to the floor and its pixels diverged). A world expert epoch is 391 SGD steps, so an
 8-step student at lr 0.1 barely moves toward it: in a 20-30-iteration check at budget 100 (MTT-VL)
@@ -91,13 +91,19 @@ WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 
 # Flickr's at 100 and 200 pairs (43.9 and 49.0); at 500 Flickr's 1000 moved the MiniLM text features
 # so far in one outer step that the set fell from 63.6 to 35.3 (26.9 after 150 iterations), while
 # data lr 10 scored 66.5; RepBlend at 500: 3.9 at 1000, 30.1 at 10 (README, "World comparison at 500 pairs").
+# World data lr (lr_img = lr_txt) per method and budget: 10, except MTT-VL at 100 pairs (Flickr's 100).
+# Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features: one outer MTT-VL step at 500 pairs
+# took the set from 63.6 to 35.3 (26.9 after 150 iterations; data lr 10: 66.5), and RepBlend fell to
+# 3.9 (500) and 3.3 (200) against 30.1 and 18.3 at 10. LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 /
+# 4.9 at Flickr's 100 (100 pairs). README, "World comparison" sections.
 WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
-                "mtt-vl": {500: 10.0}, "repblend": {500: 10.0}}
-# At 500 pairs (mini-batch 40, start epochs 0-2) the world's inner lrs are learned in log space. With
-# the lr itself as the leaf, MTT-VL's lrs grew on epoch-0 starts, the next epoch-1/2 start overshot
-# (matching loss 2.5-3.7) and the outer step threw them onto the 1e-4 floor within 5-25 iterations,
-# at lr_lr 5e-2 and at 1e-2, at data lr 100 and with start epochs 0-1. In log space (30-iteration
-# probes) the lrs stayed near 0.1 and the loss settled: 1.90 -> 1.50 by iteration 30 (README).
+                "mtt-vl": {200: 10.0, 500: 10.0}, "repblend": {100: 10.0, 200: 10.0, 500: 10.0}}
+# On the world the inner lrs are learned in log space (log(lr) is the leaf) at every budget. With the
+# lr itself as the leaf they crashed onto the 1e-4 floor, where the student no longer moves: MTT-VL at
+# 500 pairs within 5-25 iterations (lrs grew on epoch-0 starts, the next epoch-1/2 start overshot to a
+# matching loss of 2.5-3.7; at lr_lr 5e-2 and 1e-2, data lr 1000 and 100, start epochs 0-2 and 0-1),
+# RepBlend at 200 pairs and data lr 10 within 34 iterations (after a loss of 77 at iteration 19). In
+# log space no run clamped.
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
@@ -120,7 +126,7 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
                                             dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
         if b in WORLD_LR_SYN.get(method, {}):
             out.update(lr_img=WORLD_LR_SYN[method][b], lr_txt=WORLD_LR_SYN[method][b])
-        if b == 500 and not quick:
+        if not quick:
             out.update(lr_space="log")
     return out
 
