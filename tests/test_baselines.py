@@ -205,9 +205,10 @@ def test_presets_follow_the_published_numbers():
     assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 10.0]
     assert [preset(m, "world", 100)["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 100.0]
     assert preset("mtt-vl", "flickr", 200)["lr_txt"] == 1000.0
-    # inner lrs: learned linearly as published; in log space on the world (not in --quick smoke runs)
+    # inner lrs: learned linearly as published; in log space on the world (not MTT-VL at 100 pairs, not --quick)
     assert [preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 100), ("world", 200),
-                                                            ("world", 500))] == ["linear", "log", "log", "log"]
+                                                            ("world", 500))] == ["linear", "linear", "log", "log"]
+    assert preset("lors", "world", 100)["lr_space"] == "log"
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
     with pytest.raises(ProtosynthError, match="unknown --method"):
         preset("dream", "flickr", 100)
@@ -318,6 +319,13 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
     assert json.loads((out / "compare.json").read_text())["shared_preparation_seconds"] == 0  # nothing to prepare for
+    # a set made before --lr-space existed (no such setting recorded) learned its lrs linearly: still reused
+    lors_man = out / "sets" / "lors-b6" / "manifest.json"
+    man = json.loads(lors_man.read_text())
+    assert man["settings"].pop("lr_space") == "linear"
+    lors_man.write_text(json.dumps(man))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
     # a set made with other settings is never reused under this run's name
     result = CliRunner().invoke(app, [*args[:-2], "--iterations", "3", "--out", str(out)])
     assert result.exit_code == 2 and "lors-b6 was made with other settings (iterations 2 (now 3))" in result.output

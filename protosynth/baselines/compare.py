@@ -151,7 +151,7 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         bcfg = _baseline_config(method, cfg, out, buffers)
         family = default_family(cfg.corpus)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
-        recorded = man.get("settings", {})
+        recorded = {"lr_space": "linear", **man.get("settings", {})}  # sets made before --lr-space learned linearly
         keys = [k for k in preset(method, family, cfg.budget, cfg.quick)
                 if method in USES_SIMILARITY or k not in SIMILARITY_KEYS]
         wanted.update({k.replace("_", "-"): (recorded.get(k), getattr(resolved, k)) for k in keys})
