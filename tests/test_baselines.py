@@ -205,10 +205,11 @@ def test_presets_follow_the_published_numbers():
     assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 10.0]
     assert [preset(m, "world", 100)["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 100.0]
     assert preset("mtt-vl", "flickr", 200)["lr_txt"] == 1000.0
-    # inner lrs: learned linearly as published; in log space on the world (not MTT-VL at 100 pairs, not --quick)
+    # inner lrs: learned linearly as published; in log space on the world where linear lrs crashed (not --quick)
     assert [preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 100), ("world", 200),
                                                             ("world", 500))] == ["linear", "linear", "log", "log"]
-    assert preset("lors", "world", 100)["lr_space"] == "log"
+    assert [preset(m, "world", b)["lr_space"] for m, b in (("lors", 200), ("amd", 500), ("repblend", 100))] == [
+        "linear", "log", "log"]
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
     with pytest.raises(ProtosynthError, match="unknown --method"):
         preset("dream", "flickr", 100)

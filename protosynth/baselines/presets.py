@@ -84,28 +84,24 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
     "coco": {100: (5.0, 10, 1.0, 20), 200: (50.0, 20, 1.0, 20), 500: (500.0, 40, 1.0, 30)},
 }
 WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 1, 5.1 at Flickr's 10
-# World data lr (lr_img = lr_txt) per method and budget, LoRS and AMD measured at b100 with lr_sim 0.1 (README,
-# "The similarity-matrix fix"): LoRS 20.9 at 10 vs 11.8 at Flickr's 100; AMD 11.9 vs 4.9. RepBlend
-# keeps Flickr's: at 10 its learned inner lrs swung (0.09 -> 2.3 in 20 iterations) until the student
-# diverged (NaN, or a loss spike that threw the text lr onto the 1e-4 floor for good). MTT-VL keeps
-# Flickr's at 100 and 200 pairs (43.9 and 49.0); at 500 Flickr's 1000 moved the MiniLM text features
-# so far in one outer step that the set fell from 63.6 to 35.3 (26.9 after 150 iterations), while
-# data lr 10 scored 66.5; RepBlend at 500: 3.9 at 1000, 30.1 at 10 (README, "World comparison at 500 pairs").
 # World data lr (lr_img = lr_txt) per method and budget: 10, except MTT-VL at 100 pairs (Flickr's 100).
 # Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features: one outer MTT-VL step at 500 pairs
 # took the set from 63.6 to 35.3 (26.9 after 150 iterations; data lr 10: 66.5), and RepBlend fell to
-# 3.9 (500) and 3.3 (200) against 30.1 and 18.3 at 10. LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 /
+# 3.9 (500) and 3.3 (200) against 30.1 and 18.5 at 10 (100 pairs: 10.4 at Flickr's 100). LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 /
 # 4.9 at Flickr's 100 (100 pairs). README, "World comparison" sections.
 WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
                 "mtt-vl": {200: 10.0, 500: 10.0}, "repblend": {100: 10.0, 200: 10.0, 500: 10.0}}
-# On the world the inner lrs are learned in log space (log(lr) is the leaf) at every budget. With the
-# lr itself as the leaf they crashed onto the 1e-4 floor, where the student no longer moves: MTT-VL at
-# 500 pairs within 5-25 iterations (lrs grew on epoch-0 starts, the next epoch-1/2 start overshot to a
-# matching loss of 2.5-3.7; at lr_lr 5e-2 and 1e-2, data lr 1000 and 100, start epochs 0-2 and 0-1),
-# RepBlend at 200 pairs and data lr 10 within 34 iterations (after a loss of 77 at iteration 19). In
-# log space no run clamped. The exception is MTT-VL at 100 pairs, where linear lrs never clamped and
-# did best: r_mean 43.9 linear at data lr 100, 37.6 in log space at 100, 34.4 in log space at 10.
-WORLD_LINEAR_LRS = {("mtt-vl", 100)}
+# Where the world's inner lrs are learned in log space (log(lr) is the leaf); elsewhere linearly, as
+# published. Log space where linear lrs crashed onto the 1e-4 floor (the student then no longer moves):
+# MTT-VL at 500 pairs within 5-25 iterations (lrs grew on epoch-0 starts, the next epoch-1/2 start
+# overshot to a matching loss of 2.5-3.7; at lr_lr 5e-2 and 1e-2, data lr 1000 and 100, start epochs
+# 0-2 and 0-1), RepBlend at 200 pairs and data lr 10 within 34 iterations (a loss of 77 at iteration 19)
+# and at 100 pairs (NaN at iteration 85); LoRS and AMD at 500 pairs share MTT-VL's setting. MTT-VL at
+# 200 pairs: 50.6 in log space at data lr 10 (49.0 linear at Flickr's 1000). Linear where it did
+# better (r_mean): MTT-VL at 100 pairs 43.9 (log space: 37.6 at data lr 100, 34.4 at 10); LoRS / AMD at
+# 200 pairs 31.4 / 22.0 (log space 21.2 / 18.6), and so at 100 pairs too. README, "World comparison".
+WORLD_LOG_LRS = {("mtt-vl", 200), ("mtt-vl", 500), ("lors", 500), ("amd", 500),
+                 ("repblend", 100), ("repblend", 200), ("repblend", 500)}
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
@@ -128,7 +124,7 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
                                             dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
         if b in WORLD_LR_SYN.get(method, {}):
             out.update(lr_img=WORLD_LR_SYN[method][b], lr_txt=WORLD_LR_SYN[method][b])
-        if not quick and (method, b) not in WORLD_LINEAR_LRS:
+        if not quick and (method, b) in WORLD_LOG_LRS:
             out.update(lr_space="log")
     return out
 
