@@ -13,7 +13,7 @@ MTT-VL's synthetic mini-batch is not in PROTOCOLS.md; it uses LoRS's. AMD and Re
 LoRS (similarity matrix, constant-memory gradient) and use its settings.
 
 World presets (the offline ``small`` protocol on the built-in world): 150 iterations, syn_steps 20
-and lr_lr 5e-2 (on log(lr), see WORLD_LR_SYN), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
+and lr_lr 5e-2 (on log(lr) where WORLD_LOG_LRS says), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
 lr_lr 1e-2, since quick buffers have few steps per epoch; with syn_steps 20 on a 16-step quick
 buffer the MTT-VL student overshot, its inner lrs were driven to the floor and its pixels diverged). A world expert epoch is 391 SGD steps, so an
 8-step student at lr 0.1 barely moves toward it: in a 20-30-iteration check at budget 100 (MTT-VL)
@@ -87,8 +87,9 @@ WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 
 # World data lr (lr_img = lr_txt) per method and budget: 10, except MTT-VL at 100 pairs (Flickr's 100).
 # Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features: one outer MTT-VL step at 500 pairs
 # took the set from 63.6 to 35.3 (26.9 after 150 iterations; data lr 10: 66.5), and RepBlend fell to
-# 3.9 (500) and 3.3 (200) against 30.1 and 18.5 at 10 (100 pairs: 10.4 at Flickr's 100). LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 /
-# 4.9 at Flickr's 100 (100 pairs). README, "World comparison" sections.
+# 3.9 (500) and 3.3 (200) against 30.1 and 18.5 at 10 (100 pairs: 10.4 at Flickr's 100, 16.2 at 10).
+# LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 / 4.9 at Flickr's 100 (100 pairs). README, "World
+# comparison" sections and "The world preset's learning rates".
 WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
                 "mtt-vl": {200: 10.0, 500: 10.0}, "repblend": {100: 10.0, 200: 10.0, 500: 10.0}}
 # Where the world's inner lrs are learned in log space (log(lr) is the leaf); elsewhere linearly, as
