@@ -90,18 +90,18 @@ def world_fingerprint(cfg: WorldConfig, split: str) -> str:
 _UNUSED_SIZES = {"train": ("n_test", "n_pretrain"), "test": ("n_pretrain",), "pretrain": ()}
 
 
-def _content_key(cfg: WorldConfig, split: str) -> str:
-    """The cache key of a split's content: ``cfg`` with the sizes it ignores set to their defaults, so
+def _content_config(cfg: WorldConfig, split: str) -> WorldConfig:
+    """``cfg`` with the sizes a split ignores set to their defaults: its cache file's key, so
     ``shapes:test,n=50`` and ``shapes:test,n=20`` share one cached 10,000-image train split (which
-    each used to generate again to exclude its images). Equals ``cfg.fingerprint()`` for the default world."""
+    each used to generate again to exclude its images). The default world's keys are unchanged."""
     default = WorldConfig()
-    return replace(cfg, **{k: getattr(default, k) for k in _UNUSED_SIZES[split]}).fingerprint()
+    return replace(cfg, **{k: getattr(default, k) for k in _UNUSED_SIZES[split]})
 
 
 def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
     """One world split with its objects, generated on first use and cached as ``.npz``. Test and
     pretrain images never equal an image of an earlier split (train, then test)."""
-    path = cache_dir() / "world" / f"world-{_content_key(cfg, split)}-{split}{SPLIT_VERSION[split]}.npz"
+    path = cache_dir() / "world" / f"{world_fingerprint(_content_config(cfg, split), split)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as data:
             if "objects" in data.files:  # caches written before objects were stored are regenerated
