@@ -127,10 +127,15 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
         distill_baseline(_baseline_config(method, cfg, out, buffers))
 
 
+def _buffer_kind(method: str) -> str | None:
+    """The expert buffer an optimisation method matches: ``heads`` (RepBlend) or ``full``; None otherwise."""
+    return ("heads" if method == "repblend" else "full") if method in OPTIMISATION else None
+
+
 def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]):
     from .presets import BaselineConfig
 
-    return BaselineConfig(method=method, budget=cfg.budget, buffer=buffers["heads" if method == "repblend" else "full"],
+    return BaselineConfig(method=method, budget=cfg.budget, buffer=buffers[_buffer_kind(method)],
                           out=out, seed=cfg.seed, device=cfg.device, quick=cfg.quick, iterations=cfg.iterations,
                           image_root=cfg.image_root, skip_bad=cfg.skip_bad)
 
@@ -241,14 +246,19 @@ def compare_baselines(cfg: CompareConfig) -> dict:
                   test=None if cfg.test is None else canonical_spec(cfg.test))
     started = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    buffers = {kind: _buffer_config(cfg, kind == "heads").out
-               for kind, needed in (("full", {"mtt-vl", "lors", "amd"}), ("heads", {"repblend"}))
-               if needed & set(cfg.methods)}
+    needed = {_buffer_kind(m) for m in cfg.methods}
+    buffers = {kind: _buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}
     sets = {m: cfg.out / "sets" / f"{m}-b{cfg.budget}" for m in cfg.methods if m != "full"}
-    for method, out in sets.items():  # refuse a stale set before minutes of preparation, not after
-        kind = "heads" if method == "repblend" else "full"
-        if _finished(out) and (method not in OPTIMISATION or _finished(buffers[kind])):
+    # refuse a stale set before minutes of preparation, not after; a set whose buffer is not there yet
+    # is checked once the buffer is built
+    unchecked = []
+    for method, out in sets.items():
+        if not _finished(out):
+            continue
+        if _buffer_kind(method) is None or _finished(buffers[_buffer_kind(method)]):
             _refuse_if_stale(method, cfg, out, buffers)
+        else:
+            unchecked.append(method)
     t0 = time.time()
     if not all(_finished(b) for b in buffers.values()) or not all(_finished(o) for o in sets.values()):
         _in_child("prepare", cfg, None, {})  # a resumed run with nothing left to make skips it (a process start)
@@ -269,7 +279,7 @@ def compare_baselines(cfg: CompareConfig) -> dict:
         out = sets[method]
         if not _finished(out):
             _in_child(method, cfg, out, buffers)
-        else:  # checked again: an optimisation set's buffer may only now be there to compare with
+        elif method in unchecked:
             _refuse_if_stale(method, cfg, out, buffers)
         paths[method] = out
     rows, head = _evaluate(paths, cfg)
@@ -281,7 +291,7 @@ def compare_baselines(cfg: CompareConfig) -> dict:
             secs = man.get("seconds", {})
             row["distill_seconds"] = secs.get("total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2))
             row["peak_memory_mb"] = man.get("peak_memory_mb")
-            row["buffer"] = "heads" if method == "repblend" else ("full" if method in OPTIMISATION else None)
+            row["buffer"] = _buffer_kind(method)
         table.append(row)
     pds = next((r for r in table if r["method"] == "pds"), None)
     for row in table:
