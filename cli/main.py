@@ -82,6 +82,33 @@ def models_train(
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
 
+@models_app.command("calibrate")
+def models_calibrate(
+    models: Path = typer.Option(..., help="A `protosynth models train` output folder (clip/ and decoder/)."),
+    corpus: str = typer.Option("shapes", help="The corpus the models were trained on (its held-out part is measured)."),
+    test: Optional[str] = typer.Option(None, help="Held-out corpus spec (default: as `models train` picks it)."),
+    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
+    guidances: str = typer.Option("1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."),
+    quick: bool = typer.Option(False, help="Measure as --quick training does (32 images, 5 steps): for tests."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Measure a trained decoder's held-out render fidelity at several guidance scales and save the
+    best as its default (decoder/render_defaults.json); `models train` does this itself at the end."""
+    from protosynth.models.train import ModelsTrainConfig, calibrate_models
+
+    try:
+        scales = tuple(float(g) for g in guidances.split(",") if g.strip())
+    except ValueError:
+        fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
+    cfg = ModelsTrainConfig(corpus=corpus, test=test, only="decoder", seed=seed, quick=quick,
+                            decoder={"seed": seed, "guidances": scales}, image_root=image_root)
+    metrics = run(calibrate_models, cfg, models, command=" ".join(["protosynth"] + sys.argv[1:]))
+    dec = metrics["decoder"]
+    typer.echo(f"{models / 'decoder'}: guidance {dec['guidance_scale']} (held-out top-1 "
+               f"{dec['render_fidelity']['top1']}%); " + ", ".join(
+                   f"{g}: {f['top1']}%" for g, f in dec["guidance_sweep"].items()))
+
+
 @models_app.command("pretrain-backbone")
 def models_pretrain_backbone(
     arch: str = typer.Option("ps-nfnet", help="Small architecture: ps-nfnet, ps-resnet, ps-regnet or ps-vit."),
@@ -130,7 +157,7 @@ def distill(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small decoder)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo, 3 for the small decoder)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured one in its render_defaults.json, else 3)."),
     noise_level: Optional[int] = typer.Option(None, help="Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder)."),
     negative_prompt: Optional[str] = typer.Option(None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."),
     size: Optional[int] = typer.Option(None, help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32)."),

@@ -25,14 +25,14 @@ from .errors import ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import SmallUnCLIPPipeline, to_unit_range
 from .models.training import StepBar
-from .models.unclip import RENDER_DEFAULTS, UNSUPPORTED, Decoder
+from .models.unclip import UNSUPPORTED, Decoder, decoder_defaults
 
 INITS = ("noise", "nearest")
 
 
 @dataclass
 class RenderConfig:
-    """``None`` = the decoder's default (see ``models.unclip.RENDER_DEFAULTS``)."""
+    """``None`` = the decoder's default (``models.unclip.RENDER_DEFAULTS``, or the folder's ``render_defaults.json``)."""
 
     steps: int | None = None
     guidance_scale: float | None = None
@@ -55,7 +55,7 @@ def as_decoder(decoder: Decoder | SmallUnCLIPPipeline) -> Decoder:
         return decoder
     if isinstance(decoder, SmallUnCLIPPipeline):
         return Decoder(decoder, "small", "pipeline", decoder.embedding_dim, getattr(decoder, "clip_space", None),
-                       None, dict(RENDER_DEFAULTS["small"]))
+                       None, decoder_defaults("small", getattr(decoder, "render_settings", {}), "pipeline"))
     raise ProtosynthError(f"decoder {type(decoder).__name__} is not supported by this renderer")
 
 

@@ -342,6 +342,17 @@ def test_models_train_names_a_bad_decoder_option(option, value, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("value", ["0.5", "1,x", ""])
+def test_models_calibrate_names_bad_guidances(quick_models, value):
+    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(quick_models), "--guidances", value, "--quick"])
+    assert_one_line_error(r, r"--guidances")
+
+
+def test_models_calibrate_needs_a_models_folder(tmp_path):
+    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(tmp_path), "--quick"])
+    assert_one_line_error(r, r"--models", re.escape("clip/open_clip_config.json"))
+
+
 def test_models_train_decoder_only_needs_a_clip(tmp_path):
     r = CliRunner().invoke(app, ["models", "train", "--only", "decoder", "--out", str(tmp_path / "m"), "--quick"])
     assert_one_line_error(r, r"--only decoder", r"clip")

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import open_clip
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.models import train_clip as train_clip_mod
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
 from protosynth.models.train_clip import ClipTrainConfig, train_clip
+from protosynth.models.unclip import open_decoder
+from protosynth.render import RenderConfig, resolve_render
+
 
 
 def test_architectures_registered_with_open_clip():
@@ -31,6 +38,50 @@ def test_quick_models_outputs(quick_models):
     run = prov["runs"][-1]
     assert run["command"] == "test fixture" and run["seed"] == 0 and run["seconds"] > 0
     assert run["corpus_fingerprint"].startswith("world-")
+
+
+def test_the_trainer_saves_the_guidance_it_measured_best(quick_models):
+    """The final held-out sweep covers every scale; the best one is the folder's render default."""
+    dec = json.loads((quick_models / "metrics.json").read_text())["decoder"]
+    sweep = dec["guidance_sweep"]
+    assert list(sweep) == ["1.0", "1.5", "2.0", "3.0"]
+    ranked = sorted(sweep, key=lambda g: (sweep[g]["top1"], sweep[g]["top5"], sweep[g]["mean_cosine"]), reverse=True)
+    assert dec["render_fidelity"] == sweep[str(dec["guidance_scale"])] == sweep[ranked[0]]
+    saved = json.loads((quick_models / "decoder" / "render_defaults.json").read_text())
+    assert saved["settings"] == {"guidance_scale": dec["guidance_scale"]}
+    assert saved["measured"]["guidance_sweep"] == sweep and saved["measured"]["held_out_images"] == 32
+    assert open_decoder(f"small:{quick_models}").defaults["guidance_scale"] == dec["guidance_scale"]
+
+
+def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, tmp_path):
+    """`models calibrate` re-measures a trained decoder; loading it by any route then renders at the
+    recorded scale unless --guidance says otherwise, and the run is in provenance.json."""
+    models = shutil.copytree(quick_models, tmp_path / "m")
+    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(models), "--corpus", "shapes,n=300",
+                                 "--guidances", "1.5", "--quick"])
+    assert r.exit_code == 0, r.output
+    assert "guidance 1.5" in r.output
+    assert json.loads((models / "decoder" / "render_defaults.json").read_text())["settings"] == {"guidance_scale": 1.5}
+    for decoder in (open_decoder(f"small:{models}"), load_decoder(str(models / "decoder"))):
+        assert resolve_render(RenderConfig(), decoder).guidance_scale == 1.5
+        assert resolve_render(RenderConfig(guidance_scale=2.0), decoder).guidance_scale == 2.0
+    metrics = json.loads((models / "metrics.json").read_text())
+    assert metrics["decoder"]["guidance_scale"] == 1.5 and list(metrics["decoder"]["guidance_sweep"]) == ["1.5"]
+    assert "clip" in metrics  # the CLIP's metrics are kept
+    runs = json.loads((models / "provenance.json").read_text())["runs"]
+    assert len(runs) == 2 and runs[-1]["config"]["decoder"]["guidances"] == [1.5] and runs[-1]["seconds"] > 0
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"guidance": 2.0}, "sets 'guidance', not a render setting"),
+    ({"guidance_scale": -1}, "sets guidance_scale to -1, not a non-negative number"),
+    ({"steps": "many"}, "sets steps to 'many'"),
+])
+def test_a_bad_render_defaults_file_is_named(quick_models, tmp_path, settings, message):
+    models = shutil.copytree(quick_models, tmp_path / "m")
+    (models / "decoder" / "render_defaults.json").write_text(json.dumps({"settings": settings}))
+    with pytest.raises(ProtosynthError, match=f"render_defaults.json {message}"):
+        open_decoder(f"small:{models}")
 
 
 def test_small_clip_loads_through_open_clip_local_dir(quick_models):

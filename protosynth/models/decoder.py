@@ -26,6 +26,7 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from PIL import Image
 
 from ..errors import ProtosynthError
+from ..files import write_text_atomic
 from ..imageops import resized
 
 COORD_CHANNELS = 2  # (x, y) position channels a coordinate-aware UNet takes after the pixel patches
@@ -221,6 +222,10 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
 
 SHIPPED_DECODER = Path(__file__).resolve().parent.parent / "weights" / "world" / "decoder"
 CONDITIONING_FILE = "conditioning.json"  # which CLIP space a trained decoder expects
+# Render settings measured for this decoder (``models train`` / ``models calibrate`` write it): a
+# well-trained decoder wants classifier-free guidance near 1, an undertrained one needs about 3, so
+# one default per decoder kind cannot serve both.
+RENDER_DEFAULTS_FILE = "render_defaults.json"
 
 
 def to_unit_range(images: list[Image.Image], size: int) -> torch.Tensor:
@@ -237,6 +242,27 @@ def write_conditioning(folder: Path, clip_space: str, embedding_dim: int, clip: 
     if clip is not None:
         declared["clip"] = clip
     (Path(folder) / CONDITIONING_FILE).write_text(json.dumps(declared, indent=2))
+
+
+def write_render_defaults(folder: Path, settings: dict, measured: dict) -> None:
+    """Record the render ``settings`` a decoder folder should default to, with the measurements
+    that chose them (loaded back by ``read_render_defaults``)."""
+    write_text_atomic(Path(folder) / RENDER_DEFAULTS_FILE,
+                      json.dumps({"settings": settings, "measured": measured}, indent=2))
+
+
+def read_render_defaults(folder: Path, spec: str) -> dict:
+    """The ``settings`` of a folder's ``render_defaults.json`` ({} without one)."""
+    path = Path(folder) / RENDER_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text()).get("settings")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ProtosynthError(f"--decoder {spec}: {path} is not a JSON object with 'settings' ({exc})") from None
+    if not isinstance(settings, dict):
+        raise ProtosynthError(f"--decoder {spec}: {path} has no 'settings' object")
+    return settings
 
 
 def decoder_folder(spec: str) -> Path | None:
@@ -262,6 +288,7 @@ def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "c
     pipe.set_progress_bar_config(disable=True)
     cond = folder / CONDITIONING_FILE
     pipe.clip_space = json.loads(cond.read_text()).get("clip_space") if cond.is_file() else None
+    pipe.render_settings = read_render_defaults(folder, spec)
     return pipe
 
 

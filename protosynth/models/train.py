@@ -74,10 +74,7 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         raise ProtosynthError(f"--only decoder needs a trained CLIP in {out / 'clip'}; run --only clip first")
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_corpus(cfg)
-    metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    prov_path = out / "provenance.json"
-    provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {"runs": []}
+    metrics = _read(out / "metrics.json", {})
     t0 = time.time()
     if cfg.only in ("all", "clip"):
         metrics["clip"] = train_clip(train, test, out / "clip", cfg.clip)
@@ -86,14 +83,43 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
 
         dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
         metrics["decoder"] = train_decoder(train, test, out / "clip", out / "decoder", dcfg)
+    _record(out, cfg, train, test, metrics, time.time() - t0, command)
+    return metrics
+
+
+def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
+    """Measure ``out/decoder``'s held-out fidelity at each guidance scale (``cfg.decoder["guidances"]``,
+    default ``GUIDANCES``) and record the best as its render default (``render_defaults.json``), for
+    decoders trained before the trainer did so; ``metrics.json`` and ``provenance.json`` get the run."""
+    from .train_decoder import DecoderTrainConfig, calibrate_decoder
+
+    for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
+        if not (out / part).is_file():
+            raise ProtosynthError(f"--models {out}: no {part} (a `protosynth models train` output folder is needed)")
+    dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
+    train, test = split_corpus(cfg)
+    t0 = time.time()
+    metrics = _read(out / "metrics.json", {})
+    metrics["decoder"] = {**metrics.get("decoder", {}), **calibrate_decoder(out / "decoder", out / "clip", test, dcfg)}
+    _record(out, cfg, train, test, metrics, time.time() - t0, command)
+    return metrics
+
+
+def _read(path: Path, default: dict) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _record(out: Path, cfg: ModelsTrainConfig, train: Corpus, test: Corpus, metrics: dict, seconds: float,
+            command: str | None) -> None:
+    """Append this run to ``out/provenance.json`` and write the merged ``out/metrics.json``."""
+    provenance = _read(out / "provenance.json", {"runs": []})
     provenance["runs"].append({
         "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
         "test_corpus": test.spec, "corpus_read": corpus_record(train), "test_read": corpus_record(test),
-        "commit": git_commit(), "seconds": round(time.time() - t0, 1), "threads": os.cpu_count(),
+        "commit": git_commit(), "seconds": round(seconds, 1), "threads": os.cpu_count(),
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     })
     provenance["metrics"] = metrics
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
-    write_text_atomic(prov_path, json.dumps(provenance, indent=2))
-    return metrics
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out / "provenance.json", json.dumps(provenance, indent=2))

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..errors import ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import CONDITIONING_FILE, decoder_folder, load_small_pipeline
+from .decoder import CONDITIONING_FILE, RENDER_DEFAULTS_FILE, decoder_folder, load_small_pipeline, read_render_defaults
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ PUBLISHED = {
 PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline": "stable-unclip",
                     "UnCLIPImageVariationPipeline": "karlo"}
 
-# Render defaults per decoder kind. Stable unCLIP: the PDS settings (100 steps, guidance 5,
+# Render defaults per decoder kind; a decoder folder's render_defaults.json overrides them
+# (``decoder_defaults``). Stable unCLIP: the PDS settings (100 steps, guidance 5,
 # noise_level 10, negative prompt "text, watermark", output resized to 224). Karlo has no prompt or
 # noise level; its own pipeline defaults (25 decoder + 7 super-resolution steps, guidance 8).
-# The small decoder: the settings measured best on the world (README), CLIP guidance on.
+# The small decoder: guidance 3 suits an undertrained one (a trained folder records its own), CLIP guidance on.
 RENDER_DEFAULTS = {
     "small": dict(steps=50, guidance_scale=3.0, noise_level=0, negative_prompt=None, size=None,
                   clip_guidance=0.02, super_res_steps=None),
@@ -75,6 +76,23 @@ UNSUPPORTED = {
               "negative_prompt": "--negative-prompt"},
     "small": {"negative_prompt": "--negative-prompt", "super_res_steps": "--super-res-steps"},
 }
+
+
+def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
+    """The kind's render defaults with a folder's measured ``settings`` on top; a setting the kind
+    does not have, or a numeric one that is not a non-negative number, is an error naming the file."""
+    merged = dict(RENDER_DEFAULTS[kind])
+    for name, value in settings.items():
+        if name not in merged:
+            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
+                                  f"a {kind} decoder ({', '.join(merged)})")
+        numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps")
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                              or value < 0):
+            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
+                                  "not a non-negative number")
+        merged[name] = value
+    return merged
 
 
 @dataclass
@@ -223,6 +241,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
                               f"{', '.join(PIPELINE_CLASSES)}")
     cond = folder / CONDITIONING_FILE
     declared = _read_json(cond, spec) if cond.is_file() else {}
+    settings = read_render_defaults(folder, spec)
     if kind == "small":
         if dtype != torch.float32:
             raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
@@ -245,7 +264,8 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         default_clip = "default"
     if default_clip is None and spec.startswith("small:"):
         default_clip = spec  # the CLIP trained beside it in the same `models train` folder
-    return Decoder(pipe, kind, spec, dim, declared.get("clip_space"), default_clip, dict(RENDER_DEFAULTS[kind]))
+    return Decoder(pipe, kind, spec, dim, declared.get("clip_space"), default_clip,
+                   decoder_defaults(kind, settings, spec))
 
 
 def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtype: str = "auto") -> Decoder:
