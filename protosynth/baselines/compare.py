@@ -129,7 +129,9 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
 
 def _buffer_kind(method: str) -> str | None:
     """The expert buffer an optimisation method matches: ``heads`` (RepBlend) or ``full``; None otherwise."""
-    return ("heads" if method == "repblend" else "full") if method in OPTIMISATION else None
+    from .presets import buffer_kind
+
+    return buffer_kind(method) if method in OPTIMISATION else None
 
 
 def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]):

@@ -70,6 +70,12 @@ class BaselineConfig:
     skip_bad: bool = False  # skip unreadable images; on anyway when the buffer was made with it
 
 
+def buffer_kind(method: str) -> str:
+    """The expert buffer a method matches: heads-only trajectories for RepBlend (its students train
+    heads on frozen backbone features), full ones for the others."""
+    return "heads" if method == "repblend" else "full"
+
+
 def default_family(corpus_spec: str) -> str:
     """The preset family when none is named: ``world`` for the built-in world, else ``flickr``."""
     return "world" if is_world(corpus_spec) else "flickr"

@@ -36,7 +36,7 @@ from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
 from .matching import Blend, SyntheticSet, match
-from .presets import USES_SIMILARITY, BaselineConfig, default_family, resolve, settings
+from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, resolve, settings
 from .student import LowRankSimilarity, trainable
 
 
@@ -86,7 +86,7 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
         raise ProtosynthError(f"--buffer {buffer.root} was trained on {rec['spec']} read as fingerprint "
                               f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
                               f"--image-root or --skip-bad differ)")
-    want = "heads" if cfg.method == "repblend" else "full"
+    want = buffer_kind(cfg.method)
     if buffer.shape != want:
         hint = "--heads-only" if want == "heads" else "without --heads-only"
         raise ProtosynthError(f"--method {cfg.method} needs a {want} buffer (`protosynth buffer {hint}`); "
