@@ -32,17 +32,19 @@ from protosynth.embed import embed_corpus
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import load_decoder
 from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs
-from protosynth.render import RenderConfig, fidelity, render_images
+from protosynth.render import RenderConfig, fidelity, render_images, resolve_render
 
 RESULTS = Path(__file__).parent / "results"
+# Unset keys take the decoder's defaults (its render_defaults.json: the guidance scale measured best
+# on held-out images); each row records the settings it resolved to.
 SETTINGS = [
-    {"guidance_scale": 3.0, "steps": 50},
-    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.01},
-    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.02},
-    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.03},
-    {"guidance_scale": 3.0, "steps": 50, "clip_guidance": 0.05},
-    {"guidance_scale": 3.0, "steps": 50, "init": "nearest", "strength": 0.6},
+    {"steps": 50, "guidance_scale": g, "clip_guidance": 0.0} for g in (1.0, 1.5, 2.0, 3.0)
+] + [
+    {"steps": 50, "clip_guidance": c} for c in (0.01, 0.02, 0.03)
+] + [
+    {"steps": 50, "clip_guidance": 0.0, "init": "nearest", "strength": 0.6},
 ]
+SHOWN = ("guidance_scale", "steps", "clip_guidance", "init", "strength")  # the keys a row's label names
 
 
 def judge_cells(judge, images: list) -> np.ndarray:
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         true = cell_labels(split.objects[: args.heldout])
         targets = clip.encode_images(test)
     rows = []
-    for setting in settings:
-        cfg = RenderConfig(**setting)
+    for requested in settings:
+        cfg = resolve_render(RenderConfig(**requested), decoder)
+        setting = {k: getattr(cfg, k) for k in SHOWN if k in requested or k in ("guidance_scale", "clip_guidance")}
+        setting["default_guidance"] = "guidance_scale" not in requested
         t = time.time()
         renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg,
                                 init_images if cfg.init == "nearest" else None, guide=clip)
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         s, f = r["setting"], r["fidelity"]
-        name = ", ".join(f"{k}={v}" for k, v in s.items())
+        name = ", ".join(f"{k}={v}" for k, v in s.items() if k != "default_guidance")
+        name += " (the decoder's default guidance)" if s.get("default_guidance") else ""
         h, j = r.get("heldout_fidelity"), r.get("judge_adherence")
         extra = (f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
                  if h else "- | -")
