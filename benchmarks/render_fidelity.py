@@ -15,6 +15,12 @@ held-out test images whose objects are known: their CLIP embeddings are rendered
 render's 3x3 cells; adherence = how often each true object is found in its cell with the right
 colour, shape and size ("exact"), or the right colour / shape / presence alone. The judge's score on
 the real test images is its ceiling.
+
+The judge also reads the budget's renders against their captions (the real caption nearest each
+text prototype, as ``distill`` writes it): "same objects" = the (colour, shape) set it reads equals
+that of the caption's image; "objects found" = the share of the caption's objects it reads anywhere
+in the render. References: the nearest member images (what a perfect copy of the best member would
+score; the clustering's ceiling) and the caption images themselves (the judge's own ceiling).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from protosynth.corpus import load_corpus
 from protosynth.embed import embed_corpus
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import load_decoder
-from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs
+from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from protosynth.render import RenderConfig, fidelity, render_images, resolve_render
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,6 +74,19 @@ def adherence(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
             "empty_cells_kept_empty": pct(pred[~occ] == 0)}
 
 
+def colour_shapes(cells: np.ndarray) -> list[frozenset]:
+    """Per image, the set of (colour, shape) in its non-empty cells (cell class = 1 + kind)."""
+    return [frozenset(((k - 1) // 8, ((k - 1) // 2) % 4) for k in row if k > 0) for row in cells]
+
+
+def caption_agreement(pred: np.ndarray, captions: list[frozenset]) -> dict[str, float]:
+    """How well the objects read in each image agree with its caption's (see the module docstring)."""
+    read = colour_shapes(pred)
+    same = [r == c for r, c in zip(read, captions)]
+    found = [len(r & c) / len(c) for r, c in zip(read, captions) if c]
+    return {"same_objects": round(100 * float(np.mean(same)), 1), "objects_found": round(100 * float(np.mean(found)), 1)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=int, default=500)
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), PrototypeConfig(budget=args.budget))
     nearest = nearest_member_pairs(protos, emb.image.numpy())
     init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in nearest]
-    judge = test = true = targets = None
+    judge = test = true = targets = captions = caption_images = None
     if args.heldout and args.corpus == "shapes":  # the judge knows the default world's objects
         from PIL import Image
 
@@ -96,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         from protosynth.world import WorldConfig
 
         judge = load_backbone("ps-resnet")
+        caption_pairs = nearest_rows(protos.text, emb.text.numpy())
+        train_objects = world_split(WorldConfig(), "train").objects
+        caption_images = [int(corpus.pair_image[p]) for p in caption_pairs]
+        captions = colour_shapes(cell_labels([train_objects[i] for i in caption_images]))
         split = world_split(WorldConfig(), "test")
         test = [Image.fromarray(a) for a in split.images[: args.heldout]]
         true = cell_labels(split.objects[: args.heldout])
@@ -111,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.time() - t
         row = {"setting": setting, "fidelity": fidelity(clip, renders, protos.image),
                "seconds_per_image": round(seconds / len(renders), 4)}
+        if judge is not None:
+            row["caption_agreement"] = caption_agreement(judge_cells(judge, renders), captions)
         if judge is not None and cfg.init == "noise":
             held = render_images(decoder, targets, cfg, guide=clip)
             row["heldout_fidelity"] = fidelity(clip, held, targets)
@@ -120,14 +145,19 @@ def main(argv: list[str] | None = None) -> None:
     # the members' own nearest images, as a reference ceiling for what re-embedding real images gives
     real = fidelity(clip, init_images, protos.image)
     judge_ceiling = adherence(judge_cells(judge, test), true) if judge is not None else None
+    members_caption = caption_agreement(judge_cells(judge, init_images), captions) if judge is not None else None
+    captions_caption = (caption_agreement(judge_cells(judge, [corpus.load_image(i) for i in caption_images]), captions)
+                        if judge is not None else None)
     record = {"command": "python -m benchmarks.render_fidelity " + " ".join(sys.argv[1:] if argv is None else argv), "budget": args.budget,
               "corpus": corpus.spec, "clip": args.clip, "decoder": args.decoder, "rows": rows,
               "nearest_real_member_reference": real, "heldout_images": args.heldout,
-              "judge": "ps-resnet", "judge_on_real_test_images": judge_ceiling, "threads": torch.get_num_threads()}
+              "judge": "ps-resnet", "judge_on_real_test_images": judge_ceiling,
+              "caption_agreement_nearest_members": members_caption, "caption_agreement_caption_images": captions_caption, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / present % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / "
+             "present % | caption: same objects / objects found % |", "|---|---|---|---|---|---|---|---|"]
+    agree = lambda a: f"{a['same_objects']:.1f} / {a['objects_found']:.1f}" if a else "-"  # noqa: E731
     for r in rows:
         s, f = r["setting"], r["fidelity"]
         name = ", ".join(f"{k}={v}" for k, v in s.items() if k != "default_guidance")
@@ -135,11 +165,13 @@ def main(argv: list[str] | None = None) -> None:
         h, j = r.get("heldout_fidelity"), r.get("judge_adherence")
         extra = (f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
                  if h else "- | -")
-        lines.append(f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} | {extra} |")
+        lines.append(f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} "
+                     f"| {extra} | {agree(r.get('caption_agreement'))} |")
     jc = judge_ceiling
     judge_cell = f"{jc['exact']:.1f} / {jc['colour']:.1f} / {jc['shape']:.1f} / {jc['present']:.1f}" if jc else "-"
     lines.append(f"| real images (reference: nearest member; the test images for the judge) | {real['top1']:.1f} | "
-                 f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} |")
+                 f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} | {agree(members_caption)} |")
+    lines.append(f"| the caption images themselves (the judge's ceiling) | - | - | - | - | - | - | {agree(captions_caption)} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
