@@ -7,8 +7,9 @@ from pathlib import Path
 from protosynth.distill import DistillConfig, distill
 from protosynth.distilled import load_distilled
 from protosynth.models.clip import SHIPPED_DIR, load_clip
-from protosynth.models.decoder import load_decoder
-from protosynth.render import RenderConfig
+from protosynth.models.decoder import SHIPPED_DECODER, load_decoder
+from protosynth.models.unclip import open_decoder
+from protosynth.render import RenderConfig, resolve_render
 
 
 def test_shipped_models_are_a_matching_pair():
@@ -25,6 +26,18 @@ def test_shipped_models_carry_provenance_and_metrics():
     metrics = json.loads((SHIPPED_DIR / "metrics.json").read_text())
     assert metrics == prov["metrics"]
     assert metrics["clip"]["r_mean"] > 50  # a trained CLIP, not a random one (random is about 1-3)
+
+
+def test_the_shipped_decoder_renders_at_its_measured_guidance():
+    """Its render_defaults.json names the best scale of the held-out sweep recorded with it, and
+    that is what distill uses unless told otherwise (the other settings stay the kind's)."""
+    saved = json.loads((SHIPPED_DECODER / "render_defaults.json").read_text())
+    sweep = saved["measured"]["guidance_sweep"]
+    best = max(sweep, key=lambda g: (sweep[g]["top1"], sweep[g]["top5"], sweep[g]["mean_cosine"]))
+    assert saved["settings"] == {"guidance_scale": float(best)}
+    assert sweep[best]["top1"] > 50  # a trained decoder: the undertrained first one scored 26 % at its best
+    small = resolve_render(RenderConfig(), open_decoder("default"))
+    assert (small.steps, small.guidance_scale, small.clip_guidance, small.size) == (50, float(best), 0.02, None)
 
 
 def test_shipped_weights_are_small():
