@@ -89,7 +89,8 @@ def models_calibrate(
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec (default: as `models train` picks it)."),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
     guidances: str = typer.Option("1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."),
-    quick: bool = typer.Option(False, help="Measure as --quick training does (32 images, 5 steps): for tests."),
+    steps: int = typer.Option(50, help="DDIM steps to render with (saved with the best scale: the best scale depends on them)."),
+    quick: bool = typer.Option(False, help="Measure on 32 held-out images, as --quick training does: for tests."),
     seed: int = typer.Option(0),
 ) -> None:
     """Measure a trained decoder's held-out render fidelity at several guidance scales and save the
@@ -101,7 +102,7 @@ def models_calibrate(
     except ValueError:
         fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only="decoder", seed=seed, quick=quick,
-                            decoder={"seed": seed, "guidances": scales}, image_root=image_root)
+                            decoder={"seed": seed, "guidances": scales, "render_steps": steps}, image_root=image_root)
     metrics = run(calibrate_models, cfg, models, command=" ".join(["protosynth"] + sys.argv[1:]))
     dec = metrics["decoder"]
     typer.echo(f"{models / 'decoder'}: guidance {dec['guidance_scale']} (held-out top-1 "

@@ -342,10 +342,11 @@ def test_models_train_names_a_bad_decoder_option(option, value, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("value", ["0.5", "1,x", ""])
-def test_models_calibrate_names_bad_guidances(quick_models, value):
-    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(quick_models), "--guidances", value, "--quick"])
-    assert_one_line_error(r, r"--guidances")
+@pytest.mark.parametrize("option,value", [("--guidances", "0.5"), ("--guidances", "1,x"), ("--guidances", ""),
+                                          ("--steps", "0")])
+def test_models_calibrate_names_bad_options(quick_models, option, value):
+    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(quick_models), option, value, "--quick"])
+    assert_one_line_error(r, option)
 
 
 def test_models_calibrate_needs_a_models_folder(tmp_path):

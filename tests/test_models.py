@@ -48,7 +48,7 @@ def test_the_trainer_saves_the_guidance_it_measured_best(quick_models):
     ranked = sorted(sweep, key=lambda g: (sweep[g]["top1"], sweep[g]["top5"], sweep[g]["mean_cosine"]), reverse=True)
     assert dec["render_fidelity"] == sweep[str(dec["guidance_scale"])] == sweep[ranked[0]]
     saved = json.loads((quick_models / "decoder" / "render_defaults.json").read_text())
-    assert saved["settings"] == {"guidance_scale": dec["guidance_scale"]}
+    assert saved["settings"] == {"guidance_scale": dec["guidance_scale"], "steps": 5}  # --quick sweeps at 5 steps
     assert saved["measured"]["guidance_sweep"] == sweep and saved["measured"]["held_out_images"] == 32
     assert open_decoder(f"small:{quick_models}").defaults["guidance_scale"] == dec["guidance_scale"]
 
@@ -58,12 +58,14 @@ def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, 
     recorded scale unless --guidance says otherwise, and the run is in provenance.json."""
     models = shutil.copytree(quick_models, tmp_path / "m")
     r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(models), "--corpus", "shapes,n=300",
-                                 "--guidances", "1.5", "--quick"])
+                                 "--guidances", "1.5", "--steps", "3", "--quick"])
     assert r.exit_code == 0, r.output
     assert "guidance 1.5" in r.output
-    assert json.loads((models / "decoder" / "render_defaults.json").read_text())["settings"] == {"guidance_scale": 1.5}
+    saved = json.loads((models / "decoder" / "render_defaults.json").read_text())
+    assert saved["settings"] == {"guidance_scale": 1.5, "steps": 3}
     for decoder in (open_decoder(f"small:{models}"), load_decoder(str(models / "decoder"))):
         assert resolve_render(RenderConfig(), decoder).guidance_scale == 1.5
+        assert resolve_render(RenderConfig(), decoder).steps == 3
         assert resolve_render(RenderConfig(guidance_scale=2.0), decoder).guidance_scale == 2.0
     metrics = json.loads((models / "metrics.json").read_text())
     assert metrics["decoder"]["guidance_scale"] == 1.5 and list(metrics["decoder"]["guidance_sweep"]) == ["1.5"]

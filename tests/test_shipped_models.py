@@ -34,7 +34,7 @@ def test_the_shipped_decoder_renders_at_its_measured_guidance():
     saved = json.loads((SHIPPED_DECODER / "render_defaults.json").read_text())
     sweep = saved["measured"]["guidance_sweep"]
     best = max(sweep, key=lambda g: (sweep[g]["top1"], sweep[g]["top5"], sweep[g]["mean_cosine"]))
-    assert saved["settings"] == {"guidance_scale": float(best)}
+    assert saved["settings"] == {"guidance_scale": float(best), "steps": 50}
     assert sweep[best]["top1"] > 50  # a trained decoder: the undertrained first one scored 26 % at its best
     small = resolve_render(RenderConfig(), open_decoder("default"))
     assert (small.steps, small.guidance_scale, small.clip_guidance, small.size) == (50, float(best), 0.02, None)
