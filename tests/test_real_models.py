@@ -5,6 +5,7 @@ CLIP/decoder space contract, and the offline errors for published weights."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -100,6 +101,18 @@ def test_stable_unclip_folder_distill_uses_pds_settings_and_prompts(real_world, 
     assert manifest["clip"]["space"] == real_world["space"]
     with Image.open(out / "images" / "000000.png") as im:
         assert im.size == (40, 40)
+
+
+def test_a_published_class_folder_takes_its_render_defaults_file(real_world, tmp_path):
+    folder = shutil.copytree(real_world["stable"], tmp_path / "stable")
+    (folder / "render_defaults.json").write_text(json.dumps({"settings": {"guidance_scale": 7.0, "steps": 30}}))
+    d = open_decoder(str(folder)).defaults
+    assert (d["guidance_scale"], d["steps"], d["noise_level"]) == (7.0, 30, 10)  # the rest: the PDS settings
+    for settings, message in (({"typo": 1}, "sets 'typo', not a render setting"),
+                              ({"clip_guidance": 0.02}, "sets clip_guidance, but CLIP-guided sampling is not supported")):
+        (folder / "render_defaults.json").write_text(json.dumps({"settings": settings}))
+        with pytest.raises(ProtosynthError, match=f"render_defaults.json {message}"):
+            open_decoder(str(folder))
 
 
 def test_stable_unclip_prompts_reach_the_unet_and_seeds_do_not_depend_on_batching(real_world):

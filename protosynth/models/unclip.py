@@ -86,6 +86,9 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
         if name not in merged:
             raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
                                   f"a {kind} decoder ({', '.join(merged)})")
+        if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, ""):
+            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
+                                  f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder")
         numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps")
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                               or value < 0):
