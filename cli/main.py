@@ -166,7 +166,7 @@ def distill(
     init: str = typer.Option("noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
     batch_size: int = typer.Option(100, help="Images rendered per batch."),
-    clip_guidance: Optional[float] = typer.Option(None, help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.02); 0 = the decoder alone (pure PDS)."),
+    clip_guidance: Optional[float] = typer.Option(None, help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.01); 0 = the decoder alone (pure PDS)."),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging

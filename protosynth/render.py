@@ -41,7 +41,8 @@ class RenderConfig:
     size: int | None = None  # output side in pixels (published decoders: 224, the real protocol's)
     super_res_steps: int | None = None  # Karlo's super-resolution steps
     # CLIP-guided sampling with the embeddings' own CLIP (small decoder; see pixel_embedder). 0 = the
-    # decoder alone (pure PDS). 0.02 measured best here: render fidelity 15.2 -> 84.4 % at budget 500.
+    # decoder alone (pure PDS). 0.01 measured best with the shipped decoder at budget 500: render
+    # fidelity 83.0 -> 94.2 % top-1, and the independent judge agrees a little (README).
     clip_guidance: float | None = None
     batch_size: int = 100
     init: str = "noise"
