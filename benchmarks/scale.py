@@ -5,8 +5,7 @@
 1. Embedding: the pipeline (``embed_corpus`` into a temporary store: loading, preprocessing and
    tokenising in DataLoader workers, encoding, writing shards) against the bare encoder forward
    (``encode_image`` + ``encode_text``) on the same batches, preprocessed and tokenised beforehand
-   (timed apart). Images/s of each and their ratio (the goal: at least 0.85), for 0 workers (with
-   the prefetch thread, and serial: ``0s``) and 2 workers;
+   (timed apart). Images/s of each and their ratio (the goal: at least 0.85), for 0 and 2 workers;
    the best of ``--repeats`` runs of each, since other jobs share the CPU. Twice: on the in-memory
    world, and on the same images as a file-backed JSONL corpus of 384 px JPEGs (decoding is work).
 2. k-means (``prototypes.kmeans``, K = 500, d = 768, 25 iterations) on N random float32 vectors, each
@@ -69,17 +68,7 @@ def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
     return rows
 
 
-def _variant(w: str) -> tuple[int, bool]:
-    """``--workers`` entry -> (worker processes, prefetch thread): ``0``, ``2``, or ``0s`` (serial)."""
-    return int(w.rstrip("s")), not w.endswith("s")
-
-
-def _label(w: str) -> str:
-    n, prefetch = _variant(w)
-    return f"{n} workers" + ("" if n else (", prefetch thread" if prefetch else ", serial"))
-
-
-def bench_embed(corpus_spec: str, repeats: int, workers: list[str], batch_size: int) -> dict:
+def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: int) -> dict:
     import torch
 
     from protosynth.corpus import load_corpus
@@ -115,9 +104,7 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[str], batch_size: 
             for w in workers:
                 out = work / f"w{w}"
                 t = time.perf_counter()
-                n_workers, prefetch = _variant(w)
-                embed_corpus(corpus, clip, EmbedConfig(batch_size=batch_size, out=out, num_workers=n_workers,
-                                                       prefetch=prefetch))
+                embed_corpus(corpus, clip, EmbedConfig(batch_size=batch_size, out=out, num_workers=w))
                 best[f"pipeline_w{w}"] = min(best.get(f"pipeline_w{w}", 1e9), time.perf_counter() - t)
                 shutil.rmtree(out)
             print(f"embed: {best}", file=sys.stderr, flush=True)
@@ -131,7 +118,7 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[str], batch_size: 
         "bare": {"image_forward_s": round(best["image_forward"], 2), "text_forward_s": round(best["text_forward"], 2),
                  "seconds": round(bare, 2), "images_per_s": round(n / bare, 1),
                  "preprocess_s": round(prep, 2), "tokenise_s": round(tok, 2)},
-        "pipeline": [{"workers": _label(w), "seconds": round(best[f"pipeline_w{w}"], 2),
+        "pipeline": [{"workers": w, "seconds": round(best[f"pipeline_w{w}"], 2),
                       "images_per_s": round(n / best[f"pipeline_w{w}"], 1),
                       "ratio_to_bare": round(bare / best[f"pipeline_w{w}"], 3)} for w in workers],
     }
@@ -189,7 +176,7 @@ def embed_rows(e: dict) -> list[str]:
              f"{e['bare']['text_forward_s']} s; inputs made beforehand: preprocess {e['bare']['preprocess_s']} s, "
              f"tokenise {e['bare']['tokenise_s']} s) | {e['bare']['seconds']} | {e['bare']['images_per_s']} | 1.00 |"]
     for p in e["pipeline"]:
-        lines.append(f"| {e['corpus']} | pipeline `embed_corpus`, {p['workers']} | {p['seconds']} | "
+        lines.append(f"| {e['corpus']} | pipeline `embed_corpus`, {p['workers']} workers | {p['seconds']} | "
                      f"{p['images_per_s']} | {p['ratio_to_bare']:.2f} |")
     return lines
 
@@ -227,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="Small sizes, for a smoke test (seconds, not minutes).")
     ap.add_argument("--corpus", default=None, help="World corpus for the embedding runs (default shapes,n=5000).")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--workers", default="0,0s,2", help="DataLoader worker counts to time the pipeline with (0s: no prefetch thread).")
+    ap.add_argument("--workers", default="0,2", help="DataLoader worker counts to time the pipeline with.")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--kmeans-n", default=None, help="Comma-separated N (default 10000,100000,1000000).")
     ap.add_argument("--render-images", type=int, default=None, help="Images to render (default 20).")
@@ -238,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(v) for v in (args.kmeans_n or ("2000,20000" if args.quick else "10000,100000,1000000")).split(",")]
     started = time.time()
     doc = {"command": command.strip(), "commit": git_commit(), "machine": machine()}
-    repeats, workers = 1 if args.quick else args.repeats, args.workers.split(",")
+    repeats, workers = 1 if args.quick else args.repeats, [int(w) for w in args.workers.split(",")]
     doc["embed"] = bench_embed(corpus, repeats, workers, args.batch_size)
     files = Path(tempfile.mkdtemp(prefix="ps-scale-jsonl-"))
     try:

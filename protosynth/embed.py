@@ -8,15 +8,12 @@ are computed. A shard's numbers depend on that shard alone (its batches start at
 and its first pair), so a resumed store is byte-identical to an uninterrupted one.
 
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
-runs the encoder (``workers``: on a CPU only on cores torch leaves idle); without workers, one thread
-prepares the next batches while the encoder runs (``prefetch``).
+runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,7 +40,6 @@ class EmbedConfig:
     fp16: bool = False  # store float16 (half the disk); readers still return float32
     # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
     num_workers: int | None = None
-    prefetch: bool = True  # with no worker processes: prepare the next batches in a thread (``_prefetched``)
 
 
 def check_config(cfg: EmbedConfig) -> None:
@@ -143,35 +139,13 @@ def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shard
     if not plan:
         return
     on_gpu = encoder.device.type == "cuda"
-    dataset, n_workers = _Batches(corpus, encoder, plan), workers(encoder, cfg)
-    if n_workers == 0 and cfg.prefetch:
-        source = _prefetched(dataset)
-    else:
-        source = iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=n_workers, pin_memory=on_gpu,
-                                 persistent_workers=False))
-    batches = [source]  # the one reference: cleared below, so the workers stop now, also on an error
+    loader = DataLoader(_Batches(corpus, encoder, plan), batch_size=None, shuffle=False,
+                        num_workers=workers(encoder, cfg), pin_memory=on_gpu, persistent_workers=False)
+    batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
     try:
         _consume(batches, shards, encoder, cfg, write, len(plan))
     finally:
         batches.clear()
-
-
-def _prefetched(dataset: Dataset, ahead: int = 2):
-    """``dataset[0], dataset[1], ...`` in order, each prepared in one background thread up to ``ahead``
-    items before it is needed. JPEG decoding, resizing and torch's kernels release the GIL, so on a
-    CPU the thread fills the gaps the encoder leaves, without the pickling of DataLoader processes."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="embed-prefetch")
-    try:
-        pending = deque(pool.submit(dataset.__getitem__, j) for j in range(min(ahead, len(dataset))))
-        following = len(pending)
-        while pending:
-            item = pending.popleft().result()
-            if following < len(dataset):
-                pending.append(pool.submit(dataset.__getitem__, following))
-                following += 1
-            yield item
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _consume(batches: list, shards: list[dict], encoder: ClipEncoder, cfg: EmbedConfig, write, total: int) -> None:
