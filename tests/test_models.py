@@ -76,7 +76,8 @@ def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, 
 
 @pytest.mark.parametrize("settings,message", [
     ({"guidance": 2.0}, "sets 'guidance', not a render setting"),
-    ({"guidance_scale": -1}, "sets guidance_scale to -1, not a non-negative number"),
+    ({"guidance_scale": -1}, "sets guidance_scale to -1, not a number of at least 0"),
+    ({"steps": 0}, "sets steps to 0, not a number of at least 1"),
     ({"steps": "many"}, "sets steps to 'many'"),
 ])
 def test_a_bad_render_defaults_file_is_named(quick_models, tmp_path, settings, message):

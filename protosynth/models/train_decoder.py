@@ -9,7 +9,9 @@ Render fidelity (the adherence measure): render held-out embeddings, re-embed th
 same CLIP, and count how often each render is nearest to its own target (top-1/top-5 among all
 targets), with the mean cosine to the target. It is measured at several classifier-free guidance
 scales, because the best one moves as training goes on (about 3 for an undertrained decoder, about 1
-for a trained one, where 3 ruins it); the best scale is saved as the folder's render default.
+for a trained one, where 3 ruins it). The final sweep runs at the steps ``distill`` renders with
+(``render_steps``; the best scale depends on them too) and saves the best scale and those steps as
+the folder's render defaults (``render_defaults.json``).
 """
 from __future__ import annotations
 

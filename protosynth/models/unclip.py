@@ -81,7 +81,7 @@ UNSUPPORTED = {
 
 def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
     """The kind's render defaults with a folder's measured ``settings`` on top; a setting the kind
-    does not have, or a numeric one that is not a non-negative number, is an error naming the file."""
+    does not have or cannot honour, or a negative number (zero steps), is an error naming the file."""
     merged = dict(RENDER_DEFAULTS[kind])
     for name, value in settings.items():
         if name not in merged:
@@ -91,10 +91,11 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
             raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
                                   f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder")
         numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps")
+        low = 1 if name == "steps" else 0
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                              or value < 0):
+                                              or value < low):
             raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
-                                  "not a non-negative number")
+                                  f"not a number of at least {low}")
         merged[name] = value
     return merged
 
