@@ -7,7 +7,6 @@ import shutil
 import open_clip
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -19,7 +18,6 @@ from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline, load_
 from protosynth.models.train_clip import ClipTrainConfig, train_clip
 from protosynth.models.unclip import open_decoder
 from protosynth.render import RenderConfig, resolve_render
-
 
 
 def test_architectures_registered_with_open_clip():

@@ -251,15 +251,23 @@ def write_render_defaults(folder: Path, settings: dict, measured: dict) -> None:
                       json.dumps({"settings": settings, "measured": measured}, indent=2))
 
 
+def read_json_object(path: Path, spec: str) -> dict:
+    """A decoder folder's JSON file, which must hold an object; errors name ``spec`` and the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtosynthError(f"--decoder {spec}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ProtosynthError(f"--decoder {spec}: {path} must hold a JSON object")
+    return obj
+
+
 def read_render_defaults(folder: Path, spec: str) -> dict:
     """The ``settings`` of a folder's ``render_defaults.json`` ({} without one)."""
     path = Path(folder) / RENDER_DEFAULTS_FILE
     if not path.is_file():
         return {}
-    try:
-        settings = json.loads(path.read_text()).get("settings")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ProtosynthError(f"--decoder {spec}: {path} is not a JSON object with 'settings' ({exc})") from None
+    settings = read_json_object(path, spec).get("settings")
     if not isinstance(settings, dict):
         raise ProtosynthError(f"--decoder {spec}: {path} has no 'settings' object")
     return settings

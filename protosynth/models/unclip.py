@@ -18,7 +18,6 @@ batch; ``protosynth.render`` owns seeds, batching, resizing and progress.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -31,7 +30,8 @@ from PIL import Image
 
 from ..errors import ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import CONDITIONING_FILE, RENDER_DEFAULTS_FILE, decoder_folder, load_small_pipeline, read_render_defaults
+from .decoder import (CONDITIONING_FILE, RENDER_DEFAULTS_FILE, decoder_folder, load_small_pipeline, read_json_object,
+                      read_render_defaults)
 
 log = logging.getLogger(__name__)
 
@@ -225,33 +225,22 @@ def _conditioning_dim(kind: str, pipe) -> int:
     return int(pipe.embedding_dim)
 
 
-def _read_json(path: Path, spec: str) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtosynthError(f"--decoder {spec}: {path} is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ProtosynthError(f"--decoder {spec}: {path} must hold a JSON object")
-    return obj
-
-
 def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
     index = folder / "model_index.json"
     if not index.is_file():
         raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
-    class_name = _read_json(index, spec).get("_class_name")
+    class_name = read_json_object(index, spec).get("_class_name")
     kind = PIPELINE_CLASSES.get(class_name)
     if kind is None:
         raise ProtosynthError(f"--decoder {spec}: {folder} holds a {class_name}, not one of "
                               f"{', '.join(PIPELINE_CLASSES)}")
     cond = folder / CONDITIONING_FILE
-    declared = _read_json(cond, spec) if cond.is_file() else {}
-    settings = read_render_defaults(folder, spec)
+    declared = read_json_object(cond, spec) if cond.is_file() else {}
     if kind == "small":
         if dtype != torch.float32:
             raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
-        pipe = load_small_pipeline(folder, spec, device)
-        dim = pipe.embedding_dim
+        pipe = load_small_pipeline(folder, spec, device)  # reads render_defaults.json too
+        dim, settings = pipe.embedding_dim, pipe.render_settings
     else:
         try:
             with warnings.catch_warnings():
@@ -263,7 +252,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         except Exception as exc:  # a corrupt or incomplete folder
             raise ProtosynthError(f"--decoder {spec}: cannot load the {class_name} in {folder} ({exc})"
                                   .splitlines()[0]) from None
-        dim = _conditioning_dim(kind, pipe)
+        dim, settings = _conditioning_dim(kind, pipe), read_render_defaults(folder, spec)
     default_clip = declared.get("clip")
     if default_clip is None and kind == "small" and spec == "default":
         default_clip = "default"
