@@ -6,8 +6,12 @@
    tokenising in DataLoader workers, encoding, writing shards) against the bare encoder forward
    (``encode_image`` + ``encode_text``) on the same batches, preprocessed and tokenised beforehand
    (timed apart). Images/s of each and their ratio (the goal: at least 0.85), for 0 and 2 workers;
-   the best of ``--repeats`` runs of each, since other jobs share the CPU. Twice: on the in-memory
-   world, and on the same images as a file-backed JSONL corpus of 384 px JPEGs (decoding is work).
+   the best of ``--repeats`` runs of each, since other jobs share the CPU. Three times: the shipped
+   small CLIP (32 px input) on the in-memory world and on the same images as a file-backed JSONL
+   corpus of 384 px JPEGs (decoding is work); then a real open_clip architecture (``--real-arch``,
+   random weights, its own 224 px preprocessing and 49k-merge tokenizer) on 200 such JPEGs. The
+   small CLIP's forward is so cheap (about 0.2 ms per image) that fixed per-item Python work
+   dominates; the real one is what users' encoders cost per item.
 2. k-means (``prototypes.kmeans``, K = 500, d = 768, 25 iterations) on N random float32 vectors, each
    N in a fresh spawned process: seconds and the child's peak RSS, beside the size of the data.
    Peak RSS is ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``: Linux carries the maximum
@@ -68,7 +72,7 @@ def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
     return rows
 
 
-def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: int) -> dict:
+def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: int, clip_spec: str = "default") -> dict:
     import torch
 
     from protosynth.corpus import load_corpus
@@ -76,7 +80,7 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: 
     from protosynth.models.clip import load_clip
     from protosynth.store import plan_shards
 
-    corpus, clip = load_corpus(corpus_spec), load_clip("default")
+    corpus, clip = load_corpus(corpus_spec), load_clip(clip_spec)
     cfg = EmbedConfig(batch_size=batch_size)
     plan = _batch_plan(plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size), batch_size)
     t = time.perf_counter()
@@ -113,7 +117,8 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: 
     bare = best["image_forward"] + best["text_forward"]
     n = corpus.n_images
     return {
-        "corpus": corpus_spec, "images": n, "pairs": corpus.n_pairs, "batch_size": batch_size,
+        "corpus": corpus_spec, "clip": clip_spec, "input_size": clip.input_size, "images": n, "pairs": corpus.n_pairs,
+        "batch_size": batch_size,
         "shard_size": cfg.shard_size, "repeats": repeats,
         "bare": {"image_forward_s": round(best["image_forward"], 2), "text_forward_s": round(best["text_forward"], 2),
                  "seconds": round(bare, 2), "images_per_s": round(n / bare, 1),
@@ -138,6 +143,23 @@ def jsonl_copy(corpus_spec: str, folder: Path) -> str:
         lines.append(json.dumps({"image": f"img/{i}.jpg", "captions": corpus.captions[i]}))
     (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
     return str(folder / "corpus.jsonl")
+
+
+def random_clip_dir(arch: str, folder: Path) -> str:
+    """An open_clip ``local-dir:`` folder holding ``arch`` with random weights, as a ``--clip`` spec.
+
+    Throughput does not depend on the weights' values, so a random-initialised real architecture
+    times what a user's pretrained one costs per image (same towers, same 224 px preprocessing, same
+    49k-merge tokenizer), loaded the way a user's local copy is."""
+    import open_clip
+    import torch
+
+    from protosynth.models.train_clip import write_clip_dir
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_clip_dir(open_clip.create_model(arch), open_clip.get_model_config(arch), folder)
+    return f"local-dir:{folder}"
 
 
 def bench_render(n_images: int, corpus_spec: str) -> dict:
@@ -188,11 +210,13 @@ def markdown(doc: dict) -> str:
               f"Command: `{doc['command']}` (commit {doc['commit'][:12]}, {doc['seconds_total']:.0f} s wall; "
               f"load average {doc['machine']['load_average_at_start']} at start and "
               f"{doc['machine']['load_average_at_end']} at the end: other jobs shared the CPU).", "",
-              f"**Embedding** ({e['images']} images, {e['pairs']} caption-level pairs), shipped CLIP, batch "
-              f"{e['batch_size']}, best of {e['repeats']}. The pipeline loads, preprocesses, tokenises, encodes "
+              f"**Embedding** ({e['images']} images, {e['pairs']} caption-level pairs, unless the row names "
+              f"another corpus), the shipped small CLIP unless the row names another, batch {e['batch_size']}, "
+              f"best of {e['repeats']}. The pipeline loads, preprocesses, tokenises, encodes "
               "and writes the shards; the bare forward only encodes.", "",
               "| corpus | run | seconds | images/s | vs bare forward |", "|---|---|---|---|---|",
-              *embed_rows(e), *(embed_rows(doc["embed_files"]) if "embed_files" in doc else [])]
+              *embed_rows(e), *(embed_rows(doc["embed_files"]) if "embed_files" in doc else []),
+              *(embed_rows(doc["embed_real"]) if "embed_real" in doc else [])]
     lines += ["", "**k-means** (`prototypes.kmeans`, random float32 vectors, each N in a fresh spawned process):", "",
               "| N | d | K | trained on | seconds | peak RSS MB | data MB | RSS before k-means MB |",
               "|---|---|---|---|---|---|---|---|"]
@@ -216,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", default="0,2", help="DataLoader worker counts to time the pipeline with.")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--real-arch", default="ViT-B-32",
+                    help="open_clip architecture (random weights) timed on JPEG files too; 'none' skips it.")
+    ap.add_argument("--real-images", type=int, default=None, help="Images for the --real-arch run (default 200).")
     ap.add_argument("--kmeans-n", default=None, help="Comma-separated N (default 10000,100000,1000000).")
     ap.add_argument("--render-images", type=int, default=None, help="Images to render (default 20).")
     ap.add_argument("--results", type=Path, default=RESULTS)
@@ -231,6 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         doc["embed_files"] = bench_embed(jsonl_copy(corpus, files), repeats, workers, args.batch_size)
         doc["embed_files"]["corpus"] = f"{corpus} as 384 px JPEG files (JSONL)"
+        if args.real_arch != "none":
+            real_corpus = f"shapes,n={args.real_images or (20 if args.quick else 200)}"
+            clip = random_clip_dir(args.real_arch, files / "real-clip")
+            doc["embed_real"] = bench_embed(jsonl_copy(real_corpus, files / "real"), repeats, workers,
+                                            args.batch_size, clip)
+            doc["embed_real"]["corpus"] = (f"{real_corpus} as 384 px JPEG files, open_clip {args.real_arch} "
+                                           f"(random weights, {doc['embed_real']['input_size']} px)")
     finally:
         shutil.rmtree(files, ignore_errors=True)
     doc["kmeans"] = bench_kmeans(sizes, d=768, k=50 if args.quick else 500, niter=25)

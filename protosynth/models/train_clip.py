@@ -51,7 +51,7 @@ def evaluate_clip(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> dic
     return retrieval_metrics((img @ txt.T).numpy(), corpus.pair_image)
 
 
-def _write_model_dir(model, model_cfg: dict, folder: Path) -> None:
+def write_clip_dir(model, model_cfg: dict, folder: Path) -> None:
     """Weights and config, each written to a temporary file and renamed (never half-written)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / f".{CLIP_WEIGHTS}.tmp"
@@ -112,7 +112,7 @@ def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) ->
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                              "rng": rng_state(gen)}, ckpt)
-    _write_model_dir(model, model_cfg, out)
+    write_clip_dir(model, model_cfg, out)
     encoder = load_clip(f"small:{out}")
     metrics = evaluate_clip(encoder, test)
     record = {"train_seconds_this_run": round(time.time() - t0, 1), "config": asdict(cfg),
