@@ -67,13 +67,7 @@ def models_train(
         decoder["max_minutes"] = decoder_minutes
     if decoder_init_from is not None:
         decoder["init_from"] = decoder_init_from
-    if decoder_prediction not in ("v_prediction", "epsilon"):
-        fail(f"--decoder-prediction {decoder_prediction!r}: use v_prediction or epsilon")
     decoder["prediction_type"] = decoder_prediction
-    from protosynth.models.train_decoder import LR_SCHEDULES
-
-    if decoder_lr_schedule not in LR_SCHEDULES:
-        fail(f"--decoder-lr-schedule {decoder_lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
     decoder["lr_schedule"] = decoder_lr_schedule
     decoder["coords"] = decoder_coords
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,

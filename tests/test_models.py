@@ -293,4 +293,4 @@ def test_decoder_lr_schedules_warm_up_then_hold_or_decay():
     assert decoder_lr(cos, 1200) == pytest.approx(0.0, abs=1e-12)
     assert decoder_lr(cos, 900) < decoder_lr(cos, 500) < 1e-3
     with pytest.raises(ProtosynthError, match="--decoder-lr-schedule 'linear'"):  # never a silent constant
-        decoder_lr(DecoderTrainConfig(lr_schedule="linear"), 0)
+        DecoderTrainConfig(lr_schedule="linear")

@@ -72,6 +72,9 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         raise ProtosynthError(f"--out {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
         raise ProtosynthError(f"--only decoder needs a trained CLIP in {out / 'clip'}; run --only clip first")
+    from .train_decoder import DecoderTrainConfig, train_decoder
+
+    dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_corpus(cfg)
     metrics = _read(out / "metrics.json", {})
@@ -79,9 +82,6 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
     if cfg.only in ("all", "clip"):
         metrics["clip"] = train_clip(train, test, out / "clip", cfg.clip)
     if cfg.only in ("all", "decoder"):
-        from .train_decoder import DecoderTrainConfig, train_decoder
-
-        dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
         metrics["decoder"] = train_decoder(train, test, out / "clip", out / "decoder", dcfg)
     _record(out, cfg, train, test, metrics, time.time() - t0, command)
     return metrics

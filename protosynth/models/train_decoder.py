@@ -38,6 +38,8 @@ from .training import StepBar, cosine_lr, restore_rng, rng_state, save_atomic
 
 
 GUIDANCES = (1.0, 1.5, 2.0, 3.0)
+LR_SCHEDULES = ("constant", "cosine")
+PREDICTION_TYPES = ("v_prediction", "epsilon")
 
 
 @dataclass
@@ -72,6 +74,10 @@ class DecoderTrainConfig:
                                   "least 1 (1 = no classifier-free guidance)")
         if self.render_steps < 1:
             raise ProtosynthError(f"--steps {self.render_steps}: the sweep needs at least one denoising step")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ProtosynthError(f"--decoder-lr-schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ProtosynthError(f"--decoder-prediction {self.prediction_type!r}: use {' or '.join(PREDICTION_TYPES)}")
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
@@ -81,15 +87,10 @@ class DecoderTrainConfig:
         return cls(**{**base, **overrides})
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 def decoder_lr(cfg: DecoderTrainConfig, step: int) -> float:
     """The learning rate at ``step``: linear warm-up, then constant or a cosine decay to zero at
     ``cfg.steps``. The constant rate is suspected of the rise-then-fall of held-out fidelity
     past ~10,000 steps (README), which a decay would test."""
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ProtosynthError(f"--decoder-lr-schedule {cfg.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
     if cfg.lr_schedule == "cosine":
         return cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
