@@ -209,7 +209,7 @@ def markdown(doc: dict) -> str:
               f"torch threads {doc['machine']['torch_threads']})", "",
               f"Command: `{doc['command']}` (commit {doc['commit'][:12]}, {doc['seconds_total']:.0f} s wall; "
               f"load average {doc['machine']['load_average_at_start']} at start and "
-              f"{doc['machine']['load_average_at_end']} at the end: other jobs shared the CPU).", "",
+              f"{doc['machine']['load_average_at_end']} at the end, this benchmark's own work included).", "",
               f"**Embedding** ({e['images']} images, {e['pairs']} caption-level pairs, unless the row names "
               f"another corpus), the shipped small CLIP unless the row names another, batch {e['batch_size']}, "
               f"best of {e['repeats']}. The pipeline loads, preprocesses, tokenises, encodes "
