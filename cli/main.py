@@ -159,7 +159,7 @@ def distill(
     super_res_steps: Optional[int] = typer.Option(None, help="Karlo super-resolution steps (default 7)."),
     init: str = typer.Option("noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
-    batch_size: int = typer.Option(100, help="Images rendered per batch."),
+    batch_size: Optional[int] = typer.Option(None, help="Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never changes the images)."),
     clip_guidance: Optional[float] = typer.Option(None, help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.01); 0 = the decoder alone (pure PDS)."),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""

@@ -77,7 +77,7 @@ def validate(cfg: DistillConfig) -> Path:
                                      ("--super-res-steps", r.super_res_steps, 1, 1000)):
         if value is not None and not low <= value <= high:
             raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
-    if r.batch_size < 1:
+    if r.batch_size is not None and r.batch_size < 1:
         raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
     if r.guidance_scale is not None and r.guidance_scale < 0:
         raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")

@@ -44,7 +44,7 @@ class RenderConfig:
     # decoder alone (pure PDS). 0.01 measured best with the shipped decoder at budget 500: render
     # fidelity 83.0 -> 94.2 % top-1, and the independent judge agrees a little (README).
     clip_guidance: float | None = None
-    batch_size: int = 100
+    batch_size: int | None = None  # images per decoder call (the published decoders' default is small: GPU memory)
     init: str = "noise"
     strength: float = 0.6
     seed: int = 0

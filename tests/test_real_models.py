@@ -21,7 +21,7 @@ from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import write_conditioning
 from protosynth.models.unclip import PUBLISHED, Decoder, check_pair, open_decoder
-from protosynth.render import RenderConfig, render_images
+from protosynth.render import RenderConfig, render_images, resolve_render
 
 CORPUS = "shapes,n=30"
 
@@ -113,6 +113,45 @@ def test_a_published_class_folder_takes_its_render_defaults_file(real_world, tmp
         (folder / "render_defaults.json").write_text(json.dumps({"settings": settings}))
         with pytest.raises(ProtosynthError, match=f"render_defaults.json {message}"):
             open_decoder(str(folder))
+
+
+def test_published_kinds_default_to_their_paper_settings_and_small_gpu_batches(real_world):
+    """Left unset, Stable unCLIP renders with PDS's settings (100 steps, guidance 5, noise level 10,
+    negative prompt "text, watermark", 224 px) and Karlo with its pipeline's own, both 4 images per
+    call (their UNets at 768 / 256 px with classifier-free guidance); the small decoder keeps 100.
+    Stable unCLIP's VAE decodes one image at a time."""
+    stable, karlo = open_decoder(str(real_world["stable"])), open_decoder(str(real_world["karlo"]))
+    pds = dict(steps=100, guidance_scale=5.0, noise_level=10, negative_prompt="text, watermark", size=224,
+               clip_guidance=0.0, batch_size=4)
+    own = dict(steps=25, guidance_scale=8.0, super_res_steps=7, size=224, batch_size=4)
+    for dec, want in ((stable, pds), (karlo, own)):
+        resolved = resolve_render(RenderConfig(), dec)
+        assert {k: getattr(resolved, k) for k in want} == want
+    assert resolve_render(RenderConfig(batch_size=16), stable).batch_size == 16
+    assert resolve_render(RenderConfig(), open_decoder("default")).batch_size == 100
+    assert stable.pipe.vae.use_slicing
+
+
+def test_decoder_dtype_is_half_on_cuda_only_by_default():
+    from protosynth.models.unclip import _torch_dtype
+
+    assert _torch_dtype("auto", torch.device("cuda")) is torch.float16  # no GPU needed to pick it
+    assert _torch_dtype("auto", torch.device("cpu")) is torch.float32
+    assert _torch_dtype("bfloat16", torch.device("cuda")) is torch.bfloat16
+    with pytest.raises(ProtosynthError, match="unknown --dtype 'half'"):
+        _torch_dtype("half", torch.device("cpu"))
+
+
+def test_karlo_without_its_text_projection_is_one_clear_error(real_world, monkeypatch):
+    """A diffusers that dropped deprecated unCLIP (neither module path imports) gets the guard's
+    message, not an import traceback."""
+    import sys
+
+    for module in ("diffusers.pipelines.deprecated.unclip.text_proj", "diffusers.pipelines.unclip.text_proj"):
+        monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: importing it raises ImportError
+    with pytest.raises(ProtosynthError, match="--decoder karlo: this diffusers release no longer ships "
+                                              "UnCLIPTextProjModel"):
+        open_decoder(str(real_world["karlo"]))
 
 
 def test_stable_unclip_prompts_reach_the_unet_and_seeds_do_not_depend_on_batching(real_world):
@@ -231,6 +270,26 @@ print(distill(cfg))
     manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == "ViT-L-14:openai"
     assert manifest["clip"]["space"] == "ViT-L-14:openai" and len(list((tmp_path / "set" / "images").iterdir())) == 3
+
+
+def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_path):
+    """``--decoder sd-unclip-small`` with no ``--clip`` uses ViT-L-14-quickgelu:openai: with the decoder
+    in the hub cache and that CLIP not, the run stops at the CLIP's missing-weights error (exit 2, one line)."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    _hub_snapshot(cache, PUBLISHED["sd-unclip-small"].repo, real_world["stable"])
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "distill", "--decoder",
+                           "sd-unclip-small", "--corpus", CORPUS, "--budget", "2", "--out", str(tmp_path / "set")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "--clip ViT-L-14-quickgelu:openai: the ViT-L-14-quickgelu weights 'openai' are not in the local cache" \
+        in errors[0]
+    assert not (tmp_path / "set").exists()
 
 
 def test_openai_weights_get_quickgelu_whatever_the_arch_name():

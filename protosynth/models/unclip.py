@@ -18,6 +18,7 @@ batch; ``protosynth.render`` owns seeds, batching, resizing and progress.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -62,13 +63,17 @@ PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline
 # noise level; its own pipeline defaults (25 decoder + 7 super-resolution steps, guidance 8).
 # The small decoder: guidance 3 suits an undertrained one (a trained folder records its own); CLIP guidance
 # 0.01, measured best with the shipped decoder (0.02 was best with the first, undertrained one).
+# batch_size: images per pipeline call. The published decoders run classifier-free guidance (two UNet
+# passes per image) at 768 px (Stable unCLIP) or 256 px plus super-resolution (Karlo), so a batch of
+# the small decoder's 100 would not fit a GPU; 4 is a guess (not measured here: no GPU), --batch-size
+# overrides it. Each image has its own seeded generator, so batching never changes the images.
 RENDER_DEFAULTS = {
     "small": dict(steps=50, guidance_scale=3.0, noise_level=0, negative_prompt=None, size=None,
-                  clip_guidance=0.01, super_res_steps=None),
+                  clip_guidance=0.01, super_res_steps=None, batch_size=100),
     "stable-unclip": dict(steps=100, guidance_scale=5.0, noise_level=10, negative_prompt="text, watermark",
-                          size=224, clip_guidance=0.0, super_res_steps=None),
+                          size=224, clip_guidance=0.0, super_res_steps=None, batch_size=4),
     "karlo": dict(steps=25, guidance_scale=8.0, noise_level=None, negative_prompt=None, size=224,
-                  clip_guidance=0.0, super_res_steps=7),
+                  clip_guidance=0.0, super_res_steps=7, batch_size=4),
 }
 # What a kind cannot do, so an explicit request for it is an error, never silently ignored.
 UNSUPPORTED = {
@@ -90,8 +95,9 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
         if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, ""):
             raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
                                   f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder")
-        numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps")
-        low = 1 if name == "steps" else 0
+        numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps",
+                           "batch_size")
+        low = 1 if name in ("steps", "batch_size") else 0
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                               or value < low):
             raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
@@ -150,11 +156,23 @@ def _pipeline_class(kind: str):
             warnings.simplefilter("ignore")
             from diffusers import UnCLIPImageVariationPipeline
     except ImportError:
-        raise ProtosynthError(
-            "--decoder karlo: this diffusers release no longer ships UnCLIPImageVariationPipeline (deprecated); "
-            "install a diffusers release that still exports it, or use sd-unclip-small"
-        ) from None
+        raise ProtosynthError(KARLO_MISSING.format(what="UnCLIPImageVariationPipeline")) from None
     return UnCLIPImageVariationPipeline
+
+
+KARLO_MISSING = ("--decoder karlo: this diffusers release no longer ships {what} (Karlo is deprecated in diffusers); "
+                 "install a diffusers release that still has it, or use sd-unclip-small")
+
+
+def _karlo_text_proj():
+    """Karlo's text projection class, where diffusers keeps it: ``pipelines.deprecated.unclip`` since
+    unCLIP was deprecated, ``pipelines.unclip`` before."""
+    for module in ("diffusers.pipelines.deprecated.unclip.text_proj", "diffusers.pipelines.unclip.text_proj"):
+        try:
+            return importlib.import_module(module).UnCLIPTextProjModel
+        except (ImportError, AttributeError):
+            continue
+    raise ProtosynthError(KARLO_MISSING.format(what="UnCLIPTextProjModel"))
 
 
 def _load_karlo(source: str, dtype: torch.dtype):
@@ -163,16 +181,16 @@ def _load_karlo(source: str, dtype: torch.dtype):
     "diffusers" (what ``save_pretrained`` writes now), and neither resolves since the pipeline moved
     to ``diffusers.pipelines.deprecated``. Each component's own ``from_pretrained`` still works."""
     from diffusers import UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
-    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
     from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     classes = {"decoder": UNet2DConditionModel, "super_res_first": UNet2DModel, "super_res_last": UNet2DModel,
-               "text_proj": UnCLIPTextProjModel, "text_encoder": CLIPTextModelWithProjection,
+               "text_proj": _karlo_text_proj(), "text_encoder": CLIPTextModelWithProjection,
                "image_encoder": CLIPVisionModelWithProjection, "tokenizer": CLIPTokenizer,
                "feature_extractor": CLIPImageProcessor, "decoder_scheduler": UnCLIPScheduler,
                "super_res_scheduler": UnCLIPScheduler}
+    pipeline_class = _pipeline_class("karlo")  # the clear error first when this diffusers lacks Karlo
     parts = {name: cls.from_pretrained(source, subfolder=name) for name, cls in classes.items()}
-    return _pipeline_class("karlo")(**parts).to(dtype=dtype)
+    return pipeline_class(**parts).to(dtype=dtype)
 
 
 def _from_pretrained(kind: str, source: str, dtype: torch.dtype):
@@ -190,8 +208,13 @@ def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _finish(pipe, device: torch.device) -> Any:
+    """On ``device``, quiet, and (Stable unCLIP) decoding latents one image at a time: its VAE at 768 px
+    would otherwise hold a whole batch's activations at once. Slicing does not change the images."""
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "use_slicing"):  # AutoencoderKL; enable_slicing raises on VAEs without it
+        vae.enable_slicing()
     return pipe
 
 
