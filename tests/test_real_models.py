@@ -91,8 +91,13 @@ def test_published_decoders_declare_their_clip_and_refuse_other_spaces():
         check_pair(dec, "ViT-H-14:laion2b_s32b_b79k", "ViT-H-14:laion2b_s32b_b79k", 1024)
 
 
-def test_stable_unclip_folder_distill_uses_pds_settings_and_prompts(real_world, tmp_path):
+def test_stable_unclip_folder_distill_uses_pds_settings_and_prompts(real_world, tmp_path, monkeypatch):
+    prompts = []  # what the pipeline is called with, in order (the real call still runs)
+    draw = Decoder.draw
+    monkeypatch.setattr(Decoder, "draw", lambda self, *a, **k: prompts.extend(k["prompts"]) or draw(self, *a, **k))
     out = distill(cfg_for(real_world, "stable", tmp_path / "set", size=40))
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert prompts == [p["caption"] for p in pairs] and len(set(prompts)) > 1  # each image's nearest real caption
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["decoder"]["class"] == "StableUnCLIPImg2ImgPipeline"
     assert manifest["decoder"]["prompts"] == "nearest real caption"
@@ -227,6 +232,20 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
         assert len((out / "pairs.jsonl").read_text().splitlines()) == budget
     with pytest.raises(ProtosynthError, match="distinct"):
         distill_budgets(cfg, [3, 3])
+
+
+def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    r = CliRunner().invoke(app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1",
+                                 "--out", str(tmp_path / "sets")])
+    assert r.exit_code == 0, r.output
+    written = [line.removeprefix("wrote ") for line in r.stdout.splitlines() if line.startswith("wrote ")]
+    assert [p.split("/")[-1] for p in written] == ["shapes_n=30-matched-b2-s0", "shapes_n=30-matched-b3-s0"]
+    for path, budget in zip(written, (2, 3)):
+        assert len((tmp_path / "sets" / path.split("/")[-1] / "pairs.jsonl").read_text().splitlines()) == budget
 
 
 def _hub_snapshot(cache, repo: str, folder) -> None:
