@@ -17,6 +17,9 @@
    Peak RSS is ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``: Linux carries the maximum
    across fork + exec, so a spawned child's ``ru_maxrss`` starts at this parent's peak (measured:
    791 MB in a child whose own peak was 29 MB).
+   Then the largest N once more, written as ``.npy`` shards and clustered memory-mapped through
+   ``store.Rows`` (how ``distill`` reads a store): the peak anonymous memory during k-means is what
+   has to fit in RAM (mapped file pages count in RSS, but the kernel can drop them).
 3. Render: seconds per image of the shipped decoder with the default ``RenderConfig``.
 
 Writes ``benchmarks/results/scale.json`` (numbers, machine, command, commit) and ``scale.md``.
@@ -61,6 +64,63 @@ def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
             "peak_rss_mb": round(_vm_hwm_kb() / 1024, 1),
             "rss_before_kmeans_mb": round(before / 2**20, 1), "data_mb": round(x.nbytes / 2**20, 1),
             "trained_on": stats["kmeans_trained_on"], "gpu": stats["kmeans_gpu"]}
+
+
+def _status_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: int) -> dict:
+    """Runs in a spawned process: N random rows written as ``.npy`` shards (a chunk at a time), then
+    k-means over them memory-mapped (``store.Rows``, what ``distill`` clusters). Mapped file pages
+    count in RSS but the kernel can drop them, so the measure of what must fit in RAM is the peak
+    *anonymous* memory during k-means, sampled every 20 ms."""
+    import threading
+
+    import numpy as np
+
+    from protosynth.prototypes import kmeans
+    from protosynth.store import Rows
+
+    rng, paths, lengths = np.random.default_rng(0), [], []
+    for i, start in enumerate(range(0, n, shard)):
+        rows = rng.standard_normal((min(shard, n - start), d), dtype=np.float32)
+        paths.append(Path(folder) / f"part-{i:04d}.npy")
+        np.save(paths[-1], rows)
+        lengths.append(len(rows))
+        del rows
+    x = Rows(paths, lengths, d)
+    peak, done = [_status_kb("RssAnon")], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _status_kb("RssAnon"))
+
+    before = _status_kb("RssAnon")
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    stats: dict = {}
+    t = time.perf_counter()
+    kmeans(x, k, niter, seed=0, stats=stats)
+    seconds = time.perf_counter() - t
+    done.set()
+    watcher.join()
+    return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2), "shards": len(paths),
+            "data_mb": round(n * d * 4 / 2**20, 1), "anon_before_kmeans_mb": round(before / 1024, 1),
+            "peak_anon_mb": round(max(peak[0], _status_kb("RssAnon")) / 1024, 1),
+            "peak_rss_mb": round(_vm_hwm_kb() / 1024, 1), "trained_on": stats["kmeans_trained_on"]}
+
+
+def bench_kmeans_mmap(n: int, d: int, k: int, niter: int, shard: int = 100_000) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="ps-scale-mmap-"))
+    try:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            row = pool.submit(_kmeans_mmap_child, n, d, k, niter, str(folder), shard).result()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"k-means memory-mapped N={n}: {row}", file=sys.stderr, flush=True)
+    return row
 
 
 def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
@@ -223,6 +283,13 @@ def markdown(doc: dict) -> str:
     for r in doc["kmeans"]:
         lines.append(f"| {r['n']:,} | {r['d']} | {r['k']} | {r['trained_on']:,} | {r['seconds']} | "
                      f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['rss_before_kmeans_mb']:.0f} |")
+    if "kmeans_mmap" in doc:
+        m = doc["kmeans_mmap"]
+        lines += ["", f"**k-means over memory-mapped shards** (N = {m['n']:,} rows in {m['shards']} `.npy` files, "
+                  f"{m['data_mb']:.0f} MB, read through `store.Rows` as `distill` reads a store; trained on "
+                  f"{m['trained_on']:,}): {m['seconds']} s; peak anonymous memory during k-means "
+                  f"**{m['peak_anon_mb']:.0f} MB** ({m['anon_before_kmeans_mb']:.0f} MB before it), peak RSS "
+                  f"{m['peak_rss_mb']:.0f} MB including mapped file pages the kernel may drop."]
     r = doc["render"]
     lines += ["", f"**Render**: shipped decoder, default RenderConfig ({r['steps']} steps, "
               f"guidance {r['guidance_scale']}, "
@@ -268,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(files, ignore_errors=True)
     doc["kmeans"] = bench_kmeans(sizes, d=768, k=50 if args.quick else 500, niter=25)
+    doc["kmeans_mmap"] = bench_kmeans_mmap(max(sizes), d=768, k=50 if args.quick else 500, niter=25,
+                                           shard=10_000 if args.quick else 100_000)
     doc["render"] = bench_render(args.render_images or (4 if args.quick else 20), corpus)
     doc["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     doc["seconds_total"] = round(time.time() - started, 1)
