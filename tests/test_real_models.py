@@ -135,6 +135,11 @@ def test_published_kinds_default_to_their_paper_settings_and_small_gpu_batches(r
     assert resolve_render(RenderConfig(batch_size=16), stable).batch_size == 16
     assert resolve_render(RenderConfig(), open_decoder("default")).batch_size == 100
     assert stable.pipe.vae.use_slicing
+    embeds, cfg = torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), RenderConfig(steps=2, size=32)
+    sliced = render_images(stable, embeds, cfg, prompts=["a red circle"] * 3)
+    stable.pipe.vae.disable_slicing()
+    whole = render_images(stable, embeds, cfg, prompts=["a red circle"] * 3)
+    assert [np.asarray(a).tolist() for a in sliced] == [np.asarray(b).tolist() for b in whole]
 
 
 def test_decoder_dtype_is_half_on_cuda_only_by_default():

@@ -183,12 +183,12 @@ def _load_karlo(source: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
     from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
+    pipeline_class = _pipeline_class("karlo")  # each of these two fails with one clear line when diffusers lacks it
     classes = {"decoder": UNet2DConditionModel, "super_res_first": UNet2DModel, "super_res_last": UNet2DModel,
                "text_proj": _karlo_text_proj(), "text_encoder": CLIPTextModelWithProjection,
                "image_encoder": CLIPVisionModelWithProjection, "tokenizer": CLIPTokenizer,
                "feature_extractor": CLIPImageProcessor, "decoder_scheduler": UnCLIPScheduler,
                "super_res_scheduler": UnCLIPScheduler}
-    pipeline_class = _pipeline_class("karlo")  # the clear error first when this diffusers lacks Karlo
     parts = {name: cls.from_pretrained(source, subfolder=name) for name, cls in classes.items()}
     return pipeline_class(**parts).to(dtype=dtype)
 
@@ -209,7 +209,8 @@ def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def _finish(pipe, device: torch.device) -> Any:
     """On ``device``, quiet, and (Stable unCLIP) decoding latents one image at a time: its VAE at 768 px
-    would otherwise hold a whole batch's activations at once. Slicing does not change the images."""
+    would otherwise hold a whole batch's activations at once. The images are the same with and without
+    slicing (tests/test_real_models.py, tiny pipeline on the CPU)."""
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     vae = getattr(pipe, "vae", None)
