@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         s, f = r["setting"], r["fidelity"]
         name = ", ".join(f"{k}={v}" for k, v in s.items() if k != "default_guidance")
-        name += " (the decoder's default guidance)" if s.get("default_guidance") else ""
+        name += " (guidance_scale from the decoder's render_defaults.json)" if s.get("default_guidance") else ""
         h, j = r.get("heldout_fidelity"), r.get("judge_adherence")
         extra = (f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
                  if h else "- | -")
