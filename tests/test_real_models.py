@@ -265,10 +265,13 @@ def _hub_snapshot(cache, repo: str, folder) -> None:
     (root / "refs" / "main").write_text(commit)
 
 
-@pytest.mark.parametrize("name,folder", [("sd-unclip-small", "stable"), ("karlo", "karlo")])
-def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, name, folder):
-    """Offline, ``--decoder sd-unclip-small`` / ``karlo`` load whatever the Hugging Face cache holds
-    for their repository (here the tiny pipelines), and pair with a CLIP declared to be ViT-L-14:openai."""
+@pytest.mark.parametrize("name,folder,space", [("sd-unclip-small", "stable", "ViT-L-14:openai"),
+                                               ("sd-unclip-h", "stable", "ViT-H-14:laion2b_s32b_b79k"),
+                                               ("karlo", "karlo", "ViT-L-14:openai")])
+def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, name, folder, space):
+    """Offline, ``--decoder sd-unclip-small`` / ``sd-unclip-h`` / ``karlo`` load whatever the Hugging
+    Face cache holds for their repository (here the tiny pipelines), and pair with a CLIP declared to
+    be in their space."""
     import os
     import subprocess
     import sys
@@ -284,7 +287,7 @@ register_test_clip(Path({str(tmp_path / 'configs')!r}))
 from protosynth.distill import DistillConfig, distill
 from protosynth.render import RenderConfig
 cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world['clip'])!r}, clip_arch={TEST_CLIP_ARCH!r},
-                    clip_space="ViT-L-14:openai", decoder={name!r}, out=Path({str(tmp_path / 'set')!r}),
+                    clip_space={space!r}, decoder={name!r}, out=Path({str(tmp_path / 'set')!r}),
                     render=RenderConfig(steps=2, size=32, super_res_steps=2 if {name!r} == "karlo" else None))
 print(distill(cfg))
 """
@@ -292,8 +295,8 @@ print(distill(cfg))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
-    assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == "ViT-L-14:openai"
-    assert manifest["clip"]["space"] == "ViT-L-14:openai" and len(list((tmp_path / "set" / "images").iterdir())) == 3
+    assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == space
+    assert manifest["clip"]["space"] == space and len(list((tmp_path / "set" / "images").iterdir())) == 3
 
 
 def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_path):
