@@ -41,9 +41,10 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def _vm_hwm_kb() -> int:
-    """Peak resident set of this process's own address space (since its exec), in kB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+def _status_kb(field: str) -> int:
+    """A kB field of ``/proc/self/status``: ``VmHWM`` is this process's own peak resident set (since
+    its exec), ``RssAnon`` its anonymous memory now."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1])
 
 
@@ -61,14 +62,9 @@ def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
     kmeans(x, k, niter, seed=0, stats=stats)
     seconds = time.perf_counter() - t
     return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2),
-            "peak_rss_mb": round(_vm_hwm_kb() / 1024, 1),
+            "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
             "rss_before_kmeans_mb": round(before / 2**20, 1), "data_mb": round(x.nbytes / 2**20, 1),
             "trained_on": stats["kmeans_trained_on"], "gpu": stats["kmeans_gpu"]}
-
-
-def _status_kb(field: str) -> int:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
-    return int(line.split()[1])
 
 
 def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: int) -> dict:
@@ -109,7 +105,7 @@ def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: i
     return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2), "shards": len(paths),
             "data_mb": round(n * d * 4 / 2**20, 1), "anon_before_kmeans_mb": round(before / 1024, 1),
             "peak_anon_mb": round(max(peak[0], _status_kb("RssAnon")) / 1024, 1),
-            "peak_rss_mb": round(_vm_hwm_kb() / 1024, 1), "trained_on": stats["kmeans_trained_on"]}
+            "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1), "trained_on": stats["kmeans_trained_on"]}
 
 
 def bench_kmeans_mmap(n: int, d: int, k: int, niter: int, shard: int = 100_000) -> dict:
