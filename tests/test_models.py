@@ -138,6 +138,13 @@ def test_decoder_save_load_round_trip(tmp_path, coords):
     assert a.shape == (3, 32, 32, 3) and (a == b).all()
 
 
+def test_small_decoder_folder_with_bad_conditioning_is_one_clear_error(tmp_path):
+    build_pipeline(embed_dim=16, quick=True).save_pretrained(str(tmp_path / "dec"))
+    (tmp_path / "dec" / "conditioning.json").write_text("{not json")
+    with pytest.raises(ProtosynthError, match="conditioning.json is not valid JSON"):
+        load_decoder(str(tmp_path / "dec"))
+
+
 def test_decoder_images_do_not_depend_on_batching():
     pipe = build_pipeline(embed_dim=8, quick=True)
     emb = torch.randn(4, 8)

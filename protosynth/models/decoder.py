@@ -295,7 +295,7 @@ def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "c
         raise ProtosynthError(f"--decoder {spec}: cannot load the pipeline in {folder} ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
     cond = folder / CONDITIONING_FILE
-    pipe.clip_space = json.loads(cond.read_text()).get("clip_space") if cond.is_file() else None
+    pipe.clip_space = read_json_object(cond, spec).get("clip_space") if cond.is_file() else None
     pipe.render_settings = read_render_defaults(folder, spec)
     return pipe
 
