@@ -146,6 +146,10 @@ class Decoder:
                          generator=generators, output_type="pil").images
 
 
+KARLO_MISSING = ("--decoder karlo: this diffusers release no longer ships {what} (Karlo is deprecated in diffusers); "
+                 "install a diffusers release that still has it, or use sd-unclip-small")
+
+
 def _pipeline_class(kind: str):
     if kind == "stable-unclip":
         from diffusers import StableUnCLIPImg2ImgPipeline
@@ -158,10 +162,6 @@ def _pipeline_class(kind: str):
     except ImportError:
         raise ProtosynthError(KARLO_MISSING.format(what="UnCLIPImageVariationPipeline")) from None
     return UnCLIPImageVariationPipeline
-
-
-KARLO_MISSING = ("--decoder karlo: this diffusers release no longer ships {what} (Karlo is deprecated in diffusers); "
-                 "install a diffusers release that still has it, or use sd-unclip-small")
 
 
 def _karlo_text_proj():
