@@ -55,7 +55,7 @@ SHOWN = ("guidance_scale", "steps", "clip_guidance", "init", "strength")  # the 
 
 def judge_cells(judge, images: list) -> np.ndarray:
     """(N, 9) class per cell as read by the judge backbone (0 empty, else 1 + object kind)."""
-    from protosynth.evaluation.pretrain import CELL_CLASSES, normalise
+    from protosynth.training.backbone import CELL_CLASSES, normalise
 
     x = normalise(np.stack([np.asarray(im.convert("RGB")) for im in images]))
     with torch.no_grad():
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from protosynth.corpus import world_split
         from protosynth.evaluation.backbones import load_backbone
-        from protosynth.evaluation.pretrain import cell_labels
+        from protosynth.training.backbone import cell_labels
         from protosynth.world import WorldConfig
 
         judge = load_backbone("ps-resnet")

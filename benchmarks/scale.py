@@ -210,7 +210,7 @@ def random_clip_dir(arch: str, folder: Path) -> str:
     import open_clip
     import torch
 
-    from protosynth.models.train_clip import write_clip_dir
+    from protosynth.training.clip import write_clip_dir
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)

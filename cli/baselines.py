@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import run
-from cli.help_text import (BUFFER_IMAGE_ROOT_HELP, BUFFER_SKIP_BAD_HELP, CORPUS_HELP, IMAGE_ROOT_HELP,
+from .common import run
+from .help_text import (BUFFER_IMAGE_ROOT_HELP, BUFFER_SKIP_BAD_HELP, CORPUS_HELP, IMAGE_ROOT_HELP,
                            IMAGE_ROOT_TEST_HELP, SKIP_BAD_HELP)
 
 # the same list as protosynth.baselines.compare.ALL_METHODS (not imported: --help stays fast; a test checks)

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import run
-from cli.help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from .common import run
+from .help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
 
 
 def embed(

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.common import fail, run
-from cli.help_text import EVAL_IMAGE_ROOT_HELP
+from .common import fail, run
+from .help_text import EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
@@ -28,7 +28,7 @@ def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, se
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
-    from protosynth.runinfo import is_world
+    from protosynth.corpora.spec import is_world
 
     specs = [full] if full else []
     for s in sets:

@@ -13,12 +13,12 @@ from typing import Optional
 
 import typer
 
-from cli import baselines
-from cli.common import fail, run
-from cli.help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
+from . import baselines
+from .common import fail, run
+from .help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
                            SKIP_BAD_HELP, SKIP_BAD_TEST_HELP)
-from cli.embed import embed as embed_verb
-from cli.evaluation import eval_app
+from .embed import embed as embed_verb
+from .evaluation import eval_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal dataset distillation.")
@@ -50,8 +50,8 @@ def models_train(
     decoder_lr_schedule: str = typer.Option("constant", help="Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps)."),
 ) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
-    from protosynth.models.train import ModelsTrainConfig, train_models
-    from protosynth.models.train_clip import ClipTrainConfig
+    from protosynth.training.small_models import ModelsTrainConfig, train_models
+    from protosynth.training.clip import ClipTrainConfig
 
     if only not in ("all", "clip", "decoder"):
         fail(f"--only {only!r}: use all, clip or decoder")
@@ -89,7 +89,7 @@ def models_calibrate(
 ) -> None:
     """Measure a trained decoder's held-out render fidelity at several guidance scales and save the
     best as its default (decoder/render_defaults.json); `models train` does this itself at the end."""
-    from protosynth.models.train import ModelsTrainConfig, calibrate_models
+    from protosynth.training.small_models import ModelsTrainConfig, calibrate_models
 
     try:
         scales = tuple(float(g) for g in guidances.split(",") if g.strip())
@@ -113,7 +113,7 @@ def models_pretrain_backbone(
     seed: int = typer.Option(0),
 ) -> None:
     """Pretrain a small image backbone on the world's pretraining split (the ImageNet stand-in)."""
-    from protosynth.evaluation.pretrain import PretrainConfig, pretrain_backbone
+    from protosynth.training.backbone import PretrainConfig, pretrain_backbone
 
     if epochs < 1 or n_images < 2:
         fail("--epochs must be at least 1 and --n-images at least 2")
@@ -207,20 +207,21 @@ def coreset(
 
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
-
     try:
         code = app(standalone_mode=False)
-    except NoArgsIsHelpError as exc:
-        exc.show()
-        sys.exit(0)
     except typer.Abort:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
-    except ClickException as exc:
-        typer.echo(f"error: {exc.format_message()}".splitlines()[0], err=True)
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # click's usage errors, through typer's public base class
+        message, ctx = exc.format_message(), getattr(exc, "ctx", None)
+        if ctx is not None and (not message or message == ctx.get_help()):
+            # a group called without a verb: its help (rich help is printed as the error is raised)
+            typer.echo(message, err=True, nl=bool(message))
+            sys.exit(0)
+        typer.echo(f"error: {message}".splitlines()[0], err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
 
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

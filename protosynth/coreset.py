@@ -30,7 +30,8 @@ from .distilled import check_budget, check_out_dir, manifest_header, write_disti
 from .embed import embed_corpus
 from .errors import ProtosynthError
 from .models.clip import load_clip
-from .runinfo import check_device, corpus_name, peak_rss_mb, versions
+from .corpora.spec import corpus_name
+from .runinfo import check_device, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
@@ -109,7 +110,7 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
     from .evaluation.protocols import get_protocol
     from .evaluation.retrieval import train_and_score
     from .evaluation.text_encoders import load_text_encoder
-    from .models.training import StepBar
+    from .progress import StepBar
 
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" or not protocol.train_backbone:

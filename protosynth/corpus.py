@@ -33,7 +33,7 @@ from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.webdataset import load_webdataset
 from .errors import ProtosynthError
-from .runinfo import canonical_root, canonical_spec, is_world
+from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
 __all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_spec", "is_world", "load_corpus",
@@ -46,34 +46,6 @@ FORMATS = "'shapes[:train|test|pretrain]', a .jsonl manifest, a Karpathy .json, 
 def cache_dir() -> Path:
     """Where protosynth caches generated worlds and embeddings (``PROTOSYNTH_CACHE`` overrides)."""
     return Path(os.environ.get("PROTOSYNTH_CACHE", Path.home() / ".cache" / "protosynth"))
-
-
-def _parse_world_spec(spec: str) -> tuple[str, WorldConfig]:
-    head, *opts = spec.split(",")
-    parts = head.split(":")
-    if len(parts) > 2:
-        raise ProtosynthError(f"corpus {spec!r}: expected shapes[:split], got {head!r}")
-    split = parts[1] if len(parts) > 1 else "train"
-    if split not in SPLIT_OFFSETS:
-        raise ProtosynthError(f"corpus {spec!r}: unknown world split {split!r} (train, test, pretrain)")
-    cfg = WorldConfig()
-    for opt in opts:
-        key, _, value = opt.partition("=")
-        try:
-            number = int(value)
-        except ValueError:
-            raise ProtosynthError(f"corpus {spec!r}: option {opt!r} needs an integer value") from None
-        if key == "n":
-            cfg = replace(cfg, **{f"n_{split}": number})
-        elif key == "size":
-            cfg = replace(cfg, image_size=number)
-        elif key == "seed":
-            cfg = replace(cfg, seed=number)
-        else:
-            raise ProtosynthError(f"corpus {spec!r}: unknown world option {key!r} (n, size, seed)")
-        if number < (0 if key == "seed" else 1):
-            raise ProtosynthError(f"corpus {spec!r}: option {key} must be positive")
-    return split, cfg
 
 
 # Split contents that changed: test and pretrain v2 have no image equal to a train (or test) image.
@@ -121,7 +93,7 @@ def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
 
 def load_world(spec: str = "shapes") -> Corpus:
     """The world split named by ``spec`` (see ``world_split``)."""
-    split, cfg = _parse_world_spec(spec)
+    split, cfg = parse_world_spec(spec)
     ws = world_split(cfg, split)
     keys = [f"{split}/{i:06d}" for i in range(len(ws.captions))]
     return Corpus(spec=spec, fingerprint=world_fingerprint(cfg, split), image_keys=keys, captions=ws.captions,

@@ -26,7 +26,8 @@ from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity, render_images, resolve_render
-from .runinfo import check_device, corpus_name, peak_rss_mb, versions
+from .corpora.spec import corpus_name
+from .runinfo import check_device, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
 

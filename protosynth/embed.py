@@ -26,7 +26,7 @@ from .corpus import Corpus, cache_dir
 from .errors import ProtosynthError
 from .files import sha256_file
 from .models.clip import ClipEncoder
-from .models.training import StepBar
+from .progress import StepBar
 from .store import (FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, plan_shards, read_index, remove_stale_tmp,
                     save_npy_atomic, shard_done, write_index)
 

@@ -24,7 +24,7 @@ from PIL import Image
 from .errors import ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import SmallUnCLIPPipeline, to_unit_range
-from .models.training import StepBar
+from .progress import StepBar
 from .models.unclip import UNSUPPORTED, Decoder, decoder_defaults
 
 INITS = ("noise", "nearest")

@@ -29,8 +29,8 @@ QUICK_CORPUS = "shapes,n=300"
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory) -> Path:
     """``protosynth models train --quick`` on a 300-image world: a tiny CLIP and decoder."""
-    from protosynth.models.train import ModelsTrainConfig, train_models
-    from protosynth.models.train_clip import ClipTrainConfig
+    from protosynth.training.small_models import ModelsTrainConfig, train_models
+    from protosynth.training.clip import ClipTrainConfig
 
     out = tmp_path_factory.mktemp("quick_models")
     clip = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, checkpoint_every=20)
@@ -64,7 +64,7 @@ def jsonl_corpus(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""
-    from protosynth.evaluation.pretrain import PretrainConfig, pretrain_backbone
+    from protosynth.training.backbone import PretrainConfig, pretrain_backbone
 
     out = tmp_path_factory.mktemp("backbone") / "ps-nfnet"
     pretrain_backbone(PretrainConfig(arch="ps-nfnet", n_images=300, holdout=50, epochs=1), out, command="test fixture")

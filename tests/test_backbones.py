@@ -8,7 +8,7 @@ import torch
 
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.backbones import SHIPPED_BACKBONES, load_backbone, small_archs
-from protosynth.evaluation.pretrain import CELL_CLASSES, PretrainConfig, cell_labels, pretrain_backbone
+from protosynth.training.backbone import CELL_CLASSES, PretrainConfig, cell_labels, pretrain_backbone
 from protosynth.evaluation.protocols import get_protocol
 from protosynth.world import WorldObject
 

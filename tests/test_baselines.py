@@ -293,8 +293,8 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     tiny budget through the real command path, smaller than --quick; the others share these paths."""
     from typer.testing import CliRunner
 
-    from cli import baselines as cli_baselines
-    from cli.main import app
+    from protosynth.cli import baselines as cli_baselines
+    from protosynth.cli.main import app
     from protosynth.baselines.compare import ALL_METHODS
 
     assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
@@ -338,7 +338,7 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_baseline_cli_bad_input(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
 
     r = CliRunner().invoke(app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a finished buffer" in r.output
@@ -387,7 +387,7 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
     for i, out in enumerate(outs):
         args = ["baseline", "--method", "lors", "--budget", "6", "--buffer", str(full), "--out", str(out),
                 "--iterations", "2", "--syn-steps", "2", "--batch-syn", "4", "--max-start-epoch", "1"]
-        done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", "from protosynth.cli.main import main; main()", *args], capture_output=True,
                               text=True, env={**os.environ, "PYTHONHASHSEED": str(i + 1)})
         assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):

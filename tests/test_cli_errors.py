@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from protosynth.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOSYNTH = Path(sys.executable).parent / "protosynth"

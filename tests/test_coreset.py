@@ -117,7 +117,7 @@ def test_out_not_empty_without_force(quick_models, tmp_path):
 def test_cli_coreset(quick_models, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
 
     res = CliRunner().invoke(app, ["coreset", "--method", "kcenter", "--budget", "4", "--corpus", CORPUS,
                                    "--clip", f"small:{quick_models}", "--out", str(tmp_path / "k")])

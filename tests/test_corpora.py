@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from protosynth.cli.main import app
 from protosynth.corpus import Corpus, load_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.runinfo import corpus_name
+from protosynth.corpora.spec import corpus_name
 from protosynth.world import WorldConfig, generate_split
 
 N = 6
@@ -312,7 +312,7 @@ def test_webdataset_single_shard_and_fingerprint(shards, world):
 
 def test_webdataset_subset_reads_the_same_images(shards, world):
     """``models train`` holds out a subset of a file corpus; it must read from the same shards."""
-    from protosynth.models.train import ModelsTrainConfig, split_corpus
+    from protosynth.training.small_models import ModelsTrainConfig, split_corpus
 
     train, held = split_corpus(ModelsTrainConfig(corpus=str(shards / "train-*.tar")))
     full = load_corpus(str(shards / "train-*.tar"))

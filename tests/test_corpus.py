@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protosynth.corpus import Corpus, _parse_world_spec, cache_dir, load_corpus, load_jsonl, load_world
+from protosynth.corpora.spec import parse_world_spec
+from protosynth.corpus import Corpus, cache_dir, load_corpus, load_jsonl, load_world
 from protosynth.errors import ProtosynthError
 from protosynth.world import WorldConfig, generate_split
 
@@ -46,27 +47,27 @@ def _names_file_and_line(exc: pytest.ExceptionInfo, path: Path, line: int) -> No
 
 
 def test_parse_plain_shapes_is_default_train():
-    split, cfg = _parse_world_spec("shapes")
+    split, cfg = parse_world_spec("shapes")
     assert split == "train"
     assert cfg == WorldConfig()
 
 
 def test_parse_split_and_n():
-    split, cfg = _parse_world_spec("shapes:test,n=50")
+    split, cfg = parse_world_spec("shapes:test,n=50")
     assert split == "test"
     assert cfg == WorldConfig(n_test=50)
     assert cfg.n_train == WorldConfig().n_train  # n only changes the named split
 
 
 def test_parse_n_and_size_on_default_split():
-    split, cfg = _parse_world_spec("shapes,n=30,size=16")
+    split, cfg = parse_world_spec("shapes,n=30,size=16")
     assert split == "train"
     assert cfg.n_train == 30
     assert cfg.image_size == 16
 
 
 def test_parse_seed_and_pretrain():
-    split, cfg = _parse_world_spec("shapes:pretrain,seed=3,n=5")
+    split, cfg = parse_world_spec("shapes:pretrain,seed=3,n=5")
     assert split == "pretrain"
     assert cfg.seed == 3 and cfg.n_pretrain == 5
 
@@ -96,7 +97,7 @@ def test_load_world_size_option():
 
 def test_world_fingerprints_differ_by_spec():
     """Train splits only: a test split is kept disjoint from a whole (10,000-image) train split."""
-    from protosynth.corpus import _parse_world_spec, world_fingerprint
+    from protosynth.corpus import parse_world_spec, world_fingerprint
 
     a = load_corpus("shapes:train,n=20")
     b = load_corpus("shapes:train,n=21")
@@ -104,7 +105,7 @@ def test_world_fingerprints_differ_by_spec():
     d = load_corpus("shapes,n=20")
     assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
     assert a.fingerprint == d.fingerprint
-    split, cfg = _parse_world_spec("shapes:test,n=20")
+    split, cfg = parse_world_spec("shapes:test,n=20")
     assert world_fingerprint(cfg, split) not in {world_fingerprint(cfg, "train"), world_fingerprint(cfg, "pretrain")}
 
 
@@ -403,7 +404,7 @@ def test_bad_world_option(spec, needle, _cache):
 
 
 def test_seed_zero_is_allowed():
-    split, cfg = _parse_world_spec("shapes:test,seed=0,n=1")
+    split, cfg = parse_world_spec("shapes:test,seed=0,n=1")
     assert cfg.seed == 0 and cfg.n_test == 1
 
 

@@ -1,7 +1,7 @@
 """Stage 1, embed: the sharded store (layout, values, reuse, resume, fp16, workers) and ``protosynth embed``.
 
 Real classes throughout: the shipped small CLIP, the world and JSONL corpora, torch DataLoader
-workers, and a real ``python -m cli.main embed`` killed with SIGKILL mid-run.
+workers, and a real ``python -m protosynth.cli.main embed`` killed with SIGKILL mid-run.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from protosynth.cli.main import app
 from protosynth.corpus import cache_dir, load_corpus
 from protosynth.embed import EmbedConfig, cache_key, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
@@ -163,7 +163,7 @@ def test_cli_bad_shard_size_is_one_line_exit_2(tmp_path):
 
 
 def _embed_cmd(out: Path, workers: int) -> list[str]:  # torch threads: 2 here as in conftest
-    return [sys.executable, "-m", "cli.main", "embed", "--corpus", "shapes,n=120", "--shard-size", "6",
+    return [sys.executable, "-m", "protosynth.cli.main", "embed", "--corpus", "shapes,n=120", "--shard-size", "6",
             "--batch-size", "6", "--workers", str(workers), "--out", str(out)]
 
 

@@ -244,7 +244,7 @@ def test_test_split_overlapping_the_set_is_refused(pds_set, tiny_backbone):
 def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
 
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--backbone", f"small:{tiny_backbone}",

@@ -9,13 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.models import train_clip as train_clip_mod
+from protosynth.training import clip as train_clip_mod
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
-from protosynth.models.train_clip import ClipTrainConfig, train_clip
+from protosynth.training.clip import ClipTrainConfig, train_clip
 from protosynth.models.unclip import open_decoder
 from protosynth.render import RenderConfig, resolve_render
 
@@ -211,7 +211,7 @@ def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
     result loads through ``small:DIR`` for both models."""
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
 
     out = tmp_path / "models"
     result = CliRunner().invoke(app, ["models", "train", "--corpus", str(jsonl_corpus), "--out", str(out), "--quick",
@@ -225,7 +225,7 @@ def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
 
 
 def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, monkeypatch):
-    from protosynth.models import train_decoder as td
+    from protosynth.training import decoder as td
 
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(True, steps=4, checkpoint_minutes=0.0, eval_images=8, eval_steps=2)
@@ -254,7 +254,7 @@ def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path)
     """--decoder-init-from: with a zero learning rate the result is exactly the starting decoder."""
     from safetensors.torch import load_file
 
-    from protosynth.models import train_decoder as td
+    from protosynth.training import decoder as td
 
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(True, steps=2, lr=0.0, eval_images=8, eval_steps=2,
@@ -271,7 +271,7 @@ def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path)
 def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path):
     """--decoder-init-from a decoder without position channels into one with them (--decoder-coords):
     the new inputs start at zero weight, so before training it renders exactly what it started from."""
-    from protosynth.models import train_decoder as td
+    from protosynth.training import decoder as td
 
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True,
@@ -289,7 +289,7 @@ def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path)
 def test_decoder_lr_schedules_warm_up_then_hold_or_decay():
     """--decoder-lr-schedule: both warm up linearly; constant then holds the base lr, cosine falls
     to half of it midway and to zero at the last step."""
-    from protosynth.models.train_decoder import DecoderTrainConfig, decoder_lr
+    from protosynth.training.decoder import DecoderTrainConfig, decoder_lr
 
     const = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200)
     cos = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200, lr_schedule="cosine")

@@ -242,7 +242,7 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
 def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
 
     r = CliRunner().invoke(app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1",
                                  "--out", str(tmp_path / "sets")])
@@ -309,7 +309,7 @@ def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_pat
     cache = tmp_path / "hub"
     _hub_snapshot(cache, PUBLISHED["sd-unclip-small"].repo, real_world["stable"])
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "distill", "--decoder",
+    done = subprocess.run([sys.executable, "-c", "from protosynth.cli.main import main; main()", "distill", "--decoder",
                            "sd-unclip-small", "--corpus", CORPUS, "--budget", "2", "--out", str(tmp_path / "set")],
                           env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
@@ -364,7 +364,7 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from protosynth.cli.main import app
     from protosynth.corpus import load_corpus
     from protosynth.embed import cache_key
     from tiny_pipelines import TEST_CLIP_CONFIG

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from protosynth.cli.main import app
 from protosynth.world import WorldConfig, generate_split
 
 N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2

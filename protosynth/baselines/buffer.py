@@ -31,8 +31,9 @@ from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
-from ..models.training import StepBar
-from ..runinfo import canonical_root, canonical_spec, check_device, peak_rss_mb, versions
+from ..progress import StepBar
+from ..corpora.spec import canonical_root, canonical_spec
+from ..runinfo import check_device, peak_rss_mb, versions
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
-from ..runinfo import canonical_root, canonical_spec, check_device
+from ..corpora.spec import canonical_root, canonical_spec, is_world
+from ..runinfo import check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
@@ -74,7 +75,7 @@ def _validate(cfg: CompareConfig) -> None:
         raise ProtosynthError(f"--budget must be at least 2, got {cfg.budget}")
     if cfg.repeats < 1:
         raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
-    if cfg.test is None and cfg.corpus.split(",")[0].split(":")[0] != "shapes":
+    if cfg.test is None and not is_world(cfg.corpus):
         raise ProtosynthError(f"--corpus {cfg.corpus} has no built-in test split; pass --test SPEC")
     check_device(cfg.device)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from ..runinfo import is_world
+from ..corpora.spec import is_world
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")

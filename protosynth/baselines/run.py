@@ -30,8 +30,9 @@ from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..errors import ProtosynthError
 from ..evaluation.pixels import denormalise
-from ..models.training import StepBar
-from ..runinfo import check_device, corpus_name, peak_rss_mb, versions
+from ..progress import StepBar
+from ..corpora.spec import corpus_name
+from ..runinfo import check_device, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features

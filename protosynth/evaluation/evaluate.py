@@ -18,7 +18,7 @@ from ..corpus import load_corpus
 from ..distilled import DistilledSet, load_distilled
 from ..errors import ProtosynthError
 from ..metrics import KS
-from ..models.training import StepBar
+from ..progress import StepBar
 from ..runinfo import check_device
 from .backbones import load_backbone
 from .data import TEXT_MODES, check_no_overlap, image_hashes, default_test_spec, full_data, set_data, test_data

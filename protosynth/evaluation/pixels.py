@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..corpus import Corpus, cache_dir
 from ..imageops import resized
-from ..models.training import StepBar
+from ..progress import StepBar
 
 CACHE_VERSION = "1"  # bump when the decoding or resizing rule changes
 

@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
-from ..models.training import StepBar
+from ..progress import StepBar
 from ..corpus import world_split
 from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
-from .backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
+from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
 LABELS = "world-cells-v1"

@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 from ..corpus import Corpus
 from ..files import write_text_atomic
 from ..metrics import retrieval_metrics
-from .bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
-from .clip import CLIP_WEIGHTS, ClipEncoder, load_clip
-from .training import StepBar, cosine_lr, restore_rng, rng_state, save_atomic
+from ..models.bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
+from ..models.clip import CLIP_WEIGHTS, ClipEncoder, load_clip
+from ..progress import StepBar
+from .common import cosine_lr, restore_rng, rng_state, save_atomic
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import ProtosynthError
 from ..files import git_commit, write_text_atomic
-from .train_clip import ClipTrainConfig, train_clip
+from .clip import ClipTrainConfig, train_clip
 
 
 @dataclass
@@ -72,7 +72,7 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         raise ProtosynthError(f"--out {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
         raise ProtosynthError(f"--only decoder needs a trained CLIP in {out / 'clip'}; run --only clip first")
-    from .train_decoder import DecoderTrainConfig, train_decoder
+    from .decoder import DecoderTrainConfig, train_decoder
 
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
     """Measure ``out/decoder``'s held-out fidelity at each guidance scale (``cfg.decoder["guidances"]``,
     default ``GUIDANCES``) and record the best as its render default (``render_defaults.json``), for
     decoders trained before the trainer did so; ``metrics.json`` and ``provenance.json`` get the run."""
-    from .train_decoder import DecoderTrainConfig, calibrate_decoder
+    from .decoder import DecoderTrainConfig, calibrate_decoder
 
     for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
         if not (out / part).is_file():

@@ -30,11 +30,12 @@ from ..corpus import Corpus
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
 from ..render import RenderConfig, fidelity, render_images
-from .clip import ClipEncoder, load_clip
-from .decoder import (COORD_CHANNELS, SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range,
+from ..models.clip import ClipEncoder, load_clip
+from ..models.decoder import (COORD_CHANNELS, SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range,
                       write_conditioning, write_render_defaults)
-from .train_clip import corpus_tensor
-from .training import StepBar, cosine_lr, restore_rng, rng_state, save_atomic
+from .clip import corpus_tensor
+from ..progress import StepBar
+from .common import cosine_lr, restore_rng, rng_state, save_atomic
 
 
 GUIDANCES = (1.0, 1.5, 2.0, 3.0)

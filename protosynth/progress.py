@@ -1,22 +1,15 @@
-"""Shared pieces of the small-model trainers: atomic, resumable checkpoints and a progress bar."""
+"""Progress bars for long loops: a rich bar on a terminal, a plain line every so often in a log file."""
 from __future__ import annotations
 
-import os
-import random
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 def progress() -> Progress:
     """A rich progress bar with counts and ETA, written to stderr."""
-    from rich.console import Console
-
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -52,30 +45,3 @@ class StepBar:
         elif self._time() - self._last >= self.every or self.done == self.total:
             self._last = self._time()
             print(f"{self.description}: {self.done}/{self.total} {info}", file=sys.stderr, flush=True)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file then rename, so a kill never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
-
-
-def restore_rng(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + float(np.cos(np.pi * min(1.0, t))))

@@ -1,0 +1,1 @@
+"""Trainers: the small CLIP, the small decoder, the evaluation backbones, and the `models train` run."""

@@ -1,0 +1,37 @@
+"""Shared pieces of the small-model trainers: resumable random state and the learning-rate schedule."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def restore_rng(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + float(np.cos(np.pi * min(1.0, t))))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file then rename, so a kill never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
