@@ -1,6 +1,6 @@
 """Retrieval metrics on hand-built score matrices.
 
-Names follow PROTOCOLS.md: TR@K = image -> text (each image ranks all captions; a hit when the
+Names follow docs/protocols.md: TR@K = image -> text (each image ranks all captions; a hit when the
 best-ranked of its own captions is in the top K); IR@K = text -> image (each caption ranks all
 images). Ties are pessimistic: a wrong item with the same score ranks ahead of the target.
 """

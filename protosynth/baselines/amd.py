@@ -1,9 +1,9 @@
-"""AMD's start-epoch ranges from the experts (PROTOCOLS.md, AMD).
+"""AMD's start-epoch ranges from the experts (docs/protocols.md, AMD).
 
 MMD_t (linear kernel) per modality = squared distance between the experts' mean parameter vectors
 at epochs t-1 and t; ratio_t = MMD_image,t / (MMD_text,t + eps); T_med = the median ratio;
 R_V = min{t : ratio_t > T_med} and R_L = max{t : ratio_t <= T_med}. The paper's prose and formula
-differ (see PROTOCOLS.md); this is the formula, and both ranges are logged in the manifest.
+differ (see docs/protocols.md); this is the formula, and both ranges are logged in the manifest.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Expert trajectories ("buffers"): N retrieval models trained on the full train split, with a
-snapshot of their trainable parameters after every epoch (PROTOCOLS.md, expert trajectories).
+snapshot of their trainable parameters after every epoch (docs/protocols.md, expert trajectories).
 
 Layout of ``--out DIR``::
 

@@ -127,7 +127,7 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device,
 
 @torch.no_grad()
 def score(model: DualEncoder, test: TestData, device, image_feats: torch.Tensor | None = None) -> dict[str, float]:
-    """Retrieval metrics of ``model`` on ``test`` (PROTOCOLS.md definitions)."""
+    """Retrieval metrics of ``model`` on ``test`` (definitions: docs/protocols.md)."""
     was_training = model.training
     model.eval()
     img = (batched(model.embed_features, image_feats, device) if image_feats is not None

@@ -45,7 +45,7 @@ def corpus_tensor(corpus: Corpus, preprocess) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_clip(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> dict[str, float]:
-    """R@1/5/10 both ways (PROTOCOLS.md names) on a corpus's images and all their captions."""
+    """R@1/5/10 both ways (names as in docs/protocols.md) on a corpus's images and all their captions."""
     img = encoder.encode_images(corpus_tensor(corpus, encoder.preprocess), batch)
     txt = encoder.encode_texts(corpus.pair_caption, batch)
     img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
