@@ -64,8 +64,8 @@ _UNUSED_SIZES = {"train": ("n_test", "n_pretrain"), "test": ("n_pretrain",), "pr
 
 def _content_config(cfg: WorldConfig, split: str) -> WorldConfig:
     """``cfg`` with the sizes a split ignores set to their defaults: its cache file's key, so
-    ``shapes:test,n=50`` and ``shapes:test,n=20`` share one cached 10,000-image train split (which
-    each used to generate again to exclude its images). The default world's keys are unchanged."""
+    ``shapes:test,n=50`` and ``shapes:test,n=20`` share one cached 10,000-image train split instead of
+    each generating its own to exclude its images. The default world's keys are unchanged."""
     default = WorldConfig()
     return replace(cfg, **{k: getattr(default, k) for k in _UNUSED_SIZES[split]})
 

@@ -114,9 +114,8 @@ class _Batches(Dataset):
 def workers(encoder: ClipEncoder, cfg: EmbedConfig) -> int:
     """``cfg.num_workers``, else 2 when the encoder runs on a GPU (the CPU is free to load), and on the
     CPU only the cores torch leaves idle, at most 2. Workers on cores the encoder uses just compete
-    with it: on this 2-core machine 2 workers did not reliably beat none (of the bare forward, in two
-    runs of benchmarks.scale: 0.82 / 0.75 vs 0.85 / 0.85 for the world, 0.76 / 0.75 vs 0.77 / 0.71
-    for 384 px JPEG files, 0.93 / 0.90 vs 0.94 / 0.94 for ViT-B-32 on them; README, Scale)."""
+    with it: on a 2-core machine 2 workers did not reliably beat none in benchmarks.scale
+    (docs/scale.md)."""
     if cfg.num_workers is not None:
         return cfg.num_workers
     if encoder.device.type != "cpu":

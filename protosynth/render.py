@@ -42,7 +42,7 @@ class RenderConfig:
     super_res_steps: int | None = None  # Karlo's super-resolution steps
     # CLIP-guided sampling with the embeddings' own CLIP (small decoder; see pixel_embedder). 0 = the
     # decoder alone (pure PDS). 0.01 measured best with the shipped decoder at budget 500: render
-    # fidelity 83.0 -> 94.2 % top-1, and the independent judge agrees a little (README).
+    # fidelity 83.0 -> 94.2 % top-1, and the independent judge agrees a little (docs/evaluation.md).
     clip_guidance: float | None = None
     batch_size: int | None = None  # images per decoder call (the published decoders' default is small: GPU memory)
     init: str = "noise"

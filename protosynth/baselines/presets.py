@@ -1,4 +1,4 @@
-"""Settings of the four optimisation baselines, and their published presets (PROTOCOLS.md).
+"""Settings of the four optimisation baselines, and their published presets (docs/protocols.md).
 
 Every field left ``None`` in a :class:`BaselineConfig` is filled from the preset for the method, the
 corpus family (``flickr``, ``coco`` or ``world``) and the budget (the nearest of 100/200/500); the
@@ -9,20 +9,18 @@ expert_epochs 1, max_start_epoch 2 (3 at 500 pairs), 3000 iterations, lr_lr 1e-2
 0.1; lr_img = lr_txt = 100 (Flickr 100), 1000 (Flickr 200/500, COCO 100/200), 5000 (COCO 500).
 LoRS (lr_sim, rank, alpha, mini-batch): Flickr 100: 10, 10, 3, 20; 200: 10, 5, 1, 20;
 500: 100, 20, 0.01, 40. COCO 100: 5, 10, 1, 20; 200: 50, 20, 1, 20; 500: 500, 40, 1, 30 (tau 0.1).
-MTT-VL's synthetic mini-batch is not in PROTOCOLS.md; it uses LoRS's. AMD and RepBlend build on
-LoRS (similarity matrix, constant-memory gradient) and use its settings.
+MTT-VL's synthetic mini-batch is not published (docs/protocols.md); it uses LoRS's. AMD and
+RepBlend build on LoRS (similarity matrix, constant-memory gradient) and use its settings.
 
 World presets (the offline ``small`` protocol on the built-in world): 150 iterations, syn_steps 20
-and lr_lr 5e-2 (on log(lr) where WORLD_LOG_LRS says), the rest as Flickr (``--quick``: 10 iterations with the published syn_steps 8 and
-lr_lr 1e-2, since quick buffers have few steps per epoch; with syn_steps 20 on a 16-step quick
-buffer the MTT-VL student overshot, its inner lrs were driven to the floor and its pixels diverged). A world expert epoch is 391 SGD steps, so an
-8-step student at lr 0.1 barely moves toward it: in a 20-30-iteration check at budget 100 (MTT-VL)
-the matching loss stayed at 1.95-2.0 with the published syn_steps 8 / lr_lr 1e-2; with syn_steps 20 /
-lr_lr 5e-2 it fell from 1.98 to 1.37-1.53 in 40 iterations (LoRS: 2.10 to 1.79), and the learned
-inner lrs grew from 0.1 to 0.2-0.3. The similarity matrix's lr is 0.1 on the world, not Flickr's 10:
-once S could learn (a clamped WBCE target had frozen it at the identity until commit a647124), at
-lr_sim 10 its entries left [0, 1] within 150 iterations (LoRS b100: diagonal -1.6 to 2.8,
-off-diagonal +-2.2) and the sets scored worse than with S frozen; see README, "World comparison".
+and lr_lr 5e-2 (on log(lr) where WORLD_LOG_LRS says), the rest as Flickr except the learning rates
+below. A world expert epoch is 391 SGD steps, which an 8-step student at lr 0.1 barely moves toward:
+with the published syn_steps 8 / lr_lr 1e-2 the matching loss stayed flat. ``--quick``: 10 iterations
+with the published syn_steps 8 and lr_lr 1e-2, since quick buffers have few steps per epoch (with
+syn_steps 20 on a 16-step quick buffer the MTT-VL student overshot and its pixels diverged). The
+similarity matrix's lr is 0.1 on the world, not Flickr's 10, which drives S far out of [0, 1] within
+150 iterations. The measurements behind each world value: docs/baselines.md, "The world preset" and
+"The similarity matrix".
 """
 from __future__ import annotations
 
@@ -91,22 +89,15 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
 }
 WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 1, 5.1 at Flickr's 10
 # World data lr (lr_img = lr_txt) per method and budget: 10, except MTT-VL at 100 pairs (Flickr's 100).
-# Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features: one outer MTT-VL step at 500 pairs
-# took the set from 63.6 to 35.3 (26.9 after 150 iterations; data lr 10: 66.5), and RepBlend fell to
-# 3.9 (500) and 3.3 (200) against 30.1 and 18.5 at 10 (100 pairs: 10.4 at Flickr's 100, 16.2 at 10).
-# LoRS and AMD: 20.9 / 11.9 at 10 against 11.8 / 4.9 at Flickr's 100 (100 pairs). README, "World
-# comparison" sections and "The world preset's learning rates".
+# Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features within one outer step; at 100 pairs
+# 10 beats Flickr's 100 for LoRS, AMD and RepBlend. Measurements: docs/baselines.md, "The world preset".
 WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
                 "mtt-vl": {200: 10.0, 500: 10.0}, "repblend": {100: 10.0, 200: 10.0, 500: 10.0}}
 # Where the world's inner lrs are learned in log space (log(lr) is the leaf); elsewhere linearly, as
 # published. Log space where linear lrs crashed onto the 1e-4 floor (the student then no longer moves):
-# MTT-VL at 500 pairs within 5-25 iterations (lrs grew on epoch-0 starts, the next epoch-1/2 start
-# overshot to a matching loss of 2.5-3.7; at lr_lr 5e-2 and 1e-2, data lr 1000 and 100, start epochs
-# 0-2 and 0-1), RepBlend at 200 pairs and data lr 10 within 34 iterations (a loss of 77 at iteration 19)
-# and at 100 pairs (NaN at iteration 85); LoRS and AMD at 500 pairs share MTT-VL's setting. MTT-VL at
-# 200 pairs: 50.6 in log space at data lr 10 (49.0 linear at Flickr's 1000). Linear where it did
-# better (r_mean): MTT-VL at 100 pairs 43.9 (log space: 37.6 at data lr 100, 34.4 at 10); LoRS / AMD at
-# 200 pairs 31.4 / 22.0 (log space 21.2 / 18.6), and so at 100 pairs too. README, "World comparison".
+# RepBlend at every budget and MTT-VL at 500 pairs (LoRS and AMD at 500 share its setting); and MTT-VL
+# at 200 pairs, where it scored higher. Linear where that did better: MTT-VL at 100 pairs, LoRS and AMD
+# at 100 and 200. Measurements: docs/baselines.md, "The world preset".
 WORLD_LOG_LRS = {("mtt-vl", 200), ("mtt-vl", 500), ("lors", 500), ("amd", 500),
                  ("repblend", 100), ("repblend", 200), ("repblend", 500)}
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}

@@ -62,7 +62,7 @@ PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline
 # noise_level 10, negative prompt "text, watermark", output resized to 224). Karlo has no prompt or
 # noise level; its own pipeline defaults (25 decoder + 7 super-resolution steps, guidance 8).
 # The small decoder: guidance 3 suits an undertrained one (a trained folder records its own); CLIP guidance
-# 0.01, measured best with the shipped decoder (0.02 was best with the first, undertrained one).
+# 0.01, measured best with the shipped decoder (docs/evaluation.md, render fidelity).
 # batch_size: images per pipeline call. The published decoders run classifier-free guidance (two UNet
 # passes per image) at 768 px (Stable unCLIP) or 256 px plus super-resolution (Karlo), so a batch of
 # the small decoder's 100 would not fit a GPU; 4 is a guess (not measured here: no GPU), --batch-size

@@ -65,7 +65,7 @@ class DecoderTrainConfig:
     # scale depends on them (the shipped decoder at guidance 1.5: 84 % held-out top-1 at 25 steps, 64 % at 50)
     render_steps: int = 50
     init_from: str | None = None  # a decoder spec to start from (e.g. "default") instead of random weights
-    prediction_type: str = "v_prediction"  # or "epsilon" (what the first shipped decoder used)
+    prediction_type: str = "v_prediction"  # or "epsilon" (what the shipped decoder uses)
     coords: bool = False  # give the UNet (x, y) position channels (see decoder.build_unet)
 
     def __post_init__(self) -> None:
@@ -90,8 +90,7 @@ class DecoderTrainConfig:
 
 def decoder_lr(cfg: DecoderTrainConfig, step: int) -> float:
     """The learning rate at ``step``: linear warm-up, then constant or a cosine decay to zero at
-    ``cfg.steps``. The constant rate is suspected of the rise-then-fall of held-out fidelity
-    past ~10,000 steps (README), which a decay would test."""
+    ``cfg.steps``. The shipped decoder was fine-tuned with the cosine decay (docs/models.md)."""
     if cfg.lr_schedule == "cosine":
         return cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
