@@ -304,10 +304,10 @@ def test_pixel_embedder_matches_the_clip_preprocessing(quick_models):
 def test_clip_guidance_moves_renders_toward_their_targets(quick_models):
     """Guided renders re-embed closer to their targets than unguided ones from the same seeds."""
     from protosynth.models.clip import load_clip
-    from protosynth.models.decoder import load_decoder
+    from protosynth.models.unclip import open_decoder
     from protosynth.render import fidelity, render_images
 
-    clip, decoder = load_clip(f"small:{quick_models}"), load_decoder(f"small:{quick_models}")
+    clip, decoder = load_clip(f"small:{quick_models}"), open_decoder(f"small:{quick_models}")
     corpus = load_corpus("shapes:test,n=16")
     targets = clip.encode_images([corpus.load_image(i) for i in range(16)])
     plain = fidelity(clip, render_images(decoder, targets, RenderConfig(steps=8, clip_guidance=0.0)), targets)
