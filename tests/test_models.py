@@ -17,7 +17,7 @@ from protosynth.models.clip import load_clip
 from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline
 from protosynth.training.clip import ClipTrainConfig, train_clip
 from protosynth.models.unclip import RENDER_DEFAULTS, Decoder, open_decoder
-from protosynth.render import RenderConfig, resolve_render
+from protosynth.render import RenderConfig, render_images, resolve_render
 
 
 def test_architectures_registered_with_open_clip():
@@ -157,6 +157,16 @@ def test_a_built_pipeline_becomes_a_decoder_with_the_small_defaults():
     assert not hasattr(pipe, "render_settings") and not hasattr(pipe, "clip_space")
     with pytest.raises(ProtosynthError, match="sets 'typo', not a render setting"):
         Decoder.from_pipeline(pipe, settings={"typo": 1})
+
+
+def test_render_images_takes_a_resolved_config_only():
+    """Settings are resolved once (resolve_render); an unresolved config is a programming error."""
+    dec = Decoder.from_pipeline(build_pipeline(embed_dim=8, quick=True))
+    with pytest.raises(ValueError, match="resolve_render.*steps, guidance_scale"):
+        render_images(dec, torch.randn(2, 8), RenderConfig(batch_size=2))
+    cfg = resolve_render(RenderConfig(steps=2, batch_size=2, clip_guidance=0.0), dec)
+    assert (cfg.negative_prompt, cfg.size, cfg.super_res_steps) == (None, None, None)  # none left to fill
+    assert len(render_images(dec, torch.randn(2, 8), cfg)) == 2
 
 
 def test_decoder_images_do_not_depend_on_batching():

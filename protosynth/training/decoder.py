@@ -29,7 +29,7 @@ from diffusers.training_utils import EMAModel
 from ..corpus import Corpus
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
-from ..render import RenderConfig, fidelity, render_images
+from ..render import RenderConfig, fidelity, render_images, resolve_render
 from ..models.clip import ClipEncoder, load_clip
 from ..models.decoder import (COORD_CHANNELS, build_pipeline, to_unit_range,
                       write_conditioning, write_render_defaults)
@@ -121,7 +121,7 @@ def render_fidelity(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tenso
     """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
     # the decoder alone: CLIP guidance would grade the guide, not the decoder
     cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed, clip_guidance=0.0)
-    return fidelity(encoder, render_images(decoder, targets, cfg), targets)
+    return fidelity(encoder, render_images(decoder, targets, resolve_render(cfg, decoder)), targets)
 
 
 def guidance_sweep(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
