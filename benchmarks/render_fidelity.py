@@ -36,7 +36,7 @@ import torch
 from protosynth.corpus import load_corpus
 from protosynth.embed import embed_corpus
 from protosynth.models.clip import load_clip
-from protosynth.models.decoder import load_decoder
+from protosynth.models.unclip import open_decoder
 from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from protosynth.render import RenderConfig, fidelity, render_images, resolve_render
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = json.loads(args.settings) if args.settings else SETTINGS
 
     corpus = load_corpus(args.corpus)
-    clip, decoder = load_clip(args.clip), load_decoder(args.decoder)
+    clip, decoder = load_clip(args.clip), open_decoder(args.decoder)
     emb = embed_corpus(corpus, clip)
     protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), PrototypeConfig(budget=args.budget))
     nearest = nearest_member_pairs(protos, emb.image.numpy())

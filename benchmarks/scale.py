@@ -223,10 +223,10 @@ def bench_render(n_images: int, corpus_spec: str) -> dict:
 
     from protosynth.corpus import load_corpus
     from protosynth.models.clip import load_clip
-    from protosynth.models.decoder import load_decoder
+    from protosynth.models.unclip import open_decoder
     from protosynth.render import RenderConfig, render_images, resolve_render
 
-    corpus, clip, decoder = load_corpus(corpus_spec), load_clip("default"), load_decoder("default")
+    corpus, clip, decoder = load_corpus(corpus_spec), load_clip("default"), open_decoder("default")
     embeds = clip.encode_images([corpus.load_image(i) for i in range(n_images)])
     cfg = resolve_render(RenderConfig(), decoder)  # the settings the run uses, for the record
     t = time.perf_counter()

@@ -90,11 +90,13 @@ def validate(cfg: DistillConfig) -> Path:
 
 @dataclass
 class Loaded:
-    """What every budget of one run shares: the corpus, the model pair and the embeddings."""
+    """What every budget of one run shares: the corpus, the model pair, the render settings resolved
+    for the decoder (each budget sets its seed) and the embeddings."""
 
     corpus: Corpus
     clip: ClipEncoder
     decoder: Decoder
+    render: RenderConfig
     emb: Embeddings
     seconds: dict
 
@@ -104,7 +106,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
-    resolve_render(cfg.render, decoder)  # a setting the decoder cannot honour fails here
+    render = resolve_render(cfg.render, decoder)  # the one resolution; a setting the decoder cannot honour fails here
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:
         check_budget(budget, corpus)
@@ -115,7 +117,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     t = time.time()
     emb = embed_corpus(corpus, clip, cfg.embed)
     seconds["embed"] = round(time.time() - t, 2)
-    return Loaded(corpus, clip, decoder, emb, seconds)
+    return Loaded(corpus, clip, decoder, render, emb, seconds)
 
 
 def distill(cfg: DistillConfig) -> Path:
@@ -152,7 +154,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     if cfg.render.init == "nearest":
         best = nearest_member_pairs(protos, emb.image_rows)
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
-    rcfg = resolve_render(replace(cfg.render, seed=cfg.seed), decoder)
+    rcfg = replace(loaded.render, seed=cfg.seed)
     prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
     renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images, guide=clip,
                             prompts=prompts)

@@ -7,6 +7,7 @@ embedding steers content. Published decoders take the nearest real caption as th
 
 Settings left ``None`` in ``RenderConfig`` take the decoder's defaults (``models.unclip``: the PDS
 settings for Stable unCLIP); a setting the decoder cannot honour is an error, never ignored.
+``resolve_render`` does both, once per run; ``render_images`` takes the resolved config.
 
 Render fidelity measures adherence: each render is re-embedded by the CLIP and counted a hit when
 its own prototype is the nearest (top-1) or among the 5 nearest (top-5) of all prototypes.
@@ -23,9 +24,9 @@ from PIL import Image
 
 from .errors import ProtosynthError
 from .models.clip import ClipEncoder
-from .models.decoder import SmallUnCLIPPipeline, to_unit_range
+from .models.decoder import to_unit_range
 from .progress import StepBar
-from .models.unclip import UNSUPPORTED, Decoder, decoder_defaults
+from .models.unclip import UNSUPPORTED, Decoder
 
 INITS = ("noise", "nearest")
 
@@ -50,26 +51,22 @@ class RenderConfig:
     seed: int = 0
 
 
-def as_decoder(decoder: Decoder | SmallUnCLIPPipeline) -> Decoder:
-    """Accept a bare small pipeline (training, benchmarks) where a ``Decoder`` is expected."""
-    if isinstance(decoder, Decoder):
-        return decoder
-    if isinstance(decoder, SmallUnCLIPPipeline):
-        return Decoder(decoder, "small", "pipeline", decoder.embedding_dim, getattr(decoder, "clip_space", None),
-                       None, decoder_defaults("small", getattr(decoder, "render_settings", {}), "pipeline"))
-    raise ProtosynthError(f"decoder {type(decoder).__name__} is not supported by this renderer")
-
-
-def resolve_render(cfg: RenderConfig, decoder: Decoder | SmallUnCLIPPipeline) -> RenderConfig:
+def resolve_render(cfg: RenderConfig, decoder: Decoder) -> RenderConfig:
     """``cfg`` with every ``None`` filled from the decoder's defaults; an explicit setting the
-    decoder cannot honour is a ProtosynthError naming the option."""
-    dec = as_decoder(decoder)
-    for name, what in UNSUPPORTED[dec.kind].items():
+    decoder cannot honour is a ProtosynthError naming the option. Resolve once, then hand the
+    result to ``render_images`` (per-run changes such as the seed go in with ``replace``)."""
+    for name, what in UNSUPPORTED[decoder.kind].items():
         value = cfg.init if name == "init" else getattr(cfg, name)
         if (name == "init" and value != "noise") or (name != "init" and value not in (None, 0, 0.0, "")):
-            raise ProtosynthError(f"{what} is not supported by --decoder {dec.spec} ({dec.kind})")
-    filled = {f.name: dec.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
+            raise ProtosynthError(f"{what} is not supported by --decoder {decoder.spec} ({decoder.kind})")
+    filled = {f.name: decoder.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
     return replace(cfg, **filled)
+
+
+def _unresolved(cfg: RenderConfig, decoder: Decoder) -> list[str]:
+    """The settings still ``None`` that ``resolve_render`` would fill (a setting the decoder has no
+    default for, such as a small decoder's negative prompt, stays ``None`` when resolved)."""
+    return [name for name, value in decoder.defaults.items() if value is not None and getattr(cfg, name) is None]
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -94,16 +91,18 @@ def pixel_embedder(encoder: ClipEncoder):
     return embed
 
 
-def render_images(decoder: Decoder | SmallUnCLIPPipeline, embeds: torch.Tensor, cfg: RenderConfig,
+def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
                   init_images: list[Image.Image] | None = None, guide: ClipEncoder | None = None,
                   prompts: list[str] | None = None) -> list[Image.Image]:
-    """Render each raw embedding row. ``init_images`` are required when ``cfg.init == 'nearest'``,
-    ``guide`` (the CLIP of the embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed
-    decoders that take text (Stable unCLIP)."""
+    """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
+    ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
+    embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
+    (Stable unCLIP)."""
     if cfg.init not in INITS:
         raise ProtosynthError(f"unknown --init {cfg.init!r}: use noise or nearest")
-    dec = as_decoder(decoder)
-    cfg = resolve_render(cfg, dec)
+    missing = _unresolved(cfg, decoder)
+    if missing:
+        raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
     if cfg.init == "nearest" and init_images is None:
         raise ValueError("init='nearest' needs init_images")
     if cfg.clip_guidance > 0 and guide is None:
@@ -119,12 +118,12 @@ def render_images(decoder: Decoder | SmallUnCLIPPipeline, embeds: torch.Tensor, 
             gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i)) for i in range(s, e)]
             init = None
             if cfg.init == "nearest":
-                init = to_unit_range(init_images[s:e], dec.pipe.image_size)
-            images = dec.draw(embeds[s:e], gens, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                              noise_level=cfg.noise_level, prompts=None if prompts is None else prompts[s:e],
-                              negative_prompt=cfg.negative_prompt, super_res_steps=cfg.super_res_steps,
-                              init=init, strength=cfg.strength if init is not None else 1.0,
-                              guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance)
+                init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
+            images = decoder.draw(embeds[s:e], gens, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                                  noise_level=cfg.noise_level, prompts=None if prompts is None else prompts[s:e],
+                                  negative_prompt=cfg.negative_prompt, super_res_steps=cfg.super_res_steps,
+                                  init=init, strength=cfg.strength if init is not None else 1.0,
+                                  guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance)
             if cfg.size:
                 images = [im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC)
                           for im in images]

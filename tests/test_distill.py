@@ -304,15 +304,16 @@ def test_pixel_embedder_matches_the_clip_preprocessing(quick_models):
 def test_clip_guidance_moves_renders_toward_their_targets(quick_models):
     """Guided renders re-embed closer to their targets than unguided ones from the same seeds."""
     from protosynth.models.clip import load_clip
-    from protosynth.models.decoder import load_decoder
-    from protosynth.render import fidelity, render_images
+    from protosynth.models.unclip import open_decoder
+    from protosynth.render import fidelity, render_images, resolve_render
 
-    clip, decoder = load_clip(f"small:{quick_models}"), load_decoder(f"small:{quick_models}")
+    clip, decoder = load_clip(f"small:{quick_models}"), open_decoder(f"small:{quick_models}")
     corpus = load_corpus("shapes:test,n=16")
     targets = clip.encode_images([corpus.load_image(i) for i in range(16)])
-    plain = fidelity(clip, render_images(decoder, targets, RenderConfig(steps=8, clip_guidance=0.0)), targets)
-    guided = fidelity(clip, render_images(decoder, targets, RenderConfig(steps=8, clip_guidance=0.05), guide=clip),
-                      targets)
+    plain_cfg = resolve_render(RenderConfig(steps=8, clip_guidance=0.0), decoder)
+    guided_cfg = resolve_render(RenderConfig(steps=8, clip_guidance=0.05), decoder)
+    plain = fidelity(clip, render_images(decoder, targets, plain_cfg), targets)
+    guided = fidelity(clip, render_images(decoder, targets, guided_cfg, guide=clip), targets)
     # the quick CLIP puts every image near every other (cosines ~0.97), so compare the distances left
     assert 1 - guided["mean_cosine"] < 0.5 * (1 - plain["mean_cosine"]), (plain, guided)
 

@@ -14,10 +14,10 @@ from protosynth.corpus import load_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.training import clip as train_clip_mod
 from protosynth.models.clip import load_clip
-from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline, load_decoder
+from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline
 from protosynth.training.clip import ClipTrainConfig, train_clip
-from protosynth.models.unclip import open_decoder
-from protosynth.render import RenderConfig, resolve_render
+from protosynth.models.unclip import RENDER_DEFAULTS, Decoder, open_decoder
+from protosynth.render import RenderConfig, render_images, resolve_render
 
 
 def test_architectures_registered_with_open_clip():
@@ -61,7 +61,7 @@ def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, 
     assert "guidance 1.5" in r.output
     saved = json.loads((models / "decoder" / "render_defaults.json").read_text())
     assert saved["settings"] == {"guidance_scale": 1.5, "steps": 3}
-    for decoder in (open_decoder(f"small:{models}"), load_decoder(str(models / "decoder"))):
+    for decoder in (open_decoder(f"small:{models}"), open_decoder(str(models / "decoder"))):
         assert resolve_render(RenderConfig(), decoder).guidance_scale == 1.5
         assert resolve_render(RenderConfig(), decoder).steps == 3
         assert resolve_render(RenderConfig(guidance_scale=2.0), decoder).guidance_scale == 2.0
@@ -121,14 +121,16 @@ def test_unknown_specs_are_clear_errors(tmp_path):
     with pytest.raises(ProtosynthError, match="unknown open_clip architecture"):
         load_clip("Not-A-Model:openai")
     with pytest.raises(ProtosynthError, match="unknown --decoder spec"):
-        load_decoder("nonsense")
+        open_decoder("nonsense")
 
 
 @pytest.mark.parametrize("coords", [False, True])
 def test_decoder_save_load_round_trip(tmp_path, coords):
     pipe = build_pipeline(embed_dim=16, quick=True, coords=coords)
     pipe.save_pretrained(str(tmp_path / "dec"))
-    again = load_decoder(str(tmp_path / "dec"))
+    loaded = open_decoder(str(tmp_path / "dec"))
+    assert isinstance(loaded, Decoder) and loaded.kind == "small" and loaded.embedding_dim == 16
+    again = loaded.pipe
     assert isinstance(again, SmallUnCLIPPipeline) and again.embedding_dim == 16 and again.image_size == 32
     assert again.patch == 2 and again.coord_channels == (2 if coords else 0)
     emb = torch.randn(3, 16)
@@ -142,7 +144,29 @@ def test_small_decoder_folder_with_bad_conditioning_is_one_clear_error(tmp_path)
     build_pipeline(embed_dim=16, quick=True).save_pretrained(str(tmp_path / "dec"))
     (tmp_path / "dec" / "conditioning.json").write_text("{not json")
     with pytest.raises(ProtosynthError, match="conditioning.json is not valid JSON"):
-        load_decoder(str(tmp_path / "dec"))
+        open_decoder(str(tmp_path / "dec"))
+
+
+def test_a_built_pipeline_becomes_a_decoder_with_the_small_defaults():
+    """One constructor for an in-memory small pipeline (training, tests): nothing is patched onto
+    the pipeline, and a folder's measured settings go on top of the kind's defaults."""
+    pipe = build_pipeline(embed_dim=8, quick=True)
+    dec = Decoder.from_pipeline(pipe, clip_space="small-clip:x", settings={"guidance_scale": 1.5})
+    assert (dec.pipe, dec.kind, dec.embedding_dim, dec.clip_space) == (pipe, "small", 8, "small-clip:x")
+    assert dec.defaults == {**RENDER_DEFAULTS["small"], "guidance_scale": 1.5}
+    assert not hasattr(pipe, "render_settings") and not hasattr(pipe, "clip_space")
+    with pytest.raises(ProtosynthError, match="sets 'typo', not a render setting"):
+        Decoder.from_pipeline(pipe, settings={"typo": 1})
+
+
+def test_render_images_takes_a_resolved_config_only():
+    """Settings are resolved once (resolve_render); an unresolved config is a programming error."""
+    dec = Decoder.from_pipeline(build_pipeline(embed_dim=8, quick=True))
+    with pytest.raises(ValueError, match="resolve_render.*steps, guidance_scale"):
+        render_images(dec, torch.randn(2, 8), RenderConfig(batch_size=2))
+    cfg = resolve_render(RenderConfig(steps=2, batch_size=2, clip_guidance=0.0), dec)
+    assert (cfg.negative_prompt, cfg.size, cfg.super_res_steps) == (None, None, None)  # none left to fill
+    assert len(render_images(dec, torch.randn(2, 8), cfg)) == 2
 
 
 def test_decoder_images_do_not_depend_on_batching():
@@ -221,7 +245,7 @@ def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
     assert set(metrics) == {"clip", "decoder"} and metrics["decoder"]["steps"] == 3
     prov = json.loads((out / "provenance.json").read_text())["runs"][-1]
     assert prov["command"].startswith("protosynth") and prov["test_corpus"] == str(jsonl_corpus)
-    assert load_decoder(f"small:{out}").embedding_dim == load_clip(f"small:{out}").embed_dim
+    assert open_decoder(f"small:{out}").embedding_dim == load_clip(f"small:{out}").embed_dim
 
 
 def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, monkeypatch):
@@ -277,7 +301,7 @@ def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path)
     cfg = td.DecoderTrainConfig.preset(True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True,
                                        init_from=f"small:{quick_models}")
     td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "wide", cfg)
-    start, wide = load_decoder(f"small:{quick_models}"), load_decoder(str(tmp_path / "wide"))
+    start, wide = open_decoder(f"small:{quick_models}").pipe, open_decoder(str(tmp_path / "wide")).pipe
     assert (start.coord_channels, wide.coord_channels) == (0, 2)
     assert torch.count_nonzero(wide.unet.conv_in.weight[:, -2:]) == 0
     emb = torch.randn(2, start.embedding_dim)

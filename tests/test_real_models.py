@@ -135,7 +135,8 @@ def test_published_kinds_default_to_their_paper_settings_and_small_gpu_batches(r
     assert resolve_render(RenderConfig(batch_size=16), stable).batch_size == 16
     assert resolve_render(RenderConfig(), open_decoder("default")).batch_size == 100
     assert stable.pipe.vae.use_slicing
-    embeds, cfg = torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), RenderConfig(steps=2, size=32)
+    embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    cfg = resolve_render(RenderConfig(steps=2, size=32), stable)
     sliced = render_images(stable, embeds, cfg, prompts=["a red circle"] * 3)
     stable.pipe.vae.disable_slicing()
     whole = render_images(stable, embeds, cfg, prompts=["a red circle"] * 3)
@@ -167,7 +168,7 @@ def test_karlo_without_its_text_projection_is_one_clear_error(real_world, monkey
 def test_stable_unclip_prompts_reach_the_unet_and_seeds_do_not_depend_on_batching(real_world):
     dec = open_decoder(str(real_world["stable"]))
     embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    cfg = RenderConfig(steps=2, batch_size=3)
+    cfg = resolve_render(RenderConfig(steps=2, batch_size=3), dec)
     prompts = ["a red circle", "a blue square", "two green triangles"]
     together = render_images(dec, embeds, cfg, prompts=prompts)
     one_by_one = render_images(dec, embeds, replace(cfg, batch_size=1), prompts=prompts)
@@ -223,17 +224,20 @@ def test_decoder_folder_names_its_default_clip(real_world, tmp_path):
 
 
 def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkeypatch):
-    calls = []
-    real = distill_mod.embed_corpus
+    calls, resolved = [], []
+    real, real_resolve = distill_mod.embed_corpus, distill_mod.resolve_render
     monkeypatch.setattr(distill_mod, "embed_corpus", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(distill_mod, "resolve_render", lambda *a, **k: resolved.append(1) or real_resolve(*a, **k))
     cfg = DistillConfig(budget=3, corpus=CORPUS, clip=f"small:{quick_models}", decoder=f"small:{quick_models}",
                         out=tmp_path / "sets", render=RenderConfig(steps=1, guidance_scale=1.0))
     outs = distill_budgets(cfg, [3, 5])
     assert len(calls) == 1
+    assert len(resolved) == 1  # render settings too: resolved once, carried to every budget
     assert [o.name for o in outs] == ["shapes_n=30-matched-b3-s0", "shapes_n=30-matched-b5-s0"]
     for out, budget in zip(outs, (3, 5)):
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["budget"] == budget and manifest["budgets_in_run"] == [3, 5]
+        assert manifest["settings"]["render"]["batch_size"] == 100 and manifest["settings"]["render"]["seed"] == 0
         assert len((out / "pairs.jsonl").read_text().splitlines()) == budget
     with pytest.raises(ProtosynthError, match="distinct"):
         distill_budgets(cfg, [3, 3])

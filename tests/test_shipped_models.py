@@ -7,13 +7,13 @@ from pathlib import Path
 from protosynth.distill import DistillConfig, distill
 from protosynth.distilled import load_distilled
 from protosynth.models.clip import SHIPPED_DIR, load_clip
-from protosynth.models.decoder import SHIPPED_DECODER, load_decoder
+from protosynth.models.decoder import SHIPPED_DECODER
 from protosynth.models.unclip import open_decoder
 from protosynth.render import RenderConfig, resolve_render
 
 
 def test_shipped_models_are_a_matching_pair():
-    clip, decoder = load_clip("default"), load_decoder("default")
+    clip, decoder = load_clip("default"), open_decoder("default")
     assert decoder.embedding_dim == clip.embed_dim == 64
     assert decoder.clip_space == clip.space  # the decoder was trained on this very CLIP
 

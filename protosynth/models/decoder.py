@@ -285,7 +285,9 @@ def decoder_folder(spec: str) -> Path | None:
 
 
 def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
-    """The ``SmallUnCLIPPipeline`` saved in ``folder``; errors name ``spec``, what the user typed."""
+    """The bare ``SmallUnCLIPPipeline`` saved in ``folder``; errors name ``spec``, what the user typed.
+    Load decoders with ``models.unclip.open_decoder``, which reads the folder's conditioning and
+    render defaults too and returns a ``Decoder``."""
     if not (folder / "model_index.json").is_file():
         raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
     diffusers_logging.disable_progress_bar()
@@ -294,15 +296,4 @@ def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "c
     except Exception as exc:  # a corrupt or foreign pipeline folder, or a bad --device
         raise ProtosynthError(f"--decoder {spec}: cannot load the pipeline in {folder} ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
-    cond = folder / CONDITIONING_FILE
-    pipe.clip_space = read_json_object(cond, spec).get("clip_space") if cond.is_file() else None
-    pipe.render_settings = read_render_defaults(folder, spec)
     return pipe
-
-
-def load_decoder(spec: str = "default", device: str | torch.device = "cpu") -> SmallUnCLIPPipeline:
-    """Load a small decoder by spec: ``default`` (shipped), ``small:DIR``, or a ``save_pretrained`` folder."""
-    folder = decoder_folder(spec)
-    if folder is None:
-        raise ProtosynthError(f"unknown --decoder spec {spec!r}: use 'default', 'small:DIR' or a pipeline folder")
-    return load_small_pipeline(folder, spec, device)

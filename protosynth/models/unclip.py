@@ -31,8 +31,8 @@ from PIL import Image
 
 from ..errors import ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import (CONDITIONING_FILE, RENDER_DEFAULTS_FILE, decoder_folder, load_small_pipeline, read_json_object,
-                      read_render_defaults)
+from .decoder import (CONDITIONING_FILE, RENDER_DEFAULTS_FILE, SmallUnCLIPPipeline, decoder_folder,
+                      load_small_pipeline, read_json_object, read_render_defaults)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,14 @@ class Decoder:
     clip_space: str | None  # None: not declared (only the dimension can be checked)
     default_clip: str | None  # the --clip paired with it when none is given
     defaults: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_pipeline(cls, pipe: SmallUnCLIPPipeline, *, spec: str = "pipeline", clip_space: str | None = None,
+                      default_clip: str | None = None, settings: dict | None = None) -> "Decoder":
+        """A small pipeline (loaded from a folder, or freshly built or trained) as a ``Decoder``: its
+        render defaults are the small kind's with ``settings`` (a folder's ``render_defaults.json``) on top."""
+        return cls(pipe, "small", spec, int(pipe.embedding_dim), clip_space, default_clip,
+                   decoder_defaults("small", settings or {}, spec))
 
     @property
     def uses_prompts(self) -> bool:
@@ -263,8 +271,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
     if kind == "small":
         if dtype != torch.float32:
             raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
-        pipe = load_small_pipeline(folder, spec, device)  # reads render_defaults.json too
-        dim, settings = pipe.embedding_dim, pipe.render_settings
+        pipe = load_small_pipeline(folder, spec, device)
     else:
         try:
             with warnings.catch_warnings():
@@ -276,13 +283,16 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         except Exception as exc:  # a corrupt or incomplete folder
             raise ProtosynthError(f"--decoder {spec}: cannot load the {class_name} in {folder} ({exc})"
                                   .splitlines()[0]) from None
-        dim, settings = _conditioning_dim(kind, pipe), read_render_defaults(folder, spec)
+    settings = read_render_defaults(folder, spec)
     default_clip = declared.get("clip")
     if default_clip is None and kind == "small" and spec == "default":
         default_clip = "default"
     if default_clip is None and spec.startswith("small:"):
         default_clip = spec  # the CLIP trained beside it in the same `models train` folder
-    return Decoder(pipe, kind, spec, dim, declared.get("clip_space"), default_clip,
+    if kind == "small":
+        return Decoder.from_pipeline(pipe, spec=spec, clip_space=declared.get("clip_space"), default_clip=default_clip,
+                                     settings=settings)
+    return Decoder(pipe, kind, spec, _conditioning_dim(kind, pipe), declared.get("clip_space"), default_clip,
                    decoder_defaults(kind, settings, spec))
 
 

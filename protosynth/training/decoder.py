@@ -29,10 +29,11 @@ from diffusers.training_utils import EMAModel
 from ..corpus import Corpus
 from ..errors import ProtosynthError
 from ..files import write_text_atomic
-from ..render import RenderConfig, fidelity, render_images
+from ..render import RenderConfig, fidelity, render_images, resolve_render
 from ..models.clip import ClipEncoder, load_clip
-from ..models.decoder import (COORD_CHANNELS, SmallUnCLIPPipeline, build_pipeline, load_decoder, to_unit_range,
+from ..models.decoder import (COORD_CHANNELS, build_pipeline, to_unit_range,
                       write_conditioning, write_render_defaults)
+from ..models.unclip import Decoder, open_decoder
 from .clip import corpus_tensor
 from ..progress import StepBar
 from .common import cosine_lr, restore_rng, rng_state, save_atomic
@@ -114,19 +115,19 @@ def embed_images(encoder: ClipEncoder, corpus: Corpus) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_fidelity(pipe: SmallUnCLIPPipeline, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
+def render_fidelity(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
                     guidance: float, seed: int = 0, batch: int = 128) -> dict[str, float]:
     """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
     # the decoder alone: CLIP guidance would grade the guide, not the decoder
     cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed, clip_guidance=0.0)
-    return fidelity(encoder, render_images(pipe, targets, cfg), targets)
+    return fidelity(encoder, render_images(decoder, targets, resolve_render(cfg, decoder)), targets)
 
 
-def guidance_sweep(pipe: SmallUnCLIPPipeline, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
+def guidance_sweep(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
                    guidances: tuple[float, ...], seed: int = 0) -> tuple[float, dict[str, dict]]:
     """Held-out fidelity at each guidance scale, and the scale with the best (top-1, top-5, mean
     cosine); a tie goes to the scale listed first."""
-    sweep = {str(float(g)): render_fidelity(pipe, encoder, targets, steps, g, seed=seed) for g in guidances}
+    sweep = {str(float(g)): render_fidelity(decoder, encoder, targets, steps, g, seed=seed) for g in guidances}
     key = {g: (sweep[g]["top1"], sweep[g]["top5"], sweep[g]["mean_cosine"]) for g in sweep}
     best = max(sweep, key=lambda g: key[g])  # max keeps the first of equal keys
     return float(best), sweep
@@ -143,12 +144,12 @@ def calibrate_decoder(decoder_dir: Path, clip_dir: Path, test: Corpus, cfg: Deco
     """Measure a saved decoder's held-out fidelity at ``cfg.guidances`` and record the best scale
     in its ``render_defaults.json`` (for decoders trained before the trainer did this itself)."""
     encoder = load_clip(f"small:{clip_dir}")
-    pipe = load_decoder(str(decoder_dir))
-    if pipe.clip_space not in (None, encoder.space):
-        raise ProtosynthError(f"{decoder_dir}: decoder trained on CLIP {pipe.clip_space}, not on {encoder.space} "
+    decoder = open_decoder(str(decoder_dir))
+    if decoder.clip_space not in (None, encoder.space):
+        raise ProtosynthError(f"{decoder_dir}: decoder trained on CLIP {decoder.clip_space}, not on {encoder.space} "
                               f"({clip_dir})")
     targets = embed_images(encoder, test)[: cfg.eval_images]
-    best, sweep = guidance_sweep(pipe, encoder, targets, cfg.render_steps, cfg.guidances, cfg.seed)
+    best, sweep = guidance_sweep(decoder, encoder, targets, cfg.render_steps, cfg.guidances, cfg.seed)
     write_render_defaults(decoder_dir, *measured_defaults(best, sweep, cfg, len(targets)))
     return {"render_fidelity": sweep[str(best)], "guidance_scale": best, "guidance_sweep": sweep}
 
@@ -165,16 +166,17 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
     images = to_unit_range([corpus.load_image(i) for i in range(corpus.n_images)], size)
+    decoder = Decoder.from_pipeline(pipe, clip_space=encoder.space)  # renders the evaluations, as training goes
     unet = pipe.unet
     ckpt_dir = out.with_name(out.name + ".ckpt")
     ckpt = ckpt_dir / "checkpoint.pt"
     if cfg.init_from and not ckpt.is_file():  # continue from a saved decoder (e.g. the shipped one)
-        start = load_decoder(cfg.init_from)
-        if getattr(start, "clip_space", None) not in (None, encoder.space):
+        start = open_decoder(cfg.init_from)
+        if start.clip_space not in (None, encoder.space):
             raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: trained on CLIP {start.clip_space}, "
                                   f"not on {encoder.space} ({clip_dir})")
         try:
-            unet.load_state_dict(widened_for_coords(start.unet.state_dict(), unet))
+            unet.load_state_dict(widened_for_coords(start.pipe.unet.state_dict(), unet))
         except RuntimeError:
             raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: its UNet architecture differs from "
                                   f"the one being trained ({'quick' if cfg.quick else 'full'})") from None
@@ -217,7 +219,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
         unet.eval()
-        best, sweep = guidance_sweep(pipe, encoder, test_targets, cfg.eval_steps, cfg.guidances, cfg.seed)
+        best, sweep = guidance_sweep(decoder, encoder, test_targets, cfg.eval_steps, cfg.guidances, cfg.seed)
         ema.restore(unet.parameters())
         unet.train()
         return {"guidance_scale": best, **sweep[str(best)], "sweep": sweep}
@@ -255,7 +257,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
                 break
     ema.copy_to(unet.parameters())
     unet.eval()
-    best, sweep = guidance_sweep(pipe, encoder, test_targets, cfg.render_steps, cfg.guidances, cfg.seed)
+    best, sweep = guidance_sweep(decoder, encoder, test_targets, cfg.render_steps, cfg.guidances, cfg.seed)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp))
