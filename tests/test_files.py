@@ -191,3 +191,54 @@ def test_a_stale_symlink_is_removed_not_followed(tmp_path):
     (tmp_path / stale_name("set", dead_pid())).symlink_to(keep)
     assert len(remove_stale_temps(tmp_path, "set")) == 1
     assert (keep / "data").read_text() == "mine"
+
+
+WRITER = """
+import sys, threading
+from pathlib import Path
+from protosynth.files import write_text_atomic
+
+target, tag = Path(sys.argv[1]), sys.argv[2]
+errors = []
+
+def write(t):
+    try:
+        for i in range(100):
+            write_text_atomic(target, f"{tag}-{t}-{i}" * 100)
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(errors)
+sys.exit(1 if errors else 0)
+"""
+
+
+def test_two_runs_with_threads_writing_one_target_never_collide(tmp_path):
+    target = tmp_path / "same.json"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), tag], stdout=subprocess.PIPE, text=True)
+             for tag in ("a", "b")]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    text = target.read_text()
+    unit = text[: len(text) // 100]
+    assert text == unit * 100 and unit.split("-")[0] in ("a", "b")  # one write, whole
+    assert sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_cache_folder_is_swept_before_a_write(tmp_path, monkeypatch):
+    from protosynth.corpus import load_corpus
+
+    monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path))
+    (tmp_path / "world").mkdir()
+    stale = tmp_path / "world" / stale_name("world-0123-train.npz", dead_pid())
+    stale.write_bytes(b"half a world")
+    live = tmp_path / "world" / stale_name("world-4567-train.npz", os.getppid())
+    live.write_bytes(b"another run is writing this")
+    load_corpus("shapes,n=8")
+    assert not stale.exists() and live.exists()
+    assert len(list((tmp_path / "world").glob("world-*.npz"))) == 1
