@@ -35,6 +35,7 @@ import torch
 
 from protosynth.corpus import load_corpus
 from protosynth.embed import embed_corpus
+from protosynth.files import write_text_atomic
 from protosynth.models.clip import load_clip
 from protosynth.models.unclip import open_decoder
 from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
               "judge": "ps-resnet", "judge_on_real_test_images": judge_ceiling,
               "caption_agreement_nearest_members": members_caption, "caption_agreement_caption_images": captions_caption, "threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps(record, indent=2))
     lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / "
              "present % | caption: same objects / objects found % |", "|---|---|---|---|---|---|---|---|"]
     agree = lambda a: f"{a['same_objects']:.1f} / {a['objects_found']:.1f}" if a else "-"  # noqa: E731
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"| real images (reference: nearest member; the test images for the judge) | {real['top1']:.1f} | "
                  f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} | {agree(members_caption)} |")
     lines.append(f"| the caption images themselves (the judge's ceiling) | - | - | - | - | - | - | {agree(captions_caption)} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -29,6 +29,7 @@ from .corpus import Corpus, cache_dir, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import embed_corpus
 from .errors import ProtosynthError
+from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
 from .corpora.spec import corpus_name
 from .runinfo import check_device, peak_rss_mb, versions
@@ -135,9 +136,9 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
                         progress=lambda: bar.advance(""))
     counts = np.where(ever.numpy(), events.numpy().astype(np.float64), np.inf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, counts)
-    tmp.replace(path)
+    remove_stale_temps(path.parent)
+    with atomic_open(path) as fh:
+        np.save(fh, counts)
     return counts
 
 

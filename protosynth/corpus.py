@@ -33,6 +33,7 @@ from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.webdataset import load_webdataset
 from .errors import ProtosynthError
+from .files import atomic_open, remove_stale_temps
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
@@ -84,10 +85,11 @@ def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
         exclude = {image_digest(im) for earlier in EARLIER_SPLITS[split] for im in world_split(cfg, earlier).images}
     ws = generate_split(cfg, split, exclude)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    remove_stale_temps(path.parent)
     objects = [[[o.colour, o.shape, o.size, o.position] for o in objs] for objs in ws.objects]
-    np.savez(tmp, images=ws.images, captions=np.array(json.dumps(ws.captions)), objects=np.array(json.dumps(objects)))
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        np.savez(fh, images=ws.images, captions=np.array(json.dumps(ws.captions)),
+                 objects=np.array(json.dumps(objects)))
     return ws
 
 

@@ -9,8 +9,6 @@ place when complete, so an interrupted run never leaves a folder that looks like
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import textwrap
 import time
 from dataclasses import dataclass
@@ -20,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from .errors import ProtosynthError
-from .files import sha256_file
+from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -92,11 +90,10 @@ def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], ten
     started = time.time()
     check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        (tmp / "images").mkdir(parents=True)
+    remove_stale_temps(out.parent, out.name)  # what killed runs writing this set left behind
+    # the old set (with --force) is moved aside only once the new one is complete, then deleted
+    with atomic_path(out, directory=True) as tmp:
+        (tmp / "images").mkdir()
         for rec, im in zip(pairs, images):
             im.save(tmp / rec["image"], format="PNG")
         with open(tmp / "pairs.jsonl", "w", encoding="utf-8") as fh:
@@ -104,21 +101,13 @@ def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], ten
                 fh.write(json.dumps(rec, sort_keys=True) + "\n")
         # a single metadata entry: safetensors writes several in an order that varies between runs,
         # which would break byte-identical output
-        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp / "embeddings.safetensors"),
-                  metadata={"text_space": text_space})
+        save_safetensors_atomic({k: v.contiguous().float() for k, v in tensors.items()},
+                                tmp / "embeddings.safetensors", metadata={"text_space": text_space})
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
         manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():  # move the old set aside first: the swap is two renames, never a half-deleted set
-            os.replace(out, trash)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
     return out
 
 

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir
 from .errors import ProtosynthError
-from .files import sha256_file
+from .files import remove_stale_temps, sha256_file
 from .models.clip import ClipEncoder
 from .progress import StepBar
-from .store import (FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, plan_shards, read_index, remove_stale_tmp,
+from .store import (FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, plan_shards, read_index,
                     save_npy_atomic, shard_done, write_index)
 
 
@@ -218,7 +218,7 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
     if index is not None and index.get("complete"):
         return _open(folder, from_cache=True)
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(folder)
+    remove_stale_temps(folder)  # what killed runs writing this store left behind
     if index is None:
         write_index(folder, want)
     if not (folder / PAIR_IMAGE).is_file():

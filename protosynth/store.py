@@ -25,10 +25,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from .errors import ProtosynthError
-from .files import sha256_file, write_text_atomic
+from .files import atomic_path, sha256_file, write_text_atomic
 
 FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"
@@ -56,23 +55,14 @@ def shard_done(folder: Path, shard: dict) -> bool:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> str:
-    """``np.save`` to a temporary sibling, fsync, rename; returns the file's sha256."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
+    """``np.save`` through ``atomic_path``, fsynced before the rename; returns the file's sha256."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
     return digest
-
-
-def remove_stale_tmp(folder: Path) -> None:
-    """Delete temporary files left by killed writers (never those of a live process)."""
-    for tmp in folder.glob(".*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
-            tmp.unlink(missing_ok=True)
 
 
 def read_index(folder: Path) -> dict | None:

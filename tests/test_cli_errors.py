@@ -288,7 +288,7 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
         kill(proc)
     assert caught, f"the writer never started (exit {proc.returncode})"
     assert not out.exists(), f"a run killed while writing left {sorted(p.name for p in out.iterdir())} at --out"
-    tmp = list(parent.glob(".out.tmp-*"))
+    tmp = list(parent.glob(".out.*.tmp"))
     assert len(tmp) == 1 and not (tmp[0] / "manifest.json").exists()
     assert not any(tmp_path.rglob("manifest.json"))
     with pytest.raises(Exception, match="manifest"):

@@ -107,7 +107,7 @@ def test_resume_computes_only_missing_shards(tmp_path, corpus, clip):
     (folder / "image-000001.npy").unlink()
     (folder / "text-000001.npy").unlink()
     (folder / "image-000002.npy").unlink()
-    (folder / ".text-000002.npy.999999999.tmp").write_bytes(b"partial")  # a dead writer's temp file
+    (folder / ".text-000002.npy.999999999-0-0123abcd.tmp").write_bytes(b"partial")  # a dead writer's temp file
     kept = (folder / "image-000000.npy").stat()
     emb = embed_corpus(corpus, clip, cfg(folder))
     assert not emb.from_cache

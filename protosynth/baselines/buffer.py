@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import ProtosynthError
-from ..files import write_text_atomic
+from ..files import save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..corpora.spec import canonical_root, canonical_spec
 from ..runinfo import check_device, peak_rss_mb, versions
@@ -101,9 +101,7 @@ def make_student(feats: ProtocolFeatures, heads_only: bool, seed: int) -> Studen
 
 
 def _save(params: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp))
-    tmp.replace(path)
+    save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in params.items()}, path)
 
 
 def _train_epoch(student: Student, feats: ProtocolFeatures, pairs: np.ndarray, cfg: BufferConfig, seed: int,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from ..files import git_commit, write_text_atomic
+from ..files import atomic_path, git_commit, write_text_atomic
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..runinfo import check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
@@ -362,7 +362,6 @@ def plot(doc: dict, path: Path) -> None:
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)

@@ -22,7 +22,7 @@ from PIL import Image
 from ..corpus import Corpus, cache_dir, load_corpus
 from ..distilled import DistilledSet
 from ..errors import ProtosynthError
-from ..files import write_text_atomic
+from ..files import atomic_open, remove_stale_temps, write_text_atomic
 from ..world import image_digest
 from ..imageops import resized
 from .backbones import Backbone
@@ -61,9 +61,9 @@ def corpus_text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
     if not cacheable:
         return feats
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, feats.numpy())
-    tmp.replace(path)
+    remove_stale_temps(path.parent)
+    with atomic_open(path) as fh:
+        np.save(fh, feats.numpy())
     return feats
 
 

@@ -14,7 +14,6 @@ files are decoded at a reduced DCT scale no smaller than ``size`` first (as ``em
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..corpus import Corpus, cache_dir
+from ..files import atomic_path, remove_stale_temps
 from ..imageops import resized
 from ..progress import StepBar
 
@@ -80,8 +80,8 @@ def pixel_cache(corpus: Corpus, size: int) -> np.ndarray:
         if arr.shape == shape and arr.dtype == np.uint8:
             return arr
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    try:
+    remove_stale_temps(path.parent)  # a killed build leaves a temporary as large as the cache
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         with StepBar(f"decode {corpus.spec} at {size} px", corpus.n_images) as bar:
             for i in range(corpus.n_images):
@@ -89,7 +89,4 @@ def pixel_cache(corpus: Corpus, size: int) -> np.ndarray:
                 bar.advance()
         out.flush()
         del out
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from open_clip.tokenizer import SimpleTokenizer, basic_clean, bytes_to_unicode, whitespace_clean
 
+from ..files import atomic_open
+
 BPE_FILENAME = "bpe_merges.txt.gz"
 
 
@@ -59,7 +61,8 @@ def build_bpe(captions: Iterable[str], out: Path, max_words: int = 3000, max_mer
     merges = learn_merges(top, max_merges)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["#version: protosynth-bpe"] + [f"{a} {b}" for a, b in merges]
-    with gzip.GzipFile(out, "wb", mtime=0) as fh:  # mtime=0: byte-identical files for equal input
+    # mtime=0: byte-identical files for equal input; filename: the gzip header names ``out``, not the temporary
+    with atomic_open(out) as raw, gzip.GzipFile(filename=str(out), mode="wb", fileobj=raw, mtime=0) as fh:
         fh.write("\n".join(lines).encode("utf-8"))
     return out
 

@@ -241,7 +241,7 @@ def write_conditioning(folder: Path, clip_space: str, embedding_dim: int, clip: 
     declared = {"clip_space": clip_space, "embedding_dim": embedding_dim}
     if clip is not None:
         declared["clip"] = clip
-    (Path(folder) / CONDITIONING_FILE).write_text(json.dumps(declared, indent=2))
+    write_text_atomic(Path(folder) / CONDITIONING_FILE, json.dumps(declared, indent=2))
 
 
 def write_render_defaults(folder: Path, settings: dict, measured: dict) -> None:

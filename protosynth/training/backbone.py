@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import save_file
 
 from ..errors import ProtosynthError
-from ..files import git_commit, write_text_atomic
+from ..files import atomic_path, git_commit, remove_stale_temps, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..corpus import world_split
 from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
@@ -112,20 +109,16 @@ def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict
                 sched.step()
                 bar.advance(f"loss {loss.item():.3f}")
     metrics = {"holdout": cell_accuracy(model, x[n_train:], y[n_train:]), "train_seconds": round(time.time() - started, 1)}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps({
-        "arch": cfg.arch, **arch_config(cfg.arch), "num_classes": len(POSITIONS) * CELL_CLASSES,
-        "image_size": cfg.image_size, "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
-        "labels": LABELS}, indent=2))
-    write_text_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(tmp / "provenance.json", json.dumps({
-        "command": command, "commit": git_commit(), "config": asdict(cfg), "world": asdict(world), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), **metrics}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    remove_stale_temps(out.parent, out.name)  # what killed runs writing this folder left behind
+    with atomic_path(out, directory=True) as tmp:  # an earlier backbone folder is replaced only now
+        save_safetensors_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps({
+            "arch": cfg.arch, **arch_config(cfg.arch), "num_classes": len(POSITIONS) * CELL_CLASSES,
+            "image_size": cfg.image_size, "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
+            "labels": LABELS}, indent=2))
+        write_text_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2))
+        write_text_atomic(tmp / "provenance.json", json.dumps({
+            "command": command, "commit": git_commit(), "config": asdict(cfg), "world": asdict(world),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), **metrics}, indent=2))
     return metrics

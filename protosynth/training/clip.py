@@ -6,7 +6,6 @@ corpus's BPE merges, so ``--clip small:DIR`` loads it through open_clip's factor
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from ..corpus import Corpus
-from ..files import write_text_atomic
+from ..files import save_safetensors_atomic, write_text_atomic
 from ..metrics import retrieval_metrics
 from ..models.bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
 from ..models.clip import CLIP_WEIGHTS, ClipEncoder, load_clip
@@ -55,9 +53,7 @@ def evaluate_clip(encoder: ClipEncoder, corpus: Corpus, batch: int = 512) -> dic
 def write_clip_dir(model, model_cfg: dict, folder: Path) -> None:
     """Weights and config, each written to a temporary file and renamed (never half-written)."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{CLIP_WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / CLIP_WEIGHTS)
+    save_safetensors_atomic(state, folder / CLIP_WEIGHTS)
     write_text_atomic(folder / "open_clip_config.json", json.dumps({"model_cfg": model_cfg}, indent=2))
 
 

@@ -1,13 +1,14 @@
 """Shared pieces of the small-model trainers: resumable random state and the learning-rate schedule."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import atomic_open
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -30,8 +31,8 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file then rename, so a kill never leaves a truncated checkpoint."""
+    """torch.save through ``atomic_open``, so a kill never leaves a truncated checkpoint (to a file
+    object: given a path, torch names the zip's root folder after the file, here the temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)

@@ -16,8 +16,6 @@ the folder's render defaults (``render_defaults.json``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from diffusers.training_utils import EMAModel
 
 from ..corpus import Corpus
 from ..errors import ProtosynthError
-from ..files import write_text_atomic
+from ..files import atomic_path, remove_stale_temps, write_text_atomic
 from ..render import RenderConfig, fidelity, render_images, resolve_render
 from ..models.clip import ClipEncoder, load_clip
 from ..models.decoder import (COORD_CHANNELS, build_pipeline, to_unit_range,
@@ -258,14 +256,13 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     ema.copy_to(unet.parameters())
     unet.eval()
     best, sweep = guidance_sweep(decoder, encoder, test_targets, cfg.render_steps, cfg.guidances, cfg.seed)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp))
-    write_conditioning(tmp, encoder.space, encoder.embed_dim)
-    write_render_defaults(tmp, *measured_defaults(best, sweep, cfg, len(test_targets)))
-    record = {"steps": step, "config": asdict(cfg), "history": history, "test_fidelity": sweep[str(best)],
-              "guidance_scale": best, "guidance_sweep": sweep, "seconds_this_run": round(time.time() - t_start, 1)}
-    write_text_atomic(tmp / "train_metrics.json", json.dumps(record, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, out.name)  # what killed runs writing this folder left behind
+    with atomic_path(out, directory=True) as tmp:  # an earlier decoder folder is replaced only now
+        pipe.save_pretrained(str(tmp))
+        write_conditioning(tmp, encoder.space, encoder.embed_dim)
+        write_render_defaults(tmp, *measured_defaults(best, sweep, cfg, len(test_targets)))
+        record = {"steps": step, "config": asdict(cfg), "history": history, "test_fidelity": sweep[str(best)],
+                  "guidance_scale": best, "guidance_sweep": sweep, "seconds_this_run": round(time.time() - t_start, 1)}
+        write_text_atomic(tmp / "train_metrics.json", json.dumps(record, indent=2))
     return {"steps": step, "render_fidelity": sweep[str(best)], "guidance_scale": best, "guidance_sweep": sweep}
