@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import SmallUnCLIPPipeline, to_unit_range
 from .progress import StepBar
@@ -67,7 +67,7 @@ def resolve_render(cfg: RenderConfig, decoder: Decoder | SmallUnCLIPPipeline) ->
     for name, what in UNSUPPORTED[dec.kind].items():
         value = cfg.init if name == "init" else getattr(cfg, name)
         if (name == "init" and value != "noise") or (name != "init" and value not in (None, 0, 0.0, "")):
-            raise ProtosynthError(f"{what} is not supported by --decoder {dec.spec} ({dec.kind})")
+            raise ProtosynthError(f"{what} is not supported by {P.decoder} {dec.spec} ({dec.kind})", param=name)
     filled = {f.name: dec.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
     return replace(cfg, **filled)
 
@@ -101,7 +101,7 @@ def render_images(decoder: Decoder | SmallUnCLIPPipeline, embeds: torch.Tensor, 
     ``guide`` (the CLIP of the embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed
     decoders that take text (Stable unCLIP)."""
     if cfg.init not in INITS:
-        raise ProtosynthError(f"unknown --init {cfg.init!r}: use noise or nearest")
+        raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
     dec = as_decoder(decoder)
     cfg = resolve_render(cfg, dec)
     if cfg.init == "nearest" and init_images is None:

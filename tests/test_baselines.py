@@ -211,7 +211,7 @@ def test_presets_follow_the_published_numbers():
     assert [preset(m, "world", b)["lr_space"] for m, b in (("lors", 200), ("amd", 500), ("repblend", 100))] == [
         "linear", "log", "log"]
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
-    with pytest.raises(ProtosynthError, match="unknown --method"):
+    with pytest.raises(ProtosynthError, match="unknown method"):
         preset("dream", "flickr", 100)
 
 
@@ -282,9 +282,9 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
         distill_baseline(BaselineConfig(method="repblend", budget=5, buffer=full, out=tmp_path / "x"))
     with pytest.raises(ProtosynthError, match="not a finished buffer"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=tmp_path / "nothing", out=tmp_path / "y"))
-    with pytest.raises(ProtosynthError, match="--grad-mode 'sideways'"):
+    with pytest.raises(ProtosynthError, match="^grad_mode 'sideways'"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "z", grad_mode="sideways"))
-    with pytest.raises(ProtosynthError, match="--expert-epochs 5 exceeds"):
+    with pytest.raises(ProtosynthError, match="^expert_epochs 5 exceeds"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "w", expert_epochs=5))
 
 

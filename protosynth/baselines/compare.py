@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import git_commit, write_text_atomic
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..runinfo import check_device
@@ -68,15 +68,16 @@ class CompareConfig:
 def _validate(cfg: CompareConfig) -> None:
     unknown = [m for m in cfg.methods if m not in ALL_METHODS]
     if unknown:
-        raise ProtosynthError(f"unknown --methods {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
+        raise ProtosynthError(f"unknown {P.methods} {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
     if not cfg.methods:
-        raise ProtosynthError("--methods is empty")
+        raise ProtosynthError(f"{P.methods} is empty")
     if cfg.budget < 2:
-        raise ProtosynthError(f"--budget must be at least 2, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 2, got {cfg.budget}")
     if cfg.repeats < 1:
-        raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+        raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
     if cfg.test is None and not is_world(cfg.corpus):
-        raise ProtosynthError(f"--corpus {cfg.corpus} has no built-in test split; pass --test SPEC")
+        raise ProtosynthError(f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}",
+                              param="test")
     check_device(cfg.device)
 
 
@@ -170,7 +171,7 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
 def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
     if reason := _stale_reason(method, cfg, out, buffers):
         raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
-                              f"delete it to remake it, or use another --out")
+                              f"delete it to remake it, or use another {P.out}")
 
 
 def _finished(folder: Path) -> bool:
@@ -187,23 +188,24 @@ def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[s
     proc.start()
     writer.close()  # the child holds the only writer: recv() ends when it exits
     try:
-        message = reader.recv()
+        error = reader.recv()
     except EOFError:
-        message = None
+        error = None
     proc.join()
-    if message is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
-        raise ProtosynthError(f"compare-baselines, {method} step: {message}")
+    if error is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
+        raise ProtosynthError(f"compare-baselines, {method} step: {error.template}", param=error.param)
     if proc.exitcode != 0:
         raise ProtosynthError(f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
                               f"see the message above, fix it and run again (finished methods are kept)")
 
 
 def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path], errors) -> None:
-    """A ProtosynthError goes back to the parent, which reports it as its own one-line error."""
+    """A ProtosynthError goes back to the parent (pickled whole, so the parameters it names stay
+    references the command line spells as flags), which reports it as its own one-line error."""
     try:
         _make_set(method, cfg, out, buffers)
     except ProtosynthError as exc:
-        errors.send(str(exc))
+        errors.send(exc)
         sys.exit(2)
 
 
