@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import run
+from .common import command_line, run
 from .help_text import (BUFFER_IMAGE_ROOT_HELP, BUFFER_SKIP_BAD_HELP, CORPUS_HELP, IMAGE_ROOT_HELP,
                            IMAGE_ROOT_TEST_HELP, SKIP_BAD_HELP)
 
@@ -106,6 +106,6 @@ def compare_baselines(
                         corpus=corpus, protocol=protocol, repeats=repeats, out=out, quick=quick, seed=seed,
                         device=device, eval_epochs=eval_epochs, experts=experts, expert_epochs=expert_epochs,
                         iterations=iterations, test=test, image_root=image_root, skip_bad=skip_bad)
-    doc = run(run_compare, cfg, verb="compare-baselines")
+    doc = run(run_compare, cfg, command=command_line(), verb="compare-baselines")
     typer.echo(markdown(doc))
     typer.echo(f"wrote {out / 'compare.json'}, compare.md, compare.png")

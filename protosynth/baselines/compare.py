@@ -242,8 +242,9 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     return {m: s["row"] for m, s in saved.items()}, next(iter(saved.values()))["head"]
 
 
-def compare_baselines(cfg: CompareConfig) -> dict:
-    """Run (or resume) the comparison; returns the compare.json document."""
+def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
+    """Run (or resume) the comparison; returns the compare.json document. ``command``: the command
+    line that asked for it, recorded in the document (None from Python)."""
     _validate(cfg)
     cfg = cfg.effective()
     # absolute paths, as the manifests of the sets and buffers record them (so reuse checks compare like with like)
@@ -307,7 +308,7 @@ def compare_baselines(cfg: CompareConfig) -> dict:
            "test": head.get("test"), "buffers": buffer_cost, "methods": table,
            "shared_preparation_seconds": prepare_seconds,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-           "command": "protosynth " + " ".join(sys.argv[1:]), "commit": git_commit(),
+           "command": command, "commit": git_commit(),
            "seconds_this_run": round(time.time() - started, 1)}
     write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
     write_text_atomic(cfg.out / "compare.md", markdown(doc))
@@ -321,7 +322,8 @@ METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
 def markdown(doc: dict) -> str:
     lines = [f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
              f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""), "",
-             f"Command: `{doc.get('command', '')}` (commit {str(doc.get('commit', ''))[:12]}).", "",
+             (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
+             + f" (commit {str(doc.get('commit', ''))[:12]}).", "",
              "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
              "process's own; expert buffers are listed below the table.", "",
              "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,7 +115,7 @@ def _record(out: Path, cfg: ModelsTrainConfig, train: Corpus, test: Corpus, metr
     """Append this run to ``out/provenance.json`` and write the merged ``out/metrics.json``."""
     provenance = _read(out / "provenance.json", {"runs": []})
     provenance["runs"].append({
-        "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": command,  # the command line that ran it; None from Python
         "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
         "test_corpus": test.spec, "corpus_read": corpus_record(train), "test_read": corpus_record(test),
         "commit": git_commit(), "seconds": round(seconds, 1), "threads": os.cpu_count(),
