@@ -346,6 +346,11 @@ def test_baseline_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "--experts must be at least 1" in r.output
     r = CliRunner().invoke(app, ["compare-baselines", "--methods", "random,dream", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "unknown --methods dream" in r.output
+    # compare's own flags, checked before any work (the buffer would say epochs, the evaluation too)
+    for flag in ("--expert-epochs", "--eval-epochs", "--experts"):
+        r = CliRunner().invoke(app, ["compare-baselines", flag, "0", "--out", str(tmp_path / "c")])
+        assert r.exit_code == 2 and r.stderr.strip() == f"error: {flag} must be at least 1, got 0", r.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..errors import P, ProtosynthError
+from ..errors import P, Param, ProtosynthError
 from ..files import git_commit, write_text_atomic
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..runinfo import check_device
@@ -75,6 +75,13 @@ def _validate(cfg: CompareConfig) -> None:
         raise ProtosynthError(f"{P.budget} must be at least 2, got {cfg.budget}")
     if cfg.repeats < 1:
         raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
+    # checked here, in compare's own terms: the buffer and the evaluation would name their own
+    # fields (epochs), which are not compare's (expert_epochs, eval_epochs)
+    for name in ("experts", "expert_epochs"):
+        if getattr(cfg, name) < 1:
+            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.eval_epochs is not None and cfg.eval_epochs < 1:
+        raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {cfg.eval_epochs}")
     if cfg.test is None and not is_world(cfg.corpus):
         raise ProtosynthError(f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}",
                               param="test")
