@@ -129,9 +129,9 @@ def test_fp16_store(tmp_path, corpus, clip):
 
 
 def test_bad_input_is_one_clear_error(tmp_path, corpus, clip):
-    for kw, flag in (({"shard_size": 0}, "--shard-size"), ({"batch_size": 0}, "--batch-size"),
-                     ({"num_workers": -1}, "--workers")):
-        with pytest.raises(ProtosynthError, match=flag):
+    for kw, name in (({"shard_size": 0}, "shard_size"), ({"batch_size": 0}, "batch_size"),
+                     ({"num_workers": -1}, "num_workers")):
+        with pytest.raises(ProtosynthError, match=f"^{name} must be at least"):
             embed_corpus(corpus, clip, cfg(tmp_path / "x", **kw))
     assert not (tmp_path / "x").exists()
     embed_corpus(corpus, clip, cfg(tmp_path / "store"))

@@ -187,10 +187,10 @@ def test_karlo_folder_distill(real_world, tmp_path):
 
 
 @pytest.mark.parametrize("decoder,setting,message", [
-    ("karlo", {"noise_level": 5}, "--noise-level is not supported"),
-    ("karlo", {"negative_prompt": "blurry"}, "--negative-prompt is not supported"),
+    ("karlo", {"noise_level": 5}, "^noise_level is not supported by decoder "),
+    ("karlo", {"negative_prompt": "blurry"}, "^negative_prompt is not supported"),
     ("stable", {"clip_guidance": 0.02}, "CLIP-guided sampling is not supported"),
-    ("stable", {"init": "nearest"}, "--init nearest is not supported"),
+    ("stable", {"init": "nearest"}, "^init=nearest is not supported"),
 ])
 def test_settings_a_decoder_cannot_honour_are_errors(real_world, tmp_path, decoder, setting, message):
     cfg = cfg_for(real_world, decoder, tmp_path / "set")
