@@ -91,7 +91,7 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
     if buffer.shape != want:
         hint = "with" if want == "heads" else "without"
         raise ProtosynthError(f"{P.method} {cfg.method} needs a {want} buffer (one built {hint} {P.heads_only}); "
-                              f"{buffer.root} is {buffer.shape}")
+                              f"{buffer.root} is {buffer.shape}", param="buffer")
 
 
 def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int, amd_ranges: dict | None):
