@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import run
+from .common import command_line, run
 from .help_text import (BUFFER_IMAGE_ROOT_HELP, BUFFER_SKIP_BAD_HELP, CORPUS_HELP, IMAGE_ROOT_HELP,
                            IMAGE_ROOT_TEST_HELP, SKIP_BAD_HELP)
 
@@ -35,7 +35,7 @@ def buffer(
     cfg = BufferConfig(corpus=corpus, protocol=protocol, experts=experts, epochs=epochs, heads_only=heads_only, lr=lr,
                        batch_size=batch_size, max_pairs=max_pairs, seed=seed, out=out, device=device,
                        image_root=image_root, skip_bad=skip_bad)
-    typer.echo(f"wrote {run(build_buffer, cfg)}")
+    typer.echo(f"wrote {run(build_buffer, cfg, verb='buffer')}")
 
 
 def baseline(
@@ -77,7 +77,7 @@ def baseline(
                          lr_img=lr_img, lr_txt=lr_txt, lr_lr=lr_lr, lr_init=lr_init, lr_space=lr_space, lr_sim=lr_sim, rank=rank,
                          alpha=alpha, grad_mode=grad_mode, merged=merged, clip=clip, image_root=image_root,
                          skip_bad=skip_bad)
-    typer.echo(f"wrote {run(distill_baseline, cfg)}")
+    typer.echo(f"wrote {run(distill_baseline, cfg, verb='baseline')}")
 
 
 def compare_baselines(
@@ -106,6 +106,6 @@ def compare_baselines(
                         corpus=corpus, protocol=protocol, repeats=repeats, out=out, quick=quick, seed=seed,
                         device=device, eval_epochs=eval_epochs, experts=experts, expert_epochs=expert_epochs,
                         iterations=iterations, test=test, image_root=image_root, skip_bad=skip_bad)
-    doc = run(run_compare, cfg)
+    doc = run(run_compare, cfg, command=command_line(), verb="compare-baselines")
     typer.echo(markdown(doc))
     typer.echo(f"wrote {out / 'compare.json'}, compare.md, compare.png")

@@ -1,9 +1,13 @@
 """What every verb shares: the one-line error contract."""
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from protosynth.errors import ProtosynthError
+
+from .flags import cli_message
 
 
 def fail(message: str) -> None:
@@ -12,8 +16,14 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def run(fn, *args, **kwargs):
+def command_line() -> str:
+    """This run's command, for the provenance a library function records (the library never reads sys.argv)."""
+    return " ".join(["protosynth"] + sys.argv[1:])
+
+
+def run(fn, *args, verb: str | None = None, **kwargs):
+    """``fn(*args, **kwargs)``; a library error becomes ``verb``'s one line, naming its flags."""
     try:
         return fn(*args, **kwargs)
     except ProtosynthError as exc:
-        fail(str(exc))
+        fail(cli_message(exc, verb))

@@ -41,4 +41,4 @@ def embed(
         emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg)
         return emb.cache_path
 
-    typer.echo(str(run(go)))
+    typer.echo(str(run(go, verb="embed")))

@@ -123,7 +123,7 @@ def retrieval(
     cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full,
                           image_root, skip_bad),
                   backbone=backbone, text_encoder=text_encoder, image_size=image_size)
-    doc = run(evaluate, sets or [], cfg)
+    doc = run(evaluate, sets or [], cfg, verb="eval retrieval")
     print_retrieval_table(doc)
     _write_json(doc, json_out)
 
@@ -151,6 +151,6 @@ def cross_arch_cmd(
     cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root,
                   skip_bad)
     arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
-    doc = run(cross_arch, sets or [], cfg, arch_list)
+    doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)
     _write_json(doc, json_out)

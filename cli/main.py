@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from . import baselines
-from .common import fail, run
+from .common import command_line, fail, run
 from .help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
                            SKIP_BAD_HELP, SKIP_BAD_TEST_HELP)
 from .embed import embed as embed_verb
@@ -72,7 +72,7 @@ def models_train(
     decoder["coords"] = decoder_coords
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,
                             image_root=image_root, skip_bad=skip_bad)
-    metrics = run(train_models, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
+    metrics = run(train_models, cfg, out, command=command_line(), verb="models train")
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
 
@@ -97,7 +97,7 @@ def models_calibrate(
         fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
     cfg = ModelsTrainConfig(corpus=corpus, test=test, only="decoder", seed=seed, quick=quick,
                             decoder={"seed": seed, "guidances": scales, "render_steps": steps}, image_root=image_root)
-    metrics = run(calibrate_models, cfg, models, command=" ".join(["protosynth"] + sys.argv[1:]))
+    metrics = run(calibrate_models, cfg, models, command=command_line(), verb="models calibrate")
     dec = metrics["decoder"]
     typer.echo(f"{models / 'decoder'}: guidance {dec['guidance_scale']} (held-out top-1 "
                f"{dec['render_fidelity']['top1']}%); " + ", ".join(
@@ -118,7 +118,7 @@ def models_pretrain_backbone(
     if epochs < 1 or n_images < 2:
         fail("--epochs must be at least 1 and --n-images at least 2")
     cfg = PretrainConfig(arch=arch, epochs=epochs, n_images=n_images, holdout=min(1000, n_images // 10), seed=seed)
-    metrics = run(pretrain_backbone, cfg, out, command=" ".join(["protosynth"] + sys.argv[1:]))
+    metrics = run(pretrain_backbone, cfg, out, command=command_line(), verb="models pretrain-backbone")
     typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 
 
@@ -177,7 +177,7 @@ def distill(
     cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
                         decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
                         render=rcfg, image_root=image_root, skip_bad=skip_bad, embed=EmbedConfig(fp16=fp16))
-    for path in run(distill_budgets, cfg, budgets):
+    for path in run(distill_budgets, cfg, budgets, verb="distill"):
         typer.echo(f"wrote {path}")
 
 
@@ -202,7 +202,7 @@ def coreset(
     cfg = CoresetConfig(method=method, budget=budget, corpus=corpus, clip=clip, seed=seed, out=out, force=force,
                         device=device, forgetting_epochs=forgetting_epochs, keep=keep, image_root=image_root,
                         skip_bad=skip_bad)
-    typer.echo(f"wrote {run(build_coreset, cfg)}")
+    typer.echo(f"wrote {run(build_coreset, cfg, verb='coreset')}")
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 from .corpus import Corpus, cache_dir, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import embed_corpus
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
 from .corpora.spec import corpus_name
@@ -151,13 +151,13 @@ def select_forgetting(counts: np.ndarray, budget: int, seed: int, keep: str) -> 
 
 def validate(cfg: CoresetConfig) -> Path:
     if cfg.method not in METHODS:
-        raise ProtosynthError(f"unknown --method {cfg.method!r}: use {', '.join(METHODS)}")
+        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {', '.join(METHODS)}")
     if cfg.budget < 1:
-        raise ProtosynthError(f"--budget must be at least 1, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
     if cfg.keep not in ("most", "least"):
-        raise ProtosynthError(f"--keep {cfg.keep!r}: use most or least")
+        raise ProtosynthError(f"{P.keep} {cfg.keep!r}: use most or least")
     if cfg.forgetting_epochs < 1:
-        raise ProtosynthError(f"--forgetting-epochs must be at least 1, got {cfg.forgetting_epochs}")
+        raise ProtosynthError(f"{P.forgetting_epochs} must be at least 1, got {cfg.forgetting_epochs}")
     check_device(cfg.device)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)

@@ -32,7 +32,7 @@ from .corpora.csvtable import load_csv
 from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.webdataset import load_webdataset
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .files import atomic_open, remove_stale_temps
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
@@ -113,7 +113,7 @@ def load_corpus(spec: str, image_root: Path | None = None, skip_bad: bool = Fals
     if kind not in ("world", "jsonl", "json", "csv", "tar"):
         raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
     if image_root is not None and kind not in ("json", "csv"):
-        raise ProtosynthError(f"--image-root applies to .json and .csv corpora, not {spec!r}")
+        raise ProtosynthError(f"{P.image_root} applies to .json and .csv corpora, not {spec!r}")
     spec, image_root = canonical_spec(spec), canonical_root(image_root)
     if kind == "world":
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable

@@ -21,7 +21,7 @@ import torch
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
@@ -65,23 +65,23 @@ def default_out(cfg: DistillConfig) -> Path:
 def validate(cfg: DistillConfig) -> Path:
     """Every check that needs no model or data, before any work starts; returns the out dir."""
     if cfg.budget < 1:
-        raise ProtosynthError(f"--budget must be at least 1, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
     if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown --mode {cfg.mode!r}: use one of {', '.join(MODES)}")
+        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
     if cfg.render.init not in INITS:
-        raise ProtosynthError(f"unknown --init {cfg.render.init!r}: use {' or '.join(INITS)}")
+        raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
     r = cfg.render
     if not 0.0 < r.strength <= 1.0:
-        raise ProtosynthError(f"--strength must be in (0, 1], got {r.strength}")
-    for option, value, low, high in (("--steps", r.steps, 1, 1000), ("--noise-level", r.noise_level, 0, 999),
-                                     ("--clip-guidance", r.clip_guidance, 0, 1), ("--size", r.size, 8, 4096),
-                                     ("--super-res-steps", r.super_res_steps, 1, 1000)):
+        raise ProtosynthError(f"{P.render.strength} must be in (0, 1], got {r.strength}")
+    for option, value, low, high in ((P.render.steps, r.steps, 1, 1000), (P.render.noise_level, r.noise_level, 0, 999),
+                                     (P.render.clip_guidance, r.clip_guidance, 0, 1), (P.render.size, r.size, 8, 4096),
+                                     (P.render.super_res_steps, r.super_res_steps, 1, 1000)):
         if value is not None and not low <= value <= high:
             raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
     if r.batch_size is not None and r.batch_size < 1:
-        raise ProtosynthError(f"--batch-size must be at least 1, got {r.batch_size}")
+        raise ProtosynthError(f"{P.render.batch_size} must be at least 1, got {r.batch_size}")
     if r.guidance_scale is not None and r.guidance_scale < 0:
-        raise ProtosynthError(f"--guidance must not be negative, got {r.guidance_scale}")
+        raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
@@ -129,7 +129,7 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
     """One set per budget from a single load and embedding pass. With several budgets, ``cfg.out``
     is a parent folder holding one set folder per budget."""
     if not budgets or len(set(budgets)) != len(budgets):
-        raise ProtosynthError(f"--budget needs distinct values, got {','.join(map(str, budgets))}")
+        raise ProtosynthError(f"{P.budgets} needs distinct values, got {','.join(map(str, budgets))}")
     cfgs = [replace(cfg, budget=b, out=(cfg.out / set_name(replace(cfg, budget=b)))
                     if cfg.out is not None and len(budgets) > 1 else cfg.out) for b in budgets]
     outs = [validate(c) for c in cfgs]

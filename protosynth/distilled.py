@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
 
 MANIFEST = "manifest.json"
@@ -31,13 +31,13 @@ def check_out_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty ``--out`` unless ``--force``, and even with it anything but an earlier set:
     ``--force`` replaces distilled sets, never the working folder or an unrelated one."""
     if out.exists() and not out.is_dir():
-        raise ProtosynthError(f"--out {out} is a file, not a folder")
+        raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
-        raise ProtosynthError(f"--out {out} exists and is not empty; pass --force to replace it")
+        raise ProtosynthError(f"{P.out} {out} exists and is not empty; pass {P.force(True)} to replace it")
     if Path.cwd().resolve().is_relative_to(out.resolve()) or not (out / MANIFEST).is_file():
-        raise ProtosynthError(f"--out {out} is not a distilled set (no {MANIFEST}); --force only replaces sets")
+        raise ProtosynthError(f"{P.out} {out} is not a distilled set (no {MANIFEST}); {P.force} only replaces sets")
 
 
 def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpus, clip,
@@ -63,7 +63,7 @@ def corpus_record(corpus) -> dict:
 
 def check_budget(budget: int, corpus) -> None:
     if budget > corpus.n_pairs:
-        raise ProtosynthError(f"--budget {budget} is larger than the {corpus.n_pairs} pairs of corpus {corpus.spec}")
+        raise ProtosynthError(f"{P.budget} {budget} is larger than the {corpus.n_pairs} pairs of corpus {corpus.spec}")
 
 
 def preview_grid(images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8,

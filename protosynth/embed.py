@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .files import remove_stale_temps, sha256_file
 from .models.clip import ClipEncoder
 from .progress import StepBar
@@ -44,10 +44,10 @@ class EmbedConfig:
 
 def check_config(cfg: EmbedConfig) -> None:
     """The checks that need no model or data."""
-    for flag, value, low in (("--batch-size", cfg.batch_size, 1), ("--shard-size", cfg.shard_size, 1),
-                             ("--workers", 0 if cfg.num_workers is None else cfg.num_workers, 0)):
+    for param, value, low in ((P.batch_size, cfg.batch_size, 1), (P.shard_size, cfg.shard_size, 1),
+                              (P.num_workers, 0 if cfg.num_workers is None else cfg.num_workers, 0)):
         if value < low:
-            raise ProtosynthError(f"{flag} must be at least {low}, got {value}")
+            raise ProtosynthError(f"{param} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -192,9 +192,10 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
                               f"{clip.get('space')}); use another folder")
     if index.get("dtype") != want["dtype"]:
         raise ProtosynthError(f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
-                              f"{'add' if index.get('dtype') == 'float16' else 'drop'} --fp16 or use another folder")
+                              f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
+                              "or use another folder")
     if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
-        raise ProtosynthError(f"{folder} holds an unfinished store with --shard-size {index.get('shard_size')}: "
+        raise ProtosynthError(f"{folder} holds an unfinished store with {P.shard_size} {index.get('shard_size')}: "
                               f"resume with that shard size, or delete the folder")
 
 

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 
 MODES = ("matched", "joint", "image", "text")
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def kmeans(x, k: int, niter: int, seed: int, max_train_points: int = 200_000,
     of 768-d float32 rows is 600 MB. ``stats`` records ``kmeans_points`` and ``kmeans_trained_on``."""
     n, d = x.shape
     if k > n:
-        raise ProtosynthError(f"--budget {k} is larger than the {n} pairs left to cluster")
+        raise ProtosynthError(f"{P.budget} {k} is larger than the {n} pairs left to cluster")
     sample = None
     if n > max(max_train_points, k):
         sample = np.sort(np.random.default_rng(seed).choice(n, max(max_train_points, k), replace=False))
@@ -157,12 +157,12 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
     corpus, memory-mapped): every pass over all rows goes in chunks, and k-means fits on a sample
     above ``cfg.max_train_points`` kept pairs, so the corpus need not fit in RAM."""
     if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown --mode {cfg.mode!r}: use one of {', '.join(MODES)}")
+        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
     n, d = image_raw.shape
     if cfg.budget < 1:
-        raise ProtosynthError(f"--budget must be at least 1, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
     if cfg.budget > n:
-        raise ProtosynthError(f"--budget {cfg.budget} is larger than the corpus's {n} pairs")
+        raise ProtosynthError(f"{P.budget} {cfg.budget} is larger than the corpus's {n} pairs")
     norms_i, norms_t, sims = (np.empty(n, np.float32) for _ in range(3))
     for idx in _chunks(n, 2 * d):
         ri, rt = _rows(image_raw, idx), _rows(text_raw, idx)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
 from .progress import StepBar
@@ -58,7 +58,7 @@ def resolve_render(cfg: RenderConfig, decoder: Decoder) -> RenderConfig:
     for name, what in UNSUPPORTED[decoder.kind].items():
         value = cfg.init if name == "init" else getattr(cfg, name)
         if (name == "init" and value != "noise") or (name != "init" and value not in (None, 0, 0.0, "")):
-            raise ProtosynthError(f"{what} is not supported by --decoder {decoder.spec} ({decoder.kind})")
+            raise ProtosynthError(f"{what} is not supported by {P.decoder} {decoder.spec} ({decoder.kind})", param=name)
     filled = {f.name: decoder.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
     return replace(cfg, **filled)
 
@@ -99,7 +99,7 @@ def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
     (Stable unCLIP)."""
     if cfg.init not in INITS:
-        raise ProtosynthError(f"unknown --init {cfg.init!r}: use noise or nearest")
+        raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
     missing = _unresolved(cfg, decoder)
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")

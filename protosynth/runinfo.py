@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ProtosynthError
+from .errors import P, ProtosynthError
 
 PACKAGES = ("protosynth", "torch", "open_clip_torch", "diffusers", "faiss-cpu", "timm", "transformers", "scipy",
             "numpy", "Pillow")
@@ -33,8 +33,8 @@ def check_device(device_spec: str) -> None:
     try:
         device = torch.device(device_spec)
     except RuntimeError:
-        raise ProtosynthError(f"unknown --device {device_spec!r}: use cpu, cuda or cuda:N") from None
+        raise ProtosynthError(f"unknown {P.device} {device_spec!r}: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProtosynthError(f"--device {device_spec}: no CUDA device is available on this machine")
+        raise ProtosynthError(f"{P.device} {device_spec}: no CUDA device is available on this machine")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ProtosynthError(f"unsupported --device {device_spec!r}: use cpu, cuda or mps")
+        raise ProtosynthError(f"unsupported {P.device} {device_spec!r}: use cpu, cuda or mps")

@@ -211,7 +211,7 @@ def test_presets_follow_the_published_numbers():
     assert [preset(m, "world", b)["lr_space"] for m, b in (("lors", 200), ("amd", 500), ("repblend", 100))] == [
         "linear", "log", "log"]
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
-    with pytest.raises(ProtosynthError, match="unknown --method"):
+    with pytest.raises(ProtosynthError, match="unknown method"):
         preset("dream", "flickr", 100)
 
 
@@ -282,9 +282,9 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
         distill_baseline(BaselineConfig(method="repblend", budget=5, buffer=full, out=tmp_path / "x"))
     with pytest.raises(ProtosynthError, match="not a finished buffer"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=tmp_path / "nothing", out=tmp_path / "y"))
-    with pytest.raises(ProtosynthError, match="--grad-mode 'sideways'"):
+    with pytest.raises(ProtosynthError, match="^grad_mode 'sideways'"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "z", grad_mode="sideways"))
-    with pytest.raises(ProtosynthError, match="--expert-epochs 5 exceeds"):
+    with pytest.raises(ProtosynthError, match="^expert_epochs 5 exceeds"):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "w", expert_epochs=5))
 
 
@@ -346,6 +346,11 @@ def test_baseline_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "--experts must be at least 1" in r.output
     r = CliRunner().invoke(app, ["compare-baselines", "--methods", "random,dream", "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "unknown --methods dream" in r.output
+    # compare's own flags, checked before any work (the buffer would say epochs, the evaluation too)
+    for flag in ("--expert-epochs", "--eval-epochs", "--experts"):
+        r = CliRunner().invoke(app, ["compare-baselines", flag, "0", "--out", str(tmp_path / "c")])
+        assert r.exit_code == 2 and r.stderr.strip() == f"error: {flag} must be at least 1, got 0", r.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):

@@ -256,7 +256,7 @@ def test_karpathy_errors_name_file_and_entry(tmp_path, world, content, needle):
 
 
 def test_karpathy_image_root_must_exist(karpathy_dir):
-    with pytest.raises(ProtosynthError, match=r"--image-root .*nowhere: no such folder"):
+    with pytest.raises(ProtosynthError, match=r"^image_root .*nowhere: no such folder"):
         load_corpus(str(karpathy_dir / "annotation" / "test.json"), image_root=karpathy_dir / "nowhere")
 
 
@@ -443,7 +443,7 @@ def test_load_corpus_picks_the_reader_by_spec(csv_corpus, world, tmp_path):
     shutil.copy(csv_corpus, upper)
     assert load_corpus(str(upper)).fingerprint.startswith("csv-")
     for spec in (str(tmp_path / "x.jsonl"), "shapes:test,n=4", str(tmp_path / "s.tar"), str(tmp_path / "*.tar")):
-        with pytest.raises(ProtosynthError, match=r"--image-root applies to \.json and \.csv"):
+        with pytest.raises(ProtosynthError, match=r"^image_root applies to \.json and \.csv"):
             load_corpus(spec, image_root=tmp_path)
     with pytest.raises(ProtosynthError, match=r"unknown corpus 'data\.parquet'.*\.csv.*\.tar"):
         load_corpus("data.parquet")

@@ -321,6 +321,6 @@ def test_clip_guidance_moves_renders_toward_their_targets(quick_models):
 def test_distill_records_clip_guidance(quick_models, tmp_path):
     out = distill(make_cfg(quick_models, tmp_path / "g", render=RenderConfig(steps=2, clip_guidance=0.03)))
     assert load_distilled(out).manifest["settings"]["render"]["clip_guidance"] == 0.03
-    with pytest.raises(ProtosynthError, match="--clip-guidance must be between 0 and 1"):
+    with pytest.raises(ProtosynthError, match=r"^render\.clip_guidance must be between 0 and 1"):
         distill(make_cfg(quick_models, tmp_path / "bad", render=RenderConfig(clip_guidance=-0.1)))
     assert not (tmp_path / "bad").exists()

@@ -129,15 +129,15 @@ def test_fp16_store(tmp_path, corpus, clip):
 
 
 def test_bad_input_is_one_clear_error(tmp_path, corpus, clip):
-    for kw, flag in (({"shard_size": 0}, "--shard-size"), ({"batch_size": 0}, "--batch-size"),
-                     ({"num_workers": -1}, "--workers")):
-        with pytest.raises(ProtosynthError, match=flag):
+    for kw, name in (({"shard_size": 0}, "shard_size"), ({"batch_size": 0}, "batch_size"),
+                     ({"num_workers": -1}, "num_workers")):
+        with pytest.raises(ProtosynthError, match=f"^{name} must be at least"):
             embed_corpus(corpus, clip, cfg(tmp_path / "x", **kw))
     assert not (tmp_path / "x").exists()
     embed_corpus(corpus, clip, cfg(tmp_path / "store"))
     with pytest.raises(ProtosynthError, match="another corpus"):
         embed_corpus(load_corpus("shapes,n=20"), clip, cfg(tmp_path / "store"))
-    with pytest.raises(ProtosynthError, match="float32 embeddings.*drop --fp16"):
+    with pytest.raises(ProtosynthError, match="float32 embeddings.*drop fp16=True"):
         embed_corpus(corpus, clip, cfg(tmp_path / "store", fp16=True))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -145,7 +145,7 @@ def test_bad_input_is_one_clear_error(tmp_path, corpus, clip):
         embed_corpus(corpus, clip, cfg(tmp_path / "other"))
     index = json.loads((tmp_path / "store" / "index.json").read_text())
     (tmp_path / "store" / "index.json").write_text(json.dumps(dict(index, complete=False)))
-    with pytest.raises(ProtosynthError, match="--shard-size 16"):
+    with pytest.raises(ProtosynthError, match="shard_size 16"):
         embed_corpus(corpus, clip, cfg(tmp_path / "store", shard_size=8))
 
 

@@ -267,13 +267,13 @@ def test_empty_match_fallback_uses_each_clusters_own_mean():
 @pytest.mark.parametrize("budget", [0, -3])
 def test_budget_below_one_raises(budget):
     img, txt = random_pairs(n=20)
-    with pytest.raises(ProtosynthError, match="--budget"):
+    with pytest.raises(ProtosynthError, match="^budget must be at least 1"):
         build_prototypes(img, txt, PrototypeConfig(budget=budget))
 
 
 def test_budget_above_pairs_raises():
     img, txt = random_pairs(n=20)
-    with pytest.raises(ProtosynthError, match=r"--budget 21 .*20 pairs"):
+    with pytest.raises(ProtosynthError, match=r"^budget 21 .*20 pairs"):
         build_prototypes(img, txt, PrototypeConfig(budget=21))
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
-from ..errors import ProtosynthError
+from ..errors import P, Param, ProtosynthError
 from ..files import save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..corpora.spec import canonical_root, canonical_spec
@@ -63,13 +63,13 @@ class BufferConfig:
 def _validate(cfg: BufferConfig) -> Path:
     for name in ("experts", "epochs", "batch_size"):
         if getattr(cfg, name) < 1:
-            raise ProtosynthError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
-        raise ProtosynthError(f"--lr must be positive, got {cfg.lr}")
+        raise ProtosynthError(f"{P.lr} must be positive, got {cfg.lr}")
     if cfg.max_pairs is not None and cfg.max_pairs < 2:
-        raise ProtosynthError(f"--max-pairs must be at least 2, got {cfg.max_pairs}")
+        raise ProtosynthError(f"{P.max_pairs} must be at least 2, got {cfg.max_pairs}")
     if cfg.out is None:
-        raise ProtosynthError("--out is required for a buffer")
+        raise ProtosynthError(f"{P.out} is required for a buffer")
     check_device(cfg.device)
     return Path(cfg.out)
 
@@ -120,7 +120,7 @@ def _train_epoch(student: Student, feats: ProtocolFeatures, pairs: np.ndarray, c
         img, txt = student(x, t, are_features=student.shape == "heads")
         loss = info_nce(img, txt, feats.protocol.temperature)
         if not torch.isfinite(loss):
-            raise ProtosynthError(f"expert training diverged (loss {loss.item()}); lower --lr (now {cfg.lr})")
+            raise ProtosynthError(f"expert training diverged (loss {loss.item()}); lower {P.lr} (now {cfg.lr})")
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, g in zip(params, grads):
@@ -136,11 +136,13 @@ def build_buffer(cfg: BufferConfig) -> Path:
     if (out / MANIFEST).is_file():
         done = json.loads((out / MANIFEST).read_text())
         if done.get("settings") != _settings(cfg):
-            raise ProtosynthError(f"--out {out} holds a finished buffer made with other settings; choose another --out")
+            raise ProtosynthError(f"{P.out} {out} holds a finished buffer made with other settings; "
+                                  f"choose another {P.out}")
         return out
     settings_file = out / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != _settings(cfg):
-        raise ProtosynthError(f"--out {out} holds an unfinished buffer with other settings; remove it or choose another --out")
+        raise ProtosynthError(f"{P.out} {out} holds an unfinished buffer with other settings; remove it or choose "
+                              f"another {P.out}")
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
@@ -224,10 +226,10 @@ def load_buffer(path: str | Path) -> Buffer:
     root = Path(path)
     if not (root / MANIFEST).is_file():
         hint = " (unfinished: run `protosynth buffer` again with the same options to resume)" if root.is_dir() else ""
-        raise ProtosynthError(f"--buffer {root}: not a finished buffer, no {MANIFEST}{hint}")
+        raise ProtosynthError(f"{P.buffer} {root}: not a finished buffer, no {MANIFEST}{hint}")
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except ValueError as exc:
-        raise ProtosynthError(f"--buffer {root}: unreadable {MANIFEST} ({exc})") from None
+        raise ProtosynthError(f"{P.buffer} {root}: unreadable {MANIFEST} ({exc})") from None
     return Buffer(root, manifest)
 

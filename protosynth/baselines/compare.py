@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..errors import ProtosynthError
+from ..errors import P, Param, ProtosynthError
 from ..files import atomic_path, git_commit, write_text_atomic
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..runinfo import check_device
@@ -68,15 +68,23 @@ class CompareConfig:
 def _validate(cfg: CompareConfig) -> None:
     unknown = [m for m in cfg.methods if m not in ALL_METHODS]
     if unknown:
-        raise ProtosynthError(f"unknown --methods {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
+        raise ProtosynthError(f"unknown {P.methods} {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
     if not cfg.methods:
-        raise ProtosynthError("--methods is empty")
+        raise ProtosynthError(f"{P.methods} is empty")
     if cfg.budget < 2:
-        raise ProtosynthError(f"--budget must be at least 2, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 2, got {cfg.budget}")
     if cfg.repeats < 1:
-        raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+        raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
+    # checked here, in compare's own terms: the buffer and the evaluation would name their own
+    # fields (epochs), which are not compare's (expert_epochs, eval_epochs)
+    for name in ("experts", "expert_epochs"):
+        if getattr(cfg, name) < 1:
+            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.eval_epochs is not None and cfg.eval_epochs < 1:
+        raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {cfg.eval_epochs}")
     if cfg.test is None and not is_world(cfg.corpus):
-        raise ProtosynthError(f"--corpus {cfg.corpus} has no built-in test split; pass --test SPEC")
+        raise ProtosynthError(f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}",
+                              param="test")
     check_device(cfg.device)
 
 
@@ -170,7 +178,7 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
 def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
     if reason := _stale_reason(method, cfg, out, buffers):
         raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
-                              f"delete it to remake it, or use another --out")
+                              f"delete it to remake it, or use another {P.out}")
 
 
 def _finished(folder: Path) -> bool:
@@ -187,23 +195,24 @@ def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[s
     proc.start()
     writer.close()  # the child holds the only writer: recv() ends when it exits
     try:
-        message = reader.recv()
+        error = reader.recv()
     except EOFError:
-        message = None
+        error = None
     proc.join()
-    if message is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
-        raise ProtosynthError(f"compare-baselines, {method} step: {message}")
+    if error is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
+        raise ProtosynthError(f"compare-baselines, {method} step: {error.template}", param=error.param)
     if proc.exitcode != 0:
         raise ProtosynthError(f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
                               f"see the message above, fix it and run again (finished methods are kept)")
 
 
 def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path], errors) -> None:
-    """A ProtosynthError goes back to the parent, which reports it as its own one-line error."""
+    """A ProtosynthError goes back to the parent (pickled whole, so the parameters it names stay
+    references the command line spells as flags), which reports it as its own one-line error."""
     try:
         _make_set(method, cfg, out, buffers)
     except ProtosynthError as exc:
-        errors.send(str(exc))
+        errors.send(exc)
         sys.exit(2)
 
 
@@ -240,8 +249,9 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     return {m: s["row"] for m, s in saved.items()}, next(iter(saved.values()))["head"]
 
 
-def compare_baselines(cfg: CompareConfig) -> dict:
-    """Run (or resume) the comparison; returns the compare.json document."""
+def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
+    """Run (or resume) the comparison; returns the compare.json document. ``command``: the command
+    line that asked for it, recorded in the document (None from Python)."""
     _validate(cfg)
     cfg = cfg.effective()
     # absolute paths, as the manifests of the sets and buffers record them (so reuse checks compare like with like)
@@ -305,7 +315,7 @@ def compare_baselines(cfg: CompareConfig) -> dict:
            "test": head.get("test"), "buffers": buffer_cost, "methods": table,
            "shared_preparation_seconds": prepare_seconds,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-           "command": "protosynth " + " ".join(sys.argv[1:]), "commit": git_commit(),
+           "command": command, "commit": git_commit(),
            "seconds_this_run": round(time.time() - started, 1)}
     write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
     write_text_atomic(cfg.out / "compare.md", markdown(doc))
@@ -319,7 +329,8 @@ METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
 def markdown(doc: dict) -> str:
     lines = [f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
              f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""), "",
-             f"Command: `{doc.get('command', '')}` (commit {str(doc.get('commit', ''))[:12]}).", "",
+             (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
+             + f" (commit {str(doc.get('commit', ''))[:12]}).", "",
              "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
              "process's own; expert buffers are listed below the table.", "",
              "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",

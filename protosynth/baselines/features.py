@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..corpus import Corpus
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..evaluation.backbones import Backbone, load_backbone
 from ..evaluation.data import corpus_text_features
 from ..evaluation.pixels import PixelRows, corpus_pixel_rows
@@ -48,7 +48,7 @@ def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None =
     """``backbone``/``text_encoder``/``image_size`` override the protocol's (tests use tiny ones)."""
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" and text_encoder is None:
-        raise ProtosynthError(f"--protocol {protocol_name} embeds text with a set's own CLIP; trajectory matching "
+        raise ProtosynthError(f"{P.protocol} {protocol_name} embeds text with a set's own CLIP; trajectory matching "
                               f"needs a fixed text encoder: use small or nfnet-bert")
     bb = load_backbone(backbone or protocol.backbone)
     size = image_size or protocol.image_size or bb.image_size

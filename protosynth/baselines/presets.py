@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from ..errors import ProtosynthError
+from ..errors import P, Param, ProtosynthError
 from ..corpora.spec import is_world
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
@@ -106,9 +106,9 @@ _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.
 def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     """The preset values for one method, family and budget."""
     if method not in METHODS:
-        raise ProtosynthError(f"unknown --method {method!r}: use {', '.join(METHODS)}")
+        raise ProtosynthError(f"unknown {P.method} {method!r}: use {', '.join(METHODS)}")
     if family not in FAMILIES:
-        raise ProtosynthError(f"unknown --preset {family!r}: use {', '.join(FAMILIES)}")
+        raise ProtosynthError(f"unknown {P.family} {family!r}: use {', '.join(FAMILIES)}")
     b = preset_budget(budget)
     base = "flickr" if family == "world" else family
     lr_sim, rank, alpha, batch = _LORS[base][b]
@@ -133,18 +133,18 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
     cfg = replace(cfg, family=family, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
     for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "rank"):
         if getattr(cfg, name) < 1:
-            raise ProtosynthError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
     for name in ("lr_img", "lr_txt", "lr_lr", "lr_init", "lr_sim"):
         if getattr(cfg, name) < 0:
-            raise ProtosynthError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+            raise ProtosynthError(f"{Param(name)} must not be negative, got {getattr(cfg, name)}")
     if cfg.lr_space not in ("linear", "log"):
-        raise ProtosynthError(f"--lr-space {cfg.lr_space!r}: use linear or log")
+        raise ProtosynthError(f"{P.lr_space} {cfg.lr_space!r}: use linear or log")
     if cfg.lr_space == "log" and cfg.lr_init <= 0:
-        raise ProtosynthError(f"--lr-space log needs a positive --lr-init, got {cfg.lr_init}")
+        raise ProtosynthError(f"{P.lr_space('log')} needs a positive {P.lr_init}, got {cfg.lr_init}", param="lr_init")
     if cfg.grad_mode not in ("unroll", "constant", "first-order"):
-        raise ProtosynthError(f"--grad-mode {cfg.grad_mode!r}: use unroll, constant or first-order")
+        raise ProtosynthError(f"{P.grad_mode} {cfg.grad_mode!r}: use unroll, constant or first-order")
     if cfg.expert_epochs > max_epochs:
-        raise ProtosynthError(f"--expert-epochs {cfg.expert_epochs} exceeds the buffer's {max_epochs} epochs")
+        raise ProtosynthError(f"{P.expert_epochs} {cfg.expert_epochs} exceeds the buffer's {max_epochs} epochs")
     return cfg
 
 

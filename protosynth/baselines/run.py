@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..evaluation.pixels import denormalise
 from ..progress import StepBar
 from ..corpora.spec import corpus_name
@@ -82,16 +82,16 @@ def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
     rec = buffer.manifest["corpus"]
     if rec["spec"] != corpus.spec:
-        raise ProtosynthError(f"--buffer {buffer.root} was trained on {rec['spec']}, not on {corpus.spec}")
+        raise ProtosynthError(f"{P.buffer} {buffer.root} was trained on {rec['spec']}, not on {corpus.spec}")
     if rec["fingerprint"] != corpus.fingerprint:
-        raise ProtosynthError(f"--buffer {buffer.root} was trained on {rec['spec']} read as fingerprint "
+        raise ProtosynthError(f"{P.buffer} {buffer.root} was trained on {rec['spec']} read as fingerprint "
                               f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
-                              f"--image-root or --skip-bad differ)")
+                              f"{P.image_root} or {P.skip_bad} differ)")
     want = buffer_kind(cfg.method)
     if buffer.shape != want:
-        hint = "--heads-only" if want == "heads" else "without --heads-only"
-        raise ProtosynthError(f"--method {cfg.method} needs a {want} buffer (`protosynth buffer {hint}`); "
-                              f"{buffer.root} is {buffer.shape}")
+        hint = "with" if want == "heads" else "without"
+        raise ProtosynthError(f"{P.method} {cfg.method} needs a {want} buffer (one built {hint} {P.heads_only}); "
+                              f"{buffer.root} is {buffer.shape}", param="buffer")
 
 
 def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int, amd_ranges: dict | None):
@@ -107,9 +107,9 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     """Run one baseline and write its set; returns the set folder."""
     check_device(cfg.device)
     if cfg.budget < 2:
-        raise ProtosynthError(f"--budget must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
+        raise ProtosynthError(f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
     if cfg.buffer is None:
-        raise ProtosynthError("--buffer DIR is required (make one with `protosynth buffer`)")
+        raise ProtosynthError(f"{P.buffer} is required (make one with `protosynth buffer`)")
     buffer = load_buffer(cfg.buffer)
     corpus_spec = buffer.manifest["corpus"]["spec"]
     out = cfg.out or default_out(cfg, corpus_spec)
@@ -149,7 +149,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     # changes with each process's hash seed, and so did the float sums over parameters (runs differed)
     names = list(trainable(student))
     if set(trajectories[0][0]) != set(names):
-        raise ProtosynthError(f"--buffer {buffer.root}: its parameters do not fit the protocol's student "
+        raise ProtosynthError(f"{P.buffer} {buffer.root}: its parameters do not fit the protocol's student "
                               f"({len(trajectories[0][0])} tensors saved, {len(names)} expected)")
     temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
     rng = np.random.default_rng(cfg.seed)
@@ -178,8 +178,8 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             if not np.isfinite(loss):
                 raise ProtosynthError(
                     f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
-                    f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower --lr-lr if "
-                    f"they grew large, else --lr-img/--lr-txt")
+                    f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower {P.lr_lr} if "
+                    f"they grew large, else {P.lr_img}/{P.lr_txt}")
             opt.step()
             if not log_lr:  # in log space an lr is positive by construction
                 with torch.no_grad():

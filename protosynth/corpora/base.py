@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def image_folder(manifest: Path, image_root: Path | None) -> Path:
     if image_root is None:
         return manifest.parent
     if not Path(image_root).is_dir():
-        raise ProtosynthError(f"--image-root {image_root}: no such folder")
+        raise ProtosynthError(f"{P.image_root} {image_root}: no such folder")
     return Path(image_root)
 
 
@@ -204,7 +204,7 @@ def check_images(spec: str, keys: list[str], source: ImageSource, skip_bad: bool
         first = next(iter(bad.values()))
         if len(bad) == len(keys) + len(found or {}):
             raise ProtosynthError(f"corpus {spec}: every one of its {len(bad)} images is unreadable ({first})")
-        log.warning("corpus %s: --skip-bad skipped %d unreadable images (first: %s)", spec, len(bad), first)
+        log.warning("corpus %s: skip_bad skipped %d unreadable images (first: %s)", spec, len(bad), first)
     return bad
 
 

@@ -117,8 +117,9 @@ def load_backbone(spec: str) -> Backbone:
     if spec in small_archs():
         folder = SHIPPED_BACKBONES / spec
         if not (folder / WEIGHTS_FILE).is_file():
-            raise ProtosynthError(f"backbone {spec}: no shipped weights in {folder}; pretrain them with "
-                                  f"`protosynth models pretrain-backbone --arch {spec} --out DIR` and pass small:DIR")
+            raise ProtosynthError(f"backbone {spec}: no shipped weights in {folder}; pretrain {spec} into a folder DIR "
+                                  f"(`protosynth models pretrain-backbone`, or training.backbone.pretrain_backbone) "
+                                  f"and pass small:DIR")
         return _load_folder(folder, spec)
     if spec.startswith("random:"):
         return _load_timm(spec[len("random:"):], spec, pretrained=False)

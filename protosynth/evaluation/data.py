@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..corpus import Corpus, cache_dir, load_corpus
 from ..distilled import DistilledSet
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import atomic_open, remove_stale_temps, write_text_atomic
 from ..world import image_digest
 from ..imageops import resized
@@ -72,7 +72,7 @@ def default_test_spec(corpus_spec: str) -> str:
     have no built-in test split."""
     head, *opts = corpus_spec.split(",")
     if head.split(":")[0] != "shapes":
-        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in test split; pass --test SPEC")
+        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in test split; pass {P.test('SPEC')}")
     keep = [o for o in opts if o.partition("=")[0] in ("size", "seed")]
     return ",".join(["shapes:test", *keep])
 
@@ -104,12 +104,12 @@ def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: i
              text_mode: str = "auto") -> PairData:
     """A distilled set (or coreset) as training pairs for a protocol."""
     if text_mode not in TEXT_MODES:
-        raise ProtosynthError(f"--text {text_mode!r}: use {', '.join(TEXT_MODES)}")
+        raise ProtosynthError(f"{P.text} {text_mode!r}: use {', '.join(TEXT_MODES)}")
     where = str(ds.root)
     stored_space = ds.metadata.get("text_space") or ds.manifest.get("text_space")
     stored = _stored_text(ds, normalise_text) if stored_space == encoder.space else None
     if text_mode == "stored" and stored is None:
-        raise ProtosynthError(f"{where}: --text stored needs text embeddings in the protocol's text space "
+        raise ProtosynthError(f"{where}: {P.text('stored')} needs text embeddings in the protocol's text space "
                               f"{encoder.space!r}; the set stores {stored_space!r}")
     if text_mode in ("auto", "stored") and stored is not None:
         texts, how = stored, "stored"
@@ -163,7 +163,7 @@ def source_corpus(ds: DistilledSet) -> Corpus:
 
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:
     if any(not p.get("members") for p in ds.pairs):
-        raise ProtosynthError(f"{ds.root}: --text members needs member indices on every pair")
+        raise ProtosynthError(f"{ds.root}: {P.text('members')} needs member indices on every pair")
     corpus = source_corpus(ds)
     wanted = sorted({m for p in ds.pairs for m in p["members"]})
     if wanted[-1] >= corpus.n_pairs:

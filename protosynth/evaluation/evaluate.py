@@ -16,7 +16,7 @@ import torch
 
 from ..corpus import load_corpus
 from ..distilled import DistilledSet, load_distilled
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..metrics import KS
 from ..progress import StepBar
 from ..runinfo import check_device
@@ -52,13 +52,13 @@ class EvalConfig:
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
     protocol = get_protocol(cfg.protocol)
     if cfg.repeats < 1:
-        raise ProtosynthError(f"--repeats must be at least 1, got {cfg.repeats}")
+        raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
     if cfg.epochs is not None and cfg.epochs < 1:
-        raise ProtosynthError(f"--epochs must be at least 1, got {cfg.epochs}")
+        raise ProtosynthError(f"{P.epochs} must be at least 1, got {cfg.epochs}")
     if cfg.text not in TEXT_MODES:
-        raise ProtosynthError(f"--text {cfg.text!r}: use {', '.join(TEXT_MODES)}")
+        raise ProtosynthError(f"{P.text} {cfg.text!r}: use {', '.join(TEXT_MODES)}")
     if not paths and not cfg.full:
-        raise ProtosynthError("give at least one distilled-set folder, or --full")
+        raise ProtosynthError(f"give at least one distilled-set folder, or {P.full('SPEC')}", param="paths")
     check_device(cfg.device)
     return protocol
 
@@ -79,7 +79,7 @@ def _text_spec(protocol: Protocol, sets: list[DistilledSet], override: str | Non
         return protocol.text
     specs = {(s.manifest.get("clip") or {}).get("spec") for s in sets} or {"default"}
     if None in specs or len(specs) > 1:
-        raise ProtosynthError(f"--protocol {protocol.name} embeds text with the CLIP each set was made with; these sets "
+        raise ProtosynthError(f"{P.protocol} {protocol.name} embeds text with the CLIP each set was made with; these sets "
                               f"name {sorted(map(str, specs))}: evaluate sets of one CLIP together")
     return f"clip:{specs.pop()}"
 
@@ -89,10 +89,11 @@ def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
         return cfg.test
     corpora = [s.manifest.get("corpus", {}).get("spec") for s in sets] + ([cfg.full] if cfg.full else [])
     if any(c is None for c in corpora):
-        raise ProtosynthError("a set's manifest names no corpus; pass --test SPEC")
+        raise ProtosynthError(f"a set's manifest names no corpus; pass {P.test('SPEC')}")
     specs = {default_test_spec(c) for c in corpora}
     if len(specs) > 1:
-        raise ProtosynthError(f"the sets come from corpora with different test splits ({sorted(specs)}); pass --test")
+        raise ProtosynthError(f"the sets come from corpora with different test splits ({sorted(specs)}); "
+                              f"pass {P.test('SPEC')}")
     return specs.pop()
 
 
@@ -122,7 +123,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     if cfg.full:
         full = load_corpus(cfg.full, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
         if full.fingerprint == test_corpus.fingerprint:
-            raise ProtosynthError(f"--full {cfg.full} is the test split {test_spec}")
+            raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
         row = {"path": None, "method": "full", "budget": full.n_pairs, "mode": None, "text": "captions",
                "learned_lrs": False, "corpus": cfg.full}
         jobs.append((row, full_data(full, encoder, backbone, size, normalise), cfg.epochs or protocol.full_epochs))
@@ -158,7 +159,7 @@ def cross_arch(paths: list[Path], cfg: EvalConfig, archs: list[str] | None = Non
     protocol = validate(cfg, paths)
     archs = archs or list(protocol.cross_archs)
     if not archs:
-        raise ProtosynthError(f"--protocol {protocol.name} has no default --archs; pass some")
+        raise ProtosynthError(f"{P.protocol} {protocol.name} has no default {P.archs}; pass some", param="archs")
     docs = [evaluate(paths, replace(cfg, backbone=a)) for a in archs]
     sets = [dict(row, arch=arch) for arch, doc in zip(archs, docs) for row in doc["sets"]]
     head = {k: v for k, v in docs[0].items() if k not in ("sets", "backbone")}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 
 
 @dataclass(frozen=True)
@@ -63,5 +63,5 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
-        raise ProtosynthError(f"unknown --protocol {name!r}; use {', '.join(PROTOCOLS)}")
+        raise ProtosynthError(f"unknown {P.protocol} {name!r}; use {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]

@@ -31,7 +31,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from ..errors import ProtosynthError, held_back_logs
+from ..errors import P, ProtosynthError, held_back_logs
 from ..files import sha256_file
 from .bpe import BPE_FILENAME, load_tokenizer
 
@@ -88,7 +88,7 @@ def small_clip_dir(path: Path) -> Path:
     for cand in (path / "clip", path):
         if (cand / "open_clip_config.json").is_file():
             return cand
-    raise ProtosynthError(f"--clip small:{path}: no open_clip_config.json in {path} or {path / 'clip'}")
+    raise ProtosynthError(f"{P.clip} small:{path}: no open_clip_config.json in {path} or {path / 'clip'}")
 
 
 def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | None = None) -> ClipEncoder:
@@ -97,14 +97,14 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | 
     weights), and QuickGELU is forced when that space's weights were trained with it."""
     weights = next((folder / n for n in LOCAL_DIR_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
-        raise ProtosynthError(f"--clip {spec}: no weights file in {folder} (open_clip reads {', '.join(LOCAL_DIR_WEIGHTS[:3])}, ...)")
+        raise ProtosynthError(f"{P.clip} {spec}: no weights file in {folder} (open_clip reads {', '.join(LOCAL_DIR_WEIGHTS[:3])}, ...)")
     try:
         cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
         quick = space is not None and not cfg.get("quick_gelu") and _trained_with_quick_gelu(space)
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device,
                                                                      force_quick_gelu=quick)
     except Exception as exc:  # a corrupt config or weights file, or a bad --device
-        raise ProtosynthError(f"--clip {spec}: cannot load the open_clip model in {folder} ({exc})") from None
+        raise ProtosynthError(f"{P.clip} {spec}: cannot load the open_clip model in {folder} ({exc})") from None
     context = cfg["text_cfg"].get("context_length", 77)
     bpe = folder / BPE_FILENAME
     tokenizer = load_tokenizer(bpe, context) if bpe.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
@@ -144,23 +144,23 @@ def _quick_gelu(arch: str, space: str) -> bool:
 def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str,
                      weights_id: str = "") -> ClipEncoder:
     if arch not in open_clip.list_models():
-        raise ProtosynthError(f"--clip {spec}: unknown open_clip architecture {arch!r}")
+        raise ProtosynthError(f"{P.clip} {spec}: unknown open_clip architecture {arch!r}")
     is_file = Path(tag).is_file()
     if not is_file and tag not in open_clip.list_pretrained_tags_by_model(arch):
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-        raise ProtosynthError(f"--clip {spec}: open_clip has no pretrained tag {tag!r} for {arch} (known: {known})")
+        raise ProtosynthError(f"{P.clip} {spec}: open_clip has no pretrained tag {tag!r} for {arch} (known: {known})")
     try:
         with held_back_logs(logging.ERROR):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=tag, device=device, force_quick_gelu=_quick_gelu(arch, space))
     except Exception as exc:  # offline: the hub download fails inside open_clip; or a corrupt file
         if is_file:
-            raise ProtosynthError(f"--clip {tag}: cannot load it as {arch} weights ({exc})".splitlines()[0]) from None
+            raise ProtosynthError(f"{P.clip} {tag}: cannot load it as {arch} weights ({exc})".splitlines()[0]) from None
         raise ProtosynthError(
-            f"--clip {spec}: the {arch} weights {tag!r} are not in the local cache and cannot be downloaded "
+            f"{P.clip} {spec}: the {arch} weights {tag!r} are not in the local cache and cannot be downloaded "
             f"here ({type(exc).__name__}); on a connected machine run `python -c \"import open_clip; "
             f"open_clip.create_model('{arch}', pretrained='{tag}')\"` to fill the Hugging Face cache, "
-            "or pass the checkpoint file with --clip FILE --clip-arch ARCH"
+            f"or pass the checkpoint file with {P.clip('FILE')} and {P.clip_arch('ARCH')}"
         ) from None
     model.eval()
     return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device,
@@ -177,30 +177,31 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
     device = torch.device(device)
     if arch is not None or Path(spec).is_file():
         if arch is None:
-            raise ProtosynthError(f"--clip {spec}: a checkpoint file needs --clip-arch (an open_clip architecture)")
+            raise ProtosynthError(f"{P.clip} {spec}: a checkpoint file needs {P.clip_arch} (an open_clip architecture)",
+                                  param="clip_arch")
         if not Path(spec).is_file():
-            raise ProtosynthError(f"--clip-arch {arch} needs --clip to be a checkpoint file; {spec} is not a file")
+            raise ProtosynthError(f"{P.clip_arch} {arch} needs {P.clip} to be a checkpoint file; {spec} is not a file")
         digest = sha256_file(Path(spec))  # hashed once: a ViT-L checkpoint is over a gigabyte
         return _load_pretrained(arch, spec, spec, device,
                                 space or f"{arch.replace('-quickgelu', '')}:file-{digest[:12]}", digest)
     if space is not None and not spec.startswith("local-dir:"):
-        raise ProtosynthError("--clip-space only applies to a checkpoint file given with --clip FILE --clip-arch "
-                              f"or a local-dir:DIR folder, not --clip {spec}")
+        raise ProtosynthError(f"{P.clip_space} only applies to a checkpoint file given with {P.clip('FILE')} and "
+                              f"{P.clip_arch('ARCH')} or a local-dir:DIR folder, not {P.clip} {spec}")
     if spec == "default":
         if not (SHIPPED_DIR / "clip" / CLIP_WEIGHTS).is_file():
-            raise ProtosynthError(f"--clip default: the shipped small CLIP is missing from {SHIPPED_DIR / 'clip'}")
+            raise ProtosynthError(f"{P.clip} default: the shipped small CLIP is missing from {SHIPPED_DIR / 'clip'}")
         return _load_local_dir(SHIPPED_DIR / "clip", spec, device)
     if spec.startswith("small:"):
         return _load_local_dir(small_clip_dir(Path(spec[len("small:"):])), spec, device)
     if spec.startswith("local-dir:"):
         folder = Path(spec[len("local-dir:"):])
         if not (folder / "open_clip_config.json").is_file():
-            raise ProtosynthError(f"--clip {spec}: no open_clip_config.json in {folder}")
+            raise ProtosynthError(f"{P.clip} {spec}: no open_clip_config.json in {folder}")
         return _load_local_dir(folder, spec, device, space)
     arch, sep, tag = spec.partition(":")
     if sep and arch and tag:
         return _load_pretrained(arch, tag, spec, device, space_name(arch, tag))
     raise ProtosynthError(
-        f"unknown --clip spec {spec!r}: use 'default', 'small:DIR', 'local-dir:DIR', 'ARCH:PRETRAINED' "
-        "or a checkpoint file with --clip-arch"
+        f"unknown {P.clip} spec {spec!r}: use 'default', 'small:DIR', 'local-dir:DIR', 'ARCH:PRETRAINED' "
+        f"or a checkpoint file with {P.clip_arch}"
     )

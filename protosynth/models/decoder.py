@@ -25,7 +25,7 @@ from diffusers.utils import logging as diffusers_logging
 from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
 from PIL import Image
 
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import write_text_atomic
 from ..imageops import resized
 
@@ -179,7 +179,7 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
         latents = randn(shape)
         if image is not None:
             if not 0.0 < strength <= 1.0:
-                raise ProtosynthError(f"--strength must be in (0, 1], got {strength}")
+                raise ProtosynthError(f"{P.strength} must be in (0, 1], got {strength}")
             init_steps = min(max(1, int(round(num_inference_steps * strength))), num_inference_steps)
             timesteps = timesteps[num_inference_steps - init_steps:]
             init = torch.as_tensor(image, dtype=dtype).to(device)
@@ -256,9 +256,9 @@ def read_json_object(path: Path, spec: str) -> dict:
     try:
         obj = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtosynthError(f"--decoder {spec}: {path} is not valid JSON ({exc})") from None
+        raise ProtosynthError(f"{P.decoder} {spec}: {path} is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
-        raise ProtosynthError(f"--decoder {spec}: {path} must hold a JSON object")
+        raise ProtosynthError(f"{P.decoder} {spec}: {path} must hold a JSON object")
     return obj
 
 
@@ -269,7 +269,7 @@ def read_render_defaults(folder: Path, spec: str) -> dict:
         return {}
     settings = read_json_object(path, spec).get("settings")
     if not isinstance(settings, dict):
-        raise ProtosynthError(f"--decoder {spec}: {path} has no 'settings' object")
+        raise ProtosynthError(f"{P.decoder} {spec}: {path} has no 'settings' object")
     return settings
 
 
@@ -289,11 +289,11 @@ def load_small_pipeline(folder: Path, spec: str, device: str | torch.device = "c
     Load decoders with ``models.unclip.open_decoder``, which reads the folder's conditioning and
     render defaults too and returns a ``Decoder``."""
     if not (folder / "model_index.json").is_file():
-        raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
+        raise ProtosynthError(f"{P.decoder} {spec}: no model_index.json in {folder}")
     diffusers_logging.disable_progress_bar()
     try:
         pipe = SmallUnCLIPPipeline.from_pretrained(str(folder)).to(device)
     except Exception as exc:  # a corrupt or foreign pipeline folder, or a bad --device
-        raise ProtosynthError(f"--decoder {spec}: cannot load the pipeline in {folder} ({exc})") from None
+        raise ProtosynthError(f"{P.decoder} {spec}: cannot load the pipeline in {folder} ({exc})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..errors import ProtosynthError, held_back_logs
+from ..errors import P, ProtosynthError, held_back_logs
 from .clip import space_name
 from .decoder import (CONDITIONING_FILE, RENDER_DEFAULTS_FILE, SmallUnCLIPPipeline, decoder_folder,
                       load_small_pipeline, read_json_object, read_render_defaults)
@@ -77,10 +77,11 @@ RENDER_DEFAULTS = {
 }
 # What a kind cannot do, so an explicit request for it is an error, never silently ignored.
 UNSUPPORTED = {
-    "stable-unclip": {"clip_guidance": "CLIP-guided sampling", "init": "--init nearest", "super_res_steps": "--super-res-steps"},
-    "karlo": {"clip_guidance": "CLIP-guided sampling", "init": "--init nearest", "noise_level": "--noise-level",
-              "negative_prompt": "--negative-prompt"},
-    "small": {"negative_prompt": "--negative-prompt", "super_res_steps": "--super-res-steps"},
+    "stable-unclip": {"clip_guidance": "CLIP-guided sampling", "init": f"{P.init('nearest')}",
+                      "super_res_steps": f"{P.super_res_steps}"},
+    "karlo": {"clip_guidance": "CLIP-guided sampling", "init": f"{P.init('nearest')}", "noise_level": f"{P.noise_level}",
+              "negative_prompt": f"{P.negative_prompt}"},
+    "small": {"negative_prompt": f"{P.negative_prompt}", "super_res_steps": f"{P.super_res_steps}"},
 }
 
 
@@ -90,17 +91,17 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
     merged = dict(RENDER_DEFAULTS[kind])
     for name, value in settings.items():
         if name not in merged:
-            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
+            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
                                   f"a {kind} decoder ({', '.join(merged)})")
         if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, ""):
-            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
+            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
                                   f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder")
         numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps",
                            "batch_size")
         low = 1 if name in ("steps", "batch_size") else 0
         if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                               or value < low):
-            raise ProtosynthError(f"--decoder {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
+            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
                                   f"not a number of at least {low}")
         merged[name] = value
     return merged
@@ -154,7 +155,7 @@ class Decoder:
                          generator=generators, output_type="pil").images
 
 
-KARLO_MISSING = ("--decoder karlo: this diffusers release no longer ships {what} (Karlo is deprecated in diffusers); "
+KARLO_MISSING = (f"{P.decoder} karlo: this diffusers release no longer ships {{what}} (Karlo is deprecated in diffusers); "
                  "install a diffusers release that still has it, or use sd-unclip-small")
 
 
@@ -211,7 +212,7 @@ def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in ("float32", "float16", "bfloat16"):
-        raise ProtosynthError(f"unknown --dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+        raise ProtosynthError(f"unknown {P.dtype} {dtype!r}: use auto, float32, float16 or bfloat16")
     return getattr(torch, dtype)
 
 
@@ -237,12 +238,12 @@ def _load_published(name: str, device: torch.device, dtype: torch.dtype) -> Deco
     except OSError as exc:  # offline, diffusers and huggingface_hub raise OSError subclasses for a missing snapshot
         hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise ProtosynthError(
-            f"--decoder {name}: the weights of {pub.repo} are not in the local Hugging Face cache ({hub}) and "
+            f"{P.decoder} {name}: the weights of {pub.repo} are not in the local Hugging Face cache ({hub}) and "
             f"cannot be downloaded here ({type(exc).__name__}); on a connected machine run "
             f"`hf download {pub.repo}`, or pass a folder written by save_pretrained"
         ) from None
     except Exception as exc:  # a corrupt snapshot or a version mismatch: say what it was
-        raise ProtosynthError(f"--decoder {name}: cannot load {pub.repo} ({type(exc).__name__}: {exc})"
+        raise ProtosynthError(f"{P.decoder} {name}: cannot load {pub.repo} ({type(exc).__name__}: {exc})"
                               .splitlines()[0]) from None
     return Decoder(_finish(pipe, device), pub.pipeline, name, _conditioning_dim(pub.pipeline, pipe),
                    space_name(*pub.clip.split(":")), pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
@@ -260,17 +261,17 @@ def _conditioning_dim(kind: str, pipe) -> int:
 def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
     index = folder / "model_index.json"
     if not index.is_file():
-        raise ProtosynthError(f"--decoder {spec}: no model_index.json in {folder}")
+        raise ProtosynthError(f"{P.decoder} {spec}: no model_index.json in {folder}")
     class_name = read_json_object(index, spec).get("_class_name")
     kind = PIPELINE_CLASSES.get(class_name)
     if kind is None:
-        raise ProtosynthError(f"--decoder {spec}: {folder} holds a {class_name}, not one of "
+        raise ProtosynthError(f"{P.decoder} {spec}: {folder} holds a {class_name}, not one of "
                               f"{', '.join(PIPELINE_CLASSES)}")
     cond = folder / CONDITIONING_FILE
     declared = read_json_object(cond, spec) if cond.is_file() else {}
     if kind == "small":
         if dtype != torch.float32:
-            raise ProtosynthError(f"--dtype: the small decoder ({spec}) runs in float32 only")
+            raise ProtosynthError(f"{P.dtype}: the small decoder ({spec}) runs in float32 only")
         pipe = load_small_pipeline(folder, spec, device)
     else:
         try:
@@ -281,7 +282,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         except ProtosynthError:
             raise
         except Exception as exc:  # a corrupt or incomplete folder
-            raise ProtosynthError(f"--decoder {spec}: cannot load the {class_name} in {folder} ({exc})"
+            raise ProtosynthError(f"{P.decoder} {spec}: cannot load the {class_name} in {folder} ({exc})"
                                   .splitlines()[0]) from None
     settings = read_render_defaults(folder, spec)
     default_clip = declared.get("clip")
@@ -307,23 +308,23 @@ def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtyp
     if folder is not None:
         return _load_folder(spec, folder, device, tdtype)
     raise ProtosynthError(
-        f"unknown --decoder spec {spec!r}: use default, small:DIR, {', '.join(PUBLISHED)} or a save_pretrained folder"
+        f"unknown {P.decoder} spec {spec!r}: use default, small:DIR, {', '.join(PUBLISHED)} or a save_pretrained folder"
     )
 
 
 def check_pair(decoder: Decoder, clip_spec: str, clip_space: str, clip_dim: int) -> None:
     """Refuse a CLIP whose embeddings the decoder was not trained on (space, else dimension)."""
     if decoder.clip_space is not None and decoder.clip_space != clip_space:
-        hint = f" (pass --clip {decoder.default_clip}, or leave --clip out)" if decoder.default_clip else ""
+        hint = f" (pass {P.clip(decoder.default_clip)}, or leave {P.clip} out)" if decoder.default_clip else ""
         raise ProtosynthError(
-            f"--decoder {decoder.spec} expects embeddings of CLIP space {decoder.clip_space} but --clip {clip_spec} "
+            f"{P.decoder} {decoder.spec} expects embeddings of CLIP space {decoder.clip_space} but {P.clip} {clip_spec} "
             f"gives {clip_space}{hint}"
         )
     if decoder.embedding_dim != clip_dim:
         raise ProtosynthError(
-            f"--decoder {decoder.spec} is conditioned on {decoder.embedding_dim}-d embeddings but --clip {clip_spec} "
+            f"{P.decoder} {decoder.spec} is conditioned on {decoder.embedding_dim}-d embeddings but {P.clip} {clip_spec} "
             f"gives {clip_dim}-d ones"
         )
     if decoder.clip_space is None:
-        log.warning("--decoder %s declares no CLIP space (no %s); only the dimension (%d) was checked",
+        log.warning("decoder %s declares no CLIP space (no %s); only the dimension (%d) was checked",
                     decoder.spec, CONDITIONING_FILE, clip_dim)

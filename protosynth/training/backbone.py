@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import atomic_path, git_commit, remove_stale_temps, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..corpus import world_split
@@ -81,9 +81,9 @@ def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict
     """Train ``cfg.arch`` on the pretraining split and write a backbone folder to ``out`` atomically."""
     arch_config(cfg.arch)  # unknown arch: clear error before any work
     if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-        raise ProtosynthError(f"--out {out} is not empty and not a backbone folder; choose another folder")
+        raise ProtosynthError(f"{P.out} {out} is not empty and not a backbone folder; choose another folder")
     if cfg.holdout >= cfg.n_images:
-        raise ProtosynthError(f"--holdout {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
+        raise ProtosynthError(f"{P.holdout} {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
     started = time.time()
     world = WorldConfig(n_pretrain=cfg.n_images, image_size=cfg.image_size)
     split = world_split(world, "pretrain")  # disjoint from train and test by construction

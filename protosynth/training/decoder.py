@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 
 from ..corpus import Corpus
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import atomic_path, remove_stale_temps, write_text_atomic
 from ..render import RenderConfig, fidelity, render_images, resolve_render
 from ..models.clip import ClipEncoder, load_clip
@@ -70,14 +70,16 @@ class DecoderTrainConfig:
     def __post_init__(self) -> None:
         self.guidances = tuple(float(g) for g in self.guidances)
         if not self.guidances or any(g < 1.0 for g in self.guidances):
-            raise ProtosynthError(f"--guidances {','.join(map(str, self.guidances))}: give one or more scales of at "
-                                  "least 1 (1 = no classifier-free guidance)")
+            raise ProtosynthError(f"{P.decoder.guidances} {','.join(map(str, self.guidances))}: give one or more "
+                                  "scales of at least 1 (1 = no classifier-free guidance)")
         if self.render_steps < 1:
-            raise ProtosynthError(f"--steps {self.render_steps}: the sweep needs at least one denoising step")
+            raise ProtosynthError(f"{P.decoder.render_steps} {self.render_steps}: the sweep needs at least one "
+                                  "denoising step")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ProtosynthError(f"--decoder-lr-schedule {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
+            raise ProtosynthError(f"{P.decoder.lr_schedule} {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ProtosynthError(f"--decoder-prediction {self.prediction_type!r}: use {' or '.join(PREDICTION_TYPES)}")
+            raise ProtosynthError(f"{P.decoder.prediction_type} {self.prediction_type!r}: "
+                                  f"use {' or '.join(PREDICTION_TYPES)}")
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
@@ -171,12 +173,12 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     if cfg.init_from and not ckpt.is_file():  # continue from a saved decoder (e.g. the shipped one)
         start = open_decoder(cfg.init_from)
         if start.clip_space not in (None, encoder.space):
-            raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: trained on CLIP {start.clip_space}, "
+            raise ProtosynthError(f"{P.decoder.init_from} {cfg.init_from}: trained on CLIP {start.clip_space}, "
                                   f"not on {encoder.space} ({clip_dir})")
         try:
             unet.load_state_dict(widened_for_coords(start.pipe.unet.state_dict(), unet))
         except RuntimeError:
-            raise ProtosynthError(f"--decoder-init-from {cfg.init_from}: its UNet architecture differs from "
+            raise ProtosynthError(f"{P.decoder.init_from} {cfg.init_from}: its UNet architecture differs from "
                                   f"the one being trained ({'quick' if cfg.quick else 'full'})") from None
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -190,7 +192,7 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
                                   f"delete {ckpt_dir} to start over")
         if state.get("coords", False) != cfg.coords:
             raise ProtosynthError(f"{ckpt}: checkpoint is from a run {'with' if state.get('coords') else 'without'} "
-                                  f"--decoder-coords; delete {ckpt_dir} to start over")
+                                  f"{P.decoder.coords}; delete {ckpt_dir} to start over")
         if state.get("prediction_type", "epsilon") != cfg.prediction_type:
             raise ProtosynthError(f"{ckpt}: checkpoint predicts {state.get('prediction_type', 'epsilon')}, not "
                                   f"{cfg.prediction_type}; delete {ckpt_dir} to start over")

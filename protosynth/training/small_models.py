@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
-from ..errors import ProtosynthError
+from ..errors import P, ProtosynthError
 from ..files import git_commit, write_text_atomic
 from .clip import ClipTrainConfig, train_clip
 
@@ -42,13 +41,14 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
         test = load_corpus(cfg.test, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
-            raise ProtosynthError(f"--corpus {cfg.corpus}: training on the world's test split; pass --test")
+            raise ProtosynthError(f"{P.corpus} {cfg.corpus}: training on the world's test split; pass {P.test('SPEC')}")
         opts = [o for o in cfg.corpus.split(",")[1:] if not o.startswith("n=")]
         test = load_corpus(",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else [])))
     else:
         return _hold_out(train, cfg.seed)
     if test.fingerprint == train.fingerprint:
-        raise ProtosynthError(f"--corpus {cfg.corpus}: the held-out corpus is the training corpus; pass --test")
+        raise ProtosynthError(f"{P.corpus} {cfg.corpus}: the held-out corpus is the training corpus; "
+                              f"pass another {P.test('SPEC')}")
     return train, test
 
 
@@ -69,9 +69,10 @@ def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
 def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
     """Train what ``cfg.only`` names into ``out``; returns the merged metrics."""
     if out.exists() and not out.is_dir():
-        raise ProtosynthError(f"--out {out} is a file, not a folder")
+        raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
-        raise ProtosynthError(f"--only decoder needs a trained CLIP in {out / 'clip'}; run --only clip first")
+        raise ProtosynthError(f"{P.only('decoder')} needs a trained CLIP in {out / 'clip'}; "
+                              f"run with {P.only('clip')} first")
     from .decoder import DecoderTrainConfig, train_decoder
 
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
@@ -95,7 +96,7 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
 
     for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
         if not (out / part).is_file():
-            raise ProtosynthError(f"--models {out}: no {part} (a `protosynth models train` output folder is needed)")
+            raise ProtosynthError(f"{P.out} {out}: no {part} (a `protosynth models train` output folder is needed)")
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
     train, test = split_corpus(cfg)
     t0 = time.time()
@@ -114,7 +115,7 @@ def _record(out: Path, cfg: ModelsTrainConfig, train: Corpus, test: Corpus, metr
     """Append this run to ``out/provenance.json`` and write the merged ``out/metrics.json``."""
     provenance = _read(out / "provenance.json", {"runs": []})
     provenance["runs"].append({
-        "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": command,  # the command line that ran it; None from Python
         "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
         "test_corpus": test.spec, "corpus_read": corpus_record(train), "test_read": corpus_record(test),
         "commit": git_commit(), "seconds": round(seconds, 1), "threads": os.cpu_count(),
