@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     clip, decoder = load_clip(args.clip), open_decoder(args.decoder)
     emb = embed_corpus(corpus, clip)
     protos = build_prototypes(emb.image.numpy(), emb.text.numpy(), PrototypeConfig(budget=args.budget))
-    nearest = nearest_member_pairs(protos, emb.image.numpy())
+    nearest = nearest_member_pairs(protos, emb.image.numpy(), emb.text.numpy())
     init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in nearest]
     judge = test = true = targets = captions = caption_images = None
     if args.heldout and args.corpus == "shapes":  # the judge knows the default world's objects

@@ -1,21 +1,31 @@
-"""World retrieval benchmark: PDS (every --mode) against the four coresets and the full-data upper
-bound, under the offline ``small`` protocol, at several budgets.
+"""World retrieval benchmark: every setting chosen on the validation split, the test split scored once.
 
-    python -m benchmarks.world_retrieval [--budgets 100,200,500] [--repeats 5] [--work runs/world_retrieval]
+    python -m benchmarks.world_retrieval [--budgets 100,200,500] [--val-repeats 2] [--repeats 5]
+                                         [--stage val|test|all] [--work runs/world_retrieval]
 
-Sets are written under ``--work`` and each set's result row is kept there too (keyed by the set's
-manifest hash and the evaluation settings), so an interrupted run, or one that first does only the
-coresets (``--only coresets``), resumes where it stopped. The results go to
-``benchmarks/results/world_retrieval.{json,md}`` with the command, commit and seconds.
+Stage ``val``: make every candidate set on the train split (PDS as published, the levers of
+``protosynth distill`` alone and combined, prototype-guided selection, the coresets) and score each on
+``shapes:val`` under the offline ``small`` protocol. The best rendered recipe (highest mean val r_mean
+over the budgets) is the chosen one; the val table goes to ``benchmarks/results/world_val.{json,md}``.
+
+Stage ``test``: score on ``shapes:test`` the rows the final table shows, which are fixed in advance
+or chosen in the val stage: PDS as published, the protosynth default, the val-chosen recipe and the
+runner-up, prototype-guided selection, the four coresets and the full-data upper bound. Results go to
+``benchmarks/results/world_retrieval.{json,md}``, each row naming the split that chose it.
+
+Sets and result rows are kept under ``--work`` (a row is keyed by its set's manifest and the evaluation
+settings), so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from protosynth.coreset import CoresetConfig, build_coreset
@@ -25,38 +35,68 @@ from protosynth.files import git_commit, write_text_atomic
 from protosynth.render import RenderConfig
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("matched", "joint", "image", "text")
 CORESETS = ("random", "herding", "kcenter", "forgetting")
 
 
-def make_sets(budgets: list[int], work: Path, seed: int, only: str) -> list[Path]:
-    paths = []
-    for budget in budgets:
-        for mode in MODES if only in ("all", "pds") else ():
-            out = work / f"pds-{mode}-b{budget}"
-            if not (out / "manifest.json").is_file():
-                distill(DistillConfig(budget=budget, mode=mode, seed=seed, out=out))
-            paths.append(out)
-        if only in ("all", "pds"):  # the decoder alone, without CLIP guidance: PDS as published
-            out = work / f"pds-matched-noguide-b{budget}"
-            if not (out / "manifest.json").is_file():
-                distill(DistillConfig(budget=budget, seed=seed, out=out, render=RenderConfig(clip_guidance=0.0)))
-            paths.append(out)
-        for method in CORESETS if only in ("all", "coresets") else ():
-            out = work / f"coreset-{method}-b{budget}"
-            if not (out / "manifest.json").is_file():
-                build_coreset(CoresetConfig(method=method, budget=budget, seed=seed, out=out))
-            paths.append(out)
-    return paths
+@dataclass(frozen=True)
+class Recipe:
+    """One way to make a set: a named ``distill`` setting, or a coreset method."""
+
+    name: str
+    options: dict = field(default_factory=dict)  # DistillConfig fields; "render" holds RenderConfig fields
+    coreset: str | None = None
+    rendered: bool = True  # a synthesis recipe (the default must be one)
+
+    def label(self) -> str:
+        if self.coreset:
+            return f"coreset-{self.coreset}"
+        opts = dict(self.options)
+        render = opts.pop("render", {})
+        parts = [f"{k}={v}" for k, v in sorted({**opts, **render}.items())]
+        return f"{self.name} ({', '.join(parts) or 'defaults'})"
+
+
+PUBLISHED = Recipe("pds-published", {"caption": "prototype", "render": {"clip_guidance": 0.0}})
+DEFAULT = Recipe("protosynth-default", {})
+SELECT = Recipe("select", {"method": "select"}, rendered=False)
+LEVERS = [
+    Recipe("pds-guided", {"caption": "prototype", "render": {"clip_guidance": 0.01}}),
+    Recipe("caption-render", {"caption": "render"}),
+    Recipe("best-of-4", {"caption": "prototype", "candidates": 4}),
+    Recipe("best-of-4+caption-render", {"caption": "render", "candidates": 4}),
+    *[Recipe(f"nearest-{s}+caption-render", {"caption": "render", "render": {"init": "nearest", "strength": s}})
+      for s in (0.3, 0.5, 0.7)],
+    Recipe("nearest-0.5", {"caption": "prototype", "render": {"init": "nearest", "strength": 0.5}}),
+    Recipe("nearest-0.5+best-of-4+caption-render",
+           {"caption": "render", "candidates": 4, "render": {"init": "nearest", "strength": 0.5}}),
+    *[Recipe(f"{m}+caption-render", {"mode": m, "caption": "render"}) for m in ("joint", "image", "text")],
+    Recipe("drop-0+caption-render", {"drop_fraction": 0.0, "caption": "render"}),
+]
+VAL_RECIPES = [PUBLISHED, *LEVERS, SELECT, *[Recipe(c, coreset=c, rendered=False) for c in ("random", "kcenter")]]
+
+
+def make_set(recipe: Recipe, budget: int, work: Path, seed: int) -> Path:
+    """The set of ``recipe`` at ``budget`` (made on the train split unless ``work`` already holds it)."""
+    slug = recipe.name if recipe.coreset is None else f"coreset-{recipe.coreset}"
+    out = work / "sets" / f"{slug}-b{budget}"
+    if (out / "manifest.json").is_file():
+        return out
+    if recipe.coreset is not None:
+        build_coreset(CoresetConfig(method=recipe.coreset, budget=budget, seed=seed, out=out))
+        return out
+    opts = dict(recipe.options)
+    render = RenderConfig(**opts.pop("render", {}))
+    distill(DistillConfig(budget=budget, seed=seed, out=out, render=render, **opts))
+    return out
 
 
 def _key(path: Path | None, cfg: EvalConfig) -> str:
     manifest = (path / "manifest.json").read_bytes() if path is not None else b"full:shapes"
-    blob = manifest + json.dumps(cfg.__dict__, sort_keys=True).encode()
+    blob = manifest + json.dumps(cfg.__dict__, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def cached_row(path: Path | None, cfg: EvalConfig, work: Path) -> tuple[dict, dict]:
+def scored(path: Path | None, cfg: EvalConfig, work: Path) -> tuple[dict, dict]:
     """Evaluate one set (None: the full-data row), or reuse the row an earlier run stored."""
     store = work / "rows" / f"{_key(path, cfg)}.json"
     if store.is_file():
@@ -66,80 +106,109 @@ def cached_row(path: Path | None, cfg: EvalConfig, work: Path) -> tuple[dict, di
     row, head = doc["sets"][0], {k: v for k, v in doc.items() if k != "sets"}
     if path is not None:
         manifest = json.loads((path / "manifest.json").read_text())
-        row["clip_guidance"] = manifest.get("settings", {}).get("render", {}).get("clip_guidance")
         row["render_fidelity"] = manifest.get("render_fidelity")
+        row["seconds_to_make"] = round(sum(manifest.get("seconds", {}).values()), 1)
     store.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(store, json.dumps({"row": row, "doc": head, "cfg": cfg.__dict__}, indent=2))
+    write_text_atomic(store, json.dumps({"row": row, "doc": head, "cfg": cfg.__dict__}, indent=2, default=str))
     return row, head
 
 
-def load_rows(work: Path, cfg: EvalConfig) -> list[dict]:
-    """Stored rows whose key still matches their set's current manifest (a remade set's old row is stale)."""
-    out = []
-    for f in sorted((work / "rows").glob("*.json")):
-        row = json.loads(f.read_text())["row"]
-        path = Path(row["path"]) if row["path"] is not None else None
-        if (path is None or (path / "manifest.json").is_file()) and _key(path, cfg) == f.stem:
-            out.append(row)
-    return out
+def r_mean(row: dict) -> float:
+    return row["metrics"]["r_mean"]["mean"]
 
 
-def row_order(row: dict) -> tuple:
-    order = [f"pds:{m}" for m in MODES] + [f"coreset-{c}:None" for c in CORESETS]
-    key = f"{row['method']}:{row.get('mode')}"
-    return (row["path"] is None, row["budget"], order.index(key) if key in order else len(order),
-            -(row.get("clip_guidance") or 0))
+def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
+    cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:val")
+    rows, head = [], {}
+    for budget in budgets:
+        for recipe in VAL_RECIPES:
+            row, head = scored(make_set(recipe, budget, work, seed), cfg, work)
+            rows.append(dict(row, recipe=recipe.name, label=recipe.label(), rendered=recipe.rendered))
+    rendered = {r.name for r in VAL_RECIPES if r.rendered}
+    by_recipe = {name: [r for r in rows if r["recipe"] == name] for name in rendered}
+    ranking = sorted(rendered, key=lambda n: -statistics.mean(r_mean(r) for r in by_recipe[n]))
+    best_per_budget = {b: max((r for r in rows if r["budget"] == b and r["rendered"]), key=r_mean)["recipe"]
+                       for b in budgets}
+    return dict(head, split="val", sets=rows, ranking=ranking, chosen=ranking[0], runner_up=ranking[1],
+                best_per_budget=best_per_budget)
 
 
-def markdown(doc: dict, command: str) -> str:
-    lines = [f"# World retrieval: {doc['protocol']} protocol ({doc['backbone']} + {doc['text_encoder']}), "
-             f"test {doc['test']}, {doc['repeats']} repeats, score = {doc['score']}", "",
-             f"Command: `{command}` (commit {doc['commit'][:12]}). Mean ± sample std over repeats, percent; "
-             f"seconds = wall time to evaluate that row (all repeats) in the run that computed it.", "",
-             "| budget | method | text | " + " | ".join(METRIC_NAMES) + " | seconds |",
-             "|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|"]
+def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict, full: bool) -> dict:
+    cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
+    recipes = {r.name: r for r in VAL_RECIPES}
+    chosen, runner_up = recipes[val["chosen"]], recipes[val["runner_up"]]
+    plan = [(PUBLISHED, "fixed: PDS as published"), (DEFAULT, "fixed: the shipped default"),
+            (chosen, "val: best rendered recipe"), (runner_up, "val: runner-up"), (SELECT, "fixed"),
+            *[(Recipe(c, coreset=c, rendered=False), "fixed") for c in CORESETS]]
+    rows, head, seen = [], {}, set()
+    for budget in budgets:
+        for recipe, chosen_by in plan:
+            path = make_set(recipe, budget, work, seed)
+            if path in seen:  # the default may be the val-chosen recipe: one row, both names
+                continue
+            seen.add(path)
+            row, head = scored(path, cfg, work)
+            rows.append(dict(row, recipe=recipe.name, label=recipe.label(), chosen_by=chosen_by))
+    if full:
+        row, head = scored(None, cfg, work)
+        rows.append(dict(row, recipe="full", label="full data", chosen_by="fixed"))
+    random_by_budget = {r["budget"]: r_mean(r) for r in rows if r["recipe"] == "random"}
+    for row in rows:
+        if row["budget"] in random_by_budget:
+            row["gain_over_random"] = round(r_mean(row) - random_by_budget[row["budget"]], 2)
+    return dict(head, split="test", sets=rows, val_chosen=val["chosen"], val_runner_up=val["runner_up"])
+
+
+def markdown(doc: dict, command: str, title: str) -> str:
+    lines = [f"# {title}: {doc['protocol']} protocol ({doc['backbone']} + {doc['text_encoder']}), "
+             f"scored on {doc['test']}, {doc['repeats']} repeats, score = {doc['score']}", "",
+             f"Command: `{command}` (commit {doc['commit'][:12]}). Mean ± sample std over repeats, percent. "
+             "Sets made on the train split with seed 0; make = seconds from corpus to set (embedding cached).", ""]
+    if doc["split"] == "val":
+        lines += [f"Chosen on val (highest mean r_mean over the budgets among rendered recipes): **{doc['chosen']}**; "
+                  f"runner-up {doc['runner_up']}. Best rendered recipe per budget: "
+                  + ", ".join(f"{b}: {n}" for b, n in doc["best_per_budget"].items()) + ".", ""]
+    gain = doc["split"] == "test"
+    lines += ["| budget | recipe | " + " | ".join(METRIC_NAMES) + (" | gain over random | chosen by" if gain else "")
+              + " | make s |", "|---|---|" + "---|" * len(METRIC_NAMES) + ("---|---|" if gain else "") + "---|"]
     for row in doc["sets"]:
-        method = row["method"] + (f" ({row['mode']})" if row.get("mode") else "")
-        if row["method"] == "pds":
-            method += f", clip-guidance {row.get('clip_guidance')}"
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
-        lines.append(f"| {row['budget']} | {method} | {row['text']} | " + " | ".join(cells) + f" | {row['seconds']:.0f} |")
+        extra = [f"{row.get('gain_over_random', float('nan')):+.1f}", row["chosen_by"]] if gain else []
+        lines.append(f"| {row['budget']} | {row['label']} | " + " | ".join(cells + extra)
+                     + f" | {row.get('seconds_to_make', '')} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _write(doc: dict, results: Path, stem: str, command: str, title: str, started: float) -> None:
     import torch
 
+    doc.update(command=command, commit=git_commit(), threads_this_process=torch.get_num_threads(),
+               seconds_this_run=round(time.time() - started, 1))
+    results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results / f"{stem}.json", json.dumps(doc, indent=2))
+    write_text_atomic(results / f"{stem}.md", markdown(doc, command, title))
+    print(markdown(doc, command, title))
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", default="100,200,500")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--val-repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="Repeats of the test stage.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", choices=("val", "test", "all"), default="all")
     ap.add_argument("--work", type=Path, default=Path("runs/world_retrieval"))
-    ap.add_argument("--results", type=Path, default=RESULTS, help="Folder for world_retrieval.{json,md}.")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="Folder for the .json/.md results.")
     ap.add_argument("--no-full", action="store_true", help="Skip the full-data upper-bound row.")
-    ap.add_argument("--only", choices=("all", "pds", "coresets"), default="all",
-                    help="Make and evaluate only these sets (rows already evaluated are kept either way).")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
     budgets = [int(b) for b in args.budgets.split(",")]
-    paths = make_sets(budgets, args.work, args.seed, args.only)
-    seconds_sets = time.time() - started
-    cfg = EvalConfig(protocol="small", repeats=args.repeats, seed=args.seed)
-    doc = None
-    for path in paths + ([None] if not args.no_full and args.only != "pds" else []):
-        _, doc = cached_row(path, cfg, args.work)
-    # the table: every stored row still current for its set (earlier --only runs included)
-    rows = [r for r in load_rows(args.work, cfg)
-            if (r["path"] is None and not args.no_full) or (r["path"] is not None and r["budget"] in budgets)]
-    rows.sort(key=row_order)
-    doc = dict(doc, sets=rows)
-    doc.update(command=command, commit=git_commit(), threads_this_process=torch.get_num_threads(),
-               seconds_making_sets=round(seconds_sets, 1), seconds_this_run=round(time.time() - started, 1))
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.results / "world_retrieval.json", json.dumps(doc, indent=2))
-    write_text_atomic(args.results / "world_retrieval.md", markdown(doc, command))
-    print(markdown(doc, command))
+    val = run_val(budgets, args.work, args.seed, args.val_repeats)
+    _write(val, args.results, "world_val", command, "World validation sweep", started)
+    if args.stage in ("test", "all"):
+        test = run_test(budgets, args.work, args.seed, args.repeats, val, not args.no_full)
+        _write(test, args.results, "world_retrieval", command, "World retrieval (test, scored once)", started)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def print_retrieval_table(doc: dict) -> None:
 
     from protosynth.evaluation.evaluate import METRIC_NAMES
 
-    table = Table(title=f"{doc['protocol']} protocol, backbone {doc['backbone']}, test {doc['test']}, "
+    table = Table(title=f"{doc['protocol']} protocol, backbone {doc['backbone']}, {doc.get('split', 'test')} {doc['test']}, "
                         f"{doc['repeats']} repeats, score = {doc['score']}")
     for col in ["set", "method", "budget", "text"] + METRIC_NAMES:
         table.add_column(col)
@@ -101,6 +101,7 @@ def retrieval(
     sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
     protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
     test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the test split of the sets' corpus)."),
+    val: Optional[str] = typer.Option(None, help="Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own data), to choose settings without looking at test."),
     repeats: int = typer.Option(5, help="Models trained per set (seeds seed..seed+R-1)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the protocol's)."),
     seed: int = typer.Option(0),
@@ -122,7 +123,8 @@ def retrieval(
 
     cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full,
                           image_root, skip_bad),
-                  backbone=backbone, text_encoder=text_encoder, image_size=image_size)
+                  backbone=backbone, text_encoder=text_encoder, image_size=image_size,
+                  split="val" if val is not None else "test", val=val)
     doc = run(evaluate, sets or [], cfg, verb="eval retrieval")
     print_retrieval_table(doc)
     _write_json(doc, json_out)

@@ -15,7 +15,7 @@ FLAGS: dict[str, str | None] = {
     "method": "--method", "methods": "--methods", "protocol": "--protocol", "repeats": "--repeats",
     # the model pair (distill, embed, coreset)
     "clip": "--clip", "clip_arch": "--clip-arch", "clip_space": "--clip-space", "decoder": "--decoder",
-    "dtype": "--dtype", "mode": "--mode",
+    "dtype": "--dtype", "mode": "--mode", "caption": "--caption", "candidates": "--candidates",
     # render settings: DistillConfig.render.*, and RenderConfig's own fields for the renderer's errors
     "render.init": "--init", "init": "--init", "render.strength": "--strength", "strength": "--strength",
     "render.steps": "--steps", "render.guidance_scale": "--guidance", "render.noise_level": "--noise-level",
@@ -27,7 +27,8 @@ FLAGS: dict[str, str | None] = {
     # coreset
     "keep": "--keep", "forgetting_epochs": "--forgetting-epochs",
     # eval (EvalConfig, cross_arch's archs)
-    "epochs": "--epochs", "text": "--text", "full": "--full", "archs": "--archs",
+    "epochs": "--epochs", "text": "--text", "full": "--full", "archs": "--archs", "val": "--val",
+    "split": None,  # eval retrieval sets it from --val
     # buffer, baseline, compare-baselines
     "buffer": "--buffer", "experts": "--experts", "lr": "--lr", "max_pairs": "--max-pairs",
     "heads_only": "--heads-only", "family": "--preset", "iterations": "--iterations", "syn_steps": "--syn-steps",

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -146,8 +147,11 @@ def distill(
                               "made here if missing) instead of the float32 one."),
     decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
+    method: Optional[str] = typer.Option(None, help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing rendered)."),
+    caption: Optional[str] = typer.Option(None, help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the member caption the CLIP scores highest against the render). pairs.jsonl records both."),
+    candidates: Optional[int] = typer.Option(None, help="Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render cost grows N-fold)."),
     seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget."),
     force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."),
@@ -177,6 +181,8 @@ def distill(
     cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
                         decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
                         render=rcfg, image_root=image_root, skip_bad=skip_bad, embed=EmbedConfig(fp16=fp16))
+    chosen = {"method": method, "caption": caption, "candidates": candidates}
+    cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
     for path in run(distill_budgets, cfg, budgets, verb="distill"):
         typer.echo(f"wrote {path}")
 

@@ -41,7 +41,7 @@ __all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_sp
            "load_csv", "load_jsonl", "load_karpathy", "load_webdataset", "load_world", "world_fingerprint",
            "world_split"]
 
-FORMATS = "'shapes[:train|test|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
+FORMATS = "'shapes[:train|test|val|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
 
 
 def cache_dir() -> Path:
@@ -50,8 +50,8 @@ def cache_dir() -> Path:
 
 
 # Split contents that changed: test and pretrain v2 have no image equal to a train (or test) image.
-SPLIT_VERSION = {"train": "", "test": "-v2", "pretrain": "-v2"}
-EARLIER_SPLITS = {"train": (), "test": ("train",), "pretrain": ("train", "test")}
+SPLIT_VERSION = {"train": "", "test": "-v2", "pretrain": "-v2", "val": ""}
+EARLIER_SPLITS = {"train": (), "test": ("train",), "pretrain": ("train", "test"), "val": ("train", "test", "pretrain")}
 
 
 def world_fingerprint(cfg: WorldConfig, split: str) -> str:
@@ -60,7 +60,8 @@ def world_fingerprint(cfg: WorldConfig, split: str) -> str:
 
 # Sizes of later splits that a split's pixels and captions do not depend on (a split is drawn from its
 # own seed stream and kept disjoint only from earlier splits).
-_UNUSED_SIZES = {"train": ("n_test", "n_pretrain"), "test": ("n_pretrain",), "pretrain": ()}
+_UNUSED_SIZES = {"train": ("n_test", "n_pretrain", "n_val"), "test": ("n_pretrain", "n_val"), "pretrain": ("n_val",),
+                 "val": ()}
 
 
 def _content_config(cfg: WorldConfig, split: str) -> WorldConfig:
@@ -73,7 +74,8 @@ def _content_config(cfg: WorldConfig, split: str) -> WorldConfig:
 
 def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
     """One world split with its objects, generated on first use and cached as ``.npz``. Test and
-    pretrain images never equal an image of an earlier split (train, then test)."""
+    pretrain images never equal an image of an earlier split (train, then test); val images equal none
+    of train, test or pretrain."""
     path = cache_dir() / "world" / f"{world_fingerprint(_content_config(cfg, split), split)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as data:

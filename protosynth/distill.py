@@ -6,6 +6,15 @@ with its manifest (every setting, per-stage seconds, peak memory, render fidelit
 embedding pass. ``cfg.embed.fp16`` (``--fp16``) reads the float16 store that ``protosynth embed
 --fp16`` writes under the same cache key, instead of embedding the corpus again in float32.
 
+Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rules):
+- ``caption``: ``prototype`` (PDS) pairs the render with the real caption nearest the text prototype;
+  ``render`` picks, among the prototype's member captions, the one the CLIP scores highest against the
+  rendered image, so the caption describes what was drawn. Both are recorded in ``pairs.jsonl``.
+- ``candidates``: render N images per prototype (seeds from index and candidate) and keep the one whose
+  CLIP re-embedding is nearest its prototype; render cost grows N-fold.
+- ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
+  (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
+
 The CLIP and the decoder come as a pair: a decoder declares the CLIP space it was trained on, and
 ``clip=None`` takes the CLIP it names (``sd-unclip-small`` -> ``ViT-L-14-quickgelu:openai``).
 """
@@ -16,7 +25,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
@@ -24,12 +35,15 @@ from .embed import EmbedConfig, Embeddings, embed_corpus
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
-from .prototypes import MODES, PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
-from .render import INITS, RenderConfig, fidelity, render_images, resolve_render
+from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
+from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .corpora.spec import corpus_name
 from .runinfo import check_device, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
+
+METHODS = ("pds", "select")
+CAPTION_RULES = ("prototype", "render")
 
 
 @dataclass
@@ -42,6 +56,9 @@ class DistillConfig:
     clip_space: str | None = None  # declared space of such a file (e.g. ViT-L-14:openai)
     dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
     mode: str = "matched"
+    method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
+    caption: str = "prototype"  # the caption paired with each render: "prototype" (PDS) or "render"
+    candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
     seed: int = 0
     out: Path | None = None
     force: bool = False
@@ -55,7 +72,8 @@ class DistillConfig:
 
 
 def set_name(cfg: DistillConfig) -> str:
-    return f"{corpus_name(cfg.corpus)}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+    method = "" if cfg.method == "pds" else f"-{cfg.method}"
+    return f"{corpus_name(cfg.corpus)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -68,6 +86,15 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
     if cfg.mode not in MODES:
         raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
+    if cfg.method not in METHODS:
+        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {' or '.join(METHODS)}")
+    if cfg.caption not in CAPTION_RULES:
+        raise ProtosynthError(f"unknown {P.caption} {cfg.caption!r}: use {' or '.join(CAPTION_RULES)}")
+    if cfg.candidates < 1:
+        raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
+    if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption != "prototype" or cfg.render.init != "noise"):
+        raise ProtosynthError(f"{P.method('select')} renders nothing: {P.candidates}, {P.caption} and {P.render.init} "
+                              "do not apply", param="method")
     if cfg.render.init not in INITS:
         raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
     r = cfg.render
@@ -148,46 +175,105 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
     caption_idx = nearest_rows(protos.text, emb.text_rows)
     seconds["prototypes"] = round(time.time() - t, 2)
+    if cfg.method == "select":
+        images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
+    else:
+        images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
+    manifest = {
+        **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
+        **extra,
+        "settings": _jsonable(asdict(replace(cfg, render=loaded.render if cfg.method == "pds" else cfg.render,
+                                             clip=clip.spec))),
+        "prototype_stats": protos.stats,
+        "embeddings_from_cache": emb.from_cache, "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
+        "versions": versions(), "budgets_in_run": budgets,
+    }
+    manifest["seconds"] = seconds  # write_distilled adds the "write" entry
+    manifest["peak_memory_mb"] = peak_rss_mb()
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    log.info("wrote %s", out)
+    return out
 
+
+def _synthesise(cfg: DistillConfig, loaded: Loaded, protos: Prototypes, caption_idx: np.ndarray,
+                seconds: dict) -> tuple[list, list[dict], dict, dict]:
+    """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
+    corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
     init_images = None
     if cfg.render.init == "nearest":
-        best = nearest_member_pairs(protos, emb.image_rows)
+        best = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
     rcfg = replace(loaded.render, seed=cfg.seed)
     prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
-    renders = render_images(decoder, torch.from_numpy(protos.image_raw), rcfg, init_images, guide=clip,
-                            prompts=prompts)
+    embeds = torch.from_numpy(protos.image_raw)
+    renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
+    for c in range(cfg.candidates):
+        drawn = render_images(decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c)
+        drawn_emb = F.normalize(clip.encode_images(drawn), dim=-1)
+        if got is None:
+            renders, got = drawn, drawn_emb
+            continue
+        target = F.normalize(torch.from_numpy(protos.image), dim=-1)
+        better = (drawn_emb * target).sum(-1) > (got * target).sum(-1)  # ties keep the earlier candidate
+        renders = [d if b else r for r, d, b in zip(renders, drawn, better.tolist())]
+        got = torch.where(better[:, None], drawn_emb, got)
+        chosen[better.numpy()] = c
     seconds["render"] = round(time.time() - t, 2)
 
     t = time.time()
-    fid = fidelity(clip, renders, protos.image)
+    fid = fidelity_scores(got, protos.image)
+    render_idx = render_captions(got, protos, emb.text_rows, caption_idx)
     seconds["fidelity"] = round(time.time() - t, 2)
 
+    used = render_idx if cfg.caption == "render" else caption_idx
     pairs = [
-        {"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(caption_idx[i])],
-         "caption_pair": int(caption_idx[i]), "members": [int(m) for m in protos.members[i]]}
+        {"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(used[i])],
+         "caption_pair": int(used[i]), "caption_rule": cfg.caption,
+         "prototype_caption": corpus.pair_caption[int(caption_idx[i])], "prototype_caption_pair": int(caption_idx[i]),
+         "render_caption": corpus.pair_caption[int(render_idx[i])], "render_caption_pair": int(render_idx[i]),
+         "candidate": int(chosen[i]), "members": [int(m) for m in protos.members[i]]}
         for i in range(cfg.budget)
     ]
     tensors = {
         "image_raw": torch.from_numpy(protos.image_raw), "image_normalised": torch.from_numpy(protos.image),
         "text_raw": torch.from_numpy(protos.text_raw), "text_normalised": torch.from_numpy(protos.text),
     }
-    manifest = {
-        **manifest_header("pds", cfg.budget, cfg.mode, cfg.seed, corpus, clip),
+    extra = {
         "decoder": {"spec": decoder.spec, "kind": decoder.kind, "class": type(decoder.pipe).__name__,
                     "conditioning_dim": decoder.embedding_dim, "clip_space": decoder.clip_space,
                     "prompts": "nearest real caption" if prompts is not None else None},
-        "settings": _jsonable(asdict(replace(cfg, render=rcfg, clip=clip.spec))), "prototype_stats": protos.stats,
-        "embeddings_from_cache": emb.from_cache, "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
-        "render_fidelity": fid, "versions": versions(),
-        "budgets_in_run": budgets,
+        "render_fidelity": fid,
     }
-    manifest["seconds"] = seconds  # write_distilled adds the "write" entry
-    manifest["peak_memory_mb"] = peak_rss_mb()
-    write_distilled(out, renders, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
-    log.info("wrote %s", out)
+    return renders, pairs, tensors, extra
+
+
+def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fallback: np.ndarray) -> np.ndarray:
+    """For each render, the member caption (pair index) the CLIP scores highest against it; a prototype
+    without members keeps ``fallback`` (the caption nearest its text prototype). Ties: the lowest index."""
+    out = np.asarray(fallback, np.int64).copy()
+    for i, members in enumerate(protos.members):
+        if len(members):
+            texts = F.normalize(torch.from_numpy(np.asarray(text_rows.take(members, axis=0), np.float32)), dim=-1)
+            out[i] = int(members[int(torch.argmax(texts @ render_emb[i]))])
     return out
+
+
+def _select(cfg: DistillConfig, corpus: Corpus, emb: Embeddings, protos: Prototypes,
+            seconds: dict) -> tuple[list, list[dict], dict, dict]:
+    """Each prototype's nearest real member pair with its own image and caption; nothing rendered."""
+    t = time.time()
+    chosen = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
+    images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
+    pairs = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)],
+              "caption_pair": int(p), "selected_pair": int(p), "members": [int(m) for m in protos.members[i]]}
+             for i, p in enumerate(chosen)]
+    image = np.asarray(emb.image_rows.take(chosen, axis=0), np.float32)
+    text = np.asarray(emb.text_rows.take(chosen, axis=0), np.float32)
+    tensors = {"image_raw": torch.from_numpy(image), "image_normalised": F.normalize(torch.from_numpy(image), dim=-1),
+               "text_raw": torch.from_numpy(text), "text_normalised": F.normalize(torch.from_numpy(text), dim=-1)}
+    seconds["select"] = round(time.time() - t, 2)
+    return images, pairs, tensors, {"rule": "each prototype's member pair nearest it (image plus text cosine)"}
 
 
 def _jsonable(obj):

@@ -224,14 +224,18 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
     return protos
 
 
-def nearest_member_pairs(protos: Prototypes, image_raw) -> np.ndarray:
-    """For each prototype, the member pair whose image embedding is nearest its image prototype
-    (over all pairs when a prototype has no member): the start image of ``--init nearest``."""
+def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:
+    """For each prototype, the member pair nearest it: the largest sum of image cosine to the image
+    prototype and text cosine to the text prototype (over all pairs when a prototype has no member;
+    ties: the first). ``method="select"`` keeps these pairs; ``init="nearest"`` starts from their images."""
     out = np.empty(len(protos.members), dtype=np.int64)
     for c, members in enumerate(protos.members):
-        query = protos.image[c : c + 1]
-        out[c] = members[nearest_rows(query, image_raw.take(members, axis=0))[0]] if len(members) \
-            else nearest_rows(query, image_raw)[0]
+        if len(members):
+            score = (_unit(image_raw.take(members, axis=0)) @ protos.image[c]
+                     + _unit(text_raw.take(members, axis=0)) @ protos.text[c])
+            out[c] = members[int(np.argmax(score))]
+        else:
+            out[c] = nearest_rows(protos.image[c : c + 1], image_raw)[0]
     return out
 
 

@@ -69,8 +69,15 @@ def _unresolved(cfg: RenderConfig, decoder: Decoder) -> list[str]:
     return [name for name, value in decoder.defaults.items() if value is not None and getattr(cfg, name) is None]
 
 
-def image_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
+# Candidate c of image i is seeded image_seed(seed, i) + c * CANDIDATE_STRIDE: candidate 0 is the image
+# a single render draws. torch's CPU generator keeps only a seed's low 32 bits, so the stride is an odd
+# number below 2**32 whose multiples (c < 16) stay over a million apart modulo 2**32: no two
+# (index, candidate) of a set below a million images share a stream.
+CANDIDATE_STRIDE = 2_654_435_761
+
+
+def image_seed(seed: int, index: int, candidate: int = 0) -> int:
+    return seed * 1_000_003 + index + candidate * CANDIDATE_STRIDE
 
 
 def pixel_embedder(encoder: ClipEncoder):
@@ -93,11 +100,11 @@ def pixel_embedder(encoder: ClipEncoder):
 
 def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
                   init_images: list[Image.Image] | None = None, guide: ClipEncoder | None = None,
-                  prompts: list[str] | None = None) -> list[Image.Image]:
+                  prompts: list[str] | None = None, candidate: int = 0) -> list[Image.Image]:
     """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
-    (Stable unCLIP)."""
+    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N)."""
     if cfg.init not in INITS:
         raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
     missing = _unresolved(cfg, decoder)
@@ -115,7 +122,7 @@ def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
     with StepBar("render", -(-n // bs)) as bar:
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i)) for i in range(s, e)]
+            gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i, candidate)) for i in range(s, e)]
             init = None
             if cfg.init == "nearest":
                 init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
@@ -135,11 +142,15 @@ def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
 @torch.no_grad()
 def fidelity(encoder: ClipEncoder, renders: list[Image.Image], targets: torch.Tensor | np.ndarray) -> dict:
     """Top-1/top-5 (%) of each render's own target among all targets, and the mean cosine."""
-    got = F.normalize(encoder.encode_images(renders), dim=-1)
+    return fidelity_scores(F.normalize(encoder.encode_images(renders), dim=-1), targets)
+
+
+def fidelity_scores(got: torch.Tensor, targets: torch.Tensor | np.ndarray) -> dict:
+    """``fidelity`` from the renders' unit embeddings ``got`` (row i renders target i)."""
     want = F.normalize(torch.as_tensor(np.asarray(targets), dtype=torch.float32), dim=-1)
     sims = got @ want.T
     own = sims.diag()
     rank = (sims >= own[:, None]).sum(dim=1) - 1  # ties count against the render
     return {"top1": round(float((rank < 1).float().mean() * 100), 2),
             "top5": round(float((rank < 5).float().mean() * 100), 2),
-            "mean_cosine": round(float(own.mean()), 4), "n": len(renders)}
+            "mean_cosine": round(float(own.mean()), 4), "n": len(got)}

@@ -66,7 +66,7 @@ POSITION_PHRASES: dict[str, list[str]] = {
     "bottom right": ["in the bottom right", "at the lower right", "in the bottom right corner"],
 }
 BACKGROUND = (24, 24, 32)
-SPLIT_OFFSETS = {"train": 0, "test": 1, "pretrain": 2}
+SPLIT_OFFSETS = {"train": 0, "test": 1, "pretrain": 2, "val": 3}
 COUNT_WORDS = {2: ["two", "a pair of"], 3: ["three", "a trio of"]}
 
 
@@ -78,6 +78,7 @@ class WorldConfig:
     n_train: int = 10_000
     n_test: int = 1_000
     n_pretrain: int = 10_000
+    n_val: int = 1_000  # the validation split: settings are chosen on it, never on test
     captions_per_image: int = 5
     max_objects: int = 3
     object_probs: tuple[float, ...] = (0.5, 0.35, 0.15)
@@ -85,10 +86,13 @@ class WorldConfig:
     version: int = 1
 
     def n_images(self, split: str) -> int:
-        return {"train": self.n_train, "test": self.n_test, "pretrain": self.n_pretrain}[split]
+        return {"train": self.n_train, "test": self.n_test, "pretrain": self.n_pretrain, "val": self.n_val}[split]
 
     def fingerprint(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if fields["n_val"] == WorldConfig.n_val:  # added after the other splits: keep their cache keys
+            del fields["n_val"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

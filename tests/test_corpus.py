@@ -1,6 +1,8 @@
 """Corpus specs: the built-in world (with its cache) and JSONL manifests, with one-line errors."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -437,3 +439,29 @@ def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
     assert len(test.images) - 20 < same < len(test.images)
     pretrain = {image_digest(im) for im in world_split(cfg, "pretrain").images}
     assert not pretrain & train and not pretrain & set(test_digests)
+
+
+def test_val_split_shares_no_image_with_any_other_split(_cache):
+    """``shapes:val`` is drawn from its own seed stream and redrawn wherever an image equals one of
+    train, test or pretrain, so choosing settings on it never peeks at the test split."""
+    from protosynth.corpus import world_split
+    from protosynth.world import WorldConfig, generate_split, image_digest
+
+    cfg = WorldConfig(n_train=3000, n_pretrain=1000, n_val=800)
+    others = {image_digest(im) for split in ("train", "test", "pretrain") for im in world_split(cfg, split).images}
+    raw = generate_split(cfg, "val")
+    assert sum(image_digest(im) in others for im in raw.images) > 0  # without the redraw, val would overlap
+    val = [image_digest(im) for im in world_split(cfg, "val").images]
+    assert len(val) == 800 and not set(val) & others and len(set(val)) == len(val)
+    test = generate_split(cfg, "test")
+    assert not np.array_equal(raw.images[:50], test.images[:50])  # its own stream, not a copy of test's
+
+
+def test_val_split_by_spec_and_unchanged_keys_of_the_other_splits(_cache):
+    corpus = load_corpus("shapes:val,n=40")
+    assert corpus.n_images == 40 and corpus.fingerprint.endswith("-val")
+    default = WorldConfig()
+    # n_val joined the config after the other splits; their cache keys and fingerprints stay as they were
+    assert default.fingerprint() == WorldConfig(n_val=1_000).fingerprint() != WorldConfig(n_val=5).fingerprint()
+    blob = {k: v for k, v in dataclasses.asdict(default).items() if k != "n_val"}
+    assert default.fingerprint() == hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

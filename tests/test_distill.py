@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,75 @@ def test_distill_records_clip_guidance(quick_models, tmp_path):
     with pytest.raises(ProtosynthError, match=r"^render\.clip_guidance must be between 0 and 1"):
         distill(make_cfg(quick_models, tmp_path / "bad", render=RenderConfig(clip_guidance=-0.1)))
     assert not (tmp_path / "bad").exists()
+
+
+def test_render_caption_rule_picks_the_member_caption_nearest_the_render():
+    """Hand-built: three prototypes over pairs 0-5; the renders' embeddings point at pair 1, pair 5 and
+    nothing in particular; a prototype without members keeps the fallback caption."""
+    from protosynth.distill import render_captions
+    from protosynth.prototypes import Prototypes
+
+    text = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 3, 3]], np.float32)
+    members = [np.array([0, 1, 2]), np.array([3, 4, 5]), np.array([], np.int64)]
+    zeros = np.zeros((3, 3), np.float32)
+    protos = Prototypes(zeros, zeros, zeros, zeros, members)
+    renders = torch.nn.functional.normalize(torch.tensor([[0.1, 0.9, 0.2], [0.0, 0.7, 0.7], [1.0, 0.0, 0.0]]), dim=-1)
+    got = render_captions(renders, protos, text, fallback=np.array([7, 8, 9]))
+    assert got.tolist() == [1, 5, 9]  # pair 5 wins on direction (cosine), not on its larger norm alone
+
+
+def test_caption_render_records_both_rules(quick_models, full_run, tmp_path):
+    out = distill(make_cfg(quick_models, tmp_path / "render", caption="render"))
+    ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
+    corpus = load_corpus(CORPUS)
+    assert tree_bytes(out, ("images",)) == tree_bytes(full_run, ("images",))  # the rule changes captions only
+    for rec, old in zip(ds.pairs, ref.pairs):
+        assert rec["caption_rule"] == "render" and rec["caption_pair"] == rec["render_caption_pair"]
+        assert rec["caption"] == corpus.pair_caption[rec["caption_pair"]] == rec["render_caption"]
+        assert rec["prototype_caption"] == old["caption"] and rec["prototype_caption_pair"] == old["caption_pair"]
+        assert rec["render_caption_pair"] in rec["members"]
+    assert any(r["render_caption_pair"] != r["prototype_caption_pair"] for r in ds.pairs)
+
+
+def test_best_of_n_keeps_the_candidate_nearest_its_prototype(quick_models, full_run, tmp_path):
+    from protosynth.models.clip import load_clip
+    from protosynth.models.unclip import open_decoder
+    from protosynth.render import render_images, resolve_render
+
+    cfg = make_cfg(quick_models, tmp_path / "best", candidates=3)
+    out = distill(cfg)
+    ds = load_distilled(out, verify=True)
+    assert [p["members"] for p in ds.pairs] == [p["members"] for p in load_distilled(full_run).pairs]
+    clip, decoder = load_clip(f"small:{quick_models}"), open_decoder(f"small:{quick_models}")
+    rcfg = resolve_render(cfg.render, decoder)
+    embeds = ds.tensors["image_raw"]
+    target = torch.nn.functional.normalize(ds.tensors["image_normalised"], dim=-1)
+    drawn = [render_images(decoder, embeds, rcfg, guide=clip, candidate=c) for c in range(3)]
+    cos = torch.stack([(torch.nn.functional.normalize(clip.encode_images(d), dim=-1) * target).sum(-1) for d in drawn])
+    best = cos.argmax(dim=0).tolist()
+    assert [p["candidate"] for p in ds.pairs] == best and len(set(best)) > 1
+    for i, c in enumerate(best):
+        assert np.array_equal(np.asarray(ds.image(i)), np.asarray(drawn[c][i]))
+    assert not np.array_equal(np.asarray(drawn[0][0]), np.asarray(drawn[1][0]))  # candidates differ
+    again = distill(replace(cfg, out=tmp_path / "again"))
+    assert tree_bytes(again) == tree_bytes(out)
+
+
+def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run, tmp_path):
+    from protosynth.embed import embed_corpus
+    from protosynth.models.clip import load_clip
+
+    out = distill(make_cfg(quick_models, tmp_path / "select", method="select"))
+    ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
+    corpus = load_corpus(CORPUS)
+    emb = embed_corpus(corpus, load_clip(f"small:{quick_models}"))
+    unit = torch.nn.functional.normalize
+    image, text = unit(emb.image, dim=-1), unit(emb.text, dim=-1)
+    assert ds.manifest["method"] == "select" and "render_fidelity" not in ds.manifest
+    for i, (rec, old) in enumerate(zip(ds.pairs, ref.pairs)):
+        p, members = rec["selected_pair"], torch.tensor(old["members"])
+        assert rec["members"] == old["members"] and p in rec["members"]
+        score = image[members] @ ref.tensors["image_normalised"][i] + text[members] @ ref.tensors["text_normalised"][i]
+        assert p == int(members[int(score.argmax())])
+        assert rec["caption"] == corpus.pair_caption[p] and rec["caption_pair"] == p
+        assert np.array_equal(np.asarray(ds.image(i)), corpus.image_array(int(corpus.pair_image[p])))

@@ -67,12 +67,13 @@ def test_prototypes_from_memory_mapped_rows_equal_in_memory_ones(mode, tmp_path,
     cfg = PrototypeConfig(budget=8, mode=mode, max_train_points=300, seed=2)
     a = build_prototypes(img, txt, cfg)
     rows_i = Rows(as_store(img, tmp_path, "i").parts, [70] * 8 + [40], 16, row_map=pair_image)
-    b = build_prototypes(rows_i, as_store(txt, tmp_path, "t"), cfg)
+    rows_t = as_store(txt, tmp_path, "t")
+    b = build_prototypes(rows_i, rows_t, cfg)
     for name in ("image", "text", "image_raw", "text_raw"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert all(np.array_equal(x, y) for x, y in zip(a.members, b.members)) and a.stats == b.stats
     assert b.stats["kmeans_trained_on"] == 300 and b.stats["kmeans_points"] == 480
-    np.testing.assert_array_equal(nearest_member_pairs(a, img), nearest_member_pairs(b, rows_i))
+    np.testing.assert_array_equal(nearest_member_pairs(a, img, txt), nearest_member_pairs(b, rows_i, rows_t))
 
 
 def test_chunked_nearest_rows_equals_one_pass(monkeypatch):

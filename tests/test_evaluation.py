@@ -283,3 +283,24 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
                                           image_root=tmp_path / "images"))
     assert mixed["sets"][0]["metrics"] != as_split["sets"][0]["metrics"]
     assert abs(mixed["sets"][0]["metrics"]["r_mean"]["mean"] - as_split["sets"][0]["metrics"]["r_mean"]["mean"]) < 15
+
+
+def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_path):
+    """``--val`` scores on the validation corpus (the world's own ``shapes:val`` by default in the
+    library) and labels the document; it refuses to be combined with ``--test``."""
+    from typer.testing import CliRunner
+
+    from protosynth.cli.main import app
+
+    doc = evaluate([pds_set], tiny_eval(tiny_backbone, test=None, split="val", val="shapes:val,n=40"))
+    test = evaluate([pds_set], tiny_eval(tiny_backbone))
+    assert doc["split"] == "val" and doc["test"] == "shapes:val,n=40" and test["split"] == "test"
+    assert doc["sets"][0]["metrics"] != test["sets"][0]["metrics"]  # another corpus, other numbers
+    with pytest.raises(ProtosynthError, match="--val and --test"):
+        evaluate([pds_set], tiny_eval(tiny_backbone, split="val"))
+    out = tmp_path / "v.json"
+    res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--backbone", f"small:{tiny_backbone}",
+                                   "--val", "shapes:val,n=40", "--repeats", "1", "--epochs", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads(out.read_text())
+    assert saved["split"] == "val" and saved["sets"][0]["metrics"] == doc["sets"][0]["metrics"]

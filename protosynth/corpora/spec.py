@@ -1,7 +1,7 @@
 """The corpus spec grammar in one place: which specs name the built-in world, how a world spec's split
 and options parse, and the canonical and folder-friendly forms every manifest and output name use.
 
-World specs: ``shapes[:train|test|pretrain][,n=..,size=..,seed=..]``; anything else is a file
+World specs: ``shapes[:train|test|val|pretrain][,n=..,size=..,seed=..]``; anything else is a file
 corpus path or shard glob (``protosynth.corpus`` picks the reader by suffix).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def parse_world_spec(spec: str) -> tuple[str, WorldConfig]:
         raise ProtosynthError(f"corpus {spec!r}: expected shapes[:split], got {head!r}")
     split = parts[1] if len(parts) > 1 else "train"
     if split not in SPLIT_OFFSETS:
-        raise ProtosynthError(f"corpus {spec!r}: unknown world split {split!r} (train, test, pretrain)")
+        raise ProtosynthError(f"corpus {spec!r}: unknown world split {split!r} (train, test, val, pretrain)")
     cfg = WorldConfig()
     for opt in opts:
         key, _, value = opt.partition("=")

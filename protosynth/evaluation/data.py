@@ -67,14 +67,15 @@ def corpus_text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
     return feats
 
 
-def default_test_spec(corpus_spec: str) -> str:
-    """The world's test split for a world corpus spec (same image size and seed); other corpora
-    have no built-in test split."""
+def default_test_spec(corpus_spec: str, split: str = "test") -> str:
+    """The world's test (or val) split for a world corpus spec (same image size and seed); other
+    corpora have no built-in split."""
     head, *opts = corpus_spec.split(",")
     if head.split(":")[0] != "shapes":
-        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in test split; pass {P.test('SPEC')}")
+        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in {split} split; "
+                              f"pass {getattr(P, split)('SPEC')}")
     keep = [o for o in opts if o.partition("=")[0] in ("size", "seed")]
-    return ",".join(["shapes:test", *keep])
+    return ",".join([f"shapes:{split}", *keep])
 
 
 def test_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> TestData:

@@ -35,6 +35,10 @@ SELECTED = "best checkpoint on the test split (--select-on-test; model selection
 class EvalConfig:
     protocol: str = "small"
     test: str | None = None  # default: the test split of the sets' corpus
+    # "val": score on a validation corpus instead (``val``, default: the world's shapes:val), for
+    # choosing settings; the test split is kept for the final table
+    split: str = "test"
+    val: str | None = None
     repeats: int = 5
     epochs: int | None = None  # default: the protocol's (full-data runs: its full_epochs)
     seed: int = 0
@@ -55,6 +59,10 @@ def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
         raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ProtosynthError(f"{P.epochs} must be at least 1, got {cfg.epochs}")
+    if cfg.split not in ("test", "val"):
+        raise ProtosynthError(f"{P.split} {cfg.split!r}: use test or val")
+    if cfg.split == "val" and cfg.test is not None:
+        raise ProtosynthError(f"{P.val} and {P.test} name different splits: pass one of them", param="val")
     if cfg.text not in TEXT_MODES:
         raise ProtosynthError(f"{P.text} {cfg.text!r}: use {', '.join(TEXT_MODES)}")
     if not paths and not cfg.full:
@@ -85,12 +93,14 @@ def _text_spec(protocol: Protocol, sets: list[DistilledSet], override: str | Non
 
 
 def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
-    if cfg.test:
-        return cfg.test
+    """The corpus the models are scored on: the test split, or the validation split with ``split="val"``."""
+    given = cfg.val if cfg.split == "val" else cfg.test
+    if given:
+        return given
     corpora = [s.manifest.get("corpus", {}).get("spec") for s in sets] + ([cfg.full] if cfg.full else [])
     if any(c is None for c in corpora):
         raise ProtosynthError(f"a set's manifest names no corpus; pass {P.test('SPEC')}")
-    specs = {default_test_spec(c) for c in corpora}
+    specs = {default_test_spec(c, cfg.split) for c in corpora}
     if len(specs) > 1:
         raise ProtosynthError(f"the sets come from corpora with different test splits ({sorted(specs)}); "
                               f"pass {P.test('SPEC')}")
@@ -149,7 +159,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                 row["final_metrics"] = summarise([r.final for r in runs])
             results.append(row)
     return {"protocol": protocol.name, "backbone": backbone.spec, "text_encoder": encoder.spec, "image_size": size,
-            "text_space": encoder.space, "test": test_spec, "repeats": cfg.repeats, "seed": cfg.seed,
+            "text_space": encoder.space, "test": test_spec, "split": cfg.split, "repeats": cfg.repeats, "seed": cfg.seed,
             "select_on_test": cfg.select_on_test, "score": SELECTED if cfg.select_on_test else FINAL,
             "settings": asdict(protocol), "sets": results}
 
