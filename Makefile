@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(BIN)/protosynth distill --budget 500 --force
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # Copy a `protosynth models train` output into the package as the shipped default models

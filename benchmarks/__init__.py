@@ -1,4 +1,5 @@
 """Benchmarks: each ``python -m benchmarks.NAME`` writes ``benchmarks/results/NAME.{json,md}``."""
+
 import os
 
 # As in the CLI: OpenMP threads that spin-wait run torch tens of times slower whenever another process

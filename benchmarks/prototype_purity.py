@@ -17,6 +17,7 @@ captions", before any rendering:
 
 Writes ``benchmarks/results/prototype_purity.json`` and ``prototype_purity.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,13 @@ from protosynth.world import WorldConfig
 RESULTS = Path(__file__).parent / "results"
 
 
-def purity(members: list[np.ndarray], caption_pairs: np.ndarray, pair_image: np.ndarray,
-           scenes: list[frozenset], colour_shapes: list[frozenset]) -> dict:
+def purity(
+    members: list[np.ndarray],
+    caption_pairs: np.ndarray,
+    pair_image: np.ndarray,
+    scenes: list[frozenset],
+    colour_shapes: list[frozenset],
+) -> dict:
     """The agreement statistics above, for prototypes given by member pair lists and caption pairs."""
     distinct, same_cs, same_scene = [], [], []
     for mem, cap in zip(members, caption_pairs):
@@ -49,20 +55,28 @@ def purity(members: list[np.ndarray], caption_pairs: np.ndarray, pair_image: np.
             same_cs.append(np.mean([colour_shapes[i] == colour_shapes[ci] for i in images]))
             same_scene.append(np.mean([scenes[i] == scenes[ci] for i in images]))
     same_cs_arr = np.asarray(same_cs)
-    return {"prototypes": len(members), "distinct_images": float(np.median(distinct)),
-            "members_same_colour_shape": round(100 * float(same_cs_arr.mean()), 1),
-            "members_same_scene": round(100 * float(np.mean(same_scene)), 1),
-            "majority_same_colour_shape": round(100 * float(np.mean(same_cs_arr >= 0.5)), 1)}
+    return {
+        "prototypes": len(members),
+        "distinct_images": float(np.median(distinct)),
+        "members_same_colour_shape": round(100 * float(same_cs_arr.mean()), 1),
+        "members_same_scene": round(100 * float(np.mean(same_scene)), 1),
+        "majority_same_colour_shape": round(100 * float(np.mean(same_cs_arr >= 0.5)), 1),
+    }
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"Command: `{doc['command']}` (commit {doc['commit']})", "",
-             "| budget | mode | distinct member images (median) | members with the caption's colours+shapes % "
-             "| members with the caption's exact scene % | prototypes whose majority agrees % |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{doc['command']}` (commit {doc['commit']})",
+        "",
+        "| budget | mode | distinct member images (median) | members with the caption's colours+shapes % "
+        "| members with the caption's exact scene % | prototypes whose majority agrees % |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in doc["rows"]:
-        lines.append(f"| {r['budget']} | {r['mode']} | {r['distinct_images']:g} | {r['members_same_colour_shape']} "
-                     f"| {r['members_same_scene']} | {r['majority_same_colour_shape']} |")
+        lines.append(
+            f"| {r['budget']} | {r['mode']} | {r['distinct_images']:g} | {r['members_same_colour_shape']} "
+            f"| {r['members_same_scene']} | {r['majority_same_colour_shape']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -85,15 +99,25 @@ def main(argv: list[str] | None = None) -> None:
     for budget in [int(b) for b in args.budgets.split(",")]:
         for mode in MODES:
             t0 = time.time()
-            protos = build_prototypes(emb.image_rows, emb.text_rows, PrototypeConfig(budget=budget, mode=mode,
-                                                                                     seed=args.seed))
+            protos = build_prototypes(
+                emb.image_rows, emb.text_rows, PrototypeConfig(budget=budget, mode=mode, seed=args.seed)
+            )
             caption_pairs = nearest_rows(protos.text, emb.text_rows)
-            row = {"budget": budget, "mode": mode, **purity(protos.members, caption_pairs, pair_image, scenes,
-                                                             colour_shapes), "seconds": round(time.time() - t0, 1)}
+            row = {
+                "budget": budget,
+                "mode": mode,
+                **purity(protos.members, caption_pairs, pair_image, scenes, colour_shapes),
+                "seconds": round(time.time() - t0, 1),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    doc = {"command": " ".join(["python -m benchmarks.prototype_purity", *(argv if argv is not None else sys.argv[1:])]),
-           "commit": git_commit(), "clip": args.clip, "seed": args.seed, "rows": rows}
+    doc = {
+        "command": " ".join(["python -m benchmarks.prototype_purity", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": git_commit(),
+        "clip": args.clip,
+        "seed": args.seed,
+        "rows": rows,
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results / "prototype_purity.json", json.dumps(doc, indent=2))
     write_text_atomic(args.results / "prototype_purity.md", markdown(doc))

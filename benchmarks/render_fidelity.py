@@ -22,6 +22,7 @@ that of the caption's image; "objects found" = the share of the caption's object
 in the render. References: the nearest member images (what a perfect copy of the best member would
 score; the clustering's ceiling) and the caption images themselves (the judge's own ceiling).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,13 @@ from protosynth.render import RenderConfig, fidelity, render_images, resolve_ren
 RESULTS = Path(__file__).parent / "results"
 # Unset keys take the decoder's defaults (its render_defaults.json: the guidance scale measured best
 # on held-out images); each row records the settings it resolved to.
-SETTINGS = [
-    {"steps": 50, "guidance_scale": g, "clip_guidance": 0.0} for g in (1.0, 1.5, 2.0, 3.0)
-] + [
-    {"steps": 50, "clip_guidance": c} for c in (0.01, 0.02, 0.03)
-] + [
-    {"steps": 50, "clip_guidance": 0.0, "init": "nearest", "strength": 0.6},
-]
+SETTINGS = (
+    [{"steps": 50, "guidance_scale": g, "clip_guidance": 0.0} for g in (1.0, 1.5, 2.0, 3.0)]
+    + [{"steps": 50, "clip_guidance": c} for c in (0.01, 0.02, 0.03)]
+    + [
+        {"steps": 50, "clip_guidance": 0.0, "init": "nearest", "strength": 0.6},
+    ]
+)
 SHOWN = ("guidance_scale", "steps", "clip_guidance", "init", "strength")  # the keys a row's label names
 
 
@@ -70,9 +71,13 @@ def adherence(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     p, t = pred[occ] - 1, true[occ] - 1  # kind = (colour * 4 + shape) * 2 + size
     found = p >= 0
     pct = lambda hit: round(100 * float(np.mean(hit)), 1)  # noqa: E731
-    return {"present": pct(found), "colour": pct(found & (p // 8 == t // 8)),
-            "shape": pct(found & ((p // 2) % 4 == (t // 2) % 4)), "exact": pct(p == t),
-            "empty_cells_kept_empty": pct(pred[~occ] == 0)}
+    return {
+        "present": pct(found),
+        "colour": pct(found & (p // 8 == t // 8)),
+        "shape": pct(found & ((p // 2) % 4 == (t // 2) % 4)),
+        "exact": pct(p == t),
+        "empty_cells_kept_empty": pct(pred[~occ] == 0),
+    }
 
 
 def colour_shapes(cells: np.ndarray) -> list[frozenset]:
@@ -85,7 +90,10 @@ def caption_agreement(pred: np.ndarray, captions: list[frozenset]) -> dict[str, 
     read = colour_shapes(pred)
     same = [r == c for r, c in zip(read, captions)]
     found = [len(r & c) / len(c) for r, c in zip(read, captions) if c]
-    return {"same_objects": round(100 * float(np.mean(same)), 1), "objects_found": round(100 * float(np.mean(found)), 1)}
+    return {
+        "same_objects": round(100 * float(np.mean(same)), 1),
+        "objects_found": round(100 * float(np.mean(found)), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,11 +138,15 @@ def main(argv: list[str] | None = None) -> None:
         setting = {k: getattr(cfg, k) for k in SHOWN if k in requested or k in ("guidance_scale", "clip_guidance")}
         setting["default_guidance"] = "guidance_scale" not in requested
         t = time.time()
-        renders = render_images(decoder, torch.from_numpy(protos.image_raw), cfg,
-                                init_images if cfg.init == "nearest" else None, guide=clip)
+        renders = render_images(
+            decoder, torch.from_numpy(protos.image_raw), cfg, init_images if cfg.init == "nearest" else None, guide=clip
+        )
         seconds = time.time() - t
-        row = {"setting": setting, "fidelity": fidelity(clip, renders, protos.image),
-               "seconds_per_image": round(seconds / len(renders), 4)}
+        row = {
+            "setting": setting,
+            "fidelity": fidelity(clip, renders, protos.image),
+            "seconds_per_image": round(seconds / len(renders), 4),
+        }
         if judge is not None:
             row["caption_agreement"] = caption_agreement(judge_cells(judge, renders), captions)
         if judge is not None and cfg.init == "noise":
@@ -147,32 +159,57 @@ def main(argv: list[str] | None = None) -> None:
     real = fidelity(clip, init_images, protos.image)
     judge_ceiling = adherence(judge_cells(judge, test), true) if judge is not None else None
     members_caption = caption_agreement(judge_cells(judge, init_images), captions) if judge is not None else None
-    captions_caption = (caption_agreement(judge_cells(judge, [corpus.load_image(i) for i in caption_images]), captions)
-                        if judge is not None else None)
-    record = {"command": "python -m benchmarks.render_fidelity " + " ".join(sys.argv[1:] if argv is None else argv), "budget": args.budget,
-              "corpus": corpus.spec, "clip": args.clip, "decoder": args.decoder, "rows": rows,
-              "nearest_real_member_reference": real, "heldout_images": args.heldout,
-              "judge": "ps-resnet", "judge_on_real_test_images": judge_ceiling,
-              "caption_agreement_nearest_members": members_caption, "caption_agreement_caption_images": captions_caption, "threads": torch.get_num_threads()}
+    captions_caption = (
+        caption_agreement(judge_cells(judge, [corpus.load_image(i) for i in caption_images]), captions)
+        if judge is not None
+        else None
+    )
+    record = {
+        "command": "python -m benchmarks.render_fidelity " + " ".join(sys.argv[1:] if argv is None else argv),
+        "budget": args.budget,
+        "corpus": corpus.spec,
+        "clip": args.clip,
+        "decoder": args.decoder,
+        "rows": rows,
+        "nearest_real_member_reference": real,
+        "heldout_images": args.heldout,
+        "judge": "ps-resnet",
+        "judge_on_real_test_images": judge_ceiling,
+        "caption_agreement_nearest_members": members_caption,
+        "caption_agreement_caption_images": captions_caption,
+        "threads": torch.get_num_threads(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out.with_suffix(".json"), json.dumps(record, indent=2))
-    lines = ["| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / "
-             "present % | caption: same objects / objects found % |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | top-1 % | top-5 % | mean cosine | s / image | held-out top-1 % | judge: exact / colour / shape / "
+        "present % | caption: same objects / objects found % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     agree = lambda a: f"{a['same_objects']:.1f} / {a['objects_found']:.1f}" if a else "-"  # noqa: E731
     for r in rows:
         s, f = r["setting"], r["fidelity"]
         name = ", ".join(f"{k}={v}" for k, v in s.items() if k != "default_guidance")
         name += " (guidance_scale from the decoder's render_defaults.json)" if s.get("default_guidance") else ""
         h, j = r.get("heldout_fidelity"), r.get("judge_adherence")
-        extra = (f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
-                 if h else "- | -")
-        lines.append(f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} "
-                     f"| {extra} | {agree(r.get('caption_agreement'))} |")
+        extra = (
+            f"{h['top1']:.1f} | {j['exact']:.1f} / {j['colour']:.1f} / {j['shape']:.1f} / {j['present']:.1f}"
+            if h
+            else "- | -"
+        )
+        lines.append(
+            f"| {name} | {f['top1']:.1f} | {f['top5']:.1f} | {f['mean_cosine']:.3f} | {r['seconds_per_image']:.3f} "
+            f"| {extra} | {agree(r.get('caption_agreement'))} |"
+        )
     jc = judge_ceiling
     judge_cell = f"{jc['exact']:.1f} / {jc['colour']:.1f} / {jc['shape']:.1f} / {jc['present']:.1f}" if jc else "-"
-    lines.append(f"| real images (reference: nearest member; the test images for the judge) | {real['top1']:.1f} | "
-                 f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} | {agree(members_caption)} |")
-    lines.append(f"| the caption images themselves (the judge's ceiling) | - | - | - | - | - | - | {agree(captions_caption)} |")
+    lines.append(
+        f"| real images (reference: nearest member; the test images for the judge) | {real['top1']:.1f} | "
+        f"{real['top5']:.1f} | {real['mean_cosine']:.3f} | - | - | {judge_cell} | {agree(members_caption)} |"
+    )
+    lines.append(
+        f"| the caption images themselves (the judge's ceiling) | - | - | - | - | - | - | {agree(captions_caption)} |"
+    )
     write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

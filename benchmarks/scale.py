@@ -24,6 +24,7 @@
 
 Writes ``benchmarks/results/scale.json`` (numbers, machine, command, commit) and ``scale.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,18 @@ def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
     t = time.perf_counter()
     kmeans(x, k, niter, seed=0, stats=stats)
     seconds = time.perf_counter() - t
-    return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2),
-            "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
-            "rss_before_kmeans_mb": round(before / 2**20, 1), "data_mb": round(x.nbytes / 2**20, 1),
-            "trained_on": stats["kmeans_trained_on"], "gpu": stats["kmeans_gpu"]}
+    return {
+        "n": n,
+        "d": d,
+        "k": k,
+        "niter": niter,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        "rss_before_kmeans_mb": round(before / 2**20, 1),
+        "data_mb": round(x.nbytes / 2**20, 1),
+        "trained_on": stats["kmeans_trained_on"],
+        "gpu": stats["kmeans_gpu"],
+    }
 
 
 def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: int) -> dict:
@@ -102,10 +111,19 @@ def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: i
     seconds = time.perf_counter() - t
     done.set()
     watcher.join()
-    return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2), "shards": len(paths),
-            "data_mb": round(n * d * 4 / 2**20, 1), "anon_before_kmeans_mb": round(before / 1024, 1),
-            "peak_anon_mb": round(max(peak[0], _status_kb("RssAnon")) / 1024, 1),
-            "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1), "trained_on": stats["kmeans_trained_on"]}
+    return {
+        "n": n,
+        "d": d,
+        "k": k,
+        "niter": niter,
+        "seconds": round(seconds, 2),
+        "shards": len(paths),
+        "data_mb": round(n * d * 4 / 2**20, 1),
+        "anon_before_kmeans_mb": round(before / 1024, 1),
+        "peak_anon_mb": round(max(peak[0], _status_kb("RssAnon")) / 1024, 1),
+        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+        "trained_on": stats["kmeans_trained_on"],
+    }
 
 
 def bench_kmeans_mmap(n: int, d: int, k: int, niter: int, shard: int = 100_000) -> dict:
@@ -128,7 +146,9 @@ def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
     return rows
 
 
-def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: int, clip_spec: str = "default") -> dict:
+def bench_embed(
+    corpus_spec: str, repeats: int, workers: list[int], batch_size: int, clip_spec: str = "default"
+) -> dict:
     import torch
 
     from protosynth.corpus import load_corpus
@@ -140,8 +160,11 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: 
     cfg = EmbedConfig(batch_size=batch_size)
     plan = _batch_plan(plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size), batch_size)
     t = time.perf_counter()
-    images = [torch.stack([clip.preprocess(corpus.load_image(i, clip.input_size)) for i in range(a, b)])
-              for kind, a, b in plan if kind == "image"]
+    images = [
+        torch.stack([clip.preprocess(corpus.load_image(i, clip.input_size)) for i in range(a, b)])
+        for kind, a, b in plan
+        if kind == "image"
+    ]
     prep = time.perf_counter() - t
     t = time.perf_counter()
     tokens = [clip.tokenizer(corpus.pair_caption[a:b]) for kind, a, b in plan if kind == "text"]
@@ -173,15 +196,31 @@ def bench_embed(corpus_spec: str, repeats: int, workers: list[int], batch_size: 
     bare = best["image_forward"] + best["text_forward"]
     n = corpus.n_images
     return {
-        "corpus": corpus_spec, "clip": clip_spec, "input_size": clip.input_size, "images": n, "pairs": corpus.n_pairs,
+        "corpus": corpus_spec,
+        "clip": clip_spec,
+        "input_size": clip.input_size,
+        "images": n,
+        "pairs": corpus.n_pairs,
         "batch_size": batch_size,
-        "shard_size": cfg.shard_size, "repeats": repeats,
-        "bare": {"image_forward_s": round(best["image_forward"], 2), "text_forward_s": round(best["text_forward"], 2),
-                 "seconds": round(bare, 2), "images_per_s": round(n / bare, 1),
-                 "preprocess_s": round(prep, 2), "tokenise_s": round(tok, 2)},
-        "pipeline": [{"workers": w, "seconds": round(best[f"pipeline_w{w}"], 2),
-                      "images_per_s": round(n / best[f"pipeline_w{w}"], 1),
-                      "ratio_to_bare": round(bare / best[f"pipeline_w{w}"], 3)} for w in workers],
+        "shard_size": cfg.shard_size,
+        "repeats": repeats,
+        "bare": {
+            "image_forward_s": round(best["image_forward"], 2),
+            "text_forward_s": round(best["text_forward"], 2),
+            "seconds": round(bare, 2),
+            "images_per_s": round(n / bare, 1),
+            "preprocess_s": round(prep, 2),
+            "tokenise_s": round(tok, 2),
+        },
+        "pipeline": [
+            {
+                "workers": w,
+                "seconds": round(best[f"pipeline_w{w}"], 2),
+                "images_per_s": round(n / best[f"pipeline_w{w}"], 1),
+                "ratio_to_bare": round(bare / best[f"pipeline_w{w}"], 3),
+            }
+            for w in workers
+        ],
     }
 
 
@@ -233,64 +272,105 @@ def bench_render(n_images: int, corpus_spec: str) -> dict:
     with torch.no_grad():
         render_images(decoder, embeds, cfg, guide=clip)
     seconds = time.perf_counter() - t
-    return {"images": n_images, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-            "clip_guidance": cfg.clip_guidance, "batch_size": min(cfg.batch_size, n_images),
-            "seconds": round(seconds, 2), "seconds_per_image": round(seconds / n_images, 3)}
+    return {
+        "images": n_images,
+        "steps": cfg.steps,
+        "guidance_scale": cfg.guidance_scale,
+        "clip_guidance": cfg.clip_guidance,
+        "batch_size": min(cfg.batch_size, n_images),
+        "seconds": round(seconds, 2),
+        "seconds_per_image": round(seconds / n_images, 3),
+    }
 
 
 def machine() -> dict:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu_cores": os.cpu_count(), "cpu": model, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu_cores": os.cpu_count(),
+        "cpu": model,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def embed_rows(e: dict) -> list[str]:
-    lines = [f"| {e['corpus']} | bare encoder forward (image {e['bare']['image_forward_s']} s + text "
-             f"{e['bare']['text_forward_s']} s; inputs made beforehand: preprocess {e['bare']['preprocess_s']} s, "
-             f"tokenise {e['bare']['tokenise_s']} s) | {e['bare']['seconds']} | {e['bare']['images_per_s']} | 1.00 |"]
+    lines = [
+        f"| {e['corpus']} | bare encoder forward (image {e['bare']['image_forward_s']} s + text "
+        f"{e['bare']['text_forward_s']} s; inputs made beforehand: preprocess {e['bare']['preprocess_s']} s, "
+        f"tokenise {e['bare']['tokenise_s']} s) | {e['bare']['seconds']} | {e['bare']['images_per_s']} | 1.00 |"
+    ]
     for p in e["pipeline"]:
-        lines.append(f"| {e['corpus']} | pipeline `embed_corpus`, {p['workers']} workers | {p['seconds']} | "
-                     f"{p['images_per_s']} | {p['ratio_to_bare']:.2f} |")
+        lines.append(
+            f"| {e['corpus']} | pipeline `embed_corpus`, {p['workers']} workers | {p['seconds']} | "
+            f"{p['images_per_s']} | {p['ratio_to_bare']:.2f} |"
+        )
     return lines
 
 
 def markdown(doc: dict) -> str:
     e, lines = doc["embed"], []
-    lines += [f"# Scale on this machine ({doc['machine']['cpu_cores']} cores, {doc['machine']['cpu']}, "
-              f"torch threads {doc['machine']['torch_threads']})", "",
-              f"Command: `{doc['command']}` (commit {doc['commit'][:12]}, {doc['seconds_total']:.0f} s wall; "
-              f"load average {doc['machine']['load_average_at_start']} at start and "
-              f"{doc['machine']['load_average_at_end']} at the end, this benchmark's own work included).", "",
-              f"**Embedding** ({e['images']} images, {e['pairs']} caption-level pairs, unless the row names "
-              f"another corpus), the shipped small CLIP unless the row names another, batch {e['batch_size']}, "
-              f"best of {e['repeats']}. The pipeline loads, preprocesses, tokenises, encodes "
-              "and writes the shards; the bare forward only encodes.", "",
-              "| corpus | run | seconds | images/s | vs bare forward |", "|---|---|---|---|---|",
-              *embed_rows(e), *(embed_rows(doc["embed_files"]) if "embed_files" in doc else []),
-              *(embed_rows(doc["embed_real"]) if "embed_real" in doc else [])]
-    lines += ["", "**k-means** (`prototypes.kmeans`, random float32 vectors, each N in a fresh spawned process):", "",
-              "| N | d | K | trained on | seconds | peak RSS MB | data MB | RSS before k-means MB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"# Scale on this machine ({doc['machine']['cpu_cores']} cores, {doc['machine']['cpu']}, "
+        f"torch threads {doc['machine']['torch_threads']})",
+        "",
+        f"Command: `{doc['command']}` (commit {doc['commit'][:12]}, {doc['seconds_total']:.0f} s wall; "
+        f"load average {doc['machine']['load_average_at_start']} at start and "
+        f"{doc['machine']['load_average_at_end']} at the end, this benchmark's own work included).",
+        "",
+        f"**Embedding** ({e['images']} images, {e['pairs']} caption-level pairs, unless the row names "
+        f"another corpus), the shipped small CLIP unless the row names another, batch {e['batch_size']}, "
+        f"best of {e['repeats']}. The pipeline loads, preprocesses, tokenises, encodes "
+        "and writes the shards; the bare forward only encodes.",
+        "",
+        "| corpus | run | seconds | images/s | vs bare forward |",
+        "|---|---|---|---|---|",
+        *embed_rows(e),
+        *(embed_rows(doc["embed_files"]) if "embed_files" in doc else []),
+        *(embed_rows(doc["embed_real"]) if "embed_real" in doc else []),
+    ]
+    lines += [
+        "",
+        "**k-means** (`prototypes.kmeans`, random float32 vectors, each N in a fresh spawned process):",
+        "",
+        "| N | d | K | trained on | seconds | peak RSS MB | data MB | RSS before k-means MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in doc["kmeans"]:
-        lines.append(f"| {r['n']:,} | {r['d']} | {r['k']} | {r['trained_on']:,} | {r['seconds']} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['rss_before_kmeans_mb']:.0f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['d']} | {r['k']} | {r['trained_on']:,} | {r['seconds']} | "
+            f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['rss_before_kmeans_mb']:.0f} |"
+        )
     if "kmeans_mmap" in doc:
         m = doc["kmeans_mmap"]
-        lines += ["", f"**k-means over memory-mapped shards** (N = {m['n']:,} rows in {m['shards']} `.npy` files, "
-                  f"{m['data_mb']:.0f} MB, read through `store.Rows` as `distill` reads a store; trained on "
-                  f"{m['trained_on']:,}): {m['seconds']} s; peak anonymous memory during k-means "
-                  f"**{m['peak_anon_mb']:.0f} MB** ({m['anon_before_kmeans_mb']:.0f} MB before it), peak RSS "
-                  f"{m['peak_rss_mb']:.0f} MB including mapped file pages the kernel may drop."]
+        lines += [
+            "",
+            f"**k-means over memory-mapped shards** (N = {m['n']:,} rows in {m['shards']} `.npy` files, "
+            f"{m['data_mb']:.0f} MB, read through `store.Rows` as `distill` reads a store; trained on "
+            f"{m['trained_on']:,}): {m['seconds']} s; peak anonymous memory during k-means "
+            f"**{m['peak_anon_mb']:.0f} MB** ({m['anon_before_kmeans_mb']:.0f} MB before it), peak RSS "
+            f"{m['peak_rss_mb']:.0f} MB including mapped file pages the kernel may drop.",
+        ]
     r = doc["render"]
-    lines += ["", f"**Render**: shipped decoder, default RenderConfig ({r['steps']} steps, "
-              f"guidance {r['guidance_scale']}, "
-              f"CLIP guidance {r['clip_guidance']}), {r['images']} images in batches of {r['batch_size']}: "
-              f"**{r['seconds_per_image']} s / image** ({r['seconds']} s).", ""]
+    lines += [
+        "",
+        f"**Render**: shipped decoder, default RenderConfig ({r['steps']} steps, "
+        f"guidance {r['guidance_scale']}, "
+        f"CLIP guidance {r['clip_guidance']}), {r['images']} images in batches of {r['batch_size']}: "
+        f"**{r['seconds_per_image']} s / image** ({r['seconds']} s).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -303,8 +383,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", default="0,2", help="DataLoader worker counts to time the pipeline with.")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--real-arch", default="ViT-B-32",
-                    help="open_clip architecture (random weights) timed on JPEG files too; 'none' skips it.")
+    ap.add_argument(
+        "--real-arch",
+        default="ViT-B-32",
+        help="open_clip architecture (random weights) timed on JPEG files too; 'none' skips it.",
+    )
     ap.add_argument("--real-images", type=int, default=None, help="Images for the --real-arch run (default 200).")
     ap.add_argument("--kmeans-n", default=None, help="Comma-separated N (default 10000,100000,1000000).")
     ap.add_argument("--render-images", type=int, default=None, help="Images to render (default 20).")
@@ -324,15 +407,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.real_arch != "none":
             real_corpus = f"shapes,n={args.real_images or (20 if args.quick else 200)}"
             clip = random_clip_dir(args.real_arch, files / "real-clip")
-            doc["embed_real"] = bench_embed(jsonl_copy(real_corpus, files / "real"), repeats, workers,
-                                            args.batch_size, clip)
-            doc["embed_real"]["corpus"] = (f"{real_corpus} as 384 px JPEG files, open_clip {args.real_arch} "
-                                           f"(random weights, {doc['embed_real']['input_size']} px)")
+            doc["embed_real"] = bench_embed(
+                jsonl_copy(real_corpus, files / "real"), repeats, workers, args.batch_size, clip
+            )
+            doc["embed_real"]["corpus"] = (
+                f"{real_corpus} as 384 px JPEG files, open_clip {args.real_arch} "
+                f"(random weights, {doc['embed_real']['input_size']} px)"
+            )
     finally:
         shutil.rmtree(files, ignore_errors=True)
     doc["kmeans"] = bench_kmeans(sizes, d=768, k=50 if args.quick else 500, niter=25)
-    doc["kmeans_mmap"] = bench_kmeans_mmap(max(sizes), d=768, k=50 if args.quick else 500, niter=25,
-                                           shard=10_000 if args.quick else 100_000)
+    doc["kmeans_mmap"] = bench_kmeans_mmap(
+        max(sizes), d=768, k=50 if args.quick else 500, niter=25, shard=10_000 if args.quick else 100_000
+    )
     doc["render"] = bench_render(args.render_images or (4 if args.quick else 20), corpus)
     doc["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     doc["seconds_total"] = round(time.time() - started, 1)

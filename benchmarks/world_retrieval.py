@@ -64,11 +64,15 @@ LEVERS = [
     Recipe("caption-render", {"caption": "render"}),
     Recipe("best-of-4", {"caption": "prototype", "candidates": 4}),
     Recipe("best-of-4+caption-render", {"caption": "render", "candidates": 4}),
-    *[Recipe(f"nearest-{s}+caption-render", {"caption": "render", "render": {"init": "nearest", "strength": s}})
-      for s in (0.3, 0.5, 0.7)],
+    *[
+        Recipe(f"nearest-{s}+caption-render", {"caption": "render", "render": {"init": "nearest", "strength": s}})
+        for s in (0.3, 0.5, 0.7)
+    ],
     Recipe("nearest-0.5", {"caption": "prototype", "render": {"init": "nearest", "strength": 0.5}}),
-    Recipe("nearest-0.5+best-of-4+caption-render",
-           {"caption": "render", "candidates": 4, "render": {"init": "nearest", "strength": 0.5}}),
+    Recipe(
+        "nearest-0.5+best-of-4+caption-render",
+        {"caption": "render", "candidates": 4, "render": {"init": "nearest", "strength": 0.5}},
+    ),
     *[Recipe(f"{m}+caption-render", {"mode": m, "caption": "render"}) for m in ("joint", "image", "text")],
     Recipe("drop-0+caption-render", {"drop_fraction": 0.0, "caption": "render"}),
 ]
@@ -127,19 +131,32 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
     rendered = {r.name for r in VAL_RECIPES if r.rendered}
     by_recipe = {name: [r for r in rows if r["recipe"] == name] for name in rendered}
     ranking = sorted(rendered, key=lambda n: -statistics.mean(r_mean(r) for r in by_recipe[n]))
-    best_per_budget = {b: max((r for r in rows if r["budget"] == b and r["rendered"]), key=r_mean)["recipe"]
-                       for b in budgets}
-    return dict(head, split="val", sets=rows, ranking=ranking, chosen=ranking[0], runner_up=ranking[1],
-                best_per_budget=best_per_budget)
+    best_per_budget = {
+        b: max((r for r in rows if r["budget"] == b and r["rendered"]), key=r_mean)["recipe"] for b in budgets
+    }
+    return dict(
+        head,
+        split="val",
+        sets=rows,
+        ranking=ranking,
+        chosen=ranking[0],
+        runner_up=ranking[1],
+        best_per_budget=best_per_budget,
+    )
 
 
 def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict, full: bool) -> dict:
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
     recipes = {r.name: r for r in VAL_RECIPES}
     chosen, runner_up = recipes[val["chosen"]], recipes[val["runner_up"]]
-    plan = [(PUBLISHED, "fixed: PDS as published"), (DEFAULT, "fixed: the shipped default"),
-            (chosen, "val: best rendered recipe"), (runner_up, "val: runner-up"), (SELECT, "fixed"),
-            *[(Recipe(c, coreset=c, rendered=False), "fixed") for c in CORESETS]]
+    plan = [
+        (PUBLISHED, "fixed: PDS as published"),
+        (DEFAULT, "fixed: the shipped default"),
+        (chosen, "val: best rendered recipe"),
+        (runner_up, "val: runner-up"),
+        (SELECT, "fixed"),
+        *[(Recipe(c, coreset=c, rendered=False), "fixed") for c in CORESETS],
+    ]
     rows, head, seen = [], {}, set()
     for budget in budgets:
         for recipe, chosen_by in plan:
@@ -160,30 +177,50 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict,
 
 
 def markdown(doc: dict, command: str, title: str) -> str:
-    lines = [f"# {title}: {doc['protocol']} protocol ({doc['backbone']} + {doc['text_encoder']}), "
-             f"scored on {doc['test']}, {doc['repeats']} repeats, score = {doc['score']}", "",
-             f"Command: `{command}` (commit {doc['commit'][:12]}). Mean ± sample std over repeats, percent. "
-             "Sets made on the train split with seed 0; make = seconds from corpus to set (embedding cached).", ""]
+    lines = [
+        f"# {title}: {doc['protocol']} protocol ({doc['backbone']} + {doc['text_encoder']}), "
+        f"scored on {doc['test']}, {doc['repeats']} repeats, score = {doc['score']}",
+        "",
+        f"Command: `{command}` (commit {doc['commit'][:12]}). Mean ± sample std over repeats, percent. "
+        "Sets made on the train split with seed 0; make = seconds from corpus to set (embedding cached).",
+        "",
+    ]
     if doc["split"] == "val":
-        lines += [f"Chosen on val (highest mean r_mean over the budgets among rendered recipes): **{doc['chosen']}**; "
-                  f"runner-up {doc['runner_up']}. Best rendered recipe per budget: "
-                  + ", ".join(f"{b}: {n}" for b, n in doc["best_per_budget"].items()) + ".", ""]
+        lines += [
+            f"Chosen on val (highest mean r_mean over the budgets among rendered recipes): **{doc['chosen']}**; "
+            f"runner-up {doc['runner_up']}. Best rendered recipe per budget: "
+            + ", ".join(f"{b}: {n}" for b, n in doc["best_per_budget"].items())
+            + ".",
+            "",
+        ]
     gain = doc["split"] == "test"
-    lines += ["| budget | recipe | " + " | ".join(METRIC_NAMES) + (" | gain over random | chosen by" if gain else "")
-              + " | make s |", "|---|---|" + "---|" * len(METRIC_NAMES) + ("---|---|" if gain else "") + "---|"]
+    lines += [
+        "| budget | recipe | "
+        + " | ".join(METRIC_NAMES)
+        + (" | gain over random | chosen by" if gain else "")
+        + " | make s |",
+        "|---|---|" + "---|" * len(METRIC_NAMES) + ("---|---|" if gain else "") + "---|",
+    ]
     for row in doc["sets"]:
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
         extra = [f"{row.get('gain_over_random', float('nan')):+.1f}", row["chosen_by"]] if gain else []
-        lines.append(f"| {row['budget']} | {row['label']} | " + " | ".join(cells + extra)
-                     + f" | {row.get('seconds_to_make', '')} |")
+        lines.append(
+            f"| {row['budget']} | {row['label']} | "
+            + " | ".join(cells + extra)
+            + f" | {row.get('seconds_to_make', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _write(doc: dict, results: Path, stem: str, command: str, title: str, started: float) -> None:
     import torch
 
-    doc.update(command=command, commit=git_commit(), threads_this_process=torch.get_num_threads(),
-               seconds_this_run=round(time.time() - started, 1))
+    doc.update(
+        command=command,
+        commit=git_commit(),
+        threads_this_process=torch.get_num_threads(),
+        seconds_this_run=round(time.time() - started, 1),
+    )
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results / f"{stem}.json", json.dumps(doc, indent=2))
     write_text_atomic(results / f"{stem}.md", markdown(doc, command, title))

@@ -1,4 +1,5 @@
 """What every verb shares: the one-line error contract."""
+
 from __future__ import annotations
 
 import sys

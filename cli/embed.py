@@ -1,4 +1,5 @@
 """``protosynth embed``: the embed stage alone, into a sharded store that a killed run resumes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,15 +15,21 @@ def embed(
     corpus: str = typer.Option("shapes", help=CORPUS_HELP),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    clip: str = typer.Option("default", help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a checkpoint file with --clip-arch."),
+    clip: str = typer.Option(
+        "default",
+        help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a checkpoint file with --clip-arch.",
+    ),
     clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
     clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
     out: Optional[Path] = typer.Option(None, help="Store folder (default: the cache, where distill finds it)."),
     shard_size: int = typer.Option(4096, help="Images per shard: the unit of work a kill can lose."),
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),
     batch_size: int = typer.Option(256, help="Images (or captions) per encoder batch."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader processes that load, preprocess and tokenise "
-                                          "(default: 2 with a GPU encoder; on the CPU, the cores torch leaves idle, at most 2)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="DataLoader processes that load, preprocess and tokenise "
+        "(default: 2 with a GPU encoder; on the CPU, the cores torch leaves idle, at most 2).",
+    ),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again

@@ -1,4 +1,5 @@
 """``protosynth eval ...``: retrieval evaluation of distilled sets (options in, a table and JSON out)."""
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,37 @@ SKIP_BAD_HELP = "Skip (and count) unreadable images of the --full corpus instead
 PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
 
 
-def _config(sets: list[Path], protocol: Optional[str], test, repeats, epochs, seed, select_on_test, text, device,
-            full: Optional[str], image_root: Optional[Path] = None, skip_bad: bool = False):
+def _config(
+    sets: list[Path],
+    protocol: Optional[str],
+    test,
+    repeats,
+    epochs,
+    seed,
+    select_on_test,
+    text,
+    device,
+    full: Optional[str],
+    image_root: Optional[Path] = None,
+    skip_bad: bool = False,
+):
     from protosynth.evaluation.evaluate import EvalConfig
 
     if protocol is None:
         protocol = "small" if _on_world(sets, full) else "nfnet-bert"
-    return EvalConfig(protocol=protocol, test=test, repeats=repeats, epochs=epochs, seed=seed,
-                      select_on_test=select_on_test, text=text, device=device, full=full,
-                      image_root=image_root, skip_bad=skip_bad)
+    return EvalConfig(
+        protocol=protocol,
+        test=test,
+        repeats=repeats,
+        epochs=epochs,
+        seed=seed,
+        select_on_test=select_on_test,
+        text=text,
+        device=device,
+        full=full,
+        image_root=image_root,
+        skip_bad=skip_bad,
+    )
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
@@ -67,21 +90,30 @@ def print_retrieval_table(doc: dict) -> None:
 
     from protosynth.evaluation.evaluate import METRIC_NAMES
 
-    table = Table(title=f"{doc['protocol']} protocol, backbone {doc['backbone']}, {doc.get('split', 'test')} {doc['test']}, "
-                        f"{doc['repeats']} repeats, score = {doc['score']}")
+    table = Table(
+        title=f"{doc['protocol']} protocol, backbone {doc['backbone']}, {doc.get('split', 'test')} {doc['test']}, "
+        f"{doc['repeats']} repeats, score = {doc['score']}"
+    )
     for col in ["set", "method", "budget", "text"] + METRIC_NAMES:
         table.add_column(col)
     for row in doc["sets"]:
         m = row["metrics"]
-        table.add_row(_label(row), str(row["method"]), str(row["budget"]), row["text"],
-                      *[f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in METRIC_NAMES])
+        table.add_row(
+            _label(row),
+            str(row["method"]),
+            str(row["budget"]),
+            row["text"],
+            *[f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" for k in METRIC_NAMES],
+        )
     _console().print(table)
 
 
 def print_cross_arch_table(doc: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{doc['protocol']} protocol across backbones, {doc['repeats']} repeats, score = {doc['score']}")
+    table = Table(
+        title=f"{doc['protocol']} protocol across backbones, {doc['repeats']} repeats, score = {doc['score']}"
+    )
     table.add_column("set")
     for arch in doc["archs"]:
         for k in ("r_mean", "IR@1", "TR@1"):
@@ -101,17 +133,26 @@ def retrieval(
     sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
     protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
     test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the test split of the sets' corpus)."),
-    val: Optional[str] = typer.Option(None, help="Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own data), to choose settings without looking at test."),
+    val: Optional[str] = typer.Option(
+        None,
+        help="Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own data), to choose settings without looking at test.",
+    ),
     repeats: int = typer.Option(5, help="Models trained per set (seeds seed..seed+R-1)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the protocol's)."),
     seed: int = typer.Option(0),
-    select_on_test: bool = typer.Option(False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."),
+    select_on_test: bool = typer.Option(
+        False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."
+    ),
     text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
-    full: Optional[str] = typer.Option(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."),
+    full: Optional[str] = typer.Option(
+        None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."
+    ),
     image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
-    text_encoder: Optional[str] = typer.Option(None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."),
+    text_encoder: Optional[str] = typer.Option(
+        None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."
+    ),
     image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results document here."),
     device: str = typer.Option("cpu"),
@@ -121,10 +162,16 @@ def retrieval(
 
     from protosynth.evaluation.evaluate import evaluate
 
-    cfg = replace(_config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full,
-                          image_root, skip_bad),
-                  backbone=backbone, text_encoder=text_encoder, image_size=image_size,
-                  split="val" if val is not None else "test", val=val)
+    cfg = replace(
+        _config(
+            sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
+        ),
+        backbone=backbone,
+        text_encoder=text_encoder,
+        image_size=image_size,
+        split="val" if val is not None else "test",
+        val=val,
+    )
     doc = run(evaluate, sets or [], cfg, verb="eval retrieval")
     print_retrieval_table(doc)
     _write_json(doc, json_out)
@@ -150,8 +197,9 @@ def cross_arch_cmd(
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
-    cfg = _config(sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root,
-                  skip_bad)
+    cfg = _config(
+        sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
+    )
     arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
     doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)

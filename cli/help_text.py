@@ -1,17 +1,26 @@
 """Help strings several verbs share."""
 
-CORPUS_HELP = ("Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
-               "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar').")
-IMAGE_ROOT_HELP = ("Folder the image paths of a Karpathy .json or a .csv corpus are relative to "
-                   "(default: that file's folder).")
-SKIP_BAD_HELP = ("Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
-                 "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora.")
+CORPUS_HELP = (
+    "Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
+    "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar')."
+)
+IMAGE_ROOT_HELP = (
+    "Folder the image paths of a Karpathy .json or a .csv corpus are relative to (default: that file's folder)."
+)
+SKIP_BAD_HELP = (
+    "Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
+    "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora."
+)
 EVAL_IMAGE_ROOT_HELP = "Folder the image paths of a Karpathy .json or .csv --test / --full corpus are relative to."
 CLIP_ARCH_HELP = "open_clip architecture of a checkpoint file given as --clip."
-CLIP_SPACE_HELP = ("Embedding space of a --clip checkpoint file or local-dir:DIR folder, e.g. ViT-L-14:openai for a "
-                   "copy of OpenAI's weights.")
+CLIP_SPACE_HELP = (
+    "Embedding space of a --clip checkpoint file or local-dir:DIR folder, e.g. ViT-L-14:openai for a "
+    "copy of OpenAI's weights."
+)
 IMAGE_ROOT_TEST_HELP = IMAGE_ROOT_HELP + " Also for --test."
 SKIP_BAD_TEST_HELP = SKIP_BAD_HELP + " Also for --test."
-BUFFER_IMAGE_ROOT_HELP = ("Folder the image paths of the buffer's .json or .csv corpus are relative to "
-                          "(default: the one the buffer was made with).")
+BUFFER_IMAGE_ROOT_HELP = (
+    "Folder the image paths of the buffer's .json or .csv corpus are relative to "
+    "(default: the one the buffer was made with)."
+)
 BUFFER_SKIP_BAD_HELP = "Skip unreadable images of the buffer's corpus (default: as the buffer was made)."

@@ -1,4 +1,5 @@
 """protosynth's typer app. Each verb parses options and calls one library function."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,21 @@ import typer
 
 from . import baselines
 from .common import command_line, fail, run
-from .help_text import (CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, IMAGE_ROOT_TEST_HELP,
-                           SKIP_BAD_HELP, SKIP_BAD_TEST_HELP)
 from .embed import embed as embed_verb
 from .evaluation import eval_app
+from .help_text import (
+    CLIP_ARCH_HELP,
+    CLIP_SPACE_HELP,
+    CORPUS_HELP,
+    IMAGE_ROOT_HELP,
+    IMAGE_ROOT_TEST_HELP,
+    SKIP_BAD_HELP,
+    SKIP_BAD_TEST_HELP,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Multimodal dataset distillation.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multimodal dataset distillation."
+)
 models_app = typer.Typer(no_args_is_help=True, help="Train the small models protosynth ships.")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
@@ -34,9 +43,14 @@ app.command("embed")(embed_verb)
 
 @models_app.command("train")
 def models_train(
-    corpus: str = typer.Option("shapes", help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards."),
+    corpus: str = typer.Option(
+        "shapes",
+        help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards.",
+    ),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
-    test: Optional[str] = typer.Option(None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."),
+    test: Optional[str] = typer.Option(
+        None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."
+    ),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_TEST_HELP),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
@@ -44,15 +58,25 @@ def models_train(
     seed: int = typer.Option(0),
     clip_steps: Optional[int] = typer.Option(None, help="CLIP optimisation steps."),
     decoder_steps: Optional[int] = typer.Option(None, help="Decoder optimisation steps."),
-    decoder_minutes: Optional[float] = typer.Option(None, help="Stop decoder training after this many minutes (checkpointed)."),
-    decoder_init_from: Optional[str] = typer.Option(None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."),
-    decoder_prediction: str = typer.Option("v_prediction", help="What the decoder UNet predicts: v_prediction or epsilon."),
-    decoder_coords: bool = typer.Option(False, help="Give the decoder UNet (x, y) position input channels (CoordConv)."),
-    decoder_lr_schedule: str = typer.Option("constant", help="Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps)."),
+    decoder_minutes: Optional[float] = typer.Option(
+        None, help="Stop decoder training after this many minutes (checkpointed)."
+    ),
+    decoder_init_from: Optional[str] = typer.Option(
+        None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."
+    ),
+    decoder_prediction: str = typer.Option(
+        "v_prediction", help="What the decoder UNet predicts: v_prediction or epsilon."
+    ),
+    decoder_coords: bool = typer.Option(
+        False, help="Give the decoder UNet (x, y) position input channels (CoordConv)."
+    ),
+    decoder_lr_schedule: str = typer.Option(
+        "constant", help="Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps)."
+    ),
 ) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
-    from protosynth.training.small_models import ModelsTrainConfig, train_models
     from protosynth.training.clip import ClipTrainConfig
+    from protosynth.training.small_models import ModelsTrainConfig, train_models
 
     if only not in ("all", "clip", "decoder"):
         fail(f"--only {only!r}: use all, clip or decoder")
@@ -71,8 +95,17 @@ def models_train(
     decoder["prediction_type"] = decoder_prediction
     decoder["lr_schedule"] = decoder_lr_schedule
     decoder["coords"] = decoder_coords
-    cfg = ModelsTrainConfig(corpus=corpus, test=test, only=only, seed=seed, quick=quick, clip=clip_cfg, decoder=decoder,
-                            image_root=image_root, skip_bad=skip_bad)
+    cfg = ModelsTrainConfig(
+        corpus=corpus,
+        test=test,
+        only=only,
+        seed=seed,
+        quick=quick,
+        clip=clip_cfg,
+        decoder=decoder,
+        image_root=image_root,
+        skip_bad=skip_bad,
+    )
     metrics = run(train_models, cfg, out, command=command_line(), verb="models train")
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
@@ -83,8 +116,12 @@ def models_calibrate(
     corpus: str = typer.Option("shapes", help="The corpus the models were trained on (its held-out part is measured)."),
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec (default: as `models train` picks it)."),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
-    guidances: str = typer.Option("1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."),
-    steps: int = typer.Option(50, help="DDIM steps to render with (saved with the best scale: the best scale depends on them)."),
+    guidances: str = typer.Option(
+        "1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."
+    ),
+    steps: int = typer.Option(
+        50, help="DDIM steps to render with (saved with the best scale: the best scale depends on them)."
+    ),
     quick: bool = typer.Option(False, help="Measure on 32 held-out images, as --quick training does: for tests."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -96,19 +133,30 @@ def models_calibrate(
         scales = tuple(float(g) for g in guidances.split(",") if g.strip())
     except ValueError:
         fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
-    cfg = ModelsTrainConfig(corpus=corpus, test=test, only="decoder", seed=seed, quick=quick,
-                            decoder={"seed": seed, "guidances": scales, "render_steps": steps}, image_root=image_root)
+    cfg = ModelsTrainConfig(
+        corpus=corpus,
+        test=test,
+        only="decoder",
+        seed=seed,
+        quick=quick,
+        decoder={"seed": seed, "guidances": scales, "render_steps": steps},
+        image_root=image_root,
+    )
     metrics = run(calibrate_models, cfg, models, command=command_line(), verb="models calibrate")
     dec = metrics["decoder"]
-    typer.echo(f"{models / 'decoder'}: guidance {dec['guidance_scale']} (held-out top-1 "
-               f"{dec['render_fidelity']['top1']}%); " + ", ".join(
-                   f"{g}: {f['top1']}%" for g, f in dec["guidance_sweep"].items()))
+    typer.echo(
+        f"{models / 'decoder'}: guidance {dec['guidance_scale']} (held-out top-1 "
+        f"{dec['render_fidelity']['top1']}%); "
+        + ", ".join(f"{g}: {f['top1']}%" for g, f in dec["guidance_sweep"].items())
+    )
 
 
 @models_app.command("pretrain-backbone")
 def models_pretrain_backbone(
     arch: str = typer.Option("ps-nfnet", help="Small architecture: ps-nfnet, ps-resnet, ps-regnet or ps-vit."),
-    out: Path = typer.Option(..., help="Output folder (config.json, model.safetensors, metrics.json, provenance.json)."),
+    out: Path = typer.Option(
+        ..., help="Output folder (config.json, model.safetensors, metrics.json, provenance.json)."
+    ),
     epochs: int = typer.Option(15),
     n_images: int = typer.Option(10_000, help="Images of the world's pretraining split."),
     seed: int = typer.Option(0),
@@ -136,35 +184,82 @@ def parse_budgets(text: str) -> list[int]:
 
 @app.command()
 def distill(
-    budget: str = typer.Option("500", help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass."),
+    budget: str = typer.Option(
+        "500", help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass."
+    ),
     corpus: str = typer.Option("shapes", help=CORPUS_HELP),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    clip: Optional[str] = typer.Option(None, help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects."),
+    clip: Optional[str] = typer.Option(
+        None,
+        help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects.",
+    ),
     clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
     clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
-    fp16: bool = typer.Option(False, help="Use the float16 embedding store (the one `embed --fp16` writes; "
-                              "made here if missing) instead of the float32 one."),
-    decoder: str = typer.Option("default", help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder."),
+    fp16: bool = typer.Option(
+        False,
+        help="Use the float16 embedding store (the one `embed --fp16` writes; "
+        "made here if missing) instead of the float32 one.",
+    ),
+    decoder: str = typer.Option(
+        "default",
+        help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder.",
+    ),
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
-    method: Optional[str] = typer.Option(None, help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing rendered)."),
-    caption: Optional[str] = typer.Option(None, help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the member caption the CLIP scores highest against the render). pairs.jsonl records both."),
-    candidates: Optional[int] = typer.Option(None, help="Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render cost grows N-fold)."),
+    method: Optional[str] = typer.Option(
+        None,
+        help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing rendered).",
+    ),
+    caption: Optional[str] = typer.Option(
+        None,
+        help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the member caption the CLIP scores highest against the render). pairs.jsonl records both.",
+    ),
+    candidates: Optional[int] = typer.Option(
+        None,
+        help="Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render cost grows N-fold).",
+    ),
     seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget."),
+    out: Optional[Path] = typer.Option(
+        None,
+        help="Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget.",
+    ),
     force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
     device: str = typer.Option("cpu"),
-    dtype: str = typer.Option("auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small decoder)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured one in its render_defaults.json, else 3)."),
-    noise_level: Optional[int] = typer.Option(None, help="Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder)."),
-    negative_prompt: Optional[str] = typer.Option(None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."),
-    size: Optional[int] = typer.Option(None, help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32)."),
+    dtype: str = typer.Option(
+        "auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."
+    ),
+    steps: Optional[int] = typer.Option(
+        None,
+        help="Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small decoder).",
+    ),
+    guidance: Optional[float] = typer.Option(
+        None,
+        help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured one in its render_defaults.json, else 3).",
+    ),
+    noise_level: Optional[int] = typer.Option(
+        None,
+        help="Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder).",
+    ),
+    negative_prompt: Optional[str] = typer.Option(
+        None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."
+    ),
+    size: Optional[int] = typer.Option(
+        None,
+        help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32).",
+    ),
     super_res_steps: Optional[int] = typer.Option(None, help="Karlo super-resolution steps (default 7)."),
-    init: str = typer.Option("noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."),
+    init: str = typer.Option(
+        "noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."
+    ),
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
-    batch_size: Optional[int] = typer.Option(None, help="Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never changes the images)."),
-    clip_guidance: Optional[float] = typer.Option(None, help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.01); 0 = the decoder alone (pure PDS)."),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        help="Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never changes the images).",
+    ),
+    clip_guidance: Optional[float] = typer.Option(
+        None,
+        help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.01); 0 = the decoder alone (pure PDS).",
+    ),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
@@ -175,12 +270,37 @@ def distill(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     budgets = parse_budgets(budget)
-    rcfg = RenderConfig(steps=steps, guidance_scale=guidance, noise_level=noise_level, negative_prompt=negative_prompt,
-                        size=size, super_res_steps=super_res_steps, batch_size=batch_size, init=init,
-                        strength=strength, seed=seed, clip_guidance=clip_guidance)
-    cfg = DistillConfig(budget=budgets[0], corpus=corpus, clip=clip, clip_arch=clip_arch, clip_space=clip_space,
-                        decoder=decoder, mode=mode, seed=seed, out=out, force=force, device=device, dtype=dtype,
-                        render=rcfg, image_root=image_root, skip_bad=skip_bad, embed=EmbedConfig(fp16=fp16))
+    rcfg = RenderConfig(
+        steps=steps,
+        guidance_scale=guidance,
+        noise_level=noise_level,
+        negative_prompt=negative_prompt,
+        size=size,
+        super_res_steps=super_res_steps,
+        batch_size=batch_size,
+        init=init,
+        strength=strength,
+        seed=seed,
+        clip_guidance=clip_guidance,
+    )
+    cfg = DistillConfig(
+        budget=budgets[0],
+        corpus=corpus,
+        clip=clip,
+        clip_arch=clip_arch,
+        clip_space=clip_space,
+        decoder=decoder,
+        mode=mode,
+        seed=seed,
+        out=out,
+        force=force,
+        device=device,
+        dtype=dtype,
+        render=rcfg,
+        image_root=image_root,
+        skip_bad=skip_bad,
+        embed=EmbedConfig(fp16=fp16),
+    )
     chosen = {"method": method, "caption": caption, "candidates": candidates}
     cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
     for path in run(distill_budgets, cfg, budgets, verb="distill"):
@@ -196,7 +316,9 @@ def coreset(
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
     seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."
+    ),
     force: bool = typer.Option(False, help="Replace an earlier set at --out."),
     device: str = typer.Option("cpu"),
     forgetting_epochs: int = typer.Option(5, help="forgetting: epochs of training on all pairs to count events."),
@@ -205,9 +327,20 @@ def coreset(
     """Select BUDGET real pairs (a coreset baseline) and write them in the distilled-set format."""
     from protosynth.coreset import CoresetConfig, build_coreset
 
-    cfg = CoresetConfig(method=method, budget=budget, corpus=corpus, clip=clip, seed=seed, out=out, force=force,
-                        device=device, forgetting_epochs=forgetting_epochs, keep=keep, image_root=image_root,
-                        skip_bad=skip_bad)
+    cfg = CoresetConfig(
+        method=method,
+        budget=budget,
+        corpus=corpus,
+        clip=clip,
+        seed=seed,
+        out=out,
+        force=force,
+        device=device,
+        forgetting_epochs=forgetting_epochs,
+        keep=keep,
+        image_root=image_root,
+        skip_bad=skip_bad,
+    )
     typer.echo(f"wrote {run(build_coreset, cfg, verb='coreset')}")
 
 

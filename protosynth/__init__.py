@@ -2,6 +2,7 @@
 
 Data flows one way: corpus -> embeddings -> prototypes -> renders -> distilled set -> evaluation.
 """
+
 from .distilled import DistilledSet, load_distilled
 from .errors import ProtosynthError
 

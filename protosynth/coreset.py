@@ -16,6 +16,7 @@ The exact rules (seeded; caption-level pairs, as PDS embeds them):
   keeps the least-forgotten. Ties are broken by a seeded random order. Counts are cached per corpus,
   protocol, epochs and seed, so several budgets reuse one training run.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
 from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
-from .corpora.spec import corpus_name
 from .runinfo import check_device, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
@@ -102,8 +103,14 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
     """Forgetting events per pair (inf = never correct) while training the protocol's model on all pairs."""
     import hashlib
 
-    path = cache_dir() / "forgetting" / (hashlib.sha256(
-        f"{corpus.fingerprint}\0{protocol_name}\0{epochs}\0{seed}".encode()).hexdigest()[:24] + ".npy")
+    path = (
+        cache_dir()
+        / "forgetting"
+        / (
+            hashlib.sha256(f"{corpus.fingerprint}\0{protocol_name}\0{epochs}\0{seed}".encode()).hexdigest()[:24]
+            + ".npy"
+        )
+    )
     if path.is_file():
         return np.load(path)
     from .evaluation.backbones import load_backbone
@@ -132,8 +139,17 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
         ever[idx] |= correct
 
     with StepBar(f"forgetting ({protocol_name}, {epochs} epochs)", epochs) as bar:
-        train_and_score(protocol, backbone, data, None, seed, epochs, device=device, on_batch=on_batch,
-                        progress=lambda: bar.advance(""))
+        train_and_score(
+            protocol,
+            backbone,
+            data,
+            None,
+            seed,
+            epochs,
+            device=device,
+            on_batch=on_batch,
+            progress=lambda: bar.advance(""),
+        )
     counts = np.where(ever.numpy(), events.numpy().astype(np.float64), np.inf)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
@@ -188,15 +204,30 @@ def build_coreset(cfg: CoresetConfig) -> Path:
     seconds["select"] = round(time.time() - t, 2)
     chosen = [int(p) for p in chosen]
     images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
-    pairs = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[p], "caption_pair": p,
-              "members": [p]} for i, p in enumerate(chosen)]
-    tensors = {"image_raw": torch.from_numpy(image[chosen]), "image_normalised": torch.from_numpy(unit(image[chosen])),
-               "text_raw": torch.from_numpy(text[chosen]), "text_normalised": torch.from_numpy(unit(text[chosen]))}
+    pairs = [
+        {
+            "index": i,
+            "image": f"images/{i:06d}.png",
+            "caption": corpus.pair_caption[p],
+            "caption_pair": p,
+            "members": [p],
+        }
+        for i, p in enumerate(chosen)
+    ]
+    tensors = {
+        "image_raw": torch.from_numpy(image[chosen]),
+        "image_normalised": torch.from_numpy(unit(image[chosen])),
+        "text_raw": torch.from_numpy(text[chosen]),
+        "text_normalised": torch.from_numpy(unit(text[chosen])),
+    }
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     manifest = {
         **manifest_header(f"coreset-{cfg.method}", cfg.budget, None, cfg.seed, corpus, clip),
-        "settings": settings, "rule": (__doc__ or "").split("The exact rules", 1)[-1].strip(),
-        "versions": versions(), "seconds": seconds, "peak_memory_mb": peak_rss_mb(),
+        "settings": settings,
+        "rule": (__doc__ or "").split("The exact rules", 1)[-1].strip(),
+        "versions": versions(),
+        "seconds": seconds,
+        "peak_memory_mb": peak_rss_mb(),
     }
     write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
     return out

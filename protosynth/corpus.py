@@ -18,6 +18,7 @@ folder). ``skip_bad`` decodes every image once at load and drops the unreadable 
 captions, listing them in ``Corpus.skipped``; without it a missing image file is an error at load
 and a corrupt one an error when read, each naming the file and the row.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,32 @@ from .corpora.base import Corpus, ImageSource
 from .corpora.csvtable import load_csv
 from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
+from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
 from .errors import P, ProtosynthError
 from .files import atomic_open, remove_stale_temps
-from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
-from .world import SPLIT_OFFSETS, WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
+from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
-__all__ = ["Corpus", "ImageSource", "cache_dir", "canonical_root", "canonical_spec", "is_world", "load_corpus",
-           "load_csv", "load_jsonl", "load_karpathy", "load_webdataset", "load_world", "world_fingerprint",
-           "world_split"]
+__all__ = [
+    "Corpus",
+    "ImageSource",
+    "cache_dir",
+    "canonical_root",
+    "canonical_spec",
+    "is_world",
+    "load_corpus",
+    "load_csv",
+    "load_jsonl",
+    "load_karpathy",
+    "load_webdataset",
+    "load_world",
+    "world_fingerprint",
+    "world_split",
+]
 
-FORMATS = "'shapes[:train|test|val|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
+FORMATS = (
+    "'shapes[:train|test|val|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
+)
 
 
 def cache_dir() -> Path:
@@ -60,8 +76,12 @@ def world_fingerprint(cfg: WorldConfig, split: str) -> str:
 
 # Sizes of later splits that a split's pixels and captions do not depend on (a split is drawn from its
 # own seed stream and kept disjoint only from earlier splits).
-_UNUSED_SIZES = {"train": ("n_test", "n_pretrain", "n_val"), "test": ("n_pretrain", "n_val"), "pretrain": ("n_val",),
-                 "val": ()}
+_UNUSED_SIZES = {
+    "train": ("n_test", "n_pretrain", "n_val"),
+    "test": ("n_pretrain", "n_val"),
+    "pretrain": ("n_val",),
+    "val": (),
+}
 
 
 def _content_config(cfg: WorldConfig, split: str) -> WorldConfig:
@@ -90,8 +110,9 @@ def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
     remove_stale_temps(path.parent)
     objects = [[[o.colour, o.shape, o.size, o.position] for o in objs] for objs in ws.objects]
     with atomic_open(path) as fh:
-        np.savez(fh, images=ws.images, captions=np.array(json.dumps(ws.captions)),
-                 objects=np.array(json.dumps(objects)))
+        np.savez(
+            fh, images=ws.images, captions=np.array(json.dumps(ws.captions)), objects=np.array(json.dumps(objects))
+        )
     return ws
 
 
@@ -100,8 +121,9 @@ def load_world(spec: str = "shapes") -> Corpus:
     split, cfg = parse_world_spec(spec)
     ws = world_split(cfg, split)
     keys = [f"{split}/{i:06d}" for i in range(len(ws.captions))]
-    return Corpus(spec=spec, fingerprint=world_fingerprint(cfg, split), image_keys=keys, captions=ws.captions,
-                  pixels=ws.images)
+    return Corpus(
+        spec=spec, fingerprint=world_fingerprint(cfg, split), image_keys=keys, captions=ws.captions, pixels=ws.images
+    )
 
 
 def load_corpus(spec: str, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:

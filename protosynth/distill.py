@@ -18,6 +18,7 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
 The CLIP and the decoder come as a pair: a decoder declares the CLIP space it was trained on, and
 ``clip=None`` takes the CLIP it names (``sd-unclip-small`` -> ``ViT-L-14-quickgelu:openai``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
@@ -37,7 +39,6 @@ from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
-from .corpora.spec import corpus_name
 from .runinfo import check_device, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,22 @@ def validate(cfg: DistillConfig) -> Path:
     if cfg.candidates < 1:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
     if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption != "prototype" or cfg.render.init != "noise"):
-        raise ProtosynthError(f"{P.method('select')} renders nothing: {P.candidates}, {P.caption} and {P.render.init} "
-                              "do not apply", param="method")
+        raise ProtosynthError(
+            f"{P.method('select')} renders nothing: {P.candidates}, {P.caption} and {P.render.init} do not apply",
+            param="method",
+        )
     if cfg.render.init not in INITS:
         raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
     r = cfg.render
     if not 0.0 < r.strength <= 1.0:
         raise ProtosynthError(f"{P.render.strength} must be in (0, 1], got {r.strength}")
-    for option, value, low, high in ((P.render.steps, r.steps, 1, 1000), (P.render.noise_level, r.noise_level, 0, 999),
-                                     (P.render.clip_guidance, r.clip_guidance, 0, 1), (P.render.size, r.size, 8, 4096),
-                                     (P.render.super_res_steps, r.super_res_steps, 1, 1000)):
+    for option, value, low, high in (
+        (P.render.steps, r.steps, 1, 1000),
+        (P.render.noise_level, r.noise_level, 0, 999),
+        (P.render.clip_guidance, r.clip_guidance, 0, 1),
+        (P.render.size, r.size, 8, 4096),
+        (P.render.super_res_steps, r.super_res_steps, 1, 1000),
+    ):
         if value is not None and not low <= value <= high:
             raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
     if r.batch_size is not None and r.batch_size < 1:
@@ -157,8 +164,14 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
     is a parent folder holding one set folder per budget."""
     if not budgets or len(set(budgets)) != len(budgets):
         raise ProtosynthError(f"{P.budgets} needs distinct values, got {','.join(map(str, budgets))}")
-    cfgs = [replace(cfg, budget=b, out=(cfg.out / set_name(replace(cfg, budget=b)))
-                    if cfg.out is not None and len(budgets) > 1 else cfg.out) for b in budgets]
+    cfgs = [
+        replace(
+            cfg,
+            budget=b,
+            out=(cfg.out / set_name(replace(cfg, budget=b))) if cfg.out is not None and len(budgets) > 1 else cfg.out,
+        )
+        for b in budgets
+    ]
     outs = [validate(c) for c in cfgs]
     torch.manual_seed(cfg.seed)
     loaded = load_stages(cfg, budgets)
@@ -169,8 +182,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     seconds = dict(loaded.seconds)
     t = time.time()
-    pcfg = PrototypeConfig(budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction,
-                           niter=cfg.kmeans_iters, seed=cfg.seed)
+    pcfg = PrototypeConfig(
+        budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction, niter=cfg.kmeans_iters, seed=cfg.seed
+    )
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
     protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
     caption_idx = nearest_rows(protos.text, emb.text_rows)
@@ -182,11 +196,14 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
-        "settings": _jsonable(asdict(replace(cfg, render=loaded.render if cfg.method == "pds" else cfg.render,
-                                             clip=clip.spec))),
+        "settings": _jsonable(
+            asdict(replace(cfg, render=loaded.render if cfg.method == "pds" else cfg.render, clip=clip.spec))
+        ),
         "prototype_stats": protos.stats,
-        "embeddings_from_cache": emb.from_cache, "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
-        "versions": versions(), "budgets_in_run": budgets,
+        "embeddings_from_cache": emb.from_cache,
+        "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
+        "versions": versions(),
+        "budgets_in_run": budgets,
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()
@@ -195,8 +212,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     return out
 
 
-def _synthesise(cfg: DistillConfig, loaded: Loaded, protos: Prototypes, caption_idx: np.ndarray,
-                seconds: dict) -> tuple[list, list[dict], dict, dict]:
+def _synthesise(
+    cfg: DistillConfig, loaded: Loaded, protos: Prototypes, caption_idx: np.ndarray, seconds: dict
+) -> tuple[list, list[dict], dict, dict]:
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
@@ -228,21 +246,36 @@ def _synthesise(cfg: DistillConfig, loaded: Loaded, protos: Prototypes, caption_
 
     used = render_idx if cfg.caption == "render" else caption_idx
     pairs = [
-        {"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(used[i])],
-         "caption_pair": int(used[i]), "caption_rule": cfg.caption,
-         "prototype_caption": corpus.pair_caption[int(caption_idx[i])], "prototype_caption_pair": int(caption_idx[i]),
-         "render_caption": corpus.pair_caption[int(render_idx[i])], "render_caption_pair": int(render_idx[i]),
-         "candidate": int(chosen[i]), "members": [int(m) for m in protos.members[i]]}
+        {
+            "index": i,
+            "image": f"images/{i:06d}.png",
+            "caption": corpus.pair_caption[int(used[i])],
+            "caption_pair": int(used[i]),
+            "caption_rule": cfg.caption,
+            "prototype_caption": corpus.pair_caption[int(caption_idx[i])],
+            "prototype_caption_pair": int(caption_idx[i]),
+            "render_caption": corpus.pair_caption[int(render_idx[i])],
+            "render_caption_pair": int(render_idx[i]),
+            "candidate": int(chosen[i]),
+            "members": [int(m) for m in protos.members[i]],
+        }
         for i in range(cfg.budget)
     ]
     tensors = {
-        "image_raw": torch.from_numpy(protos.image_raw), "image_normalised": torch.from_numpy(protos.image),
-        "text_raw": torch.from_numpy(protos.text_raw), "text_normalised": torch.from_numpy(protos.text),
+        "image_raw": torch.from_numpy(protos.image_raw),
+        "image_normalised": torch.from_numpy(protos.image),
+        "text_raw": torch.from_numpy(protos.text_raw),
+        "text_normalised": torch.from_numpy(protos.text),
     }
     extra = {
-        "decoder": {"spec": decoder.spec, "kind": decoder.kind, "class": type(decoder.pipe).__name__,
-                    "conditioning_dim": decoder.embedding_dim, "clip_space": decoder.clip_space,
-                    "prompts": "nearest real caption" if prompts is not None else None},
+        "decoder": {
+            "spec": decoder.spec,
+            "kind": decoder.kind,
+            "class": type(decoder.pipe).__name__,
+            "conditioning_dim": decoder.embedding_dim,
+            "clip_space": decoder.clip_space,
+            "prompts": "nearest real caption" if prompts is not None else None,
+        },
         "render_fidelity": fid,
     }
     return renders, pairs, tensors, extra
@@ -259,19 +292,32 @@ def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fal
     return out
 
 
-def _select(cfg: DistillConfig, corpus: Corpus, emb: Embeddings, protos: Prototypes,
-            seconds: dict) -> tuple[list, list[dict], dict, dict]:
+def _select(
+    cfg: DistillConfig, corpus: Corpus, emb: Embeddings, protos: Prototypes, seconds: dict
+) -> tuple[list, list[dict], dict, dict]:
     """Each prototype's nearest real member pair with its own image and caption; nothing rendered."""
     t = time.time()
     chosen = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
     images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
-    pairs = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)],
-              "caption_pair": int(p), "selected_pair": int(p), "members": [int(m) for m in protos.members[i]]}
-             for i, p in enumerate(chosen)]
+    pairs = [
+        {
+            "index": i,
+            "image": f"images/{i:06d}.png",
+            "caption": corpus.pair_caption[int(p)],
+            "caption_pair": int(p),
+            "selected_pair": int(p),
+            "members": [int(m) for m in protos.members[i]],
+        }
+        for i, p in enumerate(chosen)
+    ]
     image = np.asarray(emb.image_rows.take(chosen, axis=0), np.float32)
     text = np.asarray(emb.text_rows.take(chosen, axis=0), np.float32)
-    tensors = {"image_raw": torch.from_numpy(image), "image_normalised": F.normalize(torch.from_numpy(image), dim=-1),
-               "text_raw": torch.from_numpy(text), "text_normalised": F.normalize(torch.from_numpy(text), dim=-1)}
+    tensors = {
+        "image_raw": torch.from_numpy(image),
+        "image_normalised": F.normalize(torch.from_numpy(image), dim=-1),
+        "text_raw": torch.from_numpy(text),
+        "text_normalised": F.normalize(torch.from_numpy(text), dim=-1),
+    }
     seconds["select"] = round(time.time() - t, 2)
     return images, pairs, tensors, {"rule": "each prototype's member pair nearest it (image plus text cosine)"}
 

@@ -6,6 +6,7 @@ embedding space of the text tensors), ``preview.png`` and, written last, ``manif
 every other file. Everything is written into a hidden temporary sibling folder and renamed into
 place when complete, so an interrupted run never leaves a folder that looks like a set.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,17 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise ProtosynthError(f"{P.out} {out} is not a distilled set (no {MANIFEST}); {P.force} only replaces sets")
 
 
-def manifest_header(method: str, budget: int, mode: str | None, seed: int, corpus, clip,
-                    text_space: str | None = None) -> dict:
+def manifest_header(
+    method: str, budget: int, mode: str | None, seed: int, corpus, clip, text_space: str | None = None
+) -> dict:
     """The manifest fields every set has, whatever made it (PDS, a coreset, a baseline); a set made
     without a CLIP (the optimisation baselines) has ``clip: None`` and names its ``text_space``."""
     return {
-        "format": "protosynth-distilled/1", "method": method, "budget": budget, "mode": mode, "seed": seed,
+        "format": "protosynth-distilled/1",
+        "method": method,
+        "budget": budget,
+        "mode": mode,
+        "seed": seed,
         "corpus": corpus_record(corpus),
         "clip": {"spec": clip.spec, "space": clip.space, "dim": clip.embed_dim} if clip is not None else None,
         "text_space": text_space or clip.space,
@@ -56,9 +62,16 @@ def corpus_record(corpus) -> dict:
     """The manifest's ``corpus`` entry: what was read, with the options needed to read it the same
     way again (``image_root``, ``skip_bad``) and how many unreadable images --skip-bad dropped (the
     first few named)."""
-    return {"spec": corpus.spec, "fingerprint": corpus.fingerprint, "images": corpus.n_images,
-            "pairs": corpus.n_pairs, "image_root": str(corpus.image_root) if corpus.image_root else None,
-            "skip_bad": corpus.skip_bad, "skipped_bad": len(corpus.skipped), "skipped_first": corpus.skipped[:10]}
+    return {
+        "spec": corpus.spec,
+        "fingerprint": corpus.fingerprint,
+        "images": corpus.n_images,
+        "pairs": corpus.n_pairs,
+        "image_root": str(corpus.image_root) if corpus.image_root else None,
+        "skip_bad": corpus.skip_bad,
+        "skipped_bad": len(corpus.skipped),
+        "skipped_first": corpus.skipped[:10],
+    }
 
 
 def check_budget(budget: int, corpus) -> None:
@@ -66,8 +79,9 @@ def check_budget(budget: int, corpus) -> None:
         raise ProtosynthError(f"{P.budget} {budget} is larger than the {corpus.n_pairs} pairs of corpus {corpus.spec}")
 
 
-def preview_grid(images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8,
-                 scale: int = 96) -> Image.Image:
+def preview_grid(
+    images: list[Image.Image], captions: list[str], max_items: int = 48, cols: int = 8, scale: int = 96
+) -> Image.Image:
     """A grid of the first images, each with its caption wrapped underneath."""
     n = min(len(images), max_items)
     font = ImageFont.load_default()
@@ -84,8 +98,15 @@ def preview_grid(images: list[Image.Image], captions: list[str], max_items: int 
     return canvas
 
 
-def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], tensors: dict[str, torch.Tensor],
-                    manifest: dict, text_space: str, force: bool = False) -> Path:
+def write_distilled(
+    out: Path,
+    images: list[Image.Image],
+    pairs: list[dict],
+    tensors: dict[str, torch.Tensor],
+    manifest: dict,
+    text_space: str,
+    force: bool = False,
+) -> Path:
     """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last."""
     started = time.time()
     check_out_dir(out, force)
@@ -101,8 +122,11 @@ def write_distilled(out: Path, images: list[Image.Image], pairs: list[dict], ten
                 fh.write(json.dumps(rec, sort_keys=True) + "\n")
         # a single metadata entry: safetensors writes several in an order that varies between runs,
         # which would break byte-identical output
-        save_safetensors_atomic({k: v.contiguous().float() for k, v in tensors.items()},
-                                tmp / "embeddings.safetensors", metadata={"text_space": text_space})
+        save_safetensors_atomic(
+            {k: v.contiguous().float() for k, v in tensors.items()},
+            tmp / "embeddings.safetensors",
+            metadata={"text_space": text_space},
+        )
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})

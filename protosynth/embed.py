@@ -10,6 +10,7 @@ and its first pair), so a resumed store is byte-identical to an uninterrupted on
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
 runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,17 @@ from .errors import P, ProtosynthError
 from .files import remove_stale_temps, sha256_file
 from .models.clip import ClipEncoder
 from .progress import StepBar
-from .store import (FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, plan_shards, read_index,
-                    save_npy_atomic, shard_done, write_index)
+from .store import (
+    FORMAT,
+    PAIR_IMAGE,
+    EmbeddingStore,
+    Rows,
+    plan_shards,
+    read_index,
+    save_npy_atomic,
+    shard_done,
+    write_index,
+)
 
 
 @dataclass
@@ -44,8 +54,11 @@ class EmbedConfig:
 
 def check_config(cfg: EmbedConfig) -> None:
     """The checks that need no model or data."""
-    for param, value, low in ((P.batch_size, cfg.batch_size, 1), (P.shard_size, cfg.shard_size, 1),
-                              (P.num_workers, 0 if cfg.num_workers is None else cfg.num_workers, 0)):
+    for param, value, low in (
+        (P.batch_size, cfg.batch_size, 1),
+        (P.shard_size, cfg.shard_size, 1),
+        (P.num_workers, 0 if cfg.num_workers is None else cfg.num_workers, 0),
+    ):
         if value < low:
             raise ProtosynthError(f"{param} must be at least {low}, got {value}")
 
@@ -139,8 +152,14 @@ def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shard
     if not plan:
         return
     on_gpu = encoder.device.type == "cuda"
-    loader = DataLoader(_Batches(corpus, encoder, plan), batch_size=None, shuffle=False,
-                        num_workers=workers(encoder, cfg), pin_memory=on_gpu, persistent_workers=False)
+    loader = DataLoader(
+        _Batches(corpus, encoder, plan),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers(encoder, cfg),
+        pin_memory=on_gpu,
+        persistent_workers=False,
+    )
     batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
     try:
         _consume(batches, shards, encoder, cfg, write, len(plan))
@@ -163,16 +182,26 @@ def _consume(batches: list, shards: list[dict], encoder: ClipEncoder, cfg: Embed
                     y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
                     parts[kind].append(y.float().cpu().numpy())
                     bar.advance(f"shard {s['images'][0] // cfg.shard_size + 1}")
-            img, txt = (np.concatenate(parts[k]) if parts[k] else np.empty((0, encoder.embed_dim), np.float32)
-                        for k in ("image", "text"))
+            img, txt = (
+                np.concatenate(parts[k]) if parts[k] else np.empty((0, encoder.embed_dim), np.float32)
+                for k in ("image", "text")
+            )
             write(s, img.astype(dtype), txt.astype(dtype))
 
 
 def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict]) -> dict:
-    return {"format": FORMAT, "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint},
-            "clip": {"spec": encoder.spec, "space": encoder.space}, "dim": encoder.embed_dim,
-            "dtype": "float16" if cfg.fp16 else "float32", "shard_size": cfg.shard_size,
-            "n_images": corpus.n_images, "n_pairs": corpus.n_pairs, "shards": shards, "complete": False}
+    return {
+        "format": FORMAT,
+        "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint},
+        "clip": {"spec": encoder.spec, "space": encoder.space},
+        "dim": encoder.embed_dim,
+        "dtype": "float16" if cfg.fp16 else "float32",
+        "shard_size": cfg.shard_size,
+        "n_images": corpus.n_images,
+        "n_pairs": corpus.n_pairs,
+        "shards": shards,
+        "complete": False,
+    }
 
 
 def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
@@ -185,18 +214,25 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
         return
     corpus, clip = index.get("corpus", {}), index.get("clip", {})
     if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
-        raise ProtosynthError(f"{folder} holds embeddings of another corpus ({corpus.get('spec')}, "
-                              f"{corpus.get('fingerprint')}); use another folder")
+        raise ProtosynthError(
+            f"{folder} holds embeddings of another corpus ({corpus.get('spec')}, "
+            f"{corpus.get('fingerprint')}); use another folder"
+        )
     if clip != want["clip"]:
-        raise ProtosynthError(f"{folder} holds embeddings of another CLIP ({clip.get('spec')}, "
-                              f"{clip.get('space')}); use another folder")
+        raise ProtosynthError(
+            f"{folder} holds embeddings of another CLIP ({clip.get('spec')}, {clip.get('space')}); use another folder"
+        )
     if index.get("dtype") != want["dtype"]:
-        raise ProtosynthError(f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
-                              f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
-                              "or use another folder")
+        raise ProtosynthError(
+            f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
+            f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
+            "or use another folder"
+        )
     if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
-        raise ProtosynthError(f"{folder} holds an unfinished store with {P.shard_size} {index.get('shard_size')}: "
-                              f"resume with that shard size, or delete the folder")
+        raise ProtosynthError(
+            f"{folder} holds an unfinished store with {P.shard_size} {index.get('shard_size')}: "
+            f"resume with that shard size, or delete the folder"
+        )
 
 
 def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None) -> Embeddings:
@@ -211,8 +247,12 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
         dim = got[0][0].shape[1] if got else encoder.embed_dim
         images = [g[0] for g in got]
         lengths = [len(i) for i in images]
-        return Embeddings(Rows(images, lengths, dim, row_map=corpus.pair_image),
-                          Rows([g[1] for g in got], [len(g[1]) for g in got], dim), False, None)
+        return Embeddings(
+            Rows(images, lengths, dim, row_map=corpus.pair_image),
+            Rows([g[1] for g in got], [len(g[1]) for g in got], dim),
+            False,
+            None,
+        )
     index = read_index(folder)
     want = _header(corpus, encoder, cfg, plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size))
     _check_existing(folder, index, want)

@@ -11,6 +11,7 @@ and the command line its flag for it (``protosynth.cli.flags``): ``error: --budg
 1, got 0``. A reference may carry a value, for hints: ``P.force(True)`` reads ``force=True`` in
 Python and ``--force`` on the command line, ``P.test("SPEC")`` ``test=SPEC`` and ``--test SPEC``.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ half-way) never sees a truncated file or a half-written folder. Temporary names 
 counter and 8 random hex digits), so two processes, or two calls in one process, never share a
 temporary name; ``remove_stale_temps`` is the one rule that sweeps what killed writers left behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,9 @@ def _name_part(name: str) -> str:
 def temp_path(target: Path) -> Path:
     """A fresh temporary sibling of ``target``: unique per process and per call."""
     target = Path(target)
-    return target.with_name(f".{_name_part(target.name)}.{os.getpid()}-{next(_calls)}-{secrets.token_hex(4)}"
-                            f"{TEMP_SUFFIX}")
+    return target.with_name(
+        f".{_name_part(target.name)}.{os.getpid()}-{next(_calls)}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    )
 
 
 def parse_temp_name(name: str) -> tuple[str, int] | None:
@@ -174,7 +176,8 @@ def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str] 
 def git_commit() -> str:
     """The commit of the protosynth checkout (recorded in provenance files), or "unknown"."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -2,6 +2,7 @@
 
 The decoder trains and renders on images resized this way, and the evaluation protocols read the
 corpus the same way, so a set's images and the corpus's meet at the same pixels."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@
 Ties are broken against the query (a tied wrong item ranks ahead), so a constant score matrix
 never looks good.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ Modes:
 All clustering is on L2-normalised embeddings. Prototypes are returned normalised and rescaled to
 the mean raw norm of their members, since unCLIP decoders expect raw CLIP embeddings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,8 +85,9 @@ class _View:
         return self.fn(np.asarray(idx, np.int64))
 
 
-def kmeans(x, k: int, niter: int, seed: int, max_train_points: int = 200_000,
-           stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """faiss k-means (on a GPU index when faiss sees a GPU); returns centroids and each point's cluster.
 
     Up to ``max_train_points`` points, every point is trained on (faiss never subsamples), as PDS
@@ -108,8 +110,18 @@ def kmeans(x, k: int, niter: int, seed: int, max_train_points: int = 200_000,
         train = np.ascontiguousarray(_rows(x, np.arange(n)))
     m = len(train)
     gpu = faiss.get_num_gpus() > 0
-    km = faiss.Kmeans(d, k, niter=niter, nredo=1, seed=seed, spherical=False, verbose=False, gpu=gpu,
-                      max_points_per_centroid=-(-m // k) + 1, min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=niter,
+        nredo=1,
+        seed=seed,
+        spherical=False,
+        verbose=False,
+        gpu=gpu,
+        max_points_per_centroid=-(-m // k) + 1,
+        min_points_per_centroid=1,
+    )
     km.train(train)
     if sample is None:
         labels = km.index.search(train, 1)[1][:, 0].astype(np.int64)
@@ -123,13 +135,22 @@ def kmeans(x, k: int, niter: int, seed: int, max_train_points: int = 200_000,
     return km.centroids.copy(), labels
 
 
-def _means(image_raw, text_raw, raw_img_norm: np.ndarray, raw_txt_norm: np.ndarray,
-           img_members: list[np.ndarray], txt_members: list[np.ndarray], fallback) -> tuple[np.ndarray, ...]:
+def _means(
+    image_raw,
+    text_raw,
+    raw_img_norm: np.ndarray,
+    raw_txt_norm: np.ndarray,
+    img_members: list[np.ndarray],
+    txt_members: list[np.ndarray],
+    fallback,
+) -> tuple[np.ndarray, ...]:
     """Unit and raw-rescaled means; each half averages its own member list (rows read per cluster)."""
     k, d = len(img_members), image_raw.shape[1]
     out = []
-    for raw, norms, members, half in ((image_raw, raw_img_norm, img_members, 0),
-                                      (text_raw, raw_txt_norm, txt_members, 1)):
+    for raw, norms, members, half in (
+        (image_raw, raw_img_norm, img_members, 0),
+        (text_raw, raw_txt_norm, txt_members, 1),
+    ):
         unit, scale = np.zeros((k, d), np.float32), np.zeros(k, np.float32)
         for c, m in enumerate(members):
             if len(m):
@@ -197,12 +218,16 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
             centres.append((ci[r], ct[c]))
         stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
         if stats["empty_matches"]:
-            log.warning("%d of %d matched cluster pairs shared no pair; used the clusters' own means",
-                        stats["empty_matches"], k)
+            log.warning(
+                "%d of %d matched cluster pairs shared no pair; used the clusters' own means", stats["empty_matches"], k
+            )
         fallback = lambda c: centres[c]  # noqa: E731
     else:
-        x = {"joint": lambda: _View(len(keep), 2 * d, lambda i: np.concatenate([ki.take(i), kt.take(i)], 1)),
-             "image": lambda: ki, "text": lambda: kt}[cfg.mode]()
+        x = {
+            "joint": lambda: _View(len(keep), 2 * d, lambda i: np.concatenate([ki.take(i), kt.take(i)], 1)),
+            "image": lambda: ki,
+            "text": lambda: kt,
+        }[cfg.mode]()
         cents, labels = kmeans(x, k, cfg.niter, cfg.seed, **fit)
         members = [keep[labels == c] for c in range(k)]
         img_members = txt_members = members
@@ -214,9 +239,9 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
                 return ce[:d], ce[d:]
             other = _unit(_mean(kt if cfg.mode == "image" else ki)[None])[0]
             return (ce, other) if cfg.mode == "image" else (other, ce)
+
     stats["empty_clusters"] = int(sum(len(m) == 0 for m in members))
-    image_u, image_r, text_u, text_r = _means(image_raw, text_raw, norms_i, norms_t, img_members, txt_members,
-                                              fallback)
+    image_u, image_r, text_u, text_r = _means(image_raw, text_raw, norms_i, norms_t, img_members, txt_members, fallback)
     protos = Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members)
     for name in ("image", "text", "image_raw", "text_raw"):
         if not np.isfinite(getattr(protos, name)).all():
@@ -231,8 +256,10 @@ def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:
     out = np.empty(len(protos.members), dtype=np.int64)
     for c, members in enumerate(protos.members):
         if len(members):
-            score = (_unit(image_raw.take(members, axis=0)) @ protos.image[c]
-                     + _unit(text_raw.take(members, axis=0)) @ protos.text[c])
+            score = (
+                _unit(image_raw.take(members, axis=0)) @ protos.image[c]
+                + _unit(text_raw.take(members, axis=0)) @ protos.text[c]
+            )
             out[c] = members[int(np.argmax(score))]
         else:
             out[c] = nearest_rows(protos.image[c : c + 1], image_raw)[0]

@@ -12,6 +12,7 @@ settings for Stable unCLIP); a setting the decoder cannot honour is an error, ne
 Render fidelity measures adherence: each render is re-embedded by the CLIP and counted a hit when
 its own prototype is the nearest (top-1) or among the 5 nearest (top-5) of all prototypes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
@@ -25,8 +26,8 @@ from PIL import Image
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
-from .progress import StepBar
 from .models.unclip import UNSUPPORTED, Decoder
+from .progress import StepBar
 
 INITS = ("noise", "nearest")
 
@@ -98,9 +99,15 @@ def pixel_embedder(encoder: ClipEncoder):
     return embed
 
 
-def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
-                  init_images: list[Image.Image] | None = None, guide: ClipEncoder | None = None,
-                  prompts: list[str] | None = None, candidate: int = 0) -> list[Image.Image]:
+def render_images(
+    decoder: Decoder,
+    embeds: torch.Tensor,
+    cfg: RenderConfig,
+    init_images: list[Image.Image] | None = None,
+    guide: ClipEncoder | None = None,
+    prompts: list[str] | None = None,
+    candidate: int = 0,
+) -> list[Image.Image]:
     """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
@@ -126,14 +133,25 @@ def render_images(decoder: Decoder, embeds: torch.Tensor, cfg: RenderConfig,
             init = None
             if cfg.init == "nearest":
                 init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
-            images = decoder.draw(embeds[s:e], gens, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                                  noise_level=cfg.noise_level, prompts=None if prompts is None else prompts[s:e],
-                                  negative_prompt=cfg.negative_prompt, super_res_steps=cfg.super_res_steps,
-                                  init=init, strength=cfg.strength if init is not None else 1.0,
-                                  guidance_model=guidance_model, guidance_model_scale=cfg.clip_guidance)
+            images = decoder.draw(
+                embeds[s:e],
+                gens,
+                steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                noise_level=cfg.noise_level,
+                prompts=None if prompts is None else prompts[s:e],
+                negative_prompt=cfg.negative_prompt,
+                super_res_steps=cfg.super_res_steps,
+                init=init,
+                strength=cfg.strength if init is not None else 1.0,
+                guidance_model=guidance_model,
+                guidance_model_scale=cfg.clip_guidance,
+            )
             if cfg.size:
-                images = [im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC)
-                          for im in images]
+                images = [
+                    im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC)
+                    for im in images
+                ]
             out.extend(images)
             bar.advance(f"{e}/{n} images")
     return out
@@ -151,6 +169,9 @@ def fidelity_scores(got: torch.Tensor, targets: torch.Tensor | np.ndarray) -> di
     sims = got @ want.T
     own = sims.diag()
     rank = (sims >= own[:, None]).sum(dim=1) - 1  # ties count against the render
-    return {"top1": round(float((rank < 1).float().mean() * 100), 2),
-            "top5": round(float((rank < 5).float().mean() * 100), 2),
-            "mean_cosine": round(float(own.mean()), 4), "n": len(got)}
+    return {
+        "top1": round(float((rank < 1).float().mean() * 100), 2),
+        "top5": round(float((rank < 5).float().mean() * 100), 2),
+        "mean_cosine": round(float(own.mean()), 4),
+        "n": len(got),
+    }

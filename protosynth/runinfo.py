@@ -1,18 +1,27 @@
 """Facts every output manifest records: package versions, peak memory, a folder-friendly corpus name."""
+
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import resource
 import sys
-from pathlib import Path
 
 import torch
 
 from .errors import P, ProtosynthError
 
-PACKAGES = ("protosynth", "torch", "open_clip_torch", "diffusers", "faiss-cpu", "timm", "transformers", "scipy",
-            "numpy", "Pillow")
+PACKAGES = (
+    "protosynth",
+    "torch",
+    "open_clip_torch",
+    "diffusers",
+    "faiss-cpu",
+    "timm",
+    "transformers",
+    "scipy",
+    "numpy",
+    "Pillow",
+)
 
 
 def peak_rss_mb() -> float:

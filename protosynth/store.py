@@ -17,6 +17,7 @@ shard is done when both of its files exist. ``index.json`` is written first with
 the hashes and ``"complete": true`` after the last shard. ``.npy`` because ``np.load(mmap_mode="r")``
 maps it without reading it: clustering reads rows on demand, so the corpus may exceed RAM.
 """
+
 from __future__ import annotations
 
 import json

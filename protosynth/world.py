@@ -7,6 +7,7 @@ model must bind attributes to objects to rank captions well.
 
 Images are drawn with 4x supersampling (anti-aliased) in numpy; thousands of images per second.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,9 +51,15 @@ SIZE_SYNONYMS: dict[str, list[str]] = {
 }
 # 3x3 grid of cells; (row, col)
 POSITIONS: dict[str, tuple[int, int]] = {
-    "top left": (0, 0), "top": (0, 1), "top right": (0, 2),
-    "left": (1, 0), "center": (1, 1), "right": (1, 2),
-    "bottom left": (2, 0), "bottom": (2, 1), "bottom right": (2, 2),
+    "top left": (0, 0),
+    "top": (0, 1),
+    "top right": (0, 2),
+    "left": (1, 0),
+    "center": (1, 1),
+    "right": (1, 2),
+    "bottom left": (2, 0),
+    "bottom": (2, 1),
+    "bottom right": (2, 2),
 }
 POSITION_PHRASES: dict[str, list[str]] = {
     "top left": ["in the top left", "at the upper left", "in the top left corner"],

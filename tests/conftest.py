@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, and tiny models trained once per session with ``--quick``."""
+
 from __future__ import annotations
 
 import atexit
@@ -29,8 +30,8 @@ QUICK_CORPUS = "shapes,n=300"
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory) -> Path:
     """``protosynth models train --quick`` on a 300-image world: a tiny CLIP and decoder."""
-    from protosynth.training.small_models import ModelsTrainConfig, train_models
     from protosynth.training.clip import ClipTrainConfig
+    from protosynth.training.small_models import ModelsTrainConfig, train_models
 
     out = tmp_path_factory.mktemp("quick_models")
     clip = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, checkpoint_every=20)
@@ -89,7 +90,15 @@ def tiny_bert(tmp_path_factory) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder)
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
     return folder

@@ -1,4 +1,5 @@
 """Image backbones: the world pretraining task, the saved folder round trip, the shipped weights."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import torch
 
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.backbones import SHIPPED_BACKBONES, load_backbone, small_archs
-from protosynth.training.backbone import CELL_CLASSES, PretrainConfig, cell_labels, pretrain_backbone
 from protosynth.evaluation.protocols import get_protocol
+from protosynth.training.backbone import CELL_CLASSES, PretrainConfig, cell_labels, pretrain_backbone
 from protosynth.world import WorldObject
 
 

@@ -1,6 +1,7 @@
 """The trajectory-matching engine and the four baselines: mechanism tests on tiny problems (real
 timm/torch classes, float64 where gradients are compared), and the buffer and baseline stages end
 to end on a tiny world."""
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,14 @@ def tiny_problem(shape: str, m: int = 6, with_sim: bool = False, seed: int = 0):
         if sim is not None:  # off the identity, so S's gradient is not trivially structured
             with torch.no_grad():
                 sim.right.normal_(generator=g)
-        return SyntheticSet(torch.randn(m, 3, 16, 16, generator=g, dtype=torch.float64).requires_grad_(True),
-                            torch.randn(m, 6, generator=g, dtype=torch.float64).requires_grad_(True),
-                            torch.tensor(0.3, dtype=torch.float64, requires_grad=True),
-                            torch.tensor(0.2, dtype=torch.float64, requires_grad=True), sim)
+        return SyntheticSet(
+            torch.randn(m, 3, 16, 16, generator=g, dtype=torch.float64).requires_grad_(True),
+            torch.randn(m, 6, generator=g, dtype=torch.float64).requires_grad_(True),
+            torch.tensor(0.3, dtype=torch.float64, requires_grad=True),
+            torch.tensor(0.2, dtype=torch.float64, requires_grad=True),
+            sim,
+        )
+
     batches = [torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 0, 1]), torch.tensor([2, 3, 4, 5])]
     return student, start, target, fresh, batches
 
@@ -58,7 +63,11 @@ def grads_of(student, start, target, syn, batches, mode, blends=None, merged=Fal
 @pytest.mark.parametrize("shape,with_sim,merged", [("full", False, False), ("heads", True, True)])
 def test_constant_memory_gradient_equals_full_unroll(shape, with_sim, merged):
     student, start, target, fresh, batches = tiny_problem(shape, with_sim=with_sim)
-    blends = [Blend(0.3, torch.tensor([1, 0, 3, 2])), None, Blend(0.8, torch.tensor([3, 2, 1, 0]))] if shape == "heads" else None
+    blends = (
+        [Blend(0.3, torch.tensor([1, 0, 3, 2])), None, Blend(0.8, torch.tensor([3, 2, 1, 0]))]
+        if shape == "heads"
+        else None
+    )
     loss_u, g_u = grads_of(student, start, target, fresh(), batches, "unroll", blends, merged)
     loss_c, g_c = grads_of(student, start, target, fresh(), batches, "constant", blends, merged)
     assert loss_u == pytest.approx(loss_c, rel=1e-12)
@@ -108,8 +117,10 @@ def test_matching_loss_is_zero_when_the_student_lands_on_the_target():
             p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
             with torch.enable_grad():
                 g = torch.autograd.grad(step_loss(student, p, syn, idx, 0.07), list(p.values()))
-            params = {k: params[k] - (syn.lr_image if k.startswith("image.") else syn.lr_text) * gi
-                      for k, gi in zip(params, g)}
+            params = {
+                k: params[k] - (syn.lr_image if k.startswith("image.") else syn.lr_text) * gi
+                for k, gi in zip(params, g)
+            }
     for mode in ("unroll", "constant"):
         assert match(student, start, params, fresh(), batches, 0.07, mode) == pytest.approx(0.0, abs=1e-20)
     # and the normalisation: a student that does not move scores exactly 1 per modality
@@ -134,6 +145,7 @@ def test_lors_similarity_starts_at_identity_and_weighted_bce_by_hand():
     def bce(x, y):
         p = 1 / (1 + np.exp(-x))
         return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
     pos = [bce(1.0, 1.0), bce(0.6, 0.7), bce(0.8, 1.0)]  # entries > 0.5
     neg = [bce(0.0, 0.2)]
     expected = (np.mean(pos) + np.mean(neg)) / 2
@@ -167,6 +179,7 @@ def test_amd_ranges_on_trajectories_with_a_known_crossing():
             a, b = a + si, b + st
             out.append({"image.w": torch.tensor([a]), "text.w": torch.tensor([b, 0.0])})
         return out
+
     r = amd.expert_ranges([trajectory(0.0), trajectory(1.0)])  # expert offsets cancel in the differences
     assert r["mmd_image"] == pytest.approx([1, 4, 9, 16, 25])
     assert r["mmd_text"] == pytest.approx([25, 16, 9, 4, 1])
@@ -184,11 +197,18 @@ def test_repblend_blends_both_modalities_with_one_lambda_and_one_permutation():
         f = student.features(syn.images[idx])
         t = syn.texts[idx]
         mix = lambda x, perm: 0.75 * x + 0.25 * x[perm]  # noqa: E731
-        same = torch.func.functional_call(student, start, (mix(f, blend.perm), mix(t, blend.perm)),
-                                          {"are_features": True}, strict=False)
-        other = torch.func.functional_call(student, start, (mix(f, blend.perm), mix(t, torch.tensor([1, 2, 0, 3]))),
-                                           {"are_features": True}, strict=False)
+        same = torch.func.functional_call(
+            student, start, (mix(f, blend.perm), mix(t, blend.perm)), {"are_features": True}, strict=False
+        )
+        other = torch.func.functional_call(
+            student,
+            start,
+            (mix(f, blend.perm), mix(t, torch.tensor([1, 2, 0, 3]))),
+            {"are_features": True},
+            strict=False,
+        )
     from protosynth.baselines.student import info_nce
+
     assert got.item() == pytest.approx(float(info_nce(*same, 0.07)), rel=1e-10)
     assert got.item() != pytest.approx(float(info_nce(*other, 0.07)), rel=1e-6)
 
@@ -197,19 +217,35 @@ def test_presets_follow_the_published_numbers():
     p = preset("lors", "flickr", 500)
     assert (p["lr_sim"], p["rank"], p["alpha"], p["batch_syn"], p["max_start_epoch"]) == (100.0, 20, 0.01, 40, 3)
     assert preset("lors", "coco", 500)["lr_img"] == 5000.0 and preset("lors", "coco", 500)["temperature"] == 0.1
-    assert preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
+    assert (
+        preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
+    )
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
     assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 0.1
     assert preset("amd", "world", 100, quick=True)["lr_sim"] == 0.1
     # world data lrs: 10 (Flickr's 1000 wrecked the text features), but MTT-VL keeps Flickr's 100 at 100 pairs
-    assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 10.0]
-    assert [preset(m, "world", 100)["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [10.0, 10.0, 10.0, 100.0]
+    assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+        10.0,
+        10.0,
+        10.0,
+        10.0,
+    ]
+    assert [preset(m, "world", 100)["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+        10.0,
+        10.0,
+        10.0,
+        100.0,
+    ]
     assert preset("mtt-vl", "flickr", 200)["lr_txt"] == 1000.0
     # inner lrs: learned linearly as published; in log space on the world where linear lrs crashed (not --quick)
-    assert [preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 100), ("world", 200),
-                                                            ("world", 500))] == ["linear", "linear", "log", "log"]
+    assert [
+        preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 100), ("world", 200), ("world", 500))
+    ] == ["linear", "linear", "log", "log"]
     assert [preset(m, "world", b)["lr_space"] for m, b in (("lors", 200), ("amd", 500), ("repblend", 100))] == [
-        "linear", "log", "log"]
+        "linear",
+        "log",
+        "log",
+    ]
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
     with pytest.raises(ProtosynthError, match="unknown method"):
         preset("dream", "flickr", 100)
@@ -219,8 +255,9 @@ def test_presets_follow_the_published_numbers():
 def buffers(tmp_path_factory):
     root = tmp_path_factory.mktemp("buffers")
     full = build_buffer(BufferConfig(corpus=TINY_WORLD, experts=2, epochs=2, batch_size=16, out=root / "full"))
-    heads = build_buffer(BufferConfig(corpus=TINY_WORLD, experts=1, epochs=2, batch_size=16, heads_only=True,
-                                      out=root / "heads"))
+    heads = build_buffer(
+        BufferConfig(corpus=TINY_WORLD, experts=1, epochs=2, batch_size=16, heads_only=True, out=root / "heads")
+    )
     return full, heads
 
 
@@ -232,11 +269,13 @@ def test_buffer_layout_manifest_and_resume(buffers, tmp_path):
     assert len(traj) == 3 and set(traj[0]) == set(b.snapshot(0, 0))
     assert any(k.startswith("image.model.") for k in traj[0]) and any(k.startswith("text.") for k in traj[0])
     assert not torch.equal(traj[0]["text.fc.weight"], traj[1]["text.fc.weight"])
-    assert load_buffer(heads).shape == "heads" and all(k.split(".")[0] in ("image", "text")
-                                                       and ".model." not in k for k in load_buffer(heads).snapshot(0, 0))
+    assert load_buffer(heads).shape == "heads" and all(
+        k.split(".")[0] in ("image", "text") and ".model." not in k for k in load_buffer(heads).snapshot(0, 0)
+    )
     # a killed run: expert 1 lost its last epoch and its done marker; resuming recomputes it identically
     copy = tmp_path / "copy"
     import shutil
+
     shutil.copytree(full, copy)
     (copy / "manifest.json").unlink()
     (copy / "expert_001" / "done.json").unlink()
@@ -253,10 +292,22 @@ def test_buffer_layout_manifest_and_resume(buffers, tmp_path):
 @pytest.mark.parametrize("method", ["mtt-vl", "lors", "amd", "repblend"])
 def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick_models):
     full, heads = buffers
-    cfg = BaselineConfig(method=method, budget=12, buffer=heads if method == "repblend" else full, out=tmp_path / method,
-                         iterations=12, syn_steps=3, batch_syn=12, max_start_epoch=1, lr_img=100.0, lr_txt=100.0,
-                         lr_lr=1e-3, lr_sim=0.0 if method == "repblend" else None, clip=f"small:{quick_models}",
-                         lr_space="log" if method == "mtt-vl" else None)  # one method through the log-space lrs
+    cfg = BaselineConfig(
+        method=method,
+        budget=12,
+        buffer=heads if method == "repblend" else full,
+        out=tmp_path / method,
+        iterations=12,
+        syn_steps=3,
+        batch_syn=12,
+        max_start_epoch=1,
+        lr_img=100.0,
+        lr_txt=100.0,
+        lr_lr=1e-3,
+        lr_sim=0.0 if method == "repblend" else None,
+        clip=f"small:{quick_models}",
+        lr_space="log" if method == "mtt-vl" else None,
+    )  # one method through the log-space lrs
     out = distill_baseline(cfg)
     man = json.loads((out / "manifest.json").read_text())
     curve = man["matching_loss"]["curve"]
@@ -264,6 +315,7 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     m = 11 if method != "mtt-vl" else 12  # S is paid for with one pair
     assert man["pairs_stored"] == m and len(list((out / "images").glob("*.png"))) == m
     from protosynth.distilled import load_distilled
+
     ds = load_distilled(out, verify=True)
     assert ds.tensors["pixels"].shape == (m, 3, 32, 32) and ds.tensors["text"].shape[0] == m
     assert ("similarity" in ds.tensors) == (method != "mtt-vl")
@@ -293,17 +345,35 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     tiny budget through the real command path, smaller than --quick; the others share these paths."""
     from typer.testing import CliRunner
 
+    from protosynth.baselines.compare import ALL_METHODS
     from protosynth.cli import baselines as cli_baselines
     from protosynth.cli.main import app
-    from protosynth.baselines.compare import ALL_METHODS
 
     assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
     out = tmp_path / "cmp"
     methods = ["random", "pds", "lors", "repblend", "full"]
     # a 40-image test split (as tests/test_evaluation.py uses): encoding the default one's 5,000
     # captions with MiniLM took ~45 of this test's ~130 s
-    args = ["compare-baselines", "--budget", "6", "--corpus", TINY_WORLD, "--test", "shapes:test,n=40", "--quick", "--repeats", "1",
-            "--eval-epochs", "2", "--iterations", "2", "--methods", ",".join(methods), "--out", str(out)]
+    args = [
+        "compare-baselines",
+        "--budget",
+        "6",
+        "--corpus",
+        TINY_WORLD,
+        "--test",
+        "shapes:test,n=40",
+        "--quick",
+        "--repeats",
+        "1",
+        "--eval-epochs",
+        "2",
+        "--iterations",
+        "2",
+        "--methods",
+        ",".join(methods),
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "compare.json").read_text())
@@ -340,7 +410,9 @@ def test_baseline_cli_bad_input(tmp_path):
 
     from protosynth.cli.main import app
 
-    r = CliRunner().invoke(app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "not a finished buffer" in r.output
     r = CliRunner().invoke(app, ["buffer", "--experts", "0", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--experts must be at least 1" in r.output
@@ -356,13 +428,33 @@ def test_baseline_cli_bad_input(tmp_path):
 def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
     """The reference protocol's classes (timm nfnet_l0 with random weights, a BERT [CLS]) through
     the same buffer and matching code, at 32 px to stay fast."""
-    buf = build_buffer(BufferConfig(corpus="shapes,n=4", protocol="nfnet-bert", experts=1, epochs=1, batch_size=10,
-                                    backbone="random:nfnet_l0", text_encoder=f"hf-cls:{tiny_bert}", image_size=32,
-                                    out=tmp_path / "buf"))
+    buf = build_buffer(
+        BufferConfig(
+            corpus="shapes,n=4",
+            protocol="nfnet-bert",
+            experts=1,
+            epochs=1,
+            batch_size=10,
+            backbone="random:nfnet_l0",
+            text_encoder=f"hf-cls:{tiny_bert}",
+            image_size=32,
+            out=tmp_path / "buf",
+        )
+    )
     man = load_buffer(buf).manifest
     assert man["backbone"] == "random:nfnet_l0" and man["parameters"]["image"] > 1e6
-    out = distill_baseline(BaselineConfig(method="lors", budget=4, buffer=buf, out=tmp_path / "lors", iterations=1,
-                                          syn_steps=2, batch_syn=3, max_start_epoch=1))
+    out = distill_baseline(
+        BaselineConfig(
+            method="lors",
+            budget=4,
+            buffer=buf,
+            out=tmp_path / "lors",
+            iterations=1,
+            syn_steps=2,
+            batch_syn=3,
+            max_start_epoch=1,
+        )
+    )
     ds_man = json.loads((out / "manifest.json").read_text())
     assert ds_man["protocol"]["backbone"] == "random:nfnet_l0" and ds_man["text_space"].endswith(":cls")
     assert np.isfinite(ds_man["matching_loss"]["last"])
@@ -373,7 +465,14 @@ def test_quick_compare_uses_the_small_world_and_smoke_settings():
 
     q = CompareConfig(quick=True).effective()
     assert (q.corpus, q.repeats, q.eval_epochs, q.experts, q.expert_epochs, q.buffer_pairs, q.iterations) == (
-        QUICK_WORLD, 2, 20, 2, 2, 2000, 10)
+        QUICK_WORLD,
+        2,
+        20,
+        2,
+        2,
+        2000,
+        10,
+    )
     assert CompareConfig(quick=True, corpus="my.jsonl").effective().corpus == "my.jsonl"
     assert CompareConfig().effective() == CompareConfig()
     assert preset("mtt-vl", "world", 100, quick=True)["syn_steps"] == 8
@@ -390,10 +489,31 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
     full, _ = buffers
     outs = [tmp_path / f"run{i}" for i in range(2)]
     for i, out in enumerate(outs):
-        args = ["baseline", "--method", "lors", "--budget", "6", "--buffer", str(full), "--out", str(out),
-                "--iterations", "2", "--syn-steps", "2", "--batch-syn", "4", "--max-start-epoch", "1"]
-        done = subprocess.run([sys.executable, "-c", "from protosynth.cli.main import main; main()", *args], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONHASHSEED": str(i + 1)})
+        args = [
+            "baseline",
+            "--method",
+            "lors",
+            "--budget",
+            "6",
+            "--buffer",
+            str(full),
+            "--out",
+            str(out),
+            "--iterations",
+            "2",
+            "--syn-steps",
+            "2",
+            "--batch-syn",
+            "4",
+            "--max-start-epoch",
+            "1",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-c", "from protosynth.cli.main import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(i + 1)},
+        )
         assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name

@@ -1,4 +1,5 @@
 """The corpus BPE: frequent words become single tokens, anything still tokenises, files are stable."""
+
 from __future__ import annotations
 
 import gzip

@@ -1,5 +1,6 @@
 """Bad input through the real CLI: exit code 2, one ``error: ...`` line naming the culprit, and no
 output folder that looks complete. Also an interrupted (SIGKILLed) run."""
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,18 @@ def models_args(models: Path) -> list[str]:
 NO_MODEL_CASES = {
     "budget 0": (["--budget", "0"], [r"--budget", r"\b0\b"]),
     "budget negative": (["--budget", "-4"], [r"--budget", r"-4"]),
-    "budget above pairs": (["--corpus", "shapes,n=5", "--budget", "1000"], [r"--budget 1000", r"\b25 pairs", r"shapes,n=5"]),
+    "budget above pairs": (
+        ["--corpus", "shapes,n=5", "--budget", "1000"],
+        [r"--budget 1000", r"\b25 pairs", r"shapes,n=5"],
+    ),
     "unknown corpus": (["--corpus", "flickr99", "--budget", "4"], [r"'flickr99'"]),
     "bad world option": (["--corpus", "shapes,n=lots", "--budget", "4"], [r"n=lots"]),
     "unknown world split": (["--corpus", "shapes:valid", "--budget", "4"], [r"'valid'"]),
     "unknown clip": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "bogus"], [r"--clip", r"'bogus'"]),
-    "unknown clip arch": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "NoSuchArch-1:openai"], [r"NoSuchArch-1"]),
+    "unknown clip arch": (
+        ["--corpus", "shapes,n=5", "--budget", "4", "--clip", "NoSuchArch-1:openai"],
+        [r"NoSuchArch-1"],
+    ),
     "unknown mode": (["--budget", "4", "--mode", "fancy"], [r"--mode", r"'fancy'"]),
     "unknown init": (["--budget", "4", "--init", "sideways"], [r"--init", r"'sideways'"]),
     "strength out of range": (["--budget", "4", "--init", "nearest", "--strength", "0"], [r"--strength", r"\b0"]),
@@ -60,7 +67,10 @@ NO_MODEL_CASES = {
     "candidates negative": (["--budget", "4", "--candidates", "-3"], [r"--candidates", r"-3"]),
     "unknown caption rule": (["--budget", "4", "--caption", "nearest"], [r"--caption", r"'nearest'"]),
     "unknown method": (["--budget", "4", "--method", "mtt"], [r"--method", r"'mtt'"]),
-    "select with candidates": (["--budget", "4", "--method", "select", "--candidates", "2"], [r"--method select", r"--candidates"]),
+    "select with candidates": (
+        ["--budget", "4", "--method", "select", "--candidates", "2"],
+        [r"--method select", r"--candidates"],
+    ),
     "steps 0": (["--budget", "4", "--steps", "0"], [r"--steps", r"\b0\b"]),
     "steps too many": (["--budget", "4", "--steps", "1001"], [r"--steps", r"1001"]),
     "noise level too high": (["--budget", "4", "--noise-level", "1000"], [r"--noise-level", r"1000"]),
@@ -73,15 +83,22 @@ NO_MODEL_CASES = {
     "size too small": (["--budget", "4", "--size", "2"], [r"--size", r"\b2\b"]),
     "unknown decoder": (["--corpus", "shapes,n=5", "--budget", "4", "--decoder", "dall-e"], [r"--decoder", r"dall-e"]),
     "unknown dtype": (["--corpus", "shapes,n=5", "--budget", "4", "--dtype", "int3"], [r"--dtype", r"int3"]),
-    "published decoder offline": (["--corpus", "shapes,n=5", "--budget", "4", "--decoder", "sd-unclip-small"],
-                                  [r"--decoder sd-unclip-small", r"stabilityai/stable-diffusion-2-1-unclip-small",
-                                   r"hf download"]),
-    "published clip offline": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", "ViT-B-32-quickgelu:openai"],
-                               [r"--clip ViT-B-32-quickgelu:openai", r"not in the local cache"]),
-    "clip file without arch": (["--corpus", "shapes,n=5", "--budget", "4", "--clip", str(Path(__file__))],
-                               [r"needs --clip-arch"]),
-    "small decoder negative prompt": (["--corpus", "shapes,n=5", "--budget", "4", "--negative-prompt", "blur"],
-                                      [r"--negative-prompt is not supported", r"--decoder default"]),
+    "published decoder offline": (
+        ["--corpus", "shapes,n=5", "--budget", "4", "--decoder", "sd-unclip-small"],
+        [r"--decoder sd-unclip-small", r"stabilityai/stable-diffusion-2-1-unclip-small", r"hf download"],
+    ),
+    "published clip offline": (
+        ["--corpus", "shapes,n=5", "--budget", "4", "--clip", "ViT-B-32-quickgelu:openai"],
+        [r"--clip ViT-B-32-quickgelu:openai", r"not in the local cache"],
+    ),
+    "clip file without arch": (
+        ["--corpus", "shapes,n=5", "--budget", "4", "--clip", str(Path(__file__))],
+        [r"needs --clip-arch"],
+    ),
+    "small decoder negative prompt": (
+        ["--corpus", "shapes,n=5", "--budget", "4", "--negative-prompt", "blur"],
+        [r"--negative-prompt is not supported", r"--decoder default"],
+    ),
 }
 
 
@@ -104,12 +121,14 @@ def test_missing_small_clip_dir(tmp_path):
 
 def test_missing_jsonl_file(tmp_path):
     out = tmp_path / "out"
-    assert_one_line_error(invoke(["--corpus", str(tmp_path / "nope.jsonl"), "--budget", "4", "--out", str(out)]),
-                          r"nope\.jsonl")
+    assert_one_line_error(
+        invoke(["--corpus", str(tmp_path / "nope.jsonl"), "--budget", "4", "--out", str(out)]), r"nope\.jsonl"
+    )
     assert not out.exists()
 
 
 # ---- malformed JSONL manifests ---------------------------------------------------------------
+
 
 def good_lines(jsonl_corpus: Path) -> list[str]:
     return jsonl_corpus.read_text().splitlines()
@@ -123,7 +142,10 @@ BAD_LINES = {
     "empty captions list": ('{"image": "img/0.png", "captions": []}', [r"line 4", r"captions"]),
     "empty caption": ('{"image": "img/0.png", "caption": "   "}', [r"line 4", r"empty"]),
     "empty caption in list": ('{"image": "img/1.png", "captions": ["a blue circle", ""]}', [r"line 4", r"empty"]),
-    "missing image file": ('{"image": "img/missing.png", "caption": "a red square"}', [r"line 4", r"img/missing\.png", r"not found"]),
+    "missing image file": (
+        '{"image": "img/missing.png", "caption": "a red square"}',
+        [r"line 4", r"img/missing\.png", r"not found"],
+    ),
 }
 
 
@@ -134,8 +156,9 @@ def test_bad_jsonl_line(case, jsonl_corpus, tmp_path):
     manifest = jsonl_corpus.parent / "bad.jsonl"
     manifest.write_text("\n".join(lines[:3] + [bad] + lines[3:]) + "\n")
     out = tmp_path / "out"
-    assert_one_line_error(invoke(["--corpus", str(manifest), "--budget", "4", "--out", str(out)]),
-                          re.escape(str(manifest)), *culprits)
+    assert_one_line_error(
+        invoke(["--corpus", str(manifest), "--budget", "4", "--out", str(out)]), re.escape(str(manifest)), *culprits
+    )
     assert not out.exists()
 
 
@@ -161,7 +184,9 @@ def test_corrupt_image_is_named_with_its_line(kind, jsonl_corpus, quick_models, 
     manifest = jsonl_corpus.parent / "corrupt.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    r = invoke(["--corpus", str(manifest), "--budget", "4", *models_args(quick_models), "--steps", "2", "--out", str(out)])
+    r = invoke(
+        ["--corpus", str(manifest), "--budget", "4", *models_args(quick_models), "--steps", "2", "--out", str(out)]
+    )
     assert_one_line_error(r, re.escape(str(manifest)), r"line 7\b", r"img/junk\.png")
     assert not out.exists()
     assert not any(tmp_path.rglob("manifest.json"))
@@ -169,18 +194,43 @@ def test_corrupt_image_is_named_with_its_line(kind, jsonl_corpus, quick_models, 
 
 # ---- models and output folder ----------------------------------------------------------------
 
+
 def test_unknown_decoder_spec(quick_models, tmp_path):
     out = tmp_path / "out"
-    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
-                "--decoder", "bogus", "--out", str(out)])
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=5",
+            "--budget",
+            "4",
+            "--clip",
+            f"small:{quick_models}",
+            "--decoder",
+            "bogus",
+            "--out",
+            str(out),
+        ]
+    )
     assert_one_line_error(r, r"--decoder", r"'bogus'")
     assert not out.exists()
 
 
 def test_decoder_folder_without_pipeline(quick_models, tmp_path):
     out = tmp_path / "out"
-    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
-                "--decoder", f"small:{quick_models / 'clip'}", "--out", str(out)])
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=5",
+            "--budget",
+            "4",
+            "--clip",
+            f"small:{quick_models}",
+            "--decoder",
+            f"small:{quick_models / 'clip'}",
+            "--out",
+            str(out),
+        ]
+    )
     assert_one_line_error(r, r"--decoder", r"model_index\.json")
     assert not out.exists()
 
@@ -193,8 +243,20 @@ def test_decoder_dimension_mismatch(quick_models, tmp_path):
     folder = tmp_path / "wrong-decoder"
     build_pipeline(embed_dim=wrong, quick=True).save_pretrained(str(folder))
     out = tmp_path / "out"
-    r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}",
-                "--decoder", str(folder), "--out", str(out)])
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=5",
+            "--budget",
+            "4",
+            "--clip",
+            f"small:{quick_models}",
+            "--decoder",
+            str(folder),
+            "--out",
+            str(out),
+        ]
+    )
     assert_one_line_error(r, r"--decoder", re.escape(str(folder)), rf"\b{wrong}-d", rf"\b{clip_dim}-d")
     assert not out.exists()
 
@@ -216,8 +278,22 @@ def test_out_not_empty_without_force(tmp_path):
 def test_file_at_out_with_force(quick_models, tmp_path):
     as_file = tmp_path / "file"
     as_file.write_text("x")
-    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", *models_args(quick_models), "--steps", "1", "--guidance", "1",
-                "--out", str(as_file), "--force"])
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=30",
+            "--budget",
+            "4",
+            *models_args(quick_models),
+            "--steps",
+            "1",
+            "--guidance",
+            "1",
+            "--out",
+            str(as_file),
+            "--force",
+        ]
+    )
     if r.exit_code == 2:  # refused up front: acceptable
         assert_one_line_error(r, re.escape(str(as_file)))
         assert as_file.read_text() == "x"
@@ -246,10 +322,12 @@ def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
 
 # ---- interrupted runs ------------------------------------------------------------------------
 
+
 def start(args: list[str], cache: Path) -> subprocess.Popen:
     env = dict(os.environ, PROTOSYNTH_CACHE=str(cache))
-    return subprocess.Popen([str(PROTOSYNTH), "distill", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [str(PROTOSYNTH), "distill", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -261,8 +339,10 @@ def kill(proc: subprocess.Popen) -> None:
 
 def test_killed_after_two_seconds_leaves_nothing(quick_models, tmp_path):
     out = tmp_path / "sets" / "out"
-    proc = start(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "2",
-                  "--out", str(out)], tmp_path / "cache")
+    proc = start(
+        ["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "2", "--out", str(out)],
+        tmp_path / "cache",
+    )
     try:
         time.sleep(2.5)
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -279,8 +359,22 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
 
     parent = tmp_path / "sets"
     out = parent / "out"
-    proc = start(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "1",
-                  "--guidance", "1", "--out", str(out)], tmp_path / "cache")
+    proc = start(
+        [
+            "--corpus",
+            "shapes,n=300",
+            "--budget",
+            "300",
+            *models_args(quick_models),
+            "--steps",
+            "1",
+            "--guidance",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path / "cache",
+    )
     caught = False
     try:
         deadline = time.time() + 400
@@ -301,8 +395,22 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
         load_distilled(tmp[0])
 
     # rerunning the same command completes and sweeps the stale temporary folder
-    r = invoke(["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "1",
-                "--guidance", "1", "--out", str(out)], env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")})
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=300",
+            "--budget",
+            "300",
+            *models_args(quick_models),
+            "--steps",
+            "1",
+            "--guidance",
+            "1",
+            "--out",
+            str(out),
+        ],
+        env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")},
+    )
     assert r.exit_code == 0, r.output
     assert len(load_distilled(out, verify=True)) == 300
     assert [p.name for p in parent.iterdir()] == ["out"]
@@ -313,11 +421,14 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
 # ---- usage errors through the console script (typer's own parsing) --------------------------------
 
 
-@pytest.mark.parametrize("args,culprit", [
-    (["distill", "--budget", "abc"], r"--budget"),
-    (["distill", "--no-such-option"], r"--no-such-option"),
-    (["models", "train"], r"--out"),
-])
+@pytest.mark.parametrize(
+    "args,culprit",
+    [
+        (["distill", "--budget", "abc"], r"--budget"),
+        (["distill", "--no-such-option"], r"--no-such-option"),
+        (["models", "train"], r"--out"),
+    ],
+)
 def test_usage_errors_are_one_line(args, culprit):
     proc = subprocess.run([str(PROTOSYNTH), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -336,8 +447,9 @@ def test_force_replaces_only_a_distilled_set(tmp_path):
 
 
 def test_models_train_refuses_the_world_test_split(tmp_path):
-    r = CliRunner().invoke(app, ["models", "train", "--corpus", "shapes:test,n=20", "--out", str(tmp_path / "m"),
-                                 "--quick"])
+    r = CliRunner().invoke(
+        app, ["models", "train", "--corpus", "shapes:test,n=20", "--out", str(tmp_path / "m"), "--quick"]
+    )
     assert_one_line_error(r, r"shapes:test", r"--test")
 
 
@@ -348,8 +460,9 @@ def test_models_train_names_a_bad_decoder_option(option, value, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("option,value", [("--guidances", "0.5"), ("--guidances", "1,x"), ("--guidances", ""),
-                                          ("--steps", "0")])
+@pytest.mark.parametrize(
+    "option,value", [("--guidances", "0.5"), ("--guidances", "1,x"), ("--guidances", ""), ("--steps", "0")]
+)
 def test_models_calibrate_names_bad_options(quick_models, option, value):
     r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(quick_models), option, value, "--quick"])
     assert_one_line_error(r, option)
@@ -374,7 +487,19 @@ def test_decoder_from_another_clip_space_is_refused(quick_models, tmp_path):
     cond = json.loads((dec / "conditioning.json").read_text())
     (dec / "conditioning.json").write_text(json.dumps(dict(cond, clip_space="small-clip:000000000000")))
     out = tmp_path / "out"
-    r = invoke(["--corpus", "shapes,n=30", "--budget", "4", "--clip", f"small:{quick_models}", "--decoder", str(dec),
-                "--out", str(out)])
+    r = invoke(
+        [
+            "--corpus",
+            "shapes,n=30",
+            "--budget",
+            "4",
+            "--clip",
+            f"small:{quick_models}",
+            "--decoder",
+            str(dec),
+            "--out",
+            str(out),
+        ]
+    )
     assert_one_line_error(r, r"small-clip:000000000000", r"--clip")
     assert not out.exists()

@@ -1,16 +1,24 @@
 """Coreset baselines: each selection rule against a brute-force reading of its definition, the
 written sets, determinism, forgetting counts from real training, and bad input."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from protosynth.coreset import (
+    CoresetConfig,
+    build_coreset,
+    forgetting_counts,
+    joint_features,
+    select_forgetting,
+    select_herding,
+    select_kcenter,
+    select_random,
+)
 from protosynth.corpus import load_corpus
-from protosynth.coreset import (CoresetConfig, build_coreset, forgetting_counts, joint_features, select_forgetting,
-                                select_herding, select_kcenter, select_random)
 from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
 
@@ -93,15 +101,26 @@ def test_forgetting_counts_from_training(tmp_path, monkeypatch):
     assert (forgetting_counts(corpus, "small", epochs=3, seed=0) == 7.0).all()
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(method="typical"), "^unknown method 'typical'"),
-    (dict(budget=0), "^budget must be at least 1"),
-    (dict(budget=10**6), "larger than the 1500 pairs"),
-    (dict(keep="some"), "^keep 'some'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(method="typical"), "^unknown method 'typical'"),
+        (dict(budget=0), "^budget must be at least 1"),
+        (dict(budget=10**6), "larger than the 1500 pairs"),
+        (dict(keep="some"), "^keep 'some'"),
+    ],
+)
 def test_bad_input(kw, message, quick_models, tmp_path):
-    cfg = CoresetConfig(**{"method": "random", "budget": 5, "corpus": CORPUS, "clip": f"small:{quick_models}",
-                           "out": tmp_path / "o", **kw})
+    cfg = CoresetConfig(
+        **{
+            "method": "random",
+            "budget": 5,
+            "corpus": CORPUS,
+            "clip": f"small:{quick_models}",
+            "out": tmp_path / "o",
+            **kw,
+        }
+    )
     with pytest.raises(ProtosynthError, match=message):
         build_coreset(cfg)
     assert not (tmp_path / "o").exists()
@@ -119,8 +138,22 @@ def test_cli_coreset(quick_models, tmp_path):
 
     from protosynth.cli.main import app
 
-    res = CliRunner().invoke(app, ["coreset", "--method", "kcenter", "--budget", "4", "--corpus", CORPUS,
-                                   "--clip", f"small:{quick_models}", "--out", str(tmp_path / "k")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "coreset",
+            "--method",
+            "kcenter",
+            "--budget",
+            "4",
+            "--corpus",
+            CORPUS,
+            "--clip",
+            f"small:{quick_models}",
+            "--out",
+            str(tmp_path / "k"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "k" / "manifest.json").read_text())["method"] == "coreset-kcenter"
     res = CliRunner().invoke(app, ["coreset", "--method", "nope", "--out", str(tmp_path / "n")])

@@ -1,6 +1,7 @@
 """Corpus formats on disk: Karpathy/BLIP JSON, CSV, webdataset shards (and JSONL), read through
 ``load_corpus(spec, image_root, skip_bad)``. Every fixture writes a few 32 px world images; every
 error must be one line naming the file and the row (or shard and member)."""
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
+from protosynth.corpora.spec import corpus_name
 from protosynth.corpus import Corpus, load_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.corpora.spec import corpus_name
 from protosynth.world import WorldConfig, generate_split
 
 N = 6
@@ -118,8 +119,11 @@ def test_csv_pairs_grouped_in_first_seen_order(csv_corpus, world):
 
 def test_csv_quoted_captions_and_column_order(tmp_path, world):
     write_images(tmp_path / "img", world, 2)
-    path = write_csv(tmp_path / "c.csv", [["x", 'a "quoted", comma caption', "img/0.png"],
-                                          ["y", "two\nlines", "img/1.png"]], header=("id", "caption", "image"))
+    path = write_csv(
+        tmp_path / "c.csv",
+        [["x", 'a "quoted", comma caption', "img/0.png"], ["y", "two\nlines", "img/1.png"]],
+        header=("id", "caption", "image"),
+    )
     corpus = load_corpus(str(path))
     assert corpus.captions == [['a "quoted", comma caption'], ["two\nlines"]]
 
@@ -151,14 +155,22 @@ def test_csv_fingerprint_follows_manifest_and_images(csv_corpus, world):
     assert load_corpus(str(csv_corpus)).fingerprint not in (fp, fp2)
 
 
-@pytest.mark.parametrize("rows, header, row, needle", [
-    ([["img/0.png", "ok"]], ("image", "text"), 1, r"'caption'.*found: image, text"),
-    ([["img/0.png", "ok"]], ("path", "caption"), 1, r"'image'"),
-    ([["img/0.png", "ok"], ["img/1.png", "  "]], ("image", "caption"), 3, r"empty"),
-    ([["img/0.png", "ok"], ["", "no image"]], ("image", "caption"), 3, r"empty 'image'"),
-    ([["img/0.png", "ok"], ["img/1.png"]], ("image", "caption"), 3, r"1 fields"),
-    ([["img/0.png", "ok"], ["img/1.png", "ok"], ["img/9.png", "gone"]], ("image", "caption"), 4, r"not found.*9\.png"),
-])
+@pytest.mark.parametrize(
+    "rows, header, row, needle",
+    [
+        ([["img/0.png", "ok"]], ("image", "text"), 1, r"'caption'.*found: image, text"),
+        ([["img/0.png", "ok"]], ("path", "caption"), 1, r"'image'"),
+        ([["img/0.png", "ok"], ["img/1.png", "  "]], ("image", "caption"), 3, r"empty"),
+        ([["img/0.png", "ok"], ["", "no image"]], ("image", "caption"), 3, r"empty 'image'"),
+        ([["img/0.png", "ok"], ["img/1.png"]], ("image", "caption"), 3, r"1 fields"),
+        (
+            [["img/0.png", "ok"], ["img/1.png", "ok"], ["img/9.png", "gone"]],
+            ("image", "caption"),
+            4,
+            r"not found.*9\.png",
+        ),
+    ],
+)
 def test_csv_errors_name_file_and_row(tmp_path, world, rows, header, row, needle):
     write_images(tmp_path / "img", world, 2)
     path = write_csv(tmp_path / "bad.csv", rows, header=header)
@@ -191,8 +203,11 @@ def test_csv_corrupt_image_fails_when_read(csv_corpus, world):
 
 def karpathy_train(world, n=N) -> list[dict]:
     """Caption-level, as coco_karpathy_train.json / flickr30k_train.json (with image_id)."""
-    return [{"image": f"flickr30k-images/{i}.png", "caption": cap, "image_id": str(i)}
-            for i in range(n) for cap in world.captions[i]]
+    return [
+        {"image": f"flickr30k-images/{i}.png", "caption": cap, "image_id": str(i)}
+        for i in range(n)
+        for cap in world.captions[i]
+    ]
 
 
 def karpathy_test(world, n=N) -> list[dict]:
@@ -228,24 +243,33 @@ def test_karpathy_train_and_test_files(karpathy_dir, world):
 
 def test_karpathy_groups_interleaved_entries(tmp_path, world):
     write_images(tmp_path, world, 2)
-    entries = [{"image": "1.png", "caption": "b1"}, {"image": "0.png", "caption": "a1"},
-               {"image": "1.png", "caption": ["b2", "b3"]}]
+    entries = [
+        {"image": "1.png", "caption": "b1"},
+        {"image": "0.png", "caption": "a1"},
+        {"image": "1.png", "caption": ["b2", "b3"]},
+    ]
     (tmp_path / "mix.json").write_text(json.dumps(entries))
     corpus = load_corpus(str(tmp_path / "mix.json"))  # default root: the JSON's folder
     assert corpus.image_keys == ["1.png", "0.png"] and corpus.captions == [["b1", "b2", "b3"], ["a1"]]
 
 
-@pytest.mark.parametrize("content, needle", [
-    ('[{"image": "0.png", "caption": "a"},\n {"image": ', r"line 2: not valid JSON"),
-    ('{"images": []}', r"expected a JSON list.*got a dict"),
-    ('[]', r"no entries"),
-    ('[{"image": "0.png", "caption": "a"}, {"caption": "no image"}]', r"entry 1: needs an 'image'"),
-    ('[{"image": "0.png", "caption": "a"}, {"image": "1.png"}]', r"entry 1: needs a 'caption'"),
-    ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": []}]', r"entry 1: .*non-empty"),
-    ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": ["x", " "]}]', r"entry 1: empty"),
-    ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": 5}]', r"entry 1: empty or non-string"),
-    ('[{"image": "0.png", "caption": "a"}, {"image": "7.png", "caption": "b"}]', r"entry 1: image file not found.*7\.png"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('[{"image": "0.png", "caption": "a"},\n {"image": ', r"line 2: not valid JSON"),
+        ('{"images": []}', r"expected a JSON list.*got a dict"),
+        ("[]", r"no entries"),
+        ('[{"image": "0.png", "caption": "a"}, {"caption": "no image"}]', r"entry 1: needs an 'image'"),
+        ('[{"image": "0.png", "caption": "a"}, {"image": "1.png"}]', r"entry 1: needs a 'caption'"),
+        ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": []}]', r"entry 1: .*non-empty"),
+        ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": ["x", " "]}]', r"entry 1: empty"),
+        ('[{"image": "0.png", "caption": "a"}, {"image": "1.png", "caption": 5}]', r"entry 1: empty or non-string"),
+        (
+            '[{"image": "0.png", "caption": "a"}, {"image": "7.png", "caption": "b"}]',
+            r"entry 1: image file not found.*7\.png",
+        ),
+    ],
+)
 def test_karpathy_errors_name_file_and_entry(tmp_path, world, content, needle):
     write_images(tmp_path, world, 2)
     path = tmp_path / "ann.json"
@@ -268,14 +292,26 @@ def shards(tmp_path, world) -> Path:
     """Two shards with the same sample keys: png + txt in one, jpg + json (caption / captions) in
     the other, plus a directory entry and a member protosynth ignores."""
     d = tmp_path / "shards"
-    write_tar(d / "train-000.tar", [("part", None)] + [
-        m for i in range(3) for m in ((f"part/{i:04d}.png", png_bytes(world.images[i])),
-                                      (f"part/{i:04d}.txt", world.captions[i][0].encode()),
-                                      (f"part/{i:04d}.cls", b"3"))])
+    write_tar(
+        d / "train-000.tar",
+        [("part", None)]
+        + [
+            m
+            for i in range(3)
+            for m in (
+                (f"part/{i:04d}.png", png_bytes(world.images[i])),
+                (f"part/{i:04d}.txt", world.captions[i][0].encode()),
+                (f"part/{i:04d}.cls", b"3"),
+            )
+        ],
+    )
     second = []
     for j, i in enumerate(range(3, N)):
         caption = {"caption": world.captions[i][0]} if j % 2 else {"captions": world.captions[i][:2], "id": i}
-        second += [(f"part/{j:04d}.json", json.dumps(caption).encode()), (f"part/{j:04d}.jpg", jpg_bytes(world.images[i]))]
+        second += [
+            (f"part/{j:04d}.json", json.dumps(caption).encode()),
+            (f"part/{j:04d}.jpg", jpg_bytes(world.images[i])),
+        ]
     write_tar(d / "train-001.tar", second)
     return d
 
@@ -285,9 +321,13 @@ def test_webdataset_glob_over_two_shards(shards, world):
     corpus = load_corpus(spec)
     assert corpus.fingerprint.startswith("wds-") and corpus.spec == spec
     first, second = shards / "train-000.tar", shards / "train-001.tar"
-    assert corpus.image_keys == [f"{first}/part/{i:04d}" for i in range(3)] + [f"{second}/part/{j:04d}" for j in range(3)]
-    assert corpus.captions == ([[world.captions[i][0]] for i in range(3)]
-                               + [world.captions[3][:2], [world.captions[4][0]], world.captions[5][:2]])
+    assert corpus.image_keys == [f"{first}/part/{i:04d}" for i in range(3)] + [
+        f"{second}/part/{j:04d}" for j in range(3)
+    ]
+    assert corpus.captions == (
+        [[world.captions[i][0]] for i in range(3)]
+        + [world.captions[3][:2], [world.captions[4][0]], world.captions[5][:2]]
+    )
     assert corpus.n_pairs == 3 + 2 + 1 + 2
     for i in (4, 0, 2, 5, 1):  # random access across shards
         arr = corpus.image_array(i)
@@ -321,17 +361,20 @@ def test_webdataset_subset_reads_the_same_images(shards, world):
     assert np.array_equal(held.image_array(0), full.image_array(full.image_keys.index(key)))
 
 
-@pytest.mark.parametrize("members, needle", [
-    ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"sample b: no caption member"),
-    ([("a.png", b"x"), ("a.txt", b"ok"), ("b.txt", b"no image")], r"sample b: no image member"),
-    ([("a.png", b"x"), ("a.txt", b"   ")], r"member a\.txt: empty"),
-    ([("a.png", b"x"), ("a.json", b"{not json")], r"member a\.json: not valid JSON"),
-    ([("a.png", b"x"), ("a.json", b'{"caption": ""}')], r"member a\.json: empty"),
-    ([("a.png", b"x"), ("a.json", b'["a list"]')], r"member a\.json: needs a JSON object"),
-    ([("a.png", b"x"), ("a.txt", b"\xff\xfe")], r"member a\.txt: not valid UTF-8"),
-    ([("a.png", b"x"), ("a.jpg", b"x"), ("a.txt", b"two images")], r"sample a: several image members"),
-    ([("a.png", b"x"), ("a.txt", b"one"), ("a.txt", b"two")], r"a second 'txt' member"),
-])
+@pytest.mark.parametrize(
+    "members, needle",
+    [
+        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"sample b: no caption member"),
+        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.txt", b"no image")], r"sample b: no image member"),
+        ([("a.png", b"x"), ("a.txt", b"   ")], r"member a\.txt: empty"),
+        ([("a.png", b"x"), ("a.json", b"{not json")], r"member a\.json: not valid JSON"),
+        ([("a.png", b"x"), ("a.json", b'{"caption": ""}')], r"member a\.json: empty"),
+        ([("a.png", b"x"), ("a.json", b'["a list"]')], r"member a\.json: needs a JSON object"),
+        ([("a.png", b"x"), ("a.txt", b"\xff\xfe")], r"member a\.txt: not valid UTF-8"),
+        ([("a.png", b"x"), ("a.jpg", b"x"), ("a.txt", b"two images")], r"sample a: several image members"),
+        ([("a.png", b"x"), ("a.txt", b"one"), ("a.txt", b"two")], r"a second 'txt' member"),
+    ],
+)
 def test_webdataset_errors_name_shard_and_member(tmp_path, members, needle):
     path = write_tar(tmp_path / "s.tar", members)
     with pytest.raises(ProtosynthError) as exc:
@@ -354,8 +397,9 @@ def test_webdataset_bad_shards(tmp_path):
 
 def test_webdataset_corrupt_member_fails_when_read(tmp_path, world):
     good = png_bytes(world.images[0])
-    path = write_tar(tmp_path / "s.tar", [("a.png", good), ("a.txt", b"fine"),
-                                          ("b.png", good[: len(good) // 2]), ("b.txt", b"cut")])
+    path = write_tar(
+        tmp_path / "s.tar", [("a.png", good), ("a.txt", b"fine"), ("b.png", good[: len(good) // 2]), ("b.txt", b"cut")]
+    )
     corpus = load_corpus(str(path))
     assert np.array_equal(corpus.image_array(0), world.images[0])
     with pytest.raises(ProtosynthError, match="cannot read image") as exc:
@@ -374,15 +418,18 @@ def bad_corpus(fmt: str, tmp_path: Path, world) -> tuple[str, list[str]]:
     (tmp_path / "img" / "4.png").unlink()
     if fmt == "csv":
         path = write_csv(tmp_path / "c.csv", csv_rows(world))
-        return str(path), [rf"c\.csv row 4: cannot read image", rf"c\.csv row 6: image file not found"]
+        return str(path), [r"c\.csv row 4: cannot read image", r"c\.csv row 6: image file not found"]
     if fmt == "json":
         path = tmp_path / "k.json"
         path.write_text(json.dumps([{"image": f"img/{n}", "caption": world.captions[i]} for i, n in enumerate(names)]))
         return str(path), [r"k\.json entry 2: cannot read image", r"k\.json entry 4: image file not found"]
     if fmt == "jsonl":
         path = tmp_path / "m.jsonl"
-        path.write_text("".join(json.dumps({"image": f"img/{n}", "captions": world.captions[i][:2]}) + "\n"
-                                for i, n in enumerate(names)))
+        path.write_text(
+            "".join(
+                json.dumps({"image": f"img/{n}", "captions": world.captions[i][:2]}) + "\n" for i, n in enumerate(names)
+            )
+        )
         return str(path), [r"m\.jsonl line 3: cannot read image", r"m\.jsonl line 5: image file not found"]
     members = []
     for i, n in enumerate(names):
@@ -454,10 +501,17 @@ def test_world_accepts_skip_bad():
     assert corpus.n_images == 4 and corpus.skipped == [] and corpus.skip_bad
 
 
-@pytest.mark.parametrize("spec, name", [
-    ("shapes:test,n=300", "shapes-test_n=300"), ("data/my.jsonl", "my"), ("ann/coco_karpathy_train.json",
-     "coco_karpathy_train"), ("a/pairs.csv", "pairs"), ("x/train-*.tar", "train"), ("shards/*.tar", "shards"),
-])
+@pytest.mark.parametrize(
+    "spec, name",
+    [
+        ("shapes:test,n=300", "shapes-test_n=300"),
+        ("data/my.jsonl", "my"),
+        ("ann/coco_karpathy_train.json", "coco_karpathy_train"),
+        ("a/pairs.csv", "pairs"),
+        ("x/train-*.tar", "train"),
+        ("shards/*.tar", "shards"),
+    ],
+)
 def test_default_out_names(spec, name):
     assert corpus_name(spec) == name
 
@@ -489,16 +543,39 @@ def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_
     from protosynth.distilled import load_distilled
     from protosynth.render import RenderConfig
 
-    out = distill(DistillConfig(budget=4, corpus=str(bad_csv), clip=f"small:{quick_models}",
-                                decoder=f"small:{quick_models}", out=tmp_path / "set", skip_bad=True,
-                                render=RenderConfig(steps=1, guidance_scale=1.0, batch_size=4)))
+    out = distill(
+        DistillConfig(
+            budget=4,
+            corpus=str(bad_csv),
+            clip=f"small:{quick_models}",
+            decoder=f"small:{quick_models}",
+            out=tmp_path / "set",
+            skip_bad=True,
+            render=RenderConfig(steps=1, guidance_scale=1.0, batch_size=4),
+        )
+    )
     record = load_distilled(out, verify=True).manifest["corpus"]
     assert record["skipped_bad"] == 2 and record["skip_bad"] is True and record["image_root"] is None
     assert record["images"] == 4 and record["pairs"] == 8
     assert any("row 6: image file not found" in m for m in record["skipped_first"])
 
-    r = CliRunner().invoke(app, ["coreset", "--method", "random", "--budget", "3", "--corpus", str(bad_csv),
-                                 "--skip-bad", "--clip", f"small:{quick_models}", "--out", str(tmp_path / "core")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "coreset",
+            "--method",
+            "random",
+            "--budget",
+            "3",
+            "--corpus",
+            str(bad_csv),
+            "--skip-bad",
+            "--clip",
+            f"small:{quick_models}",
+            "--out",
+            str(tmp_path / "core"),
+        ],
+    )
     assert r.exit_code == 0, (r.output, r.exception)
     manifest = json.loads((tmp_path / "core" / "manifest.json").read_text())
     assert manifest["corpus"]["skipped_bad"] == 2 and manifest["settings"]["skip_bad"] is True
@@ -520,6 +597,8 @@ def test_evaluation_reloads_a_sets_corpus_the_way_it_was_read(tmp_path, world):
     (tmp_path / "img" / "2.png").write_bytes(png_bytes(world.images[2]))  # the corrupt image is mended
     with pytest.raises(ProtosynthError, match=r"changed since the set was made"):
         source_corpus(ds)
+
+
 def test_jpeg_decodes_at_reduced_scale_for_a_small_encoder(tmp_path, world):
     """With ``min_side`` a JPEG decodes at the smallest DCT scale that keeps both sides >= it (PIL
     draft): a 256 px JPEG for a 32 px encoder comes back at 32 px, a PNG at full size."""

@@ -1,4 +1,5 @@
 """Corpus specs: the built-in world (with its cache) and JSONL manifests, with one-line errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,8 +134,12 @@ def test_world_is_cached_and_second_load_reads_cache(_cache):
     tampered_pixels = np.zeros_like(first.pixels)
     tampered_captions = [["cached caption"] * 2 for _ in first.captions]
     test_file = next(f for f in files if first.fingerprint in f.name)
-    np.savez(test_file, images=tampered_pixels, captions=np.array(json.dumps(tampered_captions)),
-             objects=np.array(json.dumps([[] for _ in first.captions])))
+    np.savez(
+        test_file,
+        images=tampered_pixels,
+        captions=np.array(json.dumps(tampered_captions)),
+        objects=np.array(json.dumps([[] for _ in first.captions])),
+    )
     third = load_world("shapes:test,n=12")
     assert np.array_equal(third.pixels, tampered_pixels)
     assert third.captions == tampered_captions
@@ -174,8 +179,9 @@ def test_world_pairs_repeat_image_per_caption():
 
 
 def test_pairs_with_uneven_caption_counts():
-    corpus = Corpus(spec="x", fingerprint="f", image_keys=["a", "b", "c"],
-                    captions=[["a1"], ["b1", "b2", "b3"], ["c1", "c2"]])
+    corpus = Corpus(
+        spec="x", fingerprint="f", image_keys=["a", "b", "c"], captions=[["a1"], ["b1", "b2", "b3"], ["c1", "c2"]]
+    )
     assert corpus.n_images == 3
     assert corpus.n_pairs == 6
     assert corpus.pair_image.tolist() == [0, 1, 1, 1, 2, 2]
@@ -190,13 +196,16 @@ def test_jsonl_caption_and_captions_forms(tmp_path):
     _png(tmp_path / "imgs" / "a.png", (255, 0, 0))
     _png(tmp_path / "imgs" / "b.png", (0, 255, 0))
     _png(tmp_path / "c.png", (0, 0, 255))
-    manifest = _manifest(tmp_path / "data.jsonl", [
-        {"image": "imgs/a.png", "caption": "a red thing"},
-        {"image": "imgs/b.png", "captions": ["green one", "  a green square  "]},
-        "",
-        {"image": "imgs/a.png", "caption": "another red caption"},
-        {"image": "c.png", "captions": ["blue"]},
-    ])
+    manifest = _manifest(
+        tmp_path / "data.jsonl",
+        [
+            {"image": "imgs/a.png", "caption": "a red thing"},
+            {"image": "imgs/b.png", "captions": ["green one", "  a green square  "]},
+            "",
+            {"image": "imgs/a.png", "caption": "another red caption"},
+            {"image": "c.png", "captions": ["blue"]},
+        ],
+    )
     corpus = load_corpus(str(manifest))
     assert corpus.spec == str(manifest)
     assert corpus.fingerprint.startswith("jsonl-")
@@ -263,12 +272,15 @@ def test_jsonl_not_json(tmp_path):
     _names_file_and_line(exc, m, 2)
 
 
-@pytest.mark.parametrize("row", [
-    {"caption": "no image"},
-    {"image": "", "caption": "empty image"},
-    {"image": 3, "caption": "image not a string"},
-    ["a.png", "a list, not an object"],
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"caption": "no image"},
+        {"image": "", "caption": "empty image"},
+        {"image": 3, "caption": "image not a string"},
+        ["a.png", "a list, not an object"],
+    ],
+)
 def test_jsonl_missing_image_field(tmp_path, row):
     _png(tmp_path / "a.png")
     m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "ok"}, {"image": "a.png", "caption": "ok"}, row])
@@ -277,11 +289,14 @@ def test_jsonl_missing_image_field(tmp_path, row):
     _names_file_and_line(exc, m, 3)
 
 
-@pytest.mark.parametrize("row", [
-    {"image": "a.png"},
-    {"image": "a.png", "captions": []},
-    {"image": "a.png", "captions": "not a list"},
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"image": "a.png"},
+        {"image": "a.png", "captions": []},
+        {"image": "a.png", "captions": "not a list"},
+    ],
+)
 def test_jsonl_missing_caption_field(tmp_path, row):
     _png(tmp_path / "a.png")
     m = _manifest(tmp_path / "m.jsonl", [row])
@@ -290,14 +305,17 @@ def test_jsonl_missing_caption_field(tmp_path, row):
     _names_file_and_line(exc, m, 1)
 
 
-@pytest.mark.parametrize("row", [
-    {"image": "a.png", "caption": ""},
-    {"image": "a.png", "caption": "   "},
-    {"image": "a.png", "caption": None},
-    {"image": "a.png", "caption": 7},
-    {"image": "a.png", "captions": ["good", ""]},
-    {"image": "a.png", "captions": ["good", ["nested"]]},
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"image": "a.png", "caption": ""},
+        {"image": "a.png", "caption": "   "},
+        {"image": "a.png", "caption": None},
+        {"image": "a.png", "caption": 7},
+        {"image": "a.png", "captions": ["good", ""]},
+        {"image": "a.png", "captions": ["good", ["nested"]]},
+    ],
+)
 def test_jsonl_empty_or_non_string_caption(tmp_path, row):
     _png(tmp_path / "a.png")
     m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "ok"}, row])
@@ -308,12 +326,15 @@ def test_jsonl_empty_or_non_string_caption(tmp_path, row):
 
 def test_jsonl_missing_image_file(tmp_path):
     _png(tmp_path / "a.png")
-    m = _manifest(tmp_path / "m.jsonl", [
-        {"image": "a.png", "caption": "ok"},
-        {"image": "a.png", "caption": "ok"},
-        {"image": "a.png", "caption": "ok"},
-        {"image": "missing.png", "caption": "gone"},
-    ])
+    m = _manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "a.png", "caption": "ok"},
+            {"image": "a.png", "caption": "ok"},
+            {"image": "a.png", "caption": "ok"},
+            {"image": "missing.png", "caption": "gone"},
+        ],
+    )
     with pytest.raises(ProtosynthError, match="not found") as exc:
         load_jsonl(m)
     _names_file_and_line(exc, m, 4)
@@ -331,10 +352,13 @@ def test_jsonl_image_path_is_a_directory(tmp_path):
 def test_corrupt_image_file_fails_on_load_naming_file_and_line(tmp_path):
     _png(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"this is not a png at all")
-    m = _manifest(tmp_path / "m.jsonl", [
-        {"image": "good.png", "caption": "fine"},
-        {"image": "bad.png", "caption": "broken"},
-    ])
+    m = _manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "good.png", "caption": "fine"},
+            {"image": "bad.png", "caption": "broken"},
+        ],
+    )
     corpus = load_jsonl(m)  # existence is checked up front; decoding happens on use
     assert corpus.image_array(0).shape == (6, 8, 3)
     with pytest.raises(ProtosynthError, match="cannot read image") as exc:
@@ -388,16 +412,19 @@ def test_unknown_corpus_spec(spec):
     assert repr(spec) in str(exc.value)
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("shapes,foo=1", "unknown world option"),
-    ("shapes,n=abc", "integer"),
-    ("shapes,n", "integer"),
-    ("shapes,size=1.5", "integer"),
-    ("shapes,n=0", "positive"),
-    ("shapes:test,size=-4", "positive"),
-    ("shapes:val", "unknown world split"),
-    ("shapes:", "unknown world split"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("shapes,foo=1", "unknown world option"),
+        ("shapes,n=abc", "integer"),
+        ("shapes,n", "integer"),
+        ("shapes,size=1.5", "integer"),
+        ("shapes,n=0", "positive"),
+        ("shapes:test,size=-4", "positive"),
+        ("shapes:val", "unknown world split"),
+        ("shapes:", "unknown world split"),
+    ],
+)
 def test_bad_world_option(spec, needle, _cache):
     with pytest.raises(ProtosynthError, match=needle) as exc:
         load_corpus(spec)

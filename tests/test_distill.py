@@ -3,6 +3,7 @@
 Real classes throughout (open_clip CLIP, diffusers pipeline, faiss, the on-disk cache); only the
 atomic-write test injects a failure into the writer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,17 @@ FAST = RenderConfig(steps=1, guidance_scale=1.0)  # where the pixels do not matt
 
 def make_cfg(models: Path, out: Path, **kw) -> DistillConfig:
     render = kw.pop("render", RenderConfig(steps=3))
-    return DistillConfig(**{"budget": BUDGET, "corpus": CORPUS, "clip": f"small:{models}",
-                            "decoder": f"small:{models}", "out": out, "render": render, **kw})
+    return DistillConfig(
+        **{
+            "budget": BUDGET,
+            "corpus": CORPUS,
+            "clip": f"small:{models}",
+            "decoder": f"small:{models}",
+            "out": out,
+            "render": render,
+            **kw,
+        }
+    )
 
 
 def tree_bytes(root: Path, names=("images", "pairs.jsonl", "embeddings.safetensors")) -> dict[str, bytes]:
@@ -167,7 +177,8 @@ def test_embeddings_file_is_byte_identical_across_writes(full_run, tmp_path):
     blobs = set()
     for k in range(16):
         out = protosynth.distilled.write_distilled(
-            tmp_path / f"w{k}", images, ds.pairs, ds.tensors, {"method": "pds"}, text_space=ds.metadata["text_space"])
+            tmp_path / f"w{k}", images, ds.pairs, ds.tensors, {"method": "pds"}, text_space=ds.metadata["text_space"]
+        )
         blobs.add((out / "embeddings.safetensors").read_bytes())
     assert len(blobs) == 1, f"{len(blobs)} different embeddings.safetensors from identical inputs"
 
@@ -183,8 +194,9 @@ def test_every_other_mode(mode, full_run, quick_models, tmp_path):
 
 
 def test_init_nearest_starts_from_member_images(full_run, quick_models, tmp_path):
-    out = distill(make_cfg(quick_models, tmp_path / "nearest",
-                           render=RenderConfig(steps=10, init="nearest", strength=0.3)))
+    out = distill(
+        make_cfg(quick_models, tmp_path / "nearest", render=RenderConfig(steps=10, init="nearest", strength=0.3))
+    )
     ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
     assert ds.manifest["settings"]["render"]["init"] == "nearest"
     assert [p["members"] for p in ds.pairs] == [p["members"] for p in ref.pairs]  # same prototypes

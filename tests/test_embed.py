@@ -3,6 +3,7 @@
 Real classes throughout: the shipped small CLIP, the world and JSONL corpora, torch DataLoader
 workers, and a real ``python -m protosynth.cli.main embed`` killed with SIGKILL mid-run.
 """
+
 from __future__ import annotations
 
 import json
@@ -129,8 +130,11 @@ def test_fp16_store(tmp_path, corpus, clip):
 
 
 def test_bad_input_is_one_clear_error(tmp_path, corpus, clip):
-    for kw, name in (({"shard_size": 0}, "shard_size"), ({"batch_size": 0}, "batch_size"),
-                     ({"num_workers": -1}, "num_workers")):
+    for kw, name in (
+        ({"shard_size": 0}, "shard_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_workers": -1}, "num_workers"),
+    ):
         with pytest.raises(ProtosynthError, match=f"^{name} must be at least"):
             embed_corpus(corpus, clip, cfg(tmp_path / "x", **kw))
     assert not (tmp_path / "x").exists()
@@ -163,8 +167,22 @@ def test_cli_bad_shard_size_is_one_line_exit_2(tmp_path):
 
 
 def _embed_cmd(out: Path, workers: int) -> list[str]:  # torch threads: 2 here as in conftest
-    return [sys.executable, "-m", "protosynth.cli.main", "embed", "--corpus", "shapes,n=120", "--shard-size", "6",
-            "--batch-size", "6", "--workers", str(workers), "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "protosynth.cli.main",
+        "embed",
+        "--corpus",
+        "shapes,n=120",
+        "--shard-size",
+        "6",
+        "--batch-size",
+        "6",
+        "--workers",
+        str(workers),
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict:
@@ -176,8 +194,14 @@ def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     load_corpus("shapes,n=120")  # the world is generated once, before the clock matters
     out, clean = tmp_path / "resumed", tmp_path / "clean"
     n_shards = 20
-    proc = subprocess.Popen(_embed_cmd(out, 2), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _embed_cmd(out, 2),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     done = 0
     try:
         deadline = time.time() + 120
@@ -200,8 +224,11 @@ def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == str(out)
     # the uninterrupted run, in this process (same thread count) and without workers
-    embed_corpus(load_corpus("shapes,n=120"), load_clip("default"),
-                 EmbedConfig(out=clean, shard_size=6, batch_size=6, num_workers=0))
+    embed_corpus(
+        load_corpus("shapes,n=120"),
+        load_clip("default"),
+        EmbedConfig(out=clean, shard_size=6, batch_size=6, num_workers=0),
+    )
     assert files(out) == files(clean)  # every shard, pair_image.npy and index.json, byte for byte
     a, b = open_embeddings(out), open_embeddings(clean)
     assert np.array_equal(np.asarray(a.image_pairs), np.asarray(b.image_pairs))
@@ -222,13 +249,17 @@ def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
     before = {p.name: p.stat().st_mtime_ns for p in store.iterdir()}
     encoded = []
     real = embed_mod._encode_shards
-    monkeypatch.setattr(embed_mod, "_encode_shards",
-                        lambda c, e, cfg, shards, write: (encoded.append(len(shards)), real(c, e, cfg, shards, write)))
+    monkeypatch.setattr(
+        embed_mod,
+        "_encode_shards",
+        lambda c, e, cfg, shards, write: (encoded.append(len(shards)), real(c, e, cfg, shards, write)),
+    )
     manifests = {}
     for flag in (["--fp16"], []):
         out = tmp_path / ("f16" if flag else "f32")
-        r = CliRunner().invoke(app, ["distill", "--corpus", corpus, "--budget", "2", "--steps", "1", "--out", str(out),
-                                     *flag])
+        r = CliRunner().invoke(
+            app, ["distill", "--corpus", corpus, "--budget", "2", "--steps", "1", "--out", str(out), *flag]
+        )
         assert r.exit_code == 0, r.output
         manifests[bool(flag)] = json.loads((out / "manifest.json").read_text())
     assert encoded == [1]  # only the float32 run embedded (its one shard)

@@ -1,5 +1,6 @@
 """Large-N paths of stage 2 on small data: k-means fitted on a seeded sample then assigning every
 point, and prototypes built from memory-mapped store rows read chunk by chunk."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The library's errors name its own parameters and the command line spells them as its flags
 (``protosynth.errors.P``, ``protosynth.cli.flags``); the library never reads ``sys.argv``."""
+
 from __future__ import annotations
 
 import ast
@@ -47,8 +48,9 @@ def _error_classes(trees) -> set[str]:
     names = {"ProtosynthError"}
     for _, tree in trees:
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", None)) in names
-                                                      for b in node.bases):
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", getattr(b, "attr", None)) in names for b in node.bases
+            ):
                 names.add(node.name)
     return names
 
@@ -79,8 +81,10 @@ def test_library_errors_name_no_flags():
 
 
 def test_the_flag_check_catches_a_flag():
-    tree = ast.parse('raise ProtosynthError(f"--budget must be at least 1, got {b}")\n'
-                     'raise ProtosynthError(f"--{name} must be at least 1")\n')
+    tree = ast.parse(
+        'raise ProtosynthError(f"--budget must be at least 1, got {b}")\n'
+        'raise ProtosynthError(f"--{name} must be at least 1")\n'
+    )
     hits = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise):
@@ -92,18 +96,32 @@ def test_the_flag_check_catches_a_flag():
 def test_no_string_constant_of_the_library_names_a_flag_outside_docstrings():
     """Tables and templates that end up in messages (decoder capabilities, log lines) too; the
     exceptions are labels of written reports, which describe how the command line ran."""
-    allowed = {("baselines/compare.py", " (--quick: a smoke run)"),  # compare.md's title
-               ("evaluation/evaluate.py", "best checkpoint on the test split (--select-on-test; model selection on "
-                                          "test, as the reference code does)")}  # a label stored in results
+    allowed = {
+        ("baselines/compare.py", " (--quick: a smoke run)"),  # compare.md's title
+        (
+            "evaluation/evaluate.py",
+            "best checkpoint on the test split (--select-on-test; model selection on test, as the reference code does)",
+        ),
+    }  # a label stored in results
     found = []
     for path, tree in _trees():
-        docs = {id(n.body[0].value) for n in ast.walk(tree)
-                if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         rel = str(path.relative_to(PACKAGE).as_posix())
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
-                    and FLAG.search(node.value) and (rel, node.value) not in allowed):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+                and FLAG.search(node.value)
+                and (rel, node.value) not in allowed
+            ):
                 found.append(f"{rel}:{node.lineno}: {node.value[:80]!r}")
     assert found == []
 
@@ -112,10 +130,15 @@ def test_library_reads_no_sys_argv():
     found = []
     for path, tree in _trees():
         for node in ast.walk(tree):
-            argv = (isinstance(node, ast.Attribute) and node.attr == "argv"
-                    and isinstance(node.value, ast.Name) and node.value.id == "sys")
-            imported = isinstance(node, ast.ImportFrom) and node.module == "sys" and any(
-                a.name == "argv" for a in node.names)
+            argv = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "argv"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            )
+            imported = (
+                isinstance(node, ast.ImportFrom) and node.module == "sys" and any(a.name == "argv" for a in node.names)
+            )
             if argv or imported:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert found == [], "the command line passes the command in (see cli.common.command_line)"
@@ -137,8 +160,12 @@ def _references(tree) -> set[str]:
             calls = [c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "Param"]
             if calls:
                 names.update(e.value for e in node.iter.elts if isinstance(e, ast.Constant))
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Param" and node.args and isinstance(
-                node.args[0], ast.Constant):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "Param"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names.add(node.args[0].value)
     return names
 

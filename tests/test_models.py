@@ -1,4 +1,5 @@
 """The small models: open_clip factory round-trip, decoder pipeline round-trip, resumable training."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ from typer.testing import CliRunner
 from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.training import clip as train_clip_mod
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline
-from protosynth.training.clip import ClipTrainConfig, train_clip
 from protosynth.models.unclip import RENDER_DEFAULTS, Decoder, open_decoder
 from protosynth.render import RenderConfig, render_images, resolve_render
+from protosynth.training import clip as train_clip_mod
+from protosynth.training.clip import ClipTrainConfig, train_clip
 
 
 def test_architectures_registered_with_open_clip():
@@ -55,8 +56,22 @@ def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, 
     """`models calibrate` re-measures a trained decoder; loading it by any route then renders at the
     recorded scale unless --guidance says otherwise, and the run is in provenance.json."""
     models = shutil.copytree(quick_models, tmp_path / "m")
-    r = CliRunner().invoke(app, ["models", "calibrate", "--models", str(models), "--corpus", "shapes,n=300",
-                                 "--guidances", "1.5", "--steps", "3", "--quick"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "calibrate",
+            "--models",
+            str(models),
+            "--corpus",
+            "shapes,n=300",
+            "--guidances",
+            "1.5",
+            "--steps",
+            "3",
+            "--quick",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "guidance 1.5" in r.output
     saved = json.loads((models / "decoder" / "render_defaults.json").read_text())
@@ -72,12 +87,15 @@ def test_models_calibrate_makes_the_measured_guidance_the_default(quick_models, 
     assert len(runs) == 2 and runs[-1]["config"]["decoder"]["guidances"] == [1.5] and runs[-1]["seconds"] > 0
 
 
-@pytest.mark.parametrize("settings,message", [
-    ({"guidance": 2.0}, "sets 'guidance', not a render setting"),
-    ({"guidance_scale": -1}, "sets guidance_scale to -1, not a number of at least 0"),
-    ({"steps": 0}, "sets steps to 0, not a number of at least 1"),
-    ({"steps": "many"}, "sets steps to 'many'"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"guidance": 2.0}, "sets 'guidance', not a render setting"),
+        ({"guidance_scale": -1}, "sets guidance_scale to -1, not a number of at least 0"),
+        ({"steps": 0}, "sets steps to 0, not a number of at least 1"),
+        ({"steps": "many"}, "sets steps to 'many'"),
+    ],
+)
 def test_a_bad_render_defaults_file_is_named(quick_models, tmp_path, settings, message):
     models = shutil.copytree(quick_models, tmp_path / "m")
     (models / "decoder" / "render_defaults.json").write_text(json.dumps({"settings": settings}))
@@ -172,8 +190,9 @@ def test_render_images_takes_a_resolved_config_only():
 def test_decoder_images_do_not_depend_on_batching():
     pipe = build_pipeline(embed_dim=8, quick=True)
     emb = torch.randn(4, 8)
-    all4 = pipe(emb, num_inference_steps=3, generator=[torch.Generator().manual_seed(i) for i in range(4)],
-                output_type="pt")
+    all4 = pipe(
+        emb, num_inference_steps=3, generator=[torch.Generator().manual_seed(i) for i in range(4)], output_type="pt"
+    )
     last = pipe(emb[3:], num_inference_steps=3, generator=[torch.Generator().manual_seed(3)], output_type="pt")
     assert torch.allclose(all4[3], last[0], atol=1e-5)
 
@@ -238,8 +257,22 @@ def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
     from protosynth.cli.main import app
 
     out = tmp_path / "models"
-    result = CliRunner().invoke(app, ["models", "train", "--corpus", str(jsonl_corpus), "--out", str(out), "--quick",
-                                      "--clip-steps", "5", "--decoder-steps", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "train",
+            "--corpus",
+            str(jsonl_corpus),
+            "--out",
+            str(out),
+            "--quick",
+            "--clip-steps",
+            "5",
+            "--decoder-steps",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"clip", "decoder"} and metrics["decoder"]["steps"] == 3
@@ -281,8 +314,9 @@ def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path)
     from protosynth.training import decoder as td
 
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
-    cfg = td.DecoderTrainConfig.preset(True, steps=2, lr=0.0, eval_images=8, eval_steps=2,
-                                       init_from=f"small:{quick_models}")
+    cfg = td.DecoderTrainConfig.preset(
+        True, steps=2, lr=0.0, eval_images=8, eval_steps=2, init_from=f"small:{quick_models}"
+    )
     td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "cont", cfg)
     name = "unet/diffusion_pytorch_model.safetensors"
     got, want = load_file(str(tmp_path / "cont" / name)), load_file(str(quick_models / "decoder" / name))
@@ -298,16 +332,20 @@ def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path)
     from protosynth.training import decoder as td
 
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
-    cfg = td.DecoderTrainConfig.preset(True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True,
-                                       init_from=f"small:{quick_models}")
+    cfg = td.DecoderTrainConfig.preset(
+        True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True, init_from=f"small:{quick_models}"
+    )
     td.train_decoder(corpus, test, quick_models / "clip", tmp_path / "wide", cfg)
     start, wide = open_decoder(f"small:{quick_models}").pipe, open_decoder(str(tmp_path / "wide")).pipe
     assert (start.coord_channels, wide.coord_channels) == (0, 2)
     assert torch.count_nonzero(wide.unet.conv_in.weight[:, -2:]) == 0
     emb = torch.randn(2, start.embedding_dim)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
-    assert torch.allclose(start(emb, num_inference_steps=3, generator=gens(), output_type="pt"),
-                          wide(emb, num_inference_steps=3, generator=gens(), output_type="pt"), atol=1e-5)
+    assert torch.allclose(
+        start(emb, num_inference_steps=3, generator=gens(), output_type="pt"),
+        wide(emb, num_inference_steps=3, generator=gens(), output_type="pt"),
+        atol=1e-5,
+    )
 
 
 def test_decoder_lr_schedules_warm_up_then_hold_or_decay():

@@ -1,6 +1,7 @@
 """Corpus images for the protocols: uint8 rows at the protocol's size, normalised per batch, and
 decoded once into a memory-mapped cache for file corpora (Flickr30k-sized corpora do not fit as
 float tensors)."""
+
 from __future__ import annotations
 
 import json

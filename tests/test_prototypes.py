@@ -5,6 +5,7 @@ permutation between image and text clusters, deliberately misaligned pairs that 
 and caption-level pairs with repeated images (which is what makes PDS's matched clusters share no
 pair in practice).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -299,7 +300,9 @@ def test_nearest_rows_is_exact_cosine_nearest():
     rng = np.random.default_rng(4)
     keys = rng.normal(size=(50, 16)).astype(np.float32)
     order = rng.permutation(50)
-    queries = keys[order] * rng.uniform(0.1, 10, (50, 1)).astype(np.float32) + 0.01 * rng.normal(size=(50, 16)).astype(np.float32)
+    queries = keys[order] * rng.uniform(0.1, 10, (50, 1)).astype(np.float32) + 0.01 * rng.normal(size=(50, 16)).astype(
+        np.float32
+    )
     got = nearest_rows(queries, keys)
     assert got.dtype == np.int64 and got.shape == (50,)
     np.testing.assert_array_equal(got, order)

@@ -2,6 +2,7 @@
 checkpoints through open_clip's factory, ``StableUnCLIPImg2ImgPipeline`` and Karlo's
 ``UnCLIPImageVariationPipeline`` saved with ``save_pretrained`` and loaded back by folder, the
 CLIP/decoder space contract, and the offline errors for published weights."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,15 @@ def real_world(tmp_path_factory):
 
 
 def cfg_for(world, decoder: str, out, **render) -> DistillConfig:
-    return DistillConfig(budget=4, corpus=CORPUS, clip=str(world["clip"]), clip_arch=TEST_CLIP_ARCH,
-                         decoder=str(world[decoder]), out=out, render=RenderConfig(steps=2, batch_size=2, **render))
+    return DistillConfig(
+        budget=4,
+        corpus=CORPUS,
+        clip=str(world["clip"]),
+        clip_arch=TEST_CLIP_ARCH,
+        decoder=str(world[decoder]),
+        out=out,
+        render=RenderConfig(steps=2, batch_size=2, **render),
+    )
 
 
 def test_clip_checkpoint_file_goes_through_open_clip_factory(tmp_path):
@@ -82,12 +90,17 @@ def test_published_weights_missing_offline_are_one_clear_error():
 
 def test_published_decoders_declare_their_clip_and_refuse_other_spaces():
     assert {n: (p.clip, p.dim) for n, p in PUBLISHED.items()} == {
-        "sd-unclip-small": ("ViT-L-14-quickgelu:openai", 768), "sd-unclip-h": ("ViT-H-14:laion2b_s32b_b79k", 1024),
-        "karlo": ("ViT-L-14-quickgelu:openai", 768)}
+        "sd-unclip-small": ("ViT-L-14-quickgelu:openai", 768),
+        "sd-unclip-h": ("ViT-H-14:laion2b_s32b_b79k", 1024),
+        "karlo": ("ViT-L-14-quickgelu:openai", 768),
+    }
     dec = Decoder(None, "stable-unclip", "sd-unclip-small", 768, "ViT-L-14:openai", "ViT-L-14-quickgelu:openai")
     check_pair(dec, "ViT-L-14-quickgelu:openai", "ViT-L-14:openai", 768)  # the quickgelu variant shares the space
-    with pytest.raises(ProtosynthError, match="expects embeddings of CLIP space ViT-L-14:openai.*"
-                                              r"pass clip=ViT-L-14-quickgelu:openai, or leave clip out"):
+    with pytest.raises(
+        ProtosynthError,
+        match="expects embeddings of CLIP space ViT-L-14:openai.*"
+        r"pass clip=ViT-L-14-quickgelu:openai, or leave clip out",
+    ):
         check_pair(dec, "ViT-H-14:laion2b_s32b_b79k", "ViT-H-14:laion2b_s32b_b79k", 1024)
 
 
@@ -102,7 +115,12 @@ def test_stable_unclip_folder_distill_uses_pds_settings_and_prompts(real_world, 
     assert manifest["decoder"]["class"] == "StableUnCLIPImg2ImgPipeline"
     assert manifest["decoder"]["prompts"] == "nearest real caption"
     r = manifest["settings"]["render"]
-    assert (r["guidance_scale"], r["noise_level"], r["negative_prompt"], r["clip_guidance"]) == (5.0, 10, "text, watermark", 0.0)
+    assert (r["guidance_scale"], r["noise_level"], r["negative_prompt"], r["clip_guidance"]) == (
+        5.0,
+        10,
+        "text, watermark",
+        0.0,
+    )
     assert manifest["clip"]["space"] == real_world["space"]
     with Image.open(out / "images" / "000000.png") as im:
         assert im.size == (40, 40)
@@ -113,8 +131,10 @@ def test_a_published_class_folder_takes_its_render_defaults_file(real_world, tmp
     (folder / "render_defaults.json").write_text(json.dumps({"settings": {"guidance_scale": 7.0, "steps": 30}}))
     d = open_decoder(str(folder)).defaults
     assert (d["guidance_scale"], d["steps"], d["noise_level"]) == (7.0, 30, 10)  # the rest: the PDS settings
-    for settings, message in (({"typo": 1}, "sets 'typo', not a render setting"),
-                              ({"clip_guidance": 0.02}, "sets clip_guidance, but CLIP-guided sampling is not supported")):
+    for settings, message in (
+        ({"typo": 1}, "sets 'typo', not a render setting"),
+        ({"clip_guidance": 0.02}, "sets clip_guidance, but CLIP-guided sampling is not supported"),
+    ):
         (folder / "render_defaults.json").write_text(json.dumps({"settings": settings}))
         with pytest.raises(ProtosynthError, match=f"render_defaults.json {message}"):
             open_decoder(str(folder))
@@ -126,8 +146,15 @@ def test_published_kinds_default_to_their_paper_settings_and_small_gpu_batches(r
     call (their UNets at 768 / 256 px with classifier-free guidance); the small decoder keeps 100.
     Stable unCLIP's VAE decodes one image at a time."""
     stable, karlo = open_decoder(str(real_world["stable"])), open_decoder(str(real_world["karlo"]))
-    pds = dict(steps=100, guidance_scale=5.0, noise_level=10, negative_prompt="text, watermark", size=224,
-               clip_guidance=0.0, batch_size=4)
+    pds = dict(
+        steps=100,
+        guidance_scale=5.0,
+        noise_level=10,
+        negative_prompt="text, watermark",
+        size=224,
+        clip_guidance=0.0,
+        batch_size=4,
+    )
     own = dict(steps=25, guidance_scale=8.0, super_res_steps=7, size=224, batch_size=4)
     for dec, want in ((stable, pds), (karlo, own)):
         resolved = resolve_render(RenderConfig(), dec)
@@ -160,8 +187,9 @@ def test_karlo_without_its_text_projection_is_one_clear_error(real_world, monkey
 
     for module in ("diffusers.pipelines.deprecated.unclip.text_proj", "diffusers.pipelines.unclip.text_proj"):
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: importing it raises ImportError
-    with pytest.raises(ProtosynthError, match="^decoder karlo: this diffusers release no longer ships "
-                                              "UnCLIPTextProjModel"):
+    with pytest.raises(
+        ProtosynthError, match="^decoder karlo: this diffusers release no longer ships UnCLIPTextProjModel"
+    ):
         open_decoder(str(real_world["karlo"]))
 
 
@@ -187,12 +215,15 @@ def test_karlo_folder_distill(real_world, tmp_path):
         assert im.size == (224, 224)
 
 
-@pytest.mark.parametrize("decoder,setting,message", [
-    ("karlo", {"noise_level": 5}, "^noise_level is not supported by decoder "),
-    ("karlo", {"negative_prompt": "blurry"}, "^negative_prompt is not supported"),
-    ("stable", {"clip_guidance": 0.02}, "CLIP-guided sampling is not supported"),
-    ("stable", {"init": "nearest"}, "^init=nearest is not supported"),
-])
+@pytest.mark.parametrize(
+    "decoder,setting,message",
+    [
+        ("karlo", {"noise_level": 5}, "^noise_level is not supported by decoder "),
+        ("karlo", {"negative_prompt": "blurry"}, "^negative_prompt is not supported"),
+        ("stable", {"clip_guidance": 0.02}, "CLIP-guided sampling is not supported"),
+        ("stable", {"init": "nearest"}, "^init=nearest is not supported"),
+    ],
+)
 def test_settings_a_decoder_cannot_honour_are_errors(real_world, tmp_path, decoder, setting, message):
     cfg = cfg_for(real_world, decoder, tmp_path / "set")
     cfg = replace(cfg, render=replace(cfg.render, **setting))
@@ -208,8 +239,11 @@ def test_space_and_dimension_mismatch_are_refused(real_world, tmp_path):
     undeclared = tmp_path / "undeclared"
     tiny_stable_unclip(32, tmp_path / "parts").save_pretrained(str(undeclared))
     with pytest.raises(ProtosynthError, match="conditioned on 32-d embeddings but clip default gives 64-d"):
-        distill(replace(cfg_for(real_world, "stable", tmp_path / "b"), clip="default", clip_arch=None,
-                        decoder=str(undeclared)))
+        distill(
+            replace(
+                cfg_for(real_world, "stable", tmp_path / "b"), clip="default", clip_arch=None, decoder=str(undeclared)
+            )
+        )
 
 
 def test_decoder_folder_names_its_default_clip(real_world, tmp_path):
@@ -219,8 +253,9 @@ def test_decoder_folder_names_its_default_clip(real_world, tmp_path):
     assert open_decoder(str(folder)).default_clip == "ViT-B-32-quickgelu:openai"
     # leaving --clip out takes the declared CLIP: offline, that is the missing-weights error
     with pytest.raises(ProtosynthError, match="ViT-B-32-quickgelu weights 'openai' are not in the local cache"):
-        distill(replace(cfg_for(real_world, "stable", tmp_path / "set"), clip=None, clip_arch=None,
-                        decoder=str(folder)))
+        distill(
+            replace(cfg_for(real_world, "stable", tmp_path / "set"), clip=None, clip_arch=None, decoder=str(folder))
+        )
 
 
 def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkeypatch):
@@ -228,8 +263,14 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
     real, real_resolve = distill_mod.embed_corpus, distill_mod.resolve_render
     monkeypatch.setattr(distill_mod, "embed_corpus", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(distill_mod, "resolve_render", lambda *a, **k: resolved.append(1) or real_resolve(*a, **k))
-    cfg = DistillConfig(budget=3, corpus=CORPUS, clip=f"small:{quick_models}", decoder=f"small:{quick_models}",
-                        out=tmp_path / "sets", render=RenderConfig(steps=1, guidance_scale=1.0))
+    cfg = DistillConfig(
+        budget=3,
+        corpus=CORPUS,
+        clip=f"small:{quick_models}",
+        decoder=f"small:{quick_models}",
+        out=tmp_path / "sets",
+        render=RenderConfig(steps=1, guidance_scale=1.0),
+    )
     outs = distill_budgets(cfg, [3, 5])
     assert len(calls) == 1
     assert len(resolved) == 1  # render settings too: resolved once, carried to every budget
@@ -248,8 +289,9 @@ def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
 
     from protosynth.cli.main import app
 
-    r = CliRunner().invoke(app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1",
-                                 "--out", str(tmp_path / "sets")])
+    r = CliRunner().invoke(
+        app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1", "--out", str(tmp_path / "sets")]
+    )
     assert r.exit_code == 0, r.output
     written = [line.removeprefix("wrote ") for line in r.stdout.splitlines() if line.startswith("wrote ")]
     assert [p.split("/")[-1] for p in written] == ["shapes_n=30-matched-b2-s0", "shapes_n=30-matched-b3-s0"]
@@ -269,9 +311,14 @@ def _hub_snapshot(cache, repo: str, folder) -> None:
     (root / "refs" / "main").write_text(commit)
 
 
-@pytest.mark.parametrize("name,folder,space", [("sd-unclip-small", "stable", "ViT-L-14:openai"),
-                                               ("sd-unclip-h", "stable", "ViT-H-14:laion2b_s32b_b79k"),
-                                               ("karlo", "karlo", "ViT-L-14:openai")])
+@pytest.mark.parametrize(
+    "name,folder,space",
+    [
+        ("sd-unclip-small", "stable", "ViT-L-14:openai"),
+        ("sd-unclip-h", "stable", "ViT-H-14:laion2b_s32b_b79k"),
+        ("karlo", "karlo", "ViT-L-14:openai"),
+    ],
+)
 def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, name, folder, space):
     """Offline, ``--decoder sd-unclip-small`` / ``sd-unclip-h`` / ``karlo`` load whatever the Hugging
     Face cache holds for their repository (here the tiny pipelines), and pair with a CLIP declared to
@@ -287,11 +334,11 @@ def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, 
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from pathlib import Path
 from tiny_pipelines import register_test_clip
-register_test_clip(Path({str(tmp_path / 'configs')!r}))
+register_test_clip(Path({str(tmp_path / "configs")!r}))
 from protosynth.distill import DistillConfig, distill
 from protosynth.render import RenderConfig
-cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world['clip'])!r}, clip_arch={TEST_CLIP_ARCH!r},
-                    clip_space={space!r}, decoder={name!r}, out=Path({str(tmp_path / 'set')!r}),
+cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world["clip"])!r}, clip_arch={TEST_CLIP_ARCH!r},
+                    clip_space={space!r}, decoder={name!r}, out=Path({str(tmp_path / "set")!r}),
                     render=RenderConfig(steps=2, size=32, super_res_steps=2 if {name!r} == "karlo" else None))
 print(distill(cfg))
 """
@@ -313,13 +360,32 @@ def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_pat
     cache = tmp_path / "hub"
     _hub_snapshot(cache, PUBLISHED["sd-unclip-small"].repo, real_world["stable"])
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", "from protosynth.cli.main import main; main()", "distill", "--decoder",
-                           "sd-unclip-small", "--corpus", CORPUS, "--budget", "2", "--out", str(tmp_path / "set")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from protosynth.cli.main import main; main()",
+            "distill",
+            "--decoder",
+            "sd-unclip-small",
+            "--corpus",
+            CORPUS,
+            "--budget",
+            "2",
+            "--out",
+            str(tmp_path / "set"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert "--clip ViT-L-14-quickgelu:openai: the ViT-L-14-quickgelu weights 'openai' are not in the local cache" \
+    assert (
+        "--clip ViT-L-14-quickgelu:openai: the ViT-L-14-quickgelu weights 'openai' are not in the local cache"
         in errors[0]
+    )
     assert not (tmp_path / "set").exists()
 
 
@@ -366,12 +432,12 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
     it pairs with a decoder of that space. Undeclared it is its own ``small-clip:`` space, refused."""
     import shutil
 
+    from tiny_pipelines import TEST_CLIP_CONFIG
     from typer.testing import CliRunner
 
     from protosynth.cli.main import app
     from protosynth.corpus import load_corpus
     from protosynth.embed import cache_key
-    from tiny_pipelines import TEST_CLIP_CONFIG
 
     folder = tmp_path / "vit-l-copy"
     folder.mkdir()
@@ -392,8 +458,21 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
     decoder = tmp_path / "dec"
     shutil.copytree(real_world["stable"], decoder)
     write_conditioning(decoder, "ViT-L-14:openai", 32)
-    base = ["distill", "--corpus", CORPUS, "--budget", "2", "--steps", "1", "--size", "32", "--decoder", str(decoder),
-            "--clip", spec]
+    base = [
+        "distill",
+        "--corpus",
+        CORPUS,
+        "--budget",
+        "2",
+        "--steps",
+        "1",
+        "--size",
+        "32",
+        "--decoder",
+        str(decoder),
+        "--clip",
+        spec,
+    ]
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "refused")])
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]  # after weight-loading bars
     assert r.exit_code == 2 and len(errors) == 1 and not (tmp_path / "refused").exists()
@@ -406,4 +485,5 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
     r = CliRunner().invoke(app, ["embed", "--corpus", CORPUS, "--clip", "default", "--clip-space", "ViT-L-14:openai"])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
         "error: --clip-space only applies to a checkpoint file given with --clip FILE and --clip-arch ARCH or a "
-        "local-dir:DIR folder, not --clip default"]
+        "local-dir:DIR folder, not --clip default"
+    ]

@@ -1,4 +1,5 @@
 """The default models that ship inside the package: present, paired, documented, usable."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,6 @@ def test_shipped_weights_are_small():
 
 
 def test_default_distill_runs(tmp_path):
-    out = distill(DistillConfig(budget=4, corpus="shapes,n=30", out=tmp_path / "set",
-                                render=RenderConfig(steps=2)))
+    out = distill(DistillConfig(budget=4, corpus="shapes,n=30", out=tmp_path / "set", render=RenderConfig(steps=2)))
     ds = load_distilled(out, verify=True)
     assert len(ds) == 4 and ds.manifest["clip"]["spec"] == "default"

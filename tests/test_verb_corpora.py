@@ -2,6 +2,7 @@
 ``buffer``, ``baseline``, ``compare-baselines``), on a real CSV corpus laid out as Karpathy files
 are: the CSVs in ``ann/``, their images in ``data/`` (so only ``--image-root`` finds them), one
 image truncated (so only ``--skip-bad`` gets past it)."""
+
 from __future__ import annotations
 
 import csv
@@ -65,15 +66,32 @@ def bad_input_then_ok(layout: Path, args: list) -> None:
 
 def test_models_train(layout, tmp_path):
     out = tmp_path / "models"
-    args = ["models", "train", "--corpus", layout / "ann" / "train.csv", "--test", layout / "ann" / "test.csv",
-            "--out", out, "--quick", "--clip-steps", 2, "--decoder-steps", 2]
+    args = [
+        "models",
+        "train",
+        "--corpus",
+        layout / "ann" / "train.csv",
+        "--test",
+        layout / "ann" / "test.csv",
+        "--out",
+        out,
+        "--quick",
+        "--clip-steps",
+        2,
+        "--decoder-steps",
+        2,
+    ]
     bad_input_then_ok(layout, args)
     code, text = invoke([*args, "--image-root", layout / "data", "--skip-bad"])
     assert code == 0, text
     run = json.loads((out / "provenance.json").read_text())["runs"][-1]
     read = run["corpus_read"]
     assert (read["image_root"], read["skip_bad"], read["skipped_bad"], read["images"]) == (
-        str(layout / "data"), True, 1, N_TRAIN - 1)
+        str(layout / "data"),
+        True,
+        1,
+        N_TRAIN - 1,
+    )
     assert f"img/{BAD}.png" in read["skipped_first"][0]
     assert run["test_read"]["images"] == N_TEST and run["test_read"]["image_root"] == str(layout / "data")
     assert run["config"]["image_root"] == str(layout / "data") and run["config"]["skip_bad"] is True
@@ -81,8 +99,19 @@ def test_models_train(layout, tmp_path):
 
 def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_path):
     buf = tmp_path / "buf"
-    args = ["buffer", "--corpus", layout / "ann" / "train.csv", "--experts", 1, "--epochs", 1, "--batch-size", 8,
-            "--out", buf]
+    args = [
+        "buffer",
+        "--corpus",
+        layout / "ann" / "train.csv",
+        "--experts",
+        1,
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--out",
+        buf,
+    ]
     bad_input_then_ok(layout, args)
     assert not buf.exists()  # a failed read claims no folder the corrected command would refuse
     code, text = invoke([*args, "--image-root", layout / "data", "--skip-bad"])
@@ -91,8 +120,21 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
     assert man["corpus"]["skipped_bad"] == 1 and man["corpus"]["image_root"] == str(layout / "data")
     assert man["settings"]["skip_bad"] is True and man["corpus"]["trained_on"] == 2 * (N_TRAIN - 1)
 
-    base = ["baseline", "--method", "mtt-vl", "--budget", 4, "--buffer", buf, "--iterations", 1, "--syn-steps", 1,
-            "--batch-syn", 2]
+    base = [
+        "baseline",
+        "--method",
+        "mtt-vl",
+        "--budget",
+        4,
+        "--buffer",
+        buf,
+        "--iterations",
+        1,
+        "--syn-steps",
+        1,
+        "--batch-syn",
+        2,
+    ]
     code, text = invoke([*base, "--out", tmp_path / "set"])  # no options: the buffer's are used
     assert code == 0, text
     man = json.loads((tmp_path / "set" / "manifest.json").read_text())
@@ -100,30 +142,81 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
     assert man["settings"]["image_root"] == str(layout / "data") and man["settings"]["skip_bad"] is True
     shutil.copytree(layout / "data", tmp_path / "copy", copy_function=shutil.copy2)  # same files, another root
     code, err = invoke([*base, "--out", tmp_path / "other", "--image-root", tmp_path / "copy"])
-    assert_one_line(code, err, rf"--buffer {re.escape(str(buf))} was trained on .*train\.csv read as fingerprint "
-                               r"csv-\w+; read now it is csv-\w+ \(its images, --image-root or --skip-bad differ\)")
+    assert_one_line(
+        code,
+        err,
+        rf"--buffer {re.escape(str(buf))} was trained on .*train\.csv read as fingerprint "
+        r"csv-\w+; read now it is csv-\w+ \(its images, --image-root or --skip-bad differ\)",
+    )
 
 
 def test_relative_paths_are_recorded_absolute_so_another_folder_can_reuse_the_buffer(layout, tmp_path, monkeypatch):
     """A buffer made with relative --corpus/--image-root is read again by ``baseline`` run from
     another folder (the manifest records absolute paths, not the paths as typed)."""
     monkeypatch.chdir(layout / "ann")
-    code, text = invoke(["buffer", "--corpus", "train.csv", "--image-root", "../data", "--skip-bad", "--experts", 1,
-                         "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "buf"])
+    code, text = invoke(
+        [
+            "buffer",
+            "--corpus",
+            "train.csv",
+            "--image-root",
+            "../data",
+            "--skip-bad",
+            "--experts",
+            1,
+            "--epochs",
+            1,
+            "--batch-size",
+            8,
+            "--out",
+            tmp_path / "buf",
+        ]
+    )
     assert code == 0, text
     corpus = json.loads((tmp_path / "buf" / "manifest.json").read_text())["corpus"]
     assert (corpus["spec"], corpus["image_root"]) == (str(layout / "ann" / "train.csv"), str(layout / "data"))
     monkeypatch.chdir(tmp_path)
-    code, text = invoke(["baseline", "--method", "mtt-vl", "--budget", 4, "--buffer", "buf", "--iterations", 1,
-                         "--syn-steps", 1, "--batch-syn", 2, "--out", "set"])
+    code, text = invoke(
+        [
+            "baseline",
+            "--method",
+            "mtt-vl",
+            "--budget",
+            4,
+            "--buffer",
+            "buf",
+            "--iterations",
+            1,
+            "--syn-steps",
+            1,
+            "--batch-syn",
+            2,
+            "--out",
+            "set",
+        ]
+    )
     assert code == 0, text
     assert json.loads((tmp_path / "set" / "manifest.json").read_text())["corpus"]["spec"] == corpus["spec"]
 
 
 def test_compare_baselines(layout, tmp_path):
     out = tmp_path / "cmp"
-    args = ["compare-baselines", "--corpus", layout / "ann" / "train.csv", "--budget", 2, "--methods", "random,full",
-            "--quick", "--repeats", 1, "--eval-epochs", 1, "--out", out]
+    args = [
+        "compare-baselines",
+        "--corpus",
+        layout / "ann" / "train.csv",
+        "--budget",
+        2,
+        "--methods",
+        "random,full",
+        "--quick",
+        "--repeats",
+        1,
+        "--eval-epochs",
+        1,
+        "--out",
+        out,
+    ]
     code, err = invoke(args)
     assert_one_line(code, err, r"--corpus .*train\.csv has no built-in test split; pass --test SPEC")
     args += ["--test", layout / "ann" / "test.csv"]
@@ -161,10 +254,28 @@ def test_eval_retrieval_full_row_skips_bad_images(layout, tmp_path):
     """The upper-bound row reads its corpus like the other verbs: one line for the truncated image,
     and with --skip-bad it trains on the readable pairs."""
     train, test = layout / "ann" / "train.csv", layout / "ann" / "test.csv"
-    args = ["eval", "retrieval", "--full", train, "--test", test, "--image-root", layout / "data", "--protocol", "small",
-            "--repeats", 1, "--epochs", 1, "--json", tmp_path / "full.json"]
+    args = [
+        "eval",
+        "retrieval",
+        "--full",
+        train,
+        "--test",
+        test,
+        "--image-root",
+        layout / "data",
+        "--protocol",
+        "small",
+        "--repeats",
+        1,
+        "--epochs",
+        1,
+        "--json",
+        tmp_path / "full.json",
+    ]
     code, err = invoke(args)  # the test split's decoding bar comes first on stderr
-    assert code == 2 and re.match(rf"error: {re.escape(str(train))} row {2 * BAD + 2}: ", err.strip().splitlines()[-1]), err
+    assert code == 2 and re.match(
+        rf"error: {re.escape(str(train))} row {2 * BAD + 2}: ", err.strip().splitlines()[-1]
+    ), err
     code, text = invoke([*args, "--skip-bad"])
     assert code == 0, text
     row = json.loads((tmp_path / "full.json").read_text())["sets"][0]

@@ -1,4 +1,5 @@
 """The built-in world: deterministic, captioned, and drawn where its captions say."""
+
 from __future__ import annotations
 
 import re

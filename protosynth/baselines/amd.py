@@ -5,6 +5,7 @@ at epochs t-1 and t; ratio_t = MMD_image,t / (MMD_text,t + eps); T_med = the med
 R_V = min{t : ratio_t > T_med} and R_L = max{t : ratio_t <= T_med}. The paper's prose and formula
 differ (see docs/protocols.md); this is the formula, and both ranges are logged in the manifest.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,10 @@ def mean_vectors(trajectories: list[list[dict[str, torch.Tensor]]], modality: st
     """Per epoch, the mean over experts of the modality's flattened parameters."""
     out = []
     for t in range(len(trajectories[0])):
-        flat = [torch.cat([v.reshape(-1).double() for k, v in sorted(traj[t].items()) if k.startswith(modality + ".")])
-                for traj in trajectories]
+        flat = [
+            torch.cat([v.reshape(-1).double() for k, v in sorted(traj[t].items()) if k.startswith(modality + ".")])
+            for traj in trajectories
+        ]
         out.append(torch.stack(flat).mean(0))
     return out
 
@@ -36,8 +39,14 @@ def ranges(mmd_image: np.ndarray, mmd_text: np.ndarray) -> dict:
     above, below = t[ratio > med], t[ratio <= med]
     r_v = int(above.min()) if len(above) else int(t.max())
     r_l = int(below.max()) if len(below) else int(t.min())
-    return {"R_V": r_v, "R_L": r_l, "T_med": med, "ratio": ratio.round(6).tolist(),
-            "mmd_image": mmd_image.tolist(), "mmd_text": mmd_text.tolist()}
+    return {
+        "R_V": r_v,
+        "R_L": r_l,
+        "T_med": med,
+        "ratio": ratio.round(6).tolist(),
+        "mmd_image": mmd_image.tolist(),
+        "mmd_text": mmd_text.tolist(),
+    }
 
 
 def expert_ranges(trajectories: list[list[dict[str, torch.Tensor]]]) -> dict:

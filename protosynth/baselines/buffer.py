@@ -16,6 +16,7 @@ backbone and a text head (and, heads-only, an image head) initialised from (seed
 No augmentation: the world's captions name positions (left/right, top/bottom), which crops and
 flips would falsify; the reference buffers' RandAugment pipeline is for photographs.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..corpora.spec import canonical_root, canonical_spec
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
 from ..files import save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
-from ..corpora.spec import canonical_root, canonical_spec
 from ..runinfo import check_device, peak_rss_mb, versions
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
@@ -84,8 +85,11 @@ def _settings(cfg: BufferConfig) -> dict:
     unset = {"image_root": None, "skip_bad": False}
     # absolute corpus paths: the same buffer asked for from another folder is still the same buffer
     cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root))
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-            if k not in ("out", "device") and not (k in unset and v == unset[k])}
+    return {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in asdict(cfg).items()
+        if k not in ("out", "device") and not (k in unset and v == unset[k])
+    }
 
 
 def train_pairs(corpus: Corpus, cfg: BufferConfig) -> np.ndarray:
@@ -104,8 +108,14 @@ def _save(params: dict[str, torch.Tensor], path: Path) -> None:
     save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in params.items()}, path)
 
 
-def _train_epoch(student: Student, feats: ProtocolFeatures, pairs: np.ndarray, cfg: BufferConfig, seed: int,
-                 image_inputs: torch.Tensor) -> float:
+def _train_epoch(
+    student: Student,
+    feats: ProtocolFeatures,
+    pairs: np.ndarray,
+    cfg: BufferConfig,
+    seed: int,
+    image_inputs: torch.Tensor,
+) -> float:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     student.train()
@@ -136,13 +146,15 @@ def build_buffer(cfg: BufferConfig) -> Path:
     if (out / MANIFEST).is_file():
         done = json.loads((out / MANIFEST).read_text())
         if done.get("settings") != _settings(cfg):
-            raise ProtosynthError(f"{P.out} {out} holds a finished buffer made with other settings; "
-                                  f"choose another {P.out}")
+            raise ProtosynthError(
+                f"{P.out} {out} holds a finished buffer made with other settings; choose another {P.out}"
+            )
         return out
     settings_file = out / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != _settings(cfg):
-        raise ProtosynthError(f"{P.out} {out} holds an unfinished buffer with other settings; remove it or choose "
-                              f"another {P.out}")
+        raise ProtosynthError(
+            f"{P.out} {out} holds an unfinished buffer with other settings; remove it or choose another {P.out}"
+        )
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
@@ -153,7 +165,9 @@ def build_buffer(cfg: BufferConfig) -> Path:
     pairs = train_pairs(corpus, cfg)
     image_inputs = feats.backbone_features(cfg.device) if cfg.heads_only else feats.pixels
     experts = []
-    with StepBar(f"buffer ({cfg.protocol}, {cfg.experts} experts x {cfg.epochs} epochs)", cfg.experts * cfg.epochs) as bar:
+    with StepBar(
+        f"buffer ({cfg.protocol}, {cfg.experts} experts x {cfg.epochs} epochs)", cfg.experts * cfg.epochs
+    ) as bar:
         for e in range(cfg.experts):
             folder = out / f"expert_{e:03d}"
             if (folder / "done.json").is_file():
@@ -179,19 +193,34 @@ def build_buffer(cfg: BufferConfig) -> Path:
                 losses.append(_train_epoch(student, feats, pairs, cfg, _seed(cfg.seed, e, epoch), image_inputs))
                 _save(params, folder / f"epoch_{epoch + 1:02d}.safetensors")
                 bar.advance(f"expert {e} loss {losses[-1]:.3f}")
-            info = {"expert": e, "seconds_this_run": round(time.time() - t0, 1), "train_loss": losses,
-                    "resumed_from_epoch": first}
+            info = {
+                "expert": e,
+                "seconds_this_run": round(time.time() - t0, 1),
+                "train_loss": losses,
+                "resumed_from_epoch": first,
+            }
             write_text_atomic(folder / "done.json", json.dumps(info, indent=2))
             experts.append(info)
-    n_params = {m: sum(v.numel() for k, v in trainable(student).items() if k.startswith(m + "."))
-                for m in ("image", "text")}
+    n_params = {
+        m: sum(v.numel() for k, v in trainable(student).items() if k.startswith(m + ".")) for m in ("image", "text")
+    }
     # the corpus entry says how it was read (image root, --skip-bad): `baseline` reads it the same way
-    manifest = {"format": "protosynth-buffer/1", "settings": _settings(cfg),
+    manifest = {
+        "format": "protosynth-buffer/1",
+        "settings": _settings(cfg),
         "corpus": {**corpus_record(corpus), "trained_on": len(pairs)},
-        "protocol": cfg.protocol, "backbone": feats.backbone.spec, "text_encoder": feats.encoder.spec,
-        "text_space": feats.encoder.space, "image_size": feats.size, "shape": "heads" if cfg.heads_only else "full",
-        "parameters": n_params, "experts": experts, "seconds": round(time.time() - started, 1),
-        "peak_memory_mb": peak_rss_mb(), "versions": versions()}
+        "protocol": cfg.protocol,
+        "backbone": feats.backbone.spec,
+        "text_encoder": feats.encoder.spec,
+        "text_space": feats.encoder.space,
+        "image_size": feats.size,
+        "shape": "heads" if cfg.heads_only else "full",
+        "parameters": n_params,
+        "experts": experts,
+        "seconds": round(time.time() - started, 1),
+        "peak_memory_mb": peak_rss_mb(),
+        "versions": versions(),
+    }
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return out
 
@@ -232,4 +261,3 @@ def load_buffer(path: str | Path) -> Buffer:
     except ValueError as exc:
         raise ProtosynthError(f"{P.buffer} {root}: unreadable {MANIFEST} ({exc})") from None
     return Buffer(root, manifest)
-

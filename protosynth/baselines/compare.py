@@ -14,6 +14,7 @@ Steps, each resumable (a finished step is reused when the command is run again):
 pairs, 10 matching iterations, forgetting from 1 epoch, evaluation with 20 epochs (the full row:
 1 epoch) and 2 repeats. Its numbers show the machinery works, not how the methods rank.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..errors import P, Param, ProtosynthError
 from ..files import atomic_path, git_commit, write_text_atomic
-from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..runinfo import check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
 
@@ -60,9 +61,16 @@ class CompareConfig:
         if not self.quick:
             return self
         corpus = QUICK_WORLD if self.corpus == "shapes" else self.corpus
-        return replace(self, corpus=corpus, repeats=min(self.repeats, 2), eval_epochs=self.eval_epochs or 20,
-                       experts=min(self.experts, 2), expert_epochs=min(self.expert_epochs, 2),
-                       buffer_pairs=self.buffer_pairs or 2000, iterations=self.iterations or 10)
+        return replace(
+            self,
+            corpus=corpus,
+            repeats=min(self.repeats, 2),
+            eval_epochs=self.eval_epochs or 20,
+            experts=min(self.experts, 2),
+            expert_epochs=min(self.expert_epochs, 2),
+            buffer_pairs=self.buffer_pairs or 2000,
+            iterations=self.iterations or 10,
+        )
 
 
 def _validate(cfg: CompareConfig) -> None:
@@ -83,16 +91,26 @@ def _validate(cfg: CompareConfig) -> None:
     if cfg.eval_epochs is not None and cfg.eval_epochs < 1:
         raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {cfg.eval_epochs}")
     if cfg.test is None and not is_world(cfg.corpus):
-        raise ProtosynthError(f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}",
-                              param="test")
+        raise ProtosynthError(
+            f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}", param="test"
+        )
     check_device(cfg.device)
 
 
 def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
-    return BufferConfig(corpus=cfg.corpus, protocol=cfg.protocol, experts=cfg.experts, epochs=cfg.expert_epochs,
-                        heads_only=heads, max_pairs=cfg.buffer_pairs, seed=cfg.seed, device=cfg.device,
-                        out=cfg.out / "buffers" / ("heads" if heads else "full"), image_root=cfg.image_root,
-                        skip_bad=cfg.skip_bad)
+    return BufferConfig(
+        corpus=cfg.corpus,
+        protocol=cfg.protocol,
+        experts=cfg.experts,
+        epochs=cfg.expert_epochs,
+        heads_only=heads,
+        max_pairs=cfg.buffer_pairs,
+        seed=cfg.seed,
+        device=cfg.device,
+        out=cfg.out / "buffers" / ("heads" if heads else "full"),
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+    )
 
 
 def _prepare(cfg: CompareConfig) -> None:
@@ -121,15 +139,34 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
     elif method in CORESETS:
         from ..coreset import CoresetConfig, build_coreset
 
-        build_coreset(CoresetConfig(method=method, budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out,
-                                    device=cfg.device, forgetting_protocol=cfg.protocol,
-                                    forgetting_epochs=1 if cfg.quick else 5, image_root=cfg.image_root,
-                                    skip_bad=cfg.skip_bad))
+        build_coreset(
+            CoresetConfig(
+                method=method,
+                budget=cfg.budget,
+                corpus=cfg.corpus,
+                seed=cfg.seed,
+                out=out,
+                device=cfg.device,
+                forgetting_protocol=cfg.protocol,
+                forgetting_epochs=1 if cfg.quick else 5,
+                image_root=cfg.image_root,
+                skip_bad=cfg.skip_bad,
+            )
+        )
     elif method == "pds":
         from ..distill import DistillConfig, distill
 
-        distill(DistillConfig(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device,
-                              image_root=cfg.image_root, skip_bad=cfg.skip_bad))
+        distill(
+            DistillConfig(
+                budget=cfg.budget,
+                corpus=cfg.corpus,
+                seed=cfg.seed,
+                out=out,
+                device=cfg.device,
+                image_root=cfg.image_root,
+                skip_bad=cfg.skip_bad,
+            )
+        )
     else:
         from .run import distill_baseline
 
@@ -146,9 +183,18 @@ def _buffer_kind(method: str) -> str | None:
 def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]):
     from .presets import BaselineConfig
 
-    return BaselineConfig(method=method, budget=cfg.budget, buffer=buffers[_buffer_kind(method)],
-                          out=out, seed=cfg.seed, device=cfg.device, quick=cfg.quick, iterations=cfg.iterations,
-                          image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    return BaselineConfig(
+        method=method,
+        budget=cfg.budget,
+        buffer=buffers[_buffer_kind(method)],
+        out=out,
+        seed=cfg.seed,
+        device=cfg.device,
+        quick=cfg.quick,
+        iterations=cfg.iterations,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+    )
 
 
 def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> str | None:
@@ -157,10 +203,13 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
     Reusing such a set silently would put a row made one way into a table that says another."""
     man = json.loads((out / "manifest.json").read_text())
     corpus = man.get("corpus", {})
-    wanted = {"corpus": (corpus.get("spec"), cfg.corpus), "seed": (man.get("seed"), cfg.seed),
-              "budget": (man.get("budget"), cfg.budget),
-              "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
-              "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad)}
+    wanted = {
+        "corpus": (corpus.get("spec"), cfg.corpus),
+        "seed": (man.get("seed"), cfg.seed),
+        "budget": (man.get("budget"), cfg.budget),
+        "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
+        "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad),
+    }
     if method in OPTIMISATION:
         from .presets import SIMILARITY_KEYS, USES_SIMILARITY, default_family, preset, resolve
 
@@ -168,8 +217,11 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         family = default_family(cfg.corpus)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
         recorded = {"lr_space": "linear", **man.get("settings", {})}  # sets made before --lr-space learned linearly
-        keys = [k for k in preset(method, family, cfg.budget, cfg.quick)
-                if method in USES_SIMILARITY or k not in SIMILARITY_KEYS]
+        keys = [
+            k
+            for k in preset(method, family, cfg.budget, cfg.quick)
+            if method in USES_SIMILARITY or k not in SIMILARITY_KEYS
+        ]
         wanted.update({k.replace("_", "-"): (recorded.get(k), getattr(resolved, k)) for k in keys})
     diff = [f"{k} {was} (now {now})" for k, (was, now) in wanted.items() if was != now]
     return ", ".join(diff) or None
@@ -177,8 +229,10 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
 
 def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]) -> None:
     if reason := _stale_reason(method, cfg, out, buffers):
-        raise ProtosynthError(f"compare-baselines: {out} was made with other settings ({reason}); "
-                              f"delete it to remake it, or use another {P.out}")
+        raise ProtosynthError(
+            f"compare-baselines: {out} was made with other settings ({reason}); "
+            f"delete it to remake it, or use another {P.out}"
+        )
 
 
 def _finished(folder: Path) -> bool:
@@ -202,8 +256,10 @@ def _in_child(method: str, cfg: CompareConfig, out: Path | None, buffers: dict[s
     if error is not None:  # bad input (a missing image, a wrong --image-root): the user's one line
         raise ProtosynthError(f"compare-baselines, {method} step: {error.template}", param=error.param)
     if proc.exitcode != 0:
-        raise ProtosynthError(f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
-                              f"see the message above, fix it and run again (finished methods are kept)")
+        raise ProtosynthError(
+            f"compare-baselines: the {method} step failed (exit code {proc.exitcode}); "
+            f"see the message above, fix it and run again (finished methods are kept)"
+        )
 
 
 def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path], errors) -> None:
@@ -221,7 +277,8 @@ def _row_key(path: Path | None, eval_cfg) -> str:
     later, set only for the full row) is left out while off, so rows stored before keep their keys."""
     settings = {k: v for k, v in asdict(eval_cfg).items() if not (k == "skip_bad" and not v)}
     blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
-        settings, sort_keys=True, default=str).encode()
+        settings, sort_keys=True, default=str
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
@@ -229,8 +286,15 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     """One evaluation of every set without a stored row (test data loaded once), then the full row."""
     from ..evaluation.evaluate import EvalConfig, evaluate
 
-    eval_cfg = EvalConfig(protocol=cfg.protocol, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device,
-                          epochs=cfg.eval_epochs, test=cfg.test, image_root=cfg.image_root)
+    eval_cfg = EvalConfig(
+        protocol=cfg.protocol,
+        repeats=cfg.repeats,
+        seed=cfg.seed,
+        device=cfg.device,
+        epochs=cfg.eval_epochs,
+        test=cfg.test,
+        image_root=cfg.image_root,
+    )
     store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
     todo = [m for m in paths if not store[m].is_file()]
     sets = [m for m in todo if paths[m] is not None]
@@ -238,8 +302,14 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
     if sets:
         docs.append((sets, evaluate([paths[m] for m in sets], eval_cfg)))
     if "full" in todo:  # its own epochs (--quick: 1), never the sets' --eval-epochs
-        docs.append((["full"], evaluate([], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None,
-                                                    skip_bad=cfg.skip_bad))))
+        docs.append(
+            (
+                ["full"],
+                evaluate(
+                    [], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None, skip_bad=cfg.skip_bad)
+                ),
+            )
+        )
     for methods, doc in docs:
         head = {k: v for k, v in doc.items() if k != "sets"}
         for m, row in zip(methods, doc["sets"]):
@@ -255,8 +325,12 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     _validate(cfg)
     cfg = cfg.effective()
     # absolute paths, as the manifests of the sets and buffers record them (so reuse checks compare like with like)
-    cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root),
-                  test=None if cfg.test is None else canonical_spec(cfg.test))
+    cfg = replace(
+        cfg,
+        corpus=canonical_spec(cfg.corpus),
+        image_root=canonical_root(cfg.image_root),
+        test=None if cfg.test is None else canonical_spec(cfg.test),
+    )
     started = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     needed = {_buffer_kind(m) for m in cfg.methods}
@@ -281,9 +355,13 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
         if not _finished(buffers[kind]):
             _in_child(f"buffer-{kind}", cfg, None, {})
         man = load_buffer(buffers[kind]).manifest
-        buffer_cost[kind] = {"seconds": man["seconds"], "peak_memory_mb": man["peak_memory_mb"],
-                             "experts": man["settings"]["experts"], "epochs": man["settings"]["epochs"],
-                             "trained_on_pairs": man["corpus"]["trained_on"]}
+        buffer_cost[kind] = {
+            "seconds": man["seconds"],
+            "peak_memory_mb": man["peak_memory_mb"],
+            "experts": man["settings"]["experts"],
+            "epochs": man["settings"]["epochs"],
+            "trained_on_pairs": man["corpus"]["trained_on"],
+        }
     paths: dict[str, Path | None] = {}
     for method in cfg.methods:
         if method == "full":
@@ -302,7 +380,9 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
         if paths[method] is not None:
             man = json.loads((paths[method] / "manifest.json").read_text())
             secs = man.get("seconds", {})
-            row["distill_seconds"] = secs.get("total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2))
+            row["distill_seconds"] = secs.get(
+                "total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2)
+            )
             row["peak_memory_mb"] = man.get("peak_memory_mb")
             row["buffer"] = _buffer_kind(method)
         table.append(row)
@@ -310,13 +390,23 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     for row in table:
         if pds and row.get("distill_seconds") is not None and pds.get("distill_seconds"):
             row["cost_vs_pds"] = round(row["distill_seconds"] / pds["distill_seconds"], 2)
-    doc = {"budget": cfg.budget, "corpus": cfg.corpus, "quick": cfg.quick, "protocol": head.get("protocol"),
-           "repeats": cfg.repeats, "score": head.get("score"), "eval_epochs": cfg.eval_epochs,
-           "test": head.get("test"), "buffers": buffer_cost, "methods": table,
-           "shared_preparation_seconds": prepare_seconds,
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-           "command": command, "commit": git_commit(),
-           "seconds_this_run": round(time.time() - started, 1)}
+    doc = {
+        "budget": cfg.budget,
+        "corpus": cfg.corpus,
+        "quick": cfg.quick,
+        "protocol": head.get("protocol"),
+        "repeats": cfg.repeats,
+        "score": head.get("score"),
+        "eval_epochs": cfg.eval_epochs,
+        "test": head.get("test"),
+        "buffers": buffer_cost,
+        "methods": table,
+        "shared_preparation_seconds": prepare_seconds,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "command": command,
+        "commit": git_commit(),
+        "seconds_this_run": round(time.time() - started, 1),
+    }
     write_text_atomic(cfg.out / "compare.json", json.dumps(doc, indent=2))
     write_text_atomic(cfg.out / "compare.md", markdown(doc))
     plot(doc, cfg.out / "compare.png")
@@ -327,25 +417,36 @@ METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
-             f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""), "",
-             (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
-             + f" (commit {str(doc.get('commit', ''))[:12]}).", "",
-             "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
-             "process's own; expert buffers are listed below the table.", "",
-             "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",
-             "|---|" + "---|" * (len(METRICS) + 3)]
+    lines = [
+        f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
+        f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""),
+        "",
+        (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
+        + f" (commit {str(doc.get('commit', ''))[:12]}).",
+        "",
+        "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
+        "process's own; expert buffers are listed below the table.",
+        "",
+        "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",
+        "|---|" + "---|" * (len(METRICS) + 3),
+    ]
     for row in doc["methods"]:
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
-        extra = [f"{row['distill_seconds']:.0f}" if row.get("distill_seconds") is not None else "-",
-                 f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "-",
-                 f"{row['cost_vs_pds']:.2f}x" if row.get("cost_vs_pds") is not None else "-"]
+        extra = [
+            f"{row['distill_seconds']:.0f}" if row.get("distill_seconds") is not None else "-",
+            f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "-",
+            f"{row['cost_vs_pds']:.2f}x" if row.get("cost_vs_pds") is not None else "-",
+        ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
-    lines.append(f"\nShared preparation (CLIP embeddings and text features of the corpus, cached; not in any "
-                 f"method's seconds): {doc.get('shared_preparation_seconds', 0):.0f} s in this run.")
+    lines.append(
+        f"\nShared preparation (CLIP embeddings and text features of the corpus, cached; not in any "
+        f"method's seconds): {doc.get('shared_preparation_seconds', 0):.0f} s in this run."
+    )
     for kind, b in doc["buffers"].items():
-        lines.append(f"\nBuffer `{kind}`: {b['experts']} experts x {b['epochs']} epochs on {b['trained_on_pairs']} pairs, "
-                     f"{b['seconds']:.0f} s, peak {b['peak_memory_mb']:.0f} MB.")
+        lines.append(
+            f"\nBuffer `{kind}`: {b['experts']} experts x {b['epochs']} epochs on {b['trained_on_pairs']} pairs, "
+            f"{b['seconds']:.0f} s, peak {b['peak_memory_mb']:.0f} MB."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -358,8 +459,13 @@ def plot(doc: dict, path: Path) -> None:
     rows = doc["methods"]
     names = [r["method"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax1.bar(names, [r["metrics"]["r_mean"]["mean"] for r in rows],
-            yerr=[r["metrics"]["r_mean"]["std"] for r in rows], capsize=3, color="tab:blue")
+    ax1.bar(
+        names,
+        [r["metrics"]["r_mean"]["mean"] for r in rows],
+        yerr=[r["metrics"]["r_mean"]["std"] for r in rows],
+        capsize=3,
+        color="tab:blue",
+    )
     ax1.set_ylabel("r_mean (%)")
     ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats)")
     made = [r for r in rows if r.get("distill_seconds") is not None]

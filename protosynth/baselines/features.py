@@ -4,6 +4,7 @@ text-encoder features of every caption, and the protocol's pretrained backbone.
 Buffers and every trajectory-matching method start from these (the text features come from the
 evaluation's on-disk cache).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,16 +44,31 @@ class ProtocolFeatures:
         return batched(lambda x: self.backbone.features(x, "pool"), self.pixels, device)
 
 
-def protocol_features(corpus: Corpus, protocol_name: str, backbone: str | None = None,
-                      text_encoder: str | None = None, image_size: int | None = None) -> ProtocolFeatures:
+def protocol_features(
+    corpus: Corpus,
+    protocol_name: str,
+    backbone: str | None = None,
+    text_encoder: str | None = None,
+    image_size: int | None = None,
+) -> ProtocolFeatures:
     """``backbone``/``text_encoder``/``image_size`` override the protocol's (tests use tiny ones)."""
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" and text_encoder is None:
-        raise ProtosynthError(f"{P.protocol} {protocol_name} embeds text with a set's own CLIP; trajectory matching "
-                              f"needs a fixed text encoder: use small or nfnet-bert")
+        raise ProtosynthError(
+            f"{P.protocol} {protocol_name} embeds text with a set's own CLIP; trajectory matching "
+            f"needs a fixed text encoder: use small or nfnet-bert"
+        )
     bb = load_backbone(backbone or protocol.backbone)
     size = image_size or protocol.image_size or bb.image_size
     encoder = load_text_encoder(text_encoder or protocol.text)
     pixels = corpus_pixel_rows(corpus, bb.mean, bb.std, size)
-    return ProtocolFeatures(corpus, protocol, bb, encoder, size, pixels, corpus_text_features(corpus, encoder),
-                            torch.from_numpy(corpus.pair_image.astype(np.int64)))
+    return ProtocolFeatures(
+        corpus,
+        protocol,
+        bb,
+        encoder,
+        size,
+        pixels,
+        corpus_text_features(corpus, encoder),
+        torch.from_numpy(corpus.pair_image.astype(np.int64)),
+    )

@@ -18,6 +18,7 @@ three ways (``grad_mode``):
 - ``first-order``: the constant-memory pass without the Hessian-vector products (the adjoint is
   held fixed), a cheaper approximation that drops how a step's batch moves later steps' parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,8 +68,14 @@ class Blend:
     perm: torch.Tensor
 
 
-def step_loss(student: Student, params: dict[str, torch.Tensor], syn: SyntheticSet, idx: torch.Tensor,
-              temperature: float, blend: Blend | None = None) -> torch.Tensor:
+def step_loss(
+    student: Student,
+    params: dict[str, torch.Tensor],
+    syn: SyntheticSet,
+    idx: torch.Tensor,
+    temperature: float,
+    blend: Blend | None = None,
+) -> torch.Tensor:
     """The student's training loss on one synthetic mini-batch (InfoNCE, or LoRS's weighted BCE
     against the batch's block of S). Blending mixes backbone features and text features before the
     heads; the similarity target is not mixed."""
@@ -92,8 +99,9 @@ def _lr(syn: SyntheticSet, name: str) -> torch.Tensor:
     return syn.rate("image" if name.startswith("image.") else "text")
 
 
-def matching_loss(end: dict[str, torch.Tensor], start: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                  merged: bool = False) -> torch.Tensor:
+def matching_loss(
+    end: dict[str, torch.Tensor], start: dict[str, torch.Tensor], target: dict[str, torch.Tensor], merged: bool = False
+) -> torch.Tensor:
     num = {m: sum(((end[k] - target[k]) ** 2).sum() for k in end if k.startswith(m + ".")) for m in MODALITIES}
     den = {m: sum(((start[k] - target[k]) ** 2).sum() for k in end if k.startswith(m + ".")) for m in MODALITIES}
     if merged:
@@ -101,9 +109,17 @@ def matching_loss(end: dict[str, torch.Tensor], start: dict[str, torch.Tensor], 
     return sum(num[m] / torch.as_tensor(den[m]).clamp_min(1e-12) for m in MODALITIES)
 
 
-def match(student: Student, start: dict[str, torch.Tensor], target: dict[str, torch.Tensor], syn: SyntheticSet,
-          batches: list[torch.Tensor], temperature: float, grad_mode: str = "unroll",
-          blends: list[Blend | None] | None = None, merged: bool = False) -> float:
+def match(
+    student: Student,
+    start: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    syn: SyntheticSet,
+    batches: list[torch.Tensor],
+    temperature: float,
+    grad_mode: str = "unroll",
+    blends: list[Blend | None] | None = None,
+    merged: bool = False,
+) -> float:
     """Unroll the student from ``start``; accumulate d(matching loss)/d(leaf) into each synthetic
     leaf's ``.grad``; return the matching loss."""
     if grad_mode not in GRAD_MODES:
@@ -136,11 +152,13 @@ def match(student: Student, start: dict[str, torch.Tensor], target: dict[str, to
     leaves = {k: v for k, v in syn.leaves().items() if v.requires_grad}
     for i in reversed(range(len(batches))):
         p = {k: v.clone().requires_grad_(True) for k, v in history[i].items()}
-        grads = torch.autograd.grad(step_loss(student, p, syn, batches[i], temperature, blends[i]),
-                                    list(p.values()), create_graph=True)
+        grads = torch.autograd.grad(
+            step_loss(student, p, syn, batches[i], temperature, blends[i]), list(p.values()), create_graph=True
+        )
         # theta_{i+1} = theta_i - lr * g_i: the vector-Jacobian product of -lr * g_i with the adjoint
-        inner = {m: sum((adjoint[k] * g).sum() for k, g in zip(names, grads) if k.startswith(m + "."))
-                 for m in MODALITIES}
+        inner = {
+            m: sum((adjoint[k] * g).sum() for k, g in zip(names, grads) if k.startswith(m + ".")) for m in MODALITIES
+        }
         surrogate = -(syn.rate("image") * inner["image"] + syn.rate("text") * inner["text"])
         wrt = list(leaves.values()) + ([] if grad_mode == "first-order" else list(p.values()))
         out = torch.autograd.grad(surrogate, wrt, allow_unused=True)
@@ -148,5 +166,5 @@ def match(student: Student, start: dict[str, torch.Tensor], target: dict[str, to
             if g is not None:
                 leaf.grad = g if leaf.grad is None else leaf.grad + g
         if grad_mode == "constant":
-            adjoint = {k: adjoint[k] + (g if g is not None else 0) for k, g in zip(names, out[len(leaves):])}
+            adjoint = {k: adjoint[k] + (g if g is not None else 0) for k, g in zip(names, out[len(leaves) :])}
     return float(loss.detach())

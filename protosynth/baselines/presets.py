@@ -22,13 +22,14 @@ similarity matrix's lr is 0.1 on the world, not Flickr's 10, which drives S far 
 150 iterations. The measurements behind each world value: docs/baselines.md, "The world preset" and
 "The similarity matrix".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from ..errors import P, Param, ProtosynthError
 from ..corpora.spec import is_world
+from ..errors import P, Param, ProtosynthError
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")
@@ -91,15 +92,26 @@ WORLD_LR_SIM = 0.1  # LoRS b100 on the world: r_mean 11.8 at lr_sim 0.1, 3.8 at 
 # World data lr (lr_img = lr_txt) per method and budget: 10, except MTT-VL at 100 pairs (Flickr's 100).
 # Flickr's 1000 (200 and 500 pairs) wrecks the MiniLM text features within one outer step; at 100 pairs
 # 10 beats Flickr's 100 for LoRS, AMD and RepBlend. Measurements: docs/baselines.md, "The world preset".
-WORLD_LR_SYN = {"lors": {100: 10.0, 200: 10.0, 500: 10.0}, "amd": {100: 10.0, 200: 10.0, 500: 10.0},
-                "mtt-vl": {200: 10.0, 500: 10.0}, "repblend": {100: 10.0, 200: 10.0, 500: 10.0}}
+WORLD_LR_SYN = {
+    "lors": {100: 10.0, 200: 10.0, 500: 10.0},
+    "amd": {100: 10.0, 200: 10.0, 500: 10.0},
+    "mtt-vl": {200: 10.0, 500: 10.0},
+    "repblend": {100: 10.0, 200: 10.0, 500: 10.0},
+}
 # Where the world's inner lrs are learned in log space (log(lr) is the leaf); elsewhere linearly, as
 # published. Log space where linear lrs crashed onto the 1e-4 floor (the student then no longer moves):
 # RepBlend at every budget and MTT-VL at 500 pairs (LoRS and AMD at 500 share its setting); and MTT-VL
 # at 200 pairs, where it scored higher. Linear where that did better: MTT-VL at 100 pairs, LoRS and AMD
 # at 100 and 200. Measurements: docs/baselines.md, "The world preset".
-WORLD_LOG_LRS = {("mtt-vl", 200), ("mtt-vl", 500), ("lors", 500), ("amd", 500),
-                 ("repblend", 100), ("repblend", 200), ("repblend", 500)}
+WORLD_LOG_LRS = {
+    ("mtt-vl", 200),
+    ("mtt-vl", 500),
+    ("lors", 500),
+    ("amd", 500),
+    ("repblend", 100),
+    ("repblend", 200),
+    ("repblend", 500),
+}
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
@@ -112,14 +124,28 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     b = preset_budget(budget)
     base = "flickr" if family == "world" else family
     lr_sim, rank, alpha, batch = _LORS[base][b]
-    out = {"iterations": 3000, "syn_steps": 8, "expert_epochs": 1, "max_start_epoch": 3 if b == 500 else 2,
-           "batch_syn": batch, "lr_img": _LR_SYN[base][b], "lr_txt": _LR_SYN[base][b], "lr_lr": 1e-2,
-           "lr_init": 0.1, "lr_space": "linear", "lr_sim": lr_sim, "rank": rank, "alpha": alpha,
-           "temperature": 0.1 if family == "coco" and method in USES_SIMILARITY else None,
-           "grad_mode": "unroll" if method == "mtt-vl" else "constant", "merged": False}
+    out = {
+        "iterations": 3000,
+        "syn_steps": 8,
+        "expert_epochs": 1,
+        "max_start_epoch": 3 if b == 500 else 2,
+        "batch_syn": batch,
+        "lr_img": _LR_SYN[base][b],
+        "lr_txt": _LR_SYN[base][b],
+        "lr_lr": 1e-2,
+        "lr_init": 0.1,
+        "lr_space": "linear",
+        "lr_sim": lr_sim,
+        "rank": rank,
+        "alpha": alpha,
+        "temperature": 0.1 if family == "coco" and method in USES_SIMILARITY else None,
+        "grad_mode": "unroll" if method == "mtt-vl" else "constant",
+        "merged": False,
+    }
     if family == "world":  # quick smoke runs use small buffers (few steps per epoch): the published steps
-        out.update(lr_sim=WORLD_LR_SIM, **(dict(iterations=10) if quick else
-                                            dict(iterations=150, syn_steps=20, lr_lr=5e-2)))
+        out.update(
+            lr_sim=WORLD_LR_SIM, **(dict(iterations=10) if quick else dict(iterations=150, syn_steps=20, lr_lr=5e-2))
+        )
         if b in WORLD_LR_SYN.get(method, {}):
             out.update(lr_img=WORLD_LR_SYN[method][b], lr_txt=WORLD_LR_SYN[method][b])
         if not quick and (method, b) in WORLD_LOG_LRS:
@@ -149,5 +175,8 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
 
 
 def settings(cfg: BaselineConfig) -> dict:
-    return {f.name: (str(getattr(cfg, f.name)) if isinstance(getattr(cfg, f.name), Path) else getattr(cfg, f.name))
-            for f in fields(cfg) if f.name not in ("out", "force", "device")}
+    return {
+        f.name: (str(getattr(cfg, f.name)) if isinstance(getattr(cfg, f.name), Path) else getattr(cfg, f.name))
+        for f in fields(cfg)
+        if f.name not in ("out", "force", "device")
+    }

@@ -15,6 +15,7 @@ tagged with the protocol's text space), the learned inner learning rates and S (
 ``protosynth eval retrieval`` trains on them as each method's own evaluation does; the manifest's
 ``evaluation`` entry says how (loss, and whether the image side is a frozen backbone + head).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..corpora.spec import corpus_name
 from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..errors import P, ProtosynthError
 from ..evaluation.pixels import denormalise
 from ..progress import StepBar
-from ..corpora.spec import corpus_name
 from ..runinfo import check_device, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
@@ -84,14 +85,19 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
     if rec["spec"] != corpus.spec:
         raise ProtosynthError(f"{P.buffer} {buffer.root} was trained on {rec['spec']}, not on {corpus.spec}")
     if rec["fingerprint"] != corpus.fingerprint:
-        raise ProtosynthError(f"{P.buffer} {buffer.root} was trained on {rec['spec']} read as fingerprint "
-                              f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
-                              f"{P.image_root} or {P.skip_bad} differ)")
+        raise ProtosynthError(
+            f"{P.buffer} {buffer.root} was trained on {rec['spec']} read as fingerprint "
+            f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
+            f"{P.image_root} or {P.skip_bad} differ)"
+        )
     want = buffer_kind(cfg.method)
     if buffer.shape != want:
         hint = "with" if want == "heads" else "without"
-        raise ProtosynthError(f"{P.method} {cfg.method} needs a {want} buffer (one built {hint} {P.heads_only}); "
-                              f"{buffer.root} is {buffer.shape}", param="buffer")
+        raise ProtosynthError(
+            f"{P.method} {cfg.method} needs a {want} buffer (one built {hint} {P.heads_only}); "
+            f"{buffer.root} is {buffer.shape}",
+            param="buffer",
+        )
 
 
 def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int, amd_ranges: dict | None):
@@ -122,8 +128,13 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     check_budget(cfg.budget, corpus)
     _check_buffer(buffer, cfg, corpus)
     b = buffer.manifest
-    feats = protocol_features(corpus, b["protocol"], b["settings"].get("backbone"), b["settings"].get("text_encoder"),
-                              b["settings"].get("image_size"))
+    feats = protocol_features(
+        corpus,
+        b["protocol"],
+        b["settings"].get("backbone"),
+        b["settings"].get("text_encoder"),
+        b["settings"].get("image_size"),
+    )
     m = cfg.budget - 1 if cfg.method in USES_SIMILARITY else cfg.budget
     pairs = init_pairs(cfg, feats, m)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -131,11 +142,19 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     texts = feats.texts[torch.from_numpy(pairs)].clone().requires_grad_(True)
     log_lr = cfg.lr_space == "log"
     lr0 = math.log(cfg.lr_init) if log_lr else cfg.lr_init
-    syn = SyntheticSet(images, texts, torch.tensor(lr0, requires_grad=True), torch.tensor(lr0, requires_grad=True),
-                       LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None,
-                       log_lr=log_lr)
-    groups = [{"params": [syn.images], "lr": cfg.lr_img}, {"params": [syn.texts], "lr": cfg.lr_txt},
-              {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr}]
+    syn = SyntheticSet(
+        images,
+        texts,
+        torch.tensor(lr0, requires_grad=True),
+        torch.tensor(lr0, requires_grad=True),
+        LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None,
+        log_lr=log_lr,
+    )
+    groups = [
+        {"params": [syn.images], "lr": cfg.lr_img},
+        {"params": [syn.texts], "lr": cfg.lr_txt},
+        {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr},
+    ]
     if syn.sim is not None:
         groups.append({"params": list(syn.sim.parameters()), "lr": cfg.lr_sim})
     opt = torch.optim.SGD(groups, momentum=0.5)
@@ -149,8 +168,10 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     # changes with each process's hash seed, and so did the float sums over parameters (runs differed)
     names = list(trainable(student))
     if set(trajectories[0][0]) != set(names):
-        raise ProtosynthError(f"{P.buffer} {buffer.root}: its parameters do not fit the protocol's student "
-                              f"({len(trajectories[0][0])} tensors saved, {len(names)} expected)")
+        raise ProtosynthError(
+            f"{P.buffer} {buffer.root}: its parameters do not fit the protocol's student "
+            f"({len(trajectories[0][0])} tensors saved, {len(names)} expected)"
+        )
     temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
     rng = np.random.default_rng(cfg.seed)
     last_start = buffer.epochs - cfg.expert_epochs
@@ -162,8 +183,10 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             t_v, t_l = _start_epochs(cfg, rng, last_start, ranges)
             traj = trajectories[e]
             start = {k: (traj[t_v] if k.startswith("image.") else traj[t_l])[k] for k in names}
-            target = {k: (traj[t_v + cfg.expert_epochs] if k.startswith("image.") else
-                          traj[t_l + cfg.expert_epochs])[k] for k in names}
+            target = {
+                k: (traj[t_v + cfg.expert_epochs] if k.startswith("image.") else traj[t_l + cfg.expert_epochs])[k]
+                for k in names
+            }
             batches, blends = [], []
             for _ in range(cfg.syn_steps):
                 if cursor + min(cfg.batch_syn, m) > m:
@@ -171,15 +194,19 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
                 idx = perm[cursor : cursor + min(cfg.batch_syn, m)]
                 cursor += len(idx)
                 batches.append(idx)
-                blends.append(Blend(float(rng.beta(1.0, 1.0)), torch.randperm(len(idx), generator=gen))
-                              if cfg.method == "repblend" else None)
+                blends.append(
+                    Blend(float(rng.beta(1.0, 1.0)), torch.randperm(len(idx), generator=gen))
+                    if cfg.method == "repblend"
+                    else None
+                )
             opt.zero_grad(set_to_none=True)
             loss = match(student, start, target, syn, batches, temperature, cfg.grad_mode, blends, cfg.merged)
             if not np.isfinite(loss):
                 raise ProtosynthError(
                     f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
                     f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower {P.lr_lr} if "
-                    f"they grew large, else {P.lr_img}/{P.lr_txt}")
+                    f"they grew large, else {P.lr_img}/{P.lr_txt}"
+                )
             opt.step()
             if not log_lr:  # in log space an lr is positive by construction
                 with torch.no_grad():
@@ -205,29 +232,64 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
     arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     images = [Image.fromarray(a) for a in arr]
     corpus = feats.corpus
-    rows = [{"index": i, "image": f"images/{i:06d}.png", "caption": corpus.pair_caption[int(p)], "init_pair": int(p),
-             "members": [int(p)]} for i, p in enumerate(pairs)]
-    tensors = {"pixels": pixels, "text": syn.texts.detach().cpu(), "lr_image": syn.rate("image").detach().reshape(1),
-               "lr_text": syn.rate("text").detach().reshape(1)}
+    rows = [
+        {
+            "index": i,
+            "image": f"images/{i:06d}.png",
+            "caption": corpus.pair_caption[int(p)],
+            "init_pair": int(p),
+            "members": [int(p)],
+        }
+        for i, p in enumerate(pairs)
+    ]
+    tensors = {
+        "pixels": pixels,
+        "text": syn.texts.detach().cpu(),
+        "lr_image": syn.rate("image").detach().reshape(1),
+        "lr_text": syn.rate("text").detach().reshape(1),
+    }
     if syn.sim is not None:
         tensors["similarity"] = syn.sim().detach().cpu()
     k = max(1, min(10, len(losses) // 5))
     manifest = {
         **manifest_header(cfg.method, cfg.budget, None, cfg.seed, corpus, None, text_space=feats.encoder.space),
-        "pairs_stored": len(pairs), "settings": settings(cfg),
-        "protocol": {"name": feats.protocol.name, "backbone": feats.backbone.spec, "text_encoder": feats.encoder.spec,
-                     "image_size": feats.size, "mean": list(feats.backbone.mean), "std": list(feats.backbone.std)},
-        "evaluation": {"loss": "wbce" if syn.sim is not None else "info_nce",
-                       "image": "frozen+head" if cfg.method == "repblend" else "finetune"},
-        "buffer": {"path": str(buffer.root), "settings": buffer.manifest["settings"], "seconds": buffer.manifest["seconds"]},
+        "pairs_stored": len(pairs),
+        "settings": settings(cfg),
+        "protocol": {
+            "name": feats.protocol.name,
+            "backbone": feats.backbone.spec,
+            "text_encoder": feats.encoder.spec,
+            "image_size": feats.size,
+            "mean": list(feats.backbone.mean),
+            "std": list(feats.backbone.std),
+        },
+        "evaluation": {
+            "loss": "wbce" if syn.sim is not None else "info_nce",
+            "image": "frozen+head" if cfg.method == "repblend" else "finetune",
+        },
+        "buffer": {
+            "path": str(buffer.root),
+            "settings": buffer.manifest["settings"],
+            "seconds": buffer.manifest["seconds"],
+        },
         "caption_note": "captions are those of the real pairs the synthetic pairs started from (init_pair); "
-                        "the trained text is the stored `text` tensor",
-        "matching_loss": {"first": round(float(np.mean(losses[:k])), 6), "last": round(float(np.mean(losses[-k:])), 6),
-                          "curve": _curve(losses)},
-        "learned_lr": {"image": syn.rate("image").item(), "text": syn.rate("text").item(), "clamped_steps": lr_clamps,
-                       # why a run stalled: an inner lr pinned at the 1e-4 floor stops the student
-                       "image_curve": _curve([a for a, _ in lr_trace]), "text_curve": _curve([b for _, b in lr_trace])},
-        "amd_ranges": ranges, "versions": versions(), "peak_memory_mb": peak_rss_mb(),
+        "the trained text is the stored `text` tensor",
+        "matching_loss": {
+            "first": round(float(np.mean(losses[:k])), 6),
+            "last": round(float(np.mean(losses[-k:])), 6),
+            "curve": _curve(losses),
+        },
+        "learned_lr": {
+            "image": syn.rate("image").item(),
+            "text": syn.rate("text").item(),
+            "clamped_steps": lr_clamps,
+            # why a run stalled: an inner lr pinned at the 1e-4 floor stops the student
+            "image_curve": _curve([a for a, _ in lr_trace]),
+            "text_curve": _curve([b for _, b in lr_trace]),
+        },
+        "amd_ranges": ranges,
+        "versions": versions(),
+        "peak_memory_mb": peak_rss_mb(),
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
     }
     return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)

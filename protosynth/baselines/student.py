@@ -11,6 +11,7 @@ Parameter names start with ``image.`` or ``text.``; :func:`split` groups them by
 The student runs in eval mode (no dropout) inside matching: constant-memory back-propagation
 recomputes every inner step and must see the same function twice.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ shards) rather than by index, so a subset of a corpus (``Corpus.subset``) reads 
 Every read error is one line naming the manifest file and the row (or the shard and member) the
 image came from: a user with 30,000 images needs to know which line to fix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,10 +125,17 @@ class Corpus:
         """The images ``indices`` (with their captions), reading from the same source."""
         pick = list(indices)
         return Corpus(
-            spec=self.spec, fingerprint=fingerprint, image_keys=[self.image_keys[i] for i in pick],
-            captions=[self.captions[i] for i in pick], pixels=None if self.pixels is None else self.pixels[pick],
-            root=self.root, image_lines=[self.image_lines[i] for i in pick] if self.image_lines else [],
-            source=self.source, image_root=self.image_root, skip_bad=self.skip_bad, skipped=self.skipped,
+            spec=self.spec,
+            fingerprint=fingerprint,
+            image_keys=[self.image_keys[i] for i in pick],
+            captions=[self.captions[i] for i in pick],
+            pixels=None if self.pixels is None else self.pixels[pick],
+            root=self.root,
+            image_lines=[self.image_lines[i] for i in pick] if self.image_lines else [],
+            source=self.source,
+            image_root=self.image_root,
+            skip_bad=self.skip_bad,
+            skipped=self.skipped,
         )
 
 
@@ -186,8 +194,9 @@ def image_folder(manifest: Path, image_root: Path | None) -> Path:
     return Path(image_root)
 
 
-def check_images(spec: str, keys: list[str], source: ImageSource, skip_bad: bool,
-                 found: dict[str, str] | None = None) -> dict[str, str]:
+def check_images(
+    spec: str, keys: list[str], source: ImageSource, skip_bad: bool, found: dict[str, str] | None = None
+) -> dict[str, str]:
     """Without ``skip_bad``: every image must exist (the first missing one is the error). With it:
     decode every image once; returns key -> message for each unreadable one (after those a reader
     already ``found``, such as tar samples without an image member)."""
@@ -208,8 +217,18 @@ def check_images(spec: str, keys: list[str], source: ImageSource, skip_bad: bool
     return bad
 
 
-def file_corpus(spec: str, prefix: str, raw: bytes, root: Path, keys: list[str], captions: list[list[str]],
-                rows: list[int], where: list[str], image_root: Path | None, skip_bad: bool) -> Corpus:
+def file_corpus(
+    spec: str,
+    prefix: str,
+    raw: bytes,
+    root: Path,
+    keys: list[str],
+    captions: list[list[str]],
+    rows: list[int],
+    where: list[str],
+    image_root: Path | None,
+    skip_bad: bool,
+) -> Corpus:
     """The corpus of a parsed manifest whose images are files under ``root``: existence checks (or
     the --skip-bad pass), then the fingerprint that keys the embedding cache."""
     source = FileImages(root, dict(zip(keys, where)))
@@ -225,6 +244,15 @@ def file_corpus(spec: str, prefix: str, raw: bytes, root: Path, keys: list[str],
         h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())
-    return Corpus(spec=spec, fingerprint=f"{prefix}-{h.hexdigest()[:16]}", image_keys=keys, captions=captions,
-                  root=root, image_lines=rows, source=source, image_root=image_root, skip_bad=skip_bad,
-                  skipped=list(bad.values()))
+    return Corpus(
+        spec=spec,
+        fingerprint=f"{prefix}-{h.hexdigest()[:16]}",
+        image_keys=keys,
+        captions=captions,
+        root=root,
+        image_lines=rows,
+        source=source,
+        image_root=image_root,
+        skip_bad=skip_bad,
+        skipped=list(bad.values()),
+    )

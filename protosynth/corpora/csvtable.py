@@ -1,6 +1,7 @@
 """CSV corpora: a header with ``image`` and ``caption`` columns (others ignored), one row per
 caption-level pair. Image paths are relative to ``--image-root``, default the CSV's folder. Rows
 are counted as records with the header as row 1 (a caption with a quoted line break is one row)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,10 @@ def load_csv(path: str | Path, image_root: Path | None = None, skip_bad: bool = 
         row_no = 1
         missing = [c for c in ("image", "caption") if c not in header]
         if missing:
-            raise ProtosynthError(f"{path} row 1: the header needs 'image' and 'caption' columns; "
-                                  f"missing {', '.join(missing)} (found: {', '.join(header) or 'nothing'})")
+            raise ProtosynthError(
+                f"{path} row 1: the header needs 'image' and 'caption' columns; "
+                f"missing {', '.join(missing)} (found: {', '.join(header) or 'nothing'})"
+            )
         col_image, col_caption = header.index("image"), header.index("caption")
         for row in reader:
             row_no += 1
@@ -42,5 +45,15 @@ def load_csv(path: str | Path, image_root: Path | None = None, skip_bad: bool = 
         raise ProtosynthError(f"{path} row {row_no + 1}: not valid CSV ({exc})") from None
     if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: the CSV has no rows")
-    return file_corpus(str(path), "csv", raw, root, rows.images, rows.captions, rows.first_rows,
-                       [f"{path} row {n}" for n in rows.first_rows], image_root, skip_bad)
+    return file_corpus(
+        str(path),
+        "csv",
+        raw,
+        root,
+        rows.images,
+        rows.captions,
+        rows.first_rows,
+        [f"{path} row {n}" for n in rows.first_rows],
+        image_root,
+        skip_bad,
+    )

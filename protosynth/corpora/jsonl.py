@@ -1,6 +1,7 @@
 """JSONL manifests, protosynth's own format: one object per line,
 ``{"image": "rel.png", "caption": "..."}`` or ``{"image": "rel.png", "captions": ["...", ...]}``,
 image paths relative to the manifest's folder."""
+
 from __future__ import annotations
 
 import json
@@ -29,5 +30,15 @@ def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
         rows.add(obj["image"], caps, lineno)
     if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: manifest has no pairs")
-    return file_corpus(str(path), "jsonl", raw, path.parent, rows.images, rows.captions, rows.first_rows,
-                       [f"{path} line {n}" for n in rows.first_rows], None, skip_bad)
+    return file_corpus(
+        str(path),
+        "jsonl",
+        raw,
+        path.parent,
+        rows.images,
+        rows.captions,
+        rows.first_rows,
+        [f"{path} line {n}" for n in rows.first_rows],
+        None,
+        skip_bad,
+    )

@@ -3,6 +3,7 @@ a string ``caption`` is one caption-level pair (the train files); an entry with 
 is one image with all its captions (the test files). Entries of one image are grouped in
 first-seen order. Image paths are relative to ``--image-root`` (the dataset's image folder),
 default the JSON file's folder. Entries are counted from 0, as list indices."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bo
     except json.JSONDecodeError as exc:
         raise ProtosynthError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(entries, list):
-        raise ProtosynthError(f"{path}: expected a JSON list of entries (Karpathy/BLIP format), "
-                              f"got a {type(entries).__name__}")
+        raise ProtosynthError(
+            f"{path}: expected a JSON list of entries (Karpathy/BLIP format), got a {type(entries).__name__}"
+        )
     rows = CaptionsByImage()
     for i, entry in enumerate(entries):
         where = f"{path} entry {i}"
@@ -35,5 +37,15 @@ def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bo
         rows.add(entry["image"], caps, i)
     if not rows.captions:
         raise ProtosynthError(f"corpus {str(path)!r}: the JSON list has no entries")
-    return file_corpus(str(path), "karpathy", raw, root, rows.images, rows.captions, rows.first_rows,
-                       [f"{path} entry {i}" for i in rows.first_rows], image_root, skip_bad)
+    return file_corpus(
+        str(path),
+        "karpathy",
+        raw,
+        root,
+        rows.images,
+        rows.captions,
+        rows.first_rows,
+        [f"{path} entry {i}" for i in rows.first_rows],
+        image_root,
+        skip_bad,
+    )

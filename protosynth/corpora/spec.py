@@ -4,6 +4,7 @@ and options parse, and the canonical and folder-friendly forms every manifest an
 World specs: ``shapes[:train|test|val|pretrain][,n=..,size=..,seed=..]``; anything else is a file
 corpus path or shard glob (``protosynth.corpus`` picks the reader by suffix).
 """
+
 from __future__ import annotations
 
 import os

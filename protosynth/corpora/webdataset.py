@@ -8,6 +8,7 @@ Members with other extensions are ignored, as webdataset does.
 Each shard's member offsets are indexed once at load (``TarInfo.offset_data``), so an image is
 read by seeking into the shard: random access without unpacking, as the embedding stage needs.
 """
+
 from __future__ import annotations
 
 import glob
@@ -148,5 +149,12 @@ def load_webdataset(spec: str, skip_bad: bool = False) -> Corpus:
     kept = [i for i, key in enumerate(keys) if key not in bad]
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())
-    return Corpus(spec=spec, fingerprint=f"wds-{h.hexdigest()[:16]}", image_keys=[keys[i] for i in kept],
-                  captions=[captions[i] for i in kept], source=source, skip_bad=skip_bad, skipped=list(bad.values()))
+    return Corpus(
+        spec=spec,
+        fingerprint=f"wds-{h.hexdigest()[:16]}",
+        image_keys=[keys[i] for i in kept],
+        captions=[captions[i] for i in kept],
+        source=source,
+        skip_bad=skip_bad,
+        skipped=list(bad.values()),
+    )

@@ -12,6 +12,7 @@ Specs:
 Every backbone keeps its classifier, so a protocol can take either the pooled features
 (``forward_head(pre_logits=True)``) or the logits (PDS uses ImageNet logits as image features).
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,10 @@ def build_small(arch: str, num_classes: int) -> torch.nn.Module:
 
 def _load_folder(folder: Path, spec: str) -> Backbone:
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise ProtosynthError(f"backbone {spec}: {folder} has no {CONFIG_FILE} + {WEIGHTS_FILE} "
-                              f"(write one with `protosynth models pretrain-backbone`)")
+        raise ProtosynthError(
+            f"backbone {spec}: {folder} has no {CONFIG_FILE} + {WEIGHTS_FILE} "
+            f"(write one with `protosynth models pretrain-backbone`)"
+        )
     cfg = json.loads((folder / CONFIG_FILE).read_text())
     model = build_small(cfg["arch"], cfg["num_classes"])
     try:
@@ -94,8 +97,10 @@ def _load_folder(folder: Path, spec: str) -> Backbone:
 
 def _load_timm(name: str, spec: str, pretrained: bool) -> Backbone:
     if name not in timm.list_models(pretrained=False) and name.split(".")[0] not in timm.list_models():
-        raise ProtosynthError(f"unknown backbone spec {spec!r}: not a timm model, a small architecture "
-                              f"({', '.join(small_archs())}) or small:DIR")
+        raise ProtosynthError(
+            f"unknown backbone spec {spec!r}: not a timm model, a small architecture "
+            f"({', '.join(small_archs())}) or small:DIR"
+        )
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # offline hub miss, corrupt cache: one clear line
@@ -113,14 +118,16 @@ def _load_timm(name: str, spec: str, pretrained: bool) -> Backbone:
 def load_backbone(spec: str) -> Backbone:
     """Load an image backbone by spec (see the module docstring)."""
     if spec.startswith("small:"):
-        return _load_folder(Path(spec[len("small:"):]), spec)
+        return _load_folder(Path(spec[len("small:") :]), spec)
     if spec in small_archs():
         folder = SHIPPED_BACKBONES / spec
         if not (folder / WEIGHTS_FILE).is_file():
-            raise ProtosynthError(f"backbone {spec}: no shipped weights in {folder}; pretrain {spec} into a folder DIR "
-                                  f"(`protosynth models pretrain-backbone`, or training.backbone.pretrain_backbone) "
-                                  f"and pass small:DIR")
+            raise ProtosynthError(
+                f"backbone {spec}: no shipped weights in {folder}; pretrain {spec} into a folder DIR "
+                f"(`protosynth models pretrain-backbone`, or training.backbone.pretrain_backbone) "
+                f"and pass small:DIR"
+            )
         return _load_folder(folder, spec)
     if spec.startswith("random:"):
-        return _load_timm(spec[len("random:"):], spec, pretrained=False)
+        return _load_timm(spec[len("random:") :], spec, pretrained=False)
     return _load_timm(spec.removeprefix("timm:"), spec, pretrained=True)

@@ -8,6 +8,7 @@ Text of a set is used the way it was stored (``--text``):
   synthetic pair summarises (PDS sets record them);
 - ``stored``: the stored embeddings, which must be in the protocol's text space.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,8 @@ from ..corpus import Corpus, cache_dir, load_corpus
 from ..distilled import DistilledSet
 from ..errors import P, ProtosynthError
 from ..files import atomic_open, remove_stale_temps, write_text_atomic
-from ..world import image_digest
 from ..imageops import resized
+from ..world import image_digest
 from .backbones import Backbone
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
@@ -72,8 +73,9 @@ def default_test_spec(corpus_spec: str, split: str = "test") -> str:
     corpora have no built-in split."""
     head, *opts = corpus_spec.split(",")
     if head.split(":")[0] != "shapes":
-        raise ProtosynthError(f"the set's corpus {corpus_spec!r} has no built-in {split} split; "
-                              f"pass {getattr(P, split)('SPEC')}")
+        raise ProtosynthError(
+            f"the set's corpus {corpus_spec!r} has no built-in {split} split; pass {getattr(P, split)('SPEC')}"
+        )
     keep = [o for o in opts if o.partition("=")[0] in ("size", "seed")]
     return ",".join([f"shapes:{split}", *keep])
 
@@ -82,8 +84,11 @@ def test_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: in
     if min(len(c) for c in corpus.captions) < 1:
         raise ProtosynthError(f"test corpus {corpus.spec}: every image needs a caption")
     texts = corpus_text_features(corpus, encoder)
-    return TestData(corpus_pixel_rows(corpus, backbone.mean, backbone.std, size),
-                    F.normalize(texts, dim=-1) if normalise_text else texts, corpus.pair_image.copy())
+    return TestData(
+        corpus_pixel_rows(corpus, backbone.mean, backbone.std, size),
+        F.normalize(texts, dim=-1) if normalise_text else texts,
+        corpus.pair_image.copy(),
+    )
 
 
 def full_data(corpus: Corpus, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool) -> PairData:
@@ -101,8 +106,9 @@ def _stored_text(ds: DistilledSet, normalise: bool) -> torch.Tensor | None:
     return None
 
 
-def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool,
-             text_mode: str = "auto") -> PairData:
+def set_data(
+    ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: int, normalise_text: bool, text_mode: str = "auto"
+) -> PairData:
     """A distilled set (or coreset) as training pairs for a protocol."""
     if text_mode not in TEXT_MODES:
         raise ProtosynthError(f"{P.text} {text_mode!r}: use {', '.join(TEXT_MODES)}")
@@ -110,8 +116,10 @@ def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: i
     stored_space = ds.metadata.get("text_space") or ds.manifest.get("text_space")
     stored = _stored_text(ds, normalise_text) if stored_space == encoder.space else None
     if text_mode == "stored" and stored is None:
-        raise ProtosynthError(f"{where}: {P.text('stored')} needs text embeddings in the protocol's text space "
-                              f"{encoder.space!r}; the set stores {stored_space!r}")
+        raise ProtosynthError(
+            f"{where}: {P.text('stored')} needs text embeddings in the protocol's text space "
+            f"{encoder.space!r}; the set stores {stored_space!r}"
+        )
     if text_mode in ("auto", "stored") and stored is not None:
         texts, how = stored, "stored"
     elif text_mode == "members":
@@ -119,8 +127,10 @@ def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: i
     else:
         captions = [p.get("caption") for p in ds.pairs]
         if any(not isinstance(c, str) or not c.strip() for c in captions):
-            raise ProtosynthError(f"{where}: the set has no usable captions and no text embeddings in the protocol's "
-                                  f"text space {encoder.space!r} (it stores {stored_space!r})")
+            raise ProtosynthError(
+                f"{where}: the set has no usable captions and no text embeddings in the protocol's "
+                f"text space {encoder.space!r} (it stores {stored_space!r})"
+            )
         texts, how = encode_texts(encoder, captions, normalise_text), "captions"
     if len(texts) != len(ds.pairs):
         raise ProtosynthError(f"{where}: {len(texts)} text embeddings for {len(ds.pairs)} pairs")
@@ -132,9 +142,15 @@ def set_data(ds: DistilledSet, encoder: TextEncoder, backbone: Backbone, size: i
     if sim is not None and tuple(sim.shape) != (len(ds), len(ds)):
         raise ProtosynthError(f"{where}: similarity matrix of shape {tuple(sim.shape)} for {len(ds)} pairs")
     image_side = ds.manifest.get("evaluation", {}).get("image", "finetune")
-    return PairData(images, texts, lrs.get("lr_image"), lrs.get("lr_text"),
-                    notes={"text": how, "learned_lrs": bool(lrs)},
-                    similarity=sim.float() if sim is not None else None, image_head=image_side == "frozen+head")
+    return PairData(
+        images,
+        texts,
+        lrs.get("lr_image"),
+        lrs.get("lr_text"),
+        notes={"text": how, "learned_lrs": bool(lrs)},
+        similarity=sim.float() if sim is not None else None,
+        image_head=image_side == "frozen+head",
+    )
 
 
 def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Tensor | None:
@@ -157,8 +173,10 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     rec = ds.manifest.get("corpus", {})
     corpus = load_corpus(rec["spec"], image_root=rec.get("image_root"), skip_bad=bool(rec.get("skip_bad")))
     if rec.get("fingerprint") and rec["fingerprint"] != corpus.fingerprint:
-        raise ProtosynthError(f"{ds.root}: corpus {rec['spec']} changed since the set was made (fingerprint "
-                              f"{rec['fingerprint']}, now {corpus.fingerprint}); its member indices no longer apply")
+        raise ProtosynthError(
+            f"{ds.root}: corpus {rec['spec']} changed since the set was made (fingerprint "
+            f"{rec['fingerprint']}, now {corpus.fingerprint}); its member indices no longer apply"
+        )
     return corpus
 
 
@@ -168,8 +186,9 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> to
     corpus = source_corpus(ds)
     wanted = sorted({m for p in ds.pairs for m in p["members"]})
     if wanted[-1] >= corpus.n_pairs:
-        raise ProtosynthError(f"{ds.root}: member index {wanted[-1]} is outside corpus {corpus.spec} "
-                              f"({corpus.n_pairs} pairs)")
+        raise ProtosynthError(
+            f"{ds.root}: member index {wanted[-1]} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)"
+        )
     feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
     return torch.stack([feats[[row[m] for m in p["members"]]].mean(0) for p in ds.pairs])
@@ -211,5 +230,7 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:
-                raise ProtosynthError(f"{ds.root}: member image {corpus.image_keys[img]} of {corpus_spec} is test "
-                                      f"image {hit} of {test.spec}")
+                raise ProtosynthError(
+                    f"{ds.root}: member image {corpus.image_keys[img]} of {corpus_spec} is test "
+                    f"image {hit} of {test.spec}"
+                )

@@ -5,6 +5,7 @@ Each repeat r trains from seed ``seed + r``. The reported score is the final epo
 on the test split, which is what the LoRS/RepBlend reference code reports; every output labels it.
 Standard deviations are sample standard deviations (ddof=1) over the repeats.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,7 +22,7 @@ from ..metrics import KS
 from ..progress import StepBar
 from ..runinfo import check_device
 from .backbones import load_backbone
-from .data import TEXT_MODES, check_no_overlap, image_hashes, default_test_spec, full_data, set_data, test_data
+from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
 from .protocols import Protocol, get_protocol
 from .retrieval import PairData, batched, train_and_score
 from .text_encoders import load_text_encoder
@@ -76,7 +77,11 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict]:
     for name in METRIC_NAMES:
         values = [r[name] for r in runs]
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        out[name] = {"mean": round(float(np.mean(values)), 3), "std": round(std, 3), "runs": [round(v, 3) for v in values]}
+        out[name] = {
+            "mean": round(float(np.mean(values)), 3),
+            "std": round(std, 3),
+            "runs": [round(v, 3) for v in values],
+        }
     return out
 
 
@@ -87,8 +92,10 @@ def _text_spec(protocol: Protocol, sets: list[DistilledSet], override: str | Non
         return protocol.text
     specs = {(s.manifest.get("clip") or {}).get("spec") for s in sets} or {"default"}
     if None in specs or len(specs) > 1:
-        raise ProtosynthError(f"{P.protocol} {protocol.name} embeds text with the CLIP each set was made with; these sets "
-                              f"name {sorted(map(str, specs))}: evaluate sets of one CLIP together")
+        raise ProtosynthError(
+            f"{P.protocol} {protocol.name} embeds text with the CLIP each set was made with; these sets "
+            f"name {sorted(map(str, specs))}: evaluate sets of one CLIP together"
+        )
     return f"clip:{specs.pop()}"
 
 
@@ -102,8 +109,9 @@ def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
         raise ProtosynthError(f"a set's manifest names no corpus; pass {P.test('SPEC')}")
     specs = {default_test_spec(c, cfg.split) for c in corpora}
     if len(specs) > 1:
-        raise ProtosynthError(f"the sets come from corpora with different test splits ({sorted(specs)}); "
-                              f"pass {P.test('SPEC')}")
+        raise ProtosynthError(
+            f"the sets come from corpora with different test splits ({sorted(specs)}); pass {P.test('SPEC')}"
+        )
     return specs.pop()
 
 
@@ -125,17 +133,30 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     jobs: list[tuple[dict, PairData, int]] = []
     for ds in sets:
         data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
-        row = {"path": str(ds.root), "method": ds.manifest.get("method"), "budget": ds.manifest.get("budget", len(ds)),
-               "mode": ds.manifest.get("mode"), "text": data.notes["text"], "learned_lrs": data.notes["learned_lrs"],
-               "loss": "wbce" if data.similarity is not None else "info_nce",
-               "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen")}
+        row = {
+            "path": str(ds.root),
+            "method": ds.manifest.get("method"),
+            "budget": ds.manifest.get("budget", len(ds)),
+            "mode": ds.manifest.get("mode"),
+            "text": data.notes["text"],
+            "learned_lrs": data.notes["learned_lrs"],
+            "loss": "wbce" if data.similarity is not None else "info_nce",
+            "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen"),
+        }
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
         full = load_corpus(cfg.full, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
-        row = {"path": None, "method": "full", "budget": full.n_pairs, "mode": None, "text": "captions",
-               "learned_lrs": False, "corpus": cfg.full}
+        row = {
+            "path": None,
+            "method": "full",
+            "budget": full.n_pairs,
+            "mode": None,
+            "text": "captions",
+            "learned_lrs": False,
+            "corpus": cfg.full,
+        }
         jobs.append((row, full_data(full, encoder, backbone, size, normalise), cfg.epochs or protocol.full_epochs))
     total = sum(cfg.repeats * epochs for _, _, epochs in jobs)
     results = []
@@ -148,20 +169,48 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                     backbone.model.to(cfg.device).eval()
                     feats = lambda x: backbone.features(x, protocol.image_features)  # noqa: E731
                     frozen = (batched(feats, data.images, cfg.device), batched(feats, test.images, cfg.device))
-            runs = [train_and_score(protocol, backbone, data, test, cfg.seed + r, epochs, cfg.select_on_test,
-                                    cfg.device, frozen, progress=lambda: bar.advance(row["method"] or ""))
-                    for r in range(cfg.repeats)]
+            runs = [
+                train_and_score(
+                    protocol,
+                    backbone,
+                    data,
+                    test,
+                    cfg.seed + r,
+                    epochs,
+                    cfg.select_on_test,
+                    cfg.device,
+                    frozen,
+                    progress=lambda: bar.advance(row["method"] or ""),
+                )
+                for r in range(cfg.repeats)
+            ]
             scored = [r.best if cfg.select_on_test else r.final for r in runs]
-            row = dict(row, epochs=epochs, metrics=summarise(scored), seconds=round(time.time() - started, 1),
-                       score=SELECTED if cfg.select_on_test else FINAL)
+            row = dict(
+                row,
+                epochs=epochs,
+                metrics=summarise(scored),
+                seconds=round(time.time() - started, 1),
+                score=SELECTED if cfg.select_on_test else FINAL,
+            )
             if cfg.select_on_test:
                 row["best_epochs"] = [r.best_epoch for r in runs]
                 row["final_metrics"] = summarise([r.final for r in runs])
             results.append(row)
-    return {"protocol": protocol.name, "backbone": backbone.spec, "text_encoder": encoder.spec, "image_size": size,
-            "text_space": encoder.space, "test": test_spec, "split": cfg.split, "repeats": cfg.repeats, "seed": cfg.seed,
-            "select_on_test": cfg.select_on_test, "score": SELECTED if cfg.select_on_test else FINAL,
-            "settings": asdict(protocol), "sets": results}
+    return {
+        "protocol": protocol.name,
+        "backbone": backbone.spec,
+        "text_encoder": encoder.spec,
+        "image_size": size,
+        "text_space": encoder.space,
+        "test": test_spec,
+        "split": cfg.split,
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+        "select_on_test": cfg.select_on_test,
+        "score": SELECTED if cfg.select_on_test else FINAL,
+        "settings": asdict(protocol),
+        "sets": results,
+    }
 
 
 def cross_arch(paths: list[Path], cfg: EvalConfig, archs: list[str] | None = None) -> dict:

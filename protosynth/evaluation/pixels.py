@@ -11,10 +11,10 @@ system pages rows in and out as batches need them.
 Images are resized to ``size x size`` (bicubic, no crop), the convention of ``data.to_pixels``; JPEG
 files are decoded at a reduced DCT scale no smaller than ``size`` first (as ``embed`` does).
 """
+
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,11 +30,15 @@ CACHE_VERSION = "1"  # bump when the decoding or resizing rule changes
 
 def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     """[0, 1] RGB (N, 3, H, W) -> a backbone's input convention."""
-    return (x - torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)) / torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)) / torch.as_tensor(std, dtype=x.dtype).view(
+        1, 3, 1, 1
+    )
 
 
 def denormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return x * torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1) + torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    return x * torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1) + torch.as_tensor(mean, dtype=x.dtype).view(
+        1, 3, 1, 1
+    )
 
 
 class PixelRows:

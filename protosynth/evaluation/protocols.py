@@ -11,6 +11,7 @@
 All share the loss (symmetric InfoNCE, fixed temperature 0.07) and optimiser (SGD momentum 0.9,
 weight decay 5e-4, learning rate x0.1 after half the epochs: epoch 51 of 100).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -47,15 +48,28 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     "nfnet-bert": Protocol(
-        name="nfnet-bert", backbone="nfnet_l0", text="bert-base-uncased", image_size=224,
+        name="nfnet-bert",
+        backbone="nfnet_l0",
+        text="bert-base-uncased",
+        image_size=224,
         cross_archs=("nfnet_l0", "nf_resnet50", "regnety_016", "resnet50", "vit_tiny_patch16_224"),
     ),
     "pds": Protocol(
-        name="pds", backbone="nf_resnet50", text="clip", image_features="logits", train_backbone=False,
-        image_size=224, lr=0.2, cross_archs=("nf_resnet50", "vit_tiny_patch16_224", "resnet50"),
+        name="pds",
+        backbone="nf_resnet50",
+        text="clip",
+        image_features="logits",
+        train_backbone=False,
+        image_size=224,
+        lr=0.2,
+        cross_archs=("nf_resnet50", "vit_tiny_patch16_224", "resnet50"),
     ),
     "small": Protocol(
-        name="small", backbone="ps-nfnet", text="minilm", image_size=32, full_epochs=2,
+        name="small",
+        backbone="ps-nfnet",
+        text="minilm",
+        image_size=32,
+        full_epochs=2,
         cross_archs=("ps-nfnet", "ps-resnet", "ps-vit"),
     ),
 }

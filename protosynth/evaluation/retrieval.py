@@ -6,6 +6,7 @@ feature space. Loss: symmetric InfoNCE at a fixed temperature. Optimiser: SGD wi
 weight decay, one learning rate per modality (a distilled set's learned ones when it has them),
 x0.1 after half the epochs. No augmentation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -130,8 +131,11 @@ def score(model: DualEncoder, test: TestData, device, image_feats: torch.Tensor 
     """Retrieval metrics of ``model`` on ``test`` (definitions: docs/protocols.md)."""
     was_training = model.training
     model.eval()
-    img = (batched(model.embed_features, image_feats, device) if image_feats is not None
-           else batched(model.encode_images, test.images, device))
+    img = (
+        batched(model.embed_features, image_feats, device)
+        if image_feats is not None
+        else batched(model.encode_images, test.images, device)
+    )
     txt = batched(model.encode_texts, test.texts, device)
     model.train(was_training)
     return retrieval_metrics((img @ txt.T).numpy(), test.text_to_image)
@@ -144,11 +148,19 @@ class RunResult:
     best_epoch: int | None
 
 
-def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test: TestData | None, seed: int,
-                    epochs: int, select_on_test: bool = False, device: str = "cpu",
-                    frozen_features: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-                    progress: Callable[[], None] | None = None) -> RunResult:
+def train_and_score(
+    protocol: Protocol,
+    backbone: Backbone,
+    data: PairData,
+    test: TestData | None,
+    seed: int,
+    epochs: int,
+    select_on_test: bool = False,
+    device: str = "cpu",
+    frozen_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> RunResult:
     """Train a fresh dual encoder (a copy of ``backbone``) for ``epochs`` and score it.
 
     ``frozen_features``: (train, test) image features precomputed once for a frozen backbone.
@@ -188,8 +200,10 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
             else:
                 loss = info_nce(img, txt, protocol.temperature)
             if not torch.isfinite(loss):
-                raise ProtosynthError(f"retrieval training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                                      f"learning rates image {lr_img}, text {lr_txt}")
+                raise ProtosynthError(
+                    f"retrieval training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                    f"learning rates image {lr_img}, text {lr_txt}"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -197,7 +211,11 @@ def train_and_score(protocol: Protocol, backbone: Backbone, data: PairData, test
                 on_batch(idx, (img @ txt.T).detach().cpu())
         if progress is not None:
             progress()
-        if select_on_test and test is not None and ((epoch + 1) % protocol.checkpoint_every == 0 or epoch + 1 == epochs):
+        if (
+            select_on_test
+            and test is not None
+            and ((epoch + 1) % protocol.checkpoint_every == 0 or epoch + 1 == epochs)
+        ):
             m = score(model, test, device, test_img)
             if best is None or m["r_mean"] > best["r_mean"]:
                 best, best_epoch = m, epoch + 1

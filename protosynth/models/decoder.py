@@ -11,6 +11,7 @@ uses an all-zero condition, as Stable unCLIP does.
 ``save_pretrained``/``from_pretrained`` round-trip with no custom code. What the UNet predicts
 (epsilon or v) is the scheduler's ``prediction_type``, saved with the pipeline.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.embeddings import get_timestep_embedding
-from diffusers.utils import logging as diffusers_logging
 from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from ..errors import P, ProtosynthError
@@ -32,8 +33,9 @@ from ..imageops import resized
 COORD_CHANNELS = 2  # (x, y) position channels a coordinate-aware UNet takes after the pixel patches
 
 
-def build_unet(embed_dim: int, image_size: int = 32, quick: bool = False, patch: int = 2,
-               coords: bool = False) -> UNet2DConditionModel:
+def build_unet(
+    embed_dim: int, image_size: int = 32, quick: bool = False, patch: int = 2, coords: bool = False
+) -> UNet2DConditionModel:
     """The decoder UNet on 2x2 pixel patches (space-to-depth, as a DiT patchifies), which cuts
     the CPU cost of a training step about fourfold at 32 px; cross-attention on the embedding at
     the two coarser levels.
@@ -44,21 +46,32 @@ def build_unet(embed_dim: int, image_size: int = 32, quick: bool = False, patch:
     the border; with them, the FiLM-conditioned features can switch on at a location."""
     channels = (16, 32, 32) if quick else (32, 64, 64)
     return UNet2DConditionModel(
-        sample_size=image_size // patch, in_channels=3 * patch * patch + (COORD_CHANNELS if coords else 0),
+        sample_size=image_size // patch,
+        in_channels=3 * patch * patch + (COORD_CHANNELS if coords else 0),
         out_channels=3 * patch * patch,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=channels, layers_per_block=1, norm_num_groups=8,
-        cross_attention_dim=channels[-1], attention_head_dim=4,
-        class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim,
-        encoder_hid_dim=embed_dim, encoder_hid_dim_type="image_proj",
+        block_out_channels=channels,
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=channels[-1],
+        attention_head_dim=4,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=2 * embed_dim,
+        encoder_hid_dim=embed_dim,
+        encoder_hid_dim_type="image_proj",
         resnet_time_scale_shift="scale_shift",
     )
 
 
-def build_pipeline(embed_dim: int, image_size: int = 32, quick: bool = False,
-                   prediction_type: str = "v_prediction", coords: bool = False) -> "SmallUnCLIPPipeline":
+def build_pipeline(
+    embed_dim: int,
+    image_size: int = 32,
+    quick: bool = False,
+    prediction_type: str = "v_prediction",
+    coords: bool = False,
+) -> "SmallUnCLIPPipeline":
     """A randomly initialised pipeline (the starting point of training, and of tests).
 
     ``v_prediction`` (the default) weights the high-noise steps, where layout and colour are decided,
@@ -68,8 +81,13 @@ def build_pipeline(embed_dim: int, image_size: int = 32, quick: bool = False,
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     # epsilon cannot predict x0 from pure noise (alpha_bar ~ 0 at t = 999), so it keeps "leading" steps
     spacing = "trailing" if prediction_type == "v_prediction" else "leading"
-    sched = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                 clip_sample=True, timestep_spacing=spacing)
+    sched = dict(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=prediction_type,
+        clip_sample=True,
+        timestep_spacing=spacing,
+    )
     pipe = SmallUnCLIPPipeline(
         unet=build_unet(embed_dim, image_size, quick, coords=coords),
         scheduler=DDIMScheduler(**sched, set_alpha_to_one=False),
@@ -83,11 +101,20 @@ def build_pipeline(embed_dim: int, image_size: int = 32, quick: bool = False,
 class SmallUnCLIPPipeline(DiffusionPipeline):
     """Image-embedding-conditioned pixel-space diffusion (unCLIP decoder) for small images."""
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler,
-                 image_normalizer: StableUnCLIPImageNormalizer, image_noising_scheduler: DDPMScheduler):
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        image_normalizer: StableUnCLIPImageNormalizer,
+        image_noising_scheduler: DDPMScheduler,
+    ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, image_normalizer=image_normalizer,
-                              image_noising_scheduler=image_noising_scheduler)
+        self.register_modules(
+            unet=unet,
+            scheduler=scheduler,
+            image_normalizer=image_normalizer,
+            image_noising_scheduler=image_noising_scheduler,
+        )
 
     @property
     def embedding_dim(self) -> int:
@@ -108,14 +135,16 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
     def image_size(self) -> int:
         return int(self.unet.config.sample_size) * self.patch
 
-    def condition(self, image_embeds: torch.Tensor, noise_levels: torch.Tensor,
-                  noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition(
+        self, image_embeds: torch.Tensor, noise_levels: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(class_labels, image_embeds) for the UNet: Stable unCLIP's noise augmentation."""
         normed = self.image_normalizer.scale(image_embeds)
         noised = self.image_noising_scheduler.add_noise(normed, noise, noise_levels)
         noised = self.image_normalizer.unscale(noised)
-        level_emb = get_timestep_embedding(noise_levels, noised.shape[-1], flip_sin_to_cos=True,
-                                           downscale_freq_shift=0).to(noised.dtype)
+        level_emb = get_timestep_embedding(
+            noise_levels, noised.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0
+        ).to(noised.dtype)
         return torch.cat([noised, level_emb], dim=1), noised
 
     def predict(self, sample: torch.Tensor, t, class_labels: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
@@ -127,8 +156,9 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
             axis = torch.linspace(-1.0, 1.0, side, device=x.device, dtype=x.dtype)
             yy, xx = torch.meshgrid(axis, axis, indexing="ij")
             x = torch.cat([x, torch.stack([xx, yy]).expand(len(x), -1, -1, -1)], dim=1)
-        out = self.unet(x, t, encoder_hidden_states=None, class_labels=class_labels,
-                        added_cond_kwargs={"image_embeds": embeds}).sample
+        out = self.unet(
+            x, t, encoder_hidden_states=None, class_labels=class_labels, added_cond_kwargs={"image_embeds": embeds}
+        ).sample
         return torch.nn.functional.pixel_shuffle(out, self.patch)
 
     @torch.no_grad()
@@ -166,8 +196,10 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
         if len(gens) != n:
             raise ValueError(f"{len(gens)} generators for {n} embeddings")
         shape = (3, self.image_size, self.image_size)
+
         def randn(shape_):
             return torch.stack([torch.randn(shape_, generator=g) for g in gens]).to(device, dtype)
+
         levels = torch.full((n,), int(noise_level), dtype=torch.long, device=device)
         class_labels, cond = self.condition(embeds, levels, randn((self.embedding_dim,)))
         use_cfg = guidance_scale > 1.0
@@ -181,7 +213,7 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
             if not 0.0 < strength <= 1.0:
                 raise ProtosynthError(f"{P.strength} must be in (0, 1], got {strength}")
             init_steps = min(max(1, int(round(num_inference_steps * strength))), num_inference_steps)
-            timesteps = timesteps[num_inference_steps - init_steps:]
+            timesteps = timesteps[num_inference_steps - init_steps :]
             init = torch.as_tensor(image, dtype=dtype).to(device)
             latents = self.scheduler.add_noise(init, latents, timesteps[:1].repeat(n))
         target = torch.nn.functional.normalize(embeds.float(), dim=-1)
@@ -202,9 +234,9 @@ class SmallUnCLIPPipeline(DiffusionPipeline):
             return arr
         return [Image.fromarray(a) for a in arr]
 
-
-    def _guide(self, out: torch.Tensor, t, latents: torch.Tensor, model: Callable, scale: float,
-               target: torch.Tensor) -> torch.Tensor:
+    def _guide(
+        self, out: torch.Tensor, t, latents: torch.Tensor, model: Callable, scale: float, target: torch.Tensor
+    ) -> torch.Tensor:
         """The model output with its x0 nudged toward higher cosine with ``target``."""
         ab = self.scheduler.alphas_cumprod[int(t)].to(latents.device, latents.dtype)
         sa, sb = ab.sqrt(), (1 - ab).sqrt()
@@ -247,8 +279,9 @@ def write_conditioning(folder: Path, clip_space: str, embedding_dim: int, clip: 
 def write_render_defaults(folder: Path, settings: dict, measured: dict) -> None:
     """Record the render ``settings`` a decoder folder should default to, with the measurements
     that chose them (loaded back by ``read_render_defaults``)."""
-    write_text_atomic(Path(folder) / RENDER_DEFAULTS_FILE,
-                      json.dumps({"settings": settings, "measured": measured}, indent=2))
+    write_text_atomic(
+        Path(folder) / RENDER_DEFAULTS_FILE, json.dumps({"settings": settings, "measured": measured}, indent=2)
+    )
 
 
 def read_json_object(path: Path, spec: str) -> dict:
@@ -279,7 +312,7 @@ def decoder_folder(spec: str) -> Path | None:
     if spec == "default":
         return SHIPPED_DECODER
     if spec.startswith("small:"):
-        root = Path(spec[len("small:"):])
+        root = Path(spec[len("small:") :])
         return root / "decoder" if (root / "decoder" / "model_index.json").is_file() else root
     return Path(spec) if Path(spec).is_dir() else None
 

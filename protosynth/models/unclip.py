@@ -16,6 +16,7 @@ Each ``Decoder`` declares the CLIP embedding space and dimension it expects, the
 with by default, and its render defaults (the PDS settings for Stable unCLIP). ``draw`` renders one
 batch; ``protosynth.render`` owns seeds, batching, resizing and progress.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,15 @@ from PIL import Image
 
 from ..errors import P, ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import (CONDITIONING_FILE, RENDER_DEFAULTS_FILE, SmallUnCLIPPipeline, decoder_folder,
-                      load_small_pipeline, read_json_object, read_render_defaults)
+from .decoder import (
+    CONDITIONING_FILE,
+    RENDER_DEFAULTS_FILE,
+    SmallUnCLIPPipeline,
+    decoder_folder,
+    load_small_pipeline,
+    read_json_object,
+    read_render_defaults,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +56,19 @@ class Published:
 
 
 PUBLISHED = {
-    "sd-unclip-small": Published("stabilityai/stable-diffusion-2-1-unclip-small", "stable-unclip",
-                                 "ViT-L-14-quickgelu:openai", 768),
-    "sd-unclip-h": Published("stabilityai/stable-diffusion-2-1-unclip", "stable-unclip",
-                             "ViT-H-14:laion2b_s32b_b79k", 1024),
+    "sd-unclip-small": Published(
+        "stabilityai/stable-diffusion-2-1-unclip-small", "stable-unclip", "ViT-L-14-quickgelu:openai", 768
+    ),
+    "sd-unclip-h": Published(
+        "stabilityai/stable-diffusion-2-1-unclip", "stable-unclip", "ViT-H-14:laion2b_s32b_b79k", 1024
+    ),
     "karlo": Published("kakaobrain/karlo-v1-alpha-image-variations", "karlo", "ViT-L-14-quickgelu:openai", 768),
 }
-PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline": "stable-unclip",
-                    "UnCLIPImageVariationPipeline": "karlo"}
+PIPELINE_CLASSES = {
+    "SmallUnCLIPPipeline": "small",
+    "StableUnCLIPImg2ImgPipeline": "stable-unclip",
+    "UnCLIPImageVariationPipeline": "karlo",
+}
 
 # Render defaults per decoder kind; a decoder folder's render_defaults.json overrides them
 # (``decoder_defaults``). Stable unCLIP: the PDS settings (100 steps, guidance 5,
@@ -68,19 +81,50 @@ PIPELINE_CLASSES = {"SmallUnCLIPPipeline": "small", "StableUnCLIPImg2ImgPipeline
 # the small decoder's 100 would not fit a GPU; 4 is a guess (not measured here: no GPU), --batch-size
 # overrides it. Each image has its own seeded generator, so batching never changes the images.
 RENDER_DEFAULTS = {
-    "small": dict(steps=50, guidance_scale=3.0, noise_level=0, negative_prompt=None, size=None,
-                  clip_guidance=0.01, super_res_steps=None, batch_size=100),
-    "stable-unclip": dict(steps=100, guidance_scale=5.0, noise_level=10, negative_prompt="text, watermark",
-                          size=224, clip_guidance=0.0, super_res_steps=None, batch_size=4),
-    "karlo": dict(steps=25, guidance_scale=8.0, noise_level=None, negative_prompt=None, size=224,
-                  clip_guidance=0.0, super_res_steps=7, batch_size=4),
+    "small": dict(
+        steps=50,
+        guidance_scale=3.0,
+        noise_level=0,
+        negative_prompt=None,
+        size=None,
+        clip_guidance=0.01,
+        super_res_steps=None,
+        batch_size=100,
+    ),
+    "stable-unclip": dict(
+        steps=100,
+        guidance_scale=5.0,
+        noise_level=10,
+        negative_prompt="text, watermark",
+        size=224,
+        clip_guidance=0.0,
+        super_res_steps=None,
+        batch_size=4,
+    ),
+    "karlo": dict(
+        steps=25,
+        guidance_scale=8.0,
+        noise_level=None,
+        negative_prompt=None,
+        size=224,
+        clip_guidance=0.0,
+        super_res_steps=7,
+        batch_size=4,
+    ),
 }
 # What a kind cannot do, so an explicit request for it is an error, never silently ignored.
 UNSUPPORTED = {
-    "stable-unclip": {"clip_guidance": "CLIP-guided sampling", "init": f"{P.init('nearest')}",
-                      "super_res_steps": f"{P.super_res_steps}"},
-    "karlo": {"clip_guidance": "CLIP-guided sampling", "init": f"{P.init('nearest')}", "noise_level": f"{P.noise_level}",
-              "negative_prompt": f"{P.negative_prompt}"},
+    "stable-unclip": {
+        "clip_guidance": "CLIP-guided sampling",
+        "init": f"{P.init('nearest')}",
+        "super_res_steps": f"{P.super_res_steps}",
+    },
+    "karlo": {
+        "clip_guidance": "CLIP-guided sampling",
+        "init": f"{P.init('nearest')}",
+        "noise_level": f"{P.noise_level}",
+        "negative_prompt": f"{P.negative_prompt}",
+    },
     "small": {"negative_prompt": f"{P.negative_prompt}", "super_res_steps": f"{P.super_res_steps}"},
 }
 
@@ -91,18 +135,33 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
     merged = dict(RENDER_DEFAULTS[kind])
     for name, value in settings.items():
         if name not in merged:
-            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
-                                  f"a {kind} decoder ({', '.join(merged)})")
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
+                f"a {kind} decoder ({', '.join(merged)})"
+            )
         if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, ""):
-            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
-                                  f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder")
-        numeric = name in ("steps", "guidance_scale", "clip_guidance", "noise_level", "size", "super_res_steps",
-                           "batch_size")
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
+                f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder"
+            )
+        numeric = name in (
+            "steps",
+            "guidance_scale",
+            "clip_guidance",
+            "noise_level",
+            "size",
+            "super_res_steps",
+            "batch_size",
+        )
         low = 1 if name in ("steps", "batch_size") else 0
-        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                              or value < low):
-            raise ProtosynthError(f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, "
-                                  f"not a number of at least {low}")
+        if (
+            numeric
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low)
+        ):
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, not a number of at least {low}"
+            )
         merged[name] = value
     return merged
 
@@ -120,43 +179,91 @@ class Decoder:
     defaults: dict = field(default_factory=dict)
 
     @classmethod
-    def from_pipeline(cls, pipe: SmallUnCLIPPipeline, *, spec: str = "pipeline", clip_space: str | None = None,
-                      default_clip: str | None = None, settings: dict | None = None) -> "Decoder":
+    def from_pipeline(
+        cls,
+        pipe: SmallUnCLIPPipeline,
+        *,
+        spec: str = "pipeline",
+        clip_space: str | None = None,
+        default_clip: str | None = None,
+        settings: dict | None = None,
+    ) -> "Decoder":
         """A small pipeline (loaded from a folder, or freshly built or trained) as a ``Decoder``: its
         render defaults are the small kind's with ``settings`` (a folder's ``render_defaults.json``) on top."""
-        return cls(pipe, "small", spec, int(pipe.embedding_dim), clip_space, default_clip,
-                   decoder_defaults("small", settings or {}, spec))
+        return cls(
+            pipe,
+            "small",
+            spec,
+            int(pipe.embedding_dim),
+            clip_space,
+            default_clip,
+            decoder_defaults("small", settings or {}, spec),
+        )
 
     @property
     def uses_prompts(self) -> bool:
         return self.kind == "stable-unclip"
 
-    def draw(self, embeds: torch.Tensor, generators: list[torch.Generator], *, steps: int, guidance_scale: float,
-             noise_level: int | None = None, prompts: list[str] | None = None, negative_prompt: str | None = None,
-             super_res_steps: int | None = None, init: torch.Tensor | None = None, strength: float = 1.0,
-             guidance_model: Callable | None = None, guidance_model_scale: float = 0.0) -> list[Image.Image]:
+    def draw(
+        self,
+        embeds: torch.Tensor,
+        generators: list[torch.Generator],
+        *,
+        steps: int,
+        guidance_scale: float,
+        noise_level: int | None = None,
+        prompts: list[str] | None = None,
+        negative_prompt: str | None = None,
+        super_res_steps: int | None = None,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        guidance_model: Callable | None = None,
+        guidance_model_scale: float = 0.0,
+    ) -> list[Image.Image]:
         """One batch: an image per embedding row, image i drawn with ``generators[i]``."""
         n = len(embeds)
         if self.kind == "small":
-            return self.pipe(embeds, num_inference_steps=steps, guidance_scale=guidance_scale,
-                             noise_level=noise_level or 0, generator=generators, image=init, strength=strength,
-                             guidance_model=guidance_model, guidance_model_scale=guidance_model_scale)
+            return self.pipe(
+                embeds,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level or 0,
+                generator=generators,
+                image=init,
+                strength=strength,
+                guidance_model=guidance_model,
+                guidance_model_scale=guidance_model_scale,
+            )
         dtype = self.pipe.dtype
         embeds = embeds.to(self.pipe.device, dtype)
         if self.kind == "stable-unclip":
             prompts = prompts if prompts is not None else [""] * n
             negative = [negative_prompt] * n if negative_prompt else None
-            return self.pipe(image_embeds=embeds, prompt=list(prompts), negative_prompt=negative,
-                             num_inference_steps=steps, guidance_scale=guidance_scale, noise_level=noise_level or 0,
-                             generator=generators, output_type="pil").images
+            return self.pipe(
+                image_embeds=embeds,
+                prompt=list(prompts),
+                negative_prompt=negative,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                noise_level=noise_level or 0,
+                generator=generators,
+                output_type="pil",
+            ).images
         super_res = super_res_steps or RENDER_DEFAULTS["karlo"]["super_res_steps"]
-        return self.pipe(image_embeddings=embeds, decoder_num_inference_steps=steps,
-                         super_res_num_inference_steps=super_res, decoder_guidance_scale=guidance_scale,
-                         generator=generators, output_type="pil").images
+        return self.pipe(
+            image_embeddings=embeds,
+            decoder_num_inference_steps=steps,
+            super_res_num_inference_steps=super_res,
+            decoder_guidance_scale=guidance_scale,
+            generator=generators,
+            output_type="pil",
+        ).images
 
 
-KARLO_MISSING = (f"{P.decoder} karlo: this diffusers release no longer ships {{what}} (Karlo is deprecated in diffusers); "
-                 "install a diffusers release that still has it, or use sd-unclip-small")
+KARLO_MISSING = (
+    f"{P.decoder} karlo: this diffusers release no longer ships {{what}} (Karlo is deprecated in diffusers); "
+    "install a diffusers release that still has it, or use sd-unclip-small"
+)
 
 
 def _pipeline_class(kind: str):
@@ -189,15 +296,27 @@ def _load_karlo(source: str, dtype: torch.dtype):
     ``model_index.json`` names the text projection's library as "unclip" (the published repo) or
     "diffusers" (what ``save_pretrained`` writes now), and neither resolves since the pipeline moved
     to ``diffusers.pipelines.deprecated``. Each component's own ``from_pretrained`` still works."""
-    from diffusers import UNet2DConditionModel, UNet2DModel, UnCLIPScheduler
-    from transformers import CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
     pipeline_class = _pipeline_class("karlo")  # each of these two fails with one clear line when diffusers lacks it
-    classes = {"decoder": UNet2DConditionModel, "super_res_first": UNet2DModel, "super_res_last": UNet2DModel,
-               "text_proj": _karlo_text_proj(), "text_encoder": CLIPTextModelWithProjection,
-               "image_encoder": CLIPVisionModelWithProjection, "tokenizer": CLIPTokenizer,
-               "feature_extractor": CLIPImageProcessor, "decoder_scheduler": UnCLIPScheduler,
-               "super_res_scheduler": UnCLIPScheduler}
+    classes = {
+        "decoder": UNet2DConditionModel,
+        "super_res_first": UNet2DModel,
+        "super_res_last": UNet2DModel,
+        "text_proj": _karlo_text_proj(),
+        "text_encoder": CLIPTextModelWithProjection,
+        "image_encoder": CLIPVisionModelWithProjection,
+        "tokenizer": CLIPTokenizer,
+        "feature_extractor": CLIPImageProcessor,
+        "decoder_scheduler": UnCLIPScheduler,
+        "super_res_scheduler": UnCLIPScheduler,
+    }
     parts = {name: cls.from_pretrained(source, subfolder=name) for name, cls in classes.items()}
     return pipeline_class(**parts).to(dtype=dtype)
 
@@ -243,10 +362,18 @@ def _load_published(name: str, device: torch.device, dtype: torch.dtype) -> Deco
             f"`hf download {pub.repo}`, or pass a folder written by save_pretrained"
         ) from None
     except Exception as exc:  # a corrupt snapshot or a version mismatch: say what it was
-        raise ProtosynthError(f"{P.decoder} {name}: cannot load {pub.repo} ({type(exc).__name__}: {exc})"
-                              .splitlines()[0]) from None
-    return Decoder(_finish(pipe, device), pub.pipeline, name, _conditioning_dim(pub.pipeline, pipe),
-                   space_name(*pub.clip.split(":")), pub.clip, dict(RENDER_DEFAULTS[pub.pipeline]))
+        raise ProtosynthError(
+            f"{P.decoder} {name}: cannot load {pub.repo} ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
+    return Decoder(
+        _finish(pipe, device),
+        pub.pipeline,
+        name,
+        _conditioning_dim(pub.pipeline, pipe),
+        space_name(*pub.clip.split(":")),
+        pub.clip,
+        dict(RENDER_DEFAULTS[pub.pipeline]),
+    )
 
 
 def _conditioning_dim(kind: str, pipe) -> int:
@@ -265,8 +392,9 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
     class_name = read_json_object(index, spec).get("_class_name")
     kind = PIPELINE_CLASSES.get(class_name)
     if kind is None:
-        raise ProtosynthError(f"{P.decoder} {spec}: {folder} holds a {class_name}, not one of "
-                              f"{', '.join(PIPELINE_CLASSES)}")
+        raise ProtosynthError(
+            f"{P.decoder} {spec}: {folder} holds a {class_name}, not one of {', '.join(PIPELINE_CLASSES)}"
+        )
     cond = folder / CONDITIONING_FILE
     declared = read_json_object(cond, spec) if cond.is_file() else {}
     if kind == "small":
@@ -282,8 +410,9 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         except ProtosynthError:
             raise
         except Exception as exc:  # a corrupt or incomplete folder
-            raise ProtosynthError(f"{P.decoder} {spec}: cannot load the {class_name} in {folder} ({exc})"
-                                  .splitlines()[0]) from None
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: cannot load the {class_name} in {folder} ({exc})".splitlines()[0]
+            ) from None
     settings = read_render_defaults(folder, spec)
     default_clip = declared.get("clip")
     if default_clip is None and kind == "small" and spec == "default":
@@ -291,10 +420,18 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
     if default_clip is None and spec.startswith("small:"):
         default_clip = spec  # the CLIP trained beside it in the same `models train` folder
     if kind == "small":
-        return Decoder.from_pipeline(pipe, spec=spec, clip_space=declared.get("clip_space"), default_clip=default_clip,
-                                     settings=settings)
-    return Decoder(pipe, kind, spec, _conditioning_dim(kind, pipe), declared.get("clip_space"), default_clip,
-                   decoder_defaults(kind, settings, spec))
+        return Decoder.from_pipeline(
+            pipe, spec=spec, clip_space=declared.get("clip_space"), default_clip=default_clip, settings=settings
+        )
+    return Decoder(
+        pipe,
+        kind,
+        spec,
+        _conditioning_dim(kind, pipe),
+        declared.get("clip_space"),
+        default_clip,
+        decoder_defaults(kind, settings, spec),
+    )
 
 
 def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtype: str = "auto") -> Decoder:
@@ -326,5 +463,9 @@ def check_pair(decoder: Decoder, clip_spec: str, clip_space: str, clip_dim: int)
             f"gives {clip_dim}-d ones"
         )
     if decoder.clip_space is None:
-        log.warning("decoder %s declares no CLIP space (no %s); only the dimension (%d) was checked",
-                    decoder.spec, CONDITIONING_FILE, clip_dim)
+        log.warning(
+            "decoder %s declares no CLIP space (no %s); only the dimension (%d) was checked",
+            decoder.spec,
+            CONDITIONING_FILE,
+            clip_dim,
+        )

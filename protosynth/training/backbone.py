@@ -8,6 +8,7 @@ pretraining split is disjoint from train and test (its own seed stream, and no i
 train or test image), so no evaluation image is ever seen here. AdamW with a cosine schedule; the last ``holdout`` images are held out for the
 accuracy written to ``metrics.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from ..corpus import world_split
 from ..errors import P, ProtosynthError
+from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
 from ..files import atomic_path, git_commit, remove_stale_temps, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
-from ..corpus import world_split
 from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
-from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
 LABELS = "world-cells-v1"
@@ -70,11 +71,14 @@ def cell_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cell_accuracy(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     model.eval()
-    pred = torch.cat([model(x[s : s + 256]).view(-1, len(POSITIONS), CELL_CLASSES).argmax(-1)
-                      for s in range(0, len(x), 256)])
+    pred = torch.cat(
+        [model(x[s : s + 256]).view(-1, len(POSITIONS), CELL_CLASSES).argmax(-1) for s in range(0, len(x), 256)]
+    )
     hit = pred == labels
-    return {"cell_accuracy": round(100 * hit.float().mean().item(), 2),
-            "image_accuracy": round(100 * hit.all(1).float().mean().item(), 2)}
+    return {
+        "cell_accuracy": round(100 * hit.float().mean().item(), 2),
+        "image_accuracy": round(100 * hit.all(1).float().mean().item(), 2),
+    }
 
 
 def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict:
@@ -108,17 +112,42 @@ def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict
                 opt.step()
                 sched.step()
                 bar.advance(f"loss {loss.item():.3f}")
-    metrics = {"holdout": cell_accuracy(model, x[n_train:], y[n_train:]), "train_seconds": round(time.time() - started, 1)}
+    metrics = {
+        "holdout": cell_accuracy(model, x[n_train:], y[n_train:]),
+        "train_seconds": round(time.time() - started, 1),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, out.name)  # what killed runs writing this folder left behind
     with atomic_path(out, directory=True) as tmp:  # an earlier backbone folder is replaced only now
         save_safetensors_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps({
-            "arch": cfg.arch, **arch_config(cfg.arch), "num_classes": len(POSITIONS) * CELL_CLASSES,
-            "image_size": cfg.image_size, "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
-            "labels": LABELS}, indent=2))
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps(
+                {
+                    "arch": cfg.arch,
+                    **arch_config(cfg.arch),
+                    "num_classes": len(POSITIONS) * CELL_CLASSES,
+                    "image_size": cfg.image_size,
+                    "mean": list(OPENAI_DATASET_MEAN),
+                    "std": list(OPENAI_DATASET_STD),
+                    "labels": LABELS,
+                },
+                indent=2,
+            )
+        )
         write_text_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2))
-        write_text_atomic(tmp / "provenance.json", json.dumps({
-            "command": command, "commit": git_commit(), "config": asdict(cfg), "world": asdict(world),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), **metrics}, indent=2))
+        write_text_atomic(
+            tmp / "provenance.json",
+            json.dumps(
+                {
+                    "command": command,
+                    "commit": git_commit(),
+                    "config": asdict(cfg),
+                    "world": asdict(world),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    **metrics,
+                },
+                indent=2,
+            ),
+        )
     return metrics

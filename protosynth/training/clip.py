@@ -3,6 +3,7 @@
 The output folder is an open_clip ``local-dir:`` model (config, safetensors weights) plus the
 corpus's BPE merges, so ``--clip small:DIR`` loads it through open_clip's factory.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,12 +108,17 @@ def train_clip(corpus: Corpus, test: Corpus, out: Path, cfg: ClipTrainConfig) ->
             step += 1
             bar.advance(f"loss {loss.item():.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                             "rng": rng_state(gen)}, ckpt)
+                save_atomic(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng_state(gen)}, ckpt
+                )
     write_clip_dir(model, model_cfg, out)
     encoder = load_clip(f"small:{out}")
     metrics = evaluate_clip(encoder, test)
-    record = {"train_seconds_this_run": round(time.time() - t0, 1), "config": asdict(cfg),
-              "test_corpus": test.spec, "test": metrics}
+    record = {
+        "train_seconds_this_run": round(time.time() - t0, 1),
+        "config": asdict(cfg),
+        "test_corpus": test.spec,
+        "test": metrics,
+    }
     write_text_atomic(out / "metrics.json", json.dumps(record, indent=2))
     return metrics

@@ -1,4 +1,5 @@
 """Shared pieces of the small-model trainers: resumable random state and the learning-rate schedule."""
+
 from __future__ import annotations
 
 import random
@@ -12,8 +13,12 @@ from ..files import atomic_open
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def restore_rng(state: dict[str, Any], gen: torch.Generator) -> None:

@@ -13,6 +13,7 @@ for a trained one, where 3 ruins it). The final sweep runs at the steps ``distil
 (``render_steps``; the best scale depends on them too) and saves the best scale and those steps as
 the folder's render defaults (``render_defaults.json``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,13 @@ from diffusers.training_utils import EMAModel
 from ..corpus import Corpus
 from ..errors import P, ProtosynthError
 from ..files import atomic_path, remove_stale_temps, write_text_atomic
-from ..render import RenderConfig, fidelity, render_images, resolve_render
 from ..models.clip import ClipEncoder, load_clip
-from ..models.decoder import (COORD_CHANNELS, build_pipeline, to_unit_range,
-                      write_conditioning, write_render_defaults)
+from ..models.decoder import COORD_CHANNELS, build_pipeline, to_unit_range, write_conditioning, write_render_defaults
 from ..models.unclip import Decoder, open_decoder
-from .clip import corpus_tensor
 from ..progress import StepBar
+from ..render import RenderConfig, fidelity, render_images, resolve_render
+from .clip import corpus_tensor
 from .common import cosine_lr, restore_rng, rng_state, save_atomic
-
 
 GUIDANCES = (1.0, 1.5, 2.0, 3.0)
 LR_SCHEDULES = ("constant", "cosine")
@@ -49,7 +48,9 @@ class DecoderTrainConfig:
     batch_size: int = 64
     lr: float = 5e-4
     warmup: int = 200
-    lr_schedule: str = "constant"  # after warm-up: "constant" (what the shipped decoder used) or "cosine" to 0 at `steps`
+    lr_schedule: str = (
+        "constant"  # after warm-up: "constant" (what the shipped decoder used) or "cosine" to 0 at `steps`
+    )
     ema_decay: float = 0.999
     max_noise_level: int = 200  # conditioning noise augmentation drawn from [0, max)
     cond_drop: float = 0.1
@@ -70,22 +71,38 @@ class DecoderTrainConfig:
     def __post_init__(self) -> None:
         self.guidances = tuple(float(g) for g in self.guidances)
         if not self.guidances or any(g < 1.0 for g in self.guidances):
-            raise ProtosynthError(f"{P.decoder.guidances} {','.join(map(str, self.guidances))}: give one or more "
-                                  "scales of at least 1 (1 = no classifier-free guidance)")
+            raise ProtosynthError(
+                f"{P.decoder.guidances} {','.join(map(str, self.guidances))}: give one or more "
+                "scales of at least 1 (1 = no classifier-free guidance)"
+            )
         if self.render_steps < 1:
-            raise ProtosynthError(f"{P.decoder.render_steps} {self.render_steps}: the sweep needs at least one "
-                                  "denoising step")
+            raise ProtosynthError(
+                f"{P.decoder.render_steps} {self.render_steps}: the sweep needs at least one denoising step"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ProtosynthError(f"{P.decoder.lr_schedule} {self.lr_schedule!r}: use {' or '.join(LR_SCHEDULES)}")
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ProtosynthError(f"{P.decoder.prediction_type} {self.prediction_type!r}: "
-                                  f"use {' or '.join(PREDICTION_TYPES)}")
+            raise ProtosynthError(
+                f"{P.decoder.prediction_type} {self.prediction_type!r}: use {' or '.join(PREDICTION_TYPES)}"
+            )
 
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DecoderTrainConfig":
         """The full configuration, or the tiny one ``--quick`` trains in well under a minute."""
-        base = dict(quick=True, steps=40, batch_size=32, eval_every=0, eval_images=32, eval_steps=5, render_steps=5,
-                    checkpoint_minutes=0.2) if quick else {}
+        base = (
+            dict(
+                quick=True,
+                steps=40,
+                batch_size=32,
+                eval_every=0,
+                eval_images=32,
+                eval_steps=5,
+                render_steps=5,
+                checkpoint_minutes=0.2,
+            )
+            if quick
+            else {}
+        )
         return cls(**{**base, **overrides})
 
 
@@ -115,16 +132,29 @@ def embed_images(encoder: ClipEncoder, corpus: Corpus) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_fidelity(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
-                    guidance: float, seed: int = 0, batch: int = 128) -> dict[str, float]:
+def render_fidelity(
+    decoder: Decoder,
+    encoder: ClipEncoder,
+    targets: torch.Tensor,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    batch: int = 128,
+) -> dict[str, float]:
     """Render each raw target embedding, re-embed, and score top-1/top-5 retrieval of its target."""
     # the decoder alone: CLIP guidance would grade the guide, not the decoder
     cfg = RenderConfig(steps=steps, guidance_scale=guidance, batch_size=batch, seed=seed, clip_guidance=0.0)
     return fidelity(encoder, render_images(decoder, targets, resolve_render(cfg, decoder)), targets)
 
 
-def guidance_sweep(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor, steps: int,
-                   guidances: tuple[float, ...], seed: int = 0) -> tuple[float, dict[str, dict]]:
+def guidance_sweep(
+    decoder: Decoder,
+    encoder: ClipEncoder,
+    targets: torch.Tensor,
+    steps: int,
+    guidances: tuple[float, ...],
+    seed: int = 0,
+) -> tuple[float, dict[str, dict]]:
     """Held-out fidelity at each guidance scale, and the scale with the best (top-1, top-5, mean
     cosine); a tie goes to the scale listed first."""
     sweep = {str(float(g)): render_fidelity(decoder, encoder, targets, steps, g, seed=seed) for g in guidances}
@@ -136,8 +166,12 @@ def guidance_sweep(decoder: Decoder, encoder: ClipEncoder, targets: torch.Tensor
 def measured_defaults(best: float, sweep: dict, cfg: DecoderTrainConfig, n: int) -> tuple[dict, dict]:
     """What ``render_defaults.json`` records: the chosen guidance and the measurements behind it."""
     settings = {"guidance_scale": best, "steps": cfg.render_steps}
-    return settings, {"guidance_sweep": sweep, "held_out_images": n, "seed": cfg.seed,
-                      "chosen_by": "top-1, then top-5, then mean cosine"}
+    return settings, {
+        "guidance_sweep": sweep,
+        "held_out_images": n,
+        "seed": cfg.seed,
+        "chosen_by": "top-1, then top-5, then mean cosine",
+    }
 
 
 def calibrate_decoder(decoder_dir: Path, clip_dir: Path, test: Corpus, cfg: DecoderTrainConfig) -> dict:
@@ -146,8 +180,9 @@ def calibrate_decoder(decoder_dir: Path, clip_dir: Path, test: Corpus, cfg: Deco
     encoder = load_clip(f"small:{clip_dir}")
     decoder = open_decoder(str(decoder_dir))
     if decoder.clip_space not in (None, encoder.space):
-        raise ProtosynthError(f"{decoder_dir}: decoder trained on CLIP {decoder.clip_space}, not on {encoder.space} "
-                              f"({clip_dir})")
+        raise ProtosynthError(
+            f"{decoder_dir}: decoder trained on CLIP {decoder.clip_space}, not on {encoder.space} ({clip_dir})"
+        )
     targets = embed_images(encoder, test)[: cfg.eval_images]
     best, sweep = guidance_sweep(decoder, encoder, targets, cfg.render_steps, cfg.guidances, cfg.seed)
     write_render_defaults(decoder_dir, *measured_defaults(best, sweep, cfg, len(targets)))
@@ -160,8 +195,9 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     torch.manual_seed(cfg.seed)
     size = encoder.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    pipe = build_pipeline(encoder.embed_dim, image_size=size, quick=cfg.quick, prediction_type=cfg.prediction_type,
-                          coords=cfg.coords)
+    pipe = build_pipeline(
+        encoder.embed_dim, image_size=size, quick=cfg.quick, prediction_type=cfg.prediction_type, coords=cfg.coords
+    )
     embeds = embed_images(encoder, corpus)
     pipe.image_normalizer.mean.data.copy_(embeds.mean(0, keepdim=True))
     pipe.image_normalizer.std.data.copy_(embeds.std(0, keepdim=True).clamp_min(1e-6))
@@ -173,13 +209,17 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     if cfg.init_from and not ckpt.is_file():  # continue from a saved decoder (e.g. the shipped one)
         start = open_decoder(cfg.init_from)
         if start.clip_space not in (None, encoder.space):
-            raise ProtosynthError(f"{P.decoder.init_from} {cfg.init_from}: trained on CLIP {start.clip_space}, "
-                                  f"not on {encoder.space} ({clip_dir})")
+            raise ProtosynthError(
+                f"{P.decoder.init_from} {cfg.init_from}: trained on CLIP {start.clip_space}, "
+                f"not on {encoder.space} ({clip_dir})"
+            )
         try:
             unet.load_state_dict(widened_for_coords(start.pipe.unet.state_dict(), unet))
         except RuntimeError:
-            raise ProtosynthError(f"{P.decoder.init_from} {cfg.init_from}: its UNet architecture differs from "
-                                  f"the one being trained ({'quick' if cfg.quick else 'full'})") from None
+            raise ProtosynthError(
+                f"{P.decoder.init_from} {cfg.init_from}: its UNet architecture differs from "
+                f"the one being trained ({'quick' if cfg.quick else 'full'})"
+            ) from None
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
@@ -188,14 +228,20 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         if state.get("quick", cfg.quick) != cfg.quick:
-            raise ProtosynthError(f"{ckpt}: checkpoint is from a {'quick' if state.get('quick') else 'full'} run; "
-                                  f"delete {ckpt_dir} to start over")
+            raise ProtosynthError(
+                f"{ckpt}: checkpoint is from a {'quick' if state.get('quick') else 'full'} run; "
+                f"delete {ckpt_dir} to start over"
+            )
         if state.get("coords", False) != cfg.coords:
-            raise ProtosynthError(f"{ckpt}: checkpoint is from a run {'with' if state.get('coords') else 'without'} "
-                                  f"{P.decoder.coords}; delete {ckpt_dir} to start over")
+            raise ProtosynthError(
+                f"{ckpt}: checkpoint is from a run {'with' if state.get('coords') else 'without'} "
+                f"{P.decoder.coords}; delete {ckpt_dir} to start over"
+            )
         if state.get("prediction_type", "epsilon") != cfg.prediction_type:
-            raise ProtosynthError(f"{ckpt}: checkpoint predicts {state.get('prediction_type', 'epsilon')}, not "
-                                  f"{cfg.prediction_type}; delete {ckpt_dir} to start over")
+            raise ProtosynthError(
+                f"{ckpt}: checkpoint predicts {state.get('prediction_type', 'epsilon')}, not "
+                f"{cfg.prediction_type}; delete {ckpt_dir} to start over"
+            )
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
@@ -211,9 +257,21 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
     t_start, last_ckpt = time.time(), time.time()
 
     def checkpoint() -> None:
-        save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-                     "rng": rng_state(gen), "step": step, "history": history, "clip_space": encoder.space,
-                     "quick": cfg.quick, "prediction_type": cfg.prediction_type, "coords": cfg.coords}, ckpt)
+        save_atomic(
+            {
+                "unet": unet.state_dict(),
+                "opt": opt.state_dict(),
+                "ema": ema.state_dict(),
+                "rng": rng_state(gen),
+                "step": step,
+                "history": history,
+                "clip_space": encoder.space,
+                "quick": cfg.quick,
+                "prediction_type": cfg.prediction_type,
+                "coords": cfg.coords,
+            },
+            ckpt,
+        )
 
     def evaluate() -> dict:
         ema.store(unet.parameters())
@@ -264,7 +322,14 @@ def train_decoder(corpus: Corpus, test: Corpus, clip_dir: Path, out: Path, cfg: 
         pipe.save_pretrained(str(tmp))
         write_conditioning(tmp, encoder.space, encoder.embed_dim)
         write_render_defaults(tmp, *measured_defaults(best, sweep, cfg, len(test_targets)))
-        record = {"steps": step, "config": asdict(cfg), "history": history, "test_fidelity": sweep[str(best)],
-                  "guidance_scale": best, "guidance_sweep": sweep, "seconds_this_run": round(time.time() - t_start, 1)}
+        record = {
+            "steps": step,
+            "config": asdict(cfg),
+            "history": history,
+            "test_fidelity": sweep[str(best)],
+            "guidance_scale": best,
+            "guidance_sweep": sweep,
+            "seconds_this_run": round(time.time() - t_start, 1),
+        }
         write_text_atomic(tmp / "train_metrics.json", json.dumps(record, indent=2))
     return {"steps": step, "render_fidelity": sweep[str(best)], "guidance_scale": best, "guidance_sweep": sweep}

@@ -4,6 +4,7 @@ Writes ``OUT/clip`` (open_clip local-dir model), ``OUT/decoder`` (diffusers pipe
 ``OUT/metrics.json`` (held-out metrics of both) and ``OUT/provenance.json`` (command, seed, commit,
 seconds). Both trainers checkpoint and resume, so an interrupted run continues where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     else:
         return _hold_out(train, cfg.seed)
     if test.fingerprint == train.fingerprint:
-        raise ProtosynthError(f"{P.corpus} {cfg.corpus}: the held-out corpus is the training corpus; "
-                              f"pass another {P.test('SPEC')}")
+        raise ProtosynthError(
+            f"{P.corpus} {cfg.corpus}: the held-out corpus is the training corpus; pass another {P.test('SPEC')}"
+        )
     return train, test
 
 
@@ -71,8 +73,9 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
-        raise ProtosynthError(f"{P.only('decoder')} needs a trained CLIP in {out / 'clip'}; "
-                              f"run with {P.only('clip')} first")
+        raise ProtosynthError(
+            f"{P.only('decoder')} needs a trained CLIP in {out / 'clip'}; run with {P.only('clip')} first"
+        )
     from .decoder import DecoderTrainConfig, train_decoder
 
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
@@ -110,17 +113,27 @@ def _read(path: Path, default: dict) -> dict:
     return json.loads(path.read_text()) if path.is_file() else default
 
 
-def _record(out: Path, cfg: ModelsTrainConfig, train: Corpus, test: Corpus, metrics: dict, seconds: float,
-            command: str | None) -> None:
+def _record(
+    out: Path, cfg: ModelsTrainConfig, train: Corpus, test: Corpus, metrics: dict, seconds: float, command: str | None
+) -> None:
     """Append this run to ``out/provenance.json`` and write the merged ``out/metrics.json``."""
     provenance = _read(out / "provenance.json", {"runs": []})
-    provenance["runs"].append({
-        "command": command,  # the command line that ran it; None from Python
-        "only": cfg.only, "seed": cfg.seed, "corpus": train.spec, "corpus_fingerprint": train.fingerprint,
-        "test_corpus": test.spec, "corpus_read": corpus_record(train), "test_read": corpus_record(test),
-        "commit": git_commit(), "seconds": round(seconds, 1), "threads": os.cpu_count(),
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-    })
+    provenance["runs"].append(
+        {
+            "command": command,  # the command line that ran it; None from Python
+            "only": cfg.only,
+            "seed": cfg.seed,
+            "corpus": train.spec,
+            "corpus_fingerprint": train.fingerprint,
+            "test_corpus": test.spec,
+            "corpus_read": corpus_record(train),
+            "test_read": corpus_record(test),
+            "commit": git_commit(),
+            "seconds": round(seconds, 1),
+            "threads": os.cpu_count(),
+            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        }
+    )
     provenance["metrics"] = metrics
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(out / "provenance.json", json.dumps(provenance, indent=2))
