@@ -14,7 +14,10 @@ from .help_text import EVAL_IMAGE_ROOT_HELP
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
 SKIP_BAD_HELP = "Skip (and count) unreadable images of the --full corpus instead of stopping; never the test split's."
-PROTOCOL_HELP = "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). Default: small on the world, else nfnet-bert."
+PROTOCOL_HELP = (
+    "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). "
+    "Default: small on the world, else nfnet-bert."
+)
 
 
 def _config(
@@ -135,7 +138,10 @@ def retrieval(
     test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the test split of the sets' corpus)."),
     val: Optional[str] = typer.Option(
         None,
-        help="Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own data), to choose settings without looking at test.",
+        help=(
+            "Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own "
+            "data), to choose settings without looking at test."
+        ),
     ),
     repeats: int = typer.Option(5, help="Models trained per set (seeds seed..seed+R-1)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the protocol's)."),

@@ -192,7 +192,10 @@ def distill(
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
     clip: Optional[str] = typer.Option(
         None,
-        help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a checkpoint file with --clip-arch. Default: the CLIP the decoder expects.",
+        help=(
+            "CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a "
+            "checkpoint file with --clip-arch. Default: the CLIP the decoder expects."
+        ),
     ),
     clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
     clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
@@ -208,20 +211,32 @@ def distill(
     mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
     method: Optional[str] = typer.Option(
         None,
-        help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing rendered).",
+        help=(
+            "pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing "
+            "rendered)."
+        ),
     ),
     caption: Optional[str] = typer.Option(
         None,
-        help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the member caption the CLIP scores highest against the render). pairs.jsonl records both.",
+        help=(
+            "Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the "
+            "member caption the CLIP scores highest against the render). pairs.jsonl records both."
+        ),
     ),
     candidates: Optional[int] = typer.Option(
         None,
-        help="Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render cost grows N-fold).",
+        help=(
+            "Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render "
+            "cost grows N-fold)."
+        ),
     ),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(
         None,
-        help="Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the folder holding one set per budget.",
+        help=(
+            "Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the"
+            " folder holding one set per budget."
+        ),
     ),
     force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
     device: str = typer.Option("cpu"),
@@ -230,15 +245,23 @@ def distill(
     ),
     steps: Optional[int] = typer.Option(
         None,
-        help="Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small decoder).",
+        help=(
+            "Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small "
+            "decoder)."
+        ),
     ),
     guidance: Optional[float] = typer.Option(
         None,
-        help="Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured one in its render_defaults.json, else 3).",
+        help=(
+            "Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured "
+            "one in its render_defaults.json, else 3)."
+        ),
     ),
     noise_level: Optional[int] = typer.Option(
         None,
-        help="Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder).",
+        help=(
+            "Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder)."
+        ),
     ),
     negative_prompt: Optional[str] = typer.Option(
         None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."
@@ -254,11 +277,17 @@ def distill(
     strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
     batch_size: Optional[int] = typer.Option(
         None,
-        help="Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never changes the images).",
+        help=(
+            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never "
+            "changes the images)."
+        ),
     ),
     clip_guidance: Optional[float] = typer.Option(
         None,
-        help="Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default 0.01); 0 = the decoder alone (pure PDS).",
+        help=(
+            "Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default"
+            " 0.01); 0 = the decoder alone (pure PDS)."
+        ),
     ),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""

@@ -19,6 +19,7 @@ The exact rules (seeded; caption-level pairs, as PDS embeds them):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +32,14 @@ from .corpus import Corpus, cache_dir, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
+from .evaluation.backbones import load_backbone
+from .evaluation.data import full_data
+from .evaluation.protocols import get_protocol
+from .evaluation.retrieval import train_and_score
+from .evaluation.text_encoders import load_text_encoder
 from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
+from .progress import StepBar
 from .runinfo import check_device, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
@@ -101,7 +108,6 @@ def select_kcenter(z: np.ndarray, budget: int, seed: int) -> np.ndarray:
 
 def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int, device: str = "cpu") -> np.ndarray:
     """Forgetting events per pair (inf = never correct) while training the protocol's model on all pairs."""
-    import hashlib
 
     path = (
         cache_dir()
@@ -113,12 +119,6 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
     )
     if path.is_file():
         return np.load(path)
-    from .evaluation.backbones import load_backbone
-    from .evaluation.data import full_data
-    from .evaluation.protocols import get_protocol
-    from .evaluation.retrieval import train_and_score
-    from .evaluation.text_encoders import load_text_encoder
-    from .progress import StepBar
 
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" or not protocol.train_backbone:

@@ -179,7 +179,7 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
 
 
 def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int]) -> Path:
-    corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
+    corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
     seconds = dict(loaded.seconds)
     t = time.time()
     pcfg = PrototypeConfig(

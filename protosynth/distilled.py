@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
@@ -167,7 +167,6 @@ def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
         manifest = json.loads((root / MANIFEST).read_text())
         pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines() if line.strip()]
         tensors = load_file(str(root / "embeddings.safetensors"))
-        from safetensors import safe_open
 
         with safe_open(str(root / "embeddings.safetensors"), "pt") as fh:
             metadata = dict(fh.metadata() or {})

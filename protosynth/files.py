@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+from safetensors.torch import save_file
+
 TEMP_SUFFIX = ".tmp"
 _NAME_BYTES = 160  # of the target's name kept in a temporary name: the whole stays under NAME_MAX (255)
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-\d+-[0-9a-f]{8}\.tmp", re.DOTALL)
@@ -73,7 +76,6 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
     ``name``, or of any target) whose writer process is no longer alive. Temporaries of a live
     process (this one included) and anything not named by ``temp_path`` are never touched.
     Returns what was removed."""
-    import psutil
 
     removed: list[Path] = []
     want = None if name is None else _name_part(name)
@@ -167,7 +169,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` through ``atomic_path`` (so with the usual file mode, not 0600)."""
-    from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

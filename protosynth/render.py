@@ -34,7 +34,8 @@ INITS = ("noise", "nearest")
 
 @dataclass
 class RenderConfig:
-    """``None`` = the decoder's default (``models.unclip.RENDER_DEFAULTS``, or the folder's ``render_defaults.json``)."""
+    """``None`` = the decoder's default (``models.unclip.RENDER_DEFAULTS``, or the folder's
+    ``render_defaults.json``)."""
 
     steps: int | None = None
     guidance_scale: float | None = None

@@ -25,11 +25,22 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ..coreset import CoresetConfig, build_coreset
 from ..corpora.spec import canonical_root, canonical_spec, is_world
+from ..corpus import load_corpus
+from ..distill import DistillConfig, distill
+from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
+from ..evaluation.data import corpus_text_features
+from ..evaluation.evaluate import EvalConfig, evaluate
+from ..evaluation.protocols import get_protocol
+from ..evaluation.text_encoders import load_text_encoder
 from ..files import atomic_path, git_commit, write_text_atomic
+from ..models.clip import load_clip
 from ..runinfo import check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
+from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
+from .run import distill_baseline
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
@@ -116,12 +127,6 @@ def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
 def _prepare(cfg: CompareConfig) -> None:
     """The caches several methods share (the CLIP embeddings of the corpus, the protocol's text
     features of every caption), filled once up front so no method's seconds include them."""
-    from ..corpus import load_corpus
-    from ..embed import embed_corpus
-    from ..evaluation.data import corpus_text_features
-    from ..evaluation.protocols import get_protocol
-    from ..evaluation.text_encoders import load_text_encoder
-    from ..models.clip import load_clip
 
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     embed_corpus(corpus, load_clip("default", cfg.device))
@@ -137,8 +142,6 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
     elif method in ("buffer-full", "buffer-heads"):
         build_buffer(_buffer_config(cfg, method == "buffer-heads"))
     elif method in CORESETS:
-        from ..coreset import CoresetConfig, build_coreset
-
         build_coreset(
             CoresetConfig(
                 method=method,
@@ -154,8 +157,6 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
             )
         )
     elif method == "pds":
-        from ..distill import DistillConfig, distill
-
         distill(
             DistillConfig(
                 budget=cfg.budget,
@@ -168,20 +169,16 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
             )
         )
     else:
-        from .run import distill_baseline
-
         distill_baseline(_baseline_config(method, cfg, out, buffers))
 
 
 def _buffer_kind(method: str) -> str | None:
     """The expert buffer an optimisation method matches: ``heads`` (RepBlend) or ``full``; None otherwise."""
-    from .presets import buffer_kind
 
     return buffer_kind(method) if method in OPTIMISATION else None
 
 
 def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Path]):
-    from .presets import BaselineConfig
 
     return BaselineConfig(
         method=method,
@@ -211,8 +208,6 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad),
     }
     if method in OPTIMISATION:
-        from .presets import SIMILARITY_KEYS, USES_SIMILARITY, default_family, preset, resolve
-
         bcfg = _baseline_config(method, cfg, out, buffers)
         family = default_family(cfg.corpus)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
@@ -284,7 +279,6 @@ def _row_key(path: Path | None, eval_cfg) -> str:
 
 def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[str, dict], dict]:
     """One evaluation of every set without a stored row (test data loaded once), then the full row."""
-    from ..evaluation.evaluate import EvalConfig, evaluate
 
     eval_cfg = EvalConfig(
         protocol=cfg.protocol,
@@ -451,10 +445,10 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (only the plot needs it, and it takes about a second to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use, which must come first)
 
     rows = doc["methods"]
     names = [r["method"] for r in rows]

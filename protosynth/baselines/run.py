@@ -23,16 +23,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 from PIL import Image
 
+from ..coreset import joint_features
 from ..corpora.spec import corpus_name
 from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from ..embed import embed_corpus
 from ..errors import P, ProtosynthError
 from ..evaluation.pixels import denormalise
+from ..models.clip import load_clip
 from ..progress import StepBar
+from ..prototypes import kmeans
 from ..runinfo import check_device, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
@@ -50,14 +55,9 @@ def init_pairs(cfg: BaselineConfig, feats: ProtocolFeatures, m: int) -> np.ndarr
     """The real pairs the synthetic set starts from: random, or (AMD) nearest to joint prototypes."""
     if cfg.method != "amd":
         return np.random.default_rng(cfg.seed).choice(feats.corpus.n_pairs, m, replace=False)
-    from ..coreset import joint_features
-    from ..embed import embed_corpus
-    from ..models.clip import load_clip
-    from ..prototypes import kmeans
 
     emb = embed_corpus(feats.corpus, load_clip(cfg.clip, cfg.device))
     z = joint_features(emb.image.numpy(), emb.text.numpy())
-    import faiss
 
     centroids, _ = kmeans(z, m, niter=25, seed=cfg.seed)
     index = faiss.IndexFlatL2(z.shape[1])

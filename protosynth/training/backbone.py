@@ -5,8 +5,8 @@ task with the same character (recognise what is where): for each of the 3x3 posi
 classify its content among "empty" and the 8 colours x 4 shapes x 2 sizes (65 classes), so the
 classifier has 9 x 65 = 585 logits and the loss is the mean of the nine cross-entropies. The
 pretraining split is disjoint from train and test (its own seed stream, and no image equal to a
-train or test image), so no evaluation image is ever seen here. AdamW with a cosine schedule; the last ``holdout`` images are held out for the
-accuracy written to ``metrics.json``.
+train or test image), so no evaluation image is ever seen here. AdamW with a cosine schedule; the last
+``holdout`` images are held out for the accuracy written to ``metrics.json``.
 """
 
 from __future__ import annotations

@@ -13,11 +13,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
 from ..files import git_commit, write_text_atomic
 from .clip import ClipTrainConfig, train_clip
+from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
 
 
 @dataclass
@@ -56,7 +59,6 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
 
 def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
     """A seeded 10% of the images (at least one) held out of a file corpus for metrics."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     n_test = max(1, train.n_images // 10)
@@ -76,7 +78,6 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         raise ProtosynthError(
             f"{P.only('decoder')} needs a trained CLIP in {out / 'clip'}; run with {P.only('clip')} first"
         )
-    from .decoder import DecoderTrainConfig, train_decoder
 
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,6 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
     """Measure ``out/decoder``'s held-out fidelity at each guidance scale (``cfg.decoder["guidances"]``,
     default ``GUIDANCES``) and record the best as its render default (``render_defaults.json``), for
     decoders trained before the trainer did so; ``metrics.json`` and ``provenance.json`` get the run."""
-    from .decoder import DecoderTrainConfig, calibrate_decoder
 
     for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
         if not (out / part).is_file():
