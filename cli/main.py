@@ -271,10 +271,14 @@ def distill(
         help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32).",
     ),
     super_res_steps: Optional[int] = typer.Option(None, help="Karlo super-resolution steps (default 7)."),
-    init: str = typer.Option(
-        "noise", help="noise, or nearest (small decoder): start from the member image nearest the prototype."
+    init: Optional[str] = typer.Option(
+        None,
+        help="noise, or nearest (small decoder): start from the prototype's nearest member image "
+        "(default: the decoder's; noise for the published ones).",
     ),
-    strength: float = typer.Option(0.6, help="With --init nearest: how far to noise the start image (0-1]."),
+    strength: Optional[float] = typer.Option(
+        None, help="With --init nearest: how far to noise the start image, (0, 1] (default: the decoder's)."
+    ),
     batch_size: Optional[int] = typer.Option(
         None,
         help=(

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
 CAPTION_RULES = ("prototype", "render")
+DEFAULT_CAPTION = "prototype"
 
 
 @dataclass
@@ -58,7 +59,9 @@ class DistillConfig:
     dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
     mode: str = "matched"
     method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
-    caption: str = "prototype"  # the caption paired with each render: "prototype" (PDS) or "render"
+    caption: str | None = (
+        None  # the caption paired with each render: "prototype" (PDS) or "render"; None: DEFAULT_CAPTION
+    )
     candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
     seed: int = 0
     out: Path | None = None
@@ -89,19 +92,19 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
     if cfg.method not in METHODS:
         raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {' or '.join(METHODS)}")
-    if cfg.caption not in CAPTION_RULES:
+    if cfg.caption is not None and cfg.caption not in CAPTION_RULES:
         raise ProtosynthError(f"unknown {P.caption} {cfg.caption!r}: use {' or '.join(CAPTION_RULES)}")
     if cfg.candidates < 1:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
-    if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption != "prototype" or cfg.render.init != "noise"):
+    if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption is not None or cfg.render.init is not None):
         raise ProtosynthError(
             f"{P.method('select')} renders nothing: {P.candidates}, {P.caption} and {P.render.init} do not apply",
             param="method",
         )
-    if cfg.render.init not in INITS:
+    if cfg.render.init is not None and cfg.render.init not in INITS:
         raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
     r = cfg.render
-    if not 0.0 < r.strength <= 1.0:
+    if r.strength is not None and not 0.0 < r.strength <= 1.0:
         raise ProtosynthError(f"{P.render.strength} must be in (0, 1], got {r.strength}")
     for option, value, low, high in (
         (P.render.steps, r.steps, 1, 1000),
@@ -197,7 +200,11 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
         "settings": _jsonable(
-            asdict(replace(cfg, render=loaded.render if cfg.method == "pds" else cfg.render, clip=clip.spec))
+            asdict(
+                replace(cfg, clip=clip.spec, render=loaded.render, caption=cfg.caption or DEFAULT_CAPTION)
+                if cfg.method == "pds"
+                else replace(cfg, clip=clip.spec)
+            )
         ),
         "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache,
@@ -219,10 +226,10 @@ def _synthesise(
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
     init_images = None
-    if cfg.render.init == "nearest":
+    rcfg = replace(loaded.render, seed=cfg.seed)
+    if rcfg.init == "nearest":
         best = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
         init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
-    rcfg = replace(loaded.render, seed=cfg.seed)
     prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
@@ -244,14 +251,15 @@ def _synthesise(
     render_idx = render_captions(got, protos, emb.text_rows, caption_idx)
     seconds["fidelity"] = round(time.time() - t, 2)
 
-    used = render_idx if cfg.caption == "render" else caption_idx
+    rule = cfg.caption or DEFAULT_CAPTION
+    used = render_idx if rule == "render" else caption_idx
     pairs = [
         {
             "index": i,
             "image": f"images/{i:06d}.png",
             "caption": corpus.pair_caption[int(used[i])],
             "caption_pair": int(used[i]),
-            "caption_rule": cfg.caption,
+            "caption_rule": rule,
             "prototype_caption": corpus.pair_caption[int(caption_idx[i])],
             "prototype_caption_pair": int(caption_idx[i]),
             "render_caption": corpus.pair_caption[int(render_idx[i])],

@@ -26,10 +26,8 @@ from PIL import Image
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
-from .models.unclip import UNSUPPORTED, Decoder
+from .models.unclip import INITS, UNSUPPORTED, Decoder
 from .progress import StepBar
-
-INITS = ("noise", "nearest")
 
 
 @dataclass
@@ -48,8 +46,8 @@ class RenderConfig:
     # fidelity 83.0 -> 94.2 % top-1, and the independent judge agrees a little (docs/evaluation.md).
     clip_guidance: float | None = None
     batch_size: int | None = None  # images per decoder call (the published decoders' default is small: GPU memory)
-    init: str = "noise"
-    strength: float = 0.6
+    init: str | None = None  # "noise", or "nearest": img2img from the prototype's nearest member image
+    strength: float | None = None  # with init="nearest": how far the start image is noised, in (0, 1]
     seed: int = 0
 
 
@@ -59,7 +57,7 @@ def resolve_render(cfg: RenderConfig, decoder: Decoder) -> RenderConfig:
     result to ``render_images`` (per-run changes such as the seed go in with ``replace``)."""
     for name, what in UNSUPPORTED[decoder.kind].items():
         value = cfg.init if name == "init" else getattr(cfg, name)
-        if (name == "init" and value != "noise") or (name != "init" and value not in (None, 0, 0.0, "")):
+        if (name == "init" and value not in (None, "noise")) or (name != "init" and value not in (None, 0, 0.0, "")):
             raise ProtosynthError(f"{what} is not supported by {P.decoder} {decoder.spec} ({decoder.kind})", param=name)
     filled = {f.name: decoder.defaults.get(f.name) for f in fields(cfg) if getattr(cfg, f.name) is None}
     return replace(cfg, **filled)

@@ -81,6 +81,8 @@ PIPELINE_CLASSES = {
 # passes per image) at 768 px (Stable unCLIP) or 256 px plus super-resolution (Karlo), so a batch of
 # the small decoder's 100 would not fit a GPU; 4 is a guess (not measured here: no GPU), --batch-size
 # overrides it. Each image has its own seeded generator, so batching never changes the images.
+# How a render starts: from noise, or (small decoder) from the nearest real member image noised to ``strength``.
+INITS = ("noise", "nearest")
 RENDER_DEFAULTS = {
     "small": dict(
         steps=50,
@@ -91,6 +93,8 @@ RENDER_DEFAULTS = {
         clip_guidance=0.01,
         super_res_steps=None,
         batch_size=100,
+        init="noise",
+        strength=0.6,
     ),
     "stable-unclip": dict(
         steps=100,
@@ -101,6 +105,8 @@ RENDER_DEFAULTS = {
         clip_guidance=0.0,
         super_res_steps=None,
         batch_size=4,
+        init="noise",
+        strength=None,
     ),
     "karlo": dict(
         steps=25,
@@ -111,6 +117,8 @@ RENDER_DEFAULTS = {
         clip_guidance=0.0,
         super_res_steps=7,
         batch_size=4,
+        init="noise",
+        strength=None,
     ),
 }
 # What a kind cannot do, so an explicit request for it is an error, never silently ignored.
@@ -140,7 +148,7 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
                 f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name!r}, not a render setting of "
                 f"a {kind} decoder ({', '.join(merged)})"
             )
-        if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, ""):
+        if name in UNSUPPORTED[kind] and value not in (None, 0, 0.0, "", "noise"):
             raise ProtosynthError(
                 f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name}, but "
                 f"{UNSUPPORTED[kind][name]} is not supported by a {kind} decoder"
@@ -162,6 +170,14 @@ def decoder_defaults(kind: str, settings: dict, spec: str) -> dict:
         ):
             raise ProtosynthError(
                 f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets {name} to {value!r}, not a number of at least {low}"
+            )
+        if name == "init" and value not in INITS:
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets init to {value!r}, not one of {INITS}"
+            )
+        if name == "strength" and value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise ProtosynthError(
+                f"{P.decoder} {spec}: {RENDER_DEFAULTS_FILE} sets strength to {value!r}, not in (0, 1]"
             )
         merged[name] = value
     return merged
