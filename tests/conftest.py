@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 # Every test run gets its own cache, so tests never read or write the user's ~/.cache/protosynth.
 # It is removed when the run ends: each one holds up to 400 MB, and leftovers once filled the disk
@@ -21,6 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting threads crawl on a shared CPU
 
 import torch  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizer  # noqa: E402
+
+from protosynth.training.backbone import PretrainConfig, pretrain_backbone  # noqa: E402
+from protosynth.training.clip import ClipTrainConfig  # noqa: E402
+from protosynth.training.small_models import ModelsTrainConfig, train_models  # noqa: E402
+from protosynth.world import (  # noqa: E402
+    COLOUR_SYNONYMS,
+    POSITION_PHRASES,
+    SHAPE_SYNONYMS,
+    SIZE_SYNONYMS,
+    WorldConfig,
+    generate_split,
+)
 
 torch.set_num_threads(2)
 
@@ -30,9 +45,6 @@ QUICK_CORPUS = "shapes,n=300"
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory) -> Path:
     """``protosynth models train --quick`` on a 300-image world: a tiny CLIP and decoder."""
-    from protosynth.training.clip import ClipTrainConfig
-    from protosynth.training.small_models import ModelsTrainConfig, train_models
-
     out = tmp_path_factory.mktemp("quick_models")
     clip = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, checkpoint_every=20)
     train_models(ModelsTrainConfig(corpus=QUICK_CORPUS, quick=True, clip=clip), out, command="test fixture")
@@ -42,12 +54,6 @@ def quick_models(tmp_path_factory) -> Path:
 @pytest.fixture
 def jsonl_corpus(tmp_path) -> Path:
     """A 12-image JSONL corpus drawn from the world, with both line forms."""
-    import json
-
-    from PIL import Image
-
-    from protosynth.world import WorldConfig, generate_split
-
     split = generate_split(WorldConfig(n_train=12), "train")
     (tmp_path / "img").mkdir()
     lines = []
@@ -65,8 +71,6 @@ def jsonl_corpus(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""
-    from protosynth.training.backbone import PretrainConfig, pretrain_backbone
-
     out = tmp_path_factory.mktemp("backbone") / "ps-nfnet"
     pretrain_backbone(PretrainConfig(arch="ps-nfnet", n_images=300, holdout=50, epochs=1), out, command="test fixture")
     return out
@@ -76,10 +80,6 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def tiny_bert(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT (the real transformers classes) with a word-level vocab
     of the world's words, saved with save_pretrained as a Hugging Face folder."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    from protosynth.world import COLOUR_SYNONYMS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
-
     words = set()
     for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, POSITION_PHRASES):
         for phrases in table.values():

@@ -5,19 +5,28 @@ to end on a tiny world."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from protosynth.baselines import amd
 from protosynth.baselines.buffer import BufferConfig, build_buffer, load_buffer
+from protosynth.baselines.compare import ALL_METHODS, QUICK_WORLD, CompareConfig
 from protosynth.baselines.matching import Blend, SyntheticSet, match, matching_loss, step_loss
 from protosynth.baselines.presets import BaselineConfig, preset
 from protosynth.baselines.run import distill_baseline
-from protosynth.baselines.student import LowRankSimilarity, Student, trainable, weighted_bce
+from protosynth.baselines.student import LowRankSimilarity, Student, info_nce, trainable, weighted_bce
+from protosynth.cli import baselines as cli_baselines
+from protosynth.cli.main import app
+from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.backbones import Backbone
 
@@ -207,8 +216,6 @@ def test_repblend_blends_both_modalities_with_one_lambda_and_one_permutation():
             {"are_features": True},
             strict=False,
         )
-    from protosynth.baselines.student import info_nce
-
     assert got.item() == pytest.approx(float(info_nce(*same, 0.07)), rel=1e-10)
     assert got.item() != pytest.approx(float(info_nce(*other, 0.07)), rel=1e-6)
 
@@ -274,8 +281,6 @@ def test_buffer_layout_manifest_and_resume(buffers, tmp_path):
     )
     # a killed run: expert 1 lost its last epoch and its done marker; resuming recomputes it identically
     copy = tmp_path / "copy"
-    import shutil
-
     shutil.copytree(full, copy)
     (copy / "manifest.json").unlink()
     (copy / "expert_001" / "done.json").unlink()
@@ -314,8 +319,6 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     assert np.mean(curve[-3:]) < np.mean(curve[:3]), curve
     m = 11 if method != "mtt-vl" else 12  # S is paid for with one pair
     assert man["pairs_stored"] == m and len(list((out / "images").glob("*.png"))) == m
-    from protosynth.distilled import load_distilled
-
     ds = load_distilled(out, verify=True)
     assert ds.tensors["pixels"].shape == (m, 3, 32, 32) and ds.tensors["text"].shape[0] == m
     assert ("similarity" in ds.tensors) == (method != "mtt-vl")
@@ -343,12 +346,6 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
 def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     """Methods of every kind (coreset, PDS, full-unroll and heads-only baselines, the upper bound) at a
     tiny budget through the real command path, smaller than --quick; the others share these paths."""
-    from typer.testing import CliRunner
-
-    from protosynth.baselines.compare import ALL_METHODS
-    from protosynth.cli import baselines as cli_baselines
-    from protosynth.cli.main import app
-
     assert cli_baselines.ALL_METHODS.split(",") == list(ALL_METHODS)
     out = tmp_path / "cmp"
     methods = ["random", "pds", "lors", "repblend", "full"]
@@ -406,10 +403,6 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
 
 
 def test_baseline_cli_bad_input(tmp_path):
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     r = CliRunner().invoke(
         app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")]
     )
@@ -461,8 +454,6 @@ def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
 
 
 def test_quick_compare_uses_the_small_world_and_smoke_settings():
-    from protosynth.baselines.compare import QUICK_WORLD, CompareConfig
-
     q = CompareConfig(quick=True).effective()
     assert (q.corpus, q.repeats, q.eval_epochs, q.experts, q.expert_epochs, q.buffer_pairs, q.iterations) == (
         QUICK_WORLD,
@@ -482,10 +473,6 @@ def test_quick_compare_uses_the_small_world_and_smoke_settings():
 def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
     """Byte-identical sets from two processes whose Python hash seeds differ: the parameters were once
     kept in a set of names, whose order (and so the float sums over it) changed from run to run."""
-    import os
-    import subprocess
-    import sys
-
     full, _ = buffers
     outs = [tmp_path / f"run{i}" for i in range(2)]
     for i, out in enumerate(outs):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
+from protosynth.distilled import load_distilled
+from protosynth.models.decoder import build_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOSYNTH = Path(sys.executable).parent / "protosynth"
@@ -236,8 +239,6 @@ def test_decoder_folder_without_pipeline(quick_models, tmp_path):
 
 
 def test_decoder_dimension_mismatch(quick_models, tmp_path):
-    from protosynth.models.decoder import build_pipeline
-
     clip_dim = json.loads((quick_models / "clip" / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"]
     wrong = clip_dim + 16
     folder = tmp_path / "wrong-decoder"
@@ -298,8 +299,6 @@ def test_file_at_out_with_force(quick_models, tmp_path):
         assert_one_line_error(r, re.escape(str(as_file)))
         assert as_file.read_text() == "x"
     else:  # or replaced by a complete set
-        from protosynth.distilled import load_distilled
-
         assert r.exit_code == 0, (r.exit_code, r.exception)
         assert len(load_distilled(as_file, verify=True)) == 4
     assert not list(tmp_path.glob(".file.tmp-*"))
@@ -307,8 +306,6 @@ def test_file_at_out_with_force(quick_models, tmp_path):
 
 def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
     """The contrast to the errors above: the same CLI, valid input, exit 0 and a complete set."""
-    from protosynth.distilled import load_distilled
-
     out = tmp_path / "out"
     args = ["--corpus", "shapes,n=30", *models_args(quick_models), "--steps", "1", "--guidance", "1", "--out", str(out)]
     assert invoke([*args, "--budget", "5"]).exit_code == 0
@@ -355,8 +352,6 @@ def test_killed_after_two_seconds_leaves_nothing(quick_models, tmp_path):
 
 def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tmp_path):
     """Kill the run the moment its writer has started (its temporary folder appears)."""
-    from protosynth.distilled import load_distilled
-
     parent = tmp_path / "sets"
     out = parent / "out"
     proc = start(
@@ -480,8 +475,6 @@ def test_models_train_decoder_only_needs_a_clip(tmp_path):
 
 def test_decoder_from_another_clip_space_is_refused(quick_models, tmp_path):
     """Same dimension, different CLIP: the decoder's conditioning.json names the space it expects."""
-    import shutil
-
     dec = tmp_path / "dec"
     shutil.copytree(quick_models / "decoder", dec)
     cond = json.loads((dec / "conditioning.json").read_text())

@@ -7,7 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from protosynth.cli.main import app
 from protosynth.coreset import (
     CoresetConfig,
     build_coreset,
@@ -134,10 +136,6 @@ def test_out_not_empty_without_force(quick_models, tmp_path):
 
 
 def test_cli_coreset(quick_models, tmp_path):
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     res = CliRunner().invoke(
         app,
         [

@@ -4,6 +4,7 @@ error must be one line naming the file and the row (or shard and member)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +22,12 @@ from typer.testing import CliRunner
 from protosynth.cli.main import app
 from protosynth.corpora.spec import corpus_name
 from protosynth.corpus import Corpus, load_corpus
+from protosynth.distill import DistillConfig, distill
+from protosynth.distilled import corpus_record, load_distilled
 from protosynth.errors import ProtosynthError
+from protosynth.evaluation.data import source_corpus
+from protosynth.render import RenderConfig
+from protosynth.training.small_models import ModelsTrainConfig, split_corpus
 from protosynth.world import WorldConfig, generate_split
 
 N = 6
@@ -57,8 +64,6 @@ def truncate(path: Path) -> None:
 
 
 def write_csv(path: Path, rows: list[list[str]], header=("image", "caption", "source")) -> Path:
-    import csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -352,8 +357,6 @@ def test_webdataset_single_shard_and_fingerprint(shards, world):
 
 def test_webdataset_subset_reads_the_same_images(shards, world):
     """``models train`` holds out a subset of a file corpus; it must read from the same shards."""
-    from protosynth.training.small_models import ModelsTrainConfig, split_corpus
-
     train, held = split_corpus(ModelsTrainConfig(corpus=str(shards / "train-*.tar")))
     full = load_corpus(str(shards / "train-*.tar"))
     assert train.n_images + held.n_images == N and held.n_images == 1
@@ -539,10 +542,6 @@ def test_cli_missing_image_is_one_line_exit_2(bad_csv, tmp_path):
 
 
 def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_path):
-    from protosynth.distill import DistillConfig, distill
-    from protosynth.distilled import load_distilled
-    from protosynth.render import RenderConfig
-
     out = distill(
         DistillConfig(
             budget=4,
@@ -584,11 +583,6 @@ def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_
 def test_evaluation_reloads_a_sets_corpus_the_way_it_was_read(tmp_path, world):
     """Member indices of a set made with --skip-bad point into the corpus without the bad images;
     evaluation re-reads it with the recorded options and refuses a corpus that changed since."""
-    from types import SimpleNamespace
-
-    from protosynth.distilled import corpus_record
-    from protosynth.evaluation.data import source_corpus
-
     spec, _ = bad_corpus("csv", tmp_path, world)
     made_from = load_corpus(spec, skip_bad=True)
     ds = SimpleNamespace(root=tmp_path / "set", manifest={"corpus": corpus_record(made_from)})
@@ -602,8 +596,6 @@ def test_evaluation_reloads_a_sets_corpus_the_way_it_was_read(tmp_path, world):
 def test_jpeg_decodes_at_reduced_scale_for_a_small_encoder(tmp_path, world):
     """With ``min_side`` a JPEG decodes at the smallest DCT scale that keeps both sides >= it (PIL
     draft): a 256 px JPEG for a 32 px encoder comes back at 32 px, a PNG at full size."""
-    from PIL import Image
-
     big = Image.fromarray(world.images[0]).resize((256, 192), Image.BICUBIC)
     big.save(tmp_path / "a.jpg", quality=95)
     big.save(tmp_path / "b.png")

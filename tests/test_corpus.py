@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from protosynth.corpora.spec import parse_world_spec
-from protosynth.corpus import Corpus, cache_dir, load_corpus, load_jsonl, load_world
+from protosynth.corpus import Corpus, cache_dir, load_corpus, load_jsonl, load_world, world_fingerprint, world_split
 from protosynth.errors import ProtosynthError
-from protosynth.world import WorldConfig, generate_split
+from protosynth.world import WorldConfig, generate_split, image_digest
 
 
 @pytest.fixture
@@ -100,8 +100,6 @@ def test_load_world_size_option():
 
 def test_world_fingerprints_differ_by_spec():
     """Train splits only: a test split is kept disjoint from a whole (10,000-image) train split."""
-    from protosynth.corpus import parse_world_spec, world_fingerprint
-
     a = load_corpus("shapes:train,n=20")
     b = load_corpus("shapes:train,n=21")
     c = load_corpus("shapes:train,n=20,seed=1")
@@ -438,8 +436,6 @@ def test_seed_zero_is_allowed():
 
 
 def test_invalid_utf8_is_named_with_its_line(tmp_path):
-    from PIL import Image
-
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"image": "a.png", "caption": "fine"}\n{"image": "a.png", "caption": "caf\xe9"}\n')
@@ -451,9 +447,6 @@ def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
     """Raw generation repeats some single-object images across splits (7 of the default 1,000 test
     images equal a train image; 2 with the 3,000-image train split used here to keep it fast); the
     cached splits are disjoint by construction."""
-    from protosynth.corpus import world_split
-    from protosynth.world import WorldConfig, generate_split, image_digest
-
     cfg = WorldConfig(n_train=3000, n_pretrain=1000)
     train = {image_digest(im) for im in world_split(cfg, "train").images}
     raw_test = generate_split(cfg, "test")
@@ -471,9 +464,6 @@ def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
 def test_val_split_shares_no_image_with_any_other_split(_cache):
     """``shapes:val`` is drawn from its own seed stream and redrawn wherever an image equals one of
     train, test or pretrain, so choosing settings on it never peeks at the test split."""
-    from protosynth.corpus import world_split
-    from protosynth.world import WorldConfig, generate_split, image_digest
-
     cfg = WorldConfig(n_train=3000, n_pretrain=1000, n_val=800)
     others = {image_digest(im) for split in ("train", "test", "pretrain") for im in world_split(cfg, split).images}
     raw = generate_split(cfg, "val")

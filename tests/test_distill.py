@@ -22,10 +22,15 @@ from safetensors.torch import load_file
 
 import protosynth.distilled
 from protosynth.corpus import load_corpus
-from protosynth.distill import DistillConfig, distill
+from protosynth.distill import DistillConfig, distill, render_captions
 from protosynth.distilled import load_distilled
+from protosynth.embed import embed_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.render import RenderConfig
+from protosynth.models.clip import load_clip
+from protosynth.models.decoder import to_unit_range
+from protosynth.models.unclip import open_decoder
+from protosynth.prototypes import Prototypes, nearest_rows
+from protosynth.render import RenderConfig, fidelity, pixel_embedder, render_images, resolve_render
 
 CORPUS = "shapes,n=300"
 BUDGET = 12
@@ -87,10 +92,6 @@ def test_layout(full_run):
 
 
 def test_pairs_jsonl(full_run, quick_models):
-    from protosynth.embed import embed_corpus
-    from protosynth.models.clip import load_clip
-    from protosynth.prototypes import nearest_rows
-
     recs = [json.loads(line) for line in (full_run / "pairs.jsonl").read_text().splitlines()]
     corpus = load_corpus(CORPUS)
     assert len(recs) == BUDGET
@@ -151,9 +152,6 @@ def test_manifest(full_run, quick_models):
 
 def test_render_fidelity_is_measured_on_the_written_images(full_run, quick_models):
     """Re-embedding the PNGs on disk against the image prototypes reproduces the manifest's numbers."""
-    from protosynth.models.clip import load_clip
-    from protosynth.render import fidelity
-
     ds = load_distilled(full_run)
     images = [ds.image(i) for i in range(len(ds))]
     got = fidelity(load_clip(f"small:{quick_models}"), images, ds.tensors["image_normalised"])
@@ -252,8 +250,6 @@ def test_load_distilled_verify_catches_tampering(full_run, tmp_path):
 
 
 def test_load_distilled_is_exported_from_the_package(full_run):
-    import protosynth
-
     ds = protosynth.load_distilled(full_run)
     assert isinstance(ds, protosynth.DistilledSet) and len(ds) == BUDGET
 
@@ -302,10 +298,6 @@ def test_write_is_atomic(quick_models, full_run, tmp_path, monkeypatch):
 
 
 def test_pixel_embedder_matches_the_clip_preprocessing(quick_models):
-    from protosynth.models.clip import load_clip
-    from protosynth.models.decoder import to_unit_range
-    from protosynth.render import pixel_embedder
-
     clip = load_clip(f"small:{quick_models}")
     corpus = load_corpus(CORPUS)
     images = [corpus.load_image(i) for i in range(6)]
@@ -316,10 +308,6 @@ def test_pixel_embedder_matches_the_clip_preprocessing(quick_models):
 
 def test_clip_guidance_moves_renders_toward_their_targets(quick_models):
     """Guided renders re-embed closer to their targets than unguided ones from the same seeds."""
-    from protosynth.models.clip import load_clip
-    from protosynth.models.unclip import open_decoder
-    from protosynth.render import fidelity, render_images, resolve_render
-
     clip, decoder = load_clip(f"small:{quick_models}"), open_decoder(f"small:{quick_models}")
     corpus = load_corpus("shapes:test,n=16")
     targets = clip.encode_images([corpus.load_image(i) for i in range(16)])
@@ -342,9 +330,6 @@ def test_distill_records_clip_guidance(quick_models, tmp_path):
 def test_render_caption_rule_picks_the_member_caption_nearest_the_render():
     """Hand-built: three prototypes over pairs 0-5; the renders' embeddings point at pair 1, pair 5 and
     nothing in particular; a prototype without members keeps the fallback caption."""
-    from protosynth.distill import render_captions
-    from protosynth.prototypes import Prototypes
-
     text = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 3, 3]], np.float32)
     members = [np.array([0, 1, 2]), np.array([3, 4, 5]), np.array([], np.int64)]
     zeros = np.zeros((3, 3), np.float32)
@@ -368,10 +353,6 @@ def test_caption_render_records_both_rules(quick_models, full_run, tmp_path):
 
 
 def test_best_of_n_keeps_the_candidate_nearest_its_prototype(quick_models, full_run, tmp_path):
-    from protosynth.models.clip import load_clip
-    from protosynth.models.unclip import open_decoder
-    from protosynth.render import render_images, resolve_render
-
     cfg = make_cfg(quick_models, tmp_path / "best", candidates=3)
     out = distill(cfg)
     ds = load_distilled(out, verify=True)
@@ -392,9 +373,6 @@ def test_best_of_n_keeps_the_candidate_nearest_its_prototype(quick_models, full_
 
 
 def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run, tmp_path):
-    from protosynth.embed import embed_corpus
-    from protosynth.models.clip import load_clip
-
     out = distill(make_cfg(quick_models, tmp_path / "select", method="select"))
     ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
     corpus = load_corpus(CORPUS)

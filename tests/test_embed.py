@@ -19,6 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from protosynth import embed as embed_mod
 from protosynth.cli.main import app
 from protosynth.corpus import cache_dir, load_corpus
 from protosynth.embed import EmbedConfig, cache_key, embed_corpus, open_embeddings
@@ -239,8 +240,6 @@ def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
     """``embed --fp16`` then ``distill --fp16`` on the same corpus and CLIP: one cache key and dtype,
     so distill encodes nothing (``_encode_shards`` is never asked for a shard); without ``--fp16``
     it reads the float32 store, which is not there yet, and embeds."""
-    from protosynth import embed as embed_mod
-
     corpus = "shapes,n=24"  # not CORPUS: this test's stores start empty
     r = CliRunner().invoke(app, ["embed", "--corpus", corpus, "--fp16", "--workers", "0"])
     assert r.exit_code == 0, r.output

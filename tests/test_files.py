@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
+from protosynth.corpus import load_corpus
 from protosynth.files import (
     atomic_open,
     atomic_path,
@@ -144,8 +147,6 @@ def test_a_replaced_symlink_keeps_what_it_pointed_to(tmp_path):
 def test_files_get_the_mode_of_a_new_file(tmp_path):
     """safetensors' save_file makes 0600 files; through the helper they get the usual mode like
     every other file (the embeddings of a set were 0600, its other files 0644)."""
-    import torch
-
     plain, weights = tmp_path / "plain.json", tmp_path / "w.safetensors"
     write_text_atomic(plain, "{}")
     save_safetensors_atomic({"a": torch.zeros(3)}, weights, metadata={"k": "v"})
@@ -155,9 +156,6 @@ def test_files_get_the_mode_of_a_new_file(tmp_path):
 
 
 def test_safetensors_bytes_are_those_of_save_file(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
     tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4)}
     save_file(tensors, str(tmp_path / "direct"), metadata={"text_space": "x"})
     save_safetensors_atomic(tensors, tmp_path / "atomic", metadata={"text_space": "x"})
@@ -253,8 +251,6 @@ def test_two_runs_with_threads_writing_one_target_never_collide(tmp_path):
 
 
 def test_a_cache_folder_is_swept_before_a_write(tmp_path, monkeypatch):
-    from protosynth.corpus import load_corpus
-
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path))
     (tmp_path / "world").mkdir()
     stale = tmp_path / "world" / stale_name("world-0123-train.npz", dead_pid())

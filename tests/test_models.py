@@ -8,6 +8,7 @@ import shutil
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
@@ -18,7 +19,9 @@ from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline
 from protosynth.models.unclip import RENDER_DEFAULTS, Decoder, open_decoder
 from protosynth.render import RenderConfig, render_images, resolve_render
 from protosynth.training import clip as train_clip_mod
+from protosynth.training import decoder as td
 from protosynth.training.clip import ClipTrainConfig, train_clip
+from protosynth.training.decoder import DecoderTrainConfig, decoder_lr
 
 
 def test_architectures_registered_with_open_clip():
@@ -115,10 +118,6 @@ def test_small_clip_loads_through_open_clip_local_dir(quick_models):
 def test_local_dir_takes_open_clips_other_weight_files(quick_models, tmp_path):
     """A folder saved with torch.save (``open_clip_pytorch_model.bin``, as older open_clip exports
     are) loads too; its space follows that file's bytes. No weights at all: one clear error."""
-    import shutil
-
-    from safetensors.torch import load_file
-
     folder = shutil.copytree(quick_models / "clip", tmp_path / "bin")  # config, BPE merges, weights
     torch.save(load_file(folder / "open_clip_model.safetensors"), folder / "open_clip_pytorch_model.bin")
     (folder / "open_clip_model.safetensors").unlink()
@@ -252,10 +251,6 @@ def test_clip_training_resumes_to_identical_weights(tmp_path, monkeypatch):
 def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
     """``protosynth models train --quick`` on a JSONL corpus: a held-out slice for metrics, and the
     result loads through ``small:DIR`` for both models."""
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     out = tmp_path / "models"
     result = CliRunner().invoke(
         app,
@@ -282,8 +277,6 @@ def test_models_train_quick_on_a_jsonl_corpus_via_cli(jsonl_corpus, tmp_path):
 
 
 def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, monkeypatch):
-    from protosynth.training import decoder as td
-
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(True, steps=4, checkpoint_minutes=0.0, eval_images=8, eval_steps=2)
     clip_dir = quick_models / "clip"
@@ -309,10 +302,6 @@ def test_decoder_training_resumes_to_identical_weights(quick_models, tmp_path, m
 
 def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path):
     """--decoder-init-from: with a zero learning rate the result is exactly the starting decoder."""
-    from safetensors.torch import load_file
-
-    from protosynth.training import decoder as td
-
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(
         True, steps=2, lr=0.0, eval_images=8, eval_steps=2, init_from=f"small:{quick_models}"
@@ -329,8 +318,6 @@ def test_decoder_training_can_start_from_a_saved_decoder(quick_models, tmp_path)
 def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path):
     """--decoder-init-from a decoder without position channels into one with them (--decoder-coords):
     the new inputs start at zero weight, so before training it renders exactly what it started from."""
-    from protosynth.training import decoder as td
-
     corpus, test = load_corpus("shapes,n=32"), load_corpus("shapes:test,n=8")
     cfg = td.DecoderTrainConfig.preset(
         True, steps=1, lr=0.0, eval_images=8, eval_steps=2, coords=True, init_from=f"small:{quick_models}"
@@ -351,8 +338,6 @@ def test_decoder_init_from_widens_to_coordinate_channels(quick_models, tmp_path)
 def test_decoder_lr_schedules_warm_up_then_hold_or_decay():
     """--decoder-lr-schedule: both warm up linearly; constant then holds the base lr, cosine falls
     to half of it midway and to zero at the last step."""
-    from protosynth.training.decoder import DecoderTrainConfig, decoder_lr
-
     const = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200)
     cos = DecoderTrainConfig(steps=1200, lr=1e-3, warmup=200, lr_schedule="cosine")
     for cfg in (const, cos):

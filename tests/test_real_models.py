@@ -6,22 +6,38 @@ CLIP/decoder space contract, and the offline errors for published weights."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 from PIL import Image
-from tiny_pipelines import TEST_CLIP_ARCH, register_test_clip, save_random_clip, tiny_karlo, tiny_stable_unclip
+from safetensors.torch import save_file
+from tiny_pipelines import (
+    TEST_CLIP_ARCH,
+    TEST_CLIP_CONFIG,
+    register_test_clip,
+    save_random_clip,
+    tiny_karlo,
+    tiny_stable_unclip,
+)
+from typer.testing import CliRunner
 
 from protosynth import distill as distill_mod
+from protosynth.cli.main import app
+from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_budgets
+from protosynth.embed import cache_key
 from protosynth.errors import ProtosynthError
-from protosynth.models.clip import load_clip
+from protosynth.models.clip import _quick_gelu, load_clip
 from protosynth.models.decoder import write_conditioning
-from protosynth.models.unclip import PUBLISHED, Decoder, check_pair, open_decoder
+from protosynth.models.unclip import PUBLISHED, Decoder, _torch_dtype, check_pair, open_decoder
 from protosynth.render import RenderConfig, render_images, resolve_render
 
 CORPUS = "shapes,n=30"
@@ -59,8 +75,6 @@ def test_clip_checkpoint_file_goes_through_open_clip_factory(tmp_path):
     register_test_clip(tmp_path / "configs")
     torch.manual_seed(3)
     model = open_clip.create_model(TEST_CLIP_ARCH).eval()
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     enc = load_clip(str(tmp_path / "w.safetensors"), arch=TEST_CLIP_ARCH)
     texts = ["a red circle", "a small blue square on the left"]
@@ -171,8 +185,6 @@ def test_published_kinds_default_to_their_paper_settings_and_small_gpu_batches(r
 
 
 def test_decoder_dtype_is_half_on_cuda_only_by_default():
-    from protosynth.models.unclip import _torch_dtype
-
     assert _torch_dtype("auto", torch.device("cuda")) is torch.float16  # no GPU needed to pick it
     assert _torch_dtype("auto", torch.device("cpu")) is torch.float32
     assert _torch_dtype("bfloat16", torch.device("cuda")) is torch.bfloat16
@@ -183,8 +195,6 @@ def test_decoder_dtype_is_half_on_cuda_only_by_default():
 def test_karlo_without_its_text_projection_is_one_clear_error(real_world, monkeypatch):
     """A diffusers that dropped deprecated unCLIP (neither module path imports) gets the guard's
     message, not an import traceback."""
-    import sys
-
     for module in ("diffusers.pipelines.deprecated.unclip.text_proj", "diffusers.pipelines.unclip.text_proj"):
         monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules: importing it raises ImportError
     with pytest.raises(
@@ -285,10 +295,6 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
 
 
 def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-
     r = CliRunner().invoke(
         app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1", "--out", str(tmp_path / "sets")]
     )
@@ -302,8 +308,6 @@ def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
 def _hub_snapshot(cache, repo: str, folder) -> None:
     """Lay ``folder`` out in a Hugging Face hub cache as the snapshot of ``repo`` (what a download
     on a connected machine leaves behind)."""
-    import shutil
-
     commit = "0" * 40
     root = cache / f"models--{repo.replace('/', '--')}"
     shutil.copytree(folder, root / "snapshots" / commit)
@@ -323,11 +327,6 @@ def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, 
     """Offline, ``--decoder sd-unclip-small`` / ``sd-unclip-h`` / ``karlo`` load whatever the Hugging
     Face cache holds for their repository (here the tiny pipelines), and pair with a CLIP declared to
     be in their space."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     cache = tmp_path / "hub"
     _hub_snapshot(cache, PUBLISHED[name].repo, real_world[folder])
     script = f"""
@@ -353,10 +352,6 @@ print(distill(cfg))
 def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_path):
     """``--decoder sd-unclip-small`` with no ``--clip`` uses ViT-L-14-quickgelu:openai: with the decoder
     in the hub cache and that CLIP not, the run stops at the CLIP's missing-weights error (exit 2, one line)."""
-    import os
-    import subprocess
-    import sys
-
     cache = tmp_path / "hub"
     _hub_snapshot(cache, PUBLISHED["sd-unclip-small"].repo, real_world["stable"])
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
@@ -390,8 +385,6 @@ def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_pat
 
 
 def test_openai_weights_get_quickgelu_whatever_the_arch_name():
-    from protosynth.models.clip import _quick_gelu
-
     assert _quick_gelu("ViT-L-14", "ViT-L-14:openai")  # open_clip alone would build GELU and only warn
     assert not _quick_gelu("ViT-L-14-quickgelu", "ViT-L-14:openai")  # already QuickGELU
     assert not _quick_gelu("ViT-H-14", "ViT-H-14:laion2b_s32b_b79k")
@@ -399,9 +392,6 @@ def test_openai_weights_get_quickgelu_whatever_the_arch_name():
 
 
 def test_embedding_cache_key_follows_a_checkpoints_content(tmp_path):
-    from protosynth.corpus import load_corpus
-    from protosynth.embed import cache_key
-
     corpus = load_corpus(CORPUS)
     path = save_random_clip(tmp_path / "latest.safetensors", seed=0)
     first = load_clip(str(path), arch=TEST_CLIP_ARCH, space="ViT-L-14:openai")
@@ -412,8 +402,6 @@ def test_embedding_cache_key_follows_a_checkpoints_content(tmp_path):
 
 
 def test_decoder_folder_with_bad_json_or_dtype_is_one_clear_error(real_world, tmp_path):
-    import shutil
-
     folder = tmp_path / "dec"
     shutil.copytree(real_world["stable"], folder)
     (folder / "conditioning.json").write_text("[1, 2]")
@@ -430,15 +418,6 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
     """A ``local-dir:`` copy of OpenAI-space weights declares its space with ``--clip-space`` as a
     checkpoint file does: the same model (QuickGELU forced), the weights' hash in the cache key, and
     it pairs with a decoder of that space. Undeclared it is its own ``small-clip:`` space, refused."""
-    import shutil
-
-    from tiny_pipelines import TEST_CLIP_CONFIG
-    from typer.testing import CliRunner
-
-    from protosynth.cli.main import app
-    from protosynth.corpus import load_corpus
-    from protosynth.embed import cache_key
-
     folder = tmp_path / "vit-l-copy"
     folder.mkdir()
     shutil.copy(real_world["clip"], folder / "open_clip_model.safetensors")

@@ -11,13 +11,17 @@ import json
 import os
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from protosynth.baselines.buffer import BufferConfig, _settings
+from protosynth.baselines.compare import _row_key
 from protosynth.cli.main import app
+from protosynth.evaluation.evaluate import EvalConfig
 from protosynth.world import WorldConfig, generate_split
 
 N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2
@@ -236,12 +240,6 @@ def test_compare_baselines(layout, tmp_path):
 def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     """Unset, the new options stay out of a buffer's settings and a compare row's key, so finished
     buffers and evaluated rows from earlier runs are still reused."""
-    from dataclasses import asdict
-
-    from protosynth.baselines.buffer import BufferConfig, _settings
-    from protosynth.baselines.compare import _row_key
-    from protosynth.evaluation.evaluate import EvalConfig
-
     assert not {"image_root", "skip_bad"} & set(_settings(BufferConfig()))
     assert _settings(BufferConfig(image_root=Path("data"), skip_bad=True))["image_root"] == os.path.abspath("data")
     before = {k: v for k, v in asdict(EvalConfig()).items() if k != "skip_bad"}  # EvalConfig's fields before
