@@ -33,14 +33,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from protosynth.corpus import load_corpus
+from protosynth.corpus import load_corpus, world_split
 from protosynth.embed import embed_corpus
+from protosynth.evaluation.backbones import load_backbone
 from protosynth.files import write_text_atomic
 from protosynth.models.clip import load_clip
 from protosynth.models.unclip import open_decoder
 from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from protosynth.render import RenderConfig, fidelity, render_images, resolve_render
+from protosynth.training.backbone import CELL_CLASSES, cell_labels, normalise
+from protosynth.world import WorldConfig
 
 RESULTS = Path(__file__).parent / "results"
 # Unset keys take the decoder's defaults (its render_defaults.json: the guidance scale measured best
@@ -57,8 +61,6 @@ SHOWN = ("guidance_scale", "steps", "clip_guidance", "init", "strength")  # the 
 
 def judge_cells(judge, images: list) -> np.ndarray:
     """(N, 9) class per cell as read by the judge backbone (0 empty, else 1 + object kind)."""
-    from protosynth.training.backbone import CELL_CLASSES, normalise
-
     x = normalise(np.stack([np.asarray(im.convert("RGB")) for im in images]))
     with torch.no_grad():
         logits = torch.cat([judge.model(x[s : s + 256]) for s in range(0, len(x), 256)])
@@ -116,13 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in nearest]
     judge = test = true = targets = captions = caption_images = None
     if args.heldout and args.corpus == "shapes":  # the judge knows the default world's objects
-        from PIL import Image
-
-        from protosynth.corpus import world_split
-        from protosynth.evaluation.backbones import load_backbone
-        from protosynth.training.backbone import cell_labels
-        from protosynth.world import WorldConfig
-
         judge = load_backbone("ps-resnet")
         caption_pairs = nearest_rows(protos.text, emb.text.numpy())
         train_objects = world_split(WorldConfig(), "train").objects

@@ -34,11 +34,26 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+
+from protosynth.corpus import load_corpus
+from protosynth.files import git_commit, write_text_atomic
+from protosynth.prototypes import kmeans
+from protosynth.store import Rows, plan_shards
+
+# open_clip, and the modules that bring it or diffusers (embed, models, render, training), are imported inside
+# the functions that use them, not here: the k-means children are spawned processes that re-import this
+# module, and those imports would add about 300 MB (and 4 s) to each child, inflating the peak RSS it reports.
+# Everything imported here a child loads anyway (importing protosynth brings torch).
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -51,11 +66,6 @@ def _status_kb(field: str) -> int:
 
 def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
     """Runs in a spawned process: random data, one k-means, this process's own peak memory."""
-    import numpy as np
-    import psutil
-
-    from protosynth.prototypes import kmeans
-
     x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
     before = psutil.Process().memory_info().rss
     stats: dict = {}
@@ -81,13 +91,6 @@ def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: i
     k-means over them memory-mapped (``store.Rows``, what ``distill`` clusters). Mapped file pages
     count in RSS but the kernel can drop them, so the measure of what must fit in RAM is the peak
     *anonymous* memory during k-means, sampled every 20 ms."""
-    import threading
-
-    import numpy as np
-
-    from protosynth.prototypes import kmeans
-    from protosynth.store import Rows
-
     rng, paths, lengths = np.random.default_rng(0), [], []
     for i, start in enumerate(range(0, n, shard)):
         rows = rng.standard_normal((min(shard, n - start), d), dtype=np.float32)
@@ -149,12 +152,8 @@ def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
 def bench_embed(
     corpus_spec: str, repeats: int, workers: list[int], batch_size: int, clip_spec: str = "default"
 ) -> dict:
-    import torch
-
-    from protosynth.corpus import load_corpus
-    from protosynth.embed import EmbedConfig, _batch_plan, embed_corpus
-    from protosynth.models.clip import load_clip
-    from protosynth.store import plan_shards
+    from protosynth.embed import EmbedConfig, _batch_plan, embed_corpus  # noqa: PLC0415 (off k-means children)
+    from protosynth.models.clip import load_clip  # noqa: PLC0415 (off k-means children)
 
     corpus, clip = load_corpus(corpus_spec), load_clip(clip_spec)
     cfg = EmbedConfig(batch_size=batch_size)
@@ -226,10 +225,6 @@ def bench_embed(
 
 def jsonl_copy(corpus_spec: str, folder: Path) -> str:
     """The corpus's images as 384 px JPEG files with a JSONL manifest: a file-backed corpus."""
-    from PIL import Image
-
-    from protosynth.corpus import load_corpus
-
     corpus = load_corpus(corpus_spec)
     (folder / "img").mkdir(parents=True)
     lines = []
@@ -246,10 +241,9 @@ def random_clip_dir(arch: str, folder: Path) -> str:
     Throughput does not depend on the weights' values, so a random-initialised real architecture
     times what a user's pretrained one costs per image (same towers, same 224 px preprocessing, same
     49k-merge tokenizer), loaded the way a user's local copy is."""
-    import open_clip
-    import torch
+    import open_clip  # noqa: PLC0415 (off k-means children)
 
-    from protosynth.training.clip import write_clip_dir
+    from protosynth.training.clip import write_clip_dir  # noqa: PLC0415 (off k-means children)
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -258,12 +252,9 @@ def random_clip_dir(arch: str, folder: Path) -> str:
 
 
 def bench_render(n_images: int, corpus_spec: str) -> dict:
-    import torch
-
-    from protosynth.corpus import load_corpus
-    from protosynth.models.clip import load_clip
-    from protosynth.models.unclip import open_decoder
-    from protosynth.render import RenderConfig, render_images, resolve_render
+    from protosynth.models.clip import load_clip  # noqa: PLC0415 (off k-means children)
+    from protosynth.models.unclip import open_decoder  # noqa: PLC0415 (off k-means children)
+    from protosynth.render import RenderConfig, render_images, resolve_render  # noqa: PLC0415 (off k-means children)
 
     corpus, clip, decoder = load_corpus(corpus_spec), load_clip("default"), open_decoder("default")
     embeds = clip.encode_images([corpus.load_image(i) for i in range(n_images)])
@@ -284,8 +275,6 @@ def bench_render(n_images: int, corpus_spec: str) -> dict:
 
 
 def machine() -> dict:
-    import torch
-
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -375,8 +364,6 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from protosynth.files import git_commit, write_text_atomic
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="Small sizes, for a smoke test (seconds, not minutes).")
     ap.add_argument("--corpus", default=None, help="World corpus for the embedding runs (default shapes,n=5000).")

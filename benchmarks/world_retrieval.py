@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.distill import DistillConfig, distill
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig, evaluate
@@ -213,8 +215,6 @@ def markdown(doc: dict, command: str, title: str) -> str:
 
 
 def _write(doc: dict, results: Path, stem: str, command: str, title: str, started: float) -> None:
-    import torch
-
     doc.update(
         command=command,
         commit=git_commit(),
