@@ -40,45 +40,71 @@ RESULTS = Path(__file__).parent / "results"
 CORESETS = ("random", "herding", "kcenter", "forgetting")
 
 
+# Every lever pinned, so a recipe names the same set whatever the library's defaults are; a recipe's
+# options override these.
+BASE = {
+    "caption": "prototype",
+    "candidates": 1,
+    "mode": "matched",
+    "drop_fraction": 0.2,
+    "render": {"init": "noise", "clip_guidance": 0.01},
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """One way to make a set: a named ``distill`` setting, or a coreset method."""
+    """One way to make a set: ``distill`` options on top of ``BASE``, or a coreset method."""
 
     name: str
     options: dict = field(default_factory=dict)  # DistillConfig fields; "render" holds RenderConfig fields
     coreset: str | None = None
     rendered: bool = True  # a synthesis recipe (the default must be one)
+    library_defaults: bool = False  # the shipped default: nothing pinned, whatever distill does by default
+
+    def distill_options(self) -> dict:
+        if self.library_defaults:
+            return {}
+        opts = {**BASE, **self.options, "render": {**BASE["render"], **self.options.get("render", {})}}
+        if opts.get("method") == "select":  # nothing is rendered: the render levers do not apply
+            return {"method": "select", "mode": opts["mode"], "drop_fraction": opts["drop_fraction"]}
+        return opts
 
     def label(self) -> str:
+        if self.library_defaults:
+            return f"{self.name} (distill's defaults)"
         if self.coreset:
             return f"coreset-{self.coreset}"
         opts = dict(self.options)
         render = opts.pop("render", {})
         parts = [f"{k}={v}" for k, v in sorted({**opts, **render}.items())]
-        return f"{self.name} ({', '.join(parts) or 'defaults'})"
+        return f"{self.name} ({', '.join(parts) or 'PDS matched, CLIP guidance 0.01'})"
 
 
-PUBLISHED = Recipe("pds-published", {"caption": "prototype", "render": {"clip_guidance": 0.0}})
-DEFAULT = Recipe("protosynth-default", {})
+def nearest(strength: float, **more) -> dict:
+    """Options of a render started from the prototype's nearest member, captioned by the render."""
+    return {"caption": "render", **more, "render": {"init": "nearest", "strength": strength, **more.pop("render", {})}}
+
+
+PUBLISHED = Recipe("pds-published", {"render": {"clip_guidance": 0.0}})
+DEFAULT = Recipe("protosynth-default", library_defaults=True)
 SELECT = Recipe("select", {"method": "select"}, rendered=False)
+# Cheap references and the most promising levers first, the costly best-of-4 renders last: the sweep
+# can be stopped and resumed, and what it has scored is kept.
 LEVERS = [
-    Recipe("pds-guided", {"caption": "prototype", "render": {"clip_guidance": 0.01}}),
+    Recipe("pds-guided", {}),
     Recipe("caption-render", {"caption": "render"}),
-    Recipe("best-of-4", {"caption": "prototype", "candidates": 4}),
-    Recipe("best-of-4+caption-render", {"caption": "render", "candidates": 4}),
-    *[
-        Recipe(f"nearest-{s}+caption-render", {"caption": "render", "render": {"init": "nearest", "strength": s}})
-        for s in (0.3, 0.5, 0.7)
-    ],
-    Recipe("nearest-0.5", {"caption": "prototype", "render": {"init": "nearest", "strength": 0.5}}),
-    Recipe(
-        "nearest-0.5+best-of-4+caption-render",
-        {"caption": "render", "candidates": 4, "render": {"init": "nearest", "strength": 0.5}},
-    ),
+    *[Recipe(f"nearest-{s}+caption-render", nearest(s)) for s in (0.7, 0.8, 0.9, 0.5, 0.3)],
+    Recipe("nearest-0.5", {"render": {"init": "nearest", "strength": 0.5}}),
+    *[Recipe(f"{m}+nearest-0.7+caption-render", nearest(0.7, mode=m)) for m in ("joint", "image")],
+    Recipe("drop-0+nearest-0.7+caption-render", nearest(0.7, drop_fraction=0.0)),
     *[Recipe(f"{m}+caption-render", {"mode": m, "caption": "render"}) for m in ("joint", "image", "text")],
     Recipe("drop-0+caption-render", {"drop_fraction": 0.0, "caption": "render"}),
+    Recipe("best-of-4", {"candidates": 4}),
+    Recipe("best-of-4+caption-render", {"caption": "render", "candidates": 4}),
+    Recipe("nearest-0.5+best-of-4+caption-render", nearest(0.5, candidates=4)),
 ]
-VAL_RECIPES = [PUBLISHED, *LEVERS, SELECT, *[Recipe(c, coreset=c, rendered=False) for c in ("random", "kcenter")]]
+CORESET_RECIPES = [Recipe(c, coreset=c, rendered=False) for c in CORESETS]
+VAL_RECIPES = [PUBLISHED, SELECT, CORESET_RECIPES[0], CORESET_RECIPES[2], *LEVERS]
 
 
 def make_set(recipe: Recipe, budget: int, work: Path, seed: int) -> Path:
@@ -90,7 +116,7 @@ def make_set(recipe: Recipe, budget: int, work: Path, seed: int) -> Path:
     if recipe.coreset is not None:
         build_coreset(CoresetConfig(method=recipe.coreset, budget=budget, seed=seed, out=out))
         return out
-    opts = dict(recipe.options)
+    opts = recipe.distill_options()
     render = RenderConfig(**opts.pop("render", {}))
     distill(DistillConfig(budget=budget, seed=seed, out=out, render=render, **opts))
     return out
@@ -126,10 +152,11 @@ def r_mean(row: dict) -> float:
 def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:val")
     rows, head = [], {}
-    for budget in budgets:
-        for recipe in VAL_RECIPES:
+    for recipe in VAL_RECIPES:  # recipe by recipe: a stopped sweep has whole recipes scored
+        for budget in budgets:
             row, head = scored(make_set(recipe, budget, work, seed), cfg, work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), rendered=recipe.rendered))
+    rows.sort(key=lambda r: r["budget"])
     rendered = {r.name for r in VAL_RECIPES if r.rendered}
     by_recipe = {name: [r for r in rows if r["recipe"] == name] for name in rendered}
     ranking = sorted(rendered, key=lambda n: -statistics.mean(r_mean(r) for r in by_recipe[n]))
@@ -147,27 +174,36 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
     )
 
 
-def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict, full: bool) -> dict:
+def _settings(path: Path) -> str:
+    """A set's recorded settings without its folder: two recipes that made the same set compare equal."""
+    settings = json.loads((path / "manifest.json").read_text()).get("settings", {})
+    return json.dumps({k: v for k, v in settings.items() if k != "out"}, sort_keys=True)
+
+
+def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict | None, full: bool) -> dict:
+    """Score the final table's rows on test. Without ``val`` only the rows fixed in advance (the
+    references) are scored, so they can run while the val sweep is still choosing."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
-    recipes = {r.name: r for r in VAL_RECIPES}
-    chosen, runner_up = recipes[val["chosen"]], recipes[val["runner_up"]]
-    plan = [
-        (PUBLISHED, "fixed: PDS as published"),
-        (DEFAULT, "fixed: the shipped default"),
-        (chosen, "val: best rendered recipe"),
-        (runner_up, "val: runner-up"),
-        (SELECT, "fixed"),
-        *[(Recipe(c, coreset=c, rendered=False), "fixed") for c in CORESETS],
-    ]
-    rows, head, seen = [], {}, set()
-    for budget in budgets:
-        for recipe, chosen_by in plan:
+    plan = [(PUBLISHED, "fixed: PDS as published"), (SELECT, "fixed"), *[(r, "fixed") for r in CORESET_RECIPES]]
+    if val is not None:
+        recipes = {r.name: r for r in VAL_RECIPES}
+        plan += [
+            (DEFAULT, "fixed: the shipped default"),
+            (recipes[val["chosen"]], "val: best rendered recipe"),
+            (recipes[val["runner_up"]], "val: runner-up"),
+        ]
+    rows, head, seen = [], {}, {}
+    for recipe, chosen_by in plan:
+        for budget in budgets:
             path = make_set(recipe, budget, work, seed)
-            if path in seen:  # the default may be the val-chosen recipe: one row, both names
+            same = seen.get((budget, _settings(path))) if recipe.coreset is None else None
+            if same is not None:  # the default is the val-chosen recipe: one row, both names
+                same["label"] += f" = {recipe.label()}"
+                same["chosen_by"] += f"; {chosen_by}"
                 continue
-            seen.add(path)
             row, head = scored(path, cfg, work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), chosen_by=chosen_by))
+            seen[(budget, _settings(path))] = rows[-1]
     if full:
         row, head = scored(None, cfg, work)
         rows.append(dict(row, recipe="full", label="full data", chosen_by="fixed"))
@@ -175,7 +211,9 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict,
     for row in rows:
         if row["budget"] in random_by_budget:
             row["gain_over_random"] = round(r_mean(row) - random_by_budget[row["budget"]], 2)
-    return dict(head, split="test", sets=rows, val_chosen=val["chosen"], val_runner_up=val["runner_up"])
+    rows.sort(key=lambda r: (r["recipe"] == "full", r["budget"]))
+    chosen = {"val_chosen": val["chosen"], "val_runner_up": val["runner_up"]} if val else {}
+    return dict(head, split="test", sets=rows, **chosen)
 
 
 def markdown(doc: dict, command: str, title: str) -> str:
@@ -233,7 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-repeats", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="Repeats of the test stage.")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stage", choices=("val", "test", "all"), default="all")
+    ap.add_argument(
+        "--stage",
+        choices=("val", "test", "all", "test-fixed"),
+        default="all",
+        help="test-fixed: score only the rows fixed in advance on test (no val needed; the test stage reuses them).",
+    )
     ap.add_argument("--work", type=Path, default=Path("runs/world_retrieval"))
     ap.add_argument("--results", type=Path, default=RESULTS, help="Folder for the .json/.md results.")
     ap.add_argument("--no-full", action="store_true", help="Skip the full-data upper-bound row.")
@@ -241,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
     budgets = [int(b) for b in args.budgets.split(",")]
+    if args.stage == "test-fixed":
+        run_test(budgets, args.work, args.seed, args.repeats, None, not args.no_full)
+        return
     val = run_val(budgets, args.work, args.seed, args.val_repeats)
     _write(val, args.results, "world_val", command, "World validation sweep", started)
     if args.stage in ("test", "all"):
