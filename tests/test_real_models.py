@@ -188,6 +188,9 @@ def test_decoder_dtype_is_half_on_cuda_only_by_default():
     assert _torch_dtype("auto", torch.device("cuda")) is torch.float16  # no GPU needed to pick it
     assert _torch_dtype("auto", torch.device("cpu")) is torch.float32
     assert _torch_dtype("bfloat16", torch.device("cuda")) is torch.bfloat16
+    # the small decoder runs in float32 only: auto must not pick float16 for it on CUDA
+    assert _torch_dtype("auto", torch.device("cuda"), "small") is torch.float32
+    assert _torch_dtype("auto", torch.device("cuda"), "stable-unclip") is torch.float16
     with pytest.raises(ProtosynthError, match="unknown dtype 'half'"):
         _torch_dtype("half", torch.device("cpu"))
 

@@ -342,9 +342,11 @@ def _from_pretrained(kind: str, source: str, dtype: torch.dtype):
     return _pipeline_class(kind).from_pretrained(source, torch_dtype=dtype)
 
 
-def _torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def _torch_dtype(dtype: str, device: torch.device, kind: str | None = None) -> torch.dtype:
+    """``auto``: float16 for the published pipelines on CUDA, float32 elsewhere and for the small
+    decoder (``kind="small"``), which runs in float32 only."""
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if device.type == "cuda" and kind != "small" else torch.float32
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ProtosynthError(f"unknown {P.dtype} {dtype!r}: use auto, float32, float16 or bfloat16")
     return getattr(torch, dtype)
@@ -400,7 +402,7 @@ def _conditioning_dim(kind: str, pipe) -> int:
     return int(pipe.embedding_dim)
 
 
-def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Decoder:
+def _load_folder(spec: str, folder: Path, device: torch.device, dtype_name: str) -> Decoder:
     index = folder / "model_index.json"
     if not index.is_file():
         raise ProtosynthError(f"{P.decoder} {spec}: no model_index.json in {folder}")
@@ -412,6 +414,7 @@ def _load_folder(spec: str, folder: Path, device: torch.device, dtype: torch.dty
         )
     cond = folder / CONDITIONING_FILE
     declared = read_json_object(cond, spec) if cond.is_file() else {}
+    dtype = _torch_dtype(dtype_name, device, kind)
     if kind == "small":
         if dtype != torch.float32:
             raise ProtosynthError(f"{P.dtype}: the small decoder ({spec}) runs in float32 only")
@@ -453,12 +456,12 @@ def open_decoder(spec: str = "default", device: str | torch.device = "cpu", dtyp
     """Load the decoder named by ``spec`` (see module docstring). ``dtype="auto"`` is float16 for
     the published pipelines on CUDA and float32 elsewhere; the small decoder is always float32."""
     device = torch.device(device)
-    tdtype = _torch_dtype(dtype, device)
+    _torch_dtype(dtype, device)  # an unknown dtype is refused before any loading
     if spec in PUBLISHED:
-        return _load_published(spec, device, tdtype)
+        return _load_published(spec, device, _torch_dtype(dtype, device, PUBLISHED[spec].pipeline))
     folder = decoder_folder(spec)
     if folder is not None:
-        return _load_folder(spec, folder, device, tdtype)
+        return _load_folder(spec, folder, device, dtype)
     raise ProtosynthError(
         f"unknown {P.decoder} spec {spec!r}: use default, small:DIR, {', '.join(PUBLISHED)} or a save_pretrained folder"
     )
