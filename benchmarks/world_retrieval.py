@@ -163,6 +163,14 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
     best_per_budget = {
         b: max((r for r in rows if r["budget"] == b and r["rendered"]), key=r_mean)["recipe"] for b in budgets
     }
+    # the text side: the same sets trained on the mean of their member captions instead of one caption
+    recipes = {r.name: r for r in VAL_RECIPES}
+    for name in dict.fromkeys([PUBLISHED.name, ranking[0]]):
+        for budget in budgets:
+            row, _ = scored(make_set(recipes[name], budget, work, seed), replace(cfg, text="members"), work)
+            label = f"{recipes[name].label()}, text = member captions' mean"
+            rows.append(dict(row, recipe=f"{name}+text-members", label=label, rendered=False))
+    rows.sort(key=lambda r: r["budget"])
     return dict(
         head,
         split="val",
