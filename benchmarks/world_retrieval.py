@@ -150,7 +150,7 @@ def r_mean(row: dict) -> float:
 
 
 def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
-    cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:val")
+    cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, split="val", val="shapes:val")
     rows, head = [], {}
     for recipe in VAL_RECIPES:  # recipe by recipe: a stopped sweep has whole recipes scored
         for budget in budgets:
