@@ -37,8 +37,41 @@ def check_out_dir(out: Path, force: bool) -> None:
         return
     if not force:
         raise ProtosynthError(f"{P.out} {out} exists and is not empty; pass {P.force(True)} to replace it")
-    if Path.cwd().resolve().is_relative_to(out.resolve()) or not (out / MANIFEST).is_file():
-        raise ProtosynthError(f"{P.out} {out} is not a distilled set (no {MANIFEST}); {P.force} only replaces sets")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ProtosynthError(f"{P.out} {out} holds the working folder; {P.force} only replaces sets")
+    why = not_a_set(out)
+    if why:
+        raise ProtosynthError(f"{P.out} {out} is not a distilled set ({why}); {P.force} only replaces sets")
+
+
+FORMAT = "protosynth-distilled/1"
+
+
+def not_a_set(folder: Path) -> str | None:
+    """Why ``folder`` is not a set this package wrote and may replace, or None when it is: its
+    ``manifest.json`` must be ours (our format, a file list) and the folder must hold nothing that
+    list does not name, so a folder a user added files to, or another tool's, is never deleted."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"its {MANIFEST} is not readable JSON"
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("files"), dict)
+    ):
+        return f"its {MANIFEST} is not a protosynth set manifest"
+    listed = {MANIFEST, *manifest["files"]}
+    dirs = {str(parent) for name in listed for parent in Path(name).parents if str(parent) != "."}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink() and name in dirs:
+            continue
+        if name not in listed or not path.is_file() or path.is_symlink():
+            return f"{name} is not one of its files"
+    return None
 
 
 def manifest_header(
@@ -47,7 +80,7 @@ def manifest_header(
     """The manifest fields every set has, whatever made it (PDS, a coreset, a baseline); a set made
     without a CLIP (the optimisation baselines) has ``clip: None`` and names its ``text_space``."""
     return {
-        "format": "protosynth-distilled/1",
+        "format": FORMAT,
         "method": method,
         "budget": budget,
         "mode": mode,

@@ -309,10 +309,13 @@ def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
     out = tmp_path / "out"
     args = ["--corpus", "shapes,n=30", *models_args(quick_models), "--steps", "1", "--guidance", "1", "--out", str(out)]
     assert invoke([*args, "--budget", "5"]).exit_code == 0
-    (out / "old.txt").write_text("stale")  # an earlier set, with an extra file in it
+    (out / "notes.txt").write_text("mine")  # a file the set's manifest does not list: the user's
+    r = invoke([*args, "--budget", "4", "--force"])
+    assert_one_line_error(r, re.escape(str(out)), r"notes\.txt is not one of its files")
+    assert (out / "notes.txt").read_text() == "mine" and len(load_distilled(out, verify=True)) == 5
+    (out / "notes.txt").unlink()
     r = invoke([*args, "--budget", "4", "--force"])
     assert r.exit_code == 0, r.output
-    assert not (out / "old.txt").exists()
     assert len(load_distilled(out, verify=True)) == 4
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp or trash left
 
@@ -439,6 +442,22 @@ def test_force_replaces_only_a_distilled_set(tmp_path):
     r = invoke(["--budget", "4", "--out", str(project), "--force"])
     assert_one_line_error(r, re.escape(str(project)), r"not a distilled set")
     assert (project / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"name": "ext"}', '{"format": "protosynth-distilled/1"}', "not json", '["a list"]'],
+)
+def test_force_never_deletes_a_folder_whose_manifest_is_not_ours(manifest, tmp_path):
+    """Any folder with a file named manifest.json used to be replaced: another tool's build folder lost
+    its code. Only our format with its file list, and nothing else in the folder, may be replaced."""
+    other = tmp_path / "x"
+    other.mkdir()
+    (other / "manifest.json").write_text(manifest)
+    (other / "code.js").write_text("keep")
+    r = invoke(["--budget", "5", "--out", str(other), "--force"])
+    assert_one_line_error(r, re.escape(str(other)), r"not a distilled set")
+    assert (other / "code.js").read_text() == "keep" and (other / "manifest.json").read_text() == manifest
 
 
 def test_models_train_refuses_the_world_test_split(tmp_path):
