@@ -20,6 +20,7 @@ FLAGS: dict[str, str | None] = {
     "device": "--device",
     "budget": "--budget",
     "budgets": "--budget",
+    "seed": "--seed",
     "method": "--method",
     "methods": "--methods",
     "protocol": "--protocol",

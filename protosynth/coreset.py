@@ -40,7 +40,7 @@ from .evaluation.text_encoders import load_text_encoder
 from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
 from .progress import StepBar
-from .runinfo import check_device, peak_rss_mb, versions
+from .runinfo import check_device, check_seed, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
@@ -175,6 +175,7 @@ def validate(cfg: CoresetConfig) -> Path:
     if cfg.forgetting_epochs < 1:
         raise ProtosynthError(f"{P.forgetting_epochs} must be at least 1, got {cfg.forgetting_epochs}")
     check_device(cfg.device)
+    check_seed(cfg.seed)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out

@@ -39,7 +39,7 @@ from .models.clip import ClipEncoder, load_clip
 from .models.unclip import Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
-from .runinfo import check_device, peak_rss_mb, versions
+from .runinfo import check_device, check_seed, peak_rss_mb, versions
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def validate(cfg: DistillConfig) -> Path:
     if r.guidance_scale is not None and r.guidance_scale < 0:
         raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)
+    check_seed(cfg.seed)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out

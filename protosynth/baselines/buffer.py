@@ -34,7 +34,7 @@ from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
 from ..files import save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
-from ..runinfo import check_device, peak_rss_mb, versions
+from ..runinfo import check_device, check_seed, peak_rss_mb, versions
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 
@@ -72,6 +72,7 @@ def _validate(cfg: BufferConfig) -> Path:
     if cfg.out is None:
         raise ProtosynthError(f"{P.out} is required for a buffer")
     check_device(cfg.device)
+    check_seed(cfg.seed)
     return Path(cfg.out)
 
 

@@ -37,7 +37,7 @@ from ..evaluation.protocols import get_protocol
 from ..evaluation.text_encoders import load_text_encoder
 from ..files import atomic_path, git_commit, write_text_atomic
 from ..models.clip import load_clip
-from ..runinfo import check_device
+from ..runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
@@ -106,6 +106,7 @@ def _validate(cfg: CompareConfig) -> None:
             f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}", param="test"
         )
     check_device(cfg.device)
+    check_seed(cfg.seed)
 
 
 def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:

@@ -38,7 +38,7 @@ from ..evaluation.pixels import denormalise
 from ..models.clip import load_clip
 from ..progress import StepBar
 from ..prototypes import kmeans
-from ..runinfo import check_device, peak_rss_mb, versions
+from ..runinfo import check_device, check_seed, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
@@ -112,6 +112,7 @@ def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int
 def distill_baseline(cfg: BaselineConfig) -> Path:
     """Run one baseline and write its set; returns the set folder."""
     check_device(cfg.device)
+    check_seed(cfg.seed)
     if cfg.budget < 2:
         raise ProtosynthError(f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
     if cfg.buffer is None:

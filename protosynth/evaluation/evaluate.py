@@ -20,7 +20,7 @@ from ..distilled import DistilledSet, load_distilled
 from ..errors import P, ProtosynthError
 from ..metrics import KS
 from ..progress import StepBar
-from ..runinfo import check_device
+from ..runinfo import check_device, check_seed
 from .backbones import load_backbone
 from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
 from .protocols import Protocol, get_protocol
@@ -69,6 +69,7 @@ def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
     if not paths and not cfg.full:
         raise ProtosynthError(f"give at least one distilled-set folder, or {P.full('SPEC')}", param="paths")
     check_device(cfg.device)
+    check_seed(cfg.seed)
     return protocol
 
 
