@@ -66,6 +66,8 @@ NO_MODEL_CASES = {
     "unknown init": (["--budget", "4", "--init", "sideways"], [r"--init", r"'sideways'"]),
     "strength out of range": (["--budget", "4", "--init", "nearest", "--strength", "0"], [r"--strength", r"\b0"]),
     "strength above one": (["--budget", "4", "--init", "nearest", "--strength", "1.5"], [r"--strength", r"1\.5"]),
+    "seed above 32 bits": (["--budget", "4", "--seed", "2147483648"], [r"--seed", r"2147483648", r"2147483647"]),
+    "seed negative": (["--budget", "4", "--seed", "-1"], [r"--seed", r"-1"]),
     "candidates 0": (["--budget", "4", "--candidates", "0"], [r"--candidates", r"\b0\b"]),
     "candidates negative": (["--budget", "4", "--candidates", "-3"], [r"--candidates", r"-3"]),
     "unknown caption rule": (["--budget", "4", "--caption", "nearest"], [r"--caption", r"'nearest'"]),
