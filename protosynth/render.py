@@ -111,11 +111,11 @@ def render_images(
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
     (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N)."""
-    if cfg.init not in INITS:
-        raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
     missing = _unresolved(cfg, decoder)
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
+    if cfg.init not in INITS:
+        raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
     if cfg.init == "nearest" and init_images is None:
         raise ValueError("init='nearest' needs init_images")
     if cfg.clip_guidance > 0 and guide is None:

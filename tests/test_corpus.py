@@ -419,7 +419,7 @@ def test_unknown_corpus_spec(spec):
         ("shapes,size=1.5", "integer"),
         ("shapes,n=0", "positive"),
         ("shapes:test,size=-4", "positive"),
-        ("shapes:val", "unknown world split"),
+        ("shapes:valid", "unknown world split"),
         ("shapes:", "unknown world split"),
     ],
 )

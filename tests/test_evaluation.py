@@ -334,7 +334,7 @@ def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_
     test = evaluate([pds_set], tiny_eval(tiny_backbone))
     assert doc["split"] == "val" and doc["test"] == "shapes:val,n=40" and test["split"] == "test"
     assert doc["sets"][0]["metrics"] != test["sets"][0]["metrics"]  # another corpus, other numbers
-    with pytest.raises(ProtosynthError, match="--val and --test"):
+    with pytest.raises(ProtosynthError, match="val and test name different splits"):
         evaluate([pds_set], tiny_eval(tiny_backbone, split="val"))
     out = tmp_path / "v.json"
     res = CliRunner().invoke(
