@@ -36,7 +36,7 @@ from .distilled import check_budget, check_out_dir, manifest_header, write_disti
 from .embed import EmbedConfig, Embeddings, embed_corpus
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
-from .models.unclip import Decoder, check_pair, open_decoder
+from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .runinfo import check_device, check_seed, peak_rss_mb, versions
@@ -45,7 +45,21 @@ log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
 CAPTION_RULES = ("prototype", "render")
+# distill's own defaults for the levers, chosen on the world's validation split
+# (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
+# ones) starts from noise, as PDS does.
 DEFAULT_CAPTION = "prototype"
+DEFAULT_INIT = "noise"
+DEFAULT_STRENGTH = 0.6
+
+
+def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
+    """``render`` with distill's default start filled in where it is left to the default and the
+    decoder can honour it; everything else is the decoder's (``resolve_render``)."""
+    if render.init is not None or "init" in UNSUPPORTED[decoder.kind]:
+        return render
+    strength = render.strength if render.strength is not None else DEFAULT_STRENGTH
+    return replace(render, init=DEFAULT_INIT, strength=strength if DEFAULT_INIT == "nearest" else render.strength)
 
 
 @dataclass
@@ -144,7 +158,8 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
-    render = resolve_render(cfg.render, decoder)  # the one resolution; a setting the decoder cannot honour fails here
+    # the one resolution; a setting the decoder cannot honour fails here
+    render = resolve_render(distill_render(cfg.render, decoder), decoder)
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:
         check_budget(budget, corpus)

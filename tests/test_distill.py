@@ -20,15 +20,16 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import protosynth.distill as distill_module
 import protosynth.distilled
 from protosynth.corpus import load_corpus
-from protosynth.distill import DistillConfig, distill, render_captions
+from protosynth.distill import DistillConfig, distill, distill_render, render_captions
 from protosynth.distilled import load_distilled
 from protosynth.embed import embed_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
 from protosynth.models.decoder import to_unit_range
-from protosynth.models.unclip import open_decoder
+from protosynth.models.unclip import Decoder, open_decoder
 from protosynth.prototypes import Prototypes, nearest_rows
 from protosynth.render import RenderConfig, fidelity, pixel_embedder, render_images, resolve_render
 
@@ -387,3 +388,17 @@ def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run
         assert p == int(members[int(score.argmax())])
         assert rec["caption"] == corpus.pair_caption[p] and rec["caption_pair"] == p
         assert np.array_equal(np.asarray(ds.image(i)), corpus.image_array(int(corpus.pair_image[p])))
+
+
+def test_distill_start_default_applies_only_where_the_decoder_can_honour_it(monkeypatch):
+
+    small = Decoder(None, "small", "default", 4, None, None)
+    stable = Decoder(None, "stable-unclip", "sd-unclip-small", 4, None, None)
+    monkeypatch.setattr(distill_module, "DEFAULT_INIT", "nearest")
+    monkeypatch.setattr(distill_module, "DEFAULT_STRENGTH", 0.8)
+    assert distill_render(RenderConfig(), small) == RenderConfig(init="nearest", strength=0.8)
+    assert distill_render(RenderConfig(strength=0.3), small) == RenderConfig(init="nearest", strength=0.3)
+    assert distill_render(RenderConfig(init="noise"), small) == RenderConfig(init="noise")  # asked for: kept
+    assert distill_render(RenderConfig(), stable) == RenderConfig()  # the published decoders start from noise
+    monkeypatch.setattr(distill_module, "DEFAULT_INIT", "noise")
+    assert distill_render(RenderConfig(), small) == RenderConfig(init="noise")
