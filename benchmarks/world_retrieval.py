@@ -149,15 +149,26 @@ def r_mean(row: dict) -> float:
     return row["metrics"]["r_mean"]["mean"]
 
 
-def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
+def _is_scored(recipe: Recipe, budgets: list[int], cfg: EvalConfig, work: Path) -> bool:
+    slug = recipe.name if recipe.coreset is None else f"coreset-{recipe.coreset}"
+    paths = [work / "sets" / f"{slug}-b{b}" for b in budgets]
+    return all((p / "manifest.json").is_file() and (work / "rows" / f"{_key(p, cfg)}.json").is_file() for p in paths)
+
+
+def run_val(budgets: list[int], work: Path, seed: int, repeats: int, scored_only: bool = False) -> dict:
+    """Score every val recipe (``scored_only``: only those an earlier, stopped sweep scored at every
+    budget; the others are listed as not run) and rank the rendered ones."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, split="val", val="shapes:val")
-    rows, head = [], {}
+    rows, head, not_run = [], {}, []
     for recipe in VAL_RECIPES:  # recipe by recipe: a stopped sweep has whole recipes scored
+        if scored_only and not _is_scored(recipe, budgets, cfg, work):
+            not_run.append(recipe.label())
+            continue
         for budget in budgets:
             row, head = scored(make_set(recipe, budget, work, seed), cfg, work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), rendered=recipe.rendered))
     rows.sort(key=lambda r: r["budget"])
-    rendered = {r.name for r in VAL_RECIPES if r.rendered}
+    rendered = {r["recipe"] for r in rows if r["rendered"]}
     by_recipe = {name: [r for r in rows if r["recipe"] == name] for name in rendered}
     ranking = sorted(rendered, key=lambda n: -statistics.mean(r_mean(r) for r in by_recipe[n]))
     best_per_budget = {
@@ -179,6 +190,7 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int) -> dict:
         chosen=ranking[0],
         runner_up=ranking[1],
         best_per_budget=best_per_budget,
+        not_run=not_run,
     )
 
 
@@ -241,6 +253,8 @@ def markdown(doc: dict, command: str, title: str) -> str:
             + ".",
             "",
         ]
+        if doc.get("not_run"):
+            lines += ["Not run (the sweep was stopped before them): " + "; ".join(doc["not_run"]) + ".", ""]
     gain = doc["split"] == "test"
     lines += [
         "| budget | recipe | "
@@ -288,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/world_retrieval"))
     ap.add_argument("--results", type=Path, default=RESULTS, help="Folder for the .json/.md results.")
     ap.add_argument("--no-full", action="store_true", help="Skip the full-data upper-bound row.")
+    ap.add_argument(
+        "--scored-only",
+        action="store_true",
+        help="Choose among the val recipes already scored at every budget (a stopped sweep); list the rest.",
+    )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -295,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "test-fixed":
         run_test(budgets, args.work, args.seed, args.repeats, None, not args.no_full)
         return
-    val = run_val(budgets, args.work, args.seed, args.val_repeats)
+    val = run_val(budgets, args.work, args.seed, args.val_repeats, args.scored_only)
     _write(val, args.results, "world_val", command, "World validation sweep", started)
     if args.stage in ("test", "all"):
         test = run_test(budgets, args.work, args.seed, args.repeats, val, not args.no_full)
