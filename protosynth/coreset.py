@@ -228,6 +228,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
         "rule": (__doc__ or "").split("The exact rules", 1)[-1].strip(),
         "versions": versions(),
         "seconds": seconds,
+        "embed_compute_seconds": emb.compute_seconds,  # what the CLIP store cost, even when read from the cache
         "peak_memory_mb": peak_rss_mb(),
     }
     write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)

@@ -224,6 +224,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         ),
         "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache,
+        "embed_compute_seconds": emb.compute_seconds,  # what the store cost, even when read from the cache
         "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
         "versions": versions(),
         "budgets_in_run": budgets,

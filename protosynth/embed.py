@@ -14,7 +14,9 @@ runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir
 from .errors import P, ProtosynthError
-from .files import remove_stale_temps, sha256_file
+from .files import remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
 from .progress import StepBar
 from .store import (
@@ -73,6 +75,8 @@ class Embeddings:
     text_rows: Rows  # (n_pairs, d)
     from_cache: bool  # True when no shard had to be computed
     cache_path: Path | None  # the store folder
+    # seconds the store took to compute, whichever run computed it (None: not known, e.g. resumed)
+    compute_seconds: float | None = None
 
     @cached_property
     def image(self) -> torch.Tensor:
@@ -267,12 +271,17 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
     shards = want["shards"]
     todo = [s for s in shards if not shard_done(folder, s)]
     digests: dict[str, str] = {}
+    started = time.perf_counter()
 
     def write(s: dict, img: np.ndarray, txt: np.ndarray) -> None:
         digests[s["text_file"]] = save_npy_atomic(folder / s["text_file"], txt)
         digests[s["image_file"]] = save_npy_atomic(folder / s["image_file"], img)
 
     _encode_shards(corpus, encoder, cfg, todo, write)
+    # the cost beside the store, not in index.json, whose bytes stay the same from run to run
+    whole = len(todo) == len(shards)
+    cost = {"compute_seconds": round(time.perf_counter() - started, 2) if whole else None, "shards": len(shards)}
+    write_text_atomic(folder / COST_FILE, json.dumps(cost, indent=2))
     for s in shards:
         for key in ("image", "text"):
             name = s[f"{key}_file"]
@@ -286,9 +295,16 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
     return _open(folder, from_cache=not todo)
 
 
+COST_FILE = "cost.json"
+
+
 def _open(folder: Path, from_cache: bool) -> Embeddings:
     store = EmbeddingStore(folder)
-    return Embeddings(store.image_pairs, store.texts, from_cache, folder)
+    try:
+        seconds = json.loads((folder / COST_FILE).read_text()).get("compute_seconds")
+    except (OSError, ValueError, AttributeError):
+        seconds = None  # a store written before costs were recorded
+    return Embeddings(store.image_pairs, store.texts, from_cache, folder, seconds)
 
 
 def open_embeddings(folder: Path) -> EmbeddingStore:

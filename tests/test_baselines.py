@@ -379,6 +379,17 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
         assert 0 <= row["metrics"]["r_mean"]["mean"] <= 100
         if row["method"] != "full":
             assert row["distill_seconds"] > 0 and row["peak_memory_mb"] > 0 and row["cost_vs_pds"] > 0
+            assert row["total_seconds"] == pytest.approx(row["distill_seconds"] + row["shared_seconds"], abs=0.11)
+    rows = {r["method"]: r for r in doc["methods"]}
+    # cost from corpus to set: PDS pays for the CLIP store, the trajectory methods for their buffers
+    assert rows["random"]["shared_seconds"] == 0 and rows["pds"]["shared_seconds"] > 0
+    assert rows["lors"]["shared_seconds"] == pytest.approx(doc["buffers"]["full"]["seconds"], abs=0.11)
+    assert rows["repblend"]["shared_seconds"] == pytest.approx(doc["buffers"]["heads"]["seconds"], abs=0.11)
+    assert rows["pds"]["pretrained"] == "CLIP, unCLIP decoder" and rows["random"]["pretrained"] == "none"
+    assert rows["random"]["gain_over_random"] == 0
+    want = rows["lors"]["metrics"]["r_mean"]["mean"] - rows["random"]["metrics"]["r_mean"]["mean"]
+    assert rows["lors"]["gain_over_random"] == pytest.approx(want, abs=0.011)
+    assert "gain over random" in (out / "compare.md").read_text()
     assert doc["buffers"]["full"]["trained_on_pairs"] == 200 and doc["quick"] is True
     assert (out / "compare.png").stat().st_size > 1000 and "| lors |" in (out / "compare.md").read_text()
     assert doc["shared_preparation_seconds"] > 0

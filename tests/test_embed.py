@@ -46,7 +46,8 @@ def cfg(out: Path | None, **kw) -> EmbedConfig:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """The store's bytes, without cost.json (the seconds it took differ from run to run)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "cost.json"}
 
 
 def test_store_layout_index_and_values(tmp_path, corpus, clip):
@@ -60,8 +61,13 @@ def test_store_layout_index_and_values(tmp_path, corpus, clip):
     assert index["clip"] == {"spec": "default", "space": clip.space} and index["dim"] == clip.embed_dim
     assert [s["images"] for s in index["shards"]] == [[0, 16], [16, 32], [32, 40]]
     assert [s["pairs"] for s in index["shards"]] == [[0, 80], [80, 160], [160, 200]]
-    names = {"index.json", "pair_image.npy"} | {s[f"{k}_file"] for s in index["shards"] for k in ("image", "text")}
+    names = {"index.json", "pair_image.npy", "cost.json"}
+    names |= {s[f"{k}_file"] for s in index["shards"] for k in ("image", "text")}
     assert {p.name for p in folder.iterdir()} == names  # no temporary file left
+    cost = json.loads((folder / "cost.json").read_text())
+    assert cost["shards"] == 3 and cost["compute_seconds"] > 0
+    assert emb.compute_seconds == cost["compute_seconds"]
+    assert embed_corpus(corpus, clip, cfg(folder)).compute_seconds == cost["compute_seconds"]  # also when cached
     for s in index["shards"]:
         for k in ("image", "text"):
             assert sha256_file(folder / s[f"{k}_file"]) == s[f"{k}_sha256"]

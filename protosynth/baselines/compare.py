@@ -381,10 +381,15 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
             row["peak_memory_mb"] = man.get("peak_memory_mb")
             row["buffer"] = _buffer_kind(method)
         table.append(row)
+    _add_costs(table, paths, buffer_cost)
     pds = next((r for r in table if r["method"] == "pds"), None)
     for row in table:
-        if pds and row.get("distill_seconds") is not None and pds.get("distill_seconds"):
-            row["cost_vs_pds"] = round(row["distill_seconds"] / pds["distill_seconds"], 2)
+        if pds and row.get("total_seconds") is not None and pds.get("total_seconds"):
+            row["cost_vs_pds"] = round(row["total_seconds"] / pds["total_seconds"], 2)
+    random = next((r for r in table if r["method"] == "random"), None)
+    for row in table:
+        if random is not None:
+            row["gain_over_random"] = round(row["metrics"]["r_mean"]["mean"] - random["metrics"]["r_mean"]["mean"], 2)
     doc = {
         "budget": cfg.budget,
         "corpus": cfg.corpus,
@@ -409,6 +414,39 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
 
 
 METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
+# The pretrained models each method uses to make its set (every method is evaluated with the protocol's)
+PRETRAINED = {
+    "pds": "CLIP, unCLIP decoder",
+    "herding": "CLIP",
+    "kcenter": "CLIP",
+    "random": "none",
+    "forgetting": "protocol backbone + text encoder",
+    **{m: "protocol backbone + text encoder (buffers)" for m in OPTIMISATION},
+}
+
+
+def _add_costs(table: list[dict], paths: dict[str, Path | None], buffer_cost: dict) -> None:
+    """Cost from corpus to set: each method's own seconds, plus the shared work it needs, counted in
+    full for each method that needs it: the CLIP embedding store (PDS, herding, k-center; its
+    recorded compute time, even when this run read it from the cache) or the expert buffers (the
+    trajectory-matching methods)."""
+    for row in table:
+        method, path = row["method"], paths.get(row["method"])
+        row["pretrained"] = PRETRAINED.get(method, "-")
+        if path is None or row.get("distill_seconds") is None:
+            continue
+        shared, what = 0.0, []
+        if method in ("pds", "herding", "kcenter"):
+            embed = json.loads((path / "manifest.json").read_text()).get("embed_compute_seconds")
+            if embed is None:
+                row["total_seconds"] = None  # the store's cost was not recorded: no honest total
+                row["shared_seconds"] = None
+                continue
+            shared, what = float(embed), ["CLIP embeddings"]
+        elif method in OPTIMISATION:
+            shared, what = float(buffer_cost[_buffer_kind(method)]["seconds"]), [f"buffer {_buffer_kind(method)}"]
+        row["shared_seconds"], row["shared_work"] = round(shared, 1), what
+        row["total_seconds"] = round(row["distill_seconds"] + shared, 1)
 
 
 def markdown(doc: dict) -> str:
@@ -419,18 +457,29 @@ def markdown(doc: dict) -> str:
         (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
         + f" (commit {str(doc.get('commit', ''))[:12]}).",
         "",
-        "Mean ± sample std over repeats, percent. Distillation seconds and peak memory are the set-making "
-        "process's own; expert buffers are listed below the table.",
+        "Mean ± sample std over repeats, percent; gain = r_mean minus random pairs' at this budget, same "
+        "protocol and repeats. Cost from corpus to set: the method's own seconds and peak memory (its "
+        "process), plus the shared work it needs (the CLIP embedding store, or the expert buffers listed "
+        "below), counted in full for every method that needs it.",
         "",
-        "| method | " + " | ".join(METRICS) + " | distill s | peak MB | cost vs PDS |",
-        "|---|" + "---|" * (len(METRICS) + 3),
+        "| method | " + " | ".join(METRICS) + " | gain over random | pretrained | own s | shared s | total s "
+        "| peak MB | total vs PDS |",
+        "|---|" + "---|" * (len(METRICS) + 7),
     ]
+
+    def num(value, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "-"
+
     for row in doc["methods"]:
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
         extra = [
-            f"{row['distill_seconds']:.0f}" if row.get("distill_seconds") is not None else "-",
-            f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "-",
-            f"{row['cost_vs_pds']:.2f}x" if row.get("cost_vs_pds") is not None else "-",
+            num(row.get("gain_over_random"), "+.1f"),
+            row.get("pretrained", "-"),
+            num(row.get("distill_seconds"), ".0f"),
+            num(row.get("shared_seconds"), ".0f"),
+            num(row.get("total_seconds"), ".0f"),
+            num(row.get("peak_memory_mb") or None, ".0f"),
+            num(row.get("cost_vs_pds"), ".2f") + ("x" if row.get("cost_vs_pds") is not None else ""),
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
     lines.append(
