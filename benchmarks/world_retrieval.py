@@ -94,6 +94,7 @@ LEVERS = [
     Recipe("pds-guided", {}),
     Recipe("caption-render", {"caption": "render"}),
     *[Recipe(f"nearest-{s}+caption-render", nearest(s)) for s in (0.7, 0.8, 0.5, 0.3)],
+    *[Recipe(f"nearest-{s}+caption-start", nearest(s, caption="start")) for s in (0.5, 0.3)],
     Recipe("nearest-0.5", {"render": {"init": "nearest", "strength": 0.5}}),
     *[Recipe(f"{m}+nearest-0.7+caption-render", nearest(0.7, mode=m)) for m in ("joint", "image")],
     Recipe("drop-0+nearest-0.7+caption-render", nearest(0.7, drop_fraction=0.0)),

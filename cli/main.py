@@ -219,8 +219,9 @@ def distill(
     caption: Optional[str] = typer.Option(
         None,
         help=(
-            "Caption of each render: prototype (the real caption nearest the text prototype, as PDS) or render (the "
-            "member caption the CLIP scores highest against the render). pairs.jsonl records both."
+            "Caption of each render: prototype (the real caption nearest the text prototype, as PDS), render (the "
+            "member caption the CLIP scores highest against the render) or, with --init nearest, start (the "
+            "caption of the member image the render started from). pairs.jsonl records the first two."
         ),
     ),
     candidates: Optional[int] = typer.Option(

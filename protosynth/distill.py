@@ -44,7 +44,7 @@ from .runinfo import check_device, check_seed, peak_rss_mb, versions
 log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
-CAPTION_RULES = ("prototype", "render")
+CAPTION_RULES = ("prototype", "render", "start")
 # distill's own defaults for the levers, chosen on the world's validation split
 # (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
 # ones) starts from noise, as PDS does.
@@ -73,9 +73,9 @@ class DistillConfig:
     dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
     mode: str = "matched"
     method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
-    caption: str | None = (
-        None  # the caption paired with each render: "prototype" (PDS) or "render"; None: DEFAULT_CAPTION
-    )
+    # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
+    # (the caption of the member the render started from); None: DEFAULT_CAPTION
+    caption: str | None = None
     candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
     seed: int = 0
     out: Path | None = None
@@ -160,6 +160,12 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
     # the one resolution; a setting the decoder cannot honour fails here
     render = resolve_render(distill_render(cfg.render, decoder), decoder)
+    if (cfg.caption or DEFAULT_CAPTION) == "start" and cfg.method == "pds" and render.init != "nearest":
+        raise ProtosynthError(
+            f"{P.caption('start')} pairs each render with the caption of the member it starts from: "
+            f"it needs {P.render.init('nearest')}",
+            param="caption",
+        )
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:
         check_budget(budget, corpus)
@@ -242,11 +248,11 @@ def _synthesise(
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
-    init_images = None
+    init_images, start = None, None
     rcfg = replace(loaded.render, seed=cfg.seed)
     if rcfg.init == "nearest":
-        best = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-        init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in best]
+        start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
+        init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in start]
     prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
@@ -269,7 +275,7 @@ def _synthesise(
     seconds["fidelity"] = round(time.time() - t, 2)
 
     rule = cfg.caption or DEFAULT_CAPTION
-    used = render_idx if rule == "render" else caption_idx
+    used = {"render": render_idx, "start": start, "prototype": caption_idx}[rule]
     pairs = [
         {
             "index": i,
@@ -283,6 +289,7 @@ def _synthesise(
             "render_caption_pair": int(render_idx[i]),
             "candidate": int(chosen[i]),
             "members": [int(m) for m in protos.members[i]],
+            **({"start_pair": int(start[i])} if start is not None else {}),
         }
         for i in range(cfg.budget)
     ]

@@ -402,3 +402,16 @@ def test_distill_start_default_applies_only_where_the_decoder_can_honour_it(monk
     assert distill_render(RenderConfig(), stable) == RenderConfig()  # the published decoders start from noise
     monkeypatch.setattr(distill_module, "DEFAULT_INIT", "noise")
     assert distill_render(RenderConfig(), small) == RenderConfig(init="noise")
+
+
+def test_caption_start_is_the_caption_of_the_member_the_render_started_from(quick_models, full_run, tmp_path):
+    render = RenderConfig(steps=3, init="nearest", strength=0.5)
+    out = distill(make_cfg(quick_models, tmp_path / "start", caption="start", render=render))
+    chosen = distill(make_cfg(quick_models, tmp_path / "select", method="select"))
+    ds, sel = load_distilled(out, verify=True), load_distilled(chosen)
+    corpus = load_corpus(CORPUS)
+    for rec, picked in zip(ds.pairs, sel.pairs):
+        assert rec["caption_rule"] == "start" and rec["start_pair"] == picked["selected_pair"]
+        assert rec["caption_pair"] == rec["start_pair"] and rec["caption"] == corpus.pair_caption[rec["start_pair"]]
+    with pytest.raises(ProtosynthError, match=r"caption=start .*needs render\.init=nearest"):
+        distill(make_cfg(quick_models, tmp_path / "noise", caption="start"))
