@@ -207,12 +207,13 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict 
     references) are scored, so they can run while the val sweep is still choosing."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
     plan = [(PUBLISHED, "fixed: PDS as published"), (SELECT, "fixed"), *[(r, "fixed") for r in CORESET_RECIPES]]
-    if val is not None:
+    if val is not None:  # first: the references may still be running in a --stage test-fixed process
         recipes = {r.name: r for r in VAL_RECIPES}
-        plan += [
-            (DEFAULT, "fixed: the shipped default"),
+        plan = [
             (recipes[val["chosen"]], "val: best rendered recipe"),
+            (DEFAULT, "fixed: the shipped default"),
             (recipes[val["runner_up"]], "val: runner-up"),
+            *plan,
         ]
     rows, head, seen = [], {}, {}
     for recipe, chosen_by in plan:

@@ -48,18 +48,25 @@ CAPTION_RULES = ("prototype", "render", "start")
 # distill's own defaults for the levers, chosen on the world's validation split
 # (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
 # ones) starts from noise, as PDS does.
-DEFAULT_CAPTION = "prototype"
-DEFAULT_INIT = "noise"
-DEFAULT_STRENGTH = 0.6
+DEFAULT_INIT = "nearest"
+DEFAULT_STRENGTH = 0.3
+DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the render starts
+
+
+def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
+    """The caption rule a run uses: the one asked for, else the default for how its renders start."""
+    return cfg.caption or DEFAULT_CAPTION[render.init]
 
 
 def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
-    """``render`` with distill's default start filled in where it is left to the default and the
-    decoder can honour it; everything else is the decoder's (``resolve_render``)."""
-    if render.init is not None or "init" in UNSUPPORTED[decoder.kind]:
+    """``render`` with distill's default start (``DEFAULT_INIT``, and ``DEFAULT_STRENGTH`` for a start
+    from a member image) where it is left open and the decoder can start from a member image;
+    everything else is the decoder's (``resolve_render``)."""
+    if "init" in UNSUPPORTED[decoder.kind]:
         return render
-    strength = render.strength if render.strength is not None else DEFAULT_STRENGTH
-    return replace(render, init=DEFAULT_INIT, strength=strength if DEFAULT_INIT == "nearest" else render.strength)
+    init = render.init or DEFAULT_INIT
+    strength = render.strength if render.strength is not None or init != "nearest" else DEFAULT_STRENGTH
+    return replace(render, init=init, strength=strength)
 
 
 @dataclass
@@ -74,7 +81,7 @@ class DistillConfig:
     mode: str = "matched"
     method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
     # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
-    # (the caption of the member the render started from); None: DEFAULT_CAPTION
+    # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
     caption: str | None = None
     candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
     seed: int = 0
@@ -160,7 +167,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
     # the one resolution; a setting the decoder cannot honour fails here
     render = resolve_render(distill_render(cfg.render, decoder), decoder)
-    if (cfg.caption or DEFAULT_CAPTION) == "start" and cfg.method == "pds" and render.init != "nearest":
+    if cfg.caption == "start" and cfg.method == "pds" and render.init != "nearest":
         raise ProtosynthError(
             f"{P.caption('start')} pairs each render with the caption of the member it starts from: "
             f"it needs {P.render.init('nearest')}",
@@ -223,7 +230,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         **extra,
         "settings": _jsonable(
             asdict(
-                replace(cfg, clip=clip.spec, render=loaded.render, caption=cfg.caption or DEFAULT_CAPTION)
+                replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render))
                 if cfg.method == "pds"
                 else replace(cfg, clip=clip.spec)
             )
@@ -274,7 +281,7 @@ def _synthesise(
     render_idx = render_captions(got, protos, emb.text_rows, caption_idx)
     seconds["fidelity"] = round(time.time() - t, 2)
 
-    rule = cfg.caption or DEFAULT_CAPTION
+    rule = caption_rule(cfg, rcfg)
     used = {"render": render_idx, "start": start, "prototype": caption_idx}[rule]
     pairs = [
         {

@@ -104,12 +104,15 @@ def test_pairs_jsonl(full_run, quick_models):
         assert rec["members"] and all(isinstance(m, int) and 0 <= m < corpus.n_pairs for m in rec["members"])
         members_seen.extend(rec["members"])
     assert len(set(members_seen)) > BUDGET  # the prototypes summarise many pairs, not one each
-    # the caption is the real caption nearest to the text prototype (cached embeddings, same CLIP)
+    # PDS's caption, recorded for every pair, is the real caption nearest to the text prototype (cached
+    # embeddings, same CLIP); the default pairs each render with the caption of the member it started from
     emb = embed_corpus(corpus, load_clip(f"small:{quick_models}"))
     assert emb.from_cache
     text = load_file(str(full_run / "embeddings.safetensors"))["text_normalised"].numpy()
     nearest = nearest_rows(text, emb.text.numpy())
-    assert [r["caption"] for r in recs] == [corpus.pair_caption[int(j)] for j in nearest]
+    assert [r["prototype_caption"] for r in recs] == [corpus.pair_caption[int(j)] for j in nearest]
+    assert all(r["caption_rule"] == "start" and r["caption"] == corpus.pair_caption[r["start_pair"]] for r in recs)
+    assert all(r["start_pair"] in r["members"] for r in recs)
 
 
 def test_embeddings_file(full_run):
@@ -196,8 +199,11 @@ def test_init_nearest_starts_from_member_images(full_run, quick_models, tmp_path
     out = distill(
         make_cfg(quick_models, tmp_path / "nearest", render=RenderConfig(steps=10, init="nearest", strength=0.3))
     )
-    ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
-    assert ds.manifest["settings"]["render"]["init"] == "nearest"
+    from_noise = distill(make_cfg(quick_models, tmp_path / "noise", render=RenderConfig(steps=10, init="noise")))
+    ds, ref = load_distilled(out, verify=True), load_distilled(from_noise)
+    assert (
+        ds.manifest["settings"]["render"]["init"] == "nearest" and ref.manifest["settings"]["render"]["init"] == "noise"
+    )
     assert [p["members"] for p in ds.pairs] == [p["members"] for p in ref.pairs]  # same prototypes
     corpus = load_corpus(CORPUS)
 
@@ -348,13 +354,14 @@ def test_caption_render_records_both_rules(quick_models, full_run, tmp_path):
     for rec, old in zip(ds.pairs, ref.pairs):
         assert rec["caption_rule"] == "render" and rec["caption_pair"] == rec["render_caption_pair"]
         assert rec["caption"] == corpus.pair_caption[rec["caption_pair"]] == rec["render_caption"]
-        assert rec["prototype_caption"] == old["caption"] and rec["prototype_caption_pair"] == old["caption_pair"]
+        assert rec["prototype_caption"] == old["prototype_caption"]
+        assert rec["prototype_caption_pair"] == old["prototype_caption_pair"]
         assert rec["render_caption_pair"] in rec["members"]
     assert any(r["render_caption_pair"] != r["prototype_caption_pair"] for r in ds.pairs)
 
 
 def test_best_of_n_keeps_the_candidate_nearest_its_prototype(quick_models, full_run, tmp_path):
-    cfg = make_cfg(quick_models, tmp_path / "best", candidates=3)
+    cfg = make_cfg(quick_models, tmp_path / "best", candidates=3, render=RenderConfig(steps=3, init="noise"))
     out = distill(cfg)
     ds = load_distilled(out, verify=True)
     assert [p["members"] for p in ds.pairs] == [p["members"] for p in load_distilled(full_run).pairs]
@@ -414,4 +421,4 @@ def test_caption_start_is_the_caption_of_the_member_the_render_started_from(quic
         assert rec["caption_rule"] == "start" and rec["start_pair"] == picked["selected_pair"]
         assert rec["caption_pair"] == rec["start_pair"] and rec["caption"] == corpus.pair_caption[rec["start_pair"]]
     with pytest.raises(ProtosynthError, match=r"caption=start .*needs render\.init=nearest"):
-        distill(make_cfg(quick_models, tmp_path / "noise", caption="start"))
+        distill(make_cfg(quick_models, tmp_path / "noise", caption="start", render=RenderConfig(steps=3, init="noise")))
