@@ -178,10 +178,15 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int, scored_only
     }
     # the text side: the same sets trained on the mean of their member captions instead of one caption
     recipes = {r.name: r for r in VAL_RECIPES}
+    members_cfg = replace(cfg, text="members")
     for name in dict.fromkeys([PUBLISHED.name, ranking[0]]):
         for budget in budgets:
-            row, _ = scored(make_set(recipes[name], budget, work, seed), replace(cfg, text="members"), work)
+            path = make_set(recipes[name], budget, work, seed)
             label = f"{recipes[name].label()}, text = member captions' mean"
+            if scored_only and not (work / "rows" / f"{_key(path, members_cfg)}.json").is_file():
+                not_run.append(f"{label} at {budget}")
+                continue
+            row, _ = scored(path, members_cfg, work)
             rows.append(dict(row, recipe=f"{name}+text-members", label=label, rendered=False))
     rows.sort(key=lambda r: r["budget"])
     return dict(
