@@ -207,9 +207,12 @@ def _settings(path: Path) -> str:
     return json.dumps({k: v for k, v in settings.items() if k != "out"}, sort_keys=True)
 
 
-def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict | None, full: bool) -> dict:
+def run_test(
+    budgets: list[int], work: Path, seed: int, repeats: int, val: dict | None, full: bool, scored_only: bool = False
+) -> dict:
     """Score the final table's rows on test. Without ``val`` only the rows fixed in advance (the
-    references) are scored, so they can run while the val sweep is still choosing."""
+    references) are scored, so they can run while the val sweep is still choosing; ``scored_only``
+    writes the table from the rows already scored and lists the others as not run."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
     plan = [(PUBLISHED, "fixed: PDS as published"), (SELECT, "fixed"), *[(r, "fixed") for r in CORESET_RECIPES]]
     if val is not None:  # first: the references may still be running in a --stage test-fixed process
@@ -220,10 +223,13 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict 
             (recipes[val["runner_up"]], "val: runner-up"),
             *plan,
         ]
-    rows, head, seen = [], {}, {}
+    rows, head, seen, not_run = [], {}, {}, []
     for recipe, chosen_by in plan:
         for budget in budgets:
             path = make_set(recipe, budget, work, seed)
+            if scored_only and not (work / "rows" / f"{_key(path, cfg)}.json").is_file():
+                not_run.append(f"{recipe.label()} at {budget}")
+                continue
             same = seen.get((budget, _settings(path))) if recipe.coreset is None else None
             if same is not None:  # the default is the val-chosen recipe: one row, both names
                 same["label"] += f" = {recipe.label()}"
@@ -232,7 +238,9 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict 
             row, head = scored(path, cfg, work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), chosen_by=chosen_by))
             seen[(budget, _settings(path))] = rows[-1]
-    if full:
+    if full and scored_only and not (work / "rows" / f"{_key(None, cfg)}.json").is_file():
+        not_run.append("full data")
+    elif full:
         row, head = scored(None, cfg, work)
         rows.append(dict(row, recipe="full", label="full data", chosen_by="fixed"))
     random_by_budget = {r["budget"]: r_mean(r) for r in rows if r["recipe"] == "random"}
@@ -241,7 +249,7 @@ def run_test(budgets: list[int], work: Path, seed: int, repeats: int, val: dict 
             row["gain_over_random"] = round(r_mean(row) - random_by_budget[row["budget"]], 2)
     rows.sort(key=lambda r: (r["recipe"] == "full", r["budget"]))
     chosen = {"val_chosen": val["chosen"], "val_runner_up": val["runner_up"]} if val else {}
-    return dict(head, split="test", sets=rows, **chosen)
+    return dict(head, split="test", sets=rows, not_run=not_run, **chosen)
 
 
 def markdown(doc: dict, command: str, title: str) -> str:
@@ -261,8 +269,8 @@ def markdown(doc: dict, command: str, title: str) -> str:
             + ".",
             "",
         ]
-        if doc.get("not_run"):
-            lines += ["Not run (the sweep was stopped before them): " + "; ".join(doc["not_run"]) + ".", ""]
+    if doc.get("not_run"):
+        lines += ["Not run (the run was stopped before them): " + "; ".join(doc["not_run"]) + ".", ""]
     gain = doc["split"] == "test"
     lines += [
         "| budget | recipe | "
@@ -313,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--scored-only",
         action="store_true",
-        help="Choose among the val recipes already scored at every budget (a stopped sweep); list the rest.",
+        help="Use only rows already scored (a stopped run): choose among the val recipes scored at every budget, "
+        "write the test table from the scored rows, and list the rest as not run.",
     )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     val = run_val(budgets, args.work, args.seed, args.val_repeats, args.scored_only)
     _write(val, args.results, "world_val", command, "World validation sweep", started)
     if args.stage in ("test", "all"):
-        test = run_test(budgets, args.work, args.seed, args.repeats, val, not args.no_full)
+        test = run_test(budgets, args.work, args.seed, args.repeats, val, not args.no_full, args.scored_only)
         _write(test, args.results, "world_retrieval", command, "World retrieval (test, scored once)", started)
 
 
