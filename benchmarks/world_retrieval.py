@@ -227,13 +227,13 @@ def run_test(
     for recipe, chosen_by in plan:
         for budget in budgets:
             path = make_set(recipe, budget, work, seed)
-            if scored_only and not (work / "rows" / f"{_key(path, cfg)}.json").is_file():
-                not_run.append(f"{recipe.label()} at {budget}")
-                continue
             same = seen.get((budget, _settings(path))) if recipe.coreset is None else None
             if same is not None:  # the default is the val-chosen recipe: one row, both names
                 same["label"] += f" = {recipe.label()}"
                 same["chosen_by"] += f"; {chosen_by}"
+                continue
+            if scored_only and not (work / "rows" / f"{_key(path, cfg)}.json").is_file():
+                not_run.append(f"{recipe.label()} at {budget}")
                 continue
             row, head = scored(path, cfg, work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), chosen_by=chosen_by))
@@ -281,7 +281,8 @@ def markdown(doc: dict, command: str, title: str) -> str:
     ]
     for row in doc["sets"]:
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
-        extra = [f"{row.get('gain_over_random', float('nan')):+.1f}", row["chosen_by"]] if gain else []
+        gained = row.get("gain_over_random")
+        extra = [f"{gained:+.1f}" if gained is not None else "-", row["chosen_by"]] if gain else []
         lines.append(
             f"| {row['budget']} | {row['label']} | "
             + " | ".join(cells + extra)
