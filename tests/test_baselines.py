@@ -378,9 +378,11 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     for row in doc["methods"]:
         assert 0 <= row["metrics"]["r_mean"]["mean"] <= 100
         if row["method"] != "full":
-            assert row["distill_seconds"] > 0 and row["peak_memory_mb"] > 0 and row["cost_vs_pds"] > 0
+            # random's cost is a few milliseconds: against PDS's total it may round to 0.0
+            assert row["distill_seconds"] > 0 and row["peak_memory_mb"] > 0 and row["cost_vs_pds"] >= 0
             assert row["total_seconds"] == pytest.approx(row["distill_seconds"] + row["shared_seconds"], abs=0.11)
     rows = {r["method"]: r for r in doc["methods"]}
+    assert rows["pds"]["cost_vs_pds"] == 1.0 and rows["lors"]["cost_vs_pds"] > 0
     # cost from corpus to set: PDS pays for the CLIP store, the trajectory methods for their buffers
     assert rows["random"]["shared_seconds"] == 0 and rows["pds"]["shared_seconds"] > 0
     assert rows["lors"]["shared_seconds"] == pytest.approx(doc["buffers"]["full"]["seconds"], abs=0.11)
