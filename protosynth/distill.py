@@ -219,7 +219,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     )
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
     protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
-    caption_idx = nearest_rows(protos.text, emb.text_rows)
+    # PDS's caption (the real caption nearest each text prototype): a pass over every caption row,
+    # which a selection, keeping each member's own caption, does not need
+    caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
     seconds["prototypes"] = round(time.time() - t, 2)
     if cfg.method == "select":
         images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
