@@ -29,7 +29,7 @@ import torch
 
 from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, load_corpus
-from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
 from .evaluation.backbones import load_backbone
@@ -215,12 +215,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
         }
         for i, p in enumerate(chosen)
     ]
-    tensors = {
-        "image_raw": torch.from_numpy(image[chosen]),
-        "image_normalised": torch.from_numpy(unit(image[chosen])),
-        "text_raw": torch.from_numpy(text[chosen]),
-        "text_normalised": torch.from_numpy(unit(text[chosen])),
-    }
+    tensors = pair_tensors(image[chosen], text[chosen])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     manifest = {
         **manifest_header(f"coreset-{cfg.method}", cfg.budget, None, cfg.seed, corpus, clip),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
-from .distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
@@ -351,14 +351,7 @@ def _select(
         }
         for i, p in enumerate(chosen)
     ]
-    image = np.asarray(emb.image_rows.take(chosen, axis=0), np.float32)
-    text = np.asarray(emb.text_rows.take(chosen, axis=0), np.float32)
-    tensors = {
-        "image_raw": torch.from_numpy(image),
-        "image_normalised": F.normalize(torch.from_numpy(image), dim=-1),
-        "text_raw": torch.from_numpy(text),
-        "text_normalised": F.normalize(torch.from_numpy(text), dim=-1),
-    }
+    tensors = pair_tensors(emb.image_rows.take(chosen, axis=0), emb.text_rows.take(chosen, axis=0))
     seconds["select"] = round(time.time() - t, 2)
     return images, pairs, tensors, {"rule": "each prototype's member pair nearest it (image plus text cosine)"}
 

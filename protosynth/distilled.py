@@ -74,6 +74,21 @@ def not_a_set(folder: Path) -> str | None:
     return None
 
 
+def pair_tensors(image_raw: np.ndarray, text_raw: np.ndarray) -> dict[str, torch.Tensor]:
+    """The embeddings file's four tensors for real pairs (a coreset, a selection): raw and unit rows."""
+    image_raw, text_raw = np.asarray(image_raw, np.float32), np.asarray(text_raw, np.float32)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+    return {
+        "image_raw": torch.from_numpy(image_raw),
+        "image_normalised": torch.from_numpy(unit(image_raw)),
+        "text_raw": torch.from_numpy(text_raw),
+        "text_normalised": torch.from_numpy(unit(text_raw)),
+    }
+
+
 def manifest_header(
     method: str, budget: int, mode: str | None, seed: int, corpus, clip, text_space: str | None = None
 ) -> dict:
