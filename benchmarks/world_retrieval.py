@@ -44,6 +44,7 @@ CORESETS = ("random", "herding", "kcenter", "forgetting")
 # options override these.
 BASE = {
     "caption": "prototype",
+    "text": "captions",
     "candidates": 1,
     "mode": "matched",
     "drop_fraction": 0.2,
@@ -60,20 +61,21 @@ class Recipe:
     coreset: str | None = None
     rendered: bool = True  # a synthesis recipe (the default must be one)
     library_defaults: bool = False  # the shipped default: nothing pinned, whatever distill does by default
+    eval_text: str | None = None  # score the set with this ``eval retrieval`` text mode, not its own rule
 
     def distill_options(self) -> dict:
         if self.library_defaults:
             return {}
         opts = {**BASE, **self.options, "render": {**BASE["render"], **self.options.get("render", {})}}
         if opts.get("method") == "select":  # nothing is rendered: the render levers do not apply
-            return {"method": "select", "mode": opts["mode"], "drop_fraction": opts["drop_fraction"]}
+            return {k: opts[k] for k in ("method", "mode", "drop_fraction", "text")}
         return opts
 
     def label(self) -> str:
         if self.library_defaults:
             return f"{self.name} (distill's defaults)"
         if self.coreset:
-            return f"coreset-{self.coreset}"
+            return f"coreset-{self.coreset}" + (f", text = {self.eval_text}" if self.eval_text else "")
         opts = dict(self.options)
         render = opts.pop("render", {})
         parts = [f"{k}={v}" for k, v in sorted({**opts, **render}.items())]
@@ -85,9 +87,16 @@ def nearest(strength: float, **more) -> dict:
     return {"caption": "render", **more, "render": {"init": "nearest", "strength": strength, **more.pop("render", {})}}
 
 
+def members(recipe: Recipe) -> Recipe:
+    """``recipe`` with each pair's text read as the mean of its members' captions (``text="members"``)."""
+    return replace(recipe, name=f"{recipe.name}+text-members", options={**recipe.options, "text": "members"})
+
+
+TEXT_SWEEP_ALSO = ("nearest-0.5+caption-start", "nearest-0.7+caption-render")
 PUBLISHED = Recipe("pds-published", {"render": {"clip_guidance": 0.0}})
 DEFAULT = Recipe("protosynth-default", library_defaults=True)
 SELECT = Recipe("select", {"method": "select"}, rendered=False)
+START_03 = Recipe("nearest-0.3+caption-start", nearest(0.3, caption="start"))
 # Cheap references and the most promising levers first, the costly best-of-4 renders last: the sweep
 # can be stopped and resumed, and what it has scored is kept.
 LEVERS = [
@@ -106,7 +115,15 @@ LEVERS = [
     Recipe("nearest-0.5+best-of-4+caption-render", nearest(0.5, candidates=4)),
 ]
 CORESET_RECIPES = [Recipe(c, coreset=c, rendered=False) for c in CORESETS]
-VAL_RECIPES = [PUBLISHED, SELECT, CORESET_RECIPES[0], CORESET_RECIPES[2], *LEVERS]
+# The text sweep: the first sweep's (LEVERS, results in world_val_levers.md) chosen recipe and its
+# best rendered alternatives, each with its pairs' text read as the mean of its members' captions.
+VAL_RECIPES = [
+    START_03,
+    *[members(r) for r in (START_03, PUBLISHED, *[x for x in LEVERS if x.name in TEXT_SWEEP_ALSO])],
+]
+# How much of the text lever is caption averaging alone: k-center's pairs, each read as the mean of
+# every caption of its image (a reference row of the test table, never a candidate).
+KCENTER_IMAGE_CAPTIONS = Recipe("kcenter+image-captions", coreset="kcenter", rendered=False, eval_text="image-captions")
 
 
 def make_set(recipe: Recipe, budget: int, work: Path, seed: int) -> Path:
@@ -147,6 +164,11 @@ def scored(path: Path | None, cfg: EvalConfig, work: Path) -> tuple[dict, dict]:
     return row, head
 
 
+def eval_config(recipe: Recipe, cfg: EvalConfig) -> EvalConfig:
+    """The evaluation settings of ``recipe``'s rows: ``cfg``, with the recipe's text mode if it names one."""
+    return replace(cfg, text=recipe.eval_text) if recipe.eval_text else cfg
+
+
 def r_mean(row: dict) -> float:
     return row["metrics"]["r_mean"]["mean"]
 
@@ -154,6 +176,7 @@ def r_mean(row: dict) -> float:
 def _is_scored(recipe: Recipe, budgets: list[int], cfg: EvalConfig, work: Path) -> bool:
     slug = recipe.name if recipe.coreset is None else f"coreset-{recipe.coreset}"
     paths = [work / "sets" / f"{slug}-b{b}" for b in budgets]
+    cfg = eval_config(recipe, cfg)
     return all((p / "manifest.json").is_file() and (work / "rows" / f"{_key(p, cfg)}.json").is_file() for p in paths)
 
 
@@ -167,7 +190,7 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int, scored_only
             not_run.append(recipe.label())
             continue
         for budget in budgets:
-            row, head = scored(make_set(recipe, budget, work, seed), cfg, work)
+            row, head = scored(make_set(recipe, budget, work, seed), eval_config(recipe, cfg), work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), rendered=recipe.rendered))
     rows.sort(key=lambda r: r["budget"])
     rendered = {r["recipe"] for r in rows if r["rendered"]}
@@ -176,18 +199,6 @@ def run_val(budgets: list[int], work: Path, seed: int, repeats: int, scored_only
     best_per_budget = {
         b: max((r for r in rows if r["budget"] == b and r["rendered"]), key=r_mean)["recipe"] for b in budgets
     }
-    # the text side: the same sets trained on the mean of their member captions instead of one caption
-    recipes = {r.name: r for r in VAL_RECIPES}
-    members_cfg = replace(cfg, text="members")
-    for name in dict.fromkeys([PUBLISHED.name, ranking[0]]):
-        for budget in budgets:
-            path = make_set(recipes[name], budget, work, seed)
-            label = f"{recipes[name].label()}, text = member captions' mean"
-            if scored_only and not (work / "rows" / f"{_key(path, members_cfg)}.json").is_file():
-                not_run.append(f"{label} at {budget}")
-                continue
-            row, _ = scored(path, members_cfg, work)
-            rows.append(dict(row, recipe=f"{name}+text-members", label=label, rendered=False))
     rows.sort(key=lambda r: r["budget"])
     return dict(
         head,
@@ -214,7 +225,12 @@ def run_test(
     references) are scored, so they can run while the val sweep is still choosing; ``scored_only``
     writes the table from the rows already scored and lists the others as not run."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
-    plan = [(PUBLISHED, "fixed: PDS as published"), (SELECT, "fixed"), *[(r, "fixed") for r in CORESET_RECIPES]]
+    plan = [
+        (PUBLISHED, "fixed: PDS as published"),
+        (SELECT, "fixed"),
+        *[(r, "fixed") for r in CORESET_RECIPES],
+        (KCENTER_IMAGE_CAPTIONS, "fixed: reference for the text lever"),
+    ]
     if val is not None:  # first: the references may still be running in a --stage test-fixed process
         recipes = {r.name: r for r in VAL_RECIPES}
         plan = [
@@ -227,15 +243,15 @@ def run_test(
     for recipe, chosen_by in plan:
         for budget in budgets:
             path = make_set(recipe, budget, work, seed)
-            same = seen.get((budget, _settings(path))) if recipe.coreset is None else None
+            same = seen.get((budget, _settings(path))) if recipe.coreset is None and not recipe.eval_text else None
             if same is not None:  # the default is the val-chosen recipe: one row, both names
                 same["label"] += f" = {recipe.label()}"
                 same["chosen_by"] += f"; {chosen_by}"
                 continue
-            if scored_only and not (work / "rows" / f"{_key(path, cfg)}.json").is_file():
+            if scored_only and not (work / "rows" / f"{_key(path, eval_config(recipe, cfg))}.json").is_file():
                 not_run.append(f"{recipe.label()} at {budget}")
                 continue
-            row, head = scored(path, cfg, work)
+            row, head = scored(path, eval_config(recipe, cfg), work)
             rows.append(dict(row, recipe=recipe.name, label=recipe.label(), chosen_by=chosen_by))
             seen[(budget, _settings(path))] = rows[-1]
     if full and scored_only and not (work / "rows" / f"{_key(None, cfg)}.json").is_file():

@@ -149,7 +149,14 @@ def retrieval(
     select_on_test: bool = typer.Option(
         False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."
     ),
-    text: str = typer.Option("auto", help="auto, captions, members or stored: which text of a set trains the model."),
+    text: str = typer.Option(
+        "auto",
+        help=(
+            "auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
+            "declares, else its captions), captions, members, image-captions (every caption of the members' "
+            "images) or stored: which text of a set trains the model."
+        ),
+    ),
     full: Optional[str] = typer.Option(
         None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."
     ),

@@ -231,6 +231,14 @@ def distill(
             "cost grows N-fold)."
         ),
     ),
+    text: Optional[str] = typer.Option(
+        None,
+        help=(
+            "How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
+            "captions (its one caption) or members (the mean of the captions of the real pairs its prototype "
+            "summarises, in the learner's text space)."
+        ),
+    ),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(
         None,
@@ -335,7 +343,7 @@ def distill(
         skip_bad=skip_bad,
         embed=EmbedConfig(fp16=fp16),
     )
-    chosen = {"method": method, "caption": caption, "candidates": candidates}
+    chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
     cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
     for path in run(distill_budgets, cfg, budgets, verb="distill"):
         typer.echo(f"wrote {path}")

@@ -12,6 +12,10 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
   rendered image, so the caption describes what was drawn. Both are recorded in ``pairs.jsonl``.
 - ``candidates``: render N images per prototype (seeds from index and candidate) and keep the one whose
   CLIP re-embedding is nearest its prototype; render cost grows N-fold.
+- ``text``: how a learner reads each pair's text, recorded as the manifest's ``evaluation.text``:
+  ``captions`` (its one caption) or ``members`` (the mean, in the learner's text space, of the captions
+  of the real pairs the prototype summarises: a soft caption, as the optimisation methods' learned
+  text embeddings are soft). ``eval retrieval`` follows the set's rule unless told otherwise.
 - ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
   (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
 
@@ -45,12 +49,14 @@ log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
 CAPTION_RULES = ("prototype", "render", "start")
+TEXT_RULES = ("captions", "members")
 # distill's own defaults for the levers, chosen on the world's validation split
 # (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
 # ones) starts from noise, as PDS does.
 DEFAULT_INIT = "nearest"
 DEFAULT_STRENGTH = 0.3
 DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the render starts
+DEFAULT_TEXT = "captions"
 
 
 def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
@@ -84,6 +90,7 @@ class DistillConfig:
     # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
     caption: str | None = None
     candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
+    text: str | None = None  # how a learner reads each pair's text (TEXT_RULES); None: DEFAULT_TEXT
     seed: int = 0
     out: Path | None = None
     force: bool = False
@@ -115,6 +122,8 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {' or '.join(METHODS)}")
     if cfg.caption is not None and cfg.caption not in CAPTION_RULES:
         raise ProtosynthError(f"unknown {P.caption} {cfg.caption!r}: use {' or '.join(CAPTION_RULES)}")
+    if cfg.text is not None and cfg.text not in TEXT_RULES:
+        raise ProtosynthError(f"unknown {P.text} {cfg.text!r}: use {' or '.join(TEXT_RULES)}")
     if cfg.candidates < 1:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
     if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption is not None or cfg.render.init is not None):
@@ -227,16 +236,18 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
+    text = cfg.text or DEFAULT_TEXT
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
         "settings": _jsonable(
             asdict(
-                replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render))
+                replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render), text=text)
                 if cfg.method == "pds"
-                else replace(cfg, clip=clip.spec)
+                else replace(cfg, clip=clip.spec, text=text)
             )
         ),
+        "evaluation": {"text": text},
         "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache,
         "embed_compute_seconds": emb.compute_seconds,  # what the store cost, even when read from the cache

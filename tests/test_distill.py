@@ -360,6 +360,17 @@ def test_caption_render_records_both_rules(quick_models, full_run, tmp_path):
     assert any(r["render_caption_pair"] != r["prototype_caption_pair"] for r in ds.pairs)
 
 
+def test_text_rule_is_declared_in_the_manifest_and_changes_nothing_else(quick_models, full_run, tmp_path):
+    out = distill(make_cfg(quick_models, tmp_path / "members", text="members"))
+    ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
+    assert ds.manifest["evaluation"] == {"text": "members"} and ds.manifest["settings"]["text"] == "members"
+    assert ref.manifest["evaluation"] == {"text": distill_module.DEFAULT_TEXT}
+    assert tree_bytes(out) == tree_bytes(full_run)  # a rule for the learner: the pairs are the same
+    with pytest.raises(ProtosynthError, match=r"^unknown text 'mean': use captions or members"):
+        distill(make_cfg(quick_models, tmp_path / "bad", text="mean"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_best_of_n_keeps_the_candidate_nearest_its_prototype(quick_models, full_run, tmp_path):
     cfg = make_cfg(quick_models, tmp_path / "best", candidates=3, render=RenderConfig(steps=3, init="noise"))
     out = distill(cfg)

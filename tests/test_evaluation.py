@@ -190,6 +190,35 @@ def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
     assert torch.allclose(data.texts[3], want, atol=1e-5)
 
 
+def test_auto_text_follows_the_rule_the_set_declares(pds_set, tiny_backbone, tmp_path):
+    ds = load_distilled(pds_set)
+    enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
+    members = set_data(ds, enc, bb, 32, False, "members").texts
+    assert not torch.allclose(set_data(ds, enc, bb, 32, False, "auto").texts, members)  # captions
+    declared = tmp_path / "declared"
+    shutil.copytree(pds_set, declared)
+    manifest = json.loads((declared / "manifest.json").read_text())
+    (declared / "manifest.json").write_text(json.dumps(dict(manifest, evaluation={"text": "members"})))
+    data = set_data(load_distilled(declared), enc, bb, 32, False, "auto")
+    assert data.notes["text"] == "members" and torch.equal(data.texts, members)
+    assert set_data(load_distilled(declared), enc, bb, 32, False, "captions").notes["text"] == "captions"
+    (declared / "manifest.json").write_text(json.dumps(dict(manifest, evaluation={"text": "soft"})))
+    with pytest.raises(ProtosynthError, match=r"declared: manifest evaluation.text 'soft': use captions or members"):
+        set_data(load_distilled(declared), enc, bb, 32, False, "auto")
+
+
+def test_image_captions_mean_every_caption_of_the_member_images(pds_set, tiny_backbone):
+    ds = load_distilled(pds_set)
+    enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
+    data = set_data(ds, enc, bb, 32, False, "image-captions")
+    corpus = load_corpus(CORPUS)
+    images = {int(corpus.pair_image[m]) for m in ds.pairs[3]["members"]}
+    pairs = [q for q in range(corpus.n_pairs) if int(corpus.pair_image[q]) in images]
+    assert len(pairs) > len(ds.pairs[3]["members"])  # more than the members: every caption of their images
+    want = enc.encode([corpus.pair_caption[q] for q in pairs]).mean(0)
+    assert data.notes["text"] == "image-captions" and torch.allclose(data.texts[3], want, atol=1e-5)
+
+
 def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
     broken = tmp_path / "nocaps"
     shutil.copytree(pds_set, broken)

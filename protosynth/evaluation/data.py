@@ -2,10 +2,14 @@
 
 Text of a set is used the way it was stored (``--text``):
 - ``auto`` (default): the stored text embeddings when their space is the protocol's text space,
-  else the set's captions;
+  else the text rule the set declares (its manifest's ``evaluation.text``: ``members`` for a
+  ``distill`` set made with ``text="members"``), else the set's captions;
 - ``captions``: each pair's caption, embedded by the protocol's text encoder;
 - ``members``: the mean, in the protocol's text space, of the captions of the real pairs each
   synthetic pair summarises (PDS sets record them);
+- ``image-captions``: the mean of every caption of the images those member pairs show (for a coreset
+  pair: all captions of its one image), the reference that tells caption averaging apart from
+  summarising many scenes;
 - ``stored``: the stored embeddings, which must be in the protocol's text space.
 """
 
@@ -31,7 +35,8 @@ from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
 
-TEXT_MODES = ("auto", "captions", "members", "stored")
+TEXT_MODES = ("auto", "captions", "members", "image-captions", "stored")
+SET_TEXT_RULES = ("captions", "members")  # what a set may declare as its manifest's evaluation.text
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
@@ -120,10 +125,17 @@ def set_data(
             f"{where}: {P.text('stored')} needs text embeddings in the protocol's text space "
             f"{encoder.space!r}; the set stores {stored_space!r}"
         )
+    declared = ds.manifest.get("evaluation", {}).get("text", "captions")
+    if declared not in SET_TEXT_RULES:
+        raise ProtosynthError(f"{where}: manifest evaluation.text {declared!r}: use {' or '.join(SET_TEXT_RULES)}")
+    if text_mode == "auto" and stored is None:
+        text_mode = declared
     if text_mode in ("auto", "stored") and stored is not None:
         texts, how = stored, "stored"
     elif text_mode == "members":
         texts, how = _member_texts(ds, encoder, normalise_text), "members"
+    elif text_mode == "image-captions":
+        texts, how = _member_texts(ds, encoder, normalise_text, whole_images=True), "image-captions"
     else:
         captions = [p.get("caption") for p in ds.pairs]
         if any(not isinstance(c, str) or not c.strip() for c in captions):
@@ -180,18 +192,26 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     return corpus
 
 
-def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool) -> torch.Tensor:
+def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, whole_images: bool = False) -> torch.Tensor:
+    """Each pair's text as the mean of its member pairs' captions (``whole_images``: of every caption
+    of the images those members show)."""
     if any(not p.get("members") for p in ds.pairs):
-        raise ProtosynthError(f"{ds.root}: {P.text('members')} needs member indices on every pair")
+        mode = "image-captions" if whole_images else "members"
+        raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
     corpus = source_corpus(ds)
-    wanted = sorted({m for p in ds.pairs for m in p["members"]})
-    if wanted[-1] >= corpus.n_pairs:
-        raise ProtosynthError(
-            f"{ds.root}: member index {wanted[-1]} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)"
-        )
+    top = max(m for p in ds.pairs for m in p["members"])
+    if top >= corpus.n_pairs:
+        raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
+    groups = [list(p["members"]) for p in ds.pairs]
+    if whole_images:
+        of_image = {}
+        for pair, image in enumerate(corpus.pair_image):
+            of_image.setdefault(int(image), []).append(pair)
+        groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
+    wanted = sorted({m for g in groups for m in g})
     feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
-    return torch.stack([feats[[row[m] for m in p["members"]]].mean(0) for p in ds.pairs])
+    return torch.stack([feats[[row[m] for m in g]].mean(0) for g in groups])
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
