@@ -5,12 +5,14 @@
 
 Stage ``val``: make every candidate set on the train split (PDS as published, the levers of
 ``protosynth distill`` alone and combined, prototype-guided selection, the coresets) and score each on
-``shapes:val`` under the offline ``small`` protocol. The best rendered recipe (highest mean val r_mean
-over the budgets) is the chosen one; the val table goes to ``benchmarks/results/world_val.{json,md}``.
+``shapes:val`` under the offline ``small`` protocol. The best rendered recipe at each budget is the
+chosen one (the ranking by mean val r_mean over the budgets is reported too); the val table goes to
+``benchmarks/results/world_val.{json,md}``.
 
 Stage ``test``: score on ``shapes:test`` the rows the final table shows, which are fixed in advance
-or chosen in the val stage: PDS as published, the protosynth default, the val-chosen recipe and the
-runner-up, prototype-guided selection, the four coresets and the full-data upper bound. Results go to
+or chosen in the val stage: PDS as published, the protosynth default, the val-chosen recipe of each
+budget, prototype-guided selection, the four coresets, k-center read with every caption of its images
+and the full-data upper bound. Results go to
 ``benchmarks/results/world_retrieval.{json,md}``, each row naming the split that chose it.
 
 Sets and result rows are kept under ``--work`` (a row is keyed by its set's manifest and the evaluation
@@ -226,22 +228,22 @@ def run_test(
     writes the table from the rows already scored and lists the others as not run."""
     cfg = EvalConfig(protocol="small", repeats=repeats, seed=seed, test="shapes:test")
     plan = [
-        (PUBLISHED, "fixed: PDS as published"),
-        (SELECT, "fixed"),
-        *[(r, "fixed") for r in CORESET_RECIPES],
-        (KCENTER_IMAGE_CAPTIONS, "fixed: reference for the text lever"),
+        (PUBLISHED, "fixed: PDS as published", budgets),
+        (SELECT, "fixed", budgets),
+        *[(r, "fixed", budgets) for r in CORESET_RECIPES],
+        (KCENTER_IMAGE_CAPTIONS, "fixed: reference for the text lever", budgets),
     ]
     if val is not None:  # first: the references may still be running in a --stage test-fixed process
         recipes = {r.name: r for r in VAL_RECIPES}
+        best = val["best_per_budget"]
         plan = [
-            (recipes[val["chosen"]], "val: best rendered recipe"),
-            (DEFAULT, "fixed: the shipped default"),
-            (recipes[val["runner_up"]], "val: runner-up"),
+            *[(recipes[best[b]], "val: best rendered recipe at this budget", [b]) for b in budgets],
+            (DEFAULT, "fixed: the shipped default", budgets),
             *plan,
         ]
     rows, head, seen, not_run = [], {}, {}, []
-    for recipe, chosen_by in plan:
-        for budget in budgets:
+    for recipe, chosen_by, plan_budgets in plan:
+        for budget in plan_budgets:
             path = make_set(recipe, budget, work, seed)
             same = seen.get((budget, _settings(path))) if recipe.coreset is None and not recipe.eval_text else None
             if same is not None:  # the default is the val-chosen recipe: one row, both names
@@ -264,7 +266,7 @@ def run_test(
         if row["budget"] in random_by_budget:
             row["gain_over_random"] = round(r_mean(row) - random_by_budget[row["budget"]], 2)
     rows.sort(key=lambda r: (r["recipe"] == "full", r["budget"]))
-    chosen = {"val_chosen": val["chosen"], "val_runner_up": val["runner_up"]} if val else {}
+    chosen = {"val_chosen": val["best_per_budget"], "val_ranking": val["ranking"]} if val else {}
     return dict(head, split="test", sets=rows, not_run=not_run, **chosen)
 
 
@@ -279,10 +281,9 @@ def markdown(doc: dict, command: str, title: str) -> str:
     ]
     if doc["split"] == "val":
         lines += [
-            f"Chosen on val (highest mean r_mean over the budgets among rendered recipes): **{doc['chosen']}**; "
-            f"runner-up {doc['runner_up']}. Best rendered recipe per budget: "
-            + ", ".join(f"{b}: {n}" for b, n in doc["best_per_budget"].items())
-            + ".",
+            "Chosen on val (the best rendered recipe at each budget): "
+            + ", ".join(f"{b}: **{n}**" for b, n in doc["best_per_budget"].items())
+            + f". Highest mean r_mean over the budgets: {doc['chosen']}; runner-up {doc['runner_up']}.",
             "",
         ]
     if doc.get("not_run"):
@@ -341,6 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         help="Use only rows already scored (a stopped run): choose among the val recipes scored at every budget, "
         "write the test table from the scored rows, and list the rest as not run.",
     )
+    ap.add_argument(
+        "--val-from-results",
+        action="store_true",
+        help="Test stage: take the val choice from --results' world_val.json (a finished val stage) instead of "
+        "running the val stage again.",
+    )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -348,8 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "test-fixed":
         run_test(budgets, args.work, args.seed, args.repeats, None, not args.no_full)
         return
-    val = run_val(budgets, args.work, args.seed, args.val_repeats, args.scored_only)
-    _write(val, args.results, "world_val", command, "World validation sweep", started)
+    if args.val_from_results:
+        val = json.loads((args.results / "world_val.json").read_text())
+        val["best_per_budget"] = {int(b): name for b, name in val["best_per_budget"].items()}
+    else:
+        val = run_val(budgets, args.work, args.seed, args.val_repeats, args.scored_only)
+        _write(val, args.results, "world_val", command, "World validation sweep", started)
     if args.stage in ("test", "all"):
         test = run_test(budgets, args.work, args.seed, args.repeats, val, not args.no_full, args.scored_only)
         _write(test, args.results, "world_retrieval", command, "World retrieval (test, scored once)", started)

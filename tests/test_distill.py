@@ -364,7 +364,7 @@ def test_text_rule_is_declared_in_the_manifest_and_changes_nothing_else(quick_mo
     out = distill(make_cfg(quick_models, tmp_path / "members", text="members"))
     ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
     assert ds.manifest["evaluation"] == {"text": "members"} and ds.manifest["settings"]["text"] == "members"
-    assert ref.manifest["evaluation"] == {"text": distill_module.DEFAULT_TEXT}
+    assert ref.manifest["evaluation"] == {"text": "members"}  # the default at 12 pairs
     assert tree_bytes(out) == tree_bytes(full_run)  # a rule for the learner: the pairs are the same
     with pytest.raises(ProtosynthError, match=r"^unknown text 'mean': use captions or members"):
         distill(make_cfg(quick_models, tmp_path / "bad", text="mean"))
@@ -406,6 +406,15 @@ def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run
         assert p == int(members[int(score.argmax())])
         assert rec["caption"] == corpus.pair_caption[p] and rec["caption_pair"] == p
         assert np.array_equal(np.asarray(ds.image(i)), corpus.image_array(int(corpus.pair_image[p])))
+
+
+def test_default_text_rule_reads_members_up_to_the_val_chosen_budget():
+    limit = distill_module.MEMBERS_TEXT_MAX_BUDGET
+    rule = distill_module.text_rule
+    assert rule(DistillConfig(budget=limit)) == "members" and rule(DistillConfig(budget=limit + 1)) == "captions"
+    assert rule(DistillConfig(budget=10, method="select")) == "captions"  # a selection keeps its real captions
+    assert rule(DistillConfig(budget=10, text="captions")) == "captions"
+    assert rule(DistillConfig(budget=900, text="members")) == "members"
 
 
 def test_distill_start_default_applies_only_where_the_decoder_can_honour_it(monkeypatch):
