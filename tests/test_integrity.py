@@ -7,16 +7,22 @@ CLIP, nothing trained), damaged on disk the way a user or a disk would.
 
 from __future__ import annotations
 
+import filecmp
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from protosynth.coreset import CoresetConfig, build_coreset
+from protosynth.corpus import load_corpus
 from protosynth.distilled import load_distilled
+from protosynth.embed import EmbedConfig, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
+from protosynth.models.clip import load_clip
 
 CORPUS = "shapes,n=40"
 TEST = "shapes:test,n=40"
@@ -73,3 +79,95 @@ def test_a_set_changed_after_it_was_written_is_refused_by_evaluation(a_set, clea
     (a_set / "embeddings.safetensors").unlink()
     with pytest.raises(ProtosynthError, match=r"set/embeddings\.safetensors: missing \(and 1 more files\)"):
         evaluate([a_set], eval_cfg())
+
+
+# ---- the embedding store: index.json's sha256 checked when a store is opened for use ----
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("default")
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(CORPUS)
+
+
+def store_cfg(out: Path) -> EmbedConfig:
+    return EmbedConfig(out=out, shard_size=16, batch_size=8, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def clean_store(tmp_path_factory, corpus, clip) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "clean"
+    embed_corpus(corpus, clip, store_cfg(out))
+    return out
+
+
+@pytest.fixture
+def a_store(clean_store, tmp_path) -> Path:
+    """A copy of the clean store (three shards of 16, 16 and 8 images), for a test to damage."""
+    return Path(shutil.copytree(clean_store, tmp_path / "store"))
+
+
+def overwrite_rows(path: Path, value: float | None = None) -> None:
+    """Rewrite a shard in place with the same header and size: every value ``value``, or (None) one
+    value nudged by one float32 step, the quietest corruption there is."""
+    arr = np.load(path)
+    if value is None:
+        arr.flat[5] = np.nextafter(arr.flat[5], np.float32(np.inf))
+    else:
+        arr[:] = value
+    size = path.stat().st_size
+    np.save(path, arr)
+    assert path.stat().st_size == size
+
+
+def differing_files(a: Path, b: Path) -> list[str]:
+    """Names of the files that differ between two stores, byte for byte (cost.json aside: it holds
+    seconds)."""
+    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
+    return [
+        n
+        for n in names
+        if n != "cost.json"
+        and not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False))
+    ]
+
+
+def test_damaged_shards_are_recomputed_and_the_store_equals_a_clean_one(a_store, clean_store, corpus, clip, caplog):
+    overwrite_rows(a_store / "text-000001.npy", np.nan)  # same size: only the hash tells
+    overwrite_rows(a_store / "image-000002.npy", np.inf)
+    overwrite_rows(a_store / "image-000001.npy")  # finite, one ulp
+    with open(a_store / "text-000000.npy", "r+b") as fh:  # truncated
+        fh.truncate(1000)
+    kept = (a_store / "text-000002.npy").stat()
+    with caplog.at_level(logging.WARNING, logger="protosynth"):
+        emb = embed_corpus(corpus, clip, store_cfg(a_store))
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    for name in ("text-000001.npy", "image-000002.npy", "image-000001.npy", "text-000000.npy"):
+        assert f"{a_store / name}:" in warned, warned
+    assert "recomput" in warned and not emb.from_cache
+    assert differing_files(a_store, clean_store) == []  # byte for byte, index.json included
+    assert np.isfinite(np.asarray(emb.text_rows)).all()
+    now = (a_store / "text-000002.npy").stat()
+    assert (now.st_ino, now.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # an intact file is not rewritten
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="protosynth"):
+        assert embed_corpus(corpus, clip, store_cfg(a_store)).from_cache
+    assert caplog.records == []
+
+
+def test_missing_shard_or_pair_image_of_a_complete_store_is_recomputed(a_store, clean_store, corpus, clip):
+    (a_store / "image-000001.npy").unlink()
+    overwrite_rows(a_store / "pair_image.npy", 0)
+    embed_corpus(corpus, clip, store_cfg(a_store))
+    assert differing_files(a_store, clean_store) == []
+
+
+def test_reading_a_damaged_store_directly_is_one_clear_error(a_store):
+    overwrite_rows(a_store / "text-000001.npy", np.nan)
+    with pytest.raises(ProtosynthError, match=r"store/text-000001\.npy: sha256 differs from index\.json") as err:
+        open_embeddings(a_store)
+    assert "\n" not in str(err.value) and "embed" in str(err.value)  # says how to recover
