@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from protosynth.cli.main import app
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
 from protosynth.distilled import load_distilled
@@ -23,6 +25,7 @@ from protosynth.embed import EmbedConfig, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.models.clip import load_clip
+from protosynth.verify import verify
 
 CORPUS = "shapes,n=40"
 TEST = "shapes:test,n=40"
@@ -171,3 +174,72 @@ def test_reading_a_damaged_store_directly_is_one_clear_error(a_store):
     with pytest.raises(ProtosynthError, match=r"store/text-000001\.npy: sha256 differs from index\.json") as err:
         open_embeddings(a_store)
     assert "\n" not in str(err.value) and "embed" in str(err.value)  # says how to recover
+
+
+# ---- protosynth verify DIR ----
+
+
+def verify_cli(folder: Path):
+    return CliRunner().invoke(app, ["verify", str(folder)])
+
+
+def test_verify_a_clean_set_and_a_damaged_one(a_set, clean_set):
+    listed = json.loads((clean_set / "manifest.json").read_text())["files"]
+    assert len(listed) == 9  # six images, pairs.jsonl, embeddings.safetensors, preview.png
+    report = verify(a_set)
+    assert (report.kind, report.checked, report.problems) == ("distilled set", 9, [])
+    r = verify_cli(a_set)
+    assert r.exit_code == 0 and r.stdout == "ok: 9 files checked\n", r.output
+    (a_set / "images/000003.png").unlink()
+    (a_set / "images/000002.png").write_bytes(b"\x89PNG not really")
+    (a_set / "pairs.jsonl").write_text((clean_set / "pairs.jsonl").read_text().replace('"index": 1,', '"index": 7,'))
+    assert [str(p) for p in verify(a_set).problems] == [
+        f"{a_set / 'images/000002.png'}: cannot be decoded (not an image format PIL reads)",
+        f"{a_set / 'images/000003.png'}: missing",
+        f"{a_set / 'pairs.jsonl'}: differs from the manifest (its sha256 changed after the set was written)",
+    ]
+    r = verify_cli(a_set)
+    assert r.exit_code == 2
+    assert r.stdout.splitlines() == [str(p) for p in verify(a_set).problems]
+    assert r.stderr == f"error: {a_set}: 3 problem(s) in this distilled set\n"
+
+
+def test_verify_a_store_then_embed_repairs_it(a_store, corpus, clip, caplog):
+    r = verify_cli(a_store)
+    assert r.exit_code == 0 and r.stdout == "ok: 7 files checked\n", r.output  # pair_image.npy and 3 x 2 shards
+    overwrite_rows(a_store / "image-000001.npy", np.nan)
+    with open(a_store / "text-000002.npy", "r+b") as fh:
+        fh.truncate(200)
+    r = verify_cli(a_store)
+    assert r.exit_code == 2 and r.stderr == f"error: {a_store}: 2 problem(s) in this embedding store\n"
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == (
+        f"{a_store / 'image-000001.npy'}: sha256 differs from index.json (the file changed after it was written)"
+    )
+    assert lines[1].startswith(f"{a_store / 'text-000002.npy'}: truncated or unreadable (")
+    r = CliRunner().invoke(app, ["embed", "--corpus", CORPUS, "--out", str(a_store), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert verify_cli(a_store).stdout == "ok: 7 files checked\n"
+    index = json.loads((a_store / "index.json").read_text())
+    index["complete"] = False
+    (a_store / "index.json").write_text(json.dumps(index))
+    r = verify_cli(a_store)
+    assert r.exit_code == 2 and r.stdout == f"{a_store / 'index.json'}: unfinished store (not complete)\n"
+
+
+def test_verify_refuses_a_folder_that_is_neither(tmp_path, clean_set):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "nowhere"):
+        r = verify_cli(folder)
+        assert r.exit_code == 2 and r.stdout == ""
+        assert (
+            r.stderr
+            == f"error: {folder}: neither a distilled set (no manifest.json) nor an embedding store (no index.json)\n"
+        )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"format": "someone-else/2", "files": {}}))
+    r = verify_cli(other)
+    assert r.exit_code == 2 and "not a protosynth set manifest" in r.stderr
+    with pytest.raises(ProtosynthError, match="neither a distilled set"):
+        verify(tmp_path / "empty")
