@@ -4,7 +4,8 @@ Each image is encoded once and repeated for its captions (PDS embeds caption-lev
 embedding of a repeated image is the same vector). The embeddings go to a sharded store
 (``store.py``) keyed by what decides the numbers (``cache_key``), so a second run with
 the same inputs does not re-embed, and a killed run resumes: only shards missing from the folder
-are computed. A shard's numbers depend on that shard alone (its batches start at its first image
+are computed, and so are the files of a complete store that no longer match its index. A shard's
+numbers depend on that shard alone (its batches start at its first image
 and its first pair), so a resumed store is byte-identical to an uninterrupted one.
 
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process

@@ -14,7 +14,8 @@ corpus lists an image's captions consecutively, so that is one pair range). Ever
 to a temporary name and renamed into place, so a file present under its final name is complete; a
 shard is done when both of its files exist. ``index.json`` is written first with
 ``"complete": false`` (so a resumed run can check it is resuming the same work) and rewritten with
-the hashes and ``"complete": true`` after the last shard. ``.npy`` because ``np.load(mmap_mode="r")``
+the hashes and ``"complete": true`` after the last shard; every later opening checks each file
+against its recorded shape and hash (``store_problems``). ``.npy`` because ``np.load(mmap_mode="r")``
 maps it without reading it: clustering reads rows on demand, so the corpus may exceed RAM.
 """
 

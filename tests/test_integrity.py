@@ -57,6 +57,9 @@ def test_missing_image_is_one_error_naming_the_set_and_file(a_set):
         ds.image(3)
     with pytest.raises(ProtosynthError, match=r"set/images/000003\.png: missing"):
         ds[3]
+    r = CliRunner().invoke(app, ["eval", "retrieval", str(a_set), "--test", TEST])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == f"error: {a_set / 'images/000003.png'}: missing; the set is not as it was written: remake it\n"
 
 
 def test_corrupt_image_is_one_error_naming_the_set_and_file(a_set):
