@@ -386,6 +386,22 @@ def coreset(
     typer.echo(f"wrote {run(build_coreset, cfg, verb='coreset')}")
 
 
+@app.command("verify")
+def verify(
+    folder: Path = typer.Argument(..., help="A distilled set (manifest.json) or an embedding store (index.json)."),
+) -> None:
+    """Check every file of a distilled set or an embedding store against the sha256 (and, for a
+    store, the shape) it records: one line per problem, then exit 2; "ok: N files checked" if none."""
+    from protosynth.verify import verify as verify_folder
+
+    report = run(verify_folder, folder, verb="verify")
+    for problem in report.problems:
+        typer.echo(str(problem))
+    if report.problems:
+        fail(f"{folder}: {len(report.problems)} problem(s) in this {report.kind}")
+    typer.echo(f"ok: {report.checked} files checked")
+
+
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
@@ -197,8 +197,10 @@ class DistilledSet(Dataset):
         return len(self.pairs)
 
     def image(self, i: int) -> Image.Image:
-        with Image.open(self.root / self.pairs[i]["image"]) as im:
-            return im.convert("RGB")
+        name = self.pairs[i].get("image")
+        if not isinstance(name, str) or not name:
+            raise ProtosynthError(f"{self.root / 'pairs.jsonl'}: pair {i} names no image")
+        return decode_image(self.root / name)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
         arr = np.asarray(self.image(i), dtype=np.float32) / 255.0
@@ -206,13 +208,68 @@ class DistilledSet(Dataset):
         return torch.from_numpy(arr).permute(2, 0, 1), self.pairs[i]["caption"], text[i]
 
 
+def decode_image(path: Path) -> Image.Image:
+    """The RGB image at ``path`` (a file of a set), or one error naming the file and what is wrong."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ProtosynthError(f"{path}: missing") from None
+    except UnidentifiedImageError:
+        raise ProtosynthError(f"{path}: cannot be decoded (not an image format PIL reads)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ProtosynthError(f"{path}: cannot be decoded ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def file_problem(root: Path, name: str, digest: str) -> str | None:
+    """What is wrong with file ``name`` of the set at ``root``, whose manifest records ``digest``
+    (its sha256), or None when it is intact: ``missing``, ``cannot be decoded`` (a changed image PIL
+    cannot read) or ``differs from the manifest``."""
+    path = root / name
+    if not path.is_file():
+        return "missing"
+    if sha256_file(path) == digest:
+        return None
+    if path.suffix.lower() == ".png":
+        try:
+            decode_image(path)
+        except ProtosynthError as exc:
+            return str(exc).removeprefix(f"{path}: ")
+    return "differs from the manifest (its sha256 changed after the set was written)"
+
+
+def set_problems(root: Path, manifest: dict) -> tuple[int, list[tuple[Path, str]]]:
+    """Every file the manifest lists, checked against its sha256: (files checked, [(path, problem)])."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return 0, [(root / MANIFEST, "records no file hashes (files)")]
+    problems = []
+    for name, digest in sorted(files.items()):
+        why = file_problem(root, name, str(digest))
+        if why is not None:
+            problems.append((root / name, why))
+    return len(files), problems
+
+
 def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
-    """Open a complete set folder; ``verify`` re-checks every file's sha256 against the manifest."""
+    """Open a complete set folder; ``verify`` first checks every file against the sha256 its manifest
+    records (reads every file once), so a set changed after it was written is
+    refused, naming the file, before anything is read from it."""
     root = Path(path)
     if not (root / MANIFEST).is_file():
         raise ProtosynthError(f"{root}: not a complete distilled set (no {MANIFEST})")
     try:
         manifest = json.loads((root / MANIFEST).read_text())
+        if verify:
+            _, problems = set_problems(root, manifest if isinstance(manifest, dict) else {})
+            if problems:
+                where, why = problems[0]
+                more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+                raise ProtosynthError(f"{where}: {why}{more}; the set is not as it was written: remake it")
         pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines() if line.strip()]
         tensors = load_file(str(root / "embeddings.safetensors"))
 
@@ -222,8 +279,4 @@ def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
         raise ProtosynthError(f"{root}: unreadable distilled set ({exc})") from None
     if not pairs:
         raise ProtosynthError(f"{root}: distilled set has no pairs")
-    if verify:
-        for name, digest in manifest.get("files", {}).items():
-            if not (root / name).is_file() or sha256_file(root / name) != digest:
-                raise ProtosynthError(f"{root}: file {name} is missing or does not match the manifest")
     return DistilledSet(root, manifest, pairs, tensors, metadata)

@@ -4,7 +4,8 @@ Each image is encoded once and repeated for its captions (PDS embeds caption-lev
 embedding of a repeated image is the same vector). The embeddings go to a sharded store
 (``store.py``) keyed by what decides the numbers (``cache_key``), so a second run with
 the same inputs does not re-embed, and a killed run resumes: only shards missing from the folder
-are computed. A shard's numbers depend on that shard alone (its batches start at its first image
+are computed, and so are the files of a complete store that no longer match its index. A shard's
+numbers depend on that shard alone (its batches start at its first image
 and its first pair), so a resumed store is byte-identical to an uninterrupted one.
 
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -39,8 +41,12 @@ from .store import (
     read_index,
     save_npy_atomic,
     shard_done,
+    store_files,
+    store_problems,
     write_index,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -260,46 +266,58 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
     index = read_index(folder)
     want = _header(corpus, encoder, cfg, plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size))
     _check_existing(folder, index, want)
+    # a complete store is checked against the sha256 its index records, every file, each time it is
+    # opened for use; the files that do not match are recomputed (and only they are rewritten)
+    damaged: dict[str, str] = {}
     if index is not None and index.get("complete"):
-        return _open(folder, from_cache=True)
+        damaged = dict(store_problems(folder, index))
+        if not damaged:
+            return _open(folder, from_cache=True, checked=True)
+        for name, why in damaged.items():
+            log.warning("%s: %s; recomputing it", folder / name, why)
+        want = index  # the same shards, in the same index: only the damaged files' hashes change
+        cfg = replace(cfg, shard_size=int(index["shard_size"]))
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)  # what killed runs writing this store left behind
     if index is None:
         write_index(folder, want)
-    if not (folder / PAIR_IMAGE).is_file():
-        save_npy_atomic(folder / PAIR_IMAGE, corpus.pair_image)
+    # an intact file's recorded hash: not computed again below
+    digests = {name: digest for name, _, digest in store_files(index) if name not in damaged} if damaged else {}
+    if not (folder / PAIR_IMAGE).is_file() or PAIR_IMAGE in damaged:
+        digests[PAIR_IMAGE] = save_npy_atomic(folder / PAIR_IMAGE, corpus.pair_image)
     shards = want["shards"]
-    todo = [s for s in shards if not shard_done(folder, s)]
-    digests: dict[str, str] = {}
+    todo = [s for s in shards if not shard_done(folder, s) or {s["image_file"], s["text_file"]} & damaged.keys()]
     started = time.perf_counter()
 
     def write(s: dict, img: np.ndarray, txt: np.ndarray) -> None:
-        digests[s["text_file"]] = save_npy_atomic(folder / s["text_file"], txt)
-        digests[s["image_file"]] = save_npy_atomic(folder / s["image_file"], img)
+        for name, rows in ((s["text_file"], txt), (s["image_file"], img)):
+            if not damaged or name in damaged:
+                digests[name] = save_npy_atomic(folder / name, rows)
 
     _encode_shards(corpus, encoder, cfg, todo, write)
-    # the cost beside the store, not in index.json, whose bytes stay the same from run to run
-    whole = len(todo) == len(shards)
-    cost = {"compute_seconds": round(time.perf_counter() - started, 2) if whole else None, "shards": len(shards)}
-    write_text_atomic(folder / COST_FILE, json.dumps(cost, indent=2))
+    if not damaged:  # a repair keeps the cost of the run that computed the store
+        # the cost beside the store, not in index.json, whose bytes stay the same from run to run
+        whole = len(todo) == len(shards)
+        cost = {"compute_seconds": round(time.perf_counter() - started, 2) if whole else None, "shards": len(shards)}
+        write_text_atomic(folder / COST_FILE, json.dumps(cost, indent=2))
     for s in shards:
         for key in ("image", "text"):
             name = s[f"{key}_file"]
             s[f"{key}_sha256"] = digests.get(name) or sha256_file(folder / name)
     if shards:
         want["dim"] = int(np.load(folder / shards[0]["image_file"], mmap_mode="r").shape[1])
-    want["pair_image_sha256"] = sha256_file(folder / PAIR_IMAGE)
+    want["pair_image_sha256"] = digests.get(PAIR_IMAGE) or sha256_file(folder / PAIR_IMAGE)
     del want["complete"]
     want["complete"] = True  # the last key, in the index written after the last shard
     write_index(folder, want)
-    return _open(folder, from_cache=not todo)
+    return _open(folder, from_cache=not todo, checked=True)
 
 
 COST_FILE = "cost.json"
 
 
-def _open(folder: Path, from_cache: bool) -> Embeddings:
-    store = EmbeddingStore(folder)
+def _open(folder: Path, from_cache: bool, checked: bool = False) -> Embeddings:
+    store = EmbeddingStore(folder, checked=checked)
     try:
         seconds = json.loads((folder / COST_FILE).read_text()).get("compute_seconds")
     except (OSError, ValueError, AttributeError):

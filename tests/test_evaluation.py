@@ -27,6 +27,7 @@ from protosynth.evaluation.evaluate import METRIC_NAMES, SELECTED, EvalConfig, c
 from protosynth.evaluation.protocols import PROTOCOLS, get_protocol
 from protosynth.evaluation.retrieval import ProjectionHead, info_nce
 from protosynth.evaluation.text_encoders import clean_caption, load_text_encoder
+from protosynth.files import sha256_file
 from protosynth.render import RenderConfig
 
 CORPUS = "shapes,n=300"
@@ -46,6 +47,13 @@ def pds_set(quick_models, tmp_path_factory) -> Path:
             render=RenderConfig(steps=2),
         )
     )
+
+
+def rerecord_hashes(folder: Path) -> None:
+    """Record a set's edited files in its manifest, as if it had been written that way."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {name: sha256_file(folder / name) for name in manifest["files"]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def tiny_eval(backbone: Path, **kw) -> EvalConfig:
@@ -224,6 +232,7 @@ def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
     shutil.copytree(pds_set, broken)
     lines = [json.loads(x) for x in (broken / "pairs.jsonl").read_text().splitlines()]
     (broken / "pairs.jsonl").write_text("".join(json.dumps(dict(x, caption="")) + "\n" for x in lines))
+    rerecord_hashes(broken)  # a set written that way, not one edited afterwards (evaluation refuses that)
     with pytest.raises(ProtosynthError, match="no usable captions and no text embeddings in the protocol's text space"):
         evaluate([broken], tiny_eval(tiny_backbone))
 
@@ -283,6 +292,9 @@ def test_empty_or_unreadable_set(tmp_path, pds_set, tiny_backbone):
     bad = tmp_path / "bad"
     shutil.copytree(pds_set, bad)
     (bad / "pairs.jsonl").write_text("{not json\n")
+    with pytest.raises(ProtosynthError, match="pairs.jsonl: differs from the manifest"):  # checked first
+        evaluate([bad], tiny_eval(tiny_backbone))
+    rerecord_hashes(bad)
     with pytest.raises(ProtosynthError, match="unreadable distilled set"):
         evaluate([bad], tiny_eval(tiny_backbone))
 

@@ -119,7 +119,7 @@ def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
 def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     """Evaluate every set (and the --full upper bound) under one protocol; the ``--json`` document."""
     protocol = validate(cfg, paths)
-    sets = [load_distilled(p) for p in paths]
+    sets = [load_distilled(p, verify=True) for p in paths]  # a set changed since it was written is refused here
     text_spec = _text_spec(protocol, sets, cfg.text_encoder)
     backbone = load_backbone(cfg.backbone or protocol.backbone)
     size = cfg.image_size or protocol.image_size or backbone.image_size

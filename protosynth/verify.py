@@ -1,0 +1,68 @@
+"""Check a distilled set or an embedding store against what it records about its own files.
+
+A set's ``manifest.json`` records the sha256 of every other file; a store's ``index.json`` records
+the shape and sha256 of every ``.npy`` file. ``verify(folder)`` reads every file once and reports
+each one that is missing, truncated, of another shape or changed since it was written. Evaluation
+(``load_distilled(verify=True)``) and the embedding stage run the same checks where they read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .distilled import FORMAT as SET_FORMAT
+from .distilled import MANIFEST, set_problems
+from .errors import ProtosynthError
+from .store import INDEX, read_index, store_files, store_problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+
+@dataclass
+class Report:
+    kind: str  # "distilled set" or "embedding store"
+    checked: int  # files checked against a recorded hash
+    problems: list[Problem] = field(default_factory=list)
+
+
+def verify(folder: str | Path) -> Report:
+    """Check every file of the set (``manifest.json``) or store (``index.json``) in ``folder``;
+    raises ProtosynthError when ``folder`` is neither."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        return _verify_set(folder)
+    if (folder / INDEX).is_file():
+        return _verify_store(folder)
+    raise ProtosynthError(f"{folder}: neither a distilled set (no {MANIFEST}) nor an embedding store (no {INDEX})")
+
+
+def _verify_set(folder: Path) -> Report:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return Report("distilled set", 0, [Problem(folder / MANIFEST, "not readable JSON")])
+    if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
+        raise ProtosynthError(f"{folder / MANIFEST}: not a protosynth set manifest (format {SET_FORMAT})")
+    checked, problems = set_problems(folder, manifest)
+    return Report("distilled set", checked, [Problem(path, what) for path, what in problems])
+
+
+def _verify_store(folder: Path) -> Report:
+    index = read_index(folder)  # one error line when it is not a protosynth index
+    if not index.get("complete"):
+        return Report("embedding store", 0, [Problem(folder / INDEX, "unfinished store (not complete)")])
+    try:
+        files = store_files(index)
+    except (KeyError, TypeError, ValueError) as exc:
+        return Report("embedding store", 0, [Problem(folder / INDEX, f"malformed ({type(exc).__name__}: {exc})")])
+    problems = [Problem(folder / name, what) for name, what in store_problems(folder, index)]
+    return Report("embedding store", len(files), problems)
