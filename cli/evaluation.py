@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import fail, run
+from .common import comma_list, fail, run
 from .help_text import EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
@@ -210,10 +210,10 @@ def cross_arch_cmd(
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
+    arch_list = comma_list("--archs", archs) if archs else None
     cfg = _config(
         sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
     )
-    arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
     doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)
     _write_json(doc, json_out)
