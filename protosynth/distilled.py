@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
 from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .imageops import to_rgb
 
 MANIFEST = "manifest.json"
 
@@ -139,7 +140,7 @@ def preview_grid(
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         x, y = (i % cols) * cell_w, (i // cols) * (scale + text_h)
-        canvas.paste(images[i].convert("RGB").resize((scale, scale), Image.NEAREST), (x + 12, y + 2))
+        canvas.paste(to_rgb(images[i]).resize((scale, scale), Image.NEAREST), (x + 12, y + 2))
         lines = textwrap.wrap(captions[i], width=20)[:4]
         for j, line in enumerate(lines):
             draw.text((x + 2, y + scale + 4 + 11 * j), line, fill="black", font=font)
@@ -198,7 +199,7 @@ class DistilledSet(Dataset):
 
     def image(self, i: int) -> Image.Image:
         with Image.open(self.root / self.pairs[i]["image"]) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
         arr = np.asarray(self.image(i), dtype=np.float32) / 255.0
