@@ -15,7 +15,8 @@ Spec strings, by form:
 
 ``image_root`` (JSON and CSV only) is the folder image paths are relative to (default: the file's
 folder). ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
-captions, listing them in ``Corpus.skipped``; without it a missing image file is an error at load
+captions (and webdataset samples without an image or a caption member), listing them in
+``Corpus.skipped``; without it a missing image file is an error at load
 and a corrupt one an error when read, each naming the file and the row.
 """
 

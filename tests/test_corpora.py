@@ -369,7 +369,7 @@ def test_webdataset_subset_reads_the_same_images(shards, world):
 @pytest.mark.parametrize(
     "members, needle",
     [
-        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"sample b: no caption member"),
+        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"member b\.png: no caption member"),
         ([("a.png", b"x"), ("a.txt", b"ok"), ("b.txt", b"no image")], r"sample b: no image member"),
         ([("a.png", b"x"), ("a.txt", b"   ")], r"member a\.txt: empty"),
         ([("a.png", b"x"), ("a.json", b"{not json")], r"member a\.json: not valid JSON"),
@@ -684,3 +684,31 @@ def test_a_directory_given_as_an_image_is_called_a_directory(tmp_path, world, sk
     corpus = load_corpus(str(path), skip_bad=True)
     assert corpus.n_images == 2 and len(corpus.skipped) == 1
     assert re.search(r"c\.csv row 3: .*folder\.png is a directory, not an image file", corpus.skipped[0])
+
+
+# ---------------------------------------------------------------- webdataset samples without a caption
+
+
+def captionless_shard(tmp_path: Path, world) -> Path:
+    members = []
+    for i in range(3):
+        members.append((f"{i}.png", png_bytes(world.images[i])))
+        if i != 1:
+            members.append((f"{i}.txt", world.captions[i][0].encode()))
+    return write_tar(tmp_path / "s.tar", members)
+
+
+def test_webdataset_sample_without_a_caption_names_shard_and_member(tmp_path, world):
+    path = captionless_shard(tmp_path, world)
+    with pytest.raises(ProtosynthError) as exc:
+        load_corpus(str(path))
+    one_line(exc, re.escape(f"{path} member 1.png"), r"no caption member \(txt or json\)")
+
+
+def test_skip_bad_skips_and_counts_a_sample_without_a_caption(tmp_path, world):
+    """skip_bad drops a captionless sample as it drops a bad image (counted, named), not stop the run."""
+    path = captionless_shard(tmp_path, world)
+    corpus = load_corpus(str(path), skip_bad=True)
+    assert corpus.n_images == 2 and corpus.captions == [[world.captions[0][0]], [world.captions[2][0]]]
+    assert np.array_equal(corpus.image_array(1), world.images[2])
+    assert len(corpus.skipped) == 1 and re.search(r"s\.tar member 1\.png: no caption member", corpus.skipped[0])
