@@ -65,6 +65,17 @@ def _on_world(sets: list[Path], full: Optional[str]) -> bool:
     return all(is_world(sp) for sp in specs)
 
 
+def _check_json(path: Optional[Path]) -> None:
+    """Before the evaluation: ``--json`` must name a file in a folder that can be written."""
+    if path is None:
+        return
+    from protosynth.files import check_writable
+
+    if path.is_dir():
+        fail(f"--json {path} is a folder, not a file")
+    run(check_writable, path.parent, f"--json {path}")
+
+
 def _write_json(doc: dict, path: Optional[Path]) -> None:
     if path is not None:
         from protosynth.files import write_text_atomic
@@ -175,6 +186,7 @@ def retrieval(
 
     from protosynth.evaluation.evaluate import evaluate
 
+    _check_json(json_out)
     cfg = replace(
         _config(
             sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
@@ -211,6 +223,7 @@ def cross_arch_cmd(
     from protosynth.evaluation.evaluate import cross_arch
 
     arch_list = comma_list("--archs", archs) if archs else None
+    _check_json(json_out)
     cfg = _config(
         sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
     )

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
-from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .files import atomic_path, check_writable, remove_stale_temps, save_safetensors_atomic, sha256_file
 from .imageops import to_rgb
 
 MANIFEST = "manifest.json"
@@ -34,6 +34,8 @@ def check_out_dir(out: Path, force: bool) -> None:
     ``--force`` replaces distilled sets, never the working folder or an unrelated one."""
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
+    # the set is written beside ``out`` and renamed over it: its parent must take new entries
+    check_writable(out.parent, f"{P.out} {out}")
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:

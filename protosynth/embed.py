@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .corpus import Corpus, cache_dir
+from .corpus import Corpus, cache_dir, check_cache_writable
 from .errors import P, ProtosynthError
-from .files import remove_stale_temps, sha256_file, write_text_atomic
+from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
 from .progress import StepBar
 from .store import (
@@ -63,6 +63,8 @@ def check_config(cfg: EmbedConfig) -> None:
     ):
         if value < low:
             raise ProtosynthError(f"{param} must be at least {low}, got {value}")
+    if cfg.out is not None:  # the cache's store folder depends on the corpus: embed_corpus checks it
+        check_writable(cfg.out, f"{P.out} {cfg.out}")
 
 
 @dataclass
@@ -262,6 +264,10 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
     _check_existing(folder, index, want)
     if index is not None and index.get("complete"):
         return _open(folder, from_cache=True)
+    if cfg.out is None:
+        check_cache_writable(folder)
+    else:
+        check_writable(folder, f"{P.out} {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)  # what killed runs writing this store left behind
     if index is None:
