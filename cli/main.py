@@ -288,8 +288,8 @@ def distill(
     batch_size: Optional[int] = typer.Option(
         None,
         help=(
-            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never "
-            "changes the images)."
+            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones). Each image has "
+            "its own seed, but another batch size may change a pixel by a level; the manifest records it."
         ),
     ),
     clip_guidance: Optional[float] = typer.Option(
