@@ -69,11 +69,12 @@ def _check_json(path: Optional[Path]) -> None:
     """Before the evaluation: ``--json`` must name a file in a folder that can be written."""
     if path is None:
         return
+    from protosynth.errors import ProtosynthError
     from protosynth.files import check_writable
 
     if path.is_dir():
-        fail(f"--json {path} is a folder, not a file")
-    run(check_writable, path.parent, f"--json {path}")
+        raise ProtosynthError(f"--json {path} is a folder, not a file")
+    check_writable(path.parent, f"--json {path}")
 
 
 def _write_json(doc: dict, path: Optional[Path]) -> None:
@@ -186,7 +187,7 @@ def retrieval(
 
     from protosynth.evaluation.evaluate import evaluate
 
-    _check_json(json_out)
+    run(_check_json, json_out, verb="eval retrieval")
     cfg = replace(
         _config(
             sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
@@ -223,7 +224,7 @@ def cross_arch_cmd(
     from protosynth.evaluation.evaluate import cross_arch
 
     arch_list = comma_list("--archs", archs) if archs else None
-    _check_json(json_out)
+    run(_check_json, json_out, verb="eval cross-arch")
     cfg = _config(
         sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
     )
