@@ -139,6 +139,28 @@ def test_an_unwritable_out_stops_a_verb_before_its_work(verb, unwritable, tmp_pa
     assert not cache.exists()
 
 
+def test_models_calibrate_checks_its_folder_before_measuring(tmp_path):
+    """calibrate writes decoder/render_defaults.json after minutes of renders: a decoder folder it
+    cannot write is refused first (the check runs before anything is loaded, so stubs suffice)."""
+    if os.geteuid() == 0:
+        pytest.skip("running as root, which ignores folder permissions (no other kind fits a models folder)")
+    models = tmp_path / "models"
+    for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
+        (models / part).parent.mkdir(parents=True, exist_ok=True)
+        (models / part).write_text("{}")
+    (models / "decoder").chmod(0o555)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["models", "calibrate", "--models", str(models), "--quick"],
+            env={"PROTOSYNTH_CACHE": str(tmp_path / "c")},
+        )
+    finally:
+        (models / "decoder").chmod(0o755)
+    one_line_error(result, r"--models ", r"cannot write in .*decoder")
+    assert not (tmp_path / "c").exists()
+
+
 def test_check_out_dir_checks_the_parent(unwritable):
     """The one check every set writer (distill, coreset, baseline, write_distilled) goes through."""
     with pytest.raises(ProtosynthError, match=r"^out "):

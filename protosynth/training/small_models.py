@@ -102,6 +102,8 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
         if not (out / part).is_file():
             raise ProtosynthError(f"{P.out} {out}: no {part} (a `protosynth models train` output folder is needed)")
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
+    for folder in (out, out / "decoder"):  # metrics and provenance, and the decoder's render defaults
+        check_writable(folder, f"{P.out} {out}")
     train, test = split_corpus(cfg)
     t0 = time.time()
     metrics = _read(out / "metrics.json", {})
