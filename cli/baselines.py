@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import command_line, run
+from .common import comma_list, command_line, run
 from .help_text import (
     BUFFER_IMAGE_ROOT_HELP,
     BUFFER_SKIP_BAD_HELP,
@@ -164,7 +164,7 @@ def compare_baselines(
 
     cfg = CompareConfig(
         budget=budget,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        methods=tuple(comma_list("--methods", methods)),
         corpus=corpus,
         protocol=protocol,
         repeats=repeats,

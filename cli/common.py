@@ -17,6 +17,15 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def comma_list(flag: str, text: str) -> list[str]:
+    """The items of a comma-separated flag value, stripped; an empty item (``3,``, ``1,,2``) is a
+    typo to report, never dropped: ``--budget 3,`` must not quietly mean ``--budget 3``."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        fail(f"{flag} {text!r}: empty item in the comma-separated list")
+    return items
+
+
 def command_line() -> str:
     """This run's command, for the provenance a library function records (the library never reads sys.argv)."""
     return " ".join(["protosynth"] + sys.argv[1:])

@@ -24,7 +24,13 @@ def embed(
     out: Optional[Path] = typer.Option(None, help="Store folder (default: the cache, where distill finds it)."),
     shard_size: int = typer.Option(4096, help="Images per shard: the unit of work a kill can lose."),
     fp16: bool = typer.Option(False, help="Store float16 (half the disk); readers still get float32."),
-    batch_size: int = typer.Option(256, help="Images (or captions) per encoder batch."),
+    batch_size: int = typer.Option(
+        256,
+        help=(
+            "Images (or captions) per encoder batch. Part of the store's key: another batch size can change "
+            "the last bits of the numbers, so it makes its own store (distill reads the one of 256)."
+        ),
+    ),
     workers: Optional[int] = typer.Option(
         None,
         help="DataLoader processes that load, preprocess and tokenise "

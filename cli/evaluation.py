@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import fail, run
+from .common import comma_list, fail, run
 from .help_text import EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
@@ -63,6 +63,18 @@ def _on_world(sets: list[Path], full: Optional[str]) -> bool:
         except (OSError, ValueError, KeyError):
             fail(f"{s}: not a complete distilled set (no readable manifest.json)")
     return all(is_world(sp) for sp in specs)
+
+
+def _check_json(path: Optional[Path]) -> None:
+    """Before the evaluation: ``--json`` must name a file in a folder that can be written."""
+    if path is None:
+        return
+    from protosynth.errors import ProtosynthError
+    from protosynth.files import check_writable
+
+    if path.is_dir():
+        raise ProtosynthError(f"--json {path} is a folder, not a file")
+    check_writable(path.parent, f"--json {path}")
 
 
 def _write_json(doc: dict, path: Optional[Path]) -> None:
@@ -175,6 +187,7 @@ def retrieval(
 
     from protosynth.evaluation.evaluate import evaluate
 
+    run(_check_json, json_out, verb="eval retrieval")
     cfg = replace(
         _config(
             sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
@@ -210,10 +223,11 @@ def cross_arch_cmd(
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
+    arch_list = comma_list("--archs", archs) if archs else None
+    run(_check_json, json_out, verb="eval cross-arch")
     cfg = _config(
         sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
     )
-    arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
     doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)
     _write_json(doc, json_out)

@@ -8,8 +8,9 @@ IMAGE_ROOT_HELP = (
     "Folder the image paths of a Karpathy .json or a .csv corpus are relative to (default: that file's folder)."
 )
 SKIP_BAD_HELP = (
-    "Decode every image once at load and skip missing or corrupt ones (counted in the manifest) "
-    "instead of stopping at the first; for .jsonl, .json, .csv and .tar corpora."
+    "Decode every image once at load and skip missing or corrupt ones, and .tar samples without an image or "
+    "a caption member (counted in the manifest), instead of stopping at the first; for .jsonl, .json, .csv "
+    "and .tar corpora."
 )
 EVAL_IMAGE_ROOT_HELP = "Folder the image paths of a Karpathy .json or .csv --test / --full corpus are relative to."
 CLIP_ARCH_HELP = "open_clip architecture of a checkpoint file given as --clip."

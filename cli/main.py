@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from . import baselines
-from .common import command_line, fail, run
+from .common import comma_list, command_line, fail, run
 from .embed import embed as embed_verb
 from .evaluation import eval_app
 from .help_text import (
@@ -130,7 +130,7 @@ def models_calibrate(
     from protosynth.training.small_models import ModelsTrainConfig, calibrate_models
 
     try:
-        scales = tuple(float(g) for g in guidances.split(",") if g.strip())
+        scales = tuple(float(g) for g in comma_list("--guidances", guidances))
     except ValueError:
         fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
     cfg = ModelsTrainConfig(
@@ -174,12 +174,9 @@ def models_pretrain_backbone(
 def parse_budgets(text: str) -> list[int]:
     """``500`` or ``100,200,500``."""
     try:
-        budgets = [int(b) for b in text.split(",") if b.strip()]
+        return [int(b) for b in comma_list("--budget", text)]
     except ValueError:
         fail(f"--budget {text!r}: use a number or a comma-separated list such as 100,200,500")
-    if not budgets:
-        fail(f"--budget {text!r}: no budget given")
-    return budgets
 
 
 @app.command()
@@ -291,8 +288,8 @@ def distill(
     batch_size: Optional[int] = typer.Option(
         None,
         help=(
-            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones; batching never "
-            "changes the images)."
+            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones). Each image has "
+            "its own seed, but another batch size may change a pixel by a level; the manifest records it."
         ),
     ),
     clip_guidance: Optional[float] = typer.Option(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .corpora.spec import corpus_name
-from .corpus import Corpus, cache_dir, load_corpus
+from .corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
@@ -119,6 +119,7 @@ def forgetting_counts(corpus: Corpus, protocol_name: str, epochs: int, seed: int
     )
     if path.is_file():
         return np.load(path)
+    check_cache_writable(path.parent)
 
     protocol = get_protocol(protocol_name)
     if protocol.text == "clip" or not protocol.train_backbone:

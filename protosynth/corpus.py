@@ -15,7 +15,8 @@ Spec strings, by form:
 
 ``image_root`` (JSON and CSV only) is the folder image paths are relative to (default: the file's
 folder). ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
-captions, listing them in ``Corpus.skipped``; without it a missing image file is an error at load
+captions (and webdataset samples without an image or a caption member), listing them in
+``Corpus.skipped``; without it a missing image file is an error at load
 and a corrupt one an error when read, each naming the file and the row.
 """
 
@@ -35,7 +36,7 @@ from .corpora.karpathy import load_karpathy
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
 from .errors import P, ProtosynthError
-from .files import atomic_open, remove_stale_temps
+from .files import atomic_open, check_writable, remove_stale_temps
 from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "cache_dir",
     "canonical_root",
     "canonical_spec",
+    "check_cache_writable",
     "is_world",
     "load_corpus",
     "load_csv",
@@ -63,6 +65,14 @@ FORMATS = (
 def cache_dir() -> Path:
     """Where protosynth caches generated worlds and embeddings (``PROTOSYNTH_CACHE`` overrides)."""
     return Path(os.environ.get("PROTOSYNTH_CACHE", Path.home() / ".cache" / "protosynth"))
+
+
+def check_cache_writable(folder: Path) -> None:
+    """Every cache writer calls this before computing what it will cache (a world split, embeddings,
+    text features, pixels, forgetting counts): a read-only cache is one line naming it, not a
+    traceback after the work. A cache that already holds what a run needs is only read, so it may
+    be read-only."""
+    check_writable(folder, f"cache folder {folder}", "; set PROTOSYNTH_CACHE to a writable folder")
 
 
 # Split contents that changed: test and pretrain v2 have no image equal to a train (or test) image.
@@ -102,6 +112,7 @@ def world_split(cfg: WorldConfig, split: str) -> WorldSplit:
             if "objects" in data.files:  # caches written before objects were stored are regenerated
                 objects = [[WorldObject(*o) for o in objs] for objs in json.loads(str(data["objects"]))]
                 return WorldSplit(data["images"], json.loads(str(data["captions"])), objects)
+    check_cache_writable(path.parent)
     exclude = None
     if EARLIER_SPLITS[split]:
         exclude = {image_digest(im) for earlier in EARLIER_SPLITS[split] for im in world_split(cfg, earlier).images}

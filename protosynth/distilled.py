@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
-from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .files import atomic_path, check_writable, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .imageops import to_rgb
 
 MANIFEST = "manifest.json"
 
@@ -33,6 +34,8 @@ def check_out_dir(out: Path, force: bool) -> None:
     ``--force`` replaces distilled sets, never the working folder or an unrelated one."""
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
+    # the set is written beside ``out`` and renamed over it: its parent must take new entries
+    check_writable(out.parent, f"{P.out} {out}")
     if not out.exists() or not any(out.iterdir()):
         return
     if not force:
@@ -139,7 +142,7 @@ def preview_grid(
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         x, y = (i % cols) * cell_w, (i // cols) * (scale + text_h)
-        canvas.paste(images[i].convert("RGB").resize((scale, scale), Image.NEAREST), (x + 12, y + 2))
+        canvas.paste(to_rgb(images[i]).resize((scale, scale), Image.NEAREST), (x + 12, y + 2))
         lines = textwrap.wrap(captions[i], width=20)[:4]
         for j, line in enumerate(lines):
             draw.text((x + 2, y + scale + 4 + 11 * j), line, fill="black", font=font)
@@ -197,10 +200,15 @@ class DistilledSet(Dataset):
         return len(self.pairs)
 
     def image(self, i: int) -> Image.Image:
+<<<<<<< HEAD
         name = self.pairs[i].get("image")
         if not isinstance(name, str) or not name:
             raise ProtosynthError(f"{self.root / 'pairs.jsonl'}: pair {i} names no image")
         return decode_image(self.root / name)
+=======
+        with Image.open(self.root / self.pairs[i]["image"]) as im:
+            return to_rgb(im)
+>>>>>>> h18-b
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
         arr = np.asarray(self.image(i), dtype=np.float32) / 255.0

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .corpus import Corpus, cache_dir
+from .corpus import Corpus, cache_dir, check_cache_writable
 from .errors import P, ProtosynthError
-from .files import remove_stale_temps, sha256_file, write_text_atomic
+from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
 from .progress import StepBar
 from .store import (
@@ -69,6 +69,8 @@ def check_config(cfg: EmbedConfig) -> None:
     ):
         if value < low:
             raise ProtosynthError(f"{param} must be at least {low}, got {value}")
+    if cfg.out is not None:  # the cache's store folder depends on the corpus: embed_corpus checks it
+        check_writable(cfg.out, f"{P.out} {cfg.out}")
 
 
 @dataclass
@@ -98,9 +100,13 @@ class Embeddings:
 DECODE = "jpeg-draft"
 
 
-def cache_key(corpus: Corpus, encoder: ClipEncoder) -> str:
-    """Corpus fingerprint, CLIP spec, space and weights (a checkpoint file's hash), and the decoding."""
+def cache_key(corpus: Corpus, encoder: ClipEncoder, batch_size: int = EmbedConfig.batch_size) -> str:
+    """Corpus fingerprint, CLIP spec, space and weights (a checkpoint file's hash), the decoding, and
+    the encoder batch size: a batch's matrix products sum in an order that depends on the batch's
+    size, so two batch sizes can give embeddings that differ in the last bits (up to 1.9e-6 with the
+    shipped CLIP, docs/scale.md) and never share a store."""
     parts = [corpus.fingerprint, encoder.spec, encoder.space, encoder.weights_id, DECODE, str(encoder.input_size)]
+    parts.append(f"batch_size={batch_size}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
@@ -110,7 +116,7 @@ def store_dir(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig) -> Path | 
         return Path(cfg.out)
     if not cfg.use_cache:
         return None
-    return cache_dir() / "embeddings" / (cache_key(corpus, encoder) + ("-fp16" if cfg.fp16 else ""))
+    return cache_dir() / "embeddings" / (cache_key(corpus, encoder, cfg.batch_size) + ("-fp16" if cfg.fp16 else ""))
 
 
 class _Batches(Dataset):
@@ -206,6 +212,7 @@ def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list
         "clip": {"spec": encoder.spec, "space": encoder.space},
         "dim": encoder.embed_dim,
         "dtype": "float16" if cfg.fp16 else "float32",
+        "batch_size": cfg.batch_size,
         "shard_size": cfg.shard_size,
         "n_images": corpus.n_images,
         "n_pairs": corpus.n_pairs,
@@ -215,7 +222,8 @@ def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list
 
 
 def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
-    """A folder may only hold a store of the same corpus, CLIP and dtype (and, to resume, shard size)."""
+    """A folder may only hold a store of the same corpus, CLIP, dtype and batch size (and, to resume,
+    shard size)."""
     if folder.exists() and not folder.is_dir():
         raise ProtosynthError(f"{folder} is a file, not a folder for embeddings")
     if index is None:
@@ -237,6 +245,12 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
             f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
             f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
             "or use another folder"
+        )
+    if index.get("batch_size") != want["batch_size"]:
+        made = index.get("batch_size") or "an unrecorded batch size (a store made before batch sizes were recorded)"
+        raise ProtosynthError(
+            f"{folder} holds embeddings made with {P.batch_size} {made}, not {want['batch_size']}: "
+            "batch sizes change the last bits of the numbers; use that batch size or another folder"
         )
     if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
         raise ProtosynthError(
@@ -277,6 +291,10 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
             log.warning("%s: %s; recomputing it", folder / name, why)
         want = index  # the same shards, in the same index: only the damaged files' hashes change
         cfg = replace(cfg, shard_size=int(index["shard_size"]))
+    if cfg.out is None:
+        check_cache_writable(folder)
+    else:
+        check_writable(folder, f"{P.out} {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)  # what killed runs writing this store left behind
     if index is None:

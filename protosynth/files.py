@@ -26,6 +26,8 @@ from typing import IO, Any
 import psutil
 from safetensors.torch import save_file
 
+from .errors import ProtosynthError
+
 TEMP_SUFFIX = ".tmp"
 _NAME_BYTES = 160  # of the target's name kept in a temporary name: the whole stays under NAME_MAX (255)
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-\d+-[0-9a-f]{8}\.tmp", re.DOTALL)
@@ -155,6 +157,38 @@ def atomic_open(target: Path, mode: str = "wb", fsync: bool = False, **kwargs: A
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+
+
+def check_writable(folder: Path, what: str, hint: str = "") -> None:
+    """Check that a writer will be able to create files in ``folder`` (and, when it does not exist
+    yet, to create it and its parents), before the work whose result it writes: one line,
+    ``{what}: cannot write in PLACE (REASON){hint}``, instead of a traceback after a long run.
+
+    Nothing is left behind: the check probes the nearest folder that exists (``folder`` itself, or
+    the ancestor in which its parents would be created) by creating and removing an empty file
+    named by ``temp_path``, and creates no folder. A path under a file is refused as such. The
+    probe runs as the writer will, so it honours ACLs, read-only mounts and root's exemptions alike."""
+    folder = Path(folder)
+    place = folder
+    while True:
+        try:
+            mode = os.stat(place).st_mode
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if place.parent == place:
+                raise ProtosynthError(f"{what}: cannot write in {folder} (no such folder){hint}") from None
+            place = place.parent
+        except OSError as exc:
+            raise ProtosynthError(f"{what}: cannot write in {place} ({exc.strerror or exc}){hint}") from None
+    if not stat.S_ISDIR(mode):
+        raise ProtosynthError(f"{what}: {place} is a file, not a folder{hint}")
+    probe = temp_path(place / "write-check")
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise ProtosynthError(f"{what}: cannot write in {place} ({exc.strerror or exc}){hint}") from None
+    _remove(probe)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

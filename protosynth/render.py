@@ -1,7 +1,10 @@
 """Stage 3, render: one image per prototype image embedding through an unCLIP decoder.
 
-Each image has its own seed (``seed * 1_000_003 + index``), so an image does not depend on the batch
-it was drawn in. ``init="nearest"`` (small decoder) starts denoising from the member image nearest
+Each image has its own seed (``seed * 1_000_003 + index``), so the batch it is drawn in decides no
+random draw; but a batch's arithmetic (matrix products summed in an order the batch's shape decides)
+may differ in the last bits, so another ``batch_size`` can move a pixel by a level. The set's
+manifest records the batch size (``settings.render.batch_size``) with every other setting.
+``init="nearest"`` (small decoder) starts denoising from the member image nearest
 to the prototype, noised to ``strength`` (img2img): the member anchors the layout while the
 embedding steers content. Published decoders take the nearest real caption as their prompt (PDS).
 

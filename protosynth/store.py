@@ -1,8 +1,8 @@
 """The on-disk embedding store: a folder of ``.npy`` shards with an ``index.json``.
 
-Layout (one folder per corpus x CLIP x storage dtype)::
+Layout (one folder per corpus x CLIP x storage dtype x batch size)::
 
-    index.json          corpus fingerprint, clip spec + space, dim, dtype, shard size, counts,
+    index.json          corpus fingerprint, clip spec + space, dim, dtype, batch size, shard size, counts,
                         the shard list (image range, pair range, files, sha256), "complete" last
     pair_image.npy      int64 (n_pairs,): the image row of each caption-level pair
     image-000000.npy    (images in shard 0, dim) image embeddings, one row per image

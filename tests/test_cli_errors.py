@@ -517,3 +517,24 @@ def test_decoder_from_another_clip_space_is_refused(quick_models, tmp_path):
     )
     assert_one_line_error(r, r"small-clip:000000000000", r"--clip")
     assert not out.exists()
+
+
+# ---- comma-separated lists: an empty item is refused, never dropped --------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,culprit",
+    [
+        (["distill", "--budget", "3,"], r"--budget '3,'"),
+        (["distill", "--budget", "3,,5"], r"--budget '3,,5'"),
+        (["distill", "--budget", ","], r"--budget ','"),
+        (["models", "calibrate", "--models", "nowhere", "--guidances", "1,,2"], r"--guidances '1,,2'"),
+        (["eval", "cross-arch", "x", "--archs", "ps-nfnet,"], r"--archs 'ps-nfnet,'"),
+        (["compare-baselines", "--methods", "random,,lors"], r"--methods 'random,,lors'"),
+    ],
+)
+def test_a_list_with_an_empty_item_is_refused(args, culprit, tmp_path):
+    """``--budget 3,`` once meant ``--budget 3``: a stray comma is a typo to report, not to guess at."""
+    result = CliRunner().invoke(app, args, env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(result, culprit, r"empty item")
+    assert not (tmp_path / "cache").exists()

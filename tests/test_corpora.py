@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shutil
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -367,7 +369,7 @@ def test_webdataset_subset_reads_the_same_images(shards, world):
 @pytest.mark.parametrize(
     "members, needle",
     [
-        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"sample b: no caption member"),
+        ([("a.png", b"x"), ("a.txt", b"ok"), ("b.png", b"x")], r"member b\.png: no caption member"),
         ([("a.png", b"x"), ("a.txt", b"ok"), ("b.txt", b"no image")], r"sample b: no image member"),
         ([("a.png", b"x"), ("a.txt", b"   ")], r"member a\.txt: empty"),
         ([("a.png", b"x"), ("a.json", b"{not json")], r"member a\.json: not valid JSON"),
@@ -606,3 +608,107 @@ def test_jpeg_decodes_at_reduced_scale_for_a_small_encoder(tmp_path, world):
     assert corpus.load_image(0, min_side=90).size == (128, 96)
     assert corpus.load_image(0, min_side=100).size == (256, 192)  # 96 px would be below 100
     assert corpus.load_image(1, min_side=32).size == (256, 192)
+
+
+# ---------------------------------------------------------------- pixel modes, directories
+
+
+def grey16_file(path: Path, values: np.ndarray, mode: str) -> None:
+    """A real 16-bit greyscale file written by PIL from numpy samples: a PNG for ``I;16`` (how Pillow
+    opens every 16-bit grey PNG), a TIFF for ``I;16B`` and ``I`` (PNG cannot hold those modes)."""
+    h, w = values.shape
+    if mode == "I":
+        image = Image.fromarray(values.astype(np.int32))
+    else:
+        image = Image.frombytes(mode, (w, h), values.astype("<u2" if mode == "I;16" else ">u2").tobytes())
+    image.save(path)
+
+
+@pytest.mark.parametrize("mode,name", [("I;16", "g.png"), ("I;16B", "g.tiff"), ("I", "g.tiff")])
+def test_16_bit_images_keep_their_grey_levels(tmp_path, mode, name):
+    """PIL's convert("RGB") clips 16-bit samples at 255: dark grey (0x3000) came back white. The
+    rule is the high byte (value >> 8), as Pillow reads 16-bit RGB PNGs."""
+    values = np.array([[0, 0x3000, 0x30FF], [0x8080, 0xFEFF, 0xFFFF]], np.int64).repeat(2, 0).repeat(2, 1)
+    grey16_file(tmp_path / name, values, mode)
+    with Image.open(tmp_path / name) as im:
+        assert im.mode == mode
+    write_csv(tmp_path / "c.csv", [[name, "grey steps"]], header=("image", "caption"))
+    pixels = load_corpus(str(tmp_path / "c.csv")).image_array(0)
+    want = (values >> 8).astype(np.uint8)
+    assert pixels.shape == (4, 6, 3) and pixels.dtype == np.uint8
+    for c in range(3):
+        assert np.array_equal(pixels[:, :, c], want), pixels[:, :, 0]
+
+
+def test_16_bit_grey_and_rgb_pngs_decode_alike(tmp_path):
+    """Pillow opens a 16-bit RGB PNG as 8-bit RGB by its high byte; a 16-bit grey PNG of the same
+    values must give the same pixels."""
+    values = np.array([[0x3000, 0x0180], [0xFFFF, 0x7F7F]], np.uint16)
+    raw = b"".join(b"\x00" + np.repeat(row[:, None], 3, 1).astype(">u2").tobytes() for row in values)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0)  # 16-bit truecolour
+    (tmp_path / "rgb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+    grey16_file(tmp_path / "grey.png", values, "I;16")
+    write_csv(tmp_path / "c.csv", [["rgb.png", "colour"], ["grey.png", "grey"]], header=("image", "caption"))
+    corpus = load_corpus(str(tmp_path / "c.csv"))
+    assert np.array_equal(corpus.image_array(0), corpus.image_array(1))
+    assert corpus.image_array(1)[0, 0, 0] == 0x30
+
+
+def test_an_image_mode_without_a_rule_is_refused_by_name(tmp_path):
+    """A 32-bit float TIFF (mode F) has no agreed range: refused by its mode, not clipped."""
+    Image.fromarray(np.full((4, 4), 0.25, np.float32)).save(tmp_path / "f.tiff")
+    write_csv(tmp_path / "c.csv", [["f.tiff", "a float image"]], header=("image", "caption"))
+    corpus = load_corpus(str(tmp_path / "c.csv"))
+    with pytest.raises(ProtosynthError) as exc:
+        corpus.load_image(0)
+    one_line(exc, r"c\.csv row 2: cannot read image", r"mode F is not supported")
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_directory_given_as_an_image_is_called_a_directory(tmp_path, world, skip_bad):
+    write_images(tmp_path / "img", world, 2)
+    (tmp_path / "img" / "folder.png").mkdir()
+    rows = [["img/0.png", "fine"], ["img/folder.png", "a folder"], ["img/1.png", "fine too"]]
+    path = write_csv(tmp_path / "c.csv", rows, header=("image", "caption"))
+    if not skip_bad:
+        with pytest.raises(ProtosynthError) as exc:
+            load_corpus(str(path))
+        one_line(exc, r"c\.csv row 3: ", r"folder\.png is a directory, not an image file")
+        return
+    corpus = load_corpus(str(path), skip_bad=True)
+    assert corpus.n_images == 2 and len(corpus.skipped) == 1
+    assert re.search(r"c\.csv row 3: .*folder\.png is a directory, not an image file", corpus.skipped[0])
+
+
+# ---------------------------------------------------------------- webdataset samples without a caption
+
+
+def captionless_shard(tmp_path: Path, world) -> Path:
+    members = []
+    for i in range(3):
+        members.append((f"{i}.png", png_bytes(world.images[i])))
+        if i != 1:
+            members.append((f"{i}.txt", world.captions[i][0].encode()))
+    return write_tar(tmp_path / "s.tar", members)
+
+
+def test_webdataset_sample_without_a_caption_names_shard_and_member(tmp_path, world):
+    path = captionless_shard(tmp_path, world)
+    with pytest.raises(ProtosynthError) as exc:
+        load_corpus(str(path))
+    one_line(exc, re.escape(f"{path} member 1.png"), r"no caption member \(txt or json\)")
+
+
+def test_skip_bad_skips_and_counts_a_sample_without_a_caption(tmp_path, world):
+    """skip_bad drops a captionless sample as it drops a bad image (counted, named), not stop the run."""
+    path = captionless_shard(tmp_path, world)
+    corpus = load_corpus(str(path), skip_bad=True)
+    assert corpus.n_images == 2 and corpus.captions == [[world.captions[0][0]], [world.captions[2][0]]]
+    assert np.array_equal(corpus.image_array(1), world.images[2])
+    assert len(corpus.skipped) == 1 and re.search(r"s\.tar member 1\.png: no caption member", corpus.skipped[0])

@@ -143,6 +143,9 @@ def test_manifest(full_run, quick_models):
     assert m["clip"]["spec"] == f"small:{quick_models}" and m["decoder"]["spec"] == f"small:{quick_models}"
     assert m["clip"]["dim"] == m["decoder"]["conditioning_dim"]
     assert m["settings"]["render"]["steps"] == 3 and m["settings"]["budget"] == BUDGET
+    # batch sizes are part of what made the bytes (another one can move a pixel or an embedding's last
+    # bits): both are recorded, the render's resolved to the decoder's default
+    assert m["settings"]["render"]["batch_size"] == 100 and m["settings"]["embed"]["batch_size"] == 256
     assert m["embeddings_from_cache"] is False
     assert m["prototype_stats"]["pairs"] == 1500 and m["prototype_stats"]["dropped"] == 300
     assert set(m["seconds"]) >= {"load", "embed", "prototypes", "render", "write"}

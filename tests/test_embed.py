@@ -273,3 +273,27 @@ def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
     assert f16["embeddings_from_cache"] is True and f16["embeddings_dtype"] == "float16"
     assert f16["settings"]["embed"]["fp16"] is True
     assert f32["embeddings_from_cache"] is False and f32["embeddings_dtype"] == "float32"
+
+
+def test_two_batch_sizes_never_share_a_store(tmp_path, corpus, clip):
+    """A batch's matrix products sum in an order its size decides, so the last bits of a row can
+    depend on the batch size (measured with the shipped CLIP, 2 threads: batch 1 against 256 moved
+    every row by up to 1.9e-6, batch 3 0.1% of the text rows by up to 8.3e-7; docs/scale.md). A
+    store is therefore keyed by its batch size and records it, and a folder holding another batch
+    size's store is refused."""
+    default = embed_corpus(corpus, clip, EmbedConfig(shard_size=16, num_workers=0))
+    other = embed_corpus(corpus, clip, EmbedConfig(shard_size=16, batch_size=8, num_workers=0))
+    assert not other.from_cache and other.cache_path != default.cache_path
+    assert cache_key(corpus, clip, 8) != cache_key(corpus, clip) == cache_key(corpus, clip, 256)
+    assert other.cache_path.name == cache_key(corpus, clip, 8)
+    for emb, size in ((default, 256), (other, 8)):
+        assert json.loads((emb.cache_path / "index.json").read_text())["batch_size"] == size
+    embed_corpus(corpus, clip, cfg(tmp_path / "store", batch_size=8))
+    with pytest.raises(ProtosynthError, match=r"made with batch_size 8, not 3") as exc:
+        embed_corpus(corpus, clip, cfg(tmp_path / "store", batch_size=3))
+    assert "\n" not in str(exc.value)
+    index = json.loads((tmp_path / "store" / "index.json").read_text())
+    del index["batch_size"]  # a store written before batch sizes were recorded
+    (tmp_path / "store" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ProtosynthError, match=r"an unrecorded batch size"):
+        embed_corpus(corpus, clip, cfg(tmp_path / "store", batch_size=8))

@@ -32,7 +32,7 @@ from ..corpora.spec import canonical_root, canonical_spec
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
-from ..files import save_safetensors_atomic, write_text_atomic
+from ..files import check_writable, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..runinfo import check_device, check_seed, peak_rss_mb, versions
 from .features import ProtocolFeatures, protocol_features
@@ -156,6 +156,7 @@ def build_buffer(cfg: BufferConfig) -> Path:
         raise ProtosynthError(
             f"{P.out} {out} holds an unfinished buffer with other settings; remove it or choose another {P.out}"
         )
+    check_writable(out, f"{P.out} {out}")
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse

@@ -35,7 +35,7 @@ from ..evaluation.data import corpus_text_features
 from ..evaluation.evaluate import EvalConfig, evaluate
 from ..evaluation.protocols import get_protocol
 from ..evaluation.text_encoders import load_text_encoder
-from ..files import atomic_path, git_commit, write_text_atomic
+from ..files import atomic_path, check_writable, git_commit, write_text_atomic
 from ..models.clip import load_clip
 from ..runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
@@ -327,6 +327,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
         test=None if cfg.test is None else canonical_spec(cfg.test),
     )
     started = time.time()
+    check_writable(cfg.out, f"{P.out} {cfg.out}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     needed = {_buffer_kind(m) for m in cfg.methods}
     buffers = {kind: _buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}

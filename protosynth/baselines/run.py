@@ -117,6 +117,8 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
         raise ProtosynthError(f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
     if cfg.buffer is None:
         raise ProtosynthError(f"{P.buffer} is required (make one with `protosynth buffer`)")
+    if cfg.out is not None:  # before the buffer, which the default out's name needs
+        check_out_dir(cfg.out, cfg.force)
     buffer = load_buffer(cfg.buffer)
     corpus_spec = buffer.manifest["corpus"]["spec"]
     out = cfg.out or default_out(cfg, corpus_spec)

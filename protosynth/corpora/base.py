@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import P, ProtosynthError
+from ..imageops import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.
 
 
 def decode(data: bytes | Path, where: str, what: str, min_side: int | None = None) -> Image.Image:
-    """Fully decode an image (file path or bytes) to RGB; any failure is one line naming ``where``.
+    """Fully decode an image (file path or bytes) to 8-bit RGB (``imageops.to_rgb``: 16-bit images
+    keep their high byte, a mode without a rule is refused by name); any failure is one line naming
+    ``where``.
 
     ``min_side``: the caller only needs an image whose sides are at least this long (an encoder
     that resizes to it next). A JPEG is then decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
@@ -39,9 +42,11 @@ def decode(data: bytes | Path, where: str, what: str, min_side: int | None = Non
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             if min_side and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError:
         raise ProtosynthError(f"{where}: image file not found: {what}") from None
+    except IsADirectoryError:
+        raise ProtosynthError(f"{where}: {what} is a directory, not an image file") from None
     except DECODE_ERRORS as exc:
         raise ProtosynthError(f"{where}: cannot read image {what}: {exc}") from None
 
@@ -74,8 +79,11 @@ class FileImages(ImageSource):
         return decode(self.root / key, self.rows[key], str(self.root / key), min_side)
 
     def check_present(self, key: str) -> None:
-        if not (self.root / key).is_file():
-            raise ProtosynthError(f"{self.rows[key]}: image file not found: {self.root / key}")
+        path = self.root / key
+        if path.is_dir():
+            raise ProtosynthError(f"{self.rows[key]}: {path} is a directory, not an image file")
+        if not path.is_file():
+            raise ProtosynthError(f"{self.rows[key]}: image file not found: {path}")
 
 
 @dataclass

@@ -96,10 +96,20 @@ def index_shard(shard: Path) -> dict[str, dict[str, tuple[tarfile.TarInfo, bytes
     return samples
 
 
+def no_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | None]], key: str) -> str | None:
+    """Why a sample has no caption (naming its shard and image member), or None when it has one."""
+    if "txt" in sample or "json" in sample:
+        return None
+    image = next((sample[ext][0].name for ext in IMAGE_EXTS if ext in sample), None)
+    where = f"{shard} member {image}" if image else f"{shard} sample {key}"
+    return f"{where}: no caption member (txt or json)"
+
+
 def parse_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | None]], key: str) -> list[str]:
-    ext = "txt" if "txt" in sample else "json" if "json" in sample else None
-    if ext is None:
-        raise ProtosynthError(f"{shard} sample {key}: no caption member (txt or json)")
+    why = no_caption(shard, sample, key)
+    if why:
+        raise ProtosynthError(why)
+    ext = "txt" if "txt" in sample else "json"
     info, data = sample[ext]
     where = f"{shard} member {info.name}"
     try:
@@ -118,34 +128,39 @@ def parse_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | 
 
 
 def load_webdataset(spec: str, skip_bad: bool = False) -> Corpus:
-    """Index every shard of ``spec``; a sample without an image member is a missing image (skipped
-    and counted with ``skip_bad``), one without a caption an error."""
+    """Index every shard of ``spec``. A sample without an image member or without a caption member
+    is an error naming it; with ``skip_bad`` it is skipped and counted, as an unreadable image is. (A
+    caption member that is there but bad, empty or not valid JSON, stays an error: ``skip_bad``
+    drops what cannot be read, not what was written wrong.)"""
     members: dict[str, Member] = {}
     captions: list[list[str]] = []
-    no_image: dict[str, str] = {}
+    incomplete: dict[str, str] = {}  # samples without an image or a caption member
     h = hashlib.sha256()
     for shard in shard_paths(spec):
         st = shard.stat()
         h.update(f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         for key, sample in index_shard(shard).items():
-            caps = parse_caption(shard, sample, key)
             images = [ext for ext in IMAGE_EXTS if ext in sample]
             if len(images) > 1:
                 raise ProtosynthError(f"{shard} sample {key}: several image members ({', '.join(images)})")
             full_key = f"{shard}/{key}"
-            if not images:
-                no_image[full_key] = f"{shard} sample {key}: no image member ({', '.join(IMAGE_EXTS)})"
+            why = no_caption(shard, sample, key)
+            if why is None and not images:
+                why = f"{shard} sample {key}: no image member ({', '.join(IMAGE_EXTS)})"
+            if why is not None:
                 if not skip_bad:
-                    raise ProtosynthError(no_image[full_key])
+                    raise ProtosynthError(why)
+                incomplete[full_key] = why
                 continue
+            caps = parse_caption(shard, sample, key)
             info = sample[images[0]][0]
             members[full_key] = Member(shard, info.name, info.offset_data, info.size)
             captions.append(caps)
-    if not members and not no_image:
+    if not members and not incomplete:
         raise ProtosynthError(f"corpus {spec!r}: the shards hold no samples ({', '.join(IMAGE_EXTS)} + txt/json)")
     keys = list(members)
     source = TarImages(members)
-    bad = check_images(spec, keys, source, skip_bad, found=no_image)
+    bad = check_images(spec, keys, source, skip_bad, found=incomplete)
     kept = [i for i, key in enumerate(keys) if key not in bad]
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..corpus import Corpus, cache_dir, load_corpus
+from ..corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from ..distilled import DistilledSet
 from ..errors import P, ProtosynthError
 from ..files import atomic_open, remove_stale_temps, write_text_atomic
@@ -62,6 +62,8 @@ def corpus_text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
         arr = np.load(path)
         if arr.shape == (corpus.n_pairs, encoder.dim):
             return torch.from_numpy(arr)
+    if cacheable:
+        check_cache_writable(path.parent)
     unique, inverse = np.unique(np.asarray(corpus.pair_caption, dtype=object), return_inverse=True)
     feats = encoder.encode([str(c) for c in unique])[torch.from_numpy(inverse.reshape(-1))]
     if not cacheable:
@@ -228,6 +230,7 @@ def image_hashes(corpus: Corpus) -> dict[bytes, int]:
                 return {bytes.fromhex(d): i for i, d in enumerate(digests)}
         except ValueError:
             pass  # a damaged cache file is recomputed below
+    check_cache_writable(path.parent)
     digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps([d.hex() for d in digests]))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..corpus import Corpus, cache_dir
+from ..corpus import Corpus, cache_dir, check_cache_writable
 from ..files import atomic_path, remove_stale_temps
 from ..imageops import resized
 from ..progress import StepBar
@@ -83,6 +83,7 @@ def pixel_cache(corpus: Corpus, size: int) -> np.ndarray:
         arr = np.load(path, mmap_mode="r")
         if arr.shape == shape and arr.dtype == np.uint8:
             return arr
+    check_cache_writable(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)  # a killed build leaves a temporary as large as the cache
     with atomic_path(path) as tmp:

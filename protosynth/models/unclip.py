@@ -80,7 +80,8 @@ PIPELINE_CLASSES = {
 # batch_size: images per pipeline call. The published decoders run classifier-free guidance (two UNet
 # passes per image) at 768 px (Stable unCLIP) or 256 px plus super-resolution (Karlo), so a batch of
 # the small decoder's 100 would not fit a GPU; 4 is a guess (not measured here: no GPU), --batch-size
-# overrides it. Each image has its own seeded generator, so batching never changes the images.
+# overrides it. Each image has its own seeded generator, but a batch's arithmetic depends on its size,
+# so another batch size may change an image in its last bits (docs/models.md).
 # How a render starts: from noise, or (small decoder) from the nearest real member image noised to ``strength``.
 INITS = ("noise", "nearest")
 RENDER_DEFAULTS = {

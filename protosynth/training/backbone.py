@@ -25,7 +25,14 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from ..corpus import world_split
 from ..errors import P, ProtosynthError
 from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
-from ..files import atomic_path, git_commit, remove_stale_temps, save_safetensors_atomic, write_text_atomic
+from ..files import (
+    atomic_path,
+    check_writable,
+    git_commit,
+    remove_stale_temps,
+    save_safetensors_atomic,
+    write_text_atomic,
+)
 from ..progress import StepBar
 from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
 
@@ -88,6 +95,7 @@ def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict
         raise ProtosynthError(f"{P.out} {out} is not empty and not a backbone folder; choose another folder")
     if cfg.holdout >= cfg.n_images:
         raise ProtosynthError(f"{P.holdout} {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
+    check_writable(out.parent, f"{P.out} {out}")  # written beside ``out`` after the training
     started = time.time()
     world = WorldConfig(n_pretrain=cfg.n_images, image_size=cfg.image_size)
     split = world_split(world, "pretrain")  # disjoint from train and test by construction

@@ -18,7 +18,7 @@ import numpy as np
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
-from ..files import git_commit, write_text_atomic
+from ..files import check_writable, git_commit, write_text_atomic
 from .clip import ClipTrainConfig, train_clip
 from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
 
@@ -80,6 +80,7 @@ def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) 
         )
 
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)  # checked now, not after the CLIP's training
+    check_writable(out, f"{P.out} {out}")
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_corpus(cfg)
     metrics = _read(out / "metrics.json", {})
@@ -101,6 +102,8 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
         if not (out / part).is_file():
             raise ProtosynthError(f"{P.out} {out}: no {part} (a `protosynth models train` output folder is needed)")
     dcfg = DecoderTrainConfig.preset(cfg.quick, **cfg.decoder)
+    for folder in (out, out / "decoder"):  # metrics and provenance, and the decoder's render defaults
+        check_writable(folder, f"{P.out} {out}")
     train, test = split_corpus(cfg)
     t0 = time.time()
     metrics = _read(out / "metrics.json", {})
