@@ -2,7 +2,8 @@
 
 A set folder holds ``images/000000.png ...``, ``pairs.jsonl`` (index, image, caption, members),
 ``embeddings.safetensors`` (prototype tensors; its one metadata entry, ``text_space``, names the
-embedding space of the text tensors), ``preview.png`` and, written last, ``manifest.json`` with the sha256 of
+embedding space of the text tensors), ``preview.png``, ``metadata.jsonl`` and ``README.md`` (which make
+the folder a Hugging Face ``imagefolder`` dataset, ``hub.py``) and, written last, ``manifest.json`` with the sha256 of
 every other file. Everything is written into a hidden temporary sibling folder and renamed into
 place when complete, so an interrupted run never leaves a folder that looks like a set.
 """
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
 from .files import atomic_path, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .hub import write_hub_files
 
 MANIFEST = "manifest.json"
 
@@ -176,6 +178,7 @@ def write_distilled(
             metadata={"text_space": text_space},
         )
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
+        write_hub_files(tmp, pairs, manifest)  # an imagefolder dataset too: metadata.jsonl, README.md
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
         manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
