@@ -386,6 +386,21 @@ def coreset(
     typer.echo(f"wrote {run(build_coreset, cfg, verb='coreset')}")
 
 
+@app.command("export")
+def export(
+    folder: Path = typer.Argument(..., help="A distilled set folder."),
+    to: str = typer.Option(
+        ..., help="webdataset (one tar shard: KEY.png, KEY.txt, KEY.json per pair) or parquet (one file)."
+    ),
+    out: Path = typer.Option(..., help="The file to write (.tar or .parquet)."),
+    force: bool = typer.Option(False, help="Replace an earlier export at --out (never another file)."),
+) -> None:
+    """Write a set as a webdataset shard or a parquet file (image PNG bytes, caption, members)."""
+    from protosynth.export import ExportConfig, export_set
+
+    typer.echo(f"wrote {run(export_set, folder, ExportConfig(to=to, out=out, force=force), verb='export')}")
+
+
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
     try:

@@ -5,6 +5,9 @@ static HTML ``report`` (opened in a real headless Chromium when one is installed
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +15,18 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard
 from PIL import Image
+from typer.testing import CliRunner
 
+from protosynth.cli.main import app
+from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.distilled import load_distilled, not_a_set
+from protosynth.errors import ProtosynthError
+from protosynth.export import ExportConfig, export_set, is_our_tar
 from protosynth.render import RenderConfig
 
 datasets = pytest.importorskip("datasets", reason="the Hugging Face datasets package is not installed")
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (datasets brings it)")
 
 CORPUS = "shapes,n=60"
 BUDGET = 8
@@ -74,3 +83,78 @@ def test_the_card_and_metadata_are_files_of_the_set(pds_set):
     body = "\n".join(lines[lines.index("---", 1) + 1 :])
     fid = manifest["render_fidelity"]
     assert f"top-1 {fid['top1']} %" in body and CORPUS in body and '"steps": 2' in body
+
+
+def test_export_webdataset_reads_back(pds_set, tmp_path):
+    """One tar: KEY.png (the set's own PNG bytes), KEY.txt (caption), KEY.json (the pair record), in
+    pair order; protosynth's own webdataset corpus reader reads it as a corpus."""
+    out = export_set(pds_set, ExportConfig(to="webdataset", out=tmp_path / "set.tar"))
+    pairs = pairs_of(pds_set)
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+        assert names == [f"{p['index']:06d}.{ext}" for p in pairs for ext in ("png", "txt", "json")]
+        for p in pairs:
+            key = f"{p['index']:06d}"
+            assert tf.extractfile(f"{key}.png").read() == (pds_set / p["image"]).read_bytes()
+            assert tf.extractfile(f"{key}.txt").read().decode() == p["caption"]
+            assert json.loads(tf.extractfile(f"{key}.json").read()) == p
+    corpus = load_corpus(str(out))
+    assert corpus.pair_caption == [p["caption"] for p in pairs]
+    for i, p in enumerate(pairs):
+        with Image.open(pds_set / p["image"]) as png:
+            assert np.array_equal(pixels(corpus.load_image(i)), pixels(png))
+
+
+def test_export_parquet_reads_back(pds_set, tmp_path):
+    """One file: PNG bytes, caption, members, index per pair (pyarrow); datasets decodes its images."""
+    out = export_set(pds_set, ExportConfig(to="parquet", out=tmp_path / "set.parquet"))
+    pairs = pairs_of(pds_set)
+    table = pq.read_table(out)
+    assert table.num_rows == len(pairs)
+    rows = table.to_pylist()
+    assert [r["caption"] for r in rows] == [p["caption"] for p in pairs]
+    assert [r["members"] for r in rows] == [p["members"] for p in pairs]
+    assert [r["index"] for r in rows] == [p["index"] for p in pairs]
+    assert [r["image"]["bytes"] for r in rows] == [(pds_set / p["image"]).read_bytes() for p in pairs]
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    with Image.open(pds_set / pairs[0]["image"]) as png:
+        assert np.array_equal(pixels(ds[0]["image"]), pixels(png))
+
+
+@pytest.mark.parametrize("to", ["webdataset", "parquet"])
+def test_export_replaces_only_its_own_files(pds_set, tmp_path, to):
+    out = tmp_path / "out.bin"
+    out.write_text("a user's file")
+    with pytest.raises(ProtosynthError, match=f"out {out} exists; pass force=True"):
+        export_set(pds_set, ExportConfig(to=to, out=out))
+    with pytest.raises(ProtosynthError, match=f"out {out} is not a protosynth {to} export"):
+        export_set(pds_set, ExportConfig(to=to, out=out, force=True))
+    assert out.read_text() == "a user's file"
+    out.unlink()
+    first = export_set(pds_set, ExportConfig(to=to, out=out)).read_bytes()
+    export_set(pds_set, ExportConfig(to=to, out=out, force=True))
+    assert out.read_bytes() == first  # the same set exports to the same bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"], "a temporary file was left behind"
+
+
+def test_export_refuses_bad_requests(pds_set, tmp_path):
+    with pytest.raises(ProtosynthError, match="to 'zip': use one of webdataset, parquet"):
+        export_set(pds_set, ExportConfig(to="zip", out=tmp_path / "x"))
+    with pytest.raises(ProtosynthError, match="is inside the set"):
+        export_set(pds_set, ExportConfig(to="parquet", out=pds_set / "x.parquet"))
+    with pytest.raises(ProtosynthError, match="not a complete distilled set"):
+        export_set(tmp_path, ExportConfig(to="parquet", out=tmp_path / "x.parquet"))
+
+
+def test_export_verb(pds_set, tmp_path):
+    """The command line parses and calls the library; its errors name its flags."""
+    out = tmp_path / "s.tar"
+    done = CliRunner().invoke(app, ["export", str(pds_set), "--to", "webdataset", "--out", str(out)])
+    assert done.exit_code == 0 and f"wrote {out}" in done.output and is_our_tar(out)
+    again = subprocess.run(
+        [sys.executable, "-c", "from protosynth.cli.main import main; main()", "export", str(pds_set)]
+        + ["--to", "webdataset", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and again.stderr == f"error: --out {out} exists; pass --force to replace it\n"
