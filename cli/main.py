@@ -401,6 +401,21 @@ def export(
     typer.echo(f"wrote {run(export_set, folder, ExportConfig(to=to, out=out, force=force), verb='export')}")
 
 
+@app.command("report")
+def report(
+    folders: list[Path] = typer.Argument(..., help="Set folders and compare-baselines output folders."),
+    out: Path = typer.Option(..., help="The HTML file to write (one self-contained page)."),
+    force: bool = typer.Option(False, help="Replace an earlier report at --out (never another file)."),
+    members: int = typer.Option(3, help="Member thumbnails per synthetic pair (0: none)."),
+    samples: int = typer.Option(4, help="Images per method for a compare-baselines folder."),
+) -> None:
+    """Write one static HTML page showing sets (images, captions, members) and comparisons."""
+    from protosynth.report import ReportConfig, build_report
+
+    cfg = ReportConfig(out=out, force=force, members=members, samples=samples)
+    typer.echo(f"wrote {run(build_report, folders, cfg, verb='report')}")
+
+
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
     try:

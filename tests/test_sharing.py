@@ -4,9 +4,11 @@ static HTML ``report`` (opened in a real headless Chromium when one is installed
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -17,13 +19,16 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 from typer.testing import CliRunner
 
+from protosynth.baselines.compare import METRICS, markdown, plot, set_folder
 from protosynth.cli.main import app
+from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.distilled import load_distilled, not_a_set
 from protosynth.errors import ProtosynthError
 from protosynth.export import ExportConfig, export_set, is_our_tar
 from protosynth.render import RenderConfig
+from protosynth.report import ReportConfig, build_report
 
 datasets = pytest.importorskip("datasets", reason="the Hugging Face datasets package is not installed")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (datasets brings it)")
@@ -151,10 +156,112 @@ def test_export_verb(pds_set, tmp_path):
     out = tmp_path / "s.tar"
     done = CliRunner().invoke(app, ["export", str(pds_set), "--to", "webdataset", "--out", str(out)])
     assert done.exit_code == 0 and f"wrote {out}" in done.output and is_our_tar(out)
-    again = subprocess.run(
-        [sys.executable, "-c", "from protosynth.cli.main import main; main()", "export", str(pds_set)]
-        + ["--to", "webdataset", "--out", str(out)],
-        capture_output=True,
-        text=True,
+    again = CliRunner().invoke(app, ["export", str(pds_set), "--to", "webdataset", "--out", str(out)])
+    assert again.exit_code == 2 and again.stderr == f"error: --out {out} exists; pass --force to replace it\n"
+
+
+@pytest.fixture(scope="module")
+def compare_folder(pds_set, tmp_path_factory) -> Path:
+    """A compare-baselines folder as compare.py writes it (its own markdown and plot writers) for
+    two methods with sets (PDS, a random coreset) and one whose set is missing."""
+    folder = tmp_path_factory.mktemp("compare")
+    shutil.copytree(pds_set, set_folder(folder, "pds", BUDGET))
+    build_coreset(
+        CoresetConfig(method="random", budget=BUDGET, corpus=CORPUS, out=set_folder(folder, "random", BUDGET))
     )
-    assert again.returncode == 2 and again.stderr == f"error: --out {out} exists; pass --force to replace it\n"
+    metrics = {k: {"mean": 10.0 + j, "std": 0.5} for j, k in enumerate(METRICS)}
+    rows = [
+        {"method": m, "metrics": metrics, "distill_seconds": 2.0, "total_seconds": 3.0, "peak_memory_mb": 900}
+        for m in ("pds", "random", "lors")
+    ]
+    doc = {"budget": BUDGET, "corpus": CORPUS, "quick": True, "protocol": "small", "repeats": 1, "score": "final"}
+    doc |= {"methods": rows, "buffers": {}, "command": "protosynth compare-baselines --quick", "commit": "abc"}
+    (folder / "compare.json").write_text(json.dumps(doc))
+    (folder / "compare.md").write_text(markdown(doc))
+    plot(doc, folder / "compare.png")
+    return folder
+
+
+def expected_images(folder: Path, members: int = 3) -> int:
+    """A set's images on the page: each pair's, and up to ``members`` of its members' distinct images."""
+    corpus = load_corpus(CORPUS)
+    return sum(1 + min(members, len({int(corpus.pair_image[m]) for m in p["members"]})) for p in pairs_of(folder))
+
+
+def test_report_shows_sets_and_comparisons(pds_set, compare_folder, tmp_path):
+    out = build_report([pds_set, compare_folder], ReportConfig(out=tmp_path / "r.html"))
+    page = out.read_text()
+    assert page.count("<img ") == expected_images(pds_set) + 1 + 2 * 4  # plot, 4 samples of 2 sets
+    assert page.count("render fidelity: top-1") == 2  # the PDS set, and PDS's samples in the comparison
+    assert page.count("no render fidelity") == 1  # the coreset's samples
+    assert f"no set at {set_folder(compare_folder, 'lors', BUDGET)}" in page
+    for p in pairs_of(pds_set):
+        assert html.escape(p["caption"]) in page
+    assert "<script" not in page  # a static page
+
+
+def test_report_says_when_members_cannot_be_shown(pds_set, tmp_path):
+    moved = tmp_path / "set"
+    shutil.copytree(pds_set, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["corpus"]["fingerprint"] = "world-0000-train"  # the corpus changed since: members mean nothing
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    page = build_report([moved], ReportConfig(out=tmp_path / "r.html")).read_text()
+    assert "member thumbnails not shown: the source corpus could not be loaded" in page and "changed since" in page
+    assert page.count("<img ") == BUDGET
+
+
+def test_report_replaces_only_its_own_page(pds_set, tmp_path):
+    out = tmp_path / "r.html"
+    out.write_text("<html>my notes</html>")
+    with pytest.raises(ProtosynthError, match="exists; pass force=True"):
+        build_report([pds_set], ReportConfig(out=out, members=0))
+    with pytest.raises(ProtosynthError, match="is not a protosynth report"):
+        build_report([pds_set], ReportConfig(out=out, members=0, force=True))
+    assert out.read_text() == "<html>my notes</html>"
+    out.unlink()
+    build_report([pds_set], ReportConfig(out=out, members=0))
+    build_report([pds_set], ReportConfig(out=out, members=0, force=True))
+    with pytest.raises(ProtosynthError, match="neither a distilled set nor a compare-baselines folder"):
+        build_report([tmp_path], ReportConfig(out=tmp_path / "other.html"))
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+# Appended to a copy of the page (the report itself has no script): counts the images and the ones
+# that decoded, and any error event (a failed image load included), into attributes of <body>.
+PROBE = """<script>
+document.body.dataset.errors = 0;
+window.addEventListener("error", () => { document.body.dataset.errors++; }, true);
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  document.body.dataset.images = images.length;
+  document.body.dataset.decoded = images.filter((i) => i.complete && i.naturalWidth > 0).length;
+});
+</script>"""
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'chromium'}"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install chromium)")
+def test_report_in_a_headless_browser(pds_set, compare_folder, tmp_path):
+    """The page loads in Chromium with every image decoded and no console message; a screenshot is
+    kept beside the test (report.png) to look at."""
+    out = build_report([pds_set, compare_folder], ReportConfig(out=tmp_path / "report.html"))
+    probed = tmp_path / "probed.html"
+    probed.write_text(out.read_text().replace("</body>", PROBE + "</body>"))
+    done = chromium(
+        tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()
+    )
+    body = re.search(r"<body[^>]*>", done.stdout)
+    assert done.returncode == 0 and body, done.stderr[-2000:]
+    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', body.group(0)))
+    n = expected_images(pds_set) + 1 + 2 * 4
+    assert attrs == {"errors": "0", "images": str(n), "decoded": str(n)}
+    assert [line for line in done.stderr.splitlines() if ":CONSOLE" in line] == []
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", out.as_uri())
+    with Image.open(shot) as im:
+        assert im.size == (1280, 1600) and len(np.unique(np.asarray(im.convert("L")))) > 10
