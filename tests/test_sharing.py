@@ -90,6 +90,16 @@ def test_the_card_and_metadata_are_files_of_the_set(pds_set):
     assert f"top-1 {fid['top1']} %" in body and CORPUS in body and '"steps": 2' in body
 
 
+def test_force_replaces_a_set_with_its_card_and_metadata(pds_set, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(pds_set, old)
+    distill(DistillConfig(budget=4, corpus=CORPUS, out=old, force=True, method="select"))
+    assert len(pairs_of(old)) == 4 and len((old / "metadata.jsonl").read_text().splitlines()) == 4
+    (old / "notes.txt").write_text("mine")  # a file the set does not list: never replaced
+    with pytest.raises(ProtosynthError, match="notes.txt is not one of its files"):
+        distill(DistillConfig(budget=4, corpus=CORPUS, out=old, force=True, method="select"))
+
+
 def test_export_webdataset_reads_back(pds_set, tmp_path):
     """One tar: KEY.png (the set's own PNG bytes), KEY.txt (caption), KEY.json (the pair record), in
     pair order; protosynth's own webdataset corpus reader reads it as a corpus."""
