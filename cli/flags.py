@@ -94,6 +94,11 @@ FLAGS: dict[str, str | None] = {
     "decoder.init_from": "--decoder-init-from",
     "decoder.coords": "--decoder-coords",
     "holdout": None,  # pretrain-backbone derives it from --n-images
+    # export, report
+    "to": "--to",
+    "members": "--members",
+    "samples": "--samples",
+    "folders": None,  # report's DIR arguments
 }
 
 # Where a verb sets a library parameter with another flag, its entry wins.

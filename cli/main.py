@@ -399,6 +399,36 @@ def verify(
     typer.echo(f"ok: {report.checked} files checked")
 
 
+@app.command("export")
+def export(
+    folder: Path = typer.Argument(..., help="A distilled set folder."),
+    to: str = typer.Option(
+        ..., help="webdataset (one tar shard: KEY.png, KEY.txt, KEY.json per pair) or parquet (one file)."
+    ),
+    out: Path = typer.Option(..., help="The file to write (.tar or .parquet)."),
+    force: bool = typer.Option(False, help="Replace an earlier export at --out (never another file)."),
+) -> None:
+    """Write a set as a webdataset shard or a parquet file (image PNG bytes, caption, members)."""
+    from protosynth.export import ExportConfig, export_set
+
+    typer.echo(f"wrote {run(export_set, folder, ExportConfig(to=to, out=out, force=force), verb='export')}")
+
+
+@app.command("report")
+def report(
+    folders: list[Path] = typer.Argument(..., help="Set folders and compare-baselines output folders."),
+    out: Path = typer.Option(..., help="The HTML file to write (one self-contained page)."),
+    force: bool = typer.Option(False, help="Replace an earlier report at --out (never another file)."),
+    members: int = typer.Option(3, help="Member thumbnails per synthetic pair (0: none)."),
+    samples: int = typer.Option(4, help="Images per method for a compare-baselines folder."),
+) -> None:
+    """Write one static HTML page showing sets (images, captions, members) and comparisons."""
+    from protosynth.report import ReportConfig, build_report
+
+    cfg = ReportConfig(out=out, force=force, members=members, samples=samples)
+    typer.echo(f"wrote {run(build_report, folders, cfg, verb='report')}")
+
+
 def main() -> None:
     """Console entry: usage errors (a bad option value, a missing option) become one line, exit 2."""
     try:

@@ -2,7 +2,8 @@
 
 A set folder holds ``images/000000.png ...``, ``pairs.jsonl`` (index, image, caption, members),
 ``embeddings.safetensors`` (prototype tensors; its one metadata entry, ``text_space``, names the
-embedding space of the text tensors), ``preview.png`` and, written last, ``manifest.json`` with the sha256 of
+embedding space of the text tensors), ``preview.png``, ``metadata.jsonl`` and ``README.md`` (which make
+the folder a Hugging Face ``imagefolder`` dataset, ``hub.py``) and, written last, ``manifest.json`` with the sha256 of
 every other file. Everything is written into a hidden temporary sibling folder and renamed into
 place when complete, so an interrupted run never leaves a folder that looks like a set.
 """
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
 from .files import atomic_path, check_writable, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .hub import write_hub_files
 from .imageops import to_rgb
 
 MANIFEST = "manifest.json"
@@ -179,6 +181,7 @@ def write_distilled(
             metadata={"text_space": text_space},
         )
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
+        write_hub_files(tmp, pairs, manifest)  # an imagefolder dataset too: metadata.jsonl, README.md
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
         manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
@@ -200,15 +203,10 @@ class DistilledSet(Dataset):
         return len(self.pairs)
 
     def image(self, i: int) -> Image.Image:
-<<<<<<< HEAD
         name = self.pairs[i].get("image")
         if not isinstance(name, str) or not name:
             raise ProtosynthError(f"{self.root / 'pairs.jsonl'}: pair {i} names no image")
         return decode_image(self.root / name)
-=======
-        with Image.open(self.root / self.pairs[i]["image"]) as im:
-            return to_rgb(im)
->>>>>>> h18-b
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, torch.Tensor]:
         arr = np.asarray(self.image(i), dtype=np.float32) / 255.0
@@ -220,7 +218,7 @@ def decode_image(path: Path) -> Image.Image:
     """The RGB image at ``path`` (a file of a set), or one error naming the file and what is wrong."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError:
         raise ProtosynthError(f"{path}: missing") from None
     except UnidentifiedImageError:

@@ -231,6 +231,11 @@ def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[s
         )
 
 
+def set_folder(out: Path, method: str, budget: int) -> Path:
+    """Where a comparison in ``out`` keeps ``method``'s set (``report`` finds the samples there)."""
+    return out / "sets" / f"{method}-b{budget}"
+
+
 def _finished(folder: Path) -> bool:
     """A set or buffer folder is finished when its manifest (written last) is there."""
     return (folder / "manifest.json").is_file()
@@ -331,7 +336,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     needed = {_buffer_kind(m) for m in cfg.methods}
     buffers = {kind: _buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}
-    sets = {m: cfg.out / "sets" / f"{m}-b{cfg.budget}" for m in cfg.methods if m != "full"}
+    sets = {m: set_folder(cfg.out, m, cfg.budget) for m in cfg.methods if m != "full"}
     # refuse a stale set before minutes of preparation, not after; a set whose buffer is not there yet
     # is checked once the buffer is built
     unchecked = []
