@@ -95,6 +95,13 @@ def members(recipe: Recipe) -> Recipe:
 
 
 TEXT_SWEEP_ALSO = ("nearest-0.5+caption-start", "nearest-0.7+caption-render")
+
+
+def own_image(recipe: Recipe) -> Recipe:
+    """``recipe`` with each pair's text read as the mean of every caption of its start image (``text="image"``)."""
+    return replace(recipe, name=f"{recipe.name}+text-image", options={**recipe.options, "text": "image"})
+
+
 PUBLISHED = Recipe("pds-published", {"render": {"clip_guidance": 0.0}})
 DEFAULT = Recipe("protosynth-default", library_defaults=True)
 SELECT = Recipe("select", {"method": "select"}, rendered=False)
@@ -121,7 +128,9 @@ CORESET_RECIPES = [Recipe(c, coreset=c, rendered=False) for c in CORESETS]
 # best rendered alternatives, each with its pairs' text read as the mean of its members' captions.
 VAL_RECIPES = [
     START_03,
-    *[members(r) for r in (START_03, PUBLISHED, *[x for x in LEVERS if x.name in TEXT_SWEEP_ALSO])],
+    members(START_03),
+    own_image(START_03),
+    *[members(r) for r in (PUBLISHED, *[x for x in LEVERS if x.name in TEXT_SWEEP_ALSO])],
 ]
 # How much of the text lever is caption averaging alone: k-center's pairs, each read as the mean of
 # every caption of its image (a reference row of the test table, never a candidate).

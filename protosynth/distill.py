@@ -15,7 +15,8 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
 - ``text``: how a learner reads each pair's text, recorded as the manifest's ``evaluation.text``:
   ``captions`` (its one caption) or ``members`` (the mean, in the learner's text space, of the captions
   of the real pairs the prototype summarises: a soft caption, as the optimisation methods' learned
-  text embeddings are soft). ``eval retrieval`` follows the set's rule unless told otherwise.
+  text embeddings are soft) or ``image`` (the mean of every caption of the member image the render
+  started from, or a selection's image). ``eval retrieval`` follows the set's rule unless told otherwise.
 - ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
   (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
 CAPTION_RULES = ("prototype", "render", "start")
-TEXT_RULES = ("captions", "members")
+TEXT_RULES = ("captions", "members", "image")
 # distill's own defaults for the levers, chosen on the world's validation split
 # (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
 # ones) starts from noise, as PDS does.
@@ -191,6 +192,12 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
             f"{P.caption('start')} pairs each render with the caption of the member it starts from: "
             f"it needs {P.render.init('nearest')}",
             param="caption",
+        )
+    if cfg.text == "image" and cfg.method == "pds" and render.init != "nearest":
+        raise ProtosynthError(
+            f"{P.text('image')} reads the captions of the member image each render starts from: "
+            f"it needs {P.render.init('nearest')} (or {P.method('select')})",
+            param="text",
         )
     corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
     for budget in budgets:

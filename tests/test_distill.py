@@ -370,7 +370,7 @@ def test_text_rule_is_declared_in_the_manifest_and_changes_nothing_else(quick_mo
     assert ds.manifest["evaluation"] == {"text": "members"} and ds.manifest["settings"]["text"] == "members"
     assert ref.manifest["evaluation"] == {"text": "members"}  # the default at 12 pairs
     assert tree_bytes(out) == tree_bytes(full_run)  # a rule for the learner: the pairs are the same
-    with pytest.raises(ProtosynthError, match=r"^unknown text 'mean': use captions or members"):
+    with pytest.raises(ProtosynthError, match=r"^unknown text 'mean': use captions or members or image"):
         distill(make_cfg(quick_models, tmp_path / "bad", text="mean"))
     assert not (tmp_path / "bad").exists()
 

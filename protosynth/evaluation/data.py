@@ -7,6 +7,8 @@ Text of a set is used the way it was stored (``--text``):
 - ``captions``: each pair's caption, embedded by the protocol's text encoder;
 - ``members``: the mean, in the protocol's text space, of the captions of the real pairs each
   synthetic pair summarises (PDS sets record them);
+- ``image``: the mean of every caption of the one real image each pair shows or starts from (a
+  render's start member, a selection's pair, a coreset pair);
 - ``image-captions``: the mean of every caption of the images those member pairs show (for a coreset
   pair: all captions of its one image), the reference that tells caption averaging apart from
   summarising many scenes;
@@ -35,8 +37,8 @@ from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 from .text_encoders import TextEncoder
 
-TEXT_MODES = ("auto", "captions", "members", "image-captions", "stored")
-SET_TEXT_RULES = ("captions", "members")  # what a set may declare as its manifest's evaluation.text
+TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored")
+SET_TEXT_RULES = ("captions", "members", "image")  # what a set may declare as its manifest's evaluation.text
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
@@ -134,10 +136,8 @@ def set_data(
         text_mode = declared
     if text_mode in ("auto", "stored") and stored is not None:
         texts, how = stored, "stored"
-    elif text_mode == "members":
-        texts, how = _member_texts(ds, encoder, normalise_text), "members"
-    elif text_mode == "image-captions":
-        texts, how = _member_texts(ds, encoder, normalise_text, whole_images=True), "image-captions"
+    elif text_mode in ("members", "image-captions", "image"):
+        texts, how = _member_texts(ds, encoder, normalise_text, text_mode), text_mode
     else:
         captions = [p.get("caption") for p in ds.pairs]
         if any(not isinstance(c, str) or not c.strip() for c in captions):
@@ -194,18 +194,39 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     return corpus
 
 
-def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, whole_images: bool = False) -> torch.Tensor:
-    """Each pair's text as the mean of its member pairs' captions (``whole_images``: of every caption
-    of the images those members show)."""
-    if any(not p.get("members") for p in ds.pairs):
-        mode = "image-captions" if whole_images else "members"
-        raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
+# the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
+# a coreset's one member
+OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
+
+
+def _own_pair(p: dict) -> int | None:
+    for key in OWN_PAIR_FIELDS:
+        if key in p:
+            return int(p[key])
+    members = p.get("members") or []
+    return int(members[0]) if len(members) == 1 else None
+
+
+def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode: str = "members") -> torch.Tensor:
+    """Each pair's text as a mean of real captions: of its member pairs (``members``), of every caption
+    of the images those members show (``image-captions``), or of every caption of the one image the
+    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own)."""
+    if mode == "image":
+        own = [_own_pair(p) for p in ds.pairs]
+        if any(o is None for o in own):
+            raise ProtosynthError(
+                f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
+            )
+        groups = [[o] for o in own]
+    else:
+        if any(not p.get("members") for p in ds.pairs):
+            raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
+        groups = [list(p["members"]) for p in ds.pairs]
     corpus = source_corpus(ds)
-    top = max(m for p in ds.pairs for m in p["members"])
+    top = max(m for g in groups for m in g)
     if top >= corpus.n_pairs:
         raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
-    groups = [list(p["members"]) for p in ds.pairs]
-    if whole_images:
+    if mode != "members":
         of_image = {}
         for pair, image in enumerate(corpus.pair_image):
             of_image.setdefault(int(image), []).append(pair)
