@@ -336,6 +336,8 @@ def test_distill_records_clip_guidance(quick_models, tmp_path):
     with pytest.raises(ProtosynthError, match=r"^render\.clip_guidance must be between 0 and 1"):
         distill(make_cfg(quick_models, tmp_path / "bad", render=RenderConfig(clip_guidance=-0.1)))
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ProtosynthError, match=r"^text=image reads the captions .* needs render\.init=nearest"):
+        distill(make_cfg(quick_models, tmp_path / "noise", text="image", render=RenderConfig(steps=1, init="noise")))
 
 
 def test_render_caption_rule_picks_the_member_caption_nearest_the_render():

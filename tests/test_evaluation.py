@@ -199,17 +199,20 @@ def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
 
 
 def test_auto_text_follows_the_rule_the_set_declares(pds_set, tiny_backbone, tmp_path):
-    ds = load_distilled(pds_set)
+    ds = load_distilled(pds_set)  # distill's default at 12 pairs: members
+    assert ds.manifest["evaluation"] == {"text": "members"}
     enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
     members = set_data(ds, enc, bb, 32, False, "members").texts
-    assert not torch.allclose(set_data(ds, enc, bb, 32, False, "auto").texts, members)  # captions
+    captions = set_data(ds, enc, bb, 32, False, "captions").texts
+    assert not torch.allclose(captions, members)
+    auto = set_data(ds, enc, bb, 32, False, "auto")
+    assert auto.notes["text"] == "members" and torch.equal(auto.texts, members)
     declared = tmp_path / "declared"
     shutil.copytree(pds_set, declared)
     manifest = json.loads((declared / "manifest.json").read_text())
-    (declared / "manifest.json").write_text(json.dumps(dict(manifest, evaluation={"text": "members"})))
+    (declared / "manifest.json").write_text(json.dumps(dict(manifest, evaluation={"text": "captions"})))
     data = set_data(load_distilled(declared), enc, bb, 32, False, "auto")
-    assert data.notes["text"] == "members" and torch.equal(data.texts, members)
-    assert set_data(load_distilled(declared), enc, bb, 32, False, "captions").notes["text"] == "captions"
+    assert data.notes["text"] == "captions" and torch.equal(data.texts, captions)
     (declared / "manifest.json").write_text(json.dumps(dict(manifest, evaluation={"text": "soft"})))
     with pytest.raises(ProtosynthError, match=r"declared: manifest evaluation.text 'soft': use captions or members"):
         set_data(load_distilled(declared), enc, bb, 32, False, "auto")
@@ -225,6 +228,18 @@ def test_image_captions_mean_every_caption_of_the_member_images(pds_set, tiny_ba
     assert len(pairs) > len(ds.pairs[3]["members"])  # more than the members: every caption of their images
     want = enc.encode([corpus.pair_caption[q] for q in pairs]).mean(0)
     assert data.notes["text"] == "image-captions" and torch.allclose(data.texts[3], want, atol=1e-5)
+
+
+def test_image_text_means_every_caption_of_the_start_image(pds_set, tiny_backbone):
+    ds = load_distilled(pds_set)
+    enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
+    data = set_data(ds, enc, bb, 32, False, "image")
+    corpus = load_corpus(CORPUS)
+    image = int(corpus.pair_image[ds.pairs[3]["start_pair"]])
+    pairs = [q for q in range(corpus.n_pairs) if int(corpus.pair_image[q]) == image]
+    assert len(pairs) > 1
+    want = enc.encode([corpus.pair_caption[q] for q in pairs]).mean(0)
+    assert data.notes["text"] == "image" and torch.allclose(data.texts[3], want, atol=1e-5)
 
 
 def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
