@@ -126,11 +126,12 @@ WRITERS = {
 
 
 def export_set(folder: str | Path, cfg: ExportConfig) -> Path:
-    """Write the set at ``folder`` as ``cfg.to`` to ``cfg.out`` (atomically); returns ``cfg.out``."""
+    """Write the set at ``folder`` as ``cfg.to`` to ``cfg.out`` (atomically); returns ``cfg.out``. The set
+    is checked against its manifest first: a set changed after it was written is not passed on."""
     if cfg.to not in FORMATS:
         raise ProtosynthError(f"{P.to} {cfg.to!r}: use one of {', '.join(FORMATS)}")
     folder, out = Path(folder), Path(cfg.out)
-    ds = load_distilled(folder)
+    ds = load_distilled(folder, verify=True)
     if out.resolve().is_relative_to(folder.resolve()):
         raise ProtosynthError(f"{P.out} {out} is inside the set {folder}, which holds only its own files")
     write, ours, what = WRITERS[cfg.to]

@@ -126,7 +126,7 @@ def pair_figure(ds: DistilledSet, i: int, corpus, cfg: ReportConfig) -> str:
 
 
 def set_section(folder: Path, cfg: ReportConfig) -> str:
-    ds = load_distilled(folder)
+    ds = load_distilled(folder, verify=True)  # the page shows the set as it was written, or nothing
     corpus, why = member_source(ds) if cfg.members > 0 else (None, None)
     note = f'<p class="note">{html.escape(why)}</p>' if why else ""
     figures = "".join(pair_figure(ds, i, corpus, cfg) for i in range(len(ds)))
