@@ -55,13 +55,14 @@ def _config(
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
     from protosynth.corpora.spec import is_world
+    from protosynth.distilled import read_manifest
 
     specs = [full] if full else []
     for s in sets:
-        try:
-            specs.append(json.loads((s / "manifest.json").read_text())["corpus"]["spec"])
-        except (OSError, ValueError, KeyError):
-            fail(f"{s}: not a complete distilled set (no readable manifest.json)")
+        spec = run(read_manifest, s, verb="eval").get("corpus", {}).get("spec")
+        if spec is None:
+            fail(f"{s}: its manifest.json names no corpus; pass --protocol")
+        specs.append(spec)
     return all(is_world(sp) for sp in specs)
 
 

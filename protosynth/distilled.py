@@ -261,17 +261,52 @@ def set_problems(root: Path, manifest: dict) -> tuple[int, list[tuple[Path, str]
     return len(files), problems
 
 
+# Manifest entries its readers take as JSON objects (``manifest.get("corpus", {}).get("spec")``): an
+# entry edited into another shape is refused when the set is opened, not met as a TypeError later.
+OBJECT_ENTRIES = ("corpus", "evaluation", "protocol")  # absent or an object
+OPTIONAL_OBJECT_ENTRIES = ("clip", "decoder", "render_fidelity", "settings", "versions", "seconds")  # or null
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` (parsed manifest.json) other than the shape a set's readers rely on, or None."""
+    if not isinstance(manifest, dict):
+        return f"not a JSON object (a {type(manifest).__name__})"
+    for key in OBJECT_ENTRIES + OPTIONAL_OBJECT_ENTRIES:
+        value = manifest.get(key)
+        if key in manifest and not isinstance(value, dict) and not (value is None and key in OPTIONAL_OBJECT_ENTRIES):
+            return f"its '{key}' entry is not a JSON object"
+    corpus = manifest.get("corpus", {})
+    for key in ("spec", "fingerprint"):
+        if corpus.get(key) is not None and not isinstance(corpus[key], str):
+            return f"its 'corpus.{key}' entry is not a string"
+    return None
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the set at ``path``, read and checked for the shape its readers rely on (one
+    error naming the folder or the file otherwise); its files are not checked (``load_distilled``)."""
+    root = Path(path)
+    if not (root / MANIFEST).is_file():
+        raise ProtosynthError(f"{root}: not a complete distilled set (no {MANIFEST})")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ProtosynthError(f"{root}: unreadable distilled set ({MANIFEST}: {exc})") from None
+    why = manifest_problem(manifest)
+    if why:
+        raise ProtosynthError(f"{root / MANIFEST}: {why}; not a distilled set's manifest as this package writes it")
+    return manifest
+
+
 def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
     """Open a complete set folder; ``verify`` first checks every file against the sha256 its manifest
     records (reads every file once), so a set changed after it was written is
     refused, naming the file, before anything is read from it."""
     root = Path(path)
-    if not (root / MANIFEST).is_file():
-        raise ProtosynthError(f"{root}: not a complete distilled set (no {MANIFEST})")
+    manifest = read_manifest(root)
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
         if verify:
-            _, problems = set_problems(root, manifest if isinstance(manifest, dict) else {})
+            _, problems = set_problems(root, manifest)
             if problems:
                 where, why = problems[0]
                 more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .distilled import DistilledSet, load_distilled
 from .errors import P, ProtosynthError
-from .files import atomic_path
+from .files import atomic_path, check_writable
 from .hub import metadata_rows
 
 FORMATS = ("webdataset", "parquet")
@@ -39,7 +39,9 @@ class ExportConfig:
 
 def check_out_file(out: Path, force: bool, ours: Callable[[Path], bool], what: str) -> None:
     """Refuse an existing ``out`` unless ``force``, and with it anything but a file we wrote
-    (``ours``): ``force`` replaces our own outputs, never a user's file or a folder."""
+    (``ours``): ``force`` replaces our own outputs, never a user's file or a folder. The folder it goes
+    in must take new files (the output is written beside ``out`` and renamed over it)."""
+    check_writable(out.parent, f"{P.out} {out}")
     if not out.exists() and not out.is_symlink():
         return
     if out.is_dir() or not out.is_file():
@@ -124,11 +126,12 @@ WRITERS = {
 
 
 def export_set(folder: str | Path, cfg: ExportConfig) -> Path:
-    """Write the set at ``folder`` as ``cfg.to`` to ``cfg.out`` (atomically); returns ``cfg.out``."""
+    """Write the set at ``folder`` as ``cfg.to`` to ``cfg.out`` (atomically); returns ``cfg.out``. The set
+    is checked against its manifest first: a set changed after it was written is not passed on."""
     if cfg.to not in FORMATS:
         raise ProtosynthError(f"{P.to} {cfg.to!r}: use one of {', '.join(FORMATS)}")
     folder, out = Path(folder), Path(cfg.out)
-    ds = load_distilled(folder)
+    ds = load_distilled(folder, verify=True)
     if out.resolve().is_relative_to(folder.resolve()):
         raise ProtosynthError(f"{P.out} {out} is inside the set {folder}, which holds only its own files")
     write, ours, what = WRITERS[cfg.to]

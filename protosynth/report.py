@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from .baselines.compare import METRICS, set_folder
-from .distilled import DistilledSet, load_distilled
+from .distilled import DistilledSet, decode_image, load_distilled
 from .errors import P, ProtosynthError
 from .evaluation.data import source_corpus
 from .export import check_out_file
@@ -126,7 +126,7 @@ def pair_figure(ds: DistilledSet, i: int, corpus, cfg: ReportConfig) -> str:
 
 
 def set_section(folder: Path, cfg: ReportConfig) -> str:
-    ds = load_distilled(folder)
+    ds = load_distilled(folder, verify=True)  # the page shows the set as it was written, or nothing
     corpus, why = member_source(ds) if cfg.members > 0 else (None, None)
     note = f'<p class="note">{html.escape(why)}</p>' if why else ""
     figures = "".join(pair_figure(ds, i, corpus, cfg) for i in range(len(ds)))
@@ -159,14 +159,46 @@ def method_samples(folder: Path, method: str, budget: int, cfg: ReportConfig) ->
     return f'<div class="row">{label}{figures}</div>'
 
 
+def _is_result(row) -> bool:
+    """A row of compare.json's ``methods``, as compare_table reads it."""
+    metrics = row.get("metrics") if isinstance(row, dict) else None
+    return (
+        isinstance(row.get("method") if isinstance(row, dict) else None, str)
+        and isinstance(metrics, dict)
+        and all(
+            isinstance(metrics.get(k), dict)
+            and all(isinstance(metrics[k].get(s), (int, float)) for s in ("mean", "std"))
+            for k in METRICS
+        )
+    )
+
+
+def read_compare(folder: Path) -> dict:
+    """A compare-baselines folder's compare.json, checked for what the page reads from it."""
+    path = folder / "compare.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ProtosynthError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("methods", []), list):
+        raise ProtosynthError(f"{path}: not a compare-baselines result (no 'methods' list)")
+    for i, row in enumerate(doc.get("methods", [])):
+        if not _is_result(row):
+            raise ProtosynthError(
+                f"{path}: methods[{i}] is not a method's result (a 'method' name and 'metrics' with the mean and "
+                f"std of {', '.join(METRICS)})"
+            )
+    return doc
+
+
 def compare_section(folder: Path, cfg: ReportConfig) -> str:
     """A compare-baselines folder: its table (compare.json), its plot and samples per method."""
-    doc = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
+    doc = read_compare(folder)
     title = f"{folder}: budget {doc.get('budget')}, corpus {doc.get('corpus')}, protocol {doc.get('protocol')}"
     parts = [f"<h2>{html.escape(title)}</h2>", compare_table(doc)]
     if (folder / "compare.png").is_file():
-        with Image.open(folder / "compare.png") as plot:
-            parts.append(img(plot, max(plot.size), "plot", "compare.png"))
+        plot = decode_image(folder / "compare.png")
+        parts.append(img(plot, max(plot.size), "plot", "compare.png"))
     methods = [r["method"] for r in doc.get("methods", []) if r["method"] != "full"]
     parts += [method_samples(folder, m, doc.get("budget"), cfg) for m in methods]
     return "".join(parts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .distilled import FORMAT as SET_FORMAT
-from .distilled import MANIFEST, set_problems
+from .distilled import MANIFEST, manifest_problem, set_problems
 from .errors import ProtosynthError
 from .store import INDEX, read_index, store_files, store_problems
 
@@ -53,7 +53,9 @@ def _verify_set(folder: Path) -> Report:
     if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
         raise ProtosynthError(f"{folder / MANIFEST}: not a protosynth set manifest (format {SET_FORMAT})")
     checked, problems = set_problems(folder, manifest)
-    return Report("distilled set", checked, [Problem(path, what) for path, what in problems])
+    shape = manifest_problem(manifest)  # the manifest records no hash of itself: its shape is what can be checked
+    found = [Problem(folder / MANIFEST, shape)] if shape else []
+    return Report("distilled set", checked, found + [Problem(path, what) for path, what in problems])
 
 
 def _verify_store(folder: Path) -> Report:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
@@ -27,18 +28,6 @@ PROTOSYNTH = Path(sys.executable).parent / "protosynth"
 
 def invoke(args: list[str], env: dict | None = None):
     return CliRunner().invoke(app, ["distill", *args], env=env)
-
-
-def assert_one_line_error(result, *culprits: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for culprit in culprits:
-        assert re.search(culprit, line), f"{culprit!r} not named in {line!r}"
-    return line
 
 
 def models_args(models: Path) -> list[str]:

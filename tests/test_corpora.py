@@ -4,20 +4,19 @@ error must be one line naming the file and the row (or shard and member)."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import re
 import shutil
 import struct
-import tarfile
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import png_bytes, truncate, write_csv, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -41,12 +40,6 @@ def world():
     return generate_split(WorldConfig(n_train=N), "train")
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def jpg_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
@@ -60,39 +53,10 @@ def write_images(folder: Path, world, n: int = N) -> list[str]:
     return [f"{i}.png" for i in range(n)]
 
 
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def write_csv(path: Path, rows: list[list[str]], header=("image", "caption", "source")) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 def csv_rows(world, prefix="img/", n=N, per_image=2) -> list[list[str]]:
     """Caption-major order (every image's first caption, then every second), so one image's rows
     are not adjacent and grouping must keep first-seen order."""
     return [[f"{prefix}{i}.png", world.captions[i][c], "coco"] for c in range(per_image) for i in range(n)]
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
-    """A shard with the given members in order; ``None`` content makes a directory entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-                continue
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
@@ -49,15 +50,6 @@ def unwritable(request, tmp_path) -> Path:
     pytest.skip("sysfs takes new folders here")
 
 
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert re.search(needle, lines[0]), f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def test_check_writable_creates_nothing(tmp_path):
     """The check probes the nearest existing folder and removes its probe: no folder, no file left."""
     (tmp_path / "keep").write_text("x")
@@ -89,7 +81,7 @@ def test_distill_in_an_unwritable_cache_is_one_line(unwritable, tmp_path):
         ["distill", "--corpus", "shapes,n=5", "--budget", "2", "--method", "select", "--out", str(tmp_path / "set")],
         env={"PROTOSYNTH_CACHE": str(unwritable)},
     )
-    one_line_error(result, r"cache folder", r"PROTOSYNTH_CACHE")
+    assert_one_line_error(result, r"cache folder", r"PROTOSYNTH_CACHE")
     assert not (tmp_path / "set").exists()
 
 
@@ -107,13 +99,13 @@ def test_embedding_a_new_corpus_in_an_unwritable_cache(unwritable, jsonl_corpus,
 def test_embed_verb_in_an_unwritable_cache_or_out(unwritable, jsonl_corpus, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["embed", "--corpus", str(jsonl_corpus)], env={"PROTOSYNTH_CACHE": str(unwritable)})
-    one_line_error(result, r"cache folder", r"PROTOSYNTH_CACHE")
+    assert_one_line_error(result, r"cache folder", r"PROTOSYNTH_CACHE")
     result = runner.invoke(
         app,
         ["embed", "--corpus", str(jsonl_corpus), "--out", str(unwritable)],
         env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")},
     )
-    one_line_error(result, r"--out ")
+    assert_one_line_error(result, r"--out ")
 
 
 @pytest.mark.parametrize(
@@ -135,7 +127,7 @@ def test_an_unwritable_out_stops_a_verb_before_its_work(verb, unwritable, tmp_pa
     first thing a verb checks, so nothing is computed, not even the world in the cache."""
     cache = tmp_path / "cache"
     result = CliRunner().invoke(app, [*verb, "--out", str(unwritable / "set")], env={"PROTOSYNTH_CACHE": str(cache)})
-    one_line_error(result, r"--out ", r"cannot write in |is a file, not a folder")
+    assert_one_line_error(result, r"--out ", r"cannot write in |is a file, not a folder")
     assert not cache.exists()
 
 
@@ -157,7 +149,7 @@ def test_models_calibrate_checks_its_folder_before_measuring(tmp_path):
         )
     finally:
         (models / "decoder").chmod(0o755)
-    one_line_error(result, r"--models ", r"cannot write in .*decoder")
+    assert_one_line_error(result, r"--models ", r"cannot write in .*decoder")
     assert not (tmp_path / "c").exists()
 
 
@@ -171,9 +163,9 @@ def test_eval_json_is_checked_before_the_evaluation(unwritable, tmp_path):
     runner = CliRunner()
     for verb in (["eval", "retrieval"], ["eval", "cross-arch"]):
         result = runner.invoke(app, [*verb, str(tmp_path / "no-set"), "--json", str(unwritable / "r.json")])
-        one_line_error(result, r"--json ", r"cannot write in |is a file, not a folder")
+        assert_one_line_error(result, r"--json ", r"cannot write in |is a file, not a folder")
         result = runner.invoke(app, [*verb, str(tmp_path / "no-set"), "--json", str(tmp_path)])
-        one_line_error(result, r"--json .* is a folder, not a file")
+        assert_one_line_error(result, r"--json .* is a folder, not a file")
 
 
 def test_a_read_only_cache_that_holds_the_world_is_read(tmp_path, monkeypatch):

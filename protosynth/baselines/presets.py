@@ -33,6 +33,8 @@ from ..errors import P, Param, ProtosynthError
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")
+LR_SPACES = ("linear", "log")
+GRAD_MODES = ("unroll", "constant", "first-order")
 USES_SIMILARITY = ("lors", "amd", "repblend")
 SIMILARITY_KEYS = ("lr_sim", "rank", "alpha")  # settings that only a method with S uses
 
@@ -115,12 +117,22 @@ WORLD_LOG_LRS = {
 _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.0, 200: 1000.0, 500: 5000.0}}
 
 
+def check_choices(cfg: BaselineConfig) -> None:
+    """The settings that name a choice, where set: checked before the buffer is opened, so a typo is
+    the error a run reports, whatever else is wrong."""
+    if cfg.method not in METHODS:
+        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {', '.join(METHODS)}")
+    if cfg.family is not None and cfg.family not in FAMILIES:
+        raise ProtosynthError(f"unknown {P.family} {cfg.family!r}: use {', '.join(FAMILIES)}")
+    if cfg.lr_space is not None and cfg.lr_space not in LR_SPACES:
+        raise ProtosynthError(f"{P.lr_space} {cfg.lr_space!r}: use {' or '.join(LR_SPACES)}")
+    if cfg.grad_mode is not None and cfg.grad_mode not in GRAD_MODES:
+        raise ProtosynthError(f"{P.grad_mode} {cfg.grad_mode!r}: use unroll, constant or first-order")
+
+
 def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     """The preset values for one method, family and budget."""
-    if method not in METHODS:
-        raise ProtosynthError(f"unknown {P.method} {method!r}: use {', '.join(METHODS)}")
-    if family not in FAMILIES:
-        raise ProtosynthError(f"unknown {P.family} {family!r}: use {', '.join(FAMILIES)}")
+    check_choices(BaselineConfig(method=method, family=family))
     b = preset_budget(budget)
     base = "flickr" if family == "world" else family
     lr_sim, rank, alpha, batch = _LORS[base][b]
@@ -163,12 +175,9 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
     for name in ("lr_img", "lr_txt", "lr_lr", "lr_init", "lr_sim"):
         if getattr(cfg, name) < 0:
             raise ProtosynthError(f"{Param(name)} must not be negative, got {getattr(cfg, name)}")
-    if cfg.lr_space not in ("linear", "log"):
-        raise ProtosynthError(f"{P.lr_space} {cfg.lr_space!r}: use linear or log")
+    check_choices(cfg)
     if cfg.lr_space == "log" and cfg.lr_init <= 0:
         raise ProtosynthError(f"{P.lr_space('log')} needs a positive {P.lr_init}, got {cfg.lr_init}", param="lr_init")
-    if cfg.grad_mode not in ("unroll", "constant", "first-order"):
-        raise ProtosynthError(f"{P.grad_mode} {cfg.grad_mode!r}: use unroll, constant or first-order")
     if cfg.expert_epochs > max_epochs:
         raise ProtosynthError(f"{P.expert_epochs} {cfg.expert_epochs} exceeds the buffer's {max_epochs} epochs")
     return cfg

@@ -43,7 +43,7 @@ from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
 from .matching import Blend, SyntheticSet, match
-from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, resolve, settings
+from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, check_choices, default_family, resolve, settings
 from .student import LowRankSimilarity, trainable
 
 
@@ -113,6 +113,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
     """Run one baseline and write its set; returns the set folder."""
     check_device(cfg.device)
     check_seed(cfg.seed)
+    check_choices(cfg)
     if cfg.budget < 2:
         raise ProtosynthError(f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
     if cfg.buffer is None:

@@ -1,0 +1,63 @@
+"""Helpers several test files share: the one-line error contract of the command line, and small
+corpus files written byte by byte (images, CSV, tar shards)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def assert_one_line_error(result, *culprits: str) -> str:
+    """A CliRunner result that is the error contract: exit code 2, no traceback, exactly one line on
+    stderr starting with ``error: `` and matching every regex in ``culprits``; returns the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for culprit in culprits:
+        assert re.search(culprit, line), f"{culprit!r} not named in {line!r}"
+    return line
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def truncate(path: Path) -> None:
+    """Cut a file in half: a valid header, then the data stops."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def write_csv(path: Path, rows: list[list[str]], header=("image", "caption", "source")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
+    """A shard with the given members in order; ``None`` content makes a directory entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                continue
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
