@@ -57,9 +57,11 @@ TEXT_RULES = ("captions", "members", "image")
 DEFAULT_INIT = "nearest"
 DEFAULT_STRENGTH = 0.3
 DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the render starts
-# the text rule by budget: on val, the members' mean won at 100 and 200 pairs (+15.5 and +2.8 r_mean
-# over one caption) and lost at 500 (-12.8); budgets between 200 and 500 were not measured
-MEMBERS_TEXT_MAX_BUDGET = 200
+# the text rule by budget, chosen on val (benchmarks/results/world_val.md): the members' mean won at 100
+# pairs, the start image's captions at 200 and 500; renders from noise have no start image, and the
+# members' mean beat one caption for them at 100 and 200 (500 not measured)
+MEMBERS_TEXT_MAX_BUDGET = 100
+NOISE_MEMBERS_TEXT_MAX_BUDGET = 200
 
 
 def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
@@ -67,12 +69,16 @@ def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
     return cfg.caption or DEFAULT_CAPTION[render.init]
 
 
-def text_rule(cfg: DistillConfig) -> str:
-    """The text rule a run uses: the one asked for, else ``members`` for a rendered set of at most
-    ``MEMBERS_TEXT_MAX_BUDGET`` pairs and ``captions`` otherwise (a selection keeps real captions)."""
+def text_rule(cfg: DistillConfig, render: RenderConfig) -> str:
+    """The text rule a run uses: the one asked for, else by budget and by how renders start (see
+    ``MEMBERS_TEXT_MAX_BUDGET``); a selection keeps its real captions."""
     if cfg.text is not None:
         return cfg.text
-    return "members" if cfg.method == "pds" and cfg.budget <= MEMBERS_TEXT_MAX_BUDGET else "captions"
+    if cfg.method != "pds":
+        return "captions"
+    if render.init == "nearest":
+        return "members" if cfg.budget <= MEMBERS_TEXT_MAX_BUDGET else "image"
+    return "members" if cfg.budget <= NOISE_MEMBERS_TEXT_MAX_BUDGET else "captions"
 
 
 def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
@@ -253,7 +259,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
-    text = text_rule(cfg)
+    text = text_rule(cfg, loaded.render)
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,

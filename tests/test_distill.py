@@ -414,13 +414,17 @@ def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run
         assert np.array_equal(np.asarray(ds.image(i)), corpus.image_array(int(corpus.pair_image[p])))
 
 
-def test_default_text_rule_reads_members_up_to_the_val_chosen_budget():
-    limit = distill_module.MEMBERS_TEXT_MAX_BUDGET
-    rule = distill_module.text_rule
-    assert rule(DistillConfig(budget=limit)) == "members" and rule(DistillConfig(budget=limit + 1)) == "captions"
-    assert rule(DistillConfig(budget=10, method="select")) == "captions"  # a selection keeps its real captions
-    assert rule(DistillConfig(budget=10, text="captions")) == "captions"
-    assert rule(DistillConfig(budget=900, text="members")) == "members"
+def test_default_text_rule_by_budget_and_start():
+    limit, rule = distill_module.MEMBERS_TEXT_MAX_BUDGET, distill_module.text_rule
+    near, noise = RenderConfig(init="nearest"), RenderConfig(init="noise")
+    assert rule(DistillConfig(budget=limit), near) == "members"
+    assert rule(DistillConfig(budget=limit + 1), near) == "image"
+    noise_limit = distill_module.NOISE_MEMBERS_TEXT_MAX_BUDGET
+    assert rule(DistillConfig(budget=noise_limit), noise) == "members"
+    assert rule(DistillConfig(budget=noise_limit + 1), noise) == "captions"
+    assert rule(DistillConfig(budget=10, method="select"), near) == "captions"  # a selection keeps real captions
+    assert rule(DistillConfig(budget=10, text="captions"), near) == "captions"
+    assert rule(DistillConfig(budget=900, text="members"), noise) == "members"
 
 
 def test_distill_start_default_applies_only_where_the_decoder_can_honour_it(monkeypatch):
