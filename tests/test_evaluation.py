@@ -144,7 +144,7 @@ def test_small_protocol_end_to_end(pds_set, tiny_backbone):
     assert doc["protocol"] == "small" and doc["repeats"] == 2 and doc["select_on_test"] is False
     assert doc["score"] == "final epoch" and doc["text_space"] == "minilm-l6-v2:mean"
     row = doc["sets"][0]
-    assert row["method"] == "pds" and row["budget"] == 12 and row["text"] == "captions"
+    assert row["method"] == "pds" and row["budget"] == 12 and row["text"] == "members"  # distill's default at 12 pairs
     assert set(row["metrics"]) == set(METRIC_NAMES)
     for m in row["metrics"].values():
         assert len(m["runs"]) == 2 and all(0 <= v <= 100 for v in m["runs"])
@@ -249,7 +249,7 @@ def test_set_without_usable_text_is_an_error(pds_set, tiny_backbone, tmp_path):
     (broken / "pairs.jsonl").write_text("".join(json.dumps(dict(x, caption="")) + "\n" for x in lines))
     rerecord_hashes(broken)  # a set written that way, not one edited afterwards (evaluation refuses that)
     with pytest.raises(ProtosynthError, match="no usable captions and no text embeddings in the protocol's text space"):
-        evaluate([broken], tiny_eval(tiny_backbone))
+        evaluate([broken], tiny_eval(tiny_backbone, text="captions"))
 
 
 def test_pds_protocol_keeps_the_backbone_frozen(pds_set, quick_models):
@@ -346,7 +346,7 @@ def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     assert res.exit_code == 0, res.output
     assert (
         "pds" in res.output
-        and "captions" in res.output
+        and "members" in res.output  # the text rule the set declares
         and json.loads(out.read_text())["sets"][0]["path"] == str(pds_set)
     )
     res = CliRunner().invoke(app, ["eval", "retrieval", str(pds_set), "--repeats", "0"])

@@ -188,11 +188,12 @@ def verify_cli(folder: Path):
 
 def test_verify_a_clean_set_and_a_damaged_one(a_set, clean_set):
     listed = json.loads((clean_set / "manifest.json").read_text())["files"]
-    assert len(listed) == 9  # six images, pairs.jsonl, embeddings.safetensors, preview.png
+    # six images, pairs.jsonl, metadata.jsonl, README.md, embeddings.safetensors, preview.png
+    assert len(listed) == 11
     report = verify(a_set)
-    assert (report.kind, report.checked, report.problems) == ("distilled set", 9, [])
+    assert (report.kind, report.checked, report.problems) == ("distilled set", 11, [])
     r = verify_cli(a_set)
-    assert r.exit_code == 0 and r.stdout == "ok: 9 files checked\n", r.output
+    assert r.exit_code == 0 and r.stdout == "ok: 11 files checked\n", r.output
     (a_set / "images/000003.png").unlink()
     (a_set / "images/000002.png").write_bytes(b"\x89PNG not really")
     (a_set / "pairs.jsonl").write_text((clean_set / "pairs.jsonl").read_text().replace('"index": 1,', '"index": 7,'))
@@ -220,7 +221,9 @@ def test_verify_a_store_then_embed_repairs_it(a_store, corpus, clip, caplog):
         f"{a_store / 'image-000001.npy'}: sha256 differs from index.json (the file changed after it was written)"
     )
     assert lines[1].startswith(f"{a_store / 'text-000002.npy'}: truncated or unreadable (")
-    r = CliRunner().invoke(app, ["embed", "--corpus", CORPUS, "--out", str(a_store), "--workers", "0"])
+    r = CliRunner().invoke(
+        app, ["embed", "--corpus", CORPUS, "--out", str(a_store), "--workers", "0", "--batch-size", "8"]
+    )
     assert r.exit_code == 0, r.output
     assert verify_cli(a_store).stdout == "ok: 7 files checked\n"
     index = json.loads((a_store / "index.json").read_text())
