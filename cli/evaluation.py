@@ -166,8 +166,9 @@ def retrieval(
         "auto",
         help=(
             "auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
-            "declares, else its captions), captions, members, image-captions (every caption of the members' "
-            "images) or stored: which text of a set trains the model."
+            "declares, else its captions), captions, members, image (every caption of the image a pair starts "
+            "from), image-captions (every caption of the members' images) or stored: which text of a set trains "
+            "the model."
         ),
     ),
     full: Optional[str] = typer.Option(

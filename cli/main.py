@@ -232,8 +232,10 @@ def distill(
         None,
         help=(
             "How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
-            "captions (its one caption) or members (the mean of the captions of the real pairs its prototype "
-            "summarises, in the learner's text space)."
+            "captions (its one caption), members (the mean of the captions of the real pairs its prototype "
+            "summarises) or image (the mean of every caption of the member image a render starts from), in the "
+            "learner's text space (default: members up to 100 pairs, image above; from noise: members up to 200, "
+            "captions above)."
         ),
     ),
     seed: int = typer.Option(0),
