@@ -72,6 +72,17 @@ def test_a_set_is_an_imagefolder_dataset(pds_set, tmp_path, how):
             assert np.array_equal(pixels(row["image"]), pixels(png))
 
 
+def test_a_500_pair_set_round_trips_through_load_dataset(tmp_path):
+    """The issue's size: 500 pairs (a random coreset of a 200-image world: real pairs, seconds to make),
+    500 rows, captions equal to pairs.jsonl's in order."""
+    out = build_coreset(CoresetConfig(method="random", budget=500, corpus="shapes,n=200", out=tmp_path / "b500"))
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    ds = ds.select(np.argsort(ds["index"]))
+    pairs = pairs_of(out)
+    assert ds.num_rows == len(pairs) == 500
+    assert ds["caption"] == [p["caption"] for p in pairs] and ds["members"] == [p["members"] for p in pairs]
+
+
 def test_the_card_and_metadata_are_files_of_the_set(pds_set):
     """Hashed in the manifest like every file (so --force and verify know them), a Hub-valid YAML head."""
     manifest = json.loads((pds_set / "manifest.json").read_text())
