@@ -419,6 +419,10 @@ def test_baseline_cli_bad_input(tmp_path):
     r = CliRunner().invoke(
         app, ["baseline", "--method", "dream", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")]
     )
+    assert r.exit_code == 2 and "unknown --method 'dream'" in r.output  # the typo first, before the buffer
+    r = CliRunner().invoke(
+        app, ["baseline", "--method", "mtt-vl", "--buffer", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "not a finished buffer" in r.output
     r = CliRunner().invoke(app, ["buffer", "--experts", "0", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--experts must be at least 1" in r.output
