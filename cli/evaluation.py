@@ -59,7 +59,7 @@ def _on_world(sets: list[Path], full: Optional[str]) -> bool:
 
     specs = [full] if full else []
     for s in sets:
-        spec = run(read_manifest, s, verb="eval").get("corpus", {}).get("spec")
+        spec = run(read_manifest, s, verb="eval retrieval").get("corpus", {}).get("spec")
         if spec is None:
             fail(f"{s}: its manifest.json names no corpus; pass --protocol")
         specs.append(spec)
