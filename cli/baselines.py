@@ -133,7 +133,7 @@ def baseline(
         image_root=image_root,
         skip_bad=skip_bad,
     )
-    typer.echo(f"wrote {run(distill_baseline, cfg, verb='baseline')}")
+    typer.echo(f"wrote {run(distill_baseline, cfg, command=command_line(), verb='baseline')}")
 
 
 def compare_baselines(

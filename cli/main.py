@@ -344,7 +344,7 @@ def distill(
     )
     chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
     cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
-    for path in run(distill_budgets, cfg, budgets, verb="distill"):
+    for path in run(distill_budgets, cfg, budgets, command=command_line(), verb="distill"):
         typer.echo(f"wrote {path}")
 
 
@@ -382,7 +382,7 @@ def coreset(
         image_root=image_root,
         skip_bad=skip_bad,
     )
-    typer.echo(f"wrote {run(build_coreset, cfg, verb='coreset')}")
+    typer.echo(f"wrote {run(build_coreset, cfg, command=command_line(), verb='coreset')}")
 
 
 @app.command("verify")

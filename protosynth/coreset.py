@@ -182,8 +182,9 @@ def validate(cfg: CoresetConfig) -> Path:
     return out
 
 
-def build_coreset(cfg: CoresetConfig) -> Path:
-    """Select ``budget`` real pairs with ``cfg.method`` and write them as a distilled set."""
+def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
+    """Select ``budget`` real pairs with ``cfg.method`` and write them as a distilled set; ``command`` as
+    for ``distill``."""
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
@@ -226,6 +227,7 @@ def build_coreset(cfg: CoresetConfig) -> Path:
         "seconds": seconds,
         "embed_compute_seconds": emb.compute_seconds,  # what the CLIP store cost, even when read from the cache
         "peak_memory_mb": peak_rss_mb(),
+        "command": command,
     }
     write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
     return out

@@ -218,12 +218,13 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     return Loaded(corpus, clip, decoder, render, emb, seconds)
 
 
-def distill(cfg: DistillConfig) -> Path:
-    """Run the whole pipeline and write the set; returns its folder."""
-    return distill_budgets(cfg, [cfg.budget])[0]
+def distill(cfg: DistillConfig, command: str | None = None) -> Path:
+    """Run the whole pipeline and write the set; returns its folder. ``command``: the command line that
+    ran it, recorded in the manifest and the dataset card (None from Python)."""
+    return distill_budgets(cfg, [cfg.budget], command)[0]
 
 
-def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
+def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None = None) -> list[Path]:
     """One set per budget from a single load and embedding pass. With several budgets, ``cfg.out``
     is a parent folder holding one set folder per budget."""
     if not budgets or len(set(budgets)) != len(budgets):
@@ -239,10 +240,10 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int]) -> list[Path]:
     outs = [validate(c) for c in cfgs]
     torch.manual_seed(cfg.seed)
     loaded = load_stages(cfg, budgets)
-    return [_write_budget(c, out, loaded, budgets) for c, out in zip(cfgs, outs)]
+    return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
 
 
-def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int]) -> Path:
+def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None) -> Path:
     corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
     seconds = dict(loaded.seconds)
     t = time.time()
@@ -277,6 +278,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
         "versions": versions(),
         "budgets_in_run": budgets,
+        "command": command,
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()

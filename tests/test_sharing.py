@@ -101,6 +101,21 @@ def test_the_card_and_metadata_are_files_of_the_set(pds_set):
     assert f"top-1 {fid['top1']} %" in body and CORPUS in body and '"steps": 2' in body
 
 
+def test_the_card_names_the_command_that_made_the_set(tmp_path, monkeypatch):
+    """A set made on the command line records that line (manifest and card); from Python, none."""
+    out = tmp_path / "cli"
+    argv = ["coreset", "--method", "random", "--budget", "4", "--corpus", CORPUS, "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["protosynth", *argv])  # what a shell hands the entry point
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    line = "protosynth " + " ".join(argv)
+    assert json.loads((out / "manifest.json").read_text())["command"] == line
+    assert f"- **command**: `{line}`" in (out / "README.md").read_text()
+    api = build_coreset(CoresetConfig(method="random", budget=4, corpus=CORPUS, out=tmp_path / "api"))
+    assert json.loads((api / "manifest.json").read_text())["command"] is None
+    assert "**command**" not in (api / "README.md").read_text()
+
+
 def test_force_replaces_a_set_with_its_card_and_metadata(pds_set, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(pds_set, old)

@@ -109,8 +109,8 @@ def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int
     return t, t
 
 
-def distill_baseline(cfg: BaselineConfig) -> Path:
-    """Run one baseline and write its set; returns the set folder."""
+def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
+    """Run one baseline and write its set; returns the set folder; ``command`` as for ``distill``."""
     check_device(cfg.device)
     check_seed(cfg.seed)
     check_choices(cfg)
@@ -222,7 +222,7 @@ def distill_baseline(cfg: BaselineConfig) -> Path:
             lr_trace.append((syn.rate("image").item(), syn.rate("text").item()))
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
     seconds["distill"] = round(time.time() - t0, 2)
-    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started)
+    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command)
 
 
 def _curve(losses: list[float], points: int = 50) -> list[float]:
@@ -230,7 +230,7 @@ def _curve(losses: list[float], points: int = 50) -> list[float]:
     return [round(float(c.mean()), 6) for c in chunks]
 
 
-def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started) -> Path:
+def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command) -> Path:
     pixels = syn.images.detach().cpu()
     rgb = denormalise(pixels, feats.backbone.mean, feats.backbone.std)
     arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -295,5 +295,6 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
         "versions": versions(),
         "peak_memory_mb": peak_rss_mb(),
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
+        "command": command,
     }
     return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)
