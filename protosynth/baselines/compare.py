@@ -109,7 +109,8 @@ def _validate(cfg: CompareConfig) -> None:
     check_seed(cfg.seed)
 
 
-def _buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
+def buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
+    """The expert buffer a comparison in ``cfg.out`` makes (and a preset sweep shares: same folder, same settings)."""
     return BufferConfig(
         corpus=cfg.corpus,
         protocol=cfg.protocol,
@@ -141,7 +142,7 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
     if method == "prepare":
         _prepare(cfg)
     elif method in ("buffer-full", "buffer-heads"):
-        build_buffer(_buffer_config(cfg, method == "buffer-heads"))
+        build_buffer(buffer_config(cfg, method == "buffer-heads"))
     elif method in CORESETS:
         build_coreset(
             CoresetConfig(
@@ -335,7 +336,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     check_writable(cfg.out, f"{P.out} {cfg.out}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     needed = {_buffer_kind(m) for m in cfg.methods}
-    buffers = {kind: _buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}
+    buffers = {kind: buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}
     sets = {m: set_folder(cfg.out, m, cfg.budget) for m in cfg.methods if m != "full"}
     # refuse a stale set before minutes of preparation, not after; a set whose buffer is not there yet
     # is checked once the buffer is built

@@ -1,0 +1,165 @@
+"""The optimisation baselines' world presets, chosen on the validation split.
+
+    python -m benchmarks.baseline_presets [--budgets 100,200,500] [--methods repblend,amd,mtt-vl,lors]
+                                          [--repeats 2] [--work runs/compare_world]
+
+The world presets (``protosynth.baselines.presets``) set three things the published Flickr values
+do not fit: the data lr (``lr_img = lr_txt``), the space the inner lrs are learned in (``lr_space``)
+and the similarity matrix's lr (``lr_sim``). This sweep makes, for each method and budget, the set of
+the current preset and of each alternative (``candidates``), scores every set on ``shapes:val`` under
+the ``small`` protocol, and names the best per method and budget. Results go to
+``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set, so a stopped sweep
+leaves a table of what it measured.
+
+Buffers and sets live where ``protosynth compare-baselines --out WORK`` keeps its own
+(``WORK/buffers/full|heads``), so the comparison reuses the buffers; a candidate's set is in
+``WORK/presets/<method>-b<budget>-<candidate>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.world_retrieval import r_mean, scored
+from protosynth.baselines.buffer import build_buffer
+from protosynth.baselines.compare import CompareConfig, buffer_config
+from protosynth.baselines.presets import USES_SIMILARITY, BaselineConfig, buffer_kind, preset
+from protosynth.baselines.run import distill_baseline
+from protosynth.corpora.spec import canonical_spec
+from protosynth.errors import ProtosynthError
+from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
+from protosynth.files import git_commit, write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("repblend", "amd", "mtt-vl", "lors")  # cheapest first: a stopped sweep has the most methods
+FLICKR_LR_SIM = 10.0  # LoRS's published lr_sim at 100 and 200 pairs (Flickr)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    overrides: dict  # BaselineConfig fields set on top of the preset
+
+
+def candidates(method: str, budget: int) -> list[Candidate]:
+    """The current world preset, then one change of each value the world preset sets: the other lr
+    space; the data lr 10 against Flickr's (at 100 pairs, where Flickr's is 100; at 200 and 500 it is
+    1,000); lr_sim 1 against 0.1 for the methods with a similarity matrix."""
+    world, flickr = preset(method, "world", budget), preset(method, "flickr", budget)
+    out = [Candidate("preset", {})]
+    space = "log" if world["lr_space"] == "linear" else "linear"
+    out.append(Candidate(f"lr-space-{space}", {"lr_space": space}))
+    lr = flickr["lr_img"] if world["lr_img"] == 10.0 else 10.0
+    out.append(Candidate(f"data-lr-{lr:g}", {"lr_img": lr, "lr_txt": lr}))
+    if method in USES_SIMILARITY:
+        out.append(Candidate("lr-sim-1", {"lr_sim": 1.0}))
+    return out
+
+
+def buffers(work: Path) -> dict[str, Path]:
+    """The two expert buffers, made as ``compare-baselines --out work`` makes them (or reused)."""
+    cfg = CompareConfig(out=work, corpus=canonical_spec("shapes"))
+    out = {}
+    for kind in ("full", "heads"):
+        bcfg = buffer_config(cfg, kind == "heads")
+        if not (bcfg.out / "manifest.json").is_file():
+            build_buffer(bcfg)
+        out[kind] = bcfg.out
+    return out
+
+
+def make_set(method: str, budget: int, cand: Candidate, work: Path, bufs: dict[str, Path], seed: int) -> Path | str:
+    """The candidate's set folder, or why it could not be made (a diverged matching loss is a result
+    of the candidate, kept in ``<set>.failed`` so a resumed sweep does not run it again)."""
+    out = work / "presets" / f"{method}-b{budget}-{cand.name}"
+    failed = out.with_name(out.name + ".failed")
+    if failed.is_file():
+        return failed.read_text()
+    if not (out / "manifest.json").is_file():
+        cfg = BaselineConfig(method=method, budget=budget, buffer=bufs[buffer_kind(method)], out=out, seed=seed)
+        try:
+            distill_baseline(BaselineConfig(**{**cfg.__dict__, **cand.overrides}))
+        except ProtosynthError as exc:
+            write_text_atomic(failed, str(exc))
+            return str(exc)
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = [
+        f"# World presets of the optimisation baselines, chosen on val: small protocol, scored on "
+        f"shapes:val, {doc['repeats']} repeats",
+        "",
+        f"Command: `{doc['command']}` (commit {str(doc['commit'])[:12]}). Mean ± sample std over repeats, "
+        "percent. Sets made on the train split with seed 0 from the buffers `compare-baselines` uses. "
+        "**Chosen**: the highest val r_mean of a method and budget.",
+        "",
+        "| method | budget | candidate | settings changed | " + " | ".join(METRIC_NAMES) + " | make s | chosen |",
+        "|---|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|---|",
+    ]
+    for row in doc["rows"]:
+        if "failed" in row:
+            cells = [f"failed: {row['failed']}"] + [""] * (len(METRIC_NAMES) - 1)
+        else:
+            cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
+        changed = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "(the current preset)"
+        chosen = "**chosen**" if doc["chosen"].get(f"{row['method']}-b{row['budget']}") == row["candidate"] else ""
+        lines.append(
+            f"| {row['method']} | {row['budget']} | {row['candidate']} | {changed} | "
+            + " | ".join(cells)
+            + f" | {row.get('seconds_to_make', '-')} | {chosen} |"
+        )
+    if doc["not_run"]:
+        lines += ["", "Not run yet: " + ", ".join(doc["not_run"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write(doc: dict, results: Path) -> None:
+    best: dict[str, tuple[float, str]] = {}
+    for row in doc["rows"]:
+        key = f"{row['method']}-b{row['budget']}"
+        if "failed" in row:
+            continue
+        if key not in best or r_mean(row) > best[key][0]:
+            best[key] = (r_mean(row), row["candidate"])
+    doc["chosen"] = {k: name for k, (_, name) in best.items()}
+    results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results / "baseline_presets_val.json", json.dumps(doc, indent=2))
+    write_text_atomic(results / "baseline_presets_val.md", markdown(doc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budgets", default="100,200,500")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("runs/compare_world"))
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    command = "python -m benchmarks.baseline_presets " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.time()
+    budgets, methods = [int(b) for b in args.budgets.split(",")], args.methods.split(",")
+    plan = [(b, m, c) for b in budgets for m in methods for c in candidates(m, b)]
+    eval_cfg = EvalConfig(protocol="small", repeats=args.repeats, seed=args.seed, split="val", val="shapes:val")
+    doc = {"repeats": args.repeats, "command": command, "commit": git_commit(), "rows": [], "not_run": []}
+    bufs = buffers(args.work)
+    for i, (budget, method, cand) in enumerate(plan):
+        path = make_set(method, budget, cand, args.work, bufs, args.seed)
+        row = {"failed": path} if isinstance(path, str) else scored(path, eval_cfg, args.work)[0]
+        doc["rows"].append(dict(row, method=method, budget=budget, candidate=cand.name, overrides=cand.overrides))
+        doc["not_run"] = [f"{m} b{b} {c.name}" for b, m, c in plan[i + 1 :]]
+        doc.update(threads_this_process=torch.get_num_threads(), seconds_this_run=round(time.time() - started, 1))
+        write(doc, args.results)
+        print(f"{method} b{budget} {cand.name}: " + (row.get("failed") or f"val r_mean {r_mean(row):.1f}"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
