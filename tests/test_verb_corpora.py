@@ -150,7 +150,8 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
         code,
         err,
         rf"--buffer {re.escape(str(buf))} was trained on .*train\.csv read as fingerprint "
-        r"csv-\w+; read now it is csv-\w+ \(its images, --image-root or --skip-bad differ\)",
+        r"csv-\w+; read now it is csv-\w+ "
+        r"\(its images, --image-root, --skip-bad, --image-column or --caption-column differ\)",
     )
 
 

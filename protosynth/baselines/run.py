@@ -101,7 +101,7 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
         raise ProtosynthError(
             f"{P.buffer} {buffer.root} was trained on {rec['spec']} read as fingerprint "
             f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
-            f"{P.image_root}, {P.skip_bad} or the columns read differ)"
+            f"{P.image_root}, {P.skip_bad}, {P.image_column} or {P.caption_column} differ)"
         )
     want = buffer_kind(cfg.method)
     if buffer.shape != want:
