@@ -9,9 +9,15 @@ import typer
 
 from .common import comma_list, command_line, run
 from .help_text import (
+    BUFFER_CAPTION_COLUMN_HELP,
+    BUFFER_IMAGE_COLUMN_HELP,
     BUFFER_IMAGE_ROOT_HELP,
     BUFFER_SKIP_BAD_HELP,
+    CAPTION_COLUMN_HELP,
+    CAPTION_COLUMN_TEST_HELP,
     CORPUS_HELP,
+    IMAGE_COLUMN_HELP,
+    IMAGE_COLUMN_TEST_HELP,
     IMAGE_ROOT_HELP,
     IMAGE_ROOT_TEST_HELP,
     SKIP_BAD_HELP,
@@ -25,6 +31,8 @@ def buffer(
     corpus: str = typer.Option("shapes", help="Corpus spec the experts train on (its whole train split)."),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
     protocol: str = typer.Option("small", help="Retrieval protocol whose model the experts are: small or nfnet-bert."),
     experts: int = typer.Option(4, help="Number of expert trajectories."),
     epochs: int = typer.Option(3, help="Epochs per expert (a snapshot after each)."),
@@ -55,6 +63,8 @@ def buffer(
         device=device,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     typer.echo(f"wrote {run(build_buffer, cfg, verb='buffer')}")
 
@@ -65,6 +75,8 @@ def baseline(
     buffer: Path = typer.Option(..., help="A folder written by `protosynth buffer` (--heads-only for repblend)."),
     image_root: Optional[Path] = typer.Option(None, help=BUFFER_IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=BUFFER_SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=BUFFER_IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=BUFFER_CAPTION_COLUMN_HELP),
     out: Optional[Path] = typer.Option(
         None, help="Output folder (default: distilled/<corpus>-<method>-b<budget>-s<seed>)."
     ),
@@ -132,6 +144,8 @@ def baseline(
         clip=clip,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     typer.echo(f"wrote {run(distill_baseline, cfg, command=command_line(), verb='baseline')}")
 
@@ -145,6 +159,8 @@ def compare_baselines(
     ),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP + " Not for --test: a test split is read whole."),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_TEST_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_TEST_HELP),
     protocol: str = typer.Option("small"),
     repeats: int = typer.Option(5),
     out: Path = typer.Option(
@@ -179,6 +195,8 @@ def compare_baselines(
         test=test,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     doc = run(run_compare, cfg, command=command_line(), verb="compare-baselines")
     typer.echo(markdown(doc))

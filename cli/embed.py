@@ -8,13 +8,23 @@ from typing import Optional
 import typer
 
 from .common import run
-from .help_text import CLIP_ARCH_HELP, CLIP_SPACE_HELP, CORPUS_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP
+from .help_text import (
+    CAPTION_COLUMN_HELP,
+    CLIP_ARCH_HELP,
+    CLIP_SPACE_HELP,
+    CORPUS_HELP,
+    IMAGE_COLUMN_HELP,
+    IMAGE_ROOT_HELP,
+    SKIP_BAD_HELP,
+)
 
 
 def embed(
     corpus: str = typer.Option("shapes", help=CORPUS_HELP),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
     clip: str = typer.Option(
         "default",
         help="CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a checkpoint file with --clip-arch.",
@@ -50,7 +60,13 @@ def embed(
     def go() -> Path:
         check_config(cfg)
         check_device(device)
-        corpus_ = load_corpus(corpus, image_root=image_root, skip_bad=skip_bad)
+        corpus_ = load_corpus(
+            corpus,
+            image_root=image_root,
+            skip_bad=skip_bad,
+            image_column=image_column,
+            caption_column=caption_column,
+        )
         emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg)
         return emb.cache_path
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .common import comma_list, fail, run
-from .help_text import EVAL_IMAGE_ROOT_HELP
+from .help_text import EVAL_CAPTION_COLUMN_HELP, EVAL_IMAGE_COLUMN_HELP, EVAL_IMAGE_ROOT_HELP
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
@@ -33,6 +33,8 @@ def _config(
     full: Optional[str],
     image_root: Optional[Path] = None,
     skip_bad: bool = False,
+    image_column: Optional[str] = None,
+    caption_column: Optional[str] = None,
 ):
     from protosynth.evaluation.evaluate import EvalConfig
 
@@ -50,6 +52,8 @@ def _config(
         full=full,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
 
 
@@ -176,6 +180,8 @@ def retrieval(
     ),
     image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=EVAL_IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=EVAL_CAPTION_COLUMN_HELP),
     backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
     text_encoder: Optional[str] = typer.Option(
         None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."
@@ -192,7 +198,20 @@ def retrieval(
     run(_check_json, json_out, verb="eval retrieval")
     cfg = replace(
         _config(
-            sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
+            sets or [],
+            protocol,
+            test,
+            repeats,
+            epochs,
+            seed,
+            select_on_test,
+            text,
+            device,
+            full,
+            image_root,
+            skip_bad,
+            image_column,
+            caption_column,
         ),
         backbone=backbone,
         text_encoder=text_encoder,
@@ -219,6 +238,8 @@ def cross_arch_cmd(
     full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
     image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=EVAL_IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=EVAL_CAPTION_COLUMN_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     device: str = typer.Option("cpu"),
 ) -> None:
@@ -228,7 +249,20 @@ def cross_arch_cmd(
     arch_list = comma_list("--archs", archs) if archs else None
     run(_check_json, json_out, verb="eval cross-arch")
     cfg = _config(
-        sets or [], protocol, test, repeats, epochs, seed, select_on_test, text, device, full, image_root, skip_bad
+        sets or [],
+        protocol,
+        test,
+        repeats,
+        epochs,
+        seed,
+        select_on_test,
+        text,
+        device,
+        full,
+        image_root,
+        skip_bad,
+        image_column,
+        caption_column,
     )
     doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)

@@ -15,6 +15,8 @@ FLAGS: dict[str, str | None] = {
     "test": "--test",
     "image_root": "--image-root",
     "skip_bad": "--skip-bad",
+    "image_column": "--image-column",
+    "caption_column": "--caption-column",
     "out": "--out",
     "force": "--force",
     "device": "--device",

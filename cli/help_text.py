@@ -2,7 +2,8 @@
 
 CORPUS_HELP = (
     "Corpus spec: shapes[:split][,n=..], a .jsonl manifest, a Karpathy/BLIP .json, a .csv (image,caption "
-    "columns), or webdataset .tar shards (a path or a glob such as 'shards/*.tar')."
+    "columns), webdataset .tar shards or .parquet files (a path or a glob such as 'shards/*.tar'), or a Hugging "
+    "Face dataset: hf:NAME[:SPLIT] from the local datasets cache, or a save_to_disk folder."
 )
 IMAGE_ROOT_HELP = (
     "Folder the image paths of a Karpathy .json or a .csv corpus are relative to (default: that file's folder)."
@@ -25,3 +26,16 @@ BUFFER_IMAGE_ROOT_HELP = (
     "(default: the one the buffer was made with)."
 )
 BUFFER_SKIP_BAD_HELP = "Skip unreadable images of the buffer's corpus (default: as the buffer was made)."
+IMAGE_COLUMN_HELP = (
+    "Image column of a .parquet or hf: corpus: encoded image bytes, or an Image() struct (default: jpg for "
+    ".parquet, as img2dataset writes; image for hf:)."
+)
+CAPTION_COLUMN_HELP = "Caption column of a .parquet or hf: corpus: a string or a list of strings (default: caption)."
+IMAGE_COLUMN_TEST_HELP = IMAGE_COLUMN_HELP + " Also for --test."
+CAPTION_COLUMN_TEST_HELP = CAPTION_COLUMN_HELP + " Also for --test."
+EVAL_IMAGE_COLUMN_HELP = "Image column of a .parquet or hf: --test / --full corpus (default: jpg / image)."
+EVAL_CAPTION_COLUMN_HELP = "Caption column of a .parquet or hf: --test / --full corpus (default: caption)."
+BUFFER_IMAGE_COLUMN_HELP = (
+    "Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with)."
+)
+BUFFER_CAPTION_COLUMN_HELP = "Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."

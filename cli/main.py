@@ -20,9 +20,13 @@ from .common import comma_list, command_line, fail, run
 from .embed import embed as embed_verb
 from .evaluation import eval_app
 from .help_text import (
+    CAPTION_COLUMN_HELP,
+    CAPTION_COLUMN_TEST_HELP,
     CLIP_ARCH_HELP,
     CLIP_SPACE_HELP,
     CORPUS_HELP,
+    IMAGE_COLUMN_HELP,
+    IMAGE_COLUMN_TEST_HELP,
     IMAGE_ROOT_HELP,
     IMAGE_ROOT_TEST_HELP,
     SKIP_BAD_HELP,
@@ -45,7 +49,10 @@ app.command("embed")(embed_verb)
 def models_train(
     corpus: str = typer.Option(
         "shapes",
-        help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, or .tar shards.",
+        help=(
+            "Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, .tar shards, "
+            ".parquet files or a Hugging Face dataset (hf:NAME[:SPLIT] or a save_to_disk folder)."
+        ),
     ),
     out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
     test: Optional[str] = typer.Option(
@@ -53,6 +60,8 @@ def models_train(
     ),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_TEST_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_TEST_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_TEST_HELP),
     only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
     quick: bool = typer.Option(False, help="Tiny models, a minute of training: for tests."),
     seed: int = typer.Option(0),
@@ -105,6 +114,8 @@ def models_train(
         decoder=decoder,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     metrics = run(train_models, cfg, out, command=command_line(), verb="models train")
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
@@ -116,6 +127,8 @@ def models_calibrate(
     corpus: str = typer.Option("shapes", help="The corpus the models were trained on (its held-out part is measured)."),
     test: Optional[str] = typer.Option(None, help="Held-out corpus spec (default: as `models train` picks it)."),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_TEST_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_TEST_HELP),
     guidances: str = typer.Option(
         "1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."
     ),
@@ -141,6 +154,8 @@ def models_calibrate(
         quick=quick,
         decoder={"seed": seed, "guidances": scales, "render_steps": steps},
         image_root=image_root,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     metrics = run(calibrate_models, cfg, models, command=command_line(), verb="models calibrate")
     dec = metrics["decoder"]
@@ -187,6 +202,8 @@ def distill(
     corpus: str = typer.Option("shapes", help=CORPUS_HELP),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
     clip: Optional[str] = typer.Option(
         None,
         help=(
@@ -340,6 +357,8 @@ def distill(
         render=rcfg,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
         embed=EmbedConfig(fp16=fp16),
     )
     chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
@@ -355,6 +374,8 @@ def coreset(
     corpus: str = typer.Option("shapes", help=CORPUS_HELP),
     image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
     skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
+    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
+    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
     clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(
@@ -381,6 +402,8 @@ def coreset(
         keep=keep,
         image_root=image_root,
         skip_bad=skip_bad,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     typer.echo(f"wrote {run(build_coreset, cfg, command=command_line(), verb='coreset')}")
 

@@ -60,6 +60,8 @@ class CoresetConfig:
     keep: str = "most"  # forgetting: keep the most- or least-forgotten pairs
     image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
     skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
+    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
+    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def default_out(cfg: CoresetConfig) -> Path:
@@ -188,7 +190,13 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(
+        cfg.corpus,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)

@@ -11,10 +11,17 @@ Spec strings, by form:
   or ``{"image": "rel.png", "captions": ["...", ...]}``, image paths relative to the manifest;
 - ``*.json``: a Karpathy/BLIP list (caption-level train file or image-level test file);
 - ``*.csv``: ``image`` and ``caption`` columns, one row per pair;
-- ``*.tar`` or a glob with ``*``/``?``: webdataset shards (``jpg``/``png`` + ``txt``/``json``).
+- ``*.tar`` or a glob with ``*``/``?``: webdataset shards (``jpg``/``png`` + ``txt``/``json``);
+- ``*.parquet`` or a glob ending in ``.parquet``: tables with image bytes and captions, one row per
+  image (img2dataset's output: columns ``jpg`` and ``caption``);
+- ``hf:NAME[:SPLIT]``: a Hugging Face dataset from the local ``datasets`` cache (never downloaded) or
+  a local folder ``load_dataset`` reads; ``hf:FOLDER[:SPLIT]`` or a plain FOLDER that
+  ``save_to_disk`` wrote (it holds ``state.json`` or ``dataset_dict.json``): columns ``image`` (an
+  ``Image()`` feature) and ``caption`` (a string or a list of strings).
 
 ``image_root`` (JSON and CSV only) is the folder image paths are relative to (default: the file's
-folder). ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
+folder). ``image_column`` and ``caption_column`` (parquet and ``hf:`` only) name the columns when
+they are not the defaults. ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
 captions (and webdataset samples without an image or a caption member), listing them in
 ``Corpus.skipped``; without it a missing image file is an error at load
 and a corrupt one an error when read, each naming the file and the row.
@@ -31,8 +38,10 @@ import numpy as np
 
 from .corpora.base import Corpus, ImageSource
 from .corpora.csvtable import load_csv
+from .corpora.hf import is_hf, load_hf
 from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
+from .corpora.parquet import load_parquet
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
 from .errors import P, ProtosynthError
@@ -49,8 +58,10 @@ __all__ = [
     "is_world",
     "load_corpus",
     "load_csv",
+    "load_hf",
     "load_jsonl",
     "load_karpathy",
+    "load_parquet",
     "load_webdataset",
     "load_world",
     "world_fingerprint",
@@ -58,7 +69,8 @@ __all__ = [
 ]
 
 FORMATS = (
-    "'shapes[:train|test|val|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, or .tar shards (path or glob)"
+    "'shapes[:train|test|val|pretrain]', a .jsonl manifest, a Karpathy .json, a .csv, .tar shards or .parquet "
+    "files (path or glob), or a Hugging Face dataset (hf:NAME[:SPLIT] or a save_to_disk folder)"
 )
 
 
@@ -137,23 +149,43 @@ def load_world(spec: str = "shapes") -> Corpus:
     )
 
 
-def load_corpus(spec: str, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
+def corpus_kind(spec: str) -> str:
+    """Which reader a spec goes to: world, hf, jsonl, json, csv, tar or parquet (else its suffix, refused)."""
+    if is_world(spec):
+        return "world"
+    if is_hf(spec):
+        return "hf"
+    suffix = spec.lower().rsplit(".", 1)[-1] if "." in Path(spec).name else ""
+    if suffix == "parquet":  # a file, or a glob over parquet files
+        return "parquet"
+    return "tar" if suffix == "tar" or "*" in spec or "?" in spec else suffix
+
+
+def load_corpus(
+    spec: str,
+    image_root: Path | None = None,
+    skip_bad: bool = False,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+) -> Corpus:
     """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
     and image root (absolute paths)."""
-    if is_world(spec):
-        kind = "world"
-    else:
-        suffix = spec.lower().rsplit(".", 1)[-1] if "." in Path(spec).name else ""
-        kind = "tar" if suffix == "tar" or "*" in spec or "?" in spec else suffix
-    if kind not in ("world", "jsonl", "json", "csv", "tar"):
+    kind = corpus_kind(spec)
+    if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):
         raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
     if image_root is not None and kind not in ("json", "csv"):
         raise ProtosynthError(f"{P.image_root} applies to .json and .csv corpora, not {spec!r}")
+    for param, value in ((P.image_column, image_column), (P.caption_column, caption_column)):
+        if value is not None and kind not in ("parquet", "hf"):
+            raise ProtosynthError(f"{param} applies to .parquet and hf: corpora, not {spec!r}")
     spec, image_root = canonical_spec(spec), canonical_root(image_root)
     if kind == "world":
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
         corpus.skip_bad = skip_bad
         return corpus
+    if kind in ("parquet", "hf"):
+        load = load_parquet if kind == "parquet" else load_hf
+        return load(spec, image_column=image_column, caption_column=caption_column, skip_bad=skip_bad)
     if kind == "jsonl":
         return load_jsonl(spec, skip_bad=skip_bad)
     if kind == "json":

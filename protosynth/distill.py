@@ -118,6 +118,8 @@ class DistillConfig:
     kmeans_iters: int = 25
     image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
     skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
+    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
+    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def set_name(cfg: DistillConfig) -> str:
@@ -205,7 +207,13 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(
+        cfg.corpus,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
     for budget in budgets:
         check_budget(budget, corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"

@@ -113,8 +113,8 @@ def manifest_header(
 
 def corpus_record(corpus) -> dict:
     """The manifest's ``corpus`` entry: what was read, with the options needed to read it the same
-    way again (``image_root``, ``skip_bad``) and how many unreadable images --skip-bad dropped (the
-    first few named)."""
+    way again (``image_root``, ``skip_bad``, the columns of a table) and how many unreadable images
+    --skip-bad dropped (the first few named)."""
     return {
         "spec": corpus.spec,
         "fingerprint": corpus.fingerprint,
@@ -122,6 +122,8 @@ def corpus_record(corpus) -> dict:
         "pairs": corpus.n_pairs,
         "image_root": str(corpus.image_root) if corpus.image_root else None,
         "skip_bad": corpus.skip_bad,
+        "image_column": corpus.image_column,
+        "caption_column": corpus.caption_column,
         "skipped_bad": len(corpus.skipped),
         "skipped_first": corpus.skipped[:10],
     }

@@ -461,8 +461,11 @@ def test_load_corpus_picks_the_reader_by_spec(csv_corpus, world, tmp_path):
     for spec in (str(tmp_path / "x.jsonl"), "shapes:test,n=4", str(tmp_path / "s.tar"), str(tmp_path / "*.tar")):
         with pytest.raises(ProtosynthError, match=r"^image_root applies to \.json and \.csv"):
             load_corpus(spec, image_root=tmp_path)
-    with pytest.raises(ProtosynthError, match=r"unknown corpus 'data\.parquet'.*\.csv.*\.tar"):
-        load_corpus("data.parquet")
+    with pytest.raises(ProtosynthError, match=r"unknown corpus 'data\.feather'.*\.csv.*\.tar.*parquet.*hf:"):
+        load_corpus("data.feather")
+    for spec in (str(tmp_path / "x.jsonl"), "shapes:test,n=4", str(tmp_path / "s.tar"), str(csv_corpus)):
+        with pytest.raises(ProtosynthError, match=r"^caption_column applies to \.parquet and hf: corpora"):
+            load_corpus(spec, caption_column="text")
 
 
 def test_world_accepts_skip_bad():

@@ -150,7 +150,8 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
         code,
         err,
         rf"--buffer {re.escape(str(buf))} was trained on .*train\.csv read as fingerprint "
-        r"csv-\w+; read now it is csv-\w+ \(its images, --image-root or --skip-bad differ\)",
+        r"csv-\w+; read now it is csv-\w+ "
+        r"\(its images, --image-root, --skip-bad, --image-column or --caption-column differ\)",
     )
 
 
@@ -240,12 +241,15 @@ def test_compare_baselines(layout, tmp_path):
 def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     """Unset, the new options stay out of a buffer's settings and a compare row's key, so finished
     buffers and evaluated rows from earlier runs are still reused."""
-    assert not {"image_root", "skip_bad"} & set(_settings(BufferConfig()))
+    assert not {"image_root", "skip_bad", "image_column", "caption_column"} & set(_settings(BufferConfig()))
+    assert _settings(BufferConfig(caption_column="text"))["caption_column"] == "text"
     assert _settings(BufferConfig(image_root=Path("data"), skip_bad=True))["image_root"] == os.path.abspath("data")
-    before = {k: v for k, v in asdict(EvalConfig()).items() if k != "skip_bad"}  # EvalConfig's fields before
+    later = ("skip_bad", "image_column", "caption_column")
+    before = {k: v for k, v in asdict(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key
     assert _row_key(None, EvalConfig(skip_bad=True)) != _row_key(None, EvalConfig())
+    assert _row_key(None, EvalConfig(caption_column="text")) != _row_key(None, EvalConfig())
 
 
 def test_eval_retrieval_full_row_skips_bad_images(layout, tmp_path):

@@ -59,6 +59,8 @@ class BufferConfig:
     device: str = "cpu"
     image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
     skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
+    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
+    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def _validate(cfg: BufferConfig) -> Path:
@@ -83,7 +85,7 @@ def _seed(*parts: int) -> int:
 def _settings(cfg: BufferConfig) -> dict:
     """What a finished or unfinished buffer must match to be reused. The corpus-reading options are
     left out while unset, so buffers written before they existed are still reused."""
-    unset = {"image_root": None, "skip_bad": False}
+    unset = {"image_root": None, "skip_bad": False, "image_column": None, "caption_column": None}
     # absolute corpus paths: the same buffer asked for from another folder is still the same buffer
     cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root))
     return {
@@ -160,7 +162,13 @@ def build_buffer(cfg: BufferConfig) -> Path:
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
-    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(
+        cfg.corpus,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
     feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))

@@ -67,6 +67,8 @@ class CompareConfig:
     test: str | None = None  # test corpus spec (default: the world's test split; other corpora need one)
     image_root: Path | None = None  # folder of a .json/.csv corpus's (and test corpus's) image paths
     skip_bad: bool = False  # drop unreadable images of the corpus (sets, buffers, full row), never the test's
+    image_column: str | None = None  # image column of a .parquet or hf: corpus (and test corpus); None: jpg / image
+    caption_column: str | None = None  # their caption column (None: caption)
 
     def effective(self) -> "CompareConfig":
         if not self.quick:
@@ -123,6 +125,8 @@ def buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
         out=cfg.out / "buffers" / ("heads" if heads else "full"),
         image_root=cfg.image_root,
         skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
     )
 
 
@@ -130,7 +134,13 @@ def _prepare(cfg: CompareConfig) -> None:
     """The caches several methods share (the CLIP embeddings of the corpus, the protocol's text
     features of every caption), filled once up front so no method's seconds include them."""
 
-    corpus = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(
+        cfg.corpus,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
     embed_corpus(corpus, load_clip("default", cfg.device))
     protocol = get_protocol(cfg.protocol)
     if protocol.text != "clip":
@@ -156,6 +166,8 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 forgetting_epochs=1 if cfg.quick else 5,
                 image_root=cfg.image_root,
                 skip_bad=cfg.skip_bad,
+                image_column=cfg.image_column,
+                caption_column=cfg.caption_column,
             )
         )
     elif method == "pds":
@@ -168,6 +180,8 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 device=cfg.device,
                 image_root=cfg.image_root,
                 skip_bad=cfg.skip_bad,
+                image_column=cfg.image_column,
+                caption_column=cfg.caption_column,
             )
         )
     else:
@@ -193,6 +207,8 @@ def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[s
         iterations=cfg.iterations,
         image_root=cfg.image_root,
         skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
     )
 
 
@@ -208,6 +224,8 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         "budget": (man.get("budget"), cfg.budget),
         "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
         "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad),
+        "image-column": (corpus.get("image_column"), cfg.image_column),
+        "caption-column": (corpus.get("caption_column"), cfg.caption_column),
     }
     if method in OPTIMISATION:
         bcfg = _baseline_config(method, cfg, out, buffers)
@@ -275,9 +293,11 @@ def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, P
 
 
 def _row_key(path: Path | None, eval_cfg) -> str:
-    """Rows are reused while the set and the evaluation settings are unchanged; ``skip_bad`` (added
-    later, set only for the full row) is left out while off, so rows stored before keep their keys."""
-    settings = {k: v for k, v in asdict(eval_cfg).items() if not (k == "skip_bad" and not v)}
+    """Rows are reused while the set and the evaluation settings are unchanged; the settings added
+    later (``skip_bad``, set only for the full row, and the column options) are left out while unset,
+    so rows stored before keep their keys."""
+    later = {"skip_bad": False, "image_column": None, "caption_column": None}
+    settings = {k: v for k, v in asdict(eval_cfg).items() if not (k in later and v == later[k])}
     blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
         settings, sort_keys=True, default=str
     ).encode()
@@ -295,6 +315,8 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
         epochs=cfg.eval_epochs,
         test=cfg.test,
         image_root=cfg.image_root,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
     )
     store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
     todo = [m for m in paths if not store[m].is_file()]

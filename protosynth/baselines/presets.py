@@ -69,6 +69,8 @@ class BaselineConfig:
     clip: str = "default"  # AMD's prototype initialisation clusters this CLIP's joint embeddings
     image_root: Path | None = None  # the buffer corpus's image folder; None: the one the buffer recorded
     skip_bad: bool = False  # skip unreadable images; on anyway when the buffer was made with it
+    image_column: str | None = None  # the buffer corpus's image column; None: the one the buffer recorded
+    caption_column: str | None = None  # its caption column; None: the one the buffer recorded
 
 
 def buffer_kind(method: str) -> str:

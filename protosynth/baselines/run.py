@@ -72,12 +72,25 @@ def init_pairs(cfg: BaselineConfig, feats: ProtocolFeatures, m: int) -> np.ndarr
 
 
 def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
-    """The buffer's corpus, read as the buffer read it (its recorded image root and --skip-bad) unless
+    """The buffer's corpus, read as the buffer read it (its recorded image root, --skip-bad and columns) unless
     ``cfg`` says otherwise; returns it with ``cfg`` holding the options used, for the manifest."""
     rec = buffer.manifest["corpus"]
     root = cfg.image_root if cfg.image_root is not None else rec.get("image_root")
-    cfg = replace(cfg, image_root=Path(root) if root else None, skip_bad=cfg.skip_bad or bool(rec.get("skip_bad")))
-    return load_corpus(rec["spec"], image_root=cfg.image_root, skip_bad=cfg.skip_bad), cfg
+    cfg = replace(
+        cfg,
+        image_root=Path(root) if root else None,
+        skip_bad=cfg.skip_bad or bool(rec.get("skip_bad")),
+        image_column=cfg.image_column if cfg.image_column is not None else rec.get("image_column"),
+        caption_column=cfg.caption_column if cfg.caption_column is not None else rec.get("caption_column"),
+    )
+    corpus = load_corpus(
+        rec["spec"],
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
+    return corpus, cfg
 
 
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
@@ -88,7 +101,7 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
         raise ProtosynthError(
             f"{P.buffer} {buffer.root} was trained on {rec['spec']} read as fingerprint "
             f"{rec['fingerprint']}; read now it is {corpus.fingerprint} (its images, "
-            f"{P.image_root} or {P.skip_bad} differ)"
+            f"{P.image_root}, {P.skip_bad}, {P.image_column} or {P.caption_column} differ)"
         )
     want = buffer_kind(cfg.method)
     if buffer.shape != want:

@@ -100,6 +100,8 @@ class Corpus:
     source: ImageSource | None = None  # how to read images not held in ``pixels``
     image_root: Path | None = None  # the --image-root it was loaded with, recorded to reload it the same way
     skip_bad: bool = False  # loaded with --skip-bad
+    image_column: str | None = None  # the image_column a parquet or hf: corpus was loaded with (None: default)
+    caption_column: str | None = None  # its caption_column, likewise
     skipped: list[str] = field(default_factory=list)  # one line per unreadable image --skip-bad dropped
     pair_image: np.ndarray = field(init=False)
     pair_caption: list[str] = field(init=False)
@@ -144,6 +146,8 @@ class Corpus:
             image_root=self.image_root,
             skip_bad=self.skip_bad,
             skipped=self.skipped,
+            image_column=self.image_column,
+            caption_column=self.caption_column,
         )
 
 

@@ -182,10 +182,16 @@ def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Ten
 
 
 def source_corpus(ds: DistilledSet) -> Corpus:
-    """The corpus a set was made from, read the way it was then (``image_root``, ``skip_bad``), and
+    """The corpus a set was made from, read the way it was then (``image_root``, ``skip_bad``, columns), and
     refused when it changed since: member indices only mean something in the same pair order."""
     rec = ds.manifest.get("corpus", {})
-    corpus = load_corpus(rec["spec"], image_root=rec.get("image_root"), skip_bad=bool(rec.get("skip_bad")))
+    corpus = load_corpus(
+        rec["spec"],
+        image_root=rec.get("image_root"),
+        skip_bad=bool(rec.get("skip_bad")),
+        image_column=rec.get("image_column"),
+        caption_column=rec.get("caption_column"),
+    )
     if rec.get("fingerprint") and rec["fingerprint"] != corpus.fingerprint:
         raise ProtosynthError(
             f"{ds.root}: corpus {rec['spec']} changed since the set was made (fingerprint "

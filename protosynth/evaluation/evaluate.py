@@ -52,6 +52,8 @@ class EvalConfig:
     full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
     image_root: Path | None = None  # folder the image paths of a .json/.csv --test or --full are relative to
     skip_bad: bool = False  # read --full with --skip-bad (compare-baselines: as its sets read it); never the test
+    image_column: str | None = None  # image column of a .parquet or hf: --test or --full (None: jpg / image)
+    caption_column: str | None = None  # their caption column (None: caption)
 
 
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
@@ -126,7 +128,9 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
-    test_corpus = load_corpus(test_spec, image_root=cfg.image_root)
+    test_corpus = load_corpus(
+        test_spec, image_root=cfg.image_root, image_column=cfg.image_column, caption_column=cfg.caption_column
+    )
     test = test_data(test_corpus, encoder, backbone, size, normalise)
     hashes = image_hashes(test_corpus)
     for ds in sets:
@@ -146,7 +150,13 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         }
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_corpus(cfg.full, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+        full = load_corpus(
+            cfg.full,
+            image_root=cfg.image_root,
+            skip_bad=cfg.skip_bad,
+            image_column=cfg.image_column,
+            caption_column=cfg.caption_column,
+        )
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
         row = {

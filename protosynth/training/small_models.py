@@ -34,15 +34,29 @@ class ModelsTrainConfig:
     decoder: dict = field(default_factory=dict)
     image_root: Path | None = None  # folder of a .json/.csv --corpus's (and --test's) image paths
     skip_bad: bool = False  # drop (and count) unreadable images of --corpus and --test instead of stopping
+    image_column: str | None = None  # a .parquet or hf: --corpus's (and --test's) image column (None: jpg / image)
+    caption_column: str | None = None  # their caption column (None: caption)
 
 
 def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     """Train and held-out corpora: the world's own test split, or a seeded 10% of a file corpus's
-    images. ``--image-root`` and ``--skip-bad`` read ``--test`` as they read ``--corpus``: a Karpathy
-    train and test file share one image folder."""
-    train = load_corpus(cfg.corpus, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+    images. ``--image-root``, ``--skip-bad`` and the column options read ``--test`` as they read
+    ``--corpus``: a Karpathy train and test file share one image folder."""
+    train = load_corpus(
+        cfg.corpus,
+        image_root=cfg.image_root,
+        skip_bad=cfg.skip_bad,
+        image_column=cfg.image_column,
+        caption_column=cfg.caption_column,
+    )
     if cfg.test:
-        test = load_corpus(cfg.test, image_root=cfg.image_root, skip_bad=cfg.skip_bad)
+        test = load_corpus(
+            cfg.test,
+            image_root=cfg.image_root,
+            skip_bad=cfg.skip_bad,
+            image_column=cfg.image_column,
+            caption_column=cfg.caption_column,
+        )
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
             raise ProtosynthError(f"{P.corpus} {cfg.corpus}: training on the world's test split; pass {P.test('SPEC')}")

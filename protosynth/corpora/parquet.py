@@ -1,0 +1,148 @@
+"""Parquet corpora: img2dataset's output (a binary ``jpg`` column of encoded images and a ``caption``
+string column, one row per image) or any table like it, such as a ``datasets`` ``Image()`` column
+written to parquet (a struct with ``bytes`` and ``path``). A spec is one ``.parquet`` file or a glob
+over several, read in sorted order; ``image_column`` / ``caption_column`` name other columns.
+
+Captions are read at load. Images are read by row when used: the image column of one row group
+at a time, the last ``CACHED_GROUPS`` kept, so memory holds a few row groups of image bytes and never
+the whole corpus (``datasets`` writes row groups of at most 100 MB; a file written as one huge row
+group costs that group's bytes on every read that misses the cache).
+
+pyarrow is optional (the ``corpora`` extra); only these corpora import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections import OrderedDict
+from itertools import accumulate
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ProtosynthError
+from .base import Corpus
+from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
+from .webdataset import shard_paths
+
+CACHED_GROUPS = 4  # row groups of image bytes each process keeps (DataLoader workers read in order)
+
+
+def pyarrow_modules():
+    """``pyarrow``, ``pyarrow.compute`` and ``pyarrow.parquet``, or one line naming the extra."""
+    try:
+        import pyarrow  # noqa: PLC0415 (optional dependency, the 'corpora' extra: only parquet corpora need it)
+        import pyarrow.compute  # noqa: PLC0415 (as above)
+        import pyarrow.parquet  # noqa: PLC0415 (as above)
+    except ImportError:
+        raise ProtosynthError("parquet corpora need pyarrow: pip install 'protosynth[corpora]'") from None
+    return pyarrow, pyarrow.compute, pyarrow.parquet
+
+
+def open_parquet(path: Path):
+    try:
+        return pyarrow_modules()[2].ParquetFile(path)
+    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+        raise ProtosynthError(f"{path}: not a readable parquet file ({exc})") from None
+
+
+def check_image_type(where: str, typ, column: str) -> None:
+    pa = pyarrow_modules()[0]
+    binary = pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_binary_view(typ)
+    if not (binary or (pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0)):
+        raise ProtosynthError(
+            f"{where}: column {column!r} holds {typ}, not images (binary bytes, or a struct with a 'bytes' field)"
+        )
+
+
+def null_cells(column) -> np.ndarray:
+    """Which cells of an image column (a pyarrow array) hold no image: null, or a struct whose
+    ``bytes`` is null and that has no ``path`` either."""
+    pa, pc, _ = pyarrow_modules()
+    missing = pc.is_null(column)
+    if pa.types.is_struct(column.type):
+        missing = pc.is_null(pc.struct_field(column, "bytes"))
+        if column.type.get_field_index("path") >= 0:
+            missing = pc.and_(missing, pc.is_null(pc.struct_field(column, "path")))
+    return np.asarray(missing.to_numpy(), dtype=bool)
+
+
+def null_image_rows(pf, column: str) -> list[int]:
+    """Rows of a parquet file whose image cell is empty (``null_cells``). Only the row groups whose
+    statistics count nulls in the column (or have none) are read."""
+    md = pf.metadata
+    leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path in (column, f"{column}.bytes"))
+    rows, start = [], 0
+    for g in range(md.num_row_groups):
+        stats = md.row_group(g).column(leaf).statistics
+        if stats is None or not stats.has_null_count or stats.null_count > 0:
+            cells = pf.read_row_group(g, columns=[column], use_threads=False).column(0)
+            rows += (start + np.flatnonzero(null_cells(cells))).tolist()
+        start += md.row_group(g).num_rows
+    return rows
+
+
+class ParquetImages(RowImages):
+    """The image column of parquet files, by row key ``FILE#ROW``; read one row group at a time,
+    a few cached. Each read opens the file anew, so nothing is shared across forked workers."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        column: str,
+        rows: dict[str, tuple[int, int]],
+        wheres: dict[str, str],
+        starts: list[list[int]],
+    ):
+        super().__init__(column, wheres)
+        self.files, self.rows, self.starts = files, rows, starts  # starts[f][g]: first row of row group g
+        self.cache: OrderedDict[tuple[int, int], object] = OrderedDict()
+
+    def group(self, f: int, g: int, where: str):
+        if (f, g) in self.cache:
+            self.cache.move_to_end((f, g))
+            return self.cache[(f, g)]
+        try:
+            with open_parquet(self.files[f]) as pf:
+                column = pf.read_row_group(g, columns=[self.column], use_threads=False).column(0)
+        except (OSError, ValueError) as exc:
+            raise ProtosynthError(f"{where}: cannot read row group {g} of the file ({exc})") from None
+        self.cache[(f, g)] = column
+        if len(self.cache) > CACHED_GROUPS:
+            self.cache.popitem(last=False)
+        return column
+
+    def cell(self, key: str) -> tuple[object, Path | None]:
+        f, row = self.rows[key]
+        g = bisect_right(self.starts[f], row) - 1
+        column = self.group(f, g, self.wheres[key])
+        return column[row - self.starts[f][g]].as_py(), self.files[f].parent
+
+
+def load_parquet(
+    spec: str, image_column: str | None = None, caption_column: str | None = None, skip_bad: bool = False
+) -> Corpus:
+    """Read the captions of every file of ``spec`` and index its rows. A row with a null image is an
+    error naming file and row; with ``skip_bad`` it is skipped and counted, as an unreadable image is.
+    A null or empty caption stays an error (``skip_bad`` drops what cannot be read, not what was
+    written wrong)."""
+    image_col, caption_col = image_column or IMAGE_COLUMN["parquet"], caption_column or CAPTION_COLUMN
+    files = shard_paths(spec)
+    h = hashlib.sha256(f"columns\0{image_col}\0{caption_col}\n".encode())
+    rows = TableRows(image_col, skip_bad)
+    starts: list[list[int]] = []  # per file, the first row of each row group
+    for f, path in enumerate(files):
+        st = path.stat()
+        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        with open_parquet(path) as pf:
+            check_columns(str(path), pf.schema_arrow.names, image_col, caption_col)
+            check_image_type(str(path), pf.schema_arrow.field(image_col).type, image_col)
+            cells = pf.read(columns=[caption_col], use_threads=False).column(0).to_pylist()
+            no_image = set(null_image_rows(pf, image_col))
+            md = pf.metadata
+            starts.append(list(accumulate((md.row_group(g).num_rows for g in range(md.num_row_groups)), initial=0)))
+        for row, cell in enumerate(cells):
+            rows.add(f"{path}#{row}", f"{path} row {row}", cell, row not in no_image, (f, row))
+    source = ParquetImages(files, image_col, rows.located, rows.wheres, starts)
+    return table_corpus(spec, rows, source, h, "parquet", image_column=image_column, caption_column=caption_column)
