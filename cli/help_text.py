@@ -25,3 +25,10 @@ BUFFER_IMAGE_ROOT_HELP = (
     "(default: the one the buffer was made with)."
 )
 BUFFER_SKIP_BAD_HELP = "Skip unreadable images of the buffer's corpus (default: as the buffer was made)."
+ENGINE_HELP = "Where the heavy stages run: local (this process) or ray (a Ray cluster; pip install -e '.[ray]')."
+ADDRESS_HELP = (
+    "With --engine ray: the Ray cluster to join (auto, HOST:PORT or ray://HOST:PORT; default: start a local "
+    "Ray instance)."
+)
+GPUS_PER_WORKER_HELP = "With --engine ray: GPUs each worker actor reserves (>0: it runs on cuda)."
+CPUS_PER_WORKER_HELP = "With --engine ray: CPUs each worker actor reserves (also its torch threads)."
