@@ -40,8 +40,8 @@ def run(fn, *args, verb: str | None = None, **kwargs):
 
 
 def engine_config(engine: str, address, workers, gpus_per_worker: float, cpus_per_worker: float):
-    """The ``EngineConfig`` of the engine flags (``--workers`` is the engine's only under Ray; the verb
-    checks it with ``engine.check_engine`` before any work)."""
+    """The ``EngineConfig`` of the engine flags (the verb checks it with ``engine.check_engine``
+    before any work)."""
     from protosynth.engine import EngineConfig
 
-    return EngineConfig(engine, address, workers if engine == "ray" else None, gpus_per_worker, cpus_per_worker)
+    return EngineConfig(engine, address, workers, gpus_per_worker, cpus_per_worker)

@@ -61,7 +61,8 @@ def embed(
     from protosynth.models.clip import load_clip
     from protosynth.runinfo import check_device
 
-    eng = engine_config(engine, address, workers, gpus_per_worker, cpus_per_worker)
+    # --workers: the Ray engine's actors, or the local engine's DataLoader processes
+    eng = engine_config(engine, address, workers if engine == "ray" else None, gpus_per_worker, cpus_per_worker)
     local_workers = None if eng.on_ray else workers
     cfg = EmbedConfig(batch_size=batch_size, out=out, shard_size=shard_size, fp16=fp16, num_workers=local_workers)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
+from .engine import EngineConfig, check_engine, ray_session
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
@@ -118,6 +120,8 @@ class DistillConfig:
     kmeans_iters: int = 25
     image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
     skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
+    # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def set_name(cfg: DistillConfig) -> str:
@@ -168,6 +172,7 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)
     check_seed(cfg.seed)
+    check_engine(cfg.engine)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out
@@ -213,7 +218,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     check_pair(decoder, clip_spec, clip.space, clip.embed_dim)
     seconds = {"load": round(time.time() - t, 2)}
     t = time.time()
-    emb = embed_corpus(corpus, clip, cfg.embed)
+    emb = embed_corpus(corpus, clip, cfg.embed, cfg.engine)
     seconds["embed"] = round(time.time() - t, 2)
     return Loaded(corpus, clip, decoder, render, emb, seconds)
 
@@ -239,8 +244,10 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None 
     ]
     outs = [validate(c) for c in cfgs]
     torch.manual_seed(cfg.seed)
-    loaded = load_stages(cfg, budgets)
-    return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
+    # one Ray session for every stage and budget (``engine.ray_session``); none for the local engine
+    with ray_session(cfg.engine) if cfg.engine.on_ray else nullcontext():
+        loaded = load_stages(cfg, budgets)
+        return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
 
 
 def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None) -> Path:
@@ -302,7 +309,9 @@ def _synthesise(
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
     for c in range(cfg.candidates):
-        drawn = render_images(decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c)
+        drawn = render_images(
+            decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c, engine=cfg.engine
+        )
         drawn_emb = F.normalize(clip.encode_images(drawn), dim=-1)
         if got is None:
             renders, got = drawn, drawn_emb

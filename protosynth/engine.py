@@ -50,7 +50,11 @@ def check_engine(cfg: EngineConfig) -> None:
     if cfg.engine not in ENGINES:
         raise ProtosynthError(f"unknown {P.engine} {cfg.engine!r}: use local or ray")
     if not cfg.on_ray:
-        for param, value, default in ((P.address, cfg.address, None), (P.gpus_per_worker, cfg.gpus_per_worker, 0.0)):
+        for param, value, default in (
+            (P.address, cfg.address, None),
+            (P.workers, cfg.workers, None),
+            (P.gpus_per_worker, cfg.gpus_per_worker, 0.0),
+        ):
             if value != default:
                 raise ProtosynthError(f"{param} needs {P.engine('ray')}")
         return

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,12 @@ from typer.testing import CliRunner
 
 from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
+from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engine import EngineConfig, check_engine
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
+from protosynth.render import RenderConfig
 from protosynth.world import WorldConfig, generate_split
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): the Ray engine is untested")
@@ -205,3 +208,25 @@ def test_engine_flags_are_checked_before_any_work():
     assert_one_line_error(r, "--workers must be at least 1")
     with pytest.raises(ProtosynthError, match="cpus_per_worker must be positive"):
         check_engine(EngineConfig("ray", cpus_per_worker=0))
+
+
+def _distill(out: Path, engine: EngineConfig | None = None) -> Path:
+    """A small set with the shipped models and their defaults (start from the nearest member, CLIP
+    guidance), 3 render batches of 2: two actors draw different batches."""
+    cfg = DistillConfig(budget=6, corpus="shapes,n=40", out=out, render=RenderConfig(steps=2, batch_size=2))
+    return distill(cfg if engine is None else replace(cfg, engine=engine))
+
+
+def set_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "images").iterdir())} | {
+        "pairs.jsonl": (folder / "pairs.jsonl").read_bytes()
+    }
+
+
+def test_ray_distill_equals_local_with_one_and_two_workers(tmp_path, ray_address, one_thread):
+    """The same corpus and seed through the local engine and Ray with 1 and 2 actors: identical
+    pairs.jsonl and images, byte for byte."""
+    local = set_files(_distill(tmp_path / "local"))
+    assert len(local) == 7
+    for name, engine in (("one", ONE), ("two", TWO)):
+        assert set_files(_distill(tmp_path / name, engine)) == local, name
