@@ -30,6 +30,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
-from .engine import EngineConfig, check_engine, ray_session
+from .engine import EngineConfig, check_engine, onray, ray_session
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
@@ -258,7 +259,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction, niter=cfg.kmeans_iters, seed=cfg.seed
     )
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
-    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
+    # the passes over every pair: in this process, or Ray tasks over the store's shards (same bytes)
+    range_map = partial(onray("cluster").map_ray, engine=cfg.engine) if cfg.engine.on_ray else None
+    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg, range_map)
     # PDS's caption (the real caption nearest each text prototype): a pass over every caption row,
     # which a selection, keeping each member's own caption, does not need
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir, check_cache_writable
-from .engine import EngineConfig, import_ray
+from .engine import EngineConfig, onray
 from .errors import P, ProtosynthError
 from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
@@ -279,7 +279,7 @@ def embed_corpus(
     check_config(cfg)
     encode = _encode_shards
     if engine is not None and engine.on_ray:
-        encode = partial(onray_embed().encode_shards, engine=engine)
+        encode = partial(onray("embed").encode_shards, engine=engine)
     folder = store_dir(corpus, encoder, cfg)
     if folder is None:  # no store: the same shards, kept in memory
         got: list[tuple[np.ndarray, np.ndarray]] = []
@@ -349,14 +349,6 @@ def embed_corpus(
 
 
 COST_FILE = "cost.json"
-
-
-def onray_embed():
-    """The Ray engine's embedding, imported only when asked for: it imports Ray, an optional extra."""
-    import_ray()  # a missing Ray is one line naming the extra
-    from .onray import embed  # noqa: PLC0415 -- imports ray, which the default install lacks
-
-    return embed
 
 
 def _open(folder: Path, from_cache: bool, checked: bool = False) -> Embeddings:

@@ -14,6 +14,7 @@ this process (a script's or a test's own ``ray.init``) is used as it is and left
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -77,6 +78,13 @@ def import_ray():
     except ImportError:
         raise ProtosynthError(f"{P.engine('ray')} needs Ray: {EXTRA}", param="engine") from None
     return ray
+
+
+def onray(stage: str):
+    """The Ray engine's module for ``stage`` (``protosynth.onray.<stage>``), imported only when asked
+    for: it imports Ray, an optional extra; a missing Ray is one line naming the extra."""
+    import_ray()
+    return importlib.import_module(f"protosynth.onray.{stage}")
 
 
 def _reachable(address: str) -> None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from .engine import EngineConfig, import_ray
+from .engine import EngineConfig, onray
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
@@ -131,7 +131,7 @@ def render_images(
     n = len(embeds)
     spans = batch_spans(n, cfg.batch_size)
     if engine is not None and engine.on_ray:
-        return onray_render().render_spans(decoder, embeds, cfg, spans, init_images, guide, prompts, candidate, engine)
+        return onray("render").render_spans(decoder, embeds, cfg, spans, init_images, guide, prompts, candidate, engine)
     guidance_model = pixel_embedder(guide) if cfg.clip_guidance > 0 else None
     out: list[Image.Image] = []
     with StepBar("render", len(spans)) as bar:
@@ -139,14 +139,6 @@ def render_images(
             out.extend(render_batch(decoder, embeds, cfg, s, e, init_images, guidance_model, prompts, candidate))
             bar.advance(f"{e}/{n} images")
     return out
-
-
-def onray_render():
-    """The Ray engine's renderer, imported only when asked for: it imports Ray, an optional extra."""
-    import_ray()  # a missing Ray is one line naming the extra
-    from .onray import render  # noqa: PLC0415 -- imports ray, which the default install lacks
-
-    return render
 
 
 def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engine import EngineConfig, check_engine
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
+from protosynth.onray.cluster import map_ray
+from protosynth.prototypes import PrototypeConfig, build_prototypes
 from protosynth.render import RenderConfig
 from protosynth.world import WorldConfig, generate_split
 
@@ -218,15 +221,30 @@ def _distill(out: Path, engine: EngineConfig | None = None) -> Path:
 
 
 def set_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((folder / "images").iterdir())} | {
-        "pairs.jsonl": (folder / "pairs.jsonl").read_bytes()
-    }
+    """The images, pairs.jsonl (captions, members) and the prototype tensors of a set."""
+    files = {p.name: p.read_bytes() for p in sorted((folder / "images").iterdir())}
+    return files | {name: (folder / name).read_bytes() for name in ("pairs.jsonl", "embeddings.safetensors")}
 
 
 def test_ray_distill_equals_local_with_one_and_two_workers(tmp_path, ray_address, one_thread):
     """The same corpus and seed through the local engine and Ray with 1 and 2 actors: identical
-    pairs.jsonl and images, byte for byte."""
+    pairs.jsonl, images and prototype tensors, byte for byte."""
     local = set_files(_distill(tmp_path / "local"))
-    assert len(local) == 7
+    assert len(local) == 8
     for name, engine in (("one", ONE), ("two", TWO)):
         assert set_files(_distill(tmp_path / name, engine)) == local, name
+
+
+@pytest.mark.parametrize("mode", ["matched", "joint"])
+def test_ray_cluster_passes_equal_local(tmp_path, ray_address, clip, mode):
+    """Clustering a store's shards with Ray tasks gives the local engine's prototypes and members,
+    byte for byte, also when k-means fits on a sample and every pair is assigned afterwards."""
+    emb = embed_corpus(load_corpus("shapes,n=60"), clip, EmbedConfig(out=tmp_path / "s", shard_size=8, num_workers=0))
+    cfg = PrototypeConfig(budget=12, mode=mode, max_train_points=150, seed=3)
+    local = build_prototypes(emb.image_rows, emb.text_rows, cfg)
+    on_ray = build_prototypes(emb.image_rows, emb.text_rows, cfg, partial(map_ray, engine=ONE))
+    assert local.stats["kmeans_trained_on"] == 150 < local.stats["kmeans_points"]
+    for name in ("image", "text", "image_raw", "text_raw"):
+        assert getattr(on_ray, name).tobytes() == getattr(local, name).tobytes(), name
+    assert [m.tolist() for m in on_ray.members] == [m.tolist() for m in local.members]
+    assert on_ray.stats == local.stats
