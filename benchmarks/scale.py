@@ -152,12 +152,12 @@ def bench_kmeans(sizes: list[int], d: int, k: int, niter: int) -> list[dict]:
 def bench_embed(
     corpus_spec: str, repeats: int, workers: list[int], batch_size: int, clip_spec: str = "default"
 ) -> dict:
-    from protosynth.embed import EmbedConfig, _batch_plan, embed_corpus  # noqa: PLC0415 (off k-means children)
+    from protosynth.embed import EmbedConfig, batch_plan, embed_corpus  # noqa: PLC0415 (off k-means children)
     from protosynth.models.clip import load_clip  # noqa: PLC0415 (off k-means children)
 
     corpus, clip = load_corpus(corpus_spec), load_clip(clip_spec)
     cfg = EmbedConfig(batch_size=batch_size)
-    plan = _batch_plan(plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size), batch_size)
+    plan = batch_plan(plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size), batch_size)
     t = time.perf_counter()
     images = [
         torch.stack([clip.preprocess(corpus.load_image(i, clip.input_size)) for i in range(a, b)])

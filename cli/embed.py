@@ -7,12 +7,16 @@ from typing import Optional
 
 import typer
 
-from .common import run
+from .common import engine_config, run
 from .help_text import (
+    ADDRESS_HELP,
     CAPTION_COLUMN_HELP,
     CLIP_ARCH_HELP,
     CLIP_SPACE_HELP,
     CORPUS_HELP,
+    CPUS_PER_WORKER_HELP,
+    ENGINE_HELP,
+    GPUS_PER_WORKER_HELP,
     IMAGE_COLUMN_HELP,
     IMAGE_ROOT_HELP,
     SKIP_BAD_HELP,
@@ -43,21 +47,31 @@ def embed(
     ),
     workers: Optional[int] = typer.Option(
         None,
-        help="DataLoader processes that load, preprocess and tokenise "
-        "(default: 2 with a GPU encoder; on the CPU, the cores torch leaves idle, at most 2).",
+        help="Local engine: DataLoader processes that load, preprocess and tokenise "
+        "(default: 2 with a GPU encoder; on the CPU, the cores torch leaves idle, at most 2). "
+        "Ray engine: actors that encode (default 1).",
     ),
     device: str = typer.Option("cpu"),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_worker: float = typer.Option(0.0, help=GPUS_PER_WORKER_HELP),
+    cpus_per_worker: float = typer.Option(1.0, help=CPUS_PER_WORKER_HELP),
 ) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again
     after a kill and only the unfinished shards are computed."""
     from protosynth.corpus import load_corpus
     from protosynth.embed import EmbedConfig, check_config, embed_corpus
+    from protosynth.engine import check_engine
     from protosynth.models.clip import load_clip
     from protosynth.runinfo import check_device
 
-    cfg = EmbedConfig(batch_size=batch_size, out=out, shard_size=shard_size, fp16=fp16, num_workers=workers)
+    # --workers: the Ray engine's actors, or the local engine's DataLoader processes
+    eng = engine_config(engine, address, workers if engine == "ray" else None, gpus_per_worker, cpus_per_worker)
+    local_workers = None if eng.on_ray else workers
+    cfg = EmbedConfig(batch_size=batch_size, out=out, shard_size=shard_size, fp16=fp16, num_workers=local_workers)
 
     def go() -> Path:
+        check_engine(eng)
         check_config(cfg)
         check_device(device)
         corpus_ = load_corpus(
@@ -67,7 +81,7 @@ def embed(
             image_column=image_column,
             caption_column=caption_column,
         )
-        emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg)
+        emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg, eng)
         return emb.cache_path
 
     typer.echo(str(run(go, verb="embed")))

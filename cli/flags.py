@@ -56,6 +56,12 @@ FLAGS: dict[str, str | None] = {
     "shard_size": "--shard-size",
     "num_workers": "--workers",
     "fp16": "--fp16",
+    # the engine (EngineConfig): embed and distill
+    "engine": "--engine",
+    "address": "--address",
+    "workers": "--workers",
+    "gpus_per_worker": "--gpus-per-worker",
+    "cpus_per_worker": "--cpus-per-worker",
     # coreset
     "keep": "--keep",
     "forgetting_epochs": "--forgetting-epochs",

@@ -16,15 +16,19 @@ from typing import Optional
 import typer
 
 from . import baselines
-from .common import comma_list, command_line, fail, run
+from .common import comma_list, command_line, engine_config, fail, run
 from .embed import embed as embed_verb
 from .evaluation import eval_app
 from .help_text import (
+    ADDRESS_HELP,
     CAPTION_COLUMN_HELP,
     CAPTION_COLUMN_TEST_HELP,
     CLIP_ARCH_HELP,
     CLIP_SPACE_HELP,
     CORPUS_HELP,
+    CPUS_PER_WORKER_HELP,
+    ENGINE_HELP,
+    GPUS_PER_WORKER_HELP,
     IMAGE_COLUMN_HELP,
     IMAGE_COLUMN_TEST_HELP,
     IMAGE_ROOT_HELP,
@@ -318,6 +322,13 @@ def distill(
             " 0.01); 0 = the decoder alone (pure PDS)."
         ),
     ),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(
+        None, help="With --engine ray: actors that embed and actors that render (default 1)."
+    ),
+    gpus_per_worker: float = typer.Option(0.0, help=GPUS_PER_WORKER_HELP),
+    cpus_per_worker: float = typer.Option(1.0, help=CPUS_PER_WORKER_HELP),
 ) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
@@ -360,6 +371,7 @@ def distill(
         image_column=image_column,
         caption_column=caption_column,
         embed=EmbedConfig(fp16=fp16),
+        engine=engine_config(engine, address, workers, gpus_per_worker, cpus_per_worker),
     )
     chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
     cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
+from .engine import EngineConfig, check_engine, onray, ray_session
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
@@ -120,6 +123,8 @@ class DistillConfig:
     skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
     image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
     caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
+    # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def set_name(cfg: DistillConfig) -> str:
@@ -170,6 +175,7 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
     check_device(cfg.device)
     check_seed(cfg.seed)
+    check_engine(cfg.engine)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out
@@ -221,7 +227,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     check_pair(decoder, clip_spec, clip.space, clip.embed_dim)
     seconds = {"load": round(time.time() - t, 2)}
     t = time.time()
-    emb = embed_corpus(corpus, clip, cfg.embed)
+    emb = embed_corpus(corpus, clip, cfg.embed, cfg.engine)
     seconds["embed"] = round(time.time() - t, 2)
     return Loaded(corpus, clip, decoder, render, emb, seconds)
 
@@ -247,8 +253,10 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None 
     ]
     outs = [validate(c) for c in cfgs]
     torch.manual_seed(cfg.seed)
-    loaded = load_stages(cfg, budgets)
-    return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
+    # one Ray session for every stage and budget (``engine.ray_session``); none for the local engine
+    with ray_session(cfg.engine) if cfg.engine.on_ray else nullcontext():
+        loaded = load_stages(cfg, budgets)
+        return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
 
 
 def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None) -> Path:
@@ -259,7 +267,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction, niter=cfg.kmeans_iters, seed=cfg.seed
     )
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
-    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg)
+    # the passes over every pair: in this process, or Ray tasks over the store's shards (same bytes)
+    range_map = partial(onray("cluster").map_ray, engine=cfg.engine) if cfg.engine.on_ray else None
+    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg, range_map)
     # PDS's caption (the real caption nearest each text prototype): a pass over every caption row,
     # which a selection, keeping each member's own caption, does not need
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
@@ -310,7 +320,9 @@ def _synthesise(
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
     for c in range(cfg.candidates):
-        drawn = render_images(decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c)
+        drawn = render_images(
+            decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c, engine=cfg.engine
+        )
         drawn_emb = F.normalize(clip.encode_images(drawn), dim=-1)
         if got is None:
             renders, got = drawn, drawn_emb

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .corpus import Corpus, cache_dir, check_cache_writable
+from .engine import EngineConfig, onray
 from .errors import P, ProtosynthError
 from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
@@ -152,7 +153,7 @@ def workers(encoder: ClipEncoder, cfg: EmbedConfig) -> int:
     return max(0, min(2, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
-def _batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
+def batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
     """Each shard's image batches then its text batches, every batch counted from the shard's start."""
     plan = []
     for s in shards:
@@ -161,10 +162,10 @@ def _batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
     return plan
 
 
-@torch.no_grad()
 def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict], write) -> None:
-    """Encode ``shards`` in order and hand each one's (image, text) arrays to ``write(shard, img, txt)``."""
-    plan = _batch_plan(shards, cfg.batch_size)
+    """Encode ``shards`` in order in this process and hand each one's (image, text) arrays to
+    ``write(shard, img, txt)``."""
+    plan = batch_plan(shards, cfg.batch_size)
     if not plan:
         return
     on_gpu = encoder.device.type == "cuda"
@@ -178,29 +179,38 @@ def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shard
     )
     batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
     try:
-        _consume(batches, shards, encoder, cfg, write, len(plan))
+        assemble_shards(_encoded(batches, plan, encoder), shards, cfg, encoder.embed_dim, write)
     finally:
         batches.clear()
 
 
-def _consume(batches: list, shards: list[dict], encoder: ClipEncoder, cfg: EmbedConfig, write, total: int) -> None:
+@torch.no_grad()
+def _encoded(batches: list, plan: list[tuple[str, int, int]], encoder: ClipEncoder):
+    """Each planned batch's embeddings (float32), in plan order."""
     on_gpu = encoder.device.type == "cuda"
+    for kind, _, _ in plan:
+        x = next(batches[0])
+        if isinstance(x, ProtosynthError):
+            raise x
+        x = x.to(encoder.device, non_blocking=on_gpu)
+        y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
+        yield y.float().cpu().numpy()
+
+
+def assemble_shards(encoded, shards: list[dict], cfg: EmbedConfig, dim: int, write) -> None:
+    """Join the batch embeddings ``encoded`` yields (float32, in ``batch_plan`` order, from either
+    engine) into each shard's image and text arrays and ``write`` them, shard by shard, in order."""
     dtype = np.float16 if cfg.fp16 else np.float32
+    total = len(batch_plan(shards, cfg.batch_size))
     with StepBar("embed", total) as bar:
         for s in shards:
             parts = {"image": [], "text": []}
             for kind, (a, b) in (("image", s["images"]), ("text", s["pairs"])):
                 for _ in range(a, b, cfg.batch_size):
-                    x = next(batches[0])
-                    if isinstance(x, ProtosynthError):
-                        raise x
-                    x = x.to(encoder.device, non_blocking=on_gpu)
-                    y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
-                    parts[kind].append(y.float().cpu().numpy())
+                    parts[kind].append(next(encoded))
                     bar.advance(f"shard {s['images'][0] // cfg.shard_size + 1}")
             img, txt = (
-                np.concatenate(parts[k]) if parts[k] else np.empty((0, encoder.embed_dim), np.float32)
-                for k in ("image", "text")
+                np.concatenate(parts[k]) if parts[k] else np.empty((0, dim), np.float32) for k in ("image", "text")
             )
             write(s, img.astype(dtype), txt.astype(dtype))
 
@@ -259,15 +269,22 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
         )
 
 
-def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None) -> Embeddings:
-    """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards."""
+def embed_corpus(
+    corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | None = None
+) -> Embeddings:
+    """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards.
+    ``engine``: where the encoder runs (``engine.py``); on Ray the shards, their batches and every
+    file written are the same, only the batches are prepared and encoded on the cluster."""
     cfg = cfg or EmbedConfig()
     check_config(cfg)
+    encode = _encode_shards
+    if engine is not None and engine.on_ray:
+        encode = partial(onray("embed").encode_shards, engine=engine)
     folder = store_dir(corpus, encoder, cfg)
     if folder is None:  # no store: the same shards, kept in memory
         got: list[tuple[np.ndarray, np.ndarray]] = []
         shards = plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size)
-        _encode_shards(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)))
+        encode(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)))
         dim = got[0][0].shape[1] if got else encoder.embed_dim
         images = [g[0] for g in got]
         lengths = [len(i) for i in images]
@@ -312,7 +329,7 @@ def embed_corpus(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None =
             if not damaged or name in damaged:
                 digests[name] = save_npy_atomic(folder / name, rows)
 
-    _encode_shards(corpus, encoder, cfg, todo, write)
+    encode(corpus, encoder, cfg, todo, write)
     if not damaged:  # a repair keeps the cost of the run that computed the store
         # the cost beside the store, not in index.json, whose bytes stay the same from run to run
         whole = len(todo) == len(shards)

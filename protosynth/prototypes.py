@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import faiss
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from . import passes
 from .errors import P, ProtosynthError
 
 MODES = ("matched", "joint", "image", "text")
@@ -85,18 +87,12 @@ class _View:
         return self.fn(np.asarray(idx, np.int64))
 
 
-def kmeans(
+def fit_kmeans(
     x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means (on a GPU index when faiss sees a GPU); returns centroids and each point's cluster.
-
-    Up to ``max_train_points`` points, every point is trained on (faiss never subsamples), as PDS
-    does. Above, k-means is fitted on a seeded sample of that size and every point is then assigned
-    to its nearest centroid in chunks, so ``x`` may be a memory-mapped row source larger than RAM.
-    200,000: every corpus up to Flickr30k's size (145k training pairs) keeps using all points, so its
-    prototypes do not change; at K = 500 it is 400 points per centroid, above faiss's own default cap
-    of 256 (centroid noise shrinks as 1/sqrt(points), more points mostly cost time); and the sample
-    of 768-d float32 rows is 600 MB. ``stats`` records ``kmeans_points`` and ``kmeans_trained_on``."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """faiss k-means fitted on every point of ``x`` up to ``max_train_points``, else on a seeded
+    sample of that size (see ``kmeans``); returns the centroids and, when every point was trained
+    on, the training matrix (None after a sample)."""
     n, d = x.shape
     if k > n:
         raise ProtosynthError(f"{P.budget} {k} is larger than the {n} pairs left to cluster")
@@ -123,43 +119,38 @@ def kmeans(
         min_points_per_centroid=1,
     )
     km.train(train)
-    if sample is None:
-        labels = km.index.search(train, 1)[1][:, 0].astype(np.int64)
-    else:
-        del train
-        labels = np.empty(n, np.int64)
-        for idx in _chunks(n, d):
-            labels[idx] = km.index.search(np.ascontiguousarray(_rows(x, idx)), 1)[1][:, 0]
     if stats is not None:
         stats.update(kmeans_points=int(n), kmeans_trained_on=int(m), kmeans_gpu=gpu)
-    return km.centroids.copy(), labels
+    return km.centroids.copy(), (train if sample is None else None)
 
 
-def _means(
-    image_raw,
-    text_raw,
-    raw_img_norm: np.ndarray,
-    raw_txt_norm: np.ndarray,
-    img_members: list[np.ndarray],
-    txt_members: list[np.ndarray],
-    fallback,
-) -> tuple[np.ndarray, ...]:
-    """Unit and raw-rescaled means; each half averages its own member list (rows read per cluster)."""
-    k, d = len(img_members), image_raw.shape[1]
-    out = []
-    for raw, norms, members, half in (
-        (image_raw, raw_img_norm, img_members, 0),
-        (text_raw, raw_txt_norm, txt_members, 1),
-    ):
-        unit, scale = np.zeros((k, d), np.float32), np.zeros(k, np.float32)
-        for c, m in enumerate(members):
-            if len(m):
-                unit[c], scale[c] = _unit(_rows(raw, m)).mean(0), norms[m].mean()
-            else:  # an empty cluster: keep its centroid, with the corpus mean norm
-                unit[c], scale[c] = fallback(c)[half], norms.mean()
-        unit = _unit(unit)
-        out += [unit, unit * scale[:, None]]
-    return tuple(out)
+def assign(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each row's nearest centroid (exact L2, faiss; a GPU index when faiss sees a GPU)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    return index.search(np.ascontiguousarray(x, np.float32), 1)[1][:, 0].astype(np.int64)
+
+
+def kmeans(
+    x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """faiss k-means (on a GPU index when faiss sees a GPU); returns centroids and each point's cluster.
+
+    Up to ``max_train_points`` points, every point is trained on (faiss never subsamples), as PDS
+    does. Above, k-means is fitted on a seeded sample of that size and every point is then assigned
+    to its nearest centroid in chunks, so ``x`` may be a memory-mapped row source larger than RAM.
+    200,000: every corpus up to Flickr30k's size (145k training pairs) keeps using all points, so its
+    prototypes do not change; at K = 500 it is 400 points per centroid, above faiss's own default cap
+    of 256 (centroid noise shrinks as 1/sqrt(points), more points mostly cost time); and the sample
+    of 768-d float32 rows is 600 MB. ``stats`` records ``kmeans_points`` and ``kmeans_trained_on``."""
+    n, d = x.shape
+    centroids, train = fit_kmeans(x, k, niter, seed, max_train_points, stats)
+    if train is not None:
+        return centroids, assign(centroids, train)
+    labels = np.empty(n, np.int64)
+    for idx in _chunks(n, d):
+        labels[idx] = assign(centroids, _rows(x, idx))
+    return centroids, labels
 
 
 def _mean(x) -> np.ndarray:
@@ -171,12 +162,14 @@ def _mean(x) -> np.ndarray:
     return total / len(x)
 
 
-def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
+def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) -> Prototypes:
     """Cluster caption-level pairs (rows of the raw embedding matrices) into ``cfg.budget`` prototypes.
 
     The matrices may be arrays or row sources with ``take`` (``Embeddings.image_rows`` of a stored
-    corpus, memory-mapped): every pass over all rows goes in chunks, and k-means fits on a sample
-    above ``cfg.max_train_points`` kept pairs, so the corpus need not fit in RAM."""
+    corpus, memory-mapped): k-means fits on a sample above ``cfg.max_train_points`` kept pairs, and
+    every pass over all rows goes range by range through ``range_map`` (``passes.py``: this process
+    by default, Ray tasks under the Ray engine, with byte-identical results), so the corpus need not
+    fit in RAM."""
     if cfg.mode not in MODES:
         raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
     n, d = image_raw.shape
@@ -184,69 +177,114 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig) -> Prototypes:
         raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
     if cfg.budget > n:
         raise ProtosynthError(f"{P.budget} {cfg.budget} is larger than the corpus's {n} pairs")
-    norms_i, norms_t, sims = (np.empty(n, np.float32) for _ in range(3))
-    for idx in _chunks(n, 2 * d):
-        ri, rt = _rows(image_raw, idx), _rows(text_raw, idx)
-        norms_i[idx], norms_t[idx] = np.linalg.norm(ri, axis=1), np.linalg.norm(rt, axis=1)
-        sims[idx] = (_unit(ri) * _unit(rt)).sum(1)
+    ranges = passes.pass_ranges(text_raw, d)
+    run = partial(range_map or passes.map_local, image_raw=image_raw, text_raw=text_raw)
+    norms_i, norms_t, sims = (np.concatenate(v) for v in zip(*run(passes.range_stats, ranges, [()] * len(ranges), ())))
     n_drop = int(np.floor(cfg.drop_fraction * n))
     n_drop = min(n_drop, n - cfg.budget)  # never drop below one pair per prototype
     keep = np.sort(np.argsort(sims, kind="stable")[n_drop:])
-    ki = _View(len(keep), d, lambda i: _unit(_rows(image_raw, keep[i])))
-    kt = _View(len(keep), text_raw.shape[1], lambda i: _unit(_rows(text_raw, keep[i])))
     k = cfg.budget
     stats: dict = {"pairs": n, "dropped": int(n_drop), "empty_matches": 0, "empty_clusters": 0}
-    fit = dict(max_train_points=cfg.max_train_points, stats=stats)
+    spaces = {"matched": ("image", "text"), "joint": ("joint",), "image": ("image",), "text": ("text",)}[cfg.mode]
+    fits = []
+    for space in spaces:  # fitted on the driver, on a seeded sample of the kept pairs above max_train_points
+        dim = 2 * d if space == "joint" else d
+        view = _View(len(keep), dim, lambda i, sp=space: passes.features(image_raw, text_raw, keep[i], sp))
+        fits.append((space, fit_kmeans(view, k, cfg.niter, cfg.seed, cfg.max_train_points, stats)[0]))
+    bounds = np.searchsorted(keep, [a for a, _ in ranges] + [ranges[-1][1]])
+    kept = [(keep[bounds[j] : bounds[j + 1]],) for j in range(len(ranges))]
+    labels = [np.concatenate(v) for v in zip(*run(passes.range_labels, ranges, kept, (fits,)))]
     if cfg.mode == "matched":
-        ci, li = kmeans(ki, k, cfg.niter, cfg.seed, **fit)
-        ct, lt = kmeans(kt, k, cfg.niter, cfg.seed, **fit)
-        counts = np.zeros((k, k), dtype=np.int64)
-        np.add.at(counts, (li, lt), 1)
-        rows, cols = linear_sum_assignment(-counts)
-        members, img_members, txt_members, centres = [], [], [], []
-        for r, c in zip(rows, cols):
-            shared = keep[(li == r) & (lt == c)]
-            if len(shared):
-                members.append(shared)
-                img_members.append(shared)
-                txt_members.append(shared)
-            else:  # each half falls back to its own cluster's mean; members are both clusters
-                stats["empty_matches"] += 1
-                members.append(keep[(li == r) | (lt == c)])
-                img_members.append(keep[li == r])
-                txt_members.append(keep[lt == c])
-            centres.append((ci[r], ct[c]))
-        stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
-        if stats["empty_matches"]:
-            log.warning(
-                "%d of %d matched cluster pairs shared no pair; used the clusters' own means", stats["empty_matches"], k
-            )
+        members, img_members, txt_members, img_target, txt_target = _match(keep, labels[0], labels[1], k, n, stats)
+        centres = [(fits[0][1][r], fits[1][1][c]) for r, c in stats.pop("_matching")]
         fallback = lambda c: centres[c]  # noqa: E731
     else:
-        x = {
-            "joint": lambda: _View(len(keep), 2 * d, lambda i: np.concatenate([ki.take(i), kt.take(i)], 1)),
-            "image": lambda: ki,
-            "text": lambda: kt,
-        }[cfg.mode]()
-        cents, labels = kmeans(x, k, cfg.niter, cfg.seed, **fit)
-        members = [keep[labels == c] for c in range(k)]
+        (li,) = labels
+        order = np.argsort(li, kind="stable")
+        members = np.split(keep[order], np.searchsorted(li[order], np.arange(1, k)))
         img_members = txt_members = members
+        img_target = np.full(n, -1, np.int64)
+        img_target[keep] = li
+        txt_target = img_target
+        cents = fits[0][1]
 
         def fallback(c: int) -> tuple[np.ndarray, np.ndarray]:
             """An empty one-modality cluster has no other half: that half is the mean of all kept pairs."""
             ce = cents[c]
             if cfg.mode == "joint":
                 return ce[:d], ce[d:]
-            other = _unit(_mean(kt if cfg.mode == "image" else ki)[None])[0]
+            other_space = "text" if cfg.mode == "image" else "image"
+            other_view = _View(len(keep), d, lambda i: passes.features(image_raw, text_raw, keep[i], other_space))
+            other = _unit(_mean(other_view)[None])[0]
             return (ce, other) if cfg.mode == "image" else (other, ce)
 
     stats["empty_clusters"] = int(sum(len(m) == 0 for m in members))
-    image_u, image_r, text_u, text_r = _means(image_raw, text_raw, norms_i, norms_t, img_members, txt_members, fallback)
+    per_range = [(img_target[a:b], txt_target[a:b]) for a, b in ranges]
+    sums = _combine(run(passes.range_sums, ranges, per_range, (k,)), k, d)
+    image_u, image_r, text_u, text_r = _means(sums, norms_i.mean(), norms_t.mean(), fallback)
     protos = Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members)
     for name in ("image", "text", "image_raw", "text_raw"):
         if not np.isfinite(getattr(protos, name)).all():
             raise AssertionError(f"non-finite {name} prototype")  # a bug, never user input
     return protos
+
+
+def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, stats: dict):
+    """PDS's matching: image clusters to text clusters by the Hungarian algorithm on their
+    co-membership counts; each prototype averages the pairs its two clusters share, or after an empty
+    match each half its own cluster (members: both clusters). Returns the member lists and, per pair,
+    the prototype its image half and its text half count towards (-1: none)."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (li, lt), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    proto_of_row, proto_of_col = np.empty(k, np.int64), np.empty(k, np.int64)
+    proto_of_row[rows], proto_of_col[cols] = np.arange(k), np.arange(k)
+    pi, pc = proto_of_row[li], proto_of_col[lt]
+    empty = counts[rows, cols] == 0
+    shared = pi == pc
+    img_target, txt_target = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    img_target[keep] = np.where(shared | empty[pi], pi, -1)
+    txt_target[keep] = np.where(shared | empty[pc], pc, -1)
+    order = np.argsort(pi[shared], kind="stable")
+    members = np.split(keep[shared][order], np.searchsorted(pi[shared][order], np.arange(1, k)))
+    img_members, txt_members = list(members), list(members)
+    for i in np.flatnonzero(empty):  # the public PDS code emits NaN here
+        r, c = rows[i], cols[i]
+        members[i] = keep[(li == r) | (lt == c)]
+        img_members[i], txt_members[i] = keep[li == r], keep[lt == c]
+    stats["empty_matches"] = int(empty.sum())
+    stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
+    stats["_matching"] = list(zip(rows, cols))
+    if stats["empty_matches"]:
+        log.warning("%d of %d matched cluster pairs shared no pair; used the clusters' own means", int(empty.sum()), k)
+    return members, img_members, txt_members, img_target, txt_target
+
+
+def _combine(parts, k: int, d: int) -> list[list[np.ndarray]]:
+    """The per-range sums of ``passes.range_sums`` added in range order (float64)."""
+    total = [[np.zeros((k, d)), np.zeros(k), np.zeros(k, np.int64)] for _ in range(2)]
+    for part in parts:
+        for half, got in zip(total, part):
+            for j in range(3):
+                half[j] += got[j]
+    return total
+
+
+def _means(sums, mean_norm_i: float, mean_norm_t: float, fallback) -> tuple[np.ndarray, ...]:
+    """Unit and raw-rescaled prototypes from the summed unit rows and norms of each half's pairs; an
+    empty cluster keeps ``fallback(c)`` (its centroid) with the corpus's mean norm."""
+    out = []
+    for half, ((vec, norm, count), mean_norm) in enumerate(zip(sums, (mean_norm_i, mean_norm_t))):
+        has = count > 0
+        unit = np.zeros(vec.shape, np.float32)
+        scale = np.full(len(count), mean_norm, np.float32)
+        unit[has] = (vec[has] / count[has, None]).astype(np.float32)
+        scale[has] = (norm[has] / count[has]).astype(np.float32)
+        for c in np.flatnonzero(~has):
+            unit[c] = fallback(c)[half]
+        unit = _unit(unit)
+        out += [unit, unit * scale[:, None]]
+    return tuple(out)
 
 
 def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
+from .engine import EngineConfig, onray
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
@@ -109,11 +110,13 @@ def render_images(
     guide: ClipEncoder | None = None,
     prompts: list[str] | None = None,
     candidate: int = 0,
+    engine: EngineConfig | None = None,
 ) -> list[Image.Image]:
     """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
-    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N)."""
+    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N). ``engine``: on Ray, the same
+    batches are drawn by an actor pool (``onray.render``), giving the same images."""
     missing = _unresolved(cfg, decoder)
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
@@ -125,38 +128,60 @@ def render_images(
         raise ValueError("clip_guidance > 0 needs the CLIP (guide=)")
     if prompts is not None and len(prompts) != len(embeds):
         raise ValueError(f"{len(prompts)} prompts for {len(embeds)} embeddings")
+    n = len(embeds)
+    spans = batch_spans(n, cfg.batch_size)
+    if engine is not None and engine.on_ray:
+        return onray("render").render_spans(decoder, embeds, cfg, spans, init_images, guide, prompts, candidate, engine)
     guidance_model = pixel_embedder(guide) if cfg.clip_guidance > 0 else None
     out: list[Image.Image] = []
-    n, bs = len(embeds), cfg.batch_size
-    with StepBar("render", -(-n // bs)) as bar:
-        for s in range(0, n, bs):
-            e = min(s + bs, n)
-            gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i, candidate)) for i in range(s, e)]
-            init = None
-            if cfg.init == "nearest":
-                init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
-            images = decoder.draw(
-                embeds[s:e],
-                gens,
-                steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                noise_level=cfg.noise_level,
-                prompts=None if prompts is None else prompts[s:e],
-                negative_prompt=cfg.negative_prompt,
-                super_res_steps=cfg.super_res_steps,
-                init=init,
-                strength=cfg.strength if init is not None else 1.0,
-                guidance_model=guidance_model,
-                guidance_model_scale=cfg.clip_guidance,
-            )
-            if cfg.size:
-                images = [
-                    im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC)
-                    for im in images
-                ]
-            out.extend(images)
+    with StepBar("render", len(spans)) as bar:
+        for s, e in spans:
+            out.extend(render_batch(decoder, embeds, cfg, s, e, init_images, guidance_model, prompts, candidate))
             bar.advance(f"{e}/{n} images")
     return out
+
+
+def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The renderer's batches, ``[start, end)``: an engine that splits the work hands out whole ones,
+    so every image is drawn in the batch it would be drawn in locally."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def render_batch(
+    decoder: Decoder,
+    embeds: torch.Tensor,
+    cfg: RenderConfig,
+    s: int,
+    e: int,
+    init_images: list[Image.Image] | None,
+    guidance_model,
+    prompts: list[str] | None,
+    candidate: int,
+) -> list[Image.Image]:
+    """Images ``s`` to ``e`` (one batch of ``batch_spans``), each from its own seed."""
+    gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i, candidate)) for i in range(s, e)]
+    init = None
+    if cfg.init == "nearest":
+        init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
+    images = decoder.draw(
+        embeds[s:e],
+        gens,
+        steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        noise_level=cfg.noise_level,
+        prompts=None if prompts is None else prompts[s:e],
+        negative_prompt=cfg.negative_prompt,
+        super_res_steps=cfg.super_res_steps,
+        init=init,
+        strength=cfg.strength if init is not None else 1.0,
+        guidance_model=guidance_model,
+        guidance_model_scale=cfg.clip_guidance,
+    )
+    if cfg.size:
+        images = [
+            im if im.size == (cfg.size, cfg.size) else im.resize((cfg.size, cfg.size), Image.BICUBIC) for im in images
+        ]
+    return images
 
 
 @torch.no_grad()

@@ -97,6 +97,10 @@ class Rows:
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    def __getstate__(self) -> dict:
+        """Pickled without its open memory maps (a Ray task reopens the files by path), never the data."""
+        return {**self.__dict__, "_open": OrderedDict()}
+
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.row_map) if self.row_map is not None else int(self.starts[-1]), self.dim)

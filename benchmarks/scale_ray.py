@@ -1,0 +1,156 @@
+"""Local engine against the Ray engine on this machine, and what 100M pairs would cost on N GPUs.
+
+    python -m benchmarks.scale_ray [--images 1000] [--workers 1,2]
+
+1. Embedding the same world corpus (the shipped small CLIP, batch 256, shards of 256 images) into a
+   fresh store: the local engine (no DataLoader workers, one torch thread), then Ray with each
+   ``--workers`` count (one torch thread per actor), each store checked byte-identical to the local
+   one. Ray's start-up (``ray.init`` of a local instance) is timed apart; each Ray run's seconds
+   include starting its actors, which is most of the gap on a corpus this small.
+2. A cost model for embedding 100M caption-level pairs on N GPUs: the published clip-retrieval
+   throughput of ViT-L/14 on an A100 (312 samples/s), times N, plus the fixed Ray overhead measured
+   here (start-up and actor start). It is a model from published and measured numbers, not a run:
+   there is no GPU here.
+
+Writes ``benchmarks/results/scale_ray.json`` and ``scale_ray.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from protosynth.corpus import load_corpus
+from protosynth.embed import EmbedConfig, embed_corpus
+from protosynth.engine import EngineConfig
+from protosynth.files import git_commit, write_text_atomic
+from protosynth.models.clip import load_clip
+
+RESULTS = Path(__file__).parent / "results"
+A100_VIT_L14_SAMPLES_PER_S = 312  # clip-retrieval's published ViT-L/14 inference throughput on one A100
+PAIRS = 100_000_000
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "cost.json"}
+
+
+def _embed(corpus, clip, out: Path, engine: EngineConfig | None) -> float:
+    cfg = EmbedConfig(out=out, shard_size=256, batch_size=256, num_workers=0)
+    started = time.perf_counter()
+    embed_corpus(corpus, clip, cfg, engine)
+    return time.perf_counter() - started
+
+
+def measure(images: int, workers: list[int], work: Path) -> dict:
+    import ray  # noqa: PLC0415 -- the optional extra this benchmark is about
+
+    torch.set_num_threads(1)
+    corpus, clip = load_corpus(f"shapes,n={images}"), load_clip("default")
+    rows = []
+    local_s = _embed(corpus, clip, work / "local", None)
+    rows.append({"engine": "local", "workers": 0, "seconds": round(local_s, 2), "identical": True})
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    startup = time.perf_counter() - started
+    try:
+        for w in workers:
+            cpus = min(1.0, (os.cpu_count() - 1) / w)  # the actors and a decoding task fit the machine
+            seconds = _embed(corpus, clip, work / f"ray{w}", EngineConfig("ray", workers=w, cpus_per_worker=cpus))
+            same = _files(work / f"ray{w}") == _files(work / "local")
+            rows.append({"engine": "ray", "workers": w, "cpus_per_worker": cpus, "seconds": round(seconds, 2)})
+            rows[-1]["identical"] = same
+    finally:
+        ray.shutdown()
+    for r in rows:
+        r["images_per_s"] = round(images / r["seconds"], 1)
+        r["pairs_per_s"] = round(corpus.n_pairs / r["seconds"], 1)
+    overhead = min(r["seconds"] for r in rows if r["engine"] == "ray") - local_s
+    return {
+        "images": images,
+        "pairs": corpus.n_pairs,
+        "ray_startup_seconds": round(startup, 2),
+        "runs": rows,
+        "ray_fixed_overhead_seconds": round(overhead, 2),
+    }
+
+
+def cost_model(measured: dict) -> list[dict]:
+    """Hours to embed PAIRS pairs on N A100s at the published rate, plus Ray's fixed costs measured here."""
+    fixed = measured["ray_startup_seconds"] + max(0.0, measured["ray_fixed_overhead_seconds"])
+    out = []
+    for n in (1, 8, 32, 128):
+        seconds = PAIRS / (A100_VIT_L14_SAMPLES_PER_S * n) + fixed
+        out.append({"gpus": n, "hours": round(seconds / 3600, 2), "gpu_hours": round(seconds * n / 3600, 1)})
+    return out
+
+
+def write(result: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    write_text_atomic(RESULTS / "scale_ray.json", json.dumps(result, indent=2) + "\n")
+    m = result["measured"]
+    lines = [
+        "# Local engine vs Ray engine (embedding)",
+        "",
+        f"`{result['command']}` at commit {result['commit']}, {result['machine']}.",
+        f"World corpus, {m['images']} images ({m['pairs']} caption-level pairs), shipped CLIP, batch 256, "
+        "shards of 256 images, one torch thread per encoder.",
+        "",
+        "| engine | workers | seconds | images/s | pairs/s | store identical to local |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in m["runs"]:
+        lines.append(
+            f"| {r['engine']} | {r['workers']} | {r['seconds']} | {r['images_per_s']} | {r['pairs_per_s']} | "
+            f"{'yes' if r['identical'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"Ray start-up (`ray.init`, local instance): {m['ray_startup_seconds']} s. Fixed Ray overhead of the fastest "
+        f"Ray run over the local one: {m['ray_fixed_overhead_seconds']} s (mostly starting the actors).",
+        "",
+        f"## Cost model: {PAIRS:,} pairs on N A100s (ViT-L/14)",
+        "",
+        f"Published rate {A100_VIT_L14_SAMPLES_PER_S} samples/s per A100 (clip-retrieval), linear in N, plus the "
+        "fixed Ray costs above; a model, not a run.",
+        "",
+        "| GPUs | hours | GPU-hours |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c['gpus']} | {c['hours']} | {c['gpu_hours']} |" for c in result["cost_model"]]
+    write_text_atomic(RESULTS / "scale_ray.md", "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--workers", default="1,2")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="scale-ray-"))
+    try:
+        measured = measure(args.images, [int(w) for w in args.workers.split(",")], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "command": "python -m benchmarks.scale_ray " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "measured": measured,
+        "cost_model": cost_model(measured),
+    }
+    write(result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Where the heavy stages run: in this process (``local``) or on a Ray cluster (``ray``).
+
+Ray is an optional extra (``pip install -e '.[ray]'``): it is imported only here, inside
+``ray_session``, and by the ``protosynth.onray`` modules the stages import once a session is open,
+so every verb works without it. protosynth runs no scheduler of its own on Ray: embedding is a Ray
+Data pipeline (CPU tasks decode, an actor pool encodes), clustering Ray tasks over the store's
+shards, rendering an actor pool; the driver (this process) plans the work, writes every file and
+holds only what the local engine holds.
+
+``ray_session(cfg)`` connects (``address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) or
+starts a local Ray instance (``address=None``), and shuts it down again; a session already open in
+this process (a script's or a test's own ``ray.init``) is used as it is and left open.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import P, ProtosynthError
+
+ENGINES = ("local", "ray")
+EXTRA = "pip install -e '.[ray]'"
+CONNECT_TIMEOUT = 5.0  # seconds to reach HOST:PORT before ray.init, which would retry for minutes
+
+
+@dataclass
+class EngineConfig:
+    engine: str = "local"  # "local" or "ray"
+    address: str | None = None  # Ray cluster to join; None: start a local Ray instance
+    workers: int | None = None  # Ray actors that embed and render; None: 1
+    gpus_per_worker: float = 0.0  # GPUs each actor reserves (the encoder/decoder then runs on cuda)
+    cpus_per_worker: float = 1.0  # CPUs each actor (and each decoding task) reserves; its torch threads
+
+    @property
+    def on_ray(self) -> bool:
+        return self.engine == "ray"
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or 1
+
+
+def check_engine(cfg: EngineConfig) -> None:
+    """The checks before any work: the values, that Ray is installed, and that something answers at a
+    ``HOST:PORT`` address."""
+    if cfg.engine not in ENGINES:
+        raise ProtosynthError(f"unknown {P.engine} {cfg.engine!r}: use local or ray")
+    if not cfg.on_ray:
+        for param, value, default in (
+            (P.address, cfg.address, None),
+            (P.workers, cfg.workers, None),
+            (P.gpus_per_worker, cfg.gpus_per_worker, 0.0),
+        ):
+            if value != default:
+                raise ProtosynthError(f"{param} needs {P.engine('ray')}")
+        return
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ProtosynthError(f"{P.workers} must be at least 1, got {cfg.workers}")
+    if cfg.gpus_per_worker < 0:
+        raise ProtosynthError(f"{P.gpus_per_worker} must not be negative, got {cfg.gpus_per_worker}")
+    if cfg.cpus_per_worker <= 0:
+        raise ProtosynthError(f"{P.cpus_per_worker} must be positive, got {cfg.cpus_per_worker}")
+    import_ray()
+    if cfg.address not in (None, "auto"):
+        _reachable(cfg.address)
+
+
+def import_ray():
+    """The ``ray`` module, or one line naming the extra that installs it."""
+    try:
+        import ray  # noqa: PLC0415 -- an optional extra: imported only when the ray engine is asked for
+        import ray.data  # noqa: F401, PLC0415 -- the same extra, its Ray Data part
+    except ImportError:
+        raise ProtosynthError(f"{P.engine('ray')} needs Ray: {EXTRA}", param="engine") from None
+    return ray
+
+
+def onray(stage: str):
+    """The Ray engine's module for ``stage`` (``protosynth.onray.<stage>``), imported only when asked
+    for: it imports Ray, an optional extra; a missing Ray is one line naming the extra."""
+    import_ray()
+    return importlib.import_module(f"protosynth.onray.{stage}")
+
+
+def _reachable(address: str) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) that nothing answers on is one line now, not minutes
+    of ray.init retrying and logging to stderr."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ProtosynthError(f"{P.address} {address!r}: use auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise ProtosynthError(f"{P.address} {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+def _quiet(ray) -> None:
+    """Ray Data's progress bars and INFO logs would bury protosynth's own output and its one-line errors."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # batches come back in plan order: deterministic shards
+    ctx.print_on_execution_start = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def ray_session(cfg: EngineConfig):
+    """Yield the ``ray`` module with a session open (see the module docstring)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        _quiet(ray)
+        yield ray
+        return
+    if cfg.address not in (None, "auto"):
+        _reachable(cfg.address)
+    env = {k: v for k, v in os.environ.items() if k in ("OMP_WAIT_POLICY", "PROTOSYNTH_CACHE", "HF_HUB_OFFLINE")}
+    try:
+        ray.init(
+            address=cfg.address,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            include_dashboard=False,
+            configure_logging=True,
+            runtime_env={"env_vars": env} if env else None,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProtosynthError(f"{P.address} {cfg.address or '(local)'}: cannot start or join Ray ({first})") from None
+    _quiet(ray)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The ProtosynthError behind an error Ray raised (a task's or an actor's, wrapped in
+    RayTaskError and Ray Data's UserCodeException), as a plain ProtosynthError whose message is the
+    original one line; any other error unchanged."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        wrapper = hasattr(e, "as_instanceof_cause")  # Ray's RayTaskError, also when it subclasses the cause
+        if isinstance(e, ProtosynthError) and not wrapper:
+            return e if e is exc else ProtosynthError(e.template, e.param)
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return exc
+
+
+@contextmanager
+def unwrapped():
+    """Re-raise a ProtosynthError that Ray wrapped as that one-line error (see ``unwrap``)."""
+    try:
+        yield
+    except Exception as exc:
+        err = unwrap(exc)
+        if err is exc:
+            raise
+        raise err from None

@@ -1,0 +1,39 @@
+"""Clustering's passes over every pair (``passes.py``) as Ray tasks, one per range (a store's shard).
+
+The driver fits k-means on its seeded sample and keeps only per-pair labels, member lists, K x K
+counts and K x D sums; the tasks read the rows (the store's shard files, by path: every node must
+see the store's folder, as the workers of any Ray cluster see shared storage). Results come back in
+range order and are combined in that order, as the local engine combines them, so both engines give
+byte-identical prototypes. At most ``WINDOW_PER_CPU`` tasks per cluster CPU are in flight, so the
+driver never holds more than that many ranges' results.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import ray
+
+from ..engine import EngineConfig, ray_session, unwrapped
+
+WINDOW_PER_CPU = 2
+
+
+@ray.remote
+def _range_task(fn, image_raw, text_raw, a: int, b: int, extra: tuple, shared: tuple):
+    return fn(image_raw, text_raw, a, b, *extra, *shared)
+
+
+def map_ray(fn, ranges, per_range, shared, image_raw, text_raw, engine: EngineConfig):
+    """``passes.map_local`` on Ray: ``fn`` over ``ranges`` as tasks, results yielded in range order."""
+    with ray_session(engine), unwrapped():
+        rows = [ray.put(image_raw), ray.put(text_raw)]  # a store's Rows pickle as paths, arrays as data
+        shared_ref = ray.put(shared)
+        window = max(2, WINDOW_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+        pending: deque = deque()
+        for (a, b), extra in zip(ranges, per_range):
+            pending.append(_range_task.remote(fn, *rows, a, b, extra, shared_ref))
+            if len(pending) >= window:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())

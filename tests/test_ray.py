@@ -1,0 +1,250 @@
+"""``--engine ray``: embedding, clustering and rendering on a real local Ray instance (no mocks).
+
+One Ray instance for the whole session (2 CPUs, as on the development machine). Every comparison
+runs the local engine with one torch thread, the thread count of a Ray actor with one CPU: the same
+thread count gives the same bits (docs/scale.md), so the Ray engine's files must equal the local
+engine's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, png_bytes, truncate, write_tar
+from PIL import Image
+from typer.testing import CliRunner
+
+from protosynth.cli.main import app
+from protosynth.corpus import load_corpus
+from protosynth.distill import DistillConfig, distill
+from protosynth.embed import EmbedConfig, embed_corpus
+from protosynth.engine import EngineConfig, check_engine
+from protosynth.errors import ProtosynthError
+from protosynth.models.clip import load_clip
+from protosynth.onray.cluster import map_ray
+from protosynth.prototypes import PrototypeConfig, build_prototypes
+from protosynth.render import RenderConfig
+from protosynth.world import WorldConfig, generate_split
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): the Ray engine is untested")
+
+ROOT = Path(__file__).resolve().parent.parent
+ONE = EngineConfig("ray", workers=1)
+TWO = EngineConfig("ray", workers=2, cpus_per_worker=0.5)  # 2 actors and a decoding task on 2 CPUs
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """The thread count of a one-CPU Ray actor, for the local runs compared with it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("default")
+
+
+def store_files(folder: Path) -> dict[str, bytes]:
+    """A store's bytes without cost.json (its seconds differ from run to run)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "cost.json"}
+
+
+def world_images(n: int):
+    split = generate_split(WorldConfig(n_train=n), "train")
+    return split.images, split.captions
+
+
+def jsonl_corpus(folder: Path, n: int = 10) -> Path:
+    images, captions = world_images(n)
+    (folder / "img").mkdir(parents=True)
+    lines = []
+    for i, (im, caps) in enumerate(zip(images, captions)):
+        Image.fromarray(im).save(folder / "img" / f"{i}.png")
+        lines.append({"image": f"img/{i}.png", "captions": caps})
+    path = folder / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def tar_corpus(folder: Path, n: int = 10) -> str:
+    images, captions = world_images(n)
+    members = []
+    for i, (im, caps) in enumerate(zip(images, captions)):
+        members += [(f"{i:04d}.png", png_bytes(im)), (f"{i:04d}.json", json.dumps({"captions": caps}).encode())]
+    write_tar(folder / "shard-0.tar", members[: len(members) // 2])
+    write_tar(folder / "shard-1.tar", members[len(members) // 2 :])
+    return str(folder / "shard-*.tar")
+
+
+def test_ray_embed_equals_local_on_jsonl_and_webdataset(tmp_path, ray_address, clip, one_thread):
+    """The same store, byte for byte (index.json, pair_image.npy, every shard), from the local engine
+    and from Ray with 2 actors (JSONL) and 1 actor (webdataset shards)."""
+    for name, spec, engine in (
+        ("jsonl", str(jsonl_corpus(tmp_path / "j")), TWO),
+        ("tar", tar_corpus(tmp_path / "t"), ONE),
+    ):
+        corpus = load_corpus(spec)
+        cfg = EmbedConfig(shard_size=4, batch_size=3, num_workers=0)
+        local = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-local"}))
+        on_ray = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-ray"}), engine)
+        assert not on_ray.from_cache and len(json.loads((on_ray.cache_path / "index.json").read_text())["shards"]) == 3
+        assert store_files(on_ray.cache_path) == store_files(local.cache_path), name
+        assert np.array_equal(np.asarray(on_ray.text_rows), np.asarray(local.text_rows))
+
+
+def _embed_cmd(out: Path, address: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "protosynth.cli.main",
+        "embed",
+        "--corpus",
+        "shapes,n=60",
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--out",
+        str(out),
+    ]
+
+
+def test_ray_embed_resumes_after_a_kill(tmp_path, ray_address, clip, one_thread):
+    """SIGKILL a ``protosynth embed --engine ray`` driver once some shards exist; the rerun computes
+    only the missing shards (the finished ones are not rewritten) and the store equals an
+    uninterrupted local one byte for byte."""
+    corpus = load_corpus("shapes,n=60")  # generated here, before the clock matters
+    out = tmp_path / "resumed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        _embed_cmd(out, ray_address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and len(list(out.glob("image-*.npy"))) >= 1:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"] is False and len(index["shards"]) == 15
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*-0*.npy")}
+    assert 1 <= len(kept) // 2 < 15
+    resumed = embed_corpus(corpus, clip, EmbedConfig(out=out, shard_size=4, batch_size=4), ONE)
+    assert not resumed.from_cache
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # finished shards untouched
+    clean = embed_corpus(corpus, clip, EmbedConfig(out=tmp_path / "clean", shard_size=4, batch_size=4, num_workers=0))
+    assert store_files(out) == store_files(clean.cache_path)
+
+
+def test_ray_corrupt_image_is_one_line_naming_file_and_row(tmp_path, ray_address):
+    """A truncated PNG read inside a Ray task: the reader's one line (file and row), exit code 2, and
+    no store that looks complete."""
+    spec = jsonl_corpus(tmp_path, n=6)
+    truncate(tmp_path / "img" / "1.png")
+    out = tmp_path / "store"
+    args = ["--corpus", str(spec), "--engine", "ray", "--out", str(out), "--shard-size", "2", "--batch-size", "2"]
+    r = CliRunner().invoke(app, ["embed", *args])
+    assert_one_line_error(r, r"corpus\.jsonl line 2", r"img/1\.png", "cannot read image")
+    assert json.loads((out / "index.json").read_text())["complete"] is False
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    """Nothing listens on the port: one line naming the flag and the address, exit 2, in seconds."""
+    cmd = _embed_cmd(tmp_path / "s", "127.0.0.1:9")
+    started = time.time()
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: --address 127.0.0.1:9: no Ray cluster answers there (Connection refused)"
+    ]
+    assert time.time() - started < 60
+
+
+def test_missing_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    """Without Ray installed (``import ray`` fails, as in the default install) ``--engine ray`` is one
+    line naming the extra, before any work: no store folder is made."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    r = CliRunner().invoke(app, ["embed", "--engine", "ray", "--out", str(tmp_path / "s")])
+    assert_one_line_error(r, r"--engine ray needs Ray: pip install -e '\.\[ray\]'")
+    assert not (tmp_path / "s").exists()
+
+
+def test_engine_flags_are_checked_before_any_work():
+    runner = CliRunner()
+    r = runner.invoke(app, ["embed", "--engine", "spark"])
+    assert_one_line_error(r, "--engine 'spark'", "local or ray")
+    r = runner.invoke(app, ["embed", "--address", "auto"])
+    assert_one_line_error(r, "--address needs --engine ray")
+    r = runner.invoke(app, ["embed", "--engine", "ray", "--workers", "0"])
+    assert_one_line_error(r, "--workers must be at least 1")
+    with pytest.raises(ProtosynthError, match="cpus_per_worker must be positive"):
+        check_engine(EngineConfig("ray", cpus_per_worker=0))
+
+
+def _distill(out: Path, engine: EngineConfig | None = None) -> Path:
+    """A small set with the shipped models and their defaults (start from the nearest member, CLIP
+    guidance), 3 render batches of 2: two actors draw different batches."""
+    cfg = DistillConfig(budget=6, corpus="shapes,n=40", out=out, render=RenderConfig(steps=2, batch_size=2))
+    return distill(cfg if engine is None else replace(cfg, engine=engine))
+
+
+def set_files(folder: Path) -> dict[str, bytes]:
+    """The images, pairs.jsonl (captions, members) and the prototype tensors of a set."""
+    files = {p.name: p.read_bytes() for p in sorted((folder / "images").iterdir())}
+    return files | {name: (folder / name).read_bytes() for name in ("pairs.jsonl", "embeddings.safetensors")}
+
+
+def test_ray_distill_equals_local_with_one_and_two_workers(tmp_path, ray_address, one_thread):
+    """The same corpus and seed through the local engine and Ray with 1 and 2 actors: identical
+    pairs.jsonl, images and prototype tensors, byte for byte."""
+    local = set_files(_distill(tmp_path / "local"))
+    assert len(local) == 8
+    for name, engine in (("one", ONE), ("two", TWO)):
+        assert set_files(_distill(tmp_path / name, engine)) == local, name
+
+
+@pytest.mark.parametrize("mode", ["matched", "joint"])
+def test_ray_cluster_passes_equal_local(tmp_path, ray_address, clip, mode):
+    """Clustering a store's shards with Ray tasks gives the local engine's prototypes and members,
+    byte for byte, also when k-means fits on a sample and every pair is assigned afterwards."""
+    emb = embed_corpus(load_corpus("shapes,n=60"), clip, EmbedConfig(out=tmp_path / "s", shard_size=8, num_workers=0))
+    cfg = PrototypeConfig(budget=12, mode=mode, max_train_points=150, seed=3)
+    local = build_prototypes(emb.image_rows, emb.text_rows, cfg)
+    on_ray = build_prototypes(emb.image_rows, emb.text_rows, cfg, partial(map_ray, engine=ONE))
+    assert local.stats["kmeans_trained_on"] == 150 < local.stats["kmeans_points"]
+    for name in ("image", "text", "image_raw", "text_raw"):
+        assert getattr(on_ray, name).tobytes() == getattr(local, name).tobytes(), name
+    assert [m.tolist() for m in on_ray.members] == [m.tolist() for m in local.members]
+    assert on_ray.stats == local.stats
