@@ -403,7 +403,7 @@ def test_missing_manifest(tmp_path):
 # ---------------------------------------------------------------- bad specs
 
 
-@pytest.mark.parametrize("spec", ["flickr30k", "data.txt", "data.parquet", "shapesx", "", "Shapes"])
+@pytest.mark.parametrize("spec", ["flickr30k", "data.txt", "data.feather", "shapesx", "", "Shapes"])
 def test_unknown_corpus_spec(spec):
     with pytest.raises(ProtosynthError, match="unknown corpus") as exc:
         load_corpus(spec)
