@@ -40,7 +40,8 @@ def map_local(fn, ranges, per_range, shared, image_raw, text_raw):
         yield fn(image_raw, text_raw, a, b, *extra, *shared)
 
 
-def _rows(x, idx: np.ndarray) -> np.ndarray:
+def rows_f32(x, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of an array or of a row source with ``take`` (a memory-mapped store's Rows), float32."""
     return np.asarray(x.take(idx, axis=0), np.float32)
 
 
@@ -51,17 +52,17 @@ def unit(x: np.ndarray) -> np.ndarray:
 def range_stats(image_raw, text_raw, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs a..b: image norms, text norms, image-text cosines (float32, row by row)."""
     idx = np.arange(a, b)
-    ri, rt = _rows(image_raw, idx), _rows(text_raw, idx)
+    ri, rt = rows_f32(image_raw, idx), rows_f32(text_raw, idx)
     return np.linalg.norm(ri, axis=1), np.linalg.norm(rt, axis=1), (unit(ri) * unit(rt)).sum(1)
 
 
 def features(image_raw, text_raw, rows: np.ndarray, space: str) -> np.ndarray:
     """What k-means clusters for pairs ``rows``: unit image rows, unit text rows, or both side by side."""
     if space == "image":
-        return unit(_rows(image_raw, rows))
+        return unit(rows_f32(image_raw, rows))
     if space == "text":
-        return unit(_rows(text_raw, rows))
-    return np.concatenate([unit(_rows(image_raw, rows)), unit(_rows(text_raw, rows))], 1)
+        return unit(rows_f32(text_raw, rows))
+    return np.concatenate([unit(rows_f32(image_raw, rows)), unit(rows_f32(text_raw, rows))], 1)
 
 
 def range_labels(image_raw, text_raw, a: int, b: int, rows: np.ndarray, fits: list) -> list[np.ndarray]:
@@ -89,7 +90,7 @@ def range_sums(image_raw, text_raw, a: int, b: int, img_target: np.ndarray, txt_
     and their counts."""
     idx, out = np.arange(a, b), []
     for raw, target in ((image_raw, img_target), (text_raw, txt_target)):
-        rows = _rows(raw, idx)
+        rows = rows_f32(raw, idx)
         norms = np.linalg.norm(rows, axis=1)
         out.append(
             (

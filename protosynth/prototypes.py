@@ -55,10 +55,6 @@ class Prototypes:
     text_members: list[np.ndarray] = field(default_factory=list)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 CHUNK_BYTES = 256 << 20  # float32 bytes read per step of a pass over all rows (memory-mapped or not)
 
 
@@ -67,11 +63,6 @@ def _chunks(n: int, d: int):
     step = max(1, CHUNK_BYTES // (4 * max(d, 1)))
     for s in range(0, n, step):
         yield np.arange(s, min(s + step, n))
-
-
-def _rows(x, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of an array or of a row source with ``take`` (a memory-mapped store's Rows), float32."""
-    return np.asarray(x.take(idx, axis=0), np.float32)
 
 
 class _View:
@@ -99,11 +90,11 @@ def fit_kmeans(
     sample = None
     if n > max(max_train_points, k):
         sample = np.sort(np.random.default_rng(seed).choice(n, max(max_train_points, k), replace=False))
-        train = np.ascontiguousarray(_rows(x, sample))
+        train = np.ascontiguousarray(passes.rows_f32(x, sample))
     elif isinstance(x, np.ndarray):
         train = np.ascontiguousarray(x, dtype=np.float32)
     else:
-        train = np.ascontiguousarray(_rows(x, np.arange(n)))
+        train = np.ascontiguousarray(passes.rows_f32(x, np.arange(n)))
     m = len(train)
     gpu = faiss.get_num_gpus() > 0
     km = faiss.Kmeans(
@@ -149,7 +140,7 @@ def kmeans(
         return centroids, assign(centroids, train)
     labels = np.empty(n, np.int64)
     for idx in _chunks(n, d):
-        labels[idx] = assign(centroids, _rows(x, idx))
+        labels[idx] = assign(centroids, passes.rows_f32(x, idx))
     return centroids, labels
 
 
@@ -215,7 +206,7 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
                 return ce[:d], ce[d:]
             other_space = "text" if cfg.mode == "image" else "image"
             other_view = _View(len(keep), d, lambda i: passes.features(image_raw, text_raw, keep[i], other_space))
-            other = _unit(_mean(other_view)[None])[0]
+            other = passes.unit(_mean(other_view)[None])[0]
             return (ce, other) if cfg.mode == "image" else (other, ce)
 
     stats["empty_clusters"] = int(sum(len(m) == 0 for m in members))
@@ -282,7 +273,7 @@ def _means(sums, mean_norm_i: float, mean_norm_t: float, fallback) -> tuple[np.n
         scale[has] = (norm[has] / count[has]).astype(np.float32)
         for c in np.flatnonzero(~has):
             unit[c] = fallback(c)[half]
-        unit = _unit(unit)
+        unit = passes.unit(unit)
         out += [unit, unit * scale[:, None]]
     return tuple(out)
 
@@ -295,8 +286,8 @@ def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:
     for c, members in enumerate(protos.members):
         if len(members):
             score = (
-                _unit(image_raw.take(members, axis=0)) @ protos.image[c]
-                + _unit(text_raw.take(members, axis=0)) @ protos.text[c]
+                passes.unit(image_raw.take(members, axis=0)) @ protos.image[c]
+                + passes.unit(text_raw.take(members, axis=0)) @ protos.text[c]
             )
             out[c] = members[int(np.argmax(score))]
         else:
@@ -307,11 +298,11 @@ def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:
 def nearest_rows(queries: np.ndarray, keys) -> np.ndarray:
     """Index of the most cosine-similar key for each query (exact, faiss inner product); ``keys`` may be
     a memory-mapped row source, searched chunk by chunk."""
-    q = np.ascontiguousarray(_unit(queries), np.float32)
+    q = np.ascontiguousarray(passes.unit(queries), np.float32)
     best, where = np.full(len(q), -np.inf, np.float32), np.zeros(len(q), np.int64)
     for idx in _chunks(len(keys), keys.shape[1]):
         index = faiss.IndexFlatIP(keys.shape[1])
-        index.add(np.ascontiguousarray(_unit(keys.take(idx, axis=0)), np.float32))
+        index.add(np.ascontiguousarray(passes.unit(keys.take(idx, axis=0)), np.float32))
         sim, i = index.search(q, 1)
         better = sim[:, 0] > best  # a later chunk wins only when strictly closer
         best[better], where[better] = sim[better, 0], idx[i[better, 0]]

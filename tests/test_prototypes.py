@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from protosynth.errors import ProtosynthError
-from protosynth.prototypes import MODES, PrototypeConfig, _unit, build_prototypes, kmeans, nearest_rows
+from protosynth.passes import unit as _unit
+from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes, kmeans, nearest_rows
 
 D = 24
 
