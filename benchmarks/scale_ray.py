@@ -7,10 +7,15 @@
    ``--workers`` count (one torch thread per actor), each store checked byte-identical to the local
    one. Ray's start-up (``ray.init`` of a local instance) is timed apart; each Ray run's seconds
    include starting its actors, which is most of the gap on a corpus this small.
-2. A cost model for embedding 100M caption-level pairs on N GPUs: the published clip-retrieval
-   throughput of ViT-L/14 on an A100 (312 samples/s), times N, plus the fixed Ray overhead measured
-   here (start-up and actor start). It is a model from published and measured numbers, not a run:
-   there is no GPU here.
+2. The assignment pass's cost per pair: ``build_prototypes`` on ``--pass-rows`` and twice as many
+   random 768-d pairs (K = 500, k-means fitted on the same 50,000-pair sample size both times), the
+   difference divided by the added pairs: the marginal cost of the passes over every pair (norms and
+   cosines, nearest centroid, per-prototype sums) on one core.
+3. A cost model for 100M caption-level pairs: embedding on N GPUs at the published clip-retrieval
+   throughput of ViT-L/14 on an A100 (312 samples/s) plus the fixed Ray overhead measured here
+   (start-up and actor start); the assignment pass on C CPU cores at the measured per-pair cost.
+   Rendering is bounded by the budget, not the corpus, and is not modelled. A model from published
+   and measured numbers, not a run: there is no GPU here.
 
 Writes ``benchmarks/results/scale_ray.json`` and ``scale_ray.md``.
 """
@@ -28,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from protosynth.corpus import load_corpus
@@ -35,6 +41,7 @@ from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engine import EngineConfig
 from protosynth.files import git_commit, write_text_atomic
 from protosynth.models.clip import load_clip
+from protosynth.prototypes import PrototypeConfig, build_prototypes
 
 RESULTS = Path(__file__).parent / "results"
 A100_VIT_L14_SAMPLES_PER_S = 312  # clip-retrieval's published ViT-L/14 inference throughput on one A100
@@ -85,6 +92,35 @@ def measure(images: int, workers: list[int], work: Path) -> dict:
     }
 
 
+def measure_passes(rows: int, dim: int = 768, budget: int = 500) -> dict:
+    """Marginal seconds per pair of clustering's passes: ``rows`` and ``2 * rows`` pairs, the same
+    k-means sample size, one thread."""
+    torch.set_num_threads(1)
+    timings = {}
+    for n in (rows, 2 * rows):
+        rng = np.random.default_rng(0)
+        image, text = (rng.standard_normal((n, dim), dtype=np.float32) for _ in range(2))
+        cfg = PrototypeConfig(budget=budget, max_train_points=50_000, niter=10)
+        started = time.perf_counter()
+        build_prototypes(image, text, cfg)
+        timings[n] = time.perf_counter() - started
+        del image, text
+    per_pair = (timings[2 * rows] - timings[rows]) / rows
+    return {
+        "rows": [rows, 2 * rows],
+        "dim": dim,
+        "budget": budget,
+        "seconds": [round(timings[rows], 2), round(timings[2 * rows], 2)],
+        "seconds_per_million_pairs": round(per_pair * 1e6, 2),
+    }
+
+
+def pass_model(passes: dict) -> list[dict]:
+    """Hours of the assignment pass over PAIRS pairs on C CPU cores (Ray tasks, one per core)."""
+    per_pair = passes["seconds_per_million_pairs"] / 1e6
+    return [{"cpu_cores": c, "hours": round(PAIRS * per_pair / c / 3600, 2)} for c in (16, 64, 256)]
+
+
 def cost_model(measured: dict) -> list[dict]:
     """Hours to embed PAIRS pairs on N A100s at the published rate, plus Ray's fixed costs measured here."""
     fixed = measured["ray_startup_seconds"] + max(0.0, measured["ray_fixed_overhead_seconds"])
@@ -128,6 +164,26 @@ def write(result: dict) -> None:
         "|---|---|---|",
     ]
     lines += [f"| {c['gpus']} | {c['hours']} | {c['gpu_hours']} |" for c in result["cost_model"]]
+    ps = result["passes"]
+    lines += [
+        "",
+        f"## Assignment pass: {PAIRS:,} pairs on C CPU cores",
+        "",
+        f"`build_prototypes` on {ps['rows'][0]:,} and {ps['rows'][1]:,} random {ps['dim']}-d pairs "
+        f"(K = {ps['budget']}, "
+        f"the same 50,000-pair k-means sample): {ps['seconds'][0]} s and {ps['seconds'][1]} s, so "
+        f"{ps['seconds_per_million_pairs']} s per million pairs on one core for the passes over every pair. "
+        "Under `--engine ray` they are Ray tasks over the store's shards; linear in C, a model:",
+        "",
+        "| CPU cores | hours |",
+        "|---|---|",
+    ]
+    lines += [f"| {c['cpu_cores']} | {c['hours']} |" for c in result["pass_model"]]
+    lines += [
+        "",
+        "Rendering is bounded by the budget, not the corpus (one image per prototype), and was not modelled: "
+        "the published decoders' GPU rates were not measured here.",
+    ]
     write_text_atomic(RESULTS / "scale_ray.md", "\n".join(lines) + "\n")
 
 
@@ -135,6 +191,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--pass-rows", type=int, default=200_000, help="Pairs of the smaller pass measurement.")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scale-ray-"))
     try:
@@ -148,6 +205,8 @@ def main() -> None:
         "measured": measured,
         "cost_model": cost_model(measured),
     }
+    result["passes"] = measure_passes(args.pass_rows)
+    result["pass_model"] = pass_model(result["passes"])
     write(result)
     print(json.dumps(result, indent=2))
 
