@@ -20,6 +20,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import assert_one_line_error, png_bytes, truncate, write_tar
@@ -88,6 +90,15 @@ def jsonl_corpus(folder: Path, n: int = 10) -> Path:
     return path
 
 
+def parquet_corpus(folder: Path, n: int = 10) -> str:
+    """img2dataset's layout: PNG bytes in ``jpg``, one caption per row, row groups of 4."""
+    images, captions = world_images(n)
+    folder.mkdir(parents=True)
+    table = pa.table({"jpg": [png_bytes(im) for im in images], "caption": [caps[0] for caps in captions]})
+    pq.write_table(table, folder / "c.parquet", row_group_size=4)
+    return str(folder / "c.parquet")
+
+
 def tar_corpus(folder: Path, n: int = 10) -> str:
     images, captions = world_images(n)
     members = []
@@ -98,18 +109,20 @@ def tar_corpus(folder: Path, n: int = 10) -> str:
     return str(folder / "shard-*.tar")
 
 
-def test_ray_embed_equals_local_on_jsonl_and_webdataset(tmp_path, ray_address, clip, one_thread):
+def test_ray_embed_equals_local_on_jsonl_webdataset_and_parquet(tmp_path, ray_address, clip, one_thread):
     """The same store, byte for byte (index.json, pair_image.npy, every shard), from the local engine
-    and from Ray with 2 actors (JSONL) and 1 actor (webdataset shards)."""
+    and from Ray with 2 actors (JSONL) and 1 actor (webdataset shards, img2dataset parquet)."""
     for name, spec, engine in (
         ("jsonl", str(jsonl_corpus(tmp_path / "j")), TWO),
         ("tar", tar_corpus(tmp_path / "t"), ONE),
+        ("parquet", parquet_corpus(tmp_path / "p"), ONE),
     ):
         corpus = load_corpus(spec)
         cfg = EmbedConfig(shard_size=4, batch_size=3, num_workers=0)
         local = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-local"}))
         on_ray = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-ray"}), engine)
-        assert not on_ray.from_cache and len(json.loads((on_ray.cache_path / "index.json").read_text())["shards"]) == 3
+        shards = json.loads((on_ray.cache_path / "index.json").read_text())["shards"]
+        assert not on_ray.from_cache and len(shards) == 3, name
         assert store_files(on_ray.cache_path) == store_files(local.cache_path), name
         assert np.array_equal(np.asarray(on_ray.text_rows), np.asarray(local.text_rows))
 
