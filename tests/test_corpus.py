@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,17 @@ def _cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def default_train_file() -> Path:
+    """The default world's 10,000-image train split, generated once in the run's cache (every
+    ``shapes:test,n=N`` there reads it): a test with a cache of its own copies it in instead of
+    generating it again (about 10 s each)."""
+    world_split(WorldConfig(), "train")
+    path = cache_dir() / "world" / f"{world_fingerprint(WorldConfig(), 'train')}.npz"
+    assert path.is_file()
+    return path
 
 
 def _png(path: Path, colour=(255, 0, 0), size=(8, 6)) -> Path:
@@ -144,15 +156,21 @@ def test_world_is_cached_and_second_load_reads_cache(_cache):
     assert third.n_pairs == 24
 
 
-def test_test_splits_of_any_size_share_one_cached_train_split(_cache):
+def test_test_splits_of_any_size_share_one_cached_train_split(_cache, default_train_file):
     """The train split a test split is kept disjoint from does not depend on the test split's size,
     so one cache file serves every ``shapes:test,n=N`` (each once generated its own 10,000 images)."""
+    # the default train split in this cache is a copy of the run's (generated once there); both test
+    # splits must read that one file: not rewrite it, not make another train file beside it
+    (_cache / "world").mkdir(parents=True)
+    seeded = Path(shutil.copy2(default_train_file, _cache / "world" / default_train_file.name))
+    before = (seeded.stat().st_ino, seeded.stat().st_mtime_ns)
     load_world("shapes:test,n=3")
     load_world("shapes:test,n=4")
     names = sorted(f.name for f in (_cache / "world").glob("*.npz"))
     assert len(names) == 3 and sum(n.endswith("-train.npz") for n in names) == 1, names
     train = next(f for f in (_cache / "world").glob("*-train.npz"))
     assert WorldConfig().fingerprint() in train.name  # the default world's own train cache
+    assert (train.stat().st_ino, train.stat().st_mtime_ns) == before  # read, never regenerated
     # sharing is right because a train split's content ignores the other splits' sizes (small worlds here)
     a, b = (generate_split(WorldConfig(n_train=64, n_test=n, n_pretrain=n), "train") for n in (3, 999))
     assert np.array_equal(a.images, b.images) and a.captions == b.captions
@@ -443,7 +461,9 @@ def test_invalid_utf8_is_named_with_its_line(tmp_path):
         load_jsonl(path)
 
 
-def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
+# The split tests below use the run's cache (they do not look into it): the val tests read the splits
+# the first one made, and the default world's splits are shared with the rest of the suite.
+def test_test_and_pretrain_splits_share_no_image_with_earlier_splits():
     """Raw generation repeats some single-object images across splits (7 of the default 1,000 test
     images equal a train image; 2 with the 3,000-image train split used here to keep it fast); the
     cached splits are disjoint by construction."""
@@ -461,7 +481,7 @@ def test_test_and_pretrain_splits_share_no_image_with_earlier_splits(_cache):
     assert not pretrain & train and not pretrain & set(test_digests)
 
 
-def test_val_split_shares_no_image_with_any_other_split(_cache):
+def test_val_split_shares_no_image_with_any_other_split():
     """``shapes:val`` is drawn from its own seed stream and redrawn wherever an image equals one of
     train, test or pretrain, so choosing settings on it never peeks at the test split."""
     cfg = WorldConfig(n_train=3000, n_pretrain=1000, n_val=800)
@@ -474,7 +494,7 @@ def test_val_split_shares_no_image_with_any_other_split(_cache):
     assert not np.array_equal(raw.images[:50], test.images[:50])  # its own stream, not a copy of test's
 
 
-def test_val_split_by_spec_and_unchanged_keys_of_the_other_splits(_cache):
+def test_val_split_by_spec_and_unchanged_keys_of_the_other_splits():
     corpus = load_corpus("shapes:val,n=40")
     assert corpus.n_images == 40 and corpus.fingerprint.endswith("-val")
     default = WorldConfig()

@@ -318,38 +318,59 @@ def _hub_snapshot(cache, repo: str, folder) -> None:
     (root / "refs" / "main").write_text(commit)
 
 
-@pytest.mark.parametrize(
-    "name,folder,space",
-    [
-        ("sd-unclip-small", "stable", "ViT-L-14:openai"),
-        ("sd-unclip-h", "stable", "ViT-H-14:laion2b_s32b_b79k"),
-        ("karlo", "karlo", "ViT-L-14:openai"),
-    ],
-)
-def test_published_decoder_loads_from_the_local_hub_cache(real_world, tmp_path, name, folder, space):
+PUBLISHED_CASES = [
+    ("sd-unclip-small", "stable", "ViT-L-14:openai"),
+    ("sd-unclip-h", "stable", "ViT-H-14:laion2b_s32b_b79k"),
+    ("karlo", "karlo", "ViT-L-14:openai"),
+]
+
+
+@pytest.fixture(scope="module")
+def published_runs(real_world, tmp_path_factory) -> Path:
+    """One hub cache holding a snapshot for each published decoder, and one child process (the hub
+    cache is read from the environment at import) that distills a set with each of them in turn:
+    ``ROOT/<name>/set`` and ``ROOT/<name>/error.txt`` (the traceback, empty when it ran). One
+    interpreter start-up and import instead of three."""
+    root = tmp_path_factory.mktemp("published")
+    cache = root / "hub"
+    for name, folder, _ in PUBLISHED_CASES:
+        _hub_snapshot(cache, PUBLISHED[name].repo, real_world[folder])
+    script = f"""
+import sys, traceback; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from tiny_pipelines import register_test_clip
+register_test_clip(Path({str(root / "configs")!r}))
+from protosynth.distill import DistillConfig, distill
+from protosynth.render import RenderConfig
+for name, space in {[(name, space) for name, _, space in PUBLISHED_CASES]!r}:
+    out = Path({str(root)!r}) / name
+    out.mkdir()
+    try:
+        cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world["clip"])!r}, clip_arch={TEST_CLIP_ARCH!r},
+                            clip_space=space, decoder=name, out=out / "set",
+                            render=RenderConfig(steps=2, size=32, super_res_steps=2 if name == "karlo" else None))
+        print(distill(cfg))
+        (out / "error.txt").write_text("")
+    except Exception:
+        (out / "error.txt").write_text(traceback.format_exc())
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root
+
+
+@pytest.mark.parametrize("name,folder,space", PUBLISHED_CASES)
+def test_published_decoder_loads_from_the_local_hub_cache(published_runs, name, folder, space):
     """Offline, ``--decoder sd-unclip-small`` / ``sd-unclip-h`` / ``karlo`` load whatever the Hugging
     Face cache holds for their repository (here the tiny pipelines), and pair with a CLIP declared to
     be in their space."""
-    cache = tmp_path / "hub"
-    _hub_snapshot(cache, PUBLISHED[name].repo, real_world[folder])
-    script = f"""
-import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
-from pathlib import Path
-from tiny_pipelines import register_test_clip
-register_test_clip(Path({str(tmp_path / "configs")!r}))
-from protosynth.distill import DistillConfig, distill
-from protosynth.render import RenderConfig
-cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world["clip"])!r}, clip_arch={TEST_CLIP_ARCH!r},
-                    clip_space={space!r}, decoder={name!r}, out=Path({str(tmp_path / "set")!r}),
-                    render=RenderConfig(steps=2, size=32, super_res_steps=2 if {name!r} == "karlo" else None))
-print(distill(cfg))
-"""
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    error = (published_runs / name / "error.txt").read_text()
+    assert error == "", error[-2000:]
+    out = published_runs / name / "set"
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["decoder"]["spec"] == name and manifest["decoder"]["clip_space"] == space
-    assert manifest["clip"]["space"] == space and len(list((tmp_path / "set" / "images").iterdir())) == 3
+    assert manifest["clip"]["space"] == space and len(list((out / "images").iterdir())) == 3
 
 
 def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_path):
