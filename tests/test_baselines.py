@@ -492,7 +492,6 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
     kept in a set of names, whose order (and so the float sums over it) changed from run to run."""
     full, _ = buffers
     outs = [tmp_path / f"run{i}" for i in range(2)]
-    procs = []
     for i, out in enumerate(outs):
         args = [
             "baseline",
@@ -513,18 +512,12 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
             "--max-start-epoch",
             "1",
         ]
-        # both at once (each is mostly interpreter start-up and imports, one core each)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", "from protosynth.cli.main import main; main()", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**os.environ, "PYTHONHASHSEED": str(i + 1)},
-            )
+        done = subprocess.run(
+            [sys.executable, "-c", "from protosynth.cli.main import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": str(i + 1)},
         )
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr
+        assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
