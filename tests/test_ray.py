@@ -35,12 +35,13 @@ from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engine import EngineConfig, check_engine
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
-from protosynth.onray.cluster import map_ray
 from protosynth.prototypes import PrototypeConfig, build_prototypes
 from protosynth.render import RenderConfig
 from protosynth.world import WorldConfig, generate_split
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): the Ray engine is untested")
+
+from protosynth.onray.cluster import map_ray  # noqa: E402 (after the skip: it imports Ray)
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = EngineConfig("ray", workers=1)
