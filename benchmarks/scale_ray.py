@@ -172,8 +172,10 @@ def write(result: dict) -> None:
         f"`build_prototypes` on {ps['rows'][0]:,} and {ps['rows'][1]:,} random {ps['dim']}-d pairs "
         f"(K = {ps['budget']}, "
         f"the same 50,000-pair k-means sample): {ps['seconds'][0]} s and {ps['seconds'][1]} s, so "
-        f"{ps['seconds_per_million_pairs']} s per million pairs on one core for the passes over every pair. "
-        "Under `--engine ray` they are Ray tasks over the store's shards; linear in C, a model:",
+        f"{ps['seconds_per_million_pairs']} s per million pairs for the passes over every pair, on this machine "
+        "(faiss and numpy may use both its cores, so one core's cost may be up to twice that). Under `--engine ray` "
+        "they are Ray tasks over the store's shards; the model divides that rate by C, so it may be optimistic "
+        "by up to 2x:",
         "",
         "| CPU cores | hours |",
         "|---|---|",
