@@ -25,7 +25,7 @@ from ..embed import EmbedConfig, assemble_shards, batch_plan
 from ..engine import EngineConfig, ray_session, unwrapped
 from ..errors import ProtosynthError
 from ..models.clip import ClipEncoder
-from .pool import DECODE_CPUS, actor_pool, check_resources, fetched, worker_device, worker_threads
+from .pool import DECODE_CPUS, actor_pool, check_resources, fetched
 from .wire import column, error_bytes, from_bytes, raise_error, to_bytes
 
 
@@ -98,19 +98,7 @@ def _run(corpus, encoder, cfg, shards, write, engine, plan) -> None:
     refs = [ray.put(corpus), ray.put((encoder.preprocess, encoder.tokenizer, encoder.input_size)), ray.put(plan)]
     ds = ray.data.range(len(plan), override_num_blocks=len(plan))
     ds = ds.map_batches(_prepare, batch_size=1, fn_kwargs={"refs": refs}, num_cpus=DECODE_CPUS)
-    ds = actor_pool(
-        ds,
-        Encoder,
-        batch_size=1,
-        concurrency=engine.n_workers,
-        num_cpus=engine.cpus_per_worker,
-        num_gpus=engine.gpus_per_worker or None,
-        fn_constructor_kwargs={
-            "refs": [ray.put(on_cpu(encoder))],
-            "device": worker_device(engine),
-            "threads": worker_threads(engine),
-        },
-    )
+    ds = actor_pool(ds, Encoder, engine, [ray.put(on_cpu(encoder))])
 
     def encoded():
         for want, row in enumerate(ds.iter_rows()):

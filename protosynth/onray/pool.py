@@ -19,11 +19,21 @@ DECODE_CPUS = 1.0  # CPUs a decoding task reserves
 ACTOR_ARGS = {"max_restarts": 0}
 
 
-def actor_pool(ds, fn, **kwargs):
-    """``ds.map_batches(fn, ..., max_restarts=0)`` without the deprecation warning it prints (see ACTOR_ARGS)."""
+def actor_pool(ds, actor, engine: EngineConfig, refs: list):
+    """``ds`` mapped one row at a time by ``engine.n_workers`` ``actor`` instances, each built as
+    ``actor(refs=refs, device=..., threads=...)`` with the resources ``engine`` asks for, with
+    ``max_restarts=0`` and without the deprecation warning that prints (see ACTOR_ARGS)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ds.map_batches(fn, **kwargs, **ACTOR_ARGS)
+        return ds.map_batches(
+            actor,
+            batch_size=1,
+            concurrency=engine.n_workers,
+            num_cpus=engine.cpus_per_worker,
+            num_gpus=engine.gpus_per_worker or None,
+            fn_constructor_kwargs={"refs": refs, "device": worker_device(engine), "threads": worker_threads(engine)},
+            **ACTOR_ARGS,
+        )
 
 
 _FETCHED: dict[str, object] = {}  # per worker process: objects of the current run, fetched once

@@ -19,7 +19,7 @@ from ..models.clip import ClipEncoder
 from ..models.unclip import Decoder
 from ..progress import StepBar
 from ..render import RenderConfig, pixel_embedder, render_batch
-from .pool import actor_pool, check_resources, worker_device, worker_threads
+from .pool import actor_pool, check_resources
 from .wire import column, from_bytes, to_bytes
 
 
@@ -72,19 +72,7 @@ def render_spans(
         job = {"embeds": embeds, "cfg": cfg, "init_images": init_images, "prompts": prompts, "candidate": candidate}
         refs = [ray.put(decoder), ray.put(guide if cfg.clip_guidance > 0 else None), ray.put(job)]
         ds = ray.data.from_items([{"s": s, "e": e} for s, e in spans], override_num_blocks=len(spans))
-        ds = actor_pool(
-            ds,
-            Renderer,
-            batch_size=1,
-            concurrency=engine.n_workers,
-            num_cpus=engine.cpus_per_worker,
-            num_gpus=engine.gpus_per_worker or None,
-            fn_constructor_kwargs={
-                "refs": refs,
-                "device": worker_device(engine),
-                "threads": worker_threads(engine),
-            },
-        )
+        ds = actor_pool(ds, Renderer, engine, refs)
         out: list[Image.Image] = []
         with StepBar("render", len(spans)) as bar:
             for (s, e), row in zip(spans, ds.iter_rows()):
