@@ -1,7 +1,8 @@
 """The optimisation baselines' world presets, chosen on the validation split.
 
     python -m benchmarks.baseline_presets [--budgets 100,200,500] [--methods repblend,amd,mtt-vl,lors]
-                                          [--repeats 2] [--work runs/compare_world]
+                                          [--repeats 2] [--work runs/compare_world] [--prune 2]
+                                          [--score-only]
 
 The world presets (``protosynth.baselines.presets``) set three things the published Flickr values
 do not fit: the data lr (``lr_img = lr_txt``), the space the inner lrs are learned in (``lr_space``)
@@ -10,6 +11,12 @@ the current preset and of each alternative (``candidates``), scores every set on
 the ``small`` protocol, and names the best per method and budget. Results go to
 ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set, so a stopped sweep
 leaves a table of what it measured.
+
+A set costs 15-40 minutes on two cores, so larger budgets only retry what the smaller one left in
+play: a change that scored more than ``--prune`` r_mean points under its method's best at the
+previous budget of the run is recorded as pruned there (the preset itself is always made).
+``--score-only`` tables the sets that exist without making any, which merges the tables of sweeps
+run side by side on disjoint ``--methods``.
 
 Buffers and sets live where ``protosynth compare-baselines --out WORK`` keeps its own
 (``WORK/buffers/full|heads``), so the comparison reuses the buffers; a candidate's set is in
@@ -63,6 +70,30 @@ def candidates(method: str, budget: int) -> list[Candidate]:
     return out
 
 
+def family(candidate: str) -> str:
+    """The value a candidate changes (``data-lr-100`` and ``data-lr-1000`` both change the data lr)."""
+    return candidate if candidate == "preset" else candidate.rsplit("-", 1)[0]
+
+
+def pruned_by(rows: list[dict], method: str, budget: int, cand: Candidate, margin: float | None) -> str | None:
+    """Why ``cand`` is not worth making at ``budget``: its change lost by more than ``margin`` points to
+    the method's best at the previous budget of ``rows`` (or was pruned or failed there); None when it
+    is still in play."""
+    earlier = [r for r in rows if r["method"] == method and r["budget"] < budget]
+    if margin is None or cand.name == "preset" or not earlier:
+        return None
+    prev = max(r["budget"] for r in earlier)
+    at_prev = [r for r in earlier if r["budget"] == prev]
+    same = [r for r in at_prev if family(r["candidate"]) == family(cand.name)]
+    best = max((r_mean(r) for r in at_prev if "metrics" in r), default=None)
+    if not same or best is None:
+        return None
+    if "metrics" not in same[0]:
+        return f"{'failed' if 'failed' in same[0] else 'pruned'} at {prev} pairs"
+    gap = best - r_mean(same[0])
+    return f"{gap:.1f} under the best at {prev} pairs" if gap > margin else None
+
+
 def buffers(work: Path) -> dict[str, Path]:
     """The two expert buffers, made as ``compare-baselines --out work`` makes them (or reused)."""
     cfg = CompareConfig(out=work, corpus=canonical_spec("shapes"))
@@ -105,8 +136,9 @@ def markdown(doc: dict) -> str:
         "|---|---|---|---|" + "---|" * len(METRIC_NAMES) + "---|---|",
     ]
     for row in doc["rows"]:
-        if "failed" in row:
-            cells = [f"failed: {row['failed']}"] + [""] * (len(METRIC_NAMES) - 1)
+        if "failed" in row or "pruned" in row:
+            why = f"failed: {row['failed']}" if "failed" in row else f"pruned: {row['pruned']}"
+            cells = [why] + [""] * (len(METRIC_NAMES) - 1)
         else:
             cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRIC_NAMES]
         changed = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "(the current preset)"
@@ -125,7 +157,7 @@ def write(doc: dict, results: Path) -> None:
     best: dict[str, tuple[float, str]] = {}
     for row in doc["rows"]:
         key = f"{row['method']}-b{row['budget']}"
-        if "failed" in row:
+        if "failed" in row or "pruned" in row:
             continue
         if key not in best or r_mean(row) > best[key][0]:
             best[key] = (r_mean(row), row["candidate"])
@@ -143,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("runs/compare_world"))
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--prune", type=float, default=2.0, help="r_mean points; a negative value prunes nothing")
+    ap.add_argument("--score-only", action="store_true", help="table the sets that exist, make none")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.baseline_presets " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -150,15 +184,32 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(b, m, c) for b in budgets for m in methods for c in candidates(m, b)]
     eval_cfg = EvalConfig(protocol="small", repeats=args.repeats, seed=args.seed, split="val", val="shapes:val")
     doc = {"repeats": args.repeats, "command": command, "commit": git_commit(), "rows": [], "not_run": []}
-    bufs = buffers(args.work)
+    bufs = None if args.score_only else buffers(args.work)
+    margin = None if args.prune < 0 else args.prune
+    not_run = []
     for i, (budget, method, cand) in enumerate(plan):
-        path = make_set(method, budget, cand, args.work, bufs, args.seed)
-        row = {"failed": path} if isinstance(path, str) else scored(path, eval_cfg, args.work)[0]
+        why = pruned_by(doc["rows"], method, budget, cand, margin)
+        if why is None and args.score_only and not _exists(method, budget, cand, args.work):
+            not_run.append(f"{method} b{budget} {cand.name}")
+            continue
+        if why is not None:
+            row = {"pruned": why}
+        else:
+            path = make_set(method, budget, cand, args.work, bufs, args.seed)
+            row = {"failed": path} if isinstance(path, str) else scored(path, eval_cfg, args.work)[0]
         doc["rows"].append(dict(row, method=method, budget=budget, candidate=cand.name, overrides=cand.overrides))
-        doc["not_run"] = [f"{m} b{b} {c.name}" for b, m, c in plan[i + 1 :]]
+        doc["not_run"] = not_run + [f"{m} b{b} {c.name}" for b, m, c in plan[i + 1 :]]
         doc.update(threads_this_process=torch.get_num_threads(), seconds_this_run=round(time.time() - started, 1))
         write(doc, args.results)
-        print(f"{method} b{budget} {cand.name}: " + (row.get("failed") or f"val r_mean {r_mean(row):.1f}"), flush=True)
+        said = row.get("failed") or (f"pruned, {row['pruned']}" if "pruned" in row else f"val r_mean {r_mean(row):.1f}")
+        print(f"{method} b{budget} {cand.name}: {said}", flush=True)
+    doc["not_run"] = not_run
+    write(doc, args.results)
+
+
+def _exists(method: str, budget: int, cand: Candidate, work: Path) -> bool:
+    out = work / "presets" / f"{method}-b{budget}-{cand.name}"
+    return (out / "manifest.json").is_file() or out.with_name(out.name + ".failed").is_file()
 
 
 if __name__ == "__main__":

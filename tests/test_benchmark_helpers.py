@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.baseline_presets import Candidate, pruned_by
 from benchmarks.prototype_purity import purity
 
 
@@ -29,3 +30,34 @@ def test_prototype_purity_counts_member_images_against_the_caption_image():
     assert got["members_same_colour_shape"] == pytest.approx(100 * (0.75 + 1.0) / 2)
     assert got["members_same_scene"] == pytest.approx(100 * (0.5 + 1.0) / 2)
     assert got["majority_same_colour_shape"] == 100.0
+
+
+def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
+    def row(budget, name, score=None, method="amd", **extra):
+        out = dict(method=method, budget=budget, candidate=name, **extra)
+        if score is not None:
+            out["metrics"] = {"r_mean": {"mean": score}}
+        return out
+
+    rows = [
+        row(100, "preset", 11.7),
+        row(100, "lr-space-log", 7.8),
+        row(100, "data-lr-100", 10.5),
+        row(100, "lr-sim-1", failed="diverged"),
+        row(100, "preset", 20.0, method="lors"),  # another method's best does not count
+    ]
+    at_200 = {
+        name: pruned_by(rows, "amd", 200, Candidate(name, {}), 2.0)
+        for name in ("preset", "lr-space-linear", "data-lr-1000", "lr-sim-1")
+    }
+    assert at_200 == {
+        "preset": None,
+        "lr-space-linear": "3.9 under the best at 100 pairs",  # the other space, the same change
+        "data-lr-1000": None,  # 1.2 under: still in play
+        "lr-sim-1": "failed at 100 pairs",
+    }
+    assert pruned_by(rows, "amd", 200, Candidate("lr-space-linear", {}), None) is None
+    assert pruned_by(rows, "amd", 100, Candidate("lr-space-log", {}), 2.0) is None
+    # a change pruned at 200 stays pruned at 500, though 200 has only the preset's score
+    rows += [row(200, "preset", 22.0), row(200, "lr-space-linear", pruned="3.9 under the best at 100 pairs")]
+    assert pruned_by(rows, "amd", 500, Candidate("lr-space-linear", {}), 2.0) == "pruned at 200 pairs"
