@@ -12,9 +12,10 @@ the ``small`` protocol, and names the best per method and budget. Results go to
 ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set, so a stopped sweep
 leaves a table of what it measured.
 
-A set costs 15-40 minutes on two cores, so larger budgets only retry what the smaller one left in
-play: a change that scored more than ``--prune`` r_mean points under its method's best at the
-previous budget of the run is recorded as pruned there (the preset itself is always made).
+A set costs 5-15 minutes at one torch thread on an idle core (up to 40 under contention), so
+larger budgets only retry what the smaller one left in play: a change that scored more than
+``--prune`` r_mean points under its method's best at the previous budget of the run is recorded as
+pruned there (the preset itself is always made).
 ``--score-only`` tables the sets that exist without making any, which merges the tables of sweeps
 run side by side on disjoint ``--methods``.
 
@@ -106,11 +107,16 @@ def buffers(work: Path) -> dict[str, Path]:
     return out
 
 
+def set_paths(method: str, budget: int, cand: Candidate, work: Path) -> tuple[Path, Path]:
+    """A candidate's set folder, and the file that records why it could not be made."""
+    out = work / "presets" / f"{method}-b{budget}-{cand.name}"
+    return out, out.with_name(out.name + ".failed")
+
+
 def make_set(method: str, budget: int, cand: Candidate, work: Path, bufs: dict[str, Path], seed: int) -> Path | str:
     """The candidate's set folder, or why it could not be made (a diverged matching loss is a result
     of the candidate, kept in ``<set>.failed`` so a resumed sweep does not run it again)."""
-    out = work / "presets" / f"{method}-b{budget}-{cand.name}"
-    failed = out.with_name(out.name + ".failed")
+    out, failed = set_paths(method, budget, cand, work)
     if failed.is_file():
         return failed.read_text()
     if not (out / "manifest.json").is_file():
@@ -208,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _exists(method: str, budget: int, cand: Candidate, work: Path) -> bool:
-    out = work / "presets" / f"{method}-b{budget}-{cand.name}"
-    return (out / "manifest.json").is_file() or out.with_name(out.name + ".failed").is_file()
+    out, failed = set_paths(method, budget, cand, work)
+    return (out / "manifest.json").is_file() or failed.is_file()
 
 
 if __name__ == "__main__":
