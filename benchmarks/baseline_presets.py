@@ -2,7 +2,7 @@
 
     python -m benchmarks.baseline_presets [--budgets 100,200,500] [--methods repblend,amd,mtt-vl,lors]
                                           [--repeats 2] [--work runs/compare_world] [--prune 2]
-                                          [--score-only]
+                                          [--score-only] [--reuse TABLE]
 
 The world presets (``protosynth.baselines.presets``) set three things the published Flickr values
 do not fit: the data lr (``lr_img = lr_txt``), the space the inner lrs are learned in (``lr_space``)
@@ -17,7 +17,9 @@ larger budgets only retry what the smaller one left in play: a change that score
 ``--prune`` r_mean points under its method's best at the previous budget of the run is recorded as
 pruned there (the preset itself is always made).
 ``--score-only`` tables the sets that exist without making any, which merges the tables of sweeps
-run side by side on disjoint ``--methods``.
+run side by side on disjoint ``--methods``. ``--reuse TABLE`` takes the scored and failed rows of an
+earlier table (sets do not outlive a machine, their scores do) where the candidate's settings and
+the repeats are the same, so a later session goes on where the table stopped.
 
 Buffers and sets live where ``protosynth compare-baselines --out WORK`` keeps its own
 (``WORK/buffers/full|heads``), so the comparison reuses the buffers; a candidate's set is in
@@ -93,6 +95,40 @@ def pruned_by(rows: list[dict], method: str, budget: int, cand: Candidate, margi
         return f"{'failed' if 'failed' in same[0] else 'pruned'} at {prev} pairs"
     gap = best - r_mean(same[0])
     return f"{gap:.1f} under the best at {prev} pairs" if gap > margin else None
+
+
+def settings(method: str, budget: int, cand: Candidate) -> dict:
+    """The values the candidate's set is made with: the world preset with the candidate's changes."""
+    return {**preset(method, "world", budget), **cand.overrides}
+
+
+def reusable(table: Path | None, repeats: int) -> dict[tuple[str, int, str], dict]:
+    """The scored and failed rows of an earlier table by (method, budget, candidate). Rows written
+    before rows recorded their settings are taken to have the current preset's."""
+    if table is None:
+        return {}
+    try:
+        doc = json.loads(table.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--reuse {table}: not a presets table ({exc})") from exc
+    if doc.get("repeats") != repeats:
+        raise SystemExit(f"--reuse {table}: scored with {doc.get('repeats')} repeats, this sweep uses {repeats}")
+    origin = f"{table.name} at commit {str(doc.get('commit'))[:12]}"
+    out = {}
+    for row in doc["rows"]:
+        if "metrics" in row or "failed" in row:
+            cand = Candidate(row["candidate"], row["overrides"])
+            made = row.get("settings") or settings(row["method"], row["budget"], cand)
+            out[row["method"], row["budget"], row["candidate"]] = dict(
+                row, settings=made, reused_from=row.get("reused_from", origin)
+            )
+    return out
+
+
+def reused(earlier: dict[tuple[str, int, str], dict], method: str, budget: int, cand: Candidate) -> dict | None:
+    """The earlier row of this candidate when its set was made with the same settings."""
+    old = earlier.get((method, budget, cand.name))
+    return old if old is not None and old["settings"] == settings(method, budget, cand) else None
 
 
 def buffers(work: Path) -> dict[str, Path]:
@@ -183,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--prune", type=float, default=2.0, help="r_mean points; a negative value prunes nothing")
     ap.add_argument("--score-only", action="store_true", help="table the sets that exist, make none")
+    ap.add_argument("--reuse", type=Path, help="an earlier table whose scored rows are not remade")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.baseline_presets " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -190,10 +227,16 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(b, m, c) for b in budgets for m in methods for c in candidates(m, b)]
     eval_cfg = EvalConfig(protocol="small", repeats=args.repeats, seed=args.seed, split="val", val="shapes:val")
     doc = {"repeats": args.repeats, "command": command, "commit": git_commit(), "rows": [], "not_run": []}
+    earlier = reusable(args.reuse, args.repeats)
     bufs = None if args.score_only else buffers(args.work)
     margin = None if args.prune < 0 else args.prune
     not_run = []
     for i, (budget, method, cand) in enumerate(plan):
+        old = reused(earlier, method, budget, cand)
+        if old is not None:
+            doc["rows"].append(old)
+            print(f"{method} b{budget} {cand.name}: reused from {old['reused_from']}", flush=True)
+            continue
         why = pruned_by(doc["rows"], method, budget, cand, margin)
         if why is None and args.score_only and not _exists(method, budget, cand, args.work):
             not_run.append(f"{method} b{budget} {cand.name}")
@@ -203,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             path = make_set(method, budget, cand, args.work, bufs, args.seed)
             row = {"failed": path} if isinstance(path, str) else scored(path, eval_cfg, args.work)[0]
-        doc["rows"].append(dict(row, method=method, budget=budget, candidate=cand.name, overrides=cand.overrides))
+        row = dict(row, method=method, budget=budget, candidate=cand.name, overrides=cand.overrides)
+        row["settings"] = settings(method, budget, cand)
+        doc["rows"].append(row)
         doc["not_run"] = not_run + [f"{m} b{b} {c.name}" for b, m, c in plan[i + 1 :]]
         doc.update(threads_this_process=torch.get_num_threads(), seconds_this_run=round(time.time() - started, 1))
         write(doc, args.results)

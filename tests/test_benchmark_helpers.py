@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from benchmarks.baseline_presets import Candidate, pruned_by
+from benchmarks.baseline_presets import Candidate, candidates, pruned_by, reusable, reused, settings
 from benchmarks.prototype_purity import purity
 
 
@@ -61,3 +63,30 @@ def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
     # a change pruned at 200 stays pruned at 500, though 200 has only the preset's score
     rows += [row(200, "preset", 22.0), row(200, "lr-space-linear", pruned="3.9 under the best at 100 pairs")]
     assert pruned_by(rows, "amd", 500, Candidate("lr-space-linear", {}), 2.0) == "pruned at 200 pairs"
+
+
+def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same_way(tmp_path):
+    preset_100, log_100, lr_100 = candidates("amd", 100)[:3]
+    rows = [
+        dict(method="amd", budget=100, candidate="preset", overrides={}, metrics={}),  # no settings: the current preset
+        dict(method="amd", budget=100, candidate=log_100.name, overrides=log_100.overrides, failed="diverged"),
+        dict(
+            method="amd",
+            budget=100,
+            candidate=lr_100.name,
+            overrides=lr_100.overrides,
+            metrics={},
+            settings=dict(settings("amd", 100, lr_100), lr_lr=1.0),
+        ),  # made under another preset
+        dict(method="amd", budget=200, candidate="lr-sim-1", overrides={"lr_sim": 1.0}, pruned="failed at 100 pairs"),
+    ]
+    table = tmp_path / "baseline_presets_val.json"
+    table.write_text(json.dumps({"repeats": 2, "commit": "abc", "rows": rows}))
+    earlier = reusable(table, 2)
+    assert set(earlier) == {("amd", 100, "preset"), ("amd", 100, log_100.name), ("amd", 100, lr_100.name)}
+    assert reused(earlier, "amd", 100, preset_100)["reused_from"] == "baseline_presets_val.json at commit abc"
+    assert reused(earlier, "amd", 100, log_100)["failed"] == "diverged"
+    assert reused(earlier, "amd", 100, lr_100) is None
+    assert reused(earlier, "amd", 200, candidates("amd", 200)[0]) is None
+    with pytest.raises(SystemExit, match="scored with 2 repeats, this sweep uses 3"):
+        reusable(table, 3)
