@@ -28,7 +28,6 @@ from pathlib import Path
 from ..coreset import CoresetConfig, build_coreset
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_corpus
-from ..distill import DistillConfig, distill
 from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
 from ..evaluation.data import corpus_text_features
@@ -171,6 +170,8 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
             )
         )
     elif method == "pds":
+        from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
+
         distill(
             DistillConfig(
                 budget=cfg.budget,
