@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -61,7 +62,7 @@ def embed(
     after a kill and only the unfinished shards are computed."""
     from protosynth.corpus import load_corpus
     from protosynth.embed import EmbedConfig, check_config, embed_corpus
-    from protosynth.engine import check_engine
+    from protosynth.engine import check_engine, ray_session
     from protosynth.models.clip import load_clip
     from protosynth.runinfo import check_device
 
@@ -74,14 +75,17 @@ def embed(
         check_engine(eng)
         check_config(cfg)
         check_device(device)
-        corpus_ = load_corpus(
-            corpus,
-            image_root=image_root,
-            skip_bad=skip_bad,
-            image_column=image_column,
-            caption_column=caption_column,
-        )
-        emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg, eng)
+        # --skip-bad on Ray decodes in Ray tasks at load: one session for that pass and the embedding
+        with ray_session(eng) if eng.on_ray and skip_bad else nullcontext():
+            corpus_ = load_corpus(
+                corpus,
+                image_root=image_root,
+                skip_bad=skip_bad,
+                image_column=image_column,
+                caption_column=caption_column,
+                engine=eng,
+            )
+            emb = embed_corpus(corpus_, load_clip(clip, device, arch=clip_arch, space=clip_space), cfg, eng)
         return emb.cache_path
 
     typer.echo(str(run(go, verb="embed")))

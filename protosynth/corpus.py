@@ -22,9 +22,11 @@ Spec strings, by form:
 ``image_root`` (JSON and CSV only) is the folder image paths are relative to (default: the file's
 folder). ``image_column`` and ``caption_column`` (parquet and ``hf:`` only) name the columns when
 they are not the defaults. ``skip_bad`` decodes every image once at load and drops the unreadable ones with their
-captions (and webdataset samples without an image or a caption member), listing them in
-``Corpus.skipped``; without it a missing image file is an error at load
-and a corrupt one an error when read, each naming the file and the row.
+captions (and webdataset samples without an image or a caption member, parquet and ``hf:`` rows with
+a null image: found from the index, no image decoded), listing them in ``Corpus.skipped``; without it
+a missing image file is an error at load and a corrupt one an error when read, each naming the file
+and the row. With ``engine`` on Ray, that decoding runs as Ray tasks over chunks of the images (the
+driver decodes none), with the same check and the same result as in this process.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .corpora.base import Corpus, ImageSource
+from .corpora.base import Corpus, ImageSource, unreadable
 from .corpora.csvtable import load_csv
 from .corpora.hf import is_hf, load_hf
 from .corpora.jsonl import load_jsonl
@@ -44,6 +47,7 @@ from .corpora.karpathy import load_karpathy
 from .corpora.parquet import load_parquet
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
+from .engine import EngineConfig, onray
 from .errors import P, ProtosynthError
 from .files import atomic_open, check_writable, remove_stale_temps
 from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
@@ -167,9 +171,11 @@ def load_corpus(
     skip_bad: bool = False,
     image_column: str | None = None,
     caption_column: str | None = None,
+    engine: EngineConfig | None = None,
 ) -> Corpus:
     """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
-    and image root (absolute paths)."""
+    and image root (absolute paths). ``engine``: where ``skip_bad``'s pass decodes, in this process
+    (``unreadable``) or, on Ray, in Ray tasks (``unreadable_on_ray``)."""
     kind = corpus_kind(spec)
     if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):
         raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
@@ -183,13 +189,21 @@ def load_corpus(
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
         corpus.skip_bad = skip_bad
         return corpus
+    bad = partial(unreadable_on_ray, engine=engine) if engine is not None and engine.on_ray else unreadable
     if kind in ("parquet", "hf"):
         load = load_parquet if kind == "parquet" else load_hf
-        return load(spec, image_column=image_column, caption_column=caption_column, skip_bad=skip_bad)
+        return load(spec, image_column=image_column, caption_column=caption_column, skip_bad=skip_bad, find_bad=bad)
     if kind == "jsonl":
-        return load_jsonl(spec, skip_bad=skip_bad)
+        return load_jsonl(spec, skip_bad=skip_bad, find_bad=bad)
     if kind == "json":
-        return load_karpathy(spec, image_root=image_root, skip_bad=skip_bad)
+        return load_karpathy(spec, image_root=image_root, skip_bad=skip_bad, find_bad=bad)
     if kind == "csv":
-        return load_csv(spec, image_root=image_root, skip_bad=skip_bad)
-    return load_webdataset(spec, skip_bad=skip_bad)
+        return load_csv(spec, image_root=image_root, skip_bad=skip_bad, find_bad=bad)
+    return load_webdataset(spec, skip_bad=skip_bad, find_bad=bad)
+
+
+def unreadable_on_ray(source: ImageSource, keys: list[str], engine: EngineConfig) -> dict[str, str]:
+    """``unreadable`` mapped over chunks of ``keys`` as Ray tasks (``protosynth.onray.corpus``), so a
+    corpus too large to decode on one machine is checked by the cluster and the driver decodes no
+    image. Ray is imported only when a ``skip_bad`` pass runs on it (an optional extra)."""
+    return onray("corpus").find_unreadable(source, keys, engine)

@@ -219,6 +219,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
         skip_bad=cfg.skip_bad,
         image_column=cfg.image_column,
         caption_column=cfg.caption_column,
+        engine=cfg.engine,  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     )
     for budget in budgets:
         check_budget(budget, corpus)

@@ -14,6 +14,7 @@ import io
 import logging
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,21 +207,43 @@ def image_folder(manifest: Path, image_root: Path | None) -> Path:
     return Path(image_root)
 
 
-def check_images(
-    spec: str, keys: list[str], source: ImageSource, skip_bad: bool, found: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Without ``skip_bad``: every image must exist (the first missing one is the error). With it:
-    decode every image once; returns key -> message for each unreadable one (after those a reader
-    already ``found``, such as tar samples without an image member)."""
-    bad = dict(found or {})
+# The --skip-bad check of a list of image keys: key -> one-line message for each unreadable image,
+# in key order. ``unreadable`` runs it in this process; the Ray engine maps it over chunks of keys
+# as Ray tasks (``protosynth.onray.corpus``), which is why a reader takes it as a parameter.
+FindBad = Callable[[ImageSource, list[str]], dict[str, str]]
+
+
+def unreadable(source: ImageSource, keys: list[str]) -> dict[str, str]:
+    """Decode each image of ``keys`` once; key -> the reader's one-line error for each one that
+    cannot be read, in ``keys`` order. The one function both engines run, so a row is dropped (and
+    named) the same way whichever process decoded it."""
+    bad: dict[str, str] = {}
     for key in keys:
-        if not skip_bad:
-            source.check_present(key)
-            continue
         try:
             source.read(key)
         except ProtosynthError as exc:
             bad[key] = str(exc)
+    return bad
+
+
+def check_images(
+    spec: str,
+    keys: list[str],
+    source: ImageSource,
+    skip_bad: bool,
+    found: dict[str, str] | None = None,
+    find_bad: FindBad = unreadable,
+) -> dict[str, str]:
+    """Without ``skip_bad``: every image must exist (the first missing one is the error). With it:
+    decode every image once (``find_bad``: here, or in Ray tasks); returns key -> message for each
+    unreadable one (after those a reader already ``found``, such as tar samples without an image
+    member)."""
+    bad = dict(found or {})
+    if skip_bad:
+        bad.update(find_bad(source, keys))
+    else:
+        for key in keys:
+            source.check_present(key)
     if bad:
         first = next(iter(bad.values()))
         if len(bad) == len(keys) + len(found or {}):
@@ -240,11 +263,12 @@ def file_corpus(
     where: list[str],
     image_root: Path | None,
     skip_bad: bool,
+    find_bad: FindBad = unreadable,
 ) -> Corpus:
     """The corpus of a parsed manifest whose images are files under ``root``: existence checks (or
-    the --skip-bad pass), then the fingerprint that keys the embedding cache."""
+    the --skip-bad pass, ``find_bad``), then the fingerprint that keys the embedding cache."""
     source = FileImages(root, dict(zip(keys, where)))
-    bad = check_images(spec, keys, source, skip_bad)
+    bad = check_images(spec, keys, source, skip_bad, find_bad=find_bad)
     kept = [i for i, key in enumerate(keys) if key not in bad]
     keys, captions, rows = [keys[i] for i in kept], [captions[i] for i in kept], [rows[i] for i in kept]
     # manifest bytes, image root, each kept image's size and mtime, and what was dropped: any change

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import P, ProtosynthError
-from .base import Corpus, ImageSource, check_images, clean_captions, decode
+from .base import Corpus, FindBad, ImageSource, check_images, clean_captions, decode, unreadable
 
 IMAGE_COLUMN = {"parquet": "jpg", "hf": "image"}  # img2dataset's name; the datasets Image() convention
 CAPTION_COLUMN = "caption"
@@ -100,14 +100,23 @@ class TableRows:
         self.located[key] = at
 
 
-def table_corpus(spec: str, rows: TableRows, source: ImageSource, h, prefix: str, **columns: str | None) -> Corpus:
-    """The corpus of a read table: the ``skip_bad`` pass over its images (``check_images``), and the
-    fingerprint ``h`` (the files and columns so far) completed with what was dropped. ``columns``:
-    the ``image_column`` and ``caption_column`` it was loaded with, recorded to load it again."""
+def table_corpus(
+    spec: str,
+    rows: TableRows,
+    source: ImageSource,
+    h,
+    prefix: str,
+    find_bad: FindBad = unreadable,
+    **columns: str | None,
+) -> Corpus:
+    """The corpus of a read table: the ``skip_bad`` pass over its images (``check_images`` with
+    ``find_bad``), and the fingerprint ``h`` (the files and columns so far) completed with what was
+    dropped. ``columns``: the ``image_column`` and ``caption_column`` it was loaded with, recorded
+    to load it again."""
     if not rows.located and not rows.incomplete:
         raise ProtosynthError(f"corpus {spec!r}: the table has no rows")
     keys = list(rows.located)
-    bad = check_images(spec, keys, source, rows.skip_bad, found=rows.incomplete)
+    bad = check_images(spec, keys, source, rows.skip_bad, found=rows.incomplete, find_bad=find_bad)
     kept = [i for i, key in enumerate(keys) if key not in bad]
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())

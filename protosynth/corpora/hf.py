@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ProtosynthError, held_back_logs
-from .base import Corpus
+from .base import Corpus, FindBad, unreadable
 from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
 from .parquet import null_cells
 from .spec import parse_hf
@@ -116,7 +116,11 @@ def image_feature(ds, label: str, column: str):
 
 
 def load_hf(
-    spec: str, image_column: str | None = None, caption_column: str | None = None, skip_bad: bool = False
+    spec: str,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    skip_bad: bool = False,
+    find_bad: FindBad = unreadable,
 ) -> Corpus:
     """Open the split (offline), read its captions and find the rows without an image; a null image
     is an error naming the row, skipped with ``skip_bad``; a null or empty caption stays an error."""
@@ -135,4 +139,4 @@ def load_hf(
     for i, cell in enumerate(ds.data.column(caption_col).to_pylist()):
         rows.add(str(i), f"{label} row {i}", cell, not missing[i], i)
     source = DatasetImages(ds, image_col, rows.wheres)
-    return table_corpus(spec, rows, source, h, "hf", image_column=image_column, caption_column=caption_column)
+    return table_corpus(spec, rows, source, h, "hf", find_bad, image_column=image_column, caption_column=caption_column)

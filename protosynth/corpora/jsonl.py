@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import CaptionsByImage, Corpus, clean_captions, decode_utf8, file_corpus, manifest_file
+from .base import CaptionsByImage, Corpus, FindBad, clean_captions, decode_utf8, file_corpus, manifest_file, unreadable
 
 
-def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
+def load_jsonl(path: str | Path, skip_bad: bool = False, find_bad: FindBad = unreadable) -> Corpus:
     """Read a JSONL manifest; every malformed line is an error naming the file and line."""
     path = manifest_file(path)
     raw = path.read_bytes()
@@ -41,4 +41,5 @@ def load_jsonl(path: str | Path, skip_bad: bool = False) -> Corpus:
         [f"{path} line {n}" for n in rows.first_rows],
         None,
         skip_bad,
+        find_bad,
     )

@@ -10,10 +10,22 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import CaptionsByImage, Corpus, clean_captions, decode_utf8, file_corpus, image_folder, manifest_file
+from .base import (
+    CaptionsByImage,
+    Corpus,
+    FindBad,
+    clean_captions,
+    decode_utf8,
+    file_corpus,
+    image_folder,
+    manifest_file,
+    unreadable,
+)
 
 
-def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bool = False) -> Corpus:
+def load_karpathy(
+    path: str | Path, image_root: Path | None = None, skip_bad: bool = False, find_bad: FindBad = unreadable
+) -> Corpus:
     path = manifest_file(path)
     root = image_folder(path, image_root)
     raw = path.read_bytes()
@@ -48,4 +60,5 @@ def load_karpathy(path: str | Path, image_root: Path | None = None, skip_bad: bo
         [f"{path} entry {i}" for i in rows.first_rows],
         image_root,
         skip_bad,
+        find_bad,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ProtosynthError
-from .base import Corpus
+from .base import Corpus, FindBad, unreadable
 from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
 from .webdataset import shard_paths
 
@@ -121,7 +121,11 @@ class ParquetImages(RowImages):
 
 
 def load_parquet(
-    spec: str, image_column: str | None = None, caption_column: str | None = None, skip_bad: bool = False
+    spec: str,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    skip_bad: bool = False,
+    find_bad: FindBad = unreadable,
 ) -> Corpus:
     """Read the captions of every file of ``spec`` and index its rows. A row with a null image is an
     error naming file and row; with ``skip_bad`` it is skipped and counted, as an unreadable image is.
@@ -145,4 +149,6 @@ def load_parquet(
         for row, cell in enumerate(cells):
             rows.add(f"{path}#{row}", f"{path} row {row}", cell, row not in no_image, (f, row))
     source = ParquetImages(files, image_col, rows.located, rows.wheres, starts)
-    return table_corpus(spec, rows, source, h, "parquet", image_column=image_column, caption_column=caption_column)
+    return table_corpus(
+        spec, rows, source, h, "parquet", find_bad, image_column=image_column, caption_column=caption_column
+    )

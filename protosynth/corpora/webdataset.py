@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import Corpus, ImageSource, check_images, clean_captions, decode
+from .base import Corpus, FindBad, ImageSource, check_images, clean_captions, decode, unreadable
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
@@ -127,7 +127,7 @@ def parse_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | 
     return clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
 
 
-def load_webdataset(spec: str, skip_bad: bool = False) -> Corpus:
+def load_webdataset(spec: str, skip_bad: bool = False, find_bad: FindBad = unreadable) -> Corpus:
     """Index every shard of ``spec``. A sample without an image member or without a caption member
     is an error naming it; with ``skip_bad`` it is skipped and counted, as an unreadable image is. (A
     caption member that is there but bad, empty or not valid JSON, stays an error: ``skip_bad``
@@ -160,7 +160,7 @@ def load_webdataset(spec: str, skip_bad: bool = False) -> Corpus:
         raise ProtosynthError(f"corpus {spec!r}: the shards hold no samples ({', '.join(IMAGE_EXTS)} + txt/json)")
     keys = list(members)
     source = TarImages(members)
-    bad = check_images(spec, keys, source, skip_bad, found=incomplete)
+    bad = check_images(spec, keys, source, skip_bad, found=incomplete, find_bad=find_bad)
     kept = [i for i, key in enumerate(keys) if key not in bad]
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())

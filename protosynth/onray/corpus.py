@@ -1,0 +1,53 @@
+"""``--skip-bad``'s pass over every image as Ray tasks, so the driver decodes no image at load.
+
+The driver indexes the corpus as the local engine does (captions, keys, and the samples or rows with
+no image or caption member, found without decoding) and hands the image keys here. Each task runs
+the local engine's own check (``corpora.base.unreadable``) on one chunk of keys, through the corpus
+reader sent once through the object store; the chunks' results come back in key order and are
+joined in that order, so the dropped rows, their messages and the corpus fingerprint are the local
+engine's. At most ``WINDOW_PER_CPU`` tasks per cluster CPU are in flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import ray
+
+from ..corpora.base import ImageSource, unreadable
+from ..engine import EngineConfig, ray_session, unwrapped
+from ..errors import P, ProtosynthError
+from .pool import DECODE_CPUS, fetched
+
+WINDOW_PER_CPU = 2
+MAX_CHUNK = 1024  # images per task: a few seconds of decoding, so the cluster's CPUs share the work evenly
+
+
+@ray.remote(num_cpus=DECODE_CPUS)
+def _check_chunk(refs: list, keys: list[str]) -> dict[str, str]:
+    return unreadable(fetched(refs[0]), keys)
+
+
+def chunk_size(n_keys: int, cpus: int) -> int:
+    """Images per task: ``WINDOW_PER_CPU`` tasks per CPU, at most ``MAX_CHUNK`` images each."""
+    return max(1, min(MAX_CHUNK, -(-n_keys // (WINDOW_PER_CPU * max(1, cpus)))))
+
+
+def find_unreadable(source: ImageSource, keys: list[str], engine: EngineConfig) -> dict[str, str]:
+    """``corpora.base.unreadable(source, keys)`` computed by Ray tasks over chunks of ``keys``."""
+    with ray_session(engine), unwrapped():
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < DECODE_CPUS:  # no task could ever start
+            raise ProtosynthError(
+                f"{P.skip_bad} on Ray decodes in tasks of {DECODE_CPUS:g} CPU; the Ray cluster has {cpus}"
+            )
+        refs = [ray.put(source)]  # inside a list: a task fetches it once per worker process (``fetched``)
+        size = chunk_size(len(keys), cpus)
+        window, pending, bad = WINDOW_PER_CPU * cpus, deque(), {}
+        for a in range(0, len(keys), size):
+            pending.append(_check_chunk.remote(refs, keys[a : a + size]))
+            if len(pending) >= window:
+                bad.update(ray.get(pending.popleft()))
+        while pending:
+            bad.update(ray.get(pending.popleft()))
+        return bad
