@@ -194,6 +194,13 @@ def markdown(doc: dict) -> str:
             + " | ".join(cells)
             + f" | {row.get('seconds_to_make', '-')} | {chosen} |"
         )
+    origins = sorted({row["reused_from"] for row in doc["rows"] if "reused_from" in row})
+    if origins:
+        n = sum("reused_from" in row for row in doc["rows"])
+        lines += [
+            "",
+            f"{n} rows were taken from earlier tables (`--reuse`; their sets were not remade): {', '.join(origins)}.",
+        ]
     if doc["not_run"]:
         lines += ["", "Not run yet: " + ", ".join(doc["not_run"]) + "."]
     return "\n".join(lines) + "\n"
