@@ -2,7 +2,7 @@
 
     python -m benchmarks.baseline_presets [--budgets 100,200,500] [--methods repblend,amd,mtt-vl,lors]
                                           [--repeats 2] [--work runs/compare_world] [--prune 2]
-                                          [--score-only] [--reuse TABLE]
+                                          [--score-only] [--reuse TABLE ...]
 
 The world presets (``protosynth.baselines.presets``) set three things the published Flickr values
 do not fit: the data lr (``lr_img = lr_txt``), the space the inner lrs are learned in (``lr_space``)
@@ -17,7 +17,7 @@ larger budgets only retry what the smaller one left in play: a change that score
 ``--prune`` r_mean points under its method's best at the previous budget of the run is recorded as
 pruned there (the preset itself is always made).
 ``--score-only`` tables the sets that exist without making any, which merges the tables of sweeps
-run side by side on disjoint ``--methods``. ``--reuse TABLE`` takes the scored and failed rows of an
+run side by side on disjoint ``--methods``. ``--reuse TABLE`` (repeatable) takes the scored and failed rows of an
 earlier table (sets do not outlive a machine, their scores do) where the candidate's settings and
 the repeats are the same, so a later session goes on where the table stopped.
 
@@ -106,19 +106,17 @@ def _key(method: str, budget: int, made_with: dict) -> tuple[str, int, str]:
     return method, budget, json.dumps(made_with, sort_keys=True)
 
 
-def reusable(table: Path | None, repeats: int) -> dict[tuple[str, int, str], dict]:
+def reusable(table: Path, repeats: int) -> dict[tuple[str, int, str], dict]:
     """The scored and failed rows of an earlier table by method, budget and the settings their set
     was made with (so a row outlives a preset change that renames its candidate). Rows written before
     rows recorded their settings are taken to have been made under the current presets."""
-    if table is None:
-        return {}
     try:
         doc = json.loads(table.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--reuse {table}: not a presets table ({exc})") from exc
     if doc.get("repeats") != repeats:
         raise SystemExit(f"--reuse {table}: scored with {doc.get('repeats')} repeats, this sweep uses {repeats}")
-    origin = f"{table.name} at commit {str(doc.get('commit'))[:12]}"
+    origin = f"{table} (commit {str(doc.get('commit'))[:12]})"
     out = {}
     for row in doc["rows"]:
         if "metrics" in row or "failed" in row:
@@ -230,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--prune", type=float, default=2.0, help="r_mean points; a negative value prunes nothing")
     ap.add_argument("--score-only", action="store_true", help="table the sets that exist, make none")
-    ap.add_argument("--reuse", type=Path, help="an earlier table whose scored rows are not remade")
+    ap.add_argument(
+        "--reuse", type=Path, action="append", default=[], help="an earlier table whose scored rows are not remade"
+    )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.baseline_presets " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(b, m, c) for b in budgets for m in methods for c in candidates(m, b)]
     eval_cfg = EvalConfig(protocol="small", repeats=args.repeats, seed=args.seed, split="val", val="shapes:val")
     doc = {"repeats": args.repeats, "command": command, "commit": git_commit(), "rows": [], "not_run": []}
-    earlier = reusable(args.reuse, args.repeats)
+    earlier = {key: row for table in args.reuse for key, row in reusable(table, args.repeats).items()}
     bufs = None if args.score_only else buffers(args.work)
     margin = None if args.prune < 0 else args.prune
     not_run = []

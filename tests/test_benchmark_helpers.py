@@ -84,7 +84,7 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
     table.write_text(json.dumps({"repeats": 2, "commit": "abc", "rows": rows}))
     earlier = reusable(table, 2)
     assert len(earlier) == 3
-    assert reused(earlier, "amd", 100, preset_100)["reused_from"] == "baseline_presets_val.json at commit abc"
+    assert reused(earlier, "amd", 100, preset_100)["reused_from"] == f"{table} (commit abc)"
     assert reused(earlier, "amd", 100, log_100)["failed"] == "diverged"
     assert reused(earlier, "amd", 100, lr_100) is None
     assert reused(earlier, "amd", 200, candidates("amd", 200)[0]) is None
