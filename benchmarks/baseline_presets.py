@@ -61,7 +61,7 @@ class Candidate:
 def candidates(method: str, budget: int) -> list[Candidate]:
     """The current world preset, then one change of each value the world preset sets: the other lr
     space; the data lr 10 against Flickr's (at 100 pairs, where Flickr's is 100; at 200 and 500 it is
-    1,000); lr_sim 1 against 0.1 for the methods with a similarity matrix."""
+    1,000); lr_sim 1 against 0.1 (or 0.1 against 1) for the methods with a similarity matrix."""
     world, flickr = preset(method, "world", budget), preset(method, "flickr", budget)
     out = [Candidate("preset", {})]
     space = "log" if world["lr_space"] == "linear" else "linear"
@@ -69,7 +69,8 @@ def candidates(method: str, budget: int) -> list[Candidate]:
     lr = flickr["lr_img"] if world["lr_img"] == 10.0 else 10.0
     out.append(Candidate(f"data-lr-{lr:g}", {"lr_img": lr, "lr_txt": lr}))
     if method in USES_SIMILARITY:
-        out.append(Candidate("lr-sim-1", {"lr_sim": 1.0}))
+        sim = 0.1 if world["lr_sim"] == 1.0 else 1.0
+        out.append(Candidate(f"lr-sim-{sim:g}", {"lr_sim": sim}))
     return out
 
 
@@ -108,8 +109,8 @@ def _key(method: str, budget: int, made_with: dict) -> tuple[str, int, str]:
 
 def reusable(table: Path, repeats: int) -> dict[tuple[str, int, str], dict]:
     """The scored and failed rows of an earlier table by method, budget and the settings their set
-    was made with (so a row outlives a preset change that renames its candidate). Rows written before
-    rows recorded their settings are taken to have been made under the current presets."""
+    was made with (so a row outlives a preset change that renames its candidate). A row without its
+    settings is not taken: what it was made with is no longer known once a preset changes."""
     try:
         doc = json.loads(table.read_text())
     except (OSError, ValueError) as exc:
@@ -119,11 +120,9 @@ def reusable(table: Path, repeats: int) -> dict[tuple[str, int, str], dict]:
     origin = f"{table} (commit {str(doc.get('commit'))[:12]})"
     out = {}
     for row in doc["rows"]:
-        if "metrics" in row or "failed" in row:
-            made = row.get("settings") or settings(row["method"], row["budget"], Candidate("", row["overrides"]))
-            out[_key(row["method"], row["budget"], made)] = dict(
-                row, settings=made, reused_from=row.get("reused_from", origin)
-            )
+        if ("metrics" in row or "failed" in row) and "settings" in row:
+            key = _key(row["method"], row["budget"], row["settings"])
+            out[key] = dict(row, reused_from=row.get("reused_from", origin))
     return out
 
 

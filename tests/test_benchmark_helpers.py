@@ -67,17 +67,15 @@ def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
 
 def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same_way(tmp_path):
     preset_100, log_100, lr_100 = candidates("amd", 100)[:3]
+
+    def row(cand, **extra):
+        return dict(method="amd", budget=100, candidate=cand.name, overrides=cand.overrides, **extra)
+
     rows = [
-        dict(method="amd", budget=100, candidate="preset", overrides={}, metrics={}),  # no settings: the current preset
-        dict(method="amd", budget=100, candidate=log_100.name, overrides=log_100.overrides, failed="diverged"),
-        dict(
-            method="amd",
-            budget=100,
-            candidate=lr_100.name,
-            overrides=lr_100.overrides,
-            metrics={},
-            settings=dict(settings("amd", 100, lr_100), lr_lr=1.0),
-        ),  # made under another preset
+        row(preset_100, metrics={}, settings=settings("amd", 100, preset_100)),
+        row(log_100, failed="diverged", settings=settings("amd", 100, log_100)),
+        row(lr_100, metrics={}, settings=dict(settings("amd", 100, lr_100), lr_lr=1.0)),  # made under another preset
+        row(lr_100, metrics={}),  # settings not recorded: what made it is unknown
         dict(method="amd", budget=200, candidate="lr-sim-1", overrides={"lr_sim": 1.0}, pruned="failed at 100 pairs"),
     ]
     table = tmp_path / "baseline_presets_val.json"
@@ -89,7 +87,8 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
     assert reused(earlier, "amd", 100, lr_100) is None
     assert reused(earlier, "amd", 200, candidates("amd", 200)[0]) is None
     # a row outlives a preset change that renames it: the old preset is now the change to it
-    renamed = reused(earlier, "amd", 100, Candidate("preset-was", {"lr_space": "linear"}))
-    assert renamed["candidate"] == "preset-was" and renamed["overrides"] == {"lr_space": "linear"}
+    was = Candidate("was-the-preset", {k: v for k, v in settings("amd", 100, preset_100).items() if k == "lr_sim"})
+    renamed = reused(earlier, "amd", 100, was)
+    assert renamed["candidate"] == "was-the-preset" and renamed["overrides"] == was.overrides
     with pytest.raises(SystemExit, match="scored with 2 repeats, this sweep uses 3"):
         reusable(table, 3)
