@@ -163,7 +163,17 @@ def make_set(method: str, budget: int, cand: Candidate, work: Path, bufs: dict[s
         except ProtosynthError as exc:
             write_text_atomic(failed, str(exc))
             return str(exc)
+    check_made_with(out, settings(method, budget, cand))
     return out
+
+
+def check_made_with(out: Path, made_with: dict) -> None:
+    """A set folder left by a sweep under other presets keeps its candidate's name, not its values:
+    one whose manifest records other settings is an error, never scored as this candidate."""
+    recorded = json.loads((out / "manifest.json").read_text())["settings"]
+    differ = [f"{k}={recorded[k]} (the candidate has {v})" for k, v in made_with.items() if recorded.get(k, v) != v]
+    if differ:
+        raise SystemExit(f"{out}: made with {', '.join(differ)}; move the folder away to remake it")
 
 
 def markdown(doc: dict) -> str:

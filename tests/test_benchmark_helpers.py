@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.baseline_presets import Candidate, candidates, pruned_by, reusable, reused, settings
+from benchmarks.baseline_presets import (
+    Candidate,
+    candidates,
+    check_made_with,
+    pruned_by,
+    reusable,
+    reused,
+    settings,
+)
 from benchmarks.prototype_purity import purity
 
 
@@ -92,3 +100,12 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
     assert renamed["candidate"] == "was-the-preset" and renamed["overrides"] == was.overrides
     with pytest.raises(SystemExit, match="scored with 2 repeats, this sweep uses 3"):
         reusable(table, 3)
+
+
+def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
+    made_with = settings("lors", 100, candidates("lors", 100)[0])
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": dict(made_with, lr_sim=0.25)}))
+    with pytest.raises(SystemExit, match=r"made with lr_sim=0.25 \(the candidate has 1.0\)"):
+        check_made_with(tmp_path, made_with)
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": made_with}))
+    check_made_with(tmp_path, made_with)
