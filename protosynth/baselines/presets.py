@@ -96,10 +96,10 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
 # protocol): one change at a time against the preset, the highest val r_mean kept. What it changed
 # is in docs/baselines.md, "The world preset"; the table in benchmarks/results/baseline_presets_val.md.
 # The similarity matrix's lr: 0.1 (Flickr's 10 drives S far out of [0, 1] within 150 iterations),
-# except where val chose 1 (LoRS at 100 pairs: 32.6 against 22.2; AMD at 100: 20.9 against 11.6, and
-# at 200: 33.2 against 20.3).
+# except where val chose 1 (LoRS at 100 pairs: 32.6 against 22.2, at 200: 32.3 against 30.5; AMD at
+# 100: 20.9 against 11.6, at 200: 33.2 against 20.3).
 WORLD_LR_SIM = 0.1
-WORLD_LR_SIM_AT = {("lors", 100): 1.0, ("amd", 100): 1.0, ("amd", 200): 1.0}
+WORLD_LR_SIM_AT = {("lors", 100): 1.0, ("lors", 200): 1.0, ("amd", 100): 1.0, ("amd", 200): 1.0}
 # World data lr (lr_img = lr_txt) per method and budget: 10. Flickr's 1000 (200 and 500 pairs) wrecks
 # the MiniLM text features within one outer step; at 100 pairs 10 beat Flickr's 100 on val for every
 # method (MTT-VL 47.6 against 26.9).
