@@ -13,9 +13,9 @@ the ``small`` protocol, and names the best per method and budget. Results go to
 leaves a table of what it measured.
 
 A set costs 5-15 minutes at one torch thread on an idle core (up to 40 under contention), so
-larger budgets only retry what the smaller one left in play: a change that scored more than
-``--prune`` r_mean points under its method's best at the previous budget of the run is recorded as
-pruned there (the preset itself is always made).
+larger budgets only retry what the smaller one left in play: a change whose values scored more
+than ``--prune`` r_mean points under its method's best at the previous budget of the run (in every
+set made with them) is recorded as pruned there (the preset itself is always made).
 ``--score-only`` tables the sets that exist without making any, which merges the tables of sweeps
 run side by side on disjoint ``--methods``. ``--reuse TABLE`` (repeatable) takes the scored and failed rows of an
 earlier table (sets do not outlive a machine, their scores do) where the candidate's settings and
@@ -80,22 +80,32 @@ def family(candidate: str) -> str:
 
 
 def pruned_by(rows: list[dict], method: str, budget: int, cand: Candidate, margin: float | None) -> str | None:
-    """Why ``cand`` is not worth making at ``budget``: its change lost by more than ``margin`` points to
-    the method's best at the previous budget of ``rows`` (or was pruned or failed there); None when it
-    is still in play."""
+    """Why ``cand`` is not worth making at ``budget``: every set with its changed values lost by more
+    than ``margin`` points to the method's best at the previous budget of ``rows`` (or was pruned or
+    failed there); None when it is still in play. Sets are matched by the settings they were made
+    with, so a preset change that renames candidates does not flip what lost into what won; by the
+    family of the change (``family``) only where no set at the previous budget had its values."""
     earlier = [r for r in rows if r["method"] == method and r["budget"] < budget]
     if margin is None or cand.name == "preset" or not earlier:
         return None
     prev = max(r["budget"] for r in earlier)
     at_prev = [r for r in earlier if r["budget"] == prev]
-    same = [r for r in at_prev if family(r["candidate"]) == family(cand.name)]
+    same = [r for r in at_prev if _has_values(r, cand.overrides)]
+    same = same or [r for r in at_prev if family(r["candidate"]) == family(cand.name)]
     best = max((r_mean(r) for r in at_prev if "metrics" in r), default=None)
     if not same or best is None:
         return None
-    if "metrics" not in same[0]:
+    scored_same = [r_mean(r) for r in same if "metrics" in r]
+    if not scored_same:
         return f"{'failed' if 'failed' in same[0] else 'pruned'} at {prev} pairs"
-    gap = best - r_mean(same[0])
+    gap = best - max(scored_same)
     return f"{gap:.1f} under the best at {prev} pairs" if gap > margin else None
+
+
+def _has_values(row: dict, overrides: dict) -> bool:
+    """Whether ``row``'s set was made with every value of ``overrides`` (False when not recorded)."""
+    made_with = row.get("settings")
+    return made_with is not None and all(made_with.get(k) == v for k, v in overrides.items())
 
 
 def settings(method: str, budget: int, cand: Candidate) -> dict:

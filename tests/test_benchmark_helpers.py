@@ -73,6 +73,48 @@ def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
     assert pruned_by(rows, "amd", 500, Candidate("lr-space-linear", {}), 2.0) == "pruned at 200 pairs"
 
 
+def test_presets_sweep_prunes_by_the_values_a_set_was_made_with_not_the_candidate_name():
+    # After a preset change the candidate named "lr-sim-1" at 500 pairs is the value that *won* at
+    # 200 (where it was the preset and "lr-sim-0.1" the change): it must stay in play.
+    def row(budget, name, score, **made_with):
+        base = {"lr_sim": 1.0, "lr_img": 10.0, "lr_txt": 10.0, "lr_space": "log"}
+        return dict(
+            method="amd",
+            budget=budget,
+            candidate=name,
+            settings={**base, **made_with},
+            metrics={"r_mean": {"mean": score}},
+        )
+
+    rows = [
+        row(100, "preset", 20.0, lr_img=100.0, lr_txt=100.0),
+        row(100, "data-lr-10", 10.0),
+        row(200, "preset", 33.2),
+        row(200, "lr-sim-0.1", 20.3, lr_sim=0.1),
+        row(200, "lr-space-linear", 32.0, lr_space="linear"),
+    ]
+    at_500 = {
+        name: pruned_by(rows, "amd", 500, Candidate(name, overrides), 2.0)
+        for name, overrides in [
+            ("lr-sim-1", {"lr_sim": 1.0}),
+            ("lr-sim-0.1", {"lr_sim": 0.1}),
+            ("lr-space-linear", {"lr_space": "linear"}),
+            ("lr-space-log", {"lr_space": "log"}),
+        ]
+    }
+    assert at_500 == {
+        "lr-sim-1": None,  # the best set at 200 was made with lr_sim 1
+        "lr-sim-0.1": "12.9 under the best at 200 pairs",
+        "lr-space-linear": None,  # 1.2 under
+        "lr-space-log": None,
+    }
+    # a value never tried at the previous budget falls back to the change's family:
+    # data lr 1,000 at 200 is judged by data lr 10 at 100 (10.0 under the best)
+    assert pruned_by(rows[:2], "amd", 200, Candidate("data-lr-1000", {"lr_img": 1000.0, "lr_txt": 1000.0}), 2.0) == (
+        "10.0 under the best at 100 pairs"
+    )
+
+
 def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same_way(tmp_path):
     preset_100, log_100, lr_100 = candidates("amd", 100)[:3]
 
