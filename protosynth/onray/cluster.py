@@ -4,19 +4,16 @@ The driver fits k-means on its seeded sample and keeps only per-pair labels, mem
 counts and K x D sums; the tasks read the rows (the store's shard files, by path: every node must
 see the store's folder, as the workers of any Ray cluster see shared storage). Results come back in
 range order and are combined in that order, as the local engine combines them, so both engines give
-byte-identical prototypes. At most ``WINDOW_PER_CPU`` tasks per cluster CPU are in flight, so the
-driver never holds more than that many ranges' results.
+byte-identical prototypes. At most ``pool.WINDOW_PER_CPU`` tasks per cluster CPU are in flight
+(``pool.in_order``), so the driver never holds more than that many ranges' results.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import ray
 
 from ..engine import EngineConfig, ray_session, unwrapped
-
-WINDOW_PER_CPU = 2
+from .pool import in_order
 
 
 @ray.remote
@@ -29,11 +26,6 @@ def map_ray(fn, ranges, per_range, shared, image_raw, text_raw, engine: EngineCo
     with ray_session(engine), unwrapped():
         rows = [ray.put(image_raw), ray.put(text_raw)]  # a store's Rows pickle as paths, arrays as data
         shared_ref = ray.put(shared)
-        window = max(2, WINDOW_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
-        pending: deque = deque()
-        for (a, b), extra in zip(ranges, per_range):
-            pending.append(_range_task.remote(fn, *rows, a, b, extra, shared_ref))
-            if len(pending) >= window:
-                yield ray.get(pending.popleft())
-        while pending:
-            yield ray.get(pending.popleft())
+        yield from in_order(
+            _range_task.remote(fn, *rows, a, b, extra, shared_ref) for (a, b), extra in zip(ranges, per_range)
+        )

@@ -5,21 +5,18 @@ no image or caption member, found without decoding) and hands the image keys her
 the local engine's own check (``corpora.base.unreadable``) on one chunk of keys, through the corpus
 reader sent once through the object store; the chunks' results come back in key order and are
 joined in that order, so the dropped rows, their messages and the corpus fingerprint are the local
-engine's. At most ``WINDOW_PER_CPU`` tasks per cluster CPU are in flight.
+engine's. At most ``pool.WINDOW_PER_CPU`` tasks per cluster CPU are in flight (``pool.in_order``).
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 import ray
 
 from ..corpora.base import ImageSource, unreadable
 from ..engine import EngineConfig, ray_session, unwrapped
 from ..errors import P, ProtosynthError
-from .pool import DECODE_CPUS, fetched
+from .pool import DECODE_CPUS, WINDOW_PER_CPU, fetched, in_order
 
-WINDOW_PER_CPU = 2
 MAX_CHUNK = 1024  # images per task: a few seconds of decoding, so the cluster's CPUs share the work evenly
 
 
@@ -43,11 +40,7 @@ def find_unreadable(source: ImageSource, keys: list[str], engine: EngineConfig) 
             )
         refs = [ray.put(source)]  # inside a list: a task fetches it once per worker process (``fetched``)
         size = chunk_size(len(keys), cpus)
-        window, pending, bad = WINDOW_PER_CPU * cpus, deque(), {}
-        for a in range(0, len(keys), size):
-            pending.append(_check_chunk.remote(refs, keys[a : a + size]))
-            if len(pending) >= window:
-                bad.update(ray.get(pending.popleft()))
-        while pending:
-            bad.update(ray.get(pending.popleft()))
+        bad: dict[str, str] = {}
+        for chunk_bad in in_order(_check_chunk.remote(refs, keys[a : a + size]) for a in range(0, len(keys), size)):
+            bad.update(chunk_bad)
         return bad

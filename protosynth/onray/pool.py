@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 import ray
 
@@ -10,6 +12,7 @@ from ..engine import EngineConfig
 from ..errors import P, ProtosynthError
 
 DECODE_CPUS = 1.0  # CPUs a decoding task reserves
+WINDOW_PER_CPU = 2  # tasks in flight per cluster CPU: every CPU stays busy, the driver holds few results
 # Actors are not restarted: Ray logs an error line to the driver's stderr for every actor whose
 # constructor arguments live in the object store and may restart, which would break the one-line
 # error contract; a lost actor fails the run instead, and rerunning it resumes from the finished shards.
@@ -34,6 +37,20 @@ def actor_pool(ds, actor, engine: EngineConfig, refs: list):
             fn_constructor_kwargs={"refs": refs, "device": worker_device(engine), "threads": worker_threads(engine)},
             **ACTOR_ARGS,
         )
+
+
+def in_order(submitted: Iterable[ray.ObjectRef]) -> Iterator:
+    """The results of ``submitted`` (task refs, submitted lazily as this is consumed), in submission
+    order, with at most ``WINDOW_PER_CPU`` tasks per cluster CPU in flight: the driver never holds
+    more than that many results, and results are combined in the order the local engine combines them."""
+    window = max(2, WINDOW_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    pending: deque = deque()
+    for ref in submitted:
+        pending.append(ref)
+        if len(pending) >= window:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
 
 
 _FETCHED: dict[str, object] = {}  # per worker process: objects of the current run, fetched once
