@@ -230,11 +230,9 @@ def test_presets_follow_the_published_numbers():
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
     assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 1.0
     # the world's lr_sim: 0.1, or 1 where val chose it (quick runs share it)
-    assert [preset(m, "world", b)["lr_sim"] for m, b in (("lors", 200), ("repblend", 200), ("amd", 500))] == [
-        1.0,
-        0.1,
-        0.1,
-    ]
+    assert [
+        preset(m, "world", b)["lr_sim"] for m, b in (("lors", 200), ("repblend", 200), ("amd", 500), ("lors", 500))
+    ] == [1.0, 0.1, 1.0, 1.0]
     assert preset("amd", "world", 100, quick=True)["lr_sim"] == 1.0
     # world data lrs: 10 for every method and budget (Flickr's 1000 wrecked the text features)
     assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [

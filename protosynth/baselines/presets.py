@@ -18,7 +18,7 @@ below. A world expert epoch is 391 SGD steps, which an 8-step student at lr 0.1 
 with the published syn_steps 8 / lr_lr 1e-2 the matching loss stayed flat. ``--quick``: 10 iterations
 with the published syn_steps 8 and lr_lr 1e-2, since quick buffers have few steps per epoch (with
 syn_steps 20 on a 16-step quick buffer the MTT-VL student overshot and its pixels diverged). The
-similarity matrix's lr is 0.1 or 1 on the world (``WORLD_LR_SIM_AT``), not Flickr's 10, which drives
+similarity matrix's lr is 0.1 or 1 on the world (``WORLD_LR_SIM_OF``), not Flickr's 10, which drives
 S far out of [0, 1] within 150 iterations. The measurements behind each world value:
 docs/baselines.md, "The world preset" and "The similarity matrix".
 """
@@ -96,10 +96,11 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
 # protocol): one change at a time against the preset, the highest val r_mean kept. What it changed
 # is in docs/baselines.md, "The world preset"; the table in benchmarks/results/baseline_presets_val.md.
 # The similarity matrix's lr: 0.1 (Flickr's 10 drives S far out of [0, 1] within 150 iterations),
-# except where val chose 1 (LoRS at 100 pairs: 32.6 against 22.2, at 200: 32.3 against 30.5; AMD at
-# 100: 20.9 against 11.6, at 200: 33.2 against 20.3).
+# except where val chose 1: LoRS and AMD at every budget (LoRS at 100 pairs: 32.6 against 22.2, at
+# 200: 32.3 against 30.5, at 500: 54.1 against 38.0; AMD at 100: 20.9 against 11.6, at 200: 33.2
+# against 20.3, at 500: 58.7 against 43.2). RepBlend keeps 0.1 (lr_sim 1 was pruned at 100 pairs).
 WORLD_LR_SIM = 0.1
-WORLD_LR_SIM_AT = {("lors", 100): 1.0, ("lors", 200): 1.0, ("amd", 100): 1.0, ("amd", 200): 1.0}
+WORLD_LR_SIM_OF = {"lors": 1.0, "amd": 1.0}  # per method, at every budget
 # World data lr (lr_img = lr_txt) per method and budget: 10. Flickr's 1000 (200 and 500 pairs) wrecks
 # the MiniLM text features within one outer step; at 100 pairs 10 beat Flickr's 100 on val for every
 # method (MTT-VL 47.6 against 26.9).
@@ -164,7 +165,7 @@ def preset(method: str, family: str, budget: int, quick: bool = False) -> dict:
     }
     if family == "world":  # quick smoke runs use small buffers (few steps per epoch): the published steps
         out.update(
-            lr_sim=WORLD_LR_SIM_AT.get((method, b), WORLD_LR_SIM),
+            lr_sim=WORLD_LR_SIM_OF.get(method, WORLD_LR_SIM),
             **(dict(iterations=10) if quick else dict(iterations=150, syn_steps=20, lr_lr=5e-2)),
         )
         if b in WORLD_LR_SYN.get(method, {}):
