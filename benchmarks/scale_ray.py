@@ -13,9 +13,11 @@
    cosines, nearest centroid, per-prototype sums) on one core.
 3. A cost model for 100M caption-level pairs: embedding on N GPUs at the published clip-retrieval
    throughput of ViT-L/14 on an A100 (312 samples/s) plus the fixed Ray overhead measured here
-   (start-up and actor start); the assignment pass on C CPU cores at the measured per-pair cost.
-   Rendering is bounded by the budget, not the corpus, and is not modelled. A model from published
-   and measured numbers, not a run: there is no GPU here.
+   (start-up and actor start); the assignment pass on C CPU cores at the measured per-pair cost;
+   rendering, which is bounded by the budget, not the corpus: the default ``distill``'s render stage
+   timed per image on a small world corpus (the shipped decoder, one torch thread), times the budget,
+   over W render workers. The published decoders' GPU rates were not measured (no GPU, no weights
+   here). A model from published and measured numbers, not a run.
 
 Writes ``benchmarks/results/scale_ray.json`` and ``scale_ray.md``.
 """
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from protosynth.corpus import load_corpus
+from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engine import EngineConfig
 from protosynth.files import git_commit, write_text_atomic
@@ -121,6 +124,30 @@ def pass_model(passes: dict) -> list[dict]:
     return [{"cpu_cores": c, "hours": round(PAIRS * per_pair / c / 3600, 2)} for c in (16, 64, 256)]
 
 
+def measure_render(images: int, budget: int, work: Path) -> dict:
+    """Seconds per rendered image of the default ``distill`` (its manifest's render stage) on a world
+    corpus of ``images`` images, the shipped decoder, one torch thread."""
+    torch.set_num_threads(1)
+    out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
+    seconds = json.loads((out / "manifest.json").read_text())["seconds"]["render"]
+    return {
+        "corpus_images": images,
+        "budget": budget,
+        "render_seconds": round(seconds, 2),
+        "seconds_per_image": round(seconds / budget, 4),
+    }
+
+
+def render_model(render: dict) -> list[dict]:
+    """Hours to render a budget of B images (one per prototype; best-of-N multiplies B by N) on W
+    workers at the measured rate: the budget, not the corpus, sets the cost."""
+    return [
+        {"budget": b, "workers": w, "hours": round(b * render["seconds_per_image"] / w / 3600, 3)}
+        for b in (500, 5_000, 50_000)
+        for w in (1, 8)
+    ]
+
+
 def cost_model(measured: dict) -> list[dict]:
     """Hours to embed PAIRS pairs on N A100s at the published rate, plus Ray's fixed costs measured here."""
     fixed = measured["ray_startup_seconds"] + max(0.0, measured["ray_fixed_overhead_seconds"])
@@ -181,11 +208,22 @@ def write(result: dict) -> None:
         "|---|---|",
     ]
     lines += [f"| {c['cpu_cores']} | {c['hours']} |" for c in result["pass_model"]]
+    lines += []
+    rd = result["render"]
     lines += [
         "",
-        "Rendering is bounded by the budget, not the corpus (one image per prototype), and was not modelled: "
-        "the published decoders' GPU rates were not measured here.",
+        "## Rendering: B images on W workers",
+        "",
+        f"The default `distill` at budget {rd['budget']} on a world corpus of {rd['corpus_images']:,} images: its "
+        f"render stage took {rd['render_seconds']} s, {rd['seconds_per_image']} s per image (the shipped decoder, "
+        "one torch thread). One image per prototype, so the budget, not the corpus, sets the cost (best-of-N "
+        "candidates multiply it by N). The published decoders' GPU rates were not measured here (no GPU, no "
+        "weights); the rows below are the shipped decoder's:",
+        "",
+        "| budget | workers | hours |",
+        "|---|---|---|",
     ]
+    lines += [f"| {r['budget']:,} | {r['workers']} | {r['hours']} |" for r in result["render_model"]]
     write_text_atomic(RESULTS / "scale_ray.md", "\n".join(lines) + "\n")
 
 
@@ -194,10 +232,13 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--pass-rows", type=int, default=200_000, help="Pairs of the smaller pass measurement.")
+    ap.add_argument("--render-images", type=int, default=2_000, help="World images the render timing distils.")
+    ap.add_argument("--render-budget", type=int, default=100, help="Images the render timing renders.")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scale-ray-"))
     try:
         measured = measure(args.images, [int(w) for w in args.workers.split(",")], work)
+        render = measure_render(args.render_images, args.render_budget, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
@@ -209,6 +250,8 @@ def main() -> None:
     }
     result["passes"] = measure_passes(args.pass_rows)
     result["pass_model"] = pass_model(result["passes"])
+    result["render"] = render
+    result["render_model"] = render_model(render)
     write(result)
     print(json.dumps(result, indent=2))
 

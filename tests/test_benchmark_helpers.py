@@ -151,3 +151,14 @@ def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
         check_made_with(tmp_path, made_with)
     (tmp_path / "manifest.json").write_text(json.dumps({"settings": made_with}))
     check_made_with(tmp_path, made_with)
+
+
+def test_scale_ray_render_model_times_the_default_distills_render_stage(tmp_path):
+    from benchmarks.scale_ray import measure_render, render_model
+
+    render = measure_render(images=40, budget=4, work=tmp_path)
+    assert render["budget"] == 4 and render["render_seconds"] > 0
+    assert render["seconds_per_image"] == pytest.approx(render["render_seconds"] / 4, abs=1e-4)
+    rows = {(r["budget"], r["workers"]): r["hours"] for r in render_model({"seconds_per_image": 3.6})}
+    assert rows[(500, 1)] == pytest.approx(0.5) and rows[(500, 8)] == pytest.approx(0.0625, abs=1e-3)
+    assert rows[(50_000, 8)] == pytest.approx(6.25)
