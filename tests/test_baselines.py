@@ -255,7 +255,7 @@ def test_presets_follow_the_published_numbers():
     assert [
         preset(m, "world", b)["lr_space"]
         for m, b in (("lors", 200), ("amd", 500), ("repblend", 100), ("repblend", 200))
-    ] == ["linear", "log", "linear", "log"]
+    ] == ["linear", "log", "log", "log"]
     assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
     with pytest.raises(ProtosynthError, match="unknown method"):
         preset("dream", "flickr", 100)

@@ -112,14 +112,16 @@ WORLD_LR_SYN = {
 }
 # Where the world's inner lrs are learned in log space (log(lr) is the leaf); elsewhere linearly, as
 # published. Log space where linear lrs crashed onto the 1e-4 floor (the student then no longer moves):
-# RepBlend at 200 and 500 pairs (on val at 200: 0.5 linear, 19.4 log) and MTT-VL at 500 (LoRS and AMD
+# RepBlend at every budget (on val at 200: 0.5 linear, 19.4 log; at 100, with the buffers the
+# comparison tables use: 4.5 linear, its lrs on the floor, 16.6 log) and MTT-VL at 500 (LoRS and AMD
 # at 500 share its setting); and MTT-VL at 200, where it scored higher. Linear where that did better:
-# RepBlend at 100 pairs on val (16.3 against 15.9, within noise), MTT-VL, LoRS and AMD at 100 and 200.
+# MTT-VL, LoRS and AMD at 100 and 200.
 WORLD_LOG_LRS = {
     ("mtt-vl", 200),
     ("mtt-vl", 500),
     ("lors", 500),
     ("amd", 500),
+    ("repblend", 100),
     ("repblend", 200),
     ("repblend", 500),
 }
