@@ -17,6 +17,7 @@ from benchmarks.baseline_presets import (
     settings,
 )
 from benchmarks.prototype_purity import purity
+from benchmarks.scale_ray import measure_render, render_model
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -154,8 +155,6 @@ def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
 
 
 def test_scale_ray_render_model_times_the_default_distills_render_stage(tmp_path):
-    from benchmarks.scale_ray import measure_render, render_model
-
     render = measure_render(images=40, budget=4, work=tmp_path)
     assert render["budget"] == 4 and render["render_seconds"] > 0
     assert render["seconds_per_image"] == pytest.approx(render["render_seconds"] / 4, abs=1e-4)
