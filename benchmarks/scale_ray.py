@@ -127,8 +127,12 @@ def pass_model(passes: dict) -> list[dict]:
 def measure_render(images: int, budget: int, work: Path) -> dict:
     """Seconds per rendered image of the default ``distill`` (its manifest's render stage) on a world
     corpus of ``images`` images, the shipped decoder, one torch thread."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
+    try:
+        out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
+    finally:  # the caller's thread count (renders at one thread differ with batching: docs/history.md)
+        torch.set_num_threads(before)
     seconds = json.loads((out / "manifest.json").read_text())["seconds"]["render"]
     return {
         "corpus_images": images,
