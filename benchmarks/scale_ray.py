@@ -131,7 +131,7 @@ def measure_render(images: int, budget: int, work: Path) -> dict:
     torch.set_num_threads(1)
     try:
         out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
-    finally:  # the caller's thread count (renders at one thread differ with batching: docs/history.md)
+    finally:  # the caller's thread count: other work in the process must not run at one thread by accident
         torch.set_num_threads(before)
     seconds = json.loads((out / "manifest.json").read_text())["seconds"]["render"]
     return {
@@ -212,7 +212,6 @@ def write(result: dict) -> None:
         "|---|---|",
     ]
     lines += [f"| {c['cpu_cores']} | {c['hours']} |" for c in result["pass_model"]]
-    lines += []
     rd = result["render"]
     lines += [
         "",
