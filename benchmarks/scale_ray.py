@@ -7,17 +7,19 @@
    ``--workers`` count (one torch thread per actor), each store checked byte-identical to the local
    one. Ray's start-up (``ray.init`` of a local instance) is timed apart; each Ray run's seconds
    include starting its actors, which is most of the gap on a corpus this small.
-2. The assignment pass's cost per pair: ``build_prototypes`` on ``--pass-rows`` and twice as many
-   random 768-d pairs (K = 500, k-means fitted on the same 50,000-pair sample size both times), the
-   difference divided by the added pairs: the marginal cost of the passes over every pair (norms and
-   cosines, nearest centroid, per-prototype sums) on one core.
+2. The assignment pass's cost per pair: ``build_prototypes`` on ``--pass-rows`` random 768-d pairs
+   (K = 500, k-means fitted on a 50,000-pair sample), the passes over every pair (norms and cosines,
+   nearest centroid, per-prototype sums) timed inside it, numpy, faiss and torch at one thread: one
+   Ray task's core.
 3. A cost model for 100M caption-level pairs: embedding on N GPUs at the published clip-retrieval
    throughput of ViT-L/14 on an A100 (312 samples/s) plus the fixed Ray overhead measured here
-   (start-up and actor start); the assignment pass on C CPU cores at the measured per-pair cost;
-   rendering, which is bounded by the budget, not the corpus: the default ``distill``'s render stage
-   timed per image on a small world corpus (the shipped decoder, one torch thread), times the budget,
-   over W render workers. The published decoders' GPU rates were not measured (no GPU, no weights
-   here). A model from published and measured numbers, not a run.
+   (start-up and actor start), and the CPU cores that keep the GPUs fed (decoding and preprocessing
+   a photo-sized JPEG, timed per image here, times the published rate); the assignment pass on C
+   CPU cores at the measured per-pair cost; rendering, which is bounded by the budget, not the
+   corpus: the default ``distill``'s render stage timed per image on a small world corpus (the
+   shipped decoder, one torch thread), times the budget, over W render workers. The published
+   decoders' GPU rates were not measured (no GPU, no weights here). A model from published and
+   measured numbers, not a run.
 
 Writes ``benchmarks/results/scale_ray.json`` and ``scale_ray.md``.
 """
@@ -25,6 +27,7 @@ Writes ``benchmarks/results/scale_ray.json`` and ``scale_ray.md``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -35,9 +38,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+import open_clip
 import torch
+from PIL import Image
+from threadpoolctl import threadpool_limits
 
+from protosynth import passes
+from protosynth.corpora.base import decode
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
@@ -95,26 +104,70 @@ def measure(images: int, workers: list[int], work: Path) -> dict:
     }
 
 
-def measure_passes(rows: int, dim: int = 768, budget: int = 500) -> dict:
-    """Marginal seconds per pair of clustering's passes: ``rows`` and ``2 * rows`` pairs, the same
-    k-means sample size, one thread."""
+def measure_decode(count: int = 200, size: tuple[int, int] = (640, 480)) -> dict:
+    """Seconds per image of what an embedding worker's CPU does before the GPU: decoding a JPEG through
+    the corpus readers' ``decode`` (at a reduced DCT scale, as ``embed`` asks) and ViT-L/14's
+    preprocessing (open_clip's 224-pixel eval transform), one thread, on a synthetic photo-sized JPEG
+    (a gradient with noise: it compresses like a photo, not like a flat image)."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    ramp = np.linspace(0, 255, w)[None, :, None] * np.linspace(0.3, 1, h)[:, None, None]
+    pixels = np.clip(ramp * np.array([1.0, 0.6, 0.3]) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    transform = open_clip.image_transform(224, is_train=False)
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    timings = {}
-    for n in (rows, 2 * rows):
-        rng = np.random.default_rng(0)
-        image, text = (rng.standard_normal((n, dim), dtype=np.float32) for _ in range(2))
-        cfg = PrototypeConfig(budget=budget, max_train_points=50_000, niter=10)
+    try:
         started = time.perf_counter()
-        build_prototypes(image, text, cfg)
-        timings[n] = time.perf_counter() - started
-        del image, text
-    per_pair = (timings[2 * rows] - timings[rows]) / rows
+        for _ in range(count):
+            transform(decode(data, "benchmark", "synthetic.jpg", min_side=224))
+        seconds = (time.perf_counter() - started) / count
+    finally:
+        torch.set_num_threads(before)
+    return {"image": f"{w}x{h} JPEG, {len(data) // 1024} KiB", "images": count, "seconds_per_image": round(seconds, 5)}
+
+
+def measure_passes(rows: int, dim: int = 768, budget: int = 500) -> dict:
+    """Seconds per pair of clustering's passes over every pair (norms and cosines, nearest centroid,
+    per-prototype sums), timed inside ``build_prototypes`` through its ``range_map`` on ``rows``
+    random pairs (k-means fitted on a 50,000-pair sample, timed apart), every library at one thread:
+    the cost of one Ray task's core."""
+    pass_seconds = 0.0
+
+    def timed(*args, **kwargs):
+        nonlocal pass_seconds
+        results = passes.map_local(*args, **kwargs)
+        while True:
+            started = time.perf_counter()
+            try:
+                out = next(results)
+            except StopIteration:
+                pass_seconds += time.perf_counter() - started
+                return
+            pass_seconds += time.perf_counter() - started
+            yield out
+
+    rng = np.random.default_rng(0)
+    image, text = (rng.standard_normal((rows, dim), dtype=np.float32) for _ in range(2))
+    cfg = PrototypeConfig(budget=budget, max_train_points=50_000, niter=10)
+    faiss_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:  # threadpoolctl (scikit-learn's dependency): numpy's BLAS at one thread too
+        with threadpool_limits(1):
+            started = time.perf_counter()
+            build_prototypes(image, text, cfg, range_map=timed)
+            total = time.perf_counter() - started
+    finally:
+        faiss.omp_set_num_threads(faiss_threads)
     return {
-        "rows": [rows, 2 * rows],
+        "rows": rows,
         "dim": dim,
         "budget": budget,
-        "seconds": [round(timings[rows], 2), round(timings[2 * rows], 2)],
-        "seconds_per_million_pairs": round(per_pair * 1e6, 2),
+        "seconds": round(total, 3),
+        "pass_seconds": round(pass_seconds, 4),
+        "seconds_per_million_pairs": round(pass_seconds / rows * 1e6, 2),
     }
 
 
@@ -152,20 +205,29 @@ def render_model(render: dict) -> list[dict]:
     ]
 
 
-def cost_model(measured: dict) -> list[dict]:
-    """Hours to embed PAIRS pairs on N A100s at the published rate, plus Ray's fixed costs measured here."""
+def cost_model(measured: dict, decode: dict) -> list[dict]:
+    """Hours to embed PAIRS pairs on N A100s at the published rate, plus Ray's fixed costs measured
+    here, and the CPU cores that decode and preprocess fast enough to keep the N GPUs busy."""
     fixed = measured["ray_startup_seconds"] + max(0.0, measured["ray_fixed_overhead_seconds"])
+    cores_per_gpu = A100_VIT_L14_SAMPLES_PER_S * decode["seconds_per_image"]
     out = []
     for n in (1, 8, 32, 128):
         seconds = PAIRS / (A100_VIT_L14_SAMPLES_PER_S * n) + fixed
-        out.append({"gpus": n, "hours": round(seconds / 3600, 2), "gpu_hours": round(seconds * n / 3600, 1)})
+        out.append(
+            {
+                "gpus": n,
+                "hours": round(seconds / 3600, 2),
+                "gpu_hours": round(seconds * n / 3600, 1),
+                "decode_cores": round(cores_per_gpu * n, 1),
+            }
+        )
     return out
 
 
 def write(result: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     write_text_atomic(RESULTS / "scale_ray.json", json.dumps(result, indent=2) + "\n")
-    m = result["measured"]
+    m, dc = result["measured"], result["decode"]
     lines = [
         "# Local engine vs Ray engine (embedding)",
         "",
@@ -191,22 +253,25 @@ def write(result: dict) -> None:
         f"Published rate {A100_VIT_L14_SAMPLES_PER_S} samples/s per A100 (clip-retrieval), linear in N, plus the "
         "fixed Ray costs above; a model, not a run.",
         "",
-        "| GPUs | hours | GPU-hours |",
-        "|---|---|---|",
+        f"Decoding and preprocessing one image (a {dc['image']}, the readers' `decode` at reduced DCT scale, "
+        f"ViT-L/14's 224-pixel transform, one thread) took {dc['seconds_per_image'] * 1000:.2f} ms here, so each GPU "
+        "needs that many images' worth of CPU tasks beside it (the last column; at least that many cores, since "
+        "reading from storage is not in it):",
+        "",
+        "| GPUs | hours | GPU-hours | decoding cores to keep them busy |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {c['gpus']} | {c['hours']} | {c['gpu_hours']} |" for c in result["cost_model"]]
+    lines += [f"| {c['gpus']} | {c['hours']} | {c['gpu_hours']} | {c['decode_cores']} |" for c in result["cost_model"]]
     ps = result["passes"]
     lines += [
         "",
         f"## Assignment pass: {PAIRS:,} pairs on C CPU cores",
         "",
-        f"`build_prototypes` on {ps['rows'][0]:,} and {ps['rows'][1]:,} random {ps['dim']}-d pairs "
-        f"(K = {ps['budget']}, "
-        f"the same 50,000-pair k-means sample): {ps['seconds'][0]} s and {ps['seconds'][1]} s, so "
-        f"{ps['seconds_per_million_pairs']} s per million pairs for the passes over every pair, on this machine "
-        "(faiss and numpy may use both its cores, so one core's cost may be up to twice that). Under `--engine ray` "
-        "they are Ray tasks over the store's shards; the model divides that rate by C, so it may be optimistic "
-        "by up to 2x:",
+        f"`build_prototypes` on {ps['rows']:,} random {ps['dim']}-d pairs (K = {ps['budget']}, k-means fitted on a "
+        f"50,000-pair sample), numpy, faiss and torch at one thread: {ps['seconds']} s in all, of which the passes "
+        f"over every pair took {ps['pass_seconds']} s, {ps['seconds_per_million_pairs']} s per million pairs on one "
+        "core. Under `--engine ray` they are Ray tasks over the store's shards, one core each; the model divides that "
+        "rate by C (reading the shards from shared storage is not in it: here the rows were in memory):",
         "",
         "| CPU cores | hours |",
         "|---|---|",
@@ -234,7 +299,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--pass-rows", type=int, default=200_000, help="Pairs of the smaller pass measurement.")
+    ap.add_argument("--pass-rows", type=int, default=400_000, help="Random pairs the pass timing clusters.")
     ap.add_argument("--render-images", type=int, default=2_000, help="World images the render timing distils.")
     ap.add_argument("--render-budget", type=int, default=100, help="Images the render timing renders.")
     args = ap.parse_args()
@@ -249,8 +314,9 @@ def main() -> None:
         "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "measured": measured,
-        "cost_model": cost_model(measured),
+        "decode": measure_decode(),
     }
+    result["cost_model"] = cost_model(measured, result["decode"])
     result["passes"] = measure_passes(args.pass_rows)
     result["pass_model"] = pass_model(result["passes"])
     result["render"] = render

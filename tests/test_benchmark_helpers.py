@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.baseline_presets import (
     Candidate,
@@ -17,7 +19,7 @@ from benchmarks.baseline_presets import (
     settings,
 )
 from benchmarks.prototype_purity import purity
-from benchmarks.scale_ray import measure_render, render_model
+from benchmarks.scale_ray import cost_model, measure_decode, measure_passes, measure_render, render_model
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -161,3 +163,16 @@ def test_scale_ray_render_model_times_the_default_distills_render_stage(tmp_path
     rows = {(r["budget"], r["workers"]): r["hours"] for r in render_model({"seconds_per_image": 3.6})}
     assert rows[(500, 1)] == pytest.approx(0.5) and rows[(500, 8)] == pytest.approx(0.0625, abs=1e-3)
     assert rows[(50_000, 8)] == pytest.approx(6.25)
+
+
+def test_scale_ray_times_the_passes_inside_clustering_and_restores_thread_counts():
+    faiss_threads, torch_threads = faiss.omp_get_max_threads(), torch.get_num_threads()
+    ps = measure_passes(rows=6_000, dim=16, budget=20)
+    assert 0 < ps["pass_seconds"] < ps["seconds"]
+    assert ps["seconds_per_million_pairs"] == pytest.approx(ps["pass_seconds"] / 6_000 * 1e6, rel=0.05, abs=0.05)
+    dc = measure_decode(count=3)
+    assert dc["seconds_per_image"] > 0 and dc["image"].startswith("640x480 JPEG")
+    assert (faiss.omp_get_max_threads(), torch.get_num_threads()) == (faiss_threads, torch_threads)
+    measured = {"ray_startup_seconds": 0.0, "ray_fixed_overhead_seconds": 0.0}
+    rows = {r["gpus"]: r for r in cost_model(measured, {"seconds_per_image": 0.01})}
+    assert rows[8]["decode_cores"] == pytest.approx(8 * 3.12, abs=0.05) and rows[1]["hours"] == pytest.approx(89.03, abs=0.01)
