@@ -172,9 +172,9 @@ def measure_passes(rows: int, dim: int = 768, budget: int = 500) -> dict:
 
 
 def pass_model(passes: dict) -> list[dict]:
-    """Hours of the assignment pass over PAIRS pairs on C CPU cores (Ray tasks, one per core)."""
+    """Minutes of the assignment pass over PAIRS pairs on C CPU cores (Ray tasks, one per core)."""
     per_pair = passes["seconds_per_million_pairs"] / 1e6
-    return [{"cpu_cores": c, "hours": round(PAIRS * per_pair / c / 3600, 2)} for c in (16, 64, 256)]
+    return [{"cpu_cores": c, "minutes": round(PAIRS * per_pair / c / 60, 1)} for c in (1, 16, 64, 256)]
 
 
 def measure_render(images: int, budget: int, work: Path) -> dict:
@@ -196,10 +196,10 @@ def measure_render(images: int, budget: int, work: Path) -> dict:
 
 
 def render_model(render: dict) -> list[dict]:
-    """Hours to render a budget of B images (one per prototype; best-of-N multiplies B by N) on W
+    """Minutes to render a budget of B images (one per prototype; best-of-N multiplies B by N) on W
     workers at the measured rate: the budget, not the corpus, sets the cost."""
     return [
-        {"budget": b, "workers": w, "hours": round(b * render["seconds_per_image"] / w / 3600, 3)}
+        {"budget": b, "workers": w, "minutes": round(b * render["seconds_per_image"] / w / 60, 1)}
         for b in (500, 5_000, 50_000)
         for w in (1, 8)
     ]
@@ -268,15 +268,15 @@ def write(result: dict) -> None:
         f"## Assignment pass: {PAIRS:,} pairs on C CPU cores",
         "",
         f"`build_prototypes` on {ps['rows']:,} random {ps['dim']}-d pairs (K = {ps['budget']}, k-means fitted on a "
-        f"50,000-pair sample), numpy, faiss and torch at one thread: {ps['seconds']} s in all, of which the passes "
-        f"over every pair took {ps['pass_seconds']} s, {ps['seconds_per_million_pairs']} s per million pairs on one "
-        "core. Under `--engine ray` they are Ray tasks over the store's shards, one core each; the model divides that "
-        "rate by C (reading the shards from shared storage is not in it: here the rows were in memory):",
+        f"50,000-pair sample), numpy, faiss and torch at one thread: {ps['seconds']:.1f} s in all, of which the passes "
+        f"over every pair took {ps['pass_seconds']:.2f} s, {ps['seconds_per_million_pairs']} s per million pairs on "
+        "one core. Under `--engine ray` they are Ray tasks over the store's shards, one core each; the model divides "
+        "that rate by C (reading the shards from shared storage is not in it: here the rows were in memory):",
         "",
-        "| CPU cores | hours |",
+        "| CPU cores | minutes |",
         "|---|---|",
     ]
-    lines += [f"| {c['cpu_cores']} | {c['hours']} |" for c in result["pass_model"]]
+    lines += [f"| {c['cpu_cores']} | {c['minutes']} |" for c in result["pass_model"]]
     rd = result["render"]
     lines += [
         "",
@@ -288,10 +288,10 @@ def write(result: dict) -> None:
         "candidates multiply it by N). The published decoders' GPU rates were not measured here (no GPU, no "
         "weights); the rows below are the shipped decoder's:",
         "",
-        "| budget | workers | hours |",
+        "| budget | workers | minutes |",
         "|---|---|---|",
     ]
-    lines += [f"| {r['budget']:,} | {r['workers']} | {r['hours']} |" for r in result["render_model"]]
+    lines += [f"| {r['budget']:,} | {r['workers']} | {r['minutes']} |" for r in result["render_model"]]
     write_text_atomic(RESULTS / "scale_ray.md", "\n".join(lines) + "\n")
 
 

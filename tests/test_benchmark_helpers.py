@@ -19,7 +19,7 @@ from benchmarks.baseline_presets import (
     settings,
 )
 from benchmarks.prototype_purity import purity
-from benchmarks.scale_ray import cost_model, measure_decode, measure_passes, measure_render, render_model
+from benchmarks.scale_ray import cost_model, measure_decode, measure_passes, measure_render, pass_model, render_model
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -160,9 +160,9 @@ def test_scale_ray_render_model_times_the_default_distills_render_stage(tmp_path
     render = measure_render(images=40, budget=4, work=tmp_path)
     assert render["budget"] == 4 and render["render_seconds"] > 0
     assert render["seconds_per_image"] == pytest.approx(render["render_seconds"] / 4, abs=1e-4)
-    rows = {(r["budget"], r["workers"]): r["hours"] for r in render_model({"seconds_per_image": 3.6})}
-    assert rows[(500, 1)] == pytest.approx(0.5) and rows[(500, 8)] == pytest.approx(0.0625, abs=1e-3)
-    assert rows[(50_000, 8)] == pytest.approx(6.25)
+    rows = {(r["budget"], r["workers"]): r["minutes"] for r in render_model({"seconds_per_image": 3.6})}
+    assert rows[(500, 1)] == pytest.approx(30) and rows[(500, 8)] == pytest.approx(3.75, abs=0.05)
+    assert rows[(50_000, 8)] == pytest.approx(375)
 
 
 def test_scale_ray_times_the_passes_inside_clustering_and_restores_thread_counts():
@@ -171,8 +171,11 @@ def test_scale_ray_times_the_passes_inside_clustering_and_restores_thread_counts
     assert 0 < ps["pass_seconds"] < ps["seconds"]
     assert ps["seconds_per_million_pairs"] == pytest.approx(ps["pass_seconds"] / 6_000 * 1e6, rel=0.05, abs=0.05)
     dc = measure_decode(count=3)
+    minutes = {r["cpu_cores"]: r["minutes"] for r in pass_model({"seconds_per_million_pairs": 36})}
+    assert (minutes[1], minutes[16]) == (60.0, 3.8)
     assert dc["seconds_per_image"] > 0 and dc["image"].startswith("640x480 JPEG")
     assert (faiss.omp_get_max_threads(), torch.get_num_threads()) == (faiss_threads, torch_threads)
     measured = {"ray_startup_seconds": 0.0, "ray_fixed_overhead_seconds": 0.0}
     rows = {r["gpus"]: r for r in cost_model(measured, {"seconds_per_image": 0.01})}
-    assert rows[8]["decode_cores"] == pytest.approx(8 * 3.12, abs=0.05) and rows[1]["hours"] == pytest.approx(89.03, abs=0.01)
+    assert rows[8]["decode_cores"] == pytest.approx(8 * 3.12, abs=0.05)
+    assert rows[1]["hours"] == pytest.approx(89.03, abs=0.01)
