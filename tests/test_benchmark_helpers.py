@@ -19,7 +19,15 @@ from benchmarks.baseline_presets import (
     settings,
 )
 from benchmarks.prototype_purity import purity
-from benchmarks.scale_ray import cost_model, measure_decode, measure_passes, measure_render, pass_model, render_model
+from benchmarks.scale_ray import (
+    cost_model,
+    measure_decode,
+    measure_index,
+    measure_passes,
+    measure_render,
+    pass_model,
+    render_model,
+)
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -179,3 +187,10 @@ def test_scale_ray_times_the_passes_inside_clustering_and_restores_thread_counts
     rows = {r["gpus"]: r for r in cost_model(measured, {"seconds_per_image": 0.01})}
     assert rows[8]["decode_cores"] == pytest.approx(8 * 3.12, abs=0.05)
     assert rows[1]["hours"] == pytest.approx(89.03, abs=0.01)
+
+
+def test_scale_ray_times_the_drivers_corpus_index_in_a_fresh_process(tmp_path):
+    ix = measure_index(images=300, work=tmp_path)
+    assert ix["pairs"] == 300 and ix["seconds"] > 0 and ix["retained_mb"] >= 0
+    assert ix["seconds_per_million_pairs"] == pytest.approx(ix["seconds"] / 300 * 1e6, abs=2)
+    assert not (tmp_path / "index").exists()  # 300 image files and a manifest, removed after
