@@ -95,10 +95,32 @@ def _reachable(address: str) -> None:
     if not sep or not port.isdigit():
         raise ProtosynthError(f"{P.address} {address!r}: use auto, HOST:PORT or ray://HOST:PORT")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT) as conn:
+            speaks_grpc = _answers_http2(conn)
     except OSError as exc:
         raise ProtosynthError(f"{P.address} {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+    if not speaks_grpc:
+        raise ProtosynthError(
+            f"{P.address} {address}: something answers there, but not a Ray cluster (no gRPC); the head's "
+            "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
+        )
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do: it answers
+    the client preface with a SETTINGS frame (RFC 9113, 3.4). Another service on the port (the
+    dashboard's HTTP/1.1, anything that hangs up) would otherwise leave ray.init retrying for minutes."""
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # reset or no answer within CONNECT_TIMEOUT
+        return False
+    return head[3] == 0x04
 
 
 def _quiet(ray) -> None:

@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from functools import partial
@@ -246,6 +248,37 @@ def test_unreachable_address_is_one_line(tmp_path):
         "error: --address 127.0.0.1:9: no Ray cluster answers there (Connection refused)"
     ]
     assert time.time() - started < 60
+
+
+@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"])
+def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
+    """A port where something other than Ray answers (one that hangs up; an HTTP/1.1 server such as
+    the dashboard) would leave ray.init retrying for minutes: one line, exit 2, in seconds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        with server:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(64)
+                    conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    cmd = _embed_cmd(tmp_path / "s", f"127.0.0.1:{port}")
+    started = time.time()
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    server.close()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: --address 127.0.0.1:{port}: something answers there, but not a Ray cluster (no gRPC); the head's "
+        "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
+    ]
+    assert time.time() - started < 60 and not (tmp_path / "s").exists()
 
 
 def test_missing_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch):
