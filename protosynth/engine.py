@@ -96,7 +96,8 @@ def _reachable(address: str) -> None:
         raise ProtosynthError(f"{P.address} {address!r}: use auto, HOST:PORT or ray://HOST:PORT")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT) as conn:
-            speaks_grpc = _answers_http2(conn)
+            # a TLS cluster (RAY_USE_TLS) answers a plaintext preface with a TLS alert: only the TCP check there
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0") not in ("", "0") or _answers_http2(conn)
     except OSError as exc:
         raise ProtosynthError(f"{P.address} {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
     if not speaks_grpc:

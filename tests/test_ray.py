@@ -279,6 +279,11 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
         "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
     ]
     assert time.time() - started < 60 and not (tmp_path / "s").exists()
+    with socket.create_server(("127.0.0.1", 0)) as tls_port:  # under RAY_USE_TLS only the TCP check runs
+        address = f"127.0.0.1:{tls_port.getsockname()[1]}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_USE_TLS", "1")
+            check_engine(EngineConfig("ray", address=address))
 
 
 def test_missing_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch):
