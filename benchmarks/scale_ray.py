@@ -261,26 +261,34 @@ def cost_model(measured: dict, decode: dict) -> list[dict]:
     return out
 
 
-def write(result: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    write_text_atomic(RESULTS / "scale_ray.json", json.dumps(result, indent=2) + "\n")
-    m, dc = result["measured"], result["decode"]
-    lines = [
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in rows
+    ]
+
+
+def _markdown(result: dict) -> list[str]:
+    m, dc, ps, rd, ix = (result[k] for k in ("measured", "decode", "passes", "render", "index"))
+    runs = [
+        [
+            r["engine"],
+            r["workers"],
+            r["seconds"],
+            r["images_per_s"],
+            r["pairs_per_s"],
+            "yes" if r["identical"] else "NO",
+        ]
+        for r in m["runs"]
+    ]
+    return [
         "# Local engine vs Ray engine (embedding)",
         "",
         f"`{result['command']}` at commit {result['commit']}, {result['machine']}.",
         f"World corpus, {m['images']} images ({m['pairs']} caption-level pairs), shipped CLIP, batch 256, "
         "shards of 256 images, one torch thread per encoder.",
         "",
-        "| engine | workers | seconds | images/s | pairs/s | store identical to local |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in m["runs"]:
-        lines.append(
-            f"| {r['engine']} | {r['workers']} | {r['seconds']} | {r['images_per_s']} | {r['pairs_per_s']} | "
-            f"{'yes' if r['identical'] else 'NO'} |"
-        )
-    lines += [
+        *_table(["engine", "workers", "seconds", "images/s", "pairs/s", "store identical to local"], runs),
         "",
         f"Ray start-up (`ray.init`, local instance): {m['ray_startup_seconds']} s. Fixed Ray overhead of the fastest "
         f"Ray run over the local one: {m['ray_fixed_overhead_seconds']} s (mostly starting the actors).",
@@ -291,16 +299,13 @@ def write(result: dict) -> None:
         "fixed Ray costs above; a model, not a run.",
         "",
         f"Decoding and preprocessing one image (a {dc['image']}, the readers' `decode` at reduced DCT scale, "
-        f"ViT-L/14's 224-pixel transform, one thread) took {dc['seconds_per_image'] * 1000:.2f} ms here, so each GPU "
-        "needs that many images' worth of CPU tasks beside it (the last column; at least that many cores, since "
-        "reading from storage is not in it):",
+        f"ViT-L/14's 224-pixel transform, one thread) took {dc['seconds_per_image'] * 1000:.2f} ms here; the last "
+        "column is the cores that decode as fast as the GPUs encode (reading from storage not included):",
         "",
-        "| GPUs | hours | GPU-hours | decoding cores to keep them busy |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {c['gpus']} | {c['hours']} | {c['gpu_hours']} | {c['decode_cores']} |" for c in result["cost_model"]]
-    ps = result["passes"]
-    lines += [
+        *_table(
+            ["GPUs", "hours", "GPU-hours", "decoding cores to keep them busy"],
+            [[c["gpus"], c["hours"], c["gpu_hours"], c["decode_cores"]] for c in result["cost_model"]],
+        ),
         "",
         f"## Assignment pass: {PAIRS:,} pairs on C CPU cores",
         "",
@@ -310,12 +315,7 @@ def write(result: dict) -> None:
         "one core. Under `--engine ray` they are Ray tasks over the store's shards, one core each; the model divides "
         "that rate by C (reading the shards from shared storage is not in it: here the rows were in memory):",
         "",
-        "| CPU cores | minutes |",
-        "|---|---|",
-    ]
-    lines += [f"| {c['cpu_cores']} | {c['minutes']} |" for c in result["pass_model"]]
-    rd = result["render"]
-    lines += [
+        *_table(["CPU cores", "minutes"], [[c["cpu_cores"], c["minutes"]] for c in result["pass_model"]]),
         "",
         "## Rendering: B images on W workers",
         "",
@@ -325,12 +325,10 @@ def write(result: dict) -> None:
         "candidates multiply it by N). The published decoders' GPU rates were not measured here (no GPU, no "
         "weights); the rows below are the shipped decoder's:",
         "",
-        "| budget | workers | minutes |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {r['budget']:,} | {r['workers']} | {r['minutes']} |" for r in result["render_model"]]
-    ix = result["index"]
-    lines += [
+        *_table(
+            ["budget", "workers", "minutes"],
+            [[f"{r['budget']:,}", r["workers"], r["minutes"]] for r in result["render_model"]],
+        ),
         "",
         "## The driver's corpus index",
         "",
@@ -340,7 +338,12 @@ def write(result: dict) -> None:
         f"{ix['seconds_per_million_pairs'] * PAIRS / 1e6 / 60:.0f} minutes and "
         f"{ix['gb_per_million_pairs'] * PAIRS / 1e6:.0f} GB on the driver: the limit of the Ray engine at that size.",
     ]
-    write_text_atomic(RESULTS / "scale_ray.md", "\n".join(lines) + "\n")
+
+
+def write(result: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    write_text_atomic(RESULTS / "scale_ray.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(RESULTS / "scale_ray.md", "\n".join(_markdown(result)) + "\n")
 
 
 def main() -> None:
