@@ -47,7 +47,7 @@ from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
-from .runinfo import check_device, check_seed, peak_rss_mb, versions
+from .runinfo import check_device, check_seed, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         "embed_compute_seconds": emb.compute_seconds,  # what the store cost, even when read from the cache
         "embeddings_dtype": "float16" if cfg.embed.fp16 else "float32",
         "versions": versions(),
+        "threads": threads(),
         "budgets_in_run": budgets,
         "command": command,
     }

@@ -1,4 +1,4 @@
-"""Facts every output manifest records: package versions, peak memory, a folder-friendly corpus name."""
+"""Facts every output manifest records: package versions, thread counts, peak memory, a folder-friendly corpus name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.metadata
 import resource
 import sys
 
+import faiss
 import torch
 
 from .errors import P, ProtosynthError
@@ -36,6 +37,12 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def threads() -> dict[str, int]:
+    """The thread counts this process computes with: float sums, so the outputs, change with them
+    (faiss's k-means most: another count regroups prototypes), so a set records them."""
+    return {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()}
 
 
 def check_device(device_spec: str) -> None:

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -154,6 +155,7 @@ def test_manifest(full_run, quick_models):
     assert m["seconds"]["render"] > 0
     assert m["peak_memory_mb"] > 50
     assert m["versions"]["torch"] == importlib.metadata.version("torch") and m["versions"]["faiss-cpu"] != "absent"
+    assert m["threads"] == {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()}
     fid = m["render_fidelity"]
     assert fid["n"] == BUDGET and 0 <= fid["top1"] <= fid["top5"] <= 100 and -1 <= fid["mean_cosine"] <= 1
 
