@@ -679,3 +679,28 @@ def test_skip_bad_skips_and_counts_a_sample_without_a_caption(tmp_path, world):
     assert corpus.n_images == 2 and corpus.captions == [[world.captions[0][0]], [world.captions[2][0]]]
     assert np.array_equal(corpus.image_array(1), world.images[2])
     assert len(corpus.skipped) == 1 and re.search(r"s\.tar member 1\.png: no caption member", corpus.skipped[0])
+
+
+def test_jsonl_existence_check_edge_paths_are_one_line_or_read_as_pathlib_does(tmp_path, world):
+    """The fast os.stat check hands anything it refuses to pathlib: a trailing slash still names the
+    file (as pathlib and the reader take it), a symlink loop or a NUL in the path is the one-line
+    'image file not found', not a traceback."""
+    write_images(tmp_path / "img", world, n=2)
+    (tmp_path / "img" / "loop.png").symlink_to(tmp_path / "img" / "loop.png")
+    manifest = tmp_path / "m.jsonl"
+
+    def write(second: str) -> None:
+        rows = [{"image": "img/0.png", "caption": "a"}, {"image": second, "caption": "b"}]
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("img/1.png")
+    plain = load_corpus(str(manifest)).fingerprint
+    write("img/1.png/")
+    corpus = load_corpus(str(manifest))
+    assert corpus.n_images == 2 and corpus.image_array(1).shape == world.images[1].shape
+    assert corpus.fingerprint != plain  # the manifest's bytes differ; the file's stat was read, no error
+    for bad in ("img/loop.png", "img/1\u0000.png"):
+        write(bad)
+        with pytest.raises(ProtosynthError) as exc:
+            load_corpus(str(manifest))
+        one_line(exc, r"m\.jsonl line 2: image file not found")
