@@ -9,7 +9,7 @@
    include starting its actors, which is most of the gap on a corpus this small.
 2. The assignment pass's cost per pair: ``build_prototypes`` on ``--pass-rows`` random 768-d pairs
    (K = 500, k-means fitted on a 50,000-pair sample), the passes over every pair (norms and cosines,
-   nearest centroid, per-prototype sums) timed inside it, numpy, faiss and torch at one thread: one
+   nearest centroid, per-prototype sums) timed inside it, numpy and faiss at one thread: one
    Ray task's core.
 3. A cost model for 100M caption-level pairs: embedding on N GPUs at the published clip-retrieval
    throughput of ViT-L/14 on an A100 (312 samples/s) plus the fixed Ray overhead measured here
@@ -129,9 +129,13 @@ def measure_index(images: int, work: Path) -> dict:
         "seconds = time.perf_counter() - started; gc.collect()\n"
         "print(json.dumps({'pairs': c.n_pairs, 'seconds': seconds, 'bytes': rss() - before}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    finally:
+        shutil.rmtree(folder)
+    if out.returncode:
+        raise RuntimeError(f"loading the index failed:\n{out.stderr}")
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    shutil.rmtree(folder)
     return {
         "pairs": got["pairs"],
         "seconds": round(got["seconds"], 3),
@@ -310,7 +314,7 @@ def _markdown(result: dict) -> list[str]:
         f"## Assignment pass: {PAIRS:,} pairs on C CPU cores",
         "",
         f"`build_prototypes` on {ps['rows']:,} random {ps['dim']}-d pairs (K = {ps['budget']}, k-means fitted on a "
-        f"50,000-pair sample), numpy, faiss and torch at one thread: {ps['seconds']:.1f} s in all, of which the passes "
+        f"50,000-pair sample), numpy and faiss at one thread: {ps['seconds']:.1f} s in all, of which the passes "
         f"over every pair took {ps['pass_seconds']:.2f} s, {ps['seconds_per_million_pairs']} s per million pairs on "
         "one core. Under `--engine ray` they are Ray tasks over the store's shards, one core each; the model divides "
         "that rate by C (reading the shards from shared storage is not in it: here the rows were in memory):",
@@ -333,10 +337,11 @@ def _markdown(result: dict) -> list[str]:
         "## The driver's corpus index",
         "",
         f"Before any Ray stage the driver loads the corpus's index: a JSONL manifest of {ix['pairs']:,} image files "
-        f"with one caption each took {ix['seconds']} s and kept {ix['retained_mb']} MB (a fresh process; every file "
-        f"checked to exist and fingerprinted, none opened). Linear in the pairs, {PAIRS:,} pairs would take "
+        f"with one caption each took {ix['seconds']} s and kept {ix['retained_mb']} MiB (a fresh process; every file "
+        "checked to exist and fingerprinted, none opened; local disk, warm caches: on shared storage each check is a "
+        f"network round trip). Linear in the pairs, {PAIRS:,} pairs would take "
         f"{ix['seconds_per_million_pairs'] * PAIRS / 1e6 / 60:.0f} minutes and "
-        f"{ix['gb_per_million_pairs'] * PAIRS / 1e6:.0f} GB on the driver: the limit of the Ray engine at that size.",
+        f"{ix['gb_per_million_pairs'] * PAIRS / 1e6:.0f} GiB on the driver: the limit of the Ray engine at that size.",
     ]
 
 

@@ -97,7 +97,7 @@ def _reachable(address: str) -> None:
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT) as conn:
             # a TLS cluster (RAY_USE_TLS) answers a plaintext preface with a TLS alert: only the TCP check there
-            speaks_grpc = os.environ.get("RAY_USE_TLS", "0") not in ("", "0") or _answers_http2(conn)
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true") or _answers_http2(conn)
     except OSError as exc:
         raise ProtosynthError(f"{P.address} {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
     if not speaks_grpc:
@@ -121,7 +121,8 @@ def _answers_http2(conn: socket.socket) -> bool:
             head += chunk
     except OSError:  # reset or no answer within CONNECT_TIMEOUT
         return False
-    return head[3] == 0x04
+    length, kind, flags, stream = int.from_bytes(head[:3], "big"), head[3], head[4], head[5:9]
+    return kind == 0x04 and not flags & 0x01 and stream == b"\0\0\0\0" and length % 6 == 0
 
 
 def _quiet(ray) -> None:

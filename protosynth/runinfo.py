@@ -6,7 +6,6 @@ import importlib.metadata
 import resource
 import sys
 
-import faiss
 import torch
 
 from .errors import P, ProtosynthError
@@ -42,6 +41,8 @@ def versions() -> dict[str, str]:
 def threads() -> dict[str, int]:
     """The thread counts this process computes with: float sums, so the outputs, change with them
     (faiss's k-means most: another count regroups prototypes), so a set records them."""
+    import faiss  # noqa: PLC0415 -- only the verbs that cluster pay for faiss's import and its OpenMP runtime
+
     return {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads()}
 
 

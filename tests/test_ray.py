@@ -262,12 +262,15 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
             while True:
                 try:
                     conn, _ = server.accept()
+                except TimeoutError:
+                    continue
                 except OSError:
                     return
                 with conn:
                     conn.recv(64)
                     conn.sendall(reply)
 
+    server.settimeout(1.0)  # accept() wakes up to see the socket closed: the thread ends with the test
     threading.Thread(target=answer, daemon=True).start()
     cmd = _embed_cmd(tmp_path / "s", f"127.0.0.1:{port}")
     started = time.time()
@@ -279,10 +282,17 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
         "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
     ]
     assert time.time() - started < 60 and not (tmp_path / "s").exists()
-    with socket.create_server(("127.0.0.1", 0)) as tls_port:  # under RAY_USE_TLS only the TCP check runs
-        address = f"127.0.0.1:{tls_port.getsockname()[1]}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("RAY_USE_TLS", "1")
+
+
+def test_under_ray_use_tls_the_address_check_is_tcp_only(monkeypatch):
+    """A TLS cluster would not answer a plaintext HTTP/2 preface: a port that accepts and stays silent
+    passes under RAY_USE_TLS=1 and is refused (after the 5 s read) without it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        check_engine(EngineConfig("ray", address=address))
+        monkeypatch.setenv("RAY_USE_TLS", "false")
+        with pytest.raises(ProtosynthError, match="something answers there, but not a Ray cluster"):
             check_engine(EngineConfig("ray", address=address))
 
 
