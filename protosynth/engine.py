@@ -103,7 +103,7 @@ def _reachable(address: str) -> None:
     if not speaks_grpc:
         raise ProtosynthError(
             f"{P.address} {address}: something answers there, but not a Ray cluster (no gRPC); the head's "
-            "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
+            "address is the one `ray start` prints there (port 6379 by default; not the dashboard's 8265)"
         )
 
 

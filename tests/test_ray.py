@@ -279,7 +279,7 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"error: --address 127.0.0.1:{port}: something answers there, but not a Ray cluster (no gRPC); the head's "
-        "address is the one `ray start --head` prints (port 6379 by default; the dashboard's 8265 is not it)"
+        "address is the one `ray start` prints there (port 6379 by default; not the dashboard's 8265)"
     ]
     assert time.time() - started < 60 and not (tmp_path / "s").exists()
 
