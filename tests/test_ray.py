@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from helpers import assert_one_line_error, png_bytes, truncate, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
+import protosynth.engine as engine_module
 from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
@@ -250,12 +252,11 @@ def test_unreachable_address_is_one_line(tmp_path):
     assert time.time() - started < 60
 
 
-@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"])
-def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
-    """A port where something other than Ray answers (one that hangs up; an HTTP/1.1 server such as
-    the dashboard) would leave ray.init retrying for minutes: one line, exit 2, in seconds."""
+@contextmanager
+def _answering(reply: bytes):
+    """A local port whose server reads a little and answers ``reply`` (b"": hangs up); yields its address."""
     server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
+    server.settimeout(1.0)  # accept() wakes up to see the socket closed: the thread ends with the test
 
     def answer():
         with server:
@@ -270,23 +271,34 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path, reply):
                     conn.recv(64)
                     conn.sendall(reply)
 
-    server.settimeout(1.0)  # accept() wakes up to see the socket closed: the thread ends with the test
     threading.Thread(target=answer, daemon=True).start()
-    cmd = _embed_cmd(tmp_path / "s", f"127.0.0.1:{port}")
-    started = time.time()
-    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
-    server.close()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_an_address_where_another_service_answers_is_one_line(tmp_path):
+    """A port where something other than Ray answers (an HTTP/1.1 server such as the dashboard; one
+    that hangs up) would leave ray.init retrying for minutes: one line, exit 2, in seconds."""
+    with _answering(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as address:
+        started = time.time()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        r = subprocess.run(_embed_cmd(tmp_path / "s", address), env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"error: --address 127.0.0.1:{port}: something answers there, but not a Ray cluster (no gRPC); the head's "
+        f"error: --address {address}: something answers there, but not a Ray cluster (no gRPC); the head's "
         "address is the one `ray start` prints there (port 6379 by default; not the dashboard's 8265)"
     ]
     assert time.time() - started < 60 and not (tmp_path / "s").exists()
+    with _answering(b"") as address, pytest.raises(ProtosynthError, match="something answers there, but not a Ray"):
+        check_engine(EngineConfig("ray", address=address))
 
 
 def test_under_ray_use_tls_the_address_check_is_tcp_only(monkeypatch):
     """A TLS cluster would not answer a plaintext HTTP/2 preface: a port that accepts and stays silent
-    passes under RAY_USE_TLS=1 and is refused (after the 5 s read) without it."""
+    passes under RAY_USE_TLS=1 and is refused (after the read times out) without it."""
+    monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", 0.5)
     with socket.create_server(("127.0.0.1", 0)) as silent:
         address = f"127.0.0.1:{silent.getsockname()[1]}"
         monkeypatch.setenv("RAY_USE_TLS", "1")
