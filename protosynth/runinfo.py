@@ -1,4 +1,4 @@
-"""Facts every output manifest records: package versions, thread counts, peak memory, a folder-friendly corpus name."""
+"""Facts output manifests record: package versions, peak memory, thread counts; a folder-friendly corpus name."""
 
 from __future__ import annotations
 
