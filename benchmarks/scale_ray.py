@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -107,6 +108,18 @@ def measure(images: int, workers: list[int], work: Path) -> dict:
     }
 
 
+@contextmanager
+def _one_torch_thread():
+    """torch at one thread inside, the caller's count after: other work in the process must not run
+    at one thread by accident."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_index(images: int, work: Path) -> dict:
     """Seconds and retained memory of what the driver does before any Ray stage: loading a corpus's
     index (``load_corpus`` of a JSONL manifest of ``images`` image files, one caption each, as in a
@@ -158,15 +171,11 @@ def measure_decode(count: int = 200, size: tuple[int, int] = (640, 480)) -> dict
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     data = buf.getvalue()
     transform = open_clip.image_transform(224, is_train=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         started = time.perf_counter()
         for _ in range(count):
             transform(decode(data, "benchmark", "synthetic.jpg", min_side=224))
         seconds = (time.perf_counter() - started) / count
-    finally:
-        torch.set_num_threads(before)
     return {"image": f"{w}x{h} JPEG, {len(data) // 1024} KiB", "images": count, "seconds_per_image": round(seconds, 5)}
 
 
@@ -179,15 +188,13 @@ def measure_passes(rows: int, dim: int = 768, budget: int = 500) -> dict:
 
     def timed(*args, **kwargs):
         nonlocal pass_seconds
-        results = passes.map_local(*args, **kwargs)
+        results, done = passes.map_local(*args, **kwargs), object()
         while True:
             started = time.perf_counter()
-            try:
-                out = next(results)
-            except StopIteration:
-                pass_seconds += time.perf_counter() - started
-                return
+            out = next(results, done)
             pass_seconds += time.perf_counter() - started
+            if out is done:
+                return
             yield out
 
     rng = np.random.default_rng(0)
@@ -221,12 +228,8 @@ def pass_model(passes: dict) -> list[dict]:
 def measure_render(images: int, budget: int, work: Path) -> dict:
     """Seconds per rendered image of the default ``distill`` (its manifest's render stage) on a world
     corpus of ``images`` images, the shipped decoder, one torch thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
-    finally:  # the caller's thread count: other work in the process must not run at one thread by accident
-        torch.set_num_threads(before)
     seconds = json.loads((out / "manifest.json").read_text())["seconds"]["render"]
     return {
         "corpus_images": images,
