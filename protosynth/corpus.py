@@ -47,7 +47,8 @@ from .corpora.karpathy import load_karpathy
 from .corpora.parquet import load_parquet
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
-from .engine import EngineConfig, onray
+from .engine import EngineConfig
+from .engines import Engine, make_engine
 from .errors import P, ProtosynthError
 from .files import atomic_open, check_writable, remove_stale_temps
 from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
@@ -171,11 +172,11 @@ def load_corpus(
     skip_bad: bool = False,
     image_column: str | None = None,
     caption_column: str | None = None,
-    engine: EngineConfig | None = None,
+    engine: EngineConfig | Engine | None = None,
 ) -> Corpus:
     """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
-    and image root (absolute paths). ``engine``: where ``skip_bad``'s pass decodes, in this process
-    (``unreadable``) or, on Ray, in Ray tasks (``unreadable_on_ray``)."""
+    and image root (absolute paths). ``engine`` (``engines.py``): where ``skip_bad``'s pass runs
+    ``unreadable``, in this process or, on Ray, in Ray tasks over chunks of the images."""
     kind = corpus_kind(spec)
     if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):
         raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
@@ -189,7 +190,7 @@ def load_corpus(
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
         corpus.skip_bad = skip_bad
         return corpus
-    bad = partial(unreadable_on_ray, engine=engine) if engine is not None and engine.on_ray else unreadable
+    bad = partial(_find_unreadable, engine)
     if kind in ("parquet", "hf"):
         load = load_parquet if kind == "parquet" else load_hf
         return load(spec, image_column=image_column, caption_column=caption_column, skip_bad=skip_bad, find_bad=bad)
@@ -202,8 +203,7 @@ def load_corpus(
     return load_webdataset(spec, skip_bad=skip_bad, find_bad=bad)
 
 
-def unreadable_on_ray(source: ImageSource, keys: list[str], engine: EngineConfig) -> dict[str, str]:
-    """``unreadable`` mapped over chunks of ``keys`` as Ray tasks (``protosynth.onray.corpus``), so a
-    corpus too large to decode on one machine is checked by the cluster and the driver decodes no
-    image. Ray is imported only when a ``skip_bad`` pass runs on it (an optional extra)."""
-    return onray("corpus").find_unreadable(source, keys, engine)
+def _find_unreadable(engine: EngineConfig | Engine | None, source: ImageSource, keys: list[str]) -> dict[str, str]:
+    """``unreadable`` run by ``engine``, which is made only when a ``skip_bad`` pass runs: the Ray
+    engine imports Ray (an optional extra), which loading a corpus without that pass never needs."""
+    return make_engine(engine).find_unreadable(unreadable, source, keys)

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,8 @@ from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import EmbedConfig, Embeddings, embed_corpus
-from .engine import EngineConfig, check_engine, onray, ray_session
+from .engine import EngineConfig, check_engine
+from .engines import Engine, make_engine
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
@@ -192,11 +191,12 @@ class Loaded:
     render: RenderConfig
     emb: Embeddings
     seconds: dict
+    engine: Engine  # where the heavy stages run (``engines.py``)
 
 
-def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
-    """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed.
-    Every check on budgets and render settings happens before the embedding work."""
+def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine) -> Loaded:
+    """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed
+    on ``engine``. Every check on budgets and render settings happens before the embedding work."""
     t = time.time()
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
     # the one resolution; a setting the decoder cannot honour fails here
@@ -219,7 +219,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
         skip_bad=cfg.skip_bad,
         image_column=cfg.image_column,
         caption_column=cfg.caption_column,
-        engine=cfg.engine,  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+        engine=engine,  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     )
     for budget in budgets:
         check_budget(budget, corpus)
@@ -228,9 +228,9 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
     check_pair(decoder, clip_spec, clip.space, clip.embed_dim)
     seconds = {"load": round(time.time() - t, 2)}
     t = time.time()
-    emb = embed_corpus(corpus, clip, cfg.embed, cfg.engine)
+    emb = embed_corpus(corpus, clip, cfg.embed, engine)
     seconds["embed"] = round(time.time() - t, 2)
-    return Loaded(corpus, clip, decoder, render, emb, seconds)
+    return Loaded(corpus, clip, decoder, render, emb, seconds, engine)
 
 
 def distill(cfg: DistillConfig, command: str | None = None) -> Path:
@@ -254,9 +254,9 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None 
     ]
     outs = [validate(c) for c in cfgs]
     torch.manual_seed(cfg.seed)
-    # one Ray session for every stage and budget (``engine.ray_session``); none for the local engine
-    with ray_session(cfg.engine) if cfg.engine.on_ray else nullcontext():
-        loaded = load_stages(cfg, budgets)
+    engine = make_engine(cfg.engine)
+    with engine.session():  # on Ray, one session for every stage and budget; none for the local engine
+        loaded = load_stages(cfg, budgets, engine)
         return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
 
 
@@ -269,8 +269,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     )
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
     # the passes over every pair: in this process, or Ray tasks over the store's shards (same bytes)
-    range_map = partial(onray("cluster").map_ray, engine=cfg.engine) if cfg.engine.on_ray else None
-    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg, range_map)
+    protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg, loaded.engine.map_ranges)
     # PDS's caption (the real caption nearest each text prototype): a pass over every caption row,
     # which a selection, keeping each member's own caption, does not need
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
@@ -323,7 +322,7 @@ def _synthesise(
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
     for c in range(cfg.candidates):
         drawn = render_images(
-            decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c, engine=cfg.engine
+            decoder, embeds, rcfg, init_images, guide=clip, prompts=prompts, candidate=c, engine=loaded.engine
         )
         drawn_emb = F.normalize(clip.encode_images(drawn), dim=-1)
         if got is None:

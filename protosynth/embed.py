@@ -20,15 +20,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .corpus import Corpus, cache_dir, check_cache_writable
-from .engine import EngineConfig, onray
+from .engine import EngineConfig
+from .engines import EncodeJob, Engine, make_engine
 from .errors import P, ProtosynthError
 from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
 from .models.clip import ClipEncoder
@@ -162,39 +163,26 @@ def batch_plan(shards: list[dict], bs: int) -> list[tuple[str, int, int]]:
     return plan
 
 
-def _encode_shards(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict], write) -> None:
-    """Encode ``shards`` in order in this process and hand each one's (image, text) arrays to
+def _encode_shards(
+    corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict], write, engine: Engine
+) -> None:
+    """Encode ``shards`` in order on ``engine`` and hand each one's (image, text) arrays to
     ``write(shard, img, txt)``."""
     plan = batch_plan(shards, cfg.batch_size)
     if not plan:
-        return
-    on_gpu = encoder.device.type == "cuda"
-    loader = DataLoader(
-        _Batches(corpus, encoder, plan),
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers(encoder, cfg),
-        pin_memory=on_gpu,
-        persistent_workers=False,
-    )
-    batches = [iter(loader)]  # the one reference: cleared below, so the workers stop now, also on an error
-    try:
-        assemble_shards(_encoded(batches, plan, encoder), shards, cfg, encoder.embed_dim, write)
-    finally:
-        batches.clear()
+        return  # nothing to compute: no engine session is needed
+    kinds = [kind for kind, _, _ in plan]
+    job = EncodeJob(_Batches(corpus, encoder, plan), kinds, encoder, encode_batch, workers(encoder, cfg))
+    engine.encode_batches(job, lambda encoded: assemble_shards(encoded, shards, cfg, encoder.embed_dim, write))
 
 
 @torch.no_grad()
-def _encoded(batches: list, plan: list[tuple[str, int, int]], encoder: ClipEncoder):
-    """Each planned batch's embeddings (float32), in plan order."""
-    on_gpu = encoder.device.type == "cuda"
-    for kind, _, _ in plan:
-        x = next(batches[0])
-        if isinstance(x, ProtosynthError):
-            raise x
-        x = x.to(encoder.device, non_blocking=on_gpu)
-        y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
-        yield y.float().cpu().numpy()
+def encode_batch(encoder: ClipEncoder, kind: str, x: torch.Tensor) -> np.ndarray:
+    """One planned batch's embeddings (float32), on the encoder's device; the one function both
+    engines encode with."""
+    x = x.to(encoder.device, non_blocking=encoder.device.type == "cuda")
+    y = encoder.model.encode_image(x) if kind == "image" else encoder.model.encode_text(x)
+    return y.float().cpu().numpy()
 
 
 def assemble_shards(encoded, shards: list[dict], cfg: EmbedConfig, dim: int, write) -> None:
@@ -270,21 +258,19 @@ def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
 
 
 def embed_corpus(
-    corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | None = None
+    corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | Engine | None = None
 ) -> Embeddings:
     """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards.
-    ``engine``: where the encoder runs (``engine.py``); on Ray the shards, their batches and every
+    ``engine``: where the encoder runs (``engines.py``); on Ray the shards, their batches and every
     file written are the same, only the batches are prepared and encoded on the cluster."""
     cfg = cfg or EmbedConfig()
     check_config(cfg)
-    encode = _encode_shards
-    if engine is not None and engine.on_ray:
-        encode = partial(onray("embed").encode_shards, engine=engine)
+    runner = make_engine(engine)
     folder = store_dir(corpus, encoder, cfg)
     if folder is None:  # no store: the same shards, kept in memory
         got: list[tuple[np.ndarray, np.ndarray]] = []
         shards = plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size)
-        encode(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)))
+        _encode_shards(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)), runner)
         dim = got[0][0].shape[1] if got else encoder.embed_dim
         images = [g[0] for g in got]
         lengths = [len(i) for i in images]
@@ -329,7 +315,7 @@ def embed_corpus(
             if not damaged or name in damaged:
                 digests[name] = save_npy_atomic(folder / name, rows)
 
-    encode(corpus, encoder, cfg, todo, write)
+    _encode_shards(corpus, encoder, cfg, todo, write, runner)
     if not damaged:  # a repair keeps the cost of the run that computed the store
         # the cost beside the store, not in index.json, whose bytes stay the same from run to run
         whole = len(todo) == len(shards)

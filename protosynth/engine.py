@@ -1,11 +1,15 @@
-"""Where the heavy stages run: in this process (``local``) or on a Ray cluster (``ray``).
+"""Where the heavy stages run: in this process (``local``) or on a Ray cluster (``ray``): the
+configuration, its checks and the Ray session. The stages call an ``engines.Engine`` that
+``engines.make_engine`` makes from an ``EngineConfig``; the Ray engine (``protosynth.onray``)
+imports this module, and this module imports neither it nor any stage.
 
 Ray is an optional extra (``pip install -e '.[ray]'``): it is imported only here, inside
-``ray_session``, and by the ``protosynth.onray`` modules the stages import once a session is open,
-so every verb works without it. protosynth runs no scheduler of its own on Ray: embedding is a Ray
-Data pipeline (CPU tasks decode, an actor pool encodes), clustering Ray tasks over the store's
-shards, rendering an actor pool; the driver (this process) plans the work, writes every file and
-holds only what the local engine holds.
+``import_ray``, and by the ``protosynth.onray`` modules, which only ``engines.make_engine`` imports
+when the Ray engine is asked for, so every verb works without it.
+
+protosynth runs no scheduler of its own on Ray: embedding is a Ray Data pipeline (CPU tasks decode,
+an actor pool encodes), clustering Ray tasks over the store's shards, rendering an actor pool; the
+driver (this process) plans the work, writes every file and holds only what the local engine holds.
 
 ``ray_session(cfg)`` connects (``address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) or
 starts a local Ray instance (``address=None``), and shuts it down again; a session already open in
@@ -14,7 +18,6 @@ this process (a script's or a test's own ``ray.init``) is used as it is and left
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -78,13 +81,6 @@ def import_ray():
     except ImportError:
         raise ProtosynthError(f"{P.engine('ray')} needs Ray: {EXTRA}", param="engine") from None
     return ray
-
-
-def onray(stage: str):
-    """The Ray engine's module for ``stage`` (``protosynth.onray.<stage>``), imported only when asked
-    for: it imports Ray, an optional extra; a missing Ray is one line naming the extra."""
-    import_ray()
-    return importlib.import_module(f"protosynth.onray.{stage}")
 
 
 def _reachable(address: str) -> None:

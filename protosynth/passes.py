@@ -4,18 +4,21 @@
 least aligned pairs), each kept pair's nearest centroid, and the per-prototype sums of the unit rows
 and their norms. Each pass is a function of one range of pairs (``pass_ranges``: a store's shards,
 else fixed-size chunks) that returns small arrays; the driver combines the results in range order.
-The local engine runs the ranges one after another in this process (``map_local``), the Ray engine
-as Ray tasks (``onray.cluster``); both run the same function on the same ranges and combine in the
-same order, and the sums are float64 partial sums per range, so both engines give byte-identical
-prototypes. The driver holds per-pair labels and member lists, K x K counts and K x D sums.
+An engine (``engines.py``) maps a pass over the ranges: the local engine one after another in this
+process (``map_local``), the Ray engine as Ray tasks (``onray.cluster``); both run the same function
+on the same ranges and combine in the same order, and the sums are float64 partial sums per range, so
+both engines give byte-identical prototypes. The driver holds per-pair labels and member lists,
+K x K counts and K x D sums.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import faiss
 import numpy as np
 
+from .engines import LocalEngine
 from .store import Rows
 
 CHUNK_BYTES = 256 << 20  # float32 bytes of one range of an in-memory matrix (a store's range is a shard)
@@ -35,9 +38,16 @@ def pass_ranges(text_raw, d: int) -> list[tuple[int, int]]:
 
 
 def map_local(fn, ranges, per_range, shared, image_raw, text_raw):
-    """The local engine: every range in this process, in order."""
-    for (a, b), extra in zip(ranges, per_range):
-        yield fn(image_raw, text_raw, a, b, *extra, *shared)
+    """The local engine's ``map_ranges`` (``engines.LocalEngine``): every range in this process, in order."""
+    return LocalEngine().map_ranges(fn, ranges, per_range, shared, image_raw, text_raw)
+
+
+def assign(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each row's nearest centroid (exact L2, faiss; a GPU index when faiss sees a GPU): k-means's
+    labels on the driver and a pass's on any engine."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    return index.search(np.ascontiguousarray(x, np.float32), 1)[1][:, 0].astype(np.int64)
 
 
 def rows_f32(x, idx: np.ndarray) -> np.ndarray:
@@ -67,8 +77,6 @@ def features(image_raw, text_raw, rows: np.ndarray, space: str) -> np.ndarray:
 
 def range_labels(image_raw, text_raw, a: int, b: int, rows: np.ndarray, fits: list) -> list[np.ndarray]:
     """The nearest centroid of each kept pair ``rows`` (all within a..b), for each (space, centroids)."""
-    from .prototypes import assign  # noqa: PLC0415 -- prototypes imports this module
-
     return [assign(centroids, features(image_raw, text_raw, rows, space)) for space, centroids in fits]
 
 

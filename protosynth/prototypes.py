@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from . import passes
 from .errors import P, ProtosynthError
+from .passes import assign
 
 MODES = ("matched", "joint", "image", "text")
 log = logging.getLogger(__name__)
@@ -115,13 +116,6 @@ def fit_kmeans(
     return km.centroids.copy(), (train if sample is None else None)
 
 
-def assign(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Each row's nearest centroid (exact L2, faiss; a GPU index when faiss sees a GPU)."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, np.float32))
-    return index.search(np.ascontiguousarray(x, np.float32), 1)[1][:, 0].astype(np.int64)
-
-
 def kmeans(
     x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,9 +152,9 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
 
     The matrices may be arrays or row sources with ``take`` (``Embeddings.image_rows`` of a stored
     corpus, memory-mapped): k-means fits on a sample above ``cfg.max_train_points`` kept pairs, and
-    every pass over all rows goes range by range through ``range_map`` (``passes.py``: this process
-    by default, Ray tasks under the Ray engine, with byte-identical results), so the corpus need not
-    fit in RAM."""
+    every pass over all rows goes range by range through ``range_map`` (an ``Engine.map_ranges``,
+    ``engines.py``: this process by default, Ray tasks under the Ray engine, with byte-identical
+    results), so the corpus need not fit in RAM."""
     if cfg.mode not in MODES:
         raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
     n, d = image_raw.shape

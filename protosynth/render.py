@@ -19,6 +19,7 @@ its own prototype is the nearest (top-1) or among the 5 nearest (top-5) of all p
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from .engine import EngineConfig, onray
+from .engine import EngineConfig
+from .engines import Engine, make_engine
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
 from .models.decoder import to_unit_range
@@ -110,13 +112,13 @@ def render_images(
     guide: ClipEncoder | None = None,
     prompts: list[str] | None = None,
     candidate: int = 0,
-    engine: EngineConfig | None = None,
+    engine: EngineConfig | Engine | None = None,
 ) -> list[Image.Image]:
     """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
-    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N). ``engine``: on Ray, the same
-    batches are drawn by an actor pool (``onray.render``), giving the same images."""
+    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N). ``engine`` (``engines.py``)
+    draws the batches: on Ray an actor pool draws the same batches, giving the same images."""
     missing = _unresolved(cfg, decoder)
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
@@ -130,15 +132,51 @@ def render_images(
         raise ValueError(f"{len(prompts)} prompts for {len(embeds)} embeddings")
     n = len(embeds)
     spans = batch_spans(n, cfg.batch_size)
-    if engine is not None and engine.on_ray:
-        return onray("render").render_spans(decoder, embeds, cfg, spans, init_images, guide, prompts, candidate, engine)
-    guidance_model = pixel_embedder(guide) if cfg.clip_guidance > 0 else None
+    job = RenderJob(decoder, embeds, cfg, init_images, guide if cfg.clip_guidance > 0 else None, prompts, candidate)
     out: list[Image.Image] = []
     with StepBar("render", len(spans)) as bar:
-        for s, e in spans:
-            out.extend(render_batch(decoder, embeds, cfg, s, e, init_images, guidance_model, prompts, candidate))
+
+        def done(s: int, e: int, images: list[Image.Image]) -> None:
+            out.extend(images)
             bar.advance(f"{e}/{n} images")
+
+        make_engine(engine).render_spans(job, spans, done)
     return out
+
+
+@dataclass
+class RenderJob:
+    """One ``render_images`` call as an engine receives it (picklable: the Ray engine sends it to
+    its actors): ``drawer()`` gives the function that draws a batch ``[s, e)``."""
+
+    decoder: Decoder
+    embeds: torch.Tensor
+    cfg: RenderConfig
+    init_images: list[Image.Image] | None
+    guide: ClipEncoder | None  # the CLIP for CLIP-guided sampling; None without it
+    prompts: list[str] | None
+    candidate: int
+
+    def to(self, device: str) -> None:
+        """Move the decoder (and the CLIP) to ``device``: a Ray actor's GPU."""
+        self.decoder.pipe.to(device)
+        if self.guide is not None:
+            self.guide.model.to(device)
+            self.guide.device = torch.device(device)
+
+    def drawer(self):
+        """``draw(s, e)``: images ``s`` to ``e``, with the CLIP guidance model built once."""
+        guidance_model = pixel_embedder(self.guide) if self.cfg.clip_guidance > 0 else None
+        return partial(
+            render_batch,
+            self.decoder,
+            self.embeds,
+            self.cfg,
+            init_images=self.init_images,
+            guidance_model=guidance_model,
+            prompts=self.prompts,
+            candidate=self.candidate,
+        )
 
 
 def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -259,7 +259,7 @@ def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
     monkeypatch.setattr(
         embed_mod,
         "_encode_shards",
-        lambda c, e, cfg, shards, write: (encoded.append(len(shards)), real(c, e, cfg, shards, write)),
+        lambda c, e, cfg, shards, write, engine: (encoded.append(len(shards)), real(c, e, cfg, shards, write, engine)),
     )
     manifests = {}
     for flag in (["--fp16"], []):
