@@ -1,6 +1,8 @@
 """The package's layering, read from its source: loaders never reach for trainers or the renderer,
-the library never imports its command line or the benchmarks, and no generic top-level module is
-installed."""
+the library never imports its command line or the benchmarks, no generic top-level module is
+installed, and the engine stays out of the stages: no import loops, no ``importlib`` loading of our
+own modules, no stage importing ``protosynth.onray`` or ``ray``. Each of the last three checks is a
+function that a synthetic violation is fed to, so each is shown to fail when it should."""
 
 from __future__ import annotations
 
@@ -21,10 +23,20 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path) -> set[str]:
     """Every protosynth module ``path`` imports, at any depth of the file (function-level too)."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return {m for m in _all_imports(path) if m.split(".")[0] in ("protosynth", "benchmarks", "cli")}
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every name the file ``path`` imports (see ``source_imports``)."""
+    return source_imports(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py")
+
+
+def source_imports(source: str, name: str, is_package: bool = False) -> set[str]:
+    """Every name the source of module ``name`` imports (modules and ``from`` names, relative ones
+    made absolute), at any depth of the file: a function-level import is an import too."""
+    package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -34,7 +46,7 @@ def _imports(path: Path) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.split(".")[0] in ("protosynth", "benchmarks", "cli")}
+    return found
 
 
 def _graph() -> dict[str, set[str]]:
@@ -88,3 +100,173 @@ def test_no_generic_top_level_cli_module_is_installed(tmp_path):
     exe = Path(sys.executable).with_name("protosynth")
     shown = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert shown.returncode == 0 and "distill" in shown.stdout
+
+
+# --- the engine stays out of the stages (issue 28) ---------------------------------------------------
+#
+# The import graph counts every import statement, function-level ones too: ``engines.make_engine``'s
+# lazy ``from .onray.engine import RayEngine`` (lazy because Ray is an optional extra) is an edge like
+# any other, and still closes no loop, because the Ray engine imports only ``engine.py`` (the
+# configuration and the Ray session), which imports neither ``engines.py`` nor any stage.
+
+# The modules that may import Ray and the Ray engine: the configuration's Ray check and session, the
+# factory, and the Ray engine itself. Every other module is a stage or below one.
+ENGINE_MODULES = ("protosynth.engine", "protosynth.engines", "protosynth.onray")
+# Modules whose ``importlib.import_module`` takes a computed name (never one of ours; read, then listed).
+DYNAMIC_IMPORTERS = {"protosynth.models.unclip": "diffusers' module path of Karlo's text projection"}
+
+
+def module_graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``imports`` (module -> imported names) as module -> imported modules: each name is the longest
+    module of the graph it starts with, plus the packages that module's import runs first; a
+    module's own packages are left out (they are imported before it, never by it)."""
+    graph: dict[str, set[str]] = {}
+    for mod, names in imports.items():
+        edges = set()
+        for name in names:
+            parts = name.split(".")
+            found = [".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in imports]
+            if found:
+                edges |= set(_packages(found[0])) | {found[0]}
+        graph[mod] = {m for m in edges - set(_packages(mod)) - {mod} if m in imports}
+    return graph
+
+
+def _packages(module: str) -> list[str]:
+    """The packages that hold ``module``, outermost first (``a.b.c`` -> ``a``, ``a.b``)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def import_loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops of ``graph``: each strongly connected group of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    loops: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                loops.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return loops
+
+
+def own_dynamic_imports(source: str, module: str) -> list[str]:
+    """``importlib.import_module`` / ``__import__`` calls in ``source`` that load one of our modules
+    (a literal name starting ``protosynth`` or relative, also an f-string's literal start) or whose
+    name is computed in a module not listed in DYNAMIC_IMPORTERS: ``line: call``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called not in ("import_module", "__import__") or not node.args:
+            continue
+        arg = node.args[0]
+        if isinstance(arg, ast.JoinedStr):
+            arg = arg.values[0] if arg.values else ast.Constant("")
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            ours = arg.value.startswith(("protosynth", "."))
+        else:
+            ours = module not in DYNAMIC_IMPORTERS
+        if ours:
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def stages_importing_the_engine(imports: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Modules outside ENGINE_MODULES that import ``ray`` or ``protosynth.onray`` (any depth of the file)."""
+    bad = {}
+    for mod, names in imports.items():
+        if any(_is(mod, m) for m in ENGINE_MODULES):
+            continue
+        hits = sorted(n for n in names if _is(n, "ray") or _is(n, "protosynth.onray"))
+        if hits:
+            bad[mod] = hits
+    return bad
+
+
+def _all_module_imports() -> dict[str, set[str]]:
+    return {_module_name(p): _all_imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_the_module_graph_sees_lazy_and_package_imports():
+    graph = module_graph(_all_module_imports())
+    assert "protosynth.onray.engine" in graph["protosynth.engines"]  # the factory's function-level import
+    assert "protosynth.passes" in graph["protosynth.prototypes"]  # ``from . import passes``
+    assert "protosynth.corpora" in graph["protosynth.corpus"]  # ``corpora.base`` runs ``corpora/__init__``
+    assert not any(m == "protosynth" for deps in graph.values() for m in deps)  # only ancestors import it
+
+
+def test_the_package_has_no_import_loops():
+    assert import_loops(module_graph(_all_module_imports())) == []
+
+
+def test_no_importlib_loading_of_our_own_modules():
+    bad = {
+        _module_name(p): hits
+        for p in PACKAGE.rglob("*.py")
+        if (hits := own_dynamic_imports(p.read_text(encoding="utf-8"), _module_name(p)))
+    }
+    assert bad == {}
+
+
+def test_no_stage_imports_ray_or_the_ray_engine():
+    imports = _all_module_imports()
+    assert stages_importing_the_engine(imports) == {}
+    assert any(_is(n, "protosynth.onray") for n in imports["protosynth.engines"])  # the one way in
+
+
+def test_each_engine_check_catches_its_violation():
+    """Synthetic graphs and sources with each violation: the checks above can fail."""
+    loop = {"p.embed": {"p.onray.embed"}, "p.onray.embed": {"p.embed"}, "p.store": set()}
+    assert import_loops(loop) == [["p.embed", "p.onray.embed"]]
+    three = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_loops(three) == [["a", "b", "c"]]
+    assert import_loops({"a": {"b"}, "b": set()}) == []
+    lazy = "def f():\n    from .prototypes import assign\n"  # a function-level import closes a loop too
+    imports = {
+        "protosynth": set(),
+        "protosynth.passes": source_imports(lazy, "protosynth.passes"),
+        "protosynth.prototypes": {"protosynth.passes"},
+    }
+    assert import_loops(module_graph(imports)) == [["protosynth.passes", "protosynth.prototypes"]]
+
+    hidden = 'import importlib\ndef onray(stage):\n    return importlib.import_module(f"protosynth.onray.{stage}")\n'
+    assert own_dynamic_imports(hidden, "protosynth.engine") == [
+        "3: importlib.import_module(f'protosynth.onray.{stage}')"
+    ]
+    assert own_dynamic_imports("from importlib import import_module\nimport_module('.embed', 'protosynth')\n", "x")
+    assert own_dynamic_imports("__import__('protosynth.onray.render')\n", "x")
+    computed = "import importlib\nname = 'protosynth.onray.embed'\nimportlib.import_module(name)\n"
+    assert own_dynamic_imports(computed, "protosynth.engine")
+    assert own_dynamic_imports(computed, "protosynth.models.unclip") == []  # listed, read: diffusers only
+    assert own_dynamic_imports("import importlib\nimportlib.import_module('diffusers.pipelines')\n", "x") == []
+
+    for source in ("import ray\n", "def f():\n    import ray.data\n", "from .onray import embed\n"):
+        assert stages_importing_the_engine({"protosynth.embed": source_imports(source, "protosynth.embed")})
+    assert stages_importing_the_engine({"protosynth.engines": {"protosynth.onray.engine"}}) == {}
+    assert stages_importing_the_engine({"protosynth.render": {"protosynth.engines", "rayon"}}) == {}
