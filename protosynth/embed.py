@@ -15,10 +15,7 @@ runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
-import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -31,24 +28,10 @@ from .corpus import Corpus, cache_dir, check_cache_writable
 from .engine import EngineConfig
 from .engines import EncodeJob, Engine, make_engine
 from .errors import P, ProtosynthError
-from .files import check_writable, remove_stale_temps, sha256_file, write_text_atomic
+from .files import check_writable
 from .models.clip import ClipEncoder
 from .progress import StepBar
-from .store import (
-    FORMAT,
-    PAIR_IMAGE,
-    EmbeddingStore,
-    Rows,
-    plan_shards,
-    read_index,
-    save_npy_atomic,
-    shard_done,
-    store_files,
-    store_problems,
-    write_index,
-)
-
-log = logging.getLogger(__name__)
+from .store import FORMAT, EmbeddingStore, Rows, StoreWriter, compute_seconds, plan_shards, survey
 
 
 @dataclass
@@ -219,44 +202,6 @@ def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list
     }
 
 
-def _check_existing(folder: Path, index: dict | None, want: dict) -> None:
-    """A folder may only hold a store of the same corpus, CLIP, dtype and batch size (and, to resume,
-    shard size)."""
-    if folder.exists() and not folder.is_dir():
-        raise ProtosynthError(f"{folder} is a file, not a folder for embeddings")
-    if index is None:
-        if folder.is_dir() and any(folder.iterdir()):
-            raise ProtosynthError(f"{folder} is not empty and holds no embedding index.json: use a new or empty folder")
-        return
-    corpus, clip = index.get("corpus", {}), index.get("clip", {})
-    if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
-        raise ProtosynthError(
-            f"{folder} holds embeddings of another corpus ({corpus.get('spec')}, "
-            f"{corpus.get('fingerprint')}); use another folder"
-        )
-    if clip != want["clip"]:
-        raise ProtosynthError(
-            f"{folder} holds embeddings of another CLIP ({clip.get('spec')}, {clip.get('space')}); use another folder"
-        )
-    if index.get("dtype") != want["dtype"]:
-        raise ProtosynthError(
-            f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
-            f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
-            "or use another folder"
-        )
-    if index.get("batch_size") != want["batch_size"]:
-        made = index.get("batch_size") or "an unrecorded batch size (a store made before batch sizes were recorded)"
-        raise ProtosynthError(
-            f"{folder} holds embeddings made with {P.batch_size} {made}, not {want['batch_size']}: "
-            "batch sizes change the last bits of the numbers; use that batch size or another folder"
-        )
-    if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
-        raise ProtosynthError(
-            f"{folder} holds an unfinished store with {P.shard_size} {index.get('shard_size')}: "
-            f"resume with that shard size, or delete the folder"
-        )
-
-
 def embed_corpus(
     corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | Engine | None = None
 ) -> Embeddings:
@@ -280,70 +225,24 @@ def embed_corpus(
             False,
             None,
         )
-    index = read_index(folder)
     want = _header(corpus, encoder, cfg, plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size))
-    _check_existing(folder, index, want)
-    # a complete store is checked against the sha256 its index records, every file, each time it is
-    # opened for use; the files that do not match are recomputed (and only they are rewritten)
-    damaged: dict[str, str] = {}
-    if index is not None and index.get("complete"):
-        damaged = dict(store_problems(folder, index))
-        if not damaged:
-            return _open(folder, from_cache=True, checked=True)
-        for name, why in damaged.items():
-            log.warning("%s: %s; recomputing it", folder / name, why)
-        want = index  # the same shards, in the same index: only the damaged files' hashes change
-        cfg = replace(cfg, shard_size=int(index["shard_size"]))
+    found = survey(folder, want)
+    if found.intact:
+        return _open(folder, from_cache=True, checked=True)
+    cfg = replace(cfg, shard_size=int(found.index["shard_size"]))  # a repair keeps the store's shard size
     if cfg.out is None:
         check_cache_writable(folder)
     else:
         check_writable(folder, f"{P.out} {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)  # what killed runs writing this store left behind
-    if index is None:
-        write_index(folder, want)
-    # an intact file's recorded hash: not computed again below
-    digests = {name: digest for name, _, digest in store_files(index) if name not in damaged} if damaged else {}
-    if not (folder / PAIR_IMAGE).is_file() or PAIR_IMAGE in damaged:
-        digests[PAIR_IMAGE] = save_npy_atomic(folder / PAIR_IMAGE, corpus.pair_image)
-    shards = want["shards"]
-    todo = [s for s in shards if not shard_done(folder, s) or {s["image_file"], s["text_file"]} & damaged.keys()]
-    started = time.perf_counter()
-
-    def write(s: dict, img: np.ndarray, txt: np.ndarray) -> None:
-        for name, rows in ((s["text_file"], txt), (s["image_file"], img)):
-            if not damaged or name in damaged:
-                digests[name] = save_npy_atomic(folder / name, rows)
-
-    _encode_shards(corpus, encoder, cfg, todo, write, runner)
-    if not damaged:  # a repair keeps the cost of the run that computed the store
-        # the cost beside the store, not in index.json, whose bytes stay the same from run to run
-        whole = len(todo) == len(shards)
-        cost = {"compute_seconds": round(time.perf_counter() - started, 2) if whole else None, "shards": len(shards)}
-        write_text_atomic(folder / COST_FILE, json.dumps(cost, indent=2))
-    for s in shards:
-        for key in ("image", "text"):
-            name = s[f"{key}_file"]
-            s[f"{key}_sha256"] = digests.get(name) or sha256_file(folder / name)
-    if shards:
-        want["dim"] = int(np.load(folder / shards[0]["image_file"], mmap_mode="r").shape[1])
-    want["pair_image_sha256"] = digests.get(PAIR_IMAGE) or sha256_file(folder / PAIR_IMAGE)
-    del want["complete"]
-    want["complete"] = True  # the last key, in the index written after the last shard
-    write_index(folder, want)
-    return _open(folder, from_cache=not todo, checked=True)
-
-
-COST_FILE = "cost.json"
+    store = StoreWriter(folder, found, corpus.pair_image)
+    _encode_shards(corpus, encoder, cfg, store.todo, store.write, runner)
+    store.finish()
+    return _open(folder, from_cache=not store.todo, checked=True)
 
 
 def _open(folder: Path, from_cache: bool, checked: bool = False) -> Embeddings:
     store = EmbeddingStore(folder, checked=checked)
-    try:
-        seconds = json.loads((folder / COST_FILE).read_text()).get("compute_seconds")
-    except (OSError, ValueError, AttributeError):
-        seconds = None  # a store written before costs were recorded
-    return Embeddings(store.image_pairs, store.texts, from_cache, folder, seconds)
+    return Embeddings(store.image_pairs, store.texts, from_cache, folder, compute_seconds(folder))
 
 
 def open_embeddings(folder: Path) -> EmbeddingStore:

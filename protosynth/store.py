@@ -15,26 +15,35 @@ to a temporary name and renamed into place, so a file present under its final na
 shard is done when both of its files exist. ``index.json`` is written first with
 ``"complete": false`` (so a resumed run can check it is resuming the same work) and rewritten with
 the hashes and ``"complete": true`` after the last shard; every later opening checks each file
-against its recorded shape and hash (``store_problems``). ``.npy`` because ``np.load(mmap_mode="r")``
-maps it without reading it: clustering reads rows on demand, so the corpus may exceed RAM.
+against its recorded shape and hash (``store_problems``). A run's life of the store is here too:
+``survey`` (what the folder holds: nothing, an unfinished store to resume, a complete one, intact or
+with damaged files) and ``StoreWriter`` (the files still to compute, written atomically, then the
+index completed); the stage that computes the numbers (``embed.py``) only plans and encodes.
+``.npy`` because ``np.load(mmap_mode="r")`` maps it without reading it: clustering reads rows on
+demand, so the corpus may exceed RAM.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ProtosynthError
-from .files import atomic_path, sha256_file, write_text_atomic
+from .errors import P, ProtosynthError
+from .files import atomic_path, remove_stale_temps, sha256_file, write_text_atomic
 
 FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"
 PAIR_IMAGE = "pair_image.npy"
 MAX_OPEN = 64  # memory maps held open at once (each keeps a file descriptor)
+COST_FILE = "cost.json"  # what computing the store cost: beside it, so index.json's bytes never vary
+log = logging.getLogger(__name__)
 
 
 def shard_files(j: int) -> tuple[str, str]:
@@ -208,3 +217,134 @@ class EmbeddingStore:
     def verify(self) -> list[str]:
         """Files that do not match the index (reads every file)."""
         return [name for name, _ in store_problems(self.folder, self.index)]
+
+
+def check_folder(folder: Path, index: dict | None, want: dict) -> None:
+    """A folder may only hold a store of the same corpus, CLIP, dtype and batch size (and, to resume,
+    shard size)."""
+    if folder.exists() and not folder.is_dir():
+        raise ProtosynthError(f"{folder} is a file, not a folder for embeddings")
+    if index is None:
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ProtosynthError(f"{folder} is not empty and holds no embedding index.json: use a new or empty folder")
+        return
+    corpus, clip = index.get("corpus", {}), index.get("clip", {})
+    if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
+        raise ProtosynthError(
+            f"{folder} holds embeddings of another corpus ({corpus.get('spec')}, "
+            f"{corpus.get('fingerprint')}); use another folder"
+        )
+    if clip != want["clip"]:
+        raise ProtosynthError(
+            f"{folder} holds embeddings of another CLIP ({clip.get('spec')}, {clip.get('space')}); use another folder"
+        )
+    if index.get("dtype") != want["dtype"]:
+        raise ProtosynthError(
+            f"{folder} holds {index.get('dtype')} embeddings, not {want['dtype']}: "
+            f"{'add' if index.get('dtype') == 'float16' else 'drop'} {P.fp16(True)} "
+            "or use another folder"
+        )
+    if index.get("batch_size") != want["batch_size"]:
+        made = index.get("batch_size") or "an unrecorded batch size (a store made before batch sizes were recorded)"
+        raise ProtosynthError(
+            f"{folder} holds embeddings made with {P.batch_size} {made}, not {want['batch_size']}: "
+            "batch sizes change the last bits of the numbers; use that batch size or another folder"
+        )
+    if not index.get("complete") and index.get("shard_size") != want["shard_size"]:
+        raise ProtosynthError(
+            f"{folder} holds an unfinished store with {P.shard_size} {index.get('shard_size')}: "
+            f"resume with that shard size, or delete the folder"
+        )
+
+
+@dataclass
+class Survey:
+    """What a store folder holds before a run. ``index``: the index the run completes (the wanted
+    one for a new or unfinished store; a complete store's own, so its shards and their order stay);
+    ``found``: the folder's own index (None: a new store); ``damaged``: file -> what is wrong, for a
+    complete store whose files do not all match it."""
+
+    index: dict
+    found: dict | None
+    damaged: dict[str, str]
+
+    @property
+    def complete(self) -> bool:
+        return self.found is not None and bool(self.found.get("complete"))
+
+    @property
+    def intact(self) -> bool:
+        """A complete store with every file matching its index: nothing to compute."""
+        return self.complete and not self.damaged
+
+
+def survey(folder: Path, want: dict) -> Survey:
+    """Check that ``folder`` may hold the store ``want`` describes (``check_folder``), and read a
+    complete store's every file against the sha256 its index records, each time it is opened for
+    use: the files that do not match are recomputed (and only they are rewritten)."""
+    index = read_index(folder)
+    check_folder(folder, index, want)
+    if index is None or not index.get("complete"):
+        return Survey(want, index, {})
+    damaged = dict(store_problems(folder, index))
+    for name, why in damaged.items():
+        log.warning("%s: %s; recomputing it", folder / name, why)
+    return Survey(index, index, damaged)
+
+
+class StoreWriter:
+    """One run writing the store ``found`` describes into ``folder`` (a writable folder): the
+    folder, its index (written first, unfinished) and ``pair_image.npy`` are set up on creation;
+    ``todo`` lists the shards to compute, ``write`` saves one shard's arrays atomically (of a repair,
+    only the damaged files), and ``finish`` records every hash and completes the index."""
+
+    def __init__(self, folder: Path, found: Survey, pair_image: np.ndarray):
+        self.folder, self.index, self.damaged = folder, found.index, found.damaged
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)  # what killed runs writing this store left behind
+        if found.found is None:
+            write_index(folder, self.index)
+        # an intact file's recorded hash: not computed again
+        recorded = store_files(self.index) if self.damaged else []
+        self.digests = {name: digest for name, _, digest in recorded if name not in self.damaged}
+        if not (folder / PAIR_IMAGE).is_file() or PAIR_IMAGE in self.damaged:
+            self.digests[PAIR_IMAGE] = save_npy_atomic(folder / PAIR_IMAGE, pair_image)
+        self.todo = [s for s in self.index["shards"] if not shard_done(folder, s) or self._damaged(s)]
+        self.started = time.perf_counter()
+
+    def _damaged(self, shard: dict) -> bool:
+        return bool({shard["image_file"], shard["text_file"]} & self.damaged.keys())
+
+    def write(self, shard: dict, img: np.ndarray, txt: np.ndarray) -> None:
+        for name, rows in ((shard["text_file"], txt), (shard["image_file"], img)):
+            if not self.damaged or name in self.damaged:
+                self.digests[name] = save_npy_atomic(self.folder / name, rows)
+
+    def finish(self) -> None:
+        """Record the cost (not of a repair: it keeps the cost of the run that computed the store),
+        every file's sha256 and the dimension, and rewrite the index with ``"complete": true`` last."""
+        folder, index, shards = self.folder, self.index, self.index["shards"]
+        if not self.damaged:
+            whole = len(self.todo) == len(shards)
+            seconds = round(time.perf_counter() - self.started, 2) if whole else None
+            cost = {"compute_seconds": seconds, "shards": len(shards)}
+            write_text_atomic(folder / COST_FILE, json.dumps(cost, indent=2))
+        for s in shards:
+            for key in ("image", "text"):
+                name = s[f"{key}_file"]
+                s[f"{key}_sha256"] = self.digests.get(name) or sha256_file(folder / name)
+        if shards:
+            index["dim"] = int(np.load(folder / shards[0]["image_file"], mmap_mode="r").shape[1])
+        index["pair_image_sha256"] = self.digests.get(PAIR_IMAGE) or sha256_file(folder / PAIR_IMAGE)
+        index.pop("complete", None)
+        index["complete"] = True  # the last key, in the index written after the last shard
+        write_index(folder, index)
+
+
+def compute_seconds(folder: Path) -> float | None:
+    """The seconds the store took to compute, whichever run computed it (None: not known, e.g. a
+    resumed store, or one written before costs were recorded)."""
+    try:
+        return json.loads((Path(folder) / COST_FILE).read_text()).get("compute_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
