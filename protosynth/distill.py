@@ -194,9 +194,11 @@ class Loaded:
     engine: Engine  # where the heavy stages run (``engines.py``)
 
 
-def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine) -> Loaded:
+def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = None) -> Loaded:
     """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed
-    on ``engine``. Every check on budgets and render settings happens before the embedding work."""
+    on ``engine`` (None: the one ``cfg.engine`` names). Every check on budgets and render settings
+    happens before the embedding work."""
+    engine = make_engine(cfg.engine if engine is None else engine)
     t = time.time()
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
     # the one resolution; a setting the decoder cannot honour fails here

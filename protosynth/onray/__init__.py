@@ -1,2 +1,3 @@
-"""The Ray engine's stages (``engine.py``): every module here imports ``ray`` at the top, so only code
-that runs under ``engine="ray"`` imports them, once ``engine.ray_session`` has opened a session."""
+"""The Ray engine (``engine.RayEngine``): its modules import ``ray`` at the top, so only
+``engines.make_engine`` imports them, when the Ray engine is asked for. They import no stage: the
+stages hand over their own functions and jobs as arguments."""
