@@ -43,6 +43,7 @@ FLAGS: dict[str, str | None] = {
     "strength": "--strength",
     "render.steps": "--steps",
     "render.guidance_scale": "--guidance",
+    "render.negative_prompt": "--negative-prompt",
     "render.noise_level": "--noise-level",
     "noise_level": "--noise-level",
     "negative_prompt": "--negative-prompt",

@@ -39,7 +39,8 @@ BUFFER_IMAGE_COLUMN_HELP = (
     "Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with)."
 )
 BUFFER_CAPTION_COLUMN_HELP = "Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."
-ENGINE_HELP = "Where the heavy stages run: local (this process) or ray (a Ray cluster; pip install -e '.[ray]')."
+# "\\[": rich (typer's help renderer) reads "[ray]" as a markup tag and drops it
+ENGINE_HELP = "Where the heavy stages run: local (this process) or ray (a Ray cluster; pip install -e '.\\[ray]')."
 ADDRESS_HELP = (
     "With --engine ray: the Ray cluster to join (auto, HOST:PORT or ray://HOST:PORT; default: start a local "
     "Ray instance)."

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from .distilled import check_budget, check_out_dir, manifest_header, pair_tensor
 from .embed import EmbedConfig, Embeddings, embed_corpus
 from .engine import EngineConfig, check_engine
 from .engines import Engine, make_engine
-from .errors import P, ProtosynthError
+from .errors import P, Param, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
@@ -135,6 +135,22 @@ def default_out(cfg: DistillConfig) -> Path:
     return Path("distilled") / set_name(cfg)
 
 
+# what only a render uses: a selection (method "select") refuses each of them by name
+RENDER_ONLY = ("candidates", "caption")
+RENDER_SETTINGS = tuple(f.name for f in fields(RenderConfig) if f.name != "seed")
+
+
+def check_nothing_rendered(cfg: DistillConfig) -> None:
+    """A selection renders nothing: a render setting given with it would be recorded in the
+    manifest for images nobody drew, so each one is refused by name."""
+    unset_cfg, unset_render = DistillConfig(), RenderConfig()
+    given = [name for name in RENDER_ONLY if getattr(cfg, name) != getattr(unset_cfg, name)]
+    given += [f"render.{n}" for n in RENDER_SETTINGS if getattr(cfg.render, n) != getattr(unset_render, n)]
+    if given:
+        names = ", ".join(str(Param(name)) for name in given)
+        raise ProtosynthError(f"{P.method('select')} renders nothing: {names} do not apply", param="method")
+
+
 def validate(cfg: DistillConfig) -> Path:
     """Every check that needs no model or data, before any work starts; returns the out dir."""
     if cfg.budget < 1:
@@ -149,11 +165,8 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"unknown {P.text} {cfg.text!r}: use {' or '.join(TEXT_RULES)}")
     if cfg.candidates < 1:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
-    if cfg.method == "select" and (cfg.candidates != 1 or cfg.caption is not None or cfg.render.init is not None):
-        raise ProtosynthError(
-            f"{P.method('select')} renders nothing: {P.candidates}, {P.caption} and {P.render.init} do not apply",
-            param="method",
-        )
+    if cfg.method == "select":
+        check_nothing_rendered(cfg)
     if cfg.render.init is not None and cfg.render.init not in INITS:
         raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
     r = cfg.render

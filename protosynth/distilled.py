@@ -11,6 +11,7 @@ place when complete, so an interrupted run never leaves a folder that looks like
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from dataclasses import dataclass
@@ -24,29 +25,80 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from .errors import P, ProtosynthError
-from .files import atomic_path, check_writable, remove_stale_temps, save_safetensors_atomic, sha256_file
+from .files import (
+    Claim,
+    atomic_path,
+    check_folder,
+    check_writable,
+    remove_stale_temps,
+    save_safetensors_atomic,
+    sha256_file,
+    why_not_renamable,
+)
 from .hub import write_hub_files
 from .imageops import to_rgb
 
 MANIFEST = "manifest.json"
 
 
+def set_destination(out: Path) -> Path:
+    """Where a set for ``out`` goes: a symlink is followed (the set is written where it points and
+    the link stays), anything else is ``out`` itself."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty ``--out`` unless ``--force``, and even with it anything but an earlier set:
-    ``--force`` replaces distilled sets, never the working folder or an unrelated one."""
+    ``--force`` replaces distilled sets, never the working folder or an unrelated one. The set is
+    written beside ``out`` and renamed into place, so ``out``'s parent must take new entries and
+    ``out`` itself, when it exists, must be a folder that can be renamed away."""
+    out = set_destination(out)
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
-    # the set is written beside ``out`` and renamed over it: its parent must take new entries
     check_writable(out.parent, f"{P.out} {out}")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
         return
-    if not force:
-        raise ProtosynthError(f"{P.out} {out} exists and is not empty; pass {P.force(True)} to replace it")
-    if Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise ProtosynthError(f"{P.out} {out} holds the working folder; {P.force} only replaces sets")
+    fixed = why_not_renamable(out)
+    if fixed:
+        raise ProtosynthError(
+            f"{P.out} {out} is {fixed}, which a set cannot replace (it is written beside its folder and renamed "
+            f"into place): name a folder inside it, such as {out / 'set'}"
+        )
+    if not any(out.iterdir()):
+        _EMPTY_AT_START[str(out.resolve())] = _folder_id(out)
+        return
     why = not_a_set(out)
     if why:
-        raise ProtosynthError(f"{P.out} {out} is not a distilled set ({why}); {P.force} only replaces sets")
+        raise ProtosynthError(f"{P.out} {out} exists and is not a distilled set ({why}); name another folder")
+    if not force:
+        raise ProtosynthError(f"{P.out} {out} holds a distilled set; pass {P.force(True)} to replace it")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ProtosynthError(f"{P.out} {out} holds the working folder; {P.force} only replaces sets")
+
+
+# The empty folders ``check_out_dir`` accepted as ``out`` before a run's work, by path: (device,
+# inode). Only that folder, still empty, may be replaced without ``force`` when the set is renamed
+# into place; an empty folder made during the run is another inode, and stays.
+_EMPTY_AT_START: dict[str, tuple[int, int] | None] = {}
+
+
+def set_claim(out: Path, force: bool) -> Claim:
+    """What the set writer may replace at ``out`` at the moment it renames the finished set into
+    place: the empty folder ``check_out_dir`` found there before the work, and with ``force`` an
+    earlier set; never something that appeared or changed during the run (it is kept, and the
+    result too)."""
+
+    def refusal(path: Path) -> str | None:
+        if path.is_dir() and not path.is_symlink():
+            found = _EMPTY_AT_START.get(str(path.resolve()))
+            if found is not None and found == _folder_id(path) and not any(path.iterdir()):
+                return None
+            if force and not_a_set(path) is None:
+                return None
+        return "appeared or changed while this run was writing"
+
+    return Claim(f"{P.out} {out}", refusal)
 
 
 FORMAT = "protosynth-distilled/1"
@@ -164,11 +216,12 @@ def write_distilled(
 ) -> Path:
     """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last."""
     started = time.time()
-    check_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent, out.name)  # what killed runs writing this set left behind
-    # the old set (with --force) is moved aside only once the new one is complete, then deleted
-    with atomic_path(out, directory=True) as tmp:
+    target = set_destination(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target.parent, target.name)  # what killed runs writing this set left behind
+    # the old set (with --force) is moved aside only once the new one is complete, then deleted;
+    # what is at ``out`` then is checked again (anything may have appeared there during the run)
+    with atomic_path(target, directory=True, claim=set_claim(out, force)) as tmp:
         (tmp / "images").mkdir()
         for rec, im in zip(pairs, images):
             im.save(tmp / rec["image"], format="PNG")
@@ -303,8 +356,36 @@ def read_manifest(path: str | Path) -> dict:
 def load_distilled(path: str | Path, verify: bool = False) -> DistilledSet:
     """Open a complete set folder; ``verify`` first checks every file against the sha256 its manifest
     records (reads every file once), so a set changed after it was written is
-    refused, naming the file, before anything is read from it."""
+    refused, naming the file, before anything is read from it. A set another run replaces (``--force``)
+    while it is read is read again, whole, from the new folder."""
     root = Path(path)
+    check_folder(root)
+    for _ in range(READ_TRIES):
+        before = _folder_id(root)
+        try:
+            ds = _load(root, verify)
+        except ProtosynthError:
+            if _folder_id(root) == before:
+                raise
+            continue
+        if _folder_id(root) == before:
+            return ds
+    raise ProtosynthError(f"{root}: another run kept replacing this set while it was read; try again when it ends")
+
+
+READ_TRIES = 3
+
+
+def _folder_id(root: Path) -> tuple[int, int] | None:
+    """Which folder ``root`` names now (device, inode): a replaced set is another folder."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _load(root: Path, verify: bool) -> DistilledSet:
     manifest = read_manifest(root)
     try:
         if verify:

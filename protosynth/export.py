@@ -22,7 +22,7 @@ from typing import Callable
 
 from .distilled import DistilledSet, load_distilled
 from .errors import P, ProtosynthError
-from .files import atomic_path, check_writable
+from .files import Claim, atomic_path, check_writable, remove_stale_temps
 from .hub import metadata_rows
 
 FORMATS = ("webdataset", "parquet")
@@ -46,10 +46,33 @@ def check_out_file(out: Path, force: bool, ours: Callable[[Path], bool], what: s
         return
     if out.is_dir() or not out.is_file():
         raise ProtosynthError(f"{P.out} {out} exists and is not a file")
+    if out.is_symlink() or not ours(out):
+        raise ProtosynthError(f"{P.out} {out} is not a protosynth {what}; name another file")
     if not force:
         raise ProtosynthError(f"{P.out} {out} exists; pass {P.force(True)} to replace it")
-    if out.is_symlink() or not ours(out):
-        raise ProtosynthError(f"{P.out} {out} is not a protosynth {what}; {P.force} only replaces those")
+
+
+def out_file_claim(out: Path, force: bool, ours: Callable[[Path], bool]) -> Claim:
+    """What a file writer may replace at ``out`` when it renames its finished file into place: with
+    ``force`` a file of ours; never anything else, whenever it appeared (it is kept, and the result
+    too)."""
+
+    def refusal(path: Path) -> str | None:
+        if force and path.is_file() and not path.is_symlink() and ours(path):
+            return None
+        return "appeared or changed while this run was writing"
+
+    return Claim(f"{P.out} {out}", refusal)
+
+
+def write_out_file(out: Path, force: bool, ours: Callable[[Path], bool], write: Callable[[Path], None]) -> Path:
+    """``write(tmp)``, then the file renamed to ``out`` under ``out_file_claim``; what killed earlier
+    writers of ``out`` left behind is swept first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, out.name)
+    with atomic_path(out, claim=out_file_claim(out, force, ours)) as tmp:
+        write(tmp)
+    return out
 
 
 def is_our_tar(path: Path) -> bool:
@@ -136,7 +159,4 @@ def export_set(folder: str | Path, cfg: ExportConfig) -> Path:
         raise ProtosynthError(f"{P.out} {out} is inside the set {folder}, which holds only its own files")
     write, ours, what = WRITERS[cfg.to]
     check_out_file(out, cfg.force, ours, what)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        write(ds, tmp)
-    return out
+    return write_out_file(out, cfg.force, ours, lambda tmp: write(ds, tmp))

@@ -10,6 +10,10 @@ temporary name; ``remove_stale_temps`` is the one rule that sweeps what killed w
 
 from __future__ import annotations
 
+import array
+import ctypes
+import errno
+import fcntl
 import hashlib
 import itertools
 import os
@@ -18,8 +22,9 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +37,12 @@ TEMP_SUFFIX = ".tmp"
 _NAME_BYTES = 160  # of the target's name kept in a temporary name: the whole stays under NAME_MAX (255)
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-\d+-[0-9a-f]{8}\.tmp", re.DOTALL)
 _calls = itertools.count()
+# renameat2(2) with RENAME_NOREPLACE (Linux 3.15+, glibc 2.28+): a rename that never replaces
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+except (OSError, AttributeError):
+    _renameat2 = None
 
 
 def sha256_file(path: Path) -> str:
@@ -99,8 +110,117 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a writer may do to a destination it does not know: the user's paths (``--out``) are
+    re-checked at the moment of the rename, since anything may appear there while a run works.
+
+    ``what`` names the destination in errors (``out sets/race``). ``replaceable`` says why an
+    existing destination must stay (a phrase such as "appeared while this run was writing"), or
+    None when it may be replaced (``--force`` and the destination is ours); None for
+    ``replaceable`` itself: nothing that exists is replaced."""
+
+    what: str
+    replaceable: Callable[[Path], str | None] | None = None
+
+    def refusal(self, target: Path) -> str | None:
+        if not os.path.lexists(target):
+            return None
+        if self.replaceable is None:
+            return "appeared while this run was writing"
+        return self.replaceable(target)
+
+
+# A test's pause point: called with a user's destination just before its final rename, so a race can be
+# driven deterministically (something appears at the destination while a run writes).
+before_rename: Callable[[Path], None] | None = None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """``rename(src, dst)`` that fails with FileExistsError when ``dst`` exists, even an empty
+    folder (which a plain rename replaces): Linux's renameat2 RENAME_NOREPLACE, else a check just
+    before the rename where the file system does not offer it."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def keep_aside(tmp: Path, target: Path) -> Path:
+    """Give a finished result that cannot go to ``target`` a plain name beside it
+    (``NAME.protosynth-PID[-N]``), which no stale-temporary sweep removes, and return it."""
+    for n in itertools.count():
+        kept = target.with_name(f"{target.name}.protosynth-{os.getpid()}" + (f"-{n}" if n else ""))
+        try:
+            _rename_noreplace(tmp, kept)
+            return kept
+        except FileExistsError:
+            continue
+        except OSError:
+            return tmp
+
+
+def _refuse(tmp: Path, target: Path, claim: Claim, why: str) -> None:
+    kept = keep_aside(tmp, target)
+    raise ProtosynthError(f"{claim.what} {why}: not replaced; this run's result is kept in {kept}")
+
+
+def _place(tmp: Path, target: Path, claim: Claim | None, directory: bool) -> None:
+    """The final rename of ``atomic_path``, with ``claim``'s re-check of the destination."""
+    if claim is None:  # our own file or folder (a cache, a store, a model): replaced freely
+        if not directory:
+            os.replace(tmp, target)
+        else:
+            _swap_folder(tmp, target)
+        return
+    if before_rename is not None:
+        before_rename(target)
+    why = claim.refusal(target)
+    if why is not None:
+        _refuse(tmp, target, claim, why)
+    try:
+        if not os.path.lexists(target):
+            _rename_noreplace(tmp, target)
+        elif not directory:
+            os.replace(tmp, target)
+        else:
+            _swap_folder(tmp, target, _rename_noreplace)
+    except FileExistsError:
+        _refuse(tmp, target, claim, "appeared while this run was writing")
+    except OSError as exc:
+        kept = keep_aside(tmp, target)
+        raise ProtosynthError(
+            f"{claim.what}: cannot put the result there ({exc.strerror or exc}); it is kept in {kept}"
+        ) from None
+
+
+def _swap_folder(tmp: Path, target: Path, rename: Callable[[Path, Path], None] = os.replace) -> None:
+    """Replace folder ``target`` by ``tmp`` in two renames (the old one is moved aside to a
+    temporary name, then deleted), so ``target`` is always the old folder or the new one."""
+    aside = None
+    if target.is_dir():
+        aside = temp_path(target)
+        os.replace(target, aside)
+    try:
+        rename(tmp, target)
+    except BaseException:
+        if aside is not None:
+            if os.path.lexists(target):  # another writer's folder got there first: keep that one
+                _remove(aside)
+            else:
+                os.replace(aside, target)
+        raise
+    if aside is not None:
+        _remove(aside)
+
+
 @contextmanager
-def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
+def atomic_path(target: Path, directory: bool = False, claim: Claim | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` to write to; on success rename it over ``target``.
 
     The temporary is created first (an empty file, or with ``directory`` an empty folder) so the
@@ -108,9 +228,13 @@ def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
     temporary is deleted and ``target`` is left exactly as it was. A file keeps the permission bits
     the empty file was created with (0o666 less the umask), whatever the writer did to them:
     safetensors' ``save_file`` makes 0600 files. A folder replaces an existing folder ``target`` in
-    two renames (the old one is moved aside to a temporary name, then deleted), so ``target`` is
-    always the old folder or the new one; a kill between the two renames leaves both under
-    temporary names, for ``remove_stale_temps``.
+    two renames, so ``target`` is always the old folder or the new one; a kill between the two
+    renames leaves both under temporary names, for ``remove_stale_temps``.
+
+    ``claim`` (a user's destination): at the moment of the rename, a destination that now exists
+    is replaced only if ``claim`` allows it, and never an empty folder or a file that appeared
+    meanwhile; otherwise, or when the rename itself fails, the finished result is kept under a
+    plain name beside ``target`` and one error line says where.
     """
     target = Path(target)
     tmp = temp_path(target)
@@ -122,26 +246,15 @@ def atomic_path(target: Path, directory: bool = False) -> Iterator[Path]:
         new_file_mode = stat.S_IMODE(os.stat(tmp).st_mode)
     try:
         yield tmp
-        if not directory:
-            if stat.S_IMODE(os.stat(tmp).st_mode) != new_file_mode:
-                os.chmod(tmp, new_file_mode)
-            os.replace(tmp, target)
-            return
-        aside = None
-        if target.is_dir():
-            aside = temp_path(target)
-            os.replace(target, aside)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if aside is not None:
-                if os.path.lexists(target):  # another writer's folder got there first: keep that one
-                    _remove(aside)
-                else:
-                    os.replace(aside, target)
-            raise
-        if aside is not None:
-            _remove(aside)
+        if not directory and stat.S_IMODE(os.stat(tmp).st_mode) != new_file_mode:
+            os.chmod(tmp, new_file_mode)
+    except BaseException:
+        _remove(tmp)
+        raise
+    try:
+        _place(tmp, target, claim, directory)
+    except ProtosynthError:  # refused at the rename: the result is kept, and the error says where
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -189,6 +302,41 @@ def check_writable(folder: Path, what: str, hint: str = "") -> None:
     except OSError as exc:
         raise ProtosynthError(f"{what}: cannot write in {place} ({exc.strerror or exc}){hint}") from None
     _remove(probe)
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h: the inode flags chattr sets
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def why_not_renamable(folder: Path) -> str | None:
+    """Why an existing ``folder`` cannot be renamed away (which replacing it needs), or None: a
+    mount point (an empty Docker volume is one) or a folder marked immutable or append-only."""
+    if os.path.ismount(folder):
+        return "a mount point"
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+    except OSError:  # a file system without inode flags (tmpfs, NFS): nothing to refuse
+        return None
+    finally:
+        os.close(fd)
+    if flags[0] & _FS_IMMUTABLE_FL:
+        return "marked immutable"
+    if flags[0] & _FS_APPEND_FL:
+        return "marked append-only"
+    return None
+
+
+def check_folder(folder: Path) -> None:
+    """One line when ``folder``, a folder a verb reads, is not there or is not a folder."""
+    if not os.path.lexists(folder):
+        raise ProtosynthError(f"{folder}: no such folder")
+    if not Path(folder).is_dir():
+        raise ProtosynthError(f"{folder}: not a folder")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

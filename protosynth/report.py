@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from .baselines.compare import METRICS, set_folder
 from .distilled import DistilledSet, decode_image, load_distilled
 from .errors import P, ProtosynthError
 from .evaluation.data import source_corpus
-from .export import check_out_file
-from .files import write_text_atomic
+from .export import check_out_file, write_out_file
+from .files import check_folder
 
 GENERATOR = '<meta name="generator" content="protosynth report">'  # what says an existing page is ours
 STYLE = """
@@ -67,6 +68,17 @@ def img(image: Image.Image, side: int, cls: str, alt: str) -> str:
     return f'<img class="{cls}" src="{data_uri(image, side)}" alt="{html.escape(alt)}">'
 
 
+def without_folders(text: str) -> str:
+    """``text`` with each file path cut to its last name: a page that is shared must not show where
+    the corpus, the models or the set sit on the machine that made it (``/data/me/flickr.json`` ->
+    ``flickr.json``, ``small:/home/me/runs/mine`` -> ``small:mine``)."""
+    return _FOLDERS.sub("", text)
+
+
+# a run of folder names ending in a separator, from the start of a path (absolute, ~, ./ or ../)
+_FOLDERS = re.compile(r"(?:(?<=^)|(?<=[\s:'\"(=]))(?:~|\.{1,2})?/(?:[^\s/'\"]*/)*")
+
+
 def member_source(ds: DistilledSet):
     """``(corpus, None)``, or ``(None, why)`` when the set's source corpus cannot be loaded now."""
     if not any(p.get("members") for p in ds.pairs):
@@ -74,7 +86,7 @@ def member_source(ds: DistilledSet):
     try:
         return source_corpus(ds), None
     except (ProtosynthError, OSError, KeyError, ValueError) as exc:
-        return None, f"member thumbnails not shown: the source corpus could not be loaded ({exc})"
+        return None, f"member thumbnails not shown: the source corpus could not be loaded ({without_folders(str(exc))})"
 
 
 def fidelity(manifest: dict) -> str:
@@ -93,10 +105,10 @@ def set_summary(ds: DistilledSet) -> str:
     m = ds.manifest
     corpus = m.get("corpus") or {}
     parts = [f"method <b>{html.escape(str(m.get('method')))}</b>", f"{len(ds)} pairs", f"seed {m.get('seed')}"]
-    parts.append(f"corpus <code>{html.escape(str(corpus.get('spec')))}</code>")
+    parts.append(f"corpus <code>{html.escape(without_folders(str(corpus.get('spec'))))}</code>")
     for key in ("clip", "decoder"):
         if m.get(key):
-            parts.append(f"{key} <code>{html.escape(str(m[key].get('spec')))}</code>")
+            parts.append(f"{key} <code>{html.escape(without_folders(str(m[key].get('spec'))))}</code>")
     parts.append(fidelity(m))
     return '<p class="meta">' + " · ".join(parts) + "</p>"
 
@@ -130,7 +142,8 @@ def set_section(folder: Path, cfg: ReportConfig) -> str:
     corpus, why = member_source(ds) if cfg.members > 0 else (None, None)
     note = f'<p class="note">{html.escape(why)}</p>' if why else ""
     figures = "".join(pair_figure(ds, i, corpus, cfg) for i in range(len(ds)))
-    return f'<h2>{html.escape(str(folder))}</h2>{set_summary(ds)}{note}<div class="grid">{figures}</div>'
+    title = html.escape(without_folders(str(folder)))
+    return f'<h2>{title}</h2>{set_summary(ds)}{note}<div class="grid">{figures}</div>'
 
 
 def compare_table(doc: dict) -> str:
@@ -205,6 +218,7 @@ def compare_section(folder: Path, cfg: ReportConfig) -> str:
 
 
 def section(folder: Path, cfg: ReportConfig) -> str:
+    check_folder(folder)
     if (folder / "compare.json").is_file():
         return compare_section(folder, cfg)
     if not (folder / "manifest.json").is_file():
@@ -232,6 +246,4 @@ def build_report(folders: list[str | Path], cfg: ReportConfig) -> Path:
         f"<title>protosynth report</title><style>{STYLE}</style></head>"
         f"<body><h1>protosynth report</h1>{body}</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, page)
-    return out
+    return write_out_file(out, cfg.force, is_our_page, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from .distilled import FORMAT as SET_FORMAT
 from .distilled import MANIFEST, manifest_problem, set_problems
 from .errors import ProtosynthError
+from .files import check_folder
 from .store import INDEX, read_index, store_files, store_problems
 
 
@@ -38,6 +39,7 @@ def verify(folder: str | Path) -> Report:
     """Check every file of the set (``manifest.json``) or store (``index.json``) in ``folder``;
     raises ProtosynthError when ``folder`` is neither."""
     folder = Path(folder)
+    check_folder(folder)
     if (folder / MANIFEST).is_file():
         return _verify_set(folder)
     if (folder / INDEX).is_file():

@@ -258,7 +258,9 @@ def test_out_not_empty_without_force(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     r = invoke(["--corpus", "shapes,n=5", "--budget", "4", "--out", str(out)])
-    assert_one_line_error(r, r"--out", re.escape(str(out)), r"--force")
+    # a folder that is not a set: --force would refuse it too, so the line does not suggest it
+    line = assert_one_line_error(r, r"--out", re.escape(str(out)), r"is not a distilled set", r"name another folder")
+    assert "--force" not in line
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
     # a file where the folder should be is refused too
     as_file = tmp_path / "file"

@@ -131,7 +131,7 @@ def test_bad_input(kw, message, quick_models, tmp_path):
 def test_out_not_empty_without_force(quick_models, tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "notes.txt").write_text("mine")
-    with pytest.raises(ProtosynthError, match="not empty"):
+    with pytest.raises(ProtosynthError, match="exists and is not a distilled set"):
         build_coreset(CoresetConfig(budget=5, corpus=CORPUS, clip=f"small:{quick_models}", out=tmp_path / "o"))
 
 

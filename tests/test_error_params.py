@@ -230,8 +230,9 @@ def test_nested_settings_and_hints(tmp_path):
     (tmp_path / "o" / "notes.txt").write_text("mine")
     with pytest.raises(ProtosynthError) as exc:
         validate(DistillConfig(budget=4, out=tmp_path / "o"))
-    assert str(exc.value) == f"out {tmp_path / 'o'} exists and is not empty; pass force=True to replace it"
-    assert cli_message(exc.value) == f"--out {tmp_path / 'o'} exists and is not empty; pass --force to replace it"
+    why = "exists and is not a distilled set (no manifest.json); name another folder"
+    assert str(exc.value) == f"out {tmp_path / 'o'} {why}"
+    assert cli_message(exc.value) == f"--out {tmp_path / 'o'} {why}"
     r = CliRunner().invoke(app, ["distill", "--budget", "4", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and r.stderr.strip() == f"error: {cli_message(exc.value)}"
 

@@ -570,7 +570,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
         Fault(["verify", str(_apply(b.store, lambda s: s.joinpath("index.json").write_text("[]")))], []),
         r"<tmp>/store/index\.json: not a protosynth embedding index",
     ),
-    "verify: a file": lambda b: named(Fault(["verify", str(b.a_file())], []), r"<tmp>/a-file: neither a distilled set"),
+    "verify: a file": lambda b: named(Fault(["verify", str(b.a_file())], []), r"<tmp>/a-file: not a folder"),
     "embed into a store whose index.json is not JSON": lambda b: named(
         Fault(
             ["embed", "--corpus", CORPUS, "--workers", "0", "--shard-size", "16"]
@@ -661,7 +661,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
             ],
             [],
         ),
-        r"--out <tmp>/project is not a distilled set",
+        r"--out <tmp>/project exists and is not a distilled set",
     ),
     "export --force on a user's file": lambda b: named(
         Fault(

@@ -235,13 +235,15 @@ def test_verify_a_store_then_embed_repairs_it(a_store, corpus, clip, caplog):
 
 def test_verify_refuses_a_folder_that_is_neither(tmp_path, clean_set):
     (tmp_path / "empty").mkdir()
-    for folder in (tmp_path / "empty", tmp_path / "nowhere"):
-        r = verify_cli(folder)
-        assert r.exit_code == 2 and r.stdout == ""
-        assert (
-            r.stderr
-            == f"error: {folder}: neither a distilled set (no manifest.json) nor an embedding store (no index.json)\n"
-        )
+    folder = tmp_path / "empty"
+    r = verify_cli(folder)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert (
+        r.stderr
+        == f"error: {folder}: neither a distilled set (no manifest.json) nor an embedding store (no index.json)\n"
+    )
+    r = verify_cli(tmp_path / "nowhere")
+    assert r.exit_code == 2 and r.stdout == "" and r.stderr == f"error: {tmp_path / 'nowhere'}: no such folder\n"
     other = tmp_path / "other"
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"format": "someone-else/2", "files": {}}))

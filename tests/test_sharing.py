@@ -166,10 +166,10 @@ def test_export_parquet_reads_back(pds_set, tmp_path):
 def test_export_replaces_only_its_own_files(pds_set, tmp_path, to):
     out = tmp_path / "out.bin"
     out.write_text("a user's file")
-    with pytest.raises(ProtosynthError, match=f"out {out} exists; pass force=True"):
-        export_set(pds_set, ExportConfig(to=to, out=out))
-    with pytest.raises(ProtosynthError, match=f"out {out} is not a protosynth {to} export"):
-        export_set(pds_set, ExportConfig(to=to, out=out, force=True))
+    # without force as with it: the message never suggests a force that would then refuse
+    for force in (False, True):
+        with pytest.raises(ProtosynthError, match=f"out {out} is not a protosynth {to} export; name another file"):
+            export_set(pds_set, ExportConfig(to=to, out=out, force=force))
     assert out.read_text() == "a user's file"
     out.unlink()
     first = export_set(pds_set, ExportConfig(to=to, out=out)).read_bytes()
@@ -250,10 +250,9 @@ def test_report_says_when_members_cannot_be_shown(pds_set, tmp_path):
 def test_report_replaces_only_its_own_page(pds_set, tmp_path):
     out = tmp_path / "r.html"
     out.write_text("<html>my notes</html>")
-    with pytest.raises(ProtosynthError, match="exists; pass force=True"):
-        build_report([pds_set], ReportConfig(out=out, members=0))
-    with pytest.raises(ProtosynthError, match="is not a protosynth report"):
-        build_report([pds_set], ReportConfig(out=out, members=0, force=True))
+    for force in (False, True):
+        with pytest.raises(ProtosynthError, match="is not a protosynth report; name another file"):
+            build_report([pds_set], ReportConfig(out=out, members=0, force=force))
     assert out.read_text() == "<html>my notes</html>"
     out.unlink()
     build_report([pds_set], ReportConfig(out=out, members=0))

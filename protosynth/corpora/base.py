@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 import struct
 from abc import ABC, abstractmethod
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import P, ProtosynthError
 from ..imageops import to_rgb
@@ -50,8 +51,21 @@ def decode(data: bytes | Path, where: str, what: str, min_side: int | None = Non
         raise ProtosynthError(f"{where}: image file not found: {what}") from None
     except IsADirectoryError:
         raise ProtosynthError(f"{where}: {what} is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ProtosynthError(f"{where}: cannot read image {what}: not an image format PIL reads") from None
     except DECODE_ERRORS as exc:
-        raise ProtosynthError(f"{where}: cannot read image {what}: {exc}") from None
+        raise ProtosynthError(f"{where}: cannot read image {what}: {decode_reason(exc)}") from None
+
+
+# PIL names an in-memory file by its repr, which carries a memory address (``<_io.BytesIO object at
+# 0x7f...>``): nothing a user can act on, and it would make manifests differ between runs
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def decode_reason(exc: BaseException) -> str:
+    """Why PIL could not decode an image, in one line without object reprs."""
+    text = " ".join(_OBJECT_REPR.sub("", str(exc)).split())
+    return text or type(exc).__name__
 
 
 class ImageSource(ABC):

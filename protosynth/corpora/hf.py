@@ -81,7 +81,8 @@ def open_split(spec: str):
         raise ProtosynthError(f"corpus {spec!r}: datasets cannot load {target!r}: {first}") from None
     if not isinstance(found, datasets.DatasetDict):  # one saved split
         if split is not None and split != str(found.split):
-            raise ProtosynthError(f"corpus {spec!r}: {target} holds one split ({found.split}), not {split!r}")
+            held = f"one split, {found.split}" if found.split is not None else "one unnamed split"
+            raise ProtosynthError(f"corpus {spec!r}: {target} holds {held}, not {split!r}; name no split")
         return found, target
     names = list(found)
     if split is None:
