@@ -1,30 +1,44 @@
-# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Entry points for a fresh machine: `make demo` (the main job), `make test` (the whole suite) and
+# `make test-fast` (the inner loop: lint and every test not marked slow, under 2 minutes on 2 cores).
 # Each creates .venv when missing. torch is pinned and installed with pip first, so that pip takes
-# the wheels these machines cache locally instead of downloading a CUDA build.
+# the wheels these machines cache locally instead of downloading a CUDA build. The demo installs only
+# what it runs; the tests add the [test] extra (ruff, pytest, Ray, datasets, sentence-transformers)
+# on top. Each install happens once: a stamp file in .venv records it, redone when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
-.PHONY: install demo test ship-models ship-backbones
+.PHONY: install demo test test-fast lint ship-models ship-backbones
 
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+$(TEST_STAMP): $(DEMO_STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
-install: $(STAMP)
+install: $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/protosynth distill --budget 500 --force
 
-test: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
+
+test: lint
+	$(PYTEST) tests
+
+test-fast: lint
+	$(PYTEST) -m "not slow" tests
 
 # Copy a `protosynth models train` output into the package as the shipped default models
 # (weights, configs, metrics and provenance; never the resumable checkpoints).

@@ -41,6 +41,24 @@ torch.set_num_threads(2)
 
 QUICK_CORPUS = "shapes,n=300"
 
+# Fixtures that cost tens of seconds to a minute each on 2 cores: every test using one, even through
+# another fixture, is marked slow, so that `make test-fast` (pytest -m "not slow") leaves it out.
+# Slow tests that use none of them carry an explicit @pytest.mark.slow.
+SLOW_FIXTURES = {
+    "quick_models",  # trains a tiny CLIP and decoder (here)
+    "tiny_backbone",  # pretrains a ps-nfnet (here)
+    "buffers",  # trains expert trajectories (tests/test_baselines.py)
+    "published_runs",  # three distill processes with tiny hub decoders (tests/test_real_models.py)
+    "ray_address",  # starts a local Ray instance (tests/test_ray.py)
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test that needs a slow fixture; other slow tests carry an explicit mark."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory) -> Path:

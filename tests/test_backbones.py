@@ -37,6 +37,7 @@ def test_pretrained_folder_round_trip(tiny_backbone):
     assert prov["command"] == "test fixture" and "holdout" in prov
 
 
+@pytest.mark.slow  # trains a backbone twice (and makes the pretrain split)
 def test_pretraining_is_seeded(tmp_path):
     cfg = PretrainConfig(arch="ps-vit", n_images=120, holdout=20, epochs=1, batch_size=50)
     a = pretrain_backbone(cfg, tmp_path / "a")

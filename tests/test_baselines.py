@@ -346,6 +346,7 @@ def test_baseline_refuses_a_buffer_of_the_wrong_shape(buffers, tmp_path):
         distill_baseline(BaselineConfig(method="lors", budget=5, buffer=full, out=tmp_path / "w", expert_epochs=5))
 
 
+@pytest.mark.slow  # every kind of method made and evaluated in child processes, twice
 def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     """Methods of every kind (coreset, PDS, full-unroll and heads-only baselines, the upper bound) at a
     tiny budget through the real command path, smaller than --quick; the others share these paths."""
@@ -438,6 +439,7 @@ def test_baseline_cli_bad_input(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # trains expert buffers and runs LoRS on timm nfnet_l0 and BERT
 def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
     """The reference protocol's classes (timm nfnet_l0 with random weights, a BERT [CLS]) through
     the same buffer and matching code, at 32 px to stay fast."""

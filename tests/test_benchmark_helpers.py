@@ -189,6 +189,7 @@ def test_scale_ray_times_the_passes_inside_clustering_and_restores_thread_counts
     assert rows[1]["hours"] == pytest.approx(89.03, abs=0.01)
 
 
+@pytest.mark.slow  # a fresh process that builds a corpus index
 def test_scale_ray_times_the_drivers_corpus_index_in_a_fresh_process(tmp_path):
     ix = measure_index(images=300, work=tmp_path)
     assert ix["pairs"] == 300 and ix["seconds"] > 0 and ix["retained_mb"] >= 0

@@ -88,6 +88,7 @@ def test_written_coreset_is_real_pairs(method, quick_models, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (again / name).read_bytes()
 
 
+@pytest.mark.slow  # trains the small protocol's model
 def test_forgetting_counts_from_training(tmp_path, monkeypatch):
     """Counts come from training the small protocol's model (the shipped ps-nfnet + MiniLM); cached."""
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path))

@@ -129,6 +129,7 @@ def test_cache_dir_follows_env(_cache):
     assert cache_dir() == _cache
 
 
+@pytest.mark.slow  # generates the world's 10,000-image train split in its own cache
 def test_world_is_cached_and_second_load_reads_cache(_cache):
     first = load_world("shapes:test,n=12")
     files = list((_cache / "world").glob("*.npz"))
@@ -463,6 +464,7 @@ def test_invalid_utf8_is_named_with_its_line(tmp_path):
 
 # The split tests below use the run's cache (they do not look into it): the val tests read the splits
 # the first one made, and the default world's splits are shared with the rest of the suite.
+@pytest.mark.slow  # generates four world splits
 def test_test_and_pretrain_splits_share_no_image_with_earlier_splits():
     """Raw generation repeats some single-object images across splits (7 of the default 1,000 test
     images equal a train image; 2 with the 3,000-image train split used here to keep it fast); the
@@ -494,6 +496,7 @@ def test_val_split_shares_no_image_with_any_other_split():
     assert not np.array_equal(raw.images[:50], test.images[:50])  # its own stream, not a copy of test's
 
 
+@pytest.mark.slow  # makes the val split, which generates every other split first
 def test_val_split_by_spec_and_unchanged_keys_of_the_other_splits():
     corpus = load_corpus("shapes:val,n=40")
     assert corpus.n_images == 40 and corpus.fingerprint.endswith("-val")

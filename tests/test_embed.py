@@ -196,6 +196,7 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
 
 
+@pytest.mark.slow  # three embed processes, one killed
 def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     """SIGKILL ``protosynth embed`` once some but not all shards exist, rerun it, compare bytes."""
     load_corpus("shapes,n=120")  # the world is generated once, before the clock matters

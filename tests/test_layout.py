@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import protosynth
 
 PACKAGE = Path(protosynth.__file__).parent
@@ -270,3 +272,17 @@ def test_each_engine_check_catches_its_violation():
         assert stages_importing_the_engine({"protosynth.embed": source_imports(source, "protosynth.embed")})
     assert stages_importing_the_engine({"protosynth.engines": {"protosynth.onray.engine"}}) == {}
     assert stages_importing_the_engine({"protosynth.render": {"protosynth.engines", "rayon"}}) == {}
+
+
+def test_every_package_folder_is_declared():
+    """setuptools warns ("Package would be ignored", 40 lines each) at every install about a folder
+    with an importable name that holds files (at any depth) but is missing from pyproject's ``packages``."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join(d.relative_to(PACKAGE.parent).parts)
+        for d in [PACKAGE, *PACKAGE.rglob("*")]
+        if d.is_dir() and d.name != "__pycache__" and any(f.is_file() for f in d.rglob("*"))
+    }
+    importable = {name for name in folders if all(part.isidentifier() for part in name.split("."))}
+    assert importable - declared == set()

@@ -76,6 +76,7 @@ def test_interrupted_decoding_leaves_no_cache(mixed_sizes, monkeypatch):
     assert not (cache_dir() / "pixels").exists() or not list((cache_dir() / "pixels").iterdir())
 
 
+@pytest.mark.slow  # generates the world's 10,000-image train split in its own cache
 def test_world_rows_are_its_pixels_without_a_copy():
     world = load_corpus("shapes:test,n=8")
     rows = corpus_pixel_rows(world, MEAN, STD, 32)

@@ -240,6 +240,7 @@ def test_ray_corrupt_image_is_one_line_naming_file_and_row(tmp_path, ray_address
     assert_one_line_error(r, "every one of its 6 images is unreadable", r"corpus\.jsonl line 1: cannot read image")
 
 
+@pytest.mark.slow  # Ray's client tries the address until it gives up
 def test_unreachable_address_is_one_line(tmp_path):
     """Nothing listens on the port: one line naming the flag and the address, exit 2, in seconds."""
     cmd = _embed_cmd(tmp_path / "s", "127.0.0.1:9")
@@ -278,6 +279,7 @@ def _answering(reply: bytes):
         server.close()
 
 
+@pytest.mark.slow  # Ray's client tries the address until it gives up
 def test_an_address_where_another_service_answers_is_one_line(tmp_path):
     """A port where something other than Ray answers (an HTTP/1.1 server such as the dashboard; one
     that hangs up) would leave ray.init retrying for minutes: one line, exit 2, in seconds."""

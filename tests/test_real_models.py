@@ -373,6 +373,7 @@ def test_published_decoder_loads_from_the_local_hub_cache(published_runs, name, 
     assert manifest["clip"]["space"] == space and len(list((out / "images").iterdir())) == 3
 
 
+@pytest.mark.slow  # a distill process with a tiny hub decoder
 def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_path):
     """``--decoder sd-unclip-small`` with no ``--clip`` uses ViT-L-14-quickgelu:openai: with the decoder
     in the hub cache and that CLIP not, the run stops at the CLIP's missing-weights error (exit 2, one line)."""

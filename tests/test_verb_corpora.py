@@ -204,6 +204,7 @@ def test_relative_paths_are_recorded_absolute_so_another_folder_can_reuse_the_bu
     assert json.loads((tmp_path / "set" / "manifest.json").read_text())["corpus"]["spec"] == corpus["spec"]
 
 
+@pytest.mark.slow  # makes and evaluates sets in child processes
 def test_compare_baselines(layout, tmp_path):
     out = tmp_path / "cmp"
     args = [
