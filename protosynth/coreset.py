@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
@@ -43,25 +44,6 @@ from .progress import StepBar
 from .runinfo import check_device, check_seed, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
-
-
-@dataclass
-class CoresetConfig:
-    method: str = "random"
-    budget: int = 500
-    corpus: str = "shapes"
-    clip: str = "default"  # the CLIP for herding/k-center features and the stored embeddings
-    seed: int = 0
-    out: Path | None = None
-    force: bool = False
-    device: str = "cpu"
-    forgetting_protocol: str = "small"
-    forgetting_epochs: int = 5
-    keep: str = "most"  # forgetting: keep the most- or least-forgotten pairs
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def default_out(cfg: CoresetConfig) -> Path:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -37,11 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
 from .corpus import Corpus, load_corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
-from .embed import EmbedConfig, Embeddings, embed_corpus
-from .engine import EngineConfig, check_engine, onray, ray_session
+from .embed import Embeddings, embed_corpus
+from .engine import check_engine, onray, ray_session
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
@@ -93,38 +94,6 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
     init = render.init or DEFAULT_INIT
     strength = render.strength if render.strength is not None or init != "nearest" else DEFAULT_STRENGTH
     return replace(render, init=init, strength=strength)
-
-
-@dataclass
-class DistillConfig:
-    budget: int = 500
-    corpus: str = "shapes"
-    clip: str | None = None  # None: the CLIP the decoder was trained on
-    decoder: str = "default"
-    clip_arch: str | None = None  # open_clip architecture of a checkpoint file given as ``clip``
-    clip_space: str | None = None  # declared space of such a file (e.g. ViT-L-14:openai)
-    dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
-    mode: str = "matched"
-    method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
-    # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
-    # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
-    caption: str | None = None
-    candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
-    text: str | None = None  # how a learner reads each pair's text (TEXT_RULES); None: text_rule's default
-    seed: int = 0
-    out: Path | None = None
-    force: bool = False
-    device: str = "cpu"
-    render: RenderConfig = field(default_factory=RenderConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)  # fp16: read (or write) the float16 store
-    drop_fraction: float = 0.2
-    kmeans_iters: int = 25
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
-    # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
-    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def set_name(cfg: DistillConfig) -> str:

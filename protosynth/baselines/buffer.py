@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from ..corpora.spec import canonical_root, canonical_spec
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
@@ -39,28 +40,6 @@ from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class BufferConfig:
-    corpus: str = "shapes"
-    protocol: str = "small"
-    experts: int = 5
-    epochs: int = 4
-    heads_only: bool = False
-    lr: float = 0.1
-    batch_size: int = 128
-    max_pairs: int | None = None  # train on a seeded subset of this many pairs (quick runs); None = all
-    backbone: str | None = None  # default: the protocol's (tests pass tiny ones)
-    text_encoder: str | None = None
-    image_size: int | None = None
-    seed: int = 0
-    out: Path | None = None
-    device: str = "cpu"
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def _validate(cfg: BufferConfig) -> Path:

@@ -22,9 +22,10 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from ..configs import ALL_METHODS, CORESETS, OPTIMISATION, QUICK_WORLD, CompareConfig  # noqa: F401 (re-exported: its public home)
 from ..coreset import CoresetConfig, build_coreset
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_corpus
@@ -40,49 +41,6 @@ from ..runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
-
-CORESETS = ("random", "herding", "kcenter", "forgetting")
-OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
-QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
-
-
-@dataclass
-class CompareConfig:
-    budget: int = 100
-    methods: tuple[str, ...] = ALL_METHODS
-    corpus: str = "shapes"
-    protocol: str = "small"
-    repeats: int = 5
-    out: Path = Path("runs/compare")
-    quick: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    eval_epochs: int | None = None  # default: the protocol's (quick: 20)
-    experts: int = 4
-    expert_epochs: int = 3  # epochs per expert trajectory
-    buffer_pairs: int | None = None
-    iterations: int | None = None  # matching iterations (default: the method's preset)
-    test: str | None = None  # test corpus spec (default: the world's test split; other corpora need one)
-    image_root: Path | None = None  # folder of a .json/.csv corpus's (and test corpus's) image paths
-    skip_bad: bool = False  # drop unreadable images of the corpus (sets, buffers, full row), never the test's
-    image_column: str | None = None  # image column of a .parquet or hf: corpus (and test corpus); None: jpg / image
-    caption_column: str | None = None  # their caption column (None: caption)
-
-    def effective(self) -> "CompareConfig":
-        if not self.quick:
-            return self
-        corpus = QUICK_WORLD if self.corpus == "shapes" else self.corpus
-        return replace(
-            self,
-            corpus=corpus,
-            repeats=min(self.repeats, 2),
-            eval_epochs=self.eval_epochs or 20,
-            experts=min(self.experts, 2),
-            expert_epochs=min(self.expert_epochs, 2),
-            buffer_pairs=self.buffer_pairs or 2000,
-            iterations=self.iterations or 10,
-        )
 
 
 def _validate(cfg: CompareConfig) -> None:

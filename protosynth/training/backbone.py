@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from ..configs import PretrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import world_split
 from ..errors import P, ProtosynthError
 from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
@@ -38,19 +39,6 @@ from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
 LABELS = "world-cells-v1"
-
-
-@dataclass
-class PretrainConfig:
-    arch: str = "ps-nfnet"
-    n_images: int = 10_000  # size of the world's pretraining split
-    holdout: int = 1_000
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    image_size: int = 32
 
 
 def cell_labels(objects) -> np.ndarray:

@@ -10,32 +10,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ..configs import ModelsTrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
 from ..files import check_writable, git_commit, write_text_atomic
-from .clip import ClipTrainConfig, train_clip
+from .clip import train_clip
 from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
-
-
-@dataclass
-class ModelsTrainConfig:
-    corpus: str = "shapes"
-    test: str | None = None  # default: the world's test split, or a held-out slice of a JSONL corpus
-    only: str = "all"  # all | clip | decoder
-    seed: int = 0
-    quick: bool = False
-    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
-    decoder: dict = field(default_factory=dict)
-    image_root: Path | None = None  # folder of a .json/.csv --corpus's (and --test's) image paths
-    skip_bad: bool = False  # drop (and count) unreadable images of --corpus and --test instead of stopping
-    image_column: str | None = None  # a .parquet or hf: --corpus's (and --test's) image column (None: jpg / image)
-    caption_column: str | None = None  # their caption column (None: caption)
 
 
 def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
