@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from protosynth.configs import ALL_METHODS as METHODS
-from protosynth.configs import BaselineConfig, BufferConfig, CompareConfig
+from protosynth.baselines.configs import ALL_METHODS as METHODS
+from protosynth.baselines.configs import BaselineConfig, BufferConfig, CompareConfig
 
 from .common import comma_list, command_line, run
 from .options import REQUIRED, build, command, fields

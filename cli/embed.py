@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from protosynth.configs import DistillConfig, EmbedConfig, EngineConfig
+from protosynth.source import CorpusSource
 
 from .common import run
 from .options import build, command, fields, flag
@@ -23,7 +24,7 @@ CLIP_HELP = "CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a
 def register(app: typer.Typer) -> None:
     """``embed``: corpus and CLIP flags as distill has them, the store's, and the engine's."""
     flags = [
-        *fields(DistillConfig, "corpus image_root skip_bad image_column caption_column", "embed"),
+        *fields(CorpusSource, "corpus image_root skip_bad image_column caption_column", "embed"),
         flag("clip", str, "default", CLIP_HELP),
         *fields(DistillConfig, "clip_arch clip_space", "embed"),
         *fields(EmbedConfig, "out shard_size fp16 batch_size workers", "embed", workers={"help": WORKERS_HELP}),
@@ -36,7 +37,6 @@ def register(app: typer.Typer) -> None:
 def embed(**values) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again
     after a kill and only the unfinished shards are computed."""
-    from protosynth.corpus import load_corpus
     from protosynth.embed import check_config, embed_corpus
     from protosynth.engine import check_engine, ray_session
     from protosynth.models.clip import load_clip
@@ -44,31 +44,18 @@ def embed(**values) -> None:
 
     # --workers: the Ray engine's actors, or the local engine's DataLoader processes
     on_ray = values["engine"] == "ray"
-    eng = EngineConfig(
-        values["engine"],
-        values["address"],
-        values["workers"] if on_ray else None,
-        values["gpus_per_worker"],
-        values["cpus_per_worker"],
-    )
+    eng = build(EngineConfig, values, workers=values["workers"] if on_ray else None)
     store = "batch_size out shard_size fp16"
     cfg = build(EmbedConfig, values, store, num_workers=None if on_ray else values["workers"])
-    skip_bad = values["skip_bad"]
+    source = build(CorpusSource, values)
 
     def go() -> Path:
         check_engine(eng)
         check_config(cfg)
         check_device(values["device"])
         # --skip-bad on Ray decodes in Ray tasks at load: one session for that pass and the embedding
-        with ray_session(eng) if eng.on_ray and skip_bad else nullcontext():
-            corpus_ = load_corpus(
-                values["corpus"],
-                image_root=values["image_root"],
-                skip_bad=skip_bad,
-                image_column=values["image_column"],
-                caption_column=values["caption_column"],
-                engine=eng,
-            )
+        with ray_session(eng) if eng.on_ray and source.skip_bad else nullcontext():
+            corpus_ = source.load(engine=eng)
             clip = load_clip(values["clip"], values["device"], arch=values["clip_arch"], space=values["clip_space"])
             emb = embed_corpus(corpus_, clip, cfg, eng)
         return emb.cache_path

@@ -7,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 
 from protosynth import configs
+from protosynth.baselines import configs as baseline_configs
 from protosynth.configs import DistillConfig
 from protosynth.errors import ProtosynthError, python_spelling, spell_references
 from protosynth.options import flag_name
+from protosynth.source import CorpusSource
 
 # every config whose fields a verb's error can name
-CONFIGS = [getattr(configs, name) for name in configs.__dict__ if name.endswith("Config")]
+CONFIGS = [getattr(m, name) for m in (configs, baseline_configs) for name in vars(m) if name.endswith("Config")] + [
+    CorpusSource
+]
 
 # Parameters no config field declares: the arguments of library functions, ``ModelsTrainConfig.decoder``'s
 # keys, and those no flag sets (None: the verb computes them, so the error keeps the library's name).

@@ -38,25 +38,42 @@ def flag(name: str, annotation: Any, default: Any = None, help: str | None = Non
 def fields(cls, names: str, verb: str, **changes: dict) -> list[Flag]:
     """The flags of ``cls``'s fields ``names`` (their flag names, space-separated, in ``--help`` order),
     each as the field declares it but for ``changes[name]`` (the verb's own default, type, help or
-    declarations: ``default=REQUIRED``)."""
-    hints = get_type_hints(cls)
-    by_flag = {flag_name(f): f for f in dataclasses.fields(cls)}
+    declarations: ``default=REQUIRED``). The fields of a nested ``CorpusSource`` are the config's own."""
+    by_flag = _flat_fields(cls)
     flags = []
     for name in names.split():
-        field = by_flag[name]
+        owner, field, help = by_flag[name]
         default = None if field.default is NOT_SET else field.default
-        option = Flag(name, hints[field.name], default, cli_help(help_of(field), verb))
+        option = Flag(name, get_type_hints(owner)[field.name], default, cli_help(help, verb))
         flags.append(dataclasses.replace(option, **changes.get(name, {})))
     return flags
 
 
+def _flat_fields(cls) -> dict[str, tuple[type, dataclasses.Field, str | None]]:
+    """Flag name -> (the class declaring the field, the field, its help for ``cls``): a nested
+    config's fields (``source()``) in its place, with the help ``cls`` gives them."""
+    flat = {}
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("nested"):
+            for inner in dataclasses.fields(field.default_factory):
+                flat[flag_name(inner)] = (field.default_factory, inner, help_of(field).get(inner.name, help_of(inner)))
+        else:
+            flat[flag_name(field)] = (cls, field, help_of(field))
+    return flat
+
+
 def build(cls, values: dict, names: str | None = None, **settings):
     """A ``cls`` of the parsed ``values`` of its fields' flags (only ``names``, space-separated, when
-    given: another config of the verb has a flag of the same name), and ``settings``."""
+    given: another config of the verb has a flag of the same name), and ``settings``; a nested
+    config (the ``CorpusSource``) of its own fields' flags."""
     wanted = names.split() if names is not None else None
     for field in dataclasses.fields(cls):
         name = flag_name(field)
-        if name in values and field.name not in settings and (wanted is None or name in wanted):
+        if field.name in settings:
+            continue
+        if field.metadata.get("nested"):
+            settings[field.name] = build(field.default_factory, values)
+        elif name in values and (wanted is None or name in wanted):
             settings[field.name] = values[name]
     return cls(**settings)
 

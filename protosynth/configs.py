@@ -1,13 +1,15 @@
-"""The settings of every verb, each field declared once with its default and its help (``opt``).
+"""The settings of the verbs, each field declared once with its default and its help (``opt``); the
+baselines' are in ``protosynth.baselines.configs``.
 
-They live here, away from the modules that use them, so that the command line can read them for
-``--help`` without importing torch; each module re-exports its own (``protosynth.distill.DistillConfig``).
-Help names other parameters through ``P``; the command line spells them as its flags.
+They live apart from the modules that use them so that the command line reads them for ``--help``
+without importing the models (open_clip, diffusers); each module re-exports its own
+(``protosynth.distill.DistillConfig``). Help names other parameters through ``P``; the command line
+spells them as its flags.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import P
@@ -16,7 +18,6 @@ from .options import (
     CAPTION_COLUMN_HELP,
     CLIP_ARCH_HELP,
     CLIP_SPACE_HELP,
-    CORPUS_HELP,
     EVAL_CAPTION_COLUMN_HELP,
     EVAL_IMAGE_COLUMN_HELP,
     EVAL_IMAGE_ROOT_HELP,
@@ -26,11 +27,8 @@ from .options import (
     SKIP_BAD_HELP,
     opt,
 )
+from .source import CorpusSource, ReadsCorpus, source
 
-CORESETS = ("random", "herding", "kcenter", "forgetting")
-OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
-QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
 RAY = f"With {P.engine('ray')}:"
 
 
@@ -138,12 +136,12 @@ class EmbedConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(ReadsCorpus):
     budget: int = opt(
         500,
         help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass.",
     )
-    corpus: str = opt("shapes", help=CORPUS_HELP)
+    corpus: CorpusSource = source()
     # None: the CLIP the decoder was trained on
     clip: str | None = opt(
         None,
@@ -202,21 +200,15 @@ class DistillConfig:
     embed: EmbedConfig = opt(factory=EmbedConfig)  # fp16: read (or write) the float16 store
     drop_fraction: float = 0.2
     kmeans_iters: int = 25
-    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP)  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = opt(False, help=SKIP_BAD_HELP)  # drop (and count) unreadable images instead of stopping
-    # a .parquet or hf: corpus's image column (None: jpg / image)
-    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP)
-    # a .parquet or hf: corpus's caption column (None: caption)
-    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP)
     # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
     engine: EngineConfig = opt(factory=EngineConfig)
 
 
 @dataclass
-class CoresetConfig:
+class CoresetConfig(ReadsCorpus):
     method: str = opt("random", help="random, herding, kcenter or forgetting.")
     budget: int = opt(500, help="Number of real pairs to keep.")
-    corpus: str = opt("shapes", help=CORPUS_HELP)
+    corpus: CorpusSource = source()
     # the CLIP for herding/k-center features and the stored embeddings
     clip: str = opt("default", help="CLIP for herding/k-center features and the stored embeddings.")
     seed: int = 0
@@ -226,12 +218,6 @@ class CoresetConfig:
     forgetting_protocol: str = "small"
     forgetting_epochs: int = opt(5, help="forgetting: epochs of training on all pairs to count events.")
     keep: str = opt("most", help="forgetting: keep the most- or least-forgotten pairs.")
-    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP)  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = opt(False, help=SKIP_BAD_HELP)  # drop (and count) unreadable images instead of stopping
-    # a .parquet or hf: corpus's image column (None: jpg / image)
-    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP)
-    # a .parquet or hf: corpus's caption column (None: caption)
-    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP)
 
 
 @dataclass
@@ -250,134 +236,6 @@ class ReportConfig:
     members: int = opt(3, help="Member thumbnails per synthetic pair (0: none).")
     samples: int = opt(4, help="Images per method for a compare-baselines folder.")
     thumb: int = 128  # larger images are shrunk to this side, so a page of 224 px renders stays small
-
-
-@dataclass
-class BufferConfig:
-    corpus: str = opt("shapes", help="Corpus spec the experts train on (its whole train split).")
-    protocol: str = opt("small", help="Retrieval protocol whose model the experts are: small or nfnet-bert.")
-    experts: int = opt(5, help="Number of expert trajectories.")
-    epochs: int = opt(4, help="Epochs per expert (a snapshot after each).")
-    heads_only: bool = opt(False, help="Frozen backbone; train and save only the projection heads (RepBlend).")
-    lr: float = opt(0.1, help="SGD learning rate (no momentum, no weight decay).")
-    batch_size: int = 128
-    # train on a seeded subset of this many pairs (quick runs); None = all
-    max_pairs: int | None = opt(None, help="Train on a seeded subset of this many pairs (smoke runs).")
-    backbone: str | None = None  # default: the protocol's (tests pass tiny ones)
-    text_encoder: str | None = None
-    image_size: int | None = None
-    seed: int = 0
-    out: Path | None = opt(None, help="Buffer folder (resumable: run again to finish an interrupted buffer).")
-    device: str = "cpu"
-    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP)  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = opt(False, help=SKIP_BAD_HELP)  # drop (and count) unreadable images instead of stopping
-    # a .parquet or hf: corpus's image column (None: jpg / image)
-    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP)
-    # a .parquet or hf: corpus's caption column (None: caption)
-    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP)
-
-
-@dataclass
-class BaselineConfig:
-    method: str = opt("lors", help="mtt-vl, lors, amd or repblend.")
-    budget: int = opt(100, help="Synthetic pairs (LoRS-family methods store budget-1 pairs plus S).")
-    buffer: Path | None = opt(None, help=f"A folder written by `protosynth buffer` ({P.heads_only} for repblend).")
-    out: Path | None = opt(None, help="Output folder (default: distilled/<corpus>-<method>-b<budget>-s<seed>).")
-    force: bool = opt(False, help=f"Replace an earlier set at {P.out}.")
-    seed: int = 0
-    device: str = "cpu"
-    # preset family; default: world for the built-in world, else flickr
-    family: str | None = opt(
-        None,
-        flag="preset",
-        help="Preset family: flickr, coco or world (default: world for the built-in world, else flickr).",
-    )
-    quick: bool = opt(False, help="World preset with 10 iterations (a smoke run).")
-    iterations: int | None = None
-    syn_steps: int | None = None
-    expert_epochs: int | None = None
-    max_start_epoch: int | None = None
-    batch_syn: int | None = None
-    lr_img: float | None = None
-    lr_txt: float | None = None
-    lr_lr: float | None = None
-    lr_init: float | None = None
-    # how the inner lrs are learned: "linear" (published) or "log" (log(lr) is the leaf)
-    lr_space: str | None = opt(
-        None, help="How the inner lrs are learned: linear (published) or log (steps by a factor; the world preset)."
-    )
-    lr_sim: float | None = None
-    rank: int | None = None
-    alpha: float | None = None
-    temperature: float | None = None  # None: the protocol's (0.07); COCO LoRS uses 0.1
-    # unroll (mtt-vl) or constant (the others)
-    grad_mode: str | None = opt(None, help="unroll, constant or first-order (default: the method's).")
-    # merged normalisation of the matching loss (default: per modality)
-    merged: bool | None = opt(
-        None, help="Matching-loss normalisation: both modalities together, or per modality (default)."
-    )
-    # AMD's prototype initialisation clusters this CLIP's joint embeddings
-    clip: str = opt("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters.")
-    # the buffer corpus's image folder; None: the one the buffer recorded
-    image_root: Path | None = opt(
-        None,
-        help="Folder the image paths of the buffer's .json or .csv corpus are relative to "
-        "(default: the one the buffer was made with).",
-    )
-    # skip unreadable images; on anyway when the buffer was made with it
-    skip_bad: bool = opt(False, help="Skip unreadable images of the buffer's corpus (default: as the buffer was made).")
-    # the buffer corpus's image column; None: the one the buffer recorded
-    image_column: str | None = opt(
-        None, help="Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with)."
-    )
-    # its caption column; None: the one the buffer recorded
-    caption_column: str | None = opt(
-        None, help="Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."
-    )
-
-
-@dataclass
-class CompareConfig:
-    budget: int = 100
-    methods: tuple[str, ...] = opt(ALL_METHODS, help="Comma-separated methods.")
-    corpus: str = opt("shapes", help=CORPUS_HELP)
-    protocol: str = "small"
-    repeats: int = 5
-    out: Path = opt(Path("runs/compare"), help="Work and output folder (compare.json/.md/.png); reruns resume.")
-    quick: bool = opt(False, help="Smoke-sized run (see README): minutes, not a result.")
-    seed: int = 0
-    device: str = "cpu"
-    # default: the protocol's (quick: 20)
-    eval_epochs: int | None = opt(None, help="Evaluation epochs per set (default: the protocol's).")
-    experts: int = 4
-    expert_epochs: int = 3  # epochs per expert trajectory
-    buffer_pairs: int | None = None
-    # matching iterations (default: the method's preset)
-    iterations: int | None = opt(None, help="Matching iterations (default: each method's preset).")
-    # test corpus spec (default: the world's test split; other corpora need one)
-    test: str | None = opt(None, help="Test corpus spec (default: the world's test split; another corpus needs one).")
-    # folder of a .json/.csv corpus's (and test corpus's) image paths
-    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP + ALSO_TEST)
-    # drop unreadable images of the corpus (sets, buffers, full row), never the test's
-    skip_bad: bool = opt(False, help=SKIP_BAD_HELP + f" Not for {P.test}: a test split is read whole.")
-    # image column of a .parquet or hf: corpus (and test corpus); None: jpg / image
-    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP + ALSO_TEST)
-    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP + ALSO_TEST)  # their caption column
-
-    def effective(self) -> CompareConfig:
-        if not self.quick:
-            return self
-        corpus = QUICK_WORLD if self.corpus == "shapes" else self.corpus
-        return replace(
-            self,
-            corpus=corpus,
-            repeats=min(self.repeats, 2),
-            eval_epochs=self.eval_epochs or 20,
-            experts=min(self.experts, 2),
-            expert_epochs=min(self.expert_epochs, 2),
-            buffer_pairs=self.buffer_pairs or 2000,
-            iterations=self.iterations or 10,
-        )
 
 
 @dataclass
@@ -442,11 +300,14 @@ class ClipTrainConfig:
 
 
 @dataclass
-class ModelsTrainConfig:
-    corpus: str = opt(
-        "shapes",
-        help="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, .tar shards, "
+class ModelsTrainConfig(ReadsCorpus):
+    corpus: CorpusSource = source(
+        spec="Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, .tar shards, "
         ".parquet files or a Hugging Face dataset (hf:NAME[:SPLIT] or a save_to_disk folder).",
+        image_root=IMAGE_ROOT_HELP + ALSO_TEST,
+        skip_bad=SKIP_BAD_HELP + ALSO_TEST,
+        image_column=IMAGE_COLUMN_HELP + ALSO_TEST,
+        caption_column=CAPTION_COLUMN_HELP + ALSO_TEST,
     )
     # default: the world's test split, or a held-out slice of a JSONL corpus
     test: str | None = opt(
@@ -457,13 +318,6 @@ class ModelsTrainConfig:
     quick: bool = opt(False, help="Tiny models, a minute of training: for tests.")
     clip: ClipTrainConfig = opt(factory=ClipTrainConfig)
     decoder: dict = opt(factory=dict)
-    # folder of a .json/.csv corpus's (and test's) image paths
-    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP + ALSO_TEST)
-    # drop (and count) unreadable images of corpus and test instead of stopping
-    skip_bad: bool = opt(False, help=SKIP_BAD_HELP + ALSO_TEST)
-    # a .parquet or hf: corpus's (and test's) image column (None: jpg / image)
-    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP + ALSO_TEST)
-    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP + ALSO_TEST)  # their caption column
 
 
 @dataclass

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
-from .corpus import Corpus, load_corpus
+from .corpus import Corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import Embeddings, embed_corpus
 from .engine import check_engine, onray, ray_session
@@ -49,6 +49,7 @@ from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .runinfo import check_device, check_seed, peak_rss_mb, threads, versions
+from .source import flat_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
 
 def set_name(cfg: DistillConfig) -> str:
     method = "" if cfg.method == "pds" else f"-{cfg.method}"
-    return f"{corpus_name(cfg.corpus)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+    return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -182,14 +183,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int]) -> Loaded:
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-        engine=cfg.engine,  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
-    )
+    corpus = cfg.corpus.load(engine=cfg.engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     for budget in budgets:
         check_budget(budget, corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"
@@ -253,7 +247,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
         "settings": _jsonable(
-            asdict(
+            flat_settings(
                 replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render), text=text)
                 if cfg.method == "pds"
                 else replace(cfg, clip=clip.spec, text=text)

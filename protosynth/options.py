@@ -4,7 +4,7 @@ end (the command line in ``protosynth.cli``) derives its options from the fields
 Help names other parameters through ``protosynth.errors.P``, as error messages do, so that each front
 end spells them its own way (the command line as flags). A field whose command-line flag is not its
 name says so with ``flag=`` (``guidance_scale`` is ``--guidance``): the one place a rename is made.
-This module imports neither typer nor torch: the command line reads it for ``--help``.
+This module imports neither typer nor the models: the command line reads it for ``--help``.
 """
 
 from __future__ import annotations

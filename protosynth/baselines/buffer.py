@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from ..corpora.spec import canonical_root, canonical_spec
-from ..corpus import Corpus, load_corpus
+from ..corpus import Corpus
 from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
 from ..files import check_writable, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..source import flat_settings
+from .configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 
@@ -66,10 +67,13 @@ def _settings(cfg: BufferConfig) -> dict:
     left out while unset, so buffers written before they existed are still reused."""
     unset = {"image_root": None, "skip_bad": False, "image_column": None, "caption_column": None}
     # absolute corpus paths: the same buffer asked for from another folder is still the same buffer
-    cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root))
+    corpus = cfg.corpus
+    cfg = replace(
+        cfg, corpus=replace(corpus, spec=canonical_spec(corpus.spec), image_root=canonical_root(corpus.image_root))
+    )
     return {
         k: (str(v) if isinstance(v, Path) else v)
-        for k, v in asdict(cfg).items()
+        for k, v in flat_settings(cfg).items()
         if k not in ("out", "device") and not (k in unset and v == unset[k])
     }
 
@@ -141,13 +145,7 @@ def build_buffer(cfg: BufferConfig) -> Path:
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    corpus = cfg.corpus.load()
     feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))

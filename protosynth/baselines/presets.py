@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..configs import BaselineConfig  # noqa: F401 (re-exported: its public home)
 from ..corpora.spec import is_world
 from ..errors import P, Param, ProtosynthError
+from .configs import BaselineConfig  # noqa: F401 (re-exported: its public home)
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")

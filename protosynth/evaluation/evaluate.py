@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ..configs import EvalConfig  # noqa: F401 (re-exported: its public home)
-from ..corpus import load_corpus
 from ..distilled import DistilledSet, load_distilled
 from ..errors import P, ProtosynthError
 from ..metrics import KS
 from ..progress import StepBar
 from ..runinfo import check_device, check_seed
+from ..source import read_as
 from .backbones import load_backbone
 from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
 from .protocols import Protocol, get_protocol
@@ -105,9 +105,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
-    test_corpus = load_corpus(
-        test_spec, image_root=cfg.image_root, image_column=cfg.image_column, caption_column=cfg.caption_column
-    )
+    test_corpus = read_as(cfg, test_spec, skip_bad=False).load()  # a test split is read whole
     test = test_data(test_corpus, encoder, backbone, size, normalise)
     hashes = image_hashes(test_corpus)
     for ds in sets:
@@ -127,13 +125,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         }
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_corpus(
-            cfg.full,
-            image_root=cfg.image_root,
-            skip_bad=cfg.skip_bad,
-            image_column=cfg.image_column,
-            caption_column=cfg.caption_column,
-        )
+        full = read_as(cfg, cfg.full).load()
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
         row = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
 from ..files import check_writable, git_commit, write_text_atomic
+from ..source import flat_settings
 from .clip import train_clip
 from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
 
@@ -28,31 +28,21 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     """Train and held-out corpora: the world's own test split, or a seeded 10% of a file corpus's
     images. ``--image-root``, ``--skip-bad`` and the column options read ``--test`` as they read
     ``--corpus``: a Karpathy train and test file share one image folder."""
-    train = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    train = cfg.corpus.load()
     if cfg.test:
-        test = load_corpus(
-            cfg.test,
-            image_root=cfg.image_root,
-            skip_bad=cfg.skip_bad,
-            image_column=cfg.image_column,
-            caption_column=cfg.caption_column,
-        )
+        test = cfg.corpus.reading(cfg.test).load()
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
-            raise ProtosynthError(f"{P.corpus} {cfg.corpus}: training on the world's test split; pass {P.test('SPEC')}")
-        opts = [o for o in cfg.corpus.split(",")[1:] if not o.startswith("n=")]
+            raise ProtosynthError(
+                f"{P.corpus} {cfg.corpus.spec}: training on the world's test split; pass {P.test('SPEC')}"
+            )
+        opts = [o for o in cfg.corpus.spec.split(",")[1:] if not o.startswith("n=")]
         test = load_corpus(",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else [])))
     else:
         return _hold_out(train, cfg.seed)
     if test.fingerprint == train.fingerprint:
         raise ProtosynthError(
-            f"{P.corpus} {cfg.corpus}: the held-out corpus is the training corpus; pass another {P.test('SPEC')}"
+            f"{P.corpus} {cfg.corpus.spec}: the held-out corpus is the training corpus; pass another {P.test('SPEC')}"
         )
     return train, test
 
@@ -134,7 +124,7 @@ def _record(
             "commit": git_commit(),
             "seconds": round(seconds, 1),
             "threads": os.cpu_count(),
-            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+            "config": json.loads(json.dumps(flat_settings(cfg), default=str)),
         }
     )
     provenance["metrics"] = metrics
