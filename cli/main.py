@@ -76,9 +76,7 @@ def models_train(out: Path, **values) -> None:
     from protosynth.training.clip import ClipTrainConfig
     from protosynth.training.small_models import train_models
 
-    only, quick, seed = values["only"], values["quick"], values["seed"]
-    if only not in ("all", "clip", "decoder"):
-        fail(f"--only {only!r}: use all, clip or decoder")
+    quick, seed = values["quick"], values["seed"]
     clip_cfg = ClipTrainConfig(seed=seed)
     if quick:
         clip_cfg = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, seed=seed, checkpoint_every=20)
@@ -162,10 +160,7 @@ def models_pretrain_backbone(out: Path, **values) -> None:
     """Pretrain a small image backbone on the world's pretraining split (the ImageNet stand-in)."""
     from protosynth.training.backbone import pretrain_backbone
 
-    epochs, n_images = values["epochs"], values["n_images"]
-    if epochs < 1 or n_images < 2:
-        fail("--epochs must be at least 1 and --n-images at least 2")
-    cfg = build(PretrainConfig, values, holdout=min(1000, n_images // 10))
+    cfg = build(PretrainConfig, values, holdout=min(1000, values["n_images"] // 10))
     metrics = run(pretrain_backbone, cfg, out, command=command_line(), verb="models pretrain-backbone")
     typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import P
+from .errors import P, ProtosynthError
 from .options import (
     ALSO_TEST,
     CAPTION_COLUMN_HELP,
@@ -30,6 +30,7 @@ from .options import (
 from .source import CorpusSource, ReadsCorpus, source
 
 RAY = f"With {P.engine('ray')}:"
+ONLY = ("all", "clip", "decoder")  # what `models train` trains
 
 
 @dataclass
@@ -319,6 +320,11 @@ class ModelsTrainConfig(ReadsCorpus):
     clip: ClipTrainConfig = opt(factory=ClipTrainConfig)
     decoder: dict = opt(factory=dict)
 
+    def check(self) -> None:
+        """The values alone, before any work (the corpus and the folder are checked as they are read)."""
+        if self.only not in ONLY:
+            raise ProtosynthError(f"{P.only} {self.only!r}: use all, clip or decoder")
+
 
 @dataclass
 class PretrainConfig:
@@ -331,3 +337,12 @@ class PretrainConfig:
     weight_decay: float = 0.05
     seed: int = 0
     image_size: int = 32
+
+    def check(self) -> None:
+        """The values alone, before any work (the architecture and the folder are checked as they are read)."""
+        if self.epochs < 1 or self.n_images < 2:
+            raise ProtosynthError(f"{P.epochs} must be at least 1 and {P.n_images} at least 2")
+        if self.holdout >= self.n_images:
+            raise ProtosynthError(
+                f"{P.holdout} {self.holdout} must be smaller than the {self.n_images} pretraining images"
+            )

@@ -78,11 +78,10 @@ def cell_accuracy(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor)
 
 def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict:
     """Train ``cfg.arch`` on the pretraining split and write a backbone folder to ``out`` atomically."""
+    cfg.check()
     arch_config(cfg.arch)  # unknown arch: clear error before any work
     if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
         raise ProtosynthError(f"{P.out} {out} is not empty and not a backbone folder; choose another folder")
-    if cfg.holdout >= cfg.n_images:
-        raise ProtosynthError(f"{P.holdout} {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
     check_writable(out.parent, f"{P.out} {out}")  # written beside ``out`` after the training
     started = time.time()
     world = WorldConfig(n_pretrain=cfg.n_images, image_size=cfg.image_size)

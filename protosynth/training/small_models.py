@@ -62,6 +62,7 @@ def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
 
 def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
     """Train what ``cfg.only`` names into ``out``; returns the merged metrics."""
+    cfg.check()
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
@@ -87,7 +88,7 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
     """Measure ``out/decoder``'s held-out fidelity at each guidance scale (``cfg.decoder["guidances"]``,
     default ``GUIDANCES``) and record the best as its render default (``render_defaults.json``), for
     decoders trained before the trainer did so; ``metrics.json`` and ``provenance.json`` get the run."""
-
+    cfg.check()
     for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
         if not (out / part).is_file():
             raise ProtosynthError(f"{P.out} {out}: no {part} (a `protosynth models train` output folder is needed)")
