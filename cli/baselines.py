@@ -22,7 +22,6 @@ def register(app: typer.Typer) -> None:
     buffer_flags = fields(
         BufferConfig,
         f"corpus {CORPUS} protocol experts epochs out heads_only lr batch_size max_pairs seed device",
-        "buffer",
         experts={"default": 4},
         epochs={"default": 3},
         out={"default": REQUIRED},
@@ -32,7 +31,6 @@ def register(app: typer.Typer) -> None:
     baseline_flags = fields(
         BaselineConfig,
         f"method budget buffer {CORPUS} out force seed device preset quick {KNOBS} rank alpha grad_mode merged clip",
-        "baseline",
         method={"default": REQUIRED},
         buffer={"default": REQUIRED},
         merged={"decls": ("--merged/--separate",)},
@@ -42,7 +40,6 @@ def register(app: typer.Typer) -> None:
         CompareConfig,
         f"budget methods corpus test {CORPUS} protocol repeats out quick seed device eval_epochs experts "
         "expert_epochs iterations",
-        "compare-baselines",
         methods={"annotation": str, "default": ALL_METHODS},
     )
     command(app, "compare-baselines", compare_flags)(compare_baselines)

@@ -24,12 +24,12 @@ CLIP_HELP = "CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a
 def register(app: typer.Typer) -> None:
     """``embed``: corpus and CLIP flags as distill has them, the store's, and the engine's."""
     flags = [
-        *fields(CorpusSource, "corpus image_root skip_bad image_column caption_column", "embed"),
+        *fields(CorpusSource, "corpus image_root skip_bad image_column caption_column"),
         flag("clip", str, "default", CLIP_HELP),
-        *fields(DistillConfig, "clip_arch clip_space", "embed"),
-        *fields(EmbedConfig, "out shard_size fp16 batch_size workers", "embed", workers={"help": WORKERS_HELP}),
+        *fields(DistillConfig, "clip_arch clip_space"),
+        *fields(EmbedConfig, "out shard_size fp16 batch_size workers", workers={"help": WORKERS_HELP}),
         flag("device", str, "cpu"),
-        *fields(EngineConfig, "engine address gpus_per_worker cpus_per_worker", "embed"),
+        *fields(EngineConfig, "engine address gpus_per_worker cpus_per_worker"),
     ]
     command(app, "embed", flags)(embed)
 

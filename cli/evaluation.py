@@ -122,16 +122,15 @@ def print_cross_arch_table(doc: dict) -> None:
 
 @command(
     eval_app,
-    "retrieval",
+    "eval retrieval",
     [
         *fields(
             EvalConfig,
             f"protocol test val repeats epochs seed select_on_test text full {CORPUS} backbone text_encoder image_size",
-            "eval retrieval",
             protocol=PROTOCOL,
         ),
         flag("json_out", Optional[Path], None, "Write the results document here.", "--json"),
-        *fields(EvalConfig, "device", "eval retrieval"),
+        *fields(EvalConfig, "device"),
     ],
     SETS,
 )
@@ -152,20 +151,19 @@ BARE = {"help": None}
 
 @command(
     eval_app,
-    "cross-arch",
+    "eval cross-arch",
     [
         flag("archs", Optional[str], None, "Comma-separated backbone specs (default: the protocol's list)."),
         *fields(
             EvalConfig,
             f"protocol test repeats epochs seed select_on_test text full {CORPUS}",
-            "eval cross-arch",
             protocol=PROTOCOL,
             test={"help": "Test corpus spec."},
             full={"help": "Also the upper-bound row on this corpus."},
             **{name: BARE for name in ("repeats", "epochs", "select_on_test", "text")},
         ),
         flag("json_out", Optional[Path], None, None, "--json"),
-        *fields(EvalConfig, "device", "eval cross-arch"),
+        *fields(EvalConfig, "device"),
     ],
     SETS,
 )

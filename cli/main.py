@@ -47,11 +47,11 @@ TRAIN_CORPUS = "image_root skip_bad image_column caption_column"
 
 @command(
     models_app,
-    "train",
+    "models train",
     [
-        *fields(ModelsTrainConfig, "corpus", "models train"),
+        *fields(ModelsTrainConfig, "corpus"),
         flag("out", Path, REQUIRED, "Output folder (clip/, decoder/, metrics.json, provenance.json)."),
-        *fields(ModelsTrainConfig, f"test {TRAIN_CORPUS} only quick seed", "models train"),
+        *fields(ModelsTrainConfig, f"test {TRAIN_CORPUS} only quick seed"),
         flag("clip_steps", Optional[int], None, "CLIP optimisation steps."),
         flag("decoder_steps", Optional[int], None, "Decoder optimisation steps."),
         flag("decoder_minutes", Optional[float], None, "Stop decoder training after this many minutes (checkpointed)."),
@@ -105,13 +105,12 @@ def _decoder_settings(values: dict) -> dict:
 
 @command(
     models_app,
-    "calibrate",
+    "models calibrate",
     [
         flag("models", Path, REQUIRED, "A `protosynth models train` output folder (clip/ and decoder/)."),
         *fields(
             ModelsTrainConfig,
             "corpus test image_root image_column caption_column",
-            "models calibrate",
             corpus={"help": "The corpus the models were trained on (its held-out part is measured)."},
             test={"help": "Held-out corpus spec (default: as `models train` picks it)."},
         ),
@@ -122,7 +121,6 @@ def _decoder_settings(values: dict) -> dict:
         *fields(
             ModelsTrainConfig,
             "quick seed",
-            "models calibrate",
             quick={"help": "Measure on 32 held-out images, as --quick training does: for tests."},
         ),
     ],
@@ -149,11 +147,11 @@ def models_calibrate(models: Path, guidances: str, steps: int, **values) -> None
 
 @command(
     models_app,
-    "pretrain-backbone",
+    "models pretrain-backbone",
     [
-        *fields(PretrainConfig, "arch", "models pretrain-backbone"),
+        *fields(PretrainConfig, "arch"),
         flag("out", Path, REQUIRED, "Output folder (config.json, model.safetensors, metrics.json, provenance.json)."),
-        *fields(PretrainConfig, "epochs n_images seed", "models pretrain-backbone"),
+        *fields(PretrainConfig, "epochs n_images seed"),
     ],
 )
 def models_pretrain_backbone(out: Path, **values) -> None:
@@ -187,23 +185,20 @@ FP16_HELP = (
         *fields(
             DistillConfig,
             f"budget {CORPUS} clip clip_arch clip_space",
-            "distill",
             budget={"annotation": str, "default": "500"},
         ),
-        *fields(EmbedConfig, "fp16", "distill", fp16={"help": FP16_HELP}),
+        *fields(EmbedConfig, "fp16", fp16={"help": FP16_HELP}),
         *fields(
             DistillConfig,
             f"decoder mode {CHOSEN} seed out force device dtype",
-            "distill",
             method={"annotation": Optional[str], "default": None},
             candidates={"annotation": Optional[int], "default": None},
         ),
         *fields(
             RenderConfig,
             "steps guidance noise_level negative_prompt size super_res_steps init strength batch_size clip_guidance",
-            "distill",
         ),
-        *fields(EngineConfig, "engine address workers gpus_per_worker cpus_per_worker", "distill"),
+        *fields(EngineConfig, "engine address workers gpus_per_worker cpus_per_worker"),
     ],
 )
 def distill(budget: str, **values) -> None:
@@ -234,7 +229,6 @@ def distill(budget: str, **values) -> None:
     fields(
         CoresetConfig,
         f"method budget {CORPUS} clip seed out force device forgetting_epochs keep",
-        "coreset",
         method={"default": REQUIRED},
     ),
 )
@@ -265,7 +259,7 @@ def verify(
 @command(
     app,
     "export",
-    fields(ExportConfig, "to out force", "export", to={"default": REQUIRED}, out={"default": REQUIRED}),
+    fields(ExportConfig, "to out force", to={"default": REQUIRED}, out={"default": REQUIRED}),
     (argument("folder", Path, ..., "A distilled set folder."),),
 )
 def export(folder: Path, **values) -> None:
@@ -278,7 +272,7 @@ def export(folder: Path, **values) -> None:
 @command(
     app,
     "report",
-    fields(ReportConfig, "out force members samples", "report", out={"default": REQUIRED}),
+    fields(ReportConfig, "out force members samples", out={"default": REQUIRED}),
     (argument("folders", list[Path], ..., "Set folders and compare-baselines output folders."),),
 )
 def report(folders: list[Path], **values) -> None:

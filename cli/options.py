@@ -35,7 +35,7 @@ def flag(name: str, annotation: Any, default: Any = None, help: str | None = Non
     return Flag(name, annotation, default, help, decls)
 
 
-def fields(cls, names: str, verb: str, **changes: dict) -> list[Flag]:
+def fields(cls, names: str, **changes: dict) -> list[Flag]:
     """The flags of ``cls``'s fields ``names`` (their flag names, space-separated, in ``--help`` order),
     each as the field declares it but for ``changes[name]`` (the verb's own default, type, help or
     declarations: ``default=REQUIRED``). The fields of a nested ``CorpusSource`` are the config's own."""
@@ -44,7 +44,7 @@ def fields(cls, names: str, verb: str, **changes: dict) -> list[Flag]:
     for name in names.split():
         owner, field, help = by_flag[name]
         default = None if field.default is NOT_SET else field.default
-        option = Flag(name, get_type_hints(owner)[field.name], default, cli_help(help, verb))
+        option = Flag(name, get_type_hints(owner)[field.name], default, help)
         flags.append(dataclasses.replace(option, **changes.get(name, {})))
     return flags
 
@@ -85,12 +85,13 @@ def argument(name: str, annotation: Any, default: Any, help: str) -> inspect.Par
     )
 
 
-def command(app: typer.Typer, name: str, flags: list[Flag], arguments: tuple[inspect.Parameter, ...] = ()):
-    """Register the decorated body as verb ``name`` of ``app``, with ``arguments`` then ``flags`` as
-    its parameters; the body receives each by name, and its docstring is the verb's help."""
+def command(app: typer.Typer, verb: str, flags: list[Flag], arguments: tuple[inspect.Parameter, ...] = ()):
+    """Register the decorated body as ``verb`` (its last word: the command of ``app``), with
+    ``arguments`` then ``flags`` as its parameters, their help naming parameters by ``verb``'s flags;
+    the body receives each by name, and its docstring is the verb's help."""
 
     def register(body: Callable[..., None]) -> Callable[..., None]:
-        params = list(arguments) + [_parameter(f) for f in flags]
+        params = list(arguments) + [_parameter(f, verb) for f in flags]
 
         def callback(**values) -> None:
             body(**values)
@@ -98,12 +99,12 @@ def command(app: typer.Typer, name: str, flags: list[Flag], arguments: tuple[ins
         callback.__signature__ = inspect.Signature(params)
         callback.__doc__ = body.__doc__
         callback.__name__ = body.__name__
-        app.command(name)(callback)
+        app.command(verb.split()[-1])(callback)
         return body
 
     return register
 
 
-def _parameter(option: Flag) -> inspect.Parameter:
-    default = typer.Option(option.default, *option.decls, help=option.help)
+def _parameter(option: Flag, verb: str) -> inspect.Parameter:
+    default = typer.Option(option.default, *option.decls, help=cli_help(option.help, verb))
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option.annotation)
