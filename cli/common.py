@@ -37,11 +37,3 @@ def run(fn, *args, verb: str | None = None, **kwargs):
         return fn(*args, **kwargs)
     except ProtosynthError as exc:
         fail(cli_message(exc, verb))
-
-
-def engine_config(engine: str, address, workers, gpus_per_worker: float, cpus_per_worker: float):
-    """The ``EngineConfig`` of the engine flags (the verb checks it with ``engine.check_engine``
-    before any work)."""
-    from protosynth.engine import EngineConfig
-
-    return EngineConfig(engine, address, workers, gpus_per_worker, cpus_per_worker)

@@ -8,53 +8,25 @@ from typing import Optional
 
 import typer
 
+from protosynth.configs import EvalConfig
+
 from .common import comma_list, fail, run
-from .help_text import EVAL_CAPTION_COLUMN_HELP, EVAL_IMAGE_COLUMN_HELP, EVAL_IMAGE_ROOT_HELP
+from .options import argument, build, command, fields, flag
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
-SKIP_BAD_HELP = "Skip (and count) unreadable images of the --full corpus instead of stopping; never the test split's."
-PROTOCOL_HELP = (
-    "nfnet-bert (reference), pds (PDS paper) or small (offline, the world). "
-    "Default: small on the world, else nfnet-bert."
-)
+CORPUS = "image_root skip_bad image_column caption_column"
+SETS = (argument("sets", list[Path], None, "Distilled-set folders."),)
+# the protocol is the sets' own: small on the world, else nfnet-bert
+PROTOCOL = {"annotation": Optional[str], "default": None}
 
 
-def _config(
-    sets: list[Path],
-    protocol: Optional[str],
-    test,
-    repeats,
-    epochs,
-    seed,
-    select_on_test,
-    text,
-    device,
-    full: Optional[str],
-    image_root: Optional[Path] = None,
-    skip_bad: bool = False,
-    image_column: Optional[str] = None,
-    caption_column: Optional[str] = None,
-):
-    from protosynth.evaluation.evaluate import EvalConfig
-
+def _config(sets: list[Path], values: dict, **settings):
+    """The ``EvalConfig`` of the flags; no ``--protocol``: the one of the sets' corpus."""
+    protocol = values["protocol"]
     if protocol is None:
-        protocol = "small" if _on_world(sets, full) else "nfnet-bert"
-    return EvalConfig(
-        protocol=protocol,
-        test=test,
-        repeats=repeats,
-        epochs=epochs,
-        seed=seed,
-        select_on_test=select_on_test,
-        text=text,
-        device=device,
-        full=full,
-        image_root=image_root,
-        skip_bad=skip_bad,
-        image_column=image_column,
-        caption_column=caption_column,
-    )
+        protocol = "small" if _on_world(sets, values["full"]) else "nfnet-bert"
+    return build(EvalConfig, values, protocol=protocol, **settings)
 
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
@@ -148,122 +120,60 @@ def print_cross_arch_table(doc: dict) -> None:
     _console().print(table)
 
 
-@eval_app.command("retrieval")
-def retrieval(
-    sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
-    protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
-    test: Optional[str] = typer.Option(None, help="Test corpus spec (default: the test split of the sets' corpus)."),
-    val: Optional[str] = typer.Option(
-        None,
-        help=(
-            "Score on this validation corpus instead of the test split (e.g. shapes:val; a file corpus for your own "
-            "data), to choose settings without looking at test."
+@command(
+    eval_app,
+    "eval retrieval",
+    [
+        *fields(
+            EvalConfig,
+            f"protocol test val repeats epochs seed select_on_test text full {CORPUS} backbone text_encoder image_size",
+            protocol=PROTOCOL,
         ),
-    ),
-    repeats: int = typer.Option(5, help="Models trained per set (seeds seed..seed+R-1)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the protocol's)."),
-    seed: int = typer.Option(0),
-    select_on_test: bool = typer.Option(
-        False, help="Report the best checkpoint on the test split (the reference code's habit; labelled)."
-    ),
-    text: str = typer.Option(
-        "auto",
-        help=(
-            "auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
-            "declares, else its captions), captions, members, image (every caption of the image a pair starts "
-            "from), image-captions (every caption of the members' images) or stored: which text of a set trains "
-            "the model."
-        ),
-    ),
-    full: Optional[str] = typer.Option(
-        None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row."
-    ),
-    image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    image_column: Optional[str] = typer.Option(None, help=EVAL_IMAGE_COLUMN_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=EVAL_CAPTION_COLUMN_HELP),
-    backbone: Optional[str] = typer.Option(None, help="Image backbone spec instead of the protocol's."),
-    text_encoder: Optional[str] = typer.Option(
-        None, help="Text encoder spec instead of the protocol's (minilm, bert-base-uncased, hf-cls:DIR, clip:SPEC)."
-    ),
-    image_size: Optional[int] = typer.Option(None, help="Input size instead of the protocol's."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results document here."),
-    device: str = typer.Option("cpu"),
-) -> None:
+        flag("json_out", Optional[Path], None, "Write the results document here.", "--json"),
+        *fields(EvalConfig, "device"),
+    ],
+    SETS,
+)
+def retrieval(sets: list[Path], json_out: Optional[Path], **values) -> None:
     """Train retrieval models on each set and report IR@K, TR@K and r_mean (mean ± std over repeats)."""
-    from dataclasses import replace
-
     from protosynth.evaluation.evaluate import evaluate
 
     run(_check_json, json_out, verb="eval retrieval")
-    cfg = replace(
-        _config(
-            sets or [],
-            protocol,
-            test,
-            repeats,
-            epochs,
-            seed,
-            select_on_test,
-            text,
-            device,
-            full,
-            image_root,
-            skip_bad,
-            image_column,
-            caption_column,
-        ),
-        backbone=backbone,
-        text_encoder=text_encoder,
-        image_size=image_size,
-        split="val" if val is not None else "test",
-        val=val,
-    )
-    doc = run(evaluate, sets or [], cfg, verb="eval retrieval")
+    split = "val" if values["val"] is not None else "test"
+    doc = run(evaluate, sets or [], _config(sets or [], values, split=split), verb="eval retrieval")
     print_retrieval_table(doc)
     _write_json(doc, json_out)
 
 
-@eval_app.command("cross-arch")
-def cross_arch_cmd(
-    sets: list[Path] = typer.Argument(None, help="Distilled-set folders."),
-    archs: Optional[str] = typer.Option(None, help="Comma-separated backbone specs (default: the protocol's list)."),
-    protocol: Optional[str] = typer.Option(None, help=PROTOCOL_HELP),
-    test: Optional[str] = typer.Option(None, help="Test corpus spec."),
-    repeats: int = typer.Option(5),
-    epochs: Optional[int] = typer.Option(None),
-    seed: int = typer.Option(0),
-    select_on_test: bool = typer.Option(False),
-    text: str = typer.Option("auto"),
-    full: Optional[str] = typer.Option(None, help="Also the upper-bound row on this corpus."),
-    image_root: Optional[Path] = typer.Option(None, help=EVAL_IMAGE_ROOT_HELP),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    image_column: Optional[str] = typer.Option(None, help=EVAL_IMAGE_COLUMN_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=EVAL_CAPTION_COLUMN_HELP),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
-    device: str = typer.Option("cpu"),
-) -> None:
+# cross-arch shows these flags bare (retrieval --help explains them)
+BARE = {"help": None}
+
+
+@command(
+    eval_app,
+    "eval cross-arch",
+    [
+        flag("archs", Optional[str], None, "Comma-separated backbone specs (default: the protocol's list)."),
+        *fields(
+            EvalConfig,
+            f"protocol test repeats epochs seed select_on_test text full {CORPUS}",
+            protocol=PROTOCOL,
+            test={"help": "Test corpus spec."},
+            full={"help": "Also the upper-bound row on this corpus."},
+            **{name: BARE for name in ("repeats", "epochs", "select_on_test", "text")},
+        ),
+        flag("json_out", Optional[Path], None, None, "--json"),
+        *fields(EvalConfig, "device"),
+    ],
+    SETS,
+)
+def cross_arch_cmd(sets: list[Path], archs: Optional[str], json_out: Optional[Path], **values) -> None:
     """The same protocol over several image backbones: rows = sets, columns = archs x (r_mean, IR@1, TR@1)."""
     from protosynth.evaluation.evaluate import cross_arch
 
     arch_list = comma_list("--archs", archs) if archs else None
     run(_check_json, json_out, verb="eval cross-arch")
-    cfg = _config(
-        sets or [],
-        protocol,
-        test,
-        repeats,
-        epochs,
-        seed,
-        select_on_test,
-        text,
-        device,
-        full,
-        image_root,
-        skip_bad,
-        image_column,
-        caption_column,
-    )
+    cfg = _config(sets or [], values)
     doc = run(cross_arch, sets or [], cfg, arch_list, verb="eval cross-arch")
     print_cross_arch_table(doc)
     _write_json(doc, json_out)

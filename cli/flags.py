@@ -1,114 +1,63 @@
-"""The one table from the library's parameter names (what its errors name, ``protosynth.errors.P``)
-to this command line's flags, and the one place an error is spelled with them."""
+"""The one table from the library's parameter names (what its errors and its help name,
+``protosynth.errors.P``) to this command line's flags, and the one place they are spelled with them.
+A config field's flag is its name (or the rename its ``opt`` declares); the table adds the rest."""
 
 from __future__ import annotations
 
-from protosynth.errors import ProtosynthError, python_spelling
+import dataclasses
 
-# library parameter -> flag, for every verb. A dotted name is a field of a nested config
-# (DistillConfig.render.strength, ModelsTrainConfig.decoder["guidances"]); an undotted one a field of
-# the config (or the argument) the raising function takes. None: no flag sets it (the verb computes
-# it), so the error keeps the library's name.
-FLAGS: dict[str, str | None] = {
-    # corpus and output, shared by most verbs
-    "corpus": "--corpus",
-    "test": "--test",
-    "image_root": "--image-root",
-    "skip_bad": "--skip-bad",
-    "image_column": "--image-column",
-    "caption_column": "--caption-column",
-    "out": "--out",
-    "force": "--force",
-    "device": "--device",
-    "budget": "--budget",
-    "budgets": "--budget",
-    "seed": "--seed",
-    "method": "--method",
-    "methods": "--methods",
-    "protocol": "--protocol",
-    "repeats": "--repeats",
-    # the model pair (distill, embed, coreset)
-    "clip": "--clip",
-    "clip_arch": "--clip-arch",
-    "clip_space": "--clip-space",
-    "decoder": "--decoder",
-    "dtype": "--dtype",
-    "mode": "--mode",
-    "caption": "--caption",
-    "candidates": "--candidates",
-    # render settings: DistillConfig.render.*, and RenderConfig's own fields for the renderer's errors
-    "render.init": "--init",
-    "init": "--init",
-    "render.strength": "--strength",
-    "strength": "--strength",
-    "render.steps": "--steps",
-    "render.guidance_scale": "--guidance",
-    "render.negative_prompt": "--negative-prompt",
-    "render.noise_level": "--noise-level",
-    "noise_level": "--noise-level",
-    "negative_prompt": "--negative-prompt",
-    "render.size": "--size",
-    "render.super_res_steps": "--super-res-steps",
-    "super_res_steps": "--super-res-steps",
-    "render.batch_size": "--batch-size",
-    "render.clip_guidance": "--clip-guidance",
-    # embed (EmbedConfig)
-    "batch_size": "--batch-size",
-    "shard_size": "--shard-size",
-    "num_workers": "--workers",
-    "fp16": "--fp16",
-    # the engine (EngineConfig): embed and distill
-    "engine": "--engine",
-    "address": "--address",
-    "workers": "--workers",
-    "gpus_per_worker": "--gpus-per-worker",
-    "cpus_per_worker": "--cpus-per-worker",
-    # coreset
-    "keep": "--keep",
-    "forgetting_epochs": "--forgetting-epochs",
-    # eval (EvalConfig, cross_arch's archs)
-    "epochs": "--epochs",
-    "text": "--text",
-    "full": "--full",
-    "archs": "--archs",
-    "val": "--val",
-    "split": None,  # eval retrieval sets it from --val
-    # buffer, baseline, compare-baselines
-    "buffer": "--buffer",
-    "experts": "--experts",
-    "lr": "--lr",
-    "max_pairs": "--max-pairs",
-    "heads_only": "--heads-only",
-    "family": "--preset",
-    "iterations": "--iterations",
-    "syn_steps": "--syn-steps",
-    "expert_epochs": "--expert-epochs",
-    "max_start_epoch": "--max-start-epoch",
-    "batch_syn": "--batch-syn",
-    "rank": "--rank",
-    "lr_img": "--lr-img",
-    "lr_txt": "--lr-txt",
-    "lr_lr": "--lr-lr",
-    "lr_init": "--lr-init",
-    "lr_sim": "--lr-sim",
-    "lr_space": "--lr-space",
-    "grad_mode": "--grad-mode",
-    "eval_epochs": "--eval-epochs",
-    # models train / calibrate (ModelsTrainConfig, its decoder settings) and pretrain-backbone
-    "only": "--only",
+from rich.markup import escape
+
+from protosynth import configs
+from protosynth.baselines import configs as baseline_configs
+from protosynth.configs import DistillConfig
+from protosynth.errors import ProtosynthError, python_spelling, spell_references
+from protosynth.options import flag_name
+from protosynth.source import CorpusSource
+
+# every config whose fields a verb's error can name
+CONFIGS = [getattr(m, name) for m in (configs, baseline_configs) for name in vars(m) if name.endswith("Config")] + [
+    CorpusSource
+]
+
+# Parameters no config field declares: the arguments of library functions, ``ModelsTrainConfig.decoder``'s
+# keys, and those no flag sets (None: the verb computes them, so the error keeps the library's name).
+UNDECLARED: dict[str, str | None] = {
+    "budgets": "--budget",  # distill_budgets' list (distill --budget 100,200)
+    "archs": "--archs",  # cross_arch's backbones
     "decoder.guidances": "--guidances",
     "decoder.render_steps": "--steps",
     "decoder.lr_schedule": "--decoder-lr-schedule",
     "decoder.prediction_type": "--decoder-prediction",
     "decoder.init_from": "--decoder-init-from",
     "decoder.coords": "--decoder-coords",
+    "split": None,  # eval retrieval sets it from --val
     "holdout": None,  # pretrain-backbone derives it from --n-images
-    # export, report
-    "to": "--to",
-    "members": "--members",
-    "samples": "--samples",
     "folders": None,  # report's DIR arguments
 }
+
+
+def _field_flags() -> dict[str, str]:
+    """Every config field's flag: its name (or its declared rename) with dashes. A nested config of
+    ``DistillConfig`` (render, embed, engine) gives dotted names too: ``render.strength``."""
+    flags = {}
+    for cls in CONFIGS:
+        for field in dataclasses.fields(cls):
+            flags[field.name] = dashed(flag_name(field))
+    for field in dataclasses.fields(DistillConfig):
+        if dataclasses.is_dataclass(field.default_factory):
+            for inner in dataclasses.fields(field.default_factory):
+                flags[f"{field.name}.{inner.name}"] = dashed(flag_name(inner))
+    return flags
+
+
+def dashed(name: str) -> str:
+    """A field's flag: ``--`` and its name with dashes for underscores."""
+    return "--" + name.replace("_", "-")
+
+
+# library parameter -> flag, for every verb (a dotted name is a field of a nested config)
+FLAGS: dict[str, str | None] = {**_field_flags(), **UNDECLARED}
 
 # Where a verb sets a library parameter with another flag, its entry wins.
 VERB_FLAGS: dict[str, dict[str, str]] = {
@@ -133,3 +82,10 @@ def flag_spelling(verb: str | None):
 def cli_message(error: ProtosynthError, verb: str | None = None) -> str:
     """The error as ``verb`` reports it: the library's message with its flags for the parameters."""
     return error.spelled(flag_spelling(verb))
+
+
+def cli_help(text: str | None, verb: str | None = None) -> str | None:
+    """A field's help as ``verb`` shows it: the parameters it names spelled as flags, and escaped for
+    rich, which typer renders help with and which would drop what reads as a markup tag (the
+    ``[ray]`` of ``pip install -e '.[ray]'``)."""
+    return None if text is None else escape(spell_references(text, flag_spelling(verb)))

@@ -9,33 +9,28 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from . import baselines
-from .common import comma_list, command_line, engine_config, fail, run
-from .embed import embed as embed_verb
-from .evaluation import eval_app
-from .help_text import (
-    ADDRESS_HELP,
-    CAPTION_COLUMN_HELP,
-    CAPTION_COLUMN_TEST_HELP,
-    CLIP_ARCH_HELP,
-    CLIP_SPACE_HELP,
-    CORPUS_HELP,
-    CPUS_PER_WORKER_HELP,
-    ENGINE_HELP,
-    GPUS_PER_WORKER_HELP,
-    IMAGE_COLUMN_HELP,
-    IMAGE_COLUMN_TEST_HELP,
-    IMAGE_ROOT_HELP,
-    IMAGE_ROOT_TEST_HELP,
-    SKIP_BAD_HELP,
-    SKIP_BAD_TEST_HELP,
+from protosynth.configs import (
+    CoresetConfig,
+    DistillConfig,
+    EmbedConfig,
+    EngineConfig,
+    ExportConfig,
+    ModelsTrainConfig,
+    PretrainConfig,
+    RenderConfig,
+    ReportConfig,
 )
+
+from . import baselines
+from . import embed as embed_verb
+from .common import comma_list, command_line, fail, run
+from .evaluation import eval_app
+from .options import REQUIRED, argument, build, command, fields, flag
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multimodal dataset distillation."
@@ -43,124 +38,104 @@ app = typer.Typer(
 models_app = typer.Typer(no_args_is_help=True, help="Train the small models protosynth ships.")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
-app.command("buffer")(baselines.buffer)
-app.command("baseline")(baselines.baseline)
-app.command("compare-baselines")(baselines.compare_baselines)
-app.command("embed")(embed_verb)
+baselines.register(app)
+embed_verb.register(app)
+
+CORPUS = "corpus image_root skip_bad image_column caption_column"
+TRAIN_CORPUS = "image_root skip_bad image_column caption_column"
 
 
-@models_app.command("train")
-def models_train(
-    corpus: str = typer.Option(
-        "shapes",
-        help=(
-            "Corpus spec: shapes[:split][,n=..,size=..], a .jsonl, Karpathy .json or .csv file, .tar shards, "
-            ".parquet files or a Hugging Face dataset (hf:NAME[:SPLIT] or a save_to_disk folder)."
+@command(
+    models_app,
+    "models train",
+    [
+        *fields(ModelsTrainConfig, "corpus"),
+        flag("out", Path, REQUIRED, "Output folder (clip/, decoder/, metrics.json, provenance.json)."),
+        *fields(ModelsTrainConfig, f"test {TRAIN_CORPUS} only quick seed"),
+        flag("clip_steps", Optional[int], None, "CLIP optimisation steps."),
+        flag("decoder_steps", Optional[int], None, "Decoder optimisation steps."),
+        flag("decoder_minutes", Optional[float], None, "Stop decoder training after this many minutes (checkpointed)."),
+        flag(
+            "decoder_init_from",
+            Optional[str],
+            None,
+            "Start the decoder from this decoder spec (e.g. default) instead of random weights.",
         ),
-    ),
-    out: Path = typer.Option(..., help="Output folder (clip/, decoder/, metrics.json, provenance.json)."),
-    test: Optional[str] = typer.Option(
-        None, help="Held-out corpus spec for metrics (default: world test split / 10% of a file corpus)."
-    ),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_TEST_HELP),
-    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_TEST_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_TEST_HELP),
-    only: str = typer.Option("all", help="all, clip or decoder (decoder needs OUT/clip)."),
-    quick: bool = typer.Option(False, help="Tiny models, a minute of training: for tests."),
-    seed: int = typer.Option(0),
-    clip_steps: Optional[int] = typer.Option(None, help="CLIP optimisation steps."),
-    decoder_steps: Optional[int] = typer.Option(None, help="Decoder optimisation steps."),
-    decoder_minutes: Optional[float] = typer.Option(
-        None, help="Stop decoder training after this many minutes (checkpointed)."
-    ),
-    decoder_init_from: Optional[str] = typer.Option(
-        None, help="Start the decoder from this decoder spec (e.g. default) instead of random weights."
-    ),
-    decoder_prediction: str = typer.Option(
-        "v_prediction", help="What the decoder UNet predicts: v_prediction or epsilon."
-    ),
-    decoder_coords: bool = typer.Option(
-        False, help="Give the decoder UNet (x, y) position input channels (CoordConv)."
-    ),
-    decoder_lr_schedule: str = typer.Option(
-        "constant", help="Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps)."
-    ),
-) -> None:
+        flag("decoder_prediction", str, "v_prediction", "What the decoder UNet predicts: v_prediction or epsilon."),
+        flag("decoder_coords", bool, False, "Give the decoder UNet (x, y) position input channels (CoordConv)."),
+        flag(
+            "decoder_lr_schedule",
+            str,
+            "constant",
+            "Decoder lr after warm-up: constant, or cosine (decays to 0 at --decoder-steps).",
+        ),
+    ],
+)
+def models_train(out: Path, **values) -> None:
     """Train the small CLIP (open_clip) and the small unCLIP decoder (diffusers) on a corpus."""
     from protosynth.training.clip import ClipTrainConfig
-    from protosynth.training.small_models import ModelsTrainConfig, train_models
+    from protosynth.training.small_models import train_models
 
-    if only not in ("all", "clip", "decoder"):
-        fail(f"--only {only!r}: use all, clip or decoder")
+    quick, seed = values["quick"], values["seed"]
     clip_cfg = ClipTrainConfig(seed=seed)
-    decoder: dict = {"seed": seed}
     if quick:
         clip_cfg = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, seed=seed, checkpoint_every=20)
-    if clip_steps is not None:
-        clip_cfg.steps = clip_steps
-    if decoder_steps is not None:
-        decoder["steps"] = decoder_steps
-    if decoder_minutes is not None:
-        decoder["max_minutes"] = decoder_minutes
-    if decoder_init_from is not None:
-        decoder["init_from"] = decoder_init_from
-    decoder["prediction_type"] = decoder_prediction
-    decoder["lr_schedule"] = decoder_lr_schedule
-    decoder["coords"] = decoder_coords
-    cfg = ModelsTrainConfig(
-        corpus=corpus,
-        test=test,
-        only=only,
-        seed=seed,
-        quick=quick,
-        clip=clip_cfg,
-        decoder=decoder,
-        image_root=image_root,
-        skip_bad=skip_bad,
-        image_column=image_column,
-        caption_column=caption_column,
-    )
+    if values["clip_steps"] is not None:
+        clip_cfg.steps = values["clip_steps"]
+    cfg = build(ModelsTrainConfig, values, clip=clip_cfg, decoder=_decoder_settings(values))
     metrics = run(train_models, cfg, out, command=command_line(), verb="models train")
     typer.echo(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in metrics.items())})")
 
 
-@models_app.command("calibrate")
-def models_calibrate(
-    models: Path = typer.Option(..., help="A `protosynth models train` output folder (clip/ and decoder/)."),
-    corpus: str = typer.Option("shapes", help="The corpus the models were trained on (its held-out part is measured)."),
-    test: Optional[str] = typer.Option(None, help="Held-out corpus spec (default: as `models train` picks it)."),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_TEST_HELP),
-    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_TEST_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_TEST_HELP),
-    guidances: str = typer.Option(
-        "1,1.5,2,3", help="Classifier-free guidance scales to measure (comma-separated, each >= 1)."
-    ),
-    steps: int = typer.Option(
-        50, help="DDIM steps to render with (saved with the best scale: the best scale depends on them)."
-    ),
-    quick: bool = typer.Option(False, help="Measure on 32 held-out images, as --quick training does: for tests."),
-    seed: int = typer.Option(0),
-) -> None:
+def _decoder_settings(values: dict) -> dict:
+    """``ModelsTrainConfig.decoder`` of the ``--decoder-*`` flags (an unset one keeps the trainer's default)."""
+    decoder: dict = {"seed": values["seed"]}
+    for key, name in (
+        ("steps", "decoder_steps"),
+        ("max_minutes", "decoder_minutes"),
+        ("init_from", "decoder_init_from"),
+    ):
+        if values[name] is not None:
+            decoder[key] = values[name]
+    decoder["prediction_type"] = values["decoder_prediction"]
+    decoder["lr_schedule"] = values["decoder_lr_schedule"]
+    decoder["coords"] = values["decoder_coords"]
+    return decoder
+
+
+@command(
+    models_app,
+    "models calibrate",
+    [
+        flag("models", Path, REQUIRED, "A `protosynth models train` output folder (clip/ and decoder/)."),
+        *fields(
+            ModelsTrainConfig,
+            "corpus test image_root image_column caption_column",
+            corpus={"help": "The corpus the models were trained on (its held-out part is measured)."},
+            test={"help": "Held-out corpus spec (default: as `models train` picks it)."},
+        ),
+        flag("guidances", str, "1,1.5,2,3", "Classifier-free guidance scales to measure (comma-separated, each >= 1)."),
+        flag(
+            "steps", int, 50, "DDIM steps to render with (saved with the best scale: the best scale depends on them)."
+        ),
+        *fields(
+            ModelsTrainConfig,
+            "quick seed",
+            quick={"help": "Measure on 32 held-out images, as --quick training does: for tests."},
+        ),
+    ],
+)
+def models_calibrate(models: Path, guidances: str, steps: int, **values) -> None:
     """Measure a trained decoder's held-out render fidelity at several guidance scales and save the
     best as its default (decoder/render_defaults.json); `models train` does this itself at the end."""
-    from protosynth.training.small_models import ModelsTrainConfig, calibrate_models
+    from protosynth.training.small_models import calibrate_models
 
     try:
         scales = tuple(float(g) for g in comma_list("--guidances", guidances))
     except ValueError:
         fail(f"--guidances {guidances!r}: use numbers such as 1,1.5,2,3")
-    cfg = ModelsTrainConfig(
-        corpus=corpus,
-        test=test,
-        only="decoder",
-        seed=seed,
-        quick=quick,
-        decoder={"seed": seed, "guidances": scales, "render_steps": steps},
-        image_root=image_root,
-        image_column=image_column,
-        caption_column=caption_column,
-    )
+    decoder = {"seed": values["seed"], "guidances": scales, "render_steps": steps}
+    cfg = build(ModelsTrainConfig, values, only="decoder", decoder=decoder)
     metrics = run(calibrate_models, cfg, models, command=command_line(), verb="models calibrate")
     dec = metrics["decoder"]
     typer.echo(
@@ -170,22 +145,20 @@ def models_calibrate(
     )
 
 
-@models_app.command("pretrain-backbone")
-def models_pretrain_backbone(
-    arch: str = typer.Option("ps-nfnet", help="Small architecture: ps-nfnet, ps-resnet, ps-regnet or ps-vit."),
-    out: Path = typer.Option(
-        ..., help="Output folder (config.json, model.safetensors, metrics.json, provenance.json)."
-    ),
-    epochs: int = typer.Option(15),
-    n_images: int = typer.Option(10_000, help="Images of the world's pretraining split."),
-    seed: int = typer.Option(0),
-) -> None:
+@command(
+    models_app,
+    "models pretrain-backbone",
+    [
+        *fields(PretrainConfig, "arch"),
+        flag("out", Path, REQUIRED, "Output folder (config.json, model.safetensors, metrics.json, provenance.json)."),
+        *fields(PretrainConfig, "epochs n_images seed"),
+    ],
+)
+def models_pretrain_backbone(out: Path, **values) -> None:
     """Pretrain a small image backbone on the world's pretraining split (the ImageNet stand-in)."""
-    from protosynth.training.backbone import PretrainConfig, pretrain_backbone
+    from protosynth.training.backbone import pretrain_backbone
 
-    if epochs < 1 or n_images < 2:
-        fail("--epochs must be at least 1 and --n-images at least 2")
-    cfg = PretrainConfig(arch=arch, epochs=epochs, n_images=n_images, holdout=min(1000, n_images // 10), seed=seed)
+    cfg = build(PretrainConfig, values, holdout=min(1000, values["n_images"] // 10))
     metrics = run(pretrain_backbone, cfg, out, command=command_line(), verb="models pretrain-backbone")
     typer.echo(f"wrote {out} (held-out {metrics['holdout']})")
 
@@ -198,225 +171,72 @@ def parse_budgets(text: str) -> list[int]:
         fail(f"--budget {text!r}: use a number or a comma-separated list such as 100,200,500")
 
 
-@app.command()
-def distill(
-    budget: str = typer.Option(
-        "500", help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass."
-    ),
-    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
-    clip: Optional[str] = typer.Option(
-        None,
-        help=(
-            "CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED (e.g. ViT-L-14-quickgelu:openai) or a "
-            "checkpoint file with --clip-arch. Default: the CLIP the decoder expects."
+# distill's flags without a default of their own: unset, the config's default (or the decoder's) holds
+CHOSEN = "method caption candidates text"
+FP16_HELP = (
+    "Use the float16 embedding store (the one `embed --fp16` writes; made here if missing) instead of the float32 one."
+)
+
+
+@command(
+    app,
+    "distill",
+    [
+        *fields(
+            DistillConfig,
+            f"budget {CORPUS} clip clip_arch clip_space",
+            budget={"annotation": str, "default": "500"},
         ),
-    ),
-    clip_arch: Optional[str] = typer.Option(None, help=CLIP_ARCH_HELP),
-    clip_space: Optional[str] = typer.Option(None, help=CLIP_SPACE_HELP),
-    fp16: bool = typer.Option(
-        False,
-        help="Use the float16 embedding store (the one `embed --fp16` writes; "
-        "made here if missing) instead of the float32 one.",
-    ),
-    decoder: str = typer.Option(
-        "default",
-        help="Decoder spec: default, small:DIR, sd-unclip-small, sd-unclip-h, karlo, or a save_pretrained folder.",
-    ),
-    mode: str = typer.Option("matched", help="Prototype mode: matched (PDS), joint, image or text."),
-    method: Optional[str] = typer.Option(
-        None,
-        help=(
-            "pds (default: render each prototype) or select (keep each prototype's nearest real member pair; nothing "
-            "rendered)."
+        *fields(EmbedConfig, "fp16", fp16={"help": FP16_HELP}),
+        *fields(
+            DistillConfig,
+            f"decoder mode {CHOSEN} seed out force device dtype",
+            method={"annotation": Optional[str], "default": None},
+            candidates={"annotation": Optional[int], "default": None},
         ),
-    ),
-    caption: Optional[str] = typer.Option(
-        None,
-        help=(
-            "Caption of each render: prototype (the real caption nearest the text prototype, as PDS), render (the "
-            "member caption the CLIP scores highest against the render) or, with --init nearest, start (the "
-            "caption of the member image the render started from). pairs.jsonl records the first two."
+        *fields(
+            RenderConfig,
+            "steps guidance noise_level negative_prompt size super_res_steps init strength batch_size clip_guidance",
         ),
-    ),
-    candidates: Optional[int] = typer.Option(
-        None,
-        help=(
-            "Render N images per prototype and keep the one whose CLIP embedding is nearest its prototype (render "
-            "cost grows N-fold)."
-        ),
-    ),
-    text: Optional[str] = typer.Option(
-        None,
-        help=(
-            "How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
-            "captions (its one caption), members (the mean of the captions of the real pairs its prototype "
-            "summarises) or image (the mean of every caption of the member image a render starts from), in the "
-            "learner's text space (default: members up to 100 pairs, image above; from noise: members up to 200, "
-            "captions above)."
-        ),
-    ),
-    seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(
-        None,
-        help=(
-            "Output folder (default: distilled/<corpus>[-select]-<mode>-b<budget>-s<seed>); with several budgets, the"
-            " folder holding one set per budget."
-        ),
-    ),
-    force: bool = typer.Option(False, help="Replace an earlier distilled set at --out (never another folder)."),
-    device: str = typer.Option("cpu"),
-    dtype: str = typer.Option(
-        "auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."
-    ),
-    steps: Optional[int] = typer.Option(
-        None,
-        help=(
-            "Denoising steps per image (default: the decoder's; 100 for Stable unCLIP as in PDS, 50 for the small "
-            "decoder)."
-        ),
-    ),
-    guidance: Optional[float] = typer.Option(
-        None,
-        help=(
-            "Classifier-free guidance scale (default: 5 for Stable unCLIP, 8 for Karlo; the small decoder's measured "
-            "one in its render_defaults.json, else 3)."
-        ),
-    ),
-    noise_level: Optional[int] = typer.Option(
-        None,
-        help=(
-            "Noise augmentation of the image embedding, 0-999 (default: 10 for Stable unCLIP, 0 for the small decoder)."
-        ),
-    ),
-    negative_prompt: Optional[str] = typer.Option(
-        None, help="Stable unCLIP negative prompt (default: 'text, watermark'; '' for none)."
-    ),
-    size: Optional[int] = typer.Option(
-        None,
-        help="Resize renders to SIZE x SIZE (default: 224 for the published decoders, the small decoder's own 32).",
-    ),
-    super_res_steps: Optional[int] = typer.Option(None, help="Karlo super-resolution steps (default 7)."),
-    init: Optional[str] = typer.Option(
-        None,
-        help="noise, or nearest (small decoder): start from the prototype's nearest member image "
-        "(default: the decoder's; noise for the published ones).",
-    ),
-    strength: Optional[float] = typer.Option(
-        None, help="With --init nearest: how far to noise the start image, (0, 1] (default: the decoder's)."
-    ),
-    batch_size: Optional[int] = typer.Option(
-        None,
-        help=(
-            "Images rendered per batch (default: 100 for the small decoder, 4 for the published ones). Each image has "
-            "its own seed, but another batch size may change a pixel by a level; the manifest records it."
-        ),
-    ),
-    clip_guidance: Optional[float] = typer.Option(
-        None,
-        help=(
-            "Small decoder: CLIP-guided sampling step size (pixel RMS) of each x0 nudge toward the prototype (default"
-            " 0.01); 0 = the decoder alone (pure PDS)."
-        ),
-    ),
-    engine: str = typer.Option("local", help=ENGINE_HELP),
-    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(
-        None, help="With --engine ray: actors that embed and actors that render (default 1)."
-    ),
-    gpus_per_worker: float = typer.Option(0.0, help=GPUS_PER_WORKER_HELP),
-    cpus_per_worker: float = typer.Option(1.0, help=CPUS_PER_WORKER_HELP),
-) -> None:
+        *fields(EngineConfig, "engine address workers gpus_per_worker cpus_per_worker"),
+    ],
+)
+def distill(budget: str, **values) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
 
-    from protosynth.distill import DistillConfig, distill_budgets
-    from protosynth.embed import EmbedConfig
-    from protosynth.render import RenderConfig
+    from protosynth.distill import distill_budgets
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     budgets = parse_budgets(budget)
-    rcfg = RenderConfig(
-        steps=steps,
-        guidance_scale=guidance,
-        noise_level=noise_level,
-        negative_prompt=negative_prompt,
-        size=size,
-        super_res_steps=super_res_steps,
-        batch_size=batch_size,
-        init=init,
-        strength=strength,
-        seed=seed,
-        clip_guidance=clip_guidance,
-    )
-    cfg = DistillConfig(
+    # a setting of CHOSEN left unset keeps the config's default
+    given = {name: value for name, value in values.items() if value is not None or name not in CHOSEN.split()}
+    cfg = build(
+        DistillConfig,
+        given,
         budget=budgets[0],
-        corpus=corpus,
-        clip=clip,
-        clip_arch=clip_arch,
-        clip_space=clip_space,
-        decoder=decoder,
-        mode=mode,
-        seed=seed,
-        out=out,
-        force=force,
-        device=device,
-        dtype=dtype,
-        render=rcfg,
-        image_root=image_root,
-        skip_bad=skip_bad,
-        image_column=image_column,
-        caption_column=caption_column,
-        embed=EmbedConfig(fp16=fp16),
-        engine=engine_config(engine, address, workers, gpus_per_worker, cpus_per_worker),
+        render=build(RenderConfig, values),
+        embed=build(EmbedConfig, values, "fp16"),
+        engine=build(EngineConfig, values),
     )
-    chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
-    cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
     for path in run(distill_budgets, cfg, budgets, command=command_line(), verb="distill"):
         typer.echo(f"wrote {path}")
 
 
-@app.command()
-def coreset(
-    method: str = typer.Option(..., help="random, herding, kcenter or forgetting."),
-    budget: int = typer.Option(500, help="Number of real pairs to keep."),
-    corpus: str = typer.Option("shapes", help=CORPUS_HELP),
-    image_root: Optional[Path] = typer.Option(None, help=IMAGE_ROOT_HELP),
-    skip_bad: bool = typer.Option(False, help=SKIP_BAD_HELP),
-    image_column: Optional[str] = typer.Option(None, help=IMAGE_COLUMN_HELP),
-    caption_column: Optional[str] = typer.Option(None, help=CAPTION_COLUMN_HELP),
-    clip: str = typer.Option("default", help="CLIP for herding/k-center features and the stored embeddings."),
-    seed: int = typer.Option(0),
-    out: Optional[Path] = typer.Option(
-        None, help="Output folder (default: distilled/<corpus>-coreset-<method>-b<budget>-s<seed>)."
+@command(
+    app,
+    "coreset",
+    fields(
+        CoresetConfig,
+        f"method budget {CORPUS} clip seed out force device forgetting_epochs keep",
+        method={"default": REQUIRED},
     ),
-    force: bool = typer.Option(False, help="Replace an earlier set at --out."),
-    device: str = typer.Option("cpu"),
-    forgetting_epochs: int = typer.Option(5, help="forgetting: epochs of training on all pairs to count events."),
-    keep: str = typer.Option("most", help="forgetting: keep the most- or least-forgotten pairs."),
-) -> None:
+)
+def coreset(**values) -> None:
     """Select BUDGET real pairs (a coreset baseline) and write them in the distilled-set format."""
-    from protosynth.coreset import CoresetConfig, build_coreset
+    from protosynth.coreset import build_coreset
 
-    cfg = CoresetConfig(
-        method=method,
-        budget=budget,
-        corpus=corpus,
-        clip=clip,
-        seed=seed,
-        out=out,
-        force=force,
-        device=device,
-        forgetting_epochs=forgetting_epochs,
-        keep=keep,
-        image_root=image_root,
-        skip_bad=skip_bad,
-        image_column=image_column,
-        caption_column=caption_column,
-    )
+    cfg = build(CoresetConfig, values)
     typer.echo(f"wrote {run(build_coreset, cfg, command=command_line(), verb='coreset')}")
 
 
@@ -436,34 +256,30 @@ def verify(
     typer.echo(f"ok: {report.checked} files checked")
 
 
-@app.command("export")
-def export(
-    folder: Path = typer.Argument(..., help="A distilled set folder."),
-    to: str = typer.Option(
-        ..., help="webdataset (one tar shard: KEY.png, KEY.txt, KEY.json per pair) or parquet (one file)."
-    ),
-    out: Path = typer.Option(..., help="The file to write (.tar or .parquet)."),
-    force: bool = typer.Option(False, help="Replace an earlier export at --out (never another file)."),
-) -> None:
+@command(
+    app,
+    "export",
+    fields(ExportConfig, "to out force", to={"default": REQUIRED}, out={"default": REQUIRED}),
+    (argument("folder", Path, ..., "A distilled set folder."),),
+)
+def export(folder: Path, **values) -> None:
     """Write a set as a webdataset shard or a parquet file (image PNG bytes, caption, members)."""
-    from protosynth.export import ExportConfig, export_set
+    from protosynth.export import export_set
 
-    typer.echo(f"wrote {run(export_set, folder, ExportConfig(to=to, out=out, force=force), verb='export')}")
+    typer.echo(f"wrote {run(export_set, folder, build(ExportConfig, values), verb='export')}")
 
 
-@app.command("report")
-def report(
-    folders: list[Path] = typer.Argument(..., help="Set folders and compare-baselines output folders."),
-    out: Path = typer.Option(..., help="The HTML file to write (one self-contained page)."),
-    force: bool = typer.Option(False, help="Replace an earlier report at --out (never another file)."),
-    members: int = typer.Option(3, help="Member thumbnails per synthetic pair (0: none)."),
-    samples: int = typer.Option(4, help="Images per method for a compare-baselines folder."),
-) -> None:
+@command(
+    app,
+    "report",
+    fields(ReportConfig, "out force members samples", out={"default": REQUIRED}),
+    (argument("folders", list[Path], ..., "Set folders and compare-baselines output folders."),),
+)
+def report(folders: list[Path], **values) -> None:
     """Write one static HTML page showing sets (images, captions, members) and comparisons."""
-    from protosynth.report import ReportConfig, build_report
+    from protosynth.report import build_report
 
-    cfg = ReportConfig(out=out, force=force, members=members, samples=samples)
-    typer.echo(f"wrote {run(build_report, folders, cfg, verb='report')}")
+    typer.echo(f"wrote {run(build_report, folders, build(ReportConfig, values), verb='report')}")
 
 
 def main() -> None:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
-from .corpus import Corpus, cache_dir, check_cache_writable, load_corpus
+from .corpus import Corpus, cache_dir, check_cache_writable
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
@@ -41,31 +41,13 @@ from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
 from .progress import StepBar
 from .runinfo import check_device, check_seed, peak_rss_mb, versions
+from .source import flat_settings
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
 
-@dataclass
-class CoresetConfig:
-    method: str = "random"
-    budget: int = 500
-    corpus: str = "shapes"
-    clip: str = "default"  # the CLIP for herding/k-center features and the stored embeddings
-    seed: int = 0
-    out: Path | None = None
-    force: bool = False
-    device: str = "cpu"
-    forgetting_protocol: str = "small"
-    forgetting_epochs: int = 5
-    keep: str = "most"  # forgetting: keep the most- or least-forgotten pairs
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
-
-
 def default_out(cfg: CoresetConfig) -> Path:
-    return Path("distilled") / f"{corpus_name(cfg.corpus)}-coreset-{cfg.method}-b{cfg.budget}-s{cfg.seed}"
+    return Path("distilled") / f"{corpus_name(cfg.corpus.spec)}-coreset-{cfg.method}-b{cfg.budget}-s{cfg.seed}"
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -190,13 +172,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    corpus = cfg.corpus.load()
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)
@@ -226,7 +202,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
         for i, p in enumerate(chosen)
     ]
     tensors = pair_tensors(image[chosen], text[chosen])
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in flat_settings(cfg).items()}
     manifest = {
         **manifest_header(f"coreset-{cfg.method}", cfg.budget, None, cfg.seed, corpus, clip),
         "settings": settings,

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
-from .corpus import Corpus, load_corpus
+from .corpus import Corpus
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
-from .embed import EmbedConfig, Embeddings, embed_corpus
-from .engine import EngineConfig, check_engine
+from .embed import Embeddings, embed_corpus
+from .engine import check_engine
 from .engines import Engine, make_engine
 from .errors import P, Param, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
@@ -47,6 +48,7 @@ from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .runinfo import check_device, check_seed, peak_rss_mb, threads, versions
+from .source import flat_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +96,9 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
     return replace(render, init=init, strength=strength)
 
 
-@dataclass
-class DistillConfig:
-    budget: int = 500
-    corpus: str = "shapes"
-    clip: str | None = None  # None: the CLIP the decoder was trained on
-    decoder: str = "default"
-    clip_arch: str | None = None  # open_clip architecture of a checkpoint file given as ``clip``
-    clip_space: str | None = None  # declared space of such a file (e.g. ViT-L-14:openai)
-    dtype: str = "auto"  # decoder weights: float16 on CUDA for the published pipelines
-    mode: str = "matched"
-    method: str = "pds"  # "select": each prototype's nearest real member pair, nothing rendered
-    # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
-    # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
-    caption: str | None = None
-    candidates: int = 1  # renders per prototype; the one nearest its prototype is kept
-    text: str | None = None  # how a learner reads each pair's text (TEXT_RULES); None: text_rule's default
-    seed: int = 0
-    out: Path | None = None
-    force: bool = False
-    device: str = "cpu"
-    render: RenderConfig = field(default_factory=RenderConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)  # fp16: read (or write) the float16 store
-    drop_fraction: float = 0.2
-    kmeans_iters: int = 25
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
-    # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-
-
 def set_name(cfg: DistillConfig) -> str:
     method = "" if cfg.method == "pds" else f"-{cfg.method}"
-    return f"{corpus_name(cfg.corpus)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+    return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -228,14 +198,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = 
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-        engine=engine,  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
-    )
+    corpus = cfg.corpus.load(engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     for budget in budgets:
         check_budget(budget, corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"
@@ -298,7 +261,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
         "settings": _jsonable(
-            asdict(
+            flat_settings(
                 replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render), text=text)
                 if cfg.method == "pds"
                 else replace(cfg, clip=clip.spec, text=text)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .configs import EmbedConfig  # noqa: F401 (re-exported: its public home)
 from .corpus import Corpus, cache_dir, check_cache_writable
 from .engine import EngineConfig
 from .engines import EncodeJob, Engine, make_engine
@@ -32,17 +33,6 @@ from .files import check_writable
 from .models.clip import ClipEncoder
 from .progress import StepBar
 from .store import FORMAT, EmbeddingStore, Rows, StoreWriter, compute_seconds, plan_shards, survey
-
-
-@dataclass
-class EmbedConfig:
-    batch_size: int = 256
-    use_cache: bool = True  # read and write the store in the cache; False: compute in memory (unless out)
-    out: Path | None = None  # the store folder; None: cache_dir()/embeddings/<key>[-fp16]
-    shard_size: int = 4096  # images per shard: the unit of work a kill can lose
-    fp16: bool = False  # store float16 (half the disk); readers still return float32
-    # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
-    num_workers: int | None = None
 
 
 def check_config(cfg: EmbedConfig) -> None:

@@ -22,30 +22,13 @@ import logging
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+from .configs import EngineConfig  # noqa: F401 (re-exported: its public home)
 from .errors import P, ProtosynthError
 
 ENGINES = ("local", "ray")
 EXTRA = "pip install -e '.[ray]'"
 CONNECT_TIMEOUT = 5.0  # seconds to reach HOST:PORT before ray.init, which would retry for minutes
-
-
-@dataclass
-class EngineConfig:
-    engine: str = "local"  # "local" or "ray"
-    address: str | None = None  # Ray cluster to join; None: start a local Ray instance
-    workers: int | None = None  # Ray actors that embed and render; None: 1
-    gpus_per_worker: float = 0.0  # GPUs each actor reserves (the encoder/decoder then runs on cuda)
-    cpus_per_worker: float = 1.0  # CPUs each actor (and each decoding task) reserves; its torch threads
-
-    @property
-    def on_ray(self) -> bool:
-        return self.engine == "ray"
-
-    @property
-    def n_workers(self) -> int:
-        return self.workers or 1
 
 
 def check_engine(cfg: EngineConfig) -> None:

@@ -48,6 +48,12 @@ class Param:
 P = Param()
 
 
+def spell_references(text: str, spell: Callable[[str, str | None], str]) -> str:
+    """``text`` (a message, or the help of an option) with each parameter reference written as
+    ``spell(name, value)`` (``value``: the text of ``P.name(value)``, else None)."""
+    return _REF.sub(lambda m: spell(m.group(1), m.group(2)), text)
+
+
 def python_spelling(param: str, value: str | None) -> str:
     """``budget``; with a value, ``test=SPEC``."""
     return param if value is None else f"{param}={value}"
@@ -69,7 +75,7 @@ class ProtosynthError(Exception):
     def spelled(self, spell: Callable[[str, str | None], str]) -> str:
         """The message with each parameter reference written as ``spell(name, value)`` (``value``:
         the text of ``P.name(value)``, else None)."""
-        return _REF.sub(lambda m: spell(m.group(1), m.group(2)), self.template)
+        return spell_references(self.template, spell)
 
     def __reduce__(self):  # pickled whole (DataLoader workers, child processes): the references survive
         return type(self), (self.template, self.param)

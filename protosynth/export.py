@@ -16,10 +16,10 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .configs import ExportConfig  # noqa: F401 (re-exported: its public home)
 from .distilled import DistilledSet, load_distilled
 from .errors import P, ProtosynthError
 from .files import Claim, atomic_path, check_writable, remove_stale_temps
@@ -28,13 +28,6 @@ from .hub import metadata_rows
 FORMATS = ("webdataset", "parquet")
 MARK = "protosynth-export"  # the pax header / schema metadata key that says a file is ours
 MARK_VALUE = "1"
-
-
-@dataclass
-class ExportConfig:
-    to: str = "parquet"
-    out: Path = Path("set.parquet")
-    force: bool = False
 
 
 def check_out_file(out: Path, force: bool, ours: Callable[[Path], bool], what: str) -> None:

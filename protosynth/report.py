@@ -15,12 +15,12 @@ import html
 import io
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from .baselines.compare import METRICS, set_folder
+from .configs import ReportConfig  # noqa: F401 (re-exported: its public home)
 from .distilled import DistilledSet, decode_image, load_distilled
 from .errors import P, ProtosynthError
 from .evaluation.data import source_corpus
@@ -43,15 +43,6 @@ table { border-collapse: collapse; font-size: 13px; } td, th { border: 1px solid
 .row > b { width: 140px; font-weight: normal; } .row .meta { font-size: 11px; }
 img.plot { max-width: 100%; }
 """
-
-
-@dataclass
-class ReportConfig:
-    out: Path = Path("report.html")
-    force: bool = False
-    members: int = 3  # member thumbnails per synthetic pair
-    samples: int = 4  # images per method for a compare-baselines folder
-    thumb: int = 128  # larger images are shrunk to this side, so a page of 224 px renders stays small
 
 
 def data_uri(image: Image.Image, side: int) -> str:

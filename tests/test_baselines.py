@@ -477,7 +477,7 @@ def test_nfnet_bert_buffer_and_lors_on_tiny_real_classes(tiny_bert, tmp_path):
 
 def test_quick_compare_uses_the_small_world_and_smoke_settings():
     q = CompareConfig(quick=True).effective()
-    assert (q.corpus, q.repeats, q.eval_epochs, q.experts, q.expert_epochs, q.buffer_pairs, q.iterations) == (
+    assert (q.corpus.spec, q.repeats, q.eval_epochs, q.experts, q.expert_epochs, q.buffer_pairs, q.iterations) == (
         QUICK_WORLD,
         2,
         20,
@@ -486,7 +486,7 @@ def test_quick_compare_uses_the_small_world_and_smoke_settings():
         2000,
         10,
     )
-    assert CompareConfig(quick=True, corpus="my.jsonl").effective().corpus == "my.jsonl"
+    assert CompareConfig(quick=True, corpus="my.jsonl").effective().corpus.spec == "my.jsonl"
     assert CompareConfig().effective() == CompareConfig()
     assert preset("mtt-vl", "world", 100, quick=True)["syn_steps"] == 8
     assert preset("mtt-vl", "world", 100)["syn_steps"] == 20

@@ -28,6 +28,7 @@ from protosynth.distilled import corpus_record, load_distilled
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import source_corpus
 from protosynth.render import RenderConfig
+from protosynth.source import CorpusSource
 from protosynth.training.small_models import ModelsTrainConfig, split_corpus
 from protosynth.world import WorldConfig, generate_split
 
@@ -514,11 +515,10 @@ def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_
     out = distill(
         DistillConfig(
             budget=4,
-            corpus=str(bad_csv),
+            corpus=CorpusSource(str(bad_csv), skip_bad=True),
             clip=f"small:{quick_models}",
             decoder=f"small:{quick_models}",
             out=tmp_path / "set",
-            skip_bad=True,
             render=RenderConfig(steps=1, guidance_scale=1.0, batch_size=4),
         )
     )

@@ -22,6 +22,7 @@ from protosynth.baselines.buffer import BufferConfig, _settings
 from protosynth.baselines.compare import _row_key
 from protosynth.cli.main import app
 from protosynth.evaluation.evaluate import EvalConfig
+from protosynth.source import CorpusSource
 from protosynth.world import WorldConfig, generate_split
 
 N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2
@@ -243,8 +244,10 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     """Unset, the new options stay out of a buffer's settings and a compare row's key, so finished
     buffers and evaluated rows from earlier runs are still reused."""
     assert not {"image_root", "skip_bad", "image_column", "caption_column"} & set(_settings(BufferConfig()))
-    assert _settings(BufferConfig(caption_column="text"))["caption_column"] == "text"
-    assert _settings(BufferConfig(image_root=Path("data"), skip_bad=True))["image_root"] == os.path.abspath("data")
+    assert _settings(BufferConfig(corpus=CorpusSource(caption_column="text")))["caption_column"] == "text"
+    assert _settings(BufferConfig(corpus=CorpusSource(image_root=Path("data"), skip_bad=True)))[
+        "image_root"
+    ] == os.path.abspath("data")
     later = ("skip_bad", "image_column", "caption_column")
     before = {k: v for k, v in asdict(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,38 +29,18 @@ import torch
 from safetensors.torch import load_file
 
 from ..corpora.spec import canonical_root, canonical_spec
-from ..corpus import Corpus, load_corpus
+from ..corpus import Corpus
 from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
 from ..files import check_writable, save_safetensors_atomic, write_text_atomic
 from ..progress import StepBar
 from ..runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..source import flat_settings
+from .configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
 
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class BufferConfig:
-    corpus: str = "shapes"
-    protocol: str = "small"
-    experts: int = 5
-    epochs: int = 4
-    heads_only: bool = False
-    lr: float = 0.1
-    batch_size: int = 128
-    max_pairs: int | None = None  # train on a seeded subset of this many pairs (quick runs); None = all
-    backbone: str | None = None  # default: the protocol's (tests pass tiny ones)
-    text_encoder: str | None = None
-    image_size: int | None = None
-    seed: int = 0
-    out: Path | None = None
-    device: str = "cpu"
-    image_root: Path | None = None  # folder of a .json/.csv corpus's image paths
-    skip_bad: bool = False  # drop (and count) unreadable images instead of stopping
-    image_column: str | None = None  # a .parquet or hf: corpus's image column (None: jpg / image)
-    caption_column: str | None = None  # a .parquet or hf: corpus's caption column (None: caption)
 
 
 def _validate(cfg: BufferConfig) -> Path:
@@ -87,10 +67,13 @@ def _settings(cfg: BufferConfig) -> dict:
     left out while unset, so buffers written before they existed are still reused."""
     unset = {"image_root": None, "skip_bad": False, "image_column": None, "caption_column": None}
     # absolute corpus paths: the same buffer asked for from another folder is still the same buffer
-    cfg = replace(cfg, corpus=canonical_spec(cfg.corpus), image_root=canonical_root(cfg.image_root))
+    corpus = cfg.corpus
+    cfg = replace(
+        cfg, corpus=replace(corpus, spec=canonical_spec(corpus.spec), image_root=canonical_root(corpus.image_root))
+    )
     return {
         k: (str(v) if isinstance(v, Path) else v)
-        for k, v in asdict(cfg).items()
+        for k, v in flat_settings(cfg).items()
         if k not in ("out", "device") and not (k in unset and v == unset[k])
     }
 
@@ -162,13 +145,7 @@ def build_buffer(cfg: BufferConfig) -> Path:
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    corpus = cfg.corpus.load()
     feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))

@@ -22,12 +22,11 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..coreset import CoresetConfig, build_coreset
 from ..corpora.spec import canonical_root, canonical_spec, is_world
-from ..corpus import load_corpus
 from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
 from ..evaluation.data import corpus_text_features
@@ -37,52 +36,11 @@ from ..evaluation.text_encoders import load_text_encoder
 from ..files import atomic_path, check_writable, git_commit, write_text_atomic
 from ..models.clip import load_clip
 from ..runinfo import check_device, check_seed
+from ..source import flat_settings
 from .buffer import BufferConfig, build_buffer, load_buffer
+from .configs import ALL_METHODS, CORESETS, OPTIMISATION, QUICK_WORLD, CompareConfig  # noqa: F401 (re-exported: its public home)
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
-
-CORESETS = ("random", "herding", "kcenter", "forgetting")
-OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
-QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
-
-
-@dataclass
-class CompareConfig:
-    budget: int = 100
-    methods: tuple[str, ...] = ALL_METHODS
-    corpus: str = "shapes"
-    protocol: str = "small"
-    repeats: int = 5
-    out: Path = Path("runs/compare")
-    quick: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    eval_epochs: int | None = None  # default: the protocol's (quick: 20)
-    experts: int = 4
-    expert_epochs: int = 3  # epochs per expert trajectory
-    buffer_pairs: int | None = None
-    iterations: int | None = None  # matching iterations (default: the method's preset)
-    test: str | None = None  # test corpus spec (default: the world's test split; other corpora need one)
-    image_root: Path | None = None  # folder of a .json/.csv corpus's (and test corpus's) image paths
-    skip_bad: bool = False  # drop unreadable images of the corpus (sets, buffers, full row), never the test's
-    image_column: str | None = None  # image column of a .parquet or hf: corpus (and test corpus); None: jpg / image
-    caption_column: str | None = None  # their caption column (None: caption)
-
-    def effective(self) -> "CompareConfig":
-        if not self.quick:
-            return self
-        corpus = QUICK_WORLD if self.corpus == "shapes" else self.corpus
-        return replace(
-            self,
-            corpus=corpus,
-            repeats=min(self.repeats, 2),
-            eval_epochs=self.eval_epochs or 20,
-            experts=min(self.experts, 2),
-            expert_epochs=min(self.expert_epochs, 2),
-            buffer_pairs=self.buffer_pairs or 2000,
-            iterations=self.iterations or 10,
-        )
 
 
 def _validate(cfg: CompareConfig) -> None:
@@ -102,9 +60,9 @@ def _validate(cfg: CompareConfig) -> None:
             raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.eval_epochs is not None and cfg.eval_epochs < 1:
         raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {cfg.eval_epochs}")
-    if cfg.test is None and not is_world(cfg.corpus):
+    if cfg.test is None and not is_world(cfg.corpus.spec):
         raise ProtosynthError(
-            f"{P.corpus} {cfg.corpus} has no built-in test split; pass {P.test('SPEC')}", param="test"
+            f"{P.corpus} {cfg.corpus.spec} has no built-in test split; pass {P.test('SPEC')}", param="test"
         )
     check_device(cfg.device)
     check_seed(cfg.seed)
@@ -122,10 +80,6 @@ def buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
         seed=cfg.seed,
         device=cfg.device,
         out=cfg.out / "buffers" / ("heads" if heads else "full"),
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
     )
 
 
@@ -133,13 +87,7 @@ def _prepare(cfg: CompareConfig) -> None:
     """The caches several methods share (the CLIP embeddings of the corpus, the protocol's text
     features of every caption), filled once up front so no method's seconds include them."""
 
-    corpus = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    corpus = cfg.corpus.load()
     embed_corpus(corpus, load_clip("default", cfg.device))
     protocol = get_protocol(cfg.protocol)
     if protocol.text != "clip":
@@ -163,10 +111,6 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 device=cfg.device,
                 forgetting_protocol=cfg.protocol,
                 forgetting_epochs=1 if cfg.quick else 5,
-                image_root=cfg.image_root,
-                skip_bad=cfg.skip_bad,
-                image_column=cfg.image_column,
-                caption_column=cfg.caption_column,
             )
         )
     elif method == "pds":
@@ -179,10 +123,6 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 seed=cfg.seed,
                 out=out,
                 device=cfg.device,
-                image_root=cfg.image_root,
-                skip_bad=cfg.skip_bad,
-                image_column=cfg.image_column,
-                caption_column=cfg.caption_column,
             )
         )
     else:
@@ -206,10 +146,7 @@ def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[s
         device=cfg.device,
         quick=cfg.quick,
         iterations=cfg.iterations,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
+        **cfg.corpus.options(),
     )
 
 
@@ -218,19 +155,19 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
     for an optimisation method, other preset values, e.g. after a preset changed), or None.
     Reusing such a set silently would put a row made one way into a table that says another."""
     man = json.loads((out / "manifest.json").read_text())
-    corpus = man.get("corpus", {})
+    corpus, source = man.get("corpus", {}), cfg.corpus
     wanted = {
-        "corpus": (corpus.get("spec"), cfg.corpus),
+        "corpus": (corpus.get("spec"), source.spec),
         "seed": (man.get("seed"), cfg.seed),
         "budget": (man.get("budget"), cfg.budget),
-        "image-root": (corpus.get("image_root"), None if cfg.image_root is None else str(cfg.image_root)),
-        "skip-bad": (bool(corpus.get("skip_bad")), cfg.skip_bad),
-        "image-column": (corpus.get("image_column"), cfg.image_column),
-        "caption-column": (corpus.get("caption_column"), cfg.caption_column),
+        "image-root": (corpus.get("image_root"), None if source.image_root is None else str(source.image_root)),
+        "skip-bad": (bool(corpus.get("skip_bad")), source.skip_bad),
+        "image-column": (corpus.get("image_column"), source.image_column),
+        "caption-column": (corpus.get("caption_column"), source.caption_column),
     }
     if method in OPTIMISATION:
         bcfg = _baseline_config(method, cfg, out, buffers)
-        family = default_family(cfg.corpus)
+        family = default_family(cfg.corpus.spec)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
         recorded = {"lr_space": "linear", **man.get("settings", {})}  # sets made before --lr-space learned linearly
         keys = [
@@ -315,9 +252,9 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
         device=cfg.device,
         epochs=cfg.eval_epochs,
         test=cfg.test,
-        image_root=cfg.image_root,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
+        image_root=cfg.corpus.image_root,
+        image_column=cfg.corpus.image_column,
+        caption_column=cfg.corpus.caption_column,
     )
     store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
     todo = [m for m in paths if not store[m].is_file()]
@@ -330,7 +267,10 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
             (
                 ["full"],
                 evaluate(
-                    [], replace(eval_cfg, full=cfg.corpus, epochs=1 if cfg.quick else None, skip_bad=cfg.skip_bad)
+                    [],
+                    replace(
+                        eval_cfg, full=cfg.corpus.spec, epochs=1 if cfg.quick else None, skip_bad=cfg.corpus.skip_bad
+                    ),
                 ),
             )
         )
@@ -349,10 +289,10 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     _validate(cfg)
     cfg = cfg.effective()
     # absolute paths, as the manifests of the sets and buffers record them (so reuse checks compare like with like)
+    source = cfg.corpus
     cfg = replace(
         cfg,
-        corpus=canonical_spec(cfg.corpus),
-        image_root=canonical_root(cfg.image_root),
+        corpus=replace(source, spec=canonical_spec(source.spec), image_root=canonical_root(source.image_root)),
         test=None if cfg.test is None else canonical_spec(cfg.test),
     )
     started = time.time()
@@ -422,7 +362,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
             row["gain_over_random"] = round(row["metrics"]["r_mean"]["mean"] - random["metrics"]["r_mean"]["mean"], 2)
     doc = {
         "budget": cfg.budget,
-        "corpus": cfg.corpus,
+        "corpus": cfg.corpus.spec,
         "quick": cfg.quick,
         "protocol": head.get("protocol"),
         "repeats": cfg.repeats,
@@ -432,7 +372,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
         "buffers": buffer_cost,
         "methods": table,
         "shared_preparation_seconds": prepare_seconds,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in flat_settings(cfg).items()},
         "command": command,
         "commit": git_commit(),
         "seconds_this_run": round(time.time() - started, 1),

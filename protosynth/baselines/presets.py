@@ -25,11 +25,12 @@ docs/baselines.md, "The world preset" and "The similarity matrix".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..corpora.spec import is_world
 from ..errors import P, Param, ProtosynthError
+from .configs import BaselineConfig  # noqa: F401 (re-exported: its public home)
 
 METHODS = ("mtt-vl", "lors", "amd", "repblend")
 FAMILIES = ("flickr", "coco", "world")
@@ -37,40 +38,6 @@ LR_SPACES = ("linear", "log")
 GRAD_MODES = ("unroll", "constant", "first-order")
 USES_SIMILARITY = ("lors", "amd", "repblend")
 SIMILARITY_KEYS = ("lr_sim", "rank", "alpha")  # settings that only a method with S uses
-
-
-@dataclass
-class BaselineConfig:
-    method: str = "lors"
-    budget: int = 100
-    buffer: Path | None = None
-    out: Path | None = None
-    force: bool = False
-    seed: int = 0
-    device: str = "cpu"
-    family: str | None = None  # preset family; default: world for the built-in world, else flickr
-    quick: bool = False
-    iterations: int | None = None
-    syn_steps: int | None = None
-    expert_epochs: int | None = None
-    max_start_epoch: int | None = None
-    batch_syn: int | None = None
-    lr_img: float | None = None
-    lr_txt: float | None = None
-    lr_lr: float | None = None
-    lr_init: float | None = None
-    lr_space: str | None = None  # how the inner lrs are learned: "linear" (published) or "log" (log(lr) is the leaf)
-    lr_sim: float | None = None
-    rank: int | None = None
-    alpha: float | None = None
-    temperature: float | None = None  # None: the protocol's (0.07); COCO LoRS uses 0.1
-    grad_mode: str | None = None  # unroll (mtt-vl) or constant (the others)
-    merged: bool | None = None  # merged normalisation of the matching loss (default: per modality)
-    clip: str = "default"  # AMD's prototype initialisation clusters this CLIP's joint embeddings
-    image_root: Path | None = None  # the buffer corpus's image folder; None: the one the buffer recorded
-    skip_bad: bool = False  # skip unreadable images; on anyway when the buffer was made with it
-    image_column: str | None = None  # the buffer corpus's image column; None: the one the buffer recorded
-    caption_column: str | None = None  # its caption column; None: the one the buffer recorded
 
 
 def buffer_kind(method: str) -> str:

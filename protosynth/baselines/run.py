@@ -30,7 +30,6 @@ from PIL import Image
 
 from ..coreset import joint_features
 from ..corpora.spec import corpus_name
-from ..corpus import load_corpus
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..embed import embed_corpus
 from ..errors import P, ProtosynthError
@@ -39,6 +38,7 @@ from ..models.clip import load_clip
 from ..progress import StepBar
 from ..prototypes import kmeans
 from ..runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..source import read_as
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
@@ -83,14 +83,7 @@ def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
         image_column=cfg.image_column if cfg.image_column is not None else rec.get("image_column"),
         caption_column=cfg.caption_column if cfg.caption_column is not None else rec.get("caption_column"),
     )
-    corpus = load_corpus(
-        rec["spec"],
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
-    return corpus, cfg
+    return read_as(cfg, rec["spec"]).load(), cfg
 
 
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:

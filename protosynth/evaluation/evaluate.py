@@ -9,18 +9,19 @@ Standard deviations are sample standard deviations (ddof=1) over the repeats.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..corpus import load_corpus
+from ..configs import EvalConfig  # noqa: F401 (re-exported: its public home)
 from ..distilled import DistilledSet, load_distilled
 from ..errors import P, ProtosynthError
 from ..metrics import KS
 from ..progress import StepBar
 from ..runinfo import check_device, check_seed
+from ..source import read_as
 from .backbones import load_backbone
 from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
 from .protocols import Protocol, get_protocol
@@ -30,30 +31,6 @@ from .text_encoders import load_text_encoder
 METRIC_NAMES = [f"IR@{k}" for k in KS] + [f"TR@{k}" for k in KS] + ["r_mean"]
 FINAL = "final epoch"
 SELECTED = "best checkpoint on the test split (--select-on-test; model selection on test, as the reference code does)"
-
-
-@dataclass
-class EvalConfig:
-    protocol: str = "small"
-    test: str | None = None  # default: the test split of the sets' corpus
-    # "val": score on a validation corpus instead (``val``, default: the world's shapes:val), for
-    # choosing settings; the test split is kept for the final table
-    split: str = "test"
-    val: str | None = None
-    repeats: int = 5
-    epochs: int | None = None  # default: the protocol's (full-data runs: its full_epochs)
-    seed: int = 0
-    select_on_test: bool = False
-    text: str = "auto"
-    device: str = "cpu"
-    backbone: str | None = None  # default: the protocol's
-    text_encoder: str | None = None  # default: the protocol's (a tiny BERT folder in the tests)
-    image_size: int | None = None  # default: the protocol's
-    full: str | None = None  # a corpus spec: add the upper-bound row trained on all its pairs
-    image_root: Path | None = None  # folder the image paths of a .json/.csv --test or --full are relative to
-    skip_bad: bool = False  # read --full with --skip-bad (compare-baselines: as its sets read it); never the test
-    image_column: str | None = None  # image column of a .parquet or hf: --test or --full (None: jpg / image)
-    caption_column: str | None = None  # their caption column (None: caption)
 
 
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
@@ -128,9 +105,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
-    test_corpus = load_corpus(
-        test_spec, image_root=cfg.image_root, image_column=cfg.image_column, caption_column=cfg.caption_column
-    )
+    test_corpus = read_as(cfg, test_spec, skip_bad=False).load()  # a test split is read whole
     test = test_data(test_corpus, encoder, backbone, size, normalise)
     hashes = image_hashes(test_corpus)
     for ds in sets:
@@ -150,13 +125,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         }
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_corpus(
-            cfg.full,
-            image_root=cfg.image_root,
-            skip_bad=cfg.skip_bad,
-            image_column=cfg.image_column,
-            caption_column=cfg.caption_column,
-        )
+        full = read_as(cfg, cfg.full).load()
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
         row = {

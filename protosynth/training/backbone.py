@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from ..configs import PretrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import world_split
 from ..errors import P, ProtosynthError
 from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
@@ -38,19 +39,6 @@ from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
 LABELS = "world-cells-v1"
-
-
-@dataclass
-class PretrainConfig:
-    arch: str = "ps-nfnet"
-    n_images: int = 10_000  # size of the world's pretraining split
-    holdout: int = 1_000
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    image_size: int = 32
 
 
 def cell_labels(objects) -> np.ndarray:
@@ -90,11 +78,10 @@ def cell_accuracy(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor)
 
 def pretrain_backbone(cfg: PretrainConfig, out: Path, command: str = "") -> dict:
     """Train ``cfg.arch`` on the pretraining split and write a backbone folder to ``out`` atomically."""
+    cfg.check()
     arch_config(cfg.arch)  # unknown arch: clear error before any work
     if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
         raise ProtosynthError(f"{P.out} {out} is not empty and not a backbone folder; choose another folder")
-    if cfg.holdout >= cfg.n_images:
-        raise ProtosynthError(f"{P.holdout} {cfg.holdout} must be smaller than the {cfg.n_images} pretraining images")
     check_writable(out.parent, f"{P.out} {out}")  # written beside ``out`` after the training
     started = time.time()
     world = WorldConfig(n_pretrain=cfg.n_images, image_size=cfg.image_size)

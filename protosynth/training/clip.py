@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from ..configs import ClipTrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import Corpus
 from ..files import save_safetensors_atomic, write_text_atomic
 from ..metrics import retrieval_metrics
@@ -23,18 +24,6 @@ from ..models.bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
 from ..models.clip import CLIP_WEIGHTS, ClipEncoder, load_clip
 from ..progress import StepBar
 from .common import cosine_lr, restore_rng, rng_state, save_atomic
-
-
-@dataclass
-class ClipTrainConfig:
-    arch: str = "ps-small-clip"
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 100
-    seed: int = 0
-    checkpoint_every: int = 250
 
 
 def corpus_tensor(corpus: Corpus, preprocess) -> torch.Tensor:

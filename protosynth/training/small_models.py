@@ -10,63 +10,39 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..configs import ModelsTrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import Corpus, load_corpus
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
 from ..files import check_writable, git_commit, write_text_atomic
-from .clip import ClipTrainConfig, train_clip
+from ..source import flat_settings
+from .clip import train_clip
 from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
-
-
-@dataclass
-class ModelsTrainConfig:
-    corpus: str = "shapes"
-    test: str | None = None  # default: the world's test split, or a held-out slice of a JSONL corpus
-    only: str = "all"  # all | clip | decoder
-    seed: int = 0
-    quick: bool = False
-    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
-    decoder: dict = field(default_factory=dict)
-    image_root: Path | None = None  # folder of a .json/.csv --corpus's (and --test's) image paths
-    skip_bad: bool = False  # drop (and count) unreadable images of --corpus and --test instead of stopping
-    image_column: str | None = None  # a .parquet or hf: --corpus's (and --test's) image column (None: jpg / image)
-    caption_column: str | None = None  # their caption column (None: caption)
 
 
 def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     """Train and held-out corpora: the world's own test split, or a seeded 10% of a file corpus's
     images. ``--image-root``, ``--skip-bad`` and the column options read ``--test`` as they read
     ``--corpus``: a Karpathy train and test file share one image folder."""
-    train = load_corpus(
-        cfg.corpus,
-        image_root=cfg.image_root,
-        skip_bad=cfg.skip_bad,
-        image_column=cfg.image_column,
-        caption_column=cfg.caption_column,
-    )
+    train = cfg.corpus.load()
     if cfg.test:
-        test = load_corpus(
-            cfg.test,
-            image_root=cfg.image_root,
-            skip_bad=cfg.skip_bad,
-            image_column=cfg.image_column,
-            caption_column=cfg.caption_column,
-        )
+        test = cfg.corpus.reading(cfg.test).load()
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
-            raise ProtosynthError(f"{P.corpus} {cfg.corpus}: training on the world's test split; pass {P.test('SPEC')}")
-        opts = [o for o in cfg.corpus.split(",")[1:] if not o.startswith("n=")]
+            raise ProtosynthError(
+                f"{P.corpus} {cfg.corpus.spec}: training on the world's test split; pass {P.test('SPEC')}"
+            )
+        opts = [o for o in cfg.corpus.spec.split(",")[1:] if not o.startswith("n=")]
         test = load_corpus(",".join(["shapes:test"] + opts + (["n=200"] if cfg.quick else [])))
     else:
         return _hold_out(train, cfg.seed)
     if test.fingerprint == train.fingerprint:
         raise ProtosynthError(
-            f"{P.corpus} {cfg.corpus}: the held-out corpus is the training corpus; pass another {P.test('SPEC')}"
+            f"{P.corpus} {cfg.corpus.spec}: the held-out corpus is the training corpus; pass another {P.test('SPEC')}"
         )
     return train, test
 
@@ -86,6 +62,7 @@ def _hold_out(train: Corpus, seed: int) -> tuple[Corpus, Corpus]:
 
 def train_models(cfg: ModelsTrainConfig, out: Path, command: str | None = None) -> dict:
     """Train what ``cfg.only`` names into ``out``; returns the merged metrics."""
+    cfg.check()
     if out.exists() and not out.is_dir():
         raise ProtosynthError(f"{P.out} {out} is a file, not a folder")
     if cfg.only == "decoder" and not (out / "clip" / "open_clip_config.json").is_file():
@@ -111,7 +88,7 @@ def calibrate_models(cfg: ModelsTrainConfig, out: Path, command: str | None = No
     """Measure ``out/decoder``'s held-out fidelity at each guidance scale (``cfg.decoder["guidances"]``,
     default ``GUIDANCES``) and record the best as its render default (``render_defaults.json``), for
     decoders trained before the trainer did so; ``metrics.json`` and ``provenance.json`` get the run."""
-
+    cfg.check()
     for part in ("clip/open_clip_config.json", "decoder/model_index.json"):
         if not (out / part).is_file():
             raise ProtosynthError(f"{P.out} {out}: no {part} (a `protosynth models train` output folder is needed)")
@@ -148,7 +125,7 @@ def _record(
             "commit": git_commit(),
             "seconds": round(seconds, 1),
             "threads": os.cpu_count(),
-            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+            "config": json.loads(json.dumps(flat_settings(cfg), default=str)),
         }
     )
     provenance["metrics"] = metrics

@@ -1,0 +1,136 @@
+"""The settings of ``buffer``, ``baseline`` and ``compare-baselines``, each field declared once with its
+default and help (``protosynth.options.opt``); light, like ``protosynth.configs``, for ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import P
+from ..options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
+from ..source import CorpusSource, ReadsCorpus, source
+
+CORESETS = ("random", "herding", "kcenter", "forgetting")
+OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
+ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
+QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
+
+
+@dataclass
+class BufferConfig(ReadsCorpus):
+    corpus: CorpusSource = source(spec="Corpus spec the experts train on (its whole train split).")
+    protocol: str = opt("small", help="Retrieval protocol whose model the experts are: small or nfnet-bert.")
+    experts: int = opt(5, help="Number of expert trajectories.")
+    epochs: int = opt(4, help="Epochs per expert (a snapshot after each).")
+    heads_only: bool = opt(False, help="Frozen backbone; train and save only the projection heads (RepBlend).")
+    lr: float = opt(0.1, help="SGD learning rate (no momentum, no weight decay).")
+    batch_size: int = 128
+    # train on a seeded subset of this many pairs (quick runs); None = all
+    max_pairs: int | None = opt(None, help="Train on a seeded subset of this many pairs (smoke runs).")
+    backbone: str | None = None  # default: the protocol's (tests pass tiny ones)
+    text_encoder: str | None = None
+    image_size: int | None = None
+    seed: int = 0
+    out: Path | None = opt(None, help="Buffer folder (resumable: run again to finish an interrupted buffer).")
+    device: str = "cpu"
+
+
+@dataclass
+class BaselineConfig:
+    method: str = opt("lors", help="mtt-vl, lors, amd or repblend.")
+    budget: int = opt(100, help="Synthetic pairs (LoRS-family methods store budget-1 pairs plus S).")
+    buffer: Path | None = opt(None, help=f"A folder written by `protosynth buffer` ({P.heads_only} for repblend).")
+    out: Path | None = opt(None, help="Output folder (default: distilled/<corpus>-<method>-b<budget>-s<seed>).")
+    force: bool = opt(False, help=f"Replace an earlier set at {P.out}.")
+    seed: int = 0
+    device: str = "cpu"
+    # preset family; default: world for the built-in world, else flickr
+    family: str | None = opt(
+        None,
+        flag="preset",
+        help="Preset family: flickr, coco or world (default: world for the built-in world, else flickr).",
+    )
+    quick: bool = opt(False, help="World preset with 10 iterations (a smoke run).")
+    iterations: int | None = None
+    syn_steps: int | None = None
+    expert_epochs: int | None = None
+    max_start_epoch: int | None = None
+    batch_syn: int | None = None
+    lr_img: float | None = None
+    lr_txt: float | None = None
+    lr_lr: float | None = None
+    lr_init: float | None = None
+    # how the inner lrs are learned: "linear" (published) or "log" (log(lr) is the leaf)
+    lr_space: str | None = opt(
+        None, help="How the inner lrs are learned: linear (published) or log (steps by a factor; the world preset)."
+    )
+    lr_sim: float | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    temperature: float | None = None  # None: the protocol's (0.07); COCO LoRS uses 0.1
+    # unroll (mtt-vl) or constant (the others)
+    grad_mode: str | None = opt(None, help="unroll, constant or first-order (default: the method's).")
+    # merged normalisation of the matching loss (default: per modality)
+    merged: bool | None = opt(
+        None, help="Matching-loss normalisation: both modalities together, or per modality (default)."
+    )
+    # AMD's prototype initialisation clusters this CLIP's joint embeddings
+    clip: str = opt("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters.")
+    # the buffer corpus's image folder; None: the one the buffer recorded
+    image_root: Path | None = opt(
+        None,
+        help="Folder the image paths of the buffer's .json or .csv corpus are relative to "
+        "(default: the one the buffer was made with).",
+    )
+    # skip unreadable images; on anyway when the buffer was made with it
+    skip_bad: bool = opt(False, help="Skip unreadable images of the buffer's corpus (default: as the buffer was made).")
+    # the buffer corpus's image column; None: the one the buffer recorded
+    image_column: str | None = opt(
+        None, help="Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with)."
+    )
+    # its caption column; None: the one the buffer recorded
+    caption_column: str | None = opt(
+        None, help="Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."
+    )
+
+
+@dataclass
+class CompareConfig(ReadsCorpus):
+    budget: int = 100
+    methods: tuple[str, ...] = opt(ALL_METHODS, help="Comma-separated methods.")
+    corpus: CorpusSource = source(
+        image_root=IMAGE_ROOT_HELP + ALSO_TEST,
+        skip_bad=SKIP_BAD_HELP + f" Not for {P.test}: a test split is read whole.",
+        image_column=IMAGE_COLUMN_HELP + ALSO_TEST,
+        caption_column=CAPTION_COLUMN_HELP + ALSO_TEST,
+    )
+    protocol: str = "small"
+    repeats: int = 5
+    out: Path = opt(Path("runs/compare"), help="Work and output folder (compare.json/.md/.png); reruns resume.")
+    quick: bool = opt(False, help="Smoke-sized run (see README): minutes, not a result.")
+    seed: int = 0
+    device: str = "cpu"
+    # default: the protocol's (quick: 20)
+    eval_epochs: int | None = opt(None, help="Evaluation epochs per set (default: the protocol's).")
+    experts: int = 4
+    expert_epochs: int = 3  # epochs per expert trajectory
+    buffer_pairs: int | None = None
+    # matching iterations (default: the method's preset)
+    iterations: int | None = opt(None, help="Matching iterations (default: each method's preset).")
+    # test corpus spec (default: the world's test split; other corpora need one)
+    test: str | None = opt(None, help="Test corpus spec (default: the world's test split; another corpus needs one).")
+
+    def effective(self) -> CompareConfig:
+        if not self.quick:
+            return self
+        spec = QUICK_WORLD if self.corpus.spec == "shapes" else self.corpus.spec
+        return replace(
+            self,
+            corpus=self.corpus.reading(spec),
+            repeats=min(self.repeats, 2),
+            eval_epochs=self.eval_epochs or 20,
+            experts=min(self.experts, 2),
+            expert_epochs=min(self.expert_epochs, 2),
+            buffer_pairs=self.buffer_pairs or 2000,
+            iterations=self.iterations or 10,
+        )
