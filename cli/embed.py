@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -37,8 +36,10 @@ def register(app: typer.Typer) -> None:
 def embed(**values) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again
     after a kill and only the unfinished shards are computed."""
+    from protosynth.corpus import load_source
     from protosynth.embed import check_config, embed_corpus
-    from protosynth.engine import check_engine, ray_session
+    from protosynth.engine import check_engine
+    from protosynth.engines import make_engine
     from protosynth.models.clip import load_clip
     from protosynth.runinfo import check_device
 
@@ -53,11 +54,12 @@ def embed(**values) -> None:
         check_engine(eng)
         check_config(cfg)
         check_device(values["device"])
-        # --skip-bad on Ray decodes in Ray tasks at load: one session for that pass and the embedding
-        with ray_session(eng) if eng.on_ray and source.skip_bad else nullcontext():
-            corpus_ = source.load(engine=eng)
+        # one engine session for the load (--skip-bad's check runs on the engine) and the embedding
+        engine = make_engine(eng)
+        with engine.session():
+            corpus_ = load_source(source, engine=engine)
             clip = load_clip(values["clip"], values["device"], arch=values["clip_arch"], space=values["clip_space"])
-            emb = embed_corpus(corpus_, clip, cfg, eng)
+            emb = embed_corpus(corpus_, clip, cfg, engine)
         return emb.cache_path
 
     typer.echo(str(run(go, verb="embed")))

@@ -28,7 +28,7 @@ import torch
 
 from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
-from .corpus import Corpus, cache_dir, check_cache_writable
+from .corpus import Corpus, cache_dir, check_cache_writable, load_source
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
@@ -172,7 +172,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = cfg.corpus.load()
+    corpus = load_source(cfg.corpus)
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)

@@ -51,6 +51,7 @@ from .engine import EngineConfig
 from .engines import Engine, make_engine
 from .errors import P, ProtosynthError
 from .files import atomic_open, check_writable, remove_stale_temps
+from .source import CorpusSource
 from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 
 __all__ = [
@@ -207,3 +208,8 @@ def _find_unreadable(engine: EngineConfig | Engine | None, source: ImageSource, 
     """``unreadable`` run by ``engine``, which is made only when a ``skip_bad`` pass runs: the Ray
     engine imports Ray (an optional extra), which loading a corpus without that pass never needs."""
     return make_engine(engine).find_unreadable(unreadable, source, keys)
+
+
+def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus:
+    """The corpus a config's ``CorpusSource`` names, read with its options (``load_corpus``)."""
+    return load_corpus(source.spec, **source.options(), engine=engine)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.spec import corpus_name
-from .corpus import Corpus
+from .corpus import Corpus, load_source
 from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import Embeddings, embed_corpus
 from .engine import check_engine
@@ -198,7 +198,7 @@ def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = 
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = cfg.corpus.load(engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+    corpus = load_source(cfg.corpus, engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     for budget in budgets:
         check_budget(budget, corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"

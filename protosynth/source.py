@@ -33,12 +33,6 @@ class CorpusSource:
         """The four reading options, as ``load_corpus`` takes them."""
         return {name: getattr(self, name) for name in READING}
 
-    def load(self, **kwargs):
-        """The corpus (``protosynth.corpus.load_corpus``; ``kwargs``: its engine)."""
-        from .corpus import load_corpus  # noqa: PLC0415 (this module stays light: --help reads it)
-
-        return load_corpus(self.spec, **self.options(), **kwargs)
-
 
 READING = ("image_root", "skip_bad", "image_column", "caption_column")
 

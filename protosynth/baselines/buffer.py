@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..corpora.spec import canonical_root, canonical_spec
-from ..corpus import Corpus
+from ..corpus import Corpus, load_source
 from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
 from ..files import check_writable, save_safetensors_atomic, write_text_atomic
@@ -145,7 +145,7 @@ def build_buffer(cfg: BufferConfig) -> Path:
     started = time.time()
     # the corpus is read (every image, for the pixels) before the folder is claimed: a run stopped by a
     # bad image or a wrong --image-root leaves no settings.json that the corrected command would refuse
-    corpus = cfg.corpus.load()
+    corpus = load_source(cfg.corpus)
     feats = protocol_features(corpus, cfg.protocol, cfg.backbone, cfg.text_encoder, cfg.image_size)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(settings_file, json.dumps(_settings(cfg), indent=2, sort_keys=True))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..coreset import CoresetConfig, build_coreset
 from ..corpora.spec import canonical_root, canonical_spec, is_world
+from ..corpus import load_source
 from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
 from ..evaluation.data import corpus_text_features
@@ -87,7 +88,7 @@ def _prepare(cfg: CompareConfig) -> None:
     """The caches several methods share (the CLIP embeddings of the corpus, the protocol's text
     features of every caption), filled once up front so no method's seconds include them."""
 
-    corpus = cfg.corpus.load()
+    corpus = load_source(cfg.corpus)
     embed_corpus(corpus, load_clip("default", cfg.device))
     protocol = get_protocol(cfg.protocol)
     if protocol.text != "clip":

@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..coreset import joint_features
 from ..corpora.spec import corpus_name
+from ..corpus import load_source
 from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..embed import embed_corpus
 from ..errors import P, ProtosynthError
@@ -83,7 +84,7 @@ def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
         image_column=cfg.image_column if cfg.image_column is not None else rec.get("image_column"),
         caption_column=cfg.caption_column if cfg.caption_column is not None else rec.get("caption_column"),
     )
-    return read_as(cfg, rec["spec"]).load(), cfg
+    return load_source(read_as(cfg, rec["spec"])), cfg
 
 
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import ModelsTrainConfig  # noqa: F401 (re-exported: its public home)
-from ..corpus import Corpus, load_corpus
+from ..corpus import Corpus, load_corpus, load_source
 from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
 from ..files import check_writable, git_commit, write_text_atomic
@@ -28,9 +28,9 @@ def split_corpus(cfg: ModelsTrainConfig) -> tuple[Corpus, Corpus]:
     """Train and held-out corpora: the world's own test split, or a seeded 10% of a file corpus's
     images. ``--image-root``, ``--skip-bad`` and the column options read ``--test`` as they read
     ``--corpus``: a Karpathy train and test file share one image folder."""
-    train = cfg.corpus.load()
+    train = load_source(cfg.corpus)
     if cfg.test:
-        test = cfg.corpus.reading(cfg.test).load()
+        test = load_source(cfg.corpus.reading(cfg.test))
     elif train.pixels is not None:  # the world: its own test split
         if train.image_keys and train.image_keys[0].startswith("test/"):
             raise ProtosynthError(
