@@ -45,7 +45,7 @@ from protosynth.baselines.run import distill_baseline
 from protosynth.corpora.spec import canonical_spec
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
-from protosynth.files import git_commit, write_text_atomic
+from protosynth.util.files import git_commit, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("repblend", "amd", "mtt-vl", "lors")  # cheapest first: a stopped sweep has the most methods

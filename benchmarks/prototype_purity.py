@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from protosynth.corpora.shapes import WorldConfig
 from protosynth.corpus import load_corpus, world_split
 from protosynth.embed import embed_corpus
-from protosynth.files import git_commit, write_text_atomic
 from protosynth.models.clip import load_clip
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes, nearest_rows
-from protosynth.world import WorldConfig
+from protosynth.util.files import git_commit, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 

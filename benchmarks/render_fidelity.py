@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from protosynth.corpora.shapes import WorldConfig
 from protosynth.corpus import load_corpus, world_split
 from protosynth.embed import embed_corpus
-from protosynth.evaluation.backbones import load_backbone
-from protosynth.files import write_text_atomic
+from protosynth.models.backbones import load_backbone
 from protosynth.models.clip import load_clip
-from protosynth.models.unclip import open_decoder
+from protosynth.models.decoders import open_decoder
 from protosynth.prototypes import PrototypeConfig, build_prototypes, nearest_member_pairs, nearest_rows
 from protosynth.render import RenderConfig, fidelity, render_images, resolve_render
 from protosynth.training.backbone import CELL_CLASSES, cell_labels, normalise
-from protosynth.world import WorldConfig
+from protosynth.util.files import write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 # Unset keys take the decoder's defaults (its render_defaults.json: the guidance scale measured best

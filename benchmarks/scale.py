@@ -46,9 +46,9 @@ import torch
 from PIL import Image
 
 from protosynth.corpus import load_corpus
-from protosynth.files import git_commit, write_text_atomic
 from protosynth.prototypes import kmeans
 from protosynth.store import Rows, plan_shards
+from protosynth.util.files import git_commit, write_text_atomic
 
 # open_clip, and the modules that bring it or diffusers (embed, models, render, training), are imported inside
 # the functions that use them, not here: the k-means children are spawned processes that re-import this
@@ -253,7 +253,7 @@ def random_clip_dir(arch: str, folder: Path) -> str:
 
 def bench_render(n_images: int, corpus_spec: str) -> dict:
     from protosynth.models.clip import load_clip  # noqa: PLC0415 (off k-means children)
-    from protosynth.models.unclip import open_decoder  # noqa: PLC0415 (off k-means children)
+    from protosynth.models.decoders import open_decoder  # noqa: PLC0415 (off k-means children)
     from protosynth.render import RenderConfig, render_images, resolve_render  # noqa: PLC0415 (off k-means children)
 
     corpus, clip, decoder = load_corpus(corpus_spec), load_clip("default"), open_decoder("default")

@@ -54,10 +54,10 @@ from protosynth.corpora.base import decode
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
-from protosynth.engine import EngineConfig
-from protosynth.files import git_commit, write_text_atomic
+from protosynth.engines.base.connect import EngineConfig
 from protosynth.models.clip import load_clip
 from protosynth.prototypes import PrototypeConfig, build_prototypes
+from protosynth.util.files import git_commit, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 A100_VIT_L14_SAMPLES_PER_S = 312  # clip-retrieval's published ViT-L/14 inference throughput on one A100

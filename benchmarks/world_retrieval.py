@@ -35,8 +35,8 @@ import torch
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.distill import DistillConfig, distill
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig, evaluate
-from protosynth.files import git_commit, write_text_atomic
 from protosynth.render import RenderConfig
+from protosynth.util.files import git_commit, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 CORESETS = ("random", "herding", "kcenter", "forgetting")

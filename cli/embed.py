@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from protosynth.configs import DistillConfig, EmbedConfig, EngineConfig
-from protosynth.source import CorpusSource
+from protosynth.corpora.source import CorpusSource
 
 from .common import run
 from .options import build, command, fields, flag
@@ -38,10 +38,10 @@ def embed(**values) -> None:
     after a kill and only the unfinished shards are computed."""
     from protosynth.corpus import load_source
     from protosynth.embed import check_config, embed_corpus
-    from protosynth.engine import check_engine
-    from protosynth.engines import make_engine
+    from protosynth.engines.base.base import make_engine
+    from protosynth.engines.base.connect import check_engine
     from protosynth.models.clip import load_clip
-    from protosynth.runinfo import check_device
+    from protosynth.util.runinfo import check_device
 
     # --workers: the Ray engine's actors, or the local engine's DataLoader processes
     on_ray = values["engine"] == "ray"

@@ -31,7 +31,7 @@ def _config(sets: list[Path], values: dict, **settings):
 
 def _on_world(sets: list[Path], full: Optional[str]) -> bool:
     from protosynth.corpora.spec import is_world
-    from protosynth.distilled import read_manifest
+    from protosynth.sets.distilled import read_manifest
 
     specs = [full] if full else []
     for s in sets:
@@ -47,7 +47,7 @@ def _check_json(path: Optional[Path]) -> None:
     if path is None:
         return
     from protosynth.errors import ProtosynthError
-    from protosynth.files import check_writable
+    from protosynth.util.files import check_writable
 
     if path.is_dir():
         raise ProtosynthError(f"--json {path} is a folder, not a file")
@@ -56,7 +56,7 @@ def _check_json(path: Optional[Path]) -> None:
 
 def _write_json(doc: dict, path: Optional[Path]) -> None:
     if path is not None:
-        from protosynth.files import write_text_atomic
+        from protosynth.util.files import write_text_atomic
 
         write_text_atomic(path, json.dumps(doc, indent=2))
         typer.echo(f"wrote {path}")

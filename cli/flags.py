@@ -11,9 +11,9 @@ from rich.markup import escape
 from protosynth import configs
 from protosynth.baselines import configs as baseline_configs
 from protosynth.configs import DistillConfig
+from protosynth.corpora.source import CorpusSource
 from protosynth.errors import ProtosynthError, python_spelling, spell_references
-from protosynth.options import flag_name
-from protosynth.source import CorpusSource
+from protosynth.util.options import flag_name
 
 # every config whose fields a verb's error can name
 CONFIGS = [getattr(m, name) for m in (configs, baseline_configs) for name in vars(m) if name.endswith("Config")] + [

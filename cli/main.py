@@ -246,7 +246,7 @@ def verify(
 ) -> None:
     """Check every file of a distilled set or an embedding store against the sha256 (and, for a
     store, the shape) it records: one line per problem, then exit 2; "ok: N files checked" if none."""
-    from protosynth.verify import verify as verify_folder
+    from protosynth.sets.verify import verify as verify_folder
 
     report = run(verify_folder, folder, verb="verify")
     for problem in report.problems:
@@ -264,7 +264,7 @@ def verify(
 )
 def export(folder: Path, **values) -> None:
     """Write a set as a webdataset shard or a parquet file (image PNG bytes, caption, members)."""
-    from protosynth.export import export_set
+    from protosynth.sets.export import export_set
 
     typer.echo(f"wrote {run(export_set, folder, build(ExportConfig, values), verb='export')}")
 
@@ -277,7 +277,7 @@ def export(folder: Path, **values) -> None:
 )
 def report(folders: list[Path], **values) -> None:
     """Write one static HTML page showing sets (images, captions, members) and comparisons."""
-    from protosynth.report import build_report
+    from protosynth.sets.report import build_report
 
     typer.echo(f"wrote {run(build_report, folders, build(ReportConfig, values), verb='report')}")
 

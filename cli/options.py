@@ -1,5 +1,5 @@
 """The adapter from the configs' fields to typer: a verb lists the fields it offers (in ``--help``
-order), and the flags, their types, defaults and help come from the fields (``protosynth.options``).
+order), and the flags, their types, defaults and help come from the fields (``protosynth.util.options``).
 The one ``typer.Option`` of the command line is here."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Callable, get_type_hints
 
 import typer
 
-from protosynth.options import NOT_SET, flag_name, help_of
+from protosynth.util.options import NOT_SET, flag_name, help_of
 
 from .flags import cli_help
 

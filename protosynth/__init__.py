@@ -3,8 +3,8 @@
 Data flows one way: corpus -> embeddings -> prototypes -> renders -> distilled set -> evaluation.
 """
 
-from .distilled import DistilledSet, load_distilled
 from .errors import ProtosynthError
+from .sets.distilled import DistilledSet, load_distilled
 
 __all__ = ["DistilledSet", "ProtosynthError", "load_distilled"]
 __version__ = "0.1.0"

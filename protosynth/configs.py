@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .corpora.source import CorpusSource, ReadsCorpus, source
 from .errors import P, ProtosynthError
-from .options import (
+from .util.options import (
     ALSO_TEST,
     CAPTION_COLUMN_HELP,
     CLIP_ARCH_HELP,
@@ -27,7 +28,6 @@ from .options import (
     SKIP_BAD_HELP,
     opt,
 )
-from .source import CorpusSource, ReadsCorpus, source
 
 RAY = f"With {P.engine('ray')}:"
 ONLY = ("all", "clip", "decoder")  # what `models train` trains

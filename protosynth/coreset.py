@@ -27,21 +27,21 @@ import numpy as np
 import torch
 
 from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
+from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, check_cache_writable, load_source
-from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import embed_corpus
 from .errors import P, ProtosynthError
-from .evaluation.backbones import load_backbone
 from .evaluation.data import full_data
 from .evaluation.protocols import get_protocol
 from .evaluation.retrieval import train_and_score
-from .evaluation.text_encoders import load_text_encoder
-from .files import atomic_open, remove_stale_temps
+from .models.backbones import load_backbone
 from .models.clip import load_clip
-from .progress import StepBar
-from .runinfo import check_device, check_seed, peak_rss_mb, versions
-from .source import flat_settings
+from .models.text_encoders import load_text_encoder
+from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .util.files import atomic_open, remove_stale_temps
+from .util.progress import StepBar
+from .util.runinfo import check_device, check_seed, peak_rss_mb, versions
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 

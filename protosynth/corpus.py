@@ -45,14 +45,14 @@ from .corpora.hf import is_hf, load_hf
 from .corpora.jsonl import load_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.parquet import load_parquet
+from .corpora.shapes import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
+from .corpora.source import CorpusSource
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.webdataset import load_webdataset
-from .engine import EngineConfig
-from .engines import Engine, make_engine
+from .engines.base import Engine, make_engine
+from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
-from .files import atomic_open, check_writable, remove_stale_temps
-from .source import CorpusSource
-from .world import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
+from .util.files import atomic_open, check_writable, remove_stale_temps
 
 __all__ = [
     "Corpus",
@@ -176,7 +176,7 @@ def load_corpus(
     engine: EngineConfig | Engine | None = None,
 ) -> Corpus:
     """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
-    and image root (absolute paths). ``engine`` (``engines.py``): where ``skip_bad``'s pass runs
+    and image root (absolute paths). ``engine`` (``engines.base``): where ``skip_bad``'s pass runs
     ``unreadable``, in this process or, on Ray, in Ray tasks over chunks of the images."""
     kind = corpus_kind(spec)
     if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):

@@ -36,19 +36,19 @@ import torch
 import torch.nn.functional as F
 
 from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
+from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, load_source
-from .distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .embed import Embeddings, embed_corpus
-from .engine import check_engine
-from .engines import Engine, make_engine
+from .engines.base import Engine, make_engine
+from .engines.connect import check_engine
 from .errors import P, Param, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
-from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
+from .models.decoders import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
-from .runinfo import check_device, check_seed, peak_rss_mb, threads, versions
-from .source import flat_settings
+from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .util.runinfo import check_device, check_seed, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Loaded:
     render: RenderConfig
     emb: Embeddings
     seconds: dict
-    engine: Engine  # where the heavy stages run (``engines.py``)
+    engine: Engine  # where the heavy stages run (``engines.base``)
 
 
 def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = None) -> Loaded:

@@ -26,13 +26,13 @@ from torch.utils.data import Dataset
 
 from .configs import EmbedConfig  # noqa: F401 (re-exported: its public home)
 from .corpus import Corpus, cache_dir, check_cache_writable
-from .engine import EngineConfig
-from .engines import EncodeJob, Engine, make_engine
+from .engines.base import EncodeJob, Engine, make_engine
+from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
-from .files import check_writable
 from .models.clip import ClipEncoder
-from .progress import StepBar
 from .store import FORMAT, EmbeddingStore, Rows, StoreWriter, compute_seconds, plan_shards, survey
+from .util.files import check_writable
+from .util.progress import StepBar
 
 
 def check_config(cfg: EmbedConfig) -> None:
@@ -196,7 +196,7 @@ def embed_corpus(
     corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | Engine | None = None
 ) -> Embeddings:
     """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards.
-    ``engine``: where the encoder runs (``engines.py``); on Ray the shards, their batches and every
+    ``engine``: where the encoder runs (``engines.base``); on Ray the shards, their batches and every
     file written are the same, only the batches are prepared and encoded on the cluster."""
     cfg = cfg or EmbedConfig()
     check_config(cfg)

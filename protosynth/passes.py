@@ -4,8 +4,8 @@
 least aligned pairs), each kept pair's nearest centroid, and the per-prototype sums of the unit rows
 and their norms. Each pass is a function of one range of pairs (``pass_ranges``: a store's shards,
 else fixed-size chunks) that returns small arrays; the driver combines the results in range order.
-An engine (``engines.py``) maps a pass over the ranges: the local engine one after another in this
-process (``map_local``), the Ray engine as Ray tasks (``onray.cluster``); both run the same function
+An engine (``engines.base``) maps a pass over the ranges: the local engine one after another in this
+process (``map_local``), the Ray engine as Ray tasks (``engines.ray.cluster``); both run the same function
 on the same ranges and combine in the same order, and the sums are float64 partial sums per range, so
 both engines give byte-identical prototypes. The driver holds per-pair labels and member lists,
 K x K counts and K x D sums.
@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
-from .engines import LocalEngine
+from .engines.base import LocalEngine
 from .store import Rows
 
 CHUNK_BYTES = 256 << 20  # float32 bytes of one range of an in-memory matrix (a store's range is a shard)

@@ -153,7 +153,7 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     The matrices may be arrays or row sources with ``take`` (``Embeddings.image_rows`` of a stored
     corpus, memory-mapped): k-means fits on a sample above ``cfg.max_train_points`` kept pairs, and
     every pass over all rows goes range by range through ``range_map`` (an ``Engine.map_ranges``,
-    ``engines.py``: this process by default, Ray tasks under the Ray engine, with byte-identical
+    ``engines.base``: this process by default, Ray tasks under the Ray engine, with byte-identical
     results), so the corpus need not fit in RAM."""
     if cfg.mode not in MODES:
         raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")

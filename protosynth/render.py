@@ -28,13 +28,13 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from .configs import RenderConfig  # noqa: F401 (re-exported: its public home)
-from .engine import EngineConfig
-from .engines import Engine, make_engine
+from .engines.base import Engine, make_engine
+from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
-from .models.decoder import to_unit_range
-from .models.unclip import INITS, UNSUPPORTED, Decoder
-from .progress import StepBar
+from .models.decoders import INITS, UNSUPPORTED, Decoder
+from .models.small_unclip import to_unit_range
+from .util.progress import StepBar
 
 
 def resolve_render(cfg: RenderConfig, decoder: Decoder) -> RenderConfig:
@@ -97,7 +97,7 @@ def render_images(
     """Render each raw embedding row with ``cfg`` as ``resolve_render(..., decoder)`` returned it.
     ``init_images`` are required when ``cfg.init == 'nearest'``, ``guide`` (the CLIP of the
     embeddings) when CLIP guidance is on; ``prompts`` (one per row) feed decoders that take text
-    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N). ``engine`` (``engines.py``)
+    (Stable unCLIP); ``candidate`` selects the seed stream (best-of-N). ``engine`` (``engines.base``)
     draws the batches: on Ray an actor pool draws the same batches, giving the same images."""
     missing = _unresolved(cfg, decoder)
     if missing:

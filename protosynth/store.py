@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import P, ProtosynthError
-from .files import atomic_path, remove_stale_temps, sha256_file, write_text_atomic
+from .util.files import atomic_path, remove_stale_temps, sha256_file, write_text_atomic
 
 FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"

@@ -25,10 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting threads craw
 import torch  # noqa: E402
 from transformers import BertConfig, BertModel, BertTokenizer  # noqa: E402
 
-from protosynth.training.backbone import PretrainConfig, pretrain_backbone  # noqa: E402
-from protosynth.training.clip import ClipTrainConfig  # noqa: E402
-from protosynth.training.small_models import ModelsTrainConfig, train_models  # noqa: E402
-from protosynth.world import (  # noqa: E402
+from protosynth.corpora.shapes import (  # noqa: E402
     COLOUR_SYNONYMS,
     POSITION_PHRASES,
     SHAPE_SYNONYMS,
@@ -36,6 +33,9 @@ from protosynth.world import (  # noqa: E402
     WorldConfig,
     generate_split,
 )
+from protosynth.training.backbone import PretrainConfig, pretrain_backbone  # noqa: E402
+from protosynth.training.clip import ClipTrainConfig  # noqa: E402
+from protosynth.training.small_models import ModelsTrainConfig, train_models  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from protosynth.corpora.shapes import WorldObject
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.backbones import SHIPPED_BACKBONES, load_backbone, small_archs
 from protosynth.evaluation.protocols import get_protocol
+from protosynth.models.backbones import SHIPPED_BACKBONES, load_backbone, small_archs
 from protosynth.training.backbone import CELL_CLASSES, PretrainConfig, cell_labels, pretrain_backbone
-from protosynth.world import WorldObject
 
 
 def test_cell_labels():

@@ -26,9 +26,9 @@ from protosynth.baselines.run import distill_baseline
 from protosynth.baselines.student import LowRankSimilarity, Student, info_nce, trainable, weighted_bce
 from protosynth.cli import baselines as cli_baselines
 from protosynth.cli.main import app
-from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.backbones import Backbone
+from protosynth.models.backbones import Backbone
+from protosynth.sets.distilled import load_distilled
 
 TINY_WORLD = "shapes,n=40"
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from protosynth.corpora.shapes import WorldConfig, generate_split
 from protosynth.models.bpe import BPE_FILENAME, build_bpe, learn_merges, load_tokenizer, vocab_size
-from protosynth.world import WorldConfig, generate_split
 
 
 @pytest.fixture(scope="module")

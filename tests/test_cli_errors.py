@@ -19,8 +19,8 @@ from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
-from protosynth.distilled import load_distilled
-from protosynth.models.decoder import build_pipeline
+from protosynth.models.small_unclip import build_pipeline
+from protosynth.sets.distilled import load_distilled
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOSYNTH = Path(sys.executable).parent / "protosynth"

@@ -21,8 +21,8 @@ from protosynth.coreset import (
     select_random,
 )
 from protosynth.corpus import load_corpus
-from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
+from protosynth.sets.distilled import load_distilled
 
 CORPUS = "shapes,n=300"
 

@@ -21,16 +21,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
+from protosynth.corpora.shapes import WorldConfig, generate_split
+from protosynth.corpora.source import CorpusSource
 from protosynth.corpora.spec import corpus_name
 from protosynth.corpus import Corpus, load_corpus
 from protosynth.distill import DistillConfig, distill
-from protosynth.distilled import corpus_record, load_distilled
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import source_corpus
 from protosynth.render import RenderConfig
-from protosynth.source import CorpusSource
+from protosynth.sets.distilled import corpus_record, load_distilled
 from protosynth.training.small_models import ModelsTrainConfig, split_corpus
-from protosynth.world import WorldConfig, generate_split
 
 N = 6
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from protosynth.corpora.shapes import WorldConfig, generate_split, image_digest
 from protosynth.corpora.spec import parse_world_spec
 from protosynth.corpus import Corpus, cache_dir, load_corpus, load_jsonl, load_world, world_fingerprint, world_split
 from protosynth.errors import ProtosynthError
-from protosynth.world import WorldConfig, generate_split, image_digest
 
 
 @pytest.fixture

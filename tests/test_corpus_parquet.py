@@ -23,14 +23,14 @@ from typer.testing import CliRunner
 
 from protosynth.cli.main import app
 from protosynth.corpora.parquet import CACHED_GROUPS
+from protosynth.corpora.shapes import WorldConfig, generate_split
 from protosynth.corpora.spec import corpus_name
 from protosynth.corpus import load_corpus
-from protosynth.distilled import load_distilled
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import source_corpus
 from protosynth.models.clip import load_clip
-from protosynth.world import WorldConfig, generate_split
+from protosynth.sets.distilled import load_distilled
 
 N = 8
 PNG_SIGNATURE = b"\x89PNG"

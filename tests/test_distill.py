@@ -22,17 +22,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import protosynth.distill as distill_module
-import protosynth.distilled
+import protosynth.sets.distilled
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_render, render_captions
-from protosynth.distilled import load_distilled
 from protosynth.embed import embed_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
-from protosynth.models.decoder import to_unit_range
-from protosynth.models.unclip import Decoder, open_decoder
+from protosynth.models.decoders import Decoder, open_decoder
+from protosynth.models.small_unclip import to_unit_range
 from protosynth.prototypes import Prototypes, nearest_rows
 from protosynth.render import RenderConfig, fidelity, pixel_embedder, render_images, resolve_render
+from protosynth.sets.distilled import load_distilled
 
 CORPUS = "shapes,n=300"
 BUDGET = 12
@@ -184,7 +184,7 @@ def test_embeddings_file_is_byte_identical_across_writes(full_run, tmp_path):
     images = [ds.image(i) for i in range(len(ds))]
     blobs = set()
     for k in range(16):
-        out = protosynth.distilled.write_distilled(
+        out = protosynth.sets.distilled.write_distilled(
             tmp_path / f"w{k}", images, ds.pairs, ds.tensors, {"method": "pds"}, text_space=ds.metadata["text_space"]
         )
         blobs.add((out / "embeddings.safetensors").read_bytes())
@@ -287,7 +287,7 @@ def test_write_is_atomic(quick_models, full_run, tmp_path, monkeypatch):
         raise RuntimeError("disk full while drawing the preview")
 
     out = tmp_path / "sets" / "new"
-    monkeypatch.setattr(protosynth.distilled, "preview_grid", broken_preview)
+    monkeypatch.setattr(protosynth.sets.distilled, "preview_grid", broken_preview)
     with pytest.raises(RuntimeError, match="disk full"):
         distill(make_cfg(quick_models, out, render=FAST))
     assert not out.exists()

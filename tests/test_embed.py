@@ -24,8 +24,8 @@ from protosynth.cli.main import app
 from protosynth.corpus import cache_dir, load_corpus
 from protosynth.embed import EmbedConfig, cache_key, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
-from protosynth.files import sha256_file
 from protosynth.models.clip import load_clip
+from protosynth.util.files import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = "shapes,n=40"

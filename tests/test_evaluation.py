@@ -19,16 +19,16 @@ from typer.testing import CliRunner
 from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
-from protosynth.distilled import load_distilled
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.backbones import load_backbone
 from protosynth.evaluation.data import set_data
 from protosynth.evaluation.evaluate import METRIC_NAMES, SELECTED, EvalConfig, cross_arch, evaluate
 from protosynth.evaluation.protocols import PROTOCOLS, get_protocol
 from protosynth.evaluation.retrieval import ProjectionHead, info_nce
-from protosynth.evaluation.text_encoders import clean_caption, load_text_encoder
-from protosynth.files import sha256_file
+from protosynth.models.backbones import load_backbone
+from protosynth.models.text_encoders import clean_caption, load_text_encoder
 from protosynth.render import RenderConfig
+from protosynth.sets.distilled import load_distilled
+from protosynth.util.files import sha256_file
 
 CORPUS = "shapes,n=300"
 TEST = "shapes:test,n=40"

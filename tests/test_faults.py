@@ -31,10 +31,10 @@ from typer.testing import CliRunner
 
 from protosynth.cli.main import app
 from protosynth.coreset import CoresetConfig, build_coreset
+from protosynth.corpora.shapes import WorldConfig, generate_split
 from protosynth.corpus import load_corpus
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.models.clip import load_clip
-from protosynth.world import WorldConfig, generate_split
 
 CORPUS = "shapes,n=40"
 TEST = "shapes:test,n=40"

@@ -1,4 +1,4 @@
-"""The one atomic-write helper (``protosynth.files.atomic_path``) and the one stale-temporary rule."""
+"""The one atomic-write helper (``protosynth.util.files.atomic_path``) and the one stale-temporary rule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from protosynth.corpus import load_corpus
-from protosynth.files import (
+from protosynth.util.files import (
     atomic_open,
     atomic_path,
     parse_temp_name,
@@ -51,7 +51,7 @@ def test_temp_names_differ_per_call_and_carry_name_and_pid(tmp_path):
 
 
 def test_temp_names_differ_between_processes(tmp_path):
-    code = "import sys; from protosynth.files import temp_path; print(temp_path(sys.argv[1]).name)"
+    code = "import sys; from protosynth.util.files import temp_path; print(temp_path(sys.argv[1]).name)"
     other = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "x")], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -214,7 +214,7 @@ def test_a_stale_symlink_is_removed_not_followed(tmp_path):
 WRITER = """
 import sys, threading
 from pathlib import Path
-from protosynth.files import write_text_atomic
+from protosynth.util.files import write_text_atomic
 
 target, tag = Path(sys.argv[1]), sys.argv[2]
 errors = []

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from protosynth.cli.main import app
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
-from protosynth.distilled import load_distilled
 from protosynth.embed import EmbedConfig, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.models.clip import load_clip
-from protosynth.verify import verify
+from protosynth.sets.distilled import load_distilled
+from protosynth.sets.verify import verify
 
 CORPUS = "shapes,n=40"
 TEST = "shapes:test,n=40"

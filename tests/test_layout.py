@@ -1,7 +1,7 @@
 """The package's layering, read from its source: loaders never reach for trainers or the renderer,
 the library never imports its command line or the benchmarks, no generic top-level module is
 installed, and the engine stays out of the stages: no import loops, no ``importlib`` loading of our
-own modules, no stage importing ``protosynth.onray`` or ``ray``. Each of the last three checks is a
+own modules, no stage importing ``protosynth.engines.ray`` or ``ray``. Each of the last three checks is a
 function that a synthetic violation is fed to, so each is shown to fail when it should."""
 
 from __future__ import annotations
@@ -106,16 +106,16 @@ def test_no_generic_top_level_cli_module_is_installed(tmp_path):
 
 # --- the engine stays out of the stages (issue 28) ---------------------------------------------------
 #
-# The import graph counts every import statement, function-level ones too: ``engines.make_engine``'s
-# lazy ``from .onray.engine import RayEngine`` (lazy because Ray is an optional extra) is an edge like
-# any other, and still closes no loop, because the Ray engine imports only ``engine.py`` (the
-# configuration and the Ray session), which imports neither ``engines.py`` nor any stage.
+# The import graph counts every import statement, function-level ones too: ``engines.base.make_engine``'s
+# lazy ``from .ray.engine import RayEngine`` (lazy because Ray is an optional extra) is an edge like
+# any other, and still closes no loop, because the Ray engine imports only ``engines.connect`` (the
+# settings' checks and the Ray session), which imports neither ``engines.base`` nor any stage.
 
-# The modules that may import Ray and the Ray engine: the configuration's Ray check and session, the
-# factory, and the Ray engine itself. Every other module is a stage or below one.
-ENGINE_MODULES = ("protosynth.engine", "protosynth.engines", "protosynth.onray")
+# The modules that may import Ray and the Ray engine: the engines package (the settings' Ray check
+# and session, the factory, the Ray engine itself). Every other module is a stage or below one.
+ENGINE_MODULES = ("protosynth.engines",)
 # Modules whose ``importlib.import_module`` takes a computed name (never one of ours; read, then listed).
-DYNAMIC_IMPORTERS = {"protosynth.models.unclip": "diffusers' module path of Karlo's text projection"}
+DYNAMIC_IMPORTERS = {"protosynth.models.decoders": "diffusers' module path of Karlo's text projection"}
 
 
 def module_graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -200,12 +200,12 @@ def own_dynamic_imports(source: str, module: str) -> list[str]:
 
 
 def stages_importing_the_engine(imports: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Modules outside ENGINE_MODULES that import ``ray`` or ``protosynth.onray`` (any depth of the file)."""
+    """Modules outside ENGINE_MODULES that import ``ray`` or ``protosynth.engines.ray`` (any depth of the file)."""
     bad = {}
     for mod, names in imports.items():
         if any(_is(mod, m) for m in ENGINE_MODULES):
             continue
-        hits = sorted(n for n in names if _is(n, "ray") or _is(n, "protosynth.onray"))
+        hits = sorted(n for n in names if _is(n, "ray") or _is(n, "protosynth.engines.ray"))
         if hits:
             bad[mod] = hits
     return bad
@@ -217,7 +217,7 @@ def _all_module_imports() -> dict[str, set[str]]:
 
 def test_the_module_graph_sees_lazy_and_package_imports():
     graph = module_graph(_all_module_imports())
-    assert "protosynth.onray.engine" in graph["protosynth.engines"]  # the factory's function-level import
+    assert "protosynth.engines.ray.engine" in graph["protosynth.engines.base"]  # the factory's function-level import
     assert "protosynth.passes" in graph["protosynth.prototypes"]  # ``from . import passes``
     assert "protosynth.corpora" in graph["protosynth.corpus"]  # ``corpora.base`` runs ``corpora/__init__``
     assert not any(m == "protosynth" for deps in graph.values() for m in deps)  # only ancestors import it
@@ -239,7 +239,7 @@ def test_no_importlib_loading_of_our_own_modules():
 def test_no_stage_imports_ray_or_the_ray_engine():
     imports = _all_module_imports()
     assert stages_importing_the_engine(imports) == {}
-    assert any(_is(n, "protosynth.onray") for n in imports["protosynth.engines"])  # the one way in
+    assert any(_is(n, "protosynth.engines.ray") for n in imports["protosynth.engines.base"])  # the one way in
 
 
 def test_each_engine_check_catches_its_violation():
@@ -257,21 +257,23 @@ def test_each_engine_check_catches_its_violation():
     }
     assert import_loops(module_graph(imports)) == [["protosynth.passes", "protosynth.prototypes"]]
 
-    hidden = 'import importlib\ndef onray(stage):\n    return importlib.import_module(f"protosynth.onray.{stage}")\n'
-    assert own_dynamic_imports(hidden, "protosynth.engine") == [
-        "3: importlib.import_module(f'protosynth.onray.{stage}')"
+    hidden = (
+        'import importlib\ndef onray(stage):\n    return importlib.import_module(f"protosynth.engines.ray.{stage}")\n'
+    )
+    assert own_dynamic_imports(hidden, "protosynth.engines.connect") == [
+        "3: importlib.import_module(f'protosynth.engines.ray.{stage}')"
     ]
     assert own_dynamic_imports("from importlib import import_module\nimport_module('.embed', 'protosynth')\n", "x")
-    assert own_dynamic_imports("__import__('protosynth.onray.render')\n", "x")
-    computed = "import importlib\nname = 'protosynth.onray.embed'\nimportlib.import_module(name)\n"
-    assert own_dynamic_imports(computed, "protosynth.engine")
-    assert own_dynamic_imports(computed, "protosynth.models.unclip") == []  # listed, read: diffusers only
+    assert own_dynamic_imports("__import__('protosynth.engines.ray.render')\n", "x")
+    computed = "import importlib\nname = 'protosynth.engines.ray.embed'\nimportlib.import_module(name)\n"
+    assert own_dynamic_imports(computed, "protosynth.engines.connect")
+    assert own_dynamic_imports(computed, "protosynth.models.decoders") == []  # listed, read: diffusers only
     assert own_dynamic_imports("import importlib\nimportlib.import_module('diffusers.pipelines')\n", "x") == []
 
-    for source in ("import ray\n", "def f():\n    import ray.data\n", "from .onray import embed\n"):
+    for source in ("import ray\n", "def f():\n    import ray.data\n", "from .engines.ray import embed\n"):
         assert stages_importing_the_engine({"protosynth.embed": source_imports(source, "protosynth.embed")})
-    assert stages_importing_the_engine({"protosynth.engines": {"protosynth.onray.engine"}}) == {}
-    assert stages_importing_the_engine({"protosynth.render": {"protosynth.engines", "rayon"}}) == {}
+    assert stages_importing_the_engine({"protosynth.engines.base": {"protosynth.engines.ray.engine"}}) == {}
+    assert stages_importing_the_engine({"protosynth.render": {"protosynth.engines.base", "rayon"}}) == {}
 
 
 def test_every_package_folder_is_declared():

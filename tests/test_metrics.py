@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protosynth.metrics import retrieval_metrics
+from protosynth.evaluation.metrics import retrieval_metrics
 
 KEYS = ["IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean"]
 

@@ -15,8 +15,8 @@ from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
-from protosynth.models.decoder import SmallUnCLIPPipeline, build_pipeline
-from protosynth.models.unclip import RENDER_DEFAULTS, Decoder, open_decoder
+from protosynth.models.decoders import RENDER_DEFAULTS, Decoder, open_decoder
+from protosynth.models.small_unclip import SmallUnCLIPPipeline, build_pipeline
 from protosynth.render import RenderConfig, render_images, resolve_render
 from protosynth.training import clip as train_clip_mod
 from protosynth.training import decoder as td

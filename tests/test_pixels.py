@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from protosynth.corpora.shapes import WorldConfig, generate_split, image_digest
 from protosynth.corpus import cache_dir, load_corpus
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import image_hashes, to_pixels
 from protosynth.evaluation.pixels import corpus_pixel_rows
-from protosynth.world import WorldConfig, generate_split, image_digest
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -18,16 +18,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from protosynth import files
 from protosynth.cli.main import app
 from protosynth.corpora.base import decode
 from protosynth.distill import DistillConfig, validate
-from protosynth.distilled import FORMAT, check_out_dir, load_distilled, write_distilled
 from protosynth.errors import ProtosynthError
-from protosynth.export import ExportConfig, export_set
 from protosynth.render import RenderConfig
-from protosynth.report import ReportConfig, build_report
-from protosynth.verify import verify
+from protosynth.sets.distilled import FORMAT, check_out_dir, load_distilled, write_distilled
+from protosynth.sets.export import ExportConfig, export_set
+from protosynth.sets.report import ReportConfig, build_report
+from protosynth.sets.verify import verify
+from protosynth.util import files
 
 
 def tiny_set(out: Path, force: bool = False, shade: int = 0, spec: str = "shapes") -> Path:
@@ -258,7 +258,7 @@ def test_a_set_replaced_while_it_is_read_is_read_again_from_the_new_one(tmp_path
             tiny_set(out, force=True, shade=99)
         return real_sha(path)
 
-    monkeypatch.setattr("protosynth.distilled.sha256_file", sha_while_another_run_replaces)
+    monkeypatch.setattr("protosynth.sets.distilled.sha256_file", sha_while_another_run_replaces)
     ds = load_distilled(out, verify=True)
     assert ds.tensors["text"].max() == 99 and len(calls) > 2
 

@@ -36,8 +36,8 @@ from protosynth.distill import DistillConfig, distill, distill_budgets
 from protosynth.embed import cache_key
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import _quick_gelu, load_clip
-from protosynth.models.decoder import write_conditioning
-from protosynth.models.unclip import PUBLISHED, Decoder, _torch_dtype, check_pair, open_decoder
+from protosynth.models.decoders import PUBLISHED, Decoder, _torch_dtype, check_pair, open_decoder
+from protosynth.models.small_unclip import write_conditioning
 from protosynth.render import RenderConfig, render_images, resolve_render
 
 CORPUS = "shapes,n=30"

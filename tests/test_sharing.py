@@ -24,11 +24,11 @@ from protosynth.cli.main import app
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
-from protosynth.distilled import load_distilled, not_a_set
 from protosynth.errors import ProtosynthError
-from protosynth.export import ExportConfig, export_set, is_our_tar
 from protosynth.render import RenderConfig
-from protosynth.report import ReportConfig, build_report
+from protosynth.sets.distilled import load_distilled, not_a_set
+from protosynth.sets.export import ExportConfig, export_set, is_our_tar
+from protosynth.sets.report import ReportConfig, build_report
 
 datasets = pytest.importorskip("datasets", reason="the Hugging Face datasets package is not installed")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (datasets brings it)")

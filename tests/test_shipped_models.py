@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from protosynth.distill import DistillConfig, distill
-from protosynth.distilled import load_distilled
 from protosynth.models.clip import SHIPPED_DIR, load_clip
-from protosynth.models.decoder import SHIPPED_DECODER
-from protosynth.models.unclip import open_decoder
+from protosynth.models.decoders import open_decoder
+from protosynth.models.small_unclip import SHIPPED_DECODER
 from protosynth.render import RenderConfig, resolve_render
+from protosynth.sets.distilled import load_distilled
 
 
 def test_shipped_models_are_a_matching_pair():

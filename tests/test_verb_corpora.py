@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from protosynth.baselines.buffer import BufferConfig, _settings
 from protosynth.baselines.compare import _row_key
 from protosynth.cli.main import app
+from protosynth.corpora.shapes import WorldConfig, generate_split
+from protosynth.corpora.source import CorpusSource
 from protosynth.evaluation.evaluate import EvalConfig
-from protosynth.source import CorpusSource
-from protosynth.world import WorldConfig, generate_split
 
 N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2
 

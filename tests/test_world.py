@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from protosynth.world import (
+from protosynth.corpora.shapes import (
     BACKGROUND,
     COLOUR_SYNONYMS,
     COLOURS,

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from protosynth.cli.main import app
 from protosynth.corpus import load_corpus
-from protosynth.distilled import check_out_dir
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.files import check_writable
 from protosynth.models.clip import load_clip
+from protosynth.sets.distilled import check_out_dir
+from protosynth.util.files import check_writable
 
 
 @pytest.fixture(params=["read-only folder", "under a file", "sysfs"])

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..corpora.source import flat_settings
 from ..corpora.spec import canonical_root, canonical_spec
 from ..corpus import Corpus, load_source
-from ..distilled import corpus_record
 from ..errors import P, Param, ProtosynthError
-from ..files import check_writable, save_safetensors_atomic, write_text_atomic
-from ..progress import StepBar
-from ..runinfo import check_device, check_seed, peak_rss_mb, versions
-from ..source import flat_settings
+from ..sets.distilled import corpus_record
+from ..util.files import check_writable, save_safetensors_atomic, write_text_atomic
+from ..util.progress import StepBar
+from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
 from .configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable

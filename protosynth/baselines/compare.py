@@ -26,6 +26,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..coreset import CoresetConfig, build_coreset
+from ..corpora.source import flat_settings
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_source
 from ..embed import embed_corpus
@@ -33,11 +34,10 @@ from ..errors import P, Param, ProtosynthError
 from ..evaluation.data import corpus_text_features
 from ..evaluation.evaluate import EvalConfig, evaluate
 from ..evaluation.protocols import get_protocol
-from ..evaluation.text_encoders import load_text_encoder
-from ..files import atomic_path, check_writable, git_commit, write_text_atomic
 from ..models.clip import load_clip
-from ..runinfo import check_device, check_seed
-from ..source import flat_settings
+from ..models.text_encoders import load_text_encoder
+from ..util.files import atomic_path, check_writable, git_commit, write_text_atomic
+from ..util.runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
 from .configs import ALL_METHODS, CORESETS, OPTIMISATION, QUICK_WORLD, CompareConfig  # noqa: F401 (re-exported: its public home)
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve

@@ -1,14 +1,14 @@
 """The settings of ``buffer``, ``baseline`` and ``compare-baselines``, each field declared once with its
-default and help (``protosynth.options.opt``); light, like ``protosynth.configs``, for ``--help``."""
+default and help (``protosynth.util.options.opt``); light, like ``protosynth.configs``, for ``--help``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..corpora.source import CorpusSource, ReadsCorpus, source
 from ..errors import P
-from ..options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
-from ..source import CorpusSource, ReadsCorpus, source
+from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")

@@ -14,12 +14,12 @@ import torch
 
 from ..corpus import Corpus
 from ..errors import P, ProtosynthError
-from ..evaluation.backbones import Backbone, load_backbone
 from ..evaluation.data import corpus_text_features
 from ..evaluation.pixels import PixelRows, corpus_pixel_rows
 from ..evaluation.protocols import Protocol, get_protocol
 from ..evaluation.retrieval import batched
-from ..evaluation.text_encoders import TextEncoder, load_text_encoder
+from ..models.backbones import Backbone, load_backbone
+from ..models.text_encoders import TextEncoder, load_text_encoder
 
 
 @dataclass

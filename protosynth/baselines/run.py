@@ -29,17 +29,17 @@ import torch
 from PIL import Image
 
 from ..coreset import joint_features
+from ..corpora.source import read_as
 from ..corpora.spec import corpus_name
 from ..corpus import load_source
-from ..distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..embed import embed_corpus
 from ..errors import P, ProtosynthError
 from ..evaluation.pixels import denormalise
 from ..models.clip import load_clip
-from ..progress import StepBar
 from ..prototypes import kmeans
-from ..runinfo import check_device, check_seed, peak_rss_mb, versions
-from ..source import read_as
+from ..sets.distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from ..util.progress import StepBar
+from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features

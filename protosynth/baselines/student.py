@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluation.backbones import Backbone
 from ..evaluation.retrieval import ProjectionHead, info_nce, weighted_bce  # noqa: F401 (re-exported)
+from ..models.backbones import Backbone
 
 SHAPES = ("full", "heads")
 

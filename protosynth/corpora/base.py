@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import P, ProtosynthError
-from ..imageops import to_rgb
+from ..util.imageops import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def image_folder(manifest: Path, image_root: Path | None) -> Path:
 
 # The --skip-bad check of a list of image keys: key -> one-line message for each unreadable image,
 # in key order. ``unreadable`` runs it in this process; the Ray engine maps it over chunks of keys
-# as Ray tasks (``protosynth.onray.corpus``), which is why a reader takes it as a parameter.
+# as Ray tasks (``protosynth.engines.ray.corpus``), which is why a reader takes it as a parameter.
 FindBad = Callable[[ImageSource, list[str]], dict[str, str]]
 
 

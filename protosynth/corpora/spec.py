@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from ..world import SPLIT_OFFSETS, WorldConfig
+from .shapes import SPLIT_OFFSETS, WorldConfig
 
 
 def is_world(spec: str) -> bool:

@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..corpora.shapes import image_digest
 from ..corpus import Corpus, cache_dir, check_cache_writable, load_corpus
-from ..distilled import DistilledSet
 from ..errors import P, ProtosynthError
-from ..files import atomic_open, remove_stale_temps, write_text_atomic
-from ..imageops import resized
-from ..world import image_digest
-from .backbones import Backbone
+from ..models.backbones import Backbone
+from ..models.text_encoders import TextEncoder
+from ..sets.distilled import DistilledSet
+from ..util.files import atomic_open, remove_stale_temps, write_text_atomic
+from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
-from .text_encoders import TextEncoder
 
 TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored")
 SET_TEXT_RULES = ("captions", "members", "image")  # what a set may declare as its manifest's evaluation.text

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 
 from ..configs import EvalConfig  # noqa: F401 (re-exported: its public home)
+from ..corpora.source import read_as
 from ..corpus import load_source
-from ..distilled import DistilledSet, load_distilled
 from ..errors import P, ProtosynthError
-from ..metrics import KS
-from ..progress import StepBar
-from ..runinfo import check_device, check_seed
-from ..source import read_as
-from .backbones import load_backbone
+from ..models.backbones import load_backbone
+from ..models.text_encoders import load_text_encoder
+from ..sets.distilled import DistilledSet, load_distilled
+from ..util.progress import StepBar
+from ..util.runinfo import check_device, check_seed
 from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
+from .metrics import KS
 from .protocols import Protocol, get_protocol
 from .retrieval import PairData, batched, train_and_score
-from .text_encoders import load_text_encoder
 
 METRIC_NAMES = [f"IR@{k}" for k in KS] + [f"TR@{k}" for k in KS] + ["r_mean"]
 FINAL = "final epoch"

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from ..corpus import Corpus, cache_dir, check_cache_writable
-from ..files import atomic_path, remove_stale_temps
-from ..imageops import resized
-from ..progress import StepBar
+from ..util.files import atomic_path, remove_stale_temps
+from ..util.imageops import resized
+from ..util.progress import StepBar
 
 CACHE_VERSION = "1"  # bump when the decoding or resizing rule changes
 

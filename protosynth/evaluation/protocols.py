@@ -23,7 +23,7 @@ from ..errors import P, ProtosynthError
 class Protocol:
     name: str
     backbone: str  # image backbone spec (evaluation.backbones)
-    text: str  # text encoder spec (evaluation.text_encoders); "clip" = the CLIP the set was made with
+    text: str  # text encoder spec (models.text_encoders); "clip" = the CLIP the set was made with
     image_features: str = "pool"  # "pool" or "logits"
     train_backbone: bool = True  # fine-tune the backbone (else frozen, features computed once)
     image_size: int | None = None  # None: the backbone's own input size

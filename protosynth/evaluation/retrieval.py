@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ProtosynthError
-from ..metrics import retrieval_metrics
-from .backbones import Backbone
+from ..models.backbones import Backbone
+from .metrics import retrieval_metrics
 from .pixels import PixelRows
 from .protocols import Protocol
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from open_clip.tokenizer import SimpleTokenizer, basic_clean, bytes_to_unicode, whitespace_clean
 
-from ..files import atomic_open
+from ..util.files import atomic_open
 
 BPE_FILENAME = "bpe_merges.txt.gz"
 

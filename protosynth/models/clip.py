@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from ..errors import P, ProtosynthError, held_back_logs
-from ..files import sha256_file
+from ..util.files import sha256_file
 from .bpe import BPE_FILENAME, load_tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs"

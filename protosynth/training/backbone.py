@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from ..configs import PretrainConfig  # noqa: F401 (re-exported: its public home)
+from ..corpora.shapes import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
 from ..corpus import world_split
 from ..errors import P, ProtosynthError
-from ..evaluation.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
-from ..files import (
+from ..models.backbones import CONFIG_FILE, WEIGHTS_FILE, arch_config, build_small
+from ..util.files import (
     atomic_path,
     check_writable,
     git_commit,
@@ -34,8 +35,7 @@ from ..files import (
     save_safetensors_atomic,
     write_text_atomic,
 )
-from ..progress import StepBar
-from ..world import COLOURS, POSITIONS, SHAPES, SIZES, WorldConfig
+from ..util.progress import StepBar
 
 CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES) * len(SIZES)  # "empty" + every object kind
 LABELS = "world-cells-v1"

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 from ..configs import ClipTrainConfig  # noqa: F401 (re-exported: its public home)
 from ..corpus import Corpus
-from ..files import save_safetensors_atomic, write_text_atomic
-from ..metrics import retrieval_metrics
+from ..evaluation.metrics import retrieval_metrics
 from ..models.bpe import BPE_FILENAME, build_bpe, load_tokenizer, vocab_size
 from ..models.clip import CLIP_WEIGHTS, ClipEncoder, load_clip
-from ..progress import StepBar
+from ..util.files import save_safetensors_atomic, write_text_atomic
+from ..util.progress import StepBar
 from .common import cosine_lr, restore_rng, rng_state, save_atomic
 
 

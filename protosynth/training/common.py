@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_open
+from ..util.files import atomic_open
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:

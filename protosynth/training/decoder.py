@@ -27,12 +27,18 @@ from diffusers.training_utils import EMAModel
 
 from ..corpus import Corpus
 from ..errors import P, ProtosynthError
-from ..files import atomic_path, remove_stale_temps, write_text_atomic
 from ..models.clip import ClipEncoder, load_clip
-from ..models.decoder import COORD_CHANNELS, build_pipeline, to_unit_range, write_conditioning, write_render_defaults
-from ..models.unclip import Decoder, open_decoder
-from ..progress import StepBar
+from ..models.decoders import Decoder, open_decoder
+from ..models.small_unclip import (
+    COORD_CHANNELS,
+    build_pipeline,
+    to_unit_range,
+    write_conditioning,
+    write_render_defaults,
+)
 from ..render import RenderConfig, fidelity, render_images, resolve_render
+from ..util.files import atomic_path, remove_stale_temps, write_text_atomic
+from ..util.progress import StepBar
 from .clip import corpus_tensor
 from .common import cosine_lr, restore_rng, rng_state, save_atomic
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import ModelsTrainConfig  # noqa: F401 (re-exported: its public home)
+from ..corpora.source import flat_settings
 from ..corpus import Corpus, load_corpus, load_source
-from ..distilled import corpus_record
 from ..errors import P, ProtosynthError
-from ..files import check_writable, git_commit, write_text_atomic
-from ..source import flat_settings
+from ..sets.distilled import corpus_record
+from ..util.files import check_writable, git_commit, write_text_atomic
 from .clip import train_clip
 from .decoder import DecoderTrainConfig, calibrate_decoder, train_decoder
 

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ProtosynthError
+from ..store import INDEX, read_index, store_files, store_problems
+from ..util.files import check_folder
 from .distilled import FORMAT as SET_FORMAT
 from .distilled import MANIFEST, manifest_problem, set_problems
-from .errors import ProtosynthError
-from .files import check_folder
-from .store import INDEX, read_index, store_files, store_problems
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Where the heavy stages run: in this process (``local``) or on a Ray cluster (``ray``): the
 configuration, its checks and the Ray session. The stages call an ``engines.Engine`` that
-``engines.make_engine`` makes from an ``EngineConfig``; the Ray engine (``protosynth.onray``)
+``engines.make_engine`` makes from an ``EngineConfig``; the Ray engine (``protosynth.engines.ray``)
 imports this module, and this module imports neither it nor any stage.
 
 Ray is an optional extra (``pip install -e '.[ray]'``): it is imported only here, inside
-``import_ray``, and by the ``protosynth.onray`` modules, which only ``engines.make_engine`` imports
+``import_ray``, and by the ``protosynth.engines.ray`` modules, which only ``engines.make_engine`` imports
 when the Ray engine is asked for, so every verb works without it.
 
 protosynth runs no scheduler of its own on Ray: embedding is a Ray Data pipeline (CPU tasks decode,
@@ -23,8 +23,8 @@ import os
 import socket
 from contextlib import contextmanager
 
-from .configs import EngineConfig  # noqa: F401 (re-exported: its public home)
-from .errors import P, ProtosynthError
+from ..configs import EngineConfig  # noqa: F401 (re-exported: its public home)
+from ..errors import P, ProtosynthError
 
 ENGINES = ("local", "ray")
 EXTRA = "pip install -e '.[ray]'"

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import P, ProtosynthError, held_back_logs
 from .clip import space_name
-from .decoder import (
+from .small_unclip import (
     CONDITIONING_FILE,
     RENDER_DEFAULTS_FILE,
     SmallUnCLIPPipeline,

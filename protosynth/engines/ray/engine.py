@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Callable, Iterator
 
-from ..engine import EngineConfig, ray_session
+from ..connect import EngineConfig, ray_session
 from . import cluster, corpus, embed, render
 
 

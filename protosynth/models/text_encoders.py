@@ -25,7 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ..errors import ProtosynthError
-from ..models.clip import load_clip
+from .clip import load_clip
 
 MAX_WORDS = 30
 

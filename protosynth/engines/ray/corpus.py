@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ray
 
-from ..engine import EngineConfig, ray_session, unwrapped
-from ..errors import P, ProtosynthError
+from ...errors import P, ProtosynthError
+from ..connect import EngineConfig, ray_session, unwrapped
 from .pool import DECODE_CPUS, WINDOW_PER_CPU, fetched, in_order
 
 MAX_CHUNK = 1024  # images per task: a few seconds of decoding, so the cluster's CPUs share the work evenly

@@ -3,7 +3,7 @@
 A set folder holds ``images/000000.png ...``, ``pairs.jsonl`` (index, image, caption, members),
 ``embeddings.safetensors`` (prototype tensors; its one metadata entry, ``text_space``, names the
 embedding space of the text tensors), ``preview.png``, ``metadata.jsonl`` and ``README.md`` (which make
-the folder a Hugging Face ``imagefolder`` dataset, ``hub.py``) and, written last, ``manifest.json`` with the sha256 of
+the folder a Hugging Face ``imagefolder`` dataset, ``card.py``) and, written last, ``manifest.json`` with the sha256 of
 every other file. Everything is written into a hidden temporary sibling folder and renamed into
 place when complete, so an interrupted run never leaves a folder that looks like a set.
 """
@@ -24,8 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from .errors import P, ProtosynthError
-from .files import (
+from ..errors import P, ProtosynthError
+from ..util.files import (
     Claim,
     atomic_path,
     check_folder,
@@ -35,8 +35,8 @@ from .files import (
     sha256_file,
     why_not_renamable,
 )
-from .hub import write_hub_files
-from .imageops import to_rgb
+from ..util.imageops import to_rgb
+from .card import write_hub_files
 
 MANIFEST = "manifest.json"
 

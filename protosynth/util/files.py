@@ -31,7 +31,7 @@ from typing import IO, Any
 import psutil
 from safetensors.torch import save_file
 
-from .errors import ProtosynthError
+from ..errors import ProtosynthError
 
 TEMP_SUFFIX = ".tmp"
 _NAME_BYTES = 160  # of the target's name kept in a temporary name: the whole stays under NAME_MAX (255)

@@ -21,8 +21,8 @@ import copy
 import ray
 import torch
 
-from ..engine import EngineConfig, ray_session, unwrapped
-from ..errors import ProtosynthError
+from ...errors import ProtosynthError
+from ..connect import EngineConfig, ray_session, unwrapped
 from .pool import DECODE_CPUS, actor_pool, check_resources, fetched
 from .wire import column, error_bytes, from_bytes, raise_error, to_bytes
 

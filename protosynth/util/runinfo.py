@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .errors import P, ProtosynthError
+from ..errors import P, ProtosynthError
 
 PACKAGES = (
     "protosynth",

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 
 import ray
 
-from ..engine import EngineConfig
-from ..errors import P, ProtosynthError
+from ...errors import P, ProtosynthError
+from ..connect import EngineConfig
 
 DECODE_CPUS = 1.0  # CPUs a decoding task reserves
 WINDOW_PER_CPU = 2  # tasks in flight per cluster CPU: every CPU stays busy, the driver holds few results

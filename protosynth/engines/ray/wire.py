@@ -13,7 +13,7 @@ import pickle
 
 import numpy as np
 
-from ..errors import ProtosynthError
+from ...errors import ProtosynthError
 
 
 def to_bytes(array: np.ndarray) -> bytes:

@@ -27,8 +27,8 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from ..errors import P, ProtosynthError
-from ..files import write_text_atomic
-from ..imageops import resized
+from ..util.files import write_text_atomic
+from ..util.imageops import resized
 
 COORD_CHANNELS = 2  # (x, y) position channels a coordinate-aware UNet takes after the pixel patches
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from .baselines.compare import METRICS, set_folder
-from .configs import ReportConfig  # noqa: F401 (re-exported: its public home)
+from ..baselines.compare import METRICS, set_folder
+from ..configs import ReportConfig  # noqa: F401 (re-exported: its public home)
+from ..errors import P, ProtosynthError
+from ..evaluation.data import source_corpus
+from ..util.files import check_folder
 from .distilled import DistilledSet, decode_image, load_distilled
-from .errors import P, ProtosynthError
-from .evaluation.data import source_corpus
 from .export import check_out_file, write_out_file
-from .files import check_folder
 
 GENERATOR = '<meta name="generator" content="protosynth report">'  # what says an existing page is ours
 STYLE = """

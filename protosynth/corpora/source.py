@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .options import CAPTION_COLUMN_HELP, CORPUS_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
+from ..util.options import CAPTION_COLUMN_HELP, CORPUS_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ray
 
-from ..engine import EngineConfig, ray_session, unwrapped
+from ..connect import EngineConfig, ray_session, unwrapped
 from .pool import in_order
 
 

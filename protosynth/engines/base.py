@@ -1,9 +1,9 @@
 """The engine the stages call: what they need run (passes over ranges of pairs, a check over image
 keys, encoding planned batches, drawing render batches), without knowing where it runs.
 
-``make_engine`` turns an ``EngineConfig`` (``engine.py``) into an ``Engine``: ``LocalEngine`` runs
-everything in this process, ``onray.engine.RayEngine`` on a Ray cluster. The factory is the one
-place that imports ``protosynth.onray`` (lazily: Ray is an optional extra), so no stage branches on
+``make_engine`` turns an ``EngineConfig`` (``engines.connect``) into an ``Engine``: ``LocalEngine`` runs
+everything in this process, ``engines.ray.engine.RayEngine`` on a Ray cluster. The factory is the one
+place that imports ``protosynth.engines.ray`` (lazily: Ray is an optional extra), so no stage branches on
 Ray or imports it. Both engines run the stage's own functions on the same units of work and hand
 the results back in the same order, so their files are byte-identical (docs/scale.md). The stages
 hand over their work as functions and picklable jobs, so the engines import no stage module.
@@ -17,8 +17,8 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, 
 
 from torch.utils.data import DataLoader
 
-from .engine import EngineConfig, import_ray
-from .errors import ProtosynthError
+from ..errors import ProtosynthError
+from .connect import EngineConfig, import_ray
 
 
 @dataclass
@@ -110,6 +110,6 @@ def make_engine(engine: EngineConfig | Engine | None) -> Engine:
     if not engine.on_ray:
         return LocalEngine()
     import_ray()
-    from .onray.engine import RayEngine  # noqa: PLC0415 -- imports Ray, an optional extra
+    from .ray.engine import RayEngine  # noqa: PLC0415 -- imports Ray, an optional extra
 
     return RayEngine(engine)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import P
+from ..errors import P
 
 NOT_SET: Any = dataclasses.MISSING
 

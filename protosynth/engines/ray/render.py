@@ -17,7 +17,7 @@ import ray
 import torch
 from PIL import Image
 
-from ..engine import EngineConfig, ray_session, unwrapped
+from ..connect import EngineConfig, ray_session, unwrapped
 from .pool import actor_pool, check_resources
 from .wire import column, from_bytes, to_bytes
 

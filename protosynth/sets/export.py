@@ -19,11 +19,11 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
-from .configs import ExportConfig  # noqa: F401 (re-exported: its public home)
+from ..configs import ExportConfig  # noqa: F401 (re-exported: its public home)
+from ..errors import P, ProtosynthError
+from ..util.files import Claim, atomic_path, check_writable, remove_stale_temps
+from .card import metadata_rows
 from .distilled import DistilledSet, load_distilled
-from .errors import P, ProtosynthError
-from .files import Claim, atomic_path, check_writable, remove_stale_temps
-from .hub import metadata_rows
 
 FORMATS = ("webdataset", "parquet")
 MARK = "protosynth-export"  # the pax header / schema metadata key that says a file is ours
