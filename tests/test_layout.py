@@ -288,3 +288,15 @@ def test_every_package_folder_is_declared():
     }
     importable = {name for name in folders if all(part.isidentifier() for part in name.split("."))}
     assert importable - declared == set()
+
+
+def test_the_set_format_imports_no_method():
+    """``sets/`` is read by every method and verb: it must not sit above any of them (``report`` once
+    imported all of ``baselines`` for a tuple of metric names and a three-line path rule)."""
+    methods = ("protosynth.baselines", "protosynth.distill", "protosynth.coreset", "protosynth.training")
+    bad = {
+        mod: sorted(m for m in deps if any(_is(m, x) for x in methods))
+        for mod, deps in _graph().items()
+        if _is(mod, "protosynth.sets")
+    }
+    assert {mod: deps for mod, deps in bad.items() if deps} == {}

@@ -19,13 +19,15 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 from typer.testing import CliRunner
 
-from protosynth.baselines.compare import METRICS, markdown, plot, set_folder
+from protosynth.baselines.compare import markdown, plot
 from protosynth.cli.main import app
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.errors import ProtosynthError
+from protosynth.evaluation.metrics import METRICS
 from protosynth.render import RenderConfig
+from protosynth.sets.comparison import set_folder
 from protosynth.sets.distilled import load_distilled, not_a_set
 from protosynth.sets.export import ExportConfig, export_set, is_our_tar
 from protosynth.sets.report import ReportConfig, build_report

@@ -33,9 +33,11 @@ from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
 from ..evaluation.data import corpus_text_features
 from ..evaluation.evaluate import EvalConfig, evaluate
+from ..evaluation.metrics import METRICS
 from ..evaluation.protocols import get_protocol
 from ..models.clip import load_clip
 from ..models.text_encoders import load_text_encoder
+from ..sets.comparison import set_folder
 from ..util.files import atomic_path, check_writable, git_commit, write_text_atomic
 from ..util.runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
@@ -187,11 +189,6 @@ def _refuse_if_stale(method: str, cfg: CompareConfig, out: Path, buffers: dict[s
             f"compare-baselines: {out} was made with other settings ({reason}); "
             f"delete it to remake it, or use another {P.out}"
         )
-
-
-def set_folder(out: Path, method: str, budget: int) -> Path:
-    """Where a comparison in ``out`` keeps ``method``'s set (``report`` finds the samples there)."""
-    return out / "sets" / f"{method}-b{budget}"
 
 
 def _finished(folder: Path) -> bool:
@@ -384,7 +381,6 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     return doc
 
 
-METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
 # The pretrained models each method uses to make its set (every method is evaluated with the protocol's)
 PRETRAINED = {
     "pds": "CLIP, unCLIP decoder",

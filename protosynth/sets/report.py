@@ -19,11 +19,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..baselines.compare import METRICS, set_folder
 from ..configs import ReportConfig  # noqa: F401 (re-exported: its public home)
 from ..errors import P, ProtosynthError
 from ..evaluation.data import source_corpus
+from ..evaluation.metrics import METRICS
 from ..util.files import check_folder
+from .comparison import set_folder
 from .distilled import DistilledSet, decode_image, load_distilled
 from .export import check_out_file, write_out_file
 
