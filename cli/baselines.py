@@ -108,6 +108,14 @@ def baseline(
         "--merged/--separate",
         help="Matching-loss normalisation: both modalities together, or per modality (default).",
     ),
+    train_mode: Optional[bool] = typer.Option(
+        None,
+        "--train-student/--eval-student",
+        help="The inner student in train mode, dropout on (official presets), or eval mode (world).",
+    ),
+    variant: Optional[str] = typer.Option(
+        None, help="A named departure from the preset: intended-temperature (MTT-VL's inner temperature 0.07)."
+    ),
     clip: str = typer.Option(
         "default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters."
     ),
@@ -141,6 +149,8 @@ def baseline(
         alpha=alpha,
         grad_mode=grad_mode,
         merged=merged,
+        train_mode=train_mode,
+        variant=variant,
         clip=clip,
         image_root=image_root,
         skip_bad=skip_bad,

@@ -92,6 +92,7 @@ FLAGS: dict[str, str | None] = {
     "lr_sim": "--lr-sim",
     "lr_space": "--lr-space",
     "grad_mode": "--grad-mode",
+    "variant": "--variant",
     "eval_epochs": "--eval-epochs",
     # models train / calibrate (ModelsTrainConfig, its decoder settings) and pretrain-backbone
     "only": "--only",
