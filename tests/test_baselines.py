@@ -555,3 +555,19 @@ def test_official_presets_follow_the_authors_scripts():
     assert {(q["train_mode"], q["merged"], q["temperature"], q["batch_syn"]) for q in w} == {(False, False, None, 20)}
     with pytest.raises(ProtosynthError, match="variant"):
         preset("lors", "flickr", 100, variant="intended-temperature")
+
+
+def test_train_mode_constant_memory_replays_the_forward_dropout_masks():
+    """In train mode (the official presets' student) the constant-memory gradient still equals the
+    full unroll's: each replayed step draws the dropout masks of its forward pass."""
+    student, start, target, fresh, batches = tiny_problem("heads", with_sim=True)
+    grads = {}
+    for mode, train in (("unroll", True), ("constant", True), ("unroll", False)):
+        torch.manual_seed(5)
+        syn = fresh()
+        match(student, start, target, syn, batches, 0.07, mode, train=train)
+        grads[mode, train] = {k: v.grad.clone() for k, v in syn.leaves().items()}
+    assert not student.training  # the mode it had before
+    for k, g in grads["unroll", True].items():
+        torch.testing.assert_close(grads["constant", True][k], g, rtol=1e-7, atol=1e-12, msg=k)
+    assert not torch.allclose(grads["unroll", False]["texts"], grads["unroll", True]["texts"], rtol=1e-3)
