@@ -51,6 +51,9 @@ SIMILARITY_KEYS = ("lr_sim", "rank", "alpha")  # settings that only a method wit
 MTT_VL_INNER_TEMPERATURE = 1 / math.log(1 / 0.07)
 INTENDED_TEMPERATURE = 0.07  # what that code meant (its buffers and evaluation use it)
 VARIANTS = ("intended-temperature",)  # named departures from an official preset
+# The official buffers (LoRS's and RepBlend's buffer scripts, MTT-VL's README): `protosynth buffer`'s
+# options for them. Plain SGD, no momentum or weight decay, InfoNCE at 0.07, as BufferConfig's defaults.
+OFFICIAL_BUFFER = {"experts": 20, "epochs": 10, "lr": 0.1, "batch_size": 128}
 
 
 @dataclass
