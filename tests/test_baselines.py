@@ -330,6 +330,13 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     # the set stores the lr itself (never its log), as the manifest reports it
     assert float(ds.tensors["lr_image"]) == pytest.approx(man["learned_lr"]["image"]) and man["learned_lr"]["image"] > 0
     assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
+    # how far the set moved from its start: every part, S from the identity (frozen for repblend here)
+    moved = man["movement"]
+    assert moved["pixels"] > 0 and moved["text"] > 0
+    assert moved["lr_image"] == pytest.approx(abs(man["learned_lr"]["image"] - 0.1), abs=1e-7)
+    assert ("similarity" in moved) == (method != "mtt-vl")
+    if method == "repblend":
+        assert moved["similarity"] == 0
     if method == "amd":
         assert {"R_V", "R_L", "T_med"} <= set(man["amd_ranges"])
 
