@@ -224,9 +224,9 @@ def test_presets_follow_the_published_numbers():
     p = preset("lors", "flickr", 500)
     assert (p["lr_sim"], p["rank"], p["alpha"], p["batch_syn"], p["max_start_epoch"]) == (100.0, 20, 0.01, 40, 3)
     assert preset("lors", "coco", 500)["lr_img"] == 5000.0 and preset("lors", "coco", 500)["temperature"] == 0.1
-    assert (
-        preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
-    )
+    # MTT-VL's README command: data lr 1000 at 100 pairs (LoRS's scripts use 100 there)
+    assert preset("mtt-vl", "flickr", 100)["lr_img"] == 1000.0 and preset("lors", "flickr", 100)["lr_img"] == 100.0
+    assert preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
     assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 1.0
     # the world's lr_sim: 0.1, or 1 where val chose it (quick runs share it)
@@ -330,6 +330,13 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     # the set stores the lr itself (never its log), as the manifest reports it
     assert float(ds.tensors["lr_image"]) == pytest.approx(man["learned_lr"]["image"]) and man["learned_lr"]["image"] > 0
     assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
+    # how far the set moved from its start: every part, S from the identity (frozen for repblend here)
+    moved = man["movement"]
+    assert moved["pixels"] > 0 and moved["text"] > 0
+    assert moved["lr_image"] == pytest.approx(abs(man["learned_lr"]["image"] - 0.1), abs=1e-7)
+    assert ("similarity" in moved) == (method != "mtt-vl")
+    if method == "repblend":
+        assert moved["similarity"] == 0
     if method == "amd":
         assert {"R_V", "R_L", "T_med"} <= set(man["amd_ranges"])
 
@@ -526,3 +533,50 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
         assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_official_presets_follow_the_authors_scripts():
+    """The values of the official scripts and argument defaults (docs/baselines.md cites them)."""
+    mtt = preset("mtt-vl", "flickr", 200)
+    assert (mtt["grad_mode"], mtt["batch_syn"], mtt["train_mode"], mtt["merged"]) == ("unroll", 200, True, False)
+    assert mtt["temperature"] == pytest.approx(0.3760, abs=1e-4)  # 1 / log(1 / 0.07): the cosines times 2.66
+    assert preset("mtt-vl", "coco", 100, variant="intended-temperature")["temperature"] == 0.07
+    for method in ("lors", "amd", "repblend"):
+        for family in ("flickr", "coco"):
+            p = [preset(method, family, b) for b in (100, 200, 500)]
+            assert {q["grad_mode"] for q in p} == {"first-order"} and all(q["train_mode"] for q in p)
+            assert [q["merged"] for q in p] == [family == "coco"] * 3
+            assert [q["temperature"] for q in p] == [None, None, 0.1 if family == "coco" else None]
+            assert [q["max_start_epoch"] for q in p] == [2, 2, 2 if family == "coco" else 3]
+            assert {(q["syn_steps"], q["lr_lr"], q["lr_space"], q["expert_epochs"]) for q in p} == {
+                (8, 1e-2, "linear", 1)
+            }
+    assert [preset(m, "coco", 200)["iterations"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+        2000,
+        2000,
+        3000,
+        3000,
+    ]
+    assert preset("repblend", "coco", 500)["batch_syn"] == 20 and preset("lors", "coco", 500)["batch_syn"] == 30
+    # the world preset is not re-chosen here: eval mode, the exact gradient, per-modality loss
+    w = [preset(m, "world", 100) for m in ("mtt-vl", "lors", "amd", "repblend")]
+    assert [q["grad_mode"] for q in w] == ["unroll", "constant", "constant", "constant"]
+    assert {(q["train_mode"], q["merged"], q["temperature"], q["batch_syn"]) for q in w} == {(False, False, None, 20)}
+    with pytest.raises(ProtosynthError, match="variant"):
+        preset("lors", "flickr", 100, variant="intended-temperature")
+
+
+def test_train_mode_constant_memory_replays_the_forward_dropout_masks():
+    """In train mode (the official presets' student) the constant-memory gradient still equals the
+    full unroll's: each replayed step draws the dropout masks of its forward pass."""
+    student, start, target, fresh, batches = tiny_problem("heads", with_sim=True)
+    grads = {}
+    for mode, train in (("unroll", True), ("constant", True), ("unroll", False)):
+        torch.manual_seed(5)
+        syn = fresh()
+        match(student, start, target, syn, batches, 0.07, mode, train=train)
+        grads[mode, train] = {k: v.grad.clone() for k, v in syn.leaves().items()}
+    assert not student.training  # the mode it had before
+    for k, g in grads["unroll", True].items():
+        torch.testing.assert_close(grads["constant", True][k], g, rtol=1e-7, atol=1e-12, msg=k)
+    assert not torch.allclose(grads["unroll", False]["texts"], grads["unroll", True]["texts"], rtol=1e-3)

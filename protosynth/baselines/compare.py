@@ -172,7 +172,8 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         bcfg = _baseline_config(method, cfg, out, buffers)
         family = default_family(cfg.corpus.spec)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
-        recorded = {"lr_space": "linear", **man.get("settings", {})}  # sets made before --lr-space learned linearly
+        # sets made before --lr-space learned linearly, before train mode in eval mode
+        recorded = {"lr_space": "linear", "train_mode": False, **man.get("settings", {})}
         keys = [
             k
             for k in preset(method, family, cfg.budget, cfg.quick)

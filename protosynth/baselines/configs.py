@@ -74,6 +74,13 @@ class BaselineConfig:
     merged: bool | None = opt(
         None, help="Matching-loss normalisation: both modalities together, or per modality (default)."
     )
+    # the inner student in train mode (dropout on), as the official loops run it
+    train_mode: bool | None = opt(
+        None, help="The inner student in train mode, dropout on (official presets), or eval mode (world)."
+    )
+    variant: str | None = opt(  # a named departure from the preset (presets.VARIANTS)
+        None, help="A named departure from the preset: intended-temperature (MTT-VL's inner temperature 0.07)."
+    )
     # AMD's prototype initialisation clusters this CLIP's joint embeddings
     clip: str = opt("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters.")
     # the buffer corpus's image folder; None: the one the buffer recorded
