@@ -10,8 +10,16 @@ Modes:
 - ``joint``: k-means on the concatenated normalised [image; text] embeddings.
 - ``image`` / ``text``: k-means on one modality; the other half is the mean of the same members.
 
-All clustering is on L2-normalised embeddings. Prototypes are returned normalised and rescaled to
-the mean raw norm of their members, since unCLIP decoders expect raw CLIP embeddings.
+By default clustering is faiss k-means on L2-normalised embeddings, and prototypes are returned
+normalised and rescaled to the mean raw norm of their members, since unCLIP decoders expect raw CLIP
+embeddings. Four settings (``matched`` mode) follow the PDS authors' code instead, alone or together
+(``distill``'s preset ``pds-published`` sets all four):
+- ``cluster_space="raw"``: cluster the raw, unnormalised rows;
+- ``kmeans="minibatch"``: sklearn MiniBatchKMeans (batch 10,000, 20 inits, ``random_state`` the seed);
+- ``prototype_norm="mean"``: a prototype is the plain mean of its raw shared members, and a matched
+  pair of clusters sharing none keeps the two k-means centres;
+- ``prototype_order="alignment"``: prototypes ordered by their image-text cosine, highest first.
+Any of them runs in memory (the kept rows are read whole, as the authors' code does).
 """
 
 from __future__ import annotations
@@ -28,6 +36,16 @@ from . import passes
 from .errors import P, ProtosynthError
 
 MODES = ("matched", "joint", "image", "text")
+CLUSTER_SPACES = ("unit", "raw")
+KMEANS = ("faiss", "minibatch")
+PROTOTYPE_NORMS = ("members", "mean")
+PROTOTYPE_ORDERS = ("matching", "alignment")
+# the PDS code's MiniBatchKMeans settings (src/vl_distill_utils.py, kmeans_clustering)
+MINIBATCH_SIZE = 10_000
+MINIBATCH_INITS = 20
+# below this budget the PDS code keeps the two k-means centres for a matched pair of clusters that
+# share no pair; from it on it averages the empty set (NaN), which its caption search then rejects
+PDS_CENTRES_MAX_BUDGET = 299
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +58,19 @@ class PrototypeConfig:
     seed: int = 0
     # above this many kept pairs, k-means fits on a seeded sample, then assigns all (see ``kmeans``)
     max_train_points: int = 200_000
+    # protosynth's defaults first; the other value of each is the PDS authors' code (module docstring)
+    cluster_space: str = "unit"
+    kmeans: str = "faiss"
+    prototype_norm: str = "members"
+    prototype_order: str = "matching"
+
+    def is_default(self) -> bool:
+        return (self.cluster_space, self.kmeans, self.prototype_norm, self.prototype_order) == (
+            CLUSTER_SPACES[0],
+            KMEANS[0],
+            PROTOTYPE_NORMS[0],
+            PROTOTYPE_ORDERS[0],
+        )
 
 
 @dataclass
@@ -161,8 +192,7 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     every pass over all rows goes range by range through ``range_map`` (``passes.py``: this process
     by default, Ray tasks under the Ray engine, with byte-identical results), so the corpus need not
     fit in RAM."""
-    if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
+    check_rules(cfg)
     n, d = image_raw.shape
     if cfg.budget < 1:
         raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
@@ -176,6 +206,10 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     keep = np.sort(np.argsort(sims, kind="stable")[n_drop:])
     k = cfg.budget
     stats: dict = {"pairs": n, "dropped": int(n_drop), "empty_matches": 0, "empty_clusters": 0}
+    if not cfg.is_default():
+        from .prototypes_rules import build_in_memory  # noqa: PLC0415 -- it imports this module
+
+        return _checked(build_in_memory(image_raw, text_raw, keep, cfg, stats))
     spaces = {"matched": ("image", "text"), "joint": ("joint",), "image": ("image",), "text": ("text",)}[cfg.mode]
     fits = []
     for space in spaces:  # fitted on the driver, on a seeded sample of the kept pairs above max_train_points
@@ -213,7 +247,30 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     per_range = [(img_target[a:b], txt_target[a:b]) for a, b in ranges]
     sums = _combine(run(passes.range_sums, ranges, per_range, (k,)), k, d)
     image_u, image_r, text_u, text_r = _means(sums, norms_i.mean(), norms_t.mean(), fallback)
-    protos = Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members)
+    return _checked(Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members))
+
+
+def check_rules(cfg: PrototypeConfig) -> None:
+    """One clear error for an unknown mode or rule, or a PDS-code rule outside ``matched`` mode."""
+    if cfg.mode not in MODES:
+        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
+    for param, value, allowed in (
+        (P.cluster_space, cfg.cluster_space, CLUSTER_SPACES),
+        (P.kmeans, cfg.kmeans, KMEANS),
+        (P.prototype_norm, cfg.prototype_norm, PROTOTYPE_NORMS),
+        (P.prototype_order, cfg.prototype_order, PROTOTYPE_ORDERS),
+    ):
+        if value not in allowed:
+            raise ProtosynthError(f"unknown {param} {value!r}: use {' or '.join(allowed)}")
+    if not cfg.is_default() and cfg.mode != "matched":
+        raise ProtosynthError(
+            f"{P.cluster_space}, {P.kmeans}, {P.prototype_norm} and {P.prototype_order} other than "
+            f"their defaults follow the PDS code, which has only {P.mode('matched')}",
+            param="mode",
+        )
+
+
+def _checked(protos: Prototypes) -> Prototypes:
     for name in ("image", "text", "image_raw", "text_raw"):
         if not np.isfinite(getattr(protos, name)).all():
             raise AssertionError(f"non-finite {name} prototype")  # a bug, never user input
@@ -247,7 +304,9 @@ def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, sta
     stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
     stats["_matching"] = list(zip(rows, cols))
     if stats["empty_matches"]:
-        log.warning("%d of %d matched cluster pairs shared no pair; used the clusters' own means", int(empty.sum()), k)
+        log.warning(
+            "%d of %d matched cluster pairs shared no pair (prototype_stats.empty_matches)", int(empty.sum()), k
+        )
     return members, img_members, txt_members, img_target, txt_target
 
 
