@@ -171,8 +171,9 @@ def retrieval(
         help=(
             "auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
             "declares, else its captions), captions, members, image (every caption of the image a pair starts "
-            "from), image-captions (every caption of the members' images) or stored: which text of a set trains "
-            "the model."
+            "from), image-captions (every caption of the members' images), stored or prototype (a PDS set's "
+            "stored text prototype, as the PDS authors train on; needs the set's CLIP as text encoder): which "
+            "text of a set trains the model."
         ),
     ),
     full: Optional[str] = typer.Option(

@@ -36,6 +36,11 @@ FLAGS: dict[str, str | None] = {
     "mode": "--mode",
     "caption": "--caption",
     "candidates": "--candidates",
+    "preset": "--preset",
+    "cluster_space": "--cluster-space",
+    "kmeans": "--kmeans",
+    "prototype_norm": "--prototype-norm",
+    "prototype_order": "--prototype-order",
     # render settings: DistillConfig.render.*, and RenderConfig's own fields for the renderer's errors
     "render.init": "--init",
     "init": "--init",

@@ -255,9 +255,33 @@ def distill(
             "How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
             "captions (its one caption), members (the mean of the captions of the real pairs its prototype "
             "summarises) or image (the mean of every caption of the member image a render starts from), in the "
-            "learner's text space (default: members up to 100 pairs, image above; from noise: members up to 200, "
-            "captions above)."
+            "learner's text space, or prototype (the stored text prototype, as the PDS authors' evaluation) "
+            "(default: members up to 100 pairs, image above; from noise: members up to 200, captions above)."
         ),
+    ),
+    preset: Optional[str] = typer.Option(
+        None,
+        help=(
+            "pds-published: PDS as its authors' code runs it (raw-row MiniBatchKMeans, plain-mean prototypes "
+            "ordered by alignment, renders from noise with the prototype's caption, --text prototype); it fills "
+            "the options below and refuses a conflicting one."
+        ),
+    ),
+    cluster_space: Optional[str] = typer.Option(
+        None, help="Rows k-means clusters: unit (default: L2-normalised) or raw (the PDS code)."
+    ),
+    kmeans: Optional[str] = typer.Option(
+        None, help="faiss (default) or minibatch (sklearn MiniBatchKMeans, batch 10000, 20 inits: the PDS code)."
+    ),
+    prototype_norm: Optional[str] = typer.Option(
+        None,
+        help=(
+            "members (default: the members' mean direction at their mean raw norm) or mean (the plain mean of "
+            "the raw members; an empty match keeps the k-means centres: the PDS code)."
+        ),
+    ),
+    prototype_order: Optional[str] = typer.Option(
+        None, help="matching (default: image cluster order) or alignment (image-text cosine, highest first: PDS)."
     ),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(
@@ -373,7 +397,17 @@ def distill(
         embed=EmbedConfig(fp16=fp16),
         engine=engine_config(engine, address, workers, gpus_per_worker, cpus_per_worker),
     )
-    chosen = {"method": method, "caption": caption, "candidates": candidates, "text": text}
+    chosen = {
+        "method": method,
+        "caption": caption,
+        "candidates": candidates,
+        "text": text,
+        "preset": preset,
+        "cluster_space": cluster_space,
+        "kmeans": kmeans,
+        "prototype_norm": prototype_norm,
+        "prototype_order": prototype_order,
+    }
     cfg = replace(cfg, **{name: value for name, value in chosen.items() if value is not None})
     for path in run(distill_budgets, cfg, budgets, command=command_line(), verb="distill"):
         typer.echo(f"wrote {path}")
