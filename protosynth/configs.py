@@ -186,8 +186,30 @@ class DistillConfig(ReadsCorpus):
         help="How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
         "captions (its one caption), members (the mean of the captions of the real pairs its prototype "
         "summarises) or image (the mean of every caption of the member image a render starts from), in the "
-        "learner's text space (default: members up to 100 pairs, image above; from noise: members up to 200, "
-        "captions above).",
+        "learner's text space, or prototype (the stored text prototype, as the PDS authors' evaluation) "
+        "(default: members up to 100 pairs, image above; from noise: members up to 200, captions above).",
+    )
+    # a preset that sets the PDS authors' rules below and more (distill.PRESETS)
+    preset: str | None = opt(
+        None,
+        help="pds-published: PDS as its authors' code runs it (raw-row MiniBatchKMeans, plain-mean prototypes "
+        "ordered by alignment, renders from noise with the prototype's caption, text read as the prototype); it "
+        "fills the options below and refuses a conflicting one.",
+    )
+    # the PDS authors' rules, one field each (prototypes.py; None: protosynth's default)
+    cluster_space: str | None = opt(
+        None, help="Rows k-means clusters: unit (default: L2-normalised) or raw (the PDS code)."
+    )
+    kmeans: str | None = opt(
+        None, help="faiss (default) or minibatch (sklearn MiniBatchKMeans, batch 10000, 20 inits: the PDS code)."
+    )
+    prototype_norm: str | None = opt(
+        None,
+        help="members (default: the members' mean direction at their mean raw norm) or mean (the plain mean of the "
+        "raw members; an empty match keeps the k-means centres: the PDS code).",
+    )
+    prototype_order: str | None = opt(
+        None, help="matching (default: image cluster order) or alignment (image-text cosine, highest first: PDS)."
     )
     seed: int = 0
     out: Path | None = opt(
@@ -267,8 +289,9 @@ class EvalConfig:
         "auto",
         help="auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
         "declares, else its captions), captions, members, image (every caption of the image a pair starts "
-        "from), image-captions (every caption of the members' images) or stored: which text of a set trains "
-        "the model.",
+        "from), image-captions (every caption of the members' images), stored or prototype (a PDS set's "
+        "stored text prototype, as the PDS authors train on; needs the set's CLIP as text encoder): which "
+        "text of a set trains the model.",
     )
     device: str = "cpu"
     backbone: str | None = opt(None, help="Image backbone spec instead of the protocol's.")

@@ -58,6 +58,11 @@ NO_MODEL_CASES = {
     "seed above 32 bits": (["--budget", "4", "--seed", "2147483648"], [r"--seed", r"2147483648", r"2147483647"]),
     "seed negative": (["--budget", "4", "--seed", "-1"], [r"--seed", r"-1"]),
     "candidates 0": (["--budget", "4", "--candidates", "0"], [r"--candidates", r"\b0\b"]),
+    "preset against a flag": (
+        ["--budget", "4", "--preset", "pds-published", "--text", "members"],
+        [r"--preset pds-published sets --text to 'prototype'; got 'members'"],
+    ),
+    "unknown kmeans": (["--budget", "4", "--kmeans", "lloyd"], [r"--kmeans", r"'lloyd'"]),
     "candidates negative": (["--budget", "4", "--candidates", "-3"], [r"--candidates", r"-3"]),
     "unknown caption rule": (["--budget", "4", "--caption", "nearest"], [r"--caption", r"'nearest'"]),
     "unknown method": (["--budget", "4", "--method", "mtt"], [r"--method", r"'mtt'"]),

@@ -189,6 +189,35 @@ def test_text_modes(pds_set, tiny_backbone, quick_models):
     assert doc["sets"][0]["text"] == "stored"
 
 
+def test_prototype_text_is_the_stored_text_prototype(quick_models, tiny_backbone, tmp_path):
+    """``prototype``: what the PDS authors' evaluation trains the text head on, in the set's CLIP space;
+    in another space (MiniLM: ``small``), ``auto`` reads the prototype's members there instead."""
+    out = distill(
+        DistillConfig(
+            budget=12,
+            corpus=CORPUS,
+            clip=f"small:{quick_models}",
+            decoder=f"small:{quick_models}",
+            out=tmp_path / "published",
+            render=RenderConfig(steps=1),
+            preset="pds-published",
+        )
+    )
+    ds = load_distilled(out)
+    assert ds.manifest["evaluation"] == {"text": "prototype"}
+    clip_text, bb = load_text_encoder(f"clip:small:{quick_models}"), load_backbone(f"small:{tiny_backbone}")
+    raw = set_data(ds, clip_text, bb, 32, False, "prototype")
+    assert raw.notes["text"] == "prototype" and torch.equal(raw.texts, ds.tensors["text_raw"].float())
+    unit = set_data(ds, clip_text, bb, 32, True, "auto")
+    assert unit.notes["text"] == "prototype" and torch.equal(unit.texts, ds.tensors["text_normalised"].float())
+    minilm = load_text_encoder("minilm")
+    auto = set_data(ds, minilm, bb, 32, False, "auto")
+    assert auto.notes["text"] == "members"
+    assert torch.equal(auto.texts, set_data(ds, minilm, bb, 32, False, "members").texts)
+    with pytest.raises(ProtosynthError, match=r"text=prototype reads the text prototypes a rendered PDS set stores"):
+        set_data(ds, minilm, bb, 32, False, "prototype")
+
+
 def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
     ds = load_distilled(pds_set)
     enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")

@@ -12,7 +12,13 @@ Text of a set is used the way it was stored (``--text``):
 - ``image-captions``: the mean of every caption of the images those member pairs show (for a coreset
   pair: all captions of its one image), the reference that tells caption averaging apart from
   summarising many scenes;
-- ``stored``: the stored embeddings, which must be in the protocol's text space.
+- ``stored``: the stored embeddings, which must be in the protocol's text space;
+- ``prototype``: a rendered PDS set's stored text prototype (``text_raw``, or ``text_normalised``
+  where the protocol normalises text), as the PDS authors' evaluation trains its text head on it. It
+  needs the protocol's text space to be the set's CLIP (``--protocol pds``, or another protocol with
+  that CLIP as its text encoder). A set declaring ``prototype`` (``distill --preset pds-published``)
+  is read, under ``auto`` and in any other text space, with ``members``: the mean of the same member
+  captions the prototype averages, in the protocol's text space.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 
-TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored")
-SET_TEXT_RULES = ("captions", "members", "image")  # what a set may declare as its manifest's evaluation.text
+TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
+# what a set may declare as its manifest's evaluation.text
+SET_TEXT_RULES = ("captions", "members", "image", "prototype")
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
@@ -132,9 +139,13 @@ def set_data(
     declared = ds.manifest.get("evaluation", {}).get("text", "captions")
     if declared not in SET_TEXT_RULES:
         raise ProtosynthError(f"{where}: manifest evaluation.text {declared!r}: use {' or '.join(SET_TEXT_RULES)}")
-    if text_mode == "auto" and stored is None:
-        text_mode = declared
-    if text_mode in ("auto", "stored") and stored is not None:
+    if text_mode == "auto":
+        text_mode = "prototype" if declared == "prototype" else declared if stored is None else "stored"
+        if text_mode == "prototype" and stored is None:
+            text_mode = "members"  # the prototype's own members, read in the protocol's text space
+    if text_mode == "prototype":
+        texts, how = _text_prototypes(ds, stored, stored_space, encoder), "prototype"
+    elif text_mode == "stored":
         texts, how = stored, "stored"
     elif text_mode in ("members", "image-captions", "image"):
         texts, how = _member_texts(ds, encoder, normalise_text, text_mode), text_mode
@@ -165,6 +176,18 @@ def set_data(
         similarity=sim.float() if sim is not None else None,
         image_head=image_side == "frozen+head",
     )
+
+
+def _text_prototypes(ds: DistilledSet, stored, stored_space, encoder: TextEncoder) -> torch.Tensor:
+    """The stored text prototypes of a rendered PDS set, refused for any other set or text space."""
+    if ds.manifest.get("method") != "pds" or "text" in ds.tensors or stored is None:
+        raise ProtosynthError(
+            f"{ds.root}: {P.text('prototype')} reads the text prototypes a rendered PDS set stores in its CLIP's "
+            f"space {stored_space!r}; this set is method {ds.manifest.get('method')!r} and the protocol's text "
+            f"space is {encoder.space!r} (use {P.protocol('pds')}, or {P.text('members')} in another space)",
+            param="text",
+        )
+    return stored
 
 
 def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Tensor | None:
