@@ -41,6 +41,7 @@ from .files import atomic_open, remove_stale_temps
 from .models.clip import load_clip
 from .progress import StepBar
 from .runinfo import check_device, check_seed, peak_rss_mb, versions
+from .settext import member_images, with_reading_texts
 
 METHODS = ("random", "herding", "kcenter", "forgetting")
 
@@ -237,5 +238,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
         "peak_memory_mb": peak_rss_mb(),
         "command": command,
     }
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    pairs = with_reading_texts(pairs, corpus)  # each pair carries its image's captions
+    hashes = member_images(pairs, corpus)
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     return out

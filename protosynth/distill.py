@@ -48,6 +48,7 @@ from .models.unclip import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .runinfo import check_device, check_seed, peak_rss_mb, threads, versions
+from .settext import member_images, with_reading_texts
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    pairs = with_reading_texts(pairs, corpus)  # the set carries the captions its readings average
+    hashes = member_images(pairs, corpus)  # and its members' image digests, for the overlap check
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     log.info("wrote %s", out)
     return out
 

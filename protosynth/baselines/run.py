@@ -39,6 +39,7 @@ from ..models.clip import load_clip
 from ..progress import StepBar
 from ..prototypes import kmeans
 from ..runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..settext import member_images, with_reading_texts
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
@@ -310,4 +311,14 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
         "command": command,
     }
-    return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)
+    rows = with_reading_texts(rows, corpus)  # the start pairs' captions: its captions-like readings
+    return write_distilled(
+        out,
+        images,
+        rows,
+        tensors,
+        manifest,
+        text_space=feats.encoder.space,
+        force=cfg.force,
+        member_images=member_images(rows, corpus),
+    )

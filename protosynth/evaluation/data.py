@@ -18,7 +18,6 @@ Text of a set is used the way it was stored (``--text``):
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,9 @@ from PIL import Image
 from ..corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from ..distilled import DistilledSet
 from ..errors import P, ProtosynthError
-from ..files import atomic_open, remove_stale_temps, write_text_atomic
+from ..files import atomic_open, remove_stale_temps
 from ..imageops import resized
+from ..settext import READING_FIELDS, corpus_digests, own_pair, pairs_of_images
 from ..world import image_digest
 from .backbones import Backbone
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
@@ -200,68 +200,62 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     return corpus
 
 
-# the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
-# a coreset's one member
-OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
+def _stored_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]] | None:
+    """Each pair's (real pair, caption) list for ``mode`` as the set stores it (``settext``), or None
+    for a set made before they were stored (or for ``image-captions``, never stored)."""
+    if mode not in READING_FIELDS:
+        return None
+    index_key, caption_key = READING_FIELDS[mode]
+    groups = []
+    for p in ds.pairs:
+        idx, caps = p.get(index_key), p.get(caption_key)
+        if not isinstance(idx, list) or not isinstance(caps, list) or len(idx) != len(caps) or not idx:
+            return None
+        groups.append([(int(m), str(c)) for m, c in zip(idx, caps)])
+    return groups
 
 
-def _own_pair(p: dict) -> int | None:
-    for key in OWN_PAIR_FIELDS:
-        if key in p:
-            return int(p[key])
-    members = p.get("members") or []
-    return int(members[0]) if len(members) == 1 else None
-
-
-def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode: str = "members") -> torch.Tensor:
-    """Each pair's text as a mean of real captions: of its member pairs (``members``), of every caption
-    of the images those members show (``image-captions``), or of every caption of the one image the
-    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own)."""
+def _corpus_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]]:
+    """Each pair's (real pair, caption) list for ``mode``, rebuilt from the source corpus."""
     if mode == "image":
-        own = [_own_pair(p) for p in ds.pairs]
-        if any(o is None for o in own):
-            raise ProtosynthError(
-                f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
-            )
-        groups = [[o] for o in own]
+        groups = [[own_pair(p)] for p in ds.pairs]
     else:
-        if any(not p.get("members") for p in ds.pairs):
-            raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
         groups = [list(p["members"]) for p in ds.pairs]
     corpus = source_corpus(ds)
     top = max(m for g in groups for m in g)
     if top >= corpus.n_pairs:
         raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
     if mode != "members":
-        of_image = {}
-        for pair, image in enumerate(corpus.pair_image):
-            of_image.setdefault(int(image), []).append(pair)
+        of_image = pairs_of_images(corpus, {int(corpus.pair_image[m]) for g in groups for m in g})
         groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
-    wanted = sorted({m for g in groups for m in g})
-    feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
+    return [[(m, corpus.pair_caption[m]) for m in g] for g in groups]
+
+
+def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode: str = "members") -> torch.Tensor:
+    """Each pair's text as a mean of real captions: of its member pairs (``members``), of every caption
+    of the images those members show (``image-captions``), or of every caption of the one image the
+    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own). The captions
+    the set stores are read first; the source corpus only for a set made before they were stored.
+    Both give the same encoder input (every distinct real pair once, in pair order), so the same
+    features."""
+    if mode == "image" and any(own_pair(p) is None for p in ds.pairs):
+        raise ProtosynthError(
+            f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
+        )
+    if mode != "image" and any(not p.get("members") for p in ds.pairs):
+        raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
+    groups = _stored_groups(ds, mode) or _corpus_groups(ds, mode)
+    caption = {m: c for g in groups for m, c in g}
+    wanted = sorted(caption)
+    feats = encode_texts(encoder, [caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
-    return torch.stack([feats[[row[m] for m in g]].mean(0) for g in groups])
+    return torch.stack([feats[[row[m] for m, _ in g]].mean(0) for g in groups])
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
-    """Pixel digest -> image index, for the overlap check. A file corpus's digests (each image
-    decoded at full size, one at a time) are cached by its fingerprint, as its pixels are, so an
-    evaluation does not decode the whole test split a second time."""
-    if corpus.pixels is not None:  # in memory (the world): nothing to save
-        return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
-    path = cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            digests = json.loads(path.read_text())
-            if len(digests) == corpus.n_images:
-                return {bytes.fromhex(d): i for i, d in enumerate(digests)}
-        except ValueError:
-            pass  # a damaged cache file is recomputed below
-    check_cache_writable(path.parent)
-    digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps([d.hex() for d in digests]))
-    return {d: i for i, d in enumerate(digests)}
+    """Pixel digest -> image index, for the overlap check (``settext.corpus_digests``: cached for a
+    file corpus, so an evaluation does not decode the whole test split a second time)."""
+    return {d: i for i, d in enumerate(corpus_digests(corpus))}
 
 
 def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:
@@ -275,7 +269,14 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
         if hit is not None:
             raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
     members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
-    if members and corpus_spec:
+    if members and ds.member_images is not None:  # stored with the set: no corpus needed
+        for key, digest in ds.member_images.get("images", []):
+            hit = test_hashes.get(bytes.fromhex(digest))
+            if hit is not None:
+                raise ProtosynthError(
+                    f"{ds.root}: member image {key} of {corpus_spec} is test image {hit} of {test.spec}"
+                )
+    elif members and corpus_spec:  # a set made before the digests were stored
         corpus = source_corpus(ds)
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
