@@ -112,9 +112,9 @@ def text_lines(manifest: dict, stores_texts: bool) -> list[str]:
     that stores them, the per-pair caption lists each reading averages."""
     reading = (manifest.get("evaluation") or {}).get("text", "captions")
     lines = [
-        f"- **text reading** (`eval retrieval --text auto`): `{reading}`, each pair's text the mean, in the "
-        "learner's text space, of the captions that reading lists (a set storing embeddings in that space "
-        "is trained on them instead)\n"
+        f"- **text reading** (what `eval retrieval` trains on by default): `{reading}`, each pair's text the "
+        "mean, in the learner's text space, of the captions that reading lists (a set storing embeddings in "
+        "that space is trained on them instead)\n"
     ]
     if stores_texts:
         lines.append(

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from protosynth.baselines.buffer import BufferConfig, build_buffer
+from protosynth.baselines.presets import BaselineConfig
+from protosynth.baselines.run import distill_baseline
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
@@ -22,6 +25,7 @@ from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.evaluation.text_encoders import load_text_encoder
 from protosynth.files import sha256_file
 from protosynth.render import RenderConfig
+from protosynth.report import ReportConfig, build_report
 from protosynth.settext import MEMBER_IMAGES
 
 TEST = "shapes:test,n=40"
@@ -82,7 +86,7 @@ def test_a_file_set_scores_the_same_after_its_corpus_is_deleted(file_set, jsonl_
     after = {text: scores(file_set, tiny_backbone, text) for text in ("members", "image", "captions")}
     assert after == before
     assert before["members"]["text"] == "members" and before["members"] != before["image"]
-    with pytest.raises(ProtosynthError, match="corpus"):  # a reading the set does not store still needs it
+    with pytest.raises(ProtosynthError, match="needs the source corpus of this set"):
         scores(file_set, tiny_backbone, "image-captions")
 
 
@@ -112,7 +116,7 @@ def test_stored_and_corpus_readings_are_identical(file_set, jsonl_corpus, tiny_b
         assert scores(file_set, tiny_backbone, reading) == scores(old, tiny_backbone, reading)
     shutil.rmtree(jsonl_corpus.parent / "img")
     jsonl_corpus.unlink()
-    with pytest.raises(ProtosynthError, match="corpus"):  # the old set needs its corpus
+    with pytest.raises(ProtosynthError, match="needs the source corpus of this set"):
         scores(old, tiny_backbone, "members")
 
 
@@ -145,3 +149,25 @@ def test_coreset_pairs_store_their_image_captions(jsonl_corpus, quick_models, ti
     shutil.rmtree(jsonl_corpus.parent / "img")
     jsonl_corpus.unlink()
     assert scores(folder, tiny_backbone, "image") == before
+
+
+def test_report_needs_no_corpus_and_names_the_reading(file_set, jsonl_corpus, tmp_path):
+    shutil.rmtree(jsonl_corpus.parent / "img")
+    jsonl_corpus.unlink()
+    page = build_report([file_set], ReportConfig(out=tmp_path / "r.html")).read_text()
+    assert "text reading <b>members</b>" in page and "source corpus could not be loaded" in page
+
+
+def test_baseline_pairs_store_their_start_pair_captions(tmp_path):
+    corpus = "shapes,n=40"
+    buffer = build_buffer(BufferConfig(corpus=corpus, experts=1, epochs=2, batch_size=16, out=tmp_path / "buf"))
+    cfg = BaselineConfig(
+        method="mtt-vl", budget=6, buffer=buffer, out=tmp_path / "mtt", iterations=2, syn_steps=2, batch_syn=6
+    )
+    ds = load_distilled(distill_baseline(cfg), verify=True)
+    world = load_corpus(corpus)
+    for p in ds.pairs:
+        assert p["members"] == [p["init_pair"]] and p["captions_members"] == [p["caption"]]
+        assert p["captions_image"] == world.captions[int(world.pair_image[p["init_pair"]])]
+    images = sorted({int(world.pair_image[p["init_pair"]]) for p in ds.pairs})
+    assert [k for k, _ in ds.member_images["images"]] == [world.image_keys[i] for i in images]

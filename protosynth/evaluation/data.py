@@ -221,7 +221,12 @@ def _corpus_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]]:
         groups = [[own_pair(p)] for p in ds.pairs]
     else:
         groups = [list(p["members"]) for p in ds.pairs]
-    corpus = source_corpus(ds)
+    try:
+        corpus = source_corpus(ds)
+    except ProtosynthError as exc:
+        raise ProtosynthError(
+            f"{P.text(mode)} needs the source corpus of this set, which stores no captions for it: {exc}"
+        ) from None
     top = max(m for g in groups for m in g)
     if top >= corpus.n_pairs:
         raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
@@ -277,7 +282,12 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
                     f"{ds.root}: member image {key} of {corpus_spec} is test image {hit} of {test.spec}"
                 )
     elif members and corpus_spec:  # a set made before the digests were stored
-        corpus = source_corpus(ds)
+        try:
+            corpus = source_corpus(ds)
+        except ProtosynthError as exc:
+            raise ProtosynthError(
+                f"the overlap check needs the source corpus of this set, which stores no member image digests: {exc}"
+            ) from None
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:
