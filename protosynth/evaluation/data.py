@@ -13,6 +13,9 @@ Text of a set is used the way it was stored (``--text``):
   pair: all captions of its one image), the reference that tells caption averaging apart from
   summarising many scenes;
 - ``stored``: the stored embeddings, which must be in the protocol's text space.
+
+The captions of ``members`` and ``image`` are read from the set (``protosynth.settext``); only a set
+made before it stored them, and ``image-captions``, read the source corpus.
 """
 
 from __future__ import annotations
