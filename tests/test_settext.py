@@ -23,6 +23,7 @@ from protosynth.evaluation.backbones import load_backbone
 from protosynth.evaluation.data import set_data
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.evaluation.text_encoders import load_text_encoder
+from protosynth.export import ExportConfig, export_set
 from protosynth.files import sha256_file
 from protosynth.render import RenderConfig
 from protosynth.report import ReportConfig, build_report
@@ -149,6 +150,9 @@ def test_coreset_pairs_store_their_image_captions(jsonl_corpus, quick_models, ti
     shutil.rmtree(jsonl_corpus.parent / "img")
     jsonl_corpus.unlink()
     assert scores(folder, tiny_backbone, "image") == before
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (the share extra)")
+    table = pq.read_table(export_set(folder, ExportConfig(to="parquet", out=tmp_path / "core.parquet")))
+    assert table.column("captions_image").to_pylist() == [p["captions_image"] for p in ds.pairs]  # and exports
 
 
 def test_report_needs_no_corpus_and_names_the_reading(file_set, jsonl_corpus, tmp_path):
