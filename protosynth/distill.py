@@ -61,6 +61,7 @@ from .prototypes import (
 )
 from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .sets.texts import member_images, with_reading_texts
 from .util.runinfo import check_device, check_seed, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    pairs = with_reading_texts(pairs, corpus)  # the set carries the captions its readings average
+    hashes = member_images(pairs, corpus)  # and its members' image digests, for the overlap check
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     log.info("wrote %s", out)
     return out
 

@@ -85,7 +85,7 @@ def test_layout(full_run):
     files = sorted(str(p.relative_to(full_run)) for p in full_run.rglob("*") if p.is_file())
     images = [f"images/{i:06d}.png" for i in range(BUDGET)]
     rest = ["pairs.jsonl", "embeddings.safetensors", "preview.png", "metadata.jsonl", "README.md", "manifest.json"]
-    assert files == sorted(images + rest)
+    assert files == sorted(images + rest + ["member_images.json"])  # the members' image digests (issue 30)
     assert [p.name for p in full_run.parent.iterdir()] == ["set"], "temporary folder left behind"
     for name in images:
         with Image.open(full_run / name) as im:

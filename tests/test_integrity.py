@@ -188,12 +188,12 @@ def verify_cli(folder: Path):
 
 def test_verify_a_clean_set_and_a_damaged_one(a_set, clean_set):
     listed = json.loads((clean_set / "manifest.json").read_text())["files"]
-    # six images, pairs.jsonl, metadata.jsonl, README.md, embeddings.safetensors, preview.png
-    assert len(listed) == 11
+    # six images, pairs.jsonl, metadata.jsonl, README.md, embeddings.safetensors, preview.png, member_images.json
+    assert len(listed) == 12
     report = verify(a_set)
-    assert (report.kind, report.checked, report.problems) == ("distilled set", 11, [])
+    assert (report.kind, report.checked, report.problems) == ("distilled set", 12, [])
     r = verify_cli(a_set)
-    assert r.exit_code == 0 and r.stdout == "ok: 11 files checked\n", r.output
+    assert r.exit_code == 0 and r.stdout == "ok: 12 files checked\n", r.output
     (a_set / "images/000003.png").unlink()
     (a_set / "images/000002.png").write_bytes(b"\x89PNG not really")
     (a_set / "pairs.jsonl").write_text((clean_set / "pairs.jsonl").read_text().replace('"index": 1,', '"index": 7,'))

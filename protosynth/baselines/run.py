@@ -38,6 +38,7 @@ from ..evaluation.pixels import denormalise
 from ..models.clip import load_clip
 from ..prototypes import kmeans
 from ..sets.distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from ..sets.texts import member_images, with_reading_texts
 from ..util.progress import StepBar
 from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
 from . import amd
@@ -351,4 +352,14 @@ def _write(
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
         "command": command,
     }
-    return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)
+    rows = with_reading_texts(rows, corpus)  # the start pairs' captions: its captions-like readings
+    return write_distilled(
+        out,
+        images,
+        rows,
+        tensors,
+        manifest,
+        text_space=feats.encoder.space,
+        force=cfg.force,
+        member_images=member_images(rows, corpus),
+    )

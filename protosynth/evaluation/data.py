@@ -19,12 +19,14 @@ Text of a set is used the way it was stored (``--text``):
   that CLIP as its text encoder). A set declaring ``prototype`` (``distill --preset pds-published``)
   is read, under ``auto`` and in any other text space, with ``members``: the mean of the same member
   captions the prototype averages, in the protocol's text space.
+
+The captions of ``members`` and ``image`` are read from the set (``protosynth.sets.texts``); only a set
+made before it stored them, and ``image-captions``, read the source corpus.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,8 @@ from ..errors import P, ProtosynthError
 from ..models.backbones import Backbone
 from ..models.text_encoders import TextEncoder
 from ..sets.distilled import DistilledSet
-from ..util.files import atomic_open, remove_stale_temps, write_text_atomic
+from ..sets.texts import READING_FIELDS, corpus_digests, own_pair, pairs_of_images
+from ..util.files import atomic_open, remove_stale_temps
 from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
@@ -223,68 +226,67 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     return corpus
 
 
-# the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
-# a coreset's one member
-OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
+def _stored_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]] | None:
+    """Each pair's (real pair, caption) list for ``mode`` as the set stores it (``sets.texts``), or None
+    for a set made before they were stored (or for ``image-captions``, never stored)."""
+    if mode not in READING_FIELDS:
+        return None
+    index_key, caption_key = READING_FIELDS[mode]
+    groups = []
+    for p in ds.pairs:
+        idx, caps = p.get(index_key), p.get(caption_key)
+        if not isinstance(idx, list) or not isinstance(caps, list) or len(idx) != len(caps) or not idx:
+            return None
+        groups.append([(int(m), str(c)) for m, c in zip(idx, caps)])
+    return groups
 
 
-def _own_pair(p: dict) -> int | None:
-    for key in OWN_PAIR_FIELDS:
-        if key in p:
-            return int(p[key])
-    members = p.get("members") or []
-    return int(members[0]) if len(members) == 1 else None
+def _corpus_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]]:
+    """Each pair's (real pair, caption) list for ``mode``, rebuilt from the source corpus."""
+    if mode == "image":
+        groups = [[own_pair(p)] for p in ds.pairs]
+    else:
+        groups = [list(p["members"]) for p in ds.pairs]
+    try:
+        corpus = source_corpus(ds)
+    except ProtosynthError as exc:
+        raise ProtosynthError(
+            f"{P.text(mode)} needs the source corpus of this set, which stores no captions for it: {exc}"
+        ) from None
+    top = max(m for g in groups for m in g)
+    if top >= corpus.n_pairs:
+        raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
+    if mode != "members":
+        of_image = pairs_of_images(corpus, {int(corpus.pair_image[m]) for g in groups for m in g})
+        groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
+    return [[(m, corpus.pair_caption[m]) for m in g] for g in groups]
 
 
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode: str = "members") -> torch.Tensor:
     """Each pair's text as a mean of real captions: of its member pairs (``members``), of every caption
     of the images those members show (``image-captions``), or of every caption of the one image the
-    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own)."""
-    if mode == "image":
-        own = [_own_pair(p) for p in ds.pairs]
-        if any(o is None for o in own):
-            raise ProtosynthError(
-                f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
-            )
-        groups = [[o] for o in own]
-    else:
-        if any(not p.get("members") for p in ds.pairs):
-            raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
-        groups = [list(p["members"]) for p in ds.pairs]
-    corpus = source_corpus(ds)
-    top = max(m for g in groups for m in g)
-    if top >= corpus.n_pairs:
-        raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
-    if mode != "members":
-        of_image = {}
-        for pair, image in enumerate(corpus.pair_image):
-            of_image.setdefault(int(image), []).append(pair)
-        groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
-    wanted = sorted({m for g in groups for m in g})
-    feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
+    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own). The captions
+    the set stores are read first; the source corpus only for a set made before they were stored.
+    Both give the same encoder input (every distinct real pair once, in pair order), so the same
+    features."""
+    if mode == "image" and any(own_pair(p) is None for p in ds.pairs):
+        raise ProtosynthError(
+            f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
+        )
+    if mode != "image" and any(not p.get("members") for p in ds.pairs):
+        raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
+    groups = _stored_groups(ds, mode) or _corpus_groups(ds, mode)
+    caption = {m: c for g in groups for m, c in g}
+    wanted = sorted(caption)
+    feats = encode_texts(encoder, [caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
-    return torch.stack([feats[[row[m] for m in g]].mean(0) for g in groups])
+    return torch.stack([feats[[row[m] for m, _ in g]].mean(0) for g in groups])
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
-    """Pixel digest -> image index, for the overlap check. A file corpus's digests (each image
-    decoded at full size, one at a time) are cached by its fingerprint, as its pixels are, so an
-    evaluation does not decode the whole test split a second time."""
-    if corpus.pixels is not None:  # in memory (the world): nothing to save
-        return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
-    path = cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            digests = json.loads(path.read_text())
-            if len(digests) == corpus.n_images:
-                return {bytes.fromhex(d): i for i, d in enumerate(digests)}
-        except ValueError:
-            pass  # a damaged cache file is recomputed below
-    check_cache_writable(path.parent)
-    digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps([d.hex() for d in digests]))
-    return {d: i for i, d in enumerate(digests)}
+    """Pixel digest -> image index, for the overlap check (``sets.texts.corpus_digests``: cached for a
+    file corpus, so an evaluation does not decode the whole test split a second time)."""
+    return {d: i for i, d in enumerate(corpus_digests(corpus))}
 
 
 def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:
@@ -298,8 +300,20 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
         if hit is not None:
             raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
     members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
-    if members and corpus_spec:
-        corpus = source_corpus(ds)
+    if members and ds.member_images is not None:  # stored with the set: no corpus needed
+        for key, digest in ds.member_images.get("images", []):
+            hit = test_hashes.get(bytes.fromhex(digest))
+            if hit is not None:
+                raise ProtosynthError(
+                    f"{ds.root}: member image {key} of {corpus_spec} is test image {hit} of {test.spec}"
+                )
+    elif members and corpus_spec:  # a set made before the digests were stored
+        try:
+            corpus = source_corpus(ds)
+        except ProtosynthError as exc:
+            raise ProtosynthError(
+                f"the overlap check needs the source corpus of this set, which stores no member image digests: {exc}"
+            ) from None
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:
