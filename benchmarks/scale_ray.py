@@ -54,7 +54,7 @@ from protosynth.corpora.base import decode
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
-from protosynth.engines.base.connect import EngineConfig
+from protosynth.engines.connect import EngineConfig
 from protosynth.models.clip import load_clip
 from protosynth.prototypes import PrototypeConfig, build_prototypes
 from protosynth.util.files import git_commit, write_text_atomic

@@ -38,8 +38,8 @@ def embed(**values) -> None:
     after a kill and only the unfinished shards are computed."""
     from protosynth.corpus import load_source
     from protosynth.embed import check_config, embed_corpus
-    from protosynth.engines.base.base import make_engine
-    from protosynth.engines.base.connect import check_engine
+    from protosynth.engines.base import make_engine
+    from protosynth.engines.connect import check_engine
     from protosynth.models.clip import load_clip
     from protosynth.util.runinfo import check_device
 

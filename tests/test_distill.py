@@ -42,7 +42,8 @@ FAST = RenderConfig(steps=1, guidance_scale=1.0)  # where the pixels do not matt
 
 
 def make_cfg(models: Path, out: Path, **kw) -> DistillConfig:
-    render = kw.pop("render", RenderConfig(steps=3))
+    # 3 denoising steps keep renders fast; a selection renders nothing and refuses render settings
+    render = kw.pop("render", RenderConfig() if kw.get("method") == "select" else RenderConfig(steps=3))
     return DistillConfig(
         **{
             "budget": BUDGET,

@@ -31,13 +31,13 @@ from helpers import assert_one_line_error, png_bytes, truncate, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
-import protosynth.engines.base.connect as engine_module
+import protosynth.engines.connect as engine_module
 from protosynth.cli.main import app
 from protosynth.corpora.shapes import WorldConfig, generate_split
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
-from protosynth.engines.base.connect import EngineConfig, check_engine
+from protosynth.engines.connect import EngineConfig, check_engine
 from protosynth.errors import ProtosynthError
 from protosynth.models.clip import load_clip
 from protosynth.prototypes import PrototypeConfig, build_prototypes
@@ -45,7 +45,7 @@ from protosynth.render import RenderConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]'): the Ray engine is untested")
 
-from protosynth.engines.base.ray.cluster import map_ray  # noqa: E402 (after the skip: it imports Ray)
+from protosynth.engines.ray.cluster import map_ray  # noqa: E402 (after the skip: it imports Ray)
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = EngineConfig("ray", workers=1)
