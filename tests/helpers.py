@@ -56,6 +56,12 @@ def kill_at_first_shard(proc, out: Path, seconds: float, poll: float) -> None:
         proc.wait(timeout=30)
 
 
+def jpg_bytes(pixels: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
