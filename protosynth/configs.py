@@ -31,6 +31,8 @@ from .util.options import (
 
 RAY = f"With {P.engine('ray')}:"
 ONLY = ("all", "clip", "decoder")  # what `models train` trains
+ENGINES = ("local", "ray")  # EngineConfig.engine
+INITS = ("noise", "nearest")  # how a render starts (RenderConfig.init)
 
 
 @dataclass
@@ -60,6 +62,41 @@ class EngineConfig:
     @property
     def n_workers(self) -> int:
         return self.workers or 1
+
+    def check(self) -> None:
+        """The values alone (``engines.connect.check_engine`` adds that Ray is installed and answers)."""
+        if self.engine not in ENGINES:
+            raise ProtosynthError(f"unknown {P.engine} {self.engine!r}: use local or ray")
+        if not self.on_ray:
+            for param, value, default in (
+                (P.address, self.address, None),
+                (P.workers, self.workers, None),
+                (P.gpus_per_worker, self.gpus_per_worker, 0.0),
+            ):
+                if value != default:
+                    raise ProtosynthError(f"{param} needs {P.engine('ray')}")
+            return
+        if self.workers is not None and self.workers < 1:
+            raise ProtosynthError(f"{P.workers} must be at least 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ProtosynthError(f"{P.gpus_per_worker} must not be negative, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ProtosynthError(f"{P.cpus_per_worker} must be positive, got {self.cpus_per_worker}")
+
+
+# each RenderConfig field ``check`` names: as a parameter of its own (``render_images``) and as a
+# field of a ``DistillConfig``'s ``render``
+RENDER_REFS = {
+    "init": (P.init, P.render.init),
+    "strength": (P.strength, P.render.strength),
+    "steps": (P.steps, P.render.steps),
+    "noise_level": (P.noise_level, P.render.noise_level),
+    "clip_guidance": (P.clip_guidance, P.render.clip_guidance),
+    "size": (P.size, P.render.size),
+    "super_res_steps": (P.super_res_steps, P.render.super_res_steps),
+    "batch_size": (P.batch_size, P.render.batch_size),
+    "guidance_scale": (P.guidance_scale, P.render.guidance_scale),
+}
 
 
 @dataclass
@@ -118,6 +155,29 @@ class RenderConfig:
     )
     seed: int = 0
 
+    def check(self, nested: bool = False) -> None:
+        """The values alone (``None``: the decoder's default, checked when its folder is read); what a
+        decoder cannot do is checked against the loaded decoder (``render.resolve_render``). ``nested``:
+        the settings are a ``DistillConfig``'s ``render``, and the errors name ``P.render.*``."""
+        at = {name: refs[nested] for name, refs in RENDER_REFS.items()}
+        if self.init is not None and self.init not in INITS:
+            raise ProtosynthError(f"unknown {at['init']} {self.init!r}: use {' or '.join(INITS)}")
+        if self.strength is not None and not 0.0 < self.strength <= 1.0:
+            raise ProtosynthError(f"{at['strength']} must be in (0, 1], got {self.strength}")
+        for option, value, low, high in (
+            (at["steps"], self.steps, 1, 1000),
+            (at["noise_level"], self.noise_level, 0, 999),
+            (at["clip_guidance"], self.clip_guidance, 0, 1),
+            (at["size"], self.size, 8, 4096),
+            (at["super_res_steps"], self.super_res_steps, 1, 1000),
+        ):
+            if value is not None and not low <= value <= high:
+                raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ProtosynthError(f"{at['batch_size']} must be at least 1, got {self.batch_size}")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ProtosynthError(f"{at['guidance_scale']} must not be negative, got {self.guidance_scale}")
+
 
 @dataclass
 class EmbedConfig:
@@ -134,6 +194,16 @@ class EmbedConfig:
     fp16: bool = opt(False, help="Store float16 (half the disk); readers still get float32.")
     # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
     num_workers: int | None = opt(None, flag="workers")
+
+    def check(self) -> None:
+        """The values alone (``embed.check_config`` adds that ``out`` can be written)."""
+        for param, value, low in (
+            (P.batch_size, self.batch_size, 1),
+            (P.shard_size, self.shard_size, 1),
+            (P.num_workers, 0 if self.num_workers is None else self.num_workers, 0),
+        ):
+            if value < low:
+                raise ProtosynthError(f"{param} must be at least {low}, got {value}")
 
 
 @dataclass

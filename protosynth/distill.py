@@ -59,7 +59,7 @@ from .prototypes import (
     nearest_member_pairs,
     nearest_rows,
 )
-from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
+from .render import RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .sets.texts import member_images, with_reading_texts
 from .util.runinfo import check_device, check_seed, peak_rss_mb, threads, versions
@@ -218,24 +218,7 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
     if cfg.method == "select":
         check_nothing_rendered(cfg)
-    if cfg.render.init is not None and cfg.render.init not in INITS:
-        raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
-    r = cfg.render
-    if r.strength is not None and not 0.0 < r.strength <= 1.0:
-        raise ProtosynthError(f"{P.render.strength} must be in (0, 1], got {r.strength}")
-    for option, value, low, high in (
-        (P.render.steps, r.steps, 1, 1000),
-        (P.render.noise_level, r.noise_level, 0, 999),
-        (P.render.clip_guidance, r.clip_guidance, 0, 1),
-        (P.render.size, r.size, 8, 4096),
-        (P.render.super_res_steps, r.super_res_steps, 1, 1000),
-    ):
-        if value is not None and not low <= value <= high:
-            raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
-    if r.batch_size is not None and r.batch_size < 1:
-        raise ProtosynthError(f"{P.render.batch_size} must be at least 1, got {r.batch_size}")
-    if r.guidance_scale is not None and r.guidance_scale < 0:
-        raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
+    cfg.render.check(nested=True)
     check_device(cfg.device)
     check_seed(cfg.seed)
     check_engine(cfg.engine)

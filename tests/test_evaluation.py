@@ -352,26 +352,16 @@ def test_test_split_overlapping_the_set_is_refused(pds_set, tiny_backbone):
         evaluate([pds_set], tiny_eval(tiny_backbone, test="shapes,n=200"))
 
 
+def cli_eval(set_folder: Path, backbone: Path, *args: str):
+    """``protosynth eval retrieval`` of one set with the small backbone, one repeat."""
+    return CliRunner().invoke(
+        app, ["eval", "retrieval", str(set_folder), "--backbone", f"small:{backbone}", "--repeats", "1", *args]
+    )
+
+
 def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "retrieval",
-            str(pds_set),
-            "--backbone",
-            f"small:{tiny_backbone}",
-            "--test",
-            TEST,
-            "--repeats",
-            "1",
-            "--epochs",
-            "1",
-            "--json",
-            str(out),
-        ],
-    )
+    res = cli_eval(pds_set, tiny_backbone, "--test", TEST, "--epochs", "1", "--json", str(out))
     assert res.exit_code == 0, res.output
     assert (
         "pds" in res.output
@@ -422,24 +412,7 @@ def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_
     with pytest.raises(ProtosynthError, match="val and test name different splits"):
         evaluate([pds_set], tiny_eval(tiny_backbone, split="val"))
     out = tmp_path / "v.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "retrieval",
-            str(pds_set),
-            "--backbone",
-            f"small:{tiny_backbone}",
-            "--val",
-            "shapes:val,n=40",
-            "--repeats",
-            "1",
-            "--epochs",
-            "2",
-            "--json",
-            str(out),
-        ],
-    )
+    res = cli_eval(pds_set, tiny_backbone, "--val", "shapes:val,n=40", "--epochs", "2", "--json", str(out))
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
     assert saved["split"] == "val" and saved["sets"][0]["metrics"] == doc["sets"][0]["metrics"]

@@ -23,7 +23,6 @@ from protosynth.corpus import load_corpus
 from protosynth.embed import EmbedConfig, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
-from protosynth.models.clip import load_clip
 from protosynth.sets.distilled import load_distilled
 from protosynth.sets.verify import verify
 
@@ -88,11 +87,6 @@ def test_a_set_changed_after_it_was_written_is_refused_by_evaluation(a_set, clea
 
 
 # ---- the embedding store: index.json's sha256 checked when a store is opened for use ----
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("default")
 
 
 @pytest.fixture(scope="module")
