@@ -431,6 +431,42 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "lors-b6 was made with other settings (iterations 2 (now 3))" in result.output
     lors = json.loads((out / "sets" / "lors-b6" / "manifest.json").read_text())["learned_lr"]
     assert len(lors["text_curve"]) == 2 and lors["text_curve"][-1] == pytest.approx(lors["text"], rel=1e-5)
+    # the default table: every row trained by the protocol's recipe, RepBlend and LoRS included
+    assert doc["recipe"] == "protocol" and doc["text"] == "auto" and doc["set_seeds"] == [0]
+    assert {(r["loss"], r["learned_lrs"], r.get("image_side")) for r in doc["methods"] if r["method"] != "full"} == {
+        ("info_nce", False, "finetune")
+    }
+    # both recipes, two readings, two set seeds: a table each, the first seed's sets reused
+    axes = ["--recipes", "protocol,own", "--texts", "auto,image", "--seeds", "0,1"]
+    args = [*args[:-4], "--methods", "random,select,repblend,full", *axes, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "compare.json").read_text())
+    assert [(t["recipe"], t["text"]) for t in doc["tables"]] == [
+        ("protocol", "auto"),
+        ("protocol", "image"),
+        ("own", "auto"),
+        ("own", "image"),
+    ]
+    assert (out / "sets" / "random-b6-s1").is_dir() and (out / "sets" / "select-b6").is_dir()
+    for table in doc["tables"]:
+        rows = {r["method"]: r for r in table["methods"]}
+        assert list(rows) == ["random", "select", "repblend", "full"]
+        assert rows["random"]["set_seeds"] == [0, 1] and len(rows["random"]["metrics"]["r_mean"]["runs"]) == 2
+        assert rows["full"]["metrics"] == doc["tables"][0]["methods"][3]["metrics"]  # one run, every table
+        own = table["recipe"] == "own"
+        assert (rows["repblend"]["loss"], rows["repblend"]["image_side"]) == (
+            ("wbce", "frozen+head") if own else ("info_nce", "finetune")
+        )
+        if table["text"] == "image":
+            assert rows["select"]["text"] == "image" and rows["repblend"]["text"] == "image"
+    md = (out / "compare.md").read_text()
+    assert "## recipe own, text image" in md and "| 2 (2x1) |" in md
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "rows" in p.parts or p.name == "manifest.json"}
+    assert CliRunner().invoke(app, args).exit_code == 0  # resumes: nothing made, nothing evaluated again
+    assert stamps == {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "rows" in p.parts or p.name == "manifest.json"
+    }
 
 
 def test_baseline_cli_bad_input(tmp_path):
@@ -605,7 +641,7 @@ def test_compare_rows_pool_set_seeds_and_keep_old_row_keys():
     assert "metrics" not in marked and marked["unsupported"] == "text image: no one image"
     cfg = EvalConfig(protocol="small", repeats=2)
     old = {k: v for k, v in asdict(cfg).items() if k not in ("skip_bad", "image_column", "caption_column")}
-    old.pop("text"), old.pop("recipe")
+    old.pop("recipe")
     assert row_key(None, cfg) == hashlib.sha256(b"full" + json.dumps(old, sort_keys=True).encode()).hexdigest()[:20]
     keys = {row_key(None, cfg), row_key(None, EvalConfig(protocol="small", repeats=2, recipe="protocol"))}
     assert len(keys | {row_key(None, EvalConfig(protocol="small", repeats=2, text="captions"))}) == 3

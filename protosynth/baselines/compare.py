@@ -41,6 +41,7 @@ from ..util.files import atomic_path, check_writable, git_commit, write_text_ato
 from ..util.runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
 from .compare_rows import evaluate_full, evaluate_group, pooled
+from .compare_rows import row_key as _row_key  # noqa: F401 (its earlier home, where tests read it)
 from .configs import (  # noqa: F401 (re-exported: its public home)
     ALL_METHODS,
     COMPARE_TEXTS,
@@ -500,10 +501,10 @@ def _table_lines(rows: list[dict]) -> list[str]:
             lines.append(f"| {row['method']} | not scored: {row.get('unsupported', '-')} |")
             continue
         cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
-        n = len(row["metrics"]["r_mean"]["runs"])
+        n = len(row["metrics"]["r_mean"].get("runs", []))
         seeds = len(row.get("set_seeds") or []) or 1
         extra = [
-            f"{n} ({seeds}x{n // seeds})",
+            f"{n} ({seeds}x{n // seeds})" if n else "-",
             row.get("text", "-"),
             f"{row.get('loss', 'info_nce')}, {'learned' if row.get('learned_lrs') else 'protocol'}"
             + (", frozen+head" if row.get("image_side") == "frozen+head" else ""),

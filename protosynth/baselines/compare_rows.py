@@ -23,8 +23,8 @@ from ..sets.distilled import load_distilled
 from ..util.files import write_text_atomic
 
 # EvalConfig settings added after rows were first stored: left out of a row's key while at these
-# values, so rows stored before keep their keys (they were scored with a set's own recipe and reading)
-LATER = {"skip_bad": False, "image_column": None, "caption_column": None, "text": "auto", "recipe": "own"}
+# values, so rows stored before keep their keys (they were scored with a set's own recipe)
+LATER = {"skip_bad": False, "image_column": None, "caption_column": None, "recipe": "own"}
 
 
 def row_key(path: Path | None, eval_cfg: EvalConfig) -> str:

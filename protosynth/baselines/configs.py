@@ -117,7 +117,7 @@ class CompareConfig(ReadsCorpus):
     repeats: int = 5
     out: Path = opt(Path("runs/compare"), help="Work and output folder (compare.json/.md/.png); reruns resume.")
     quick: bool = opt(False, help="Smoke-sized run (see README): minutes, not a result.")
-    seed: int = opt(0, help="Seed of the buffers and of the evaluation's repeats (the sets' seeds: --seeds).")
+    seed: int = opt(0, help=f"Seed of the buffers and of the evaluation's repeats (the sets' seeds: {P.seeds}).")
     # set seeds: each method's set made once per seed (None: just ``seed``)
     seeds: tuple[int, ...] | None = opt(
         None, help="Comma-separated set seeds: each method's set made per seed; rows report mean ± std over all."
