@@ -537,7 +537,8 @@ def plot(doc: dict, path: Path) -> None:
         color="tab:blue",
     )
     ax1.set_ylabel("r_mean (%)")
-    ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats)")
+    recipe = f", recipe {doc['recipe']}, text {doc['text']}" if "recipe" in doc else ""
+    ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats{recipe})")
     made = [r for r in rows if r.get("distill_seconds") is not None]
     ax2.bar([r["method"] for r in made], [r["distill_seconds"] for r in made], color="tab:orange")
     ax2.set_ylabel("distillation seconds")
