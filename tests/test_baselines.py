@@ -460,6 +460,12 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
         )
         if table["text"] == "image":
             assert rows["select"]["text"] == "image" and rows["repblend"]["text"] == "image"
+    by_table = {(t["recipe"], t["text"]): {r["method"]: r for r in t["methods"]} for t in doc["tables"]}
+    for text in ("auto", "image"):  # random and select store nothing of their own: one run serves both recipes
+        for method in ("random", "select"):
+            assert by_table["own", text][method]["metrics"] == by_table["protocol", text][method]["metrics"]
+        own, proto = by_table["own", text]["repblend"], by_table["protocol", text]["repblend"]
+        assert own["metrics"]["r_mean"]["runs"] != proto["metrics"]["r_mean"]["runs"]
     md = (out / "compare.md").read_text()
     assert "## recipe own, text image" in md and "| 2 (2x1) |" in md
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "rows" in p.parts or p.name == "manifest.json"}

@@ -5,7 +5,8 @@ A row of a table pools its method's sets over the set seeds: mean ± sample std 
 training repeat) run, with the number of each. A set that cannot be read with a table's text reading
 (``evaluation.data.unsupported_reading``) is marked with the reason, never scored another way. The full
 data row does not depend on the recipe or the reading (it trains on every caption, with nothing a
-method's own recipe adds), so it is trained once and shown in every table.
+method's own recipe adds), so it is trained once and shown in every table; likewise a set that stores
+nothing of its own recipe (random, coresets, PDS) is trained once per reading for both recipes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.data import unsupported_reading
+from ..evaluation.data import has_own_recipe, unsupported_reading
 from ..evaluation.evaluate import METRIC_NAMES, EvalConfig, evaluate
 from ..sets.distilled import load_distilled
 from ..util.files import write_text_atomic
@@ -44,21 +45,24 @@ def evaluate_group(out: Path, sets: dict[tuple[str, int], Path], eval_cfg: EvalC
     """Every set under one (recipe, reading): a stored row where there is one, else one evaluation of
     all the others (test data loaded once); a set the reading cannot read gets ``unsupported``."""
     rows: dict[tuple[str, int], dict] = {}
-    todo = []
+    todo = {}
     for key, path in sets.items():
-        store = _store(out, key[0], path, eval_cfg)
+        ds = load_distilled(path)
+        # a set with nothing of its own trains the same under both recipes: one row serves both tables
+        store = _store(out, key[0], path, eval_cfg if has_own_recipe(ds) else replace(eval_cfg, recipe="own"))
         if store.is_file():
             rows[key] = json.loads(store.read_text())
-        elif reason := unsupported_reading(load_distilled(path), eval_cfg.text):
+        elif reason := unsupported_reading(ds, eval_cfg.text):
             rows[key] = {"unsupported": f"text {eval_cfg.text}: {reason}"}
         else:
-            todo.append(key)
+            todo[key] = store
     if todo:
         doc = evaluate([sets[k] for k in todo], eval_cfg)
         head = {k: v for k, v in doc.items() if k != "sets"}
-        for key, row in zip(todo, doc["sets"]):
+        for (key, store), row in zip(todo.items(), doc["sets"]):
             rows[key] = {"row": row, "head": head}
-            write_text_atomic(_store(out, key[0], sets[key], eval_cfg), json.dumps(rows[key], indent=2))
+            store.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(store, json.dumps(rows[key], indent=2))
     return rows
 
 

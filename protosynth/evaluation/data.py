@@ -197,6 +197,13 @@ def protocol_recipe(data: PairData) -> PairData:
     )
 
 
+def has_own_recipe(ds: DistilledSet) -> bool:
+    """Whether the set stores anything ``protocol_recipe`` drops (learned lrs, soft labels, a frozen-backbone
+    head): without, both recipes train it the same way."""
+    own = ("lr_image", "lr_text", "similarity")
+    return any(k in ds.tensors for k in own) or ds.manifest.get("evaluation", {}).get("image") == "frozen+head"
+
+
 def unsupported_reading(ds: DistilledSet, mode: str) -> str | None:
     """Why ``set_data`` cannot read ``ds`` with text mode ``mode`` (the pairs lack what it averages), or
     None: a comparison marks such a row instead of evaluating it another way."""
