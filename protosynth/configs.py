@@ -363,6 +363,13 @@ class EvalConfig:
         "stored text prototype, as the PDS authors train on; needs the set's CLIP as text encoder): which "
         "text of a set trains the model.",
     )
+    # "own": a set's stored soft labels, learned lrs and frozen backbone, as its method trains;
+    # "protocol": the protocol's recipe for every set (InfoNCE, its lrs, its image side)
+    recipe: str = opt(
+        "own",
+        help="own (a set's stored soft labels, learned lrs and frozen-backbone head, where it stores them) or "
+        "protocol (every set trained by the protocol's recipe, ignoring them): DD-Ranking's with and without.",
+    )
     device: str = "cpu"
     backbone: str | None = opt(None, help="Image backbone spec instead of the protocol's.")
     # default: the protocol's (a tiny BERT folder in the tests)

@@ -198,7 +198,7 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     assert _settings(BufferConfig(corpus=CorpusSource(image_root=Path("data"), skip_bad=True)))[
         "image_root"
     ] == os.path.abspath("data")
-    later = ("skip_bad", "image_column", "caption_column")
+    later = ("skip_bad", "image_column", "caption_column", "recipe")
     before = {k: v for k, v in asdict(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key

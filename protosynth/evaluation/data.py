@@ -27,6 +27,7 @@ made before it stored them, and ``image-captions``, read the source corpus.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ from .retrieval import PairData, TestData
 TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
 # what a set may declare as its manifest's evaluation.text
 SET_TEXT_RULES = ("captions", "members", "image", "prototype")
+# how a set is trained (EvalConfig.recipe): its method's own recipe where it stores one, or the protocol's
+RECIPES = ("own", "protocol")
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
@@ -179,6 +182,39 @@ def set_data(
         similarity=sim.float() if sim is not None else None,
         image_head=image_side == "frozen+head",
     )
+
+
+def protocol_recipe(data: PairData) -> PairData:
+    """The pairs without what a method's own recipe adds (soft labels, learned lrs, a frozen
+    backbone with a trained head), so the set trains as the protocol trains any set: one recipe per table."""
+    return replace(
+        data,
+        lr_image=None,
+        lr_text=None,
+        similarity=None,
+        image_head=False,
+        notes=dict(data.notes, learned_lrs=False),
+    )
+
+
+def has_own_recipe(ds: DistilledSet) -> bool:
+    """Whether the set stores anything ``protocol_recipe`` drops (learned lrs, soft labels, a frozen-backbone
+    head): without, both recipes train it the same way."""
+    own = ("lr_image", "lr_text", "similarity")
+    return any(k in ds.tensors for k in own) or ds.manifest.get("evaluation", {}).get("image") == "frozen+head"
+
+
+def unsupported_reading(ds: DistilledSet, mode: str) -> str | None:
+    """Why ``set_data`` cannot read ``ds`` with text mode ``mode`` (the pairs lack what it averages), or
+    None: a comparison marks such a row instead of evaluating it another way."""
+    pairs = ds.pairs
+    if mode == "captions" and any(not isinstance(p.get("caption"), str) or not p["caption"].strip() for p in pairs):
+        return "a pair has no caption"
+    if mode in ("members", "image-captions") and any(not p.get("members") for p in pairs):
+        return "a pair has no member pairs"
+    if mode == "image" and any(own_pair(p) is None for p in pairs):
+        return "a pair shows no one real image (rendered from several members)"
+    return None
 
 
 def _text_prototypes(ds: DistilledSet, stored, stored_space, encoder: TextEncoder) -> torch.Tensor:
