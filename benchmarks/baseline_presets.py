@@ -60,8 +60,8 @@ class Candidate:
 
 def candidates(method: str, budget: int) -> list[Candidate]:
     """The current world preset, then one change of each value the world preset sets: the other lr
-    space; the data lr 10 against Flickr's (at 100 pairs, where Flickr's is 100; at 200 and 500 it is
-    1,000); lr_sim 1 against 0.1 (or 0.1 against 1) for the methods with a similarity matrix."""
+    space; the data lr 10 against Flickr's official one (100 at 100 pairs, 1,000 for MTT-VL there and
+    at 200 and 500 for all); lr_sim 1 against 0.1 (or 0.1 against 1) for the methods with S."""
     world, flickr = preset(method, "world", budget), preset(method, "flickr", budget)
     out = [Candidate("preset", {})]
     space = "log" if world["lr_space"] == "linear" else "linear"

@@ -64,20 +64,23 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
-    """Runs in a spawned process: random data, one k-means, this process's own peak memory."""
-    x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
-    before = psutil.Process().memory_info().rss
+def _timed_kmeans(x, n: int, d: int, k: int, niter: int) -> tuple[dict, dict]:
+    """One k-means of ``x`` (seed 0): the row's first columns (its size and seconds) and the stats
+    k-means reports."""
     stats: dict = {}
     t = time.perf_counter()
     kmeans(x, k, niter, seed=0, stats=stats)
     seconds = time.perf_counter() - t
+    return {"n": n, "d": d, "k": k, "niter": niter, "seconds": round(seconds, 2)}, stats
+
+
+def _kmeans_child(n: int, d: int, k: int, niter: int) -> dict:
+    """Runs in a spawned process: random data, one k-means, this process's own peak memory."""
+    x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+    before = psutil.Process().memory_info().rss
+    row, stats = _timed_kmeans(x, n, d, k, niter)
     return {
-        "n": n,
-        "d": d,
-        "k": k,
-        "niter": niter,
-        "seconds": round(seconds, 2),
+        **row,
         "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
         "rss_before_kmeans_mb": round(before / 2**20, 1),
         "data_mb": round(x.nbytes / 2**20, 1),
@@ -108,18 +111,11 @@ def _kmeans_mmap_child(n: int, d: int, k: int, niter: int, folder: str, shard: i
     before = _status_kb("RssAnon")
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
-    stats: dict = {}
-    t = time.perf_counter()
-    kmeans(x, k, niter, seed=0, stats=stats)
-    seconds = time.perf_counter() - t
+    row, stats = _timed_kmeans(x, n, d, k, niter)
     done.set()
     watcher.join()
     return {
-        "n": n,
-        "d": d,
-        "k": k,
-        "niter": niter,
-        "seconds": round(seconds, 2),
+        **row,
         "shards": len(paths),
         "data_mb": round(n * d * 4 / 2**20, 1),
         "anon_before_kmeans_mb": round(before / 1024, 1),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from protosynth.baselines.configs import ALL_METHODS as METHODS
 from protosynth.baselines.configs import BaselineConfig, BufferConfig, CompareConfig
 
-from .common import comma_list, command_line, run
+from .common import comma_list, command_line, fail, run
 from .options import REQUIRED, build, command, fields
 
 # compare-baselines' default --methods: protosynth.baselines.compare.ALL_METHODS (a test checks)
@@ -30,17 +32,22 @@ def register(app: typer.Typer) -> None:
     command(app, "buffer", buffer_flags)(buffer)
     baseline_flags = fields(
         BaselineConfig,
-        f"method budget buffer {CORPUS} out force seed device preset quick {KNOBS} rank alpha grad_mode merged clip",
+        f"method budget buffer {CORPUS} out force seed device preset quick {KNOBS} rank alpha grad_mode merged "
+        "train_mode variant clip",
         method={"default": REQUIRED},
         buffer={"default": REQUIRED},
         merged={"decls": ("--merged/--separate",)},
+        train_mode={"decls": ("--train-student/--eval-student",)},
     )
     command(app, "baseline", baseline_flags)(baseline)
     compare_flags = fields(
         CompareConfig,
         f"budget methods corpus test {CORPUS} protocol repeats out quick seed device eval_epochs experts "
-        "expert_epochs iterations",
+        "expert_epochs iterations seeds recipes texts",
         methods={"annotation": str, "default": ALL_METHODS},
+        seeds={"annotation": Optional[str], "default": None},
+        recipes={"annotation": str, "default": "protocol"},
+        texts={"annotation": str, "default": "auto"},
     )
     command(app, "compare-baselines", compare_flags)(compare_baselines)
 
@@ -60,12 +67,29 @@ def baseline(**values) -> None:
     typer.echo(f"wrote {run(distill_baseline, cfg, command=command_line(), verb='baseline')}")
 
 
-def compare_baselines(methods: str, **values) -> None:
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``0,1,2``; None: the one ``--seed``."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in comma_list("--seeds", text))
+    except ValueError:
+        fail(f"--seeds {text!r}: use comma-separated whole numbers such as 0,1,2")
+
+
+def compare_baselines(methods: str, seeds: str | None, recipes: str, texts: str, **values) -> None:
     """Make every method's set at one budget, evaluate all under one protocol, write the table."""
     from protosynth.baselines.compare import compare_baselines as run_compare
     from protosynth.baselines.compare import markdown
 
-    cfg = build(CompareConfig, values, methods=tuple(comma_list("--methods", methods)))
+    cfg = build(
+        CompareConfig,
+        values,
+        methods=tuple(comma_list("--methods", methods)),
+        seeds=parse_seeds(seeds),
+        recipes=tuple(comma_list("--recipes", recipes)),
+        texts=tuple(comma_list("--texts", texts)),
+    )
     doc = run(run_compare, cfg, command=command_line(), verb="compare-baselines")
     typer.echo(markdown(doc))
     typer.echo(f"wrote {cfg.out / 'compare.json'}, compare.md, compare.png")

@@ -126,7 +126,8 @@ def print_cross_arch_table(doc: dict) -> None:
     [
         *fields(
             EvalConfig,
-            f"protocol test val repeats epochs seed select_on_test text full {CORPUS} backbone text_encoder image_size",
+            f"protocol test val repeats epochs seed select_on_test text recipe full {CORPUS} backbone text_encoder "
+            "image_size",
             protocol=PROTOCOL,
         ),
         flag("json_out", Optional[Path], None, "Write the results document here.", "--json"),

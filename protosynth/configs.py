@@ -31,6 +31,8 @@ from .util.options import (
 
 RAY = f"With {P.engine('ray')}:"
 ONLY = ("all", "clip", "decoder")  # what `models train` trains
+ENGINES = ("local", "ray")  # EngineConfig.engine
+INITS = ("noise", "nearest")  # how a render starts (RenderConfig.init)
 
 
 @dataclass
@@ -60,6 +62,41 @@ class EngineConfig:
     @property
     def n_workers(self) -> int:
         return self.workers or 1
+
+    def check(self) -> None:
+        """The values alone (``engines.connect.check_engine`` adds that Ray is installed and answers)."""
+        if self.engine not in ENGINES:
+            raise ProtosynthError(f"unknown {P.engine} {self.engine!r}: use local or ray")
+        if not self.on_ray:
+            for param, value, default in (
+                (P.address, self.address, None),
+                (P.workers, self.workers, None),
+                (P.gpus_per_worker, self.gpus_per_worker, 0.0),
+            ):
+                if value != default:
+                    raise ProtosynthError(f"{param} needs {P.engine('ray')}")
+            return
+        if self.workers is not None and self.workers < 1:
+            raise ProtosynthError(f"{P.workers} must be at least 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ProtosynthError(f"{P.gpus_per_worker} must not be negative, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ProtosynthError(f"{P.cpus_per_worker} must be positive, got {self.cpus_per_worker}")
+
+
+# each RenderConfig field ``check`` names: as a parameter of its own (``render_images``) and as a
+# field of a ``DistillConfig``'s ``render``
+RENDER_REFS = {
+    "init": (P.init, P.render.init),
+    "strength": (P.strength, P.render.strength),
+    "steps": (P.steps, P.render.steps),
+    "noise_level": (P.noise_level, P.render.noise_level),
+    "clip_guidance": (P.clip_guidance, P.render.clip_guidance),
+    "size": (P.size, P.render.size),
+    "super_res_steps": (P.super_res_steps, P.render.super_res_steps),
+    "batch_size": (P.batch_size, P.render.batch_size),
+    "guidance_scale": (P.guidance_scale, P.render.guidance_scale),
+}
 
 
 @dataclass
@@ -118,6 +155,29 @@ class RenderConfig:
     )
     seed: int = 0
 
+    def check(self, nested: bool = False) -> None:
+        """The values alone (``None``: the decoder's default, checked when its folder is read); what a
+        decoder cannot do is checked against the loaded decoder (``render.resolve_render``). ``nested``:
+        the settings are a ``DistillConfig``'s ``render``, and the errors name ``P.render.*``."""
+        at = {name: refs[nested] for name, refs in RENDER_REFS.items()}
+        if self.init is not None and self.init not in INITS:
+            raise ProtosynthError(f"unknown {at['init']} {self.init!r}: use {' or '.join(INITS)}")
+        if self.strength is not None and not 0.0 < self.strength <= 1.0:
+            raise ProtosynthError(f"{at['strength']} must be in (0, 1], got {self.strength}")
+        for option, value, low, high in (
+            (at["steps"], self.steps, 1, 1000),
+            (at["noise_level"], self.noise_level, 0, 999),
+            (at["clip_guidance"], self.clip_guidance, 0, 1),
+            (at["size"], self.size, 8, 4096),
+            (at["super_res_steps"], self.super_res_steps, 1, 1000),
+        ):
+            if value is not None and not low <= value <= high:
+                raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ProtosynthError(f"{at['batch_size']} must be at least 1, got {self.batch_size}")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ProtosynthError(f"{at['guidance_scale']} must not be negative, got {self.guidance_scale}")
+
 
 @dataclass
 class EmbedConfig:
@@ -134,6 +194,16 @@ class EmbedConfig:
     fp16: bool = opt(False, help="Store float16 (half the disk); readers still get float32.")
     # DataLoader processes that load, preprocess and tokenise; None: see ``workers``
     num_workers: int | None = opt(None, flag="workers")
+
+    def check(self) -> None:
+        """The values alone (``embed.check_config`` adds that ``out`` can be written)."""
+        for param, value, low in (
+            (P.batch_size, self.batch_size, 1),
+            (P.shard_size, self.shard_size, 1),
+            (P.num_workers, 0 if self.num_workers is None else self.num_workers, 0),
+        ):
+            if value < low:
+                raise ProtosynthError(f"{param} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -186,8 +256,30 @@ class DistillConfig(ReadsCorpus):
         help="How a learner reads each pair's text, recorded in the manifest and followed by `eval retrieval`: "
         "captions (its one caption), members (the mean of the captions of the real pairs its prototype "
         "summarises) or image (the mean of every caption of the member image a render starts from), in the "
-        "learner's text space (default: members up to 100 pairs, image above; from noise: members up to 200, "
-        "captions above).",
+        "learner's text space, or prototype (the stored text prototype, as the PDS authors' evaluation) "
+        "(default: members up to 100 pairs, image above; from noise: members up to 200, captions above).",
+    )
+    # a preset that sets the PDS authors' rules below and more (distill.PRESETS)
+    preset: str | None = opt(
+        None,
+        help="pds-published: PDS as its authors' code runs it (raw-row MiniBatchKMeans, plain-mean prototypes "
+        "ordered by alignment, renders from noise with the prototype's caption, text read as the prototype); it "
+        "fills the options below and refuses a conflicting one.",
+    )
+    # the PDS authors' rules, one field each (prototypes.py; None: protosynth's default)
+    cluster_space: str | None = opt(
+        None, help="Rows k-means clusters: unit (default: L2-normalised) or raw (the PDS code)."
+    )
+    kmeans: str | None = opt(
+        None, help="faiss (default) or minibatch (sklearn MiniBatchKMeans, batch 10000, 20 inits: the PDS code)."
+    )
+    prototype_norm: str | None = opt(
+        None,
+        help="members (default: the members' mean direction at their mean raw norm) or mean (the plain mean of the "
+        "raw members; an empty match keeps the k-means centres: the PDS code).",
+    )
+    prototype_order: str | None = opt(
+        None, help="matching (default: image cluster order) or alignment (image-text cosine, highest first: PDS)."
     )
     seed: int = 0
     out: Path | None = opt(
@@ -267,8 +359,16 @@ class EvalConfig:
         "auto",
         help="auto (the set's stored text embeddings in the protocol's space, else the text rule its manifest "
         "declares, else its captions), captions, members, image (every caption of the image a pair starts "
-        "from), image-captions (every caption of the members' images) or stored: which text of a set trains "
-        "the model.",
+        "from), image-captions (every caption of the members' images), stored or prototype (a PDS set's "
+        "stored text prototype, as the PDS authors train on; needs the set's CLIP as text encoder): which "
+        "text of a set trains the model.",
+    )
+    # "own": a set's stored soft labels, learned lrs and frozen backbone, as its method trains;
+    # "protocol": the protocol's recipe for every set (InfoNCE, its lrs, its image side)
+    recipe: str = opt(
+        "own",
+        help="own (a set's stored soft labels, learned lrs and frozen-backbone head, where it stores them) or "
+        "protocol (every set trained by the protocol's recipe, ignoring them): DD-Ranking's with and without.",
     )
     device: str = "cpu"
     backbone: str | None = opt(None, help="Image backbone spec instead of the protocol's.")

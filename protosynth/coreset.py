@@ -39,6 +39,7 @@ from .models.backbones import load_backbone
 from .models.clip import load_clip
 from .models.text_encoders import load_text_encoder
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .sets.texts import member_images, with_reading_texts
 from .util.files import atomic_open, remove_stale_temps
 from .util.progress import StepBar
 from .util.runinfo import check_device, check_seed, peak_rss_mb, versions
@@ -213,5 +214,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
         "peak_memory_mb": peak_rss_mb(),
         "command": command,
     }
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    pairs = with_reading_texts(pairs, corpus)  # each pair carries its image's captions
+    hashes = member_images(pairs, corpus)
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     return out

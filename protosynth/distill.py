@@ -17,6 +17,11 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
   of the real pairs the prototype summarises: a soft caption, as the optimisation methods' learned
   text embeddings are soft) or ``image`` (the mean of every caption of the member image the render
   started from, or a selection's image). ``eval retrieval`` follows the set's rule unless told otherwise.
+  ``prototype`` (the preset ``pds-published``'s) reads the stored text prototype itself, as the PDS
+  authors' evaluation trains on it (see ``evaluation/data.py``).
+- ``preset="pds-published"``: PDS as its authors' code runs it (``PRESETS``): raw-row MiniBatchKMeans,
+  plain-mean prototypes, their order, renders from noise with the prototype's caption, the text
+  prototype as text. Each of its settings is also a field of its own (``prototypes.py``).
 - ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
   (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
 
@@ -45,16 +50,43 @@ from .engines.connect import check_engine
 from .errors import P, Param, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.decoders import UNSUPPORTED, Decoder, check_pair, open_decoder
-from .prototypes import MODES, PrototypeConfig, Prototypes, build_prototypes, nearest_member_pairs, nearest_rows
-from .render import INITS, RenderConfig, fidelity_scores, render_images, resolve_render
+from .prototypes import (
+    MODES,
+    PrototypeConfig,
+    Prototypes,
+    build_prototypes,
+    check_rules,
+    nearest_member_pairs,
+    nearest_rows,
+)
+from .render import RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .sets.texts import member_images, with_reading_texts
 from .util.runinfo import check_device, check_seed, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
 
 METHODS = ("pds", "select")
 CAPTION_RULES = ("prototype", "render", "start")
-TEXT_RULES = ("captions", "members", "image")
+TEXT_RULES = ("captions", "members", "image", "prototype")
+# PDS as the authors' code (junhyeok9712/PDS) runs it: their clustering and prototype rules (see
+# prototypes.py), renders from noise conditioned on the raw image prototype with the caption nearest
+# the text prototype as prompt, no CLIP guidance, and the learner reading the text prototype. A
+# preset fills the fields left unset and refuses one set otherwise. The decoder settings (100 steps,
+# guidance 5, noise_level 10, "text, watermark") are Stable unCLIP's defaults already; their seed 42
+# is ``seed=42``.
+PRESETS = {
+    "pds-published": {
+        "cluster_space": "raw",
+        "kmeans": "minibatch",
+        "prototype_norm": "mean",
+        "prototype_order": "alignment",
+        "caption": "prototype",
+        "text": "prototype",
+        "render.init": "noise",
+        "render.clip_guidance": 0.0,
+    }
+}
 # distill's own defaults for the levers, chosen on the world's validation split
 # (benchmarks/results/world_val.md); a decoder that cannot start from a member image (the published
 # ones) starts from noise, as PDS does.
@@ -66,6 +98,49 @@ DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the rende
 # members' mean beat one caption for them at 100 and 200 (500 not measured)
 MEMBERS_TEXT_MAX_BUDGET = 100
 NOISE_MEMBERS_TEXT_MAX_BUDGET = 200
+
+
+def apply_preset(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with its preset's settings filled in where unset; a setting given otherwise is an error."""
+    if cfg.preset is None:
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise ProtosynthError(f"unknown {P.preset} {cfg.preset!r}: use {' or '.join(PRESETS)}")
+    if cfg.method != "pds" or cfg.mode != "matched":
+        raise ProtosynthError(
+            f"{P.preset} {cfg.preset} renders matched prototypes: it needs the default "
+            f"{P.method('pds')} and {P.mode('matched')}",
+            param="preset",
+        )
+    top, render = {}, {}
+    for name, value in PRESETS[cfg.preset].items():
+        field_name = name.removeprefix("render.")
+        holder, into = (cfg.render, render) if name.startswith("render.") else (cfg, top)
+        given = getattr(holder, field_name)
+        if given is not None and given != value:
+            param = P.render if holder is cfg.render else P
+            raise ProtosynthError(
+                f"{P.preset} {cfg.preset} sets {getattr(param, field_name)} to {value!r}; got {given!r}", param="preset"
+            )
+        into[field_name] = value
+    return replace(cfg, render=replace(cfg.render, **render), **top)
+
+
+def prototype_config(cfg: DistillConfig) -> PrototypeConfig:
+    """The clustering settings of a run: its own, else protosynth's defaults (``PrototypeConfig``)."""
+    rules = {
+        name: getattr(cfg, name)
+        for name in ("cluster_space", "kmeans", "prototype_norm", "prototype_order")
+        if getattr(cfg, name) is not None
+    }
+    return PrototypeConfig(
+        budget=cfg.budget,
+        mode=cfg.mode,
+        drop_fraction=cfg.drop_fraction,
+        niter=cfg.kmeans_iters,
+        seed=cfg.seed,
+        **rules,
+    )
 
 
 def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
@@ -98,7 +173,7 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
 
 def set_name(cfg: DistillConfig) -> str:
     method = "" if cfg.method == "pds" else f"-{cfg.method}"
-    return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.mode}-b{cfg.budget}-s{cfg.seed}"
+    return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.preset or cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -133,28 +208,17 @@ def validate(cfg: DistillConfig) -> Path:
         raise ProtosynthError(f"unknown {P.caption} {cfg.caption!r}: use {' or '.join(CAPTION_RULES)}")
     if cfg.text is not None and cfg.text not in TEXT_RULES:
         raise ProtosynthError(f"unknown {P.text} {cfg.text!r}: use {' or '.join(TEXT_RULES)}")
+    if cfg.text == "prototype" and cfg.method != "pds":
+        raise ProtosynthError(
+            f"{P.text('prototype')} reads a rendered set's text prototypes: {P.method('select')} keeps real pairs",
+            param="text",
+        )
+    check_rules(prototype_config(cfg))
     if cfg.candidates < 1:
         raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
     if cfg.method == "select":
         check_nothing_rendered(cfg)
-    if cfg.render.init is not None and cfg.render.init not in INITS:
-        raise ProtosynthError(f"unknown {P.render.init} {cfg.render.init!r}: use {' or '.join(INITS)}")
-    r = cfg.render
-    if r.strength is not None and not 0.0 < r.strength <= 1.0:
-        raise ProtosynthError(f"{P.render.strength} must be in (0, 1], got {r.strength}")
-    for option, value, low, high in (
-        (P.render.steps, r.steps, 1, 1000),
-        (P.render.noise_level, r.noise_level, 0, 999),
-        (P.render.clip_guidance, r.clip_guidance, 0, 1),
-        (P.render.size, r.size, 8, 4096),
-        (P.render.super_res_steps, r.super_res_steps, 1, 1000),
-    ):
-        if value is not None and not low <= value <= high:
-            raise ProtosynthError(f"{option} must be between {low} and {high}, got {value}")
-    if r.batch_size is not None and r.batch_size < 1:
-        raise ProtosynthError(f"{P.render.batch_size} must be at least 1, got {r.batch_size}")
-    if r.guidance_scale is not None and r.guidance_scale < 0:
-        raise ProtosynthError(f"{P.render.guidance_scale} must not be negative, got {r.guidance_scale}")
+    cfg.render.check(nested=True)
     check_device(cfg.device)
     check_seed(cfg.seed)
     check_engine(cfg.engine)
@@ -222,6 +286,7 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None 
     is a parent folder holding one set folder per budget."""
     if not budgets or len(set(budgets)) != len(budgets):
         raise ProtosynthError(f"{P.budgets} needs distinct values, got {','.join(map(str, budgets))}")
+    cfg = apply_preset(cfg)
     cfgs = [
         replace(
             cfg,
@@ -242,9 +307,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
     seconds = dict(loaded.seconds)
     t = time.time()
-    pcfg = PrototypeConfig(
-        budget=cfg.budget, mode=cfg.mode, drop_fraction=cfg.drop_fraction, niter=cfg.kmeans_iters, seed=cfg.seed
-    )
+    pcfg = prototype_config(cfg)
     # row sources, memory-mapped from the store: the corpus need not fit in RAM
     # the passes over every pair: in this process, or Ray tasks over the store's shards (same bytes)
     protos = build_prototypes(emb.image_rows, emb.text_rows, pcfg, loaded.engine.map_ranges)
@@ -257,6 +320,8 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
     text = text_rule(cfg, loaded.render)
+    rules = {name: getattr(pcfg, name) for name in ("cluster_space", "kmeans", "prototype_norm", "prototype_order")}
+    cfg = replace(cfg, **rules)  # the manifest records the rules used, defaults included
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
@@ -279,7 +344,9 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force)
+    pairs = with_reading_texts(pairs, corpus)  # the set carries the captions its readings average
+    hashes = member_images(pairs, corpus)  # and its members' image digests, for the overlap check
+    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     log.info("wrote %s", out)
     return out
 

@@ -36,14 +36,8 @@ from .util.progress import StepBar
 
 
 def check_config(cfg: EmbedConfig) -> None:
-    """The checks that need no model or data."""
-    for param, value, low in (
-        (P.batch_size, cfg.batch_size, 1),
-        (P.shard_size, cfg.shard_size, 1),
-        (P.num_workers, 0 if cfg.num_workers is None else cfg.num_workers, 0),
-    ):
-        if value < low:
-            raise ProtosynthError(f"{param} must be at least {low}, got {value}")
+    """The checks that need no model or data: the values, then that ``out`` can be written."""
+    cfg.check()
     if cfg.out is not None:  # the cache's store folder depends on the corpus: embed_corpus checks it
         check_writable(cfg.out, f"{P.out} {cfg.out}")
 

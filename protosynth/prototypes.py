@@ -10,60 +10,44 @@ Modes:
 - ``joint``: k-means on the concatenated normalised [image; text] embeddings.
 - ``image`` / ``text``: k-means on one modality; the other half is the mean of the same members.
 
-All clustering is on L2-normalised embeddings. Prototypes are returned normalised and rescaled to
-the mean raw norm of their members, since unCLIP decoders expect raw CLIP embeddings.
+By default clustering is faiss k-means on L2-normalised embeddings, and prototypes are returned
+normalised and rescaled to the mean raw norm of their members, since unCLIP decoders expect raw CLIP
+embeddings. Four settings (``matched`` mode) follow the PDS authors' code instead, alone or together
+(``distill``'s preset ``pds-published`` sets all four):
+- ``cluster_space="raw"``: cluster the raw, unnormalised rows;
+- ``kmeans="minibatch"``: sklearn MiniBatchKMeans (batch 10,000, 20 inits, ``random_state`` the seed);
+- ``prototype_norm="mean"``: a prototype is the plain mean of its raw shared members, and a matched
+  pair of clusters sharing none keeps the two k-means centres;
+- ``prototype_order="alignment"``: prototypes ordered by their image-text cosine, highest first.
+Any of them runs in memory (the kept rows are read whole, as the authors' code does).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from functools import partial
 
 import faiss
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from . import passes
+from .clustering import (  # PrototypeConfig, Prototypes and kmeans: also this stage's public names
+    CLUSTER_SPACES,
+    KMEANS,
+    PROTOTYPE_NORMS,
+    PROTOTYPE_ORDERS,
+    PrototypeConfig,
+    Prototypes,
+    _chunks,
+    _match,
+    fit_kmeans,
+    kmeans,  # noqa: F401
+)
 from .errors import P, ProtosynthError
-from .passes import assign
+from .prototypes_rules import build_in_memory
 
 MODES = ("matched", "joint", "image", "text")
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PrototypeConfig:
-    budget: int = 500
-    mode: str = "matched"
-    drop_fraction: float = 0.2  # PDS drops the 20% least-aligned pairs before clustering
-    niter: int = 25
-    seed: int = 0
-    # above this many kept pairs, k-means fits on a seeded sample, then assigns all (see ``kmeans``)
-    max_train_points: int = 200_000
-
-
-@dataclass
-class Prototypes:
-    image: np.ndarray  # (K, D) unit norm
-    text: np.ndarray  # (K, D) unit norm
-    image_raw: np.ndarray  # (K, D) rescaled to the members' mean raw norm
-    text_raw: np.ndarray
-    members: list[np.ndarray]  # pair indices summarised by each prototype
-    stats: dict = field(default_factory=dict)
-    # the pairs each half was averaged over: equal to ``members`` except after an empty match
-    image_members: list[np.ndarray] = field(default_factory=list)
-    text_members: list[np.ndarray] = field(default_factory=list)
-
-
-CHUNK_BYTES = 256 << 20  # float32 bytes read per step of a pass over all rows (memory-mapped or not)
-
-
-def _chunks(n: int, d: int):
-    """Row index ranges of at most CHUNK_BYTES each; below that, one range: the whole matrix."""
-    step = max(1, CHUNK_BYTES // (4 * max(d, 1)))
-    for s in range(0, n, step):
-        yield np.arange(s, min(s + step, n))
 
 
 class _View:
@@ -77,65 +61,6 @@ class _View:
 
     def take(self, idx, axis: int = 0) -> np.ndarray:
         return self.fn(np.asarray(idx, np.int64))
-
-
-def fit_kmeans(
-    x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """faiss k-means fitted on every point of ``x`` up to ``max_train_points``, else on a seeded
-    sample of that size (see ``kmeans``); returns the centroids and, when every point was trained
-    on, the training matrix (None after a sample)."""
-    n, d = x.shape
-    if k > n:
-        raise ProtosynthError(f"{P.budget} {k} is larger than the {n} pairs left to cluster")
-    sample = None
-    if n > max(max_train_points, k):
-        sample = np.sort(np.random.default_rng(seed).choice(n, max(max_train_points, k), replace=False))
-        train = np.ascontiguousarray(passes.rows_f32(x, sample))
-    elif isinstance(x, np.ndarray):
-        train = np.ascontiguousarray(x, dtype=np.float32)
-    else:
-        train = np.ascontiguousarray(passes.rows_f32(x, np.arange(n)))
-    m = len(train)
-    gpu = faiss.get_num_gpus() > 0
-    km = faiss.Kmeans(
-        d,
-        k,
-        niter=niter,
-        nredo=1,
-        seed=seed,
-        spherical=False,
-        verbose=False,
-        gpu=gpu,
-        max_points_per_centroid=-(-m // k) + 1,
-        min_points_per_centroid=1,
-    )
-    km.train(train)
-    if stats is not None:
-        stats.update(kmeans_points=int(n), kmeans_trained_on=int(m), kmeans_gpu=gpu)
-    return km.centroids.copy(), (train if sample is None else None)
-
-
-def kmeans(
-    x, k: int, niter: int, seed: int, max_train_points: int = 200_000, stats: dict | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means (on a GPU index when faiss sees a GPU); returns centroids and each point's cluster.
-
-    Up to ``max_train_points`` points, every point is trained on (faiss never subsamples), as PDS
-    does. Above, k-means is fitted on a seeded sample of that size and every point is then assigned
-    to its nearest centroid in chunks, so ``x`` may be a memory-mapped row source larger than RAM.
-    200,000: every corpus up to Flickr30k's size (145k training pairs) keeps using all points, so its
-    prototypes do not change; at K = 500 it is 400 points per centroid, above faiss's own default cap
-    of 256 (centroid noise shrinks as 1/sqrt(points), more points mostly cost time); and the sample
-    of 768-d float32 rows is 600 MB. ``stats`` records ``kmeans_points`` and ``kmeans_trained_on``."""
-    n, d = x.shape
-    centroids, train = fit_kmeans(x, k, niter, seed, max_train_points, stats)
-    if train is not None:
-        return centroids, assign(centroids, train)
-    labels = np.empty(n, np.int64)
-    for idx in _chunks(n, d):
-        labels[idx] = assign(centroids, passes.rows_f32(x, idx))
-    return centroids, labels
 
 
 def _mean(x) -> np.ndarray:
@@ -155,8 +80,7 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     every pass over all rows goes range by range through ``range_map`` (an ``Engine.map_ranges``,
     ``engines.base``: this process by default, Ray tasks under the Ray engine, with byte-identical
     results), so the corpus need not fit in RAM."""
-    if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
+    check_rules(cfg)
     n, d = image_raw.shape
     if cfg.budget < 1:
         raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
@@ -170,6 +94,8 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     keep = np.sort(np.argsort(sims, kind="stable")[n_drop:])
     k = cfg.budget
     stats: dict = {"pairs": n, "dropped": int(n_drop), "empty_matches": 0, "empty_clusters": 0}
+    if not cfg.is_default():
+        return _checked(build_in_memory(image_raw, text_raw, keep, cfg, stats))
     spaces = {"matched": ("image", "text"), "joint": ("joint",), "image": ("image",), "text": ("text",)}[cfg.mode]
     fits = []
     for space in spaces:  # fitted on the driver, on a seeded sample of the kept pairs above max_train_points
@@ -207,42 +133,34 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
     per_range = [(img_target[a:b], txt_target[a:b]) for a, b in ranges]
     sums = _combine(run(passes.range_sums, ranges, per_range, (k,)), k, d)
     image_u, image_r, text_u, text_r = _means(sums, norms_i.mean(), norms_t.mean(), fallback)
-    protos = Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members)
+    return _checked(Prototypes(image_u, text_u, image_r, text_r, members, stats, img_members, txt_members))
+
+
+def check_rules(cfg: PrototypeConfig) -> None:
+    """One clear error for an unknown mode or rule, or a PDS-code rule outside ``matched`` mode."""
+    if cfg.mode not in MODES:
+        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
+    for param, value, allowed in (
+        (P.cluster_space, cfg.cluster_space, CLUSTER_SPACES),
+        (P.kmeans, cfg.kmeans, KMEANS),
+        (P.prototype_norm, cfg.prototype_norm, PROTOTYPE_NORMS),
+        (P.prototype_order, cfg.prototype_order, PROTOTYPE_ORDERS),
+    ):
+        if value not in allowed:
+            raise ProtosynthError(f"unknown {param} {value!r}: use {' or '.join(allowed)}")
+    if not cfg.is_default() and cfg.mode != "matched":
+        raise ProtosynthError(
+            f"{P.cluster_space}, {P.kmeans}, {P.prototype_norm} and {P.prototype_order} other than "
+            f"their defaults follow the PDS code, which has only {P.mode('matched')}",
+            param="mode",
+        )
+
+
+def _checked(protos: Prototypes) -> Prototypes:
     for name in ("image", "text", "image_raw", "text_raw"):
         if not np.isfinite(getattr(protos, name)).all():
             raise AssertionError(f"non-finite {name} prototype")  # a bug, never user input
     return protos
-
-
-def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, stats: dict):
-    """PDS's matching: image clusters to text clusters by the Hungarian algorithm on their
-    co-membership counts; each prototype averages the pairs its two clusters share, or after an empty
-    match each half its own cluster (members: both clusters). Returns the member lists and, per pair,
-    the prototype its image half and its text half count towards (-1: none)."""
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (li, lt), 1)
-    rows, cols = linear_sum_assignment(-counts)
-    proto_of_row, proto_of_col = np.empty(k, np.int64), np.empty(k, np.int64)
-    proto_of_row[rows], proto_of_col[cols] = np.arange(k), np.arange(k)
-    pi, pc = proto_of_row[li], proto_of_col[lt]
-    empty = counts[rows, cols] == 0
-    shared = pi == pc
-    img_target, txt_target = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-    img_target[keep] = np.where(shared | empty[pi], pi, -1)
-    txt_target[keep] = np.where(shared | empty[pc], pc, -1)
-    order = np.argsort(pi[shared], kind="stable")
-    members = np.split(keep[shared][order], np.searchsorted(pi[shared][order], np.arange(1, k)))
-    img_members, txt_members = list(members), list(members)
-    for i in np.flatnonzero(empty):  # the public PDS code emits NaN here
-        r, c = rows[i], cols[i]
-        members[i] = keep[(li == r) | (lt == c)]
-        img_members[i], txt_members[i] = keep[li == r], keep[lt == c]
-    stats["empty_matches"] = int(empty.sum())
-    stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
-    stats["_matching"] = list(zip(rows, cols))
-    if stats["empty_matches"]:
-        log.warning("%d of %d matched cluster pairs shared no pair; used the clusters' own means", int(empty.sum()), k)
-    return members, img_members, txt_members, img_target, txt_target
 
 
 def _combine(parts, k: int, d: int) -> list[list[np.ndarray]]:

@@ -32,7 +32,7 @@ from .engines.base import Engine, make_engine
 from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
-from .models.decoders import INITS, UNSUPPORTED, Decoder
+from .models.decoders import UNSUPPORTED, Decoder
 from .models.small_unclip import to_unit_range
 from .util.progress import StepBar
 
@@ -102,8 +102,7 @@ def render_images(
     missing = _unresolved(cfg, decoder)
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
-    if cfg.init not in INITS:
-        raise ProtosynthError(f"unknown {P.init} {cfg.init!r}: use noise or nearest")
+    cfg.check()  # its values, named as render_images' own (a caller need not come through distill)
     if cfg.init == "nearest" and init_images is None:
         raise ValueError("init='nearest' needs init_images")
     if cfg.clip_guidance > 0 and guide is None:

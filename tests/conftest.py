@@ -33,6 +33,7 @@ from protosynth.corpora.shapes import (  # noqa: E402
     WorldConfig,
     generate_split,
 )
+from protosynth.models.clip import load_clip  # noqa: E402
 from protosynth.training.backbone import PretrainConfig, pretrain_backbone  # noqa: E402
 from protosynth.training.clip import ClipTrainConfig  # noqa: E402
 from protosynth.training.small_models import ModelsTrainConfig, train_models  # noqa: E402
@@ -67,6 +68,12 @@ def quick_models(tmp_path_factory) -> Path:
     clip = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, checkpoint_every=20)
     train_models(ModelsTrainConfig(corpus=QUICK_CORPUS, quick=True, clip=clip), out, command="test fixture")
     return out
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """The shipped default CLIP, loaded once per test module."""
+    return load_clip("default")
 
 
 @pytest.fixture

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import signal
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,37 @@ def assert_one_line_error(result, *culprits: str) -> str:
     for culprit in culprits:
         assert re.search(culprit, line), f"{culprit!r} not named in {line!r}"
     return line
+
+
+def embed_cmd(out: Path, corpus: str, shard_size: int, *options: str) -> list[str]:
+    """``protosynth embed`` of ``corpus`` as a child process runs it (``python -m``), with shards and
+    batches of ``shard_size`` rows, into ``out``."""
+    size = str(shard_size)
+    command = [sys.executable, "-m", "protosynth.cli.main", "embed", "--corpus", corpus]
+    return [*command, "--shard-size", size, "--batch-size", size, *options, "--out", str(out)]
+
+
+def kill_at_first_shard(proc, out: Path, seconds: float, poll: float) -> None:
+    """Wait up to ``seconds`` (looking every ``poll`` seconds) for the run ``proc``, started in a
+    session of its own, to write a first image shard in ``out``, then SIGKILL its whole process
+    group; whatever happened, the process group is killed and ``proc`` reaped on the way out."""
+    try:
+        deadline = time.time() + seconds
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and any(out.glob("image-*.npy")):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(poll)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def jpg_bytes(pixels: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

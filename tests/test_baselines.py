@@ -4,11 +4,14 @@ to end on a tiny world."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from typer.testing import CliRunner
 from protosynth.baselines import amd
 from protosynth.baselines.buffer import BufferConfig, build_buffer, load_buffer
 from protosynth.baselines.compare import ALL_METHODS, QUICK_WORLD, CompareConfig
+from protosynth.baselines.compare_rows import pooled, row_key
 from protosynth.baselines.matching import Blend, SyntheticSet, match, matching_loss, step_loss
 from protosynth.baselines.presets import BaselineConfig, preset
 from protosynth.baselines.run import distill_baseline
@@ -27,6 +31,9 @@ from protosynth.baselines.student import LowRankSimilarity, Student, info_nce, t
 from protosynth.cli import baselines as cli_baselines
 from protosynth.cli.main import app
 from protosynth.errors import ProtosynthError
+from protosynth.evaluation.data import protocol_recipe, unsupported_reading
+from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
+from protosynth.evaluation.retrieval import PairData
 from protosynth.models.backbones import Backbone
 from protosynth.sets.distilled import load_distilled
 
@@ -224,9 +231,9 @@ def test_presets_follow_the_published_numbers():
     p = preset("lors", "flickr", 500)
     assert (p["lr_sim"], p["rank"], p["alpha"], p["batch_syn"], p["max_start_epoch"]) == (100.0, 20, 0.01, 40, 3)
     assert preset("lors", "coco", 500)["lr_img"] == 5000.0 and preset("lors", "coco", 500)["temperature"] == 0.1
-    assert (
-        preset("mtt-vl", "flickr", 100)["lr_img"] == 100.0 and preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
-    )
+    # MTT-VL's README command: data lr 1000 at 100 pairs (LoRS's scripts use 100 there)
+    assert preset("mtt-vl", "flickr", 100)["lr_img"] == 1000.0 and preset("lors", "flickr", 100)["lr_img"] == 100.0
+    assert preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
     assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 1.0
     # the world's lr_sim: 0.1, or 1 where val chose it (quick runs share it)
@@ -330,6 +337,13 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     # the set stores the lr itself (never its log), as the manifest reports it
     assert float(ds.tensors["lr_image"]) == pytest.approx(man["learned_lr"]["image"]) and man["learned_lr"]["image"] > 0
     assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
+    # how far the set moved from its start: every part, S from the identity (frozen for repblend here)
+    moved = man["movement"]
+    assert moved["pixels"] > 0 and moved["text"] > 0
+    assert moved["lr_image"] == pytest.approx(abs(man["learned_lr"]["image"] - 0.1), abs=1e-7)
+    assert ("similarity" in moved) == (method != "mtt-vl")
+    if method == "repblend":
+        assert moved["similarity"] == 0
     if method == "amd":
         assert {"R_V", "R_L", "T_med"} <= set(man["amd_ranges"])
 
@@ -417,6 +431,48 @@ def test_compare_baselines_end_to_end_and_resume(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "lors-b6 was made with other settings (iterations 2 (now 3))" in result.output
     lors = json.loads((out / "sets" / "lors-b6" / "manifest.json").read_text())["learned_lr"]
     assert len(lors["text_curve"]) == 2 and lors["text_curve"][-1] == pytest.approx(lors["text"], rel=1e-5)
+    # the default table: every row trained by the protocol's recipe, RepBlend and LoRS included
+    assert doc["recipe"] == "protocol" and doc["text"] == "auto" and doc["set_seeds"] == [0]
+    assert {(r["loss"], r["learned_lrs"], r.get("image_side")) for r in doc["methods"] if r["method"] != "full"} == {
+        ("info_nce", False, "finetune")
+    }
+    # both recipes, two readings, two set seeds: a table each, the first seed's sets reused
+    axes = ["--recipes", "protocol,own", "--texts", "auto,image", "--seeds", "0,1"]
+    args = [*args[:-4], "--methods", "random,select,repblend,full", *axes, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "compare.json").read_text())
+    assert [(t["recipe"], t["text"]) for t in doc["tables"]] == [
+        ("protocol", "auto"),
+        ("protocol", "image"),
+        ("own", "auto"),
+        ("own", "image"),
+    ]
+    assert (out / "sets" / "random-b6-s1").is_dir() and (out / "sets" / "select-b6").is_dir()
+    for table in doc["tables"]:
+        rows = {r["method"]: r for r in table["methods"]}
+        assert list(rows) == ["random", "select", "repblend", "full"]
+        assert rows["random"]["set_seeds"] == [0, 1] and len(rows["random"]["metrics"]["r_mean"]["runs"]) == 2
+        assert rows["full"]["metrics"] == doc["tables"][0]["methods"][3]["metrics"]  # one run, every table
+        own = table["recipe"] == "own"
+        assert (rows["repblend"]["loss"], rows["repblend"]["image_side"]) == (
+            ("wbce", "frozen+head") if own else ("info_nce", "finetune")
+        )
+        if table["text"] == "image":
+            assert rows["select"]["text"] == "image" and rows["repblend"]["text"] == "image"
+    by_table = {(t["recipe"], t["text"]): {r["method"]: r for r in t["methods"]} for t in doc["tables"]}
+    for text in ("auto", "image"):  # random and select store nothing of their own: one run serves both recipes
+        for method in ("random", "select"):
+            assert by_table["own", text][method]["metrics"] == by_table["protocol", text][method]["metrics"]
+        own, proto = by_table["own", text]["repblend"], by_table["protocol", text]["repblend"]
+        assert own["metrics"]["r_mean"]["runs"] != proto["metrics"]["r_mean"]["runs"]
+    md = (out / "compare.md").read_text()
+    assert "## recipe own, text image" in md and "| 2 (2x1) |" in md
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "rows" in p.parts or p.name == "manifest.json"}
+    assert CliRunner().invoke(app, args).exit_code == 0  # resumes: nothing made, nothing evaluated again
+    assert stamps == {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "rows" in p.parts or p.name == "manifest.json"
+    }
 
 
 def test_baseline_cli_bad_input(tmp_path):
@@ -526,3 +582,105 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
         assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_official_presets_follow_the_authors_scripts():
+    """The values of the official scripts and argument defaults (docs/baselines.md cites them)."""
+    mtt = preset("mtt-vl", "flickr", 200)
+    assert (mtt["grad_mode"], mtt["batch_syn"], mtt["train_mode"], mtt["merged"]) == ("unroll", 200, True, False)
+    assert mtt["temperature"] == pytest.approx(0.3760, abs=1e-4)  # 1 / log(1 / 0.07): the cosines times 2.66
+    assert preset("mtt-vl", "coco", 100, variant="intended-temperature")["temperature"] == 0.07
+    for method in ("lors", "amd", "repblend"):
+        for family in ("flickr", "coco"):
+            p = [preset(method, family, b) for b in (100, 200, 500)]
+            assert {q["grad_mode"] for q in p} == {"first-order"} and all(q["train_mode"] for q in p)
+            assert [q["merged"] for q in p] == [family == "coco"] * 3
+            assert [q["temperature"] for q in p] == [None, None, 0.1 if family == "coco" else None]
+            assert [q["max_start_epoch"] for q in p] == [2, 2, 2 if family == "coco" else 3]
+            assert {(q["syn_steps"], q["lr_lr"], q["lr_space"], q["expert_epochs"]) for q in p} == {
+                (8, 1e-2, "linear", 1)
+            }
+    assert [preset(m, "coco", 200)["iterations"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+        2000,
+        2000,
+        3000,
+        3000,
+    ]
+    assert preset("repblend", "coco", 500)["batch_syn"] == 20 and preset("lors", "coco", 500)["batch_syn"] == 30
+    # the world preset is not re-chosen here: eval mode, the exact gradient, per-modality loss
+    w = [preset(m, "world", 100) for m in ("mtt-vl", "lors", "amd", "repblend")]
+    assert [q["grad_mode"] for q in w] == ["unroll", "constant", "constant", "constant"]
+    assert {(q["train_mode"], q["merged"], q["temperature"], q["batch_syn"]) for q in w} == {(False, False, None, 20)}
+    with pytest.raises(ProtosynthError, match="variant"):
+        preset("lors", "flickr", 100, variant="intended-temperature")
+
+
+def test_train_mode_constant_memory_replays_the_forward_dropout_masks():
+    """In train mode (the official presets' student) the constant-memory gradient still equals the
+    full unroll's: each replayed step draws the dropout masks of its forward pass."""
+    student, start, target, fresh, batches = tiny_problem("heads", with_sim=True)
+    grads = {}
+    for mode, train in (("unroll", True), ("constant", True), ("unroll", False)):
+        torch.manual_seed(5)
+        syn = fresh()
+        match(student, start, target, syn, batches, 0.07, mode, train=train)
+        grads[mode, train] = {k: v.grad.clone() for k, v in syn.leaves().items()}
+    assert not student.training  # the mode it had before
+    for k, g in grads["unroll", True].items():
+        torch.testing.assert_close(grads["constant", True][k], g, rtol=1e-7, atol=1e-12, msg=k)
+    assert not torch.allclose(grads["unroll", False]["texts"], grads["unroll", True]["texts"], rtol=1e-3)
+
+
+def test_compare_rows_pool_set_seeds_and_keep_old_row_keys():
+    """A row pools every (set seed, repeat) run; a seed the reading cannot read marks the row; rows stored
+    before recipes and readings existed keep their keys (they were scored with a set's own recipe)."""
+
+    def stored(runs):
+        m = {k: {"mean": float(np.mean(runs)), "std": 0.0, "runs": runs} for k in METRIC_NAMES}
+        return {"row": {"metrics": m, "text": "captions", "loss": "info_nce", "recipe": "protocol"}}
+
+    row = pooled("random", {0: stored([10.0, 12.0]), 1: stored([20.0, 22.0])})
+    r = row["metrics"]["r_mean"]
+    assert r["mean"] == 16.0 and r["std"] == pytest.approx(np.std([10, 12, 20, 22], ddof=1), abs=1e-3)
+    assert row["set_seeds"] == [0, 1] and row["repeats"] == 2 and r["seed_means"] == {"0": 11.0, "1": 21.0}
+    marked = pooled("pds", {0: stored([1.0]), 1: {"unsupported": "text image: no one image"}})
+    assert "metrics" not in marked and marked["unsupported"] == "text image: no one image"
+    cfg = EvalConfig(protocol="small", repeats=2)
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("skip_bad", "image_column", "caption_column")}
+    old.pop("recipe")
+    assert row_key(None, cfg) == hashlib.sha256(b"full" + json.dumps(old, sort_keys=True).encode()).hexdigest()[:20]
+    keys = {row_key(None, cfg), row_key(None, EvalConfig(protocol="small", repeats=2, recipe="protocol"))}
+    assert len(keys | {row_key(None, EvalConfig(protocol="small", repeats=2, text="captions"))}) == 3
+
+
+def test_protocol_recipe_drops_what_a_method_adds_and_readings_say_what_they_lack():
+    own = PairData(
+        torch.zeros(3, 3, 4, 4),
+        torch.zeros(3, 5),
+        0.2,
+        0.3,
+        notes={"text": "stored", "learned_lrs": True},
+        similarity=torch.eye(3),
+        image_head=True,
+    )
+    plain = protocol_recipe(own)
+    assert (plain.lr_image, plain.lr_text, plain.similarity, plain.image_head) == (None, None, None, False)
+    assert plain.notes == {"text": "stored", "learned_lrs": False} and own.similarity is not None
+    coreset = SimpleNamespace(pairs=[{"caption": "a", "members": [4]}, {"caption": "b", "members": [7]}])
+    noise = SimpleNamespace(pairs=[{"caption": "a", "members": [1, 2]}, {"caption": "", "members": [3, 5]}])
+    assert [unsupported_reading(coreset, t) for t in ("captions", "members", "image")] == [None] * 3
+    assert unsupported_reading(noise, "members") is None and "no one real image" in unsupported_reading(noise, "image")
+    assert "no caption" in unsupported_reading(noise, "captions")
+
+
+def test_compare_cli_checks_its_axes(tmp_path):
+    for args, msg in (
+        (["--recipes", "own,mine"], "--recipes 'own,mine': use distinct values of own, protocol"),
+        (["--texts", "captions,captions"], "--texts 'captions,captions': use distinct values of"),
+        (["--seeds", "0,x"], "--seeds '0,x': use comma-separated whole numbers"),
+        (["--seeds", "1,1"], "--seeds 1,1: a seed is repeated"),
+    ):
+        r = CliRunner().invoke(app, ["compare-baselines", *args, "--out", str(tmp_path / "c")])
+        assert r.exit_code == 2 and msg in r.stderr, r.output
+    assert not (tmp_path / "c").exists()
+    assert CompareConfig(seed=3).set_seeds() == (3,) and CompareConfig(seeds=(0, 1, 2)).set_seeds() == (0, 1, 2)

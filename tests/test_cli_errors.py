@@ -58,6 +58,11 @@ NO_MODEL_CASES = {
     "seed above 32 bits": (["--budget", "4", "--seed", "2147483648"], [r"--seed", r"2147483648", r"2147483647"]),
     "seed negative": (["--budget", "4", "--seed", "-1"], [r"--seed", r"-1"]),
     "candidates 0": (["--budget", "4", "--candidates", "0"], [r"--candidates", r"\b0\b"]),
+    "preset against a flag": (
+        ["--budget", "4", "--preset", "pds-published", "--text", "members"],
+        [r"--preset pds-published sets --text to 'prototype'; got 'members'"],
+    ),
+    "unknown kmeans": (["--budget", "4", "--kmeans", "lloyd"], [r"--kmeans", r"'lloyd'"]),
     "candidates negative": (["--budget", "4", "--candidates", "-3"], [r"--candidates", r"-3"]),
     "unknown caption rule": (["--budget", "4", "--caption", "nearest"], [r"--caption", r"'nearest'"]),
     "unknown method": (["--budget", "4", "--method", "mtt"], [r"--method", r"'mtt'"]),
@@ -189,42 +194,24 @@ def test_corrupt_image_is_named_with_its_line(kind, jsonl_corpus, quick_models, 
 # ---- models and output folder ----------------------------------------------------------------
 
 
+def invoke_with_decoder(quick_models, decoder, out):
+    """A run of the small CLIP with ``--decoder decoder``, writing to ``out``."""
+    return invoke(
+        ["--corpus", "shapes,n=5", "--budget", "4", "--clip", f"small:{quick_models}", "--decoder", decoder]
+        + ["--out", str(out)]
+    )
+
+
 def test_unknown_decoder_spec(quick_models, tmp_path):
     out = tmp_path / "out"
-    r = invoke(
-        [
-            "--corpus",
-            "shapes,n=5",
-            "--budget",
-            "4",
-            "--clip",
-            f"small:{quick_models}",
-            "--decoder",
-            "bogus",
-            "--out",
-            str(out),
-        ]
-    )
+    r = invoke_with_decoder(quick_models, "bogus", out)
     assert_one_line_error(r, r"--decoder", r"'bogus'")
     assert not out.exists()
 
 
 def test_decoder_folder_without_pipeline(quick_models, tmp_path):
     out = tmp_path / "out"
-    r = invoke(
-        [
-            "--corpus",
-            "shapes,n=5",
-            "--budget",
-            "4",
-            "--clip",
-            f"small:{quick_models}",
-            "--decoder",
-            f"small:{quick_models / 'clip'}",
-            "--out",
-            str(out),
-        ]
-    )
+    r = invoke_with_decoder(quick_models, f"small:{quick_models / 'clip'}", out)
     assert_one_line_error(r, r"--decoder", r"model_index\.json")
     assert not out.exists()
 
@@ -235,20 +222,7 @@ def test_decoder_dimension_mismatch(quick_models, tmp_path):
     folder = tmp_path / "wrong-decoder"
     build_pipeline(embed_dim=wrong, quick=True).save_pretrained(str(folder))
     out = tmp_path / "out"
-    r = invoke(
-        [
-            "--corpus",
-            "shapes,n=5",
-            "--budget",
-            "4",
-            "--clip",
-            f"small:{quick_models}",
-            "--decoder",
-            str(folder),
-            "--out",
-            str(out),
-        ]
-    )
+    r = invoke_with_decoder(quick_models, str(folder), out)
     assert_one_line_error(r, r"--decoder", re.escape(str(folder)), rf"\b{wrong}-d", rf"\b{clip_dim}-d")
     assert not out.exists()
 
@@ -350,22 +324,9 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
     """Kill the run the moment its writer has started (its temporary folder appears)."""
     parent = tmp_path / "sets"
     out = parent / "out"
-    proc = start(
-        [
-            "--corpus",
-            "shapes,n=300",
-            "--budget",
-            "300",
-            *models_args(quick_models),
-            "--steps",
-            "1",
-            "--guidance",
-            "1",
-            "--out",
-            str(out),
-        ],
-        tmp_path / "cache",
-    )
+    args = ["--corpus", "shapes,n=300", "--budget", "300", *models_args(quick_models), "--steps", "1"]
+    args += ["--guidance", "1", "--out", str(out)]
+    proc = start(args, tmp_path / "cache")
     caught = False
     try:
         deadline = time.time() + 400
@@ -386,22 +347,7 @@ def test_killed_while_writing_leaves_no_complete_looking_folder(quick_models, tm
         load_distilled(tmp[0])
 
     # rerunning the same command completes and sweeps the stale temporary folder
-    r = invoke(
-        [
-            "--corpus",
-            "shapes,n=300",
-            "--budget",
-            "300",
-            *models_args(quick_models),
-            "--steps",
-            "1",
-            "--guidance",
-            "1",
-            "--out",
-            str(out),
-        ],
-        env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")},
-    )
+    r = invoke(args, env={"PROTOSYNTH_CACHE": str(tmp_path / "cache")})
     assert r.exit_code == 0, r.output
     assert len(load_distilled(out, verify=True)) == 300
     assert [p.name for p in parent.iterdir()] == ["out"]

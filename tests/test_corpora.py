@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import png_bytes, truncate, write_csv, write_tar
+from helpers import jpg_bytes, png_bytes, truncate, write_csv, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,12 +39,6 @@ N = 6
 def world():
     """Six world images with five captions each (generated, no cache)."""
     return generate_split(WorldConfig(n_train=N), "train")
-
-
-def jpg_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 def write_images(folder: Path, world, n: int = N) -> list[str]:

@@ -289,37 +289,29 @@ def test_jsonl_not_json(tmp_path):
     _names_file_and_line(exc, m, 2)
 
 
-@pytest.mark.parametrize(
-    "row",
-    [
-        {"caption": "no image"},
-        {"image": "", "caption": "empty image"},
-        {"image": 3, "caption": "image not a string"},
-        ["a.png", "a list, not an object"],
-    ],
-)
-def test_jsonl_missing_image_field(tmp_path, row):
-    _png(tmp_path / "a.png")
-    m = _manifest(tmp_path / "m.jsonl", [{"image": "a.png", "caption": "ok"}, {"image": "a.png", "caption": "ok"}, row])
-    with pytest.raises(ProtosynthError, match="image") as exc:
-        load_jsonl(m)
-    _names_file_and_line(exc, m, 3)
+_OK = {"image": "a.png", "caption": "ok"}
 
 
 @pytest.mark.parametrize(
-    "row",
+    "rows, field",
     [
-        {"image": "a.png"},
-        {"image": "a.png", "captions": []},
-        {"image": "a.png", "captions": "not a list"},
+        # the image field missing or not a file name, on line 3
+        ([_OK, _OK, {"caption": "no image"}], "image"),
+        ([_OK, _OK, {"image": "", "caption": "empty image"}], "image"),
+        ([_OK, _OK, {"image": 3, "caption": "image not a string"}], "image"),
+        ([_OK, _OK, ["a.png", "a list, not an object"]], "image"),
+        # no caption, or no usable caption list, on line 1
+        ([{"image": "a.png"}], "caption"),
+        ([{"image": "a.png", "captions": []}], "caption"),
+        ([{"image": "a.png", "captions": "not a list"}], "caption"),
     ],
 )
-def test_jsonl_missing_caption_field(tmp_path, row):
+def test_jsonl_missing_field(tmp_path, rows, field):
     _png(tmp_path / "a.png")
-    m = _manifest(tmp_path / "m.jsonl", [row])
-    with pytest.raises(ProtosynthError, match="caption") as exc:
+    m = _manifest(tmp_path / "m.jsonl", rows)
+    with pytest.raises(ProtosynthError, match=field) as exc:
         load_jsonl(m)
-    _names_file_and_line(exc, m, 1)
+    _names_file_and_line(exc, m, len(rows))
 
 
 @pytest.mark.parametrize(

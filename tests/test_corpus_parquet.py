@@ -6,7 +6,6 @@ parquet must give the same captions, pixels and embeddings; every error is one l
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets.packaged_modules.parquet.parquet import Parquet
-from helpers import assert_one_line_error, png_bytes
-from PIL import Image
+from helpers import assert_one_line_error, jpg_bytes, png_bytes
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
@@ -41,15 +39,9 @@ def world():
     return generate_split(WorldConfig(n_train=N), "train")
 
 
-def jpg_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def encoded(world) -> list[bytes]:
     """Even images as PNG, odd as JPEG: both codecs through the same column."""
-    return [png_bytes(im) if i % 2 == 0 else jpg_bytes(im) for i, im in enumerate(world.images)]
+    return [png_bytes(im) if i % 2 == 0 else jpg_bytes(im, quality=90) for i, im in enumerate(world.images)]
 
 
 def write_parquet(path: Path, columns: dict, row_group_size: int = 3) -> Path:

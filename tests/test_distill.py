@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from pds_code import authors_steps
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -85,7 +86,7 @@ def test_layout(full_run):
     files = sorted(str(p.relative_to(full_run)) for p in full_run.rglob("*") if p.is_file())
     images = [f"images/{i:06d}.png" for i in range(BUDGET)]
     rest = ["pairs.jsonl", "embeddings.safetensors", "preview.png", "metadata.jsonl", "README.md", "manifest.json"]
-    assert files == sorted(images + rest)
+    assert files == sorted(images + rest + ["member_images.json"])  # the members' image digests (issue 30)
     assert [p.name for p in full_run.parent.iterdir()] == ["set"], "temporary folder left behind"
     for name in images:
         with Image.open(full_run / name) as im:
@@ -455,3 +456,35 @@ def test_caption_start_is_the_caption_of_the_member_the_render_started_from(quic
         assert rec["caption_pair"] == rec["start_pair"] and rec["caption"] == corpus.pair_caption[rec["start_pair"]]
     with pytest.raises(ProtosynthError, match=r"caption=start .*needs render\.init=nearest"):
         distill(make_cfg(quick_models, tmp_path / "noise", caption="start", render=RenderConfig(steps=3, init="noise")))
+
+
+def test_preset_pds_published_writes_the_authors_prototypes(quick_models, full_run, tmp_path):
+    """The preset end to end: its prototypes, order and captions are the independent transcription's
+    (tests/pds_code.py) on the store's own embeddings; the manifest records every rule."""
+    out = distill(make_cfg(quick_models, tmp_path / "pub", preset="pds-published", render=FAST, seed=42))
+    ds = load_distilled(out, verify=True)
+    settings = ds.manifest["settings"]
+    assert settings["preset"] == "pds-published" and ds.manifest["evaluation"] == {"text": "prototype"}
+    assert (settings["cluster_space"], settings["kmeans"], settings["prototype_norm"]) == ("raw", "minibatch", "mean")
+    assert (settings["prototype_order"], settings["caption"], settings["render"]["init"]) == (
+        "alignment",
+        "prototype",
+        "noise",
+    )
+    corpus = load_corpus(CORPUS)
+    emb = embed_corpus(corpus, load_clip(f"small:{quick_models}"))
+    _, ref_i, ref_t, ref_caption = authors_steps(emb.image.numpy(), emb.text.numpy(), BUDGET)
+    t = load_file(str(out / "embeddings.safetensors"))
+    np.testing.assert_allclose(t["image_raw"].numpy(), ref_i, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t["text_raw"].numpy(), ref_t, rtol=1e-4, atol=1e-5)
+    assert [p["caption"] for p in ds.pairs] == [corpus.pair_caption[int(j)] for j in ref_caption]
+    ref = load_distilled(full_run).manifest["settings"]
+    assert (ref["cluster_space"], ref["kmeans"], ref["prototype_norm"], ref["prototype_order"], ref["preset"]) == (
+        "unit",
+        "faiss",
+        "members",
+        "matching",
+        None,
+    )
+    with pytest.raises(ProtosynthError, match=r"^preset pds-published sets render.init to 'noise'; got 'nearest'"):
+        distill(make_cfg(quick_models, tmp_path / "bad", preset="pds-published", render=RenderConfig(init="nearest")))

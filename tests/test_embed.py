@@ -10,13 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import embed_cmd, kill_at_first_shard
 from typer.testing import CliRunner
 
 from protosynth import embed as embed_mod
@@ -29,11 +28,6 @@ from protosynth.util.files import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = "shapes,n=40"
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("default")
 
 
 @pytest.fixture(scope="module")
@@ -174,22 +168,7 @@ def test_cli_bad_shard_size_is_one_line_exit_2(tmp_path):
 
 
 def _embed_cmd(out: Path, workers: int) -> list[str]:  # torch threads: 2 here as in conftest
-    return [
-        sys.executable,
-        "-m",
-        "protosynth.cli.main",
-        "embed",
-        "--corpus",
-        "shapes,n=120",
-        "--shard-size",
-        "6",
-        "--batch-size",
-        "6",
-        "--workers",
-        str(workers),
-        "--out",
-        str(out),
-    ]
+    return embed_cmd(out, "shapes,n=120", 6, "--workers", str(workers))
 
 
 def _env() -> dict:
@@ -210,19 +189,7 @@ def test_cli_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    done = 0
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            done = len(list(out.glob("image-*.npy"))) if out.is_dir() else 0
-            if done >= 1:
-                os.killpg(proc.pid, signal.SIGKILL)  # the DataLoader workers too
-                break
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_at_first_shard(proc, out, 120, 0.005)  # the DataLoader workers too
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     index = json.loads((out / "index.json").read_text())
     assert index["complete"] is False and len(index["shards"]) == n_shards

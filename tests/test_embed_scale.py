@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protosynth import prototypes
+from protosynth import clustering
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes, kmeans, nearest_member_pairs, nearest_rows
 from protosynth.store import Rows
 
@@ -64,7 +64,7 @@ def test_prototypes_from_memory_mapped_rows_equal_in_memory_ones(mode, tmp_path,
     the same settings give on arrays; stats record the sample."""
     img, txt = pairs()
     pair_image = np.arange(len(img))
-    monkeypatch.setattr(prototypes, "CHUNK_BYTES", 50 * 4 * 16)
+    monkeypatch.setattr(clustering, "CHUNK_BYTES", 50 * 4 * 16)
     cfg = PrototypeConfig(budget=8, mode=mode, max_train_points=300, seed=2)
     a = build_prototypes(img, txt, cfg)
     rows_i = Rows(as_store(img, tmp_path, "i").parts, [70] * 8 + [40], 16, row_map=pair_image)
@@ -81,6 +81,6 @@ def test_chunked_nearest_rows_equals_one_pass(monkeypatch):
     rng = np.random.default_rng(3)
     keys, queries = rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
     whole = nearest_rows(queries, keys)
-    monkeypatch.setattr(prototypes, "CHUNK_BYTES", 64 * 4 * 16)
+    monkeypatch.setattr(clustering, "CHUNK_BYTES", 64 * 4 * 16)
     np.testing.assert_array_equal(nearest_rows(queries, keys), whole)
     np.testing.assert_array_equal(whole, (queries @ (keys / np.linalg.norm(keys, axis=1, keepdims=True)).T).argmax(1))

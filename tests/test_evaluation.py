@@ -189,6 +189,35 @@ def test_text_modes(pds_set, tiny_backbone, quick_models):
     assert doc["sets"][0]["text"] == "stored"
 
 
+def test_prototype_text_is_the_stored_text_prototype(quick_models, tiny_backbone, tmp_path):
+    """``prototype``: what the PDS authors' evaluation trains the text head on, in the set's CLIP space;
+    in another space (MiniLM: ``small``), ``auto`` reads the prototype's members there instead."""
+    out = distill(
+        DistillConfig(
+            budget=12,
+            corpus=CORPUS,
+            clip=f"small:{quick_models}",
+            decoder=f"small:{quick_models}",
+            out=tmp_path / "published",
+            render=RenderConfig(steps=1),
+            preset="pds-published",
+        )
+    )
+    ds = load_distilled(out)
+    assert ds.manifest["evaluation"] == {"text": "prototype"}
+    clip_text, bb = load_text_encoder(f"clip:small:{quick_models}"), load_backbone(f"small:{tiny_backbone}")
+    raw = set_data(ds, clip_text, bb, 32, False, "prototype")
+    assert raw.notes["text"] == "prototype" and torch.equal(raw.texts, ds.tensors["text_raw"].float())
+    unit = set_data(ds, clip_text, bb, 32, True, "auto")
+    assert unit.notes["text"] == "prototype" and torch.equal(unit.texts, ds.tensors["text_normalised"].float())
+    minilm = load_text_encoder("minilm")
+    auto = set_data(ds, minilm, bb, 32, False, "auto")
+    assert auto.notes["text"] == "members"
+    assert torch.equal(auto.texts, set_data(ds, minilm, bb, 32, False, "members").texts)
+    with pytest.raises(ProtosynthError, match=r"text=prototype reads the text prototypes a rendered PDS set stores"):
+        set_data(ds, minilm, bb, 32, False, "prototype")
+
+
 def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
     ds = load_distilled(pds_set)
     enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
@@ -323,26 +352,16 @@ def test_test_split_overlapping_the_set_is_refused(pds_set, tiny_backbone):
         evaluate([pds_set], tiny_eval(tiny_backbone, test="shapes,n=200"))
 
 
+def cli_eval(set_folder: Path, backbone: Path, *args: str):
+    """``protosynth eval retrieval`` of one set with the small backbone, one repeat."""
+    return CliRunner().invoke(
+        app, ["eval", "retrieval", str(set_folder), "--backbone", f"small:{backbone}", "--repeats", "1", *args]
+    )
+
+
 def test_cli_eval_writes_json_and_table(pds_set, tiny_backbone, tmp_path):
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "retrieval",
-            str(pds_set),
-            "--backbone",
-            f"small:{tiny_backbone}",
-            "--test",
-            TEST,
-            "--repeats",
-            "1",
-            "--epochs",
-            "1",
-            "--json",
-            str(out),
-        ],
-    )
+    res = cli_eval(pds_set, tiny_backbone, "--test", TEST, "--epochs", "1", "--json", str(out))
     assert res.exit_code == 0, res.output
     assert (
         "pds" in res.output
@@ -393,24 +412,7 @@ def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_
     with pytest.raises(ProtosynthError, match="val and test name different splits"):
         evaluate([pds_set], tiny_eval(tiny_backbone, split="val"))
     out = tmp_path / "v.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "eval",
-            "retrieval",
-            str(pds_set),
-            "--backbone",
-            f"small:{tiny_backbone}",
-            "--val",
-            "shapes:val,n=40",
-            "--repeats",
-            "1",
-            "--epochs",
-            "2",
-            "--json",
-            str(out),
-        ],
-    )
+    res = cli_eval(pds_set, tiny_backbone, "--val", "shapes:val,n=40", "--epochs", "2", "--json", str(out))
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
     assert saved["split"] == "val" and saved["sets"][0]["metrics"] == doc["sets"][0]["metrics"]

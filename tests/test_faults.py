@@ -193,6 +193,11 @@ def _coreset(b: Bench, *args: str) -> Fault:
     return Fault(["coreset", "--corpus", "shapes,n=5", *args, "--out", str(out)], [], out)
 
 
+def random_coreset_args(corpus: str, out: Path, *args: str) -> list[str]:
+    """``coreset --method random --budget 2`` of ``corpus`` into ``out``."""
+    return ["coreset", "--method", "random", "--budget", "2", "--corpus", corpus, *args, "--out", str(out)]
+
+
 def _baseline(b: Bench, *args: str) -> Fault:
     out = b.tmp / "out"
     buffer = b.tmp / "buffer"
@@ -297,16 +302,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
     ),
     "jsonl: no caption": lambda b: named(
         Fault(
-            [
-                "coreset",
-                "--method",
-                "random",
-                "--budget",
-                "2",
-                "--corpus",
-                str(b.jsonl_with('{"image": "img/0.png"}')[0]),
-            ]
-            + ["--out", str(b.tmp / "out")],
+            random_coreset_args(str(b.jsonl_with('{"image": "img/0.png"}')[0]), b.tmp / "out"),
             [],
             b.tmp / "out",
         ),
@@ -586,9 +582,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
         Fault(["report", str(b.set), "--out", str(b.users_folder())], []), r"--out .*project"
     ),
     "coreset --out a file": lambda b: named(
-        Fault(
-            ["coreset", "--method", "random", "--budget", "2", "--corpus", "shapes,n=5", "--out", str(b.a_file())], []
-        ),
+        Fault(random_coreset_args("shapes,n=5", b.a_file()), []),
         r"--out .*a-file",
     ),
     "eval retrieval --test unknown": lambda b: named(
@@ -637,7 +631,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
     ),
     "coreset in a cache under a file": lambda b: named(
         Fault(
-            ["coreset", "--method", "random", "--budget", "2", "--corpus", "shapes,n=5", "--out", str(b.tmp / "out")],
+            random_coreset_args("shapes,n=5", b.tmp / "out"),
             [],
             b.tmp / "out",
             env={"PROTOSYNTH_CACHE": str(b.a_file() / "cache")},
@@ -647,18 +641,7 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
     ),
     "coreset --force on a user's folder": lambda b: named(
         Fault(
-            [
-                "coreset",
-                "--method",
-                "random",
-                "--budget",
-                "2",
-                "--corpus",
-                "shapes,n=5",
-                "--force",
-                "--out",
-                str(b.users_folder()),
-            ],
+            random_coreset_args("shapes,n=5", b.users_folder(), "--force"),
             [],
         ),
         r"--out <tmp>/project exists and is not a distilled set",

@@ -23,7 +23,6 @@ from protosynth.corpus import load_corpus
 from protosynth.embed import EmbedConfig, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
-from protosynth.models.clip import load_clip
 from protosynth.sets.distilled import load_distilled
 from protosynth.sets.verify import verify
 
@@ -88,11 +87,6 @@ def test_a_set_changed_after_it_was_written_is_refused_by_evaluation(a_set, clea
 
 
 # ---- the embedding store: index.json's sha256 checked when a store is opened for use ----
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("default")
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +182,12 @@ def verify_cli(folder: Path):
 
 def test_verify_a_clean_set_and_a_damaged_one(a_set, clean_set):
     listed = json.loads((clean_set / "manifest.json").read_text())["files"]
-    # six images, pairs.jsonl, metadata.jsonl, README.md, embeddings.safetensors, preview.png
-    assert len(listed) == 11
+    # six images, pairs.jsonl, metadata.jsonl, README.md, embeddings.safetensors, preview.png, member_images.json
+    assert len(listed) == 12
     report = verify(a_set)
-    assert (report.kind, report.checked, report.problems) == ("distilled set", 11, [])
+    assert (report.kind, report.checked, report.problems) == ("distilled set", 12, [])
     r = verify_cli(a_set)
-    assert r.exit_code == 0 and r.stdout == "ok: 11 files checked\n", r.output
+    assert r.exit_code == 0 and r.stdout == "ok: 12 files checked\n", r.output
     (a_set / "images/000003.png").unlink()
     (a_set / "images/000002.png").write_bytes(b"\x89PNG not really")
     (a_set / "pairs.jsonl").write_text((clean_set / "pairs.jsonl").read_text().replace('"index": 1,', '"index": 7,'))

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import assert_one_line_error, png_bytes, truncate, write_tar
+from helpers import assert_one_line_error, embed_cmd, kill_at_first_shard, png_bytes, truncate, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -39,7 +39,6 @@ from protosynth.distill import DistillConfig, distill
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.engines.connect import EngineConfig, check_engine
 from protosynth.errors import ProtosynthError
-from protosynth.models.clip import load_clip
 from protosynth.prototypes import PrototypeConfig, build_prototypes
 from protosynth.render import RenderConfig
 
@@ -66,11 +65,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("default")
 
 
 def store_files(folder: Path) -> dict[str, bytes]:
@@ -168,24 +162,7 @@ def test_ray_skip_bad_and_embed_equal_local_on_jsonl_webdataset_and_parquet(
 
 
 def _embed_cmd(out: Path, address: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "protosynth.cli.main",
-        "embed",
-        "--corpus",
-        "shapes,n=60",
-        "--shard-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--engine",
-        "ray",
-        "--address",
-        address,
-        "--out",
-        str(out),
-    ]
+    return embed_cmd(out, "shapes,n=60", 4, "--engine", "ray", "--address", address)
 
 
 def test_ray_embed_resumes_after_a_kill(tmp_path, ray_address, clip, one_thread):
@@ -198,17 +175,7 @@ def test_ray_embed_resumes_after_a_kill(tmp_path, ray_address, clip, one_thread)
     proc = subprocess.Popen(
         _embed_cmd(out, ray_address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
-    try:
-        deadline = time.time() + 600  # generous: a contended machine takes minutes to start Ray's actors
-        while time.time() < deadline and proc.poll() is None:
-            if out.is_dir() and len(list(out.glob("image-*.npy"))) >= 1:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_at_first_shard(proc, out, 600, 0.01)  # generous: a contended machine takes minutes to start Ray's actors
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert list(out.glob("image-*.npy")), "no shard was written before the deadline: nothing to resume"
     index = json.loads((out / "index.json").read_text())

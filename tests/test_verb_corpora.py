@@ -102,21 +102,20 @@ def test_models_train(layout, tmp_path):
     assert run["config"]["image_root"] == str(layout / "data") and run["config"]["skip_bad"] is True
 
 
+def buffer_args(corpus, out, *options) -> list:
+    """``buffer`` of ``corpus`` (one expert, one epoch, batches of 8) into ``out``."""
+    return ["buffer", "--corpus", corpus, *options, "--experts", 1, "--epochs", 1, "--batch-size", 8, "--out", out]
+
+
+def mtt_vl_args(buffer) -> list:
+    """``baseline --method mtt-vl`` of ``buffer`` with the fewest steps (no --out)."""
+    steps = ["--iterations", 1, "--syn-steps", 1, "--batch-syn", 2]
+    return ["baseline", "--method", "mtt-vl", "--budget", 4, "--buffer", buffer, *steps]
+
+
 def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_path):
     buf = tmp_path / "buf"
-    args = [
-        "buffer",
-        "--corpus",
-        layout / "ann" / "train.csv",
-        "--experts",
-        1,
-        "--epochs",
-        1,
-        "--batch-size",
-        8,
-        "--out",
-        buf,
-    ]
+    args = buffer_args(layout / "ann" / "train.csv", buf)
     bad_input_then_ok(layout, args)
     assert not buf.exists()  # a failed read claims no folder the corrected command would refuse
     code, text = invoke([*args, "--image-root", layout / "data", "--skip-bad"])
@@ -125,21 +124,7 @@ def test_buffer_then_baseline_reads_the_corpus_as_the_buffer_did(layout, tmp_pat
     assert man["corpus"]["skipped_bad"] == 1 and man["corpus"]["image_root"] == str(layout / "data")
     assert man["settings"]["skip_bad"] is True and man["corpus"]["trained_on"] == 2 * (N_TRAIN - 1)
 
-    base = [
-        "baseline",
-        "--method",
-        "mtt-vl",
-        "--budget",
-        4,
-        "--buffer",
-        buf,
-        "--iterations",
-        1,
-        "--syn-steps",
-        1,
-        "--batch-syn",
-        2,
-    ]
+    base = mtt_vl_args(buf)
     code, text = invoke([*base, "--out", tmp_path / "set"])  # no options: the buffer's are used
     assert code == 0, text
     man = json.loads((tmp_path / "set" / "manifest.json").read_text())
@@ -160,47 +145,12 @@ def test_relative_paths_are_recorded_absolute_so_another_folder_can_reuse_the_bu
     """A buffer made with relative --corpus/--image-root is read again by ``baseline`` run from
     another folder (the manifest records absolute paths, not the paths as typed)."""
     monkeypatch.chdir(layout / "ann")
-    code, text = invoke(
-        [
-            "buffer",
-            "--corpus",
-            "train.csv",
-            "--image-root",
-            "../data",
-            "--skip-bad",
-            "--experts",
-            1,
-            "--epochs",
-            1,
-            "--batch-size",
-            8,
-            "--out",
-            tmp_path / "buf",
-        ]
-    )
+    code, text = invoke(buffer_args("train.csv", tmp_path / "buf", "--image-root", "../data", "--skip-bad"))
     assert code == 0, text
     corpus = json.loads((tmp_path / "buf" / "manifest.json").read_text())["corpus"]
     assert (corpus["spec"], corpus["image_root"]) == (str(layout / "ann" / "train.csv"), str(layout / "data"))
     monkeypatch.chdir(tmp_path)
-    code, text = invoke(
-        [
-            "baseline",
-            "--method",
-            "mtt-vl",
-            "--budget",
-            4,
-            "--buffer",
-            "buf",
-            "--iterations",
-            1,
-            "--syn-steps",
-            1,
-            "--batch-syn",
-            2,
-            "--out",
-            "set",
-        ]
-    )
+    code, text = invoke([*mtt_vl_args("buf"), "--out", "set"])
     assert code == 0, text
     assert json.loads((tmp_path / "set" / "manifest.json").read_text())["corpus"]["spec"] == corpus["spec"]
 
@@ -248,7 +198,7 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
     assert _settings(BufferConfig(corpus=CorpusSource(image_root=Path("data"), skip_bad=True)))[
         "image_root"
     ] == os.path.abspath("data")
-    later = ("skip_bad", "image_column", "caption_column")
+    later = ("skip_bad", "image_column", "caption_column", "recipe")
     before = {k: v for k, v in asdict(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key

@@ -17,12 +17,11 @@ pairs, 10 matching iterations, forgetting from 1 epoch, evaluation with 20 epoch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..coreset import CoresetConfig, build_coreset
@@ -31,8 +30,8 @@ from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_source
 from ..embed import embed_corpus
 from ..errors import P, Param, ProtosynthError
-from ..evaluation.data import corpus_text_features
-from ..evaluation.evaluate import EvalConfig, evaluate
+from ..evaluation.data import RECIPES, corpus_text_features
+from ..evaluation.evaluate import EvalConfig
 from ..evaluation.metrics import METRICS
 from ..evaluation.protocols import get_protocol
 from ..models.clip import load_clip
@@ -41,7 +40,16 @@ from ..sets.comparison import set_folder
 from ..util.files import atomic_path, check_writable, git_commit, write_text_atomic
 from ..util.runinfo import check_device, check_seed
 from .buffer import BufferConfig, build_buffer, load_buffer
-from .configs import ALL_METHODS, CORESETS, OPTIMISATION, QUICK_WORLD, CompareConfig  # noqa: F401 (re-exported: its public home)
+from .compare_rows import evaluate_full, evaluate_group, pooled
+from .compare_rows import row_key as _row_key  # noqa: F401 (its earlier home, where tests read it)
+from .configs import (  # noqa: F401 (re-exported: its public home)
+    ALL_METHODS,
+    COMPARE_TEXTS,
+    CORESETS,
+    OPTIMISATION,
+    QUICK_WORLD,
+    CompareConfig,
+)
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
 
@@ -67,8 +75,16 @@ def _validate(cfg: CompareConfig) -> None:
         raise ProtosynthError(
             f"{P.corpus} {cfg.corpus.spec} has no built-in test split; pass {P.test('SPEC')}", param="test"
         )
+    for name, values, allowed in (("recipes", cfg.recipes, RECIPES), ("texts", cfg.texts, COMPARE_TEXTS)):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values or len(set(values)) < len(values):
+            raise ProtosynthError(f"{Param(name)} {','.join(values)!r}: use distinct values of {', '.join(allowed)}")
+    seeds = cfg.set_seeds()
+    if len(set(seeds)) < len(seeds):
+        raise ProtosynthError(f"{P.seeds} {','.join(map(str, seeds))}: a seed is repeated")
     check_device(cfg.device)
-    check_seed(cfg.seed)
+    for seed in (cfg.seed, *seeds):
+        check_seed(seed)
 
 
 def buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:
@@ -116,7 +132,7 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 forgetting_epochs=1 if cfg.quick else 5,
             )
         )
-    elif method == "pds":
+    elif method in ("pds", "select"):
         from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
 
         distill(
@@ -126,6 +142,7 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 seed=cfg.seed,
                 out=out,
                 device=cfg.device,
+                method=method,
             )
         )
     else:
@@ -172,7 +189,8 @@ def _stale_reason(method: str, cfg: CompareConfig, out: Path, buffers: dict[str,
         bcfg = _baseline_config(method, cfg, out, buffers)
         family = default_family(cfg.corpus.spec)
         resolved = resolve(bcfg, family, load_buffer(bcfg.buffer).epochs)
-        recorded = {"lr_space": "linear", **man.get("settings", {})}  # sets made before --lr-space learned linearly
+        # sets made before --lr-space learned linearly, before train mode in eval mode
+        recorded = {"lr_space": "linear", "train_mode": False, **man.get("settings", {})}
         keys = [
             k
             for k in preset(method, family, cfg.budget, cfg.quick)
@@ -228,22 +246,60 @@ def _child_main(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, P
         sys.exit(2)
 
 
-def _row_key(path: Path | None, eval_cfg) -> str:
-    """Rows are reused while the set and the evaluation settings are unchanged; the settings added
-    later (``skip_bad``, set only for the full row, and the column options) are left out while unset,
-    so rows stored before keep their keys."""
-    later = {"skip_bad": False, "image_column": None, "caption_column": None}
-    settings = {k: v for k, v in asdict(eval_cfg).items() if not (k in later and v == later[k])}
-    blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
-        settings, sort_keys=True, default=str
-    ).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
+def set_path(cfg: CompareConfig, method: str, seed: int) -> Path:
+    """A method's set at ``seed``: the first set seed keeps the folder a one-seed comparison used (so
+    earlier folders resume and ``report`` finds its samples); the others add ``-s<seed>``."""
+    folder = set_folder(cfg.out, method, cfg.budget)
+    return folder if seed == cfg.set_seeds()[0] else folder.with_name(f"{folder.name}-s{seed}")
 
 
-def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[str, dict], dict]:
-    """One evaluation of every set without a stored row (test data loaded once), then the full row."""
+def _make_sets(cfg: CompareConfig, buffers: dict[str, Path]) -> tuple[dict[tuple[str, int], Path], float]:
+    """Every (method, set seed) set, made where not finished (stale ones refused first); the seconds
+    the shared preparation took in this run. Buffers are shared by every set seed."""
+    sets = {(m, s): set_path(cfg, m, s) for m in cfg.methods if m != "full" for s in cfg.set_seeds()}
+    seeded = {key: replace(cfg, seed=key[1]) for key in sets}
+    # refuse a stale set before minutes of preparation, not after; a set whose buffer is not there yet
+    # is checked once the buffer is built
+    unchecked = []
+    for (method, seed), out in sets.items():
+        if not _finished(out):
+            continue
+        if _buffer_kind(method) is None or _finished(buffers[_buffer_kind(method)]):
+            _refuse_if_stale(method, seeded[method, seed], out, buffers)
+        else:
+            unchecked.append((method, seed))
+    t0 = time.time()
+    if not all(_finished(b) for b in buffers.values()) or not all(_finished(o) for o in sets.values()):
+        _in_child("prepare", cfg, None, {})  # a resumed run with nothing left to make skips it (a process start)
+    prepare_seconds = round(time.time() - t0, 1)
+    for kind in buffers:
+        if not _finished(buffers[kind]):
+            _in_child(f"buffer-{kind}", cfg, None, {})
+    for key, out in sets.items():
+        if not _finished(out):
+            _in_child(key[0], seeded[key], out, buffers)
+        elif key in unchecked:
+            _refuse_if_stale(key[0], seeded[key], out, buffers)
+    return sets, prepare_seconds
 
-    eval_cfg = EvalConfig(
+
+def _buffer_cost(buffers: dict[str, Path]) -> dict:
+    cost = {}
+    for kind, folder in buffers.items():
+        man = load_buffer(folder).manifest
+        cost[kind] = {
+            "seconds": man["seconds"],
+            "peak_memory_mb": man["peak_memory_mb"],
+            "experts": man["settings"]["experts"],
+            "epochs": man["settings"]["epochs"],
+            "trained_on_pairs": man["corpus"]["trained_on"],
+        }
+    return cost
+
+
+def _tables(cfg: CompareConfig, sets: dict[tuple[str, int], Path]) -> tuple[list[dict], dict]:
+    """One table per (recipe, text reading), rows in ``cfg.methods`` order; the evaluation's header."""
+    base = EvalConfig(
         protocol=cfg.protocol,
         repeats=cfg.repeats,
         seed=cfg.seed,
@@ -254,31 +310,45 @@ def _evaluate(paths: dict[str, Path | None], cfg: CompareConfig) -> tuple[dict[s
         image_column=cfg.corpus.image_column,
         caption_column=cfg.corpus.caption_column,
     )
-    store = {m: cfg.out / "rows" / f"{m}-{_row_key(p, eval_cfg)}.json" for m, p in paths.items()}
-    todo = [m for m in paths if not store[m].is_file()]
-    sets = [m for m in todo if paths[m] is not None]
-    docs = []
-    if sets:
-        docs.append((sets, evaluate([paths[m] for m in sets], eval_cfg)))
-    if "full" in todo:  # its own epochs (--quick: 1), never the sets' --eval-epochs
-        docs.append(
-            (
-                ["full"],
-                evaluate(
-                    [],
-                    replace(
-                        eval_cfg, full=cfg.corpus.spec, epochs=1 if cfg.quick else None, skip_bad=cfg.corpus.skip_bad
-                    ),
-                ),
-            )
-        )
-    for methods, doc in docs:
-        head = {k: v for k, v in doc.items() if k != "sets"}
-        for m, row in zip(methods, doc["sets"]):
-            store[m].parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(store[m], json.dumps({"row": row, "head": head}, indent=2))
-    saved = {m: json.loads(store[m].read_text()) for m in paths}
-    return {m: s["row"] for m, s in saved.items()}, next(iter(saved.values()))["head"]
+    full = None
+    if "full" in cfg.methods:  # its own epochs (--quick: 1), never the sets' --eval-epochs
+        full_cfg = replace(base, full=cfg.corpus.spec, epochs=1 if cfg.quick else None, skip_bad=cfg.corpus.skip_bad)
+        full = evaluate_full(cfg.out, full_cfg)
+    head = full["head"] if full else None
+    tables = []
+    for recipe in cfg.recipes:
+        for text in cfg.texts:
+            rows = evaluate_group(cfg.out, sets, replace(base, recipe=recipe, text=text))
+            head = head or next((r["head"] for r in rows.values() if "head" in r), None)
+            table = []
+            for method in cfg.methods:
+                if method == "full":
+                    table.append(dict(pooled("full", {cfg.seed: full}), set_seeds=[], recipe=recipe))
+                    continue
+                per_seed = {s: rows[method, s] for s in cfg.set_seeds()}
+                table.append(dict(pooled(method, per_seed), recipe=recipe))
+            tables.append({"recipe": recipe, "text": text, "methods": table})
+    return tables, head or {}
+
+
+def _set_costs(row: dict, path: Path) -> None:
+    """The set's own seconds and peak memory (of the first set seed's set)."""
+    man = json.loads((path / "manifest.json").read_text())
+    secs = man.get("seconds", {})
+    row["distill_seconds"] = secs.get("total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2))
+    row["peak_memory_mb"] = man.get("peak_memory_mb")
+    row["buffer"] = _buffer_kind(row["method"])
+
+
+def _relative(table: list[dict]) -> None:
+    """Cost against PDS's and r_mean against random pairs', within one table."""
+    pds = next((r for r in table if r["method"] == "pds"), None)
+    random = next((r for r in table if r["method"] == "random" and "metrics" in r), None)
+    for row in table:
+        if pds and row.get("total_seconds") is not None and pds.get("total_seconds"):
+            row["cost_vs_pds"] = round(row["total_seconds"] / pds["total_seconds"], 2)
+        if random is not None and "metrics" in row:
+            row["gain_over_random"] = round(row["metrics"]["r_mean"]["mean"] - random["metrics"]["r_mean"]["mean"], 2)
 
 
 def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
@@ -298,77 +368,32 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     needed = {_buffer_kind(m) for m in cfg.methods}
     buffers = {kind: buffer_config(cfg, kind == "heads").out for kind in ("full", "heads") if kind in needed}
-    sets = {m: set_folder(cfg.out, m, cfg.budget) for m in cfg.methods if m != "full"}
-    # refuse a stale set before minutes of preparation, not after; a set whose buffer is not there yet
-    # is checked once the buffer is built
-    unchecked = []
-    for method, out in sets.items():
-        if not _finished(out):
-            continue
-        if _buffer_kind(method) is None or _finished(buffers[_buffer_kind(method)]):
-            _refuse_if_stale(method, cfg, out, buffers)
-        else:
-            unchecked.append(method)
-    t0 = time.time()
-    if not all(_finished(b) for b in buffers.values()) or not all(_finished(o) for o in sets.values()):
-        _in_child("prepare", cfg, None, {})  # a resumed run with nothing left to make skips it (a process start)
-    prepare_seconds = round(time.time() - t0, 1)
-    buffer_cost = {}
-    for kind in buffers:
-        if not _finished(buffers[kind]):
-            _in_child(f"buffer-{kind}", cfg, None, {})
-        man = load_buffer(buffers[kind]).manifest
-        buffer_cost[kind] = {
-            "seconds": man["seconds"],
-            "peak_memory_mb": man["peak_memory_mb"],
-            "experts": man["settings"]["experts"],
-            "epochs": man["settings"]["epochs"],
-            "trained_on_pairs": man["corpus"]["trained_on"],
-        }
-    paths: dict[str, Path | None] = {}
-    for method in cfg.methods:
-        if method == "full":
-            paths[method] = None
-            continue
-        out = sets[method]
-        if not _finished(out):
-            _in_child(method, cfg, out, buffers)
-        elif method in unchecked:
-            _refuse_if_stale(method, cfg, out, buffers)
-        paths[method] = out
-    rows, head = _evaluate(paths, cfg)
-    table = []
-    for method in cfg.methods:
-        row = dict(rows[method], method=method)
-        if paths[method] is not None:
-            man = json.loads((paths[method] / "manifest.json").read_text())
-            secs = man.get("seconds", {})
-            row["distill_seconds"] = secs.get(
-                "total", round(sum(v for v in secs.values() if isinstance(v, (int, float))), 2)
-            )
-            row["peak_memory_mb"] = man.get("peak_memory_mb")
-            row["buffer"] = _buffer_kind(method)
-        table.append(row)
-    _add_costs(table, paths, buffer_cost)
-    pds = next((r for r in table if r["method"] == "pds"), None)
-    for row in table:
-        if pds and row.get("total_seconds") is not None and pds.get("total_seconds"):
-            row["cost_vs_pds"] = round(row["total_seconds"] / pds["total_seconds"], 2)
-    random = next((r for r in table if r["method"] == "random"), None)
-    for row in table:
-        if random is not None:
-            row["gain_over_random"] = round(row["metrics"]["r_mean"]["mean"] - random["metrics"]["r_mean"]["mean"], 2)
+    sets, prepare_seconds = _make_sets(cfg, buffers)
+    buffer_cost = _buffer_cost(buffers)
+    tables, head = _tables(cfg, sets)
+    first = {m: sets[m, cfg.set_seeds()[0]] for m in cfg.methods if m != "full"}
+    for table in tables:
+        for row in table["methods"]:
+            if row["method"] in first:
+                _set_costs(row, first[row["method"]])
+        _add_costs(table["methods"], first, buffer_cost)
+        _relative(table["methods"])
     doc = {
         "budget": cfg.budget,
         "corpus": cfg.corpus.spec,
         "quick": cfg.quick,
         "protocol": head.get("protocol"),
         "repeats": cfg.repeats,
+        "set_seeds": list(cfg.set_seeds()),
         "score": head.get("score"),
         "eval_epochs": cfg.eval_epochs,
         "test": head.get("test"),
         "buffers": buffer_cost,
-        "methods": table,
+        # the headline: the first recipe and reading, scored rows only (``report`` reads it)
+        "recipe": tables[0]["recipe"],
+        "text": tables[0]["text"],
+        "methods": [r for r in tables[0]["methods"] if "metrics" in r],
+        "tables": tables,
         "shared_preparation_seconds": prepare_seconds,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in flat_settings(cfg).items()},
         "command": command,
@@ -386,6 +411,7 @@ PRETRAINED = {
     "pds": "CLIP, unCLIP decoder",
     "herding": "CLIP",
     "kcenter": "CLIP",
+    "select": "CLIP",
     "random": "none",
     "forgetting": "protocol backbone + text encoder",
     **{m: "protocol backbone + text encoder (buffers)" for m in OPTIMISATION},
@@ -403,7 +429,7 @@ def _add_costs(table: list[dict], paths: dict[str, Path | None], buffer_cost: di
         if path is None or row.get("distill_seconds") is None:
             continue
         shared, what = 0.0, []
-        if method in ("pds", "herding", "kcenter"):
+        if method in ("pds", "select", "herding", "kcenter"):
             embed = json.loads((path / "manifest.json").read_text()).get("embed_compute_seconds")
             if embed is None:
                 row["total_seconds"] = None  # the store's cost was not recorded: no honest total
@@ -416,7 +442,15 @@ def _add_costs(table: list[dict], paths: dict[str, Path | None], buffer_cost: di
         row["total_seconds"] = round(row["distill_seconds"] + shared, 1)
 
 
+RECIPE_TITLES = {
+    "protocol": "every row trained by the protocol's recipe (stored soft labels and learned lrs ignored)",
+    "own": "each method's own recipe where its set stores one (soft labels, learned lrs, frozen backbone); "
+    "the protocol's for the others",
+}
+
+
 def markdown(doc: dict) -> str:
+    seeds = doc.get("set_seeds", [doc.get("settings", {}).get("seed", 0)])
     lines = [
         f"# compare-baselines: budget {doc['budget']}, corpus {doc['corpus']}, protocol {doc['protocol']}, "
         f"{doc['repeats']} repeats, score = {doc['score']}" + (" (--quick: a smoke run)" if doc["quick"] else ""),
@@ -424,31 +458,22 @@ def markdown(doc: dict) -> str:
         (f"Command: `{doc['command']}`" if doc.get("command") else "Run from the Python API")
         + f" (commit {str(doc.get('commit', ''))[:12]}).",
         "",
-        "Mean ± sample std over repeats, percent; gain = r_mean minus random pairs' at this budget, same "
-        "protocol and repeats. Cost from corpus to set: the method's own seconds and peak memory (its "
-        "process), plus the shared work it needs (the CLIP embedding store, or the expert buffers listed "
-        "below), counted in full for every method that needs it.",
-        "",
-        "| method | " + " | ".join(METRICS) + " | gain over random | pretrained | own s | shared s | total s "
-        "| peak MB | total vs PDS |",
-        "|---|" + "---|" * (len(METRICS) + 7),
+        f"Mean ± sample std over set seeds x repeats (set seeds {', '.join(map(str, seeds))}; n = set seeds x "
+        "repeats per row), percent; gain = r_mean minus random pairs' in the same table. Cost from corpus to "
+        "set (the first set seed's): the method's own seconds and peak memory (its process), plus the shared "
+        "work it needs (the CLIP embedding store, or the expert buffers listed below), counted in full for "
+        "every method that needs it. The full-data row is one run, the same in every table.",
     ]
-
-    def num(value, fmt: str) -> str:
-        return format(value, fmt) if value is not None else "-"
-
-    for row in doc["methods"]:
-        cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
-        extra = [
-            num(row.get("gain_over_random"), "+.1f"),
-            row.get("pretrained", "-"),
-            num(row.get("distill_seconds"), ".0f"),
-            num(row.get("shared_seconds"), ".0f"),
-            num(row.get("total_seconds"), ".0f"),
-            num(row.get("peak_memory_mb") or None, ".0f"),
-            num(row.get("cost_vs_pds"), ".2f") + ("x" if row.get("cost_vs_pds") is not None else ""),
-        ]
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    tables = doc.get("tables") or [{"recipe": None, "text": None, "methods": doc["methods"]}]
+    for table in tables:
+        if table["recipe"] is not None:
+            lines += [
+                "",
+                f"## recipe {table['recipe']}, text {table['text']}",
+                "",
+                RECIPE_TITLES[table["recipe"]] + ".",
+            ]
+        lines += ["", *_table_lines(table["methods"])]
     lines.append(
         f"\nShared preparation (CLIP embeddings and text features of the corpus, cached; not in any "
         f"method's seconds): {doc.get('shared_preparation_seconds', 0):.0f} s in this run."
@@ -459,6 +484,40 @@ def markdown(doc: dict) -> str:
             f"{b['seconds']:.0f} s, peak {b['peak_memory_mb']:.0f} MB."
         )
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(rows: list[dict]) -> list[str]:
+    lines = [
+        "| method | " + " | ".join(METRICS) + " | n | text read | loss, lrs | gain over random | pretrained | own s "
+        "| shared s | total s | peak MB | total vs PDS |",
+        "|---|" + "---|" * (len(METRICS) + 10),
+    ]
+
+    def num(value, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "-"
+
+    for row in rows:
+        if "metrics" not in row:
+            lines.append(f"| {row['method']} | not scored: {row.get('unsupported', '-')} |")
+            continue
+        cells = [f"{row['metrics'][k]['mean']:.1f} ± {row['metrics'][k]['std']:.1f}" for k in METRICS]
+        n = len(row["metrics"]["r_mean"].get("runs", []))
+        seeds = len(row.get("set_seeds") or []) or 1
+        extra = [
+            f"{n} ({seeds}x{n // seeds})" if n else "-",
+            row.get("text", "-"),
+            f"{row.get('loss', 'info_nce')}, {'learned' if row.get('learned_lrs') else 'protocol'}"
+            + (", frozen+head" if row.get("image_side") == "frozen+head" else ""),
+            num(row.get("gain_over_random"), "+.1f"),
+            row.get("pretrained", "-"),
+            num(row.get("distill_seconds"), ".0f"),
+            num(row.get("shared_seconds"), ".0f"),
+            num(row.get("total_seconds"), ".0f"),
+            num(row.get("peak_memory_mb") or None, ".0f"),
+            num(row.get("cost_vs_pds"), ".2f") + ("x" if row.get("cost_vs_pds") is not None else ""),
+        ]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    return lines
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -478,7 +537,8 @@ def plot(doc: dict, path: Path) -> None:
         color="tab:blue",
     )
     ax1.set_ylabel("r_mean (%)")
-    ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats)")
+    recipe = f", recipe {doc['recipe']}, text {doc['text']}" if "recipe" in doc else ""
+    ax1.set_title(f"retrieval, budget {doc['budget']} ({doc['protocol']}, {doc['repeats']} repeats{recipe})")
     made = [r for r in rows if r.get("distill_seconds") is not None]
     ax2.bar([r["method"] for r in made], [r["distill_seconds"] for r in made], color="tab:orange")
     ax2.set_ylabel("distillation seconds")

@@ -12,7 +12,9 @@ from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IM
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-ALL_METHODS = CORESETS + ("pds",) + OPTIMISATION + ("full",)
+ALL_METHODS = CORESETS + ("select", "pds") + OPTIMISATION + ("full",)
+# the evaluation's text modes a comparison may score every row under (EvalConfig.text)
+COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
 QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
 
 
@@ -74,6 +76,13 @@ class BaselineConfig:
     merged: bool | None = opt(
         None, help="Matching-loss normalisation: both modalities together, or per modality (default)."
     )
+    # the inner student in train mode (dropout on), as the official loops run it
+    train_mode: bool | None = opt(
+        None, help="The inner student in train mode, dropout on (official presets), or eval mode (world)."
+    )
+    variant: str | None = opt(  # a named departure from the preset (presets.VARIANTS)
+        None, help="A named departure from the preset: intended-temperature (MTT-VL's inner temperature 0.07)."
+    )
     # AMD's prototype initialisation clusters this CLIP's joint embeddings
     clip: str = opt("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters.")
     # the buffer corpus's image folder; None: the one the buffer recorded
@@ -108,7 +117,22 @@ class CompareConfig(ReadsCorpus):
     repeats: int = 5
     out: Path = opt(Path("runs/compare"), help="Work and output folder (compare.json/.md/.png); reruns resume.")
     quick: bool = opt(False, help="Smoke-sized run (see README): minutes, not a result.")
-    seed: int = 0
+    seed: int = opt(0, help=f"Seed of the buffers and of the evaluation's repeats (the sets' seeds: {P.seeds}).")
+    # set seeds: each method's set made once per seed (None: just ``seed``)
+    seeds: tuple[int, ...] | None = opt(
+        None, help="Comma-separated set seeds: each method's set made per seed; rows report mean ± std over all."
+    )
+    # "protocol": every row trained the protocol's way; "own": each method's own recipe where it has one
+    recipes: tuple[str, ...] = opt(
+        ("protocol",),
+        help="Comma-separated recipes, one table each: protocol (every row trained as the protocol trains, soft "
+        "labels and learned lrs ignored) and/or own (each method's own recipe where it stores one).",
+    )
+    texts: tuple[str, ...] = opt(
+        ("auto",),
+        help="Comma-separated text readings, every row scored under each: auto (each set's own), captions, "
+        "members, image, image-captions; a set that cannot be read so is marked, not scored another way.",
+    )
     device: str = "cpu"
     # default: the protocol's (quick: 20)
     eval_epochs: int | None = opt(None, help="Evaluation epochs per set (default: the protocol's).")
@@ -119,6 +143,9 @@ class CompareConfig(ReadsCorpus):
     iterations: int | None = opt(None, help="Matching iterations (default: each method's preset).")
     # test corpus spec (default: the world's test split; other corpora need one)
     test: str | None = opt(None, help="Test corpus spec (default: the world's test split; another corpus needs one).")
+
+    def set_seeds(self) -> tuple[int, ...]:
+        return self.seeds if self.seeds else (self.seed,)
 
     def effective(self) -> CompareConfig:
         if not self.quick:

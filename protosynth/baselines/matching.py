@@ -10,13 +10,22 @@ distance of where it lands to the expert's later parameters theta_target:
 
 Gradients reach the synthetic images, texts, learning rates and similarity matrix in one of
 three ways (``grad_mode``):
-- ``unroll`` (MTT-VL): autograd through the whole unrolled graph; memory grows with syn_steps.
-- ``constant`` (TESLA-style, as LoRS/AMD/RepBlend use): a forward pass keeps only each step's
-  parameters (no graph); a backward pass walks the steps in reverse, recomputes each step's
-  gradient with a graph, and back-propagates the adjoint through it (a Hessian-vector product
-  carries it to the previous step). Memory is that of one step; the gradient equals ``unroll``'s.
-- ``first-order``: the constant-memory pass without the Hessian-vector products (the adjoint is
-  held fixed), a cheaper approximation that drops how a step's batch moves later steps' parameters.
+- ``unroll`` (MTT-VL's official loop): autograd through the whole unrolled graph; memory grows with
+  syn_steps.
+- ``constant``: the exact gradient of ``unroll`` at constant memory. A forward pass keeps only each
+  step's parameters (no graph); a backward pass walks the steps in reverse, recomputes each step's
+  gradient with a graph and back-propagates the adjoint through it (a Hessian-vector product carries
+  it to the previous step). No official loop computes this; it is protosynth's exact alternative.
+- ``first-order`` (TESLA's gradient, as the official LoRS and RepBlend loops compute it; AMD is built
+  on LoRS's code): every inner step's gradient g_i is treated as a constant of the parameters, so the
+  end point is theta_start - lr * sum_i g_i. The data (and S) get the gradient of the matching loss
+  through each g_i alone; the lrs get d/d lr of the loss with the gradient sum held fixed, always per
+  modality (LoRS's code divides each modality by its own distance there, even with the merged loss).
+
+With ``train`` the student runs in train mode (its heads' dropout on), as the official loops do.
+``unroll`` draws one mask per step; ``constant`` replays each step with the masks of its forward
+pass (it must see the same function twice); ``first-order`` replays the steps in forward order with
+fresh masks, as the official code does.
 """
 
 from __future__ import annotations
@@ -119,52 +128,141 @@ def match(
     grad_mode: str = "unroll",
     blends: list[Blend | None] | None = None,
     merged: bool = False,
+    train: bool = False,
 ) -> float:
     """Unroll the student from ``start``; accumulate d(matching loss)/d(leaf) into each synthetic
-    leaf's ``.grad``; return the matching loss."""
+    leaf's ``.grad``; return the matching loss. ``train``: the student in train mode (dropout on)."""
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
-    blends = blends or [None] * len(batches)
-    start = {k: v.detach() for k, v in start.items()}
-    target = {k: v.detach() for k, v in target.items()}
-    names = list(start)
-    if grad_mode == "unroll":
-        params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-        for idx, blend in zip(batches, blends):
-            loss = step_loss(student, params, syn, idx, temperature, blend)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params = {k: params[k] - _lr(syn, k) * g for k, g in zip(names, grads)}
-        loss = matching_loss(params, start, target, merged)
-        loss.backward()
-        return float(loss.detach())
-    # constant memory: forward without a graph, keeping only each step's parameters
-    history = []
-    params = dict(start)
-    for idx, blend in zip(batches, blends):
+    run = Unroll(
+        student,
+        {k: v.detach() for k, v in start.items()},
+        {k: v.detach() for k, v in target.items()},
+        syn,
+        batches,
+        blends or [None] * len(batches),
+        temperature,
+        merged,
+    )
+    was_training = student.training
+    student.train(train)
+    if student.features is not None:
+        student.features.eval()  # RepBlend's backbone is frozen: only its heads train
+    try:
+        return {"unroll": _unroll, "constant": _constant, "first-order": _first_order}[grad_mode](run)
+    finally:
+        student.train(was_training)
+
+
+@dataclass
+class Unroll:
+    """One outer iteration's inputs to the inner loop."""
+
+    student: Student
+    start: dict[str, torch.Tensor]
+    target: dict[str, torch.Tensor]
+    syn: SyntheticSet
+    batches: list[torch.Tensor]
+    blends: list[Blend | None]
+    temperature: float
+    merged: bool
+
+    def loss(self, params: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        return step_loss(self.student, params, self.syn, self.batches[i], self.temperature, self.blends[i])
+
+    def step_grads(self, params: dict[str, torch.Tensor], i: int, create_graph: bool = False):
+        """Step i's gradient at ``params`` (leaves requiring grad), one tensor per parameter name."""
+        return torch.autograd.grad(self.loss(params, i), list(params.values()), create_graph=create_graph)
+
+    def leaves(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.syn.leaves().items() if v.requires_grad}
+
+
+def _with_grad(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+
+def _accumulate(leaves: dict[str, torch.Tensor], grads) -> None:
+    for leaf, g in zip(leaves.values(), grads):
+        if g is not None:
+            leaf.grad = g if leaf.grad is None else leaf.grad + g
+
+
+def _unroll(run: Unroll) -> float:
+    params = {k: v.clone().requires_grad_(True) for k, v in run.start.items()}
+    for i in range(len(run.batches)):
+        grads = run.step_grads(params, i, create_graph=True)
+        params = {k: params[k] - _lr(run.syn, k) * g for k, g in zip(params, grads)}
+    loss = matching_loss(params, run.start, run.target, run.merged)
+    loss.backward()
+    return float(loss.detach())
+
+
+def _forward(run: Unroll):
+    """The inner steps without a graph: each step's parameters, the RNG state its loss drew its
+    dropout masks from, the end parameters and the sum of the steps' gradients."""
+    history, states = [], []
+    params = dict(run.start)
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for i in range(len(run.batches)):
         history.append(params)
-        p = {k: v.requires_grad_(True) for k, v in ((k, v.detach().clone()) for k, v in params.items())}
+        states.append(torch.get_rng_state())
         with torch.enable_grad():
-            grads = torch.autograd.grad(step_loss(student, p, syn, idx, temperature, blend), list(p.values()))
-        params = {k: (params[k] - _lr(syn, k).detach() * g).detach() for k, g in zip(names, grads)}
-    end = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    loss = matching_loss(end, start, target, merged)
-    adjoint = dict(zip(names, torch.autograd.grad(loss, list(end.values()))))
-    leaves = {k: v for k, v in syn.leaves().items() if v.requires_grad}
-    for i in reversed(range(len(batches))):
-        p = {k: v.clone().requires_grad_(True) for k, v in history[i].items()}
-        grads = torch.autograd.grad(
-            step_loss(student, p, syn, batches[i], temperature, blends[i]), list(p.values()), create_graph=True
-        )
+            grads = dict(zip(params, run.step_grads(_with_grad(params), i)))
+        params = {k: (params[k] - _lr(run.syn, k).detach() * g).detach() for k, g in grads.items()}
+        total = {k: total[k] + g for k, g in grads.items()}
+    return history, states, params, total
+
+
+def _adjoint(run: Unroll, end: dict[str, torch.Tensor], merged: bool) -> tuple[torch.Tensor, dict]:
+    end = _with_grad(end)
+    loss = matching_loss(end, run.start, run.target, merged)
+    return loss, dict(zip(end, torch.autograd.grad(loss, list(end.values()))))
+
+
+def _inner(adjoint: dict, grads, names) -> dict[str, torch.Tensor]:
+    """Per modality, the dot product of the adjoint with a step's gradient."""
+    return {m: sum((adjoint[k] * g).sum() for k, g in zip(names, grads) if k.startswith(m + ".")) for m in MODALITIES}
+
+
+def _constant(run: Unroll) -> float:
+    history, states, end, _ = _forward(run)
+    loss, adjoint = _adjoint(run, end, run.merged)
+    leaves = run.leaves()
+    after = torch.get_rng_state()
+    for i in reversed(range(len(run.batches))):
+        p = _with_grad(history[i])
+        torch.set_rng_state(states[i])  # the forward pass's dropout masks: the same function
+        grads = run.step_grads(p, i, create_graph=True)
+        inner = _inner(adjoint, grads, list(p))
         # theta_{i+1} = theta_i - lr * g_i: the vector-Jacobian product of -lr * g_i with the adjoint
-        inner = {
-            m: sum((adjoint[k] * g).sum() for k, g in zip(names, grads) if k.startswith(m + ".")) for m in MODALITIES
-        }
-        surrogate = -(syn.rate("image") * inner["image"] + syn.rate("text") * inner["text"])
-        wrt = list(leaves.values()) + ([] if grad_mode == "first-order" else list(p.values()))
-        out = torch.autograd.grad(surrogate, wrt, allow_unused=True)
-        for leaf, g in zip(leaves.values(), out[: len(leaves)]):
-            if g is not None:
-                leaf.grad = g if leaf.grad is None else leaf.grad + g
-        if grad_mode == "constant":
-            adjoint = {k: adjoint[k] + (g if g is not None else 0) for k, g in zip(names, out[len(leaves) :])}
+        surrogate = -(run.syn.rate("image") * inner["image"] + run.syn.rate("text") * inner["text"])
+        out = torch.autograd.grad(surrogate, list(leaves.values()) + list(p.values()), allow_unused=True)
+        _accumulate(leaves, out[: len(leaves)])
+        adjoint = {k: adjoint[k] + (g if g is not None else 0) for k, g in zip(p, out[len(leaves) :])}
+    torch.set_rng_state(after)
+    return float(loss.detach())
+
+
+def _first_order(run: Unroll) -> float:
+    history, _, end, total = _forward(run)
+    loss, adjoint = _adjoint(run, end, run.merged)
+    data = {k: v for k, v in run.leaves().items() if k not in ("lr_image", "lr_text")}
+    for i in range(len(run.batches)):  # forward order, fresh dropout masks: as the official loops
+        p = _with_grad(history[i])
+        inner = _inner(adjoint, run.step_grads(p, i, create_graph=True), list(p))
+        lrs = {m: run.syn.rate(m).detach() for m in MODALITIES}
+        surrogate = -(lrs["image"] * inner["image"] + lrs["text"] * inner["text"])
+        _accumulate(data, torch.autograd.grad(surrogate, list(data.values()), allow_unused=True))
+    # the lrs: the per-modality loss of theta_start - lr * (sum of the steps' gradients), that sum fixed
+    lr_loss = 0
+    for m in MODALITIES:
+        keys = [k for k in run.start if k.startswith(m + ".")]
+        moved = {k: run.start[k] - run.syn.rate(m) * total[k] for k in keys}
+        num = sum(((moved[k] - run.target[k]) ** 2).sum() for k in keys)
+        den = sum(((run.start[k] - run.target[k]) ** 2).sum() for k in keys)
+        lr_loss = lr_loss + num / torch.as_tensor(den).clamp_min(1e-12)
+    lr_leaves = {k: v for k, v in run.leaves().items() if k in ("lr_image", "lr_text")}
+    if lr_leaves:
+        _accumulate(lr_leaves, torch.autograd.grad(lr_loss, list(lr_leaves.values()), allow_unused=True))
     return float(loss.detach())

@@ -38,6 +38,7 @@ from ..evaluation.pixels import denormalise
 from ..models.clip import load_clip
 from ..prototypes import kmeans
 from ..sets.distilled import check_budget, check_out_dir, manifest_header, write_distilled
+from ..sets.texts import member_images, with_reading_texts
 from ..util.progress import StepBar
 from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
 from . import amd
@@ -161,14 +162,8 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
         LowRankSimilarity(m, cfg.rank, cfg.alpha, gen) if cfg.method in USES_SIMILARITY else None,
         log_lr=log_lr,
     )
-    groups = [
-        {"params": [syn.images], "lr": cfg.lr_img},
-        {"params": [syn.texts], "lr": cfg.lr_txt},
-        {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr},
-    ]
-    if syn.sim is not None:
-        groups.append({"params": list(syn.sim.parameters()), "lr": cfg.lr_sim})
-    opt = torch.optim.SGD(groups, momentum=0.5)
+    opt = outer_optimizer(syn, cfg)
+    initial = snapshot(syn)
     seconds["setup"] = round(time.time() - started, 2)
 
     t0 = time.time()
@@ -210,26 +205,75 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
                     if cfg.method == "repblend"
                     else None
                 )
-            opt.zero_grad(set_to_none=True)
-            loss = match(student, start, target, syn, batches, temperature, cfg.grad_mode, blends, cfg.merged)
+            loss = outer_step(student, start, target, syn, opt, batches, blends, temperature, cfg)
             if not np.isfinite(loss):
                 raise ProtosynthError(
                     f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
                     f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower {P.lr_lr} if "
                     f"they grew large, else {P.lr_img}/{P.lr_txt}"
                 )
-            opt.step()
-            if not log_lr:  # in log space an lr is positive by construction
-                with torch.no_grad():
-                    for lr in (syn.lr_image, syn.lr_text):
-                        if lr.item() < 1e-4:  # a negative inner lr would train the student backwards
-                            lr.clamp_(min=1e-4)
-                            lr_clamps += 1
+            lr_clamps += clamp_lrs(syn)
             losses.append(loss)
             lr_trace.append((syn.rate("image").item(), syn.rate("text").item()))
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
     seconds["distill"] = round(time.time() - t0, 2)
-    return _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command)
+    moved = movement(initial, snapshot(syn))
+    return _write(
+        cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command, moved
+    )
+
+
+def outer_optimizer(syn: SyntheticSet, cfg: BaselineConfig) -> torch.optim.SGD:
+    """SGD with momentum 0.5 for images, texts, inner lrs and S, each at its own lr (all four
+    official loops)."""
+    groups = [
+        {"params": [syn.images], "lr": cfg.lr_img},
+        {"params": [syn.texts], "lr": cfg.lr_txt},
+        {"params": [syn.lr_image, syn.lr_text], "lr": cfg.lr_lr},
+    ]
+    if syn.sim is not None:
+        groups.append({"params": list(syn.sim.parameters()), "lr": cfg.lr_sim})
+    return torch.optim.SGD(groups, momentum=0.5)
+
+
+def outer_step(student, start, target, syn, opt, batches, blends, temperature, cfg: BaselineConfig) -> float:
+    """One outer iteration: the matching gradient into the leaves, then the optimiser's step (a
+    non-finite loss leaves the set unchanged); returns the matching loss."""
+    opt.zero_grad(set_to_none=True)
+    loss = match(
+        student, start, target, syn, batches, temperature, cfg.grad_mode, blends, cfg.merged, bool(cfg.train_mode)
+    )
+    if np.isfinite(loss):
+        opt.step()
+    return loss
+
+
+def clamp_lrs(syn: SyntheticSet) -> int:
+    """Hold linear inner lrs at the 1e-4 floor (a negative lr would train the student backwards; the
+    official loops have no floor); returns how many were clamped."""
+    if syn.log_lr:  # in log space an lr is positive by construction
+        return 0
+    clamped = 0
+    with torch.no_grad():
+        for lr in (syn.lr_image, syn.lr_text):
+            if lr.item() < 1e-4:
+                lr.clamp_(min=1e-4)
+                clamped += 1
+    return clamped
+
+
+def snapshot(syn: SyntheticSet) -> dict[str, torch.Tensor]:
+    """The set's values now (pixels, texts, inner lrs, S), to measure how far a run moves them."""
+    out = {"pixels": syn.images, "text": syn.texts, "lr_image": syn.rate("image"), "lr_text": syn.rate("text")}
+    if syn.sim is not None:
+        out["similarity"] = syn.sim()
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def movement(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean absolute change of each part of the set from its start: a set that barely left its
+    random start shows here (issue 30)."""
+    return {k: float((after[k] - before[k]).abs().mean()) for k in before}
 
 
 def _curve(losses: list[float], points: int = 50) -> list[float]:
@@ -237,7 +281,9 @@ def _curve(losses: list[float], points: int = 50) -> list[float]:
     return [round(float(c.mean()), 6) for c in chunks]
 
 
-def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command) -> Path:
+def _write(
+    cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command, moved
+) -> Path:
     pixels = syn.images.detach().cpu()
     rgb = denormalise(pixels, feats.backbone.mean, feats.backbone.std)
     arr = (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -298,10 +344,22 @@ def _write(cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buf
             "image_curve": _curve([a for a, _ in lr_trace]),
             "text_curve": _curve([b for _, b in lr_trace]),
         },
+        # mean absolute change from the start, per part of the set (pixels normalised for the backbone)
+        "movement": moved,
         "amd_ranges": ranges,
         "versions": versions(),
         "peak_memory_mb": peak_rss_mb(),
         "seconds": dict(seconds, total=round(time.time() - started, 2)),
         "command": command,
     }
-    return write_distilled(out, images, rows, tensors, manifest, text_space=feats.encoder.space, force=cfg.force)
+    rows = with_reading_texts(rows, corpus)  # the start pairs' captions: its captions-like readings
+    return write_distilled(
+        out,
+        images,
+        rows,
+        tensors,
+        manifest,
+        text_space=feats.encoder.space,
+        force=cfg.force,
+        member_images=member_images(rows, corpus),
+    )

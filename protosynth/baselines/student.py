@@ -8,8 +8,8 @@ Two shapes, as the reference methods use them:
   and the text ProjectionHead are trained on top of frozen backbone features and text features.
 
 Parameter names start with ``image.`` or ``text.``; :func:`split` groups them by modality.
-The student runs in eval mode (no dropout) inside matching: constant-memory back-propagation
-recomputes every inner step and must see the same function twice.
+Inside matching the student runs in train mode (the heads' dropout on) under the official presets,
+as the authors' loops do, and in eval mode under the world preset (``matching.match``'s ``train``).
 """
 
 from __future__ import annotations

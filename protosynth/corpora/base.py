@@ -18,7 +18,7 @@ import stat
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,20 +158,13 @@ class Corpus:
     def subset(self, indices: list[int], fingerprint: str) -> Corpus:
         """The images ``indices`` (with their captions), reading from the same source."""
         pick = list(indices)
-        return Corpus(
-            spec=self.spec,
+        return replace(
+            self,
             fingerprint=fingerprint,
             image_keys=[self.image_keys[i] for i in pick],
             captions=[self.captions[i] for i in pick],
             pixels=None if self.pixels is None else self.pixels[pick],
-            root=self.root,
             image_lines=[self.image_lines[i] for i in pick] if self.image_lines else [],
-            source=self.source,
-            image_root=self.image_root,
-            skip_bad=self.skip_bad,
-            skipped=self.skipped,
-            image_column=self.image_column,
-            caption_column=self.caption_column,
         )
 
 
@@ -219,6 +212,14 @@ def manifest_file(path: str | Path) -> Path:
     if not path.is_file():
         raise ProtosynthError(f"corpus {str(path)!r}: no such file")
     return path
+
+
+def read_manifest(path: str | Path, image_root: Path | None = None) -> tuple[Path, Path, bytes]:
+    """A manifest file (it must exist), the folder its image paths are relative to (see
+    ``image_folder``) and its bytes."""
+    path = manifest_file(path)
+    root = image_folder(path, image_root)
+    return path, root, path.read_bytes()
 
 
 def image_folder(manifest: Path, image_root: Path | None) -> Path:
@@ -284,24 +285,29 @@ def _stat(root: Path, key: str) -> os.stat_result:
 
 
 def file_corpus(
-    spec: str,
+    path: Path,
     prefix: str,
     raw: bytes,
     root: Path,
-    keys: list[str],
-    captions: list[list[str]],
-    rows: list[int],
-    where: list[str],
+    rows: CaptionsByImage,
+    unit: str,
+    empty: str,
     image_root: Path | None,
     skip_bad: bool,
     find_bad: FindBad = unreadable,
 ) -> Corpus:
     """The corpus of a parsed manifest whose images are files under ``root``: existence checks (or
-    the --skip-bad pass, ``find_bad``), then the fingerprint that keys the embedding cache."""
+    the --skip-bad pass, ``find_bad``), then the fingerprint that keys the embedding cache. Each image
+    is placed as ``{path} {unit} {n}`` by the row that first named it; no rows at all is the error
+    ``corpus '{path}': {empty}``."""
+    if not rows.captions:
+        raise ProtosynthError(f"corpus {str(path)!r}: {empty}")
+    spec, keys, captions, first = str(path), rows.images, rows.captions, rows.first_rows
+    where = [f"{path} {unit} {n}" for n in first]
     source = FileImages(root, dict(zip(keys, where)))
     bad = check_images(spec, keys, source, skip_bad, find_bad=find_bad)
     kept = [i for i, key in enumerate(keys) if key not in bad]
-    keys, captions, rows = [keys[i] for i in kept], [captions[i] for i in kept], [rows[i] for i in kept]
+    keys, captions, first = [keys[i] for i in kept], [captions[i] for i in kept], [first[i] for i in kept]
     # manifest bytes, image root, each kept image's size and mtime, and what was dropped: any change
     # to what would be embedded gives a new fingerprint
     h = hashlib.sha256(raw)
@@ -317,7 +323,7 @@ def file_corpus(
         image_keys=keys,
         captions=captions,
         root=root,
-        image_lines=rows,
+        image_lines=first,
         source=source,
         image_root=image_root,
         skip_bad=skip_bad,

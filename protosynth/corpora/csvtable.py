@@ -9,25 +9,13 @@ import io
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import (
-    CaptionsByImage,
-    Corpus,
-    FindBad,
-    clean_captions,
-    decode_utf8,
-    file_corpus,
-    image_folder,
-    manifest_file,
-    unreadable,
-)
+from .base import CaptionsByImage, Corpus, FindBad, clean_captions, decode_utf8, file_corpus, read_manifest, unreadable
 
 
 def load_csv(
     path: str | Path, image_root: Path | None = None, skip_bad: bool = False, find_bad: FindBad = unreadable
 ) -> Corpus:
-    path = manifest_file(path)
-    root = image_folder(path, image_root)
-    raw = path.read_bytes()
+    path, root, raw = read_manifest(path, image_root)
     reader = csv.reader(io.StringIO(decode_utf8(raw, path), newline=""))
     rows = CaptionsByImage()
     row_no = 0  # the last record read, for csv.Error (reader.line_num counts physical lines)
@@ -55,18 +43,4 @@ def load_csv(
             rows.add(image, caps, row_no)
     except csv.Error as exc:
         raise ProtosynthError(f"{path} row {row_no + 1}: not valid CSV ({exc})") from None
-    if not rows.captions:
-        raise ProtosynthError(f"corpus {str(path)!r}: the CSV has no rows")
-    return file_corpus(
-        str(path),
-        "csv",
-        raw,
-        root,
-        rows.images,
-        rows.captions,
-        rows.first_rows,
-        [f"{path} row {n}" for n in rows.first_rows],
-        image_root,
-        skip_bad,
-        find_bad,
-    )
+    return file_corpus(path, "csv", raw, root, rows, "row", "the CSV has no rows", image_root, skip_bad, find_bad)

@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import CaptionsByImage, Corpus, FindBad, clean_captions, decode_utf8, file_corpus, manifest_file, unreadable
+from .base import CaptionsByImage, Corpus, FindBad, clean_captions, decode_utf8, file_corpus, read_manifest, unreadable
 
 
 def load_jsonl(path: str | Path, skip_bad: bool = False, find_bad: FindBad = unreadable) -> Corpus:
     """Read a JSONL manifest; every malformed line is an error naming the file and line."""
-    path = manifest_file(path)
-    raw = path.read_bytes()
+    path, root, raw = read_manifest(path)
     rows = CaptionsByImage()
     for lineno, line in enumerate(decode_utf8(raw, path).splitlines(), start=1):
         if not line.strip():
@@ -28,18 +27,4 @@ def load_jsonl(path: str | Path, skip_bad: bool = False, find_bad: FindBad = unr
             raise ProtosynthError(f"{where}: needs an 'image' field with a relative path")
         caps = clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
         rows.add(obj["image"], caps, lineno)
-    if not rows.captions:
-        raise ProtosynthError(f"corpus {str(path)!r}: manifest has no pairs")
-    return file_corpus(
-        str(path),
-        "jsonl",
-        raw,
-        path.parent,
-        rows.images,
-        rows.captions,
-        rows.first_rows,
-        [f"{path} line {n}" for n in rows.first_rows],
-        None,
-        skip_bad,
-        find_bad,
-    )
+    return file_corpus(path, "jsonl", raw, root, rows, "line", "manifest has no pairs", None, skip_bad, find_bad)

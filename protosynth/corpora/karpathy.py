@@ -10,25 +10,13 @@ import json
 from pathlib import Path
 
 from ..errors import ProtosynthError
-from .base import (
-    CaptionsByImage,
-    Corpus,
-    FindBad,
-    clean_captions,
-    decode_utf8,
-    file_corpus,
-    image_folder,
-    manifest_file,
-    unreadable,
-)
+from .base import CaptionsByImage, Corpus, FindBad, clean_captions, decode_utf8, file_corpus, read_manifest, unreadable
 
 
 def load_karpathy(
     path: str | Path, image_root: Path | None = None, skip_bad: bool = False, find_bad: FindBad = unreadable
 ) -> Corpus:
-    path = manifest_file(path)
-    root = image_folder(path, image_root)
-    raw = path.read_bytes()
+    path, root, raw = read_manifest(path, image_root)
     try:
         entries = json.loads(decode_utf8(raw, path))
     except json.JSONDecodeError as exc:
@@ -47,18 +35,5 @@ def load_karpathy(
         cap = entry["caption"]
         caps = clean_captions(cap if isinstance(cap, list) else [cap], where)
         rows.add(entry["image"], caps, i)
-    if not rows.captions:
-        raise ProtosynthError(f"corpus {str(path)!r}: the JSON list has no entries")
-    return file_corpus(
-        str(path),
-        "karpathy",
-        raw,
-        root,
-        rows.images,
-        rows.captions,
-        rows.first_rows,
-        [f"{path} entry {i}" for i in rows.first_rows],
-        image_root,
-        skip_bad,
-        find_bad,
-    )
+    empty = "the JSON list has no entries"
+    return file_corpus(path, "karpathy", raw, root, rows, "entry", empty, image_root, skip_bad, find_bad)

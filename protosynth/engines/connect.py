@@ -23,10 +23,9 @@ import os
 import socket
 from contextlib import contextmanager
 
-from ..configs import EngineConfig  # noqa: F401 (re-exported: its public home)
+from ..configs import ENGINES, EngineConfig  # noqa: F401 (re-exported: their public home)
 from ..errors import P, ProtosynthError
 
-ENGINES = ("local", "ray")
 EXTRA = "pip install -e '.[ray]'"
 CONNECT_TIMEOUT = 5.0  # seconds to reach HOST:PORT before ray.init, which would retry for minutes
 
@@ -34,23 +33,9 @@ CONNECT_TIMEOUT = 5.0  # seconds to reach HOST:PORT before ray.init, which would
 def check_engine(cfg: EngineConfig) -> None:
     """The checks before any work: the values, that Ray is installed, and that something answers at a
     ``HOST:PORT`` address."""
-    if cfg.engine not in ENGINES:
-        raise ProtosynthError(f"unknown {P.engine} {cfg.engine!r}: use local or ray")
+    cfg.check()
     if not cfg.on_ray:
-        for param, value, default in (
-            (P.address, cfg.address, None),
-            (P.workers, cfg.workers, None),
-            (P.gpus_per_worker, cfg.gpus_per_worker, 0.0),
-        ):
-            if value != default:
-                raise ProtosynthError(f"{param} needs {P.engine('ray')}")
         return
-    if cfg.workers is not None and cfg.workers < 1:
-        raise ProtosynthError(f"{P.workers} must be at least 1, got {cfg.workers}")
-    if cfg.gpus_per_worker < 0:
-        raise ProtosynthError(f"{P.gpus_per_worker} must not be negative, got {cfg.gpus_per_worker}")
-    if cfg.cpus_per_worker <= 0:
-        raise ProtosynthError(f"{P.cpus_per_worker} must be positive, got {cfg.cpus_per_worker}")
     import_ray()
     if cfg.address not in (None, "auto"):
         _reachable(cfg.address)

@@ -12,13 +12,22 @@ Text of a set is used the way it was stored (``--text``):
 - ``image-captions``: the mean of every caption of the images those member pairs show (for a coreset
   pair: all captions of its one image), the reference that tells caption averaging apart from
   summarising many scenes;
-- ``stored``: the stored embeddings, which must be in the protocol's text space.
+- ``stored``: the stored embeddings, which must be in the protocol's text space;
+- ``prototype``: a rendered PDS set's stored text prototype (``text_raw``, or ``text_normalised``
+  where the protocol normalises text), as the PDS authors' evaluation trains its text head on it. It
+  needs the protocol's text space to be the set's CLIP (``--protocol pds``, or another protocol with
+  that CLIP as its text encoder). A set declaring ``prototype`` (``distill --preset pds-published``)
+  is read, under ``auto`` and in any other text space, with ``members``: the mean of the same member
+  captions the prototype averages, in the protocol's text space.
+
+The captions of ``members`` and ``image`` are read from the set (``protosynth.sets.texts``); only a set
+made before it stored them, and ``image-captions``, read the source corpus.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +41,17 @@ from ..errors import P, ProtosynthError
 from ..models.backbones import Backbone
 from ..models.text_encoders import TextEncoder
 from ..sets.distilled import DistilledSet
-from ..util.files import atomic_open, remove_stale_temps, write_text_atomic
+from ..sets.texts import READING_FIELDS, corpus_digests, own_pair, pairs_of_images
+from ..util.files import atomic_open, remove_stale_temps
 from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 
-TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored")
-SET_TEXT_RULES = ("captions", "members", "image")  # what a set may declare as its manifest's evaluation.text
+TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
+# what a set may declare as its manifest's evaluation.text
+SET_TEXT_RULES = ("captions", "members", "image", "prototype")
+# how a set is trained (EvalConfig.recipe): its method's own recipe where it stores one, or the protocol's
+RECIPES = ("own", "protocol")
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:
@@ -132,9 +145,13 @@ def set_data(
     declared = ds.manifest.get("evaluation", {}).get("text", "captions")
     if declared not in SET_TEXT_RULES:
         raise ProtosynthError(f"{where}: manifest evaluation.text {declared!r}: use {' or '.join(SET_TEXT_RULES)}")
-    if text_mode == "auto" and stored is None:
-        text_mode = declared
-    if text_mode in ("auto", "stored") and stored is not None:
+    if text_mode == "auto":
+        text_mode = "prototype" if declared == "prototype" else declared if stored is None else "stored"
+        if text_mode == "prototype" and stored is None:
+            text_mode = "members"  # the prototype's own members, read in the protocol's text space
+    if text_mode == "prototype":
+        texts, how = _text_prototypes(ds, stored, stored_space, encoder), "prototype"
+    elif text_mode == "stored":
         texts, how = stored, "stored"
     elif text_mode in ("members", "image-captions", "image"):
         texts, how = _member_texts(ds, encoder, normalise_text, text_mode), text_mode
@@ -165,6 +182,51 @@ def set_data(
         similarity=sim.float() if sim is not None else None,
         image_head=image_side == "frozen+head",
     )
+
+
+def protocol_recipe(data: PairData) -> PairData:
+    """The pairs without what a method's own recipe adds (soft labels, learned lrs, a frozen
+    backbone with a trained head), so the set trains as the protocol trains any set: one recipe per table."""
+    return replace(
+        data,
+        lr_image=None,
+        lr_text=None,
+        similarity=None,
+        image_head=False,
+        notes=dict(data.notes, learned_lrs=False),
+    )
+
+
+def has_own_recipe(ds: DistilledSet) -> bool:
+    """Whether the set stores anything ``protocol_recipe`` drops (learned lrs, soft labels, a frozen-backbone
+    head): without, both recipes train it the same way."""
+    own = ("lr_image", "lr_text", "similarity")
+    return any(k in ds.tensors for k in own) or ds.manifest.get("evaluation", {}).get("image") == "frozen+head"
+
+
+def unsupported_reading(ds: DistilledSet, mode: str) -> str | None:
+    """Why ``set_data`` cannot read ``ds`` with text mode ``mode`` (the pairs lack what it averages), or
+    None: a comparison marks such a row instead of evaluating it another way."""
+    pairs = ds.pairs
+    if mode == "captions" and any(not isinstance(p.get("caption"), str) or not p["caption"].strip() for p in pairs):
+        return "a pair has no caption"
+    if mode in ("members", "image-captions") and any(not p.get("members") for p in pairs):
+        return "a pair has no member pairs"
+    if mode == "image" and any(own_pair(p) is None for p in pairs):
+        return "a pair shows no one real image (rendered from several members)"
+    return None
+
+
+def _text_prototypes(ds: DistilledSet, stored, stored_space, encoder: TextEncoder) -> torch.Tensor:
+    """The stored text prototypes of a rendered PDS set, refused for any other set or text space."""
+    if ds.manifest.get("method") != "pds" or "text" in ds.tensors or stored is None:
+        raise ProtosynthError(
+            f"{ds.root}: {P.text('prototype')} reads the text prototypes a rendered PDS set stores in its CLIP's "
+            f"space {stored_space!r}; this set is method {ds.manifest.get('method')!r} and the protocol's text "
+            f"space is {encoder.space!r} (use {P.protocol('pds')}, or {P.text('members')} in another space)",
+            param="text",
+        )
+    return stored
 
 
 def _stored_pixels(ds: DistilledSet, backbone: Backbone, size: int) -> torch.Tensor | None:
@@ -200,68 +262,67 @@ def source_corpus(ds: DistilledSet) -> Corpus:
     return corpus
 
 
-# the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
-# a coreset's one member
-OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
+def _stored_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]] | None:
+    """Each pair's (real pair, caption) list for ``mode`` as the set stores it (``sets.texts``), or None
+    for a set made before they were stored (or for ``image-captions``, never stored)."""
+    if mode not in READING_FIELDS:
+        return None
+    index_key, caption_key = READING_FIELDS[mode]
+    groups = []
+    for p in ds.pairs:
+        idx, caps = p.get(index_key), p.get(caption_key)
+        if not isinstance(idx, list) or not isinstance(caps, list) or len(idx) != len(caps) or not idx:
+            return None
+        groups.append([(int(m), str(c)) for m, c in zip(idx, caps)])
+    return groups
 
 
-def _own_pair(p: dict) -> int | None:
-    for key in OWN_PAIR_FIELDS:
-        if key in p:
-            return int(p[key])
-    members = p.get("members") or []
-    return int(members[0]) if len(members) == 1 else None
+def _corpus_groups(ds: DistilledSet, mode: str) -> list[list[tuple[int, str]]]:
+    """Each pair's (real pair, caption) list for ``mode``, rebuilt from the source corpus."""
+    if mode == "image":
+        groups = [[own_pair(p)] for p in ds.pairs]
+    else:
+        groups = [list(p["members"]) for p in ds.pairs]
+    try:
+        corpus = source_corpus(ds)
+    except ProtosynthError as exc:
+        raise ProtosynthError(
+            f"{P.text(mode)} needs the source corpus of this set, which stores no captions for it: {exc}"
+        ) from None
+    top = max(m for g in groups for m in g)
+    if top >= corpus.n_pairs:
+        raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
+    if mode != "members":
+        of_image = pairs_of_images(corpus, {int(corpus.pair_image[m]) for g in groups for m in g})
+        groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
+    return [[(m, corpus.pair_caption[m]) for m in g] for g in groups]
 
 
 def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode: str = "members") -> torch.Tensor:
     """Each pair's text as a mean of real captions: of its member pairs (``members``), of every caption
     of the images those members show (``image-captions``), or of every caption of the one image the
-    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own)."""
-    if mode == "image":
-        own = [_own_pair(p) for p in ds.pairs]
-        if any(o is None for o in own):
-            raise ProtosynthError(
-                f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
-            )
-        groups = [[o] for o in own]
-    else:
-        if any(not p.get("members") for p in ds.pairs):
-            raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
-        groups = [list(p["members"]) for p in ds.pairs]
-    corpus = source_corpus(ds)
-    top = max(m for g in groups for m in g)
-    if top >= corpus.n_pairs:
-        raise ProtosynthError(f"{ds.root}: member index {top} is outside corpus {corpus.spec} ({corpus.n_pairs} pairs)")
-    if mode != "members":
-        of_image = {}
-        for pair, image in enumerate(corpus.pair_image):
-            of_image.setdefault(int(image), []).append(pair)
-        groups = [sorted({q for m in g for q in of_image[int(corpus.pair_image[m])]}) for g in groups]
-    wanted = sorted({m for g in groups for m in g})
-    feats = encode_texts(encoder, [corpus.pair_caption[m] for m in wanted], normalise)
+    pair shows (``image``: its start member's, its selected pair's, a coreset pair's own). The captions
+    the set stores are read first; the source corpus only for a set made before they were stored.
+    Both give the same encoder input (every distinct real pair once, in pair order), so the same
+    features."""
+    if mode == "image" and any(own_pair(p) is None for p in ds.pairs):
+        raise ProtosynthError(
+            f"{ds.root}: {P.text('image')} needs a start, selected or single member pair on every pair"
+        )
+    if mode != "image" and any(not p.get("members") for p in ds.pairs):
+        raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
+    groups = _stored_groups(ds, mode) or _corpus_groups(ds, mode)
+    caption = {m: c for g in groups for m, c in g}
+    wanted = sorted(caption)
+    feats = encode_texts(encoder, [caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
-    return torch.stack([feats[[row[m] for m in g]].mean(0) for g in groups])
+    return torch.stack([feats[[row[m] for m, _ in g]].mean(0) for g in groups])
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
-    """Pixel digest -> image index, for the overlap check. A file corpus's digests (each image
-    decoded at full size, one at a time) are cached by its fingerprint, as its pixels are, so an
-    evaluation does not decode the whole test split a second time."""
-    if corpus.pixels is not None:  # in memory (the world): nothing to save
-        return {image_digest(corpus.image_array(i)): i for i in range(corpus.n_images)}
-    path = cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            digests = json.loads(path.read_text())
-            if len(digests) == corpus.n_images:
-                return {bytes.fromhex(d): i for i, d in enumerate(digests)}
-        except ValueError:
-            pass  # a damaged cache file is recomputed below
-    check_cache_writable(path.parent)
-    digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps([d.hex() for d in digests]))
-    return {d: i for i, d in enumerate(digests)}
+    """Pixel digest -> image index, for the overlap check (``sets.texts.corpus_digests``: cached for a
+    file corpus, so an evaluation does not decode the whole test split a second time)."""
+    return {d: i for i, d in enumerate(corpus_digests(corpus))}
 
 
 def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, int] | None = None) -> None:
@@ -275,8 +336,20 @@ def check_no_overlap(ds: DistilledSet, test: Corpus, test_hashes: dict[bytes, in
         if hit is not None:
             raise ProtosynthError(f"{ds.root}: pair {i}'s image is test image {hit} of {test.spec}")
     members = sorted({m for p in ds.pairs for m in (p.get("members") or [])})
-    if members and corpus_spec:
-        corpus = source_corpus(ds)
+    if members and ds.member_images is not None:  # stored with the set: no corpus needed
+        for key, digest in ds.member_images.get("images", []):
+            hit = test_hashes.get(bytes.fromhex(digest))
+            if hit is not None:
+                raise ProtosynthError(
+                    f"{ds.root}: member image {key} of {corpus_spec} is test image {hit} of {test.spec}"
+                )
+    elif members and corpus_spec:  # a set made before the digests were stored
+        try:
+            corpus = source_corpus(ds)
+        except ProtosynthError as exc:
+            raise ProtosynthError(
+                f"the overlap check needs the source corpus of this set, which stores no member image digests: {exc}"
+            ) from None
         for img in sorted({int(corpus.pair_image[m]) for m in members if m < corpus.n_pairs}):
             hit = test_hashes.get(image_digest(corpus.image_array(img)))
             if hit is not None:

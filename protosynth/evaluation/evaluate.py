@@ -24,7 +24,17 @@ from ..models.text_encoders import load_text_encoder
 from ..sets.distilled import DistilledSet, load_distilled
 from ..util.progress import StepBar
 from ..util.runinfo import check_device, check_seed
-from .data import TEXT_MODES, check_no_overlap, default_test_spec, full_data, image_hashes, set_data, test_data
+from .data import (
+    RECIPES,
+    TEXT_MODES,
+    check_no_overlap,
+    default_test_spec,
+    full_data,
+    image_hashes,
+    protocol_recipe,
+    set_data,
+    test_data,
+)
 from .metrics import KS
 from .protocols import Protocol, get_protocol
 from .retrieval import PairData, batched, train_and_score
@@ -46,6 +56,8 @@ def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
         raise ProtosynthError(f"{P.val} and {P.test} name different splits: pass one of them", param="val")
     if cfg.text not in TEXT_MODES:
         raise ProtosynthError(f"{P.text} {cfg.text!r}: use {', '.join(TEXT_MODES)}")
+    if cfg.recipe not in RECIPES:
+        raise ProtosynthError(f"{P.recipe} {cfg.recipe!r}: use {' or '.join(RECIPES)}")
     if not paths and not cfg.full:
         raise ProtosynthError(f"give at least one distilled-set folder, or {P.full('SPEC')}", param="paths")
     check_device(cfg.device)
@@ -114,6 +126,8 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     jobs: list[tuple[dict, PairData, int]] = []
     for ds in sets:
         data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
+        if cfg.recipe == "protocol":
+            data = protocol_recipe(data)
         row = {
             "path": str(ds.root),
             "method": ds.manifest.get("method"),
@@ -121,6 +135,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
             "mode": ds.manifest.get("mode"),
             "text": data.notes["text"],
             "learned_lrs": data.notes["learned_lrs"],
+            "recipe": cfg.recipe,
             "loss": "wbce" if data.similarity is not None else "info_nce",
             "image_side": "frozen+head" if data.image_head else ("finetune" if protocol.train_backbone else "frozen"),
         }
@@ -136,6 +151,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
             "mode": None,
             "text": "captions",
             "learned_lrs": False,
+            "recipe": cfg.recipe,
             "corpus": cfg.full,
         }
         jobs.append((row, full_data(full, encoder, backbone, size, normalise), cfg.epochs or protocol.full_epochs))

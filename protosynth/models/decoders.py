@@ -31,6 +31,7 @@ import torch
 from diffusers import StableUnCLIPImg2ImgPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
 from PIL import Image
 
+from ..configs import INITS
 from ..errors import P, ProtosynthError, held_back_logs
 from .clip import space_name
 from .small_unclip import (
@@ -83,7 +84,6 @@ PIPELINE_CLASSES = {
 # overrides it. Each image has its own seeded generator, but a batch's arithmetic depends on its size,
 # so another batch size may change an image in its last bits (docs/models.md).
 # How a render starts: from noise, or (small decoder) from the nearest real member image noised to ``strength``.
-INITS = ("noise", "nearest")
 RENDER_DEFAULTS = {
     "small": dict(
         steps=50,

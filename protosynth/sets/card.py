@@ -107,8 +107,29 @@ def how_made(manifest: dict) -> list[str]:
     return lines
 
 
-def card_text(manifest: dict, n: int) -> str:
-    """The dataset card: Hub YAML, how the set was made, its files and how to load it."""
+def text_lines(manifest: dict, stores_texts: bool) -> list[str]:
+    """The card's lines on the text a learner trains on: the reading the set declares and, for a set
+    that stores them, the per-pair caption lists each reading averages."""
+    reading = (manifest.get("evaluation") or {}).get("text", "captions")
+    lines = [
+        f"- **text reading** (what `eval retrieval` trains on by default): `{reading}`, each pair's text the "
+        "mean, in the learner's text space, of the captions that reading lists (a set storing embeddings in "
+        "that space is trained on them instead)\n"
+    ]
+    if stores_texts:
+        lines.append(
+            "- `captions_members` (aligned with `members`) and `captions_image` (aligned with `image_pairs`, "
+            "every caption of the one real image a pair shows or starts from): the captions the `members` and "
+            "`image` readings average, each listed caption weighing 1/len; `member_images.json`: the key and "
+            "pixel digest of every member image (the train/test overlap check). No source corpus is needed "
+            "to train on or score the set.\n"
+        )
+    return lines
+
+
+def card_text(manifest: dict, n: int, stores_texts: bool = False) -> str:
+    """The dataset card: Hub YAML, how the set was made, its files, the text it is scored with and how
+    to load it."""
     settings = {k: v for k, v in (manifest.get("settings") or {}).items() if k not in SETTINGS_LEFT_OUT}
     made = how_made(manifest)
     if manifest.get("command"):
@@ -129,6 +150,7 @@ def card_text(manifest: dict, n: int) -> str:
         "`preview.png`: the first images; `manifest.json`: every setting and the sha256 of every file\n"
         "- `members`: indices of the real caption-level pairs of the source corpus each pair summarises, in the "
         "order protosynth reads that corpus\n",
+        *text_lines(manifest, stores_texts),
         "## Loading\n",
         '```python\nfrom datasets import load_dataset\n\nds = load_dataset("imagefolder", data_dir="SET", '
         'split="train")  # or load_dataset("SET")\n```\n',
@@ -141,4 +163,5 @@ def write_hub_files(folder: Path, pairs: list[dict], manifest: dict) -> None:
     with open(folder / METADATA, "w", encoding="utf-8") as fh:
         for row in metadata_rows(pairs):
             fh.write(json.dumps(row) + "\n")
-    (folder / CARD).write_text(card_text(manifest, len(pairs)), encoding="utf-8")
+    stores_texts = all("captions_members" in p for p in pairs)
+    (folder / CARD).write_text(card_text(manifest, len(pairs), stores_texts), encoding="utf-8")

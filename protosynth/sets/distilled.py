@@ -37,6 +37,7 @@ from ..util.files import (
 )
 from ..util.imageops import to_rgb
 from .card import write_hub_files
+from .texts import MEMBER_IMAGES, READING_FIELDS
 
 MANIFEST = "manifest.json"
 
@@ -213,8 +214,10 @@ def write_distilled(
     manifest: dict,
     text_space: str,
     force: bool = False,
+    member_images: dict | None = None,
 ) -> Path:
-    """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last."""
+    """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last.
+    ``member_images`` (``sets.texts.member_images``) becomes ``member_images.json``."""
     started = time.time()
     target = set_destination(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +240,8 @@ def write_distilled(
         )
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
         write_hub_files(tmp, pairs, manifest)  # an imagefolder dataset too: metadata.jsonl, README.md
+        if member_images is not None:
+            (tmp / MEMBER_IMAGES).write_text(json.dumps(member_images, sort_keys=True))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
         manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
@@ -253,6 +258,7 @@ class DistilledSet(Dataset):
     pairs: list[dict]
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
+    member_images: dict | None = None  # member_images.json: keys and digests of the members' images
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -267,6 +273,27 @@ class DistilledSet(Dataset):
         arr = np.asarray(self.image(i), dtype=np.float32) / 255.0
         text = self.tensors.get("text_normalised", self.tensors.get("text"))
         return torch.from_numpy(arr).permute(2, 0, 1), self.pairs[i]["caption"], text[i]
+
+    @property
+    def text_reading(self) -> str:
+        """The text reading the set declares (manifest ``evaluation.text``): what ``eval --text auto``
+        scores it with unless the set's stored embeddings are in the protocol's text space."""
+        return self.manifest.get("evaluation", {}).get("text", "captions")
+
+    def scored_captions(self, reading: str | None = None) -> list[list[str]] | None:
+        """Per pair, the real captions whose mean (in the protocol's text space, each listed caption
+        weighing 1/len) is the text a ``reading`` (default: ``text_reading``) trains on: ``captions``
+        the pair's caption, ``members`` and ``image`` the captions the set stores for them. None for
+        a set made before those were stored (its reading needs the source corpus)."""
+        reading = reading or self.text_reading
+        if reading == "captions":
+            return [[p.get("caption")] for p in self.pairs]
+        if reading not in READING_FIELDS:
+            raise ProtosynthError(f"{P.text} {reading!r}: use captions, {' or '.join(READING_FIELDS)}")
+        key = READING_FIELDS[reading][1]
+        if not all(isinstance(p.get(key), list) and p[key] for p in self.pairs):
+            return None
+        return [list(p[key]) for p in self.pairs]
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -399,8 +426,10 @@ def _load(root: Path, verify: bool) -> DistilledSet:
 
         with safe_open(str(root / "embeddings.safetensors"), "pt") as fh:
             metadata = dict(fh.metadata() or {})
+        hashes = root / MEMBER_IMAGES
+        member_images = json.loads(hashes.read_text()) if MEMBER_IMAGES in manifest.get("files", {}) else None
     except (OSError, ValueError, SafetensorError) as exc:
         raise ProtosynthError(f"{root}: unreadable distilled set ({exc})") from None
     if not pairs:
         raise ProtosynthError(f"{root}: distilled set has no pairs")
-    return DistilledSet(root, manifest, pairs, tensors, metadata)
+    return DistilledSet(root, manifest, pairs, tensors, metadata, member_images)

@@ -2,10 +2,11 @@
 
 Every image is embedded as a PNG data URI (no server, no side files: the page can be mailed or
 attached to an issue), and the page has no script. For a set: every synthetic image with its caption,
-the set's render fidelity when its manifest has one, and up to ``members`` thumbnails of the real
-pairs it summarises when the source corpus can still be loaded (member indices only mean something
-in that corpus; when it cannot be loaded, the page says why). For a ``compare-baselines`` folder:
-its table, its plot and a few samples of each method's set side by side.
+the set's render fidelity when its manifest has one, the text reading it declares, and up to
+``members`` thumbnails of the real pairs it summarises when the source corpus can still be loaded
+(member indices only mean something in that corpus; when it cannot be loaded, the page says why).
+For a ``compare-baselines`` folder: its table, its plot and a few samples of each method's set side
+by side.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def fidelity(manifest: dict) -> str:
     )
 
 
+def stores_text(ds: DistilledSet) -> bool:
+    """Whether the set stores the captions of the reading it declares (sets made before they were
+    stored read them from the corpus)."""
+    try:
+        return ds.scored_captions() is not None
+    except ProtosynthError:  # a reading no caption list serves
+        return False
+
+
 def set_summary(ds: DistilledSet) -> str:
     """One line: what made the set, from what, and its render fidelity when measured."""
     m = ds.manifest
@@ -102,6 +112,9 @@ def set_summary(ds: DistilledSet) -> str:
         if m.get(key):
             parts.append(f"{key} <code>{html.escape(without_folders(str(m[key].get('spec'))))}</code>")
     parts.append(fidelity(m))
+    parts.append(
+        f"text reading <b>{html.escape(ds.text_reading)}</b>" + ("" if stores_text(ds) else " (from the corpus)")
+    )
     return '<p class="meta">' + " · ".join(parts) + "</p>"
 
 

@@ -1,0 +1,108 @@
+"""What a set stores so that it is scored, loaded and checked without its source corpus.
+
+Each pair record carries the real captions its text readings average, one entry per real pair, so
+the mean (each listed caption weighing 1/len, a caption shared by two member pairs listed twice) is
+the one the corpus would give:
+
+- ``captions_members``: the caption of each pair in ``members``, in that order (``--text members``);
+- ``image_pairs`` / ``captions_image``: the pairs of the one real image the pair shows or starts
+  from (a render's start member, a selection's pair, a coreset's or a baseline's one member) and
+  their captions (``--text image``).
+
+``member_images.json`` holds the key and pixel digest (``world.image_digest``) of every real image
+the set's members show, so the train/test overlap check needs no corpus either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..corpora.shapes import image_digest
+from ..corpus import Corpus, cache_dir, check_cache_writable
+from ..util.files import write_text_atomic
+
+MEMBER_IMAGES = "member_images.json"
+# reading -> (the pair-index field, the aligned captions field) of a pair record
+READING_FIELDS = {"members": ("members", "captions_members"), "image": ("image_pairs", "captions_image")}
+# the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
+# a coreset's one member
+OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
+
+
+def own_pair(p: dict) -> int | None:
+    """The real pair whose image the pair shows or starts from, or None (a render from noise)."""
+    for key in OWN_PAIR_FIELDS:
+        if key in p:
+            return int(p[key])
+    members = p.get("members") or []
+    return int(members[0]) if len(members) == 1 else None
+
+
+def pairs_of_images(corpus: Corpus, images: set[int]) -> dict[int, list[int]]:
+    """image index -> its caption-level pairs (ascending), for the given images."""
+    out: dict[int, list[int]] = {}
+    for pair, image in enumerate(corpus.pair_image):
+        if int(image) in images:
+            out.setdefault(int(image), []).append(pair)
+    return out
+
+
+def with_reading_texts(pairs: list[dict], corpus: Corpus) -> list[dict]:
+    """The pair records with the captions of their ``members`` and ``image`` readings added."""
+    own = [own_pair(p) for p in pairs]
+    of_image = pairs_of_images(corpus, {int(corpus.pair_image[o]) for o in own if o is not None})
+    out = []
+    for p, o in zip(pairs, own):
+        rec = dict(p, captions_members=[corpus.pair_caption[int(m)] for m in p.get("members") or []])
+        if o is not None:
+            rec["image_pairs"] = of_image[int(corpus.pair_image[o])]
+            rec["captions_image"] = [corpus.pair_caption[q] for q in rec["image_pairs"]]
+        out.append(rec)
+    return out
+
+
+def _digest_cache(corpus: Corpus) -> Path:
+    return cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
+
+
+def cached_digests(corpus: Corpus) -> list[bytes] | None:
+    """Every image's pixel digest from the cache ``corpus_digests`` writes, or None."""
+    path = _digest_cache(corpus)
+    if path.is_file():
+        try:
+            digests = json.loads(path.read_text())
+            if len(digests) == corpus.n_images:
+                return [bytes.fromhex(d) for d in digests]
+        except ValueError:
+            pass  # a damaged cache file is recomputed by corpus_digests
+    return None
+
+
+def corpus_digests(corpus: Corpus) -> list[bytes]:
+    """Every image's pixel digest, in image order. A file corpus's digests (each image decoded at full
+    size, one at a time) are cached by its fingerprint, as its pixels are."""
+    if corpus.pixels is not None:  # in memory (the world): nothing to save
+        return [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
+    digests = cached_digests(corpus)
+    if digests is not None:
+        return digests
+    path = _digest_cache(corpus)
+    check_cache_writable(path.parent)
+    digests = [image_digest(corpus.image_array(i)) for i in range(corpus.n_images)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps([d.hex() for d in digests]))
+    return digests
+
+
+def member_images(pairs: list[dict], corpus: Corpus) -> dict:
+    """``member_images.json``'s content: [key, hex digest] of every image the pairs' members show."""
+    images = sorted({int(corpus.pair_image[int(m)]) for p in pairs for m in p.get("members") or []})
+    known = cached_digests(corpus) if corpus.pixels is None else None
+    # without a cache, only the member images are decoded (a PDS set's members are most of a corpus)
+    digests = [known[i] if known else image_digest(corpus.image_array(i)) for i in images]
+    return {
+        "digest": "sha1 of the decoded RGB pixels",
+        "images": [[corpus.image_keys[i], d.hex()] for i, d in zip(images, digests)],
+    }
