@@ -12,15 +12,12 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from . import passes
+from .configs import CLUSTER_SPACES, KMEANS, PROTOTYPE_NORMS, PROTOTYPE_ORDERS  # noqa: F401 (re-exported)
 from .errors import P, ProtosynthError
 from .passes import assign
 
 log = logging.getLogger(__name__)
 
-CLUSTER_SPACES = ("unit", "raw")
-KMEANS = ("faiss", "minibatch")
-PROTOTYPE_NORMS = ("members", "mean")
-PROTOTYPE_ORDERS = ("matching", "alignment")
 # the PDS code's MiniBatchKMeans settings (src/vl_distill_utils.py, kmeans_clustering)
 MINIBATCH_SIZE = 10_000
 MINIBATCH_INITS = 20

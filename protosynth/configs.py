@@ -9,11 +9,11 @@ spells them as its flags.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .corpora.source import CorpusSource, ReadsCorpus, source
-from .errors import P, ProtosynthError
+from .errors import P, Param, ProtosynthError
 from .util.options import (
     ALSO_TEST,
     CAPTION_COLUMN_HELP,
@@ -33,6 +33,49 @@ RAY = f"With {P.engine('ray')}:"
 ONLY = ("all", "clip", "decoder")  # what `models train` trains
 ENGINES = ("local", "ray")  # EngineConfig.engine
 INITS = ("noise", "nearest")  # how a render starts (RenderConfig.init)
+MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
+METHODS = ("pds", "select")  # DistillConfig.method
+CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
+TEXT_RULES = ("captions", "members", "image", "prototype")  # DistillConfig.text
+# the PDS authors' clustering rules (clustering.PrototypeConfig): protosynth's default first, then the PDS code's
+CLUSTER_SPACES = ("unit", "raw")
+KMEANS = ("faiss", "minibatch")
+PROTOTYPE_NORMS = ("members", "mean")
+PROTOTYPE_ORDERS = ("matching", "alignment")
+CORESET_METHODS = ("random", "herding", "kcenter", "forgetting")  # CoresetConfig.method
+# how a learner reads a set's text (EvalConfig.text) and how it trains (EvalConfig.recipe)
+TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
+RECIPES = ("own", "protocol")
+# faiss (k-means) and numpy's legacy seeding take a 32-bit signed seed: the one range every consumer accepts
+SEED_MAX = 2**31 - 1
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ProtosynthError(f"{P.seed} must be an integer from 0 to {SEED_MAX}, got {seed!r}")
+
+
+def check_prototype_rules(
+    mode: str, cluster_space: str, kmeans: str, prototype_norm: str, prototype_order: str
+) -> None:
+    """One clear error for an unknown mode or rule, or a PDS-code rule outside ``matched`` mode."""
+    if mode not in MODES:
+        raise ProtosynthError(f"unknown {P.mode} {mode!r}: use one of {', '.join(MODES)}")
+    for param, value, allowed in (
+        (P.cluster_space, cluster_space, CLUSTER_SPACES),
+        (P.kmeans, kmeans, KMEANS),
+        (P.prototype_norm, prototype_norm, PROTOTYPE_NORMS),
+        (P.prototype_order, prototype_order, PROTOTYPE_ORDERS),
+    ):
+        if value not in allowed:
+            raise ProtosynthError(f"unknown {param} {value!r}: use {' or '.join(allowed)}")
+    default = (CLUSTER_SPACES[0], KMEANS[0], PROTOTYPE_NORMS[0], PROTOTYPE_ORDERS[0])
+    if (cluster_space, kmeans, prototype_norm, prototype_order) != default and mode != "matched":
+        raise ProtosynthError(
+            f"{P.cluster_space}, {P.kmeans}, {P.prototype_norm} and {P.prototype_order} other than "
+            f"their defaults follow the PDS code, which has only {P.mode('matched')}",
+            param="mode",
+        )
 
 
 @dataclass
@@ -296,6 +339,54 @@ class DistillConfig(ReadsCorpus):
     # where embedding, clustering and rendering run: this process or a Ray cluster (the same set)
     engine: EngineConfig = opt(factory=EngineConfig)
 
+    def check(self) -> None:
+        """The values alone, before any work (``distill.validate`` adds the device, that Ray answers
+        and the out folder; the decoder's abilities are checked against the loaded decoder)."""
+        if self.budget < 1:
+            raise ProtosynthError(f"{P.budget} must be at least 1, got {self.budget}")
+        if self.mode not in MODES:
+            raise ProtosynthError(f"unknown {P.mode} {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.method not in METHODS:
+            raise ProtosynthError(f"unknown {P.method} {self.method!r}: use {' or '.join(METHODS)}")
+        if self.caption is not None and self.caption not in CAPTION_RULES:
+            raise ProtosynthError(f"unknown {P.caption} {self.caption!r}: use {' or '.join(CAPTION_RULES)}")
+        if self.text is not None and self.text not in TEXT_RULES:
+            raise ProtosynthError(f"unknown {P.text} {self.text!r}: use {' or '.join(TEXT_RULES)}")
+        if self.text == "prototype" and self.method != "pds":
+            raise ProtosynthError(
+                f"{P.text('prototype')} reads a rendered set's text prototypes: {P.method('select')} keeps real pairs",
+                param="text",
+            )
+        check_prototype_rules(
+            self.mode,
+            self.cluster_space or CLUSTER_SPACES[0],
+            self.kmeans or KMEANS[0],
+            self.prototype_norm or PROTOTYPE_NORMS[0],
+            self.prototype_order or PROTOTYPE_ORDERS[0],
+        )
+        if self.candidates < 1:
+            raise ProtosynthError(f"{P.candidates} must be at least 1, got {self.candidates}")
+        if self.method == "select":
+            self.check_nothing_rendered()
+        self.render.check(nested=True)
+        check_seed(self.seed)
+        self.engine.check()
+
+    def check_nothing_rendered(self) -> None:
+        """A selection renders nothing: a render setting given with it would be recorded in the
+        manifest for images nobody drew, so each one is refused by name."""
+        unset_cfg, unset_render = DistillConfig(), RenderConfig()
+        given = [name for name in RENDER_ONLY if getattr(self, name) != getattr(unset_cfg, name)]
+        given += [f"render.{n}" for n in RENDER_SETTINGS if getattr(self.render, n) != getattr(unset_render, n)]
+        if given:
+            names = ", ".join(str(Param(name)) for name in given)
+            raise ProtosynthError(f"{P.method('select')} renders nothing: {names} do not apply", param="method")
+
+
+# what only a render uses: a selection (method "select") refuses each of them by name
+RENDER_ONLY = ("candidates", "caption")
+RENDER_SETTINGS = tuple(f.name for f in fields(RenderConfig) if f.name != "seed")
+
 
 @dataclass
 class CoresetConfig(ReadsCorpus):
@@ -311,6 +402,18 @@ class CoresetConfig(ReadsCorpus):
     forgetting_protocol: str = "small"
     forgetting_epochs: int = opt(5, help="forgetting: epochs of training on all pairs to count events.")
     keep: str = opt("most", help="forgetting: keep the most- or least-forgotten pairs.")
+
+    def check(self) -> None:
+        """The values alone, before any work (``coreset.validate`` adds the device and the out folder)."""
+        if self.method not in CORESET_METHODS:
+            raise ProtosynthError(f"unknown {P.method} {self.method!r}: use {', '.join(CORESET_METHODS)}")
+        if self.budget < 1:
+            raise ProtosynthError(f"{P.budget} must be at least 1, got {self.budget}")
+        if self.keep not in ("most", "least"):
+            raise ProtosynthError(f"{P.keep} {self.keep!r}: use most or least")
+        if self.forgetting_epochs < 1:
+            raise ProtosynthError(f"{P.forgetting_epochs} must be at least 1, got {self.forgetting_epochs}")
+        check_seed(self.seed)
 
 
 @dataclass

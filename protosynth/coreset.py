@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configs import CORESET_METHODS as METHODS  # noqa: F401 (re-exported: its old name)
 from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, check_cache_writable, load_source
 from .embed import embed_corpus
-from .errors import P, ProtosynthError
+from .errors import ProtosynthError
 from .evaluation.data import full_data
 from .evaluation.protocols import get_protocol
 from .evaluation.retrieval import train_and_score
@@ -42,9 +43,7 @@ from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_t
 from .sets.texts import member_images, with_reading_texts
 from .util.files import atomic_open, remove_stale_temps
 from .util.progress import StepBar
-from .util.runinfo import check_device, check_seed, peak_rss_mb, versions
-
-METHODS = ("random", "herding", "kcenter", "forgetting")
+from .util.runinfo import check_device, peak_rss_mb, versions
 
 
 def default_out(cfg: CoresetConfig) -> Path:
@@ -152,16 +151,9 @@ def select_forgetting(counts: np.ndarray, budget: int, seed: int, keep: str) -> 
 
 
 def validate(cfg: CoresetConfig) -> Path:
-    if cfg.method not in METHODS:
-        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {', '.join(METHODS)}")
-    if cfg.budget < 1:
-        raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
-    if cfg.keep not in ("most", "least"):
-        raise ProtosynthError(f"{P.keep} {cfg.keep!r}: use most or least")
-    if cfg.forgetting_epochs < 1:
-        raise ProtosynthError(f"{P.forgetting_epochs} must be at least 1, got {cfg.forgetting_epochs}")
+    """The values (``CoresetConfig.check``), the device and the out folder, before any work."""
+    cfg.check()
     check_device(cfg.device)
-    check_seed(cfg.seed)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)
     return out

@@ -33,42 +33,45 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .configs import DistillConfig  # noqa: F401 (re-exported: its public home)
+from .configs import (  # noqa: F401 (re-exported: their public home)
+    CAPTION_RULES,
+    METHODS,
+    MODES,
+    RENDER_ONLY,
+    RENDER_SETTINGS,
+    TEXT_RULES,
+    DistillConfig,
+)
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, load_source
 from .embed import Embeddings, embed_corpus
 from .engines.base import Engine, make_engine
 from .engines.connect import check_engine
-from .errors import P, Param, ProtosynthError
+from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder, load_clip
 from .models.decoders import UNSUPPORTED, Decoder, check_pair, open_decoder
 from .prototypes import (
-    MODES,
     PrototypeConfig,
     Prototypes,
     build_prototypes,
-    check_rules,
     nearest_member_pairs,
     nearest_rows,
 )
 from .render import RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .sets.texts import member_images, with_reading_texts
-from .util.runinfo import check_device, check_seed, peak_rss_mb, threads, versions
+from .util.runinfo import check_device, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
 
-METHODS = ("pds", "select")
-CAPTION_RULES = ("prototype", "render", "start")
-TEXT_RULES = ("captions", "members", "image", "prototype")
 # PDS as the authors' code (junhyeok9712/PDS) runs it: their clustering and prototype rules (see
 # prototypes.py), renders from noise conditioned on the raw image prototype with the caption nearest
 # the text prototype as prompt, no CLIP guidance, and the learner reading the text prototype. A
@@ -180,47 +183,16 @@ def default_out(cfg: DistillConfig) -> Path:
     return Path("distilled") / set_name(cfg)
 
 
-# what only a render uses: a selection (method "select") refuses each of them by name
-RENDER_ONLY = ("candidates", "caption")
-RENDER_SETTINGS = tuple(f.name for f in fields(RenderConfig) if f.name != "seed")
-
-
 def check_nothing_rendered(cfg: DistillConfig) -> None:
-    """A selection renders nothing: a render setting given with it would be recorded in the
-    manifest for images nobody drew, so each one is refused by name."""
-    unset_cfg, unset_render = DistillConfig(), RenderConfig()
-    given = [name for name in RENDER_ONLY if getattr(cfg, name) != getattr(unset_cfg, name)]
-    given += [f"render.{n}" for n in RENDER_SETTINGS if getattr(cfg.render, n) != getattr(unset_render, n)]
-    if given:
-        names = ", ".join(str(Param(name)) for name in given)
-        raise ProtosynthError(f"{P.method('select')} renders nothing: {names} do not apply", param="method")
+    """A selection renders nothing: each render setting given with it is refused by name
+    (``DistillConfig.check_nothing_rendered``)."""
+    cfg.check_nothing_rendered()
 
 
 def validate(cfg: DistillConfig) -> Path:
     """Every check that needs no model or data, before any work starts; returns the out dir."""
-    if cfg.budget < 1:
-        raise ProtosynthError(f"{P.budget} must be at least 1, got {cfg.budget}")
-    if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
-    if cfg.method not in METHODS:
-        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {' or '.join(METHODS)}")
-    if cfg.caption is not None and cfg.caption not in CAPTION_RULES:
-        raise ProtosynthError(f"unknown {P.caption} {cfg.caption!r}: use {' or '.join(CAPTION_RULES)}")
-    if cfg.text is not None and cfg.text not in TEXT_RULES:
-        raise ProtosynthError(f"unknown {P.text} {cfg.text!r}: use {' or '.join(TEXT_RULES)}")
-    if cfg.text == "prototype" and cfg.method != "pds":
-        raise ProtosynthError(
-            f"{P.text('prototype')} reads a rendered set's text prototypes: {P.method('select')} keeps real pairs",
-            param="text",
-        )
-    check_rules(prototype_config(cfg))
-    if cfg.candidates < 1:
-        raise ProtosynthError(f"{P.candidates} must be at least 1, got {cfg.candidates}")
-    if cfg.method == "select":
-        check_nothing_rendered(cfg)
-    cfg.render.check(nested=True)
+    cfg.check()
     check_device(cfg.device)
-    check_seed(cfg.seed)
     check_engine(cfg.engine)
     out = cfg.out or default_out(cfg)
     check_out_dir(out, cfg.force)

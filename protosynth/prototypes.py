@@ -32,10 +32,6 @@ import numpy as np
 
 from . import passes
 from .clustering import (  # PrototypeConfig, Prototypes and kmeans: also this stage's public names
-    CLUSTER_SPACES,
-    KMEANS,
-    PROTOTYPE_NORMS,
-    PROTOTYPE_ORDERS,
     PrototypeConfig,
     Prototypes,
     _chunks,
@@ -43,10 +39,10 @@ from .clustering import (  # PrototypeConfig, Prototypes and kmeans: also this s
     fit_kmeans,
     kmeans,  # noqa: F401
 )
+from .configs import MODES, check_prototype_rules  # noqa: F401 (MODES re-exported: its public home)
 from .errors import P, ProtosynthError
 from .prototypes_rules import build_in_memory
 
-MODES = ("matched", "joint", "image", "text")
 log = logging.getLogger(__name__)
 
 
@@ -138,22 +134,7 @@ def build_prototypes(image_raw, text_raw, cfg: PrototypeConfig, range_map=None) 
 
 def check_rules(cfg: PrototypeConfig) -> None:
     """One clear error for an unknown mode or rule, or a PDS-code rule outside ``matched`` mode."""
-    if cfg.mode not in MODES:
-        raise ProtosynthError(f"unknown {P.mode} {cfg.mode!r}: use one of {', '.join(MODES)}")
-    for param, value, allowed in (
-        (P.cluster_space, cfg.cluster_space, CLUSTER_SPACES),
-        (P.kmeans, cfg.kmeans, KMEANS),
-        (P.prototype_norm, cfg.prototype_norm, PROTOTYPE_NORMS),
-        (P.prototype_order, cfg.prototype_order, PROTOTYPE_ORDERS),
-    ):
-        if value not in allowed:
-            raise ProtosynthError(f"unknown {param} {value!r}: use {' or '.join(allowed)}")
-    if not cfg.is_default() and cfg.mode != "matched":
-        raise ProtosynthError(
-            f"{P.cluster_space}, {P.kmeans}, {P.prototype_norm} and {P.prototype_order} other than "
-            f"their defaults follow the PDS code, which has only {P.mode('matched')}",
-            param="mode",
-        )
+    check_prototype_rules(cfg.mode, cfg.cluster_space, cfg.kmeans, cfg.prototype_norm, cfg.prototype_order)
 
 
 def _checked(protos: Prototypes) -> Prototypes:

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..configs import SEED_MAX, check_seed  # noqa: F401 (re-exported: their public home)
 from ..errors import P, ProtosynthError
 
 PACKAGES = (
@@ -55,12 +56,3 @@ def check_device(device_spec: str) -> None:
         raise ProtosynthError(f"{P.device} {device_spec}: no CUDA device is available on this machine")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ProtosynthError(f"unsupported {P.device} {device_spec!r}: use cpu, cuda or mps")
-
-
-# faiss (k-means) and numpy's legacy seeding take a 32-bit signed seed: the one range every consumer accepts
-SEED_MAX = 2**31 - 1
-
-
-def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ProtosynthError(f"{P.seed} must be an integer from 0 to {SEED_MAX}, got {seed!r}")
