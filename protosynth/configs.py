@@ -490,6 +490,23 @@ class EvalConfig:
     image_column: str | None = opt(None, help=EVAL_IMAGE_COLUMN_HELP)
     caption_column: str | None = opt(None, help=EVAL_CAPTION_COLUMN_HELP)  # their caption column (None: caption)
 
+    def check(self) -> None:
+        """The values alone, before any work (``evaluate.validate`` adds the protocol, the set folders
+        and the device)."""
+        if self.repeats < 1:
+            raise ProtosynthError(f"{P.repeats} must be at least 1, got {self.repeats}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ProtosynthError(f"{P.epochs} must be at least 1, got {self.epochs}")
+        if self.split not in ("test", "val"):
+            raise ProtosynthError(f"{P.split} {self.split!r}: use test or val")
+        if self.split == "val" and self.test is not None:
+            raise ProtosynthError(f"{P.val} and {P.test} name different splits: pass one of them", param="val")
+        if self.text not in TEXT_MODES:
+            raise ProtosynthError(f"{P.text} {self.text!r}: use {', '.join(TEXT_MODES)}")
+        if self.recipe not in RECIPES:
+            raise ProtosynthError(f"{P.recipe} {self.recipe!r}: use {' or '.join(RECIPES)}")
+        check_seed(self.seed)
+
 
 @dataclass
 class ClipTrainConfig:

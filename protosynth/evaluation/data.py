@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..configs import RECIPES, TEXT_MODES  # noqa: F401 (re-exported: their public home)
 from ..corpora.shapes import image_digest
 from ..corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from ..errors import P, ProtosynthError
@@ -47,11 +48,8 @@ from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise
 from .retrieval import PairData, TestData
 
-TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
 # what a set may declare as its manifest's evaluation.text
 SET_TEXT_RULES = ("captions", "members", "image", "prototype")
-# how a set is trained (EvalConfig.recipe): its method's own recipe where it stores one, or the protocol's
-RECIPES = ("own", "protocol")
 
 
 def to_pixels(images: list[Image.Image], backbone: Backbone, size: int) -> torch.Tensor:

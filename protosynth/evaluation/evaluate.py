@@ -23,10 +23,8 @@ from ..models.backbones import load_backbone
 from ..models.text_encoders import load_text_encoder
 from ..sets.distilled import DistilledSet, load_distilled
 from ..util.progress import StepBar
-from ..util.runinfo import check_device, check_seed
+from ..util.runinfo import check_device
 from .data import (
-    RECIPES,
-    TEXT_MODES,
     check_no_overlap,
     default_test_spec,
     full_data,
@@ -45,23 +43,12 @@ SELECTED = "best checkpoint on the test split (--select-on-test; model selection
 
 
 def validate(cfg: EvalConfig, paths: list[Path]) -> Protocol:
+    """The protocol, the values (``EvalConfig.check``), the set folders given and the device."""
     protocol = get_protocol(cfg.protocol)
-    if cfg.repeats < 1:
-        raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise ProtosynthError(f"{P.epochs} must be at least 1, got {cfg.epochs}")
-    if cfg.split not in ("test", "val"):
-        raise ProtosynthError(f"{P.split} {cfg.split!r}: use test or val")
-    if cfg.split == "val" and cfg.test is not None:
-        raise ProtosynthError(f"{P.val} and {P.test} name different splits: pass one of them", param="val")
-    if cfg.text not in TEXT_MODES:
-        raise ProtosynthError(f"{P.text} {cfg.text!r}: use {', '.join(TEXT_MODES)}")
-    if cfg.recipe not in RECIPES:
-        raise ProtosynthError(f"{P.recipe} {cfg.recipe!r}: use {' or '.join(RECIPES)}")
+    cfg.check()
     if not paths and not cfg.full:
         raise ProtosynthError(f"give at least one distilled-set folder, or {P.full('SPEC')}", param="paths")
     check_device(cfg.device)
-    check_seed(cfg.seed)
     return protocol
 
 
