@@ -31,11 +31,11 @@ from safetensors.torch import load_file
 from ..corpora.source import flat_settings
 from ..corpora.spec import canonical_root, canonical_spec
 from ..corpus import Corpus, load_source
-from ..errors import P, Param, ProtosynthError
+from ..errors import P, ProtosynthError
 from ..sets.distilled import corpus_record
 from ..util.files import check_writable, save_safetensors_atomic, write_text_atomic
 from ..util.progress import StepBar
-from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..util.runinfo import check_device, peak_rss_mb, versions
 from .configs import BufferConfig  # noqa: F401 (re-exported: its public home)
 from .features import ProtocolFeatures, protocol_features
 from .student import Student, info_nce, trainable
@@ -44,17 +44,9 @@ MANIFEST = "manifest.json"
 
 
 def _validate(cfg: BufferConfig) -> Path:
-    for name in ("experts", "epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        raise ProtosynthError(f"{P.lr} must be positive, got {cfg.lr}")
-    if cfg.max_pairs is not None and cfg.max_pairs < 2:
-        raise ProtosynthError(f"{P.max_pairs} must be at least 2, got {cfg.max_pairs}")
-    if cfg.out is None:
-        raise ProtosynthError(f"{P.out} is required for a buffer")
+    """The values (``BufferConfig.check``), then the device; returns the buffer folder."""
+    cfg.check()
     check_device(cfg.device)
-    check_seed(cfg.seed)
     return Path(cfg.out)
 
 

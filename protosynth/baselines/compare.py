@@ -29,8 +29,8 @@ from ..corpora.source import flat_settings
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_source
 from ..embed import embed_corpus
-from ..errors import P, Param, ProtosynthError
-from ..evaluation.data import RECIPES, corpus_text_features
+from ..errors import P, ProtosynthError
+from ..evaluation.data import corpus_text_features
 from ..evaluation.evaluate import EvalConfig
 from ..evaluation.metrics import METRICS
 from ..evaluation.protocols import get_protocol
@@ -38,7 +38,7 @@ from ..models.clip import load_clip
 from ..models.text_encoders import load_text_encoder
 from ..sets.comparison import set_folder
 from ..util.files import atomic_path, check_writable, git_commit, write_text_atomic
-from ..util.runinfo import check_device, check_seed
+from ..util.runinfo import check_device
 from .buffer import BufferConfig, build_buffer, load_buffer
 from .compare_rows import evaluate_full, evaluate_group, pooled
 from .compare_rows import row_key as _row_key  # noqa: F401 (its earlier home, where tests read it)
@@ -55,36 +55,13 @@ from .run import distill_baseline
 
 
 def _validate(cfg: CompareConfig) -> None:
-    unknown = [m for m in cfg.methods if m not in ALL_METHODS]
-    if unknown:
-        raise ProtosynthError(f"unknown {P.methods} {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
-    if not cfg.methods:
-        raise ProtosynthError(f"{P.methods} is empty")
-    if cfg.budget < 2:
-        raise ProtosynthError(f"{P.budget} must be at least 2, got {cfg.budget}")
-    if cfg.repeats < 1:
-        raise ProtosynthError(f"{P.repeats} must be at least 1, got {cfg.repeats}")
-    # checked here, in compare's own terms: the buffer and the evaluation would name their own
-    # fields (epochs), which are not compare's (expert_epochs, eval_epochs)
-    for name in ("experts", "expert_epochs"):
-        if getattr(cfg, name) < 1:
-            raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.eval_epochs is not None and cfg.eval_epochs < 1:
-        raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {cfg.eval_epochs}")
+    """The values (``CompareConfig.check``), then that the corpus has a test split, and the device."""
+    cfg.check()
     if cfg.test is None and not is_world(cfg.corpus.spec):
         raise ProtosynthError(
             f"{P.corpus} {cfg.corpus.spec} has no built-in test split; pass {P.test('SPEC')}", param="test"
         )
-    for name, values, allowed in (("recipes", cfg.recipes, RECIPES), ("texts", cfg.texts, COMPARE_TEXTS)):
-        bad = [v for v in values if v not in allowed]
-        if bad or not values or len(set(values)) < len(values):
-            raise ProtosynthError(f"{Param(name)} {','.join(values)!r}: use distinct values of {', '.join(allowed)}")
-    seeds = cfg.set_seeds()
-    if len(set(seeds)) < len(seeds):
-        raise ProtosynthError(f"{P.seeds} {','.join(map(str, seeds))}: a seed is repeated")
     check_device(cfg.device)
-    for seed in (cfg.seed, *seeds):
-        check_seed(seed)
 
 
 def buffer_config(cfg: CompareConfig, heads: bool) -> BufferConfig:

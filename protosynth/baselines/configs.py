@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..configs import RECIPES, check_seed
 from ..corpora.source import CorpusSource, ReadsCorpus, source
-from ..errors import P
+from ..errors import P, Param, ProtosynthError
 from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
 CORESETS = ("random", "herding", "kcenter", "forgetting")
@@ -16,6 +17,12 @@ ALL_METHODS = CORESETS + ("select", "pds") + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)
 COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
 QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
+# the choices of a BaselineConfig (presets.py re-exports them)
+METHODS = OPTIMISATION
+FAMILIES = ("flickr", "coco", "world")
+LR_SPACES = ("linear", "log")
+GRAD_MODES = ("unroll", "constant", "first-order")
+VARIANTS = ("intended-temperature",)  # named departures from an official preset
 
 
 @dataclass
@@ -35,6 +42,19 @@ class BufferConfig(ReadsCorpus):
     seed: int = 0
     out: Path | None = opt(None, help="Buffer folder (resumable: run again to finish an interrupted buffer).")
     device: str = "cpu"
+
+    def check(self) -> None:
+        """The values alone, before any work (``buffer._validate`` adds the device)."""
+        for name in ("experts", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ProtosynthError(f"{P.lr} must be positive, got {self.lr}")
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise ProtosynthError(f"{P.max_pairs} must be at least 2, got {self.max_pairs}")
+        if self.out is None:
+            raise ProtosynthError(f"{P.out} is required for a buffer")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -102,6 +122,34 @@ class BaselineConfig:
         None, help="Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."
     )
 
+    def check(self) -> None:
+        """The values alone, before the buffer is opened (``run.distill_baseline`` adds the device and
+        the out folder; ``presets.resolve`` the filled preset against the buffer)."""
+        check_seed(self.seed)
+        self.check_choices()
+        if self.budget < 2:
+            raise ProtosynthError(
+                f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {self.budget}"
+            )
+        if self.buffer is None:
+            raise ProtosynthError(f"{P.buffer} is required (make one with `protosynth buffer`)")
+
+    def check_choices(self) -> None:
+        """The settings that name a choice, where set: checked before the buffer is opened, so a typo is
+        the error a run reports, whatever else is wrong."""
+        if self.method not in METHODS:
+            raise ProtosynthError(f"unknown {P.method} {self.method!r}: use {', '.join(METHODS)}")
+        if self.family is not None and self.family not in FAMILIES:
+            raise ProtosynthError(f"unknown {P.family} {self.family!r}: use {', '.join(FAMILIES)}")
+        if self.lr_space is not None and self.lr_space not in LR_SPACES:
+            raise ProtosynthError(f"{P.lr_space} {self.lr_space!r}: use {' or '.join(LR_SPACES)}")
+        if self.grad_mode is not None and self.grad_mode not in GRAD_MODES:
+            raise ProtosynthError(f"{P.grad_mode} {self.grad_mode!r}: use unroll, constant or first-order")
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise ProtosynthError(f"unknown {P.variant} {self.variant!r}: use {', '.join(VARIANTS)}")
+        if self.variant == "intended-temperature" and self.method != "mtt-vl":
+            raise ProtosynthError(f"{P.variant} intended-temperature is MTT-VL's (method {self.method})")
+
 
 @dataclass
 class CompareConfig(ReadsCorpus):
@@ -143,6 +191,36 @@ class CompareConfig(ReadsCorpus):
     iterations: int | None = opt(None, help="Matching iterations (default: each method's preset).")
     # test corpus spec (default: the world's test split; other corpora need one)
     test: str | None = opt(None, help="Test corpus spec (default: the world's test split; another corpus needs one).")
+
+    def check(self) -> None:
+        """The values alone, before any work (``compare._validate`` adds the test split and the device)."""
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise ProtosynthError(f"unknown {P.methods} {', '.join(unknown)}: use {', '.join(ALL_METHODS)}")
+        if not self.methods:
+            raise ProtosynthError(f"{P.methods} is empty")
+        if self.budget < 2:
+            raise ProtosynthError(f"{P.budget} must be at least 2, got {self.budget}")
+        if self.repeats < 1:
+            raise ProtosynthError(f"{P.repeats} must be at least 1, got {self.repeats}")
+        # checked here, in compare's own terms: the buffer and the evaluation would name their own
+        # fields (epochs), which are not compare's (expert_epochs, eval_epochs)
+        for name in ("experts", "expert_epochs"):
+            if getattr(self, name) < 1:
+                raise ProtosynthError(f"{Param(name)} must be at least 1, got {getattr(self, name)}")
+        if self.eval_epochs is not None and self.eval_epochs < 1:
+            raise ProtosynthError(f"{P.eval_epochs} must be at least 1, got {self.eval_epochs}")
+        for name, values, allowed in (("recipes", self.recipes, RECIPES), ("texts", self.texts, COMPARE_TEXTS)):
+            bad = [v for v in values if v not in allowed]
+            if bad or not values or len(set(values)) < len(values):
+                raise ProtosynthError(
+                    f"{Param(name)} {','.join(values)!r}: use distinct values of {', '.join(allowed)}"
+                )
+        seeds = self.set_seeds()
+        if len(set(seeds)) < len(seeds):
+            raise ProtosynthError(f"{P.seeds} {','.join(map(str, seeds))}: a seed is repeated")
+        for seed in (self.seed, *seeds):
+            check_seed(seed)
 
     def set_seeds(self) -> tuple[int, ...]:
         return self.seeds if self.seeds else (self.seed,)

@@ -40,18 +40,20 @@ from pathlib import Path
 
 from ..corpora.spec import is_world
 from ..errors import P, Param, ProtosynthError
-from .configs import BaselineConfig  # noqa: F401 (re-exported: its public home)
+from .configs import (  # noqa: F401 (re-exported: their public home)
+    FAMILIES,
+    GRAD_MODES,
+    LR_SPACES,
+    METHODS,
+    VARIANTS,
+    BaselineConfig,
+)
 
-METHODS = ("mtt-vl", "lors", "amd", "repblend")
-FAMILIES = ("flickr", "coco", "world")
-LR_SPACES = ("linear", "log")
-GRAD_MODES = ("unroll", "constant", "first-order")
 USES_SIMILARITY = ("lors", "amd", "repblend")
 SIMILARITY_KEYS = ("lr_sim", "rank", "alpha")  # settings that only a method with S uses
 # MTT-VL's official inner loop scales the cosines by log(1/0.07) = 2.66 (no exp): temperature 0.376.
 MTT_VL_INNER_TEMPERATURE = 1 / math.log(1 / 0.07)
 INTENDED_TEMPERATURE = 0.07  # what that code meant (its buffers and evaluation use it)
-VARIANTS = ("intended-temperature",)  # named departures from an official preset
 # The official buffers (LoRS's and RepBlend's buffer scripts, MTT-VL's README): `protosynth buffer`'s
 # options for them. Plain SGD, no momentum or weight decay, InfoNCE at 0.07, as BufferConfig's defaults.
 OFFICIAL_BUFFER = {"experts": 20, "epochs": 10, "lr": 0.1, "batch_size": 128}
@@ -113,20 +115,8 @@ _LR_SYN = {"flickr": {100: 100.0, 200: 1000.0, 500: 1000.0}, "coco": {100: 1000.
 
 
 def check_choices(cfg: BaselineConfig) -> None:
-    """The settings that name a choice, where set: checked before the buffer is opened, so a typo is
-    the error a run reports, whatever else is wrong."""
-    if cfg.method not in METHODS:
-        raise ProtosynthError(f"unknown {P.method} {cfg.method!r}: use {', '.join(METHODS)}")
-    if cfg.family is not None and cfg.family not in FAMILIES:
-        raise ProtosynthError(f"unknown {P.family} {cfg.family!r}: use {', '.join(FAMILIES)}")
-    if cfg.lr_space is not None and cfg.lr_space not in LR_SPACES:
-        raise ProtosynthError(f"{P.lr_space} {cfg.lr_space!r}: use {' or '.join(LR_SPACES)}")
-    if cfg.grad_mode is not None and cfg.grad_mode not in GRAD_MODES:
-        raise ProtosynthError(f"{P.grad_mode} {cfg.grad_mode!r}: use unroll, constant or first-order")
-    if cfg.variant is not None and cfg.variant not in VARIANTS:
-        raise ProtosynthError(f"unknown {P.variant} {cfg.variant!r}: use {', '.join(VARIANTS)}")
-    if cfg.variant == "intended-temperature" and cfg.method != "mtt-vl":
-        raise ProtosynthError(f"{P.variant} intended-temperature is MTT-VL's (method {cfg.method})")
+    """The settings that name a choice, where set (``BaselineConfig.check_choices``)."""
+    cfg.check_choices()
 
 
 def preset(method: str, family: str, budget: int, quick: bool = False, variant: str | None = None) -> dict:

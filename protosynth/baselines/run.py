@@ -40,12 +40,12 @@ from ..prototypes import kmeans
 from ..sets.distilled import check_budget, check_out_dir, manifest_header, write_distilled
 from ..sets.texts import member_images, with_reading_texts
 from ..util.progress import StepBar
-from ..util.runinfo import check_device, check_seed, peak_rss_mb, versions
+from ..util.runinfo import check_device, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
 from .features import ProtocolFeatures, protocol_features
 from .matching import Blend, SyntheticSet, match
-from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, check_choices, default_family, resolve, settings
+from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, resolve, settings
 from .student import LowRankSimilarity, trainable
 
 
@@ -120,12 +120,7 @@ def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int
 def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
     """Run one baseline and write its set; returns the set folder; ``command`` as for ``distill``."""
     check_device(cfg.device)
-    check_seed(cfg.seed)
-    check_choices(cfg)
-    if cfg.budget < 2:
-        raise ProtosynthError(f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {cfg.budget}")
-    if cfg.buffer is None:
-        raise ProtosynthError(f"{P.buffer} is required (make one with `protosynth buffer`)")
+    cfg.check()
     if cfg.out is not None:  # before the buffer, which the default out's name needs
         check_out_dir(cfg.out, cfg.force)
     buffer = load_buffer(cfg.buffer)
