@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .corpora.source import CorpusSource, ReadsCorpus, source
+from .corpora.source import CorpusReading, CorpusSource, ReadsCorpus, reading_field, source
 from .errors import P, Param, ProtosynthError
 from .util.options import (
     ALSO_TEST,
@@ -482,13 +482,14 @@ class EvalConfig:
     image_size: int | None = opt(None, help="Input size instead of the protocol's.")
     # a corpus spec: add the upper-bound row trained on all its pairs
     full: str | None = opt(None, help="Also train on every pair of this corpus (e.g. shapes): the upper-bound row.")
-    # folder the image paths of a .json/.csv test or full corpus are relative to
-    image_root: Path | None = opt(None, help=EVAL_IMAGE_ROOT_HELP)
-    # read full with skip_bad (compare-baselines: as its sets read it); never the test
-    skip_bad: bool = opt(False, help=EVAL_SKIP_BAD_HELP)
-    # image column of a .parquet or hf: test or full (None: jpg / image)
-    image_column: str | None = opt(None, help=EVAL_IMAGE_COLUMN_HELP)
-    caption_column: str | None = opt(None, help=EVAL_CAPTION_COLUMN_HELP)  # their caption column (None: caption)
+    # how the test and full corpora are read: image_root, image_column, caption_column for both; skip_bad
+    # for full alone (compare-baselines: as its sets read it), never the test
+    reading: CorpusReading = reading_field(
+        image_root=EVAL_IMAGE_ROOT_HELP,
+        skip_bad=EVAL_SKIP_BAD_HELP,
+        image_column=EVAL_IMAGE_COLUMN_HELP,
+        caption_column=EVAL_CAPTION_COLUMN_HELP,
+    )
 
     def check(self) -> None:
         """The values alone, before any work (``evaluate.validate`` adds the protocol, the set folders

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,6 +29,7 @@ from protosynth.baselines.run import distill_baseline
 from protosynth.baselines.student import LowRankSimilarity, Student, info_nce, trainable, weighted_bce
 from protosynth.cli import baselines as cli_baselines
 from protosynth.cli.main import app
+from protosynth.corpora.source import flat_settings
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import protocol_recipe, unsupported_reading
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
@@ -646,7 +646,7 @@ def test_compare_rows_pool_set_seeds_and_keep_old_row_keys():
     marked = pooled("pds", {0: stored([1.0]), 1: {"unsupported": "text image: no one image"}})
     assert "metrics" not in marked and marked["unsupported"] == "text image: no one image"
     cfg = EvalConfig(protocol="small", repeats=2)
-    old = {k: v for k, v in asdict(cfg).items() if k not in ("skip_bad", "image_column", "caption_column")}
+    old = {k: v for k, v in flat_settings(cfg).items() if k not in ("skip_bad", "image_column", "caption_column")}
     old.pop("recipe")
     assert row_key(None, cfg) == hashlib.sha256(b"full" + json.dumps(old, sort_keys=True).encode()).hexdigest()[:20]
     keys = {row_key(None, cfg), row_key(None, EvalConfig(protocol="small", repeats=2, recipe="protocol"))}

@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
+from protosynth.corpora.source import CorpusReading
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.errors import ProtosynthError
@@ -383,9 +384,10 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
         entries.append({"image": f"test/{i}.png", "caption": world.captions[i]})
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "test.json").write_text(json.dumps(entries))
-    as_file = evaluate(
-        [pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"), image_root=tmp_path / "images")
+    as_file_cfg = tiny_eval(
+        tiny_backbone, test=str(tmp_path / "ann" / "test.json"), reading=CorpusReading(image_root=tmp_path / "images")
     )
+    as_file = evaluate([pds_set], as_file_cfg)
     as_split = evaluate([pds_set], tiny_eval(tiny_backbone))
     assert as_file["sets"][0]["metrics"] == as_split["sets"][0]["metrics"]
     with pytest.raises(ProtosynthError, match=r"test\.json entry 0: image file not found"):
@@ -395,9 +397,7 @@ def test_karpathy_test_file_with_image_root_scores_like_the_world_split(pds_set,
         Image.fromarray(world.image_array(i)).resize((48, 40), Image.NEAREST).save(
             tmp_path / "images" / "test" / f"{i}.png"
         )
-    mixed = evaluate(
-        [pds_set], tiny_eval(tiny_backbone, test=str(tmp_path / "ann" / "test.json"), image_root=tmp_path / "images")
-    )
+    mixed = evaluate([pds_set], as_file_cfg)
     assert mixed["sets"][0]["metrics"] != as_split["sets"][0]["metrics"]
     assert abs(mixed["sets"][0]["metrics"]["r_mean"]["mean"] - as_split["sets"][0]["metrics"]["r_mean"]["mean"]) < 15
 

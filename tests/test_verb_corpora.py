@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from protosynth.baselines.buffer import BufferConfig, _settings
 from protosynth.baselines.compare import _row_key
 from protosynth.cli.main import app
 from protosynth.corpora.shapes import WorldConfig, generate_split
-from protosynth.corpora.source import CorpusSource
+from protosynth.corpora.source import CorpusReading, CorpusSource, flat_settings
 from protosynth.evaluation.evaluate import EvalConfig
 
 N_TRAIN, N_TEST, BAD = 8, 3, 2  # train image BAD is truncated; two CSV rows per image, its first is row 2 * BAD + 2
@@ -199,11 +198,14 @@ def test_buffers_and_rows_made_before_the_options_keep_their_keys():
         "image_root"
     ] == os.path.abspath("data")
     later = ("skip_bad", "image_column", "caption_column", "recipe")
-    before = {k: v for k, v in asdict(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
+    # EvalConfig's settings as recorded before its reading options moved into a CorpusReading: flat
+    flat = ["full", "image_root", "skip_bad", "image_column", "caption_column"]
+    assert list(flat_settings(EvalConfig()))[-5:] == flat
+    before = {k: v for k, v in flat_settings(EvalConfig()).items() if k not in later}  # EvalConfig's fields before
     key = hashlib.sha256(b"full" + json.dumps(before, sort_keys=True).encode()).hexdigest()[:20]
     assert _row_key(None, EvalConfig()) == key
-    assert _row_key(None, EvalConfig(skip_bad=True)) != _row_key(None, EvalConfig())
-    assert _row_key(None, EvalConfig(caption_column="text")) != _row_key(None, EvalConfig())
+    assert _row_key(None, EvalConfig(reading=CorpusReading(skip_bad=True))) != _row_key(None, EvalConfig())
+    assert _row_key(None, EvalConfig(reading=CorpusReading(caption_column="text"))) != _row_key(None, EvalConfig())
 
 
 def test_eval_retrieval_full_row_skips_bad_images(layout, tmp_path):

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..coreset import CoresetConfig, build_coreset
-from ..corpora.source import flat_settings
+from ..corpora.source import CorpusReading, flat_settings
 from ..corpora.spec import canonical_root, canonical_spec, is_world
 from ..corpus import load_source
 from ..embed import embed_corpus
@@ -143,7 +143,7 @@ def _baseline_config(method: str, cfg: CompareConfig, out: Path, buffers: dict[s
         device=cfg.device,
         quick=cfg.quick,
         iterations=cfg.iterations,
-        **cfg.corpus.options(),
+        reading=CorpusReading(**cfg.corpus.options()),
     )
 
 
@@ -283,13 +283,20 @@ def _tables(cfg: CompareConfig, sets: dict[tuple[str, int], Path]) -> tuple[list
         device=cfg.device,
         epochs=cfg.eval_epochs,
         test=cfg.test,
-        image_root=cfg.corpus.image_root,
-        image_column=cfg.corpus.image_column,
-        caption_column=cfg.corpus.caption_column,
+        reading=CorpusReading(
+            image_root=cfg.corpus.image_root,
+            image_column=cfg.corpus.image_column,
+            caption_column=cfg.corpus.caption_column,
+        ),
     )
     full = None
     if "full" in cfg.methods:  # its own epochs (--quick: 1), never the sets' --eval-epochs
-        full_cfg = replace(base, full=cfg.corpus.spec, epochs=1 if cfg.quick else None, skip_bad=cfg.corpus.skip_bad)
+        full_cfg = replace(
+            base,
+            full=cfg.corpus.spec,
+            epochs=1 if cfg.quick else None,
+            reading=replace(base.reading, skip_bad=cfg.corpus.skip_bad),
+        )
         full = evaluate_full(cfg.out, full_cfg)
     head = full["head"] if full else None
     tables = []

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..corpora.source import flat_settings
 from ..evaluation.data import has_own_recipe, unsupported_reading
 from ..evaluation.evaluate import METRIC_NAMES, EvalConfig, evaluate
 from ..sets.distilled import load_distilled
@@ -30,7 +31,7 @@ LATER = {"skip_bad": False, "image_column": None, "caption_column": None, "recip
 
 def row_key(path: Path | None, eval_cfg: EvalConfig) -> str:
     """Rows are reused while the set and the evaluation settings are unchanged."""
-    settings = {k: v for k, v in asdict(eval_cfg).items() if not (k in LATER and v == LATER[k])}
+    settings = {k: v for k, v in flat_settings(eval_cfg).items() if not (k in LATER and v == LATER[k])}
     blob = ((path / "manifest.json").read_bytes() if path is not None else b"full") + json.dumps(
         settings, sort_keys=True, default=str
     ).encode()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..configs import RECIPES, check_seed
-from ..corpora.source import CorpusSource, ReadsCorpus, source
+from ..corpora.source import CorpusReading, CorpusSource, ReadsCorpus, reading_field, source
 from ..errors import P, Param, ProtosynthError
 from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
@@ -105,21 +105,14 @@ class BaselineConfig:
     )
     # AMD's prototype initialisation clusters this CLIP's joint embeddings
     clip: str = opt("default", help="amd: the CLIP whose joint embeddings the prototype initialisation clusters.")
-    # the buffer corpus's image folder; None: the one the buffer recorded
-    image_root: Path | None = opt(
-        None,
-        help="Folder the image paths of the buffer's .json or .csv corpus are relative to "
+    # how the buffer's corpus is read: a None option (skip_bad False) is the buffer's recorded one
+    # (skip_bad on anyway when the buffer was made with it)
+    reading: CorpusReading = reading_field(
+        image_root="Folder the image paths of the buffer's .json or .csv corpus are relative to "
         "(default: the one the buffer was made with).",
-    )
-    # skip unreadable images; on anyway when the buffer was made with it
-    skip_bad: bool = opt(False, help="Skip unreadable images of the buffer's corpus (default: as the buffer was made).")
-    # the buffer corpus's image column; None: the one the buffer recorded
-    image_column: str | None = opt(
-        None, help="Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with)."
-    )
-    # its caption column; None: the one the buffer recorded
-    caption_column: str | None = opt(
-        None, help="Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made)."
+        skip_bad="Skip unreadable images of the buffer's corpus (default: as the buffer was made).",
+        image_column="Image column of the buffer's .parquet or hf: corpus (default: the one the buffer was made with).",
+        caption_column="Caption column of the buffer's .parquet or hf: corpus (default: as the buffer was made).",
     )
 
     def check(self) -> None:

@@ -35,9 +35,10 @@ matrix".
 from __future__ import annotations
 
 import math
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
+from ..corpora.source import flat_settings
 from ..corpora.spec import is_world
 from ..errors import P, Param, ProtosynthError
 from .configs import (  # noqa: F401 (re-exported: their public home)
@@ -198,7 +199,7 @@ def resolve(cfg: BaselineConfig, family: str, max_epochs: int) -> BaselineConfig
 
 def settings(cfg: BaselineConfig) -> dict:
     return {
-        f.name: (str(getattr(cfg, f.name)) if isinstance(getattr(cfg, f.name), Path) else getattr(cfg, f.name))
-        for f in fields(cfg)
-        if f.name not in ("out", "force", "device")
+        name: (str(value) if isinstance(value, Path) else value)
+        for name, value in flat_settings(cfg).items()
+        if name not in ("out", "force", "device")
     }

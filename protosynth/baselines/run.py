@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 
 from ..coreset import joint_features
-from ..corpora.source import read_as
 from ..corpora.spec import corpus_name
 from ..corpus import load_source
 from ..embed import embed_corpus
@@ -77,15 +76,16 @@ def buffer_corpus(buffer: Buffer, cfg: BaselineConfig):
     """The buffer's corpus, read as the buffer read it (its recorded image root, --skip-bad and columns) unless
     ``cfg`` says otherwise; returns it with ``cfg`` holding the options used, for the manifest."""
     rec = buffer.manifest["corpus"]
-    root = cfg.image_root if cfg.image_root is not None else rec.get("image_root")
-    cfg = replace(
-        cfg,
+    given = cfg.reading
+    root = given.image_root if given.image_root is not None else rec.get("image_root")
+    reading = replace(
+        given,
         image_root=Path(root) if root else None,
-        skip_bad=cfg.skip_bad or bool(rec.get("skip_bad")),
-        image_column=cfg.image_column if cfg.image_column is not None else rec.get("image_column"),
-        caption_column=cfg.caption_column if cfg.caption_column is not None else rec.get("caption_column"),
+        skip_bad=given.skip_bad or bool(rec.get("skip_bad")),
+        image_column=given.image_column if given.image_column is not None else rec.get("image_column"),
+        caption_column=given.caption_column if given.caption_column is not None else rec.get("caption_column"),
     )
-    return load_source(read_as(cfg, rec["spec"])), cfg
+    return load_source(reading.of(rec["spec"])), replace(cfg, reading=reading)
 
 
 def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:

@@ -37,6 +37,27 @@ class CorpusSource:
 READING = ("image_root", "skip_bad", "image_column", "caption_column")
 
 
+@dataclass(frozen=True)
+class CorpusReading:
+    """The four reading options without a corpus: a config that reads corpora it names elsewhere
+    holds one as its ``reading`` (``EvalConfig``, for its test and full corpora; ``BaselineConfig``,
+    for its buffer's corpus, where a None and skip_bad False mean "as the buffer recorded"). Its
+    recorded settings spell the four out flat (``flat_settings``)."""
+
+    image_root: Path | None = opt(None, help=IMAGE_ROOT_HELP)
+    skip_bad: bool = opt(False, help=SKIP_BAD_HELP)
+    image_column: str | None = opt(None, help=IMAGE_COLUMN_HELP)
+    caption_column: str | None = opt(None, help=CAPTION_COLUMN_HELP)
+
+    def of(self, spec: str, **changes) -> CorpusSource:
+        """Corpus ``spec`` read with these options, but for ``changes``."""
+        return CorpusSource(spec, **{**self.options(), **changes})
+
+    def options(self) -> dict:
+        """The four reading options, as ``load_corpus`` takes them."""
+        return {name: getattr(self, name) for name in READING}
+
+
 def source(**helps: str):
     """A config's ``corpus`` field: a ``CorpusSource``, with the config's own help for some of its
     flags (``helps``: field name -> help)."""
@@ -48,11 +69,10 @@ def as_source(corpus) -> CorpusSource:
     return corpus if isinstance(corpus, CorpusSource) else CorpusSource(corpus)
 
 
-def read_as(cfg, spec: str, **changes) -> CorpusSource:
-    """Corpus ``spec`` read with the options a config keeps flat (``EvalConfig``'s for its test and
-    full corpora, ``BaselineConfig``'s for its buffer's), but for ``changes``."""
-    options = {name: getattr(cfg, name) for name in READING}
-    return CorpusSource(spec, **{**options, **changes})
+def reading_field(**helps: str):
+    """A config's ``reading`` field: a ``CorpusReading``, with the config's own help for its flags
+    (``helps``: field name -> help)."""
+    return dataclasses.field(default_factory=CorpusReading, metadata={"help": helps, "nested": True})
 
 
 class ReadsCorpus:
@@ -64,10 +84,15 @@ class ReadsCorpus:
 
 def flat_settings(cfg) -> dict:
     """``asdict(cfg)`` with its corpus spelled out flat as settings and manifests have always recorded
-    it: ``corpus`` (the spec) in its place, the four reading options last."""
+    it: ``corpus`` (the spec) in its place, the four reading options last; a ``reading`` (the last
+    field of the configs that hold one) likewise its four options last."""
     settings = dataclasses.asdict(cfg)
     corpus = settings.get("corpus")
     if isinstance(corpus, dict):
         settings["corpus"] = corpus.pop("spec")
         settings.update(corpus)
+    options = settings.get("reading")
+    if isinstance(options, dict):
+        del settings["reading"]
+        settings.update(options)
     return settings

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..configs import EvalConfig  # noqa: F401 (re-exported: its public home)
-from ..corpora.source import read_as
 from ..corpus import load_source
 from ..errors import P, ProtosynthError
 from ..models.backbones import load_backbone
@@ -105,7 +104,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
     encoder = load_text_encoder(text_spec)
     normalise = text_spec.startswith("clip:")
     test_spec = _test_spec(cfg, sets)
-    test_corpus = load_source(read_as(cfg, test_spec, skip_bad=False))  # a test split is read whole
+    test_corpus = load_source(cfg.reading.of(test_spec, skip_bad=False))  # a test split is read whole
     test = test_data(test_corpus, encoder, backbone, size, normalise)
     hashes = image_hashes(test_corpus)
     for ds in sets:
@@ -128,7 +127,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         }
         jobs.append((row, data, cfg.epochs or protocol.epochs))
     if cfg.full:
-        full = load_source(read_as(cfg, cfg.full))
+        full = load_source(cfg.reading.of(cfg.full))
         if full.fingerprint == test_corpus.fingerprint:
             raise ProtosynthError(f"{P.full} {cfg.full} is the test split {test_spec}")
         row = {
