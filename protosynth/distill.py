@@ -44,8 +44,6 @@ from .configs import (  # noqa: F401 (re-exported: their public home)
     CAPTION_RULES,
     METHODS,
     MODES,
-    RENDER_ONLY,
-    RENDER_SETTINGS,
     TEXT_RULES,
     DistillConfig,
 )
@@ -181,12 +179,6 @@ def set_name(cfg: DistillConfig) -> str:
 
 def default_out(cfg: DistillConfig) -> Path:
     return Path("distilled") / set_name(cfg)
-
-
-def check_nothing_rendered(cfg: DistillConfig) -> None:
-    """A selection renders nothing: each render setting given with it is refused by name
-    (``DistillConfig.check_nothing_rendered``)."""
-    cfg.check_nothing_rendered()
 
 
 def validate(cfg: DistillConfig) -> Path:
