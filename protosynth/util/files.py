@@ -165,9 +165,18 @@ def keep_aside(tmp: Path, target: Path) -> Path:
             return tmp
 
 
-def _refuse(tmp: Path, target: Path, claim: Claim, why: str) -> None:
+def _kept_in(tmp: Path, target: Path) -> str:
+    """Where a refused result now is, for its error line: its plain name, or, when the folder takes
+    no rename at all, its temporary name, which the next run writing there sweeps once this process
+    has ended (so the line says to move it)."""
     kept = keep_aside(tmp, target)
-    raise ProtosynthError(f"{claim.what} {why}: not replaced; this run's result is kept in {kept}")
+    if kept == tmp:
+        return f"{kept} (a temporary name a later run there removes: move it)"
+    return str(kept)
+
+
+def _refuse(tmp: Path, target: Path, claim: Claim, why: str) -> None:
+    raise ProtosynthError(f"{claim.what} {why}: not replaced; this run's result is kept in {_kept_in(tmp, target)}")
 
 
 def _place(tmp: Path, target: Path, claim: Claim | None, directory: bool) -> None:
@@ -193,9 +202,8 @@ def _place(tmp: Path, target: Path, claim: Claim | None, directory: bool) -> Non
     except FileExistsError:
         _refuse(tmp, target, claim, "appeared while this run was writing")
     except OSError as exc:
-        kept = keep_aside(tmp, target)
         raise ProtosynthError(
-            f"{claim.what}: cannot put the result there ({exc.strerror or exc}); it is kept in {kept}"
+            f"{claim.what}: cannot put the result there ({exc.strerror or exc}); it is kept in {_kept_in(tmp, target)}"
         ) from None
 
 
