@@ -41,8 +41,8 @@ from ..corpus import Corpus, cache_dir, check_cache_writable, load_corpus
 from ..errors import P, ProtosynthError
 from ..models.backbones import Backbone
 from ..models.text_encoders import TextEncoder
-from ..sets.distilled import DistilledSet
-from ..sets.texts import READING_FIELDS, corpus_digests, own_pair, pairs_of_images
+from ..sets.distilled import READING_FIELDS, DistilledSet
+from ..sets.texts import corpus_digests, own_pair, pairs_of_images
 from ..util.files import atomic_open, remove_stale_temps
 from ..util.imageops import resized
 from .pixels import PixelRows, corpus_pixel_rows, denormalise, normalise

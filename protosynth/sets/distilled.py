@@ -37,9 +37,12 @@ from ..util.files import (
 )
 from ..util.imageops import to_rgb
 from .card import write_hub_files
-from .texts import MEMBER_IMAGES, READING_FIELDS
 
 MANIFEST = "manifest.json"
+# what a set stores to be read without its corpus (``sets.texts`` fills them)
+MEMBER_IMAGES = "member_images.json"
+# reading -> (the pair-index field, the aligned captions field) of a pair record
+READING_FIELDS = {"members": ("members", "captions_members"), "image": ("image_pairs", "captions_image")}
 
 
 def set_destination(out: Path) -> Path:

@@ -22,10 +22,8 @@ from pathlib import Path
 from ..corpora.shapes import image_digest
 from ..corpus import Corpus, cache_dir, check_cache_writable
 from ..util.files import write_text_atomic
+from .distilled import MEMBER_IMAGES, READING_FIELDS  # noqa: F401 (re-exported: the fields this module fills)
 
-MEMBER_IMAGES = "member_images.json"
-# reading -> (the pair-index field, the aligned captions field) of a pair record
-READING_FIELDS = {"members": ("members", "captions_members"), "image": ("image_pairs", "captions_image")}
 # the pair each rule of the "image" family starts from: a render's start member, a selection's pair,
 # a coreset's one member
 OWN_PAIR_FIELDS = ("start_pair", "selected_pair")
