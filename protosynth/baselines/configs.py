@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..configs import RECIPES, check_seed
+from ..configs import CORESET_METHODS, RECIPES, check_seed
 from ..corpora.source import CorpusReading, CorpusSource, ReadsCorpus, reading_field, source
 from ..errors import P, Param, ProtosynthError
 from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
-CORESETS = ("random", "herding", "kcenter", "forgetting")
+CORESETS = CORESET_METHODS
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
 ALL_METHODS = CORESETS + ("select", "pds") + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)

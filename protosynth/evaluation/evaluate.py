@@ -32,11 +32,11 @@ from .data import (
     set_data,
     test_data,
 )
-from .metrics import KS
+from .metrics import METRICS
 from .protocols import Protocol, get_protocol
 from .retrieval import PairData, batched, train_and_score
 
-METRIC_NAMES = [f"IR@{k}" for k in KS] + [f"TR@{k}" for k in KS] + ["r_mean"]
+METRIC_NAMES = list(METRICS)
 FINAL = "final epoch"
 SELECTED = "best checkpoint on the test split (--select-on-test; model selection on test, as the reference code does)"
 

@@ -14,7 +14,7 @@ import numpy as np
 
 KS = (1, 5, 10)
 # the order tables and reports show the metrics in
-METRICS = ("IR@1", "IR@5", "IR@10", "TR@1", "TR@5", "TR@10", "r_mean")
+METRICS = tuple(f"IR@{k}" for k in KS) + tuple(f"TR@{k}" for k in KS) + ("r_mean",)
 
 
 def _rank_of_targets(scores: np.ndarray, target_mask: np.ndarray) -> np.ndarray:
