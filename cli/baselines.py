@@ -10,11 +10,11 @@ from protosynth.baselines.configs import ALL_METHODS as METHODS
 from protosynth.baselines.configs import BaselineConfig, BufferConfig, CompareConfig
 
 from .common import comma_list, command_line, fail, run
-from .options import REQUIRED, build, command, fields
+from .options import READING_FLAGS, REQUIRED, build, command, fields
 
 # compare-baselines' default --methods: protosynth.baselines.compare.ALL_METHODS (a test checks)
 ALL_METHODS = ",".join(METHODS)
-CORPUS = "image_root skip_bad image_column caption_column"
+CORPUS = READING_FLAGS
 # the optimisation knobs a baseline preset sets unless given (baseline --help lists them bare)
 KNOBS = "iterations syn_steps expert_epochs max_start_epoch batch_syn lr_img lr_txt lr_lr lr_init lr_space lr_sim"
 

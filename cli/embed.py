@@ -10,7 +10,7 @@ from protosynth.configs import DistillConfig, EmbedConfig, EngineConfig
 from protosynth.corpora.source import CorpusSource
 
 from .common import run
-from .options import build, command, fields, flag
+from .options import READING_FLAGS, build, command, fields, flag
 
 WORKERS_HELP = (
     "Local engine: DataLoader processes that load, preprocess and tokenise "
@@ -23,7 +23,7 @@ CLIP_HELP = "CLIP spec: default, small:DIR, local-dir:DIR, ARCH:PRETRAINED, or a
 def register(app: typer.Typer) -> None:
     """``embed``: corpus and CLIP flags as distill has them, the store's, and the engine's."""
     flags = [
-        *fields(CorpusSource, "corpus image_root skip_bad image_column caption_column"),
+        *fields(CorpusSource, f"corpus {READING_FLAGS}"),
         flag("clip", str, "default", CLIP_HELP),
         *fields(DistillConfig, "clip_arch clip_space"),
         *fields(EmbedConfig, "out shard_size fp16 batch_size workers", workers={"help": WORKERS_HELP}),

@@ -11,11 +11,11 @@ import typer
 from protosynth.configs import EvalConfig
 
 from .common import comma_list, fail, run
-from .options import argument, build, command, fields, flag
+from .options import READING_FLAGS, argument, build, command, fields, flag
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate distilled sets by the retrieval models they train.")
 
-CORPUS = "image_root skip_bad image_column caption_column"
+CORPUS = READING_FLAGS
 SETS = (argument("sets", list[Path], None, "Distilled-set folders."),)
 # the protocol is the sets' own: small on the world, else nfnet-bert
 PROTOCOL = {"annotation": Optional[str], "default": None}

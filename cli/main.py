@@ -30,7 +30,7 @@ from . import baselines
 from . import embed as embed_verb
 from .common import comma_list, command_line, fail, run
 from .evaluation import eval_app
-from .options import REQUIRED, argument, build, command, fields, flag
+from .options import READING_FLAGS, REQUIRED, argument, build, command, fields, flag
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multimodal dataset distillation."
@@ -41,8 +41,8 @@ app.add_typer(eval_app, name="eval")
 baselines.register(app)
 embed_verb.register(app)
 
-CORPUS = "corpus image_root skip_bad image_column caption_column"
-TRAIN_CORPUS = "image_root skip_bad image_column caption_column"
+CORPUS = f"corpus {READING_FLAGS}"
+TRAIN_CORPUS = READING_FLAGS
 
 
 @command(

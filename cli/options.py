@@ -5,17 +5,22 @@ The one ``typer.Option`` of the command line is here."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, get_type_hints
 
 import typer
 
+from protosynth.corpora.source import READING
 from protosynth.util.options import NOT_SET, flag_name, help_of
 
 from .flags import cli_help
 
 REQUIRED: Any = ...  # a flag the verb cannot do without, whatever the config's default
+
+# the four options that say how a corpus is read, as a verb lists its flags
+READING_FLAGS = " ".join(READING)
 
 
 @dataclass
@@ -44,9 +49,15 @@ def fields(cls, names: str, **changes: dict) -> list[Flag]:
     for name in names.split():
         owner, field, help = by_flag[name]
         default = None if field.default is NOT_SET else field.default
-        option = Flag(name, get_type_hints(owner)[field.name], default, help)
+        option = Flag(name, _hints(owner)[field.name], default, help)
         flags.append(dataclasses.replace(option, **changes.get(name, {})))
     return flags
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """A config class's resolved field types (resolving them is most of building the CLI)."""
+    return get_type_hints(cls)
 
 
 def _flat_fields(cls) -> dict[str, tuple[type, dataclasses.Field, str | None]]:
