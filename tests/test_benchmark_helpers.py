@@ -28,6 +28,7 @@ from benchmarks.scale_ray import (
     pass_model,
     render_model,
 )
+from protosynth.baselines.presets import preset
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -127,7 +128,7 @@ def test_presets_sweep_prunes_by_the_values_a_set_was_made_with_not_the_candidat
 
 
 def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same_way(tmp_path):
-    preset_100, log_100, lr_100 = candidates("amd", 100)[:3]
+    log_100, lr_100, preset_100 = candidates("amd", 100)  # official, official-world-lrs, world
 
     def row(cand, **extra):
         return dict(method="amd", budget=100, candidate=cand.name, overrides=cand.overrides, **extra)
@@ -140,7 +141,7 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
         dict(method="amd", budget=200, candidate="lr-sim-1", overrides={"lr_sim": 1.0}, pruned="failed at 100 pairs"),
     ]
     table = tmp_path / "baseline_presets_val.json"
-    table.write_text(json.dumps({"repeats": 2, "commit": "abc", "rows": rows}))
+    table.write_text(json.dumps({"repeats": 2, "recipe": "protocol", "commit": "abc", "rows": rows}))
     earlier = reusable(table, 2)
     assert len(earlier) == 3
     assert reused(earlier, "amd", 100, preset_100)["reused_from"] == f"{table} (commit abc)"
@@ -153,10 +154,23 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
     assert renamed["candidate"] == "was-the-preset" and renamed["overrides"] == was.overrides
     with pytest.raises(SystemExit, match="scored with 2 repeats, this sweep uses 3"):
         reusable(table, 3)
+    table.write_text(json.dumps({"repeats": 2, "commit": "abc", "rows": rows}))  # before the recipe was recorded
+    with pytest.raises(SystemExit, match="scored under the sets' own recipe"):
+        reusable(table, 2)
+
+
+def test_presets_sweep_starts_from_the_official_values():
+    for method in ("mtt-vl", "lors", "amd", "repblend"):
+        official, scaled, world = candidates(method, 100)
+        assert settings(method, 100, official) == preset(method, "flickr", 100)
+        assert settings(method, 100, world) == preset(method, "world", 100)
+        differ = {k for k, v in settings(method, 100, scaled).items() if preset(method, "flickr", 100)[k] != v}
+        assert differ == ({"lr_img", "lr_txt", "lr_sim"} if method != "mtt-vl" else {"lr_img", "lr_txt"})
+    assert settings("repblend", 100, official)["grad_mode"] == "first-order"
 
 
 def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
-    made_with = settings("lors", 100, candidates("lors", 100)[0])
+    made_with = settings("lors", 100, candidates("lors", 100)[-1])
     (tmp_path / "manifest.json").write_text(json.dumps({"settings": dict(made_with, lr_sim=0.25)}))
     with pytest.raises(SystemExit, match=r"made with lr_sim=0.25 \(the candidate has 1.0\)"):
         check_made_with(tmp_path, made_with)
