@@ -45,7 +45,8 @@ PROTOTYPE_ORDERS = ("matching", "alignment")
 CORESET_METHODS = ("random", "herding", "kcenter", "forgetting")  # CoresetConfig.method
 # how a learner reads a set's text (EvalConfig.text) and how it trains (EvalConfig.recipe)
 TEXT_MODES = ("auto", "captions", "members", "image", "image-captions", "stored", "prototype")
-RECIPES = ("own", "protocol")
+# DD-Ranking's toggles: everything a set stores (own), nothing (protocol), or one part at a time
+RECIPES = ("own", "protocol", "soft-labels", "learned-lrs")
 # faiss (k-means) and numpy's legacy seeding take a 32-bit signed seed: the one range every consumer accepts
 SEED_MAX = 2**31 - 1
 
@@ -467,11 +468,13 @@ class EvalConfig:
         "text of a set trains the model.",
     )
     # "own": a set's stored soft labels, learned lrs and frozen backbone, as its method trains;
-    # "protocol": the protocol's recipe for every set (InfoNCE, its lrs, its image side)
+    # "protocol": the protocol's recipe for every set (InfoNCE, its lrs, its image side);
+    # "soft-labels" / "learned-lrs": the protocol's recipe plus that one part of the set's own
     recipe: str = opt(
         "own",
-        help="own (a set's stored soft labels, learned lrs and frozen-backbone head, where it stores them) or "
-        "protocol (every set trained by the protocol's recipe, ignoring them): DD-Ranking's with and without.",
+        help="own (a set's stored soft labels, learned lrs and frozen-backbone head, where it stores them), "
+        "protocol (every set trained by the protocol's recipe, ignoring them), soft-labels or learned-lrs (the "
+        "protocol's recipe plus only that part of the set's own): DD-Ranking's with and without.",
     )
     device: str = "cpu"
     backbone: str | None = opt(None, help="Image backbone spec instead of the protocol's.")
@@ -505,7 +508,7 @@ class EvalConfig:
         if self.text not in TEXT_MODES:
             raise ProtosynthError(f"{P.text} {self.text!r}: use {', '.join(TEXT_MODES)}")
         if self.recipe not in RECIPES:
-            raise ProtosynthError(f"{P.recipe} {self.recipe!r}: use {' or '.join(RECIPES)}")
+            raise ProtosynthError(f"{P.recipe} {self.recipe!r}: use {', '.join(RECIPES)}")
         check_seed(self.seed)
 
 

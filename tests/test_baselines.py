@@ -31,7 +31,7 @@ from protosynth.cli import baselines as cli_baselines
 from protosynth.cli.main import app
 from protosynth.corpora.source import flat_settings
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.data import protocol_recipe, unsupported_reading
+from protosynth.evaluation.data import protocol_recipe, recipe_data, unsupported_reading
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
 from protosynth.evaluation.retrieval import PairData
 from protosynth.models.backbones import Backbone
@@ -666,6 +666,10 @@ def test_protocol_recipe_drops_what_a_method_adds_and_readings_say_what_they_lac
     plain = protocol_recipe(own)
     assert (plain.lr_image, plain.lr_text, plain.similarity, plain.image_head) == (None, None, None, False)
     assert plain.notes == {"text": "stored", "learned_lrs": False} and own.similarity is not None
+    labels, lrs = recipe_data(own, "soft-labels"), recipe_data(own, "learned-lrs")
+    assert labels.similarity is own.similarity and (labels.lr_image, labels.image_head) == (None, False)
+    assert (lrs.lr_image, lrs.lr_text, lrs.similarity, lrs.image_head) == (0.2, 0.3, None, False)
+    assert lrs.notes["learned_lrs"] and not labels.notes["learned_lrs"] and recipe_data(own, "own") is own
     coreset = SimpleNamespace(pairs=[{"caption": "a", "members": [4]}, {"caption": "b", "members": [7]}])
     noise = SimpleNamespace(pairs=[{"caption": "a", "members": [1, 2]}, {"caption": "", "members": [3, 5]}])
     assert [unsupported_reading(coreset, t) for t in ("captions", "members", "image")] == [None] * 3
@@ -675,7 +679,7 @@ def test_protocol_recipe_drops_what_a_method_adds_and_readings_say_what_they_lac
 
 def test_compare_cli_checks_its_axes(tmp_path):
     for args, msg in (
-        (["--recipes", "own,mine"], "--recipes 'own,mine': use distinct values of own, protocol"),
+        (["--recipes", "own,mine"], "--recipes 'own,mine': use distinct values of own, protocol, soft-labels"),
         (["--texts", "captions,captions"], "--texts 'captions,captions': use distinct values of"),
         (["--seeds", "0,x"], "--seeds '0,x': use comma-separated whole numbers"),
         (["--seeds", "1,1"], "--seeds 1,1: a seed is repeated"),

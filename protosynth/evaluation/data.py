@@ -195,6 +195,21 @@ def protocol_recipe(data: PairData) -> PairData:
     )
 
 
+def recipe_data(data: PairData, recipe: str) -> PairData:
+    """The pairs as ``recipe`` (one of RECIPES) trains them: DD-Ranking reports a method with and
+    without its soft labels and learned lrs, each separately; the frozen-backbone head comes only
+    with the whole own recipe (it is how the method's learner is built, not a part of the set)."""
+    if recipe == "own":
+        return data
+    plain = protocol_recipe(data)
+    if recipe == "soft-labels":
+        return replace(plain, similarity=data.similarity)
+    if recipe == "learned-lrs":
+        notes = dict(plain.notes, learned_lrs=data.notes["learned_lrs"])
+        return replace(plain, lr_image=data.lr_image, lr_text=data.lr_text, notes=notes)
+    return plain
+
+
 def has_own_recipe(ds: DistilledSet) -> bool:
     """Whether the set stores anything ``protocol_recipe`` drops (learned lrs, soft labels, a frozen-backbone
     head): without, both recipes train it the same way."""

@@ -28,7 +28,7 @@ from .data import (
     default_test_spec,
     full_data,
     image_hashes,
-    protocol_recipe,
+    recipe_data,
     set_data,
     test_data,
 )
@@ -111,9 +111,7 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
         check_no_overlap(ds, test_corpus, hashes)
     jobs: list[tuple[dict, PairData, int]] = []
     for ds in sets:
-        data = set_data(ds, encoder, backbone, size, normalise, cfg.text)
-        if cfg.recipe == "protocol":
-            data = protocol_recipe(data)
+        data = recipe_data(set_data(ds, encoder, backbone, size, normalise, cfg.text), cfg.recipe)
         row = {
             "path": str(ds.root),
             "method": ds.manifest.get("method"),
