@@ -688,3 +688,20 @@ def test_compare_cli_checks_its_axes(tmp_path):
         assert r.exit_code == 2 and msg in r.stderr, r.output
     assert not (tmp_path / "c").exists()
     assert CompareConfig(seed=3).set_seeds() == (3,) and CompareConfig(seeds=(0, 1, 2)).set_seeds() == (0, 1, 2)
+
+
+def test_compare_makes_pds_published_with_its_preset(tmp_path):
+    """compare-baselines' ``pds-published`` row is ``distill --preset pds-published``, nothing else."""
+    from protosynth.baselines.compare import _make_set  # noqa: PLC0415 (the step a spawned child runs)
+    from protosynth.corpora.source import CorpusSource  # noqa: PLC0415
+    from protosynth.corpora.spec import canonical_spec  # noqa: PLC0415
+
+    cfg = CompareConfig(budget=4, corpus=CorpusSource(spec=canonical_spec(TINY_WORLD)), out=tmp_path, quick=True)
+    _make_set("pds-published", cfg, tmp_path / "sets" / "pds-published-b4", {})
+    man = json.loads((tmp_path / "sets" / "pds-published-b4" / "manifest.json").read_text())
+    assert man["method"] == "pds" and man["settings"]["preset"] == "pds-published"
+    assert (man["settings"]["cluster_space"], man["settings"]["kmeans"], man["evaluation"]["text"]) == (
+        "raw",
+        "minibatch",
+        "prototype",
+    )

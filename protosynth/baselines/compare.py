@@ -48,6 +48,7 @@ from .configs import (  # noqa: F401 (re-exported: its public home)
     CORESETS,
     OPTIMISATION,
     QUICK_WORLD,
+    RENDERED,
     CompareConfig,
 )
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
@@ -109,7 +110,7 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 forgetting_epochs=1 if cfg.quick else 5,
             )
         )
-    elif method in ("pds", "select"):
+    elif method in ("select", *RENDERED):
         from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
 
         distill(
@@ -119,7 +120,8 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 seed=cfg.seed,
                 out=out,
                 device=cfg.device,
-                method=method,
+                method="select" if method == "select" else "pds",
+                preset="pds-published" if method == "pds-published" else None,
             )
         )
     else:
@@ -393,6 +395,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
 # The pretrained models each method uses to make its set (every method is evaluated with the protocol's)
 PRETRAINED = {
     "pds": "CLIP, unCLIP decoder",
+    "pds-published": "CLIP, unCLIP decoder",
     "herding": "CLIP",
     "kcenter": "CLIP",
     "select": "CLIP",
@@ -413,7 +416,7 @@ def _add_costs(table: list[dict], paths: dict[str, Path | None], buffer_cost: di
         if path is None or row.get("distill_seconds") is None:
             continue
         shared, what = 0.0, []
-        if method in ("pds", "select", "herding", "kcenter"):
+        if method in ("select", "herding", "kcenter", *RENDERED):
             embed = json.loads((path / "manifest.json").read_text()).get("embed_compute_seconds")
             if embed is None:
                 row["total_seconds"] = None  # the store's cost was not recorded: no honest total

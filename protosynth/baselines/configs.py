@@ -13,7 +13,9 @@ from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IM
 
 CORESETS = CORESET_METHODS
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-ALL_METHODS = CORESETS + ("select", "pds") + OPTIMISATION + ("full",)
+# "pds": protosynth's default distill; "pds-published": distill --preset pds-published (PDS as its code runs)
+RENDERED = ("pds", "pds-published")
+ALL_METHODS = CORESETS + ("select",) + RENDERED + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)
 COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
 QUICK_WORLD = "shapes,n=2000"  # --quick on the default world: its first 2,000 images (10,000 pairs)
