@@ -28,6 +28,8 @@ from benchmarks.scale_ray import (
     pass_model,
     render_model,
 )
+from benchmarks.world_readings import markdown as markdown_readings
+from benchmarks.world_readings import summarise
 from protosynth.baselines.presets import preset
 
 
@@ -209,3 +211,30 @@ def test_scale_ray_times_the_drivers_corpus_index_in_a_fresh_process(tmp_path):
     assert ix["pairs"] == 300 and ix["seconds"] > 0 and ix["retained_mb"] >= 0
     assert ix["seconds_per_million_pairs"] == pytest.approx(ix["seconds"] / 300 * 1e6, abs=2)
     assert not (tmp_path / "index").exists()  # 300 image files and a manifest, removed after
+
+
+def test_world_readings_chooses_each_methods_best_reading_and_prices_rendering():
+    def table(text, scores):
+        rows = [
+            {"method": m, "metrics": {"r_mean": {"mean": v, "std": 0.5, "runs": [v] * 6}}}
+            if v is not None
+            else {"method": m, "unsupported": "no one real image"}
+            for m, v in scores.items()
+        ]
+        return {"recipe": "protocol", "text": text, "methods": rows}
+
+    doc = {
+        "tables": [
+            table("captions", {"kcenter": 16.0, "select": 16.5, "pds": 17.0}),
+            table("members", {"kcenter": 16.0, "select": 25.0, "pds": 26.4}),
+            table("image", {"kcenter": 23.0, "select": 24.0, "pds": None}),
+        ]
+    }
+    rows = {r["method"]: r for r in summarise({100: doc})}
+    assert rows["kcenter"]["chosen"] == "image" and rows["select"]["chosen"] == "members"
+    assert rows["pds"]["chosen"] == "members" and "image" not in rows["pds"]["r_mean"]
+    assert rows["pds"]["render_gain"] == {"captions": 0.5, "members": 1.4}
+    assert "render_gain" not in rows["select"] and rows["kcenter"]["r_mean"]["image"]["runs"] == 6
+    head = {"command": "c", "commit": "abcdef", "texts": ["captions", "members", "image"], "seeds": [0], "repeats": 2}
+    text = markdown_readings(dict(head, rows=list(rows.values())))
+    assert "| 100 | pds | 17.0 ± 0.5 | **26.4 ± 0.5** | unsupported | members | captions +0.5, members +1.4 |" in text
