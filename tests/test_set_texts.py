@@ -175,3 +175,27 @@ def test_baseline_pairs_store_their_start_pair_captions(tmp_path):
         assert p["captions_image"] == world.captions[int(world.pair_image[p["init_pair"]])]
     images = sorted({int(world.pair_image[p["init_pair"]]) for p in ds.pairs})
     assert [k for k, _ in ds.member_images["images"]] == [world.image_keys[i] for i in images]
+
+
+def test_member_means_are_encoded_once_per_encoder_and_input(file_set):
+    """The members' means cost an encoding of most of a corpus's captions: the same set (or a
+    selection with the same groups) read again takes them from the cache, with the same values."""
+    from protosynth.evaluation.data import _member_texts  # noqa: PLC0415 (the cached step itself)
+    from protosynth.models.text_encoders import TextEncoder  # noqa: PLC0415
+
+    seen: list[str] = []
+
+    def encode(captions: list[str]) -> torch.Tensor:
+        seen.extend(captions)
+        return torch.tensor([[float(len(c)), float(sum(map(ord, c)) % 97)] for c in captions])
+
+    ds = load_distilled(file_set)
+    first = _member_texts(ds, TextEncoder("lengths-test", "lengths", 2, encode), normalise=False)
+    encoded = len(seen)
+    assert encoded > 0
+    again = _member_texts(ds, TextEncoder("lengths-test", "lengths", 2, encode), normalise=False)
+    assert len(seen) == encoded and torch.equal(first, again)
+    _member_texts(ds, TextEncoder("lengths-test", "lengths", 2, encode), normalise=False, mode="image")
+    assert len(seen) > encoded  # another reading is another input
+    other = _member_texts(ds, TextEncoder("lengths-test-2", "lengths", 2, encode), normalise=False)
+    assert torch.equal(other, first) and len(seen) > encoded  # another encoder spec is never served from it

@@ -27,6 +27,8 @@ made before it stored them, and ``image-captions``, read the source corpus.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,8 +69,7 @@ def corpus_text_features(corpus: Corpus, encoder: TextEncoder) -> torch.Tensor:
     """Features of every caption-level pair; each distinct caption is encoded once. Cached on disk
     (by corpus fingerprint and encoder spec) for named encoders; never for a CLIP or a local folder,
     whose weights can change under the same spec."""
-    source = encoder.spec.split(":", 1)[-1]
-    cacheable = not encoder.spec.startswith("clip:") and not Path(source).exists()
+    cacheable = _cacheable(encoder)
     key = hashlib.sha256(f"{corpus.fingerprint}\0{encoder.spec}\0{encoder.space}".encode()).hexdigest()[:24]
     path = cache_dir() / "protocol_text" / f"{key}.npy"
     if cacheable and path.is_file():
@@ -325,11 +326,39 @@ def _member_texts(ds: DistilledSet, encoder: TextEncoder, normalise: bool, mode:
     if mode != "image" and any(not p.get("members") for p in ds.pairs):
         raise ProtosynthError(f"{ds.root}: {P.text(mode)} needs member indices on every pair")
     groups = _stored_groups(ds, mode) or _corpus_groups(ds, mode)
+    return _cached(encoder, ("groups", normalise, groups), lambda: _group_means(groups, encoder, normalise))
+
+
+def _group_means(groups: list[list[tuple[int, str]]], encoder: TextEncoder, normalise: bool) -> torch.Tensor:
     caption = {m: c for g in groups for m, c in g}
     wanted = sorted(caption)
     feats = encode_texts(encoder, [caption[m] for m in wanted], normalise)
     row = {m: i for i, m in enumerate(wanted)}
     return torch.stack([feats[[row[m] for m, _ in g]].mean(0) for g in groups])
+
+
+def _cacheable(encoder: TextEncoder) -> bool:
+    """Named encoders only: a CLIP or a local folder can change its weights under the same spec."""
+    return not encoder.spec.startswith("clip:") and not Path(encoder.spec.split(":", 1)[-1]).exists()
+
+
+def _cached(encoder: TextEncoder, what: object, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, kept on disk by the encoder and everything its input is made of (``what``): a
+    set's members' means cost an encoding of most of the corpus's captions, and the same groups come
+    back for every recipe, for the test stage after val, and for a selection beside the renders made
+    from the same prototypes. The same input gives the same features, so a hit changes no score."""
+    if not _cacheable(encoder):
+        return compute()
+    blob = json.dumps([encoder.spec, encoder.space, what], ensure_ascii=False, default=int).encode()
+    path = cache_dir() / "protocol_text" / f"means-{hashlib.sha256(blob).hexdigest()[:32]}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    feats = compute()
+    check_cache_writable(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        np.save(fh, feats.numpy())
+    return feats
 
 
 def image_hashes(corpus: Corpus) -> dict[bytes, int]:
