@@ -10,7 +10,7 @@ parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus``
 today) followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
 ``--read`` random pairs, checked against the captions the load saw.
 
-Writes ``benchmarks/results/scale_index-{pairs}.json`` and ``.md``.
+Writes ``benchmarks/results/scale_index-{format}-{pairs}.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
         command="python -m benchmarks.scale_index " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(exist_ok=True)
-    name = f"scale_index-{args.pairs}"
+    name = f"scale_index-{args.format}-{args.pairs}"
     write_text_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
     text = "\n".join(_markdown(result)) + "\n"
     write_text_atomic(RESULTS / f"{name}.md", text)
