@@ -242,10 +242,12 @@ def coreset(**values) -> None:
 
 @app.command("verify")
 def verify(
-    folder: Path = typer.Argument(..., help="A distilled set (manifest.json) or an embedding store (index.json)."),
+    folder: Path = typer.Argument(
+        ..., help="A distilled set (manifest.json), an embedding store or a corpus index (index.json)."
+    ),
 ) -> None:
-    """Check every file of a distilled set or an embedding store against the sha256 (and, for a
-    store, the shape) it records: one line per problem, then exit 2; "ok: N files checked" if none."""
+    """Check every file of a distilled set, an embedding store or a corpus index against the sha256
+    (and, for a store, the shape) it records: one line per problem, then exit 2; "ok: N files checked" if none."""
     from protosynth.sets.verify import verify as verify_folder
 
     report = run(verify_folder, folder, verb="verify")

@@ -68,6 +68,17 @@ def decode_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image's bytes are: an image ``file``; a tar shard ``file`` with the member's byte
+    ``offset`` and ``length``; a parquet ``file`` (or a dataset, no file) with the row as ``offset``;
+    nothing for images held in memory."""
+
+    file: str | None = None
+    offset: int | None = None
+    length: int | None = None
+
+
 class ImageSource(ABC):
     """Where a file-backed corpus's images live, addressed by image key."""
 
@@ -82,6 +93,11 @@ class ImageSource(ABC):
     def check_present(self, key: str) -> None:
         """Cheap existence check at load time (without ``--skip-bad``); decoding waits for use."""
 
+    def locate(self, key: str) -> ImageRef:
+        """Where image ``key``'s bytes are, for the corpus index (``corpora.index``): a process that
+        holds this and not the loaded corpus can read the image."""
+        return ImageRef()
+
 
 class FileImages(ImageSource):
     """Image files at ``root / key`` (JSONL, Karpathy JSON, CSV); ``rows[key]`` is 'file line 3' etc."""
@@ -94,6 +110,9 @@ class FileImages(ImageSource):
 
     def read(self, key: str, min_side: int | None = None) -> Image.Image:
         return decode(self.root / key, self.rows[key], str(self.root / key), min_side)
+
+    def locate(self, key: str) -> ImageRef:
+        return ImageRef(os.path.join(self.root, key))
 
     def check_present(self, key: str) -> None:
         # one fast stat first: a corpus of millions of files is stat-bound, and pathlib's is_dir +

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ProtosynthError, held_back_logs
-from .base import Corpus, FindBad, unreadable
+from .base import Corpus, FindBad, ImageRef, unreadable
 from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
 from .parquet import null_cells
 from .spec import parse_hf
@@ -103,6 +103,9 @@ class DatasetImages(RowImages):
 
     def cell(self, key: str) -> tuple[object, Path | None]:
         return self.ds[int(key)][self.column], None
+
+    def locate(self, key: str) -> ImageRef:
+        return ImageRef(None, int(key))
 
 
 def image_feature(ds, label: str, column: str):

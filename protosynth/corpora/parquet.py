@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ProtosynthError
-from .base import Corpus, FindBad, unreadable
+from .base import Corpus, FindBad, ImageRef, unreadable
 from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
 from .webdataset import shard_paths
 
@@ -118,6 +118,10 @@ class ParquetImages(RowImages):
         g = bisect_right(self.starts[f], row) - 1
         column = self.group(f, g, self.wheres[key])
         return column[row - self.starts[f][g]].as_py(), self.files[f].parent
+
+    def locate(self, key: str) -> ImageRef:
+        f, row = self.rows[key]
+        return ImageRef(str(self.files[f]), row)
 
 
 def load_parquet(

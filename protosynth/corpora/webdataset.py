@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import Corpus, FindBad, ImageSource, check_images, clean_captions, decode, unreadable
+from .base import Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
@@ -57,6 +57,10 @@ class TarImages(ImageSource):
         if len(data) != m.size:
             raise ProtosynthError(f"{self.where(key)}: the shard ends inside this member (truncated)")
         return decode(data, self.where(key), m.name, min_side)
+
+    def locate(self, key: str) -> ImageRef:
+        m = self.members[key]
+        return ImageRef(str(m.shard), m.offset, m.size)
 
 
 def shard_paths(spec: str) -> list[Path]:

@@ -1,0 +1,153 @@
+"""What the driver pays for the corpus index: loading a corpus whole, building the sharded index from
+it, and reading the captions of a few pairs from the index in a process that never loads the corpus.
+
+    python -m benchmarks.scale_index [--pairs 100000] [--format jsonl] [--read 500] [--shard-size 4096]
+
+A scale corpus (``benchmarks.scale_corpus``, seed 0) of ``--pairs`` pairs is written to a temporary
+folder (its seconds reported apart). Each stage then runs in a fresh spawned process, which reports
+its wall seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would carry the
+parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus`` (the driver's cost
+today) followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
+``--read`` random pairs, checked against the captions the load saw.
+
+Writes ``benchmarks/results/scale_index-{format}-{pairs}.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.scale_corpus import write_scale_corpus
+from protosynth.util.files import git_commit, write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
+
+PRELUDE = """
+import json, sys, time
+import numpy as np
+import pyarrow.parquet  # what every reader of the index loads: outside what is measured
+def status(field):
+    return int(open('/proc/self/status').read().split(field + ':')[1].split()[0]) * 1024
+"""
+
+BUILD = """
+from protosynth.corpus import load_corpus
+from protosynth.corpora.index import build_corpus_index
+spec, folder, shard_size, read = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+imported = status('VmRSS')
+started = time.perf_counter()
+corpus = load_corpus(spec)
+loaded = time.perf_counter()
+load_peak = status('VmHWM')
+build_corpus_index(corpus, folder, shard_size)
+built = time.perf_counter()
+pairs = np.random.default_rng(0).choice(corpus.n_pairs, size=min(read, corpus.n_pairs), replace=False)
+print(json.dumps({
+    "pairs": corpus.n_pairs, "images": corpus.n_images, "rss_after_imports": imported,
+    "load_seconds": loaded - started, "load_peak_rss": load_peak,
+    "build_seconds": built - loaded, "build_peak_rss": status('VmHWM'),
+    "sample": pairs.tolist(), "captions": [corpus.pair_caption[p] for p in pairs],
+}))
+"""
+
+READ = """
+from protosynth.corpora.index import CorpusIndex
+folder, pairs = sys.argv[1], json.loads(sys.argv[2])
+imported = status('VmRSS')
+started = time.perf_counter()
+captions = CorpusIndex(folder).captions(pairs)
+print(json.dumps({
+    "rss_after_imports": imported, "read_seconds": time.perf_counter() - started,
+    "read_peak_rss": status('VmHWM'), "captions": captions,
+}))
+"""
+
+
+def _child(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PRELUDE + script, *args], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dict:
+    started = time.perf_counter()
+    made = write_scale_corpus(work / "corpus", pairs, seed=0, formats=(fmt,))
+    generate = time.perf_counter() - started
+    build = _child(BUILD, getattr(made, fmt), str(work / "index"), str(shard_size), str(read))
+    sample, expected = build.pop("sample"), build.pop("captions")
+    got = _child(READ, str(work / "index"), json.dumps(sample))
+    if got.pop("captions") != expected:
+        raise RuntimeError("the index's captions differ from the loaded corpus's")
+    index_bytes = sum(p.stat().st_size for p in (work / "index").iterdir())
+    return {
+        "format": fmt,
+        "shard_size": shard_size,
+        "read_pairs": len(sample),
+        "generate_seconds": generate,
+        "index_bytes": index_bytes,
+        "build": build,
+        "read": got,
+    }
+
+
+def _row(stage: str, seconds: float, peak: int, child: dict) -> str:
+    mib = 1 << 20
+    return f"| {stage} | {seconds:.2f} | {peak / mib:.0f} | {(peak - child['rss_after_imports']) / mib:.0f} |"
+
+
+def _markdown(r: dict) -> list[str]:
+    mib = 1 << 20
+    b, g = r["build"], r["read"]
+    return [
+        f"# Corpus index at {b['pairs']:,} pairs ({b['images']:,} images, {r['format']}, shards of "
+        f"{r['shard_size']} images)",
+        "",
+        "| stage (fresh process) | seconds | peak RSS MiB | peak over the imports' RSS, MiB |",
+        "| --- | ---: | ---: | ---: |",
+        _row("load_corpus (whole corpus, today's driver)", b["load_seconds"], b["load_peak_rss"], b),
+        _row("build_corpus_index (after that load)", b["build_seconds"], b["build_peak_rss"], b),
+        _row(f"CorpusIndex.captions of {r['read_pairs']} pairs", g["read_seconds"], g["read_peak_rss"], g),
+        "",
+        f"RSS after the imports (protosynth, numpy, pyarrow): {b['rss_after_imports'] / mib:.0f} MiB.",
+        f"Index on disk: {r['index_bytes'] / mib:.1f} MiB. Corpus generated in {r['generate_seconds']:.1f} s.",
+        f"Machine: {r['machine']}; commit {r['commit']}; `{r['command']}`.",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--format", choices=("jsonl", "wds", "parquet"), default="jsonl")
+    parser.add_argument("--read", type=int, default=500)
+    parser.add_argument("--shard-size", type=int, default=4096)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the corpus (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        result = measure(args.pairs, args.format, args.read, args.shard_size, Path(work))
+    result.update(
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        commit=git_commit(),
+        command="python -m benchmarks.scale_index " + " ".join(sys.argv[1:]),
+    )
+    RESULTS.mkdir(exist_ok=True)
+    name = f"scale_index-{args.format}-{args.pairs}"
+    write_text_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    text = "\n".join(_markdown(result)) + "\n"
+    write_text_atomic(RESULTS / f"{name}.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The sharded corpus index: every caption-level pair's image key, caption and image reference in
+parquet shards cut where the embedding store cuts its shards, so a stage that needs the captions or
+images of some pairs reads only the shards holding them, never the whole corpus.
+
+Layout of an index folder::
+
+    index.json             format, corpus spec and fingerprint, shard size, counts, the shard list
+                           (image range, pair range, file, sha256), "complete" last
+    pairs-000000.parquet   one row per pair of shard 0's images (``COLUMNS``), in pair order
+    ...
+
+Shard ``j`` covers the images and pairs of the store's shard ``j`` for the same shard size
+(``store.plan_shards``), so pair ``p``'s row is in the shard whose pair range holds it. The image
+reference (``file``, ``offset``, ``length``) is ``ImageSource.locate``'s: enough for a process that
+never loaded the corpus to read the image. Written as the store is: ``index.json`` first with
+``"complete": false``, each shard to a temporary name renamed into place (a shard present under its
+name is whole), then the hashes and ``"complete": true``. A rerun builds only the shards that are
+missing (or, of a complete index, that no longer match their hash), and the result is byte-identical
+to an uninterrupted build: a shard's bytes depend on its pairs alone.
+
+pyarrow is optional (the ``corpora`` extra); it is imported when an index is built or read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import P, ProtosynthError
+from ..store import plan_shards
+from ..util.files import atomic_path, check_writable, remove_stale_temps, sha256_file, write_text_atomic
+from .base import Corpus, ImageRef
+from .parquet import pyarrow_modules
+
+FORMAT = "protosynth-corpus-index/1"
+INDEX = "index.json"
+ROW_GROUP = 8192  # pairs per parquet row group: a reader of a few pairs decodes this many per pair it needs
+COLUMNS = ("image", "key", "caption", "file", "offset", "length", "where")
+
+
+def shard_file(j: int) -> str:
+    return f"pairs-{j:06d}.parquet"
+
+
+def _schema():
+    pa = pyarrow_modules()[0]
+    text, number = pa.string(), pa.int64()
+    types = (number, text, text, text, number, number, text)
+    return pa.schema(list(zip(COLUMNS, types)))
+
+
+def _header(corpus: Corpus, shard_size: int) -> dict:
+    shards = [
+        {"images": s["images"], "pairs": s["pairs"], "file": shard_file(j)}
+        for j, s in enumerate(plan_shards(corpus.pair_image, corpus.n_images, shard_size))
+    ]
+    return {
+        "format": FORMAT,
+        "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint},
+        "shard_size": shard_size,
+        "n_images": corpus.n_images,
+        "n_pairs": corpus.n_pairs,
+        "columns": list(COLUMNS),
+        "shards": shards,
+        "complete": False,
+    }
+
+
+def read_corpus_index(folder: Path) -> dict | None:
+    """The folder's ``index.json`` (None when there is none); one line when it is not a corpus index."""
+    path = Path(folder) / INDEX
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ProtosynthError(f"{path}: unreadable corpus index ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise ProtosynthError(f"{path}: not a protosynth corpus index (format {FORMAT})")
+    return index
+
+
+def _write_index(folder: Path, index: dict) -> None:
+    write_text_atomic(folder / INDEX, json.dumps(index, indent=1) + "\n")
+
+
+def shard_problem(path: Path, digest: str | None) -> str | None:
+    """What is wrong with one shard against its recorded sha256, or None when it is intact."""
+    if not path.is_file():
+        return "missing"
+    if not digest:
+        return "index.json records no sha256 for it"
+    if sha256_file(path) != digest:
+        return "sha256 differs from index.json (the file changed after it was written)"
+    return None
+
+
+def index_problems(folder: Path, index: dict) -> list[tuple[str, str]]:
+    """(file name, what is wrong) for every shard of a complete index that does not match it."""
+    out = []
+    for s in index["shards"]:
+        why = shard_problem(Path(folder) / s["file"], s.get("sha256"))
+        if why is not None:
+            out.append((s["file"], why))
+    return out
+
+
+def _check_folder(folder: Path, found: dict | None, want: dict) -> None:
+    """A folder may hold only the index of the same corpus (and, to resume, the same shard size)."""
+    if folder.exists() and not folder.is_dir():
+        raise ProtosynthError(f"{folder} is a file, not a folder for a corpus index")
+    if found is None:
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ProtosynthError(f"{folder} is not empty and holds no corpus index.json: use a new or empty folder")
+        return
+    corpus = found.get("corpus", {})
+    if corpus.get("fingerprint") != want["corpus"]["fingerprint"]:
+        raise ProtosynthError(
+            f"{folder} holds the index of another corpus ({corpus.get('spec')}, {corpus.get('fingerprint')}); "
+            "use another folder"
+        )
+    if found.get("shard_size") != want["shard_size"]:
+        raise ProtosynthError(
+            f"{folder} holds a corpus index with {P.shard_size} {found.get('shard_size')}, not {want['shard_size']}: "
+            "use that shard size or another folder"
+        )
+
+
+def _shard_table(corpus: Corpus, shard: dict):
+    """The rows of one shard: each pair of its images, with its image's key and reference."""
+    pa = pyarrow_modules()[0]
+    (a, b), (p0, p1) = shard["images"], shard["pairs"]
+    keys = corpus.image_keys[a:b]
+    source = corpus.source  # None: images held in memory, named by their keys
+    refs = [source.locate(k) for k in keys] if source is not None else [ImageRef()] * len(keys)
+    per_image = {
+        "key": pa.array(keys, pa.string()),
+        "file": pa.array([r.file for r in refs], pa.string()),
+        "offset": pa.array([r.offset for r in refs], pa.int64()),
+        "length": pa.array([r.length for r in refs], pa.int64()),
+        "where": pa.array([source.where(k) for k in keys] if source is not None else keys, pa.string()),
+    }
+    image = np.asarray(corpus.pair_image[p0:p1], dtype=np.int64)
+    rows = pa.array(image - a)
+    columns = {name: column.take(rows) for name, column in per_image.items()}
+    columns["image"] = pa.array(image)
+    columns["caption"] = pa.array(corpus.pair_caption[p0:p1], pa.string())
+    return pa.table([columns[name] for name in COLUMNS], schema=_schema())
+
+
+def _write_shard(path: Path, table) -> str:
+    """``table`` as one parquet file at ``path``, written atomically; returns its sha256."""
+    pq = pyarrow_modules()[2]
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd", row_group_size=ROW_GROUP)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return sha256_file(tmp)
+
+
+def build_corpus_index(
+    corpus: Corpus, folder: Path, shard_size: int = 4096, progress: Callable[[int, int], None] | None = None
+) -> Path:
+    """Write the index of ``corpus`` into ``folder`` with the store's shards of ``shard_size`` images
+    (see the module docstring), building only the shards it lacks; returns the folder.
+    ``progress(done, todo)`` is called after each shard is written."""
+    if shard_size < 1:
+        raise ProtosynthError(f"{P.shard_size} must be at least 1, got {shard_size}")
+    folder = Path(folder)
+    want = _header(corpus, shard_size)
+    found = read_corpus_index(folder)
+    _check_folder(folder, found, want)
+    complete = found is not None and bool(found.get("complete"))
+    damaged = dict(index_problems(folder, found)) if complete else {}
+    if complete and not damaged:
+        return folder
+    index = found if complete else want  # a repair keeps the complete index's shards and hashes
+    check_writable(folder, f"corpus index {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)  # what killed builds left behind
+    if found is None:
+        _write_index(folder, index)
+    todo = [s for s in index["shards"] if s["file"] in damaged or not (folder / s["file"]).is_file()]
+    digests = {}
+    for done, shard in enumerate(todo, start=1):
+        digests[shard["file"]] = _write_shard(folder / shard["file"], _shard_table(corpus, shard))
+        if progress is not None:
+            progress(done, len(todo))
+    for s in index["shards"]:
+        recorded = None if s["file"] in damaged else s.get("sha256")
+        s["sha256"] = digests.get(s["file"]) or recorded or sha256_file(folder / s["file"])
+    index.pop("complete", None)
+    index["complete"] = True  # the last key, in the index written after the last shard
+    _write_index(folder, index)
+    return folder
+
+
+class CorpusIndex:
+    """A complete corpus index opened for reading: ``rows(pairs)`` reads the rows of those pairs
+    from the shards that hold them (each shard checked against its sha256 the first time it is
+    read), so what is read and held grows with the pairs asked for, not with the corpus."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index = read_corpus_index(self.folder)
+        if index is None or not index.get("complete"):
+            raise ProtosynthError(f"{self.folder}: no complete corpus index (index.json missing or unfinished)")
+        self.index = index
+        self.n_pairs = int(index["n_pairs"])
+        self.pair_starts = np.array([s["pairs"][0] for s in index["shards"]], dtype=np.int64)
+        self.checked: set[int] = set()  # shards whose file matched its hash
+
+    def _shard(self, j: int):
+        s = self.index["shards"][j]
+        path = self.folder / s["file"]
+        if j not in self.checked:
+            why = shard_problem(path, s.get("sha256"))
+            if why is not None:
+                raise ProtosynthError(f"{path}: {why}; building the corpus index again rebuilds it")
+            self.checked.add(j)
+        return pyarrow_modules()[2].ParquetFile(path)
+
+    def _read(self, j: int, local: np.ndarray, columns: list[str]):
+        """Rows ``local`` (counted from the shard's first pair) of shard ``j``, reading only the row
+        groups that hold them."""
+        with self._shard(j) as pf:
+            md = pf.metadata
+            starts = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
+            groups = np.unique(np.searchsorted(starts, local, side="right") - 1)
+            table = pf.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
+        sizes = np.diff(starts)[groups]
+        shift = dict(zip(groups.tolist(), (np.cumsum(sizes) - sizes - starts[groups]).tolist()))
+        group_of = np.searchsorted(starts, local, side="right") - 1
+        return table.take(local + np.array([shift[g] for g in group_of.tolist()], dtype=np.int64))
+
+    def rows(self, pairs: Sequence[int] | np.ndarray, columns: Sequence[str] = COLUMNS):
+        """A pyarrow table of ``columns`` with one row per entry of ``pairs``, in that order."""
+        pa = pyarrow_modules()[0]
+        unknown = [c for c in columns if c not in COLUMNS]
+        if unknown:
+            raise ProtosynthError(f"corpus index columns are {', '.join(COLUMNS)}, not {', '.join(unknown)}")
+        idx = np.asarray(pairs, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_pairs):
+            bad = int(idx.min() if idx.min() < 0 else idx.max())
+            raise ProtosynthError(f"{self.folder}: pair {bad} outside the index's 0..{self.n_pairs - 1}")
+        shard = np.searchsorted(self.pair_starts, idx, side="right") - 1
+        order = np.argsort(shard, kind="stable")
+        pieces = []
+        for j in np.unique(shard).tolist():
+            sel = order[shard[order] == j]
+            pieces.append(self._read(j, idx[sel] - self.pair_starts[j], list(columns)))
+        if not pieces:
+            return _schema().empty_table().select(list(columns))
+        joined = pa.concat_tables(pieces)
+        return joined.take(np.argsort(order, kind="stable"))
+
+    def captions(self, pairs: Sequence[int] | np.ndarray) -> list[str]:
+        """The captions of ``pairs``, in that order."""
+        return self.rows(pairs, ["caption"]).column("caption").to_pylist()
