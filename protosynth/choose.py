@@ -78,18 +78,19 @@ def distill_on_val(
 
 @dataclass
 class ValChooser:
-    """``distill.TextChooser`` on a validation corpus: loads it at once (a bad spec fails before any work)."""
+    """``distill.TextChooser`` on a validation corpus, loaded with the train corpus (``check_corpus``),
+    after every check of the values and before any embedding or rendering."""
 
     cfg: DistillConfig
     choice: TextChoiceConfig
 
     def __post_init__(self) -> None:
         source = as_source(self.cfg.corpus)
-        reading = CorpusReading(
+        self.reading = CorpusReading(
             image_root=source.image_root, image_column=source.image_column, caption_column=source.caption_column
         )
         self.train_spec = source.spec
-        self.corpus: Corpus = load_source(reading.of(self.choice.val))  # read whole, as a test split is
+        self.corpus: Corpus | None = None
         protocol = self.choice.val_protocol or default_protocol(source.spec, self.choice.val)
         self.eval_cfg = EvalConfig(
             protocol=protocol,
@@ -101,12 +102,14 @@ class ValChooser:
             recipe=RECIPE,
             device=self.cfg.device,
             backbone=self.choice.val_backbone,
-            reading=reading,
+            reading=self.reading,
         )
         self.eval_cfg.check()
 
     def check_corpus(self, corpus: Corpus) -> None:
-        """Refuse a val corpus that is the train corpus (same fingerprint, whatever the spec says)."""
+        """Load the val corpus (read whole, as a test split is) and refuse it when it is the train
+        corpus ``corpus`` (same fingerprint, whatever the spec says)."""
+        self.corpus = load_source(self.reading.of(self.choice.val))
         if corpus.fingerprint == self.corpus.fingerprint:
             raise ProtosynthError(
                 f"{P.val} {self.choice.val} is the corpus the set is made from ({P.corpus} {self.train_spec}, "
@@ -116,6 +119,8 @@ class ValChooser:
 
     def choose(self, folder: Path) -> tuple[str, dict]:
         """Score the complete set at ``folder`` under each reading it supports; the best and the record."""
+        if self.corpus is None:
+            raise ProtosynthError(f"{P.val} {self.choice.val}: not loaded (check_corpus comes first)", param="val")
         ds = load_distilled(folder, verify=True)
         try:
             check_no_overlap(ds, self.corpus)
