@@ -25,12 +25,14 @@ def _config(sets: list[Path], values: dict, **settings):
     """The ``EvalConfig`` of the flags; no ``--protocol``: the one of the sets' corpus."""
     protocol = values["protocol"]
     if protocol is None:
-        protocol = "small" if _on_world(sets, values["full"]) else "nfnet-bert"
+        from protosynth.evaluation.protocols import default_protocol
+
+        protocol = default_protocol(*_corpora(sets, values["full"]))
     return build(EvalConfig, values, protocol=protocol, **settings)
 
 
-def _on_world(sets: list[Path], full: Optional[str]) -> bool:
-    from protosynth.corpora.spec import is_world
+def _corpora(sets: list[Path], full: Optional[str]) -> list[str]:
+    """The corpus specs of the sets (their manifests) and of ``--full``."""
     from protosynth.sets.distilled import read_manifest
 
     specs = [full] if full else []
@@ -39,7 +41,7 @@ def _on_world(sets: list[Path], full: Optional[str]) -> bool:
         if spec is None:
             fail(f"{s}: its manifest.json names no corpus; pass --protocol")
         specs.append(spec)
-    return all(is_world(sp) for sp in specs)
+    return specs
 
 
 def _check_json(path: Optional[Path]) -> None:

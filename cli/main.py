@@ -24,6 +24,7 @@ from protosynth.configs import (
     PretrainConfig,
     RenderConfig,
     ReportConfig,
+    TextChoiceConfig,
 )
 
 from . import baselines
@@ -194,6 +195,7 @@ FP16_HELP = (
             method={"annotation": Optional[str], "default": None},
             candidates={"annotation": Optional[int], "default": None},
         ),
+        *fields(TextChoiceConfig, "val val_repeats val_epochs"),
         *fields(
             RenderConfig,
             "steps guidance noise_level negative_prompt size super_res_steps init strength batch_size clip_guidance",
@@ -205,7 +207,7 @@ def distill(budget: str, **values) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
 
-    from protosynth.distill import distill_budgets
+    from protosynth.choose import distill_on_val
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     budgets = parse_budgets(budget)
@@ -219,7 +221,8 @@ def distill(budget: str, **values) -> None:
         embed=build(EmbedConfig, values, "fp16"),
         engine=build(EngineConfig, values),
     )
-    for path in run(distill_budgets, cfg, budgets, command=command_line(), verb="distill"):
+    choice = build(TextChoiceConfig, values)
+    for path in run(distill_on_val, cfg, choice, budgets, command=command_line(), verb="distill"):
         typer.echo(f"wrote {path}")
 
 

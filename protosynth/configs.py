@@ -384,6 +384,43 @@ class DistillConfig(ReadsCorpus):
             raise ProtosynthError(f"{P.method('select')} renders nothing: {names} do not apply", param="method")
 
 
+@dataclass
+class TextChoiceConfig:
+    """How ``distill`` chooses a set's text reading on the user's own validation split
+    (``protosynth.choose``): the finished set is scored on ``val`` under every reading it supports
+    (``CANDIDATES``), each by the protocol's recipe, and the best val r_mean is declared. ``val=None``:
+    the fixed rule (``distill.text_rule``) chooses, as before."""
+
+    val: str | None = opt(
+        None,
+        help="Choose the text reading on this validation corpus (e.g. shapes:val, or a file corpus of your own "
+        f"held-out pairs, read with {P.image_root}, {P.image_column} and {P.caption_column}): the set is scored "
+        "there under each reading it supports (captions, members, image) and the best r_mean is declared in the "
+        f"manifest with every candidate's score (default: a fixed rule, see {P.text}).",
+    )
+    val_repeats: int = opt(2, help=f"Models trained per candidate reading on {P.val} (seeds seed..seed+R-1).")
+    val_epochs: int | None = opt(None, help=f"Training epochs of each model on {P.val} (default: the protocol's).")
+    # the evaluation protocol (None: small on the world, else nfnet-bert, as eval retrieval picks it) and
+    # its image backbone (None: the protocol's); the library's alone
+    val_protocol: str | None = None
+    val_backbone: str | None = None
+
+    def check(self) -> None:
+        """The values alone (``choose.check_choice`` adds what they mean with a ``DistillConfig``)."""
+        if isinstance(self.val_repeats, bool) or not isinstance(self.val_repeats, int) or self.val_repeats < 1:
+            raise ProtosynthError(f"{P.val_repeats} must be an integer of at least 1, got {self.val_repeats!r}")
+        if self.val_epochs is not None and (
+            isinstance(self.val_epochs, bool) or not isinstance(self.val_epochs, int) or self.val_epochs < 1
+        ):
+            raise ProtosynthError(f"{P.val_epochs} must be an integer of at least 1, got {self.val_epochs!r}")
+        if self.val is not None and (not isinstance(self.val, str) or not self.val.strip()):
+            raise ProtosynthError(f"{P.val} needs a corpus spec, got {self.val!r}")
+        if self.val is None:
+            for param, value, default in ((P.val_repeats, self.val_repeats, 2), (P.val_epochs, self.val_epochs, None)):
+                if value != default:
+                    raise ProtosynthError(f"{param} needs {P.val('SPEC')}")
+
+
 # what only a render uses: a selection (method "select") refuses each of them by name
 RENDER_ONLY = ("candidates", "caption")
 RENDER_SETTINGS = tuple(f.name for f in fields(RenderConfig) if f.name != "seed")

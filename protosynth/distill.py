@@ -18,7 +18,10 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
   text embeddings are soft) or ``image`` (the mean of every caption of the member image the render
   started from, or a selection's image). ``eval retrieval`` follows the set's rule unless told otherwise.
   ``prototype`` (the preset ``pds-published``'s) reads the stored text prototype itself, as the PDS
-  authors' evaluation trains on it (see ``evaluation/data.py``).
+  authors' evaluation trains on it (see ``evaluation/data.py``). Left open, a fixed rule by budget
+  chooses (``text_rule``), or a ``TextChooser`` on data this module never sees: ``choose.distill_on_val``
+  scores the finished set on the user's validation split, before it is renamed into place. The
+  manifest's ``evaluation.chosen_by`` says which (``given``, ``rule`` or ``val``).
 - ``preset="pds-published"``: PDS as its authors' code runs it (``PRESETS``): raw-row MiniBatchKMeans,
   plain-mean prototypes, their order, renders from noise with the prototype's caption, the text
   prototype as text. Each of its settings is also a field of its own (``prototypes.py``).
@@ -35,6 +38,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,6 +103,18 @@ DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the rende
 # members' mean beat one caption for them at 100 and 200 (500 not measured)
 MEMBERS_TEXT_MAX_BUDGET = 100
 NOISE_MEMBERS_TEXT_MAX_BUDGET = 200
+RULE_FITTED_ON = "fitted on the world's val split (benchmarks/results/world_val.md)"
+
+
+class TextChooser(Protocol):
+    """What chooses a set's text reading on data ``distill`` does not read (``choose.ValChooser``: the
+    user's validation split). ``check_corpus`` sees the corpus as soon as it is loaded, before any
+    embedding or rendering; ``choose`` gets the complete set in its temporary folder, before it is
+    renamed into place, and returns the reading and the record of how it was chosen."""
+
+    def check_corpus(self, corpus: Corpus) -> None: ...
+
+    def choose(self, folder: Path) -> tuple[str, dict]: ...
 
 
 def apply_preset(cfg: DistillConfig) -> DistillConfig:
@@ -161,6 +177,21 @@ def text_rule(cfg: DistillConfig, render: RenderConfig) -> str:
     return "members" if cfg.budget <= NOISE_MEMBERS_TEXT_MAX_BUDGET else "captions"
 
 
+def text_choice(cfg: DistillConfig, render: RenderConfig) -> dict:
+    """The manifest's ``evaluation`` entry without a chooser: the reading and what chose it, the
+    ``text`` setting (or a preset) or ``text_rule``'s fixed rule, spelled out."""
+    text = text_rule(cfg, render)
+    if cfg.text is not None:
+        return {"text": text, "chosen_by": "given"}
+    if cfg.method != "pds":
+        rule = "a selection keeps its real captions"
+    elif render.init == "nearest":
+        rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {RULE_FITTED_ON}"
+    else:
+        rule = f"from noise: members up to {NOISE_MEMBERS_TEXT_MAX_BUDGET} pairs, captions above, {RULE_FITTED_ON}"
+    return {"text": text, "chosen_by": "rule", "rule": rule}
+
+
 def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
     """``render`` with distill's default start (``DEFAULT_INIT``, and ``DEFAULT_STRENGTH`` for a start
     from a member image) where it is left open and the decoder can start from a member image;
@@ -205,10 +236,12 @@ class Loaded:
     engine: Engine  # where the heavy stages run (``engines.base``)
 
 
-def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = None) -> Loaded:
+def load_stages(
+    cfg: DistillConfig, budgets: list[int], engine: Engine | None = None, chooser: TextChooser | None = None
+) -> Loaded:
     """Load the corpus and the CLIP/decoder pair (checked to share an embedding space), and embed
-    on ``engine`` (None: the one ``cfg.engine`` names). Every check on budgets and render settings
-    happens before the embedding work."""
+    on ``engine`` (None: the one ``cfg.engine`` names). Every check on budgets and render settings,
+    and ``chooser``'s on the corpus, happens before the embedding work."""
     engine = make_engine(cfg.engine if engine is None else engine)
     t = time.time()
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
@@ -229,6 +262,8 @@ def load_stages(cfg: DistillConfig, budgets: list[int], engine: Engine | None = 
     corpus = load_source(cfg.corpus, engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     for budget in budgets:
         check_budget(budget, corpus)
+    if chooser is not None:
+        chooser.check_corpus(corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"
     clip = load_clip(clip_spec, cfg.device, arch=cfg.clip_arch, space=cfg.clip_space)
     check_pair(decoder, clip_spec, clip.space, clip.embed_dim)
@@ -245,9 +280,12 @@ def distill(cfg: DistillConfig, command: str | None = None) -> Path:
     return distill_budgets(cfg, [cfg.budget], command)[0]
 
 
-def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None = None) -> list[Path]:
+def distill_budgets(
+    cfg: DistillConfig, budgets: list[int], command: str | None = None, chooser: TextChooser | None = None
+) -> list[Path]:
     """One set per budget from a single load and embedding pass. With several budgets, ``cfg.out``
-    is a parent folder holding one set folder per budget."""
+    is a parent folder holding one set folder per budget. ``chooser``: what declares each set's text
+    reading instead of ``text_rule`` (``choose.distill_on_val``); it needs ``cfg.text`` unset."""
     if not budgets or len(set(budgets)) != len(budgets):
         raise ProtosynthError(f"{P.budgets} needs distinct values, got {','.join(map(str, budgets))}")
     cfg = apply_preset(cfg)
@@ -260,14 +298,23 @@ def distill_budgets(cfg: DistillConfig, budgets: list[int], command: str | None 
         for b in budgets
     ]
     outs = [validate(c) for c in cfgs]
+    if chooser is not None and cfg.text is not None:
+        raise ProtosynthError(f"{P.text} is {cfg.text!r}: a text chooser has nothing to choose", param="text")
     torch.manual_seed(cfg.seed)
     engine = make_engine(cfg.engine)
     with engine.session():  # on Ray, one session for every stage and budget; none for the local engine
-        loaded = load_stages(cfg, budgets, engine)
-        return [_write_budget(c, out, loaded, budgets, command) for c, out in zip(cfgs, outs)]
+        loaded = load_stages(cfg, budgets, engine, chooser)
+        return [_write_budget(c, out, loaded, budgets, command, chooser) for c, out in zip(cfgs, outs)]
 
 
-def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None) -> Path:
+def _write_budget(
+    cfg: DistillConfig,
+    out: Path,
+    loaded: Loaded,
+    budgets: list[int],
+    command: str | None,
+    chooser: TextChooser | None = None,
+) -> Path:
     corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
     seconds = dict(loaded.seconds)
     t = time.time()
@@ -283,7 +330,8 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
         images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
-    text = text_rule(cfg, loaded.render)
+    evaluation = text_choice(cfg, loaded.render)
+    text = evaluation["text"]
     rules = {name: getattr(pcfg, name) for name in ("cluster_space", "kmeans", "prototype_norm", "prototype_order")}
     cfg = replace(cfg, **rules)  # the manifest records the rules used, defaults included
     manifest = {
@@ -296,7 +344,7 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
                 else replace(cfg, clip=clip.spec, text=text)
             )
         ),
-        "evaluation": {"text": text},
+        "evaluation": evaluation,
         "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache,
         "embed_compute_seconds": emb.compute_seconds,  # what the store cost, even when read from the cache
@@ -310,9 +358,32 @@ def _write_budget(cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[i
     manifest["peak_memory_mb"] = peak_rss_mb()
     pairs = with_reading_texts(pairs, corpus)  # the set carries the captions its readings average
     hashes = member_images(pairs, corpus)  # and its members' image digests, for the overlap check
-    write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
+    finish = None if chooser is None else (lambda folder, written: _chosen_text(chooser, folder, written))
+    write_distilled(
+        out,
+        images,
+        pairs,
+        tensors,
+        manifest,
+        text_space=clip.space,
+        force=cfg.force,
+        member_images=hashes,
+        finish=finish,
+    )
     log.info("wrote %s", out)
     return out
+
+
+def _chosen_text(chooser: TextChooser, folder: Path, manifest: dict) -> dict:
+    """``manifest`` with the reading ``chooser`` chose on the complete set at ``folder`` (its temporary)."""
+    t = time.time()
+    text, record = chooser.choose(folder)
+    return dict(
+        manifest,
+        evaluation={"text": text, "chosen_by": "val", "chosen_on": record},
+        settings=dict(manifest["settings"], text=text),
+        seconds=dict(manifest["seconds"], choose_text=round(time.time() - t, 2)),
+    )
 
 
 def _synthesise(

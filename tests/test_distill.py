@@ -373,8 +373,14 @@ def test_caption_render_records_both_rules(quick_models, full_run, tmp_path):
 def test_text_rule_is_declared_in_the_manifest_and_changes_nothing_else(quick_models, full_run, tmp_path):
     out = distill(make_cfg(quick_models, tmp_path / "members", text="members"))
     ds, ref = load_distilled(out, verify=True), load_distilled(full_run)
-    assert ds.manifest["evaluation"] == {"text": "members"} and ds.manifest["settings"]["text"] == "members"
-    assert ref.manifest["evaluation"] == {"text": "members"}  # the default at 12 pairs
+    assert ds.manifest["evaluation"] == {"text": "members", "chosen_by": "given"}
+    assert ds.manifest["settings"]["text"] == "members"
+    assert ref.manifest["evaluation"] == {  # the default at 12 pairs, and the rule that chose it
+        "text": "members",
+        "chosen_by": "rule",
+        "rule": "members up to 100 pairs, image above, fitted on the world's val split "
+        "(benchmarks/results/world_val.md)",
+    }
     assert tree_bytes(out) == tree_bytes(full_run)  # a rule for the learner: the pairs are the same
     with pytest.raises(ProtosynthError, match=r"^unknown text 'mean': use captions or members or image"):
         distill(make_cfg(quick_models, tmp_path / "bad", text="mean"))
@@ -464,7 +470,10 @@ def test_preset_pds_published_writes_the_authors_prototypes(quick_models, full_r
     out = distill(make_cfg(quick_models, tmp_path / "pub", preset="pds-published", render=FAST, seed=42))
     ds = load_distilled(out, verify=True)
     settings = ds.manifest["settings"]
-    assert settings["preset"] == "pds-published" and ds.manifest["evaluation"] == {"text": "prototype"}
+    assert settings["preset"] == "pds-published" and ds.manifest["evaluation"] == {
+        "text": "prototype",
+        "chosen_by": "given",
+    }
     assert (settings["cluster_space"], settings["kmeans"], settings["prototype_norm"]) == ("raw", "minibatch", "mean")
     assert (settings["prototype_order"], settings["caption"], settings["render"]["init"]) == (
         "alignment",

@@ -205,7 +205,7 @@ def test_prototype_text_is_the_stored_text_prototype(quick_models, tiny_backbone
         )
     )
     ds = load_distilled(out)
-    assert ds.manifest["evaluation"] == {"text": "prototype"}
+    assert ds.manifest["evaluation"] == {"text": "prototype", "chosen_by": "given"}
     clip_text, bb = load_text_encoder(f"clip:small:{quick_models}"), load_backbone(f"small:{tiny_backbone}")
     raw = set_data(ds, clip_text, bb, 32, False, "prototype")
     assert raw.notes["text"] == "prototype" and torch.equal(raw.texts, ds.tensors["text_raw"].float())
@@ -230,7 +230,7 @@ def test_member_mean_is_the_mean_of_member_captions(pds_set, tiny_backbone):
 
 def test_auto_text_follows_the_rule_the_set_declares(pds_set, tiny_backbone, tmp_path):
     ds = load_distilled(pds_set)  # distill's default at 12 pairs: members
-    assert ds.manifest["evaluation"] == {"text": "members"}
+    assert ds.manifest["evaluation"]["text"] == "members" and ds.manifest["evaluation"]["chosen_by"] == "rule"
     enc, bb = load_text_encoder("minilm"), load_backbone(f"small:{tiny_backbone}")
     members = set_data(ds, enc, bb, 32, False, "members").texts
     captions = set_data(ds, enc, bb, 32, False, "captions").texts

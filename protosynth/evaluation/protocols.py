@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..corpora.spec import is_world
 from ..errors import P, ProtosynthError
 
 
@@ -79,3 +80,8 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ProtosynthError(f"unknown {P.protocol} {name!r}; use {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+def default_protocol(*specs: str) -> str:
+    """The protocol for sets of these corpora when none is named: small on the world, else nfnet-bert."""
+    return "small" if all(is_world(s) for s in specs) else "nfnet-bert"

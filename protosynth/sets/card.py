@@ -110,11 +110,13 @@ def how_made(manifest: dict) -> list[str]:
 def text_lines(manifest: dict, stores_texts: bool) -> list[str]:
     """The card's lines on the text a learner trains on: the reading the set declares and, for a set
     that stores them, the per-pair caption lists each reading averages."""
-    reading = (manifest.get("evaluation") or {}).get("text", "captions")
+    evaluation = manifest.get("evaluation") or {}
+    reading = evaluation.get("text", "captions")
     lines = [
         f"- **text reading** (what `eval retrieval` trains on by default): `{reading}`, each pair's text the "
         "mean, in the learner's text space, of the captions that reading lists (a set storing embeddings in "
-        "that space is trained on them instead)\n"
+        "that space is trained on them instead)\n",
+        *chosen_lines(evaluation),
     ]
     if stores_texts:
         lines.append(
@@ -125,6 +127,28 @@ def text_lines(manifest: dict, stores_texts: bool) -> list[str]:
             "to train on or score the set.\n"
         )
     return lines
+
+
+def chosen_lines(evaluation: dict) -> list[str]:
+    """The card's line on how the text reading was chosen (``evaluation.chosen_by``; none for a set
+    that does not say)."""
+    by = evaluation.get("chosen_by")
+    if by == "given":
+        return ["- chosen: given when the set was made (`--text`, or its preset)\n"]
+    if by == "rule":
+        return [f"- chosen by a fixed rule: {evaluation.get('rule')}\n"]
+    if by != "val":
+        return []
+    on = evaluation.get("chosen_on") or {}
+    scores = ", ".join(f"`{r}` {s['mean']:.2f} ± {s['std']:.2f}" for r, s in (on.get("r_mean") or {}).items())
+    skipped = "".join(f"; `{r}` not scored ({why})" for r, why in (on.get("unsupported") or {}).items())
+    return [
+        f"- chosen on the validation split `{on.get('val')}` (fingerprint `{on.get('fingerprint')}`), the highest "
+        f"val r_mean of the readings the set supports, each trained {on.get('repeats')} times for "
+        f"{on.get('epochs')} epochs by the `{on.get('protocol')}` protocol's recipe (backbone "
+        f"`{on.get('backbone')}`, text encoder `{on.get('text_encoder')}`): {scores}{skipped}; a tie goes to the "
+        f"earlier of {', '.join(on.get('ties') or [])}\n"
+    ]
 
 
 def card_text(manifest: dict, n: int, stores_texts: bool = False) -> str:

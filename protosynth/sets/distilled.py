@@ -16,6 +16,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -218,9 +219,14 @@ def write_distilled(
     text_space: str,
     force: bool = False,
     member_images: dict | None = None,
+    finish: Callable[[Path, dict], dict] | None = None,
 ) -> Path:
     """Write a set to ``out`` atomically; ``manifest`` gets ``files`` (sha256) and is written last.
-    ``member_images`` (``sets.texts.member_images``) becomes ``member_images.json``."""
+    ``member_images`` (``sets.texts.member_images``) becomes ``member_images.json``. ``finish``: called
+    with the complete set in its temporary folder (manifest and hashes written, so it loads and
+    verifies as a set) and its manifest, it returns the manifest to keep; the card and the hashes are
+    written again from it before the folder is renamed into place, so no set is ever seen without
+    what ``finish`` adds (``distill``'s text reading chosen on a validation split)."""
     started = time.time()
     target = set_destination(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,14 +248,25 @@ def write_distilled(
             metadata={"text_space": text_space},
         )
         preview_grid(images, [p["caption"] for p in pairs]).save(tmp / "preview.png", format="PNG")
-        write_hub_files(tmp, pairs, manifest)  # an imagefolder dataset too: metadata.jsonl, README.md
         if member_images is not None:
             (tmp / MEMBER_IMAGES).write_text(json.dumps(member_images, sort_keys=True))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = dict(manifest, files={str(p.relative_to(tmp)): sha256_file(p) for p in files})
-        manifest.setdefault("seconds", {})["write"] = round(time.time() - started, 2)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        manifest = _seal(tmp, pairs, manifest, started)
+        if finish is not None:
+            manifest = finish(tmp, manifest)
+            # "write" counts the writing alone, not the time ``finish`` took
+            manifest = _seal(tmp, pairs, manifest, time.time() - manifest["seconds"]["write"])
     return out
+
+
+def _seal(folder: Path, pairs: list[dict], manifest: dict, started: float) -> dict:
+    """Write the card (made from ``manifest``) and the manifest with the sha256 of every other file of
+    the set being written at ``folder``; returns the manifest written."""
+    write_hub_files(folder, pairs, manifest)  # an imagefolder dataset too: metadata.jsonl, README.md
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
+    manifest = dict(manifest, files={str(p.relative_to(folder)): sha256_file(p) for p in files})
+    manifest["seconds"] = dict(manifest.get("seconds") or {}, write=round(time.time() - started, 2))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""A set's text reading chosen on the user's own validation split (``distill --val``).
+
+A data-dependent default is a procedure on the user's val split, not a constant fitted on the world:
+``distill``'s fixed text rule (``distill.text_rule``) was chosen on the world's val split and does not
+travel to other corpora. ``distill_on_val`` makes the set as ``distill`` does, then, before the set is
+renamed into place (``sets.distilled.write_distilled``'s ``finish``), scores it on ``val`` under every
+reading in ``CANDIDATES`` that it supports (``evaluation.data.unsupported_reading``), each by the
+protocol's recipe (``recipe="protocol"``: the reading alone differs), ``val_repeats`` models each from
+seeds ``seed..seed+R-1``. The reading with the highest val r_mean (final epoch, mean over the
+repeats) is declared as the manifest's ``evaluation.text``; a tie goes to the earlier reading in
+``CANDIDATES``. ``evaluation.chosen_on`` records the val corpus (spec and fingerprint), the
+protocol, backbone, text encoder, repeats, epochs and seed, and every candidate's r_mean (mean, std),
+so the choice can be checked and repeated; the dataset card says the same.
+
+The protocol is the one ``eval retrieval`` would use for these corpora (``small`` on the world, else
+``nfnet-bert``). The val corpus is read whole (no ``skip_bad``) with the train corpus's ``image_root``
+and columns. It must be held out: a val corpus with the train corpus's fingerprint is refused as soon
+as the train corpus is loaded (before any embedding or rendering), and one sharing an image with the
+set or the pairs it summarises (``evaluation.data.check_no_overlap``) before any model is trained.
+
+This module sits above both ``distill`` (which never imports evaluation) and ``evaluation``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .configs import DistillConfig, EvalConfig, TextChoiceConfig
+from .corpora.source import CorpusReading, as_source
+from .corpus import Corpus, load_source
+from .distill import distill_budgets
+from .errors import P, ProtosynthError
+from .evaluation.data import check_no_overlap, unsupported_reading
+from .evaluation.evaluate import evaluate
+from .evaluation.protocols import default_protocol, get_protocol
+from .sets.distilled import load_distilled
+
+# the readings a set is scored under, in the order that breaks a tie (the earlier wins)
+CANDIDATES = ("captions", "members", "image")
+RECIPE = "protocol"  # every candidate trained the same way: the reading alone differs
+
+
+def check_choice(cfg: DistillConfig, choice: TextChoiceConfig) -> None:
+    """The values alone, before any work: the choice's own, and that there is a reading to choose."""
+    choice.check()
+    if choice.val is None:
+        return
+    if cfg.text is not None:
+        raise ProtosynthError(
+            f"{P.val} chooses the text reading on the val split and {P.text} gives one ({cfg.text}): pass one of them",
+            param="val",
+        )
+    if cfg.preset is not None:
+        raise ProtosynthError(
+            f"{P.preset} {cfg.preset} fixes the text reading (as its authors evaluate); {P.val} does not apply",
+            param="val",
+        )
+    if choice.val_protocol is not None:
+        get_protocol(choice.val_protocol)  # an unknown protocol: before any work
+
+
+def distill_on_val(
+    cfg: DistillConfig,
+    choice: TextChoiceConfig,
+    budgets: list[int] | None = None,
+    command: str | None = None,
+) -> list[Path]:
+    """``distill.distill_budgets``, each set's text reading chosen on ``choice.val`` (see the module);
+    with ``choice.val=None`` the fixed rule chooses, as ``distill_budgets`` alone does."""
+    budgets = [cfg.budget] if budgets is None else budgets
+    check_choice(cfg, choice)
+    if choice.val is None:
+        return distill_budgets(cfg, budgets, command)
+    return distill_budgets(cfg, budgets, command, chooser=ValChooser(cfg, choice))
+
+
+@dataclass
+class ValChooser:
+    """``distill.TextChooser`` on a validation corpus, loaded with the train corpus (``check_corpus``),
+    after every check of the values and before any embedding or rendering."""
+
+    cfg: DistillConfig
+    choice: TextChoiceConfig
+
+    def __post_init__(self) -> None:
+        source = as_source(self.cfg.corpus)
+        self.reading = CorpusReading(
+            image_root=source.image_root, image_column=source.image_column, caption_column=source.caption_column
+        )
+        self.train_spec = source.spec
+        self.corpus: Corpus | None = None
+        protocol = self.choice.val_protocol or default_protocol(source.spec, self.choice.val)
+        self.eval_cfg = EvalConfig(
+            protocol=protocol,
+            split="val",
+            val=self.choice.val,
+            repeats=self.choice.val_repeats,
+            epochs=self.choice.val_epochs,
+            seed=self.cfg.seed,
+            recipe=RECIPE,
+            device=self.cfg.device,
+            backbone=self.choice.val_backbone,
+            reading=self.reading,
+        )
+        self.eval_cfg.check()
+
+    def check_corpus(self, corpus: Corpus) -> None:
+        """Load the val corpus (read whole, as a test split is) and refuse it when it is the train
+        corpus ``corpus`` (same fingerprint, whatever the spec says)."""
+        self.corpus = load_source(self.reading.of(self.choice.val))
+        if corpus.fingerprint == self.corpus.fingerprint:
+            raise ProtosynthError(
+                f"{P.val} {self.choice.val} is the corpus the set is made from ({P.corpus} {self.train_spec}, "
+                f"fingerprint {corpus.fingerprint}): choose on a split held out from it",
+                param="val",
+            )
+
+    def choose(self, folder: Path) -> tuple[str, dict]:
+        """Score the complete set at ``folder`` under each reading it supports; the best and the record."""
+        if self.corpus is None:
+            raise ProtosynthError(f"{P.val} {self.choice.val}: not loaded (check_corpus comes first)", param="val")
+        ds = load_distilled(folder, verify=True)
+        try:
+            check_no_overlap(ds, self.corpus)
+        except ProtosynthError as exc:
+            detail = str(exc).removeprefix(f"{folder}: ")
+            raise ProtosynthError(
+                f"{P.val} {self.choice.val} is not held out from {P.corpus} {self.train_spec} ({detail}): "
+                "choose on a split that shares no image with it",
+                param="val",
+            ) from None
+        scores, unsupported, head = {}, {}, None
+        for reading in CANDIDATES:
+            why = unsupported_reading(ds, reading)
+            if why is not None:
+                unsupported[reading] = why
+                continue
+            doc = evaluate([folder], replace(self.eval_cfg, text=reading))
+            row = doc["sets"][0]
+            if row["text"] != reading:  # the evaluation read the set another way: no score to compare
+                raise ProtosynthError(f"{folder}: {P.text(reading)} was read as {row['text']!r}")
+            r_mean = row["metrics"]["r_mean"]
+            scores[reading] = {"mean": r_mean["mean"], "std": r_mean["std"]}
+            head = head or {
+                "protocol": doc["protocol"],
+                "backbone": doc["backbone"],
+                "text_encoder": doc["text_encoder"],
+                "epochs": row["epochs"],
+            }
+        if not scores:
+            raise ProtosynthError(f"{folder}: the set supports none of the readings {', '.join(CANDIDATES)}")
+        if not all(math.isfinite(s["mean"]) for s in scores.values()):
+            raise ProtosynthError(f"{folder}: a val r_mean is not a number: {scores}")
+        best = max(scores, key=lambda r: (scores[r]["mean"], -CANDIDATES.index(r)))  # a tie: the earlier
+        record = {
+            "val": self.choice.val,
+            "fingerprint": self.corpus.fingerprint,
+            **head,
+            "recipe": RECIPE,
+            "repeats": self.eval_cfg.repeats,
+            "seed": self.eval_cfg.seed,
+            "score": "r_mean, final epoch, mean and std over the repeats",
+            "ties": list(CANDIDATES),  # the order that breaks a tie
+            "r_mean": scores,
+            "unsupported": unsupported,
+        }
+        return best, record
