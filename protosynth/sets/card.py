@@ -134,7 +134,7 @@ def chosen_lines(evaluation: dict) -> list[str]:
     that does not say)."""
     by = evaluation.get("chosen_by")
     if by == "given":
-        return ["- chosen: given when the set was made (`--text`, or its preset)\n"]
+        return ["- chosen: given when the set was made (its text setting, or its preset)\n"]
     if by == "rule":
         return [f"- chosen by a fixed rule: {evaluation.get('rule')}\n"]
     if by != "val":
