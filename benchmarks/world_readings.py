@@ -86,6 +86,9 @@ def markdown(doc: dict) -> str:
         "| budget | method | " + " | ".join(texts) + " | chosen | render gain |",
         "|---|---|" + "---|" * len(texts) + "---|---|",
     ]
+    if doc.get("not_run"):
+        stopped = ", ".join(map(str, doc["not_run"]))
+        lines[4:4] = [f"Not run yet (the run was stopped before them): {stopped} pairs.", ""]
     for row in doc["rows"]:
         cells = []
         for text in texts:
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_readings " + " ".join(argv if argv is not None else sys.argv[1:])
     started, docs = time.time(), {}
-    for budget in (int(b) for b in args.budgets.split(",")):
+    budgets = [int(b) for b in args.budgets.split(",")]
+    for i, budget in enumerate(budgets):
         docs[budget] = run_budget(budget, args)
         doc = {
             "command": command,
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             "seeds": [int(s) for s in args.seeds.split(",")],
             "repeats": args.repeats,
             "rows": summarise(docs),
+            "not_run": budgets[i + 1 :],
             "seconds_this_run": round(time.time() - started, 1),
         }
         args.results.mkdir(parents=True, exist_ok=True)  # written after every budget: a stopped run keeps its table

@@ -236,5 +236,6 @@ def test_world_readings_chooses_each_methods_best_reading_and_prices_rendering()
     assert rows["pds"]["render_gain"] == {"captions": 0.5, "members": 1.4}
     assert "render_gain" not in rows["select"] and rows["kcenter"]["r_mean"]["image"]["runs"] == 6
     head = {"command": "c", "commit": "abcdef", "texts": ["captions", "members", "image"], "seeds": [0], "repeats": 2}
-    text = markdown_readings(dict(head, rows=list(rows.values())))
+    text = markdown_readings(dict(head, rows=list(rows.values()), not_run=[200, 500]))
+    assert "\n\nNot run yet (the run was stopped before them): 200, 500 pairs.\n\n| budget |" in text
     assert "| 100 | pds | 17.0 ± 0.5 | **26.4 ± 0.5** | unsupported | members | captions +0.5, members +1.4 |" in text
