@@ -30,6 +30,7 @@ from benchmarks.scale_ray import (
 )
 from benchmarks.world_readings import markdown as markdown_readings
 from benchmarks.world_readings import summarise
+from benchmarks.world_retrieval import seconds_to_make
 from protosynth.baselines.presets import preset
 
 
@@ -239,3 +240,8 @@ def test_world_readings_chooses_each_methods_best_reading_and_prices_rendering()
     text = markdown_readings(dict(head, rows=list(rows.values()), not_run=[200, 500]))
     assert "\n\nNot run yet (the run was stopped before them): 200, 500 pairs.\n\n| budget |" in text
     assert "| 100 | pds | 17.0 ± 0.5 | **26.4 ± 0.5** | unsupported | members | captions +0.5, members +1.4 |" in text
+
+
+def test_seconds_to_make_counts_a_baselines_parts_once():
+    assert seconds_to_make({"distill": 4121.8, "setup": 1.1, "total": 4122.92, "write": 0.1}) == 4122.9
+    assert seconds_to_make({"embed": 2.0, "cluster": 1.25, "render": 30.0, "note": "x"}) == 33.2
