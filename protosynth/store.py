@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import P, ProtosynthError
-from .util.files import atomic_path, remove_stale_temps, sha256_file, write_text_atomic
+from .util.files import (
+    atomic_path,
+    read_index_json,
+    remove_stale_temps,
+    sha256_file,
+    write_index_json,
+    write_text_atomic,
+)
 
 FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"
@@ -77,20 +84,11 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> str:
 
 
 def read_index(folder: Path) -> dict | None:
-    path = folder / INDEX
-    if not path.is_file():
-        return None
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProtosynthError(f"{path}: unreadable embedding index ({exc})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise ProtosynthError(f"{path}: not a protosynth embedding index (format {FORMAT})")
-    return index
+    return read_index_json(folder / INDEX, FORMAT, "embedding index")
 
 
 def write_index(folder: Path, index: dict) -> None:
-    write_text_atomic(folder / INDEX, json.dumps(index, indent=1) + "\n")
+    write_index_json(folder / INDEX, index)
 
 
 class Rows:

@@ -23,7 +23,6 @@ pyarrow is optional (the ``corpora`` extra); it is imported when an index is bui
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from ..errors import P, ProtosynthError
 from ..store import plan_shards
-from ..util.files import atomic_path, check_writable, remove_stale_temps, sha256_file, write_text_atomic
+from ..util.files import atomic_path, check_writable, read_index_json, remove_stale_temps, sha256_file, write_index_json
 from .base import Corpus, ImageRef
 from .parquet import pyarrow_modules
 
@@ -72,20 +71,11 @@ def _header(corpus: Corpus, shard_size: int) -> dict:
 
 def read_corpus_index(folder: Path) -> dict | None:
     """The folder's ``index.json`` (None when there is none); one line when it is not a corpus index."""
-    path = Path(folder) / INDEX
-    if not path.is_file():
-        return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ProtosynthError(f"{path}: unreadable corpus index ({exc})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise ProtosynthError(f"{path}: not a protosynth corpus index (format {FORMAT})")
-    return index
+    return read_index_json(Path(folder) / INDEX, FORMAT, "corpus index")
 
 
 def _write_index(folder: Path, index: dict) -> None:
-    write_text_atomic(folder / INDEX, json.dumps(index, indent=1) + "\n")
+    write_index_json(folder / INDEX, index)
 
 
 def shard_problem(path: Path, digest: str | None) -> str | None:

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import json
 import os
 import re
 import secrets
@@ -350,6 +351,24 @@ def check_folder(folder: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def read_index_json(path: Path, fmt: str, what: str) -> dict | None:
+    """A folder's index file, a JSON object tagged with its ``format`` (None when there is none); one
+    line naming the file when it is unreadable or of another format (``what``: "embedding index")."""
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise ProtosynthError(f"{path}: unreadable {what} ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != fmt:
+        raise ProtosynthError(f"{path}: not a protosynth {what} (format {fmt})")
+    return index
+
+
+def write_index_json(path: Path, index: dict) -> None:
+    write_text_atomic(path, json.dumps(index, indent=1) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
