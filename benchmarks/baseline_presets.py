@@ -196,7 +196,9 @@ def markdown(doc: dict) -> str:
         "",
         f"Command: `{doc['command']}` (commit {str(doc['commit'])[:12]}). Mean ± sample std over repeats, "
         "percent. Sets made on the train split with seed 0 from the buffers `compare-baselines` uses. "
-        "**Chosen**: the highest val r_mean of a method and budget.",
+        "r_mean is under the protocol's recipe (every headline row is trained that way), the set's own recipe "
+        "(its S and learned lrs) beside it; moved: mean absolute change from the start. **Chosen**: the highest "
+        "val r_mean of a method and budget among the candidates run (provisional while any is not run yet).",
         "",
         "| method | budget | candidate | settings | "
         + " | ".join(METRIC_NAMES)
