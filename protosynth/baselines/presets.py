@@ -81,7 +81,8 @@ _LORS = {  # (lr_sim, rank, alpha, mini-batch)
 }
 # The world presets were re-chosen on shapes:val (benchmarks/baseline_presets.py; 2 repeats, small
 # protocol): one change at a time against the preset, the highest val r_mean kept. What it changed
-# is in docs/baselines.md, "The world preset"; the table in benchmarks/results/baseline_presets_val.md.
+# is in docs/baselines.md, "The world preset"; the table in benchmarks/results/baseline_presets_val.md at
+# commit 99c4309 (the file now holds the sweep that starts from the official values, still under way).
 # The similarity matrix's lr: 0.1 (Flickr's 10 drives S far out of [0, 1] within 150 iterations),
 # except where val chose 1: LoRS and AMD at every budget (LoRS at 100 pairs: 32.6 against 22.2, at
 # 200: 32.3 against 30.5, at 500: 54.1 against 38.0; AMD at 100: 20.9 against 11.6, at 200: 33.2
