@@ -28,6 +28,7 @@ import torch
 
 from .configs import CORESET_METHODS as METHODS  # noqa: F401 (re-exported: its old name)
 from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
+from .corpora.rows import pair_rows
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, cache_dir, check_cache_writable, load_source
@@ -183,12 +184,14 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
         chosen = select_forgetting(counts, cfg.budget, cfg.seed, cfg.keep)
     seconds["select"] = round(time.time() - t, 2)
     chosen = [int(p) for p in chosen]
-    images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
+    rows = pair_rows(corpus, emb.corpus_index)  # the chosen pairs' rows from the index's shards
+    images = [corpus.load_image(int(i)) for i in rows.images(chosen)]
+    captions = rows.captions(chosen)
     pairs = [
         {
             "index": i,
             "image": f"images/{i:06d}.png",
-            "caption": corpus.pair_caption[p],
+            "caption": captions[i],
             "caption_pair": p,
             "members": [p],
         }
@@ -206,7 +209,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
         "peak_memory_mb": peak_rss_mb(),
         "command": command,
     }
-    pairs = with_reading_texts(pairs, corpus)  # each pair carries its image's captions
-    hashes = member_images(pairs, corpus)
+    pairs = with_reading_texts(pairs, rows)  # each pair carries its image's captions
+    hashes = member_images(pairs, corpus, rows)
     write_distilled(out, images, pairs, tensors, manifest, text_space=clip.space, force=cfg.force, member_images=hashes)
     return out

@@ -51,6 +51,7 @@ from .configs import (  # noqa: F401 (re-exported: their public home)
     TEXT_RULES,
     DistillConfig,
 )
+from .corpora.rows import PairRows, pair_rows
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
 from .corpus import Corpus, load_source
@@ -316,6 +317,7 @@ def _write_budget(
     chooser: TextChooser | None = None,
 ) -> Path:
     corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
+    rows = pair_rows(corpus, emb.corpus_index)  # captions and keys from the index's shards, when embed wrote one
     seconds = dict(loaded.seconds)
     t = time.time()
     pcfg = prototype_config(cfg)
@@ -327,9 +329,9 @@ def _write_budget(
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
     seconds["prototypes"] = round(time.time() - t, 2)
     if cfg.method == "select":
-        images, pairs, tensors, extra = _select(cfg, corpus, emb, protos, seconds)
+        images, pairs, tensors, extra = _select(cfg, corpus, rows, emb, protos, seconds)
     else:
-        images, pairs, tensors, extra = _synthesise(cfg, loaded, protos, caption_idx, seconds)
+        images, pairs, tensors, extra = _synthesise(cfg, loaded, rows, protos, caption_idx, seconds)
     evaluation = text_choice(cfg, loaded.render)
     text = evaluation["text"]
     rules = {name: getattr(pcfg, name) for name in ("cluster_space", "kmeans", "prototype_norm", "prototype_order")}
@@ -356,8 +358,8 @@ def _write_budget(
     }
     manifest["seconds"] = seconds  # write_distilled adds the "write" entry
     manifest["peak_memory_mb"] = peak_rss_mb()
-    pairs = with_reading_texts(pairs, corpus)  # the set carries the captions its readings average
-    hashes = member_images(pairs, corpus)  # and its members' image digests, for the overlap check
+    pairs = with_reading_texts(pairs, rows)  # the set carries the captions its readings average
+    hashes = member_images(pairs, corpus, rows)  # and its members' image digests, for the overlap check
     finish = None if chooser is None else (lambda folder, written: _chosen_text(chooser, folder, written))
     write_distilled(
         out,
@@ -387,7 +389,7 @@ def _chosen_text(chooser: TextChooser, folder: Path, manifest: dict) -> dict:
 
 
 def _synthesise(
-    cfg: DistillConfig, loaded: Loaded, protos: Prototypes, caption_idx: np.ndarray, seconds: dict
+    cfg: DistillConfig, loaded: Loaded, rows: PairRows, protos: Prototypes, caption_idx: np.ndarray, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
@@ -396,8 +398,8 @@ def _synthesise(
     rcfg = replace(loaded.render, seed=cfg.seed)
     if rcfg.init == "nearest":
         start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-        init_images = [corpus.load_image(int(corpus.pair_image[p])) for p in start]
-    prompts = [corpus.pair_caption[int(i)] for i in caption_idx] if decoder.uses_prompts else None
+        init_images = [corpus.load_image(int(i)) for i in rows.images(start)]
+    prompts = rows.captions(caption_idx) if decoder.uses_prompts else None
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
     for c in range(cfg.candidates):
@@ -422,16 +424,18 @@ def _synthesise(
 
     rule = caption_rule(cfg, rcfg)
     used = {"render": render_idx, "start": start, "prototype": caption_idx}[rule]
+    n = cfg.budget
+    texts = rows.captions(np.concatenate([np.asarray(x, np.int64)[:n] for x in (used, caption_idx, render_idx)]))
     pairs = [
         {
             "index": i,
             "image": f"images/{i:06d}.png",
-            "caption": corpus.pair_caption[int(used[i])],
+            "caption": texts[i],
             "caption_pair": int(used[i]),
             "caption_rule": rule,
-            "prototype_caption": corpus.pair_caption[int(caption_idx[i])],
+            "prototype_caption": texts[n + i],
             "prototype_caption_pair": int(caption_idx[i]),
-            "render_caption": corpus.pair_caption[int(render_idx[i])],
+            "render_caption": texts[2 * n + i],
             "render_caption_pair": int(render_idx[i]),
             "candidate": int(chosen[i]),
             "members": [int(m) for m in protos.members[i]],
@@ -471,17 +475,18 @@ def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fal
 
 
 def _select(
-    cfg: DistillConfig, corpus: Corpus, emb: Embeddings, protos: Prototypes, seconds: dict
+    cfg: DistillConfig, corpus: Corpus, rows: PairRows, emb: Embeddings, protos: Prototypes, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Each prototype's nearest real member pair with its own image and caption; nothing rendered."""
     t = time.time()
     chosen = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-    images = [corpus.load_image(int(corpus.pair_image[p])) for p in chosen]
+    images = [corpus.load_image(int(i)) for i in rows.images(chosen)]
+    captions = rows.captions(chosen)
     pairs = [
         {
             "index": i,
             "image": f"images/{i:06d}.png",
-            "caption": corpus.pair_caption[int(p)],
+            "caption": captions[i],
             "caption_pair": int(p),
             "selected_pair": int(p),
             "members": [int(m) for m in protos.members[i]],

@@ -25,6 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .configs import EmbedConfig  # noqa: F401 (re-exported: its public home)
+from .corpora.index import CORPUS_INDEX, build_corpus_index, read_corpus_index
+from .corpora.parquet import has_pyarrow
 from .corpus import Corpus, cache_dir, check_cache_writable
 from .engines.base import EncodeJob, Engine, make_engine
 from .engines.connect import EngineConfig
@@ -54,6 +56,8 @@ class Embeddings:
     cache_path: Path | None  # the store folder
     # seconds the store took to compute, whichever run computed it (None: not known, e.g. resumed)
     compute_seconds: float | None = None
+    # the corpus index beside the store (``CORPUS_INDEX``): None without a store or without pyarrow
+    corpus_index: Path | None = None
 
     @cached_property
     def image(self) -> torch.Tensor:
@@ -211,22 +215,40 @@ def embed_corpus(
         )
     want = _header(corpus, encoder, cfg, plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size))
     found = survey(folder, want)
+    shard_size = int(found.index["shard_size"])  # a repair keeps the store's shard size
     if found.intact:
-        return _open(folder, from_cache=True, checked=True)
-    cfg = replace(cfg, shard_size=int(found.index["shard_size"]))  # a repair keeps the store's shard size
+        index = index_corpus(corpus, folder, shard_size, runner)
+        return _open(folder, index, from_cache=True, checked=True)
+    cfg = replace(cfg, shard_size=shard_size)
     if cfg.out is None:
         check_cache_writable(folder)
     else:
         check_writable(folder, f"{P.out} {folder}")
     store = StoreWriter(folder, found, corpus.pair_image)
+    index = index_corpus(corpus, folder, shard_size, runner)  # before encoding: it costs little
     _encode_shards(corpus, encoder, cfg, store.todo, store.write, runner)
     store.finish()
-    return _open(folder, from_cache=not store.todo, checked=True)
+    return _open(folder, index, from_cache=not store.todo, checked=True)
 
 
-def _open(folder: Path, from_cache: bool, checked: bool = False) -> Embeddings:
+def index_corpus(corpus: Corpus, store: Path, shard_size: int, engine: Engine) -> Path | None:
+    """The corpus index in the store's folder (``CORPUS_INDEX``), with the store's shard boundaries,
+    built where the engine runs (Ray tasks build the shards on the workers); only missing or damaged
+    shards are built. None when pyarrow, an optional extra, is not installed, or when a read-only
+    store (a shared cache) has no index: the stages then read the corpus held in memory, with the
+    same result."""
+    if not has_pyarrow():
+        return None
+    folder = store / CORPUS_INDEX
+    found = read_corpus_index(folder)
+    if not (found and found.get("complete")) and not os.access(store, os.W_OK):
+        return None
+    return build_corpus_index(corpus, folder, shard_size, map_units=engine.map_units)
+
+
+def _open(folder: Path, index: Path | None, from_cache: bool, checked: bool = False) -> Embeddings:
     store = EmbeddingStore(folder, checked=checked)
-    return Embeddings(store.image_pairs, store.texts, from_cache, folder, compute_seconds(folder))
+    return Embeddings(store.image_pairs, store.texts, from_cache, folder, compute_seconds(folder), index)
 
 
 def open_embeddings(folder: Path) -> EmbeddingStore:

@@ -17,6 +17,16 @@ import numpy as np
 from PIL import Image
 
 
+def store_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of an embedding store's folder, its corpus index (``corpus/``) included, by path
+    inside it; without cost.json (the seconds it took differ from run to run)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "cost.json"
+    }
+
+
 def assert_one_line_error(result, *culprits: str) -> str:
     """A CliRunner result that is the error contract: exit code 2, no traceback, exactly one line on
     stderr starting with ``error: `` and matching every regex in ``culprits``; returns the line."""

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import embed_cmd, kill_at_first_shard
+from helpers import embed_cmd, kill_at_first_shard, store_bytes
 from typer.testing import CliRunner
 
 from protosynth import embed as embed_mod
 from protosynth.cli.main import app
+from protosynth.corpora.index import CORPUS_INDEX
 from protosynth.corpus import cache_dir, load_corpus
 from protosynth.embed import EmbedConfig, cache_key, embed_corpus, open_embeddings
 from protosynth.errors import ProtosynthError
@@ -39,9 +40,7 @@ def cfg(out: Path | None, **kw) -> EmbedConfig:
     return EmbedConfig(out=out, **{"shard_size": 16, "batch_size": 8, "num_workers": 0, **kw})
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    """The store's bytes, without cost.json (the seconds it took differ from run to run)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "cost.json"}
+files = store_bytes  # a store's bytes, its corpus index included
 
 
 def test_store_layout_index_and_values(tmp_path, corpus, clip):
@@ -55,7 +54,7 @@ def test_store_layout_index_and_values(tmp_path, corpus, clip):
     assert index["clip"] == {"spec": "default", "space": clip.space} and index["dim"] == clip.embed_dim
     assert [s["images"] for s in index["shards"]] == [[0, 16], [16, 32], [32, 40]]
     assert [s["pairs"] for s in index["shards"]] == [[0, 80], [80, 160], [160, 200]]
-    names = {"index.json", "pair_image.npy", "cost.json"}
+    names = {"index.json", "pair_image.npy", "cost.json", CORPUS_INDEX}  # the corpus index's folder beside the shards
     names |= {s[f"{k}_file"] for s in index["shards"] for k in ("image", "text")}
     assert {p.name for p in folder.iterdir()} == names  # no temporary file left
     cost = json.loads((folder / "cost.json").read_text())

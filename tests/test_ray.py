@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import assert_one_line_error, embed_cmd, kill_at_first_shard, png_bytes, truncate, write_tar
+from helpers import assert_one_line_error, embed_cmd, kill_at_first_shard, png_bytes, store_bytes, truncate, write_tar
 from PIL import Image
 from typer.testing import CliRunner
 
+import protosynth.corpora.index as corpus_index
 import protosynth.engines.connect as engine_module
 from protosynth.cli.main import app
 from protosynth.corpora.shapes import WorldConfig, generate_split
@@ -67,9 +68,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def store_files(folder: Path) -> dict[str, bytes]:
-    """A store's bytes without cost.json (its seconds differ from run to run)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "cost.json"}
+store_files = store_bytes  # a store's bytes, its corpus index (built by Ray tasks under Ray) included
 
 
 def world_images(n: int):
@@ -127,6 +126,10 @@ def no_decoding(*_args, **_kwargs):
     raise AssertionError("an image was decoded on the driver")
 
 
+def no_index_shard(*_args, **_kwargs):
+    raise AssertionError("a shard of the corpus index was built on the driver")
+
+
 def test_ray_skip_bad_and_embed_equal_local_on_jsonl_webdataset_and_parquet(
     tmp_path, ray_address, clip, one_thread, monkeypatch
 ):
@@ -134,8 +137,9 @@ def test_ray_skip_bad_and_embed_equal_local_on_jsonl_webdataset_and_parquet(
     a corrupt PNG and a sample without a caption; parquet: a corrupt PNG and a null image), loaded
     with skip_bad by the local engine and by Ray tasks, with PIL unable to open an image in this
     process (the driver) during the Ray load: the same kept rows, skipped messages and fingerprint.
-    Then the same store, byte for byte (index.json, pair_image.npy, every shard), from the local
-    engine and from Ray with 2 actors (JSONL) and 1 actor (webdataset shards, img2dataset parquet)."""
+    Then the same store, byte for byte (index.json, pair_image.npy, every shard, the corpus index
+    beside them, whose shards Ray tasks build), from the local engine and from Ray with 2 actors
+    (JSONL) and 1 actor (webdataset shards, img2dataset parquet)."""
     jsonl = jsonl_corpus(tmp_path / "j")
     truncate(tmp_path / "j" / "img" / "3.png")
     with jsonl.open("a") as fh:
@@ -154,7 +158,9 @@ def test_ray_skip_bad_and_embed_equal_local_on_jsonl_webdataset_and_parquet(
         cfg = EmbedConfig(shard_size=4, batch_size=3, num_workers=0)
         local = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-local"}))
         out = EmbedConfig(**{**cfg.__dict__, "out": tmp_path / f"{name}-ray"})
-        on_ray = embed_corpus(ray_corpus, clip, out, engine)
+        with monkeypatch.context() as m:  # the corpus index's shards are built by Ray tasks, not here
+            m.setattr(corpus_index, "_write_shard", no_index_shard)
+            on_ray = embed_corpus(ray_corpus, clip, out, engine)
         shards = json.loads((on_ray.cache_path / "index.json").read_text())["shards"]
         assert not on_ray.from_cache and len(shards) >= 2, name
         assert store_files(on_ray.cache_path) == store_files(local.cache_path), name

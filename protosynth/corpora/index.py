@@ -24,7 +24,7 @@ pyarrow is optional (the ``corpora`` extra); it is imported when an index is bui
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from .parquet import pyarrow_modules
 
 FORMAT = "protosynth-corpus-index/1"
 INDEX = "index.json"
+CORPUS_INDEX = "corpus"  # the index's folder inside an embedding store's folder (``embed`` writes it)
 ROW_GROUP = 8192  # pairs per parquet row group: a reader of a few pairs decodes this many per pair it needs
 COLUMNS = ("image", "key", "caption", "file", "offset", "length", "where")
 
@@ -153,12 +154,33 @@ def _write_shard(path: Path, table) -> str:
         return sha256_file(tmp)
 
 
+def write_index_shard(shard: dict, corpus: Corpus, folder: Path) -> str:
+    """Build and write one shard of the index (whole, atomically); returns its sha256. The unit of
+    work an engine maps: a Ray task runs it on a worker, which reads the corpus it was sent."""
+    return _write_shard(Path(folder) / shard["file"], _shard_table(corpus, shard))
+
+
+def _each(fn, units, shared):
+    """The local way to map ``fn(unit, *shared)`` over ``units``, in order (``Engine.map_units``)."""
+    for unit in units:
+        yield fn(unit, *shared)
+
+
+MapUnits = Callable[[Callable, list, tuple], Iterator]
+
+
 def build_corpus_index(
-    corpus: Corpus, folder: Path, shard_size: int = 4096, progress: Callable[[int, int], None] | None = None
+    corpus: Corpus,
+    folder: Path,
+    shard_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+    map_units: MapUnits = _each,
 ) -> Path:
     """Write the index of ``corpus`` into ``folder`` with the store's shards of ``shard_size`` images
     (see the module docstring), building only the shards it lacks; returns the folder.
-    ``progress(done, todo)`` is called after each shard is written."""
+    ``progress(done, todo)`` is called after each shard is written. ``map_units``: where the shards
+    are built (``Engine.map_units``: here, or Ray tasks writing into the same folder), their hashes
+    collected in shard order, so the index is the same bytes either way."""
     if shard_size < 1:
         raise ProtosynthError(f"{P.shard_size} must be at least 1, got {shard_size}")
     folder = Path(folder)
@@ -177,8 +199,8 @@ def build_corpus_index(
         _write_index(folder, index)
     todo = [s for s in index["shards"] if s["file"] in damaged or not (folder / s["file"]).is_file()]
     digests = {}
-    for done, shard in enumerate(todo, start=1):
-        digests[shard["file"]] = _write_shard(folder / shard["file"], _shard_table(corpus, shard))
+    for done, (shard, digest) in enumerate(zip(todo, map_units(write_index_shard, todo, (corpus, folder))), start=1):
+        digests[shard["file"]] = digest
         if progress is not None:
             progress(done, len(todo))
     for s in index["shards"]:
@@ -252,3 +274,28 @@ class CorpusIndex:
     def captions(self, pairs: Sequence[int] | np.ndarray) -> list[str]:
         """The captions of ``pairs``, in that order."""
         return self.rows(pairs, ["caption"]).column("caption").to_pylist()
+
+    def images(self, pairs: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The image row of each of ``pairs`` (int64), in that order."""
+        return np.asarray(self.rows(pairs, ["image"]).column("image").to_numpy(), dtype=np.int64)
+
+    def pairs_of_images(self, images: set[int]) -> dict[int, list[int]]:
+        """image row -> its pairs (ascending), for ``images``: only the ``image`` column of the
+        shards holding them is read."""
+        wanted = np.unique(np.asarray(sorted(images), dtype=np.int64))
+        out: dict[int, list[int]] = {}
+        for j, s in enumerate(self.index["shards"]):
+            (a, b), p0 = s["images"], s["pairs"][0]
+            here = wanted[(wanted >= a) & (wanted < b)]
+            if not len(here):
+                continue
+            with self._shard(j) as pf:
+                column = pf.read(columns=["image"], use_threads=False).column("image").to_numpy()
+            for pos in np.flatnonzero(np.isin(column, here)).tolist():
+                out.setdefault(int(column[pos]), []).append(p0 + pos)
+        return out
+
+    def keys(self, images: Sequence[int]) -> list[str]:
+        """The key of each of ``images`` (image rows), in that order: read from each one's first pair."""
+        first = {i: pairs[0] for i, pairs in self.pairs_of_images(set(images)).items()}
+        return self.rows([first[int(i)] for i in images], ["key"]).column("key").to_pylist()

@@ -40,6 +40,15 @@ def pyarrow_modules():
     return pyarrow, pyarrow.compute, pyarrow.parquet
 
 
+def has_pyarrow() -> bool:
+    """Whether pyarrow (the 'corpora' extra) can be imported."""
+    try:
+        pyarrow_modules()
+    except ProtosynthError:
+        return False
+    return True
+
+
 def open_parquet(path: Path):
     try:
         return pyarrow_modules()[2].ParquetFile(path)

@@ -45,6 +45,9 @@ class Engine(Protocol):
     def map_ranges(self, fn, ranges, per_range, shared, image_raw, text_raw) -> Iterable:
         """``fn(image_raw, text_raw, a, b, *per_range[j], *shared)`` for each range ``(a, b)``, in order."""
 
+    def map_units(self, fn, units: list, shared: tuple) -> Iterable:
+        """``fn(unit, *shared)`` for each of ``units``, in order (``shared`` sent once)."""
+
     def find_unreadable(self, check, source, keys: list[str]) -> dict[str, str]:
         """``check(source, keys)``: key -> message of each unreadable image, in key order."""
 
@@ -64,6 +67,10 @@ class LocalEngine:
     def map_ranges(self, fn, ranges, per_range, shared, image_raw, text_raw) -> Iterator:
         for (a, b), extra in zip(ranges, per_range):
             yield fn(image_raw, text_raw, a, b, *extra, *shared)
+
+    def map_units(self, fn, units: list, shared: tuple) -> Iterator:
+        for unit in units:
+            yield fn(unit, *shared)
 
     def find_unreadable(self, check, source, keys: list[str]) -> dict[str, str]:
         return check(source, keys)

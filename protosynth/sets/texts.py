@@ -19,6 +19,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
+from ..corpora.rows import CorpusRows, PairRows, as_rows
 from ..corpora.shapes import image_digest
 from ..corpus import Corpus, cache_dir, check_cache_writable
 from ..util.files import write_text_atomic
@@ -40,23 +43,29 @@ def own_pair(p: dict) -> int | None:
 
 def pairs_of_images(corpus: Corpus, images: set[int]) -> dict[int, list[int]]:
     """image index -> its caption-level pairs (ascending), for the given images."""
-    out: dict[int, list[int]] = {}
-    for pair, image in enumerate(corpus.pair_image):
-        if int(image) in images:
-            out.setdefault(int(image), []).append(pair)
-    return out
+    return CorpusRows(corpus).pairs_of_images(images)
 
 
-def with_reading_texts(pairs: list[dict], corpus: Corpus) -> list[dict]:
-    """The pair records with the captions of their ``members`` and ``image`` readings added."""
+def with_reading_texts(pairs: list[dict], source: Corpus | PairRows) -> list[dict]:
+    """The pair records with the captions of their ``members`` and ``image`` readings added.
+    ``source``: the corpus, or a reader of its rows (``corpora.rows``: the corpus index reads only
+    the shards holding these pairs); every caption is read in one call, so each shard once."""
+    rows = as_rows(source)
     own = [own_pair(p) for p in pairs]
-    of_image = pairs_of_images(corpus, {int(corpus.pair_image[o]) for o in own if o is not None})
+    owned = [o for o in own if o is not None]
+    image_of = dict(zip(owned, rows.images(owned).tolist()))
+    of_image = rows.pairs_of_images(set(image_of.values()))
+    wanted = [[int(m) for m in p.get("members") or []] for p in pairs]
+    wanted += [of_image[image_of[o]] for o in owned]
+    flat = rows.captions([q for group in wanted for q in group])
+    ends = np.cumsum([len(group) for group in wanted])
+    texts = [flat[e - len(group) : e] for e, group in zip(ends.tolist(), wanted)]
+    members, images = texts[: len(pairs)], iter(zip(wanted[len(pairs) :], texts[len(pairs) :]))
     out = []
-    for p, o in zip(pairs, own):
-        rec = dict(p, captions_members=[corpus.pair_caption[int(m)] for m in p.get("members") or []])
+    for p, o, caps in zip(pairs, own, members):
+        rec = dict(p, captions_members=caps)
         if o is not None:
-            rec["image_pairs"] = of_image[int(corpus.pair_image[o])]
-            rec["captions_image"] = [corpus.pair_caption[q] for q in rec["image_pairs"]]
+            rec["image_pairs"], rec["captions_image"] = next(images)
         out.append(rec)
     return out
 
@@ -94,13 +103,16 @@ def corpus_digests(corpus: Corpus) -> list[bytes]:
     return digests
 
 
-def member_images(pairs: list[dict], corpus: Corpus) -> dict:
-    """``member_images.json``'s content: [key, hex digest] of every image the pairs' members show."""
-    images = sorted({int(corpus.pair_image[int(m)]) for p in pairs for m in p.get("members") or []})
+def member_images(pairs: list[dict], corpus: Corpus, rows: PairRows | None = None) -> dict:
+    """``member_images.json``'s content: [key, hex digest] of every image the pairs' members show.
+    ``rows``: where the members' images and keys are read (default: the corpus itself)."""
+    rows = rows or CorpusRows(corpus)
+    members = [int(m) for p in pairs for m in p.get("members") or []]
+    images = sorted(set(rows.images(members).tolist()))
     known = cached_digests(corpus) if corpus.pixels is None else None
     # without a cache, only the member images are decoded (a PDS set's members are most of a corpus)
     digests = [known[i] if known else image_digest(corpus.image_array(i)) for i in images]
     return {
         "digest": "sha1 of the decoded RGB pixels",
-        "images": [[corpus.image_keys[i], d.hex()] for i, d in zip(images, digests)],
+        "images": [[key, d.hex()] for key, d in zip(rows.keys(images), digests)],
     }

@@ -29,3 +29,17 @@ def map_ray(fn, ranges, per_range, shared, image_raw, text_raw, engine: EngineCo
         yield from in_order(
             _range_task.remote(fn, *rows, a, b, extra, shared_ref) for (a, b), extra in zip(ranges, per_range)
         )
+
+
+@ray.remote
+def _unit_task(fn, unit, shared: tuple):
+    return fn(unit, *shared)
+
+
+def map_units(fn, units: list, shared: tuple, engine: EngineConfig):
+    """``LocalEngine.map_units`` on Ray: ``fn(unit, *shared)`` as one task per unit (the corpus
+    index's shards: each task builds and writes one), results yielded in unit order; ``shared`` goes
+    to the object store once."""
+    with ray_session(engine), unwrapped():
+        shared_ref = ray.put(shared)
+        yield from in_order(_unit_task.remote(fn, unit, shared_ref) for unit in units)

@@ -21,6 +21,9 @@ class RayEngine:
     def map_ranges(self, fn, ranges, per_range, shared, image_raw, text_raw) -> Iterator:
         return cluster.map_ray(fn, ranges, per_range, shared, image_raw, text_raw, self.cfg)
 
+    def map_units(self, fn, units: list, shared: tuple) -> Iterator:
+        return cluster.map_units(fn, units, shared, self.cfg)
+
     def find_unreadable(self, check, source, keys: list[str]) -> dict[str, str]:
         return corpus.find_unreadable(check, source, keys, self.cfg)
 
