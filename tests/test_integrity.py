@@ -7,7 +7,6 @@ CLIP, nothing trained), damaged on disk the way a user or a disk would.
 
 from __future__ import annotations
 
-import filecmp
 import json
 import logging
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import store_bytes
 from typer.testing import CliRunner
 
 from protosynth.cli.main import app
@@ -125,15 +125,10 @@ def overwrite_rows(path: Path, value: float | None = None) -> None:
 
 
 def differing_files(a: Path, b: Path) -> list[str]:
-    """Names of the files that differ between two stores, byte for byte (cost.json aside: it holds
-    seconds)."""
-    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
-    return [
-        n
-        for n in names
-        if n != "cost.json"
-        and not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, shallow=False))
-    ]
+    """Paths of the files that differ between two stores (their corpus indexes included), byte for
+    byte (cost.json aside: it holds seconds)."""
+    files_a, files_b = store_bytes(a), store_bytes(b)
+    return [n for n in sorted(files_a.keys() | files_b.keys()) if files_a.get(n) != files_b.get(n)]
 
 
 def test_damaged_shards_are_recomputed_and_the_store_equals_a_clean_one(a_store, clean_store, corpus, clip, caplog):
