@@ -20,7 +20,7 @@ from helpers import store_bytes
 
 import protosynth.embed as embed_module
 from protosynth.coreset import CoresetConfig, build_coreset
-from protosynth.corpora.index import CORPUS_INDEX, CorpusIndex, read_corpus_index
+from protosynth.corpora.index import CORPUS_INDEX, CorpusIndex, build_corpus_index, read_corpus_index
 from protosynth.corpora.rows import CorpusRows
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
@@ -151,3 +151,21 @@ def test_indexing_killed_in_embed_resumes_to_the_same_bytes(jsonl_corpus, clip, 
     assert {name: (folder / name).stat().st_mtime_ns for name in kept} == kept
     whole = embed_corpus(corpus, clip, EmbedConfig(**{**cfg.__dict__, "out": tmp_path / "whole"})).cache_path
     assert store_bytes(out) == store_bytes(whole)
+
+
+def test_a_load_stats_each_image_once(jsonl_corpus, monkeypatch):
+    """Without skip_bad, the existence check and the fingerprint share one stat per image (a corpus
+    of millions of files is stat-bound); the index built from it stats none."""
+    real, seen = os.stat, []
+
+    def counting(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting)
+    corpus = load_corpus(str(jsonl_corpus))
+    images = [p for p in seen if p.endswith(".png")]
+    assert len(images) == len(set(images)) == corpus.n_images == 12
+    seen.clear()
+    build_corpus_index(corpus, jsonl_corpus.parent / "ix", shard_size=5)
+    assert not [p for p in seen if p.endswith(".png")]

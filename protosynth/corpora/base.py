@@ -115,11 +115,17 @@ class FileImages(ImageSource):
         return ImageRef(os.path.join(self.root, key))
 
     def check_present(self, key: str) -> None:
+        self.present_stat(key)
+
+    def present_stat(self, key: str) -> os.stat_result:
+        """The file's stat, which also tells that it is a regular file (else the one-line error):
+        the one stat a load makes of an image, its size and mtime going into the fingerprint."""
         # one fast stat first: a corpus of millions of files is stat-bound, and pathlib's is_dir +
         # is_file cost twice as much; pathlib's checks name whatever is not a regular file
         try:
-            if stat.S_ISREG(_stat(self.root, key).st_mode):
-                return
+            st = _stat(self.root, key)
+            if stat.S_ISREG(st.st_mode):
+                return st
         except (OSError, ValueError):
             pass
         path = self.root / key
@@ -324,15 +330,18 @@ def file_corpus(
     spec, keys, captions, first = str(path), rows.images, rows.captions, rows.first_rows
     where = [f"{path} {unit} {n}" for n in first]
     source = FileImages(root, dict(zip(keys, where)))
-    bad = check_images(spec, keys, source, skip_bad, find_bad=find_bad)
-    kept = [i for i, key in enumerate(keys) if key not in bad]
-    keys, captions, first = [keys[i] for i in kept], [captions[i] for i in kept], [first[i] for i in kept]
     # manifest bytes, image root, each kept image's size and mtime, and what was dropped: any change
-    # to what would be embedded gives a new fingerprint
+    # to what would be embedded gives a new fingerprint. Each image is stat'ed once: without
+    # skip_bad that stat is also the existence check (a corpus of millions of files is stat-bound)
     h = hashlib.sha256(raw)
     h.update(f"root\0{root.resolve()}\n".encode())
+    bad = check_images(spec, keys, source, skip_bad, find_bad=find_bad) if skip_bad else {}
+    if bad:
+        kept = [i for i, key in enumerate(keys) if key not in bad]
+        keys, captions, first = [keys[i] for i in kept], [captions[i] for i in kept], [first[i] for i in kept]
+    stat_of = source.present_stat if not skip_bad else (lambda key: _stat(root, key))
     for key in keys:
-        st = _stat(root, key)
+        st = stat_of(key)
         h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     for key in bad:
         h.update(f"skipped\0{key}\n".encode())
