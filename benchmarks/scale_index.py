@@ -2,13 +2,18 @@
 it, and reading the captions of a few pairs from the index in a process that never loads the corpus.
 
     python -m benchmarks.scale_index [--pairs 100000] [--format jsonl] [--read 500] [--shard-size 4096]
+                                     [--stages] [--budget 500] [--steps 5]
 
 A scale corpus (``benchmarks.scale_corpus``, seed 0) of ``--pairs`` pairs is written to a temporary
 folder (its seconds reported apart). Each stage then runs in a fresh spawned process, which reports
 its wall seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would carry the
 parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus`` (the driver's cost
 today) followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
-``--read`` random pairs, checked against the captions the load saw.
+``--read`` random pairs, checked against the captions the load saw. With ``--stages``, then (3)
+``protosynth embed`` (the shipped small CLIP, the local engine; it writes the store and the corpus
+index beside it) and (4) ``protosynth distill --budget`` (``--steps`` render steps: rendering costs the
+budget, not the corpus) on the same corpus and cache, each a fresh process: the driver's wall
+seconds and peak RSS, and distill's per-stage seconds from its manifest.
 
 Writes ``benchmarks/results/scale_index-{format}-{pairs}.json`` and ``.md``.
 """
@@ -71,8 +76,24 @@ print(json.dumps({
 """
 
 
+STAGE = """
+from protosynth.cli.main import main
+imported = status('VmRSS')
+started = time.perf_counter()
+sys.argv = ['protosynth', *sys.argv[1:]]
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code or 0
+print()
+print(json.dumps({"rss_after_imports": imported, "seconds": time.perf_counter() - started,
+                  "peak_rss": status('VmHWM'), "exit": code}))
+"""
+
+
 def _child(script: str, *args: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
     done = subprocess.run(
         [sys.executable, "-c", PRELUDE + script, *args], capture_output=True, text=True, env=env, check=False
     )
@@ -92,6 +113,7 @@ def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dic
         raise RuntimeError("the index's captions differ from the loaded corpus's")
     index_bytes = sum(p.stat().st_size for p in (work / "index").iterdir())
     return {
+        "spec": getattr(made, fmt),
         "format": fmt,
         "shard_size": shard_size,
         "read_pairs": len(sample),
@@ -100,6 +122,22 @@ def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dic
         "build": build,
         "read": got,
     }
+
+
+def measure_stages(spec: str, budget: int, steps: int, shard_size: int, work: Path) -> dict:
+    """``embed`` then ``distill --budget`` on ``spec`` through the command line, each a fresh process
+    sharing one cache (distill reads the store and the index embed wrote)."""
+    os.environ["PROTOSYNTH_CACHE"] = str(work / "cache")
+    embed = _child(STAGE, "embed", "--corpus", spec, "--shard-size", str(shard_size))
+    out = work / "set"
+    args = ["distill", "--corpus", spec, "--budget", str(budget), "--steps", str(steps), "--out", str(out)]
+    distill = _child(STAGE, *args)  # finds embed's store (its key holds no shard size) and its index
+    for name, run in (("embed", embed), ("distill", distill)):
+        if run["exit"] != 0:
+            raise RuntimeError(f"{name} exited with {run['exit']}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    seconds = manifest["seconds"]
+    return {"embed": embed, "distill": distill, "distill_seconds": seconds, "budget": budget, "steps": steps}
 
 
 def _row(stage: str, seconds: float, peak: int, child: dict) -> str:
@@ -123,6 +161,23 @@ def _markdown(r: dict) -> list[str]:
         f"RSS after the imports (protosynth, numpy, pyarrow): {b['rss_after_imports'] / mib:.0f} MiB.",
         f"Index on disk: {r['index_bytes'] / mib:.1f} MiB. Corpus generated in {r['generate_seconds']:.1f} s.",
         f"Machine: {r['machine']}; commit {r['commit']}; `{r['command']}`.",
+        *(_stage_rows(r["stages"]) if "stages" in r else []),
+    ]
+
+
+def _stage_rows(st: dict) -> list[str]:
+    e, d = st["embed"], st["distill"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in st["distill_seconds"].items())
+    return [
+        "",
+        f"## The stages' driver (local engine, shipped small CLIP, budget {st['budget']}, {st['steps']} render steps)",
+        "",
+        "| command (fresh process, torch imported inside) | wall s | peak RSS MiB | peak over the imports' RSS, MiB |",
+        "| --- | ---: | ---: | ---: |",
+        _row("protosynth embed (store + corpus index)", e["seconds"], e["peak_rss"], e),
+        _row(f"protosynth distill --budget {st['budget']}", d["seconds"], d["peak_rss"], d),
+        "",
+        f"distill's stages (manifest seconds): {parts}.",
     ]
 
 
@@ -132,17 +187,23 @@ def main() -> None:
     parser.add_argument("--format", choices=("jsonl", "wds", "parquet"), default="jsonl")
     parser.add_argument("--read", type=int, default=500)
     parser.add_argument("--shard-size", type=int, default=4096)
+    parser.add_argument("--stages", action="store_true", help="also time protosynth embed and distill")
+    parser.add_argument("--budget", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None, help="folder for the corpus (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         result = measure(args.pairs, args.format, args.read, args.shard_size, Path(work))
+        if args.stages:
+            result["stages"] = measure_stages(result.pop("spec"), args.budget, args.steps, args.shard_size, Path(work))
+        result.pop("spec", None)  # a temporary path
     result.update(
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         commit=git_commit(),
         command="python -m benchmarks.scale_index " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(exist_ok=True)
-    name = f"scale_index-{args.format}-{args.pairs}"
+    name = f"scale_index-{args.format}-{args.pairs}" + ("-stages" if args.stages else "")
     write_text_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
     text = "\n".join(_markdown(result)) + "\n"
     write_text_atomic(RESULTS / f"{name}.md", text)
