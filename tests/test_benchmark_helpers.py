@@ -32,6 +32,7 @@ from benchmarks.world_readings import markdown as markdown_readings
 from benchmarks.world_readings import summarise
 from benchmarks.world_retrieval import seconds_to_make
 from protosynth.baselines.presets import preset
+from protosynth.errors import ProtosynthError
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -164,12 +165,28 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
 
 def test_presets_sweep_starts_from_the_official_values():
     for method in ("mtt-vl", "lors", "amd", "repblend"):
-        official, scaled, world = candidates(method, 100)
+        official, scaled, earlier = candidates(method, 100)
         assert settings(method, 100, official) == preset(method, "flickr", 100)
-        assert settings(method, 100, world) == preset(method, "world", 100)
+        assert earlier.name == "earlier-world" and settings(method, 100, earlier)["iterations"] == 150
         differ = {k for k, v in settings(method, 100, scaled).items() if preset(method, "flickr", 100)[k] != v}
         assert differ == ({"lr_img", "lr_txt", "lr_sim"} if method != "mtt-vl" else {"lr_img", "lr_txt"})
     assert settings("repblend", 100, official)["grad_mode"] == "first-order"
+    # MTT-VL's whole-set batch, capped at 100 pairs on the world (a deliberate difference)
+    assert [settings("mtt-vl", b, candidates("mtt-vl", b)[0])["batch_syn"] for b in (100, 200, 500)] == [100] * 3
+    assert preset("mtt-vl", "flickr", 500)["batch_syn"] == 500
+
+
+def test_the_world_preset_is_the_val_chosen_candidate(monkeypatch):
+    import protosynth.baselines.presets as presets
+
+    assert preset("lors", "world", 200) == presets.world_candidate("lors", 200, "earlier-world")
+    monkeypatch.setitem(presets.WORLD_CHOICE, ("lors", 200), "official-world-lrs")
+    chosen = preset("lors", "world", 200)
+    assert chosen == presets.world_candidate("lors", 200, "official-world-lrs") != preset("lors", "flickr", 200)
+    assert (chosen["iterations"], chosen["lr_img"], chosen["grad_mode"]) == (3000, 10.0, "first-order")
+    assert preset("lors", "world", 200, quick=True)["iterations"] == 10
+    with pytest.raises(ProtosynthError, match="world candidate 'tuned' is not one of"):
+        presets.world_candidate("lors", 200, "tuned")
 
 
 def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
