@@ -6,8 +6,8 @@
                                           [--score-only] [--reuse TABLE ...]
 
 Issue 30 asks the world presets to start from the authors' values. For each method and budget this
-sweep makes the set of each candidate (``candidates``: Flickr's official preset as it is, the same
-with the world's learning-rate scale, the earlier world preset; ``presets.WORLD_CANDIDATES``), scores it on ``shapes:val`` under
+sweep makes the set of each candidate (``presets.WORLD_CANDIDATES``: Flickr's official preset as it
+is, the same with the world's learning-rate scale, the earlier world preset), scores it on ``shapes:val`` under
 the ``small`` protocol with the protocol's recipe (how every row of the headline table is trained;
 the set's own recipe, with its S and learned lrs, is recorded beside it) and records how far the
 run moved the set from its start. The best protocol-recipe val r_mean of a method and budget is

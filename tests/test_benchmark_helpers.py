@@ -31,6 +31,7 @@ from benchmarks.scale_ray import (
 from benchmarks.world_readings import markdown as markdown_readings
 from benchmarks.world_readings import summarise
 from benchmarks.world_retrieval import seconds_to_make
+from protosynth.baselines import presets
 from protosynth.baselines.presets import preset
 from protosynth.errors import ProtosynthError
 
@@ -177,8 +178,6 @@ def test_presets_sweep_starts_from_the_official_values():
 
 
 def test_the_world_preset_is_the_val_chosen_candidate(monkeypatch):
-    import protosynth.baselines.presets as presets
-
     assert preset("lors", "world", 200) == presets.world_candidate("lors", 200, "earlier-world")
     monkeypatch.setitem(presets.WORLD_CHOICE, ("lors", 200), "official-world-lrs")
     chosen = preset("lors", "world", 200)
