@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.world_retrieval import r_mean, scored
+from benchmarks.scoring import r_mean, scored
 from protosynth.baselines.buffer import build_buffer
 from protosynth.baselines.compare import CompareConfig, buffer_config
 from protosynth.baselines.presets import (
