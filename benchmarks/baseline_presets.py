@@ -6,8 +6,8 @@
                                           [--score-only] [--reuse TABLE ...]
 
 Issue 30 asks the world presets to start from the authors' values. For each method and budget this
-sweep makes the set of each candidate (``candidates``: Flickr's official preset as it is, the same
-with the world's learning-rate scale, the earlier world preset), scores it on ``shapes:val`` under
+sweep makes the set of each candidate (``presets.WORLD_CANDIDATES``: Flickr's official preset as it
+is, the same with the world's learning-rate scale, the earlier world preset), scores it on ``shapes:val`` under
 the ``small`` protocol with the protocol's recipe (how every row of the headline table is trained;
 the set's own recipe, with its S and learned lrs, is recorded beside it) and records how far the
 run moved the set from its start. The best protocol-recipe val r_mean of a method and budget is
@@ -40,10 +40,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.world_retrieval import r_mean, scored
+from benchmarks.scoring import r_mean, scored
 from protosynth.baselines.buffer import build_buffer
 from protosynth.baselines.compare import CompareConfig, buffer_config
-from protosynth.baselines.presets import USES_SIMILARITY, BaselineConfig, buffer_kind, preset
+from protosynth.baselines.presets import (
+    WORLD_CANDIDATES,
+    BaselineConfig,
+    buffer_kind,
+    preset,
+    world_candidate,
+)
 from protosynth.baselines.run import distill_baseline
 from protosynth.corpora.spec import canonical_spec
 from protosynth.errors import ProtosynthError
@@ -61,18 +67,10 @@ class Candidate:
 
 
 def candidates(method: str, budget: int) -> list[Candidate]:
-    """Starting from the authors' values (issue 30): Flickr's official preset run on the world as it
-    is (``official``: their loop, iterations, data lr and lr_sim); the same with the world's scale of
-    learning rates (``official-world-lrs``: data lr and lr_sim of the world preset, which Flickr's
-    values wreck on MiniLM features); and the world preset the earlier sweep chose (``world``)."""
-    official = preset(method, "flickr", budget)
-    world = preset(method, "world", budget)
-    scale = {k: world[k] for k in ("lr_img", "lr_txt") + (("lr_sim",) if method in USES_SIMILARITY else ())}
-    return [
-        Candidate("official", official),
-        Candidate("official-world-lrs", {**official, **scale}),
-        Candidate("world", {}),
-    ]
+    """Starting from the authors' values (issue 30): the library's world candidates
+    (``presets.world_candidate``), each with every value it sets, so a row is matched by what its set
+    was made with whatever the preset is at the time."""
+    return [Candidate(name, world_candidate(method, budget, name)) for name in WORLD_CANDIDATES]
 
 
 def family(candidate: str) -> str:
@@ -231,12 +229,10 @@ def markdown(doc: dict) -> str:
 
 
 def _described(row: dict) -> str:
-    """The candidate's settings against the world preset, or against Flickr's official values."""
-    if row["candidate"].startswith("official"):
-        official = preset(row["method"], "flickr", row["budget"])
-        changed = {k: v for k, v in row["overrides"].items() if official.get(k) != v}
-        return "Flickr's official values" + "".join(f", {k}={v}" for k, v in changed.items())
-    return ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "(the world preset)"
+    """The candidate's settings as changes to Flickr's official values."""
+    official = preset(row["method"], "flickr", row["budget"])
+    changed = {k: v for k, v in row["overrides"].items() if official.get(k) != v}
+    return "Flickr's official values" + "".join(f", {k}={v}" for k, v in changed.items())
 
 
 def _own(row: dict) -> str:
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", default="100,200,500")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--candidates", default="official,official-world-lrs,world", help="which candidates to run")
+    ap.add_argument("--candidates", default=",".join(WORLD_CANDIDATES), help="which candidates to run")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("runs/compare_world"))
@@ -287,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     budgets, methods = [int(b) for b in args.budgets.split(",")], args.methods.split(",")
     wanted = args.candidates.split(",")
+    unknown = [name for name in wanted if name not in WORLD_CANDIDATES]
+    if unknown:
+        raise SystemExit(f"--candidates: {', '.join(unknown)} not among {', '.join(WORLD_CANDIDATES)}")
     plan = [(b, m, c) for b in budgets for m in methods for c in candidates(m, b) if c.name in wanted]
     eval_cfg = EvalConfig(
         protocol="small", repeats=args.repeats, seed=args.seed, split="val", val="shapes:val", recipe="protocol"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import world_retrieval
 from benchmarks.baseline_presets import (
     Candidate,
     candidates,
@@ -28,10 +29,12 @@ from benchmarks.scale_ray import (
     pass_model,
     render_model,
 )
+from benchmarks.scoring import seconds_to_make
 from benchmarks.world_readings import markdown as markdown_readings
 from benchmarks.world_readings import summarise
-from benchmarks.world_retrieval import seconds_to_make
+from protosynth.baselines import presets
 from protosynth.baselines.presets import preset
+from protosynth.errors import ProtosynthError
 
 
 def test_prototype_purity_counts_member_images_against_the_caption_image():
@@ -164,12 +167,26 @@ def test_presets_sweep_reuses_an_earlier_row_only_when_its_set_was_made_the_same
 
 def test_presets_sweep_starts_from_the_official_values():
     for method in ("mtt-vl", "lors", "amd", "repblend"):
-        official, scaled, world = candidates(method, 100)
+        official, scaled, earlier = candidates(method, 100)
         assert settings(method, 100, official) == preset(method, "flickr", 100)
-        assert settings(method, 100, world) == preset(method, "world", 100)
+        assert earlier.name == "earlier-world" and settings(method, 100, earlier)["iterations"] == 150
         differ = {k for k, v in settings(method, 100, scaled).items() if preset(method, "flickr", 100)[k] != v}
         assert differ == ({"lr_img", "lr_txt", "lr_sim"} if method != "mtt-vl" else {"lr_img", "lr_txt"})
     assert settings("repblend", 100, official)["grad_mode"] == "first-order"
+    # MTT-VL's whole-set batch, capped at 100 pairs on the world (a deliberate difference)
+    assert [settings("mtt-vl", b, candidates("mtt-vl", b)[0])["batch_syn"] for b in (100, 200, 500)] == [100] * 3
+    assert preset("mtt-vl", "flickr", 500)["batch_syn"] == 500
+
+
+def test_the_world_preset_is_the_val_chosen_candidate(monkeypatch):
+    assert preset("lors", "world", 200) == presets.world_candidate("lors", 200, "earlier-world")
+    monkeypatch.setitem(presets.WORLD_CHOICE, ("lors", 200), "official-world-lrs")
+    chosen = preset("lors", "world", 200)
+    assert chosen == presets.world_candidate("lors", 200, "official-world-lrs") != preset("lors", "flickr", 200)
+    assert (chosen["iterations"], chosen["lr_img"], chosen["grad_mode"]) == (3000, 10.0, "first-order")
+    assert preset("lors", "world", 200, quick=True)["iterations"] == 10
+    with pytest.raises(ProtosynthError, match="world candidate 'tuned' is not one of"):
+        presets.world_candidate("lors", 200, "tuned")
 
 
 def test_presets_sweep_never_scores_a_set_made_with_other_settings(tmp_path):
@@ -245,3 +262,80 @@ def test_world_readings_chooses_each_methods_best_reading_and_prices_rendering()
 def test_seconds_to_make_counts_a_baselines_parts_once():
     assert seconds_to_make({"distill": 4121.8, "setup": 1.1, "total": 4122.92, "write": 0.1}) == 4122.9
     assert seconds_to_make({"embed": 2.0, "cluster": 1.25, "render": 30.0, "note": "x"}) == 33.2
+
+
+def _val_results(tmp_path, readings_budgets=(100,), ran=("official", "official-world-lrs", "earlier-world")):
+    rows = [{"budget": b, "method": m, "chosen": "members"} for b in readings_budgets for m in ("pds", "select")]
+    (tmp_path / "world_val_readings.json").write_text(json.dumps({"rows": rows, "not_run": []}))
+    methods = ("mtt-vl", "lors", "amd", "repblend")
+    preset_rows = [{"method": m, "budget": 100, "candidate": c} for m in methods for c in ran]
+    chosen = {f"{m}-b100": "official" for m in methods}
+    (tmp_path / "baseline_presets_val.json").write_text(json.dumps({"rows": preset_rows, "chosen": chosen}))
+
+
+def test_world_retrieval_refuses_a_budget_val_has_not_chosen_for(tmp_path, monkeypatch):
+    _val_results(tmp_path, ran=("official", "official-world-lrs"))
+    with pytest.raises(SystemExit, match="mtt-vl at 100 pairs: candidates earlier-world not run on val yet"):
+        world_retrieval.val_choices(tmp_path, 100)
+    _val_results(tmp_path)
+    with pytest.raises(SystemExit, match="no reading chosen at 200 pairs on val yet"):
+        world_retrieval.val_choices(tmp_path, 200)
+    with pytest.raises(SystemExit, match="val chose official for mtt-vl at 100 pairs, presets.WORLD_CHOICE has None"):
+        world_retrieval.val_choices(tmp_path, 100)
+    for m in ("mtt-vl", "lors", "amd", "repblend"):
+        monkeypatch.setitem(presets.WORLD_CHOICE, (m, 100), "official")
+    assert world_retrieval.val_choices(tmp_path, 100) == {"pds": "members", "select": "members"}
+    with pytest.raises(SystemExit, match="world_val_readings.json: cannot read the val results"):
+        world_retrieval.val_choices(tmp_path / "elsewhere", 100)
+
+
+def test_world_retrieval_links_finished_work_only_where_there_is_none(tmp_path):
+    source, out = tmp_path / "val", tmp_path / "test"
+    for name in ("sets/pds-b100", "sets/kcenter-b100", "buffers/full"):
+        (source / name).mkdir(parents=True)
+        (source / name / "manifest.json").write_text(name)
+    (source / "sets" / "half-made").mkdir()  # no manifest: never linked
+    (out / "sets" / "kcenter-b100").mkdir(parents=True)  # this run's own: never replaced
+    assert world_retrieval.link_finished(source, out) == ["buffers/full", "sets/pds-b100"]
+    assert (out / "sets" / "pds-b100" / "manifest.json").stat().st_ino == (
+        source / "sets" / "pds-b100" / "manifest.json"
+    ).stat().st_ino
+    assert not (out / "sets" / "kcenter-b100" / "manifest.json").exists() and not (out / "sets" / "half-made").exists()
+    assert world_retrieval.link_finished(source, out) == []
+
+
+def test_world_retrieval_reads_every_method_with_the_defaults_reading():
+    def row(method, mean, **more):
+        return {"method": method, "metrics": {"r_mean": {"mean": mean, "std": 0.5}}, **more}
+
+    unsupported = {"method": "lors", "unsupported": "text members: a pair has no member pairs"}
+    doc = {
+        "tables": [
+            {"recipe": "protocol", "text": "members", "methods": [row("pds", 31.0), row("select", 30.0), unsupported]},
+            {"recipe": "protocol", "text": "image", "methods": [row("pds", 40.0), row("select", 41.5), unsupported]},
+            {
+                "recipe": "protocol",
+                "text": "auto",
+                "methods": [row("pds", 20.0), row("select", 19.0), row("lors", 33.0)],
+            },
+            {"recipe": "own", "text": "members", "methods": [row("pds", 99.0), row("select", 0.0), unsupported]},
+        ]
+    }
+    rows = world_retrieval.summarise(100, doc, {"pds": "members", "select": "image"})
+    by = {r["method"]: r for r in rows}
+    assert by["pds"]["r_mean"]["mean"] == 31.0 and by["select"]["r_mean_own_reading"]["mean"] == 41.5
+    assert by["lors"]["reading"] == "own synthetic text" and by["lors"]["r_mean"]["mean"] == 33.0
+    assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5, "auto": 1.0}
+    table = world_retrieval.markdown(
+        {
+            "command": "c",
+            "commit": "abcdef123456",
+            "seeds": [0, 1, 2],
+            "repeats": 2,
+            "budgets": [100],
+            "by_budget": {"100": {"headline": "members", "rows": rows, "render_gain": {"members": 1.0}}},
+            "not_run": [200],
+        }
+    )
+    assert "## 100 pairs: headline reading members; render gain (pds - select) members +1.0" in table
+    assert "| lors | own synthetic text | 33.0 ± 0.5 |" in table and "stopped before them): 200 pairs" in table
