@@ -207,8 +207,6 @@ def distill(budget: str, **values) -> None:
     """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
     import logging
 
-    from protosynth.choose import distill_on_val
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     budgets = parse_budgets(budget)
     # a setting of CHOSEN left unset keeps the config's default
@@ -222,6 +220,8 @@ def distill(budget: str, **values) -> None:
         engine=build(EngineConfig, values),
     )
     choice = build(TextChoiceConfig, values)
+    from protosynth.choose import distill_on_val  # torch and open_clip: seconds, after the flags parsed
+
     for path in run(distill_on_val, cfg, choice, budgets, command=command_line(), verb="distill"):
         typer.echo(f"wrote {path}")
 

@@ -300,3 +300,17 @@ def test_the_set_format_imports_no_method():
         if _is(mod, "protosynth.sets")
     }
     assert {mod: deps for mod, deps in bad.items() if deps} == {}
+
+
+@pytest.mark.parametrize("module", ["protosynth.configs", "protosynth.corpora.index", "protosynth.baselines.configs"])
+def test_light_modules_do_not_import_torch(module):
+    """The configs behind --help and flag errors, and the corpus index a driver opens, stay light
+    (torch costs seconds and hundreds of MiB): a module-level import of it there fails this."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    lazy = "import sys, protosynth; protosynth.load_distilled; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, check=True).stdout.strip()
+        == "True"
+    )

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
-from safetensors.torch import save_file
 
 from ..errors import ProtosynthError
 
@@ -378,6 +377,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_safetensors_atomic(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` through ``atomic_path`` (so with the usual file mode, not 0600)."""
+    from safetensors.torch import save_file  # noqa: PLC0415 (torch: not for the modules that only move files)
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
