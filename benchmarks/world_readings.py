@@ -10,8 +10,9 @@ own best reading is chosen on val, never on test. This runs ``compare-baselines`
 at each budget (``WORK/b<budget>``; sets and rows are reused, so a stopped run resumes), every row
 trained by the protocol's recipe, and writes ``benchmarks/results/world_val_readings.{json,md}``: each
 method's val r_mean under each reading (mean ± std over set seeds and repeats), the reading with the
-highest val r_mean, and the render gain (``pds`` minus ``select`` under the same reading: what
-rendering adds over the real pair it starts from).
+highest val r_mean, and the render gain (a rendered method, ``pds`` or a lever such as
+``pds-composite``, minus ``select`` under the same reading: what rendering adds over the real pairs
+its prototypes hold).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from protosynth.baselines.compare import CompareConfig, compare_baselines
+from protosynth.baselines.configs import RENDERED
 from protosynth.corpora.source import CorpusSource
 from protosynth.util.files import git_commit, write_text_atomic
 
@@ -60,7 +62,7 @@ def summarise(docs: dict[int, dict]) -> list[dict]:
             }
             row = {"budget": budget, "method": method, "r_mean": {t: _mean_std(s) for t, s in scores.items()}}
             row["chosen"] = max(scores, key=lambda t: scores[t]["mean"]) if scores else None
-            if method == "pds" and all("select" in r and "metrics" in r["select"] for r in by_text.values()):
+            if method in RENDERED and all("select" in r and "metrics" in r["select"] for r in by_text.values()):
                 row["render_gain"] = {
                     text: round(scores[text]["mean"] - by_text[text]["select"]["metrics"]["r_mean"]["mean"], 2)
                     for text in scores
@@ -80,8 +82,8 @@ def markdown(doc: dict) -> str:
         "",
         f"Command: `{doc['command']}` (commit {doc['commit'][:12]}). r_mean, mean ± sample std over "
         f"set seeds {doc['seeds']} x {doc['repeats']} repeats, percent. **Chosen**: a method's highest val "
-        "r_mean at a budget. Render gain: `pds` (the default distill) minus `select` (each prototype's "
-        "nearest real pair, no rendering) under the same reading.",
+        "r_mean at a budget. Render gain: a rendered method (`pds`, the default distill, or a lever) minus "
+        "`select` (each prototype's nearest real pair, no rendering) under the same reading.",
         "",
         "| budget | method | " + " | ".join(texts) + " | chosen | render gain |",
         "|---|---|" + "---|" * len(texts) + "---|---|",
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/world_readings"))
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--stem", default=STEM, help="Results file name, without .json/.md.")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_readings " + " ".join(argv if argv is not None else sys.argv[1:])
     started, docs = time.time(), {}
@@ -128,9 +131,9 @@ def main(argv: list[str] | None = None) -> None:
             "seconds_this_run": round(time.time() - started, 1),
         }
         args.results.mkdir(parents=True, exist_ok=True)  # written after every budget: a stopped run keeps its table
-        write_text_atomic(args.results / f"{STEM}.json", json.dumps(doc, indent=2))
-        write_text_atomic(args.results / f"{STEM}.md", markdown(doc))
-        print(f"b{budget}: written {args.results / STEM}.md", flush=True)
+        write_text_atomic(args.results / f"{args.stem}.json", json.dumps(doc, indent=2))
+        write_text_atomic(args.results / f"{args.stem}.md", markdown(doc))
+        print(f"b{budget}: written {args.results / args.stem}.md", flush=True)
 
 
 if __name__ == "__main__":

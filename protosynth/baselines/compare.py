@@ -49,6 +49,7 @@ from .configs import (  # noqa: F401 (re-exported: its public home)
     OPTIMISATION,
     QUICK_WORLD,
     RENDERED,
+    RENDERED_SETTINGS,
     CompareConfig,
 )
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
@@ -112,7 +113,11 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
         )
     elif method in ("select", *RENDERED):
         from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
+        from ..render import RenderConfig  # noqa: PLC0415 (as above)
 
+        settings = RENDERED_SETTINGS.get(method, {})
+        render = {k.removeprefix("render."): v for k, v in settings.items() if k.startswith("render.")}
+        top = {k: v for k, v in settings.items() if not k.startswith("render.")}
         distill(
             DistillConfig(
                 budget=cfg.budget,
@@ -121,7 +126,8 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
                 out=out,
                 device=cfg.device,
                 method="select" if method == "select" else "pds",
-                preset="pds-published" if method == "pds-published" else None,
+                render=RenderConfig(**render),
+                **top,
             )
         )
     else:
@@ -394,8 +400,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
 
 # The pretrained models each method uses to make its set (every method is evaluated with the protocol's)
 PRETRAINED = {
-    "pds": "CLIP, unCLIP decoder",
-    "pds-published": "CLIP, unCLIP decoder",
+    **{m: "CLIP, unCLIP decoder" for m in RENDERED},
     "herding": "CLIP",
     "kcenter": "CLIP",
     "select": "CLIP",

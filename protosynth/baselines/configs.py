@@ -13,8 +13,17 @@ from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IM
 
 CORESETS = CORESET_METHODS
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-# "pds": protosynth's default distill; "pds-published": distill --preset pds-published (PDS as its code runs)
-RENDERED = ("pds", "pds-published")
+# each rendered method: the distill settings it sets ("render.X": a field of DistillConfig.render).
+# "pds": protosynth's default distill; "pds-published": distill --preset pds-published (PDS as its code
+# runs); the rest are issue 31's levers that put several members into one image (``protosynth.starts``)
+RENDERED_SETTINGS: dict[str, dict] = {
+    "pds": {},
+    "pds-published": {"preset": "pds-published"},
+    "pds-composite": {"render.init": "composite"},  # start: the pixel-wise medoid of 3 central members
+    "pds-blend": {"condition": "blend"},  # condition: the blend of 3 central members' image embeddings
+    "pds-tile": {"render.init": "tile", "central": 4},  # start: 4 central members in a 2 x 2 grid
+}
+RENDERED = tuple(RENDERED_SETTINGS)
 ALL_METHODS = CORESETS + ("select",) + RENDERED + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)
 COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
