@@ -289,13 +289,15 @@ class DistillConfig(ReadsCorpus):
         help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; "
         "nothing rendered).",
     )
-    # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
-    # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
+    # the caption paired with each render: "prototype" (PDS), "render" or, with a start image, "start"
+    # (the caption of the member the render started from, or of a composite's or tile's most central
+    # member); None: DEFAULT_CAPTION for the render's start
     caption: str | None = opt(
         None,
         help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS), render (the "
         f"member caption the CLIP scores highest against the render) or, with {P.render.init('nearest')}, start "
-        "(the caption of the member image the render started from). pairs.jsonl records the first two.",
+        "(the caption of the member image the render started from; with composite or tile, of the most central "
+        "member). pairs.jsonl records the first two.",
     )
     # what the decoder is conditioned on (CONDITIONS): the image prototype, or a blend of the
     # ``central`` most central members' image embeddings (``starts.blended_condition``)

@@ -7,7 +7,8 @@ manifest records the batch size (``settings.render.batch_size``) with every othe
 ``init="nearest"`` (small decoder) starts denoising from the member image nearest
 to the prototype, noised to ``strength`` (img2img): the member anchors the layout while the
 embedding steers content. ``init="composite"`` and ``"tile"`` start the same way from an image
-``distill`` builds out of several members (``starts``); here they are just the given ``init_images``. Published decoders take the nearest real caption as their prompt (PDS).
+``distill`` builds out of several members (``starts``); here they are just the given
+``init_images``. Published decoders take the nearest real caption as their prompt (PDS).
 
 Settings left ``None`` in ``RenderConfig`` take the decoder's defaults (``models.unclip``: the PDS
 settings for Stable unCLIP); a setting the decoder cannot honour is an error, never ignored.

@@ -49,8 +49,8 @@ from .configs import (  # noqa: F401 (re-exported: its public home)
     OPTIMISATION,
     QUICK_WORLD,
     RENDERED,
-    RENDERED_SETTINGS,
     CompareConfig,
+    rendered_distill,
 )
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
@@ -112,24 +112,10 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
             )
         )
     elif method in ("select", *RENDERED):
-        from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
-        from ..render import RenderConfig  # noqa: PLC0415 (as above)
+        from ..distill import distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
 
-        settings = RENDERED_SETTINGS.get(method, {})
-        render = {k.removeprefix("render."): v for k, v in settings.items() if k.startswith("render.")}
-        top = {k: v for k, v in settings.items() if not k.startswith("render.")}
-        distill(
-            DistillConfig(
-                budget=cfg.budget,
-                corpus=cfg.corpus,
-                seed=cfg.seed,
-                out=out,
-                device=cfg.device,
-                method="select" if method == "select" else "pds",
-                render=RenderConfig(**render),
-                **top,
-            )
-        )
+        common = dict(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device)
+        distill(rendered_distill(method, **common))
     else:
         distill_baseline(_baseline_config(method, cfg, out, buffers))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..configs import CORESET_METHODS, RECIPES, check_seed
+from ..configs import CORESET_METHODS, RECIPES, DistillConfig, RenderConfig, check_seed
 from ..corpora.source import CorpusReading, CorpusSource, ReadsCorpus, reading_field, source
 from ..errors import P, Param, ProtosynthError
 from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
@@ -24,6 +24,18 @@ RENDERED_SETTINGS: dict[str, dict] = {
     "pds-tile": {"render.init": "tile", "central": 4},  # start: 4 central members in a 2 x 2 grid
 }
 RENDERED = tuple(RENDERED_SETTINGS)
+
+
+def rendered_distill(method: str, **common) -> DistillConfig:
+    """The ``DistillConfig`` that makes ``method``'s set (``select`` or a ``RENDERED`` one), with the
+    settings every method shares (``common``: budget, corpus, seed, out, device)."""
+    settings = RENDERED_SETTINGS.get(method, {})
+    render = {k.removeprefix("render."): v for k, v in settings.items() if k.startswith("render.")}
+    top = {k: v for k, v in settings.items() if not k.startswith("render.")}
+    pds_or_select = "select" if method == "select" else "pds"
+    return DistillConfig(method=pds_or_select, render=RenderConfig(**render), **top, **common)
+
+
 ALL_METHODS = CORESETS + ("select",) + RENDERED + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)
 COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
