@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,12 +64,22 @@ def summarise(docs: dict[int, dict]) -> list[dict]:
             row = {"budget": budget, "method": method, "r_mean": {t: _mean_std(s) for t, s in scores.items()}}
             row["chosen"] = max(scores, key=lambda t: scores[t]["mean"]) if scores else None
             if method in RENDERED and all("select" in r and "metrics" in r["select"] for r in by_text.values()):
-                row["render_gain"] = {
-                    text: round(scores[text]["mean"] - by_text[text]["select"]["metrics"]["r_mean"]["mean"], 2)
-                    for text in scores
-                }
+                select = {text: by_text[text]["select"]["metrics"]["r_mean"] for text in scores}
+                row["render_gain"] = {text: round(scores[text]["mean"] - select[text]["mean"], 2) for text in scores}
+                row["render_gain_paired"] = {text: _paired(scores[text], select[text]) for text in scores}
             rows.append(row)
     return rows
+
+
+def _paired(metric: dict, select: dict) -> dict | None:
+    """The gain run by run (the same set seed and evaluation seed; ``runs`` in that order in both rows):
+    its mean and sample std, which the seed-to-seed spread both rows share does not widen. None when
+    the runs do not pair up."""
+    a, b = metric.get("runs") or [], select.get("runs") or []
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(a, b)]
+    return {"mean": round(statistics.mean(diffs), 2), "std": round(statistics.stdev(diffs), 2), "runs": len(diffs)}
 
 
 def _mean_std(metric: dict) -> dict:
@@ -83,10 +94,11 @@ def markdown(doc: dict) -> str:
         f"Command: `{doc['command']}` (commit {doc['commit'][:12]}). r_mean, mean ± sample std over "
         f"set seeds {doc['seeds']} x {doc['repeats']} repeats, percent. **Chosen**: a method's highest val "
         "r_mean at a budget. Render gain: a rendered method (`pds`, the default distill, or a lever) minus "
-        "`select` (each prototype's nearest real pair, no rendering) under the same reading.",
+        "`select` (each prototype's nearest real pair, no rendering) under the same reading; paired: the gain run "
+        "by run (same set seed and evaluation seed), mean ± sample std.",
         "",
-        "| budget | method | " + " | ".join(texts) + " | chosen | render gain |",
-        "|---|---|" + "---|" * len(texts) + "---|---|",
+        "| budget | method | " + " | ".join(texts) + " | chosen | render gain | paired gain |",
+        "|---|---|" + "---|" * len(texts) + "---|---|---|",
     ]
     if doc.get("not_run"):
         stopped = ", ".join(map(str, doc["not_run"]))
@@ -99,7 +111,12 @@ def markdown(doc: dict) -> str:
             cells.append(f"**{cell}**" if text == row["chosen"] else cell)
         gain = row.get("render_gain")
         gains = ", ".join(f"{t} {g:+.1f}" for t, g in gain.items()) if gain else ""
-        lines.append(f"| {row['budget']} | {row['method']} | " + " | ".join(cells) + f" | {row['chosen']} | {gains} |")
+        paired = ", ".join(
+            f"{t} {g['mean']:+.1f} ± {g['std']:.1f}" for t, g in (row.get("render_gain_paired") or {}).items() if g
+        )
+        lines.append(
+            f"| {row['budget']} | {row['method']} | " + " | ".join(cells) + f" | {row['chosen']} | {gains} | {paired} |"
+        )
     return "\n".join(lines) + "\n"
 
 

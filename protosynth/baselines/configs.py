@@ -22,6 +22,13 @@ RENDERED_SETTINGS: dict[str, dict] = {
     "pds-composite": {"render.init": "composite"},  # start: the pixel-wise medoid of 3 central members
     "pds-blend": {"condition": "blend"},  # condition: the blend of 3 central members' image embeddings
     "pds-tile": {"render.init": "tile", "central": 4},  # start: 4 central members in a 2 x 2 grid
+    # the same levers at a higher strength (the decoder redraws more of the start, and the condition
+    # weighs more), beside the default's start at that strength; and with more members
+    "pds-0.6": {"render.strength": 0.6},
+    "pds-composite-0.6": {"render.init": "composite", "render.strength": 0.6},
+    "pds-blend-0.6": {"condition": "blend", "render.strength": 0.6},
+    "pds-composite-k5": {"render.init": "composite", "central": 5},
+    "pds-blend-k9": {"condition": "blend", "central": 9},
 }
 RENDERED = tuple(RENDERED_SETTINGS)
 
