@@ -10,19 +10,22 @@ own best reading is chosen on val, never on test. This runs ``compare-baselines`
 at each budget (``WORK/b<budget>``; sets and rows are reused, so a stopped run resumes), every row
 trained by the protocol's recipe, and writes ``benchmarks/results/world_val_readings.{json,md}``: each
 method's val r_mean under each reading (mean ± std over set seeds and repeats), the reading with the
-highest val r_mean, and the render gain (``pds`` minus ``select`` under the same reading: what
-rendering adds over the real pair it starts from).
+highest val r_mean, and the render gain (a rendered method, ``pds`` or a lever such as
+``pds-composite``, minus ``select`` under the same reading: what rendering adds over the real pairs
+its prototypes hold).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 from protosynth.baselines.compare import CompareConfig, compare_baselines
+from protosynth.baselines.configs import RENDERED
 from protosynth.corpora.source import CorpusSource
 from protosynth.util.files import git_commit, write_text_atomic
 
@@ -60,13 +63,23 @@ def summarise(docs: dict[int, dict]) -> list[dict]:
             }
             row = {"budget": budget, "method": method, "r_mean": {t: _mean_std(s) for t, s in scores.items()}}
             row["chosen"] = max(scores, key=lambda t: scores[t]["mean"]) if scores else None
-            if method == "pds" and all("select" in r and "metrics" in r["select"] for r in by_text.values()):
-                row["render_gain"] = {
-                    text: round(scores[text]["mean"] - by_text[text]["select"]["metrics"]["r_mean"]["mean"], 2)
-                    for text in scores
-                }
+            if method in RENDERED and all("select" in r and "metrics" in r["select"] for r in by_text.values()):
+                select = {text: by_text[text]["select"]["metrics"]["r_mean"] for text in scores}
+                row["render_gain"] = {text: round(scores[text]["mean"] - select[text]["mean"], 2) for text in scores}
+                row["render_gain_paired"] = {text: _paired(scores[text], select[text]) for text in scores}
             rows.append(row)
     return rows
+
+
+def _paired(metric: dict, select: dict) -> dict | None:
+    """The gain run by run (the same set seed and evaluation seed; ``runs`` in that order in both rows):
+    its mean and sample std, which the seed-to-seed spread both rows share does not widen. None when
+    the runs do not pair up."""
+    a, b = metric.get("runs") or [], select.get("runs") or []
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(a, b)]
+    return {"mean": round(statistics.mean(diffs), 2), "std": round(statistics.stdev(diffs), 2), "runs": len(diffs)}
 
 
 def _mean_std(metric: dict) -> dict:
@@ -80,11 +93,12 @@ def markdown(doc: dict) -> str:
         "",
         f"Command: `{doc['command']}` (commit {doc['commit'][:12]}). r_mean, mean ± sample std over "
         f"set seeds {doc['seeds']} x {doc['repeats']} repeats, percent. **Chosen**: a method's highest val "
-        "r_mean at a budget. Render gain: `pds` (the default distill) minus `select` (each prototype's "
-        "nearest real pair, no rendering) under the same reading.",
+        "r_mean at a budget. Render gain: a rendered method (`pds`, the default distill, or a lever) minus "
+        "`select` (each prototype's nearest real pair, no rendering) under the same reading; paired: the gain run "
+        "by run (same set seed and evaluation seed), mean ± sample std.",
         "",
-        "| budget | method | " + " | ".join(texts) + " | chosen | render gain |",
-        "|---|---|" + "---|" * len(texts) + "---|---|",
+        "| budget | method | " + " | ".join(texts) + " | chosen | render gain | paired gain |",
+        "|---|---|" + "---|" * len(texts) + "---|---|---|",
     ]
     if doc.get("not_run"):
         stopped = ", ".join(map(str, doc["not_run"]))
@@ -97,7 +111,12 @@ def markdown(doc: dict) -> str:
             cells.append(f"**{cell}**" if text == row["chosen"] else cell)
         gain = row.get("render_gain")
         gains = ", ".join(f"{t} {g:+.1f}" for t, g in gain.items()) if gain else ""
-        lines.append(f"| {row['budget']} | {row['method']} | " + " | ".join(cells) + f" | {row['chosen']} | {gains} |")
+        paired = ", ".join(
+            f"{t} {g['mean']:+.1f} ± {g['std']:.1f}" for t, g in (row.get("render_gain_paired") or {}).items() if g
+        )
+        lines.append(
+            f"| {row['budget']} | {row['method']} | " + " | ".join(cells) + f" | {row['chosen']} | {gains} | {paired} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/world_readings"))
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--stem", default=STEM, help="Results file name, without .json/.md.")
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_readings " + " ".join(argv if argv is not None else sys.argv[1:])
     started, docs = time.time(), {}
@@ -128,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
             "seconds_this_run": round(time.time() - started, 1),
         }
         args.results.mkdir(parents=True, exist_ok=True)  # written after every budget: a stopped run keeps its table
-        write_text_atomic(args.results / f"{STEM}.json", json.dumps(doc, indent=2))
-        write_text_atomic(args.results / f"{STEM}.md", markdown(doc))
-        print(f"b{budget}: written {args.results / STEM}.md", flush=True)
+        write_text_atomic(args.results / f"{args.stem}.json", json.dumps(doc, indent=2))
+        write_text_atomic(args.results / f"{args.stem}.md", markdown(doc))
+        print(f"b{budget}: written {args.results / args.stem}.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def parse_budgets(text: str) -> list[int]:
 
 
 # distill's flags without a default of their own: unset, the config's default (or the decoder's) holds
-CHOSEN = "method caption candidates text preset cluster_space kmeans prototype_norm prototype_order"
+CHOSEN = "method caption candidates condition central text preset cluster_space kmeans prototype_norm prototype_order"
 FP16_HELP = (
     "Use the float16 embedding store (the one `embed --fp16` writes; made here if missing) instead of the float32 one."
 )

@@ -32,7 +32,11 @@ from .util.options import (
 RAY = f"With {P.engine('ray')}:"
 ONLY = ("all", "clip", "decoder")  # what `models train` trains
 ENGINES = ("local", "ray")  # EngineConfig.engine
-INITS = ("noise", "nearest")  # how a render starts (RenderConfig.init)
+INITS = ("noise", "nearest", "composite", "tile")  # how a render starts (RenderConfig.init)
+IMAGE_STARTS = INITS[1:]  # the starts from real images, noised to ``strength``
+MEMBER_STARTS = ("composite", "tile")  # the starts built from several members (``starts``)
+CONDITIONS = ("prototype", "blend")  # what the decoder is conditioned on (DistillConfig.condition)
+DEFAULT_CENTRAL = 3  # members a composite, tile or blend combines when none is given: odd, a medoid's majority
 MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
 METHODS = ("pds", "select")  # DistillConfig.method
 CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
@@ -187,15 +191,20 @@ class RenderConfig:
         help="Images rendered per batch (default: 100 for the small decoder, 4 for the published ones). Each image "
         "has its own seed, but another batch size may change a pixel by a level; the manifest records it.",
     )
-    # "noise", or "nearest": img2img from the prototype's nearest member image
+    # "noise", or img2img (small decoder) from "nearest" (the prototype's nearest member image),
+    # "composite" (the pixel-wise medoid of its most central member images) or "tile" (those images
+    # downscaled into one grid); distill builds the last two (``starts``)
     init: str | None = opt(
         None,
-        help="noise, or nearest (small decoder): start from the prototype's nearest member image "
-        "(default: the decoder's; noise for the published ones).",
+        help="noise, or (small decoder) start from an image: nearest (the prototype's nearest member image), "
+        f"composite (the pixel-wise medoid of its {P.central} most central member images) or tile (those images "
+        "downscaled into one grid) (default: the decoder's; noise for the published ones).",
     )
-    # with init="nearest": how far the start image is noised, in (0, 1]
+    # with a start image: how far it is noised, in (0, 1]
     strength: float | None = opt(
-        None, help=f"With {P.init('nearest')}: how far to noise the start image, (0, 1] (default: the decoder's)."
+        None,
+        help=f"With a start image ({P.init} nearest, composite or tile): how far to noise it, (0, 1] (default: the "
+        "decoder's).",
     )
     seed: int = 0
 
@@ -280,13 +289,28 @@ class DistillConfig(ReadsCorpus):
         help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; "
         "nothing rendered).",
     )
-    # the caption paired with each render: "prototype" (PDS), "render" or, with init="nearest", "start"
-    # (the caption of the member the render started from); None: DEFAULT_CAPTION for the render's start
+    # the caption paired with each render: "prototype" (PDS), "render" or, with a start image, "start"
+    # (the caption of the member the render started from, or of a composite's or tile's most central
+    # member); None: DEFAULT_CAPTION for the render's start
     caption: str | None = opt(
         None,
         help="Caption of each render: prototype (the real caption nearest the text prototype, as PDS), render (the "
         f"member caption the CLIP scores highest against the render) or, with {P.render.init('nearest')}, start "
-        "(the caption of the member image the render started from). pairs.jsonl records the first two.",
+        "(the caption of the member image the render started from; with composite or tile, of the most central "
+        "member). pairs.jsonl records the first two.",
+    )
+    # what the decoder is conditioned on (CONDITIONS): the image prototype, or a blend of the
+    # ``central`` most central members' image embeddings (``starts.blended_condition``)
+    condition: str | None = opt(
+        None,
+        help=f"What the decoder is conditioned on: prototype (default: the image prototype) or blend (the mean "
+        f"direction of the {P.central} most central members' CLIP image embeddings at their mean norm).",
+    )
+    # k of the levers that combine several members (MEMBER_STARTS, condition "blend"); None: DEFAULT_CENTRAL
+    central: int | None = opt(
+        None,
+        help=f"How many of each prototype's most central member images (distinct images, by image plus text "
+        f"cosine) {P.render.init} composite or tile and {P.condition('blend')} combine (default {DEFAULT_CENTRAL}).",
     )
     # renders per prototype; the one nearest its prototype is kept
     candidates: int = opt(
@@ -367,11 +391,26 @@ class DistillConfig(ReadsCorpus):
         )
         if self.candidates < 1:
             raise ProtosynthError(f"{P.candidates} must be at least 1, got {self.candidates}")
+        self.check_members_levers()
         if self.method == "select":
             self.check_nothing_rendered()
         self.render.check(nested=True)
         check_seed(self.seed)
         self.engine.check()
+
+    def check_members_levers(self) -> None:
+        """``condition`` and ``central``: a known condition, and a ``central`` of at least 1 given only
+        with a lever that combines members (else it would be recorded for nothing)."""
+        if self.condition is not None and self.condition not in CONDITIONS:
+            raise ProtosynthError(f"unknown {P.condition} {self.condition!r}: use {' or '.join(CONDITIONS)}")
+        if self.central is None:
+            return
+        if isinstance(self.central, bool) or not isinstance(self.central, int) or self.central < 1:
+            raise ProtosynthError(f"{P.central} must be an integer of at least 1, got {self.central!r}")
+        if self.render.init not in MEMBER_STARTS and self.condition != "blend":
+            raise ProtosynthError(
+                f"{P.central} needs {P.render.init} composite or tile, or {P.condition('blend')}", param="central"
+            )
 
     def check_nothing_rendered(self) -> None:
         """A selection renders nothing: a render setting given with it would be recorded in the
@@ -422,7 +461,7 @@ class TextChoiceConfig:
 
 
 # what only a render uses: a selection (method "select") refuses each of them by name
-RENDER_ONLY = ("candidates", "caption")
+RENDER_ONLY = ("candidates", "caption", "condition", "central")
 RENDER_SETTINGS = tuple(f.name for f in fields(RenderConfig) if f.name != "seed")
 
 

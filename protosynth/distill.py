@@ -46,6 +46,9 @@ import torch.nn.functional as F
 
 from .configs import (  # noqa: F401 (re-exported: their public home)
     CAPTION_RULES,
+    DEFAULT_CENTRAL,
+    IMAGE_STARTS,
+    MEMBER_STARTS,
     METHODS,
     MODES,
     TEXT_RULES,
@@ -65,12 +68,14 @@ from .prototypes import (
     PrototypeConfig,
     Prototypes,
     build_prototypes,
+    central_members,
     nearest_member_pairs,
     nearest_rows,
 )
 from .render import RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .sets.texts import member_images, with_reading_texts
+from .starts import blended_condition, start_image
 from .util.runinfo import check_device, peak_rss_mb, threads, versions
 
 log = logging.getLogger(__name__)
@@ -98,7 +103,8 @@ PRESETS = {
 # ones) starts from noise, as PDS does.
 DEFAULT_INIT = "nearest"
 DEFAULT_STRENGTH = 0.3
-DEFAULT_CAPTION = {"nearest": "start", "noise": "prototype"}  # by how the render starts
+# by how the render starts; "start" of a composite or tile: its most central member's caption
+DEFAULT_CAPTION = {"nearest": "start", "composite": "start", "tile": "start", "noise": "prototype"}
 # the text rule by budget, chosen on val (benchmarks/results/world_val.md): the members' mean won at 100
 # pairs, the start image's captions at 200 and 500; renders from noise have no start image, and the
 # members' mean beat one caption for them at 100 and 200 (500 not measured)
@@ -188,9 +194,21 @@ def text_choice(cfg: DistillConfig, render: RenderConfig) -> dict:
         rule = "a selection keeps its real captions"
     elif render.init == "nearest":
         rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {RULE_FITTED_ON}"
+    elif render.init in MEMBER_STARTS:  # no one image to read: the rule of renders from noise
+        rule = (
+            f"from several members' images, as from noise: members up to {NOISE_MEMBERS_TEXT_MAX_BUDGET} pairs, "
+            f"captions above, {RULE_FITTED_ON}"
+        )
     else:
         rule = f"from noise: members up to {NOISE_MEMBERS_TEXT_MAX_BUDGET} pairs, captions above, {RULE_FITTED_ON}"
     return {"text": text, "chosen_by": "rule", "rule": rule}
+
+
+def members_levers(cfg: DistillConfig, render: RenderConfig) -> dict:
+    """The condition and ``central`` a rendered set used, for its manifest: ``central`` only where a
+    lever combines members (its default filled in), else None."""
+    uses = render.init in MEMBER_STARTS or cfg.condition == "blend"
+    return {"condition": cfg.condition or "prototype", "central": (cfg.central or DEFAULT_CENTRAL) if uses else None}
 
 
 def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
@@ -200,7 +218,7 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
     if "init" in UNSUPPORTED[decoder.kind]:
         return render
     init = render.init or DEFAULT_INIT
-    strength = render.strength if render.strength is not None or init != "nearest" else DEFAULT_STRENGTH
+    strength = render.strength if render.strength is not None or init not in IMAGE_STARTS else DEFAULT_STRENGTH
     return replace(render, init=init, strength=strength)
 
 
@@ -248,10 +266,10 @@ def load_stages(
     decoder = open_decoder(cfg.decoder, cfg.device, cfg.dtype)  # before --skip-bad's pass over every image
     # the one resolution; a setting the decoder cannot honour fails here
     render = resolve_render(distill_render(cfg.render, decoder), decoder)
-    if cfg.caption == "start" and cfg.method == "pds" and render.init != "nearest":
+    if cfg.caption == "start" and cfg.method == "pds" and render.init not in IMAGE_STARTS:
         raise ProtosynthError(
             f"{P.caption('start')} pairs each render with the caption of the member it starts from: "
-            f"it needs {P.render.init('nearest')}",
+            f"it needs {P.render.init('nearest')} (or composite, tile)",
             param="caption",
         )
     if cfg.text == "image" and cfg.method == "pds" and render.init != "nearest":
@@ -341,7 +359,14 @@ def _write_budget(
         **extra,
         "settings": _jsonable(
             flat_settings(
-                replace(cfg, clip=clip.spec, render=loaded.render, caption=caption_rule(cfg, loaded.render), text=text)
+                replace(
+                    cfg,
+                    clip=clip.spec,
+                    render=loaded.render,
+                    caption=caption_rule(cfg, loaded.render),
+                    text=text,
+                    **members_levers(cfg, loaded.render),
+                )
                 if cfg.method == "pds"
                 else replace(cfg, clip=clip.spec, text=text)
             )
@@ -394,13 +419,12 @@ def _synthesise(
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
     corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
-    init_images, start = None, None
     rcfg = replace(loaded.render, seed=cfg.seed)
-    if rcfg.init == "nearest":
-        start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-        init_images = [corpus.load_image(int(i)) for i in rows.images(start)]
+    central = central_pairs(cfg, rcfg, rows, emb, protos)
+    start, init_images = render_starts(rcfg, corpus, rows, emb, protos, central)
     prompts = rows.captions(caption_idx) if decoder.uses_prompts else None
-    embeds = torch.from_numpy(protos.image_raw)
+    condition = protos.image_raw if cfg.condition in (None, "prototype") else blended_condition(emb.image_rows, central)
+    embeds = torch.from_numpy(condition)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
     for c in range(cfg.candidates):
         drawn = render_images(
@@ -423,7 +447,8 @@ def _synthesise(
     seconds["fidelity"] = round(time.time() - t, 2)
 
     rule = caption_rule(cfg, rcfg)
-    used = {"render": render_idx, "start": start, "prototype": caption_idx}[rule]
+    first = None if central is None else [group[0] for group in central]  # the most central: a composite's "start"
+    used = {"render": render_idx, "start": start if start is not None else first, "prototype": caption_idx}[rule]
     n = cfg.budget
     texts = rows.captions(np.concatenate([np.asarray(x, np.int64)[:n] for x in (used, caption_idx, render_idx)]))
     pairs = [
@@ -440,10 +465,12 @@ def _synthesise(
             "candidate": int(chosen[i]),
             "members": [int(m) for m in protos.members[i]],
             **({"start_pair": int(start[i])} if start is not None else {}),
+            **({"central_pairs": [int(m) for m in central[i]]} if central is not None else {}),
         }
         for i in range(cfg.budget)
     ]
     tensors = {
+        **({"condition_raw": torch.from_numpy(condition)} if cfg.condition == "blend" else {}),
         "image_raw": torch.from_numpy(protos.image_raw),
         "image_normalised": torch.from_numpy(protos.image),
         "text_raw": torch.from_numpy(protos.text_raw),
@@ -461,6 +488,38 @@ def _synthesise(
         "render_fidelity": fid,
     }
     return renders, pairs, tensors, extra
+
+
+def central_pairs(
+    cfg: DistillConfig, render: RenderConfig, rows: PairRows, emb: Embeddings, protos: Prototypes
+) -> list[list[int]] | None:
+    """Each prototype's ``cfg.central`` (default ``DEFAULT_CENTRAL``) most central member pairs, one per
+    distinct image, when a composite or tile start or a blended condition uses them; else None."""
+    if render.init not in MEMBER_STARTS and cfg.condition != "blend":
+        return None
+    k = cfg.central or DEFAULT_CENTRAL
+    members = np.unique(np.concatenate([np.asarray(m, np.int64) for m in protos.members] + [np.zeros(0, np.int64)]))
+    pair_image = dict(zip(members.tolist(), rows.images(members).tolist()))  # members only, from the index
+    return central_members(protos, emb.image_rows, emb.text_rows, pair_image, k)
+
+
+def render_starts(
+    render: RenderConfig,
+    corpus: Corpus,
+    rows: PairRows,
+    emb: Embeddings,
+    protos: Prototypes,
+    central: list[list[int]] | None,
+) -> tuple[np.ndarray | None, list | None]:
+    """(start pairs, start images): the nearest member's pair and image (``init="nearest"``), no pair
+    and an image built from the central members' (composite, tile), or neither (from noise)."""
+    if render.init == "nearest":
+        start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
+        return start, [corpus.load_image(int(i)) for i in rows.images(start)]
+    if render.init in MEMBER_STARTS:
+        load = corpus.load_image
+        return None, [start_image(render.init, [load(int(i)) for i in rows.images(g)]) for g in central]
+    return None, None
 
 
 def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fallback: np.ndarray) -> np.ndarray:

@@ -178,13 +178,40 @@ def nearest_member_pairs(protos: Prototypes, image_raw, text_raw) -> np.ndarray:
     out = np.empty(len(protos.members), dtype=np.int64)
     for c, members in enumerate(protos.members):
         if len(members):
-            score = (
-                passes.unit(image_raw.take(members, axis=0)) @ protos.image[c]
-                + passes.unit(text_raw.take(members, axis=0)) @ protos.text[c]
-            )
-            out[c] = members[int(np.argmax(score))]
+            out[c] = members[int(np.argmax(_member_scores(protos, c, members, image_raw, text_raw)))]
         else:
             out[c] = nearest_rows(protos.image[c : c + 1], image_raw)[0]
+    return out
+
+
+def _member_scores(protos: Prototypes, c: int, members: np.ndarray, image_raw, text_raw) -> np.ndarray:
+    """Prototype ``c``'s score of each member pair: image cosine plus text cosine to the prototype."""
+    return (
+        passes.unit(image_raw.take(members, axis=0)) @ protos.image[c]
+        + passes.unit(text_raw.take(members, axis=0)) @ protos.text[c]
+    )
+
+
+def central_members(protos: Prototypes, image_raw, text_raw, pair_image, k: int) -> list[list[int]]:
+    """For each prototype, up to ``k`` member pairs showing distinct images, most central first: by
+    ``nearest_member_pairs``' score (ties: the earlier member), each image kept at its best pair, so
+    the first is the nearest member pair. Fewer when the prototype has fewer distinct images; a
+    prototype without members keeps the nearest pair of all. Distinct images because a composite of
+    one image's several captions would show that image alone."""
+    out = []
+    for c, members in enumerate(protos.members):
+        if not len(members):
+            out.append([int(nearest_rows(protos.image[c : c + 1], image_raw)[0])])
+            continue
+        order = np.argsort(-_member_scores(protos, c, members, image_raw, text_raw), kind="stable")
+        chosen, seen = [], set()
+        for m in (int(members[j]) for j in order):
+            if int(pair_image[m]) not in seen:
+                seen.add(int(pair_image[m]))
+                chosen.append(m)
+                if len(chosen) == k:
+                    break
+        out.append(chosen)
     return out
 
 

@@ -6,7 +6,9 @@ may differ in the last bits, so another ``batch_size`` can move a pixel by a lev
 manifest records the batch size (``settings.render.batch_size``) with every other setting.
 ``init="nearest"`` (small decoder) starts denoising from the member image nearest
 to the prototype, noised to ``strength`` (img2img): the member anchors the layout while the
-embedding steers content. Published decoders take the nearest real caption as their prompt (PDS).
+embedding steers content. ``init="composite"`` and ``"tile"`` start the same way from an image
+``distill`` builds out of several members (``starts``); here they are just the given
+``init_images``. Published decoders take the nearest real caption as their prompt (PDS).
 
 Settings left ``None`` in ``RenderConfig`` take the decoder's defaults (``models.unclip``: the PDS
 settings for Stable unCLIP); a setting the decoder cannot honour is an error, never ignored.
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from .configs import RenderConfig  # noqa: F401 (re-exported: its public home)
+from .configs import IMAGE_STARTS, RenderConfig  # noqa: F401 (RenderConfig re-exported: its public home)
 from .engines.base import Engine, make_engine
 from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
@@ -103,8 +105,8 @@ def render_images(
     if missing:
         raise ValueError(f"render_images needs a RenderConfig from resolve_render; {', '.join(missing)} still None")
     cfg.check()  # its values, named as render_images' own (a caller need not come through distill)
-    if cfg.init == "nearest" and init_images is None:
-        raise ValueError("init='nearest' needs init_images")
+    if cfg.init in IMAGE_STARTS and init_images is None:
+        raise ValueError(f"init={cfg.init!r} needs init_images")
     if cfg.clip_guidance > 0 and guide is None:
         raise ValueError("clip_guidance > 0 needs the CLIP (guide=)")
     if prompts is not None and len(prompts) != len(embeds):
@@ -178,7 +180,7 @@ def render_batch(
     """Images ``s`` to ``e`` (one batch of ``batch_spans``), each from its own seed."""
     gens = [torch.Generator().manual_seed(image_seed(cfg.seed, i, candidate)) for i in range(s, e)]
     init = None
-    if cfg.init == "nearest":
+    if cfg.init in IMAGE_STARTS:
         init = to_unit_range(init_images[s:e], decoder.pipe.image_size)
     images = decoder.draw(
         embeds[s:e],

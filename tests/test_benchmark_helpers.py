@@ -256,7 +256,22 @@ def test_world_readings_chooses_each_methods_best_reading_and_prices_rendering()
     head = {"command": "c", "commit": "abcdef", "texts": ["captions", "members", "image"], "seeds": [0], "repeats": 2}
     text = markdown_readings(dict(head, rows=list(rows.values()), not_run=[200, 500]))
     assert "\n\nNot run yet (the run was stopped before them): 200, 500 pairs.\n\n| budget |" in text
-    assert "| 100 | pds | 17.0 ± 0.5 | **26.4 ± 0.5** | unsupported | members | captions +0.5, members +1.4 |" in text
+    assert rows["pds"]["render_gain_paired"]["members"] == {"mean": 1.4, "std": 0.0, "runs": 6}
+    row = "| 100 | pds | 17.0 ± 0.5 | **26.4 ± 0.5** | unsupported | members | captions +0.5, members +1.4 |"
+    assert row + " captions +0.5 ± 0.0, members +1.4 ± 0.0 |" in text
+
+
+def test_world_readings_pairs_the_gain_run_by_run():
+    def table(runs):
+        rows = [
+            {"method": m, "metrics": {"r_mean": {"mean": sum(r) / 3, "std": 9.0, "runs": r}}} for m, r in runs.items()
+        ]
+        return {"recipe": "protocol", "text": "members", "methods": rows}
+
+    doc = {"tables": [table({"select": [10.0, 20.0, 30.0], "pds-blend": [11.0, 22.0, 30.0]})]}
+    row = {r["method"]: r for r in summarise({100: doc})}["pds-blend"]
+    assert row["render_gain"] == {"members": 1.0}
+    assert row["render_gain_paired"] == {"members": {"mean": 1.0, "std": 1.0, "runs": 3}}
 
 
 def test_seconds_to_make_counts_a_baselines_parts_once():

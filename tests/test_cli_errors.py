@@ -58,6 +58,9 @@ NO_MODEL_CASES = {
     "seed above 32 bits": (["--budget", "4", "--seed", "2147483648"], [r"--seed", r"2147483648", r"2147483647"]),
     "seed negative": (["--budget", "4", "--seed", "-1"], [r"--seed", r"-1"]),
     "candidates 0": (["--budget", "4", "--candidates", "0"], [r"--candidates", r"\b0\b"]),
+    "unknown condition": (["--budget", "4", "--condition", "mean"], [r"--condition", r"'mean'"]),
+    "central 0": (["--budget", "4", "--condition", "blend", "--central", "0"], [r"--central", r"\b0\b"]),
+    "central without a lever": (["--budget", "4", "--central", "3"], [r"--central", r"--init composite or tile"]),
     "preset against a flag": (
         ["--budget", "4", "--preset", "pds-published", "--text", "members"],
         [r"--preset pds-published sets --text to 'prototype'; got 'members'"],

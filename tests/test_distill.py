@@ -28,12 +28,14 @@ from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_render, render_captions
 from protosynth.embed import embed_corpus
 from protosynth.errors import ProtosynthError
+from protosynth.evaluation.data import unsupported_reading
 from protosynth.models.clip import load_clip
 from protosynth.models.decoders import Decoder, open_decoder
 from protosynth.models.small_unclip import to_unit_range
-from protosynth.prototypes import Prototypes, nearest_rows
+from protosynth.prototypes import Prototypes, central_members, nearest_rows
 from protosynth.render import RenderConfig, fidelity, pixel_embedder, render_images, resolve_render
 from protosynth.sets.distilled import load_distilled
+from protosynth.starts import blended_condition, start_image
 
 CORPUS = "shapes,n=300"
 BUDGET = 12
@@ -497,3 +499,57 @@ def test_preset_pds_published_writes_the_authors_prototypes(quick_models, full_r
     )
     with pytest.raises(ProtosynthError, match=r"^preset pds-published sets render.init to 'noise'; got 'nearest'"):
         distill(make_cfg(quick_models, tmp_path / "bad", preset="pds-published", render=RenderConfig(init="nearest")))
+
+
+def _central(ds, quick_models) -> tuple[list[list[int]], object, object]:
+    """The set's prototypes' 3 most central member pairs by ``central_members``, with the corpus and embeddings."""
+    corpus = load_corpus(CORPUS)
+    emb = embed_corpus(corpus, load_clip(f"small:{quick_models}"))
+    t = ds.tensors
+    protos = Prototypes(
+        t["image_normalised"].numpy(),
+        t["text_normalised"].numpy(),
+        t["image_raw"].numpy(),
+        t["text_raw"].numpy(),
+        [np.asarray(p["members"], np.int64) for p in ds.pairs],
+    )
+    return central_members(protos, emb.image.numpy(), emb.text.numpy(), corpus.pair_image, 3), corpus, emb
+
+
+@pytest.mark.parametrize("init", ["composite", "tile"])
+def test_member_starts_render_from_the_central_members_image(init, quick_models, full_run, tmp_path):
+    render = RenderConfig(steps=3, init=init, strength=0.5)
+    cfg = make_cfg(quick_models, tmp_path / init, render=render, central=3)
+    ds = load_distilled(distill(cfg), verify=True)
+    assert [p["members"] for p in ds.pairs] == [p["members"] for p in load_distilled(full_run).pairs]
+    settings = ds.manifest["settings"]
+    assert (settings["render"]["init"], settings["central"], settings["condition"]) == (init, 3, "prototype")
+    central, corpus, _ = _central(ds, quick_models)
+    assert [p["central_pairs"] for p in ds.pairs] == central and any(len(g) == 3 for g in central)
+    for rec in ds.pairs:  # the caption of the most central member; no one start image to read
+        assert (
+            "start_pair" not in rec
+            and rec["caption_rule"] == "start"
+            and rec["caption_pair"] == rec["central_pairs"][0]
+        )
+    assert unsupported_reading(ds, "image") and unsupported_reading(ds, "members") is None
+    starts = [start_image(init, [corpus.load_image(int(corpus.pair_image[m])) for m in g]) for g in central]
+    clip, decoder = load_clip(f"small:{quick_models}"), open_decoder(f"small:{quick_models}")
+    drawn = render_images(decoder, ds.tensors["image_raw"], resolve_render(render, decoder), starts, guide=clip)
+    assert all(np.array_equal(np.asarray(ds.image(i)), np.asarray(d)) for i, d in enumerate(drawn))
+    assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)
+
+
+def test_blended_condition_conditions_on_the_central_members(quick_models, full_run, tmp_path):
+    cfg = make_cfg(quick_models, tmp_path / "blend", condition="blend")
+    ds, ref = load_distilled(distill(cfg), verify=True), load_distilled(full_run)
+    assert (ds.manifest["settings"]["condition"], ds.manifest["settings"]["central"]) == ("blend", 3)
+    central, _, emb = _central(ds, quick_models)
+    assert [p["central_pairs"] for p in ds.pairs] == central
+    assert [p["start_pair"] for p in ds.pairs] == [p["start_pair"] for p in ref.pairs] == [g[0] for g in central]
+    blend = blended_condition(emb.image.numpy(), central)
+    assert np.array_equal(ds.tensors["condition_raw"].numpy(), blend)
+    assert not np.allclose(blend, ds.tensors["image_raw"].numpy())  # not the prototype
+    assert any(not np.array_equal(np.asarray(ds.image(i)), np.asarray(ref.image(i))) for i in range(BUDGET))
+    assert ref.manifest["settings"]["condition"] == "prototype" and ref.manifest["settings"]["central"] is None
+    assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)

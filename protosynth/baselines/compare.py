@@ -50,6 +50,7 @@ from .configs import (  # noqa: F401 (re-exported: its public home)
     QUICK_WORLD,
     RENDERED,
     CompareConfig,
+    rendered_distill,
 )
 from .presets import SIMILARITY_KEYS, USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, preset, resolve
 from .run import distill_baseline
@@ -111,19 +112,10 @@ def _make_set(method: str, cfg: CompareConfig, out: Path, buffers: dict[str, Pat
             )
         )
     elif method in ("select", *RENDERED):
-        from ..distill import DistillConfig, distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
+        from ..distill import distill  # noqa: PLC0415 (each spawned step imports this module; only pds renders, and diffusers costs seconds)
 
-        distill(
-            DistillConfig(
-                budget=cfg.budget,
-                corpus=cfg.corpus,
-                seed=cfg.seed,
-                out=out,
-                device=cfg.device,
-                method="select" if method == "select" else "pds",
-                preset="pds-published" if method == "pds-published" else None,
-            )
-        )
+        common = dict(budget=cfg.budget, corpus=cfg.corpus, seed=cfg.seed, out=out, device=cfg.device)
+        distill(rendered_distill(method, **common))
     else:
         distill_baseline(_baseline_config(method, cfg, out, buffers))
 
@@ -394,8 +386,7 @@ def compare_baselines(cfg: CompareConfig, command: str | None = None) -> dict:
 
 # The pretrained models each method uses to make its set (every method is evaluated with the protocol's)
 PRETRAINED = {
-    "pds": "CLIP, unCLIP decoder",
-    "pds-published": "CLIP, unCLIP decoder",
+    **{m: "CLIP, unCLIP decoder" for m in RENDERED},
     "herding": "CLIP",
     "kcenter": "CLIP",
     "select": "CLIP",

@@ -6,15 +6,43 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..configs import CORESET_METHODS, RECIPES, check_seed
+from ..configs import CORESET_METHODS, RECIPES, DistillConfig, RenderConfig, check_seed
 from ..corpora.source import CorpusReading, CorpusSource, ReadsCorpus, reading_field, source
 from ..errors import P, Param, ProtosynthError
 from ..util.options import ALSO_TEST, CAPTION_COLUMN_HELP, IMAGE_COLUMN_HELP, IMAGE_ROOT_HELP, SKIP_BAD_HELP, opt
 
 CORESETS = CORESET_METHODS
 OPTIMISATION = ("mtt-vl", "lors", "amd", "repblend")
-# "pds": protosynth's default distill; "pds-published": distill --preset pds-published (PDS as its code runs)
-RENDERED = ("pds", "pds-published")
+# each rendered method: the distill settings it sets ("render.X": a field of DistillConfig.render).
+# "pds": protosynth's default distill; "pds-published": distill --preset pds-published (PDS as its code
+# runs); the rest are issue 31's levers that put several members into one image (``protosynth.starts``)
+RENDERED_SETTINGS: dict[str, dict] = {
+    "pds": {},
+    "pds-published": {"preset": "pds-published"},
+    "pds-composite": {"render.init": "composite"},  # start: the pixel-wise medoid of 3 central members
+    "pds-blend": {"condition": "blend"},  # condition: the blend of 3 central members' image embeddings
+    "pds-tile": {"render.init": "tile", "central": 4},  # start: 4 central members in a 2 x 2 grid
+    # the same levers at a higher strength (the decoder redraws more of the start, and the condition
+    # weighs more), beside the default's start at that strength; and with more members
+    "pds-0.6": {"render.strength": 0.6},
+    "pds-composite-0.6": {"render.init": "composite", "render.strength": 0.6},
+    "pds-blend-0.6": {"condition": "blend", "render.strength": 0.6},
+    "pds-composite-k5": {"render.init": "composite", "central": 5},
+    "pds-blend-k9": {"condition": "blend", "central": 9},
+}
+RENDERED = tuple(RENDERED_SETTINGS)
+
+
+def rendered_distill(method: str, **common) -> DistillConfig:
+    """The ``DistillConfig`` that makes ``method``'s set (``select`` or a ``RENDERED`` one), with the
+    settings every method shares (``common``: budget, corpus, seed, out, device)."""
+    settings = RENDERED_SETTINGS.get(method, {})
+    render = {k.removeprefix("render."): v for k, v in settings.items() if k.startswith("render.")}
+    top = {k: v for k, v in settings.items() if not k.startswith("render.")}
+    pds_or_select = "select" if method == "select" else "pds"
+    return DistillConfig(method=pds_or_select, render=RenderConfig(**render), **top, **common)
+
+
 ALL_METHODS = CORESETS + ("select",) + RENDERED + OPTIMISATION + ("full",)
 # the evaluation's text modes a comparison may score every row under (EvalConfig.text)
 COMPARE_TEXTS = ("auto", "captions", "members", "image", "image-captions")
