@@ -1,0 +1,50 @@
+"""A probe, not a benchmark: does a set's text score by its norm? (benchmarks/results/baseline_text_share.md)
+
+    python benchmarks/text_scale_probe.py select|mtt-vl SCALE [SET]
+
+The baselines' learned text features have norm ~5, real MiniLM features at most 1. This scores one
+set on ``shapes:val`` (small protocol, protocol's recipe, 2 repeats) with the text features the
+evaluation reads rescaled: ``select``, the members' mean times SCALE; ``mtt-vl``, the learned text
+renormalised to norm SCALE. It patches two readers of ``protosynth.evaluation.data`` for this process
+only; the default SETs are the ones the table names (the preset sweep's and world_readings' work).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import protosynth.evaluation.data as data
+from protosynth.evaluation.evaluate import EvalConfig, evaluate
+
+SETS = {
+    "select": Path("/work/runs/valB/b100/sets/select-b100"),
+    "mtt-vl": Path("/work/runs/sweep/presets/mtt-vl-b100-world"),
+}
+
+
+def main() -> None:
+    what, scale = sys.argv[1], float(sys.argv[2])
+    path = Path(sys.argv[3]) if len(sys.argv) > 3 else SETS[what]
+    cfg = EvalConfig(protocol="small", split="val", val="shapes:val", repeats=2, recipe="protocol")
+    if what == "select":
+        members = data._member_texts
+        data._member_texts = lambda *a, **k: members(*a, **k) * scale
+        text = "members"
+    else:
+        stored = data._stored_text
+
+        def renormalised(ds, normalise):
+            t = stored(ds, normalise)
+            return None if t is None else t / t.norm(dim=-1, keepdim=True) * scale
+
+        data._stored_text = renormalised
+        text = "auto"
+    r_mean = evaluate([path], replace(cfg, text=text))["sets"][0]["metrics"]["r_mean"]
+    print(json.dumps({"what": what, "scale": scale, "text": text, "r_mean": r_mean["mean"], "std": r_mean["std"]}))
+
+
+if __name__ == "__main__":
+    main()
