@@ -54,7 +54,8 @@ from .configs import (  # noqa: F401 (re-exported: their public home)
 from .corpora.rows import PairRows, pair_rows
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
-from .corpus import Corpus, load_source
+from .corpora.summary import CorpusSummary
+from .corpus import Corpus, scan_source
 from .embed import Embeddings, embed_corpus
 from .engines.base import Engine, make_engine
 from .engines.connect import check_engine
@@ -113,7 +114,7 @@ class TextChooser(Protocol):
     embedding or rendering; ``choose`` gets the complete set in its temporary folder, before it is
     renamed into place, and returns the reading and the record of how it was chosen."""
 
-    def check_corpus(self, corpus: Corpus) -> None: ...
+    def check_corpus(self, corpus: Corpus | CorpusSummary) -> None: ...
 
     def choose(self, folder: Path) -> tuple[str, dict]: ...
 
@@ -225,10 +226,11 @@ def validate(cfg: DistillConfig) -> Path:
 
 @dataclass
 class Loaded:
-    """What every budget of one run shares: the corpus, the model pair, the render settings resolved
-    for the decoder (each budget sets its seed) and the embeddings."""
+    """What every budget of one run shares: the corpus (a summary when its store and index were
+    complete: ``corpus.scan_source``), the model pair, the render settings resolved for the decoder
+    (each budget sets its seed) and the embeddings."""
 
-    corpus: Corpus
+    corpus: Corpus | CorpusSummary
     clip: ClipEncoder
     decoder: Decoder
     render: RenderConfig
@@ -260,7 +262,9 @@ def load_stages(
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = load_source(cfg.corpus, engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+    # a JSONL manifest is streamed for the store's key, loaded whole only if a shard must be computed;
+    # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+    corpus = scan_source(cfg.corpus, engine=engine)
     for budget in budgets:
         check_budget(budget, corpus)
     if chooser is not None:
@@ -329,7 +333,7 @@ def _write_budget(
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
     seconds["prototypes"] = round(time.time() - t, 2)
     if cfg.method == "select":
-        images, pairs, tensors, extra = _select(cfg, corpus, rows, emb, protos, seconds)
+        images, pairs, tensors, extra = _select(cfg, rows, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, rows, protos, caption_idx, seconds)
     evaluation = text_choice(cfg, loaded.render)
@@ -392,13 +396,13 @@ def _synthesise(
     cfg: DistillConfig, loaded: Loaded, rows: PairRows, protos: Prototypes, caption_idx: np.ndarray, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
-    corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
+    clip, decoder, emb = loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
     init_images, start = None, None
     rcfg = replace(loaded.render, seed=cfg.seed)
     if rcfg.init == "nearest":
         start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-        init_images = [corpus.load_image(int(i)) for i in rows.images(start)]
+        init_images = list(rows.read_images(rows.images(start)))
     prompts = rows.captions(caption_idx) if decoder.uses_prompts else None
     embeds = torch.from_numpy(protos.image_raw)
     renders, got, chosen = [], None, np.zeros(cfg.budget, np.int64)
@@ -475,12 +479,12 @@ def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fal
 
 
 def _select(
-    cfg: DistillConfig, corpus: Corpus, rows: PairRows, emb: Embeddings, protos: Prototypes, seconds: dict
+    cfg: DistillConfig, rows: PairRows, emb: Embeddings, protos: Prototypes, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Each prototype's nearest real member pair with its own image and caption; nothing rendered."""
     t = time.time()
     chosen = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-    images = [corpus.load_image(int(i)) for i in rows.images(chosen)]
+    images = list(rows.read_images(rows.images(chosen)))
     captions = rows.captions(chosen)
     pairs = [
         {
