@@ -7,11 +7,13 @@ it, and reading the captions of a few pairs from the index in a process that nev
 A scale corpus (``benchmarks.scale_corpus``, seed 0) of ``--pairs`` pairs is written to a temporary
 folder (its seconds reported apart). Each stage then runs in a fresh spawned process, which reports
 its wall seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would carry the
-parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus`` (the driver's cost
-today) followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
-``--read`` random pairs, checked against the captions the load saw. With ``--stages``, then (3)
+parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus`` (the whole load)
+followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
+``--read`` random pairs, checked against the captions the load saw; (3) ``scan_source``, the pass
+``distill`` and ``coreset`` make before they know the store is complete (a JSONL manifest streamed,
+no caption held), checked to give the load's fingerprint. With ``--stages``, then (4)
 ``protosynth embed`` (the shipped small CLIP, the local engine; it writes the store and the corpus
-index beside it) and (4) ``protosynth distill --budget`` (``--steps`` render steps: rendering costs the
+index beside it) and (5) ``protosynth distill --budget`` (``--steps`` render steps: rendering costs the
 budget, not the corpus) on the same corpus and cache, each a fresh process: the driver's wall
 seconds and peak RSS, and distill's per-stage seconds from its manifest.
 
@@ -60,6 +62,19 @@ print(json.dumps({
     "load_seconds": loaded - started, "load_peak_rss": load_peak,
     "build_seconds": built - loaded, "build_peak_rss": status('VmHWM'),
     "sample": pairs.tolist(), "captions": [corpus.pair_caption[p] for p in pairs],
+    "fingerprint": corpus.fingerprint,
+}))
+"""
+
+SCAN = """
+from protosynth.corpus import scan_source
+from protosynth.corpora.source import CorpusSource
+imported = status('VmRSS')
+started = time.perf_counter()
+summary = scan_source(CorpusSource(sys.argv[1]))
+print(json.dumps({
+    "rss_after_imports": imported, "scan_seconds": time.perf_counter() - started,
+    "scan_peak_rss": status('VmHWM'), "fingerprint": summary.fingerprint, "summary": type(summary).__name__,
 }))
 """
 
@@ -111,6 +126,9 @@ def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dic
     got = _child(READ, str(work / "index"), json.dumps(sample))
     if got.pop("captions") != expected:
         raise RuntimeError("the index's captions differ from the loaded corpus's")
+    scan = _child(SCAN, getattr(made, fmt))
+    if scan.pop("fingerprint") != build.pop("fingerprint"):
+        raise RuntimeError("the scan's fingerprint differs from the load's")
     index_bytes = sum(p.stat().st_size for p in (work / "index").iterdir())
     return {
         "spec": getattr(made, fmt),
@@ -121,6 +139,7 @@ def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dic
         "index_bytes": index_bytes,
         "build": build,
         "read": got,
+        "scan": scan,
     }
 
 
@@ -147,16 +166,17 @@ def _row(stage: str, seconds: float, peak: int, child: dict) -> str:
 
 def _markdown(r: dict) -> list[str]:
     mib = 1 << 20
-    b, g = r["build"], r["read"]
+    b, g, s = r["build"], r["read"], r["scan"]
     return [
         f"# Corpus index at {b['pairs']:,} pairs ({b['images']:,} images, {r['format']}, shards of "
         f"{r['shard_size']} images)",
         "",
         "| stage (fresh process) | seconds | peak RSS MiB | peak over the imports' RSS, MiB |",
         "| --- | ---: | ---: | ---: |",
-        _row("load_corpus (whole corpus, today's driver)", b["load_seconds"], b["load_peak_rss"], b),
+        _row("load_corpus (the whole corpus)", b["load_seconds"], b["load_peak_rss"], b),
         _row("build_corpus_index (after that load)", b["build_seconds"], b["build_peak_rss"], b),
         _row(f"CorpusIndex.captions of {r['read_pairs']} pairs", g["read_seconds"], g["read_peak_rss"], g),
+        _row("scan_source (distill's and coreset's pass)", s["scan_seconds"], s["scan_peak_rss"], s),
         "",
         f"RSS after the imports (protosynth, numpy, pyarrow): {b['rss_after_imports'] / mib:.0f} MiB.",
         f"Index on disk: {r['index_bytes'] / mib:.1f} MiB. Corpus generated in {r['generate_seconds']:.1f} s.",

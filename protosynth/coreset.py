@@ -31,7 +31,8 @@ from .configs import CoresetConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.rows import pair_rows
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
-from .corpus import Corpus, cache_dir, check_cache_writable, load_source
+from .corpora.summary import whole
+from .corpus import Corpus, cache_dir, check_cache_writable, scan_source
 from .embed import embed_corpus
 from .errors import ProtosynthError
 from .evaluation.data import full_data
@@ -166,7 +167,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = load_source(cfg.corpus)
+    corpus = scan_source(cfg.corpus)  # a JSONL manifest's summary, loaded whole only when needed
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)
@@ -180,12 +181,12 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     elif cfg.method == "kcenter":
         chosen = select_kcenter(joint_features(image, text), cfg.budget, cfg.seed)
     else:
-        counts = forgetting_counts(corpus, cfg.forgetting_protocol, cfg.forgetting_epochs, cfg.seed, cfg.device)
+        counts = forgetting_counts(whole(corpus), cfg.forgetting_protocol, cfg.forgetting_epochs, cfg.seed, cfg.device)
         chosen = select_forgetting(counts, cfg.budget, cfg.seed, cfg.keep)
     seconds["select"] = round(time.time() - t, 2)
     chosen = [int(p) for p in chosen]
     rows = pair_rows(corpus, emb.corpus_index)  # the chosen pairs' rows from the index's shards
-    images = [corpus.load_image(int(i)) for i in rows.images(chosen)]
+    images = list(rows.read_images(rows.images(chosen)))
     captions = rows.captions(chosen)
     pairs = [
         {

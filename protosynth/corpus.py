@@ -39,15 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpora.base import Corpus, ImageSource, unreadable
+from .corpora.base import Corpus, ImageSource, manifest_file, unreadable
 from .corpora.csvtable import load_csv
 from .corpora.hf import is_hf, load_hf
-from .corpora.jsonl import load_jsonl
+from .corpora.jsonl import load_jsonl, scan_jsonl
 from .corpora.karpathy import load_karpathy
 from .corpora.parquet import load_parquet
 from .corpora.shapes import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 from .corpora.source import CorpusSource
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
+from .corpora.summary import CorpusSummary
 from .corpora.webdataset import load_webdataset
 from .engines.base import Engine, make_engine
 from .engines.connect import EngineConfig
@@ -70,6 +71,7 @@ __all__ = [
     "load_parquet",
     "load_webdataset",
     "load_world",
+    "scan_source",
     "world_fingerprint",
     "world_split",
 ]
@@ -178,14 +180,7 @@ def load_corpus(
     """Resolve a corpus spec string (see module docstring). The corpus carries the canonical spec
     and image root (absolute paths). ``engine`` (``engines.base``): where ``skip_bad``'s pass runs
     ``unreadable``, in this process or, on Ray, in Ray tasks over chunks of the images."""
-    kind = corpus_kind(spec)
-    if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):
-        raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
-    if image_root is not None and kind not in ("json", "csv"):
-        raise ProtosynthError(f"{P.image_root} applies to .json and .csv corpora, not {spec!r}")
-    for param, value in ((P.image_column, image_column), (P.caption_column, caption_column)):
-        if value is not None and kind not in ("parquet", "hf"):
-            raise ProtosynthError(f"{param} applies to .parquet and hf: corpora, not {spec!r}")
+    kind = check_options(spec, image_root, image_column, caption_column)
     spec, image_root = canonical_spec(spec), canonical_root(image_root)
     if kind == "world":
         corpus = load_world(spec)  # pixels in memory: nothing can be unreadable
@@ -204,6 +199,19 @@ def load_corpus(
     return load_webdataset(spec, skip_bad=skip_bad, find_bad=bad)
 
 
+def check_options(spec: str, image_root, image_column, caption_column) -> str:
+    """The corpus's kind (``corpus_kind``), once its reading options are known to apply to it."""
+    kind = corpus_kind(spec)
+    if kind not in ("world", "hf", "jsonl", "json", "csv", "tar", "parquet"):
+        raise ProtosynthError(f"unknown corpus {spec!r}: use {FORMATS}")
+    if image_root is not None and kind not in ("json", "csv"):
+        raise ProtosynthError(f"{P.image_root} applies to .json and .csv corpora, not {spec!r}")
+    for param, value in ((P.image_column, image_column), (P.caption_column, caption_column)):
+        if value is not None and kind not in ("parquet", "hf"):
+            raise ProtosynthError(f"{param} applies to .parquet and hf: corpora, not {spec!r}")
+    return kind
+
+
 def _find_unreadable(engine: EngineConfig | Engine | None, source: ImageSource, keys: list[str]) -> dict[str, str]:
     """``unreadable`` run by ``engine``, which is made only when a ``skip_bad`` pass runs: the Ray
     engine imports Ray (an optional extra), which loading a corpus without that pass never needs."""
@@ -213,3 +221,18 @@ def _find_unreadable(engine: EngineConfig | Engine | None, source: ImageSource, 
 def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus:
     """The corpus a config's ``CorpusSource`` names, read with its options (``load_corpus``)."""
     return load_corpus(source.spec, **source.options(), engine=engine)
+
+
+def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus | CorpusSummary:
+    """What the stages need of a corpus before they know whether its store and corpus index exist:
+    for a JSONL manifest read without ``skip_bad``, a ``CorpusSummary`` streamed from it (the
+    fingerprint ``load_source`` would give, the same errors, no caption held), which loads the corpus
+    whole only if a stage asks (``corpora.summary.whole``); for every other corpus, the corpus loaded
+    (``load_source``). Why only JSONL: it is the format of corpora of millions of image files; the
+    others are read whole as before (docs/scale.md)."""
+    kind = check_options(source.spec, **{k: v for k, v in source.options().items() if k != "skip_bad"})
+    if kind != "jsonl" or source.skip_bad:
+        return load_source(source, engine)
+    fingerprint, pair_image, n_images = scan_jsonl(canonical_spec(source.spec))
+    spec = str(manifest_file(canonical_spec(source.spec)))
+    return CorpusSummary(spec, fingerprint, pair_image, n_images, load=partial(load_source, source, engine))

@@ -57,7 +57,8 @@ from .configs import (  # noqa: F401 (re-exported: their public home)
 from .corpora.rows import PairRows, pair_rows
 from .corpora.source import flat_settings
 from .corpora.spec import corpus_name
-from .corpus import Corpus, load_source
+from .corpora.summary import CorpusSummary
+from .corpus import Corpus, scan_source
 from .embed import Embeddings, embed_corpus
 from .engines.base import Engine, make_engine
 from .engines.connect import check_engine
@@ -119,7 +120,7 @@ class TextChooser(Protocol):
     embedding or rendering; ``choose`` gets the complete set in its temporary folder, before it is
     renamed into place, and returns the reading and the record of how it was chosen."""
 
-    def check_corpus(self, corpus: Corpus) -> None: ...
+    def check_corpus(self, corpus: Corpus | CorpusSummary) -> None: ...
 
     def choose(self, folder: Path) -> tuple[str, dict]: ...
 
@@ -243,10 +244,11 @@ def validate(cfg: DistillConfig) -> Path:
 
 @dataclass
 class Loaded:
-    """What every budget of one run shares: the corpus, the model pair, the render settings resolved
-    for the decoder (each budget sets its seed) and the embeddings."""
+    """What every budget of one run shares: the corpus (a summary when its store and index were
+    complete: ``corpus.scan_source``), the model pair, the render settings resolved for the decoder
+    (each budget sets its seed) and the embeddings."""
 
-    corpus: Corpus
+    corpus: Corpus | CorpusSummary
     clip: ClipEncoder
     decoder: Decoder
     render: RenderConfig
@@ -278,7 +280,9 @@ def load_stages(
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    corpus = load_source(cfg.corpus, engine=engine)  # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+    # a JSONL manifest is streamed for the store's key, loaded whole only if a shard must be computed;
+    # on Ray, --skip-bad's pass decodes in Ray tasks, not here
+    corpus = scan_source(cfg.corpus, engine=engine)
     for budget in budgets:
         check_budget(budget, corpus)
     if chooser is not None:
@@ -347,7 +351,7 @@ def _write_budget(
     caption_idx = nearest_rows(protos.text, emb.text_rows) if cfg.method == "pds" else None
     seconds["prototypes"] = round(time.time() - t, 2)
     if cfg.method == "select":
-        images, pairs, tensors, extra = _select(cfg, corpus, rows, emb, protos, seconds)
+        images, pairs, tensors, extra = _select(cfg, rows, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, rows, protos, caption_idx, seconds)
     evaluation = text_choice(cfg, loaded.render)
@@ -417,11 +421,11 @@ def _synthesise(
     cfg: DistillConfig, loaded: Loaded, rows: PairRows, protos: Prototypes, caption_idx: np.ndarray, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Render every prototype (best of ``cfg.candidates``) and pair it with a caption by ``cfg.caption``."""
-    corpus, clip, decoder, emb = loaded.corpus, loaded.clip, loaded.decoder, loaded.emb
+    clip, decoder, emb = loaded.clip, loaded.decoder, loaded.emb
     t = time.time()
     rcfg = replace(loaded.render, seed=cfg.seed)
     central = central_pairs(cfg, rcfg, rows, emb, protos)
-    start, init_images = render_starts(rcfg, corpus, rows, emb, protos, central)
+    start, init_images = render_starts(rcfg, rows, emb, protos, central)
     prompts = rows.captions(caption_idx) if decoder.uses_prompts else None
     condition = protos.image_raw if cfg.condition in (None, "prototype") else blended_condition(emb.image_rows, central)
     embeds = torch.from_numpy(condition)
@@ -505,7 +509,6 @@ def central_pairs(
 
 def render_starts(
     render: RenderConfig,
-    corpus: Corpus,
     rows: PairRows,
     emb: Embeddings,
     protos: Prototypes,
@@ -515,10 +518,9 @@ def render_starts(
     and an image built from the central members' (composite, tile), or neither (from noise)."""
     if render.init == "nearest":
         start = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-        return start, [corpus.load_image(int(i)) for i in rows.images(start)]
+        return start, list(rows.read_images(rows.images(start)))
     if render.init in MEMBER_STARTS:
-        load = corpus.load_image
-        return None, [start_image(render.init, [load(int(i)) for i in rows.images(g)]) for g in central]
+        return None, [start_image(render.init, list(rows.read_images(rows.images(g)))) for g in central]
     return None, None
 
 
@@ -534,12 +536,12 @@ def render_captions(render_emb: torch.Tensor, protos: Prototypes, text_rows, fal
 
 
 def _select(
-    cfg: DistillConfig, corpus: Corpus, rows: PairRows, emb: Embeddings, protos: Prototypes, seconds: dict
+    cfg: DistillConfig, rows: PairRows, emb: Embeddings, protos: Prototypes, seconds: dict
 ) -> tuple[list, list[dict], dict, dict]:
     """Each prototype's nearest real member pair with its own image and caption; nothing rendered."""
     t = time.time()
     chosen = nearest_member_pairs(protos, emb.image_rows, emb.text_rows)
-    images = [corpus.load_image(int(i)) for i in rows.images(chosen)]
+    images = list(rows.read_images(rows.images(chosen)))
     captions = rows.captions(chosen)
     pairs = [
         {

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from .configs import EmbedConfig  # noqa: F401 (re-exported: its public home)
 from .corpora.index import CORPUS_INDEX, build_corpus_index, read_corpus_index
 from .corpora.parquet import has_pyarrow
+from .corpora.summary import CorpusSummary, whole
 from .corpus import Corpus, cache_dir, check_cache_writable
 from .engines.base import EncodeJob, Engine, make_engine
 from .engines.connect import EngineConfig
@@ -73,7 +74,7 @@ class Embeddings:
 DECODE = "jpeg-draft"
 
 
-def cache_key(corpus: Corpus, encoder: ClipEncoder, batch_size: int = EmbedConfig.batch_size) -> str:
+def cache_key(corpus: Corpus | CorpusSummary, encoder: ClipEncoder, batch_size: int = EmbedConfig.batch_size) -> str:
     """Corpus fingerprint, CLIP spec, space and weights (a checkpoint file's hash), the decoding, and
     the encoder batch size: a batch's matrix products sum in an order that depends on the batch's
     size, so two batch sizes can give embeddings that differ in the last bits (up to 1.9e-6 with the
@@ -83,7 +84,7 @@ def cache_key(corpus: Corpus, encoder: ClipEncoder, batch_size: int = EmbedConfi
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def store_dir(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig) -> Path | None:
+def store_dir(corpus: Corpus | CorpusSummary, encoder: ClipEncoder, cfg: EmbedConfig) -> Path | None:
     """Where ``cfg`` puts the store: ``cfg.out``, else the cache (None when the cache is off)."""
     if cfg.out is not None:
         return Path(cfg.out)
@@ -174,7 +175,7 @@ def assemble_shards(encoded, shards: list[dict], cfg: EmbedConfig, dim: int, wri
             write(s, img.astype(dtype), txt.astype(dtype))
 
 
-def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict]) -> dict:
+def _header(corpus: Corpus | CorpusSummary, encoder: ClipEncoder, cfg: EmbedConfig, shards: list[dict]) -> dict:
     return {
         "format": FORMAT,
         "corpus": {"spec": corpus.spec, "fingerprint": corpus.fingerprint},
@@ -191,16 +192,22 @@ def _header(corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig, shards: list
 
 
 def embed_corpus(
-    corpus: Corpus, encoder: ClipEncoder, cfg: EmbedConfig | None = None, engine: EngineConfig | Engine | None = None
+    corpus: Corpus | CorpusSummary,
+    encoder: ClipEncoder,
+    cfg: EmbedConfig | None = None,
+    engine: EngineConfig | Engine | None = None,
 ) -> Embeddings:
     """Embed all pairs of ``corpus`` (images once each) into the store, computing only missing shards.
     ``engine``: where the encoder runs (``engines.base``); on Ray the shards, their batches and every
-    file written are the same, only the batches are prepared and encoded on the cluster."""
+    file written are the same, only the batches are prepared and encoded on the cluster. A summary
+    (``corpora.summary``) is loaded whole only when a shard of the store or of its index has to be
+    computed: a complete store with its index is opened from the summary alone."""
     cfg = cfg or EmbedConfig()
     check_config(cfg)
     runner = make_engine(engine)
     folder = store_dir(corpus, encoder, cfg)
     if folder is None:  # no store: the same shards, kept in memory
+        corpus = whole(corpus)
         got: list[tuple[np.ndarray, np.ndarray]] = []
         shards = plan_shards(corpus.pair_image, corpus.n_images, cfg.shard_size)
         _encode_shards(corpus, encoder, cfg, shards, lambda s, img, txt: got.append((img, txt)), runner)
@@ -224,6 +231,7 @@ def embed_corpus(
         check_cache_writable(folder)
     else:
         check_writable(folder, f"{P.out} {folder}")
+    corpus = whole(corpus)
     store = StoreWriter(folder, found, corpus.pair_image)
     index = index_corpus(corpus, folder, shard_size, runner)  # before encoding: it costs little
     _encode_shards(corpus, encoder, cfg, store.todo, store.write, runner)
@@ -231,7 +239,7 @@ def embed_corpus(
     return _open(folder, index, from_cache=not store.todo, checked=True)
 
 
-def index_corpus(corpus: Corpus, store: Path, shard_size: int, engine: Engine) -> Path | None:
+def index_corpus(corpus: Corpus | CorpusSummary, store: Path, shard_size: int, engine: Engine) -> Path | None:
     """The corpus index in the store's folder (``CORPUS_INDEX``), with the store's shard boundaries,
     built where the engine runs (Ray tasks build the shards on the workers); only missing or damaged
     shards are built. None when pyarrow, an optional extra, is not installed, or when a read-only

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from helpers import store_bytes
 
+import protosynth.corpus as corpus_module
 import protosynth.embed as embed_module
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpora.index import CORPUS_INDEX, CorpusIndex, build_corpus_index, read_corpus_index
@@ -107,9 +108,43 @@ def test_select_and_coreset_through_the_index_equal_them_from_memory(jsonl_corpu
     assert indexed == in_memory
 
 
+def refuse_whole_loads(monkeypatch) -> None:
+    """Make loading a JSONL corpus whole an error: what a run that must not load it would hit."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was loaded whole")
+
+    monkeypatch.setattr(corpus_module, "load_jsonl", refuse)
+
+
+@pytest.mark.parametrize("method", ["pds", "select", "coreset"])
+def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(method, jsonl_corpus, tmp_path, monkeypatch):
+    """The first run embeds (loading the corpus whole); the second finds the store and its index from
+    the streamed summary alone (``scan_source``), reads every caption, key and image from the index,
+    and writes the first run's set byte for byte."""
+    monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))
+    if method == "coreset":
+
+        def make(out: Path) -> Path:
+            return build_coreset(CoresetConfig(method="kcenter", budget=5, corpus=str(jsonl_corpus), out=out))
+    else:
+        make = _distill(str(jsonl_corpus), method)
+    made = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        if name == "second":
+            refuse_whole_loads(monkeypatch)
+        made.append(set_bytes(tmp_path / name / make(Path("set"))))
+    with pytest.raises(AssertionError, match="loaded whole"):  # the refusal is real
+        load_corpus(str(jsonl_corpus))
+    assert made[0] == made[1]
+
+
 KILLED = """
 import os, signal, sys
 import protosynth.corpora.index as index
+import protosynth.corpus as corpus_module
 import protosynth.embed as embed_module
 from protosynth.corpus import load_corpus
 from protosynth.embed import EmbedConfig, embed_corpus

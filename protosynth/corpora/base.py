@@ -118,21 +118,28 @@ class FileImages(ImageSource):
         self.present_stat(key)
 
     def present_stat(self, key: str) -> os.stat_result:
-        """The file's stat, which also tells that it is a regular file (else the one-line error):
-        the one stat a load makes of an image, its size and mtime going into the fingerprint."""
-        # one fast stat first: a corpus of millions of files is stat-bound, and pathlib's is_dir +
-        # is_file cost twice as much; pathlib's checks name whatever is not a regular file
-        try:
-            st = _stat(self.root, key)
-            if stat.S_ISREG(st.st_mode):
-                return st
-        except (OSError, ValueError):
-            pass
-        path = self.root / key
-        if path.is_dir():
-            raise ProtosynthError(f"{self.rows[key]}: {path} is a directory, not an image file")
-        if not path.is_file():
-            raise ProtosynthError(f"{self.rows[key]}: image file not found: {path}")
+        """The file's stat (``present_stat``)."""
+        return present_stat(self.root, key, self.rows[key])
+
+
+def present_stat(root: Path, key: str, where: str) -> os.stat_result:
+    """The stat of image file ``root / key``, which also tells that it is a regular file (else the
+    one-line error naming ``where``): the one stat a load makes of an image, its size and mtime going
+    into the fingerprint."""
+    # one fast stat first: a corpus of millions of files is stat-bound, and pathlib's is_dir +
+    # is_file cost twice as much; pathlib's checks name whatever is not a regular file
+    try:
+        st = _stat(root, key)
+        if stat.S_ISREG(st.st_mode):
+            return st
+    except (OSError, ValueError):
+        pass
+    path = root / key
+    if path.is_dir():
+        raise ProtosynthError(f"{where}: {path} is a directory, not an image file")
+    if not path.is_file():
+        raise ProtosynthError(f"{where}: image file not found: {path}")
+    return path.stat()
 
 
 @dataclass

@@ -32,8 +32,9 @@ import numpy as np
 from ..errors import P, ProtosynthError
 from ..store import plan_shards
 from ..util.files import atomic_path, check_writable, read_index_json, remove_stale_temps, sha256_file, write_index_json
-from .base import Corpus, ImageRef
+from .base import Corpus, ImageRef, decode
 from .parquet import pyarrow_modules
+from .summary import CorpusSummary, whole
 
 FORMAT = "protosynth-corpus-index/1"
 INDEX = "index.json"
@@ -53,7 +54,7 @@ def _schema():
     return pa.schema(list(zip(COLUMNS, types)))
 
 
-def _header(corpus: Corpus, shard_size: int) -> dict:
+def _header(corpus: Corpus | CorpusSummary, shard_size: int) -> dict:
     shards = [
         {"images": s["images"], "pairs": s["pairs"], "file": shard_file(j)}
         for j, s in enumerate(plan_shards(corpus.pair_image, corpus.n_images, shard_size))
@@ -170,7 +171,7 @@ MapUnits = Callable[[Callable, list, tuple], Iterator]
 
 
 def build_corpus_index(
-    corpus: Corpus,
+    corpus: Corpus | CorpusSummary,
     folder: Path,
     shard_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
@@ -180,7 +181,8 @@ def build_corpus_index(
     (see the module docstring), building only the shards it lacks; returns the folder.
     ``progress(done, todo)`` is called after each shard is written. ``map_units``: where the shards
     are built (``Engine.map_units``: here, or Ray tasks writing into the same folder), their hashes
-    collected in shard order, so the index is the same bytes either way."""
+    collected in shard order, so the index is the same bytes either way. A summary (``corpora.summary``)
+    is loaded whole only when a shard has to be built."""
     if shard_size < 1:
         raise ProtosynthError(f"{P.shard_size} must be at least 1, got {shard_size}")
     folder = Path(folder)
@@ -199,7 +201,8 @@ def build_corpus_index(
         _write_index(folder, index)
     todo = [s for s in index["shards"] if s["file"] in damaged or not (folder / s["file"]).is_file()]
     digests = {}
-    for done, (shard, digest) in enumerate(zip(todo, map_units(write_index_shard, todo, (corpus, folder))), start=1):
+    built = map_units(write_index_shard, todo, (whole(corpus), folder)) if todo else iter(())
+    for done, (shard, digest) in enumerate(zip(todo, built), start=1):
         digests[shard["file"]] = digest
         if progress is not None:
             progress(done, len(todo))
@@ -217,8 +220,8 @@ class CorpusIndex:
     from the shards that hold them (each shard checked against its sha256 the first time it is
     read), so what is read and held grows with the pairs asked for, not with the corpus."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, corpus: Corpus | None = None):
+        self.folder, self.corpus = Path(folder), corpus  # corpus: where images are read, when loaded
         index = read_corpus_index(self.folder)
         if index is None or not index.get("complete"):
             raise ProtosynthError(f"{self.folder}: no complete corpus index (index.json missing or unfinished)")
@@ -299,3 +302,20 @@ class CorpusIndex:
         """The key of each of ``images`` (image rows), in that order: read from each one's first pair."""
         first = {i: pairs[0] for i, pairs in self.pairs_of_images(set(images)).items()}
         return self.rows([first[int(i)] for i in images], ["key"]).column("key").to_pylist()
+
+    def read_images(self, images: Sequence[int], chunk: int = ROW_GROUP) -> Iterator:
+        """Each of ``images`` (image rows) decoded to RGB, in that order: through the loaded corpus
+        when there is one, else from the file each image's first pair names, ``chunk`` images' rows
+        read at a time. Only image files can be read so (a JSONL, JSON or CSV corpus's)."""
+        if self.corpus is not None:
+            yield from (self.corpus.load_image(int(i)) for i in images)
+            return
+        images = [int(i) for i in images]
+        for c in range(0, len(images), chunk):
+            part = images[c : c + chunk]
+            first = {i: pairs[0] for i, pairs in self.pairs_of_images(set(part)).items()}
+            refs = self.rows([first[i] for i in part], ["file", "offset", "where"]).to_pylist()
+            for ref in refs:
+                if ref["file"] is None or ref["offset"] is not None:
+                    raise ProtosynthError(f"{ref['where']}: the corpus index {self.folder} names no image file for it")
+                yield decode(Path(ref["file"]), ref["where"], ref["file"])

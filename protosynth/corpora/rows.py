@@ -3,17 +3,22 @@ of an image, image keys (``PairRows``). Two readers give the same answers: ``Cor
 corpus loaded in memory, and ``index.CorpusIndex`` from the sharded corpus index that ``embed``
 writes beside the store, which reads only the shards holding the rows asked for, so the set writer
 need not hold every caption and key of the corpus. ``pair_rows`` picks the index when there is one.
+Images (``read_images``) come from the loaded corpus when there is one (the world's are in memory, a
+table's are read by its reader), else from the index's file references (a summarised JSONL corpus,
+``corpora.summary``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from .base import Corpus
+from .summary import CorpusSummary, whole
 
 
 class PairRows(Protocol):
@@ -28,6 +33,9 @@ class PairRows(Protocol):
 
     def keys(self, images: Sequence[int]) -> list[str]:
         """The key of each of ``images``, in that order."""
+
+    def read_images(self, images: Sequence[int]) -> Iterator[Image.Image]:
+        """Each of ``images`` (image rows) decoded to RGB, in that order, one at a time."""
 
 
 class CorpusRows:
@@ -52,14 +60,18 @@ class CorpusRows:
     def keys(self, images) -> list[str]:
         return [self.corpus.image_keys[int(i)] for i in images]
 
+    def read_images(self, images) -> Iterator[Image.Image]:
+        return (self.corpus.load_image(int(i)) for i in images)
 
-def pair_rows(corpus: Corpus, index: Path | None) -> PairRows:
-    """The corpus index at ``index`` when there is one (``Embeddings.corpus_index``), else ``corpus``."""
+
+def pair_rows(corpus: Corpus | CorpusSummary, index: Path | None) -> PairRows:
+    """The corpus index at ``index`` when there is one (``Embeddings.corpus_index``), reading images
+    through ``corpus`` when it is loaded; else ``corpus`` itself (a summary is loaded whole)."""
     if index is None:
-        return CorpusRows(corpus)
+        return CorpusRows(whole(corpus))
     from .index import CorpusIndex  # noqa: PLC0415 (pyarrow, an optional extra, comes with it)
 
-    return CorpusIndex(index)
+    return CorpusIndex(index, corpus if isinstance(corpus, Corpus) else corpus.loaded)
 
 
 def as_rows(source: Corpus | PairRows) -> PairRows:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..corpora.rows import CorpusRows, PairRows, as_rows
 from ..corpora.shapes import image_digest
+from ..corpora.summary import CorpusSummary
 from ..corpus import Corpus, cache_dir, check_cache_writable
 from ..util.files import write_text_atomic
 from .distilled import MEMBER_IMAGES, READING_FIELDS  # noqa: F401 (re-exported: the fields this module fills)
@@ -70,11 +71,11 @@ def with_reading_texts(pairs: list[dict], source: Corpus | PairRows) -> list[dic
     return out
 
 
-def _digest_cache(corpus: Corpus) -> Path:
+def _digest_cache(corpus: Corpus | CorpusSummary) -> Path:
     return cache_dir() / "hashes" / f"{hashlib.sha256(corpus.fingerprint.encode()).hexdigest()[:24]}.json"
 
 
-def cached_digests(corpus: Corpus) -> list[bytes] | None:
+def cached_digests(corpus: Corpus | CorpusSummary) -> list[bytes] | None:
     """Every image's pixel digest from the cache ``corpus_digests`` writes, or None."""
     path = _digest_cache(corpus)
     if path.is_file():
@@ -103,15 +104,19 @@ def corpus_digests(corpus: Corpus) -> list[bytes]:
     return digests
 
 
-def member_images(pairs: list[dict], corpus: Corpus, rows: PairRows | None = None) -> dict:
+def member_images(pairs: list[dict], corpus: Corpus | CorpusSummary, rows: PairRows | None = None) -> dict:
     """``member_images.json``'s content: [key, hex digest] of every image the pairs' members show.
     ``rows``: where the members' images and keys are read (default: the corpus itself)."""
     rows = rows or CorpusRows(corpus)
     members = [int(m) for p in pairs for m in p.get("members") or []]
     images = sorted(set(rows.images(members).tolist()))
     known = cached_digests(corpus) if corpus.pixels is None else None
-    # without a cache, only the member images are decoded (a PDS set's members are most of a corpus)
-    digests = [known[i] if known else image_digest(corpus.image_array(i)) for i in images]
+    # without a cache, only the member images are decoded (a PDS set's members are most of a corpus),
+    # one at a time, through ``rows`` (a summarised corpus's from the index's file references)
+    if known:
+        digests = [known[i] for i in images]
+    else:
+        digests = [image_digest(np.asarray(im, dtype=np.uint8)) for im in rows.read_images(images)]
     return {
         "digest": "sha1 of the decoded RGB pixels",
         "images": [[key, d.hex()] for key, d in zip(rows.keys(images), digests)],

@@ -1,0 +1,54 @@
+"""What the driver holds of a corpus that the embedding store and the corpus index already hold
+(``CorpusSummary``): its spec, its fingerprint (which keys the store), each pair's image row (which
+cuts the store's shards) and the reading options a manifest records, but no caption, key or image
+reference. ``corpus.scan_source`` makes one by streaming the corpus once; the stages load the whole
+corpus (``whole``) only when they must compute something from it: a missing shard of the store or of
+the index, or the rows of a corpus without an index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ProtosynthError
+from .base import Corpus
+
+
+@dataclass
+class CorpusSummary:
+    """A corpus's spec, fingerprint and pair -> image rows, and how to load it whole (``load``). It
+    answers what ``Corpus`` answers of the corpus as a whole (``n_images``, ``n_pairs``, the reading
+    options a manifest's ``corpus`` entry records), so the store and a set's manifest take either."""
+
+    spec: str
+    fingerprint: str
+    pair_image: np.ndarray  # (n_pairs,) int64, as ``Corpus.pair_image``
+    n_images: int
+    load: Callable[[], Corpus]  # the whole corpus, read as the summary was (``load_source``)
+    image_root: Path | None = None
+    skip_bad: bool = False
+    image_column: str | None = None
+    caption_column: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    pixels: None = None  # a summarised corpus holds no image in memory
+    loaded: Corpus | None = None  # the whole corpus, once ``whole`` has loaded it
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pair_image)
+
+
+def whole(corpus: Corpus | CorpusSummary) -> Corpus:
+    """The corpus itself: a summary's is loaded on first need (once), and must be the one summarised."""
+    if isinstance(corpus, Corpus):
+        return corpus
+    if corpus.loaded is None:
+        loaded = corpus.load()
+        if loaded.fingerprint != corpus.fingerprint:  # the files changed between the two reads
+            raise ProtosynthError(f"corpus {corpus.spec}: changed while it was read; run again")
+        corpus.loaded = loaded
+    return corpus.loaded
