@@ -1,12 +1,14 @@
 """A probe, not a benchmark: does a set's text score by its norm? (benchmarks/results/baseline_text_share.md)
 
-    python benchmarks/text_scale_probe.py select|mtt-vl SCALE [SET]
+    python benchmarks/text_scale_probe.py select|mtt-vl|select-centred SCALE [SET]
 
 The baselines' learned text features have norm ~5, real MiniLM features at most 1. This scores one
 set on ``shapes:val`` (small protocol, protocol's recipe, 2 repeats) with the text features the
 evaluation reads rescaled: ``select``, the members' mean times SCALE; ``mtt-vl``, the learned text
-renormalised to norm SCALE. It patches two readers of ``protosynth.evaluation.data`` for this process
-only; the default SETs are the ones the table names (the preset sweep's and world_readings' work).
+renormalised to norm SCALE; ``select-centred``, the members' means minus SCALE times their mean over
+the set (is the learned text's lead its lower shared component?). It patches two readers of
+``protosynth.evaluation.data`` for this process only; the default SETs are the ones the table names
+(the preset sweep's and world_readings' work).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from protosynth.evaluation.evaluate import EvalConfig, evaluate
 
 SETS = {
     "select": Path("/work/runs/valB/b100/sets/select-b100"),
+    "select-centred": Path("/work/runs/valB/b100/sets/select-b100"),
     "mtt-vl": Path("/work/runs/sweep/presets/mtt-vl-b100-world"),
 }
 
@@ -32,6 +35,15 @@ def main() -> None:
     if what == "select":
         members = data._member_texts
         data._member_texts = lambda *a, **k: members(*a, **k) * scale
+        text = "members"
+    elif what == "select-centred":
+        members = data._member_texts
+
+        def centred(*a, **k):
+            t = members(*a, **k)
+            return t - scale * t.mean(dim=0, keepdim=True)
+
+        data._member_texts = centred
         text = "members"
     else:
         stored = data._stored_text
