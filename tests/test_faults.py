@@ -706,6 +706,10 @@ def looks_complete(root: Path, name: str) -> bool:
     path = root / name
     if path.name == "manifest.json":
         return True
+    if path.name == "index.json" and path.parent.name == "corpus" and (path.parent.parent / "index.json").is_file():
+        # the corpus index inside a store is built before any image is encoded: a finished part of
+        # the store, which looks complete only when the store itself does
+        return looks_complete(root, str(Path(name).parent.parent / "index.json"))
     if path.name == "index.json":
         try:
             return bool(json.loads(path.read_text()).get("complete"))
