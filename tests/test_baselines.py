@@ -24,7 +24,7 @@ from protosynth.baselines.buffer import BufferConfig, build_buffer, load_buffer
 from protosynth.baselines.compare import ALL_METHODS, QUICK_WORLD, CompareConfig
 from protosynth.baselines.compare_rows import pooled, row_key
 from protosynth.baselines.matching import Blend, SyntheticSet, match, matching_loss, step_loss
-from protosynth.baselines.presets import BaselineConfig, preset
+from protosynth.baselines.presets import BaselineConfig, preset, world_candidate
 from protosynth.baselines.run import distill_baseline
 from protosynth.baselines.student import LowRankSimilarity, Student, info_nce, trainable, weighted_bce
 from protosynth.cli import baselines as cli_baselines
@@ -235,20 +235,24 @@ def test_presets_follow_the_published_numbers():
     assert preset("mtt-vl", "flickr", 100)["lr_img"] == 1000.0 and preset("lors", "flickr", 100)["lr_img"] == 100.0
     assert preset("mtt-vl", "flickr", 100)["grad_mode"] == "unroll"
     assert preset("amd", "flickr", 180)["lr_img"] == 1000.0  # nearest preset budget: 200
-    assert preset("lors", "flickr", 100)["lr_sim"] == 10.0 and preset("lors", "world", 100)["lr_sim"] == 1.0
+    assert (
+        preset("lors", "flickr", 100)["lr_sim"] == 10.0
+        and world_candidate("lors", 100, "earlier-world")["lr_sim"] == 1.0
+    )
     # the world's lr_sim: 0.1, or 1 where val chose it (quick runs share it)
     assert [
-        preset(m, "world", b)["lr_sim"] for m, b in (("lors", 200), ("repblend", 200), ("amd", 500), ("lors", 500))
+        world_candidate(m, b, "earlier-world")["lr_sim"]
+        for m, b in (("lors", 200), ("repblend", 200), ("amd", 500), ("lors", 500))
     ] == [1.0, 0.1, 1.0, 1.0]
-    assert preset("amd", "world", 100, quick=True)["lr_sim"] == 1.0
+    assert world_candidate("amd", 100, "earlier-world", quick=True)["lr_sim"] == 1.0
     # world data lrs: 10 for every method and budget (Flickr's 1000 wrecked the text features)
-    assert [preset(m, "world", 200)["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+    assert [world_candidate(m, 200, "earlier-world")["lr_img"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
         10.0,
         10.0,
         10.0,
         10.0,
     ]
-    assert [preset(m, "world", 100)["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
+    assert [world_candidate(m, 100, "earlier-world")["lr_txt"] for m in ("lors", "amd", "repblend", "mtt-vl")] == [
         10.0,
         10.0,
         10.0,
@@ -260,10 +264,10 @@ def test_presets_follow_the_published_numbers():
         preset("mtt-vl", f, b)["lr_space"] for f, b in (("flickr", 500), ("world", 100), ("world", 200), ("world", 500))
     ] == ["linear", "linear", "log", "log"]
     assert [
-        preset(m, "world", b)["lr_space"]
+        world_candidate(m, b, "earlier-world")["lr_space"]
         for m, b in (("lors", 200), ("amd", 500), ("repblend", 100), ("repblend", 200))
     ] == ["linear", "log", "log", "log"]
-    assert preset("lors", "world", 100, quick=True)["lr_space"] == "linear"
+    assert world_candidate("lors", 100, "earlier-world", quick=True)["lr_space"] == "linear"
     with pytest.raises(ProtosynthError, match="unknown method"):
         preset("dream", "flickr", 100)
 
@@ -332,8 +336,8 @@ def test_each_method_improves_its_matching_loss(method, buffers, tmp_path, quick
     ds = load_distilled(out, verify=True)
     assert ds.tensors["pixels"].shape == (m, 3, 32, 32) and ds.tensors["text"].shape[0] == m
     assert ("similarity" in ds.tensors) == (method != "mtt-vl")
-    # mtt-vl asked for log space; repblend has it from the world preset at 100 pairs; the others learn linearly
-    assert man["settings"]["lr_space"] == ("log" if method in ("mtt-vl", "repblend") else "linear")
+    # mtt-vl asked for log space; the others learn linearly as their world presets at 100 pairs do
+    assert man["settings"]["lr_space"] == ("log" if method == "mtt-vl" else "linear")
     # the set stores the lr itself (never its log), as the manifest reports it
     assert float(ds.tensors["lr_image"]) == pytest.approx(man["learned_lr"]["image"]) and man["learned_lr"]["image"] > 0
     assert man["evaluation"]["image"] == ("frozen+head" if method == "repblend" else "finetune")
@@ -544,8 +548,8 @@ def test_quick_compare_uses_the_small_world_and_smoke_settings():
     )
     assert CompareConfig(quick=True, corpus="my.jsonl").effective().corpus.spec == "my.jsonl"
     assert CompareConfig().effective() == CompareConfig()
-    assert preset("mtt-vl", "world", 100, quick=True)["syn_steps"] == 8
-    assert preset("mtt-vl", "world", 100)["syn_steps"] == 20
+    assert world_candidate("mtt-vl", 100, "earlier-world", quick=True)["syn_steps"] == 8
+    assert world_candidate("mtt-vl", 100, "earlier-world")["syn_steps"] == 20
 
 
 def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
@@ -607,8 +611,8 @@ def test_official_presets_follow_the_authors_scripts():
         3000,
     ]
     assert preset("repblend", "coco", 500)["batch_syn"] == 20 and preset("lors", "coco", 500)["batch_syn"] == 30
-    # the world preset is not re-chosen here: eval mode, the exact gradient, per-modality loss
-    w = [preset(m, "world", 100) for m in ("mtt-vl", "lors", "amd", "repblend")]
+    # the earlier world preset: eval mode, the exact gradient, per-modality loss
+    w = [world_candidate(m, 100, "earlier-world") for m in ("mtt-vl", "lors", "amd", "repblend")]
     assert [q["grad_mode"] for q in w] == ["unroll", "constant", "constant", "constant"]
     assert {(q["train_mode"], q["merged"], q["temperature"], q["batch_syn"]) for q in w} == {(False, False, None, 20)}
     with pytest.raises(ProtosynthError, match="variant"):
