@@ -12,9 +12,11 @@ method, the set seeds, the readings (the one val chose for the default first) an
 protocol, own, soft-labels and learned-lrs, copies its document to
 ``benchmarks/results/compare_world_b<budget>.{json,md,png}`` and writes
 ``benchmarks/results/world_retrieval.{json,md}``: every method under the reading val chose for the
-default (the same text for every method that can read it; a baseline's text is its own learned
-features), each method under its own val-chosen reading, the render gain (``pds`` minus ``select``
-under each reading), the gain over random pairs and the cost from corpus to set.
+default (the same text for every method; a baseline's row is its own learned text, what it makes,
+with its images read the default's way beside it), each method under its own val-chosen reading,
+the render gain (``pds`` minus ``select`` under each reading), the gain over random pairs and the cost
+from corpus to set. ``--corpus``, ``--test``, ``--quick``, ``--eval-epochs`` and ``--iterations`` pass
+to compare-baselines for a smoke-sized run (the tests).
 
 Sets, buffers and rows are kept under ``WORK/b<budget>`` (``compare-baselines --out``), so a stopped run
 resumes. ``--reuse-from DIR`` hard-links finished buffers and sets of another comparison on the same
@@ -45,9 +47,9 @@ RECIPES = ("protocol", "own", "soft-labels", "learned-lrs")
 METHODS = (*CORESETS, "select", "pds", "pds-published", *OPTIMISATION, "full")
 
 
-def val_choices(results: Path, budget: int) -> dict[str, str]:
+def val_choices(results: Path, budget: int, methods: tuple[str, ...] = METHODS) -> dict[str, str]:
     """Each method's val-chosen reading at ``budget``; SystemExit (one line) where val has not chosen
-    what the test table needs: a reading, or a baseline's world preset."""
+    what the test table needs: a reading, or the world preset of a baseline in ``methods``."""
     readings = _read(results / "world_val_readings.json")
     if budget in readings.get("not_run", []) or not any(r["budget"] == budget for r in readings["rows"]):
         raise SystemExit(f"{results / 'world_val_readings.json'}: no reading chosen at {budget} pairs on val yet")
@@ -55,7 +57,7 @@ def val_choices(results: Path, budget: int) -> dict[str, str]:
     if "pds" not in chosen:
         raise SystemExit(f"{results / 'world_val_readings.json'}: the default (pds) has no reading at {budget} pairs")
     presets = _read(results / "baseline_presets_val.json")
-    for method in OPTIMISATION:
+    for method in (m for m in OPTIMISATION if m in methods):
         _check_preset(presets, method, budget, results / "baseline_presets_val.json")
     return chosen
 
@@ -104,8 +106,11 @@ def run_budget(budget: int, args: argparse.Namespace, headline: str, command: st
             print(f"b{budget}: reused {name} from {source}", flush=True)
     cfg = CompareConfig(
         budget=budget,
-        corpus=CorpusSource(spec="shapes"),
-        test="shapes:test",
+        corpus=CorpusSource(spec=args.corpus),
+        test=args.test,
+        quick=args.quick,
+        eval_epochs=args.eval_epochs,
+        iterations=args.iterations,
         methods=tuple(args.methods.split(",")),
         texts=(headline, *[t for t in READINGS if t != headline], "auto"),
         seeds=tuple(int(s) for s in args.seeds.split(",")),
@@ -118,28 +123,29 @@ def run_budget(budget: int, args: argparse.Namespace, headline: str, command: st
 
 def summarise(budget: int, doc: dict, chosen: dict[str, str]) -> list[dict]:
     """A row per method at one budget, under the protocol's recipe: r_mean under the default's reading
-    (a baseline's own learned text where it has no other), under its own val-chosen reading, the gain
-    over random pairs under the headline reading, and the cost from corpus to set."""
+    (a baseline under its own learned text, which is what it makes, with its images under the default's
+    reading beside it), under its own val-chosen reading, the gain over random pairs and the cost."""
     tables = {t["text"]: {r["method"]: r for r in t["methods"]} for t in doc["tables"] if t["recipe"] == "protocol"}
     headline = chosen["pds"]
     rows = []
-    for method in tables[headline]:
-        at_headline = tables[headline][method]
-        read = headline
-        if "metrics" not in at_headline:  # a baseline: its own learned text is the only text it has
-            at_headline, read = tables["auto"][method], "own synthetic text"
+    for method, at_headline in tables[headline].items():
+        main, read = at_headline, headline
+        if method in OPTIMISATION:
+            main, read = tables["auto"][method], "own learned text"
         own = chosen.get(method)
-        row = {
-            "budget": budget,
-            "method": method,
-            "reading": read,
-            "r_mean": _cell(at_headline),
-            "own_reading": own,
-            "r_mean_own_reading": _cell(tables[own][method]) if own in tables else None,
-            "gain_over_random": at_headline.get("gain_over_random"),
-            "total_seconds": at_headline.get("total_seconds"),
-        }
-        rows.append(row)
+        rows.append(
+            {
+                "budget": budget,
+                "method": method,
+                "reading": read,
+                "r_mean": _cell(main),
+                "r_mean_headline_reading": _cell(at_headline),
+                "own_reading": own,
+                "r_mean_own_reading": _cell(tables[own][method]) if own in tables else None,
+                "gain_over_random": main.get("gain_over_random"),
+                "total_seconds": main.get("total_seconds"),
+            }
+        )
     return rows
 
 
@@ -170,8 +176,9 @@ def markdown(doc: dict) -> str:
         f"Command: `{doc['command']}` (commit {doc['commit'][:12]}). r_mean, mean ± sample std over set seeds "
         f"{doc['seeds']} x {doc['repeats']} repeats, percent. Every choice was made on shapes:val before this "
         "run: the readings (world_val_readings.md) and the baselines' world presets (baseline_presets_val.md). "
-        "Headline reading: the one val chose for the default (`pds`), for every method that can read it; the "
-        "baselines are read with their own learned text. Every recipe and reading: compare_world_b<budget>.md.",
+        "Headline reading: the one val chose for the default (`pds`), for every method; a baseline's r_mean is "
+        "its own learned text (what it makes), its images read the headline way beside it. Every recipe and "
+        "reading: compare_world_b<budget>.md.",
         "",
     ]
     for budget in doc["budgets"]:
@@ -180,11 +187,13 @@ def markdown(doc: dict) -> str:
         lines += [
             f"## {budget} pairs: headline reading {b['headline']}; render gain (pds - select) {gains}",
             "",
-            "| method | read with | r_mean | gain over random | own val reading | r_mean there | s, corpus to set |",
-            "|---|---|---|---|---|---|---|",
+            "| method | read with | r_mean | gain over random | with the headline reading | own val reading "
+            "| r_mean there | s, corpus to set |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in b["rows"]:
-            cells = [_fmt(row["r_mean"]), _signed(row["gain_over_random"]), row["own_reading"] or "-"]
+            cells = [_fmt(row["r_mean"]), _signed(row["gain_over_random"]), _fmt(row["r_mean_headline_reading"])]
+            cells += [row["own_reading"] or "-"]
             cells += [_fmt(row["r_mean_own_reading"]), str(row["total_seconds"] or "-")]
             lines.append(f"| {row['method']} | {row['reading']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -210,10 +219,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/world_retrieval"))
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--reuse-from", type=Path, action="append", default=[], help="another comparison's --out")
+    # a smoke-sized run (tests): compare-baselines' own --corpus, --test, --quick, --eval-epochs, --iterations
+    ap.add_argument("--corpus", default="shapes")
+    ap.add_argument("--test", default="shapes:test")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eval-epochs", type=int, default=None)
+    ap.add_argument("--iterations", type=int, default=None)
     args = ap.parse_args(argv)
     command = "python -m benchmarks.world_retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     budgets = [int(b) for b in args.budgets.split(",")]
-    choices = {b: val_choices(args.results, b) for b in budgets}  # every budget checked before any work
+    methods = tuple(args.methods.split(","))
+    choices = {b: val_choices(args.results, b, methods) for b in budgets}  # every budget checked before any work
     started, by_budget = time.time(), {}
     for i, budget in enumerate(budgets):
         headline = choices[budget]["pds"]

@@ -709,3 +709,12 @@ def test_compare_makes_pds_published_with_its_preset(tmp_path):
         "minibatch",
         "prototype",
     )
+
+
+def test_every_recipe_has_a_table_title():
+    """compare.md titles each table by its recipe: a recipe without a title crashed the writer after
+    hours of work (soft-labels and learned-lrs, found by the world_retrieval smoke test)."""
+    from protosynth.baselines.compare import RECIPE_TITLES  # noqa: PLC0415
+    from protosynth.configs import RECIPES  # noqa: PLC0415
+
+    assert set(RECIPE_TITLES) == set(RECIPES)

@@ -339,7 +339,7 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading():
     rows = world_retrieval.summarise(100, doc, {"pds": "members", "select": "image"})
     by = {r["method"]: r for r in rows}
     assert by["pds"]["r_mean"]["mean"] == 31.0 and by["select"]["r_mean_own_reading"]["mean"] == 41.5
-    assert by["lors"]["reading"] == "own synthetic text" and by["lors"]["r_mean"]["mean"] == 33.0
+    assert by["lors"]["reading"] == "own learned text" and by["lors"]["r_mean"]["mean"] == 33.0
     assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5, "auto": 1.0}
     table = world_retrieval.markdown(
         {
@@ -353,4 +353,35 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading():
         }
     )
     assert "## 100 pairs: headline reading members; render gain (pds - select) members +1.0" in table
-    assert "| lors | own synthetic text | 33.0 ± 0.5 |" in table and "stopped before them): 200 pairs" in table
+    assert "| lors | own learned text | 33.0 ± 0.5 |" in table and "stopped before them): 200 pairs" in table
+
+
+@pytest.mark.slow  # a whole (tiny) test table through compare-baselines: sets, buffers and 16 tables
+def test_world_retrieval_runs_compare_baselines_and_summarises_it(tmp_path, monkeypatch):
+    results, work = tmp_path / "results", tmp_path / "work"
+    results.mkdir()
+    readings = {"pds": "members", "select": "members", "random": "image"}
+    rows = [{"budget": 6, "method": m, "chosen": r} for m, r in readings.items()]
+    (results / "world_val_readings.json").write_text(json.dumps({"rows": rows, "not_run": []}))
+    presets_rows = [{"method": "lors", "budget": 100, "candidate": c} for c in presets.WORLD_CANDIDATES]
+    doc = {"rows": presets_rows, "chosen": {"lors-b100": "earlier-world"}}
+    (results / "baseline_presets_val.json").write_text(json.dumps(doc))
+    monkeypatch.setitem(presets.WORLD_CHOICE, ("lors", 100), "earlier-world")
+    world_retrieval.main(
+        ["--budgets", "6", "--methods", "random,select,pds,lors", "--seeds", "0,1", "--repeats", "1"]
+        + ["--work", str(work), "--results", str(results), "--corpus", "shapes,n=40", "--test", "shapes:test,n=40"]
+        + ["--quick", "--eval-epochs", "2", "--iterations", "2"]
+    )
+    summary = json.loads((results / "world_retrieval.json").read_text())
+    by = {r["method"]: r for r in summary["by_budget"]["6"]["rows"]}
+    assert summary["by_budget"]["6"]["headline"] == "members" and summary["not_run"] == []
+    assert by["lors"]["reading"] == "own learned text" and by["pds"]["reading"] == "members"
+    assert by["lors"]["r_mean_headline_reading"] is not None  # its images read with its pairs' members' text
+    assert by["random"]["own_reading"] == "image" and by["random"]["r_mean_own_reading"] is not None
+    assert set(summary["by_budget"]["6"]["render_gain"]) == {"members", "image", "captions", "auto"}
+    compared = json.loads((results / "compare_world_b6.json").read_text())
+    assert {(t["recipe"], t["text"]) for t in compared["tables"]} == {
+        (r, t) for r in world_retrieval.RECIPES for t in ("members", "image", "captions", "auto")
+    }
+    assert compared["set_seeds"] == [0, 1] and (results / "compare_world_b6.png").stat().st_size > 1000
+    assert "## 6 pairs: headline reading members" in (results / "world_retrieval.md").read_text()

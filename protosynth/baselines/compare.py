@@ -424,6 +424,10 @@ RECIPE_TITLES = {
     "protocol": "every row trained by the protocol's recipe (stored soft labels and learned lrs ignored)",
     "own": "each method's own recipe where its set stores one (soft labels, learned lrs, frozen backbone); "
     "the protocol's for the others",
+    "soft-labels": "the protocol's recipe plus a set's stored soft labels (its S), nothing else of its own "
+    "(DD-Ranking's separate toggle)",
+    "learned-lrs": "the protocol's recipe plus a set's learned inner lrs, nothing else of its own "
+    "(DD-Ranking's separate toggle)",
 }
 
 
