@@ -289,6 +289,8 @@ def _val_results(tmp_path, readings_budgets=(100,), ran=("official", "official-w
 
 
 def test_world_retrieval_refuses_a_budget_val_has_not_chosen_for(tmp_path, monkeypatch):
+    choice: dict = {}  # the library's choices as they will be, whatever they are today
+    monkeypatch.setattr(world_retrieval, "WORLD_CHOICE", choice)
     _val_results(tmp_path, ran=("official", "official-world-lrs"))
     with pytest.raises(SystemExit, match="mtt-vl at 100 pairs: candidates earlier-world not run on val yet"):
         world_retrieval.val_choices(tmp_path, 100)
@@ -297,8 +299,7 @@ def test_world_retrieval_refuses_a_budget_val_has_not_chosen_for(tmp_path, monke
         world_retrieval.val_choices(tmp_path, 200)
     with pytest.raises(SystemExit, match="val chose official for mtt-vl at 100 pairs, presets.WORLD_CHOICE has None"):
         world_retrieval.val_choices(tmp_path, 100)
-    for m in ("mtt-vl", "lors", "amd", "repblend"):
-        monkeypatch.setitem(presets.WORLD_CHOICE, (m, 100), "official")
+    choice.update({(m, 100): "official" for m in ("mtt-vl", "lors", "amd", "repblend")})
     assert world_retrieval.val_choices(tmp_path, 100) == {"pds": "members", "select": "members"}
     with pytest.raises(SystemExit, match="world_val_readings.json: cannot read the val results"):
         world_retrieval.val_choices(tmp_path / "elsewhere", 100)
