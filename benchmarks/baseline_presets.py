@@ -11,7 +11,7 @@ is, the same with the world's learning-rate scale, the earlier world preset), sc
 the ``small`` protocol with the protocol's recipe (how every row of the headline table is trained;
 the set's own recipe, with its S and learned lrs, is recorded beside it) and records how far the
 run moved the set from its start. The best protocol-recipe val r_mean of a method and budget is
-chosen. Results go to ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set,
+chosen, unless a candidate at most half as costly to make scores within the leader's noise (``choose``). Results go to ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set,
 so a stopped sweep leaves a table of what it measured; ``--candidates`` runs a subset, so one core
 can make every method's official set before any alternative.
 
@@ -196,7 +196,9 @@ def markdown(doc: dict) -> str:
         "percent. Sets made on the train split with seed 0 from the buffers `compare-baselines` uses. "
         "r_mean is under the protocol's recipe (every headline row is trained that way), the set's own recipe "
         "(its S and learned lrs) beside it; moved: mean absolute change from the start. **Chosen**: the highest "
-        "val r_mean of a method and budget among the candidates run (provisional while any is not run yet).",
+        "val r_mean of a method and budget among the candidates run, or, where a candidate scores within the "
+        "leader's noise (the larger std over repeats) at no more than half its make time, the cheapest such "
+        "(provisional while any is not run yet).",
         "",
         "| method | budget | candidate | settings | "
         + " | ".join(METRIC_NAMES)
@@ -250,15 +252,39 @@ def _moved(row: dict) -> str:
     return ", ".join(f"{v:.3g}" for v in parts)
 
 
+# A candidate within noise of the leader is taken instead when it costs at most this share of the
+# leader's time to make: the test table makes each chosen preset at 3 set seeds and 3 budgets.
+CHEAPER_WITHIN_NOISE = 0.5
+
+
+def choose(rows: list[dict]) -> dict[str, str]:
+    """Each method and budget's candidate: the highest val r_mean (protocol's recipe), unless a
+    candidate costing at most ``CHEAPER_WITHIN_NOISE`` of the leader's make time scores within the
+    leader's noise (the larger sample std over repeats of the two rows); then the cheapest such."""
+    by_key: dict[str, list[dict]] = {}
+    for row in rows:
+        if "failed" not in row and "pruned" not in row:
+            by_key.setdefault(f"{row['method']}-b{row['budget']}", []).append(row)
+    chosen = {}
+    for key, scored_rows in by_key.items():
+        leader = max(scored_rows, key=r_mean)
+        near = [r for r in scored_rows if _within_noise(r, leader) and _cheaper(r, leader)]
+        chosen[key] = min(near, key=lambda r: r["seconds_to_make"])["candidate"] if near else leader["candidate"]
+    return chosen
+
+
+def _within_noise(row: dict, leader: dict) -> bool:
+    noise = max(row["metrics"]["r_mean"]["std"], leader["metrics"]["r_mean"]["std"])
+    return r_mean(leader) - r_mean(row) <= noise
+
+
+def _cheaper(row: dict, leader: dict) -> bool:
+    made, lead = row.get("seconds_to_make"), leader.get("seconds_to_make")
+    return made is not None and lead is not None and made <= CHEAPER_WITHIN_NOISE * lead
+
+
 def write(doc: dict, results: Path) -> None:
-    best: dict[str, tuple[float, str]] = {}
-    for row in doc["rows"]:
-        key = f"{row['method']}-b{row['budget']}"
-        if "failed" in row or "pruned" in row:
-            continue
-        if key not in best or r_mean(row) > best[key][0]:
-            best[key] = (r_mean(row), row["candidate"])
-    doc["chosen"] = {k: name for k, (_, name) in best.items()}
+    doc["chosen"] = choose(doc["rows"])
     results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results / "baseline_presets_val.json", json.dumps(doc, indent=2))
     write_text_atomic(results / "baseline_presets_val.md", markdown(doc))

@@ -14,6 +14,7 @@ from benchmarks.baseline_presets import (
     Candidate,
     candidates,
     check_made_with,
+    choose,
     pruned_by,
     reusable,
     reused,
@@ -89,6 +90,32 @@ def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
     # a change pruned at 200 stays pruned at 500, though 200 has only the preset's score
     rows += [row(200, "preset", 22.0), row(200, "lr-space-linear", pruned="3.9 under the best at 100 pairs")]
     assert pruned_by(rows, "amd", 500, Candidate("lr-space-linear", {}), 2.0) == "pruned at 200 pairs"
+
+
+def test_presets_sweep_takes_a_much_cheaper_candidate_within_the_leaders_noise():
+    def row(name, mean, std, seconds, method="mtt-vl", **extra):
+        metrics = {"r_mean": {"mean": mean, "std": std}}
+        return dict(method=method, budget=100, candidate=name, metrics=metrics, seconds_to_make=seconds, **extra)
+
+    rows = [
+        row("official", 43.0, 0.4, 7203.0),
+        row("official-world-lrs", 47.4, 1.7, 8334.0),
+        row("earlier-world", 46.5, 0.4, 541.0),  # 0.9 under, inside the leader's 1.7, 1/15 of its time
+        row("official", 44.9, 1.6, 1332.0, method="repblend"),  # within noise but dearer: no
+        row("official-world-lrs", 46.3, 1.2, 697.0, method="repblend"),
+        row("earlier-world", 19.6, 0.1, 353.0, method="repblend"),  # cheaper, far under: no
+        row("official", 30.0, 0.5, 100.0, method="lors"),
+        row("earlier-world", 28.9, 0.5, 10.0, method="lors"),  # 1.1 under, outside 0.5: no
+        row("official-world-lrs", 29.8, 0.5, 60.0, method="lors"),  # 0.2 under, 60 % of the time: no
+        row("official", 5.0, 0.1, 1.0, method="amd", failed="diverged"),
+        row("earlier-world", 22.0, 0.6, 700.0, method="amd"),
+    ]
+    assert choose(rows) == {
+        "mtt-vl-b100": "earlier-world",
+        "repblend-b100": "official-world-lrs",
+        "lors-b100": "official",
+        "amd-b100": "earlier-world",
+    }
 
 
 def test_presets_sweep_prunes_by_the_values_a_set_was_made_with_not_the_candidate_name():
