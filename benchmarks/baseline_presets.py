@@ -11,7 +11,8 @@ is, the same with the world's learning-rate scale, the earlier world preset), sc
 the ``small`` protocol with the protocol's recipe (how every row of the headline table is trained;
 the set's own recipe, with its S and learned lrs, is recorded beside it) and records how far the
 run moved the set from its start. The best protocol-recipe val r_mean of a method and budget is
-chosen, unless a candidate at most half as costly to make scores within the leader's noise (``choose``). Results go to ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set,
+chosen, unless a candidate at most half as costly to make scores within the leader's noise
+(``choose``). Results go to ``benchmarks/results/baseline_presets_val.{json,md}`` after every scored set,
 so a stopped sweep leaves a table of what it measured; ``--candidates`` runs a subset, so one core
 can make every method's official set before any alternative.
 

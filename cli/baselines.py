@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
     command(app, "buffer", buffer_flags)(buffer)
     baseline_flags = fields(
         BaselineConfig,
-        f"method budget buffer {CORPUS} out force seed device preset quick {KNOBS} rank alpha grad_mode merged "
-        "train_mode variant clip",
+        f"method budget buffer {CORPUS} out force seed device preset quick checkpoint_every {KNOBS} rank alpha "
+        "grad_mode merged train_mode variant clip",
         method={"default": REQUIRED},
         buffer={"default": REQUIRED},
         merged={"decls": ("--merged/--separate",)},

@@ -7,9 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -586,6 +589,43 @@ def test_baseline_is_deterministic_for_a_seed(buffers, tmp_path):
         assert done.returncode == 0, done.stderr
     for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_a_killed_baseline_run_resumes_from_its_checkpoint_to_the_same_set(buffers, tmp_path):
+    """SIGKILL mid-run, rerun: it goes on from the last checkpoint (not from the start) and writes the
+    set an uninterrupted run writes, byte for byte; a checkpoint of other settings is refused. Every
+    run in a fresh process, as a user's would be."""
+    full, _ = buffers
+    flags = {"budget": 6, "iterations": 60, "syn_steps": 2, "batch_syn": 4, "max_start_epoch": 1}
+
+    def cli(out):
+        args = ["baseline", "--method", "lors", "--buffer", str(full), "--out", str(out), "--checkpoint-every", "2"]
+        args += [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        return [sys.executable, "-c", "from protosynth.cli.main import main; main()", *args, "--train-student"]
+
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    assert subprocess.run(cli(whole), capture_output=True, text=True).returncode == 0
+    ckpt = out.with_name(".killed.checkpoint.pt")
+    child = subprocess.Popen(cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert ckpt.is_file() and not out.exists(), "the run finished (or never checkpointed) before the kill"
+    other = BaselineConfig(method="lors", buffer=full, out=out, checkpoint_every=2, train_mode=True, lr_img=7, **flags)
+    with pytest.raises(ProtosynthError, match="checkpoint of a run with other settings"):
+        distill_baseline(other)
+    done = subprocess.run(cli(out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = int(re.search(r"resuming after iteration (\d+)", done.stderr).group(1))
+    assert 0 < resumed < 60 and resumed % 2 == 0
+    assert not ckpt.exists()
+    for name in ("embeddings.safetensors", "pairs.jsonl", "images/000003.png"):
+        assert (whole / name).read_bytes() == (out / name).read_bytes(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["matching_loss"] == json.loads((whole / "manifest.json").read_text())["matching_loss"]
+    assert "checkpoint_every" not in manifest["settings"]  # how often it saved does not change the set
 
 
 def test_official_presets_follow_the_authors_scripts():

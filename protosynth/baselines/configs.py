@@ -103,6 +103,10 @@ class BaselineConfig:
         help="Preset family: flickr, coco or world (default: world for the built-in world, else flickr).",
     )
     quick: bool = opt(False, help="World preset with 10 iterations (a smoke run).")
+    # the loop's state saved beside the set every this many iterations (0: never); a rerun resumes
+    checkpoint_every: int = opt(
+        100, help="Save the run's state every this many iterations; a rerun with the same settings resumes (0: never)."
+    )
     iterations: int | None = None
     syn_steps: int | None = None
     expert_epochs: int | None = None
@@ -154,6 +158,8 @@ class BaselineConfig:
             raise ProtosynthError(
                 f"{P.budget} must be at least 2 for a trajectory-matching baseline, got {self.budget}"
             )
+        if self.checkpoint_every < 0:
+            raise ProtosynthError(f"{P.checkpoint_every} must be 0 (never) or positive, got {self.checkpoint_every}")
         if self.buffer is None:
             raise ProtosynthError(f"{P.buffer} is required (make one with `protosynth buffer`)")
 

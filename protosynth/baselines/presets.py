@@ -247,5 +247,5 @@ def settings(cfg: BaselineConfig) -> dict:
     return {
         name: (str(value) if isinstance(value, Path) else value)
         for name, value in flat_settings(cfg).items()
-        if name not in ("out", "force", "device")
+        if name not in ("out", "force", "device", "checkpoint_every")
     }

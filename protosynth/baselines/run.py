@@ -19,6 +19,7 @@ tagged with the protocol's text space), the learned inner learning rates and S (
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from ..util.progress import StepBar
 from ..util.runinfo import check_device, peak_rss_mb, versions
 from . import amd
 from .buffer import Buffer, load_buffer, make_student
+from .checkpoint import LoopState, checkpoint_path, resume, run_fingerprint, save_checkpoint
 from .features import ProtocolFeatures, protocol_features
 from .matching import Blend, SyntheticSet, match
 from .presets import USES_SIMILARITY, BaselineConfig, buffer_kind, default_family, resolve, settings
@@ -176,10 +178,16 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
     temperature = cfg.temperature if cfg.temperature is not None else feats.protocol.temperature
     rng = np.random.default_rng(cfg.seed)
     last_start = buffer.epochs - cfg.expert_epochs
-    losses, lr_clamps, lr_trace = [], 0, []
-    perm, cursor = torch.randperm(m, generator=gen), 0
-    with StepBar(f"{cfg.method} b{cfg.budget}", cfg.iterations) as bar:
-        for it in range(cfg.iterations):
+    ckpt = checkpoint_path(out)
+    fingerprint = run_fingerprint(settings(cfg), buffer.root, buffer.manifest["settings"], pairs)
+    state = resume(ckpt, fingerprint, cfg.force, syn, opt, gen, rng)
+    if state is None:
+        state = LoopState(perm=torch.randperm(m, generator=gen))
+    else:
+        print(f"{cfg.method} b{cfg.budget}: resuming after iteration {state.iteration} ({ckpt})", file=sys.stderr)
+    losses, lr_trace = state.losses, state.lr_trace
+    with StepBar(f"{cfg.method} b{cfg.budget}", cfg.iterations, completed=state.iteration) as bar:
+        for it in range(state.iteration, cfg.iterations):
             e = int(rng.integers(buffer.experts))
             t_v, t_l = _start_epochs(cfg, rng, last_start, ranges)
             traj = trajectories[e]
@@ -190,10 +198,10 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
             }
             batches, blends = [], []
             for _ in range(cfg.syn_steps):
-                if cursor + min(cfg.batch_syn, m) > m:
-                    perm, cursor = torch.randperm(m, generator=gen), 0
-                idx = perm[cursor : cursor + min(cfg.batch_syn, m)]
-                cursor += len(idx)
+                if state.cursor + min(cfg.batch_syn, m) > m:
+                    state.perm, state.cursor = torch.randperm(m, generator=gen), 0
+                idx = state.perm[state.cursor : state.cursor + min(cfg.batch_syn, m)]
+                state.cursor += len(idx)
                 batches.append(idx)
                 blends.append(
                     Blend(float(rng.beta(1.0, 1.0)), torch.randperm(len(idx), generator=gen))
@@ -207,15 +215,21 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
                     f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower {P.lr_lr} if "
                     f"they grew large, else {P.lr_img}/{P.lr_txt}"
                 )
-            lr_clamps += clamp_lrs(syn)
+            state.lr_clamps += clamp_lrs(syn)
             losses.append(loss)
             lr_trace.append((syn.rate("image").item(), syn.rate("text").item()))
+            state.iteration = it + 1
+            if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+                state_now = replace(state, seconds=state.seconds + time.time() - t0)
+                save_checkpoint(ckpt, fingerprint, syn, opt, gen, rng, state_now)
             bar.advance(f"loss {loss:.4f} t=({t_v},{t_l}) lr=({lr_trace[-1][0]:.3g},{lr_trace[-1][1]:.3g})")
-    seconds["distill"] = round(time.time() - t0, 2)
+    seconds["distill"] = round(state.seconds + time.time() - t0, 2)
     moved = movement(initial, snapshot(syn))
-    return _write(
-        cfg, out, feats, syn, pairs, losses, ranges, lr_clamps, lr_trace, buffer, seconds, started, command, moved
+    written = _write(
+        cfg, out, feats, syn, pairs, losses, ranges, state.lr_clamps, lr_trace, buffer, seconds, started, command, moved
     )
+    ckpt.unlink(missing_ok=True)
+    return written
 
 
 def outer_optimizer(syn: SyntheticSet, cfg: BaselineConfig) -> torch.optim.SGD:
