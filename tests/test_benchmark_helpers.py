@@ -86,6 +86,9 @@ def test_presets_sweep_prunes_a_change_that_lost_at_the_smaller_budget():
         "lr-sim-1": "failed at 100 pairs",
     }
     assert pruned_by(rows, "amd", 200, Candidate("lr-space-linear", {}), None) is None
+    # the official values are pruned like any candidate: hours a set at larger budgets
+    official = [row(100, "official", 4.4, method="mtt-vl"), row(100, "earlier-world", 46.5, method="mtt-vl")]
+    assert pruned_by(official, "mtt-vl", 200, Candidate("official", {}), 2.0) == "42.1 under the best at 100 pairs"
     assert pruned_by(rows, "amd", 100, Candidate("lr-space-log", {}), 2.0) is None
     # a change pruned at 200 stays pruned at 500, though 200 has only the preset's score
     rows += [row(200, "preset", 22.0), row(200, "lr-space-linear", pruned="3.9 under the best at 100 pairs")]
