@@ -9,6 +9,7 @@ spells them as its flags.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +38,9 @@ IMAGE_STARTS = INITS[1:]  # the starts from real images, noised to ``strength``
 MEMBER_STARTS = ("composite", "tile")  # the starts built from several members (``starts``)
 CONDITIONS = ("prototype", "blend")  # what the decoder is conditioned on (DistillConfig.condition)
 DEFAULT_CENTRAL = 3  # members a composite, tile or blend combines when none is given: odd, a medoid's majority
+# training-free soft labels a set may store (DistillConfig.soft_labels; ``protosynth.soft_labels``)
+SOFT_LABELS = ("none", "clip")
+DEFAULT_SOFT_TEMPERATURE = 0.05  # the clip rule's temperature when none is given
 MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
 METHODS = ("pds", "select")  # DistillConfig.method
 CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
@@ -312,6 +316,20 @@ class DistillConfig(ReadsCorpus):
         help=f"How many of each prototype's most central member images (distinct images, by image plus text "
         f"cosine) {P.render.init} composite or tile and {P.condition('blend')} combine (default {DEFAULT_CENTRAL}).",
     )
+    # a similarity matrix between the set's pairs, stored as LoRS stores its S ("similarity"), so the
+    # soft-labels and own recipes train on it with weighted BCE (``protosynth.soft_labels``)
+    soft_labels: str = opt(
+        "none",
+        help="Store training-free soft labels with the set: none (default) or clip (S[i,j] = exp((c_ij - 1) / T), "
+        f"c_ij the mean of the image-image and text-text CLIP cosines of pairs i and j's prototypes, T = "
+        f"{P.soft_temperature}); `eval retrieval --recipe own|soft-labels` trains on them with weighted BCE.",
+    )
+    # the clip rule's temperature; None: DEFAULT_SOFT_TEMPERATURE
+    soft_temperature: float | None = opt(
+        None,
+        help=f"With {P.soft_labels('clip')}: the temperature T, > 0; another pair is a positive (target > 0.5) when "
+        f"its cosine exceeds 1 - T ln 2 (default {DEFAULT_SOFT_TEMPERATURE}).",
+    )
     # renders per prototype; the one nearest its prototype is kept
     candidates: int = opt(
         1,
@@ -392,6 +410,7 @@ class DistillConfig(ReadsCorpus):
         if self.candidates < 1:
             raise ProtosynthError(f"{P.candidates} must be at least 1, got {self.candidates}")
         self.check_members_levers()
+        self.check_soft_labels()
         if self.method == "select":
             self.check_nothing_rendered()
         self.render.check(nested=True)
@@ -411,6 +430,19 @@ class DistillConfig(ReadsCorpus):
             raise ProtosynthError(
                 f"{P.central} needs {P.render.init} composite or tile, or {P.condition('blend')}", param="central"
             )
+
+    def check_soft_labels(self) -> None:
+        """A known rule, and a finite positive temperature given only with the rule that uses it (else
+        it would be recorded for nothing)."""
+        if self.soft_labels not in SOFT_LABELS:
+            raise ProtosynthError(f"unknown {P.soft_labels} {self.soft_labels!r}: use {' or '.join(SOFT_LABELS)}")
+        t = self.soft_temperature
+        if t is None:
+            return
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ProtosynthError(f"{P.soft_temperature} must be a positive number, got {t!r}")
+        if self.soft_labels != "clip":
+            raise ProtosynthError(f"{P.soft_temperature} needs {P.soft_labels('clip')}", param="soft_temperature")
 
     def check_nothing_rendered(self) -> None:
         """A selection renders nothing: a render setting given with it would be recorded in the
