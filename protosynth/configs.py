@@ -322,7 +322,8 @@ class DistillConfig(ReadsCorpus):
         "none",
         help="Store training-free soft labels with the set: none (default) or clip (S[i,j] = exp((c_ij - 1) / T), "
         f"c_ij the mean of the image-image and text-text CLIP cosines of pairs i and j's prototypes, T = "
-        f"{P.soft_temperature}); `eval retrieval --recipe own|soft-labels` trains on them with weighted BCE.",
+        f"{P.soft_temperature}); the own and soft-labels recipes of `eval retrieval` train on them with weighted "
+        "BCE, the protocol's recipe ignores them.",
     )
     # the clip rule's temperature; None: DEFAULT_SOFT_TEMPERATURE
     soft_temperature: float | None = opt(
