@@ -369,7 +369,7 @@ def _write_budget(
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
-        "settings": _jsonable(
+        "settings": _without_no_soft_labels(
             flat_settings(
                 replace(
                     cfg,
@@ -566,6 +566,15 @@ def _select(
     tensors = pair_tensors(emb.image_rows.take(chosen, axis=0), emb.text_rows.take(chosen, axis=0))
     seconds["select"] = round(time.time() - t, 2)
     return images, pairs, tensors, {"rule": "each prototype's member pair nearest it (image plus text cosine)"}
+
+
+def _without_no_soft_labels(settings: dict) -> dict:
+    """The manifest's settings (JSON-ready), without the soft-label settings of a set that stores none:
+    such a set, its manifest's settings and its card stay byte for byte what they were before the
+    option existed (a reader takes a missing ``soft_labels`` as ``none``)."""
+    if settings.get("soft_labels") == "none":
+        settings = {k: v for k, v in settings.items() if k not in ("soft_labels", "soft_temperature")}
+    return _jsonable(settings)
 
 
 def _jsonable(obj):
