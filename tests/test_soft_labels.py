@@ -14,7 +14,13 @@ from protosynth.configs import DistillConfig
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import recipe_data
 from protosynth.evaluation.retrieval import PairData
-from protosynth.soft_labels import clip_soft_labels, positive_cosine, soft_label_record, soft_labels
+from protosynth.soft_labels import (
+    DEFAULT_SOFT_TEMPERATURE,
+    clip_soft_labels,
+    positive_cosine,
+    soft_label_record,
+    soft_labels,
+)
 
 
 def by_hand(image, text, t):
@@ -61,7 +67,9 @@ def test_record_and_none():
     assert rec["other_positives_per_pair_mean"] == 2.0  # every pair's two others are above 0.5 here
     assert soft_labels("none", np.eye(3), np.eye(3), None) is None
     sim, rec = soft_labels("clip", np.eye(3), np.eye(3), None)
-    assert rec["temperature"] == 0.05 and torch.allclose(sim, torch.eye(3), atol=1e-8)  # orthogonal: exp(-20)
+    assert rec["temperature"] == DEFAULT_SOFT_TEMPERATURE == 0.25  # chosen on val
+    off = math.exp(-1 / DEFAULT_SOFT_TEMPERATURE)  # orthogonal pairs: joint cosine 0
+    assert torch.allclose(sim, torch.eye(3) + off * (1 - torch.eye(3)), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
