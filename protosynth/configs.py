@@ -39,11 +39,11 @@ MEMBER_STARTS = ("composite", "tile")  # the starts built from several members (
 CONDITIONS = ("prototype", "blend")  # what the decoder is conditioned on (DistillConfig.condition)
 DEFAULT_CENTRAL = 3  # members a composite, tile or blend combines when none is given: odd, a medoid's majority
 # training-free soft labels a set may store (DistillConfig.soft_labels; ``protosynth.soft_labels``)
-SOFT_LABELS = ("none", "clip")
+SOFT_LABELS = ("none", "clip", "members")
 # the clip rule's temperature when none is given: the best of 0.1 / 0.25 / 0.5 on the world's val split at
 # 100 pairs (23.3 / 23.6 / 23.0 r_mean, soft-labels recipe; benchmarks/results/world_val_soft_labels.md),
 # a choice inside the noise: the three differ by less than one std
-DEFAULT_SOFT_TEMPERATURE = 0.25
+DEFAULT_SOFT_TEMPERATURE = {"clip": 0.25, "members": 0.1}
 MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
 METHODS = ("pds", "select")  # DistillConfig.method
 CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
@@ -323,16 +323,18 @@ class DistillConfig(ReadsCorpus):
     # soft-labels and own recipes train on it with weighted BCE (``protosynth.soft_labels``)
     soft_labels: str = opt(
         "none",
-        help="Store training-free soft labels with the set: none (default) or clip (S[i,j] = exp((c_ij - 1) / T), "
-        f"c_ij the mean of the image-image and text-text CLIP cosines of pairs i and j's prototypes, T = "
-        f"{P.soft_temperature}); the own and soft-labels recipes of `eval retrieval` train on them with weighted "
-        "BCE, the protocol's recipe ignores them.",
+        help="Store training-free soft labels with the set: none (default), clip (S[i,j] = exp((c_ij - 1) / T), "
+        "c_ij the mean of the image-image and text-text CLIP cosines of pairs i and j's prototypes) or members "
+        "(S[i,j] = the mean over i's member pairs of min(1, exp((s(j) - s(i)) / T)), s(c) a member's image plus "
+        f"text cosine to prototype c), T = {P.soft_temperature}; the own and soft-labels recipes of `eval "
+        "retrieval` train on them with weighted BCE, the protocol's recipe ignores them.",
     )
-    # the clip rule's temperature; None: DEFAULT_SOFT_TEMPERATURE
+    # the rule's temperature; None: DEFAULT_SOFT_TEMPERATURE[soft_labels]
     soft_temperature: float | None = opt(
         None,
-        help=f"With {P.soft_labels('clip')}: the temperature T, > 0; another pair is a positive (target > 0.5) when "
-        f"its cosine exceeds 1 - T ln 2 (default {DEFAULT_SOFT_TEMPERATURE}).",
+        help=f"With {P.soft_labels} clip or members: the temperature T, > 0 (clip: another pair is a positive, "
+        f"target > 0.5, when its cosine exceeds 1 - T ln 2) (default: clip {DEFAULT_SOFT_TEMPERATURE['clip']}, "
+        f"members {DEFAULT_SOFT_TEMPERATURE['members']}).",
     )
     # renders per prototype; the one nearest its prototype is kept
     candidates: int = opt(
@@ -439,14 +441,17 @@ class DistillConfig(ReadsCorpus):
         """A known rule, and a finite positive temperature given only with the rule that uses it (else
         it would be recorded for nothing)."""
         if self.soft_labels not in SOFT_LABELS:
-            raise ProtosynthError(f"unknown {P.soft_labels} {self.soft_labels!r}: use {' or '.join(SOFT_LABELS)}")
+            raise ProtosynthError(f"unknown {P.soft_labels} {self.soft_labels!r}: use {', '.join(SOFT_LABELS)}")
         t = self.soft_temperature
         if t is None:
             return
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ProtosynthError(f"{P.soft_temperature} must be a positive number, got {t!r}")
-        if self.soft_labels != "clip":
-            raise ProtosynthError(f"{P.soft_temperature} needs {P.soft_labels('clip')}", param="soft_temperature")
+        if self.soft_labels == "none":
+            raise ProtosynthError(
+                f"{P.soft_temperature} needs {P.soft_labels('clip')} or {P.soft_labels('members')}",
+                param="soft_temperature",
+            )
 
     def check_nothing_rendered(self) -> None:
         """A selection renders nothing: a render setting given with it would be recorded in the

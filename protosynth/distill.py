@@ -358,7 +358,7 @@ def _write_budget(
         images, pairs, tensors, extra = _select(cfg, rows, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, rows, protos, caption_idx, seconds)
-    soft = soft_labels(cfg.soft_labels, protos.image, protos.text, cfg.soft_temperature)
+    soft = soft_labels(cfg.soft_labels, protos, emb.image_rows, emb.text_rows, cfg.soft_temperature)
     if soft is not None:  # stored as LoRS stores S: the own and soft-labels recipes train on it
         tensors = {**tensors, "similarity": soft[0]}
     evaluation = text_choice(cfg, loaded.render)

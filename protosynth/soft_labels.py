@@ -18,8 +18,17 @@ text-text cosine of pair i's and pair j's prototypes. Why this rule:
   > 0.5) exactly when c_ij > 1 - T ln 2, and targets fall off smoothly below that. T -> 0 is the
   identity (hard labels, InfoNCE's positives trained with BCE).
 
-The matrix is computed in float64 from the stored prototypes and rounded once to float32, so a rerun
-stores the same bytes.
+Rule ``members`` (soft co-membership, from the corpus): S[i, j] = the mean, over pair i's member
+pairs m, of min(1, exp((s_m(j) - s_m(i)) / T)), where s_m(c) is member m's score for prototype c (image
+cosine to c's image prototype plus text cosine to c's text prototype: the score that picks a
+prototype's nearest member). Why: a member about as close to j as to its own prototype is evidence
+that pairs i and j overlap; as T -> 0, S[i, j] is the share of i's members at least as close to j as
+to i (the k-means assignment's second choice, counted), and a larger T also credits near misses. The
+diagonal is 1 (exp(0)); a prototype without members has the identity row; S is not symmetric (a
+small cluster inside a large one's reach counts the large one, not the other way round), as LoRS's
+learned S need not be. Another pair is a positive when the members' mean credit is above 0.5.
+
+The matrices are computed in float64 and rounded once to float32, so a rerun stores the same bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +39,13 @@ import numpy as np
 import torch
 
 from .configs import DEFAULT_SOFT_TEMPERATURE, SOFT_LABELS  # noqa: F401 (re-exported: their public home)
+
+FORMULAS = {
+    "clip": "S[i,j] = exp((c_ij - 1) / temperature), c_ij = mean of the image-image and text-text cosines of "
+    "the pairs' prototypes (CLIP space); diagonal 1",
+    "members": "S[i,j] = mean over pair i's member pairs m of min(1, exp((s_m(j) - s_m(i)) / temperature)), "
+    "s_m(c) = image cosine of m to prototype c's image plus text cosine to its text (CLIP space); diagonal 1",
+}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -52,6 +68,24 @@ def clip_soft_labels(image: np.ndarray, text: np.ndarray, temperature: float) ->
     return torch.from_numpy(s.astype(np.float32))
 
 
+def members_soft_labels(
+    image: np.ndarray, text: np.ndarray, members: list, image_rows, text_rows, temperature: float
+) -> torch.Tensor:
+    """The ``members`` rule's (N, N) float32 targets from the prototypes (rows of ``image``, ``text``),
+    each prototype's member pair indices and the corpus's CLIP rows (memory-mapped row sources with
+    ``take``, as distill holds them), one prototype's members at a time."""
+    img, txt = unit_rows(image), unit_rows(text)
+    s = np.zeros((len(img), len(img)))
+    for i, group in enumerate(members):
+        idx = np.asarray(group, np.int64)
+        if not len(idx):  # no member: no evidence of overlap
+            continue
+        score = unit_rows(image_rows.take(idx, axis=0)) @ img.T + unit_rows(text_rows.take(idx, axis=0)) @ txt.T
+        s[i] = np.exp(np.minimum(score - score[:, i : i + 1], 0.0) / temperature).mean(axis=0)  # min(1, exp)
+    np.fill_diagonal(s, 1.0)
+    return torch.from_numpy(s.astype(np.float32))
+
+
 def positive_cosine(temperature: float) -> float:
     """The joint cosine above which the ``clip`` rule makes another pair a positive (target > 0.5)."""
     return 1.0 - temperature * math.log(2.0)
@@ -67,9 +101,8 @@ def soft_label_record(similarity: torch.Tensor, rule: str, temperature: float) -
     return {
         "rule": rule,
         "temperature": temperature,
-        "formula": "S[i,j] = exp((c_ij - 1) / temperature), c_ij = mean of the image-image and text-text "
-        "cosines of the pairs' prototypes (CLIP space); diagonal 1",
-        "positive_above_cosine": round(positive_cosine(temperature), 6),
+        "formula": FORMULAS[rule],
+        "positive_above_cosine": round(positive_cosine(temperature), 6) if rule == "clip" else None,
         "stored_as": "embeddings.safetensors: similarity (N, N), row = image, column = text",
         "off_diagonal_mean": round(float(off.mean()), 6) if n > 1 else None,
         "off_diagonal_max": round(float(off.max()), 6) if n > 1 else None,
@@ -77,11 +110,15 @@ def soft_label_record(similarity: torch.Tensor, rule: str, temperature: float) -
     }
 
 
-def soft_labels(rule: str, image: np.ndarray, text: np.ndarray, temperature: float | None) -> tuple | None:
-    """(similarity, manifest record) of ``rule`` on the pairs' image and text prototypes, or None for
-    ``none`` (the set stores nothing, as before the option existed)."""
+def soft_labels(rule: str, protos, image_rows, text_rows, temperature: float | None) -> tuple | None:
+    """(similarity, manifest record) of ``rule`` for the set's prototypes (``clustering.Prototypes``;
+    ``members`` also reads the corpus's CLIP rows), or None for ``none`` (the set stores nothing, as
+    before the option existed). ``temperature`` None: the rule's default."""
     if rule == "none":
         return None
-    t = DEFAULT_SOFT_TEMPERATURE if temperature is None else float(temperature)
-    sim = clip_soft_labels(image, text, t)
+    t = DEFAULT_SOFT_TEMPERATURE[rule] if temperature is None else float(temperature)
+    if rule == "clip":
+        sim = clip_soft_labels(protos.image, protos.text, t)
+    else:
+        sim = members_soft_labels(protos.image, protos.text, protos.members, image_rows, text_rows, t)
     return sim, soft_label_record(sim, rule, t)

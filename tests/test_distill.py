@@ -594,7 +594,7 @@ def test_soft_labels_add_the_clip_rule_to_the_default_set(quick_models, full_run
 def test_soft_labels_on_a_selection_take_the_default_temperature(quick_models, tmp_path):
     ds = load_distilled(distill(make_cfg(quick_models, tmp_path / "sel", method="select", soft_labels="clip")))
     assert ds.manifest["settings"]["soft_temperature"] == ds.manifest["soft_labels"]["temperature"]
-    assert ds.manifest["soft_labels"]["temperature"] == DEFAULT_SOFT_TEMPERATURE
+    assert ds.manifest["soft_labels"]["temperature"] == DEFAULT_SOFT_TEMPERATURE["clip"]
     assert tuple(ds.tensors["similarity"].shape) == (BUDGET, BUDGET)
 
 
@@ -621,3 +621,27 @@ def test_soft_labels_recipe_trains_with_weighted_bce_on_the_stored_matrix(quick_
     soft, hard = logits_seen(data.similarity), logits_seen(torch.eye(BUDGET))
     assert len(soft) == len(hard) >= 2 and torch.equal(soft[0], hard[0])  # the same start
     assert not torch.allclose(soft[-1], hard[-1])  # then the targets moved the model apart
+
+
+def test_soft_labels_members_are_the_co_membership_of_the_corpus_pairs(quick_models, full_run, tmp_path):
+    """``soft_labels="members"``: the default's set plus S from every member pair's CLIP rows, checked
+    against the rule computed over the whole corpus at once (score of every pair for every prototype)."""
+    cfg = make_cfg(quick_models, tmp_path / "members", soft_labels="members", soft_temperature=0.3)
+    ds = load_distilled(distill(cfg), verify=True)
+    assert tree_bytes(ds.root, ("images", "pairs.jsonl")) == tree_bytes(full_run, ("images", "pairs.jsonl"))
+    emb = embed_corpus(load_corpus(CORPUS), load_clip(f"small:{quick_models}"))
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    score = unit(emb.image.numpy()) @ unit(ds.tensors["image_normalised"].numpy()).T
+    score += unit(emb.text.numpy()) @ unit(ds.tensors["text_normalised"].numpy()).T  # (pairs, prototypes)
+    expected = np.eye(BUDGET)
+    for i, rec in enumerate(ds.pairs):
+        own = score[rec["members"]]
+        expected[i] = np.minimum(1.0, np.exp((own - own[:, [i]]) / 0.3)).mean(axis=0)
+    np.testing.assert_allclose(ds.tensors["similarity"].numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert ds.manifest["soft_labels"]["rule"] == "members" and ds.manifest["settings"]["soft_temperature"] == 0.3
+    assert "**soft labels**: rule `members`, temperature 0.3" in (ds.root / "README.md").read_text()
+    assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from protosynth.baselines.configs import RENDERED_SETTINGS, rendered_distill
+from protosynth.clustering import Prototypes
 from protosynth.configs import DistillConfig
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.data import recipe_data
@@ -17,6 +18,7 @@ from protosynth.evaluation.retrieval import PairData
 from protosynth.soft_labels import (
     DEFAULT_SOFT_TEMPERATURE,
     clip_soft_labels,
+    members_soft_labels,
     positive_cosine,
     soft_label_record,
     soft_labels,
@@ -65,20 +67,74 @@ def test_record_and_none():
     assert rec["rule"] == "clip" and rec["temperature"] == 0.5
     assert rec["positive_above_cosine"] == pytest.approx(1 - 0.5 * math.log(2), abs=1e-6)
     assert rec["other_positives_per_pair_mean"] == 2.0  # every pair's two others are above 0.5 here
-    assert soft_labels("none", np.eye(3), np.eye(3), None) is None
-    sim, rec = soft_labels("clip", np.eye(3), np.eye(3), None)
-    assert rec["temperature"] == DEFAULT_SOFT_TEMPERATURE == 0.25  # chosen on val
-    off = math.exp(-1 / DEFAULT_SOFT_TEMPERATURE)  # orthogonal pairs: joint cosine 0
+    protos = Prototypes(np.eye(3), np.eye(3), np.eye(3), np.eye(3), [np.array([0]), np.array([1]), np.array([2])])
+    assert soft_labels("none", protos, np.eye(3), np.eye(3), None) is None
+    sim, rec = soft_labels("clip", protos, np.eye(3), np.eye(3), None)
+    assert rec["temperature"] == DEFAULT_SOFT_TEMPERATURE["clip"] == 0.25  # chosen on val
+    off = math.exp(-1 / DEFAULT_SOFT_TEMPERATURE["clip"])  # orthogonal pairs: joint cosine 0
     assert torch.allclose(sim, torch.eye(3) + off * (1 - torch.eye(3)), rtol=1e-6)
+
+
+def members_by_hand(image, text, members, rows_img, rows_txt, t):
+    """The members rule written out member by member, in plain Python."""
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    def score(m, c):
+        return cos(rows_img[m], image[c]) + cos(rows_txt[m], text[c])
+
+    n = len(image)
+    out = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if i == j or not members[i]:
+                out[i][j] = float(i == j)
+                continue
+            credits = [
+                1.0 if score(m, j) >= score(m, i) else math.exp((score(m, j) - score(m, i)) / t) for m in members[i]
+            ]
+            out[i][j] = sum(credits) / len(credits)
+    return out
+
+
+def test_members_rule_matches_an_independent_computation():
+    image = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    text = [[1.0, 0.2], [0.1, 1.0], [0.5, 0.5]]
+    rows_img = [[1.0, 0.1], [0.9, 0.5], [0.1, 1.0], [0.6, 0.7], [0.2, 2.0], [3.0, 0.2]]  # rows need not be unit
+    rows_txt = [[1.0, 0.0], [0.6, 0.6], [0.0, 1.0], [0.5, 0.6], [0.3, 1.0], [1.0, 0.3]]
+    members = [[0, 1, 5], [2, 4], [3]]
+    args = (np.array(image), np.array(text), [np.array(m) for m in members], np.array(rows_img), np.array(rows_txt))
+    got = members_soft_labels(*args, 0.3)
+    assert got.dtype == torch.float32 and torch.equal(got.diagonal(), torch.ones(3))
+    np.testing.assert_allclose(got.numpy(), members_by_hand(image, text, members, rows_img, rows_txt, 0.3), rtol=1e-6)
+    assert not torch.allclose(got, got.T)  # not symmetric: i's members vouch for j, not j's for i
+    # T -> 0: the share of i's members at least as close to j as to i: one of prototype 0's three members
+    # (row 1) scores prototype 2 above its own, every other member its own prototype highest
+    share = torch.tensor([[1.0, 0.0, 1 / 3], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.allclose(members_soft_labels(*args, 1e-4), share, atol=1e-6)
+    # a prototype without members: the identity row
+    args = (args[0], args[1], [np.array([0, 1, 5]), np.array([], np.int64), np.array([3])], *args[3:])
+    assert torch.equal(members_soft_labels(*args, 0.3)[1], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_members_rule_counts_members_closer_to_another_prototype():
+    """Two of prototype 0's four members sit nearer prototype 1: as T -> 0, S[0, 1] = 2/4."""
+    image = text = np.array([[1.0, 0.0], [0.0, 1.0]])
+    rows = np.array([[1.0, 0.0], [1.0, 0.1], [0.2, 1.0], [0.1, 1.0], [0.0, 1.0]])
+    got = members_soft_labels(image, text, [np.array([0, 1, 2, 3]), np.array([4])], rows, rows, 1e-4)
+    assert got[0, 1] == pytest.approx(0.5, abs=1e-6) and got[1, 0] == pytest.approx(0.0, abs=1e-6)
+    assert soft_label_record(got, "members", 1e-4)["other_positives_per_pair_mean"] == 0.0  # 0.5 is not > 0.5
 
 
 @pytest.mark.parametrize(
     "kw, message",
     [
-        ({"soft_labels": "cos"}, r"^unknown soft_labels 'cos': use none or clip$"),
+        ({"soft_labels": "cos"}, r"^unknown soft_labels 'cos': use none, clip, members$"),
         ({"soft_labels": "clip", "soft_temperature": 0.0}, r"^soft_temperature must be a positive number, got 0.0$"),
         ({"soft_labels": "clip", "soft_temperature": float("inf")}, r"^soft_temperature must be a positive number"),
-        ({"soft_temperature": 0.1}, r"^soft_temperature needs soft_labels=clip$"),
+        ({"soft_temperature": 0.1}, r"^soft_temperature needs soft_labels=clip or soft_labels=members$"),
+        ({"soft_labels": "members", "soft_temperature": -0.1}, r"^soft_temperature must be a positive number"),
     ],
 )
 def test_bad_settings_are_one_error_naming_the_setting(kw, message):
@@ -92,6 +148,9 @@ def test_compare_methods_store_the_rule():
     cfg = rendered_distill("pds-soft-t0.25", budget=10)
     assert (cfg.soft_labels, cfg.soft_temperature, cfg.method) == ("clip", 0.25, "pds")
     cfg.check()
+    cfg = rendered_distill("pds-soft-members-t0.2", budget=10)
+    assert (cfg.soft_labels, cfg.soft_temperature) == ("members", 0.2)
+    assert rendered_distill("pds-soft-members", budget=10).soft_temperature is None
     assert all(
         rendered_distill(m, budget=10).soft_labels == "none" for m in RENDERED_SETTINGS if not m.startswith("pds-soft")
     )

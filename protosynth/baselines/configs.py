@@ -36,6 +36,11 @@ RENDERED_SETTINGS: dict[str, dict] = {
     "pds-soft-t0.1": {"soft_labels": "clip", "soft_temperature": 0.1},
     "pds-soft-t0.25": {"soft_labels": "clip", "soft_temperature": 0.25},
     "pds-soft-t0.5": {"soft_labels": "clip", "soft_temperature": 0.5},
+    # soft co-membership from the corpus (rule members), with its default temperature and its val grid
+    "pds-soft-members": {"soft_labels": "members"},
+    "pds-soft-members-t0.05": {"soft_labels": "members", "soft_temperature": 0.05},
+    "pds-soft-members-t0.2": {"soft_labels": "members", "soft_temperature": 0.2},
+    "pds-soft-members-t0.5": {"soft_labels": "members", "soft_temperature": 0.5},
 }
 RENDERED = tuple(RENDERED_SETTINGS)
 

@@ -105,8 +105,9 @@ def how_made(manifest: dict) -> list[str]:
     if soft:
         lines.append(
             f"- **soft labels**: rule `{soft.get('rule')}`, temperature {soft.get('temperature')}: "
-            f"{soft.get('formula')}; another pair counts as a positive (target > 0.5) when that cosine is above "
-            f"{soft.get('positive_above_cosine')} ({soft.get('other_positives_per_pair_mean')} per pair on average). "
+            f"{soft.get('formula')}; another pair counts as a positive where its target is above 0.5"
+            + (f" (a cosine above {soft['positive_above_cosine']})" if soft.get("positive_above_cosine") else "")
+            + f": {soft.get('other_positives_per_pair_mean')} per pair on average. "
             "Stored as `similarity` in `embeddings.safetensors`; the own and soft-labels recipes of `eval retrieval` "
             "train on it with weighted BCE, the protocol's recipe ignores it"
         )
