@@ -151,6 +151,10 @@ def test_compare_methods_store_the_rule():
     cfg = rendered_distill("pds-soft-members-t0.2", budget=10)
     assert (cfg.soft_labels, cfg.soft_temperature) == ("members", 0.2)
     assert rendered_distill("pds-soft-members", budget=10).soft_temperature is None
+    cfg = rendered_distill("pds-soft-identity", budget=10)  # the control: hard labels with weighted BCE
+    assert (cfg.soft_labels, cfg.soft_temperature) == ("clip", 0.001)
+    far = np.array([[1.0, 0.0], [0.8, 0.6]])  # cosine 0.8, nearer than any two world prototypes at 100 pairs
+    assert torch.equal(clip_soft_labels(far, far, cfg.soft_temperature), torch.eye(2))
     assert all(
         rendered_distill(m, budget=10).soft_labels == "none" for m in RENDERED_SETTINGS if not m.startswith("pds-soft")
     )

@@ -36,6 +36,9 @@ RENDERED_SETTINGS: dict[str, dict] = {
     "pds-soft-t0.1": {"soft_labels": "clip", "soft_temperature": 0.1},
     "pds-soft-t0.25": {"soft_labels": "clip", "soft_temperature": 0.25},
     "pds-soft-t0.5": {"soft_labels": "clip", "soft_temperature": 0.5},
+    # the control: weighted BCE on hard labels (at T 0.001 every off-diagonal target of the world's
+    # prototypes underflows to 0 in float32: S is the identity), the loss without the soft targets
+    "pds-soft-identity": {"soft_labels": "clip", "soft_temperature": 0.001},
     # soft co-membership from the corpus (rule members), with its default temperature and its val grid
     "pds-soft-members": {"soft_labels": "members"},
     "pds-soft-members-t0.05": {"soft_labels": "members", "soft_temperature": 0.05},
