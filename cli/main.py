@@ -191,7 +191,7 @@ FP16_HELP = (
         *fields(EmbedConfig, "fp16", fp16={"help": FP16_HELP}),
         *fields(
             DistillConfig,
-            f"decoder mode {CHOSEN} seed out force device dtype",
+            f"decoder mode {CHOSEN} soft_labels soft_temperature seed out force device dtype",
             method={"annotation": Optional[str], "default": None},
             candidates={"annotation": Optional[int], "default": None},
         ),

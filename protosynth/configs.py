@@ -9,6 +9,7 @@ spells them as its flags.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +38,13 @@ IMAGE_STARTS = INITS[1:]  # the starts from real images, noised to ``strength``
 MEMBER_STARTS = ("composite", "tile")  # the starts built from several members (``starts``)
 CONDITIONS = ("prototype", "blend")  # what the decoder is conditioned on (DistillConfig.condition)
 DEFAULT_CENTRAL = 3  # members a composite, tile or blend combines when none is given: odd, a medoid's majority
+# training-free soft labels a set may store (DistillConfig.soft_labels; ``protosynth.soft_labels``)
+SOFT_LABELS = ("none", "clip", "members")
+# each rule's temperature when none is given: the val argmax of a 3-value grid at 100 pairs, soft-labels recipe
+# (benchmarks/results/world_val_soft_labels.md): clip 0.1 / 0.25 / 0.5 scored 23.3 / 23.6 / 23.0, members
+# 0.05 / 0.2 / 0.5 scored 23.20 / 23.19 / 23.10; choices inside the noise (the values differ by less than
+# one std), every one 8 points under the same sets trained with InfoNCE (31.4)
+DEFAULT_SOFT_TEMPERATURE = {"clip": 0.25, "members": 0.05}
 MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
 METHODS = ("pds", "select")  # DistillConfig.method
 CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
@@ -312,6 +320,23 @@ class DistillConfig(ReadsCorpus):
         help=f"How many of each prototype's most central member images (distinct images, by image plus text "
         f"cosine) {P.render.init} composite or tile and {P.condition('blend')} combine (default {DEFAULT_CENTRAL}).",
     )
+    # a similarity matrix between the set's pairs, stored as LoRS stores its S ("similarity"), so the
+    # soft-labels and own recipes train on it with weighted BCE (``protosynth.soft_labels``)
+    soft_labels: str = opt(
+        "none",
+        help="Store training-free soft labels with the set: none (default), clip (S[i,j] = exp((c_ij - 1) / T), "
+        "c_ij the mean of the image-image and text-text CLIP cosines of pairs i and j's prototypes) or members "
+        "(S[i,j] = the mean over i's member pairs of min(1, exp((s(j) - s(i)) / T)), s(c) a member's image plus "
+        f"text cosine to prototype c), T = {P.soft_temperature}; the own and soft-labels recipes of `eval "
+        "retrieval` train on them with weighted BCE, the protocol's recipe ignores them.",
+    )
+    # the rule's temperature; None: DEFAULT_SOFT_TEMPERATURE[soft_labels]
+    soft_temperature: float | None = opt(
+        None,
+        help=f"With {P.soft_labels} clip or members: the temperature T, > 0 (clip: another pair is a positive, "
+        f"target > 0.5, when its cosine exceeds 1 - T ln 2) (default: clip {DEFAULT_SOFT_TEMPERATURE['clip']}, "
+        f"members {DEFAULT_SOFT_TEMPERATURE['members']}).",
+    )
     # renders per prototype; the one nearest its prototype is kept
     candidates: int = opt(
         1,
@@ -392,6 +417,7 @@ class DistillConfig(ReadsCorpus):
         if self.candidates < 1:
             raise ProtosynthError(f"{P.candidates} must be at least 1, got {self.candidates}")
         self.check_members_levers()
+        self.check_soft_labels()
         if self.method == "select":
             self.check_nothing_rendered()
         self.render.check(nested=True)
@@ -410,6 +436,22 @@ class DistillConfig(ReadsCorpus):
         if self.render.init not in MEMBER_STARTS and self.condition != "blend":
             raise ProtosynthError(
                 f"{P.central} needs {P.render.init} composite or tile, or {P.condition('blend')}", param="central"
+            )
+
+    def check_soft_labels(self) -> None:
+        """A known rule, and a finite positive temperature given only with the rule that uses it (else
+        it would be recorded for nothing)."""
+        if self.soft_labels not in SOFT_LABELS:
+            raise ProtosynthError(f"unknown {P.soft_labels} {self.soft_labels!r}: use {', '.join(SOFT_LABELS)}")
+        t = self.soft_temperature
+        if t is None:
+            return
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ProtosynthError(f"{P.soft_temperature} must be a positive number, got {t!r}")
+        if self.soft_labels == "none":
+            raise ProtosynthError(
+                f"{P.soft_temperature} needs {P.soft_labels('clip')} or {P.soft_labels('members')}",
+                param="soft_temperature",
             )
 
     def check_nothing_rendered(self) -> None:

@@ -25,6 +25,9 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
 - ``preset="pds-published"``: PDS as its authors' code runs it (``PRESETS``): raw-row MiniBatchKMeans,
   plain-mean prototypes, their order, renders from noise with the prototype's caption, the text
   prototype as text. Each of its settings is also a field of its own (``prototypes.py``).
+- ``soft_labels``: ``none`` (default) or ``clip``, a similarity matrix between the set's pairs from their
+  prototypes' CLIP cosines, stored as LoRS stores its S (``protosynth.soft_labels``), so the own and
+  soft-labels recipes of ``eval retrieval`` train on it with weighted BCE; the protocol's recipe ignores it.
 - ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
   (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
 
@@ -76,6 +79,7 @@ from .prototypes import (
 from .render import RenderConfig, fidelity_scores, render_images, resolve_render
 from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
 from .sets.texts import member_images, with_reading_texts
+from .soft_labels import soft_labels
 from .starts import blended_condition, start_image
 from .util.runinfo import check_device, peak_rss_mb, threads, versions
 
@@ -354,14 +358,18 @@ def _write_budget(
         images, pairs, tensors, extra = _select(cfg, rows, emb, protos, seconds)
     else:
         images, pairs, tensors, extra = _synthesise(cfg, loaded, rows, protos, caption_idx, seconds)
+    soft = soft_labels(cfg.soft_labels, protos, emb.image_rows, emb.text_rows, cfg.soft_temperature)
+    if soft is not None:  # stored as LoRS stores S: the own and soft-labels recipes train on it
+        tensors = {**tensors, "similarity": soft[0]}
     evaluation = text_choice(cfg, loaded.render)
     text = evaluation["text"]
     rules = {name: getattr(pcfg, name) for name in ("cluster_space", "kmeans", "prototype_norm", "prototype_order")}
+    rules["soft_temperature"] = soft[1]["temperature"] if soft is not None else None
     cfg = replace(cfg, **rules)  # the manifest records the rules used, defaults included
     manifest = {
         **manifest_header(cfg.method, cfg.budget, cfg.mode, cfg.seed, corpus, clip),
         **extra,
-        "settings": _jsonable(
+        "settings": _without_no_soft_labels(
             flat_settings(
                 replace(
                     cfg,
@@ -376,6 +384,7 @@ def _write_budget(
             )
         ),
         "evaluation": evaluation,
+        **({"soft_labels": soft[1]} if soft is not None else {}),
         "prototype_stats": protos.stats,
         "embeddings_from_cache": emb.from_cache,
         "embed_compute_seconds": emb.compute_seconds,  # what the store cost, even when read from the cache
@@ -557,6 +566,15 @@ def _select(
     tensors = pair_tensors(emb.image_rows.take(chosen, axis=0), emb.text_rows.take(chosen, axis=0))
     seconds["select"] = round(time.time() - t, 2)
     return images, pairs, tensors, {"rule": "each prototype's member pair nearest it (image plus text cosine)"}
+
+
+def _without_no_soft_labels(settings: dict) -> dict:
+    """The manifest's settings (JSON-ready), without the soft-label settings of a set that stores none:
+    such a set, its manifest's settings and its card stay byte for byte what they were before the
+    option existed (a reader takes a missing ``soft_labels`` as ``none``)."""
+    if settings.get("soft_labels") == "none":
+        settings = {k: v for k, v in settings.items() if k not in ("soft_labels", "soft_temperature")}
+    return _jsonable(settings)
 
 
 def _jsonable(obj):

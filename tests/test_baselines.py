@@ -34,7 +34,7 @@ from protosynth.cli import baselines as cli_baselines
 from protosynth.cli.main import app
 from protosynth.corpora.source import flat_settings
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.data import protocol_recipe, recipe_data, unsupported_reading
+from protosynth.evaluation.data import has_own_recipe, protocol_recipe, recipe_data, unsupported_reading
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
 from protosynth.evaluation.retrieval import PairData
 from protosynth.models.backbones import Backbone
@@ -749,6 +749,23 @@ def test_compare_makes_pds_published_with_its_preset(tmp_path):
         "minibatch",
         "prototype",
     )
+
+
+def test_compare_makes_pds_soft_with_its_soft_labels(tmp_path):
+    """compare-baselines' ``pds-soft`` row is the default distill plus the clip soft labels at the default
+    temperature: S stored, so its own and soft-labels rows train with weighted BCE."""
+    from protosynth.baselines.compare import _make_set  # noqa: PLC0415 (the step a spawned child runs)
+    from protosynth.corpora.source import CorpusSource  # noqa: PLC0415
+    from protosynth.corpora.spec import canonical_spec  # noqa: PLC0415
+    from protosynth.soft_labels import DEFAULT_SOFT_TEMPERATURE  # noqa: PLC0415
+
+    cfg = CompareConfig(budget=4, corpus=CorpusSource(spec=canonical_spec(TINY_WORLD)), out=tmp_path, quick=True)
+    _make_set("pds-soft", cfg, tmp_path / "sets" / "pds-soft-b4", {})
+    ds = load_distilled(tmp_path / "sets" / "pds-soft-b4", verify=True)
+    settings = ds.manifest["settings"]
+    assert ds.manifest["method"] == "pds" and settings["preset"] is None
+    assert (settings["soft_labels"], settings["soft_temperature"]) == ("clip", DEFAULT_SOFT_TEMPERATURE["clip"])
+    assert tuple(ds.tensors["similarity"].shape) == (4, 4) and has_own_recipe(ds)
 
 
 def test_every_recipe_has_a_table_title():

@@ -61,6 +61,19 @@ NO_MODEL_CASES = {
     "unknown condition": (["--budget", "4", "--condition", "mean"], [r"--condition", r"'mean'"]),
     "central 0": (["--budget", "4", "--condition", "blend", "--central", "0"], [r"--central", r"\b0\b"]),
     "central without a lever": (["--budget", "4", "--central", "3"], [r"--central", r"--init composite or tile"]),
+    "unknown soft labels": (["--budget", "4", "--soft-labels", "cosine"], [r"--soft-labels", r"'cosine'"]),
+    "soft temperature 0": (
+        ["--budget", "4", "--soft-labels", "clip", "--soft-temperature", "0"],
+        [r"--soft-temperature", r"positive", r"\b0"],
+    ),
+    "soft temperature nan": (
+        ["--budget", "4", "--soft-labels", "clip", "--soft-temperature", "nan"],
+        [r"--soft-temperature", r"nan"],
+    ),
+    "soft temperature without the rule": (
+        ["--budget", "4", "--soft-temperature", "0.2"],
+        [r"--soft-temperature needs --soft-labels clip"],
+    ),
     "preset against a flag": (
         ["--budget", "4", "--preset", "pds-published", "--text", "members"],
         [r"--preset pds-published sets --text to 'prototype'; got 'members'"],

@@ -28,13 +28,19 @@ from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_render, render_captions
 from protosynth.embed import embed_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.evaluation.data import unsupported_reading
+from protosynth.evaluation.data import has_own_recipe, recipe_data, set_data, unsupported_reading
+from protosynth.evaluation.evaluate import EvalConfig, evaluate
+from protosynth.evaluation.protocols import get_protocol
+from protosynth.evaluation.retrieval import train_and_score
+from protosynth.models.backbones import load_backbone
 from protosynth.models.clip import load_clip
 from protosynth.models.decoders import Decoder, open_decoder
 from protosynth.models.small_unclip import to_unit_range
+from protosynth.models.text_encoders import load_text_encoder
 from protosynth.prototypes import Prototypes, central_members, nearest_rows
 from protosynth.render import RenderConfig, fidelity, pixel_embedder, render_images, resolve_render
 from protosynth.sets.distilled import load_distilled
+from protosynth.soft_labels import DEFAULT_SOFT_TEMPERATURE
 from protosynth.starts import blended_condition, start_image
 
 CORPUS = "shapes,n=300"
@@ -552,4 +558,90 @@ def test_blended_condition_conditions_on_the_central_members(quick_models, full_
     assert not np.allclose(blend, ds.tensors["image_raw"].numpy())  # not the prototype
     assert any(not np.array_equal(np.asarray(ds.image(i)), np.asarray(ref.image(i))) for i in range(BUDGET))
     assert ref.manifest["settings"]["condition"] == "prototype" and ref.manifest["settings"]["central"] is None
+    assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)
+
+
+def test_soft_labels_add_the_clip_rule_to_the_default_set(quick_models, full_run, tmp_path):
+    """``soft_labels="clip"``: the default's set, byte for byte, plus S computed from its stored
+    prototypes by the rule; recorded in the manifest and the card; a rerun stores the same bytes."""
+    cfg = make_cfg(quick_models, tmp_path / "soft", soft_labels="clip", soft_temperature=0.5)
+    ds, ref = load_distilled(distill(cfg), verify=True), load_distilled(full_run)
+    names = ("images", "pairs.jsonl", "metadata.jsonl", "member_images.json")
+    assert tree_bytes(ds.root, names) == tree_bytes(full_run, names)
+    assert set(ds.tensors) == set(ref.tensors) | {"similarity"}
+    assert all(torch.equal(ds.tensors[k], ref.tensors[k]) for k in ref.tensors)
+    img, txt = (ds.tensors[k].double().numpy() for k in ("image_normalised", "text_normalised"))
+    img, txt = img / np.linalg.norm(img, axis=1, keepdims=True), txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    expected = np.exp(((img @ img.T + txt @ txt.T) / 2 - 1) / 0.5)
+    np.fill_diagonal(expected, 1.0)
+    sim = ds.tensors["similarity"]
+    assert sim.dtype == torch.float32 and tuple(sim.shape) == (BUDGET, BUDGET)
+    np.testing.assert_allclose(sim.numpy(), expected, rtol=1e-6, atol=1e-7)
+    off = sim[~torch.eye(BUDGET, dtype=torch.bool)]
+    assert 0 < off.min() < off.max() < 1 and off.std() > 0.01  # soft, not the identity
+    settings = ds.manifest["settings"]
+    assert (settings["soft_labels"], settings["soft_temperature"]) == ("clip", 0.5)
+    rec = ds.manifest["soft_labels"]
+    assert (rec["rule"], rec["temperature"]) == ("clip", 0.5)
+    assert rec["other_positives_per_pair_mean"] == pytest.approx(float(((sim > 0.5).sum() - BUDGET) / BUDGET))
+    assert "**soft labels**: rule `clip`, temperature 0.5" in (ds.root / "README.md").read_text()
+    assert has_own_recipe(ds) and not has_own_recipe(ref)  # the default stores none
+    assert not {"soft_labels", "soft_temperature"} & set(ref.manifest["settings"])  # none: settings as before
+    assert "soft_labels" not in ref.manifest and "soft labels" not in (full_run / "README.md").read_text()
+    assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)
+
+
+def test_soft_labels_on_a_selection_take_the_default_temperature(quick_models, tmp_path):
+    ds = load_distilled(distill(make_cfg(quick_models, tmp_path / "sel", method="select", soft_labels="clip")))
+    assert ds.manifest["settings"]["soft_temperature"] == ds.manifest["soft_labels"]["temperature"]
+    assert ds.manifest["soft_labels"]["temperature"] == DEFAULT_SOFT_TEMPERATURE["clip"]
+    assert tuple(ds.tensors["similarity"].shape) == (BUDGET, BUDGET)
+
+
+def test_soft_labels_recipe_trains_with_weighted_bce_on_the_stored_matrix(quick_models, tiny_backbone, tmp_path):
+    """The soft-labels recipe trains on S with weighted BCE, the protocol's without it (InfoNCE): the
+    rows say so and score differently; and S's content matters (the identity trains another model)."""
+    out = distill(make_cfg(quick_models, tmp_path / "soft", soft_labels="clip", soft_temperature=0.5))
+    base = EvalConfig(protocol="small", backbone=f"small:{tiny_backbone}", test="shapes:test,n=40", repeats=1, epochs=2)
+    rows = {r: evaluate([out], replace(base, recipe=r))["sets"][0] for r in ("soft-labels", "protocol")}
+    assert (rows["soft-labels"]["loss"], rows["protocol"]["loss"]) == ("wbce", "info_nce")
+    assert rows["soft-labels"]["metrics"] != rows["protocol"]["metrics"]
+    ds = load_distilled(out)
+    protocol, backbone = get_protocol("small"), load_backbone(f"small:{tiny_backbone}")
+    size = protocol.image_size or backbone.image_size
+    data = recipe_data(set_data(ds, load_text_encoder(protocol.text), backbone, size, False), "soft-labels")
+    assert torch.equal(data.similarity, ds.tensors["similarity"])
+
+    def logits_seen(similarity: torch.Tensor) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        run = replace(data, similarity=similarity)
+        train_and_score(protocol, backbone, run, None, 0, 2, on_batch=lambda idx, lg: seen.append(lg))
+        return seen
+
+    soft, hard = logits_seen(data.similarity), logits_seen(torch.eye(BUDGET))
+    assert len(soft) == len(hard) >= 2 and torch.equal(soft[0], hard[0])  # the same start
+    assert not torch.allclose(soft[-1], hard[-1])  # then the targets moved the model apart
+
+
+def test_soft_labels_members_are_the_co_membership_of_the_corpus_pairs(quick_models, full_run, tmp_path):
+    """``soft_labels="members"``: the default's set plus S from every member pair's CLIP rows, checked
+    against the rule computed over the whole corpus at once (score of every pair for every prototype)."""
+    cfg = make_cfg(quick_models, tmp_path / "members", soft_labels="members", soft_temperature=0.3)
+    ds = load_distilled(distill(cfg), verify=True)
+    assert tree_bytes(ds.root, ("images", "pairs.jsonl")) == tree_bytes(full_run, ("images", "pairs.jsonl"))
+    emb = embed_corpus(load_corpus(CORPUS), load_clip(f"small:{quick_models}"))
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    score = unit(emb.image.numpy()) @ unit(ds.tensors["image_normalised"].numpy()).T
+    score += unit(emb.text.numpy()) @ unit(ds.tensors["text_normalised"].numpy()).T  # (pairs, prototypes)
+    expected = np.eye(BUDGET)
+    for i, rec in enumerate(ds.pairs):
+        own = score[rec["members"]]
+        expected[i] = np.minimum(1.0, np.exp((own - own[:, [i]]) / 0.3)).mean(axis=0)
+    np.testing.assert_allclose(ds.tensors["similarity"].numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert ds.manifest["soft_labels"]["rule"] == "members" and ds.manifest["settings"]["soft_temperature"] == 0.3
+    assert "**soft labels**: rule `members`, temperature 0.3" in (ds.root / "README.md").read_text()
     assert tree_bytes(distill(replace(cfg, out=tmp_path / "again"))) == tree_bytes(ds.root)

@@ -29,6 +29,21 @@ RENDERED_SETTINGS: dict[str, dict] = {
     "pds-blend-0.6": {"condition": "blend", "render.strength": 0.6},
     "pds-composite-k5": {"render.init": "composite", "central": 5},
     "pds-blend-k9": {"condition": "blend", "central": 9},
+    # the default's set with training-free soft labels (``protosynth.soft_labels``): the same images and
+    # pairs as pds, plus S; the protocol's table scores it without S (DD-Ranking's with and without).
+    # pds-soft takes the default temperature; the others are the val grid it was chosen from
+    "pds-soft": {"soft_labels": "clip"},
+    "pds-soft-t0.1": {"soft_labels": "clip", "soft_temperature": 0.1},
+    "pds-soft-t0.25": {"soft_labels": "clip", "soft_temperature": 0.25},
+    "pds-soft-t0.5": {"soft_labels": "clip", "soft_temperature": 0.5},
+    # the control: weighted BCE on hard labels (at T 0.001 every off-diagonal target of the world's
+    # prototypes underflows to 0 in float32: S is the identity), the loss without the soft targets
+    "pds-soft-identity": {"soft_labels": "clip", "soft_temperature": 0.001},
+    # soft co-membership from the corpus (rule members), with its default temperature and its val grid
+    "pds-soft-members": {"soft_labels": "members"},
+    "pds-soft-members-t0.05": {"soft_labels": "members", "soft_temperature": 0.05},
+    "pds-soft-members-t0.2": {"soft_labels": "members", "soft_temperature": 0.2},
+    "pds-soft-members-t0.5": {"soft_labels": "members", "soft_temperature": 0.5},
 }
 RENDERED = tuple(RENDERED_SETTINGS)
 

@@ -101,6 +101,16 @@ def how_made(manifest: dict) -> list[str]:
             f"- **render fidelity** (each render's CLIP embedding against the {fid.get('n')} image prototypes): "
             f"top-1 {fid.get('top1')} %, top-5 {fid.get('top5')} %, mean cosine {fid.get('mean_cosine')}"
         )
+    soft = manifest.get("soft_labels")
+    if soft:
+        lines.append(
+            f"- **soft labels**: rule `{soft.get('rule')}`, temperature {soft.get('temperature')}: "
+            f"{soft.get('formula')}; another pair counts as a positive where its target is above 0.5"
+            + (f" (a cosine above {soft['positive_above_cosine']})" if soft.get("positive_above_cosine") else "")
+            + f": {soft.get('other_positives_per_pair_mean')} per pair on average. "
+            "Stored as `similarity` in `embeddings.safetensors`; the own and soft-labels recipes of `eval retrieval` "
+            "train on it with weighted BCE, the protocol's recipe ignores it"
+        )
     version = (manifest.get("versions") or {}).get("protosynth")
     if version:
         lines.append(f"- **protosynth**: {version}")
