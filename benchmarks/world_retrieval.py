@@ -8,9 +8,10 @@ the table needs, and refuses with one line otherwise: each method's text reading
 (``world_val_readings.json`` has the budget) and each optimisation baseline's world preset
 (``baseline_presets_val.json`` has every candidate of the budget, and the val-chosen one is the
 library's ``presets.WORLD_CHOICE``). Then it runs ``compare-baselines`` on ``shapes:test`` with every
-method, the set seeds, the readings (the one val chose for the default first) and the recipes
-protocol, own, soft-labels and learned-lrs, copies its document to
-``benchmarks/results/compare_world_b<budget>.{json,md,png}`` and writes
+method, the set seeds and the readings (the one val chose for the default first) by the protocol's
+recipe, copied to ``benchmarks/results/compare_world_b<budget>.{json,md,png}``; then the methods' own
+recipes (own, soft-labels, learned-lrs) with each set's own text, copied to
+``compare_world_b<budget>_own.*`` (random pairs and full data in those tables too). It writes
 ``benchmarks/results/world_retrieval.{json,md}``: every method under the reading val chose for the
 default (the same text for every method; a baseline's row is its own learned text, what it makes,
 with its images read the default's way beside it), each method under its own val-chosen reading,
@@ -32,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from protosynth.baselines.compare import CompareConfig, compare_baselines
@@ -43,7 +45,9 @@ from protosynth.util.files import atomic_path, git_commit, write_text_atomic
 RESULTS = Path(__file__).parent / "results"
 STEM = "world_retrieval"
 READINGS = ("members", "image", "captions")
-RECIPES = ("protocol", "own", "soft-labels", "learned-lrs")
+# a method's own recipes (DD-Ranking: with and without its soft labels and learned lrs) read its own
+# text ("auto"): the protocol's table already reads every set every way
+OWN_RECIPES = ("own", "soft-labels", "learned-lrs")
 METHODS = (*CORESETS, "select", "pds", "pds-published", *OPTIMISATION, "full")
 
 
@@ -115,10 +119,21 @@ def run_budget(budget: int, args: argparse.Namespace, headline: str, command: st
         texts=(headline, *[t for t in READINGS if t != headline], "auto"),
         seeds=tuple(int(s) for s in args.seeds.split(",")),
         repeats=args.repeats,
-        recipes=RECIPES,
+        recipes=("protocol",),
         out=out,
     )
-    return compare_baselines(cfg, command)
+    compared = compare_baselines(cfg, command)
+    _copy_compare(out, args.results / f"compare_world_b{budget}")
+    compare_baselines(replace(cfg, texts=("auto",), recipes=OWN_RECIPES), command)
+    _copy_compare(out, args.results / f"compare_world_b{budget}_own")
+    return compared
+
+
+def _copy_compare(out: Path, stem: Path) -> None:
+    """compare-baselines' document of the run just made (the next run in ``out`` writes over it)."""
+    for suffix in ("json", "md", "png"):
+        with atomic_path(stem.with_name(f"{stem.name}.{suffix}")) as tmp:
+            shutil.copyfile(out / f"compare.{suffix}", tmp)
 
 
 def summarise(budget: int, doc: dict, chosen: dict[str, str]) -> list[dict]:
@@ -177,8 +192,8 @@ def markdown(doc: dict) -> str:
         f"{doc['seeds']} x {doc['repeats']} repeats, percent. Every choice was made on shapes:val before this "
         "run: the readings (world_val_readings.md) and the baselines' world presets (baseline_presets_val.md). "
         "Headline reading: the one val chose for the default (`pds`), for every method; a baseline's r_mean is "
-        "its own learned text (what it makes), its images read the headline way beside it. Every recipe and "
-        "reading: compare_world_b<budget>.md.",
+        "its own learned text (what it makes), its images read the headline way beside it. Every reading: "
+        "compare_world_b<budget>.md; the methods' own recipes: compare_world_b<budget>_own.md.",
         "",
     ]
     for budget in doc["budgets"]:
@@ -234,9 +249,6 @@ def main(argv: list[str] | None = None) -> None:
     for i, budget in enumerate(budgets):
         headline = choices[budget]["pds"]
         compared = run_budget(budget, args, headline, command)
-        for suffix in ("json", "md", "png"):
-            with atomic_path(args.results / f"compare_world_b{budget}.{suffix}") as tmp:
-                shutil.copyfile(args.work / f"b{budget}" / f"compare.{suffix}", tmp)
         rows = summarise(budget, compared, choices[budget])
         by_budget[str(budget)] = {"headline": headline, "rows": rows, "render_gain": render_gain(compared)}
         doc = {

@@ -412,7 +412,10 @@ def test_world_retrieval_runs_compare_baselines_and_summarises_it(tmp_path, monk
     assert set(summary["by_budget"]["6"]["render_gain"]) == {"members", "image", "captions", "auto"}
     compared = json.loads((results / "compare_world_b6.json").read_text())
     assert {(t["recipe"], t["text"]) for t in compared["tables"]} == {
-        (r, t) for r in world_retrieval.RECIPES for t in ("members", "image", "captions", "auto")
+        ("protocol", t) for t in ("members", "image", "captions", "auto")
     }
+    own = json.loads((results / "compare_world_b6_own.json").read_text())
+    assert {(t["recipe"], t["text"]) for t in own["tables"]} == {(r, "auto") for r in world_retrieval.OWN_RECIPES}
+    assert {r["method"] for r in own["tables"][0]["methods"]} >= {"random", "lors"}
     assert compared["set_seeds"] == [0, 1] and (results / "compare_world_b6.png").stat().st_size > 1000
     assert "## 6 pairs: headline reading members" in (results / "world_retrieval.md").read_text()
