@@ -52,9 +52,8 @@ from protosynth.baselines.presets import (
     preset,
     world_candidate,
 )
-from protosynth.baselines.run import distill_baseline
+from protosynth.baselines.run import DivergedError, distill_baseline
 from protosynth.corpora.spec import canonical_spec
-from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import METRIC_NAMES, EvalConfig
 from protosynth.util.files import git_commit, write_text_atomic
 
@@ -173,7 +172,8 @@ def make_set(method: str, budget: int, cand: Candidate, work: Path, bufs: dict[s
         cfg = BaselineConfig(method=method, budget=budget, buffer=bufs[buffer_kind(method)], out=out, seed=seed)
         try:
             distill_baseline(BaselineConfig(**{**cfg.__dict__, **cand.overrides}))
-        except ProtosynthError as exc:
+        except DivergedError as exc:  # anything else (a stale checkpoint, a bad buffer) stops the sweep
+            failed.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(failed, str(exc))
             return str(exc)
     check_made_with(out, settings(method, budget, cand))

@@ -22,8 +22,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from benchmarks.baseline_presets import Candidate, make_set, set_paths
 from protosynth.baselines import amd
 from protosynth.baselines.buffer import BufferConfig, build_buffer, load_buffer
+from protosynth.baselines.checkpoint import checkpoint_path
 from protosynth.baselines.compare import ALL_METHODS, QUICK_WORLD, CompareConfig
 from protosynth.baselines.compare_rows import pooled, row_key
 from protosynth.baselines.matching import Blend, SyntheticSet, match, matching_loss, step_loss
@@ -626,6 +628,23 @@ def test_a_killed_baseline_run_resumes_from_its_checkpoint_to_the_same_set(buffe
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["matching_loss"] == json.loads((whole / "manifest.json").read_text())["matching_loss"]
     assert "checkpoint_every" not in manifest["settings"]  # how often it saved does not change the set
+
+
+def test_the_preset_sweep_records_a_diverged_candidate_and_stops_on_anything_else(buffers, tmp_path):
+    """A diverged matching loss is the candidate's result (kept, not run again); a checkpoint of other
+    settings in its place is the user's to sort out, never a candidate that "failed"."""
+    full, _ = buffers
+    small = {"iterations": 4, "syn_steps": 2, "batch_syn": 4, "max_start_epoch": 1, "checkpoint_every": 2}
+    wild = Candidate("wild", {**small, "lr_img": 1e30, "lr_txt": 1e30})
+    why = make_set("lors", 6, wild, tmp_path, {"full": full}, 0)
+    assert "matching loss is" in why and (tmp_path / "presets" / "lors-b6-wild.failed").read_text() == why
+    assert make_set("lors", 6, wild, tmp_path, {"full": full}, 0) == why  # recorded, not run again
+    calm = Candidate("calm", small)
+    out, failed = set_paths("lors", 6, calm, tmp_path)
+    torch.save({"fingerprint": "another run"}, checkpoint_path(out))
+    with pytest.raises(ProtosynthError, match="checkpoint of a run with other settings"):
+        make_set("lors", 6, calm, tmp_path, {"full": full}, 0)
+    assert not failed.exists()
 
 
 def test_official_presets_follow_the_authors_scripts():

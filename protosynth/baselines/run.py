@@ -110,6 +110,11 @@ def _check_buffer(buffer: Buffer, cfg: BaselineConfig, corpus) -> None:
         )
 
 
+class DivergedError(ProtosynthError):
+    """The matching loss stopped being finite: a result of the run's values (a sweep records the
+    candidate as failed), not bad input."""
+
+
 def _start_epochs(cfg: BaselineConfig, rng: np.random.Generator, last_start: int, amd_ranges: dict | None):
     if amd_ranges is not None:
         t_v = int(rng.integers(0, min(amd_ranges["R_V"], last_start) + 1))
@@ -210,7 +215,7 @@ def distill_baseline(cfg: BaselineConfig, command: str | None = None) -> Path:
                 )
             loss = outer_step(student, start, target, syn, opt, batches, blends, temperature, cfg)
             if not np.isfinite(loss):
-                raise ProtosynthError(
+                raise DivergedError(
                     f"{cfg.method}: matching loss is {loss} at iteration {it + 1} (learned inner lrs: image "
                     f"{syn.rate('image').item():.3g}, text {syn.rate('text').item():.3g}); lower {P.lr_lr} if "
                     f"they grew large, else {P.lr_img}/{P.lr_txt}"
