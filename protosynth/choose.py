@@ -12,6 +12,16 @@ repeats) is declared as the manifest's ``evaluation.text``; a tie goes to the ea
 protocol, backbone, text encoder, repeats, epochs and seed, and every candidate's r_mean (mean, std),
 so the choice can be checked and repeated; the dataset card says the same.
 
+With ``val_choose`` ``("text", "render")`` the set itself is chosen too: whether to render at all and at
+which strength, constants fitted on the world that cost points on a corpus they were not fitted on.
+``distill`` makes each of ``RENDER_CANDIDATES`` (a whole set, from the one embedding pass), writes it to
+a scratch folder, scores it as above (each at its best reading) and writes only the one ``settle``
+picks: the highest val r_mean of its best reading, a tie to the earlier (cheaper) candidate. The
+record adds ``chose`` and ``render`` (the winner, the tie order and each candidate's changes, reading,
+scores). The caption rule is not among the candidates: it changes only the ``captions`` reading's
+text (the images and the other readings are the same), so it is a choice within one render, which a
+candidate that is a whole set would pay a render for.
+
 The protocol is the one ``eval retrieval`` would use for these corpora (``small`` on the world, else
 ``nfnet-bert``). The val corpus is read whole (no ``skip_bad``) with the train corpus's ``image_root``
 and columns. It must be held out: a val corpus with the train corpus's fingerprint is refused as soon

@@ -477,7 +477,8 @@ class TextChoiceConfig:
         help="Choose the text reading on this validation corpus (e.g. shapes:val, or a file corpus of your own "
         f"held-out pairs, read with {P.image_root}, {P.image_column} and {P.caption_column}): the set is scored "
         "there under each reading it supports (captions, members, image) and the best r_mean is declared in the "
-        f"manifest with every candidate's score (default: a fixed rule, see {P.text}).",
+        f"manifest with every candidate's score (default: a fixed rule, see {P.text}); {P.val_choose} adds "
+        "whether to render.",
     )
     val_repeats: int = opt(2, help=f"Models trained per candidate reading on {P.val} (seeds seed..seed+R-1).")
     # what val chooses (VAL_CHOICES): the text reading alone, or also how the set is made (render or not,
