@@ -21,7 +21,9 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
   authors' evaluation trains on it (see ``evaluation/data.py``). Left open, a fixed rule by budget
   chooses (``text_rule``), or a ``TextChooser`` on data this module never sees: ``choose.distill_on_val``
   scores the finished set on the user's validation split, before it is renamed into place. The
-  manifest's ``evaluation.chosen_by`` says which (``given``, ``rule`` or ``val``).
+  manifest's ``evaluation.chosen_by`` says which (``given``, ``rule`` or ``val``). A chooser with
+  ``variants`` (``choose.RENDER_CANDIDATES``: select, or renders at two strengths) has each made as a
+  whole set from the one embedding pass, scores each in a scratch folder, and only its pick is written.
 - ``preset="pds-published"``: PDS as its authors' code runs it (``PRESETS``): raw-row MiniBatchKMeans,
   plain-mean prototypes, their order, renders from noise with the prototype's caption, the text
   prototype as text. Each of its settings is also a field of its own (``prototypes.py``).
