@@ -195,7 +195,9 @@ FP16_HELP = (
             method={"annotation": Optional[str], "default": None},
             candidates={"annotation": Optional[int], "default": None},
         ),
-        *fields(TextChoiceConfig, "val val_repeats val_epochs"),
+        *fields(
+            TextChoiceConfig, "val val_repeats val_epochs val_choose", val_choose={"annotation": str, "default": "text"}
+        ),
         *fields(
             RenderConfig,
             "steps guidance noise_level negative_prompt size super_res_steps init strength batch_size clip_guidance",
@@ -219,7 +221,7 @@ def distill(budget: str, **values) -> None:
         embed=build(EmbedConfig, values, "fp16"),
         engine=build(EngineConfig, values),
     )
-    choice = build(TextChoiceConfig, values)
+    choice = build(TextChoiceConfig, values, val_choose=tuple(comma_list("--val-choose", values["val_choose"])))
     from protosynth.choose import distill_on_val  # torch and open_clip: seconds, after the flags parsed
 
     for path in run(distill_on_val, cfg, choice, budgets, command=command_line(), verb="distill"):

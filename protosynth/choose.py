@@ -12,6 +12,16 @@ repeats) is declared as the manifest's ``evaluation.text``; a tie goes to the ea
 protocol, backbone, text encoder, repeats, epochs and seed, and every candidate's r_mean (mean, std),
 so the choice can be checked and repeated; the dataset card says the same.
 
+With ``val_choose`` ``("text", "render")`` the set itself is chosen too: whether to render at all and at
+which strength, constants fitted on the world that cost points on a corpus they were not fitted on.
+``distill`` makes each of ``RENDER_CANDIDATES`` (a whole set, from the one embedding pass), writes it to
+a scratch folder, scores it as above (each at its best reading) and writes only the one ``settle``
+picks: the highest val r_mean of its best reading, a tie to the earlier (cheaper) candidate. The
+record adds ``chose`` and ``render`` (the winner, the tie order and each candidate's changes, reading,
+scores). The caption rule is not among the candidates: it changes only the ``captions`` reading's
+text (the images and the other readings are the same), so it is a choice within one render, which a
+candidate that is a whole set would pay a render for.
+
 The protocol is the one ``eval retrieval`` would use for these corpora (``small`` on the world, else
 ``nfnet-bert``). The val corpus is read whole (no ``skip_bad``) with the train corpus's ``image_root``
 and columns. It must be held out: a val corpus with the train corpus's fingerprint is refused as soon
@@ -30,7 +40,7 @@ from pathlib import Path
 from .configs import DistillConfig, EvalConfig, TextChoiceConfig
 from .corpora.source import CorpusReading, as_source
 from .corpus import Corpus, load_source
-from .distill import distill_budgets
+from .distill import DEFAULT_STRENGTH, distill_budgets
 from .errors import P, ProtosynthError
 from .evaluation.data import check_no_overlap, unsupported_reading
 from .evaluation.evaluate import evaluate
@@ -40,6 +50,18 @@ from .sets.distilled import load_distilled
 # the readings a set is scored under, in the order that breaks a tie (the earlier wins)
 CANDIDATES = ("captions", "members", "image")
 RECIPE = "protocol"  # every candidate trained the same way: the reading alone differs
+# the strength of the rendered candidate below distill's default: half of it, between the default and
+# the nearest member itself (select is strength 0)
+LOWER_STRENGTH = DEFAULT_STRENGTH / 2
+# with val_choose "render": the sets made and compared, each (name, its changes to the DistillConfig), in
+# the order that breaks a tie, cheapest first: no render, then a shorter render (img2img runs a
+# strength's share of the steps), then distill's default (its start from the nearest member at
+# DEFAULT_STRENGTH)
+RENDER_CANDIDATES = (
+    ("select", {"method": "select"}),
+    (f"nearest-{LOWER_STRENGTH}", {"render.strength": LOWER_STRENGTH}),
+    (f"nearest-{DEFAULT_STRENGTH}", {}),
+)
 
 
 def check_choice(cfg: DistillConfig, choice: TextChoiceConfig) -> None:
@@ -59,6 +81,26 @@ def check_choice(cfg: DistillConfig, choice: TextChoiceConfig) -> None:
         )
     if choice.val_protocol is not None:
         get_protocol(choice.val_protocol)  # an unknown protocol: before any work
+    if "render" in choice.val_choose:
+        check_render_open(cfg)
+
+
+def check_render_open(cfg: DistillConfig) -> None:
+    """With ``render`` chosen on val, what the candidates set (the method, the start and its strength)
+    must be left open: a value given would be overridden by every candidate but one."""
+    given = [
+        str(p)
+        for p, value in ((P.method, cfg.method != "pds"), (P.render.strength, cfg.render.strength is not None))
+        if value
+    ]
+    if cfg.render.init not in (None, "nearest"):
+        given.append(str(P.render.init(cfg.render.init)))
+    if given:
+        raise ProtosynthError(
+            f"{P.val_choose('render')} chooses between {P.method('select')} and renders from the nearest member at "
+            f"strengths {LOWER_STRENGTH} and {DEFAULT_STRENGTH}, and {', '.join(given)} sets one: pass one of them",
+            param="val_choose",
+        )
 
 
 def distill_on_val(
@@ -105,6 +147,8 @@ class ValChooser:
             reading=self.reading,
         )
         self.eval_cfg.check()
+        # the whole sets distill makes and scores for this chooser (none: the set as configured)
+        self.variants = RENDER_CANDIDATES if "render" in self.choice.val_choose else ()
 
     def check_corpus(self, corpus: Corpus) -> None:
         """Load the val corpus (read whole, as a test split is) and refuse it when it is the train
@@ -167,3 +211,25 @@ class ValChooser:
             "unsupported": unsupported,
         }
         return best, record
+
+    def settle(self, scored: dict[str, tuple[str, dict]]) -> tuple[str, dict]:
+        """Of the candidate sets scored so far (name -> ``choose``'s reading and record), the one whose
+        chosen reading has the highest val r_mean (a tie: the earlier in ``variants``, the cheaper), and
+        the manifest's ``evaluation`` for it: its reading and record, with every candidate's. An argmax
+        with ties to the earlier, so applied as candidates come it never drops the final winner."""
+        order = [name for name, _ in self.variants]
+        names = [name for name in order if name in scored]
+        best = max(names, key=lambda n: (scored[n][1]["r_mean"][scored[n][0]]["mean"], -order.index(n)))
+        text, record = scored[best]
+        candidates = {
+            name: {
+                "changes": dict(self.variants)[name],
+                "text": scored[name][0],
+                "r_mean": scored[name][1]["r_mean"],
+                "unsupported": scored[name][1]["unsupported"],
+            }
+            for name in names
+        }
+        render = {"chosen": best, "ties": order, "candidates": candidates}
+        record = dict(record, chose=list(self.choice.val_choose), render=render)
+        return best, {"text": text, "chosen_by": "val", "chosen_on": record}

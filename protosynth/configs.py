@@ -477,9 +477,18 @@ class TextChoiceConfig:
         help="Choose the text reading on this validation corpus (e.g. shapes:val, or a file corpus of your own "
         f"held-out pairs, read with {P.image_root}, {P.image_column} and {P.caption_column}): the set is scored "
         "there under each reading it supports (captions, members, image) and the best r_mean is declared in the "
-        f"manifest with every candidate's score (default: a fixed rule, see {P.text}).",
+        f"manifest with every candidate's score (default: a fixed rule, see {P.text}); {P.val_choose} adds "
+        "whether to render.",
     )
     val_repeats: int = opt(2, help=f"Models trained per candidate reading on {P.val} (seeds seed..seed+R-1).")
+    # what val chooses (VAL_CHOICES): the text reading alone, or also how the set is made (render or not,
+    # at which strength: choose.RENDER_CANDIDATES)
+    val_choose: tuple[str, ...] = opt(
+        ("text",),
+        help=f"What {P.val} chooses, comma-separated: text (the reading, default) or text,render (also whether to "
+        "render and at which strength: the nearest real pairs (select), or renders from the nearest member at a "
+        "lower or the default strength; each candidate is a whole set, scored under each reading).",
+    )
     val_epochs: int | None = opt(None, help=f"Training epochs of each model on {P.val} (default: the protocol's).")
     # the evaluation protocol (None: small on the world, else nfnet-bert, as eval retrieval picks it) and
     # its image backbone (None: the protocol's); the library's alone
@@ -496,11 +505,34 @@ class TextChoiceConfig:
             raise ProtosynthError(f"{P.val_epochs} must be an integer of at least 1, got {self.val_epochs!r}")
         if self.val is not None and (not isinstance(self.val, str) or not self.val.strip()):
             raise ProtosynthError(f"{P.val} needs a corpus spec, got {self.val!r}")
+        self.check_val_choose()
         if self.val is None:
-            for param, value, default in ((P.val_repeats, self.val_repeats, 2), (P.val_epochs, self.val_epochs, None)):
+            for param, value, default in (
+                (P.val_repeats, self.val_repeats, 2),
+                (P.val_epochs, self.val_epochs, None),
+                (P.val_choose, self.val_choose, ("text",)),
+            ):
                 if value != default:
                     raise ProtosynthError(f"{param} needs {P.val('SPEC')}")
 
+    def check_val_choose(self) -> None:
+        """Distinct known values, text among them: a render candidate is compared at its best reading, so
+        the reading is always chosen with it."""
+        choose = self.val_choose
+        if not isinstance(choose, tuple) or not choose or len(set(choose)) < len(choose):
+            raise ProtosynthError(f"{P.val_choose} {choose!r}: use distinct values of {', '.join(VAL_CHOICES)}")
+        bad = [c for c in choose if c not in VAL_CHOICES]
+        if bad:
+            raise ProtosynthError(f"unknown {P.val_choose} {','.join(map(str, bad))}: use {', '.join(VAL_CHOICES)}")
+        if "text" not in choose:
+            raise ProtosynthError(
+                f"{P.val_choose} {','.join(choose)} needs text too: each candidate set is compared at its best "
+                "reading (use text,render)"
+            )
+
+
+# what distill --val can choose (TextChoiceConfig.val_choose)
+VAL_CHOICES = ("text", "render")
 
 # what only a render uses: a selection (method "select") refuses each of them by name
 RENDER_ONLY = ("candidates", "caption", "condition", "central")

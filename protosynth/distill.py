@@ -21,7 +21,9 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
   authors' evaluation trains on it (see ``evaluation/data.py``). Left open, a fixed rule by budget
   chooses (``text_rule``), or a ``TextChooser`` on data this module never sees: ``choose.distill_on_val``
   scores the finished set on the user's validation split, before it is renamed into place. The
-  manifest's ``evaluation.chosen_by`` says which (``given``, ``rule`` or ``val``).
+  manifest's ``evaluation.chosen_by`` says which (``given``, ``rule`` or ``val``). A chooser with
+  ``variants`` (``choose.RENDER_CANDIDATES``: select, or renders at two strengths) has each made as a
+  whole set from the one embedding pass, scores each in a scratch folder, and only its pick is written.
 - ``preset="pds-published"``: PDS as its authors' code runs it (``PRESETS``): raw-row MiniBatchKMeans,
   plain-mean prototypes, their order, renders from noise with the prototype's caption, the text
   prototype as text. Each of its settings is also a field of its own (``prototypes.py``).
@@ -38,6 +40,7 @@ The CLIP and the decoder come as a pair: a decoder declares the CLIP space it wa
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +57,7 @@ from .configs import (  # noqa: F401 (re-exported: their public home)
     MEMBER_STARTS,
     METHODS,
     MODES,
+    RENDER_ONLY,
     TEXT_RULES,
     DistillConfig,
 )
@@ -127,6 +131,14 @@ class TextChooser(Protocol):
     def check_corpus(self, corpus: Corpus | CorpusSummary) -> None: ...
 
     def choose(self, folder: Path) -> tuple[str, dict]: ...
+
+    # What else it compares, each a whole set (name, changes to the DistillConfig: ``variant_config``), in
+    # the order that breaks a tie; empty: the set as configured. Each is written to a scratch folder,
+    # ``choose`` scores it, and ``settle`` (given every candidate scored so far: name -> what ``choose``
+    # returned) names the winner and returns the manifest's ``evaluation``; only the winner is written.
+    variants: tuple[tuple[str, dict], ...]
+
+    def settle(self, scored: dict[str, tuple[str, dict]]) -> tuple[str, dict]: ...
 
 
 def apply_preset(cfg: DistillConfig) -> DistillConfig:
@@ -290,6 +302,7 @@ def load_stages(
     for budget in budgets:
         check_budget(budget, corpus)
     if chooser is not None:
+        check_variants(cfg, chooser, decoder)
         chooser.check_corpus(corpus)
     clip_spec = cfg.clip or decoder.default_clip or "default"
     clip = load_clip(clip_spec, cfg.device, arch=cfg.clip_arch, space=cfg.clip_space)
@@ -342,6 +355,45 @@ def _write_budget(
     command: str | None,
     chooser: TextChooser | None = None,
 ) -> Path:
+    """Make the set of ``cfg`` and write it at ``out``; with a chooser, its text reading chosen on the
+    complete set before it is renamed into place, or, if it has variants, the variant it settles on."""
+    if chooser is not None and chooser.variants:
+        return _write_chosen_variant(cfg, out, loaded, budgets, command, chooser)
+    built = _build_budget(cfg, loaded, budgets, command)
+    finish = None if chooser is None else (lambda folder, written: _chosen_text(chooser, folder, written))
+    write_built(built, out, cfg.force, finish)
+    log.info("wrote %s", out)
+    return out
+
+
+@dataclass
+class Built:
+    """A set made in memory, ready for ``write_distilled``."""
+
+    images: list
+    pairs: list[dict]
+    tensors: dict
+    manifest: dict
+    text_space: str
+    member_images: dict
+
+
+def write_built(built: Built, out: Path, force: bool, finish=None) -> Path:
+    return write_distilled(
+        out,
+        built.images,
+        built.pairs,
+        built.tensors,
+        built.manifest,
+        text_space=built.text_space,
+        force=force,
+        member_images=built.member_images,
+        finish=finish,
+    )
+
+
+def _build_budget(cfg: DistillConfig, loaded: Loaded, budgets: list[int], command: str | None) -> Built:
+    """The set of ``cfg`` (prototypes, renders or a selection, texts, manifest), in memory."""
     corpus, clip, emb = loaded.corpus, loaded.clip, loaded.emb
     rows = pair_rows(corpus, emb.corpus_index)  # captions and keys from the index's shards, when embed wrote one
     seconds = dict(loaded.seconds)
@@ -398,20 +450,73 @@ def _write_budget(
     manifest["peak_memory_mb"] = peak_rss_mb()
     pairs = with_reading_texts(pairs, rows)  # the set carries the captions its readings average
     hashes = member_images(pairs, corpus, rows)  # and its members' image digests, for the overlap check
-    finish = None if chooser is None else (lambda folder, written: _chosen_text(chooser, folder, written))
-    write_distilled(
-        out,
-        images,
-        pairs,
-        tensors,
+    return Built(images, pairs, tensors, manifest, clip.space, hashes)
+
+
+def _write_chosen_variant(
+    cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None, chooser: TextChooser
+) -> Path:
+    """Make each of ``chooser.variants`` from the one load and embedding pass, write it to a scratch
+    folder where ``chooser`` scores it, and write the one it settles on at ``out``, its manifest saying
+    how every candidate scored. Only the best set so far stays in memory (``settle`` is an argmax with
+    ties to the earlier, so the winner so far is the only one that can still win)."""
+    t = time.time()
+    scored, best = {}, None
+    with tempfile.TemporaryDirectory(prefix=f"protosynth-{out.name}-candidates-") as scratch:
+        for name, changes in chooser.variants:
+            vcfg = variant_config(cfg, changes)
+            built = _build_budget(vcfg, replace(loaded, render=variant_render(vcfg, loaded.decoder)), budgets, command)
+            folder = write_built(built, Path(scratch) / name, force=False)
+            scored[name] = chooser.choose(folder)
+            log.info("candidate %s: %s", name, scored[name][0])
+            if chooser.settle(scored)[0] == name:
+                best = built
+    name, evaluation = chooser.settle(scored)
+    manifest = best.manifest
+    best.manifest = dict(
         manifest,
-        text_space=clip.space,
-        force=cfg.force,
-        member_images=hashes,
-        finish=finish,
+        evaluation=evaluation,
+        settings=dict(manifest["settings"], text=evaluation["text"]),
+        seconds=dict(manifest["seconds"], choose=round(time.time() - t, 2)),
     )
-    log.info("wrote %s", out)
+    write_built(best, out, cfg.force)
+    log.info("wrote %s (candidate %s)", out, name)
     return out
+
+
+def variant_config(cfg: DistillConfig, changes: dict) -> DistillConfig:
+    """``cfg`` with a chooser's changes (field names, ``render.NAME`` for a render setting); a change
+    to ``method`` ``select`` also drops every render-only setting, which a selection refuses."""
+    fields_ = {k: v for k, v in changes.items() if not k.startswith("render.")}
+    render = replace(
+        cfg.render, **{k.removeprefix("render."): v for k, v in changes.items() if k.startswith("render.")}
+    )
+    if fields_.get("method") == "select":
+        unset = DistillConfig()
+        render = RenderConfig()
+        fields_.update({name: getattr(unset, name) for name in RENDER_ONLY})
+    out = replace(cfg, render=render, **fields_)
+    out.check()
+    return out
+
+
+def variant_render(cfg: DistillConfig, decoder: Decoder) -> RenderConfig:
+    """A variant's render settings resolved as ``load_stages`` resolves the set's."""
+    return resolve_render(distill_render(cfg.render, decoder), decoder)
+
+
+def check_variants(cfg: DistillConfig, chooser: TextChooser, decoder: Decoder) -> None:
+    """Every variant a valid config whose render the decoder resolves, before any embedding: a variant
+    that sets the strength of a start from a member needs a decoder that can start from one."""
+    for name, changes in chooser.variants:
+        vcfg = variant_config(cfg, changes)
+        if vcfg.method == "pds" and "init" in UNSUPPORTED[decoder.kind]:
+            raise ProtosynthError(
+                f"candidate {name} starts each render from its nearest member, which {P.decoder} {decoder.spec} "
+                f"({decoder.kind}) cannot: choose the render on val with a decoder that can",
+                param="val_choose",
+            )
+        variant_render(vcfg, decoder)
 
 
 def _chosen_text(chooser: TextChooser, folder: Path, manifest: dict) -> dict:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from protosynth.choose import CANDIDATES, distill_on_val
+from protosynth.choose import CANDIDATES, RENDER_CANDIDATES, ValChooser, distill_on_val
 from protosynth.cli.main import app
 from protosynth.configs import TextChoiceConfig
-from protosynth.distill import DistillConfig
+from protosynth.distill import DistillConfig, variant_config
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.render import RenderConfig
@@ -171,3 +171,167 @@ def test_cli_names_the_val_flags():
     assert res.exit_code == 2 and "--val-repeats must be an integer of at least 1, got 0" in res.output
     res = runner.invoke(app, ["distill", "--val", VAL, "--text", "members"])
     assert res.exit_code == 2 and "--val chooses the text reading on the val split and --text gives one" in res.output
+
+
+# --- --val-choose text,render: the set itself chosen among whole candidate sets ---
+
+RENDER_STEPS = 10  # enough steps that the two strengths run different numbers of them (2 and 3)
+
+
+def render_choice(backbone: Path, **kw) -> TextChoiceConfig:
+    return choice(backbone, val_choose=("text", "render"), **kw)
+
+
+@pytest.fixture(scope="module")
+def rendered(quick_models, tiny_backbone, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rendered") / "set"
+    cfg = make_cfg(quick_models, out, render=RenderConfig(steps=RENDER_STEPS))
+    assert distill_on_val(cfg, render_choice(tiny_backbone)) == [out]
+    return out
+
+
+def best_of(candidate: dict) -> float:
+    return candidate["r_mean"][candidate["text"]]["mean"]
+
+
+def test_the_chosen_set_is_the_argmax_of_every_candidates_best_reading(rendered):
+    ds = load_distilled(rendered, verify=True)
+    ev = ds.manifest["evaluation"]
+    on, render = ev["chosen_on"], ev["chosen_on"]["render"]
+    assert ev["chosen_by"] == "val" and on["chose"] == ["text", "render"]
+    assert render["ties"] == [name for name, _ in RENDER_CANDIDATES] and set(render["candidates"]) == set(
+        render["ties"]
+    )
+    for c in render["candidates"].values():  # each candidate at its own best reading, all three scored
+        means = {r: s["mean"] for r, s in c["r_mean"].items()}
+        assert set(means) == set(CANDIDATES) and c["text"] == next(
+            r for r in CANDIDATES if means[r] == max(means.values())
+        )
+    best = max(best_of(c) for c in render["candidates"].values())
+    assert render["chosen"] == next(n for n in render["ties"] if best_of(render["candidates"][n]) == best)
+    winner = render["candidates"][render["chosen"]]
+    assert ev["text"] == winner["text"] == ds.manifest["settings"]["text"] and on["r_mean"] == winner["r_mean"]
+    assert len({best_of(c) for c in render["candidates"].values()}) > 1, "the candidates should train differently"
+    assert ds.manifest["method"] == ("select" if render["chosen"] == "select" else "pds")
+    assert [p.name for p in rendered.parent.iterdir()] == ["set"], "a candidate's folder left behind"
+
+
+@pytest.mark.parametrize("name", [name for name, _ in RENDER_CANDIDATES])
+def test_each_candidate_is_the_set_distill_makes_with_its_settings(
+    name, rendered, quick_models, tiny_backbone, tmp_path
+):
+    """Each candidate made alone by ``distill --val`` (the reading alone chosen) scores what the render
+    choice recorded for it; the chosen one is byte for byte the set written, less the card and manifest,
+    which add the candidates' scores: the candidate itself, not a remake."""
+    ev = load_distilled(rendered).manifest["evaluation"]
+    recorded = ev["chosen_on"]["render"]["candidates"][name]
+    base = make_cfg(quick_models, tmp_path / "alone", render=RenderConfig(steps=RENDER_STEPS))
+    alone = distill_on_val(variant_config(base, dict(RENDER_CANDIDATES)[name]), choice(tiny_backbone))[0]
+    two = json.loads((alone / "manifest.json").read_text())
+    on_alone = two["evaluation"]["chosen_on"]
+    assert (two["evaluation"]["text"], on_alone["r_mean"], on_alone["unsupported"]) == (
+        recorded["text"],
+        recorded["r_mean"],
+        recorded["unsupported"],
+    )
+    if name != ev["chosen_on"]["render"]["chosen"]:
+        return
+    files = sorted(p.relative_to(rendered).as_posix() for p in rendered.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(alone).as_posix() for p in alone.rglob("*") if p.is_file())
+    for file in files:
+        if file not in ("manifest.json", "README.md"):
+            assert (rendered / file).read_bytes() == (alone / file).read_bytes(), file
+    one = json.loads((rendered / "manifest.json").read_text())
+    unscored = {"evaluation": None, "files": None}  # the scores, and with them the card's hash
+    assert without_timings(one) | unscored == without_timings(two) | unscored
+    assert {k: v for k, v in one["files"].items() if k != "README.md"} == {
+        k: v for k, v in two["files"].items() if k != "README.md"
+    }
+    assert {k: v for k, v in ev["chosen_on"].items() if k not in ("chose", "render")} == on_alone
+
+
+def test_card_lists_every_candidate_set(rendered):
+    card = (rendered / "README.md").read_text()
+    render = load_distilled(rendered).manifest["evaluation"]["chosen_on"]["render"]
+    assert f"among whole candidate sets, each at its best reading: `{render['chosen']}` of " in card
+    for name, c in render["candidates"].items():
+        score = c["r_mean"][c["text"]]
+        assert f"`{name}` {score['mean']:.2f} ± {score['std']:.2f} (`{c['text']}`)" in card
+
+
+def test_a_render_choice_rerun_is_byte_identical(rendered, quick_models, tiny_backbone, tmp_path):
+    cfg = make_cfg(quick_models, tmp_path / "again", render=RenderConfig(steps=RENDER_STEPS))
+    again = distill_on_val(cfg, render_choice(tiny_backbone))[0]
+    for name in sorted(p.relative_to(rendered).as_posix() for p in rendered.rglob("*") if p.is_file()):
+        if name != "manifest.json":
+            assert (rendered / name).read_bytes() == (again / name).read_bytes(), name
+    one, two = (json.loads((p / "manifest.json").read_text()) for p in (rendered, again))
+    assert without_timings(one) == without_timings(two)
+
+
+def scored(means: dict[str, float]) -> dict[str, tuple[str, dict]]:
+    """What ``ValChooser.choose`` returns per candidate, at the given best-reading means."""
+    return {
+        name: ("members", {"r_mean": {"members": {"mean": m, "std": 0.0}}, "unsupported": {}})
+        for name, m in means.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("means", "winner"),
+    [
+        ({"select": 9.9, "nearest-0.15": 9.4, "nearest-0.3": 8.7}, "select"),  # rendering costs: the real pairs
+        ({"select": 9.9, "nearest-0.15": 10.0, "nearest-0.3": 10.5}, "nearest-0.3"),
+        ({"select": 10.0, "nearest-0.15": 10.0, "nearest-0.3": 10.0}, "select"),  # a tie: the cheaper
+        ({"nearest-0.15": 10.0, "nearest-0.3": 10.0}, "nearest-0.15"),  # as the candidates come
+    ],
+)
+def test_settle_takes_the_best_val_score_ties_to_the_cheaper(means, winner, tiny_backbone):
+    chooser = ValChooser(make_cfg(Path("unused"), None), render_choice(tiny_backbone))
+    name, ev = chooser.settle(scored(means))
+    assert name == winner and ev["chosen_on"]["render"]["chosen"] == winner
+    assert set(ev["chosen_on"]["render"]["candidates"]) == set(means)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "choose", "message"),
+    [
+        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("render",)), r"^val_choose render needs text too"),
+        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("text", "caption")), r"^unknown val_choose caption"),
+        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("text", "text")), r"^val_choose \('text', 'text'\)"),
+        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=()), r"^val_choose \(\): use distinct values"),
+        (DistillConfig(), TextChoiceConfig(val_choose=("text", "render")), r"^val_choose needs val=SPEC"),
+        (
+            DistillConfig(method="select"),
+            TextChoiceConfig(val=VAL, val_choose=("text", "render")),
+            r"^val_choose=render chooses between method=select and renders .* and method sets one",
+        ),
+        (
+            DistillConfig(render=RenderConfig(strength=0.5)),
+            TextChoiceConfig(val=VAL, val_choose=("text", "render")),
+            r"^val_choose=render chooses .* render.strength sets one",
+        ),
+        (
+            DistillConfig(render=RenderConfig(init="noise")),
+            TextChoiceConfig(val=VAL, val_choose=("text", "render")),
+            r"^val_choose=render chooses .* render.init=noise sets one",
+        ),
+    ],
+)
+def test_bad_render_choices_are_one_line_before_any_work(cfg, choose, message, tmp_path):
+    with pytest.raises(ProtosynthError, match=message):
+        distill_on_val(replace(cfg, out=tmp_path / "x"), choose)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_names_the_val_choose_flag():
+    runner = CliRunner()
+    res = runner.invoke(app, ["distill", "--val", VAL, "--val-choose", "render"])
+    assert res.exit_code == 2 and "--val-choose render needs text too" in res.output
+    res = runner.invoke(app, ["distill", "--val", VAL, "--val-choose", "text,render", "--strength", "0.5"])
+    assert res.exit_code == 2 and "--val-choose render chooses between --method select" in res.output
+    assert "--strength sets one: pass one of them" in res.output
+    res = runner.invoke(app, ["distill", "--val", VAL, "--val-choose", "text,"])
+    assert res.exit_code == 2 and "--val-choose 'text,': empty item" in res.output
+    res = runner.invoke(app, ["distill", "--val-choose", "text,render"])
+    assert res.exit_code == 2 and "--val-choose needs --val SPEC" in res.output

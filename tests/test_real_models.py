@@ -30,7 +30,9 @@ from tiny_pipelines import (
 from typer.testing import CliRunner
 
 from protosynth import distill as distill_mod
+from protosynth.choose import distill_on_val
 from protosynth.cli.main import app
+from protosynth.configs import TextChoiceConfig
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_budgets
 from protosynth.embed import cache_key
@@ -491,3 +493,12 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
         "error: --clip-space only applies to a checkpoint file given with --clip FILE and --clip-arch ARCH or a "
         "local-dir:DIR folder, not --clip default"
     ]
+
+
+def test_val_choose_render_is_refused_for_a_decoder_that_starts_from_noise(real_world, tmp_path):
+    """The render candidates start from the nearest member at two strengths; a published decoder
+    cannot, and would render both the same: one line once it is opened, before any embedding."""
+    choice = TextChoiceConfig(val="shapes:val,n=20", val_choose=("text", "render"))
+    with pytest.raises(ProtosynthError, match=r"^candidate nearest-0.15 starts each render from its nearest member"):
+        distill_on_val(cfg_for(real_world, "stable", tmp_path / "set"), choice)
+    assert list(tmp_path.iterdir()) == []

@@ -157,7 +157,23 @@ def chosen_lines(evaluation: dict) -> list[str]:
         f"val r_mean of the readings the set supports, each trained {on.get('repeats')} times for "
         f"{on.get('epochs')} epochs by the `{on.get('protocol')}` protocol's recipe (backbone "
         f"`{on.get('backbone')}`, text encoder `{on.get('text_encoder')}`): {scores}{skipped}; a tie goes to the "
-        f"earlier of {', '.join(on.get('ties') or [])}\n"
+        f"earlier of {', '.join(on.get('ties') or [])}\n",
+        *render_lines(on.get("render")),
+    ]
+
+
+def render_lines(render: dict | None) -> list[str]:
+    """The card's line on the set chosen among whole candidate sets (``evaluation.chosen_on.render``):
+    each candidate's best reading and its val r_mean; none when only the reading was chosen."""
+    if not render:
+        return []
+    scores = ", ".join(
+        f"`{name}` {c['r_mean'][c['text']]['mean']:.2f} ± {c['r_mean'][c['text']]['std']:.2f} (`{c['text']}`)"
+        for name, c in ((n, render["candidates"][n]) for n in render["ties"] if n in render["candidates"])
+    )
+    return [
+        f"- the set itself chosen on the same split among whole candidate sets, each at its best reading: "
+        f"`{render['chosen']}` of {scores}; a tie goes to the earlier (the cheaper)\n"
     ]
 
 
