@@ -172,6 +172,7 @@ WORLD_CANDIDATES = ("official", "official-world-lrs", "earlier-world")
 WORLD_CHOICE: dict[tuple[str, int], str] = {
     ("repblend", 100): "official-world-lrs",  # 46.3 against official 44.9, earlier-world 19.6
     ("lors", 100): "earlier-world",  # 37.7 against official-world-lrs 29.5, official 21.4
+    ("amd", 100): "earlier-world",  # 22.0 against official-world-lrs 13.7, official 5.3
     ("mtt-vl", 100): "earlier-world",  # 46.5 ± 0.4 in 9 min, inside official-world-lrs' 47.4 ± 1.7 (139 min)
 }
 # MTT-VL's official loop puts the whole set in every inner step; at 200 and 500 pairs that is 2.8 and
