@@ -1,0 +1,82 @@
+"""Clustering's passes streamed shard by shard (issue 32): the prototypes, members and stats equal,
+byte for byte, what the old path gave holding every per-pair quantity in memory
+(``tests/reference_prototypes.py``), across modes, shard layouts, k-means samples, ties at the
+drop's threshold and empty matches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes
+from protosynth.store import Rows
+from tests.reference_prototypes import reference_prototypes
+
+
+def pairs(n: int = 600, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, d)) * 3
+    img = centres[rng.integers(0, 12, n)] + rng.normal(size=(n, d))
+    txt = img + rng.normal(size=(n, d))
+    return (img * rng.uniform(3, 9, (n, 1))).astype(np.float32), (txt * rng.uniform(1, 4, (n, 1))).astype(np.float32)
+
+
+def stored(x: np.ndarray, tmp_path, name: str, lengths: list[int]) -> Rows:
+    """``x`` as memory-mapped .npy shards of ``lengths`` rows, as the embedding store keeps it."""
+    paths, s = [], 0
+    for j, m in enumerate(lengths):
+        paths.append(tmp_path / f"{name}-{j}.npy")
+        np.save(paths[-1], x[s : s + m])
+        s += m
+    return Rows(paths, lengths, x.shape[1])
+
+
+def assert_same(got, want) -> None:
+    for name in ("image", "text", "image_raw", "text_raw"):
+        assert getattr(got, name).tobytes() == getattr(want, name).tobytes(), name
+    for name in ("members", "image_members", "text_members"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert len(a) == len(b) and all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(a, b)), name
+    assert list(got.stats.items()) == list(want.stats.items())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_in_memory_arrays_equal_the_old_path(mode):
+    img, txt = pairs()
+    cfg = PrototypeConfig(budget=8, mode=mode, seed=1)
+    assert_same(build_prototypes(img, txt, cfg), reference_prototypes(img, txt, cfg, [(0, len(img))]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shards_and_a_kmeans_sample_equal_the_old_path(mode, tmp_path):
+    img, txt = pairs(700)
+    lengths = [70, 0, 130, 1, 99, 200, 200]  # uneven, an empty and a one-row shard
+    ranges = [(a, b) for a, b in zip(np.cumsum([0] + lengths)[:-1], np.cumsum(lengths)) if b > a]
+    cfg = PrototypeConfig(budget=9, mode=mode, seed=3, max_train_points=250)
+    got = build_prototypes(stored(img, tmp_path, "i", lengths), stored(txt, tmp_path, "t", lengths), cfg)
+    assert got.stats["kmeans_trained_on"] == 250 and got.stats["kmeans_points"] == 560
+    assert_same(got, reference_prototypes(img, txt, cfg, ranges))
+
+
+def test_ties_at_the_drop_threshold_fall_in_pair_order_across_shards(tmp_path):
+    """Every pair repeated 7 times: the cut runs through a group of equal cosines that spans shards,
+    and the old stable argsort dropped the earliest pairs of that group first."""
+    base_i, base_t = pairs(60, seed=5)
+    img, txt = np.repeat(base_i, 7, axis=0), np.repeat(base_t, 7, axis=0)
+    lengths = [37] * 11 + [13]
+    ranges = [(37 * j, min(37 * j + 37, 420)) for j in range(12)]
+    cfg = PrototypeConfig(budget=6, seed=0, drop_fraction=0.23)  # 96 dropped: 13 groups and 5 of the 14th
+    got = build_prototypes(stored(img, tmp_path, "i", lengths), stored(txt, tmp_path, "t", lengths), cfg)
+    assert_same(got, reference_prototypes(img, txt, cfg, ranges))
+
+
+@pytest.mark.parametrize("mode", ["matched", "image"])
+def test_empty_matches_and_empty_clusters_equal_the_old_path(mode, tmp_path):
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(8, 16))
+    img = np.repeat(base, 5, axis=0).astype(np.float32) * 7
+    txt = (np.repeat(base, 5, axis=0) + 0.8 * rng.normal(size=(40, 16))).astype(np.float32)
+    cfg = PrototypeConfig(budget=20, mode=mode)
+    got = build_prototypes(stored(img, tmp_path, "i", [15, 10, 15]), stored(txt, tmp_path, "t", [15, 10, 15]), cfg)
+    assert got.stats["empty_matches" if mode == "matched" else "empty_clusters"] > 0
+    assert_same(got, reference_prototypes(img, txt, cfg, [(0, 15), (15, 25), (25, 40)]))
