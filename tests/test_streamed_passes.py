@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from protosynth.drop import cuts, kept_rows, sort_keys
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes
 from protosynth.store import Rows
+from protosynth.util.pairwise import TreeMean, leaf_parts, leaves
 from tests.reference_prototypes import reference_prototypes
 
 
@@ -80,3 +82,40 @@ def test_empty_matches_and_empty_clusters_equal_the_old_path(mode, tmp_path):
     got = build_prototypes(stored(img, tmp_path, "i", [15, 10, 15]), stored(txt, tmp_path, "t", [15, 10, 15]), cfg)
     assert got.stats["empty_matches" if mode == "matched" else "empty_clusters"] > 0
     assert_same(got, reference_prototypes(img, txt, cfg, [(0, 15), (15, 25), (25, 40)]))
+
+
+@pytest.mark.parametrize("n", [1, 8, 129, 1000, 65_537, 2_500_003])
+def test_the_norms_mean_from_range_pieces_is_numpys_mean(n):
+    """The driver's mean of the norms, put together from each range's leaf sums, has the bits of
+    ``np.mean`` over the whole vector (what the old path computed), however the ranges cut it."""
+    rng = np.random.default_rng(n)
+    x = (rng.random(n, dtype=np.float32) * 9).astype(np.float32)
+    bounds = np.unique(np.concatenate([[0, n], rng.integers(0, n, 25)]))
+    tree = TreeMean(n)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        tree.add(leaf_parts(x[a:b], int(a), n))
+    assert tree.mean().tobytes() == x.mean().tobytes()
+    assert len(leaves(n)) <= max(1, n // 64)  # the driver holds a float per leaf, not per pair
+
+
+def test_the_drop_keeps_what_a_stable_argsort_kept():
+    """Ties, -0.0 against 0.0, infinities and NaN (sorted last): the cut found from two 16-bit
+    histograms and each range's ties keeps the pairs ``np.argsort(kind="stable")`` kept."""
+    rng = np.random.default_rng(0)
+    sims = rng.choice(np.array([-0.0, 0.0, 0.25, -1, np.inf, -np.inf, np.nan], np.float32), 3000)
+    sims[::7] = rng.normal(size=len(sims[::7])).astype(np.float32)
+    lengths = [400, 0, 1, 1599, 1000]
+    ranges = [(a, a + m) for a, m in zip(np.cumsum([0] + lengths[:-1]), lengths)]
+    keys = sort_keys(sims)
+    high = np.bincount(keys >> 16, minlength=1 << 16)
+
+    def bucket_pass(top):
+        for a, b in ranges:
+            k = keys[a:b]
+            yield int((k >> 16 < top).sum()), np.unique(k[k >> 16 == top] & 0xFFFF, return_counts=True)
+
+    for n_drop in (0, 1, 600, 1234, 2999):
+        cut, counts = cuts(high, n_drop, lengths, bucket_pass)
+        kept = np.concatenate([a + kept_rows(sims[a:b], c) for (a, b), c in zip(ranges, cut)])
+        np.testing.assert_array_equal(kept, np.sort(np.argsort(sims, kind="stable")[n_drop:]))
+        assert counts.sum() == len(kept) == 3000 - n_drop
