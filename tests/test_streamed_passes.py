@@ -5,9 +5,12 @@ drop's threshold and empty matches."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from protosynth import passes
 from protosynth.drop import cuts, kept_rows, sort_keys
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes
 from protosynth.store import Rows
@@ -119,3 +122,37 @@ def test_the_drop_keeps_what_a_stable_argsort_kept():
         kept = np.concatenate([a + kept_rows(sims[a:b], c) for (a, b), c in zip(ranges, cut)])
         np.testing.assert_array_equal(kept, np.sort(np.argsort(sims, kind="stable")[n_drop:]))
         assert counts.sum() == len(kept) == 3000 - n_drop
+
+
+def test_a_task_that_does_not_see_the_scratch_folder_recomputes_the_same_bytes(tmp_path, monkeypatch):
+    """A Ray node without the driver's scratch folder recomputes a range's cosines and labels from the
+    store: the prototypes do not change."""
+    img, txt = pairs(500)
+    lengths = [100] * 5
+    cfg = PrototypeConfig(budget=7, seed=4, max_train_points=200)
+    rows_i, rows_t = stored(img, tmp_path, "i", lengths), stored(txt, tmp_path, "t", lengths)
+    want = build_prototypes(rows_i, rows_t, cfg)
+    monkeypatch.setattr(passes, "_load", lambda scratch, name: None)
+    assert_same(build_prototypes(rows_i, rows_t, cfg), want)
+
+
+def test_the_driver_never_allocates_an_array_as_long_as_the_corpus(tmp_path):
+    """600,000 pairs in 60 shards: tracemalloc's peak over ``build_prototypes`` stays below the size
+    of one int64 per pair (4.8 MB), which every per-pair array of the old path (its norms, cosines,
+    argsort, kept indices, labels, targets) reached or passed. Image and text rows are drawn apart,
+    so few pairs share their two clusters and the member lists (O(members) by design) stay small."""
+    n, d = 600_000, 8
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
+    rows_i, rows_t = stored(img, tmp_path, "i", [10_000] * 60), stored(txt, tmp_path, "t", [10_000] * 60)
+    del img, txt
+    cfg = PrototypeConfig(budget=20, seed=0, niter=5, max_train_points=2000)
+    tracemalloc.start()
+    try:
+        protos = build_prototypes(rows_i, rows_t, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert protos.stats["kmeans_points"] == n - n // 5
+    assert sum(len(m) for m in protos.members) < n // 10
+    assert peak < 8 * n, f"{peak / 1e6:.1f} MB traced"
