@@ -240,15 +240,30 @@ def central_members(protos: Prototypes, image_raw, text_raw, pair_image, k: int)
     return out
 
 
+# rows of one search step of ``nearest_rows``: whole blocks of faiss's BLAS search (1,024 database rows)
+SEARCH_BLOCKS = 32
+
+
+def _search_steps(n: int, d: int):
+    """``_chunks`` cut further into steps of ``SEARCH_BLOCKS`` x 1,024 rows from each chunk's start.
+    faiss's exact search multiplies 1,024 database rows at a time from the start of what it is given,
+    so the steps hand it the same blocks as the whole chunk did (the same products, the same ties)
+    while the driver holds a step's rows, not the chunk's (256 MiB of them)."""
+    step = SEARCH_BLOCKS * 1024
+    for idx in _chunks(n, d):
+        for s in range(0, len(idx), step):
+            yield idx[s : s + step]
+
+
 def nearest_rows(queries: np.ndarray, keys) -> np.ndarray:
     """Index of the most cosine-similar key for each query (exact, faiss inner product); ``keys`` may be
-    a memory-mapped row source, searched chunk by chunk."""
+    a memory-mapped row source, searched step by step (``_search_steps``)."""
     q = np.ascontiguousarray(passes.unit(queries), np.float32)
     best, where = np.full(len(q), -np.inf, np.float32), np.zeros(len(q), np.int64)
-    for idx in _chunks(len(keys), keys.shape[1]):
+    for idx in _search_steps(len(keys), keys.shape[1]):
         index = faiss.IndexFlatIP(keys.shape[1])
         index.add(np.ascontiguousarray(passes.unit(keys.take(idx, axis=0)), np.float32))
         sim, i = index.search(q, 1)
-        better = sim[:, 0] > best  # a later chunk wins only when strictly closer
+        better = sim[:, 0] > best  # a later step wins only when strictly closer
         best[better], where[better] = sim[better, 0], idx[i[better, 0]]
     return where
