@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 def embed(**values) -> None:
     """Embed every caption-level pair of a corpus with a CLIP; prints the store folder. Run it again
     after a kill and only the unfinished shards are computed."""
-    from protosynth.corpus import load_source
+    from protosynth.corpus import scan_source
     from protosynth.embed import check_config, embed_corpus
     from protosynth.engines.base import make_engine
     from protosynth.engines.connect import check_engine
@@ -57,7 +57,7 @@ def embed(**values) -> None:
         # one engine session for the load (--skip-bad's check runs on the engine) and the embedding
         engine = make_engine(eng)
         with engine.session():
-            corpus_ = load_source(source, engine=engine)
+            corpus_ = scan_source(source, engine=engine)  # a JSONL manifest streams: never loaded whole
             clip = load_clip(values["clip"], values["device"], arch=values["clip_arch"], space=values["clip_space"])
             emb = embed_corpus(corpus_, clip, cfg, engine)
         return emb.cache_path

@@ -132,29 +132,41 @@ def kmeans(
     return centroids, labels
 
 
-def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, stats: dict):
-    """PDS's matching: image clusters to text clusters by the Hungarian algorithm on their
-    co-membership counts; each prototype averages the pairs its two clusters share, or after an empty
-    match each half its own cluster (members: both clusters). Returns the member lists and, per pair,
-    the prototype its image half and its text half count towards (-1: none)."""
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (li, lt), 1)
+@dataclass
+class Match:
+    """PDS's matching of image clusters to text clusters (``match_clusters``): prototype ``i`` pairs
+    image cluster ``rows[i]`` with text cluster ``cols[i]``; ``empty[i]``: they share no pair."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    proto_of_row: np.ndarray
+    proto_of_col: np.ndarray
+    empty: np.ndarray
+
+    def targets(self, keep: np.ndarray, li: np.ndarray, lt: np.ndarray):
+        """For kept pairs ``keep`` with image / text clusters ``li`` / ``lt``: the prototype each pair's
+        image half and text half count towards (-1: none), the members (pairs shared by their two
+        clusters, with their prototype) and, per empty match i, (i, the union of its two clusters'
+        pairs, the image cluster's, the text cluster's)."""
+        pi, pc = self.proto_of_row[li], self.proto_of_col[lt]
+        shared = pi == pc
+        img_target = np.where(shared | self.empty[pi], pi, -1)
+        txt_target = np.where(shared | self.empty[pc], pc, -1)
+        empties = []
+        for i in np.flatnonzero(self.empty):  # the public PDS code emits NaN here
+            r, c = self.rows[i], self.cols[i]
+            empties.append((int(i), keep[(li == r) | (lt == c)], keep[li == r], keep[lt == c]))
+        return img_target, txt_target, (keep[shared], pi[shared]), empties
+
+
+def match_clusters(counts: np.ndarray, stats: dict) -> Match:
+    """The Hungarian matching on the K x K co-membership counts (image cluster x text cluster);
+    records ``empty_matches``, ``matched_pairs_shared`` and the matching in ``stats``."""
+    k = len(counts)
     rows, cols = linear_sum_assignment(-counts)
     proto_of_row, proto_of_col = np.empty(k, np.int64), np.empty(k, np.int64)
     proto_of_row[rows], proto_of_col[cols] = np.arange(k), np.arange(k)
-    pi, pc = proto_of_row[li], proto_of_col[lt]
     empty = counts[rows, cols] == 0
-    shared = pi == pc
-    img_target, txt_target = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-    img_target[keep] = np.where(shared | empty[pi], pi, -1)
-    txt_target[keep] = np.where(shared | empty[pc], pc, -1)
-    order = np.argsort(pi[shared], kind="stable")
-    members = np.split(keep[shared][order], np.searchsorted(pi[shared][order], np.arange(1, k)))
-    img_members, txt_members = list(members), list(members)
-    for i in np.flatnonzero(empty):  # the public PDS code emits NaN here
-        r, c = rows[i], cols[i]
-        members[i] = keep[(li == r) | (lt == c)]
-        img_members[i], txt_members[i] = keep[li == r], keep[lt == c]
     stats["empty_matches"] = int(empty.sum())
     stats["matched_pairs_shared"] = int(counts[rows, cols].sum())
     stats["_matching"] = list(zip(rows, cols))
@@ -162,4 +174,28 @@ def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, sta
         log.warning(
             "%d of %d matched cluster pairs shared no pair (prototype_stats.empty_matches)", int(empty.sum()), k
         )
+    return Match(rows, cols, proto_of_row, proto_of_col, empty)
+
+
+def group_members(pairs: np.ndarray, protos: np.ndarray, k: int) -> list[np.ndarray]:
+    """Member lists: ``pairs`` (ascending) grouped by their prototype, each group in pair order."""
+    order = np.argsort(protos, kind="stable")
+    return np.split(pairs[order], np.searchsorted(protos[order], np.arange(1, k)))
+
+
+def _match(keep: np.ndarray, li: np.ndarray, lt: np.ndarray, k: int, n: int, stats: dict):
+    """PDS's matching on kept pairs held in memory (``prototypes_rules``): image clusters to text
+    clusters by the Hungarian algorithm on their co-membership counts; each prototype averages the
+    pairs its two clusters share, or after an empty match each half its own cluster (members: both
+    clusters). Returns the member lists and, per pair, the prototype its image half and its text half
+    count towards (-1: none)."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (li, lt), 1)
+    match = match_clusters(counts, stats)
+    img_target, txt_target = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    img_target[keep], txt_target[keep], (shared, protos), empties = match.targets(keep, li, lt)
+    members = group_members(shared, protos, k)
+    img_members, txt_members = list(members), list(members)
+    for i, union, img, txt in empties:
+        members[i], img_members[i], txt_members[i] = union, img, txt
     return members, img_members, txt_members, img_target, txt_target

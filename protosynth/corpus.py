@@ -42,7 +42,7 @@ import numpy as np
 from .corpora.base import Corpus, ImageSource, manifest_file, unreadable
 from .corpora.csvtable import load_csv
 from .corpora.hf import is_hf, load_hf
-from .corpora.jsonl import load_jsonl, scan_jsonl
+from .corpora.jsonl import load_jsonl, scan_manifest, windows
 from .corpora.karpathy import load_karpathy
 from .corpora.parquet import load_parquet
 from .corpora.shapes import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
@@ -233,6 +233,7 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
     kind = check_options(source.spec, **{k: v for k, v in source.options().items() if k != "skip_bad"})
     if kind != "jsonl" or source.skip_bad:
         return load_source(source, engine)
-    fingerprint, pair_image, n_images = scan_jsonl(canonical_spec(source.spec))
+    got = scan_manifest(canonical_spec(source.spec))
     spec = str(manifest_file(canonical_spec(source.spec)))
-    return CorpusSummary(spec, fingerprint, pair_image, n_images, load=partial(load_source, source, engine))
+    load = partial(load_source, source, engine)
+    return CorpusSummary(spec, got.fingerprint, got.pair_image, got.n_images, load=load, windows=partial(windows, got))

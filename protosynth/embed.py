@@ -10,6 +10,10 @@ and its first pair), so a resumed store is byte-identical to an uninterrupted on
 
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
 runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
+
+A JSONL manifest summarised by ``corpus.scan_source`` is never loaded whole here: the shards still to
+compute (of the store and of the corpus index beside it) are filled from windows of a few shards that
+a second streaming pass hands over (``corpora.jsonl.windows``), with the same bytes as a whole load.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .configs import EmbedConfig  # noqa: F401 (re-exported: its public home)
-from .corpora.index import CORPUS_INDEX, build_corpus_index, read_corpus_index
+from .corpora.index import CORPUS_INDEX, IndexBuild, read_corpus_index
 from .corpora.parquet import has_pyarrow
 from .corpora.summary import CorpusSummary, whole
 from .corpus import Corpus, cache_dir, check_cache_writable
@@ -224,34 +228,60 @@ def embed_corpus(
     found = survey(folder, want)
     shard_size = int(found.index["shard_size"])  # a repair keeps the store's shard size
     if found.intact:
-        index = index_corpus(corpus, folder, shard_size, runner)
-        return _open(folder, index, from_cache=True, checked=True)
+        build = index_build(corpus, folder, shard_size)
+        _fill(corpus, build, None, encoder, cfg, runner)
+        return _open(folder, build and build.finish(), from_cache=True, checked=True)
     cfg = replace(cfg, shard_size=shard_size)
     if cfg.out is None:
         check_cache_writable(folder)
     else:
         check_writable(folder, f"{P.out} {folder}")
-    corpus = whole(corpus)
     store = StoreWriter(folder, found, corpus.pair_image)
-    index = index_corpus(corpus, folder, shard_size, runner)  # before encoding: it costs little
-    _encode_shards(corpus, encoder, cfg, store.todo, store.write, runner)
+    build = index_build(corpus, folder, shard_size)
+    _fill(corpus, build, store, encoder, cfg, runner)
+    index = build and build.finish()
     store.finish()
     return _open(folder, index, from_cache=not store.todo, checked=True)
 
 
-def index_corpus(corpus: Corpus | CorpusSummary, store: Path, shard_size: int, engine: Engine) -> Path | None:
-    """The corpus index in the store's folder (``CORPUS_INDEX``), with the store's shard boundaries,
-    built where the engine runs (Ray tasks build the shards on the workers); only missing or damaged
-    shards are built. None when pyarrow, an optional extra, is not installed, or when a read-only
-    store (a shared cache) has no index: the stages then read the corpus held in memory, with the
-    same result."""
+def index_build(corpus: Corpus | CorpusSummary, store: Path, shard_size: int) -> IndexBuild | None:
+    """The run that completes the corpus index in the store's folder (``CORPUS_INDEX``), with the
+    store's shard boundaries (only missing or damaged shards are built). None when pyarrow, an
+    optional extra, is not installed, or when a read-only store (a shared cache) has no index: the
+    stages then read the corpus held in memory, with the same result."""
     if not has_pyarrow():
         return None
     folder = store / CORPUS_INDEX
     found = read_corpus_index(folder)
     if not (found and found.get("complete")) and not os.access(store, os.W_OK):
         return None
-    return build_corpus_index(corpus, folder, shard_size, map_units=engine.map_units)
+    return IndexBuild(corpus, folder, shard_size)
+
+
+def _fill(corpus, build: IndexBuild | None, store: StoreWriter | None, encoder, cfg: EmbedConfig | None, engine):
+    """Build the corpus index's missing shards (where ``engine`` runs: Ray tasks write them on the
+    workers) and encode the store's, index first. A summary that can stream its corpus again
+    (``CorpusSummary.windows``: a JSONL manifest) hands over windows of a few shards, so the corpus is
+    never held whole; any other corpus is loaded whole. Either way every file has the same bytes."""
+    index_todo = build.todo if build is not None else []
+    store_todo = store.todo if store is not None else []
+    if not index_todo and not store_todo:
+        return
+    if not (isinstance(corpus, CorpusSummary) and corpus.windows is not None):
+        corpus = whole(corpus)
+        runs = [(index_todo + store_todo, corpus)]
+    else:
+        shard_size = (build.index if build is not None else store.index)["shard_size"]
+        need = {s["images"][0] // shard_size for s in index_todo + store_todo}
+        runs = corpus.windows(plan_shards(corpus.pair_image, corpus.n_images, shard_size), need)
+    for shards, part in runs:
+        within = {tuple(s["images"]) for s in shards}
+        if index_todo:
+            for _ in build.write(part, [s for s in index_todo if tuple(s["images"]) in within], engine.map_units):
+                pass
+        if store_todo:
+            todo = [s for s in store_todo if tuple(s["images"]) in within]
+            _encode_shards(part, encoder, cfg, todo, store.write, engine)
 
 
 def _open(folder: Path, index: Path | None, from_cache: bool, checked: bool = False) -> Embeddings:

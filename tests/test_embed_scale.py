@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protosynth import clustering
+from protosynth import clustering, prototypes
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes, kmeans, nearest_member_pairs, nearest_rows
 from protosynth.store import Rows
 
@@ -84,3 +84,17 @@ def test_chunked_nearest_rows_equals_one_pass(monkeypatch):
     monkeypatch.setattr(clustering, "CHUNK_BYTES", 64 * 4 * 16)
     np.testing.assert_array_equal(nearest_rows(queries, keys), whole)
     np.testing.assert_array_equal(whole, (queries @ (keys / np.linalg.norm(keys, axis=1, keepdims=True)).T).argmax(1))
+
+
+def test_nearest_rows_in_steps_of_faiss_blocks_equals_one_search(monkeypatch):
+    """Steps of whole 1,024-row blocks (here one block a step, with exact ties planted across steps)
+    find what one search of the whole matrix finds, the earliest of equal keys included."""
+    rng = np.random.default_rng(4)
+    keys = rng.normal(size=(5000, 16)).astype(np.float32)
+    keys[4000:4100] = keys[100:200]  # the same keys again in a later step: the earlier must win
+    queries = np.concatenate([keys[100:140], rng.normal(size=(60, 16)).astype(np.float32)])
+    monkeypatch.setattr(prototypes, "SEARCH_BLOCKS", 10)  # one step: the whole matrix
+    whole = nearest_rows(queries, keys)
+    monkeypatch.setattr(prototypes, "SEARCH_BLOCKS", 1)
+    np.testing.assert_array_equal(nearest_rows(queries, keys), whole)
+    np.testing.assert_array_equal(whole[:40], np.arange(100, 140))

@@ -119,7 +119,7 @@ def refuse_whole_loads(monkeypatch) -> None:
 
 @pytest.mark.parametrize("method", ["pds", "select", "coreset"])
 def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(method, jsonl_corpus, tmp_path, monkeypatch):
-    """The first run embeds (loading the corpus whole); the second finds the store and its index from
+    """The first run embeds (streaming the manifest in windows); the second finds the store and its index from
     the streamed summary alone (``scan_source``), reads every caption, key and image from the index,
     and writes the first run's set byte for byte."""
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))

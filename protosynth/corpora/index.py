@@ -170,6 +170,55 @@ def _each(fn, units, shared):
 MapUnits = Callable[[Callable, list, tuple], Iterator]
 
 
+class IndexBuild:
+    """One run building the index of ``corpus`` into ``folder`` (see ``build_corpus_index``): the
+    shards it lacks (``todo``; none when the index is complete and intact), written by ``write``
+    from the corpus or from windows of it (``corpora.window``), and ``finish``, which records every
+    hash and completes the index. A summary (``corpora.summary``) is never loaded here."""
+
+    def __init__(self, corpus: Corpus | CorpusSummary, folder: Path, shard_size: int):
+        if shard_size < 1:
+            raise ProtosynthError(f"{P.shard_size} must be at least 1, got {shard_size}")
+        self.folder = folder = Path(folder)
+        want = _header(corpus, shard_size)
+        found = read_corpus_index(folder)
+        _check_folder(folder, found, want)
+        complete = found is not None and bool(found.get("complete"))
+        self.damaged = dict(index_problems(folder, found)) if complete else {}
+        self.done = complete and not self.damaged
+        self.index = found if complete else want  # a repair keeps the complete index's shards and hashes
+        self.todo, self.digests = [], {}
+        if self.done:
+            return
+        check_writable(folder, f"corpus index {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)  # what killed builds left behind
+        if found is None:
+            _write_index(folder, self.index)
+        shards = self.index["shards"]
+        self.todo = [s for s in shards if s["file"] in self.damaged or not (folder / s["file"]).is_file()]
+
+    def write(self, corpus, shards: list[dict], map_units: MapUnits = _each) -> Iterator[dict]:
+        """Build and write ``shards`` (of ``todo``) from ``corpus`` (the corpus or a window holding
+        them) where ``map_units`` runs; yields each shard once it is written."""
+        built = map_units(write_index_shard, shards, (corpus, self.folder)) if shards else iter(())
+        for shard, digest in zip(shards, built):
+            self.digests[shard["file"]] = digest
+            yield shard
+
+    def finish(self) -> Path:
+        """Record every shard's sha256 and rewrite ``index.json`` with ``"complete": true`` last."""
+        if self.done:
+            return self.folder
+        for s in self.index["shards"]:
+            recorded = None if s["file"] in self.damaged else s.get("sha256")
+            s["sha256"] = self.digests.get(s["file"]) or recorded or sha256_file(self.folder / s["file"])
+        self.index.pop("complete", None)
+        self.index["complete"] = True  # the last key, in the index written after the last shard
+        _write_index(self.folder, self.index)
+        return self.folder
+
+
 def build_corpus_index(
     corpus: Corpus | CorpusSummary,
     folder: Path,
@@ -183,36 +232,12 @@ def build_corpus_index(
     are built (``Engine.map_units``: here, or Ray tasks writing into the same folder), their hashes
     collected in shard order, so the index is the same bytes either way. A summary (``corpora.summary``)
     is loaded whole only when a shard has to be built."""
-    if shard_size < 1:
-        raise ProtosynthError(f"{P.shard_size} must be at least 1, got {shard_size}")
-    folder = Path(folder)
-    want = _header(corpus, shard_size)
-    found = read_corpus_index(folder)
-    _check_folder(folder, found, want)
-    complete = found is not None and bool(found.get("complete"))
-    damaged = dict(index_problems(folder, found)) if complete else {}
-    if complete and not damaged:
-        return folder
-    index = found if complete else want  # a repair keeps the complete index's shards and hashes
-    check_writable(folder, f"corpus index {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)  # what killed builds left behind
-    if found is None:
-        _write_index(folder, index)
-    todo = [s for s in index["shards"] if s["file"] in damaged or not (folder / s["file"]).is_file()]
-    digests = {}
-    built = map_units(write_index_shard, todo, (whole(corpus), folder)) if todo else iter(())
-    for done, (shard, digest) in enumerate(zip(todo, built), start=1):
-        digests[shard["file"]] = digest
-        if progress is not None:
-            progress(done, len(todo))
-    for s in index["shards"]:
-        recorded = None if s["file"] in damaged else s.get("sha256")
-        s["sha256"] = digests.get(s["file"]) or recorded or sha256_file(folder / s["file"])
-    index.pop("complete", None)
-    index["complete"] = True  # the last key, in the index written after the last shard
-    _write_index(folder, index)
-    return folder
+    build = IndexBuild(corpus, folder, shard_size)
+    if build.todo:
+        for done, _ in enumerate(build.write(whole(corpus), build.todo, map_units), start=1):
+            if progress is not None:
+                progress(done, len(build.todo))
+    return build.finish()
 
 
 class CorpusIndex:

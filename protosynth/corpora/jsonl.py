@@ -11,6 +11,7 @@ import hashlib
 import json
 from array import array
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..errors import ProtosynthError
 from .base import (
     CaptionsByImage,
     Corpus,
+    FileImages,
     FindBad,
     clean_captions,
     decode_utf8,
@@ -29,6 +31,7 @@ from .base import (
     read_manifest,
     unreadable,
 )
+from .window import Offset, Window
 
 NO_PAIRS = "manifest has no pairs"
 
@@ -72,9 +75,9 @@ def _lines(path: Path, hasher) -> Iterator[tuple[int, str | ProtosynthError]]:
                 yield lineno, part
 
 
-def _rows(path: Path, hasher) -> Iterator[tuple[int, str, int]]:
-    """(line number, image path, caption count) of every non-blank line, in order. The errors come
-    in ``load_jsonl``'s order: the file's first non-UTF-8 line before any malformed line."""
+def _rows(path: Path, hasher) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, image path, captions) of every non-blank line, in order. The errors come in
+    ``load_jsonl``'s order: the file's first non-UTF-8 line before any malformed line."""
     malformed = None
     for lineno, line in _lines(path, hasher):
         if isinstance(line, ProtosynthError):
@@ -86,7 +89,7 @@ def _rows(path: Path, hasher) -> Iterator[tuple[int, str, int]]:
         except ProtosynthError as exc:
             malformed = exc  # raised once the rest of the file is known to be UTF-8
             continue
-        yield lineno, image, len(caps)
+        yield lineno, image, caps
     if malformed is not None:
         raise malformed
 
@@ -104,7 +107,35 @@ def _first_of_each_image(digests: bytearray) -> tuple[np.ndarray, np.ndarray]:
     return is_first, rank[inverse.reshape(-1)]
 
 
+@dataclass
+class JsonlScan:
+    """What ``scan_manifest`` learns in its two passes: the fingerprint, ``pair_image`` and the image
+    count ``load_jsonl`` would give, each non-blank line's image (first-seen order, int32: 4 bytes a
+    line), and the two digests the fingerprint hashes (the manifest's bytes; each image's size and
+    mtime in image order) so a later streaming pass (``windows``) can tell the corpus did not change."""
+
+    path: Path
+    root: Path
+    fingerprint: str
+    pair_image: np.ndarray
+    n_images: int
+    image_of_row: np.ndarray
+    raw_sha256: bytes
+    stats_sha256: bytes
+
+
 def scan_jsonl(path: str | Path) -> tuple[str, np.ndarray, int]:
+    """``load_jsonl(path)``'s fingerprint, its ``pair_image`` and its image count (``scan_manifest``)."""
+    got = scan_manifest(path)
+    return got.fingerprint, got.pair_image, got.n_images
+
+
+def _stat_line(root: Path, image: str, where: str) -> bytes:
+    st = present_stat(root, image, where)
+    return f"{image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+
+def scan_manifest(path: str | Path) -> JsonlScan:
     """``load_jsonl(path)``'s fingerprint, its ``pair_image`` and its image count, by two streaming
     passes: the first parses every line and keeps a digest of its image path and its caption count;
     the second stats each image once, where it is first named, in that order, as ``file_corpus``
@@ -112,23 +143,81 @@ def scan_jsonl(path: str | Path) -> tuple[str, np.ndarray, int]:
     path = manifest_file(path)
     root = image_folder(path, None)
     first_hash, digests, counts = hashlib.sha256(), bytearray(), array("I")
-    for _, image, n in _rows(path, first_hash):
+    for _, image, caps in _rows(path, first_hash):
         digests += hashlib.blake2b(image.encode(), digest_size=16).digest()
-        counts.append(n)
+        counts.append(len(caps))
     if not counts:
         raise ProtosynthError(f"corpus {str(path)!r}: {NO_PAIRS}")
     is_first, image_of_row = _first_of_each_image(digests)
     del digests
     n_images = int(is_first.sum())
-    h, again = first_hash.copy(), hashlib.sha256()
+    h, again, stats = first_hash.copy(), hashlib.sha256(), hashlib.sha256()
     h.update(f"root\0{root.resolve()}\n".encode())
     for row, (lineno, image, _) in enumerate(_rows(path, again)):
         if row < len(is_first) and is_first[row]:  # a longer file is refused below
-            st = present_stat(root, image, f"{path} line {lineno}")
-            h.update(f"{image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            line = _stat_line(root, image, f"{path} line {lineno}")
+            h.update(line)
+            stats.update(line)
     if again.digest() != first_hash.digest():
         raise ProtosynthError(f"corpus {str(path)!r}: changed while it was read; run again")
     weights = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
     per_image = np.bincount(image_of_row, weights=weights, minlength=n_images)
     pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image.astype(np.int64))
-    return f"jsonl-{h.hexdigest()[:16]}", pair_image, n_images
+    fingerprint = f"jsonl-{h.hexdigest()[:16]}"
+    rows = image_of_row.astype(np.int32 if n_images < 2**31 else np.int64)
+    return JsonlScan(path, root, fingerprint, pair_image, n_images, rows, first_hash.digest(), stats.digest())
+
+
+def _shard_ends(image_of_row: np.ndarray, n_shards: int, shard_size: int) -> np.ndarray:
+    """The last row naming an image of each shard (images ``j * shard_size`` onwards)."""
+    last = np.full(n_shards, -1, np.int64)
+    np.maximum.at(last, image_of_row // shard_size, np.arange(len(image_of_row)))
+    return last
+
+
+WINDOW_SHARDS = 8  # store shards per window: 32,768 images' captions at the default shard size
+
+
+def windows(got: JsonlScan, shards: list[dict], need: set[int]) -> Iterator[tuple[list, Window]]:
+    """Stream the manifest ``scan_manifest`` read once more and yield ``(shards, window)`` for the shards
+    numbered in ``need``: runs of at most ``WINDOW_SHARDS`` consecutive ones, each as soon as the last
+    line naming one of its images is read, so what is held is the open shards' captions, not the
+    corpus. The images are stat'ed as the load stats them; after the last window, a manifest or an
+    image that changed since ``scan_manifest`` is the load's error (the caller then completes nothing)."""
+    shard_size = shards[0]["images"][1] - shards[0]["images"][0] if shards else 1
+    ends = _shard_ends(got.image_of_row, len(shards), shard_size)
+    todo, run = sorted(need), []
+    keys: dict[int, str] = {}
+    where: dict[str, str] = {}
+    caps: dict[int, list[str]] = {}
+    raw, stats, new = hashlib.sha256(), hashlib.sha256(), 0
+    for row, (lineno, image, captions) in enumerate(_rows(got.path, raw)):
+        i = int(got.image_of_row[row]) if row < len(got.image_of_row) else -1
+        if i == new:  # the line that first names image i: stat'ed here, in image order, as the load does
+            stats.update(_stat_line(got.root, image, f"{got.path} line {lineno}"))
+            new += 1
+            if i // shard_size in need:
+                keys[i], where[image] = image, f"{got.path} line {lineno}"
+        if i // shard_size in need:
+            caps.setdefault(i, []).extend(captions)
+        while todo and ends[todo[0]] <= row:
+            run.append(shards[todo.pop(0)])
+            if len(run) == WINDOW_SHARDS or not todo or todo[0] != run[-1]["images"][1] // shard_size:
+                yield run, _window(got, run, keys, where, caps)
+                run = []
+    if raw.digest() != got.raw_sha256 or stats.digest() != got.stats_sha256 or todo:
+        raise ProtosynthError(f"corpus {str(got.path)!r}: changed while it was read; run again")
+
+
+def _window(got: JsonlScan, run: list[dict], keys: dict, where: dict, caps: dict) -> Window:
+    """The window of ``run``'s images, taken out of the streamed buffers."""
+    a, b = run[0]["images"][0], run[-1]["images"][1]
+    names = [keys.pop(i) for i in range(a, b)]
+    captions = [caps.pop(i) for i in range(a, b)]
+    source = FileImages(got.root, {k: where.pop(k) for k in names})
+    p0, p1 = run[0]["pairs"][0], run[-1]["pairs"][1]
+    flat = [c for group in captions for c in group]
+    if len(flat) != p1 - p0:
+        raise ProtosynthError(f"corpus {str(got.path)!r}: changed while it was read; run again")
+    pairs = Offset(got.pair_image[p0:p1], p0)
+    return Window(str(got.path), got.fingerprint, Offset(names, a), Offset(flat, p0), pairs, source)

@@ -36,6 +36,9 @@ class CorpusSummary:
     skipped: list[str] = field(default_factory=list)
     pixels: None = None  # a summarised corpus holds no image in memory
     loaded: Corpus | None = None  # the whole corpus, once ``whole`` has loaded it
+    # windows(shards, need) -> (shards, window) runs of the corpus streamed again (``corpora.window``),
+    # for a stage that needs some shards' captions and images but not the whole corpus (None: load it)
+    windows: Callable | None = None
 
     @property
     def n_pairs(self) -> int:

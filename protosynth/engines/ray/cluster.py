@@ -1,7 +1,8 @@
 """Clustering's passes over every pair (``passes.py``) as Ray tasks, one per range (a store's shard).
 
-The driver fits k-means on its seeded sample and keeps only per-pair labels, member lists, K x K
-counts and K x D sums; the tasks read the rows (the store's shard files, by path: every node must
+The driver fits k-means on its seeded sample and keeps only histograms, member lists, K x K counts
+and K x D sums (``passes``: the cosines and labels stay in the scratch folder, or are recomputed by
+a task that does not see it); the tasks read the rows (the store's shard files, by path: every node must
 see the store's folder, as the workers of any Ray cluster see shared storage). Results come back in
 range order and are combined in that order, as the local engine combines them, so both engines give
 byte-identical prototypes. At most ``pool.WINDOW_PER_CPU`` tasks per cluster CPU are in flight

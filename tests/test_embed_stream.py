@@ -1,0 +1,117 @@
+"""``embed`` streams a JSONL manifest (issue 32): the store and its corpus index are built from
+windows of a few shards (``corpora.jsonl.windows``), never from the corpus loaded whole, and every
+file is byte-identical to what the whole load writes; a resumed run computes only the missing
+shards, and a manifest changed after the scan completes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import store_bytes
+from PIL import Image
+
+import protosynth.corpora.jsonl as jsonl
+import protosynth.corpus as corpus_module
+from protosynth.corpora.index import CORPUS_INDEX, read_corpus_index
+from protosynth.corpora.shapes import WorldConfig, generate_split
+from protosynth.corpora.source import CorpusSource
+from protosynth.corpus import load_corpus, scan_source
+from protosynth.embed import EmbedConfig, embed_corpus
+from protosynth.errors import ProtosynthError
+from protosynth.store import plan_shards, read_index
+
+pytest.importorskip("pyarrow", reason="the corpus index needs pyarrow (the corpora extra)")
+
+
+@pytest.fixture
+def scattered(tmp_path):
+    """17 world images, both line forms, a blank line, and images named again far from their first
+    line (image 0 on the last line, image 7 after image 12): shards wait for their last line."""
+    split = generate_split(WorldConfig(n_train=17), "train")
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i, (im, caps) in enumerate(zip(split.images, split.captions)):
+        Image.fromarray(im).save(tmp_path / "img" / f"{i}.png")
+        head, tail = caps[:2], caps[2:]
+        lines.append({"image": f"img/{i}.png", "captions": head})
+        if i == 12:
+            lines.append({"image": "img/7.png", "caption": "seven again"})
+        if i % 3 == 0:
+            lines.extend({"image": f"img/{i}.png", "caption": c} for c in tail)
+        else:
+            lines.append({"image": f"img/{i}.png", "captions": tail})
+    lines.append({"image": "img/0.png", "caption": "zero, last line"})
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines[:5]) + "\n\n" + "\n".join(json.dumps(x) for x in lines[5:]))
+    return path
+
+
+def refuse_whole_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was loaded whole")
+
+    monkeypatch.setattr(corpus_module, "load_jsonl", refuse)
+
+
+CFG = dict(shard_size=3, batch_size=4, num_workers=0)
+
+
+@pytest.mark.parametrize("per_window", [1, 2, 8])
+def test_a_streamed_embed_writes_the_whole_loads_bytes(per_window, scattered, clip, tmp_path, monkeypatch):
+    whole = embed_corpus(load_corpus(str(scattered)), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", per_window)
+    summary = scan_source(CorpusSource(str(scattered)))
+    refuse_whole_loads(monkeypatch)
+    streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
+    assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
+    assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
+
+
+def test_a_resumed_streamed_embed_computes_only_the_missing_shards(scattered, clip, tmp_path, monkeypatch):
+    whole = embed_corpus(load_corpus(str(scattered)), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
+    out = tmp_path / "resumed"
+    embed_corpus(scan_source(CorpusSource(str(scattered))), clip, EmbedConfig(out=out, **CFG))
+    gone = ["text-000001.npy", "image-000004.npy", f"{CORPUS_INDEX}/pairs-000000.parquet"]
+    for name in gone:
+        (out / name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*.*") if p.name not in {n.split("/")[-1] for n in gone}}
+    kept = {p: t for p, t in kept.items() if p.suffix in (".npy", ".parquet")}
+    refuse_whole_loads(monkeypatch)
+    embed_corpus(scan_source(CorpusSource(str(scattered))), clip, EmbedConfig(out=out, **CFG))
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the three missing files were written
+    assert store_bytes(out) == store_bytes(whole)
+
+
+def test_a_manifest_changed_after_the_scan_completes_nothing(scattered, clip, tmp_path):
+    summary = scan_source(CorpusSource(str(scattered)))
+    with scattered.open("a") as fh:
+        fh.write('\n{"image": "img/3.png", "caption": "added after the scan"}\n')
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
+    assert read_index(tmp_path / "s")["complete"] is False
+    assert read_corpus_index(tmp_path / "s" / CORPUS_INDEX)["complete"] is False
+
+
+def test_windows_of_an_ordered_manifest_come_before_its_end(jsonl_corpus, monkeypatch):
+    """With each image's lines together, a window is handed over as soon as its last line is read:
+    the captions held are a window's, not the corpus's."""
+    got = jsonl.scan_manifest(jsonl_corpus)
+    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", 1)
+    real, read = jsonl._rows, []
+
+    def counted(path, hasher):
+        for row in real(path, hasher):
+            read.append(row[0])
+            yield row
+
+    monkeypatch.setattr(jsonl, "_rows", counted)
+    shards = plan_shards(got.pair_image, got.n_images, 3)
+    seen = [
+        (run[0]["images"], len(read), len(window.pair_caption.items))
+        for run, window in jsonl.windows(got, shards, {0, 1, 3})
+    ]
+    assert [s[0] for s in seen] == [[0, 3], [3, 6], [9, 12]]
+    lines = len(jsonl_corpus.read_text().splitlines())
+    assert seen[0][1] < seen[1][1] < seen[2][1] <= lines and seen[0][1] < lines / 2
+    assert sum(s[2] for s in seen) == sum(b - a for a, b in (s["pairs"] for s in (shards[0], shards[1], shards[3])))
