@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import P, ProtosynthError
-from ..util.files import atomic_open
+from ..util.files import save_atomic
 from .matching import SyntheticSet
 
 
@@ -55,12 +55,6 @@ def run_fingerprint(settings: dict, buffer_root: Path, buffer_settings: dict, pa
     return hashlib.sha256(blob).hexdigest()
 
 
-def _save(obj: dict, path: Path) -> None:
-    """Written whole or not at all: a kill mid-save leaves the previous checkpoint."""
-    with atomic_open(path) as fh:
-        torch.save(obj, fh)
-
-
 def save_checkpoint(
     path: Path,
     fingerprint: str,
@@ -70,7 +64,7 @@ def save_checkpoint(
     rng: np.random.Generator,
     state: LoopState,
 ) -> None:
-    _save(
+    save_atomic(
         {
             "fingerprint": fingerprint,
             "leaves": {k: v.detach().clone() for k, v in syn.leaves().items()},

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..util.files import atomic_open
+from ..util.files import save_atomic  # noqa: F401 - the trainers' name for it
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -33,11 +32,3 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1.0 + float(np.cos(np.pi * min(1.0, t))))
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through ``atomic_open``, so a kill never leaves a truncated checkpoint (to a file
-    object: given a path, torch names the zip's root folder after the file, here the temporary)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as fh:
-        torch.save(obj, fh)

@@ -391,3 +391,13 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through ``atomic_open``, so a kill never leaves a truncated checkpoint (to a file
+    object: given a path, torch names the zip's root folder after the file, here the temporary)."""
+    import torch  # noqa: PLC0415 - here, not at the top: this module stays light to import
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
