@@ -16,11 +16,13 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 from typer.testing import CliRunner
 
+from protosynth.baselines import compare_rows
 from protosynth.cli.main import app
 from protosynth.corpora.source import CorpusReading
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
 from protosynth.errors import ProtosynthError
+from protosynth.evaluation import evaluate as evaluate_module
 from protosynth.evaluation.data import set_data
 from protosynth.evaluation.evaluate import METRIC_NAMES, SELECTED, EvalConfig, cross_arch, evaluate
 from protosynth.evaluation.protocols import PROTOCOLS, get_protocol
@@ -416,3 +418,29 @@ def test_val_split_scores_on_validation_and_says_so(pds_set, tiny_backbone, tmp_
     assert res.exit_code == 0, res.output
     saved = json.loads(out.read_text())
     assert saved["split"] == "val" and saved["sets"][0]["metrics"] == doc["sets"][0]["metrics"]
+
+
+def test_a_stopped_group_keeps_the_rows_it_finished(pds_set, tiny_backbone, tmp_path, monkeypatch):
+    """compare-baselines stores each row as it finishes: a group stopped at its second set reruns only that set,
+    and the stored row equals the one an uninterrupted group writes."""
+    other = tmp_path / "other"
+    shutil.copytree(pds_set, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "note": "a second set"}))
+    sets, cfg = {("pds", 0): pds_set, ("pds", 1): other}, tiny_eval(tiny_backbone)
+    real, calls = evaluate_module.train_and_score, []
+
+    def stop_at_the_second_set(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate_module, "train_and_score", stop_at_the_second_set)
+    with pytest.raises(KeyboardInterrupt):
+        compare_rows.evaluate_group(tmp_path / "stopped", sets, cfg)
+    assert len(list((tmp_path / "stopped" / "rows").glob("*.json"))) == 1
+    monkeypatch.setattr(evaluate_module, "train_and_score", real)
+    resumed = compare_rows.evaluate_group(tmp_path / "stopped", sets, cfg)
+    whole = compare_rows.evaluate_group(tmp_path / "whole", sets, cfg)
+    assert [r["row"]["metrics"] for r in resumed.values()] == [r["row"]["metrics"] for r in whole.values()]

@@ -58,12 +58,14 @@ def evaluate_group(out: Path, sets: dict[tuple[str, int], Path], eval_cfg: EvalC
         else:
             todo[key] = store
     if todo:
-        doc = evaluate([sets[k] for k in todo], eval_cfg)
-        head = {k: v for k, v in doc.items() if k != "sets"}
-        for (key, store), row in zip(todo.items(), doc["sets"]):
-            rows[key] = {"row": row, "head": head}
-            store.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(store, json.dumps(rows[key], indent=2))
+        keys = list(todo)
+
+        def store_row(i: int, row: dict, head: dict) -> None:  # each row stored as it finishes: a stopped group resumes
+            rows[keys[i]] = {"row": row, "head": head}
+            todo[keys[i]].parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(todo[keys[i]], json.dumps(rows[keys[i]], indent=2))
+
+        evaluate([sets[k] for k in keys], eval_cfg, on_row=store_row)
     return rows
 
 

@@ -9,6 +9,7 @@ Standard deviations are sample standard deviations (ddof=1) over the repeats.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -94,8 +95,10 @@ def _test_spec(cfg: EvalConfig, sets: list[DistilledSet]) -> str:
     return specs.pop()
 
 
-def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
-    """Evaluate every set (and the --full upper bound) under one protocol; the ``--json`` document."""
+def evaluate(paths: list[Path], cfg: EvalConfig, on_row: Callable[[int, dict, dict], None] | None = None) -> dict:
+    """Evaluate every set (and the --full upper bound) under one protocol; the ``--json`` document.
+    ``on_row(i, row, head)`` is called as each set's row is finished (the document without its
+    ``sets``), so a caller can store rows as they come: a stopped group keeps what it finished."""
     protocol = validate(cfg, paths)
     sets = [load_distilled(p, verify=True) for p in paths]  # a set changed since it was written is refused here
     text_spec = _text_spec(protocol, sets, cfg.text_encoder)
@@ -139,6 +142,20 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
             "corpus": cfg.full,
         }
         jobs.append((row, full_data(full, encoder, backbone, size, normalise), cfg.epochs or protocol.full_epochs))
+    head = {
+        "protocol": protocol.name,
+        "backbone": backbone.spec,
+        "text_encoder": encoder.spec,
+        "image_size": size,
+        "text_space": encoder.space,
+        "test": test_spec,
+        "split": cfg.split,
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+        "select_on_test": cfg.select_on_test,
+        "score": SELECTED if cfg.select_on_test else FINAL,
+        "settings": asdict(protocol),
+    }
     total = sum(cfg.repeats * epochs for _, _, epochs in jobs)
     results = []
     with StepBar(f"eval {protocol.name} ({backbone.spec})", total) as bar:
@@ -177,21 +194,9 @@ def evaluate(paths: list[Path], cfg: EvalConfig) -> dict:
                 row["best_epochs"] = [r.best_epoch for r in runs]
                 row["final_metrics"] = summarise([r.final for r in runs])
             results.append(row)
-    return {
-        "protocol": protocol.name,
-        "backbone": backbone.spec,
-        "text_encoder": encoder.spec,
-        "image_size": size,
-        "text_space": encoder.space,
-        "test": test_spec,
-        "split": cfg.split,
-        "repeats": cfg.repeats,
-        "seed": cfg.seed,
-        "select_on_test": cfg.select_on_test,
-        "score": SELECTED if cfg.select_on_test else FINAL,
-        "settings": asdict(protocol),
-        "sets": results,
-    }
+            if on_row is not None:
+                on_row(len(results) - 1, row, head)
+    return {**head, "sets": results}
 
 
 def cross_arch(paths: list[Path], cfg: EvalConfig, archs: list[str] | None = None) -> dict:
