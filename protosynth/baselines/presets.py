@@ -174,6 +174,9 @@ WORLD_CHOICE: dict[tuple[str, int], str] = {
     ("lors", 100): "earlier-world",  # 37.7 against official-world-lrs 29.5, official 21.4
     ("amd", 100): "earlier-world",  # 22.0 against official-world-lrs 13.7, official 5.3
     ("mtt-vl", 100): "earlier-world",  # 46.5 ± 0.4 in 9 min, inside official-world-lrs' 47.4 ± 1.7 (139 min)
+    ("repblend", 200): "official",  # 39.9 against earlier-world 27.4, official-world-lrs 25.0
+    ("lors", 200): "earlier-world",  # 45.9, the one candidate left in play at 200 pairs
+    ("amd", 200): "earlier-world",  # 37.5, the one candidate left in play at 200 pairs
 }
 # MTT-VL's official loop puts the whole set in every inner step; at 200 and 500 pairs that is 2.8 and
 # ~7 s an iteration here (3,000 iterations: hours a set). The world's official candidates cap it at
