@@ -7,6 +7,7 @@ works happens there, at the worst moment, every time."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from protosynth.corpora.base import decode
 from protosynth.distill import DistillConfig, validate
 from protosynth.errors import ProtosynthError
 from protosynth.render import RenderConfig
-from protosynth.sets.distilled import FORMAT, check_out_dir, load_distilled, write_distilled
+from protosynth.sets.distilled import FORMAT, check_out_dir, load_distilled, reseal_set, write_distilled
 from protosynth.sets.export import ExportConfig, export_set
 from protosynth.sets.report import ReportConfig, build_report
 from protosynth.sets.verify import verify
@@ -317,3 +318,108 @@ def test_the_shared_report_shows_no_absolute_path(tmp_path):
     set_dir = tiny_set(tmp_path / "s", spec=str(secret / "corpus.jsonl"))
     page = build_report([set_dir.resolve()], ReportConfig(out=tmp_path / "r.html", members=0)).read_text()
     assert "corpus.jsonl" in page and str(secret) not in page and str(tmp_path) not in page
+
+
+# --- reseal_set: a complete set written again at out under a new manifest (distill's render choice) ---
+
+
+def reseal_parts(shade: int = 0) -> dict:
+    """A set's parts as distill holds them in memory: texts for every reading, member digests, a
+    manifest with settings and an evaluation (a tuple among its values, as a dataclass's may be)."""
+    images = [Image.new("RGB", (8, 8), (shade, 10 * i, 0)) for i in range(3)]
+    pairs = [
+        {
+            "index": i,
+            "image": f"images/{i:06d}.png",
+            "caption": f"pair {i}",
+            "members": [i, i + 3],
+            "captions_members": [f"pair {i}", f"pair {i + 3}"],
+            "image_pairs": [i],
+            "captions_image": [f"pair {i}"],
+        }
+        for i in range(3)
+    ]
+    tensors = {"image_raw": torch.arange(12.0).reshape(3, 4), "text_raw": torch.ones(3, 4) * shade}
+    manifest = {
+        "format": FORMAT,
+        "method": "test",
+        "budget": 3,
+        "seed": 0,
+        "corpus": {"spec": "shapes"},
+        "settings": {"budget": 3, "text": "members", "render": {"steps": 2, "strength": 0.15}},
+        "evaluation": {"text": "members", "chosen_by": "rule", "rule": "a test's"},
+        "budgets_in_run": (3,),
+        "seconds": {"load": 1.0},
+    }
+    return dict(images=images, pairs=pairs, tensors=tensors, manifest=manifest, member_images={"k": ["a", "b"]})
+
+
+def write_parts(out: Path, parts: dict, manifest: dict, force: bool = False) -> Path:
+    return write_distilled(
+        out,
+        parts["images"],
+        parts["pairs"],
+        parts["tensors"],
+        manifest,
+        text_space="test",
+        force=force,
+        member_images=parts["member_images"],
+    )
+
+
+def chosen_manifest(manifest: dict) -> dict:
+    """What distill's render choice changes: the evaluation, the text setting, a ``choose`` time."""
+    evaluation = {
+        "text": "image",
+        "chosen_by": "val",
+        "chosen_on": {"val": "shapes:val", "r_mean": {"image": {"mean": 1.5, "std": 0.1}}},
+    }
+    return dict(
+        manifest,
+        evaluation=evaluation,
+        settings=dict(manifest["settings"], text="image"),
+        seconds=dict(manifest["seconds"], choose=2.0),
+    )
+
+
+def test_a_resealed_set_is_byte_for_byte_what_the_writer_writes_under_that_manifest(tmp_path):
+    parts = reseal_parts()
+    source = write_parts(tmp_path / "scratch" / "candidate", parts, parts["manifest"])
+    written = json.loads((source / "manifest.json").read_text())  # as distill reads it back
+    resealed = reseal_set(source, tmp_path / "resealed", chosen_manifest(written))
+    direct = write_parts(tmp_path / "direct", parts, chosen_manifest(parts["manifest"]))
+    names = sorted(p.relative_to(direct).as_posix() for p in direct.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(resealed).as_posix() for p in resealed.rglob("*") if p.is_file())
+    for name in names:
+        if name != "manifest.json":
+            assert (resealed / name).read_bytes() == (direct / name).read_bytes(), name
+    one, two = (json.loads((p / "manifest.json").read_text()) for p in (resealed, direct))
+    assert one["seconds"].pop("write") >= 0 and two["seconds"].pop("write") >= 0
+    assert one == two and one["evaluation"]["chosen_by"] == "val" and one["settings"]["text"] == "image"
+    assert "`image`" in (resealed / "README.md").read_text()  # the card is the new manifest's
+    assert verify(resealed).problems == [] and verify(source).problems == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "resealed", "scratch"], "a temporary left"
+
+
+def test_reseal_replaces_a_set_only_with_force_and_keeps_what_appeared(tmp_path, pause):
+    parts = reseal_parts()
+    source = write_parts(tmp_path / "candidate", parts, parts["manifest"])
+    manifest = chosen_manifest(json.loads((source / "manifest.json").read_text()))
+    out = tmp_path / "out"
+    tiny_set(out, shade=200)  # an earlier set
+    reseal_set(source, out, manifest, force=True)
+    assert verify(out).problems == [] and load_distilled(out).manifest["evaluation"]["chosen_by"] == "val"
+    pause(lambda target: (target / "notes.txt").write_text("mine"))  # a user's file added to the old set
+    with pytest.raises(ProtosynthError, match="appeared or changed while this run was writing"):
+        reseal_set(source, out, manifest, force=True)
+    assert (out / "notes.txt").read_text() == "mine" and verify(kept_result(out)).problems == []
+
+
+def test_reseal_refuses_a_source_changed_since_it_was_written_and_writes_nothing(tmp_path):
+    parts = reseal_parts()
+    source = write_parts(tmp_path / "candidate", parts, parts["manifest"])
+    manifest = chosen_manifest(json.loads((source / "manifest.json").read_text()))
+    Image.new("RGB", (8, 8), "white").save(source / "images" / "000001.png")
+    with pytest.raises(ProtosynthError, match=r"images/000001.png: differs from the manifest; the set is not as it"):
+        reseal_set(source, tmp_path / "out", manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate"]

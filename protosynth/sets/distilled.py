@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from ..util.files import (
     why_not_renamable,
 )
 from ..util.imageops import to_rgb
-from .card import write_hub_files
+from .card import CARD, METADATA, write_hub_files
 
 MANIFEST = "manifest.json"
 # what a set stores to be read without its corpus (``sets.texts`` fills them)
@@ -228,12 +230,7 @@ def write_distilled(
     written again from it before the folder is renamed into place, so no set is ever seen without
     what ``finish`` adds (``distill``'s text reading chosen on a validation split)."""
     started = time.time()
-    target = set_destination(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target.parent, target.name)  # what killed runs writing this set left behind
-    # the old set (with --force) is moved aside only once the new one is complete, then deleted;
-    # what is at ``out`` then is checked again (anything may have appeared there during the run)
-    with atomic_path(target, directory=True, claim=set_claim(out, force)) as tmp:
+    with _set_folder(out, force) as tmp:
         (tmp / "images").mkdir()
         for rec, im in zip(pairs, images):
             im.save(tmp / rec["image"], format="PNG")
@@ -256,6 +253,51 @@ def write_distilled(
             # "write" counts the writing alone, not the time ``finish`` took
             manifest = _seal(tmp, pairs, manifest, time.time() - manifest["seconds"]["write"])
     return out
+
+
+def reseal_set(folder: Path, out: Path, manifest: dict, force: bool = False) -> Path:
+    """Write the complete set at ``folder`` to ``out`` under ``manifest``, as ``write_distilled`` would
+    have written its images, pairs and tensors with that manifest: every file its manifest lists is
+    copied as it is but the card (``metadata.jsonl``, ``README.md``), which is made again from
+    ``manifest``, and the manifest is written last with the sha256 of every file and its own ``write``
+    seconds. The same guarantees as ``write_distilled``: written beside ``out`` and renamed into place
+    (``--force`` and what may be replaced: ``set_claim``), never half-written; a copied file whose
+    sha256 is not the one ``folder``'s manifest records is an error and nothing is written. No file is
+    read into memory whole (``distill``'s render choice: a candidate set from its scratch folder)."""
+    started = time.time()
+    files = read_manifest(folder).get("files")
+    if not isinstance(files, dict) or "pairs.jsonl" not in files:
+        raise ProtosynthError(f"{folder}: not a complete distilled set ({MANIFEST} lists no pairs.jsonl)")
+    kept = {name: digest for name, digest in files.items() if name not in (METADATA, CARD)}
+    with _set_folder(out, force) as tmp:
+        for name in sorted(kept):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, tmp / name)
+        sealed = _seal(tmp, _read_pairs(tmp), manifest, started)
+        changed = [name for name, digest in sorted(kept.items()) if sealed["files"][name] != digest]
+        if changed:
+            more = f" (and {len(changed) - 1} more files)" if len(changed) > 1 else ""
+            raise ProtosynthError(
+                f"{folder / changed[0]}: differs from the manifest{more}; the set is not as it was written"
+            )
+    return out
+
+
+@contextmanager
+def _set_folder(out: Path, force: bool) -> Iterator[Path]:
+    """The temporary folder a set for ``out`` is written into, renamed into place when the block ends
+    without an error (``atomic_path``, with ``set_claim``'s rule on what it may replace)."""
+    target = set_destination(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target.parent, target.name)  # what killed runs writing this set left behind
+    # the old set (with --force) is moved aside only once the new one is complete, then deleted;
+    # what is at ``out`` then is checked again (anything may have appeared there during the run)
+    with atomic_path(target, directory=True, claim=set_claim(out, force)) as tmp:
+        yield tmp
+
+
+def _read_pairs(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _seal(folder: Path, pairs: list[dict], manifest: dict, started: float) -> dict:
@@ -441,7 +483,7 @@ def _load(root: Path, verify: bool) -> DistilledSet:
                 where, why = problems[0]
                 more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
                 raise ProtosynthError(f"{where}: {why}{more}; the set is not as it was written: remake it")
-        pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines() if line.strip()]
+        pairs = _read_pairs(root)
         tensors = load_file(str(root / "embeddings.safetensors"))
 
         with safe_open(str(root / "embeddings.safetensors"), "pt") as fh:
