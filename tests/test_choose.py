@@ -20,6 +20,7 @@ from protosynth.distill import DistillConfig, variant_config
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.render import RenderConfig
+from protosynth.sets.card import card_text
 from protosynth.sets.distilled import load_distilled
 from protosynth.sets.verify import verify
 
@@ -98,6 +99,12 @@ def test_card_says_which_reading_and_how_it_was_chosen(chosen):
     assert f"chosen on the validation split `{VAL}` (fingerprint `{ev['chosen_on']['fingerprint']}`)" in card
     for reading, score in ev["chosen_on"]["r_mean"].items():
         assert f"`{reading}` {score['mean']:.2f} ± {score['std']:.2f}" in card
+
+
+def test_the_card_is_the_one_its_manifest_file_makes(chosen):
+    """Read back from ``manifest.json`` (keys sorted), the manifest makes the card the set holds."""
+    ds = load_distilled(chosen)
+    assert (chosen / "README.md").read_text() == card_text(ds.manifest, len(ds), stores_texts=True)
 
 
 def test_a_rerun_is_byte_identical(chosen, quick_models, tiny_backbone, tmp_path):

@@ -150,8 +150,8 @@ def chosen_lines(evaluation: dict) -> list[str]:
     if by != "val":
         return []
     on = evaluation.get("chosen_on") or {}
-    scores = ", ".join(f"`{r}` {s['mean']:.2f} ± {s['std']:.2f}" for r, s in (on.get("r_mean") or {}).items())
-    skipped = "".join(f"; `{r}` not scored ({why})" for r, why in (on.get("unsupported") or {}).items())
+    scores = ", ".join(f"`{r}` {s['mean']:.2f} ± {s['std']:.2f}" for r, s in in_order(on.get("r_mean"), on))
+    skipped = "".join(f"; `{r}` not scored ({why})" for r, why in in_order(on.get("unsupported"), on))
     return [
         f"- chosen on the validation split `{on.get('val')}` (fingerprint `{on.get('fingerprint')}`), the highest "
         f"val r_mean of the readings the set supports, each trained {on.get('repeats')} times for "
@@ -160,6 +160,14 @@ def chosen_lines(evaluation: dict) -> list[str]:
         f"earlier of {', '.join(on.get('ties') or [])}\n",
         *render_lines(on.get("render")),
     ]
+
+
+def in_order(readings: dict | None, on: dict) -> list[tuple]:
+    """The items of a per-reading entry of ``chosen_on`` in its tie order (``ties``; others after, as
+    they come), so a card made from a manifest read back from ``manifest.json`` (keys sorted:
+    ``sets.distilled.reseal_set``'s) reads as one made from the manifest in memory."""
+    order = list(on.get("ties") or [])
+    return sorted((readings or {}).items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
 
 
 def render_lines(render: dict | None) -> list[str]:
