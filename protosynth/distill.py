@@ -81,7 +81,15 @@ from .prototypes import (
     nearest_rows,
 )
 from .render import RenderConfig, fidelity_scores, render_images, resolve_render
-from .sets.distilled import check_budget, check_out_dir, manifest_header, pair_tensors, write_distilled
+from .sets.distilled import (
+    check_budget,
+    check_out_dir,
+    manifest_header,
+    pair_tensors,
+    read_manifest,
+    reseal_set,
+    write_distilled,
+)
 from .sets.texts import member_images, with_reading_texts
 from .soft_labels import soft_labels
 from .starts import blended_condition, start_image
@@ -133,8 +141,8 @@ class TextChooser(Protocol):
     def choose(self, folder: Path) -> tuple[str, dict]: ...
 
     # What else it compares, each a whole set (name, changes to the DistillConfig: ``variant_config``), in
-    # the order that breaks a tie; empty: the set as configured. Each is written to a scratch folder,
-    # ``choose`` scores it, and ``settle`` (given every candidate scored so far: name -> what ``choose``
+    # cost order, cheapest first; empty: the set as configured. Each is written to a scratch folder,
+    # ``choose`` scores it, and ``settle`` (given every candidate scored: name -> what ``choose``
     # returned) names the winner and returns the manifest's ``evaluation``; only the winner is written.
     variants: tuple[tuple[str, dict], ...]
 
@@ -457,31 +465,38 @@ def _write_chosen_variant(
     cfg: DistillConfig, out: Path, loaded: Loaded, budgets: list[int], command: str | None, chooser: TextChooser
 ) -> Path:
     """Make each of ``chooser.variants`` from the one load and embedding pass, write it to a scratch
-    folder where ``chooser`` scores it, and write the one it settles on at ``out``, its manifest saying
-    how every candidate scored. Only the best set so far stays in memory (``settle`` is an argmax with
-    ties to the earlier, so the winner so far is the only one that can still win)."""
+    folder where ``chooser`` scores it, and once every one is scored write the one it settles on at
+    ``out`` from its scratch folder (``reseal_set``), its manifest saying how every candidate scored.
+    Any candidate can win at the end (``settle`` is not an argmax: a later leader can bring an earlier
+    candidate within its noise), so each stays on disk, and one candidate's set at most is in memory."""
     t = time.time()
-    scored, best = {}, None
+    scored = {}
     with tempfile.TemporaryDirectory(prefix=f"protosynth-{out.name}-candidates-") as scratch:
         for name, changes in chooser.variants:
-            vcfg = variant_config(cfg, changes)
-            built = _build_budget(vcfg, replace(loaded, render=variant_render(vcfg, loaded.decoder)), budgets, command)
-            folder = write_built(built, Path(scratch) / name, force=False)
+            folder = _write_candidate(variant_config(cfg, changes), Path(scratch) / name, loaded, budgets, command)
             scored[name] = chooser.choose(folder)
             log.info("candidate %s: %s", name, scored[name][0])
-            if chooser.settle(scored)[0] == name:
-                best = built
-    name, evaluation = chooser.settle(scored)
-    manifest = best.manifest
-    best.manifest = dict(
-        manifest,
-        evaluation=evaluation,
-        settings=dict(manifest["settings"], text=evaluation["text"]),
-        seconds=dict(manifest["seconds"], choose=round(time.time() - t, 2)),
-    )
-    write_built(best, out, cfg.force)
+        name, evaluation = chooser.settle(scored)
+        folder = Path(scratch) / name
+        manifest = read_manifest(folder)
+        manifest = dict(
+            manifest,
+            evaluation=evaluation,
+            settings=dict(manifest["settings"], text=evaluation["text"]),
+            seconds=dict(manifest["seconds"], choose=round(time.time() - t, 2)),
+        )
+        reseal_set(folder, out, manifest, cfg.force)
     log.info("wrote %s (candidate %s)", out, name)
     return out
+
+
+def _write_candidate(
+    vcfg: DistillConfig, folder: Path, loaded: Loaded, budgets: list[int], command: str | None
+) -> Path:
+    """Make the set of a chooser's variant ``vcfg`` and write it at ``folder``; its images and tensors
+    are freed when this returns, before the next candidate is made."""
+    built = _build_budget(vcfg, replace(loaded, render=variant_render(vcfg, loaded.decoder)), budgets, command)
+    return write_built(built, folder, force=False)
 
 
 def variant_config(cfg: DistillConfig, changes: dict) -> DistillConfig:
