@@ -16,11 +16,17 @@ With ``val_choose`` ``("text", "render")`` the set itself is chosen too: whether
 which strength, constants fitted on the world that cost points on a corpus they were not fitted on.
 ``distill`` makes each of ``RENDER_CANDIDATES`` (a whole set, from the one embedding pass), writes it to
 a scratch folder, scores it as above (each at its best reading) and writes only the one ``settle``
-picks: the highest val r_mean of its best reading, a tie to the earlier (cheaper) candidate. The
-record adds ``chose`` and ``render`` (the winner, the tie order and each candidate's changes, reading,
-scores). The caption rule is not among the candidates: it changes only the ``captions`` reading's
-text (the images and the other readings are the same), so it is a choice within one render, which a
-candidate that is a whole set would pay a render for.
+picks by ``cheapest_within_noise``, the rule the baseline preset sweep chooses by
+(``benchmarks.baseline_presets.choose``): the leader (the highest val r_mean of its best reading, a
+tie to the earlier), unless a cheaper candidate (earlier in ``RENDER_CANDIDATES``) scores within the
+leader's noise, the larger of the two candidates' std over the val repeats; then the cheapest such.
+Cheaper is the cost order of ``RENDER_CANDIDATES``, not a measured time (the sweep also asks a
+cheaper preset to cost at most half the leader's). With ``val_repeats`` 1 there is no noise estimate
+(``evaluate.summarise`` gives a std of 0.0 for one run), so the rule is the plain argmax, a tie to the
+cheaper. The record adds ``chose`` and ``render`` (the rule, the leader, the winner and why, the cost
+order and each candidate's changes, reading, scores). The caption rule is not among the candidates:
+it changes only the ``captions`` reading's text (the images and the other readings are the same), so
+it is a choice within one render, which a candidate that is a whole set would pay a render for.
 
 The protocol is the one ``eval retrieval`` would use for these corpora (``small`` on the world, else
 ``nfnet-bert``). The val corpus is read whole (no ``skip_bad``) with the train corpus's ``image_root``
@@ -54,14 +60,39 @@ RECIPE = "protocol"  # every candidate trained the same way: the reading alone d
 # the nearest member itself (select is strength 0)
 LOWER_STRENGTH = DEFAULT_STRENGTH / 2
 # with val_choose "render": the sets made and compared, each (name, its changes to the DistillConfig), in
-# the order that breaks a tie, cheapest first: no render, then a shorter render (img2img runs a
-# strength's share of the steps), then distill's default (its start from the nearest member at
-# DEFAULT_STRENGTH)
+# cost order, cheapest first (the order ``cheapest_within_noise`` prefers and that breaks a tie): no
+# render, then a shorter render (img2img runs a strength's share of the steps), then distill's default
+# (its start from the nearest member at DEFAULT_STRENGTH)
 RENDER_CANDIDATES = (
     ("select", {"method": "select"}),
     (f"nearest-{LOWER_STRENGTH}", {"render.strength": LOWER_STRENGTH}),
     (f"nearest-{DEFAULT_STRENGTH}", {}),
 )
+RENDER_RULE = "cheapest within the leader's noise (larger std over the val repeats)"
+
+
+def leader(scores: list[tuple[str, float, float]]) -> str:
+    """Of ``(name, mean, std)`` in cost order, the highest mean; a tie: the earlier (the cheaper)."""
+    return max(enumerate(scores), key=lambda item: (item[1][1], -item[0]))[1][0]
+
+
+def noise(std: float, other: float) -> float:
+    """The noise between two candidates: the larger of their stds over the repeats; a std that is not a
+    number counts as none, and without any there is no noise (0.0, as ``summarise`` gives one run)."""
+    return max((s for s in (std, other) if math.isfinite(s)), default=0.0)
+
+
+def cheapest_within_noise(scores: list[tuple[str, float, float]]) -> str:
+    """The candidate chosen among ``(name, mean, std)`` in cost order, cheapest first: the leader
+    (``leader``), unless a cheaper candidate scores within the leader's noise (``noise``: the larger of
+    the two stds, inclusive); then the cheapest such. With every std 0 (one repeat) it is the plain
+    argmax, a tie to the cheaper."""
+    if not scores:
+        raise ValueError("no candidate to choose among")
+    best = leader(scores)
+    _, top, top_std = next(s for s in scores if s[0] == best)
+    # in cost order, the first within noise is the cheapest; the leader itself ends the search
+    return next(name for name, mean, std in scores if name == best or top - mean <= noise(std, top_std))
 
 
 def check_choice(cfg: DistillConfig, choice: TextChoiceConfig) -> None:
@@ -213,13 +244,17 @@ class ValChooser:
         return best, record
 
     def settle(self, scored: dict[str, tuple[str, dict]]) -> tuple[str, dict]:
-        """Of the candidate sets scored so far (name -> ``choose``'s reading and record), the one whose
-        chosen reading has the highest val r_mean (a tie: the earlier in ``variants``, the cheaper), and
-        the manifest's ``evaluation`` for it: its reading and record, with every candidate's. An argmax
-        with ties to the earlier, so applied as candidates come it never drops the final winner."""
+        """Of the candidate sets scored (name -> ``choose``'s reading and record), the one
+        ``cheapest_within_noise`` names on each candidate's chosen reading (val r_mean, mean and std over
+        the repeats, in the cost order of ``variants``), and the manifest's ``evaluation`` for it: its
+        reading and record, with the rule, the leader, why the winner won and every candidate's scores.
+        Not monotone as candidates come (a later leader can bring an earlier candidate within its
+        noise): call it once every candidate is scored."""
         order = [name for name, _ in self.variants]
         names = [name for name in order if name in scored]
-        best = max(names, key=lambda n: (scored[n][1]["r_mean"][scored[n][0]]["mean"], -order.index(n)))
+        best_of = {n: scored[n][1]["r_mean"][scored[n][0]] for n in names}
+        scores = [(n, best_of[n]["mean"], best_of[n]["std"]) for n in names]
+        best, lead = cheapest_within_noise(scores), leader(scores)
         text, record = scored[best]
         candidates = {
             name: {
@@ -230,6 +265,21 @@ class ValChooser:
             }
             for name in names
         }
-        render = {"chosen": best, "ties": order, "candidates": candidates}
+        if best == lead:
+            why = "the leader: no cheaper candidate within its noise"
+            if self.eval_cfg.repeats == 1:
+                why = "the leader: one val repeat, no noise estimate (the plain argmax)"
+        else:
+            gap = best_of[lead]["mean"] - best_of[best]["mean"]
+            within = noise(best_of[best]["std"], best_of[lead]["std"])
+            why = f"within the leader's noise: {gap:.3f} under it, noise {within:.3f}"
+        render = {
+            "rule": RENDER_RULE,
+            "leader": lead,
+            "chosen": best,
+            "why": why,
+            "ties": order,  # the cost order, cheapest first: what the rule prefers and a tie goes to
+            "candidates": candidates,
+        }
         record = dict(record, chose=list(self.choice.val_choose), render=render)
         return best, {"text": text, "chosen_by": "val", "chosen_on": record}

@@ -172,16 +172,24 @@ def in_order(readings: dict | None, on: dict) -> list[tuple]:
 
 def render_lines(render: dict | None) -> list[str]:
     """The card's line on the set chosen among whole candidate sets (``evaluation.chosen_on.render``):
-    each candidate's best reading and its val r_mean; none when only the reading was chosen."""
+    each candidate's best reading and its val r_mean, the rule, the leader and why the chosen one won;
+    none when only the reading was chosen."""
     if not render:
         return []
     scores = ", ".join(
         f"`{name}` {c['r_mean'][c['text']]['mean']:.2f} ± {c['r_mean'][c['text']]['std']:.2f} (`{c['text']}`)"
         for name, c in ((n, render["candidates"][n]) for n in render["ties"] if n in render["candidates"])
     )
+    if "rule" in render:
+        how = (
+            f"{render['rule']}, cheapest first in the order listed: the leader is `{render['leader']}`, "
+            f"`{render['chosen']}` is {render['why']}"
+        )
+    else:  # a set chosen before the rule: the plain argmax
+        how = "a tie goes to the earlier (the cheaper)"
     return [
         f"- the set itself chosen on the same split among whole candidate sets, each at its best reading: "
-        f"`{render['chosen']}` of {scores}; a tie goes to the earlier (the cheaper)\n"
+        f"`{render['chosen']}` of {scores}; {how}\n"
     ]
 
 
