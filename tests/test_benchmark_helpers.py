@@ -357,7 +357,11 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading():
     unsupported = {"method": "lors", "unsupported": "text members: a pair has no member pairs"}
     doc = {
         "tables": [
-            {"recipe": "protocol", "text": "members", "methods": [row("pds", 31.0), row("select", 30.0), unsupported]},
+            {
+                "recipe": "protocol",
+                "text": "members",
+                "methods": [row("pds", 31.0), row("select", 30.0), unsupported, row("full", 92.0)],
+            },
             {"recipe": "protocol", "text": "image", "methods": [row("pds", 40.0), row("select", 41.5), unsupported]},
             {
                 "recipe": "protocol",
@@ -371,7 +375,9 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading():
     by = {r["method"]: r for r in rows}
     assert by["pds"]["r_mean"]["mean"] == 31.0 and by["select"]["r_mean_own_reading"]["mean"] == 41.5
     assert by["lors"]["reading"] == "own learned text" and by["lors"]["r_mean"]["mean"] == 33.0
-    assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5, "auto": 1.0}
+    assert by["full"]["reading"] == "every caption" and by["full"]["r_mean"]["mean"] == 92.0
+    # not under auto: there each set reads its own rule, so pds and select read different text
+    assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5}
     table = world_retrieval.markdown(
         {
             "command": "c",
@@ -409,7 +415,7 @@ def test_world_retrieval_runs_compare_baselines_and_summarises_it(tmp_path, monk
     assert by["lors"]["reading"] == "own learned text" and by["pds"]["reading"] == "members"
     assert by["lors"]["r_mean_headline_reading"] is not None  # its images read with its pairs' members' text
     assert by["random"]["own_reading"] == "image" and by["random"]["r_mean_own_reading"] is not None
-    assert set(summary["by_budget"]["6"]["render_gain"]) == {"members", "image", "captions", "auto"}
+    assert set(summary["by_budget"]["6"]["render_gain"]) == {"members", "image", "captions"}
     compared = json.loads((results / "compare_world_b6.json").read_text())
     assert {(t["recipe"], t["text"]) for t in compared["tables"]} == {
         ("protocol", t) for t in ("members", "image", "captions", "auto")
