@@ -12,6 +12,7 @@ from helpers import store_bytes
 from PIL import Image
 
 import protosynth.corpora.jsonl as jsonl
+import protosynth.corpora.window as window_module
 import protosynth.corpus as corpus_module
 from protosynth.corpora.index import CORPUS_INDEX, read_corpus_index
 from protosynth.corpora.shapes import WorldConfig, generate_split
@@ -60,7 +61,7 @@ CFG = dict(shard_size=3, batch_size=4, num_workers=0)
 @pytest.mark.parametrize("per_window", [1, 2, 8])
 def test_a_streamed_embed_writes_the_whole_loads_bytes(per_window, scattered, clip, tmp_path, monkeypatch):
     whole = embed_corpus(load_corpus(str(scattered)), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
-    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", per_window)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
     summary = scan_source(CorpusSource(str(scattered)))
     refuse_whole_loads(monkeypatch)
     streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
@@ -97,7 +98,7 @@ def test_windows_of_an_ordered_manifest_come_before_its_end(jsonl_corpus, monkey
     """With each image's lines together, a window is handed over as soon as its last line is read:
     the captions held are a window's, not the corpus's."""
     got = jsonl.scan_manifest(jsonl_corpus)
-    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", 1)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", 1)
     real, read = jsonl._rows, []
 
     def counted(path, hasher):
