@@ -44,12 +44,14 @@ from .corpora.csvtable import load_csv
 from .corpora.hf import is_hf, load_hf
 from .corpora.jsonl import load_jsonl, scan_manifest, windows
 from .corpora.karpathy import load_karpathy
-from .corpora.parquet import load_parquet
+from .corpora.parquet import IMAGE_COLUMN, ParquetRows, load_parquet, scan_parquet
+from .corpora.parquet import stream as parquet_stream
 from .corpora.shapes import WorldConfig, WorldObject, WorldSplit, generate_split, image_digest
 from .corpora.source import CorpusSource
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.summary import CorpusSummary
 from .corpora.webdataset import load_webdataset
+from .corpora.window import windows as window_pass
 from .engines.base import Engine, make_engine
 from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
@@ -225,15 +227,30 @@ def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
 
 def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus | CorpusSummary:
     """What the stages need of a corpus before they know whether its store and corpus index exist:
-    for a JSONL manifest read without ``skip_bad``, a ``CorpusSummary`` streamed from it (the
-    fingerprint ``load_source`` would give, the same errors, no caption held), which loads the corpus
-    whole only if a stage asks (``corpora.summary.whole``); for every other corpus, the corpus loaded
-    (``load_source``). Why only JSONL: it is the format of corpora of millions of image files; the
-    others are read whole as before (docs/scale.md)."""
-    kind = check_options(source.spec, **{k: v for k, v in source.options().items() if k != "skip_bad"})
-    if kind != "jsonl" or source.skip_bad:
+    for a JSONL manifest or parquet files read without ``skip_bad``, a ``CorpusSummary`` streamed
+    from it (the fingerprint ``load_source`` would give, the same errors, no caption held), which
+    streams the corpus again in windows for ``embed`` (``corpora.window``) and loads it whole only
+    if a stage asks (``corpora.summary.whole``); for every other corpus, the corpus loaded
+    (``load_source``). Why these two: they are the formats of corpora of millions of image files
+    and of large crawls (img2dataset's parquet); the others are read whole as before (docs/scale.md)."""
+    options = source.options()
+    kind = check_options(source.spec, **{k: v for k, v in options.items() if k != "skip_bad"})
+    if kind not in ("jsonl", "parquet") or source.skip_bad:
         return load_source(source, engine)
+    load = partial(load_source, source, engine)
+    if kind == "parquet":
+        spec, columns = canonical_spec(source.spec), {k: options.get(k) for k in ("image_column", "caption_column")}
+        scanned = scan_parquet(spec, **columns)
+        return CorpusSummary(
+            spec,
+            scanned.fingerprint,
+            scanned.pair_image,
+            scanned.n_images,
+            load=load,
+            windows=partial(window_pass, parquet_stream(scanned)),
+            read_ref=ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"]),
+            **columns,
+        )
     got = scan_manifest(canonical_spec(source.spec))
     spec = str(manifest_file(canonical_spec(source.spec)))
-    load = partial(load_source, source, engine)
     return CorpusSummary(spec, got.fingerprint, got.pair_image, got.n_images, load=load, windows=partial(windows, got))

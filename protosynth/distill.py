@@ -304,7 +304,8 @@ def load_stages(
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    # a JSONL manifest is streamed for the store's key, loaded whole only if a shard must be computed;
+    # a JSONL manifest or parquet files are streamed (a summary: embed fills missing shards from windows),
+    # loaded whole only where no corpus index can be read;
     # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     corpus = scan_source(cfg.corpus, engine=engine)
     for budget in budgets:

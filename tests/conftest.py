@@ -93,6 +93,30 @@ def jsonl_corpus(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def parquet_corpus(tmp_path) -> str:
+    """A 17-image parquet corpus drawn from the world, as a glob over two files (images 0-8 and
+    9-16) in row groups of 4: PNG bytes in img2dataset's ``jpg`` column and a list ``caption``
+    column of 1 to 3 captions a row (33 pairs)."""
+    import io  # noqa: PLC0415
+
+    pa = pytest.importorskip("pyarrow", reason="parquet corpora need pyarrow (the corpora extra)")
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    split = generate_split(WorldConfig(n_train=17), "train")
+    cells = []
+    for im in split.images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        cells.append(buf.getvalue())
+    captions = [caps[: 1 + i % 3] for i, caps in enumerate(split.captions)]
+    (tmp_path / "pq").mkdir()
+    for name, part in (("part-0", slice(0, 9)), ("part-1", slice(9, 17))):
+        table = pa.table({"jpg": cells[part], "caption": captions[part]})
+        pq.write_table(table, tmp_path / "pq" / f"{name}.parquet", row_group_size=4)
+    return str(tmp_path / "pq" / "part-*.parquet")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""

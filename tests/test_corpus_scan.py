@@ -6,6 +6,7 @@ loaded whole, as before."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,112 @@ def test_skip_bad_and_other_formats_load_whole(jsonl_corpus):
     assert np.array_equal(
         scan_source(CorpusSource(str(jsonl_corpus))).pair_image, load_corpus(str(jsonl_corpus)).pair_image
     )
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def test_a_parquet_scan_has_the_loads_fingerprint_rows_and_columns(parquet_corpus, tmp_path):
+    scanned = same_whole(parquet_corpus)  # a glob over two files, list captions of 1 to 3
+    assert isinstance(scanned, CorpusSummary) and scanned.loaded is None and scanned.n_pairs == 33
+    assert whole(scanned).pair_caption == load_corpus(parquet_corpus).pair_caption
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(sorted(Path(parquet_corpus).parent.glob("*.parquet"))[0])
+    images = [{"bytes": b, "path": None} for b in table.column("jpg").to_pylist()]
+    path = tmp_path / "named.parquet"  # a datasets Image() struct and a string caption, under other names
+    pq.write_table(table.from_pydict({"picture": images, "text": ["a", "b c", " d "] * 3}), path, row_group_size=2)
+    source = CorpusSource(str(path), image_column="picture", caption_column="text")
+    scanned, loaded = scan_source(source), load_corpus(str(path), image_column="picture", caption_column="text")
+    assert (scanned.spec, scanned.fingerprint, scanned.pair_image.tolist()) == (
+        loaded.spec,
+        loaded.fingerprint,
+        loaded.pair_image.tolist(),
+    )
+    assert (scanned.image_column, scanned.caption_column) == ("picture", "text")
+
+
+def _bad_parquet(tmp_path: Path, case: str) -> str:
+    """A parquet corpus (or glob) with one flaw ``case`` names."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    png = (tmp_path / "a.png").read_bytes() if (tmp_path / "a.png").exists() else None
+    if png is None:
+        Image.new("RGB", (4, 4), (9, 0, 0)).save(tmp_path / "a.png")
+        png = (tmp_path / "a.png").read_bytes()
+    jpg, caption = [png] * 6, ["a cat"] * 6
+    path = tmp_path / "c.parquet"
+    if case == "null image":
+        jpg[4] = None
+    elif case == "null caption":
+        caption[3] = None
+    elif case == "empty caption":
+        caption[5] = "   "
+    elif case == "bad caption before a null image":
+        caption[2], jpg[4] = "", None
+    elif case == "null image and bad caption in one row":
+        caption[4], jpg[4] = "", None
+    elif case == "no rows":
+        jpg, caption = [], []
+    if case == "not images":
+        table = pa.table({"jpg": ["x"] * 6, "caption": caption})
+    elif case == "no caption column":
+        table = pa.table({"jpg": jpg, "text": caption})
+    elif case == "no image column":
+        table = pa.table({"image": jpg, "caption": caption})
+    elif case == "empty list of captions":
+        table = pa.table({"jpg": jpg, "caption": [["x"], [], ["y"], ["z"], ["w"], ["v"]]})
+    else:
+        table = pa.table({"jpg": pa.array(jpg, pa.binary()), "caption": pa.array(caption, pa.string())})
+    pq.write_table(table, path, row_group_size=2)
+    if case == "not parquet":
+        path.write_bytes(b"PAR1 but not really")
+    if case == "bad caption in the second file":  # the first file's rows are all good
+        second = tmp_path / "d.parquet"
+        pq.write_table(pa.table({"jpg": jpg, "caption": ["ok"] * 5 + [""]}), second, row_group_size=4)
+        return str(tmp_path / "*.parquet")
+    if case == "no match":
+        return str(tmp_path / "none" / "*.parquet")
+    if case == "no file":
+        return str(tmp_path / "none.parquet")
+    return str(path)
+
+
+PARQUET_CASES = [
+    "null image",
+    "null caption",
+    "empty caption",
+    "bad caption before a null image",
+    "null image and bad caption in one row",
+    "no rows",
+    "not images",
+    "no caption column",
+    "no image column",
+    "empty list of captions",
+    "not parquet",
+    "bad caption in the second file",
+    "no match",
+    "no file",
+]
+
+
+@pytest.mark.parametrize("case", PARQUET_CASES)
+def test_bad_parquet_input_is_the_loads_one_line_error(case, tmp_path):
+    spec = _bad_parquet(tmp_path, case)
+    with pytest.raises(ProtosynthError) as loaded:
+        load_corpus(spec)
+    with pytest.raises(ProtosynthError) as scanned:
+        scan_source(CorpusSource(spec))
+    assert str(scanned.value) == str(loaded.value)
+    assert "\n" not in str(scanned.value)
+
+
+def test_a_parquet_summary_refuses_files_that_changed_before_it_was_loaded(parquet_corpus):
+    scanned = scan_source(CorpusSource(parquet_corpus))
+    first = sorted(Path(parquet_corpus).parent.glob("*.parquet"))[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        whole(scanned)
+
+
+def test_parquet_with_skip_bad_loads_whole(parquet_corpus):
+    assert isinstance(scan_source(CorpusSource(parquet_corpus, skip_bad=True)), Corpus)

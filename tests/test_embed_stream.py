@@ -1,4 +1,4 @@
-"""``embed`` streams a JSONL manifest (issue 32): the store and its corpus index are built from
+"""``embed`` streams a JSONL manifest or parquet files (issue 32): the store and its corpus index are built from
 windows of a few shards (``corpora.jsonl.windows``), never from the corpus loaded whole, and every
 file is byte-identical to what the whole load writes; a resumed run computes only the missing
 shards, and a manifest changed after the scan completes nothing."""
@@ -6,12 +6,16 @@ shards, and a manifest changed after the scan completes nothing."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from helpers import store_bytes
 from PIL import Image
 
 import protosynth.corpora.jsonl as jsonl
+import protosynth.corpora.parquet as parquet
+import protosynth.corpora.window as window_module
 import protosynth.corpus as corpus_module
 from protosynth.corpora.index import CORPUS_INDEX, read_corpus_index
 from protosynth.corpora.shapes import WorldConfig, generate_split
@@ -60,7 +64,7 @@ CFG = dict(shard_size=3, batch_size=4, num_workers=0)
 @pytest.mark.parametrize("per_window", [1, 2, 8])
 def test_a_streamed_embed_writes_the_whole_loads_bytes(per_window, scattered, clip, tmp_path, monkeypatch):
     whole = embed_corpus(load_corpus(str(scattered)), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
-    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", per_window)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
     summary = scan_source(CorpusSource(str(scattered)))
     refuse_whole_loads(monkeypatch)
     streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
@@ -97,7 +101,7 @@ def test_windows_of_an_ordered_manifest_come_before_its_end(jsonl_corpus, monkey
     """With each image's lines together, a window is handed over as soon as its last line is read:
     the captions held are a window's, not the corpus's."""
     got = jsonl.scan_manifest(jsonl_corpus)
-    monkeypatch.setattr(jsonl, "WINDOW_SHARDS", 1)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", 1)
     real, read = jsonl._rows, []
 
     def counted(path, hasher):
@@ -115,3 +119,71 @@ def test_windows_of_an_ordered_manifest_come_before_its_end(jsonl_corpus, monkey
     lines = len(jsonl_corpus.read_text().splitlines())
     assert seen[0][1] < seen[1][1] < seen[2][1] <= lines and seen[0][1] < lines / 2
     assert sum(s[2] for s in seen) == sum(b - a for a, b in (s["pairs"] for s in (shards[0], shards[1], shards[3])))
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def refuse_whole_parquet_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was loaded whole")
+
+    monkeypatch.setattr(corpus_module, "load_parquet", refuse)
+
+
+@pytest.mark.parametrize("per_window", [1, 2, 8])
+def test_a_streamed_parquet_embed_writes_the_whole_loads_bytes(per_window, parquet_corpus, clip, tmp_path, monkeypatch):
+    """Two files, row groups of 4, shards of 3 images: windows and shards cut across files and groups."""
+    whole = embed_corpus(load_corpus(parquet_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
+    summary = scan_source(CorpusSource(parquet_corpus))
+    refuse_whole_parquet_loads(monkeypatch)
+    streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
+    assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
+    assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
+
+
+def test_a_resumed_streamed_parquet_embed_computes_only_the_missing_shards(parquet_corpus, clip, tmp_path, monkeypatch):
+    whole = embed_corpus(load_corpus(parquet_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
+    out = tmp_path / "resumed"
+    embed_corpus(scan_source(CorpusSource(parquet_corpus)), clip, EmbedConfig(out=out, **CFG))
+    gone = ["image-000002.npy", "text-000005.npy", f"{CORPUS_INDEX}/pairs-000004.parquet"]
+    for name in gone:
+        (out / name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".npy", ".parquet")}
+    refuse_whole_parquet_loads(monkeypatch)
+    embed_corpus(scan_source(CorpusSource(parquet_corpus)), clip, EmbedConfig(out=out, **CFG))
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the three missing files were written
+    assert store_bytes(out) == store_bytes(whole)
+
+
+def test_parquet_files_changed_after_the_scan_complete_nothing(parquet_corpus, clip, tmp_path):
+    summary = scan_source(CorpusSource(parquet_corpus))
+    last = sorted(Path(parquet_corpus).parent.glob("*.parquet"))[-1]
+    os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))  # same rows, a new mtime
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
+    assert read_index(tmp_path / "s")["complete"] is False
+    assert read_corpus_index(tmp_path / "s" / CORPUS_INDEX)["complete"] is False
+
+
+def test_parquet_windows_come_before_the_last_file_is_read(parquet_corpus, monkeypatch):
+    """A window is handed over as soon as its last row is read: the first file's shards before the
+    second file is opened, with only a window's captions held."""
+    got = parquet.scan_parquet(parquet_corpus)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", 1)
+    real, opened = parquet.open_parquet, []
+
+    def counted(path):
+        opened.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(parquet, "open_parquet", counted)
+    shards = plan_shards(got.pair_image, got.n_images, 3)
+    seen = [
+        (run[0]["images"], list(opened), len(window.pair_caption.items))
+        for run, window in window_module.windows(parquet.stream(got), shards, {0, 2, 5})
+    ]
+    assert [s[0] for s in seen] == [[0, 3], [6, 9], [15, 17]]
+    assert seen[0][1] == seen[1][1] == ["part-0.parquet"] and seen[2][1] == ["part-0.parquet", "part-1.parquet"]
+    assert sum(s[2] for s in seen) == sum(b - a for a, b in (shards[j]["pairs"] for j in (0, 2, 5)))

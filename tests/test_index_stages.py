@@ -22,6 +22,7 @@ import protosynth.corpus as corpus_module
 import protosynth.embed as embed_module
 from protosynth.coreset import CoresetConfig, build_coreset
 from protosynth.corpora.index import CORPUS_INDEX, CorpusIndex, build_corpus_index, read_corpus_index
+from protosynth.corpora.parquet import ParquetRows
 from protosynth.corpora.rows import CorpusRows
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill
@@ -82,10 +83,12 @@ def test_embed_writes_the_index_beside_the_store_with_its_shards(jsonl_corpus, c
     assert reader.keys([11, 0, 5]) == memory.keys([11, 0, 5]) == ["img/11.png", "img/0.png", "img/5.png"]
 
 
-@pytest.mark.parametrize("spec", ["shapes,n=40", "jsonl"])
-def test_distill_through_the_index_equals_distill_from_memory(spec, jsonl_corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec", ["shapes,n=40", "jsonl", "parquet"])
+def test_distill_through_the_index_equals_distill_from_memory(
+    spec, jsonl_corpus, parquet_corpus, tmp_path, monkeypatch
+):
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))
-    spec = str(jsonl_corpus) if spec == "jsonl" else spec
+    spec = {"jsonl": str(jsonl_corpus), "parquet": parquet_corpus}.get(spec, spec)
     indexed, in_memory = both_ways(_distill(spec), tmp_path, monkeypatch)
     assert len([name for name in indexed if name.startswith("images/")]) == 6
     assert list((tmp_path / "cache" / "embeddings").glob(f"*/{CORPUS_INDEX}/index.json"))  # the index was read
@@ -108,37 +111,52 @@ def test_select_and_coreset_through_the_index_equal_them_from_memory(jsonl_corpu
     assert indexed == in_memory
 
 
-def refuse_whole_loads(monkeypatch) -> None:
-    """Make loading a JSONL corpus whole an error: what a run that must not load it would hit."""
+def refuse_whole_loads(monkeypatch, loader: str = "load_jsonl") -> None:
+    """Make loading a JSONL corpus (or, with ``loader="load_parquet"``, a parquet one) whole an
+    error: what a run that must not load it would hit."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("the corpus was loaded whole")
 
-    monkeypatch.setattr(corpus_module, "load_jsonl", refuse)
+    monkeypatch.setattr(corpus_module, loader, refuse)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 @pytest.mark.parametrize("method", ["pds", "select", "coreset"])
-def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(method, jsonl_corpus, tmp_path, monkeypatch):
-    """The first run embeds (streaming the manifest in windows); the second finds the store and its index from
-    the streamed summary alone (``scan_source``), reads every caption, key and image from the index,
-    and writes the first run's set byte for byte."""
+def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(
+    method, fmt, jsonl_corpus, parquet_corpus, tmp_path, monkeypatch
+):
+    """The first run embeds (streaming the manifest or the parquet files in windows); the second
+    finds the store and its index from the streamed summary alone (``scan_source``), reads every
+    caption, key and image from the index (a parquet row's image through the summary's
+    ``read_ref``), and writes the first run's set byte for byte. Neither run loads the corpus whole."""
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))
+    spec = str(jsonl_corpus) if fmt == "jsonl" else parquet_corpus
     if method == "coreset":
 
         def make(out: Path) -> Path:
-            return build_coreset(CoresetConfig(method="kcenter", budget=5, corpus=str(jsonl_corpus), out=out))
+            return build_coreset(CoresetConfig(method="kcenter", budget=5, corpus=spec, out=out))
     else:
-        make = _distill(str(jsonl_corpus), method)
-    made = []
+        make = _distill(spec, method)
+    made, rows_read, read_row = [], [], ParquetRows.__call__
+
+    def counted(self, file, row, where):
+        rows_read.append(row)
+        return read_row(self, file, row, where)
+
+    if fmt == "parquet":  # the first run streams parquet too: the whole load is refused from the start
+        refuse_whole_loads(monkeypatch, "load_parquet")
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         if name == "second":
-            refuse_whole_loads(monkeypatch)
+            refuse_whole_loads(monkeypatch, f"load_{fmt}")
+            monkeypatch.setattr(ParquetRows, "__call__", counted)
         made.append(set_bytes(tmp_path / name / make(Path("set"))))
     with pytest.raises(AssertionError, match="loaded whole"):  # the refusal is real
-        load_corpus(str(jsonl_corpus))
+        load_corpus(spec)
     assert made[0] == made[1]
+    assert bool(rows_read) == (fmt == "parquet")  # the set's images came from the parquet rows the index names
 
 
 KILLED = """

@@ -245,8 +245,9 @@ class CorpusIndex:
     from the shards that hold them (each shard checked against its sha256 the first time it is
     read), so what is read and held grows with the pairs asked for, not with the corpus."""
 
-    def __init__(self, folder: Path, corpus: Corpus | None = None):
+    def __init__(self, folder: Path, corpus: Corpus | None = None, read_ref: Callable | None = None):
         self.folder, self.corpus = Path(folder), corpus  # corpus: where images are read, when loaded
+        self.read_ref = read_ref  # (file, offset, where) -> image, for references that are not image files
         index = read_corpus_index(self.folder)
         if index is None or not index.get("complete"):
             raise ProtosynthError(f"{self.folder}: no complete corpus index (index.json missing or unfinished)")
@@ -330,8 +331,9 @@ class CorpusIndex:
 
     def read_images(self, images: Sequence[int], chunk: int = ROW_GROUP) -> Iterator:
         """Each of ``images`` (image rows) decoded to RGB, in that order: through the loaded corpus
-        when there is one, else from the file each image's first pair names, ``chunk`` images' rows
-        read at a time. Only image files can be read so (a JSONL, JSON or CSV corpus's)."""
+        when there is one, else from the reference each image's first pair names, ``chunk`` images'
+        rows read at a time: an image file (a JSONL, JSON or CSV corpus's), or a file and an offset
+        through ``read_ref`` (a parquet corpus's row)."""
         if self.corpus is not None:
             yield from (self.corpus.load_image(int(i)) for i in images)
             return
@@ -341,6 +343,9 @@ class CorpusIndex:
             first = {i: pairs[0] for i, pairs in self.pairs_of_images(set(part)).items()}
             refs = self.rows([first[i] for i in part], ["file", "offset", "where"]).to_pylist()
             for ref in refs:
-                if ref["file"] is None or ref["offset"] is not None:
+                if ref["file"] is not None and ref["offset"] is None:
+                    yield decode(Path(ref["file"]), ref["where"], ref["file"])
+                elif ref["file"] is not None and self.read_ref is not None:
+                    yield self.read_ref(ref["file"], ref["offset"], ref["where"])
+                else:
                     raise ProtosynthError(f"{ref['where']}: the corpus index {self.folder} names no image file for it")
-                yield decode(Path(ref["file"]), ref["where"], ref["file"])

@@ -12,11 +12,13 @@ import json
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ProtosynthError
+from . import window
 from .base import (
     CaptionsByImage,
     Corpus,
@@ -31,7 +33,7 @@ from .base import (
     read_manifest,
     unreadable,
 )
-from .window import Offset, Window
+from .window import Record, Stream, Window
 
 NO_PAIRS = "manifest has no pairs"
 
@@ -175,49 +177,43 @@ def _shard_ends(image_of_row: np.ndarray, n_shards: int, shard_size: int) -> np.
     return last
 
 
-WINDOW_SHARDS = 8  # store shards per window: 32,768 images' captions at the default shard size
+def stream(got: JsonlScan) -> Stream:
+    """The manifest ``scan_manifest`` read, as ``corpora.window.windows`` streams it again."""
+    return Stream(
+        str(got.path),
+        got.fingerprint,
+        got.pair_image,
+        partial(_records, got),
+        lambda shards: _shard_ends(got.image_of_row, len(shards), _shard_size(shards)),
+        lambda wheres, _at: FileImages(got.root, wheres),
+    )
 
 
 def windows(got: JsonlScan, shards: list[dict], need: set[int]) -> Iterator[tuple[list, Window]]:
-    """Stream the manifest ``scan_manifest`` read once more and yield ``(shards, window)`` for the shards
-    numbered in ``need``: runs of at most ``WINDOW_SHARDS`` consecutive ones, each as soon as the last
-    line naming one of its images is read, so what is held is the open shards' captions, not the
-    corpus. The images are stat'ed as the load stats them; after the last window, a manifest or an
-    image that changed since ``scan_manifest`` is the load's error (the caller then completes nothing)."""
-    shard_size = shards[0]["images"][1] - shards[0]["images"][0] if shards else 1
-    ends = _shard_ends(got.image_of_row, len(shards), shard_size)
-    todo, run = sorted(need), []
-    keys: dict[int, str] = {}
-    where: dict[str, str] = {}
-    caps: dict[int, list[str]] = {}
+    """``corpora.window.windows`` of the manifest ``scan_manifest`` read: the shards of ``need`` in
+    windows, each as soon as the last line naming one of its images is read (a shard whose lines are
+    scattered waits for its last one). The images are stat'ed as the load stats them; after the last
+    window, a manifest or an image that changed since ``scan_manifest`` is the load's error."""
+    return window.windows(stream(got), shards, need)
+
+
+def _shard_size(shards: list[dict]) -> int:
+    return shards[0]["images"][1] - shards[0]["images"][0] if shards else 1
+
+
+def _records(got: JsonlScan) -> Iterator[Record]:
+    """The manifest's non-blank lines as ``corpora.window`` records, each image stat'ed on the line
+    that first names it, in image order, as the load does; then the load's error if the manifest's
+    bytes or an image's size or mtime changed since the scan."""
     raw, stats, new = hashlib.sha256(), hashlib.sha256(), 0
     for row, (lineno, image, captions) in enumerate(_rows(got.path, raw)):
         i = int(got.image_of_row[row]) if row < len(got.image_of_row) else -1
-        if i == new:  # the line that first names image i: stat'ed here, in image order, as the load does
-            stats.update(_stat_line(got.root, image, f"{got.path} line {lineno}"))
+        if i == new:  # the line that first names image i
+            where = f"{got.path} line {lineno}"
+            stats.update(_stat_line(got.root, image, where))
             new += 1
-            if i // shard_size in need:
-                keys[i], where[image] = image, f"{got.path} line {lineno}"
-        if i // shard_size in need:
-            caps.setdefault(i, []).extend(captions)
-        while todo and ends[todo[0]] <= row:
-            run.append(shards[todo.pop(0)])
-            if len(run) == WINDOW_SHARDS or not todo or todo[0] != run[-1]["images"][1] // shard_size:
-                yield run, _window(got, run, keys, where, caps)
-                run = []
-    if raw.digest() != got.raw_sha256 or stats.digest() != got.stats_sha256 or todo:
+            yield i, image, where, None, captions
+        else:
+            yield i, None, None, None, captions
+    if raw.digest() != got.raw_sha256 or stats.digest() != got.stats_sha256:
         raise ProtosynthError(f"corpus {str(got.path)!r}: changed while it was read; run again")
-
-
-def _window(got: JsonlScan, run: list[dict], keys: dict, where: dict, caps: dict) -> Window:
-    """The window of ``run``'s images, taken out of the streamed buffers."""
-    a, b = run[0]["images"][0], run[-1]["images"][1]
-    names = [keys.pop(i) for i in range(a, b)]
-    captions = [caps.pop(i) for i in range(a, b)]
-    source = FileImages(got.root, {k: where.pop(k) for k in names})
-    p0, p1 = run[0]["pairs"][0], run[-1]["pairs"][1]
-    flat = [c for group in captions for c in group]
-    if len(flat) != p1 - p0:
-        raise ProtosynthError(f"corpus {str(got.path)!r}: changed while it was read; run again")
-    pairs = Offset(got.pair_image[p0:p1], p0)
-    return Window(str(got.path), got.fingerprint, Offset(names, a), Offset(flat, p0), pairs, source)

@@ -8,23 +8,40 @@ at a time, the last ``CACHED_GROUPS`` kept, so memory holds a few row groups of 
 the whole corpus (``datasets`` writes row groups of at most 100 MB; a file written as one huge row
 group costs that group's bytes on every read that misses the cache).
 
+``scan_parquet`` streams the caption column instead of loading it (the load's fingerprint, pair ->
+image rows and one-line errors, no caption held), and ``stream`` hands the files to
+``corpora.window.windows`` to be read again in windows of a few store shards.
+
 pyarrow is optional (the ``corpora`` extra); only these corpora import it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ProtosynthError
 from .base import Corpus, FindBad, ImageRef, unreadable
-from .columns import CAPTION_COLUMN, IMAGE_COLUMN, RowImages, TableRows, check_columns, table_corpus
+from .columns import (
+    CAPTION_COLUMN,
+    IMAGE_COLUMN,
+    RowImages,
+    TableRows,
+    check_columns,
+    row_captions,
+    table_corpus,
+)
 from .webdataset import shard_paths
+from .window import Record, Stream
 
 CACHED_GROUPS = 4  # row groups of image bytes each process keeps (DataLoader workers read in order)
 
@@ -165,3 +182,126 @@ def load_parquet(
     return table_corpus(
         spec, rows, source, h, "parquet", find_bad, image_column=image_column, caption_column=caption_column
     )
+
+
+SCAN_BATCH = 65_536  # caption cells a scan or a window pass converts to Python at a time
+
+
+@dataclass
+class ParquetScan:
+    """What ``scan_parquet`` learns in one pass: the fingerprint, ``pair_image`` and image count
+    ``load_parquet`` would give, and what a later streaming pass (``stream``) needs: the files, the
+    columns, each file's row group starts and each file's (size, mtime) the fingerprint hashed."""
+
+    spec: str
+    files: list[Path]
+    image_column: str
+    caption_column: str
+    fingerprint: str
+    pair_image: np.ndarray
+    n_images: int
+    starts: list[list[int]]
+    stats: list[tuple[int, int]]
+
+
+def _group_starts(pf) -> list[int]:
+    md = pf.metadata
+    return list(accumulate((md.row_group(g).num_rows for g in range(md.num_row_groups)), initial=0))
+
+
+def _checked(path: Path, image_col: str, caption_col: str):
+    """The open parquet file, its columns checked as ``load_parquet`` checks them."""
+    pf = open_parquet(path)
+    try:
+        check_columns(str(path), pf.schema_arrow.names, image_col, caption_col)
+        check_image_type(str(path), pf.schema_arrow.field(image_col).type, image_col)
+    except ProtosynthError:
+        pf.close()
+        raise
+    return pf
+
+
+def _captions(pf, path: Path, image_col: str, caption_col: str, no_image: set[int]) -> Iterator[tuple]:
+    """(row, where, captions) of every row of one file, in order, ``SCAN_BATCH`` caption cells at a
+    time; a row in ``no_image`` or with a bad caption is ``load_parquet``'s error for it."""
+    row = 0
+    for batch in pf.iter_batches(batch_size=SCAN_BATCH, columns=[caption_col], use_threads=False):
+        for cell in batch.column(0).to_pylist():
+            where = f"{path} row {row}"
+            if row in no_image:
+                raise ProtosynthError(f"{where}: no image (the {image_col!r} value is null)")
+            yield row, where, row_captions(cell, where)
+            row += 1
+
+
+def scan_parquet(spec: str, image_column: str | None = None, caption_column: str | None = None) -> ParquetScan:
+    """``load_parquet(spec, image_column, caption_column)``'s fingerprint, ``pair_image`` and image
+    count, with the same one-line errors, by streaming each file's caption column (and, as the load
+    does, the image column of the row groups whose statistics count nulls): 4 bytes a row held, not
+    its captions."""
+    image_col, caption_col = image_column or IMAGE_COLUMN["parquet"], caption_column or CAPTION_COLUMN
+    files = shard_paths(spec)
+    h = hashlib.sha256(f"columns\0{image_col}\0{caption_col}\n".encode())
+    counts, starts, stats = array("I"), [], []
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        stats.append((st.st_size, st.st_mtime_ns))
+        with _checked(path, image_col, caption_col) as pf:
+            no_image = set(null_image_rows(pf, image_col))
+            starts.append(_group_starts(pf))
+            for _, _, caps in _captions(pf, path, image_col, caption_col, no_image):
+                counts.append(len(caps))
+    if not counts:
+        raise ProtosynthError(f"corpus {spec!r}: the table has no rows")
+    n_images = len(counts)
+    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), np.frombuffer(counts, dtype=f"u{counts.itemsize}"))
+    fingerprint = f"parquet-{h.hexdigest()[:16]}"
+    return ParquetScan(spec, files, image_col, caption_col, fingerprint, pair_image, n_images, starts, stats)
+
+
+def stream(got: ParquetScan) -> Stream:
+    """The files ``scan_parquet`` read, as ``corpora.window.windows`` streams them again: one record
+    per row (a row is an image), images read by row through ``ParquetImages`` as the load reads them."""
+    return Stream(
+        got.spec,
+        got.fingerprint,
+        got.pair_image,
+        lambda: _records(got),
+        lambda shards: np.array([s["images"][1] - 1 for s in shards], dtype=np.int64),
+        lambda wheres, at: ParquetImages(got.files, got.image_column, at, wheres, got.starts),
+    )
+
+
+def _records(got: ParquetScan) -> Iterator[Record]:
+    """Every row's record, in order; then the load's error if a file's size or mtime (what the
+    fingerprint hashed) or the row count changed since the scan."""
+    i = 0
+    for f, path in enumerate(got.files):
+        with open_parquet(path) as pf:
+            for row, where, caps in _captions(pf, path, got.image_column, got.caption_column, set()):
+                yield i, f"{path}#{row}", where, (f, row), caps
+                i += 1
+    now = [(st.st_size, st.st_mtime_ns) for st in (p.stat() for p in got.files)]
+    if now != got.stats or i != got.n_images:
+        raise ProtosynthError(f"corpus {got.spec!r}: changed while it was read; run again")
+
+
+class ParquetRows:
+    """Images read by the references a corpus index records for a parquet corpus (the file and the
+    row as ``offset``): how a summarised parquet corpus (``corpus.scan_source``) reads the images of
+    the pairs it writes, through ``ParquetImages`` (a few row groups cached) as the load reads them."""
+
+    def __init__(self, column: str):
+        self.images = ParquetImages([], column, {}, {}, [])
+        self.numbers: dict[str, int] = {}  # file -> its index in ``images.files``
+
+    def __call__(self, file: str, row: int, where: str) -> Image.Image:
+        if file not in self.numbers:
+            with open_parquet(Path(file)) as pf:
+                self.images.starts.append(_group_starts(pf))
+            self.numbers[file] = len(self.images.files)
+            self.images.files.append(Path(file))
+        key = f"{file}#{row}"
+        self.images.rows[key], self.images.wheres[key] = (self.numbers[file], int(row)), where
+        return self.images.read(key)

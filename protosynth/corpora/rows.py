@@ -4,8 +4,8 @@ corpus loaded in memory, and ``index.CorpusIndex`` from the sharded corpus index
 writes beside the store, which reads only the shards holding the rows asked for, so the set writer
 need not hold every caption and key of the corpus. ``pair_rows`` picks the index when there is one.
 Images (``read_images``) come from the loaded corpus when there is one (the world's are in memory, a
-table's are read by its reader), else from the index's file references (a summarised JSONL corpus,
-``corpora.summary``).
+table's are read by its reader), else from the index's references (a summarised JSONL corpus's image
+files; a summarised parquet corpus's rows, through the summary's ``read_ref``: ``corpora.summary``).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def pair_rows(corpus: Corpus | CorpusSummary, index: Path | None) -> PairRows:
         return CorpusRows(whole(corpus))
     from .index import CorpusIndex  # noqa: PLC0415 (pyarrow, an optional extra, comes with it)
 
-    return CorpusIndex(index, corpus if isinstance(corpus, Corpus) else corpus.loaded)
+    if isinstance(corpus, Corpus):
+        return CorpusIndex(index, corpus)
+    return CorpusIndex(index, corpus.loaded, corpus.read_ref)
 
 
 def as_rows(source: Corpus | PairRows) -> PairRows:
