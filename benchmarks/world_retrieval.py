@@ -12,7 +12,7 @@ method, the set seeds and the readings (the one val chose for the default first)
 recipe, copied to ``benchmarks/results/compare_world_b<budget>.{json,md,png}``; then the methods' own
 recipes (own, soft-labels, learned-lrs) with each set's own text, copied to
 ``compare_world_b<budget>_own.*`` (random pairs and full data in those tables too). It writes
-``benchmarks/results/world_retrieval.{json,md}``: every method under the reading val chose for the
+``benchmarks/results/world_retrieval.{json,md,png}``: every method under the reading val chose for the
 default (the same text for every method; a baseline's row is its own learned text, what it makes,
 with its images read the default's way beside it), each method under its own val-chosen reading,
 the render gain (``pds`` minus ``select`` under each reading), the gain over random pairs and the cost
@@ -221,6 +221,40 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def figure(doc: dict, path: Path) -> None:
+    """The headline per budget: each method's r_mean (a baseline's with its own learned text, hatched)
+    beside its seconds from corpus to set, buffers included (log scale)."""
+    import matplotlib  # noqa: PLC0415 (only the figure needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after matplotlib.use)
+
+    budgets = doc["budgets"]
+    fig, axes = plt.subplots(len(budgets), 2, figsize=(12, 4.2 * len(budgets)), squeeze=False)
+    for (score_ax, cost_ax), budget in zip(axes, budgets):
+        b = doc["by_budget"][str(budget)]
+        rows = [r for r in b["rows"] if r["r_mean"] is not None]
+        names = [r["method"] for r in rows]
+        bars = score_ax.bar(
+            names, [r["r_mean"]["mean"] for r in rows], yerr=[r["r_mean"]["std"] for r in rows], capsize=3
+        )
+        for bar, row in zip(bars, rows):
+            bar.set_hatch("//" if row["reading"] == "own learned text" else "")
+        score_ax.set_ylabel("r_mean (%), test")
+        score_ax.set_title(f"{budget} pairs: text read {b['headline']} (hatched: own learned text)")
+        made = [r for r in rows if r["total_seconds"]]
+        cost_ax.bar([r["method"] for r in made], [r["total_seconds"] for r in made], color="tab:orange")
+        cost_ax.set_yscale("log")
+        cost_ax.set_ylabel("seconds, corpus to set")
+        cost_ax.set_title("cost, shared work (embedding, buffers) included")
+        for ax in (score_ax, cost_ax):
+            ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def _fmt(cell: dict | None) -> str:
     return "-" if cell is None else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
 
@@ -268,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         write_text_atomic(args.results / f"{STEM}.json", json.dumps(doc, indent=2))
         write_text_atomic(args.results / f"{STEM}.md", markdown(doc))
+        figure(doc, args.results / f"{STEM}.png")
         print(f"b{budget}: written {args.results / STEM}.md", flush=True)
 
 

@@ -350,7 +350,7 @@ def test_world_retrieval_links_finished_work_only_where_there_is_none(tmp_path):
     assert world_retrieval.link_finished(source, out) == []
 
 
-def test_world_retrieval_reads_every_method_with_the_defaults_reading():
+def test_world_retrieval_reads_every_method_with_the_defaults_reading(tmp_path):
     def row(method, mean, **more):
         return {"method": method, "metrics": {"r_mean": {"mean": mean, "std": 0.5}}, **more}
 
@@ -378,17 +378,18 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading():
     assert by["full"]["reading"] == "every caption" and by["full"]["r_mean"]["mean"] == 92.0
     # not under auto: there each set reads its own rule, so pds and select read different text
     assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5}
-    table = world_retrieval.markdown(
-        {
-            "command": "c",
-            "commit": "abcdef123456",
-            "seeds": [0, 1, 2],
-            "repeats": 2,
-            "budgets": [100],
-            "by_budget": {"100": {"headline": "members", "rows": rows, "render_gain": {"members": 1.0}}},
-            "not_run": [200],
-        }
-    )
+    summary = {
+        "command": "c",
+        "commit": "abcdef123456",
+        "seeds": [0, 1, 2],
+        "repeats": 2,
+        "budgets": [100],
+        "by_budget": {"100": {"headline": "members", "rows": rows, "render_gain": {"members": 1.0}}},
+        "not_run": [200],
+    }
+    table = world_retrieval.markdown(summary)
+    world_retrieval.figure(summary, tmp_path / "w.png")
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
     assert "## 100 pairs: headline reading members; render gain (pds - select) members +1.0" in table
     assert "| lors | own learned text | 33.0 ± 0.5 |" in table and "stopped before them): 200 pairs" in table
 
