@@ -10,9 +10,9 @@ its wall seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``: ``ru_maxr
 parent's peak across exec) beside the RSS after its imports: (1) ``load_corpus`` (the whole load)
 followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).captions`` of
 ``--read`` random pairs, checked against the captions the load saw; (3) ``scan_source``, the pass
-``distill`` and ``coreset`` make before they know the store is complete (a JSONL manifest or parquet
-files streamed, no caption held; other formats loaded whole), checked to give the load's
-fingerprint. With ``--stages``, then (4) ``protosynth embed`` (the shipped small CLIP, the local
+``distill`` and ``coreset`` make before they know the store is complete (a JSONL manifest, parquet
+files or webdataset shards streamed, no caption held; other formats loaded whole), checked to give
+the load's fingerprint. With ``--stages``, then (4) ``protosynth embed`` (the shipped small CLIP, the local
 engine; it writes the store and the corpus index beside it) and (5) ``protosynth distill --budget``
 (``--steps`` render steps: rendering costs the budget, not the corpus) on the same corpus and cache,
 each a fresh process: the driver's wall seconds and peak RSS, and distill's per-stage seconds from

@@ -57,7 +57,7 @@ def embed(**values) -> None:
         # one engine session for the load (--skip-bad's check runs on the engine) and the embedding
         engine = make_engine(eng)
         with engine.session():
-            corpus_ = scan_source(source, engine=engine)  # a JSONL manifest or parquet streams: never loaded whole
+            corpus_ = scan_source(source, engine=engine)  # JSONL, parquet or tar shards stream: never loaded whole
             clip = load_clip(values["clip"], values["device"], arch=values["clip_arch"], space=values["clip_space"])
             emb = embed_corpus(corpus_, clip, cfg, engine)
         return emb.cache_path

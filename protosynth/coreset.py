@@ -167,7 +167,7 @@ def build_coreset(cfg: CoresetConfig, command: str | None = None) -> Path:
     out = validate(cfg)
     seconds: dict[str, float] = {}
     t = time.time()
-    corpus = scan_source(cfg.corpus)  # a JSONL or parquet corpus's summary, loaded whole only when needed
+    corpus = scan_source(cfg.corpus)  # a JSONL, parquet or webdataset corpus's summary, loaded whole only when needed
     check_budget(cfg.budget, corpus)
     clip = load_clip(cfg.clip, cfg.device)
     emb = embed_corpus(corpus, clip)

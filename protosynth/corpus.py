@@ -50,7 +50,8 @@ from .corpora.shapes import WorldConfig, WorldObject, WorldSplit, generate_split
 from .corpora.source import CorpusSource
 from .corpora.spec import canonical_root, canonical_spec, is_world, parse_world_spec
 from .corpora.summary import CorpusSummary
-from .corpora.webdataset import load_webdataset
+from .corpora.webdataset import load_webdataset, read_member, scan_webdataset
+from .corpora.webdataset import stream as wds_stream
 from .corpora.window import windows as window_pass
 from .engines.base import Engine, make_engine
 from .engines.connect import EngineConfig
@@ -227,17 +228,25 @@ def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
 
 def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus | CorpusSummary:
     """What the stages need of a corpus before they know whether its store and corpus index exist:
-    for a JSONL manifest or parquet files read without ``skip_bad``, a ``CorpusSummary`` streamed
-    from it (the fingerprint ``load_source`` would give, the same errors, no caption held), which
-    streams the corpus again in windows for ``embed`` (``corpora.window``) and loads it whole only
-    if a stage asks (``corpora.summary.whole``); for every other corpus, the corpus loaded
-    (``load_source``). Why these two: they are the formats of corpora of millions of image files
-    and of large crawls (img2dataset's parquet); the others are read whole as before (docs/scale.md)."""
+    for a JSONL manifest, parquet files or webdataset tar shards read without ``skip_bad``, a
+    ``CorpusSummary`` streamed from it (the fingerprint ``load_source`` would give, the same errors,
+    no caption held), which streams the corpus again in windows for ``embed`` (``corpora.window``)
+    and loads it whole only if a stage asks (``corpora.summary.whole``); for every other corpus, the
+    corpus loaded (``load_source``). Why these three: they are the formats of corpora of millions of
+    image files and of large crawls (img2dataset writes parquet or webdataset); the others are read
+    whole as before (docs/scale.md)."""
     options = source.options()
     kind = check_options(source.spec, **{k: v for k, v in options.items() if k != "skip_bad"})
-    if kind not in ("jsonl", "parquet") or source.skip_bad:
+    if kind not in ("jsonl", "parquet", "tar") or source.skip_bad:
         return load_source(source, engine)
     load = partial(load_source, source, engine)
+    if kind == "tar":
+        spec = canonical_spec(source.spec)
+        got = scan_webdataset(spec)
+        windows_ = partial(window_pass, wds_stream(got))
+        return CorpusSummary(
+            spec, got.fingerprint, got.pair_image, got.n_images, load, windows=windows_, read_ref=read_member
+        )
     if kind == "parquet":
         spec, columns = canonical_spec(source.spec), {k: options.get(k) for k in ("image_column", "caption_column")}
         scanned = scan_parquet(spec, **columns)

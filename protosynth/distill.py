@@ -304,7 +304,7 @@ def load_stages(
             f"it needs {P.render.init('nearest')} (or {P.method('select')})",
             param="text",
         )
-    # a JSONL manifest or parquet files are streamed (a summary: embed fills missing shards from windows),
+    # a JSONL manifest, parquet files or tar shards are streamed (a summary: embed fills missing shards from windows),
     # loaded whole only where no corpus index can be read;
     # on Ray, --skip-bad's pass decodes in Ray tasks, not here
     corpus = scan_source(cfg.corpus, engine=engine)

@@ -11,10 +11,10 @@ and its first pair), so a resumed store is byte-identical to an uninterrupted on
 Loading, preprocessing and tokenising can run in DataLoader worker processes while the main process
 runs the encoder (``workers``: on a CPU only on cores torch leaves idle).
 
-A JSONL manifest or parquet files summarised by ``corpus.scan_source`` are never loaded whole here:
-the shards still to compute (of the store and of the corpus index beside it) are filled from windows
-of a few shards that a second streaming pass hands over (``corpora.window.windows``), with the same
-bytes as a whole load.
+A JSONL manifest, parquet files or webdataset shards summarised by ``corpus.scan_source`` are never
+loaded whole here: the shards still to compute (of the store and of the corpus index beside it) are
+filled from windows of a few shards that a second streaming pass hands over
+(``corpora.window.windows``), with the same bytes as a whole load.
 """
 
 from __future__ import annotations
@@ -262,8 +262,9 @@ def index_build(corpus: Corpus | CorpusSummary, store: Path, shard_size: int) ->
 def _fill(corpus, build: IndexBuild | None, store: StoreWriter | None, encoder, cfg: EmbedConfig | None, engine):
     """Build the corpus index's missing shards (where ``engine`` runs: Ray tasks write them on the
     workers) and encode the store's, index first. A summary that can stream its corpus again
-    (``CorpusSummary.windows``: a JSONL manifest, parquet files) hands over windows of a few shards, so the corpus is
-    never held whole; any other corpus is loaded whole. Either way every file has the same bytes."""
+    (``CorpusSummary.windows``: a JSONL manifest, parquet files, webdataset shards) hands over windows
+    of a few shards, so the corpus is never held whole; any other corpus is loaded whole. Either way
+    every file has the same bytes."""
     index_todo = build.todo if build is not None else []
     store_todo = store.todo if store is not None else []
     if not index_todo and not store_todo:

@@ -117,6 +117,40 @@ def parquet_corpus(tmp_path) -> str:
     return str(tmp_path / "pq" / "part-*.parquet")
 
 
+@pytest.fixture
+def tar_corpus(tmp_path) -> str:
+    """A 17-image webdataset corpus drawn from the world, as a glob over two shards (images 0-8 and
+    9-16; 33 pairs, 1 to 3 captions an image as in ``parquet_corpus``): PNG images, a ``txt`` member
+    for the one-caption samples and a ``json`` ``captions`` list for the others, keys in a folder,
+    a directory entry and an ignored ``cls`` member; in the second shard the caption comes before
+    the image, and image 12's caption member is the shard's last member (a sample's members need not
+    be adjacent)."""
+    from helpers import png_bytes, write_tar  # noqa: PLC0415
+
+    split = generate_split(WorldConfig(n_train=17), "train")
+    shards: list[list] = [[("part", None)], []]
+    late = []
+    for i, (im, caps) in enumerate(zip(split.images, split.captions)):
+        caps = caps[: 1 + i % 3]
+        key = f"part/{i:04d}"
+        caption = (
+            (f"{key}.txt", caps[0].encode())
+            if len(caps) == 1
+            else (f"{key}.json", json.dumps({"captions": caps}).encode())
+        )
+        image = (f"{key}.png", png_bytes(im))
+        if i < 9:
+            shards[0] += [image, caption, (f"{key}.cls", b"3")]
+        elif i == 12:
+            shards[1].append(image)
+            late.append(caption)
+        else:
+            shards[1] += [caption, image]
+    for j, members in enumerate(shards):
+        write_tar(tmp_path / "wds" / f"train-{j:03d}.tar", members + (late if j == 1 else []))
+    return str(tmp_path / "wds" / "train-*.tar")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""

@@ -207,3 +207,100 @@ def test_a_parquet_summary_refuses_files_that_changed_before_it_was_loaded(parqu
 
 def test_parquet_with_skip_bad_loads_whole(parquet_corpus):
     assert isinstance(scan_source(CorpusSource(parquet_corpus, skip_bad=True)), Corpus)
+
+
+# ---------------------------------------------------------------- webdataset
+
+
+def test_a_webdataset_scan_has_the_loads_fingerprint_and_rows(tar_corpus):
+    scanned = same_whole(tar_corpus)  # two shards, txt and json captions, members not adjacent
+    assert isinstance(scanned, CorpusSummary) and scanned.loaded is None and scanned.n_pairs == 33
+    assert scanned.fingerprint.startswith("wds-") and scanned.read_ref is not None
+    assert whole(scanned).pair_caption == load_corpus(tar_corpus).pair_caption
+
+
+def _bad_tar(tmp_path: Path, case: str) -> str:
+    """A webdataset corpus (a shard or a glob) with one flaw ``case`` names."""
+    from helpers import write_tar  # noqa: PLC0415
+
+    if not (tmp_path / "a.png").exists():
+        Image.new("RGB", (4, 4), (9, 0, 0)).save(tmp_path / "a.png")
+    png = (tmp_path / "a.png").read_bytes()
+    good = [m for i in range(3) for m in ((f"{i}.png", png), (f"{i}.txt", b"a cat"))]
+    members = {
+        "no caption member": [*good, ("b.png", png)],
+        "no image member": [*good, ("b.txt", b"no image")],
+        "empty txt": [*good, ("b.png", png), ("b.txt", b"   ")],
+        "txt not utf-8": [*good, ("b.png", png), ("b.txt", b"\xff\xfe")],
+        "json not json": [*good, ("b.png", png), ("b.json", b"{not json")],
+        "json empty caption": [*good, ("b.png", png), ("b.json", b'{"caption": ""}')],
+        "json not an object": [*good, ("b.png", png), ("b.json", b'["a list"]')],
+        "json empty captions": [*good, ("b.png", png), ("b.json", b'{"captions": []}')],
+        "json captions not a list": [*good, ("b.png", png), ("b.json", b'{"captions": 3}')],
+        "several image members": [*good, ("b.png", png), ("b.jpg", png), ("b.txt", b"two")],
+        "a second txt member": [*good, ("b.png", png), ("b.txt", b"one"), ("b.txt", b"two")],
+        "a second member after a bad sample": [("b.png", png), *good, ("b.png", png), ("b.txt", b"x")],
+        "no samples": [("readme.md", b"hello"), ("d", None)],
+    }
+    path = tmp_path / "s.tar"
+    if case in members:
+        write_tar(path, members[case])
+    elif case == "not a tar":
+        path.write_bytes(b"not a tar file" * 100)
+    elif case == "a tar cut short":
+        write_tar(path, good)
+        path.write_bytes(path.read_bytes()[:1540])  # inside 0.txt's data
+    elif case == "bad caption in the second shard":  # the first shard's samples are all good
+        write_tar(tmp_path / "r.tar", good)
+        write_tar(path, [*good, ("b.png", png), ("b.txt", b"")])
+        return str(tmp_path / "*.tar")
+    elif case == "no match":
+        return str(tmp_path / "none" / "*.tar")
+    elif case == "no file":
+        return str(tmp_path / "none.tar")
+    return str(path)
+
+
+TAR_CASES = [
+    "no caption member",
+    "no image member",
+    "empty txt",
+    "txt not utf-8",
+    "json not json",
+    "json empty caption",
+    "json not an object",
+    "json empty captions",
+    "json captions not a list",
+    "several image members",
+    "a second txt member",
+    "a second member after a bad sample",
+    "no samples",
+    "not a tar",
+    "a tar cut short",
+    "bad caption in the second shard",
+    "no match",
+    "no file",
+]
+
+
+@pytest.mark.parametrize("case", TAR_CASES)
+def test_bad_webdataset_input_is_the_loads_one_line_error(case, tmp_path):
+    spec = _bad_tar(tmp_path, case)
+    with pytest.raises(ProtosynthError) as loaded:
+        load_corpus(spec)
+    with pytest.raises(ProtosynthError) as scanned:
+        scan_source(CorpusSource(spec))
+    assert str(scanned.value) == str(loaded.value)
+    assert "\n" not in str(scanned.value)
+
+
+def test_a_webdataset_summary_refuses_shards_that_changed_before_it_was_loaded(tar_corpus):
+    scanned = scan_source(CorpusSource(tar_corpus))
+    first = sorted(Path(tar_corpus).parent.glob("*.tar"))[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        whole(scanned)
+
+
+def test_webdataset_with_skip_bad_loads_whole(tar_corpus):
+    assert isinstance(scan_source(CorpusSource(tar_corpus, skip_bad=True)), Corpus)

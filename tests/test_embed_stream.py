@@ -1,12 +1,13 @@
-"""``embed`` streams a JSONL manifest or parquet files (issue 32): the store and its corpus index are built from
-windows of a few shards (``corpora.jsonl.windows``), never from the corpus loaded whole, and every
-file is byte-identical to what the whole load writes; a resumed run computes only the missing
-shards, and a manifest changed after the scan completes nothing."""
+"""``embed`` streams a JSONL manifest, parquet files or webdataset tar shards (issue 32): the store and
+its corpus index are built from windows of a few shards (``corpora.window.windows``), never from the
+corpus loaded whole, and every file is byte-identical to what the whole load writes; a resumed run
+computes only the missing shards, and a corpus changed after the scan completes nothing."""
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 
 import protosynth.corpora.jsonl as jsonl
 import protosynth.corpora.parquet as parquet
+import protosynth.corpora.webdataset as webdataset
 import protosynth.corpora.window as window_module
 import protosynth.corpus as corpus_module
 from protosynth.corpora.index import CORPUS_INDEX, read_corpus_index
@@ -186,4 +188,80 @@ def test_parquet_windows_come_before_the_last_file_is_read(parquet_corpus, monke
     ]
     assert [s[0] for s in seen] == [[0, 3], [6, 9], [15, 17]]
     assert seen[0][1] == seen[1][1] == ["part-0.parquet"] and seen[2][1] == ["part-0.parquet", "part-1.parquet"]
+    assert sum(s[2] for s in seen) == sum(b - a for a, b in (shards[j]["pairs"] for j in (0, 2, 5)))
+
+
+# ---------------------------------------------------------------- webdataset
+
+
+def refuse_whole_tar_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was loaded whole")
+
+    monkeypatch.setattr(corpus_module, "load_webdataset", refuse)
+
+
+@pytest.mark.parametrize("per_window", [1, 2, 8])
+def test_a_streamed_webdataset_embed_writes_the_whole_loads_bytes(per_window, tar_corpus, clip, tmp_path, monkeypatch):
+    """Two shards (9 and 8 samples), store shards of 3 images: a window can span both tar shards."""
+    whole = embed_corpus(load_corpus(tar_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
+    summary = scan_source(CorpusSource(tar_corpus))
+    refuse_whole_tar_loads(monkeypatch)
+    streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
+    assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
+    assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
+
+
+def test_a_resumed_streamed_webdataset_embed_computes_only_the_missing_shards(tar_corpus, clip, tmp_path, monkeypatch):
+    whole = embed_corpus(load_corpus(tar_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
+    out = tmp_path / "resumed"
+    embed_corpus(scan_source(CorpusSource(tar_corpus)), clip, EmbedConfig(out=out, **CFG))
+    gone = ["image-000001.npy", "text-000004.npy", f"{CORPUS_INDEX}/pairs-000005.parquet"]
+    for name in gone:
+        (out / name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".npy", ".parquet")}
+    refuse_whole_tar_loads(monkeypatch)
+    embed_corpus(scan_source(CorpusSource(tar_corpus)), clip, EmbedConfig(out=out, **CFG))
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the three missing files were written
+    assert store_bytes(out) == store_bytes(whole)
+
+
+@pytest.mark.parametrize("change", ["mtime", "a sample added"])
+def test_a_tar_changed_after_the_scan_completes_nothing(change, tar_corpus, clip, tmp_path):
+    summary = scan_source(CorpusSource(tar_corpus))
+    last = sorted(Path(tar_corpus).parent.glob("*.tar"))[-1]
+    if change == "mtime":  # same members, a new mtime
+        os.utime(last, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))
+    else:  # the same shard with one more sample at its end
+        Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+        (tmp_path / "p.txt").write_text("added after the scan")
+        with tarfile.open(last, "a") as tar:
+            tar.add(tmp_path / "p.png", arcname="part/0099.png")
+            tar.add(tmp_path / "p.txt", arcname="part/0099.txt")
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
+    assert read_index(tmp_path / "s")["complete"] is False
+    assert read_corpus_index(tmp_path / "s" / CORPUS_INDEX)["complete"] is False
+
+
+def test_webdataset_windows_come_before_the_last_shard_is_read(tar_corpus, monkeypatch):
+    """A window is handed over once the tar shard holding its last image is read: the first
+    shard's windows before the second is opened, with only a window's captions held."""
+    got = webdataset.scan_webdataset(tar_corpus)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", 1)
+    real, opened = webdataset.index_shard, []
+
+    def counted(path):
+        opened.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(webdataset, "index_shard", counted)
+    shards = plan_shards(got.pair_image, got.n_images, 3)
+    seen = [
+        (run[0]["images"], list(opened), len(window.pair_caption.items))
+        for run, window in window_module.windows(webdataset.stream(got), shards, {0, 2, 5})
+    ]
+    assert [s[0] for s in seen] == [[0, 3], [6, 9], [15, 17]]
+    assert seen[0][1] == seen[1][1] == ["train-000.tar"] and seen[2][1] == ["train-000.tar", "train-001.tar"]
     assert sum(s[2] for s in seen) == sum(b - a for a, b in (shards[j]["pairs"] for j in (0, 2, 5)))

@@ -83,12 +83,12 @@ def test_embed_writes_the_index_beside_the_store_with_its_shards(jsonl_corpus, c
     assert reader.keys([11, 0, 5]) == memory.keys([11, 0, 5]) == ["img/11.png", "img/0.png", "img/5.png"]
 
 
-@pytest.mark.parametrize("spec", ["shapes,n=40", "jsonl", "parquet"])
+@pytest.mark.parametrize("spec", ["shapes,n=40", "jsonl", "parquet", "tar"])
 def test_distill_through_the_index_equals_distill_from_memory(
-    spec, jsonl_corpus, parquet_corpus, tmp_path, monkeypatch
+    spec, jsonl_corpus, parquet_corpus, tar_corpus, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))
-    spec = {"jsonl": str(jsonl_corpus), "parquet": parquet_corpus}.get(spec, spec)
+    spec = {"jsonl": str(jsonl_corpus), "parquet": parquet_corpus, "tar": tar_corpus}.get(spec, spec)
     indexed, in_memory = both_ways(_distill(spec), tmp_path, monkeypatch)
     assert len([name for name in indexed if name.startswith("images/")]) == 6
     assert list((tmp_path / "cache" / "embeddings").glob(f"*/{CORPUS_INDEX}/index.json"))  # the index was read
@@ -112,8 +112,8 @@ def test_select_and_coreset_through_the_index_equal_them_from_memory(jsonl_corpu
 
 
 def refuse_whole_loads(monkeypatch, loader: str = "load_jsonl") -> None:
-    """Make loading a JSONL corpus (or, with ``loader="load_parquet"``, a parquet one) whole an
-    error: what a run that must not load it would hit."""
+    """Make loading a JSONL corpus (or, with ``loader="load_parquet"`` or ``"load_webdataset"``, a
+    parquet or webdataset one) whole an error: what a run that must not load it would hit."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("the corpus was loaded whole")
@@ -121,17 +121,21 @@ def refuse_whole_loads(monkeypatch, loader: str = "load_jsonl") -> None:
     monkeypatch.setattr(corpus_module, loader, refuse)
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+LOADERS = {"jsonl": "load_jsonl", "parquet": "load_parquet", "tar": "load_webdataset"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "tar"])
 @pytest.mark.parametrize("method", ["pds", "select", "coreset"])
 def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(
-    method, fmt, jsonl_corpus, parquet_corpus, tmp_path, monkeypatch
+    method, fmt, jsonl_corpus, parquet_corpus, tar_corpus, tmp_path, monkeypatch
 ):
-    """The first run embeds (streaming the manifest or the parquet files in windows); the second
-    finds the store and its index from the streamed summary alone (``scan_source``), reads every
-    caption, key and image from the index (a parquet row's image through the summary's
-    ``read_ref``), and writes the first run's set byte for byte. Neither run loads the corpus whole."""
+    """The first run embeds (streaming the manifest, the parquet files or the tar shards in
+    windows); the second finds the store and its index from the streamed summary alone
+    (``scan_source``), reads every caption, key and image from the index (a parquet row's or a tar
+    member's image through the summary's ``read_ref``), and writes the first run's set byte for
+    byte. Neither run loads the corpus whole."""
     monkeypatch.setenv("PROTOSYNTH_CACHE", str(tmp_path / "cache"))
-    spec = str(jsonl_corpus) if fmt == "jsonl" else parquet_corpus
+    spec = {"jsonl": str(jsonl_corpus), "parquet": parquet_corpus, "tar": tar_corpus}[fmt]
     if method == "coreset":
 
         def make(out: Path) -> Path:
@@ -139,24 +143,31 @@ def test_a_run_on_a_complete_store_loads_no_corpus_and_makes_the_same_set(
     else:
         make = _distill(spec, method)
     made, rows_read, read_row = [], [], ParquetRows.__call__
+    members_read, read_tar_member = [], corpus_module.read_member
 
-    def counted(self, file, row, where):
+    def counted(self, file, row, length, where):
         rows_read.append(row)
-        return read_row(self, file, row, where)
+        return read_row(self, file, row, length, where)
 
-    if fmt == "parquet":  # the first run streams parquet too: the whole load is refused from the start
-        refuse_whole_loads(monkeypatch, "load_parquet")
+    def counted_member(file, offset, length, where):
+        members_read.append(offset)
+        return read_tar_member(file, offset, length, where)
+
+    if fmt != "jsonl":  # the first run streams parquet and tar too: the whole load is refused from the start
+        refuse_whole_loads(monkeypatch, LOADERS[fmt])
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         if name == "second":
-            refuse_whole_loads(monkeypatch, f"load_{fmt}")
+            refuse_whole_loads(monkeypatch, LOADERS[fmt])
             monkeypatch.setattr(ParquetRows, "__call__", counted)
+            monkeypatch.setattr(corpus_module, "read_member", counted_member)
         made.append(set_bytes(tmp_path / name / make(Path("set"))))
     with pytest.raises(AssertionError, match="loaded whole"):  # the refusal is real
         load_corpus(spec)
     assert made[0] == made[1]
-    assert bool(rows_read) == (fmt == "parquet")  # the set's images came from the parquet rows the index names
+    # the set's images came from the parquet rows or the tar members the index names
+    assert (bool(rows_read), bool(members_read)) == (fmt == "parquet", fmt == "tar")
 
 
 KILLED = """

@@ -167,22 +167,26 @@ def test_ray_skip_bad_and_embed_equal_local_on_jsonl_webdataset_and_parquet(
         assert np.array_equal(np.asarray(on_ray.text_rows), np.asarray(local.text_rows))
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "tar"])
 def test_ray_streamed_embed_equals_the_local_whole_load(fmt, tmp_path, ray_address, clip, one_thread, monkeypatch):
-    """A JSONL manifest or a parquet file streamed in windows (a summary from ``scan_source``, never
-    loaded whole) and embedded with 2 actors, the corpus index's shards built by Ray tasks from the
-    windows: the store and index of the local engine's whole load, byte for byte."""
+    """A JSONL manifest, a parquet file or two tar shards streamed in windows (a summary from
+    ``scan_source``, never loaded whole) and embedded with 2 actors, the corpus index's shards built
+    by Ray tasks from the windows: the store and index of the local engine's whole load, byte for byte."""
     import protosynth.corpora.window as window_module  # noqa: PLC0415
     import protosynth.corpus as corpus_module  # noqa: PLC0415
     from protosynth.corpora.source import CorpusSource  # noqa: PLC0415
     from protosynth.corpus import scan_source  # noqa: PLC0415
 
-    spec = str(jsonl_corpus(tmp_path / "j")) if fmt == "jsonl" else parquet_corpus(tmp_path / "p")
+    if fmt == "jsonl":
+        spec = str(jsonl_corpus(tmp_path / "j"))
+    else:
+        spec = parquet_corpus(tmp_path / "p") if fmt == "parquet" else tar_corpus(tmp_path / "t")
     cfg = dict(shard_size=3, batch_size=4, num_workers=0)
     local = embed_corpus(load_corpus(spec), clip, EmbedConfig(out=tmp_path / "local", **cfg))
     summary = scan_source(CorpusSource(spec))
     monkeypatch.setattr(window_module, "WINDOW_SHARDS", 2)
-    monkeypatch.setattr(corpus_module, f"load_{fmt}", lambda *a, **k: pytest.fail("the corpus was loaded whole"))
+    loader = {"jsonl": "load_jsonl", "parquet": "load_parquet", "tar": "load_webdataset"}[fmt]
+    monkeypatch.setattr(corpus_module, loader, lambda *a, **k: pytest.fail("the corpus was loaded whole"))
     monkeypatch.setattr(corpus_index, "_write_shard", no_index_shard)
     on_ray = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "ray", **cfg), TWO)
     assert summary.loaded is None and len(json.loads((on_ray.cache_path / "index.json").read_text())["shards"]) >= 3

@@ -247,7 +247,7 @@ class CorpusIndex:
 
     def __init__(self, folder: Path, corpus: Corpus | None = None, read_ref: Callable | None = None):
         self.folder, self.corpus = Path(folder), corpus  # corpus: where images are read, when loaded
-        self.read_ref = read_ref  # (file, offset, where) -> image, for references that are not image files
+        self.read_ref = read_ref  # (file, offset, length, where) -> image, for references that are not image files
         index = read_corpus_index(self.folder)
         if index is None or not index.get("complete"):
             raise ProtosynthError(f"{self.folder}: no complete corpus index (index.json missing or unfinished)")
@@ -332,8 +332,8 @@ class CorpusIndex:
     def read_images(self, images: Sequence[int], chunk: int = ROW_GROUP) -> Iterator:
         """Each of ``images`` (image rows) decoded to RGB, in that order: through the loaded corpus
         when there is one, else from the reference each image's first pair names, ``chunk`` images'
-        rows read at a time: an image file (a JSONL, JSON or CSV corpus's), or a file and an offset
-        through ``read_ref`` (a parquet corpus's row)."""
+        rows read at a time: an image file (a JSONL, JSON or CSV corpus's), or a file, an offset and
+        a length through ``read_ref`` (a parquet corpus's row, a tar shard's member)."""
         if self.corpus is not None:
             yield from (self.corpus.load_image(int(i)) for i in images)
             return
@@ -341,11 +341,11 @@ class CorpusIndex:
         for c in range(0, len(images), chunk):
             part = images[c : c + chunk]
             first = {i: pairs[0] for i, pairs in self.pairs_of_images(set(part)).items()}
-            refs = self.rows([first[i] for i in part], ["file", "offset", "where"]).to_pylist()
+            refs = self.rows([first[i] for i in part], ["file", "offset", "length", "where"]).to_pylist()
             for ref in refs:
                 if ref["file"] is not None and ref["offset"] is None:
                     yield decode(Path(ref["file"]), ref["where"], ref["file"])
                 elif ref["file"] is not None and self.read_ref is not None:
-                    yield self.read_ref(ref["file"], ref["offset"], ref["where"])
+                    yield self.read_ref(ref["file"], ref["offset"], ref["length"], ref["where"])
                 else:
                     raise ProtosynthError(f"{ref['where']}: the corpus index {self.folder} names no image file for it")

@@ -290,13 +290,14 @@ def _records(got: ParquetScan) -> Iterator[Record]:
 class ParquetRows:
     """Images read by the references a corpus index records for a parquet corpus (the file and the
     row as ``offset``): how a summarised parquet corpus (``corpus.scan_source``) reads the images of
-    the pairs it writes, through ``ParquetImages`` (a few row groups cached) as the load reads them."""
+    the pairs it writes, through ``ParquetImages`` (a few row groups cached) as the load reads them.
+    (A row's reference has no ``length``: ``CorpusIndex`` passes None.)"""
 
     def __init__(self, column: str):
         self.images = ParquetImages([], column, {}, {}, [])
         self.numbers: dict[str, int] = {}  # file -> its index in ``images.files``
 
-    def __call__(self, file: str, row: int, where: str) -> Image.Image:
+    def __call__(self, file: str, row: int, length: None, where: str) -> Image.Image:
         if file not in self.numbers:
             with open_parquet(Path(file)) as pf:
                 self.images.starts.append(_group_starts(pf))

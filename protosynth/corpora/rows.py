@@ -5,7 +5,8 @@ writes beside the store, which reads only the shards holding the rows asked for,
 need not hold every caption and key of the corpus. ``pair_rows`` picks the index when there is one.
 Images (``read_images``) come from the loaded corpus when there is one (the world's are in memory, a
 table's are read by its reader), else from the index's references (a summarised JSONL corpus's image
-files; a summarised parquet corpus's rows, through the summary's ``read_ref``: ``corpora.summary``).
+files; a summarised parquet corpus's rows and a webdataset corpus's tar members, through the
+summary's ``read_ref``: ``corpora.summary``).
 """
 
 from __future__ import annotations

@@ -39,8 +39,9 @@ class CorpusSummary:
     # windows(shards, need) -> (shards, window) runs of the corpus streamed again (``corpora.window``),
     # for a stage that needs some shards' captions and images but not the whole corpus (None: load it)
     windows: Callable | None = None
-    # read_ref(file, offset, where) -> the image a corpus index row names by a file and an offset (a
-    # parquet row), for a summary that is not loaded; None: the index names image files only
+    # read_ref(file, offset, length, where) -> the image a corpus index row names by a file and an
+    # offset (a parquet row, a tar member with its length), for a summary that is not loaded; None:
+    # the index names image files only
     read_ref: Callable | None = None
 
     @property

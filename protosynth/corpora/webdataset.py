@@ -7,6 +7,11 @@ Members with other extensions are ignored, as webdataset does.
 
 Each shard's member offsets are indexed once at load (``TarInfo.offset_data``), so an image is
 read by seeking into the shard: random access without unpacking, as the embedding stage needs.
+
+``scan_webdataset`` reads the shards as the load does, one at a time, but keeps only each sample's
+caption count (the load's fingerprint, pair -> image rows and one-line errors); ``stream`` hands the
+shards to ``corpora.window.windows`` to be read again in windows of a few store shards, and
+``read_member`` reads an image by the (shard, offset, length) a corpus index records.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import glob
 import hashlib
 import json
 import tarfile
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..errors import ProtosynthError
 from .base import Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
+from .window import Record, Stream
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
@@ -131,6 +140,39 @@ def parse_caption(shard: Path, sample: dict[str, tuple[tarfile.TarInfo, bytes | 
     return clean_captions([obj["caption"]] if "caption" in obj else obj.get("captions"), where)
 
 
+def shard_samples(shard: Path, skip_bad: bool, incomplete: dict[str, str]) -> Iterator[tuple[str, Member, list[str]]]:
+    """The samples of one shard as ``load_webdataset`` reads them, in first-seen key order: (key
+    ``SHARD/KEY``, its image member, its captions). A sample without an image or a caption member is
+    the error naming it, or with ``skip_bad`` recorded in ``incomplete`` and not yielded. What is held
+    is one shard's members and caption bytes (``index_shard``), never more than that shard's."""
+    for key, sample in index_shard(shard).items():
+        images = [ext for ext in IMAGE_EXTS if ext in sample]
+        if len(images) > 1:
+            raise ProtosynthError(f"{shard} sample {key}: several image members ({', '.join(images)})")
+        full_key = f"{shard}/{key}"
+        why = no_caption(shard, sample, key)
+        if why is None and not images:
+            why = f"{shard} sample {key}: no image member ({', '.join(IMAGE_EXTS)})"
+        if why is not None:
+            if not skip_bad:
+                raise ProtosynthError(why)
+            incomplete[full_key] = why
+            continue
+        caps = parse_caption(shard, sample, key)
+        info = sample[images[0]][0]
+        yield full_key, Member(shard, info.name, info.offset_data, info.size), caps
+
+
+def _stat_line(shard: Path) -> tuple[bytes, tuple[int, int]]:
+    """What the fingerprint hashes of a shard (its resolved path, size and mtime), and (size, mtime)."""
+    st = shard.stat()
+    return f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(), (st.st_size, st.st_mtime_ns)
+
+
+def _no_samples(spec: str) -> ProtosynthError:
+    return ProtosynthError(f"corpus {spec!r}: the shards hold no samples ({', '.join(IMAGE_EXTS)} + txt/json)")
+
+
 def load_webdataset(spec: str, skip_bad: bool = False, find_bad: FindBad = unreadable) -> Corpus:
     """Index every shard of ``spec``. A sample without an image member or without a caption member
     is an error naming it; with ``skip_bad`` it is skipped and counted, as an unreadable image is. (A
@@ -141,27 +183,12 @@ def load_webdataset(spec: str, skip_bad: bool = False, find_bad: FindBad = unrea
     incomplete: dict[str, str] = {}  # samples without an image or a caption member
     h = hashlib.sha256()
     for shard in shard_paths(spec):
-        st = shard.stat()
-        h.update(f"{shard.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        for key, sample in index_shard(shard).items():
-            images = [ext for ext in IMAGE_EXTS if ext in sample]
-            if len(images) > 1:
-                raise ProtosynthError(f"{shard} sample {key}: several image members ({', '.join(images)})")
-            full_key = f"{shard}/{key}"
-            why = no_caption(shard, sample, key)
-            if why is None and not images:
-                why = f"{shard} sample {key}: no image member ({', '.join(IMAGE_EXTS)})"
-            if why is not None:
-                if not skip_bad:
-                    raise ProtosynthError(why)
-                incomplete[full_key] = why
-                continue
-            caps = parse_caption(shard, sample, key)
-            info = sample[images[0]][0]
-            members[full_key] = Member(shard, info.name, info.offset_data, info.size)
+        h.update(_stat_line(shard)[0])
+        for full_key, member, caps in shard_samples(shard, skip_bad, incomplete):
+            members[full_key] = member
             captions.append(caps)
     if not members and not incomplete:
-        raise ProtosynthError(f"corpus {spec!r}: the shards hold no samples ({', '.join(IMAGE_EXTS)} + txt/json)")
+        raise _no_samples(spec)
     keys = list(members)
     source = TarImages(members)
     bad = check_images(spec, keys, source, skip_bad, found=incomplete, find_bad=find_bad)
@@ -177,3 +204,77 @@ def load_webdataset(spec: str, skip_bad: bool = False, find_bad: FindBad = unrea
         skip_bad=skip_bad,
         skipped=list(bad.values()),
     )
+
+
+@dataclass
+class WdsScan:
+    """What ``scan_webdataset`` learns in one pass: the fingerprint, ``pair_image`` and image count
+    ``load_webdataset`` would give (without ``skip_bad``), and what a later streaming pass (``stream``)
+    needs: the shards and each one's (size, mtime) the fingerprint hashed."""
+
+    spec: str
+    shards: list[Path]
+    fingerprint: str
+    pair_image: np.ndarray
+    n_images: int
+    stats: list[tuple[int, int]]
+
+
+def scan_webdataset(spec: str) -> WdsScan:
+    """``load_webdataset(spec)``'s fingerprint, ``pair_image`` and image count, with the same one-line
+    errors, reading the shards one at a time as the load does (``shard_samples``) but keeping only
+    each sample's caption count: 4 bytes a sample, not its captions, key or member."""
+    shards = shard_paths(spec)
+    h = hashlib.sha256()
+    counts, stats = array("I"), []
+    for shard in shards:
+        line, stat = _stat_line(shard)
+        h.update(line)
+        stats.append(stat)
+        for _, _, caps in shard_samples(shard, False, {}):
+            counts.append(len(caps))
+    if not counts:
+        raise _no_samples(spec)
+    n_images = len(counts)
+    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), np.frombuffer(counts, dtype=f"u{counts.itemsize}"))
+    return WdsScan(spec, shards, f"wds-{h.hexdigest()[:16]}", pair_image, n_images, stats)
+
+
+def stream(got: WdsScan) -> Stream:
+    """The shards ``scan_webdataset`` read, as ``corpora.window.windows`` streams them again: one
+    record per sample (a sample is an image), images read by seek through ``TarImages`` as the load
+    reads them."""
+    return Stream(
+        got.spec,
+        got.fingerprint,
+        got.pair_image,
+        lambda: _records(got),
+        lambda shards: np.array([s["images"][1] - 1 for s in shards], dtype=np.int64),
+        lambda wheres, at: TarImages(dict(at)),
+    )
+
+
+def _records(got: WdsScan) -> Iterator[Record]:
+    """Every sample's record, in order, one shard read at a time; the load's error when a shard's
+    size or mtime (what the fingerprint hashed) differs from the scan's, checked before it is read
+    and again after the last one, or the sample count changed."""
+    changed = ProtosynthError(f"corpus {got.spec!r}: changed while it was read; run again")
+    i = 0
+    for shard, stat in zip(got.shards, got.stats):
+        if _stat_line(shard)[1] != stat:
+            raise changed
+        for key, member, caps in shard_samples(shard, False, {}):
+            yield i, key, f"{shard} member {member.name}", member, caps
+            i += 1
+    if [_stat_line(p)[1] for p in got.shards] != got.stats or i != got.n_images:
+        raise changed
+
+
+def read_member(file: str, offset: int, length: int, where: str) -> Image.Image:
+    """The image a corpus index row names by its shard, the member's byte offset and length (and
+    ``where``, ``SHARD member NAME``): how a summarised webdataset corpus (``corpus.scan_source``)
+    reads the images of the pairs it writes, by seek, with ``TarImages``' errors."""
+    prefix = f"{file} member "
+    name = where[len(prefix) :] if where.startswith(prefix) else where
+    member = Member(Path(file), name, int(offset), int(length))
+    return TarImages({name: member}).read(name)

@@ -1,8 +1,9 @@
 """A window of a corpus: the images of some consecutive store shards and their pairs, indexed as in
 the whole corpus, so the code that encodes a shard (``embed._Batches``) and the code that writes a
 corpus index shard (``corpora.index``) take it in place of the ``Corpus`` and write the same bytes.
-``embed`` streams a JSONL manifest or parquet files as windows (``windows``, fed by the format's
-``Stream``: ``corpora.jsonl.stream``, ``corpora.parquet.stream``) instead of loading them whole.
+``embed`` streams a JSONL manifest, parquet files or webdataset shards as windows (``windows``, fed
+by the format's ``Stream``: ``corpora.jsonl.stream``, ``corpora.parquet.stream``,
+``corpora.webdataset.stream``) instead of loading them whole.
 """
 
 from __future__ import annotations
