@@ -186,29 +186,6 @@ PARQUET_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", PARQUET_CASES)
-def test_bad_parquet_input_is_the_loads_one_line_error(case, tmp_path):
-    spec = _bad_parquet(tmp_path, case)
-    with pytest.raises(ProtosynthError) as loaded:
-        load_corpus(spec)
-    with pytest.raises(ProtosynthError) as scanned:
-        scan_source(CorpusSource(spec))
-    assert str(scanned.value) == str(loaded.value)
-    assert "\n" not in str(scanned.value)
-
-
-def test_a_parquet_summary_refuses_files_that_changed_before_it_was_loaded(parquet_corpus):
-    scanned = scan_source(CorpusSource(parquet_corpus))
-    first = sorted(Path(parquet_corpus).parent.glob("*.parquet"))[0]
-    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
-    with pytest.raises(ProtosynthError, match="changed while it was read"):
-        whole(scanned)
-
-
-def test_parquet_with_skip_bad_loads_whole(parquet_corpus):
-    assert isinstance(scan_source(CorpusSource(parquet_corpus, skip_bad=True)), Corpus)
-
-
 # ---------------------------------------------------------------- webdataset
 
 
@@ -283,9 +260,13 @@ TAR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", TAR_CASES)
-def test_bad_webdataset_input_is_the_loads_one_line_error(case, tmp_path):
-    spec = _bad_tar(tmp_path, case)
+@pytest.mark.parametrize(
+    "make, case",
+    [(_bad_parquet, c) for c in PARQUET_CASES] + [(_bad_tar, c) for c in TAR_CASES],
+    ids=[f"parquet-{c}" for c in PARQUET_CASES] + [f"webdataset-{c}" for c in TAR_CASES],
+)
+def test_bad_parquet_or_webdataset_input_is_the_loads_one_line_error(make, case, tmp_path):
+    spec = make(tmp_path, case)
     with pytest.raises(ProtosynthError) as loaded:
         load_corpus(spec)
     with pytest.raises(ProtosynthError) as scanned:
@@ -294,13 +275,16 @@ def test_bad_webdataset_input_is_the_loads_one_line_error(case, tmp_path):
     assert "\n" not in str(scanned.value)
 
 
-def test_a_webdataset_summary_refuses_shards_that_changed_before_it_was_loaded(tar_corpus):
-    scanned = scan_source(CorpusSource(tar_corpus))
-    first = sorted(Path(tar_corpus).parent.glob("*.tar"))[0]
+@pytest.mark.parametrize("fixture, suffix", [("parquet_corpus", "parquet"), ("tar_corpus", "tar")])
+def test_a_summary_refuses_files_that_changed_before_it_was_loaded(fixture, suffix, request):
+    spec = request.getfixturevalue(fixture)
+    scanned = scan_source(CorpusSource(spec))
+    first = sorted(Path(spec).parent.glob(f"*.{suffix}"))[0]
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
     with pytest.raises(ProtosynthError, match="changed while it was read"):
         whole(scanned)
 
 
-def test_webdataset_with_skip_bad_loads_whole(tar_corpus):
-    assert isinstance(scan_source(CorpusSource(tar_corpus, skip_bad=True)), Corpus)
+@pytest.mark.parametrize("fixture", ["parquet_corpus", "tar_corpus"])
+def test_parquet_and_webdataset_with_skip_bad_load_whole(fixture, request):
+    assert isinstance(scan_source(CorpusSource(request.getfixturevalue(fixture), skip_bad=True)), Corpus)

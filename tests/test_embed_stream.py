@@ -126,39 +126,6 @@ def test_windows_of_an_ordered_manifest_come_before_its_end(jsonl_corpus, monkey
 # ---------------------------------------------------------------- parquet
 
 
-def refuse_whole_parquet_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the corpus was loaded whole")
-
-    monkeypatch.setattr(corpus_module, "load_parquet", refuse)
-
-
-@pytest.mark.parametrize("per_window", [1, 2, 8])
-def test_a_streamed_parquet_embed_writes_the_whole_loads_bytes(per_window, parquet_corpus, clip, tmp_path, monkeypatch):
-    """Two files, row groups of 4, shards of 3 images: windows and shards cut across files and groups."""
-    whole = embed_corpus(load_corpus(parquet_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
-    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
-    summary = scan_source(CorpusSource(parquet_corpus))
-    refuse_whole_parquet_loads(monkeypatch)
-    streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
-    assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
-    assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
-
-
-def test_a_resumed_streamed_parquet_embed_computes_only_the_missing_shards(parquet_corpus, clip, tmp_path, monkeypatch):
-    whole = embed_corpus(load_corpus(parquet_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
-    out = tmp_path / "resumed"
-    embed_corpus(scan_source(CorpusSource(parquet_corpus)), clip, EmbedConfig(out=out, **CFG))
-    gone = ["image-000002.npy", "text-000005.npy", f"{CORPUS_INDEX}/pairs-000004.parquet"]
-    for name in gone:
-        (out / name).unlink()
-    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".npy", ".parquet")}
-    refuse_whole_parquet_loads(monkeypatch)
-    embed_corpus(scan_source(CorpusSource(parquet_corpus)), clip, EmbedConfig(out=out, **CFG))
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the three missing files were written
-    assert store_bytes(out) == store_bytes(whole)
-
-
 def test_parquet_files_changed_after_the_scan_complete_nothing(parquet_corpus, clip, tmp_path):
     summary = scan_source(CorpusSource(parquet_corpus))
     last = sorted(Path(parquet_corpus).parent.glob("*.parquet"))[-1]
@@ -194,35 +161,54 @@ def test_parquet_windows_come_before_the_last_file_is_read(parquet_corpus, monke
 # ---------------------------------------------------------------- webdataset
 
 
-def refuse_whole_tar_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the corpus was loaded whole")
-
-    monkeypatch.setattr(corpus_module, "load_webdataset", refuse)
+# the streamed formats besides JSONL: (the corpus fixture, the whole load that must not run)
+STREAMED = {"parquet": ("parquet_corpus", "load_parquet"), "webdataset": ("tar_corpus", "load_webdataset")}
 
 
+def streamed_corpus(fmt, request, monkeypatch):
+    """The format's corpus, and a function that makes its whole load an error from then on."""
+    fixture, loader = STREAMED[fmt]
+
+    def refuse_whole_loads():
+        def refuse(*args, **kwargs):
+            raise AssertionError("the corpus was loaded whole")
+
+        monkeypatch.setattr(corpus_module, loader, refuse)
+
+    return request.getfixturevalue(fixture), refuse_whole_loads
+
+
+@pytest.mark.parametrize("fmt", STREAMED)
 @pytest.mark.parametrize("per_window", [1, 2, 8])
-def test_a_streamed_webdataset_embed_writes_the_whole_loads_bytes(per_window, tar_corpus, clip, tmp_path, monkeypatch):
-    """Two shards (9 and 8 samples), store shards of 3 images: a window can span both tar shards."""
-    whole = embed_corpus(load_corpus(tar_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+def test_a_streamed_parquet_or_webdataset_embed_writes_the_whole_loads_bytes(
+    fmt, per_window, clip, tmp_path, monkeypatch, request
+):
+    """Parquet: two files, row groups of 4; webdataset: two shards (9 and 8 samples); store shards of 3
+    images: windows and shards cut across files, row groups and tar shards."""
+    spec, refuse_whole_loads = streamed_corpus(fmt, request, monkeypatch)
+    whole = embed_corpus(load_corpus(spec), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
     monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
-    summary = scan_source(CorpusSource(tar_corpus))
-    refuse_whole_tar_loads(monkeypatch)
+    summary = scan_source(CorpusSource(spec))
+    refuse_whole_loads()
     streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
     assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
     assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
 
 
-def test_a_resumed_streamed_webdataset_embed_computes_only_the_missing_shards(tar_corpus, clip, tmp_path, monkeypatch):
-    whole = embed_corpus(load_corpus(tar_corpus), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
+@pytest.mark.parametrize("fmt", STREAMED)
+def test_a_resumed_streamed_parquet_or_webdataset_embed_computes_only_the_missing_shards(
+    fmt, clip, tmp_path, monkeypatch, request
+):
+    spec, refuse_whole_loads = streamed_corpus(fmt, request, monkeypatch)
+    whole = embed_corpus(load_corpus(spec), clip, EmbedConfig(out=tmp_path / "whole", **CFG)).cache_path
     out = tmp_path / "resumed"
-    embed_corpus(scan_source(CorpusSource(tar_corpus)), clip, EmbedConfig(out=out, **CFG))
-    gone = ["image-000001.npy", "text-000004.npy", f"{CORPUS_INDEX}/pairs-000005.parquet"]
+    embed_corpus(scan_source(CorpusSource(spec)), clip, EmbedConfig(out=out, **CFG))
+    gone = ["image-000002.npy", "text-000005.npy", f"{CORPUS_INDEX}/pairs-000004.parquet"]
     for name in gone:
         (out / name).unlink()
     kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".npy", ".parquet")}
-    refuse_whole_tar_loads(monkeypatch)
-    embed_corpus(scan_source(CorpusSource(tar_corpus)), clip, EmbedConfig(out=out, **CFG))
+    refuse_whole_loads()
+    embed_corpus(scan_source(CorpusSource(spec)), clip, EmbedConfig(out=out, **CFG))
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the three missing files were written
     assert store_bytes(out) == store_bytes(whole)
 

@@ -41,7 +41,7 @@ from .columns import (
     table_corpus,
 )
 from .webdataset import shard_paths
-from .window import Record, Stream
+from .window import Record, Stream, last_images
 
 CACHED_GROUPS = 4  # row groups of image bytes each process keeps (DataLoader workers read in order)
 
@@ -268,7 +268,7 @@ def stream(got: ParquetScan) -> Stream:
         got.fingerprint,
         got.pair_image,
         lambda: _records(got),
-        lambda shards: np.array([s["images"][1] - 1 for s in shards], dtype=np.int64),
+        last_images,
         lambda wheres, at: ParquetImages(got.files, got.image_column, at, wheres, got.starts),
     )
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import ProtosynthError
 from .base import Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
-from .window import Record, Stream
+from .window import Record, Stream, last_images
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
@@ -249,7 +249,7 @@ def stream(got: WdsScan) -> Stream:
         got.fingerprint,
         got.pair_image,
         lambda: _records(got),
-        lambda shards: np.array([s["images"][1] - 1 for s in shards], dtype=np.int64),
+        last_images,
         lambda wheres, at: TarImages(dict(at)),
     )
 

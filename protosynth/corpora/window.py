@@ -81,6 +81,12 @@ class Stream:
         return ProtosynthError(f"corpus {self.spec!r}: changed while it was read; run again")
 
 
+def last_images(shards: list[dict]) -> np.ndarray:
+    """``Stream.ends`` for a format with one record per image in image order (parquet rows, webdataset
+    samples): a shard's last record is its last image's."""
+    return np.array([s["images"][1] - 1 for s in shards], dtype=np.int64)
+
+
 def windows(stream: Stream, shards: list[dict], need: set[int]) -> Iterator[tuple[list, Window]]:
     """Stream the corpus once more and yield ``(shards, window)`` for the shards numbered in ``need``:
     runs of at most ``WINDOW_SHARDS`` consecutive ones, each as soon as the last record naming one of
