@@ -228,7 +228,8 @@ def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
 
 def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus | CorpusSummary:
     """What the stages need of a corpus before they know whether its store and corpus index exist:
-    for a JSONL manifest, parquet files or webdataset tar shards read without ``skip_bad``, a
+    for a JSONL manifest (with or without ``skip_bad``: its check streamed too, ``scan_manifest``'s
+    ``find_bad``), parquet files or webdataset tar shards read without ``skip_bad``, a
     ``CorpusSummary`` streamed from it (the fingerprint ``load_source`` would give, the same errors,
     no caption held), which streams the corpus again in windows for ``embed`` (``corpora.window``)
     and loads it whole only if a stage asks (``corpora.summary.whole``); for every other corpus, the
@@ -237,7 +238,7 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
     whole as before (docs/scale.md)."""
     options = source.options()
     kind = check_options(source.spec, **{k: v for k, v in options.items() if k != "skip_bad"})
-    if kind not in ("jsonl", "parquet", "tar") or source.skip_bad:
+    if kind not in ("jsonl", "parquet", "tar") or (source.skip_bad and kind != "jsonl"):
         return load_source(source, engine)
     load = partial(load_source, source, engine)
     if kind == "tar":
@@ -260,6 +261,19 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
             read_ref=ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"]),
             **columns,
         )
-    got = scan_manifest(canonical_spec(source.spec))
+    if source.skip_bad:  # the check's windows go to the engine in one session (one Ray session, not one per window)
+        with make_engine(engine).session():
+            got = scan_manifest(canonical_spec(source.spec), find_bad=partial(_find_unreadable, engine))
+    else:
+        got = scan_manifest(canonical_spec(source.spec))
     spec = str(manifest_file(canonical_spec(source.spec)))
-    return CorpusSummary(spec, got.fingerprint, got.pair_image, got.n_images, load=load, windows=partial(windows, got))
+    return CorpusSummary(
+        spec,
+        got.fingerprint,
+        got.pair_image,
+        got.n_images,
+        load=load,
+        skip_bad=source.skip_bad,
+        skipped=got.skipped,
+        windows=partial(windows, got),
+    )

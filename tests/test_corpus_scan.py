@@ -93,11 +93,27 @@ def test_a_summary_refuses_a_corpus_that_changed_before_it_was_loaded(jsonl_corp
         whole(scanned)
 
 
-def test_skip_bad_and_other_formats_load_whole(jsonl_corpus):
-    assert isinstance(scan_source(CorpusSource(str(jsonl_corpus), skip_bad=True)), Corpus)
-    assert np.array_equal(
-        scan_source(CorpusSource(str(jsonl_corpus))).pair_image, load_corpus(str(jsonl_corpus)).pair_image
-    )
+def test_a_skip_bad_scan_of_a_clean_manifest_is_the_plain_ones(jsonl_corpus):
+    """Nothing to drop: the streamed --skip-bad summary is the plain scan's, and the whole load's."""
+    scanned = scan_source(CorpusSource(str(jsonl_corpus), skip_bad=True))
+    plain, loaded = same_whole(str(jsonl_corpus)), load_corpus(str(jsonl_corpus), skip_bad=True)
+    assert isinstance(scanned, CorpusSummary) and scanned.skip_bad and scanned.skipped == []
+    assert scanned.fingerprint == plain.fingerprint == loaded.fingerprint
+    assert np.array_equal(scanned.pair_image, loaded.pair_image)
+
+
+def test_a_skip_bad_scan_with_every_image_bad_is_the_loads_one_line_error(tmp_path):
+    names = [_image(tmp_path, f"{i}.png") for i in range(2)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"not a png")
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps({"image": n, "caption": f"c {n}"}) + "\n" for n in names))
+    with pytest.raises(ProtosynthError) as loaded:
+        load_corpus(str(path), skip_bad=True)
+    with pytest.raises(ProtosynthError) as scanned:
+        scan_source(CorpusSource(str(path), skip_bad=True))
+    assert str(scanned.value) == str(loaded.value) and "every one of its 2 images is unreadable" in str(loaded.value)
+    assert "\n" not in str(scanned.value)
 
 
 # ---------------------------------------------------------------- parquet

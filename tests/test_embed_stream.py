@@ -6,6 +6,7 @@ computes only the missing shards, and a corpus changed after the scan completes 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from helpers import store_bytes
 from PIL import Image
 
+import protosynth.corpora.base as base
 import protosynth.corpora.jsonl as jsonl
 import protosynth.corpora.parquet as parquet
 import protosynth.corpora.webdataset as webdataset
@@ -93,6 +95,71 @@ def test_a_manifest_changed_after_the_scan_completes_nothing(scattered, clip, tm
     summary = scan_source(CorpusSource(str(scattered)))
     with scattered.open("a") as fh:
         fh.write('\n{"image": "img/3.png", "caption": "added after the scan"}\n')
+    with pytest.raises(ProtosynthError, match="changed while it was read"):
+        embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
+    assert read_index(tmp_path / "s")["complete"] is False
+    assert read_corpus_index(tmp_path / "s" / CORPUS_INDEX)["complete"] is False
+
+
+@pytest.fixture
+def scattered_bad(scattered):
+    """``scattered`` with image 3 truncated and image 7 (named again after image 12) missing: the two
+    images ``--skip-bad`` drops, one of them with a caption far from its first line."""
+    img = scattered.parent / "img"
+    (img / "3.png").write_bytes((img / "3.png").read_bytes()[:60])
+    (img / "7.png").unlink()
+    return scattered
+
+
+def skip_bad_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "skip_bad skipped" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("per_check", "per_window"), [(1, 1), (4, 2), (32768, 8)])
+def test_a_streamed_skip_bad_embed_writes_the_whole_loads_bytes(
+    per_check, per_window, scattered_bad, clip, tmp_path, monkeypatch, caplog
+):
+    """With --skip-bad the manifest is checked in windows of ``CHECK_WINDOW`` images, each image
+    decoded once, and streamed again for embed: the kept pairs, the fingerprint, the messages, the
+    one warning and every byte of the store are the whole load's, which is never made."""
+    with caplog.at_level(logging.WARNING):
+        loaded = load_corpus(str(scattered_bad), skip_bad=True)
+    warned = skip_bad_warnings(caplog)
+    assert len(warned) == 1 and len(loaded.skipped) == 2 and loaded.n_images == 15
+    whole = embed_corpus(loaded, clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    monkeypatch.setattr(jsonl, "CHECK_WINDOW", per_check)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
+    refuse_whole_loads(monkeypatch)
+    real, decoded = base.FileImages.read, []
+
+    def counted(self, key, min_side=None):
+        decoded.append(key)
+        return real(self, key, min_side)
+
+    monkeypatch.setattr(base.FileImages, "read", counted)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        summary = scan_source(CorpusSource(str(scattered_bad), skip_bad=True))
+    assert sorted(decoded) == sorted(f"img/{i}.png" for i in range(17))  # each image once
+    assert skip_bad_warnings(caplog) == warned
+    assert (summary.spec, summary.fingerprint, summary.n_images) == (loaded.spec, loaded.fingerprint, 15)
+    assert (summary.skip_bad, summary.skipped) == (True, loaded.skipped)
+    assert summary.pair_image.tolist() == loaded.pair_image.tolist()
+    monkeypatch.setattr(base.FileImages, "read", real)
+    streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
+    assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 5
+    assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
+
+
+@pytest.mark.parametrize("change", ["line", "kept image"])
+def test_a_skip_bad_manifest_changed_after_the_scan_completes_nothing(change, scattered_bad, clip, tmp_path):
+    summary = scan_source(CorpusSource(str(scattered_bad), skip_bad=True))
+    if change == "line":
+        with scattered_bad.open("a") as fh:
+            fh.write('\n{"image": "img/3.png", "caption": "added after the scan"}\n')
+    else:
+        kept = scattered_bad.parent / "img" / "12.png"
+        os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
     with pytest.raises(ProtosynthError, match="changed while it was read"):
         embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
     assert read_index(tmp_path / "s")["complete"] is False

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .base import (
     Corpus,
     FileImages,
     FindBad,
+    _stat,
     clean_captions,
     decode_utf8,
     file_corpus,
@@ -35,7 +37,10 @@ from .base import (
 )
 from .window import Record, Stream, Window
 
+log = logging.getLogger(__name__)
+
 NO_PAIRS = "manifest has no pairs"
+CHECK_WINDOW = 32768  # images a --skip-bad check hands ``find_bad`` at a time (their keys are all it holds)
 
 
 def parse_line(line: str, where: str) -> tuple[str, list[str]]:
@@ -121,9 +126,10 @@ class JsonlScan:
     fingerprint: str
     pair_image: np.ndarray
     n_images: int
-    image_of_row: np.ndarray
+    image_of_row: np.ndarray  # -1 for the lines of an image ``--skip-bad`` dropped
     raw_sha256: bytes
     stats_sha256: bytes
+    skipped: list[str] = field(default_factory=list)  # one line per image ``--skip-bad`` dropped, in image order
 
 
 def scan_jsonl(path: str | Path) -> tuple[str, np.ndarray, int]:
@@ -137,11 +143,17 @@ def _stat_line(root: Path, image: str, where: str) -> bytes:
     return f"{image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
 
 
-def scan_manifest(path: str | Path) -> JsonlScan:
+def scan_manifest(path: str | Path, find_bad: FindBad | None = None) -> JsonlScan:
     """``load_jsonl(path)``'s fingerprint, its ``pair_image`` and its image count, by two streaming
     passes: the first parses every line and keeps a digest of its image path and its caption count;
     the second stats each image once, where it is first named, in that order, as ``file_corpus``
-    does. The manifest is hashed in both: a file changed between them is an error."""
+    does. The manifest is hashed in both: a file changed between them is an error.
+
+    ``find_bad`` (``--skip-bad``): the second pass also hands the images, ``CHECK_WINDOW`` at a time
+    in image order, to ``find_bad`` (which decodes each once: in this process or in Ray tasks) and
+    keeps only what it finds: the dropped images' numbers, keys and messages. The result is then
+    ``load_jsonl(path, skip_bad=True)``'s: the kept images renumbered, the fingerprint over the kept
+    images' stats and then the dropped keys, the same warning or the same every-image-bad error."""
     path = manifest_file(path)
     root = image_folder(path, None)
     first_hash, digests, counts = hashlib.sha256(), bytearray(), array("I")
@@ -155,25 +167,87 @@ def scan_manifest(path: str | Path) -> JsonlScan:
     n_images = int(is_first.sum())
     h, again, stats = first_hash.copy(), hashlib.sha256(), hashlib.sha256()
     h.update(f"root\0{root.resolve()}\n".encode())
+    check = None if find_bad is None else _BadCheck(root, find_bad, h, stats)
     for row, (lineno, image, _) in enumerate(_rows(path, again)):
         if row < len(is_first) and is_first[row]:  # a longer file is refused below
+            if check is not None:
+                check.add(image, f"{path} line {lineno}")
+                continue
             line = _stat_line(root, image, f"{path} line {lineno}")
             h.update(line)
             stats.update(line)
+    if check is not None:
+        check.flush()
     if again.digest() != first_hash.digest():
         raise ProtosynthError(f"corpus {str(path)!r}: changed while it was read; run again")
     weights = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
     per_image = np.bincount(image_of_row, weights=weights, minlength=n_images)
+    skipped: list[str] = []
+    if check is not None and check.numbers:
+        skipped = check.finish(str(path), n_images)
+        keep = np.ones(n_images, dtype=bool)
+        keep[np.asarray(check.numbers, dtype=np.int64)] = False
+        renumber = np.cumsum(keep) - 1
+        renumber[~keep] = -1
+        image_of_row, per_image, n_images = renumber[image_of_row], per_image[keep], int(keep.sum())
     pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image.astype(np.int64))
     fingerprint = f"jsonl-{h.hexdigest()[:16]}"
     rows = image_of_row.astype(np.int32 if n_images < 2**31 else np.int64)
-    return JsonlScan(path, root, fingerprint, pair_image, n_images, rows, first_hash.digest(), stats.digest())
+    return JsonlScan(path, root, fingerprint, pair_image, n_images, rows, first_hash.digest(), stats.digest(), skipped)
+
+
+class _BadCheck:
+    """``scan_manifest``'s ``--skip-bad`` check: images queued in image order, handed to ``find_bad``
+    ``CHECK_WINDOW`` at a time; each kept image's stat goes into the fingerprint ``h`` and the stats
+    digest as ``file_corpus`` hashes it (after the check, by a plain stat), each dropped one is kept
+    (number, key, message) for the end: what the driver holds is one window's keys and the bad ones."""
+
+    def __init__(self, root: Path, find_bad: FindBad, h, stats):
+        self.root, self.find_bad, self.h, self.stats = root, find_bad, h, stats
+        self.queued: list[tuple[str, str]] = []
+        self.seen = 0  # images checked so far: the number of the first queued one
+        self.numbers: list[int] = []
+        self.bad: dict[str, str] = {}
+
+    def add(self, key: str, where: str) -> None:
+        self.queued.append((key, where))
+        if len(self.queued) >= CHECK_WINDOW:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.queued:
+            return
+        keys = [key for key, _ in self.queued]
+        found = self.find_bad(FileImages(self.root, dict(self.queued)), keys)
+        for j, key in enumerate(keys):
+            if key in found:
+                self.numbers.append(self.seen + j)
+                self.bad[key] = found[key]
+            else:
+                st = _stat(self.root, key)
+                line = f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                self.h.update(line)
+                self.stats.update(line)
+        self.seen += len(keys)
+        self.queued = []
+
+    def finish(self, spec: str, n_images: int) -> list[str]:
+        """The dropped keys hashed last, as ``file_corpus`` does; ``check_images``'s error when every
+        image is bad, else its warning; the messages, in image order."""
+        for key in self.bad:
+            self.h.update(f"skipped\0{key}\n".encode())
+        first = next(iter(self.bad.values()))
+        if len(self.bad) == n_images:
+            raise ProtosynthError(f"corpus {spec}: every one of its {len(self.bad)} images is unreadable ({first})")
+        log.warning("corpus %s: skip_bad skipped %d unreadable images (first: %s)", spec, len(self.bad), first)
+        return list(self.bad.values())
 
 
 def _shard_ends(image_of_row: np.ndarray, n_shards: int, shard_size: int) -> np.ndarray:
     """The last row naming an image of each shard (images ``j * shard_size`` onwards)."""
     last = np.full(n_shards, -1, np.int64)
-    np.maximum.at(last, image_of_row // shard_size, np.arange(len(image_of_row)))
+    rows = np.flatnonzero(image_of_row >= 0)  # not the lines of an image --skip-bad dropped
+    np.maximum.at(last, image_of_row[rows] // shard_size, rows)
     return last
 
 
@@ -203,8 +277,9 @@ def _shard_size(shards: list[dict]) -> int:
 
 def _records(got: JsonlScan) -> Iterator[Record]:
     """The manifest's non-blank lines as ``corpora.window`` records, each image stat'ed on the line
-    that first names it, in image order, as the load does; then the load's error if the manifest's
-    bytes or an image's size or mtime changed since the scan."""
+    that first names it, in image order, as the load does (the lines of an image ``--skip-bad``
+    dropped come as image -1, which no shard takes); then the load's error if the manifest's bytes or
+    a kept image's size or mtime changed since the scan."""
     raw, stats, new = hashlib.sha256(), hashlib.sha256(), 0
     for row, (lineno, image, captions) in enumerate(_rows(got.path, raw)):
         i = int(got.image_of_row[row]) if row < len(got.image_of_row) else -1
