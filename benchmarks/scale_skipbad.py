@@ -7,7 +7,7 @@ temporary folder and ``--bad`` of its images are truncated. Then, each in a fres
 thread, ``load_corpus(spec, skip_bad=True)`` (the whole load) and ``scan_source(CorpusSource(spec,
 skip_bad=True))`` (the streamed check and scan): wall seconds, peak RSS above the RSS after the
 imports (``VmHWM``), and the fingerprint, kept-pair count and dropped count, which must agree.
-Prints one JSON line; writes nothing else.
+Writes ``benchmarks/results/scale_skipbad-jsonl-{pairs}.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.scale_corpus import write_scale_corpus
+from protosynth.util.files import git_commit, write_text_atomic
+
+RESULTS = Path(__file__).parent / "results"
 
 CHILD = """
 import json, sys, time
@@ -60,9 +63,36 @@ def main() -> None:
             path.write_bytes(path.read_bytes()[:40])
         load, scan = child(made.jsonl, "load"), child(made.jsonl, "scan")
     same = all(load[k] == scan[k] for k in ("fingerprint", "pairs", "dropped"))
-    print(json.dumps({"pairs": args.pairs, "images": len(images), "load": load, "scan": scan, "same": same}))
     if not same:
-        raise SystemExit("the streamed scan differs from the whole load")
+        raise SystemExit(f"the streamed scan differs from the whole load: {load} against {scan}")
+    command = "python -m benchmarks.scale_skipbad " + " ".join(sys.argv[1:])
+    doc = {"command": command, "commit": git_commit(), "pairs": args.pairs, "images": len(images)}
+    doc.update(load=load, scan=scan, same=same)
+    stem = RESULTS / f"scale_skipbad-jsonl-{args.pairs}"
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(doc, indent=2))
+    write_text_atomic(stem.with_suffix(".md"), markdown(doc))
+    print(json.dumps(doc))
+
+
+def markdown(doc: dict) -> str:
+    rows = [
+        f"| {name} | {r['seconds']:.2f} | {r['peak_above_imports_mib']} | {r['pairs']:,} | {r['dropped']} |"
+        for name, r in (("whole load (`load_corpus`)", doc["load"]), ("streamed (`scan_source`)", doc["scan"]))
+    ]
+    return "\n".join(
+        [
+            f"# `--skip-bad` on a {doc['pairs']:,}-pair JSONL manifest ({doc['images']:,} images): whole load "
+            "against the streamed scan",
+            "",
+            f"`{doc['command']}` at commit {doc['commit'][:12]}; each in a fresh process, one thread; the "
+            "fingerprints agree.",
+            "",
+            "| path | seconds | peak RSS above the imports, MiB | kept pairs | dropped images |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":
