@@ -127,7 +127,7 @@ def test_a_streamed_skip_bad_embed_writes_the_whole_loads_bytes(
     warned = skip_bad_warnings(caplog)
     assert len(warned) == 1 and len(loaded.skipped) == 2 and loaded.n_images == 15
     whole = embed_corpus(loaded, clip, EmbedConfig(out=tmp_path / "whole", **CFG))
-    monkeypatch.setattr(jsonl, "CHECK_WINDOW", per_check)
+    monkeypatch.setattr(base, "CHECK_WINDOW", per_check)
     monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
     refuse_whole_loads(monkeypatch)
     real, decoded = base.FileImages.read, []

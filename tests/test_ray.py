@@ -374,7 +374,7 @@ def test_ray_streamed_skip_bad_scan_and_embed_equal_the_local_whole_load(
     windows decode in Ray tasks (PIL cannot open an image here, the driver), the manifest is never
     loaded whole, and the summary (kept pairs, fingerprint, messages) and the store Ray writes from
     its windows are the local engine's whole load's, byte for byte."""
-    import protosynth.corpora.jsonl as jsonl_module  # noqa: PLC0415
+    import protosynth.corpora.base as corpora_base  # noqa: PLC0415
     import protosynth.corpus as corpus_module  # noqa: PLC0415
     from protosynth.corpora.source import CorpusSource  # noqa: PLC0415
     from protosynth.corpus import scan_source  # noqa: PLC0415
@@ -386,7 +386,7 @@ def test_ray_streamed_skip_bad_scan_and_embed_equal_the_local_whole_load(
     corpus = load_corpus(str(jsonl), skip_bad=True)
     cfg = dict(shard_size=3, batch_size=4, num_workers=0)
     local = embed_corpus(corpus, clip, EmbedConfig(out=tmp_path / "local", **cfg))
-    monkeypatch.setattr(jsonl_module, "CHECK_WINDOW", 4)
+    monkeypatch.setattr(corpora_base, "CHECK_WINDOW", 4)
     monkeypatch.setattr(corpus_module, "load_jsonl", lambda *a, **k: pytest.fail("the corpus was loaded whole"))
     with monkeypatch.context() as m:
         m.setattr(Image, "open", no_decoding)

@@ -300,12 +300,82 @@ def check_images(
     else:
         for key in keys:
             source.check_present(key)
+    report_bad(spec, bad, len(keys) + len(found or {}))
+    return bad
+
+
+def report_bad(spec: str, bad: dict[str, str], n_images: int) -> None:
+    """What ``--skip-bad`` says of the ``bad`` images of a corpus of ``n_images`` (dropped ones
+    included): the one-line error when every image is bad, else one warning naming the first."""
     if bad:
         first = next(iter(bad.values()))
-        if len(bad) == len(keys) + len(found or {}):
+        if len(bad) == n_images:
             raise ProtosynthError(f"corpus {spec}: every one of its {len(bad)} images is unreadable ({first})")
         log.warning("corpus %s: skip_bad skipped %d unreadable images (first: %s)", spec, len(bad), first)
-    return bad
+
+
+CHECK_WINDOW = 32768  # images a streamed --skip-bad check hands ``find_bad`` at a time (their keys are all it holds)
+
+
+class BadCheck:
+    """The ``--skip-bad`` check of a corpus streamed in image order (``corpus.scan_source``), the same
+    check ``check_images`` makes of a loaded one: the images queued (``add``: key, ``where``, and
+    ``at``, what the format's image source finds it by), handed to ``find_bad`` ``CHECK_WINDOW`` at a
+    time through ``source(wheres, at)`` (the format's image source of those keys; ``find_bad`` decodes
+    each once, in this process or in Ray tasks); ``kept(key)`` is called for each image found readable,
+    in order. What a reader drops before decoding (a null image cell, a sample without a member) goes
+    in ``found`` and comes first, as ``check_images``'s ``found``. What it holds is one window's keys
+    and the dropped ones (key -> message); ``numbers`` are the undecodable images' numbers among the
+    ``add``-ed ones."""
+
+    def __init__(
+        self,
+        find_bad: FindBad,
+        source: Callable[[dict[str, str], dict[str, object]], ImageSource],
+        kept: Callable[[str], None] | None = None,
+    ):
+        self.find_bad, self.source, self.kept = find_bad, source, kept
+        self.queued: list[tuple[str, str, object]] = []
+        self.seen = 0  # images checked so far: the number of the first queued one
+        self.numbers: list[int] = []
+        self.found: dict[str, str] = {}
+        self.bad: dict[str, str] = {}
+
+    def add(self, key: str, where: str, at: object = None) -> None:
+        self.queued.append((key, where, at))
+        if len(self.queued) >= CHECK_WINDOW:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.queued:
+            return
+        keys = [key for key, _, _ in self.queued]
+        source = self.source({key: where for key, where, _ in self.queued}, {key: at for key, _, at in self.queued})
+        found = self.find_bad(source, keys)
+        for j, key in enumerate(keys):
+            if key in found:
+                self.numbers.append(self.seen + j)
+                self.bad[key] = found[key]
+            elif self.kept is not None:
+                self.kept(key)
+        self.seen += len(keys)
+        self.queued = []
+
+    def keep(self) -> np.ndarray:
+        """Which of the ``add``-ed images were found readable (a bool per image, in order)."""
+        keep = np.ones(self.seen, dtype=bool)
+        keep[np.asarray(self.numbers, dtype=np.int64)] = False
+        return keep
+
+    def finish(self, spec: str, h) -> list[str]:
+        """After the last image: the dropped keys hashed into the fingerprint ``h`` last, as the loads
+        do (``found`` first); ``report_bad``'s error or warning; the messages, in that order."""
+        self.flush()
+        dropped = {**self.found, **self.bad}
+        for key in dropped:
+            h.update(f"skipped\0{key}\n".encode())
+        report_bad(spec, dropped, self.seen + len(self.found))
+        return list(dropped.values())
 
 
 def _stat(root: Path, key: str) -> os.stat_result:

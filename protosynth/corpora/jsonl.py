@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from ..errors import ProtosynthError
 from . import window
 from .base import (
+    BadCheck,
     CaptionsByImage,
     Corpus,
     FileImages,
@@ -37,10 +37,7 @@ from .base import (
 )
 from .window import Record, Stream, Window
 
-log = logging.getLogger(__name__)
-
 NO_PAIRS = "manifest has no pairs"
-CHECK_WINDOW = 32768  # images a --skip-bad check hands ``find_bad`` at a time (their keys are all it holds)
 
 
 def parse_line(line: str, where: str) -> tuple[str, list[str]]:
@@ -149,11 +146,12 @@ def scan_manifest(path: str | Path, find_bad: FindBad | None = None) -> JsonlSca
     the second stats each image once, where it is first named, in that order, as ``file_corpus``
     does. The manifest is hashed in both: a file changed between them is an error.
 
-    ``find_bad`` (``--skip-bad``): the second pass also hands the images, ``CHECK_WINDOW`` at a time
-    in image order, to ``find_bad`` (which decodes each once: in this process or in Ray tasks) and
-    keeps only what it finds: the dropped images' numbers, keys and messages. The result is then
-    ``load_jsonl(path, skip_bad=True)``'s: the kept images renumbered, the fingerprint over the kept
-    images' stats and then the dropped keys, the same warning or the same every-image-bad error."""
+    ``find_bad`` (``--skip-bad``): the second pass also hands the images, ``base.CHECK_WINDOW`` at a
+    time in image order (``base.BadCheck``), to ``find_bad`` (which decodes each once: in this
+    process or in Ray tasks) and keeps only what it finds: the dropped images' numbers, keys and
+    messages. The result is then ``load_jsonl(path, skip_bad=True)``'s: the kept images renumbered,
+    the fingerprint over the kept images' stats and then the dropped keys, the same warning or the
+    same every-image-bad error."""
     path = manifest_file(path)
     root = image_folder(path, None)
     first_hash, digests, counts = hashlib.sha256(), bytearray(), array("I")
@@ -167,7 +165,14 @@ def scan_manifest(path: str | Path, find_bad: FindBad | None = None) -> JsonlSca
     n_images = int(is_first.sum())
     h, again, stats = first_hash.copy(), hashlib.sha256(), hashlib.sha256()
     h.update(f"root\0{root.resolve()}\n".encode())
-    check = None if find_bad is None else _BadCheck(root, find_bad, h, stats)
+
+    def kept(image: str) -> None:  # a kept image's stat, hashed as ``file_corpus`` hashes it (a plain stat)
+        st = _stat(root, image)
+        line = f"{image}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+        h.update(line)
+        stats.update(line)
+
+    check = None if find_bad is None else BadCheck(find_bad, lambda wheres, _at: FileImages(root, wheres), kept)
     for row, (lineno, image, _) in enumerate(_rows(path, again)):
         if row < len(is_first) and is_first[row]:  # a longer file is refused below
             if check is not None:
@@ -182,11 +187,9 @@ def scan_manifest(path: str | Path, find_bad: FindBad | None = None) -> JsonlSca
         raise ProtosynthError(f"corpus {str(path)!r}: changed while it was read; run again")
     weights = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
     per_image = np.bincount(image_of_row, weights=weights, minlength=n_images)
-    skipped: list[str] = []
+    skipped = [] if check is None else check.finish(str(path), h)
     if check is not None and check.numbers:
-        skipped = check.finish(str(path), n_images)
-        keep = np.ones(n_images, dtype=bool)
-        keep[np.asarray(check.numbers, dtype=np.int64)] = False
+        keep = check.keep()
         renumber = np.cumsum(keep) - 1
         renumber[~keep] = -1
         image_of_row, per_image, n_images = renumber[image_of_row], per_image[keep], int(keep.sum())
@@ -194,53 +197,6 @@ def scan_manifest(path: str | Path, find_bad: FindBad | None = None) -> JsonlSca
     fingerprint = f"jsonl-{h.hexdigest()[:16]}"
     rows = image_of_row.astype(np.int32 if n_images < 2**31 else np.int64)
     return JsonlScan(path, root, fingerprint, pair_image, n_images, rows, first_hash.digest(), stats.digest(), skipped)
-
-
-class _BadCheck:
-    """``scan_manifest``'s ``--skip-bad`` check: images queued in image order, handed to ``find_bad``
-    ``CHECK_WINDOW`` at a time; each kept image's stat goes into the fingerprint ``h`` and the stats
-    digest as ``file_corpus`` hashes it (after the check, by a plain stat), each dropped one is kept
-    (number, key, message) for the end: what the driver holds is one window's keys and the bad ones."""
-
-    def __init__(self, root: Path, find_bad: FindBad, h, stats):
-        self.root, self.find_bad, self.h, self.stats = root, find_bad, h, stats
-        self.queued: list[tuple[str, str]] = []
-        self.seen = 0  # images checked so far: the number of the first queued one
-        self.numbers: list[int] = []
-        self.bad: dict[str, str] = {}
-
-    def add(self, key: str, where: str) -> None:
-        self.queued.append((key, where))
-        if len(self.queued) >= CHECK_WINDOW:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.queued:
-            return
-        keys = [key for key, _ in self.queued]
-        found = self.find_bad(FileImages(self.root, dict(self.queued)), keys)
-        for j, key in enumerate(keys):
-            if key in found:
-                self.numbers.append(self.seen + j)
-                self.bad[key] = found[key]
-            else:
-                st = _stat(self.root, key)
-                line = f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
-                self.h.update(line)
-                self.stats.update(line)
-        self.seen += len(keys)
-        self.queued = []
-
-    def finish(self, spec: str, n_images: int) -> list[str]:
-        """The dropped keys hashed last, as ``file_corpus`` does; ``check_images``'s error when every
-        image is bad, else its warning; the messages, in image order."""
-        for key in self.bad:
-            self.h.update(f"skipped\0{key}\n".encode())
-        first = next(iter(self.bad.values()))
-        if len(self.bad) == n_images:
-            raise ProtosynthError(f"corpus {spec}: every one of its {len(self.bad)} images is unreadable ({first})")
-        log.warning("corpus %s: skip_bad skipped %d unreadable images (first: %s)", spec, len(self.bad), first)
-        return list(self.bad.values())
 
 
 def _shard_ends(image_of_row: np.ndarray, n_shards: int, shard_size: int) -> np.ndarray:
