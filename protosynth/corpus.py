@@ -228,8 +228,8 @@ def load_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
 
 def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = None) -> Corpus | CorpusSummary:
     """What the stages need of a corpus before they know whether its store and corpus index exist:
-    for a JSONL manifest (with or without ``skip_bad``: its check streamed too, ``scan_manifest``'s
-    ``find_bad``), parquet files or webdataset tar shards read without ``skip_bad``, a
+    for a JSONL manifest, parquet files or webdataset tar shards (with or without ``skip_bad``: its
+    check streamed too, ``corpora.base.BadCheck`` through the scan's ``find_bad``), a
     ``CorpusSummary`` streamed from it (the fingerprint ``load_source`` would give, the same errors,
     no caption held), which streams the corpus again in windows for ``embed`` (``corpora.window``)
     and loads it whole only if a stage asks (``corpora.summary.whole``); for every other corpus, the
@@ -238,34 +238,51 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
     whole as before (docs/scale.md)."""
     options = source.options()
     kind = check_options(source.spec, **{k: v for k, v in options.items() if k != "skip_bad"})
-    if kind not in ("jsonl", "parquet", "tar") or (source.skip_bad and kind != "jsonl"):
+    if kind not in ("jsonl", "parquet", "tar"):
         return load_source(source, engine)
+    if not source.skip_bad:
+        return _scan(source, kind, None, engine)
+    # the check's windows go to the engine in one session (one Ray session, not one per window)
+    with make_engine(engine).session():
+        return _scan(source, kind, partial(_find_unreadable, engine), engine)
+
+
+def _scan(source: CorpusSource, kind: str, find_bad, engine: EngineConfig | Engine | None) -> CorpusSummary:
+    """``scan_source``'s summary of a JSONL, parquet or webdataset corpus; ``find_bad``: its
+    ``--skip-bad`` check (``corpora.base.BadCheck``), None without ``skip_bad``."""
     load = partial(load_source, source, engine)
     if kind == "tar":
         spec = canonical_spec(source.spec)
-        got = scan_webdataset(spec)
+        got = scan_webdataset(spec, find_bad)
         windows_ = partial(window_pass, wds_stream(got))
         return CorpusSummary(
-            spec, got.fingerprint, got.pair_image, got.n_images, load, windows=windows_, read_ref=read_member
+            spec,
+            got.fingerprint,
+            got.pair_image,
+            got.n_images,
+            load,
+            skipped=got.skipped,
+            windows=windows_,
+            read_ref=read_member,
+            skip_bad=source.skip_bad,
         )
     if kind == "parquet":
+        options = source.options()
         spec, columns = canonical_spec(source.spec), {k: options.get(k) for k in ("image_column", "caption_column")}
-        scanned = scan_parquet(spec, **columns)
+        scanned = scan_parquet(spec, **columns, find_bad=find_bad)
         return CorpusSummary(
             spec,
             scanned.fingerprint,
             scanned.pair_image,
             scanned.n_images,
             load=load,
+            skipped=scanned.skipped,
             windows=partial(window_pass, parquet_stream(scanned)),
             read_ref=ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"]),
             **columns,
+            skip_bad=source.skip_bad,
         )
-    if source.skip_bad:  # the check's windows go to the engine in one session (one Ray session, not one per window)
-        with make_engine(engine).session():
-            got = scan_manifest(canonical_spec(source.spec), find_bad=partial(_find_unreadable, engine))
-    else:
-        got = scan_manifest(canonical_spec(source.spec))
+    got = scan_manifest(canonical_spec(source.spec), find_bad=find_bad)
     spec = str(manifest_file(canonical_spec(source.spec)))
     return CorpusSummary(
         spec,
@@ -273,7 +290,7 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
         got.pair_image,
         got.n_images,
         load=load,
-        skip_bad=source.skip_bad,
         skipped=got.skipped,
         windows=partial(windows, got),
+        skip_bad=source.skip_bad,
     )

@@ -151,6 +151,46 @@ def tar_corpus(tmp_path) -> str:
     return str(tmp_path / "wds" / "train-*.tar")
 
 
+@pytest.fixture
+def parquet_bad(parquet_corpus) -> str:
+    """``parquet_corpus`` with three rows ``--skip-bad`` drops: row 3's image cut short, row 11 (the
+    second file's row 2) a null image with a null caption (which the load never reads) and row 14's
+    image not an image."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    for first, path in zip((0, 9), sorted(Path(parquet_corpus).parent.glob("*.parquet"))):
+        table = pq.read_table(path)
+        jpg, caption = table.column("jpg").to_pylist(), table.column("caption").to_pylist()
+        for i in range(first, first + len(jpg)):
+            if i == 3:
+                jpg[i - first] = jpg[i - first][:60]
+            elif i == 11:
+                jpg[i - first], caption[i - first] = None, None
+            elif i == 14:
+                jpg[i - first] = b"not an image"
+        columns = {"jpg": pa.array(jpg, pa.binary()), "caption": pa.array(caption, table.schema.field("caption").type)}
+        pq.write_table(pa.table(columns), path, row_group_size=4)
+    return parquet_corpus
+
+
+@pytest.fixture
+def tar_bad(tar_corpus) -> str:
+    """``tar_corpus`` with three samples ``--skip-bad`` drops: image 3 cut short, sample 10 without
+    its image member and image 14 not an image."""
+    import tarfile  # noqa: PLC0415
+
+    from helpers import write_tar  # noqa: PLC0415
+
+    changed = {"part/0003.png": lambda data: data[:60], "part/0014.png": lambda data: b"not an image"}
+    for path in sorted(Path(tar_corpus).parent.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            members = [(m.name, None if m.isdir() else tar.extractfile(m).read()) for m in tar]
+        kept = [(n, changed[n](d) if n in changed else d) for n, d in members if n != "part/0010.png"]
+        write_tar(path, kept)
+    return tar_corpus
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A ps-nfnet pretrained for one epoch on 300 world images: the small protocol's backbone class."""

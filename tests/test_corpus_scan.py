@@ -93,26 +93,47 @@ def test_a_summary_refuses_a_corpus_that_changed_before_it_was_loaded(jsonl_corp
         whole(scanned)
 
 
-def test_a_skip_bad_scan_of_a_clean_manifest_is_the_plain_ones(jsonl_corpus):
+@pytest.mark.parametrize("fixture", ["jsonl_corpus", "parquet_corpus", "tar_corpus"])
+def test_a_skip_bad_scan_of_a_clean_corpus_is_the_plain_ones(fixture, request):
     """Nothing to drop: the streamed --skip-bad summary is the plain scan's, and the whole load's."""
-    scanned = scan_source(CorpusSource(str(jsonl_corpus), skip_bad=True))
-    plain, loaded = same_whole(str(jsonl_corpus)), load_corpus(str(jsonl_corpus), skip_bad=True)
+    spec = str(request.getfixturevalue(fixture))
+    scanned = scan_source(CorpusSource(spec, skip_bad=True))
+    plain, loaded = same_whole(spec), load_corpus(spec, skip_bad=True)
     assert isinstance(scanned, CorpusSummary) and scanned.skip_bad and scanned.skipped == []
     assert scanned.fingerprint == plain.fingerprint == loaded.fingerprint
     assert np.array_equal(scanned.pair_image, loaded.pair_image)
 
 
-def test_a_skip_bad_scan_with_every_image_bad_is_the_loads_one_line_error(tmp_path):
-    names = [_image(tmp_path, f"{i}.png") for i in range(2)]
-    for name in names:
-        (tmp_path / name).write_bytes(b"not a png")
-    path = tmp_path / "m.jsonl"
-    path.write_text("".join(json.dumps({"image": n, "caption": f"c {n}"}) + "\n" for n in names))
+def _every_image_bad(tmp_path: Path, fmt: str) -> str:
+    """Two images that are not images (and, in a parquet file or a shard, a row or a sample
+    ``--skip-bad`` drops without decoding: a null image, a sample without an image member)."""
+    if fmt == "jsonl":
+        names = [_image(tmp_path, f"{i}.png") for i in range(2)]
+        for name in names:
+            (tmp_path / name).write_bytes(b"not a png")
+        path = tmp_path / "m.jsonl"
+        path.write_text("".join(json.dumps({"image": n, "caption": f"c {n}"}) + "\n" for n in names))
+        return str(path)
+    if fmt == "parquet":
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        table = pa.table({"jpg": pa.array([b"no", None, b"png"], pa.binary()), "caption": ["a", None, "c"]})
+        pq.write_table(table, tmp_path / "c.parquet", row_group_size=2)
+        return str(tmp_path / "c.parquet")
+    from helpers import write_tar  # noqa: PLC0415
+
+    members = [("0.png", b"no"), ("0.txt", b"a"), ("1.txt", b"no image"), ("2.png", b"png"), ("2.txt", b"c")]
+    return str(write_tar(tmp_path / "s.tar", members))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "webdataset"])
+def test_a_skip_bad_scan_with_every_image_bad_is_the_loads_one_line_error(fmt, tmp_path):
+    spec = _every_image_bad(tmp_path, fmt)
     with pytest.raises(ProtosynthError) as loaded:
-        load_corpus(str(path), skip_bad=True)
+        load_corpus(spec, skip_bad=True)
     with pytest.raises(ProtosynthError) as scanned:
-        scan_source(CorpusSource(str(path), skip_bad=True))
-    assert str(scanned.value) == str(loaded.value) and "every one of its 2 images is unreadable" in str(loaded.value)
+        scan_source(CorpusSource(spec, skip_bad=True))
+    n = 2 if fmt == "jsonl" else 3
+    assert str(scanned.value) == str(loaded.value) and f"every one of its {n} images is unreadable" in str(loaded.value)
     assert "\n" not in str(scanned.value)
 
 
@@ -291,6 +312,34 @@ def test_bad_parquet_or_webdataset_input_is_the_loads_one_line_error(make, case,
     assert "\n" not in str(scanned.value)
 
 
+def _outcome(read) -> tuple:
+    """What reading a corpus gives: its error's text, or its fingerprint, pairs and messages."""
+    try:
+        got = read()
+    except ProtosynthError as exc:
+        return ("error", str(exc))
+    return (got.fingerprint, got.pair_image.tolist(), got.skipped)
+
+
+@pytest.mark.parametrize(
+    "make, case",
+    [(_bad_parquet, c) for c in PARQUET_CASES] + [(_bad_tar, c) for c in TAR_CASES],
+    ids=[f"parquet-{c}" for c in PARQUET_CASES] + [f"webdataset-{c}" for c in TAR_CASES],
+)
+def test_bad_parquet_or_webdataset_input_with_skip_bad_is_the_loads(make, case, tmp_path):
+    """With --skip-bad, what the load drops (a null image, a sample without a member) the streamed
+    scan drops, and what the load refuses it refuses with the same line."""
+    spec = make(tmp_path, case)
+    scanned = _outcome(lambda: scan_source(CorpusSource(spec, skip_bad=True)))
+    assert scanned == _outcome(lambda: load_corpus(spec, skip_bad=True))
+    assert scanned[0] == "error" or case in (
+        "null image",
+        "null image and bad caption in one row",
+        "no caption member",
+        "no image member",
+    )
+
+
 @pytest.mark.parametrize("fixture, suffix", [("parquet_corpus", "parquet"), ("tar_corpus", "tar")])
 def test_a_summary_refuses_files_that_changed_before_it_was_loaded(fixture, suffix, request):
     spec = request.getfixturevalue(fixture)
@@ -299,8 +348,3 @@ def test_a_summary_refuses_files_that_changed_before_it_was_loaded(fixture, suff
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
     with pytest.raises(ProtosynthError, match="changed while it was read"):
         whole(scanned)
-
-
-@pytest.mark.parametrize("fixture", ["parquet_corpus", "tar_corpus"])
-def test_parquet_and_webdataset_with_skip_bad_load_whole(fixture, request):
-    assert isinstance(scan_source(CorpusSource(request.getfixturevalue(fixture), skip_bad=True)), Corpus)

@@ -115,51 +115,74 @@ def skip_bad_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "skip_bad skipped" in r.getMessage()]
 
 
+# each format's corpus with images --skip-bad drops (the fixture), its whole load (which must not run),
+# its image source (whose reads are counted), how many images it checks and how many it keeps
+SKIP_BAD = {
+    "jsonl": ("scattered_bad", "load_jsonl", base.FileImages, 17, 15),
+    "parquet": ("parquet_bad", "load_parquet", parquet.ParquetImages, 16, 14),  # row 11's null image unread
+    "webdataset": ("tar_bad", "load_webdataset", webdataset.TarImages, 16, 14),  # sample 10 has no image
+}
+
+
+@pytest.mark.parametrize("fmt", SKIP_BAD)
 @pytest.mark.parametrize(("per_check", "per_window"), [(1, 1), (4, 2), (32768, 8)])
 def test_a_streamed_skip_bad_embed_writes_the_whole_loads_bytes(
-    per_check, per_window, scattered_bad, clip, tmp_path, monkeypatch, caplog
+    fmt, per_check, per_window, clip, tmp_path, monkeypatch, caplog, request
 ):
-    """With --skip-bad the manifest is checked in windows of ``CHECK_WINDOW`` images, each image
-    decoded once, and streamed again for embed: the kept pairs, the fingerprint, the messages, the
-    one warning and every byte of the store are the whole load's, which is never made."""
-    with caplog.at_level(logging.WARNING):
-        loaded = load_corpus(str(scattered_bad), skip_bad=True)
-    warned = skip_bad_warnings(caplog)
-    assert len(warned) == 1 and len(loaded.skipped) == 2 and loaded.n_images == 15
-    whole = embed_corpus(loaded, clip, EmbedConfig(out=tmp_path / "whole", **CFG))
-    monkeypatch.setattr(base, "CHECK_WINDOW", per_check)
-    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
-    refuse_whole_loads(monkeypatch)
-    real, decoded = base.FileImages.read, []
+    """With --skip-bad the corpus is checked in windows of ``CHECK_WINDOW`` images, each image
+    decoded once, in the whole load's order, and streamed again for embed: the kept pairs, the
+    fingerprint, the messages (rows or samples dropped without decoding first, as the load has them),
+    the one warning and every byte of the store are the whole load's, which is never made."""
+    fixture, loader, images, checked, kept = SKIP_BAD[fmt]
+    spec = str(request.getfixturevalue(fixture))
+    real, decoded = images.read, []
 
     def counted(self, key, min_side=None):
         decoded.append(key)
         return real(self, key, min_side)
 
-    monkeypatch.setattr(base.FileImages, "read", counted)
+    monkeypatch.setattr(images, "read", counted)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_corpus(spec, skip_bad=True)
+    warned, by_load = skip_bad_warnings(caplog), list(decoded)
+    assert len(warned) == 1 and len(loaded.skipped) == 17 - kept and loaded.n_images == kept  # of 17 images
+    assert len(by_load) == len(set(by_load)) == checked
+    whole = embed_corpus(loaded, clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    monkeypatch.setattr(base, "CHECK_WINDOW", per_check)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", per_window)
+    monkeypatch.setattr(corpus_module, loader, lambda *a, **k: pytest.fail("the corpus was loaded whole"))
+    decoded.clear()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        summary = scan_source(CorpusSource(str(scattered_bad), skip_bad=True))
-    assert sorted(decoded) == sorted(f"img/{i}.png" for i in range(17))  # each image once
+        summary = scan_source(CorpusSource(spec, skip_bad=True))
+    assert decoded == by_load  # each image once, in the load's order
     assert skip_bad_warnings(caplog) == warned
-    assert (summary.spec, summary.fingerprint, summary.n_images) == (loaded.spec, loaded.fingerprint, 15)
+    assert (summary.spec, summary.fingerprint, summary.n_images) == (loaded.spec, loaded.fingerprint, kept)
     assert (summary.skip_bad, summary.skipped) == (True, loaded.skipped)
     assert summary.pair_image.tolist() == loaded.pair_image.tolist()
-    monkeypatch.setattr(base.FileImages, "read", real)
+    monkeypatch.setattr(images, "read", real)
     streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
     assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 5
     assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
 
 
-@pytest.mark.parametrize("change", ["line", "kept image"])
-def test_a_skip_bad_manifest_changed_after_the_scan_completes_nothing(change, scattered_bad, clip, tmp_path):
-    summary = scan_source(CorpusSource(str(scattered_bad), skip_bad=True))
+def _touch(path: Path) -> None:
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "change"), [("jsonl", "line"), ("jsonl", "kept image"), ("parquet", "file"), ("webdataset", "shard")]
+)
+def test_a_skip_bad_corpus_changed_after_the_scan_completes_nothing(fmt, change, clip, tmp_path, request):
+    spec = str(request.getfixturevalue(SKIP_BAD[fmt][0]))
+    summary = scan_source(CorpusSource(spec, skip_bad=True))
     if change == "line":
-        with scattered_bad.open("a") as fh:
+        with open(spec, "a") as fh:
             fh.write('\n{"image": "img/3.png", "caption": "added after the scan"}\n')
-    else:
-        kept = scattered_bad.parent / "img" / "12.png"
-        os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
+    elif change == "kept image":
+        _touch(Path(spec).parent / "img" / "12.png")
+    else:  # the second file or shard, which holds dropped rows or samples: same bytes, a new mtime
+        _touch(sorted(Path(spec).parent.glob(f"*.{'parquet' if fmt == 'parquet' else 'tar'}"))[-1])
     with pytest.raises(ProtosynthError, match="changed while it was read"):
         embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
     assert read_index(tmp_path / "s")["complete"] is False

@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import Corpus, FindBad, ImageRef, unreadable
+from .base import BadCheck, Corpus, FindBad, ImageRef, unreadable
 from .columns import (
     CAPTION_COLUMN,
     IMAGE_COLUMN,
@@ -191,7 +191,9 @@ SCAN_BATCH = 65_536  # caption cells a scan or a window pass converts to Python 
 class ParquetScan:
     """What ``scan_parquet`` learns in one pass: the fingerprint, ``pair_image`` and image count
     ``load_parquet`` would give, and what a later streaming pass (``stream``) needs: the files, the
-    columns, each file's row group starts and each file's (size, mtime) the fingerprint hashed."""
+    columns, each file's row group starts and each file's (size, mtime) the fingerprint hashed; with
+    ``--skip-bad``, the keys of the rows it dropped (which the streaming pass leaves out) and their
+    messages."""
 
     spec: str
     files: list[Path]
@@ -202,6 +204,9 @@ class ParquetScan:
     n_images: int
     starts: list[list[int]]
     stats: list[tuple[int, int]]
+    skip_bad: bool = False
+    dropped: set[str] = field(default_factory=set)  # ``FILE#ROW`` of each row --skip-bad dropped
+    skipped: list[str] = field(default_factory=list)  # one line per dropped row, in the load's order
 
 
 def _group_starts(pf) -> list[int]:
@@ -221,43 +226,86 @@ def _checked(path: Path, image_col: str, caption_col: str):
     return pf
 
 
-def _captions(pf, path: Path, image_col: str, caption_col: str, no_image: set[int]) -> Iterator[tuple]:
+def _captions(
+    pf, path: Path, image_col: str, caption_col: str, no_image: set[int], skip: set[int] = frozenset()
+) -> Iterator[tuple]:
     """(row, where, captions) of every row of one file, in order, ``SCAN_BATCH`` caption cells at a
-    time; a row in ``no_image`` or with a bad caption is ``load_parquet``'s error for it."""
+    time; a row in ``skip`` comes with captions None, its caption unread (a row ``--skip-bad`` drops,
+    as ``TableRows`` does not read it); else a row in ``no_image`` or with a bad caption is
+    ``load_parquet``'s error for it."""
     row = 0
     for batch in pf.iter_batches(batch_size=SCAN_BATCH, columns=[caption_col], use_threads=False):
         for cell in batch.column(0).to_pylist():
             where = f"{path} row {row}"
-            if row in no_image:
+            if row in skip:
+                yield row, where, None
+            elif row in no_image:
                 raise ProtosynthError(f"{where}: no image (the {image_col!r} value is null)")
-            yield row, where, row_captions(cell, where)
+            else:
+                yield row, where, row_captions(cell, where)
             row += 1
 
 
-def scan_parquet(spec: str, image_column: str | None = None, caption_column: str | None = None) -> ParquetScan:
+def scan_parquet(
+    spec: str, image_column: str | None = None, caption_column: str | None = None, find_bad: FindBad | None = None
+) -> ParquetScan:
     """``load_parquet(spec, image_column, caption_column)``'s fingerprint, ``pair_image`` and image
     count, with the same one-line errors, by streaming each file's caption column (and, as the load
     does, the image column of the row groups whose statistics count nulls): 4 bytes a row held, not
-    its captions."""
+    its captions.
+
+    ``find_bad`` (``--skip-bad``): a row with a null image is dropped (its caption unread), and the
+    other rows' images are handed, ``base.CHECK_WINDOW`` at a time in row order, to ``find_bad``
+    (``base.BadCheck``: in this process or in Ray tasks) through ``ParquetImages`` as the load reads
+    them; only the dropped rows are kept. The result is then ``load_parquet(..., skip_bad=True)``'s:
+    the kept rows renumbered, the null-image rows then the undecodable ones hashed into the
+    fingerprint, the same messages, warning or every-image-bad error."""
     image_col, caption_col = image_column or IMAGE_COLUMN["parquet"], caption_column or CAPTION_COLUMN
     files = shard_paths(spec)
     h = hashlib.sha256(f"columns\0{image_col}\0{caption_col}\n".encode())
     counts, starts, stats = array("I"), [], []
-    for path in files:
+    check = None
+    if find_bad is not None:
+        check = BadCheck(find_bad, lambda wheres, at: ParquetImages(files, image_col, at, wheres, starts))
+    for f, path in enumerate(files):
         st = path.stat()
         h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         stats.append((st.st_size, st.st_mtime_ns))
         with _checked(path, image_col, caption_col) as pf:
             no_image = set(null_image_rows(pf, image_col))
             starts.append(_group_starts(pf))
-            for _, _, caps in _captions(pf, path, image_col, caption_col, no_image):
+            skip = no_image if check is not None else frozenset()
+            for row, where, caps in _captions(pf, path, image_col, caption_col, no_image, skip):
+                if check is not None:
+                    if caps is None:
+                        check.found[f"{path}#{row}"] = f"{where}: no image (the {image_col!r} value is null)"
+                        continue
+                    check.add(f"{path}#{row}", where, (f, row))
                 counts.append(len(caps))
-    if not counts:
+    if not counts and not (check is not None and check.found):
         raise ProtosynthError(f"corpus {spec!r}: the table has no rows")
-    n_images = len(counts)
-    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), np.frombuffer(counts, dtype=f"u{counts.itemsize}"))
+    per_image = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
+    skipped, dropped = [], set()
+    if check is not None:
+        skipped = check.finish(spec, h)
+        per_image, dropped = per_image[check.keep()], {*check.found, *check.bad}
+    n_images = len(per_image)
+    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
     fingerprint = f"parquet-{h.hexdigest()[:16]}"
-    return ParquetScan(spec, files, image_col, caption_col, fingerprint, pair_image, n_images, starts, stats)
+    return ParquetScan(
+        spec,
+        files,
+        image_col,
+        caption_col,
+        fingerprint,
+        pair_image,
+        n_images,
+        starts,
+        stats,
+        check is not None,
+        dropped,
+        skipped,
+    )
 
 
 def stream(got: ParquetScan) -> Stream:
@@ -274,14 +322,17 @@ def stream(got: ParquetScan) -> Stream:
 
 
 def _records(got: ParquetScan) -> Iterator[Record]:
-    """Every row's record, in order; then the load's error if a file's size or mtime (what the
-    fingerprint hashed) or the row count changed since the scan."""
+    """Every kept row's record, in order (a row ``--skip-bad`` dropped is left out, its caption
+    unread); then the load's error if a file's size or mtime (what the fingerprint hashed) or the
+    row count changed since the scan."""
     i = 0
     for f, path in enumerate(got.files):
+        skip = {int(row) for file, _, row in (key.rpartition("#") for key in got.dropped) if file == str(path)}
         with open_parquet(path) as pf:
-            for row, where, caps in _captions(pf, path, got.image_column, got.caption_column, set()):
-                yield i, f"{path}#{row}", where, (f, row), caps
-                i += 1
+            for row, where, caps in _captions(pf, path, got.image_column, got.caption_column, set(), skip):
+                if caps is not None:
+                    yield i, f"{path}#{row}", where, (f, row), caps
+                    i += 1
     now = [(st.st_size, st.st_mtime_ns) for st in (p.stat() for p in got.files)]
     if now != got.stats or i != got.n_images:
         raise ProtosynthError(f"corpus {got.spec!r}: changed while it was read; run again")

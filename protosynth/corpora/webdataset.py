@@ -22,14 +22,14 @@ import json
 import tarfile
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
+from .base import BadCheck, Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
 from .window import Record, Stream, last_images
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -209,8 +209,9 @@ def load_webdataset(spec: str, skip_bad: bool = False, find_bad: FindBad = unrea
 @dataclass
 class WdsScan:
     """What ``scan_webdataset`` learns in one pass: the fingerprint, ``pair_image`` and image count
-    ``load_webdataset`` would give (without ``skip_bad``), and what a later streaming pass (``stream``)
-    needs: the shards and each one's (size, mtime) the fingerprint hashed."""
+    ``load_webdataset`` would give, and what a later streaming pass (``stream``) needs: the shards and
+    each one's (size, mtime) the fingerprint hashed; with ``--skip-bad``, the keys of the samples it
+    dropped (which the streaming pass leaves out) and their messages."""
 
     spec: str
     shards: list[Path]
@@ -218,26 +219,45 @@ class WdsScan:
     pair_image: np.ndarray
     n_images: int
     stats: list[tuple[int, int]]
+    skip_bad: bool = False
+    dropped: set[str] = field(default_factory=set)  # ``SHARD/KEY`` of each sample --skip-bad dropped
+    skipped: list[str] = field(default_factory=list)  # one line per dropped sample, in the load's order
 
 
-def scan_webdataset(spec: str) -> WdsScan:
+def scan_webdataset(spec: str, find_bad: FindBad | None = None) -> WdsScan:
     """``load_webdataset(spec)``'s fingerprint, ``pair_image`` and image count, with the same one-line
     errors, reading the shards one at a time as the load does (``shard_samples``) but keeping only
-    each sample's caption count: 4 bytes a sample, not its captions, key or member."""
+    each sample's caption count: 4 bytes a sample, not its captions, key or member.
+
+    ``find_bad`` (``--skip-bad``): a sample without an image or a caption member is dropped, and the
+    other samples' images are handed, ``base.CHECK_WINDOW`` at a time in sample order, to ``find_bad``
+    (``base.BadCheck``: in this process or in Ray tasks) through ``TarImages`` as the load reads them;
+    only the dropped samples are kept. The result is then ``load_webdataset(spec, skip_bad=True)``'s:
+    the kept samples renumbered, the member-less samples then the undecodable ones hashed into the
+    fingerprint, the same messages, warning or every-image-bad error."""
     shards = shard_paths(spec)
     h = hashlib.sha256()
     counts, stats = array("I"), []
+    check = None if find_bad is None else BadCheck(find_bad, lambda _wheres, at: TarImages(dict(at)))
     for shard in shards:
         line, stat = _stat_line(shard)
         h.update(line)
         stats.append(stat)
-        for _, _, caps in shard_samples(shard, False, {}):
+        for key, member, caps in shard_samples(shard, check is not None, {} if check is None else check.found):
+            if check is not None:
+                check.add(key, f"{shard} member {member.name}", member)
             counts.append(len(caps))
-    if not counts:
+    if not counts and not (check is not None and check.found):
         raise _no_samples(spec)
-    n_images = len(counts)
-    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), np.frombuffer(counts, dtype=f"u{counts.itemsize}"))
-    return WdsScan(spec, shards, f"wds-{h.hexdigest()[:16]}", pair_image, n_images, stats)
+    per_image = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
+    skipped, dropped = [], set()
+    if check is not None:
+        skipped = check.finish(spec, h)
+        per_image, dropped = per_image[check.keep()], {*check.found, *check.bad}
+    n_images = len(per_image)
+    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    fingerprint = f"wds-{h.hexdigest()[:16]}"
+    return WdsScan(spec, shards, fingerprint, pair_image, n_images, stats, check is not None, dropped, skipped)
 
 
 def stream(got: WdsScan) -> Stream:
@@ -255,15 +275,18 @@ def stream(got: WdsScan) -> Stream:
 
 
 def _records(got: WdsScan) -> Iterator[Record]:
-    """Every sample's record, in order, one shard read at a time; the load's error when a shard's
-    size or mtime (what the fingerprint hashed) differs from the scan's, checked before it is read
-    and again after the last one, or the sample count changed."""
+    """Every kept sample's record, in order (a sample ``--skip-bad`` dropped is left out), one shard
+    read at a time; the load's error when a shard's size or mtime (what the fingerprint hashed)
+    differs from the scan's, checked before it is read and again after the last one, or the sample
+    count changed."""
     changed = ProtosynthError(f"corpus {got.spec!r}: changed while it was read; run again")
     i = 0
     for shard, stat in zip(got.shards, got.stats):
         if _stat_line(shard)[1] != stat:
             raise changed
-        for key, member, caps in shard_samples(shard, False, {}):
+        for key, member, caps in shard_samples(shard, got.skip_bad, {}):
+            if key in got.dropped:
+                continue
             yield i, key, f"{shard} member {member.name}", member, caps
             i += 1
     if [_stat_line(p)[1] for p in got.shards] != got.stats or i != got.n_images:
