@@ -367,31 +367,37 @@ def test_ray_cluster_passes_equal_local(tmp_path, ray_address, clip, mode):
     assert on_ray.stats == local.stats
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "webdataset"])
 def test_ray_streamed_skip_bad_scan_and_embed_equal_the_local_whole_load(
-    tmp_path, ray_address, clip, one_thread, monkeypatch
+    fmt, tmp_path, ray_address, clip, one_thread, monkeypatch, request
 ):
-    """A JSONL manifest with a corrupt PNG and a missing file read with --skip-bad on Ray: the check's
-    windows decode in Ray tasks (PIL cannot open an image here, the driver), the manifest is never
-    loaded whole, and the summary (kept pairs, fingerprint, messages) and the store Ray writes from
-    its windows are the local engine's whole load's, byte for byte."""
+    """A JSONL manifest with a corrupt PNG and a missing file (or ``parquet_bad``, ``tar_bad``: two
+    bad images and a null-image row or a sample without an image) read with --skip-bad on Ray: the
+    check's windows decode in Ray tasks (PIL cannot open an image here, the driver), the corpus is
+    never loaded whole, and the summary (kept pairs, fingerprint, messages) and the store Ray writes
+    from its windows are the local engine's whole load's, byte for byte."""
     import protosynth.corpora.base as corpora_base  # noqa: PLC0415
     import protosynth.corpus as corpus_module  # noqa: PLC0415
     from protosynth.corpora.source import CorpusSource  # noqa: PLC0415
     from protosynth.corpus import scan_source  # noqa: PLC0415
 
-    jsonl = jsonl_corpus(tmp_path / "j")
-    truncate(tmp_path / "j" / "img" / "3.png")
-    with jsonl.open("a") as fh:
-        fh.write(json.dumps({"image": "img/gone.png", "caption": "a lost image"}) + "\n")
-    corpus = load_corpus(str(jsonl), skip_bad=True)
+    if fmt == "jsonl":
+        spec, loader, kept = str(jsonl_corpus(tmp_path / "j")), "load_jsonl", 9
+        truncate(tmp_path / "j" / "img" / "3.png")
+        with open(spec, "a") as fh:
+            fh.write(json.dumps({"image": "img/gone.png", "caption": "a lost image"}) + "\n")
+    else:
+        spec = request.getfixturevalue("parquet_bad" if fmt == "parquet" else "tar_bad")
+        loader, kept = ("load_parquet" if fmt == "parquet" else "load_webdataset"), 14
+    corpus = load_corpus(spec, skip_bad=True)
     cfg = dict(shard_size=3, batch_size=4, num_workers=0)
     local = embed_corpus(corpus, clip, EmbedConfig(out=tmp_path / "local", **cfg))
     monkeypatch.setattr(corpora_base, "CHECK_WINDOW", 4)
-    monkeypatch.setattr(corpus_module, "load_jsonl", lambda *a, **k: pytest.fail("the corpus was loaded whole"))
+    monkeypatch.setattr(corpus_module, loader, lambda *a, **k: pytest.fail("the corpus was loaded whole"))
     with monkeypatch.context() as m:
         m.setattr(Image, "open", no_decoding)
-        summary = scan_source(CorpusSource(str(jsonl), skip_bad=True), engine=TWO)
-    assert (summary.fingerprint, summary.skipped, summary.n_images) == (corpus.fingerprint, corpus.skipped, 9)
+        summary = scan_source(CorpusSource(spec, skip_bad=True), engine=TWO)
+    assert (summary.fingerprint, summary.skipped, summary.n_images) == (corpus.fingerprint, corpus.skipped, kept)
     assert summary.pair_image.tolist() == corpus.pair_image.tolist()
     monkeypatch.setattr(corpus_index, "_write_shard", no_index_shard)
     on_ray = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "ray", **cfg), TWO)
