@@ -378,6 +378,19 @@ class BadCheck:
         return list(dropped.values())
 
 
+def kept_pairs(spec: str, counts, check: BadCheck | None, h) -> tuple[np.ndarray, int, list[str], set[str]]:
+    """A streamed scan's end (parquet rows, webdataset samples: one record per image): each kept
+    image's pairs from ``counts`` (captions per image read, an ``array``), as ``pair_image``; with a
+    ``--skip-bad`` check, its ``finish`` (the dropped keys hashed into ``h``, the warning or error)
+    first: ``pair_image``, the number of kept images, the messages and the dropped keys."""
+    per_image = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
+    skipped, dropped = [], set()
+    if check is not None:
+        skipped = check.finish(spec, h)
+        per_image, dropped = per_image[check.keep()], {*check.found, *check.bad}
+    return np.repeat(np.arange(len(per_image), dtype=np.int64), per_image), len(per_image), skipped, dropped
+
+
 def _stat(root: Path, key: str) -> os.stat_result:
     """``(root / key).stat()``, by os.stat on the joined string where that works (faster by far)."""
     try:

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import BadCheck, Corpus, FindBad, ImageRef, unreadable
+from .base import BadCheck, Corpus, FindBad, ImageRef, kept_pairs, unreadable
 from .columns import (
     CAPTION_COLUMN,
     IMAGE_COLUMN,
@@ -284,13 +284,7 @@ def scan_parquet(
                 counts.append(len(caps))
     if not counts and not (check is not None and check.found):
         raise ProtosynthError(f"corpus {spec!r}: the table has no rows")
-    per_image = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
-    skipped, dropped = [], set()
-    if check is not None:
-        skipped = check.finish(spec, h)
-        per_image, dropped = per_image[check.keep()], {*check.found, *check.bad}
-    n_images = len(per_image)
-    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    pair_image, n_images, skipped, dropped = kept_pairs(spec, counts, check, h)
     fingerprint = f"parquet-{h.hexdigest()[:16]}"
     return ParquetScan(
         spec,

@@ -29,7 +29,18 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ProtosynthError
-from .base import BadCheck, Corpus, FindBad, ImageRef, ImageSource, check_images, clean_captions, decode, unreadable
+from .base import (
+    BadCheck,
+    Corpus,
+    FindBad,
+    ImageRef,
+    ImageSource,
+    check_images,
+    clean_captions,
+    decode,
+    kept_pairs,
+    unreadable,
+)
 from .window import Record, Stream, last_images
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -249,13 +260,7 @@ def scan_webdataset(spec: str, find_bad: FindBad | None = None) -> WdsScan:
             counts.append(len(caps))
     if not counts and not (check is not None and check.found):
         raise _no_samples(spec)
-    per_image = np.frombuffer(counts, dtype=f"u{counts.itemsize}")
-    skipped, dropped = [], set()
-    if check is not None:
-        skipped = check.finish(spec, h)
-        per_image, dropped = per_image[check.keep()], {*check.found, *check.bad}
-    n_images = len(per_image)
-    pair_image = np.repeat(np.arange(n_images, dtype=np.int64), per_image)
+    pair_image, n_images, skipped, dropped = kept_pairs(spec, counts, check, h)
     fingerprint = f"wds-{h.hexdigest()[:16]}"
     return WdsScan(spec, shards, fingerprint, pair_image, n_images, stats, check is not None, dropped, skipped)
 
