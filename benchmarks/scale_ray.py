@@ -357,8 +357,9 @@ def _markdown(result: dict) -> list[str]:
         "with one caption each (a fresh process per row; every file checked to exist and fingerprinted, none opened; "
         "local disk, warm caches: on shared storage each check is a network round trip). The streamed scan is what "
         "`distill`, `coreset` and `embed` make of a JSONL, parquet or webdataset corpus; the whole load is what the "
-        f"other formats (`hf:`, Karpathy JSON, CSV) still cost. Linear in the pairs, for {PAIRS:,} pairs:"
-        + (f" (measured at commit {ix['commit']})" if "commit" in ix else ""),
+        f"other formats (`hf:`, Karpathy JSON, CSV) still cost."
+        + (f" Measured at commit {ix['commit'][:12]} (`{ix['command']}`)." if "commit" in ix else "")
+        + f" Linear in the pairs, for {PAIRS:,} pairs:",
         "",
         *_table(
             ["pass", "seconds", "kept MiB", f"minutes at {PAIRS:,}", f"GiB at {PAIRS:,}"],
