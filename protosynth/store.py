@@ -49,6 +49,7 @@ FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"
 PAIR_IMAGE = "pair_image.npy"
 MAX_OPEN = 64  # memory maps held open at once (each keeps a file descriptor)
+ARRAY_CHUNK = 1 << 12  # rows read at a time when a Rows is materialised whole (``np.asarray``)
 COST_FILE = "cost.json"  # what computing the store cost: beside it, so index.json's bytes never vary
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,11 @@ class Rows:
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        full = self.take(np.arange(len(self)))
+        """The whole matrix, read ``ARRAY_CHUNK`` rows at a time: the row indices (and a row map's
+        slice) are never corpus-length arrays beside it."""
+        full = np.empty(self.shape, np.float32)
+        for a in range(0, len(self), ARRAY_CHUNK):
+            full[a : a + ARRAY_CHUNK] = self.take(np.arange(a, min(a + ARRAY_CHUNK, len(self))))
         return full if dtype is None else full.astype(dtype, copy=False)
 
 
