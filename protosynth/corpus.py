@@ -42,7 +42,8 @@ import numpy as np
 from .corpora.base import Corpus, ImageSource, manifest_file, unreadable
 from .corpora.csvtable import load_csv
 from .corpora.hf import is_hf, load_hf
-from .corpora.jsonl import load_jsonl, scan_manifest, windows
+from .corpora.jsonl import load_jsonl, scan_manifest
+from .corpora.jsonl import stream as jsonl_stream
 from .corpora.karpathy import load_karpathy
 from .corpora.parquet import IMAGE_COLUMN, ParquetRows, load_parquet, scan_parquet
 from .corpora.parquet import stream as parquet_stream
@@ -249,48 +250,61 @@ def scan_source(source: CorpusSource, engine: EngineConfig | Engine | None = Non
 
 def _scan(source: CorpusSource, kind: str, find_bad, engine: EngineConfig | Engine | None) -> CorpusSummary:
     """``scan_source``'s summary of a JSONL, parquet or webdataset corpus; ``find_bad``: its
-    ``--skip-bad`` check (``corpora.base.BadCheck``), None without ``skip_bad``."""
+    ``--skip-bad`` check (``corpora.base.BadCheck``), None without ``skip_bad``. The summary holds the
+    only reference to the scan's ``pair_image`` (its windows read the summary's), so a complete
+    store's memory-mapped copy can replace it (``CorpusSummary.share_pairs``)."""
     load = partial(load_source, source, engine)
     if kind == "tar":
         spec = canonical_spec(source.spec)
         got = scan_webdataset(spec, find_bad)
-        windows_ = partial(window_pass, wds_stream(got))
-        return CorpusSummary(
+        summary = CorpusSummary(
             spec,
             got.fingerprint,
             got.pair_image,
             got.n_images,
             load,
             skipped=got.skipped,
-            windows=windows_,
             read_ref=read_member,
             skip_bad=source.skip_bad,
         )
+        return _streamed(summary, got, wds_stream)
     if kind == "parquet":
         options = source.options()
         spec, columns = canonical_spec(source.spec), {k: options.get(k) for k in ("image_column", "caption_column")}
         scanned = scan_parquet(spec, **columns, find_bad=find_bad)
-        return CorpusSummary(
+        summary = CorpusSummary(
             spec,
             scanned.fingerprint,
             scanned.pair_image,
             scanned.n_images,
             load=load,
             skipped=scanned.skipped,
-            windows=partial(window_pass, parquet_stream(scanned)),
             read_ref=ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"]),
             **columns,
             skip_bad=source.skip_bad,
         )
+        return _streamed(summary, scanned, parquet_stream)
     got = scan_manifest(canonical_spec(source.spec), find_bad=find_bad)
     spec = str(manifest_file(canonical_spec(source.spec)))
-    return CorpusSummary(
+    summary = CorpusSummary(
         spec,
         got.fingerprint,
         got.pair_image,
         got.n_images,
         load=load,
         skipped=got.skipped,
-        windows=partial(windows, got),
         skip_bad=source.skip_bad,
     )
+    return _streamed(summary, got, jsonl_stream)
+
+
+def _streamed(summary: CorpusSummary, scan, stream_of) -> CorpusSummary:
+    """``summary`` streaming its corpus again from ``scan`` (``stream_of(scan)``: a format's
+    ``corpora.window.Stream``), with the summary's ``pair_image`` in place of the scan's own."""
+    scan.pair_image = None  # the summary's is the one the windows read
+    summary.windows = partial(_summary_windows, summary, partial(stream_of, scan))
+    return summary
+
+
+def _summary_windows(summary: CorpusSummary, stream_of, shards: list[dict], need: set[int]):
+    return window_pass(replace(stream_of(), pair_image=summary.pair_image), shards, need)

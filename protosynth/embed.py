@@ -38,7 +38,7 @@ from .engines.base import EncodeJob, Engine, make_engine
 from .engines.connect import EngineConfig
 from .errors import P, ProtosynthError
 from .models.clip import ClipEncoder
-from .store import FORMAT, EmbeddingStore, Rows, StoreWriter, compute_seconds, plan_shards, survey
+from .store import FORMAT, PAIR_IMAGE, EmbeddingStore, Rows, StoreWriter, compute_seconds, plan_shards, survey
 from .util.files import check_writable
 from .util.progress import StepBar
 
@@ -231,7 +231,7 @@ def embed_corpus(
     if found.intact:
         build = index_build(corpus, folder, shard_size)
         _fill(corpus, build, None, encoder, cfg, runner)
-        return _open(folder, build and build.finish(), from_cache=True, checked=True)
+        return _open(folder, build and build.finish(), from_cache=True, checked=True, corpus=corpus)
     cfg = replace(cfg, shard_size=shard_size)
     if cfg.out is None:
         check_cache_writable(folder)
@@ -242,7 +242,7 @@ def embed_corpus(
     _fill(corpus, build, store, encoder, cfg, runner)
     index = build and build.finish()
     store.finish()
-    return _open(folder, index, from_cache=not store.todo, checked=True)
+    return _open(folder, index, from_cache=not store.todo, checked=True, corpus=corpus)
 
 
 def index_build(corpus: Corpus | CorpusSummary, store: Path, shard_size: int) -> IndexBuild | None:
@@ -286,8 +286,12 @@ def _fill(corpus, build: IndexBuild | None, store: StoreWriter | None, encoder, 
             _encode_shards(part, encoder, cfg, todo, store.write, engine)
 
 
-def _open(folder: Path, index: Path | None, from_cache: bool, checked: bool = False) -> Embeddings:
+def _open(folder: Path, index: Path | None, from_cache: bool, checked: bool = False, corpus=None) -> Embeddings:
+    """The complete store's ``Embeddings``; a summary ``corpus`` then holds the store's memory-mapped
+    ``pair_image`` instead of its scan's copy (``CorpusSummary.share_pairs``): one on the driver."""
     store = EmbeddingStore(folder, checked=checked)
+    if isinstance(corpus, CorpusSummary):
+        corpus.share_pairs(store.pair_image, store.folder / PAIR_IMAGE)
     return Embeddings(store.image_pairs, store.texts, from_cache, folder, compute_seconds(folder), index)
 
 

@@ -49,6 +49,7 @@ FORMAT = "protosynth-embeddings/1"
 INDEX = "index.json"
 PAIR_IMAGE = "pair_image.npy"
 MAX_OPEN = 64  # memory maps held open at once (each keeps a file descriptor)
+ARRAY_CHUNK = 1 << 12  # rows read at a time when a Rows is materialised whole (``np.asarray``)
 COST_FILE = "cost.json"  # what computing the store cost: beside it, so index.json's bytes never vary
 log = logging.getLogger(__name__)
 
@@ -94,19 +95,37 @@ def write_index(folder: Path, index: dict) -> None:
 class Rows:
     """A (n, dim) matrix split over consecutive parts (memory-mapped ``.npy`` files or arrays), read
     on demand as float32. ``row_map`` (optional) maps each row to a row of the parts: the pair-level
-    view of per-image embeddings. ``take(idx, axis=0)`` mirrors ``ndarray.take`` so code written for
-    arrays accepts a Rows; ``np.asarray(rows)`` materialises the whole matrix."""
+    view of per-image embeddings; ``row_map_file``: the ``.npy`` file ``row_map`` is memory-mapped
+    from (a store's ``pair_image.npy``), so only the rows read are paged in and a pickled Rows reopens
+    it by path. ``take(idx, axis=0)`` mirrors ``ndarray.take`` so code written for arrays accepts a
+    Rows; ``np.asarray(rows)`` materialises the whole matrix."""
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, parts: list, lengths: list[int], dim: int, row_map: np.ndarray | None = None):
-        self.parts, self.dim, self.row_map = list(parts), int(dim), row_map
+    def __init__(
+        self,
+        parts: list,
+        lengths: list[int],
+        dim: int,
+        row_map: np.ndarray | None = None,
+        row_map_file: Path | None = None,
+    ):
+        self.parts, self.dim, self.row_map, self.row_map_file = list(parts), int(dim), row_map, row_map_file
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __getstate__(self) -> dict:
-        """Pickled without its open memory maps (a Ray task reopens the files by path), never the data."""
-        return {**self.__dict__, "_open": OrderedDict()}
+        """Pickled without its open memory maps (a Ray task reopens the files by path), never the data
+        (a memory-mapped ``row_map`` goes by its file's path, not its bytes)."""
+        state = {**self.__dict__, "_open": OrderedDict()}
+        if self.row_map_file is not None:
+            state["row_map"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.row_map_file is not None:
+            self.row_map = np.load(self.row_map_file, mmap_mode="r")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -143,7 +162,11 @@ class Rows:
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        full = self.take(np.arange(len(self)))
+        """The whole matrix, read ``ARRAY_CHUNK`` rows at a time: the row indices (and a row map's
+        slice) are never corpus-length arrays beside it."""
+        full = np.empty(self.shape, np.float32)
+        for a in range(0, len(self), ARRAY_CHUNK):
+            full[a : a + ARRAY_CHUNK] = self.take(np.arange(a, min(a + ARRAY_CHUNK, len(self))))
         return full if dtype is None else full.astype(dtype, copy=False)
 
 
@@ -205,11 +228,14 @@ class EmbeddingStore:
             raise ProtosynthError(
                 f"{self.folder / name}: {why}{more}; embedding the corpus again with the same CLIP recomputes it"
             )
-        self.pair_image = np.load(self.folder / PAIR_IMAGE)
+        # memory-mapped, not loaded: a pass pages in the pairs of the ranges it reads (issue 32)
+        self.pair_image = np.load(self.folder / PAIR_IMAGE, mmap_mode="r")
         img_len = [s["images"][1] - s["images"][0] for s in shards]
         txt_len = [s["pairs"][1] - s["pairs"][0] for s in shards]
         self.images = Rows([self.folder / s["image_file"] for s in shards], img_len, dim)
-        self.image_pairs = Rows(self.images.parts, img_len, dim, row_map=self.pair_image)
+        self.image_pairs = Rows(
+            self.images.parts, img_len, dim, row_map=self.pair_image, row_map_file=self.folder / PAIR_IMAGE
+        )
         self.texts = Rows([self.folder / s["text_file"] for s in shards], txt_len, dim)
 
     def verify(self) -> list[str]:

@@ -3,10 +3,12 @@ point, and prototypes built from memory-mapped store rows read chunk by chunk.""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
-from protosynth import clustering, prototypes
+from protosynth import clustering, prototypes, store
 from protosynth.prototypes import MODES, PrototypeConfig, build_prototypes, kmeans, nearest_member_pairs, nearest_rows
 from protosynth.store import Rows
 
@@ -40,6 +42,29 @@ def test_rows_take_matches_array_indexing(tmp_path):
     for bad in ([300], [-1], [0, 600]):  # like ndarray.take: never uninitialised rows
         with pytest.raises(IndexError):
             (mapped if bad == [0, 600] else rows).take(bad)
+
+
+def test_a_whole_rows_is_read_in_chunks_with_the_same_values(tmp_path, monkeypatch):
+    x = np.random.default_rng(3).normal(size=(300, 8)).astype(np.float32)
+    rows = as_store(x, tmp_path, "x")
+    mapped = Rows(rows.parts, [70, 70, 70, 70, 20], 8, row_map=np.repeat(np.arange(300), 2))
+    monkeypatch.setattr(store, "ARRAY_CHUNK", 7)
+    np.testing.assert_array_equal(np.asarray(rows), x)
+    np.testing.assert_array_equal(np.asarray(mapped), np.repeat(x, 2, axis=0))
+    assert np.asarray(mapped, np.float64).dtype == np.float64
+
+
+def test_a_memory_mapped_row_map_is_pickled_by_path(tmp_path):
+    x = np.random.default_rng(2).normal(size=(300, 8)).astype(np.float32)
+    rows = as_store(x, tmp_path, "x")
+    np.save(tmp_path / "pair_image.npy", np.repeat(np.arange(300, dtype=np.int64), 2))
+    row_map = np.load(tmp_path / "pair_image.npy", mmap_mode="r")
+    mapped = Rows(rows.parts, [70, 70, 70, 70, 20], 8, row_map=row_map, row_map_file=tmp_path / "pair_image.npy")
+    blob = pickle.dumps(mapped)
+    assert len(blob) < row_map.nbytes  # the path, not the 600 pairs' image rows
+    back = pickle.loads(blob)
+    assert isinstance(back.row_map, np.memmap) and back.shape == (600, 8)
+    np.testing.assert_array_equal(back.take([1, 598, 2]), x[[0, 299, 1]])
 
 
 def test_kmeans_above_the_threshold_fits_a_seeded_sample_and_assigns_every_point():

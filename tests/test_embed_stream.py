@@ -11,6 +11,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import store_bytes
 from PIL import Image
@@ -27,9 +28,11 @@ from protosynth.corpora.source import CorpusSource
 from protosynth.corpus import load_corpus, scan_source
 from protosynth.embed import EmbedConfig, embed_corpus
 from protosynth.errors import ProtosynthError
-from protosynth.store import plan_shards, read_index
+from protosynth.store import PAIR_IMAGE, plan_shards, read_index
 
 pytest.importorskip("pyarrow", reason="the corpus index needs pyarrow (the corpora extra)")
+
+STREAMED_FORMATS = ("parquet", "tar")
 
 
 @pytest.fixture
@@ -74,6 +77,34 @@ def test_a_streamed_embed_writes_the_whole_loads_bytes(per_window, scattered, cl
     streamed = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "streamed", **CFG))
     assert summary.loaded is None and len(read_index(streamed.cache_path)["shards"]) == 6
     assert store_bytes(streamed.cache_path) == store_bytes(whole.cache_path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", *STREAMED_FORMATS])
+def test_a_complete_store_replaces_the_summarys_pair_image(fmt, clip, tmp_path, monkeypatch, request):
+    """Once the store is complete the summary holds the store's memory-mapped pair_image (the one the
+    image rows read), not its scan's copy; its windows then read that one (a second store written
+    from the same summary has the whole load's bytes)."""
+    spec = str(request.getfixturevalue("scattered")) if fmt == "jsonl" else request.getfixturevalue(f"{fmt}_corpus")
+    whole = embed_corpus(load_corpus(spec), clip, EmbedConfig(out=tmp_path / "whole", **CFG))
+    summary = scan_source(CorpusSource(spec))
+    scanned = summary.pair_image.copy()
+    first = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "first", **CFG))
+    assert isinstance(summary.pair_image, np.memmap) and summary.pair_image is first.image_rows.row_map
+    assert np.array_equal(summary.pair_image, scanned)
+    monkeypatch.setattr(window_module, "WINDOW_SHARDS", 2)
+    second = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "second", **CFG))
+    assert summary.loaded is None and summary.pair_image is second.image_rows.row_map
+    assert store_bytes(second.cache_path) == store_bytes(whole.cache_path)
+
+
+def test_a_store_of_other_pairs_is_not_shared(scattered, clip, tmp_path):
+    summary = scan_source(CorpusSource(str(scattered)))
+    emb = embed_corpus(summary, clip, EmbedConfig(out=tmp_path / "s", **CFG))
+    other = scan_source(CorpusSource(str(scattered)))
+    other.pair_image = other.pair_image[::-1].copy()
+    mine = other.pair_image
+    assert not other.share_pairs(emb.image_rows.row_map, emb.cache_path / PAIR_IMAGE)
+    assert other.pair_image is mine
 
 
 def test_a_resumed_streamed_embed_computes_only_the_missing_shards(scattered, clip, tmp_path, monkeypatch):

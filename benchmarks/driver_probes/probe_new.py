@@ -1,6 +1,8 @@
 # ruff: noqa  (a one-off measuring script, kept as it ran)
 """build_prototypes (default matched mode, budget 500) on a complete store with the checkout on
-sys.path, tracemalloc's peak and VmHWM at each pass boundary (the range_map is wrapped)."""
+sys.path, tracemalloc's peak and VmHWM at each pass boundary (the range_map is wrapped). On a
+checkout with ``CorpusSummary.share_pairs`` the summary then shares the store's memory-mapped
+``pair_image``, as ``embed_corpus`` does on a complete store."""
 
 import json
 import sys
@@ -46,6 +48,11 @@ summary = scan_source(CorpusSource(sys.argv[2]))
 mark("scan_source", summary_pair_image=summary.pair_image.nbytes)
 store = open_embeddings(sys.argv[1])
 mark("open store", store_pair_image=store.pair_image.nbytes)
+if hasattr(summary, "share_pairs"):  # issue 32, fifth step: embed_corpus's _open does this
+    from protosynth.store import PAIR_IMAGE
+
+    shared = summary.share_pairs(store.pair_image, store.folder / PAIR_IMAGE)
+    mark("summary shares the store's pair_image", shared=shared)
 
 
 def range_map(fn, ranges, per_range, shared, image_raw, text_raw):

@@ -48,6 +48,31 @@ class CorpusSummary:
     def n_pairs(self) -> int:
         return len(self.pair_image)
 
+    def share_pairs(self, stored: np.ndarray, path: Path) -> bool:
+        """Hold ``stored``, a complete store's ``pair_image.npy`` (``path``) memory-mapped, instead of
+        the scan's copy, when the file holds the same numbers (read a chunk at a time through a map
+        closed after, so the pages it read are not left on ``stored``): one ``pair_image`` on the
+        driver, paged in by range. True when they are shared."""
+        if self.pair_image is stored:
+            return True
+        if not same_pairs(path, self.pair_image):
+            return False
+        self.pair_image = stored
+        return True
+
+
+PAIRS_CHUNK = 1 << 20  # pairs compared at a time by ``same_pairs`` (8 MiB of each side)
+
+
+def same_pairs(path: Path, pairs: np.ndarray) -> bool:
+    """Whether the ``.npy`` file at ``path`` holds ``pairs`` (same shape, same int64 values)."""
+    disk = np.load(path, mmap_mode="r")
+    if disk.shape != pairs.shape or disk.dtype != pairs.dtype:
+        return False
+    return all(
+        np.array_equal(disk[a : a + PAIRS_CHUNK], pairs[a : a + PAIRS_CHUNK]) for a in range(0, len(pairs), PAIRS_CHUNK)
+    )
+
 
 def whole(corpus: Corpus | CorpusSummary) -> Corpus:
     """The corpus itself: a summary's is loaded on first need (once), and must be the one summarised."""
