@@ -177,6 +177,7 @@ WORLD_CHOICE: dict[tuple[str, int], str] = {
     ("repblend", 200): "official",  # 39.9 against earlier-world 27.4, official-world-lrs 25.0
     ("lors", 200): "earlier-world",  # 45.9, the one candidate left in play at 200 pairs
     ("amd", 200): "earlier-world",  # 37.5, the one candidate left in play at 200 pairs
+    ("mtt-vl", 200): "earlier-world",  # 51.2 ± 0.1 (7 min) against official-world-lrs 43.5 ± 1.6 (114 min)
 }
 # MTT-VL's official loop puts the whole set in every inner step; at 200 and 500 pairs that is 2.8 and
 # ~7 s an iteration here (3,000 iterations: hours a set). The world's official candidates cap it at
