@@ -257,35 +257,20 @@ def _scan(source: CorpusSource, kind: str, find_bad, engine: EngineConfig | Engi
     if kind == "tar":
         spec = canonical_spec(source.spec)
         got = scan_webdataset(spec, find_bad)
-        summary = CorpusSummary(
-            spec,
-            got.fingerprint,
-            got.pair_image,
-            got.n_images,
-            load,
-            skipped=got.skipped,
-            read_ref=read_member,
-            skip_bad=source.skip_bad,
-        )
-        return _streamed(summary, got, wds_stream)
+        return _summarised(spec, got, load, source, wds_stream, read_ref=read_member)
     if kind == "parquet":
         options = source.options()
         spec, columns = canonical_spec(source.spec), {k: options.get(k) for k in ("image_column", "caption_column")}
         scanned = scan_parquet(spec, **columns, find_bad=find_bad)
-        summary = CorpusSummary(
-            spec,
-            scanned.fingerprint,
-            scanned.pair_image,
-            scanned.n_images,
-            load=load,
-            skipped=scanned.skipped,
-            read_ref=ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"]),
-            **columns,
-            skip_bad=source.skip_bad,
-        )
-        return _streamed(summary, scanned, parquet_stream)
+        read_ref = ParquetRows(columns["image_column"] or IMAGE_COLUMN["parquet"])
+        return _summarised(spec, scanned, load, source, parquet_stream, read_ref=read_ref, **columns)
     got = scan_manifest(canonical_spec(source.spec), find_bad=find_bad)
-    spec = str(manifest_file(canonical_spec(source.spec)))
+    return _summarised(str(manifest_file(canonical_spec(source.spec))), got, load, source, jsonl_stream)
+
+
+def _summarised(spec: str, got, load, source: CorpusSource, stream, **extra) -> CorpusSummary:
+    """The summary of a format's scan ``got`` (its fingerprint, pairs, images and skipped messages),
+    streamed again by ``stream``; ``extra``: the format's own summary fields."""
     summary = CorpusSummary(
         spec,
         got.fingerprint,
@@ -294,8 +279,9 @@ def _scan(source: CorpusSource, kind: str, find_bad, engine: EngineConfig | Engi
         load=load,
         skipped=got.skipped,
         skip_bad=source.skip_bad,
+        **extra,
     )
-    return _streamed(summary, got, jsonl_stream)
+    return _streamed(summary, got, stream)
 
 
 def _streamed(summary: CorpusSummary, scan, stream_of) -> CorpusSummary:
