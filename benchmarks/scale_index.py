@@ -2,7 +2,8 @@
 it, and reading the captions of a few pairs from the index in a process that never loads the corpus.
 
     python -m benchmarks.scale_index [--pairs 100000] [--format jsonl] [--read 500] [--shard-size 4096]
-                                     [--stages] [--budget 500] [--steps 5]
+                                     [--stages] [--budget 500] [--steps 5] [--models default|quick|DIR]
+                                     [--engine local|ray] [--workers N] [--stages-only] [--corpus-dir DIR]
 
 A scale corpus (``benchmarks.scale_corpus``, seed 0) of ``--pairs`` pairs is written to a temporary
 folder (its seconds reported apart). Each stage then runs in a fresh spawned process, which reports
@@ -12,13 +13,22 @@ followed by ``build_corpus_index`` into a new folder; (2) ``CorpusIndex(folder).
 ``--read`` random pairs, checked against the captions the load saw; (3) ``scan_source``, the pass
 ``distill`` and ``coreset`` make before they know the store is complete (a JSONL manifest, parquet
 files or webdataset shards streamed, no caption held; other formats loaded whole), checked to give
-the load's fingerprint. With ``--stages``, then (4) ``protosynth embed`` (the shipped small CLIP, the local
-engine; it writes the store and the corpus index beside it) and (5) ``protosynth distill --budget``
-(``--steps`` render steps: rendering costs the budget, not the corpus) on the same corpus and cache,
-each a fresh process: the driver's wall seconds and peak RSS, and distill's per-stage seconds from
-its manifest.
+the load's fingerprint. With ``--stages``, then (4) ``protosynth embed`` (it writes the store and the
+corpus index beside it) and (5) ``protosynth distill --budget`` (``--steps`` render steps: rendering
+costs the budget, not the corpus) on the same corpus and cache, each a fresh process: the driver's
+wall seconds and peak RSS, and distill's per-stage seconds from its manifest. ``--stages-only`` skips
+(1)-(3), whose whole load is the path the stages no longer take (gigabytes at 10M pairs).
 
-Writes ``benchmarks/results/scale_index-{format}-{pairs}.json`` and ``.md``.
+``--models``: the CLIP and decoder of the stages: the shipped small ones (``default``), a ``protosynth
+models train`` folder, or ``quick``: a tiny CLIP (``ps-tiny-clip``) and decoder trained for a minute
+on 300 world images into the work folder, so that embedding 10M pairs is cheap (the driver's costs do
+not depend on the CLIP's width; its per-pair time does). ``--engine ray --workers N`` runs both stages
+on a local Ray instance. ``--corpus-dir`` keeps the corpus and the cache (the store) there instead of
+a temporary folder: a second run reuses the corpus (written once, marked complete) and a killed
+``embed`` resumes from its finished shards.
+
+Writes ``benchmarks/results/scale_index-{format}-{pairs}[-stages[-{engine}{workers}][-{models}]].json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -31,9 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.scale_corpus import write_scale_corpus
+from protosynth.configs import ClipTrainConfig, ModelsTrainConfig
+from protosynth.corpora.source import CorpusSource
+from protosynth.training.small_models import train_models
 from protosynth.util.files import git_commit, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,28 +129,24 @@ def _child(script: str, *args: str) -> dict:
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{done.stderr}")
-    return json.loads(done.stdout.splitlines()[-1])
+    result = json.loads(done.stdout.splitlines()[-1])
+    if result.get("exit", 0) != 0:
+        raise RuntimeError(f"protosynth {args[0]} exited with {result['exit']}:\n{done.stderr[-2000:]}")
+    return result
 
 
-def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dict:
-    started = time.perf_counter()
-    made = write_scale_corpus(work / "corpus", pairs, seed=0, formats=(fmt,))
-    generate = time.perf_counter() - started
-    build = _child(BUILD, getattr(made, fmt), str(work / "index"), str(shard_size), str(read))
+def measure(spec: str, read: int, shard_size: int, work: Path) -> dict:
+    build = _child(BUILD, spec, str(work / "index"), str(shard_size), str(read))
     sample, expected = build.pop("sample"), build.pop("captions")
     got = _child(READ, str(work / "index"), json.dumps(sample))
     if got.pop("captions") != expected:
         raise RuntimeError("the index's captions differ from the loaded corpus's")
-    scan = _child(SCAN, getattr(made, fmt))
+    scan = _child(SCAN, spec)
     if scan.pop("fingerprint") != build.pop("fingerprint"):
         raise RuntimeError("the scan's fingerprint differs from the load's")
     index_bytes = sum(p.stat().st_size for p in (work / "index").iterdir())
     return {
-        "spec": getattr(made, fmt),
-        "format": fmt,
-        "shard_size": shard_size,
         "read_pairs": len(sample),
-        "generate_seconds": generate,
         "index_bytes": index_bytes,
         "build": build,
         "read": got,
@@ -144,20 +154,74 @@ def measure(pairs: int, fmt: str, read: int, shard_size: int, work: Path) -> dic
     }
 
 
-def measure_stages(spec: str, budget: int, steps: int, shard_size: int, work: Path) -> dict:
+@dataclass(frozen=True)
+class Stages:
+    """How ``--stages`` runs: the budget and render steps, the models' flags, the engine's flags."""
+
+    budget: int = 500
+    steps: int = 5
+    models: str = "default"
+    model_flags: tuple[str, ...] = ()
+    engine: str = "local"
+    workers: int = 1
+
+    def engine_flags(self) -> list[str]:
+        return ["--engine", "ray", "--workers", str(self.workers)] if self.engine == "ray" else []
+
+
+def measure_stages(spec: str, stages: Stages, shard_size: int, cache: Path, work: Path) -> dict:
     """``embed`` then ``distill --budget`` on ``spec`` through the command line, each a fresh process
     sharing one cache (distill reads the store and the index embed wrote)."""
-    os.environ["PROTOSYNTH_CACHE"] = str(work / "cache")
-    embed = _child(STAGE, "embed", "--corpus", spec, "--shard-size", str(shard_size))
+    os.environ["PROTOSYNTH_CACHE"] = str(cache)
+    clip = list(stages.model_flags[:2])  # embed takes the CLIP alone
+    embed = _child(STAGE, "embed", "--corpus", spec, "--shard-size", str(shard_size), *clip, *stages.engine_flags())
     out = work / "set"
-    args = ["distill", "--corpus", spec, "--budget", str(budget), "--steps", str(steps), "--out", str(out)]
-    distill = _child(STAGE, *args)  # finds embed's store (its key holds no shard size) and its index
-    for name, run in (("embed", embed), ("distill", distill)):
-        if run["exit"] != 0:
-            raise RuntimeError(f"{name} exited with {run['exit']}")
+    args = ["distill", "--corpus", spec, "--budget", str(stages.budget), "--steps", str(stages.steps)]
+    args += ["--out", str(out)]
+    # distill finds embed's store (its key holds no shard size) and its index
+    distill = _child(STAGE, *args, *stages.model_flags, *stages.engine_flags())
     manifest = json.loads((out / "manifest.json").read_text())
-    seconds = manifest["seconds"]
-    return {"embed": embed, "distill": distill, "distill_seconds": seconds, "budget": budget, "steps": steps}
+    return {
+        "embed": embed,
+        "distill": distill,
+        "distill_seconds": manifest["seconds"],
+        **{k: v for k, v in asdict(stages).items() if k != "model_flags"},
+    }
+
+
+def scale_corpus(pairs: int, fmt: str, folder: Path) -> dict:
+    """The scale corpus under ``folder`` (its spec, pairs, images and the seconds writing it took):
+    written once and marked complete (``complete.json``), then reused; a folder without the mark is
+    refused, since a killed write leaves a corpus short of pairs."""
+    out = folder / f"corpus-{pairs}-{fmt}"
+    mark = out / "complete.json"
+    if mark.is_file():
+        return dict(json.loads(mark.read_text()), reused=True)
+    if out.exists():
+        raise SystemExit(f"--corpus-dir: {out} holds an unfinished corpus (no complete.json); remove it and rerun")
+    started = time.perf_counter()
+    made = write_scale_corpus(out, pairs, seed=0, formats=(fmt,))
+    seconds = time.perf_counter() - started
+    made_doc = {"spec": getattr(made, fmt), "pairs": made.n_pairs, "images": made.n_images, "seconds": seconds}
+    write_text_atomic(mark, json.dumps(made_doc) + "\n")
+    return dict(made_doc, reused=False)
+
+
+def model_flags(models: str, folder: Path) -> tuple[str, ...]:
+    """The ``--clip``/``--decoder`` flags of ``--models``; ``quick`` trains its tiny pair into ``folder``
+    once (reused when both parts are there)."""
+    if models == "default":
+        return ()
+    if models == "quick":
+        path = folder / "models-quick"
+        parts = (path / "clip" / "open_clip_config.json", path / "decoder" / "model_index.json")
+        if not all(part.is_file() for part in parts):
+            clip = ClipTrainConfig(arch="ps-tiny-clip", steps=60, batch_size=64, checkpoint_every=20)
+            cfg = ModelsTrainConfig(corpus=CorpusSource("shapes,n=300"), quick=True, clip=clip)
+            train_models(cfg, path, command="python -m benchmarks.scale_index --models quick")
+    else:
+        path = Path(models)
+    return ("--clip", f"small:{path}", "--decoder", f"small:{path}")
 
 
 def _row(stage: str, seconds: float, peak: int, child: dict) -> str:
@@ -167,38 +231,52 @@ def _row(stage: str, seconds: float, peak: int, child: dict) -> str:
 
 def _markdown(r: dict) -> list[str]:
     mib = 1 << 20
-    b, g, s = r["build"], r["read"], r["scan"]
-    return [
-        f"# Corpus index at {b['pairs']:,} pairs ({b['images']:,} images, {r['format']}, shards of "
+    c = r["corpus"]
+    made = "reused from --corpus-dir" if c["reused"] else f"generated in {c['seconds']:.1f} s"
+    lines = [
+        f"# Corpus index at {c['pairs']:,} pairs ({c['images']:,} images, {r['format']}, shards of "
         f"{r['shard_size']} images)",
         "",
-        "| stage (fresh process) | seconds | peak RSS MiB | peak over the imports' RSS, MiB |",
-        "| --- | ---: | ---: | ---: |",
-        _row("load_corpus (the whole corpus)", b["load_seconds"], b["load_peak_rss"], b),
-        _row("build_corpus_index (after that load)", b["build_seconds"], b["build_peak_rss"], b),
-        _row(f"CorpusIndex.captions of {r['read_pairs']} pairs", g["read_seconds"], g["read_peak_rss"], g),
-        _row("scan_source (distill's and coreset's pass)", s["scan_seconds"], s["scan_peak_rss"], s),
-        "",
-        f"RSS after the imports (protosynth, numpy, pyarrow): {b['rss_after_imports'] / mib:.0f} MiB.",
-        f"Index on disk: {r['index_bytes'] / mib:.1f} MiB. Corpus generated in {r['generate_seconds']:.1f} s.",
-        f"Machine: {r['machine']}; commit {r['commit']}; `{r['command']}`.",
+    ]
+    if "build" in r:
+        b, g, s = r["build"], r["read"], r["scan"]
+        lines += [
+            "| stage (fresh process) | seconds | peak RSS MiB | peak over the imports' RSS, MiB |",
+            "| --- | ---: | ---: | ---: |",
+            _row("load_corpus (the whole corpus)", b["load_seconds"], b["load_peak_rss"], b),
+            _row("build_corpus_index (after that load)", b["build_seconds"], b["build_peak_rss"], b),
+            _row(f"CorpusIndex.captions of {r['read_pairs']} pairs", g["read_seconds"], g["read_peak_rss"], g),
+            _row("scan_source (distill's and coreset's pass)", s["scan_seconds"], s["scan_peak_rss"], s),
+            "",
+            f"RSS after the imports (protosynth, numpy, pyarrow): {b['rss_after_imports'] / mib:.0f} MiB.",
+            f"Index on disk: {r['index_bytes'] / mib:.1f} MiB.",
+        ]
+    return [
+        *lines,
+        f"Corpus {made}. Machine: {r['machine']}; commit {r['commit']}; `{r['command']}`.",
         *(_stage_rows(r["stages"]) if "stages" in r else []),
     ]
+
+
+MODELS = {"default": "shipped small CLIP and decoder", "quick": "tiny CLIP and decoder (`--models quick`)"}
 
 
 def _stage_rows(st: dict) -> list[str]:
     e, d = st["embed"], st["distill"]
     parts = ", ".join(f"{k} {v:.2f}" for k, v in st["distill_seconds"].items())
+    engine = "local engine" if st["engine"] == "local" else f"Ray, {st['workers']} workers"
+    models = MODELS.get(st["models"], f"models `{st['models']}`")
+    per_pair = 1000 * e["seconds"] / st["pairs"]
     return [
         "",
-        f"## The stages' driver (local engine, shipped small CLIP, budget {st['budget']}, {st['steps']} render steps)",
+        f"## The stages' driver ({engine}, {models}, budget {st['budget']}, {st['steps']} render steps)",
         "",
         "| command (fresh process, torch imported inside) | wall s | peak RSS MiB | peak over the imports' RSS, MiB |",
         "| --- | ---: | ---: | ---: |",
         _row("protosynth embed (store + corpus index)", e["seconds"], e["peak_rss"], e),
         _row(f"protosynth distill --budget {st['budget']}", d["seconds"], d["peak_rss"], d),
         "",
-        f"distill's stages (manifest seconds): {parts}.",
+        f"embed: {per_pair:.3f} ms a pair. distill's stages (manifest seconds): {parts}.",
     ]
 
 
@@ -209,26 +287,48 @@ def main() -> None:
     parser.add_argument("--read", type=int, default=500)
     parser.add_argument("--shard-size", type=int, default=4096)
     parser.add_argument("--stages", action="store_true", help="also time protosynth embed and distill")
+    parser.add_argument("--stages-only", action="store_true", help="--stages without the whole load, index and scan")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--work", type=Path, default=None, help="folder for the corpus (default: a temporary one)")
+    parser.add_argument("--models", default="default", help="default, quick (tiny, trained here) or a models folder")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --engine ray)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for temporary files (default: the system's)")
+    parser.add_argument("--corpus-dir", type=Path, default=None, help="keep the corpus, cache and models here")
     args = parser.parse_args()
+    stages = args.stages or args.stages_only
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        result = measure(args.pairs, args.format, args.read, args.shard_size, Path(work))
-        if args.stages:
-            result["stages"] = measure_stages(result.pop("spec"), args.budget, args.steps, args.shard_size, Path(work))
-        result.pop("spec", None)  # a temporary path
+        keep = args.corpus_dir or Path(work)
+        corpus = scale_corpus(args.pairs, args.format, keep)
+        result = {"format": args.format, "shard_size": args.shard_size, "corpus": corpus}
+        if not args.stages_only:
+            result.update(measure(corpus["spec"], args.read, args.shard_size, Path(work)))
+        if stages:
+            flags = model_flags(args.models, keep)
+            run = Stages(args.budget, args.steps, args.models, flags, args.engine, args.workers)
+            result["stages"] = dict(
+                measure_stages(corpus["spec"], run, args.shard_size, keep / "cache", Path(work)), pairs=corpus["pairs"]
+            )
+    corpus.pop("spec")  # a path of this machine
     result.update(
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         commit=git_commit(),
         command="python -m benchmarks.scale_index " + " ".join(sys.argv[1:]),
     )
     RESULTS.mkdir(exist_ok=True)
-    name = f"scale_index-{args.format}-{args.pairs}" + ("-stages" if args.stages else "")
-    write_text_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    write_text_atomic(RESULTS / f"{result_name(args)}.json", json.dumps(result, indent=1) + "\n")
     text = "\n".join(_markdown(result)) + "\n"
-    write_text_atomic(RESULTS / f"{name}.md", text)
+    write_text_atomic(RESULTS / f"{result_name(args)}.md", text)
     print(text)
+
+
+def result_name(args: argparse.Namespace) -> str:
+    """``scale_index-{format}-{pairs}``, then what the stages ran with where it is not the default."""
+    name = f"scale_index-{args.format}-{args.pairs}"
+    if args.stages or args.stages_only:
+        name += "-stages" + (f"-ray{args.workers}" if args.engine == "ray" else "")
+        name += "" if args.models == "default" else f"-{args.models if args.models == 'quick' else 'models'}"
+    return name
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.scale_corpus import write_scale_corpus
+from benchmarks.scale_index import scale_corpus
 from protosynth.corpora.source import CorpusSource
 from protosynth.corpus import load_source
 
@@ -56,3 +57,16 @@ def test_a_folder_already_written_is_refused(tmp_path):
     write_scale_corpus(tmp_path / "c", 3, formats=("jsonl",))
     with pytest.raises(FileExistsError):
         write_scale_corpus(tmp_path / "c", 3, formats=("jsonl",))
+
+
+def test_scale_index_writes_its_corpus_once_and_refuses_an_unfinished_one(tmp_path):
+    """``--corpus-dir``: a second run reuses the marked corpus; a folder without the mark (a killed
+    write) is refused rather than measured short of pairs."""
+    first = scale_corpus(6, "jsonl", tmp_path)
+    again = scale_corpus(6, "jsonl", tmp_path)
+    assert (first["reused"], again["reused"]) == (False, True)
+    assert {k: v for k, v in again.items() if k != "reused"} == {k: v for k, v in first.items() if k != "reused"}
+    assert load_source(CorpusSource(again["spec"])).n_pairs == 6
+    (tmp_path / "corpus-6-jsonl" / "complete.json").unlink()
+    with pytest.raises(SystemExit, match="unfinished corpus"):
+        scale_corpus(6, "jsonl", tmp_path)
