@@ -124,10 +124,13 @@ DEFAULT_STRENGTH = 0.3
 DEFAULT_CAPTION = {"nearest": "start", "composite": "start", "tile": "start", "noise": "prototype"}
 # the text rule by budget, chosen on val (benchmarks/results/world_val.md): the members' mean won at 100
 # pairs, the start image's captions at 200 and 500; renders from noise have no start image, and the
-# members' mean beat one caption for them at 100 and 200 (500 not measured)
+# members' mean beat one caption for them at 100 and 200 (500 not measured); a selection (a render's
+# start image, not rendered) chose as renders from it do: members at 100, image at 200 and 500
+# (benchmarks/results/world_val_readings.md)
 MEMBERS_TEXT_MAX_BUDGET = 100
 NOISE_MEMBERS_TEXT_MAX_BUDGET = 200
 RULE_FITTED_ON = "fitted on the world's val split (benchmarks/results/world_val.md)"
+SELECT_RULE_FITTED_ON = "fitted on the world's val split (benchmarks/results/world_val_readings.md)"
 
 
 class TextChooser(Protocol):
@@ -199,12 +202,11 @@ def caption_rule(cfg: DistillConfig, render: RenderConfig) -> str:
 
 def text_rule(cfg: DistillConfig, render: RenderConfig) -> str:
     """The text rule a run uses: the one asked for, else by budget and by how renders start (see
-    ``MEMBERS_TEXT_MAX_BUDGET``); a selection keeps its real captions."""
+    ``MEMBERS_TEXT_MAX_BUDGET``); a selection reads as a render from its image does (its val row chose
+    the same readings)."""
     if cfg.text is not None:
         return cfg.text
-    if cfg.method != "pds":
-        return "captions"
-    if render.init == "nearest":
+    if cfg.method != "pds" or render.init == "nearest":
         return "members" if cfg.budget <= MEMBERS_TEXT_MAX_BUDGET else "image"
     return "members" if cfg.budget <= NOISE_MEMBERS_TEXT_MAX_BUDGET else "captions"
 
@@ -216,7 +218,7 @@ def text_choice(cfg: DistillConfig, render: RenderConfig) -> dict:
     if cfg.text is not None:
         return {"text": text, "chosen_by": "given"}
     if cfg.method != "pds":
-        rule = "a selection keeps its real captions"
+        rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {SELECT_RULE_FITTED_ON}"
     elif render.init == "nearest":
         rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {RULE_FITTED_ON}"
     elif render.init in MEMBER_STARTS:  # no one image to read: the rule of renders from noise

@@ -29,7 +29,7 @@ from protosynth.choose import (
 )
 from protosynth.cli.main import app
 from protosynth.configs import TextChoiceConfig
-from protosynth.distill import DistillConfig, variant_config
+from protosynth.distill import SELECT_RULE_FITTED_ON, DistillConfig, variant_config
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
 from protosynth.render import RenderConfig
@@ -134,8 +134,9 @@ def test_a_rerun_is_byte_identical(chosen, quick_models, tiny_backbone, tmp_path
 def test_without_val_the_manifest_says_the_fixed_rule_chose(quick_models, tmp_path):
     out = distill_on_val(make_cfg(quick_models, tmp_path / "rule", method="select"), TextChoiceConfig())[0]
     ev = load_distilled(out).manifest["evaluation"]
-    assert ev == {"text": "captions", "chosen_by": "rule", "rule": "a selection keeps its real captions"}
-    assert "- chosen by a fixed rule: a selection keeps its real captions" in (out / "README.md").read_text()
+    rule = "members up to 100 pairs, image above, " + SELECT_RULE_FITTED_ON
+    assert ev == {"text": "members", "chosen_by": "rule", "rule": rule}
+    assert f"- chosen by a fixed rule: {rule}" in (out / "README.md").read_text()
 
 
 def test_a_selection_chooses_among_its_readings_too(quick_models, tiny_backbone, tmp_path):

@@ -440,7 +440,9 @@ def test_default_text_rule_by_budget_and_start():
     noise_limit = distill_module.NOISE_MEMBERS_TEXT_MAX_BUDGET
     assert rule(DistillConfig(budget=noise_limit), noise) == "members"
     assert rule(DistillConfig(budget=noise_limit + 1), noise) == "captions"
-    assert rule(DistillConfig(budget=10, method="select"), near) == "captions"  # a selection keeps real captions
+    for start in (near, noise):  # a selection reads as a render from its image, however renders would start
+        assert rule(DistillConfig(budget=limit, method="select"), start) == "members"
+        assert rule(DistillConfig(budget=limit + 1, method="select"), start) == "image"
     assert rule(DistillConfig(budget=10, text="captions"), near) == "captions"
     assert rule(DistillConfig(budget=900, text="members"), noise) == "members"
 
