@@ -29,6 +29,7 @@ install: $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/protosynth distill --budget 500 --force
+	$(BIN)/protosynth distill --budget 500 --method pds --force
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

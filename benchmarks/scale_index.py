@@ -176,8 +176,8 @@ def measure_stages(spec: str, stages: Stages, shard_size: int, cache: Path, work
     clip = list(stages.model_flags[:2])  # embed takes the CLIP alone
     embed = _child(STAGE, "embed", "--corpus", spec, "--shard-size", str(shard_size), *clip, *stages.engine_flags())
     out = work / "set"
-    args = ["distill", "--corpus", spec, "--budget", str(stages.budget), "--steps", str(stages.steps)]
-    args += ["--out", str(out)]
+    args = ["distill", "--corpus", spec, "--budget", str(stages.budget), "--method", "pds"]
+    args += ["--steps", str(stages.steps), "--out", str(out)]  # rendered: the stage costs the budget
     # distill finds embed's store (its key holds no shard size) and its index
     distill = _child(STAGE, *args, *stages.model_flags, *stages.engine_flags())
     manifest = json.loads((out / "manifest.json").read_text())

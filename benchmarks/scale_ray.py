@@ -243,7 +243,7 @@ def measure_render(images: int, budget: int, work: Path) -> dict:
     """Seconds per rendered image of the default ``distill`` (its manifest's render stage) on a world
     corpus of ``images`` images, the shipped decoder, one torch thread."""
     with _one_torch_thread():
-        out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, out=work / "render"))
+        out = distill(DistillConfig(corpus=f"shapes,n={images}", budget=budget, method="pds", out=work / "render"))
     seconds = json.loads((out / "manifest.json").read_text())["seconds"]["render"]
     return {
         "corpus_images": images,

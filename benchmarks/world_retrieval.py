@@ -39,6 +39,7 @@ from pathlib import Path
 from protosynth.baselines.compare import CompareConfig, compare_baselines
 from protosynth.baselines.configs import CORESETS, OPTIMISATION
 from protosynth.baselines.presets import WORLD_CANDIDATES, WORLD_CHOICE, preset_budget
+from protosynth.configs import DistillConfig
 from protosynth.corpora.source import CorpusSource
 from protosynth.util.files import atomic_path, git_commit, write_text_atomic
 
@@ -48,6 +49,8 @@ READINGS = ("members", "image", "captions")
 # a method's own recipes (DD-Ranking: with and without its soft labels and learned lrs) read its own
 # text ("auto"): the protocol's table already reads every set every way
 OWN_RECIPES = ("own", "soft-labels", "learned-lrs")
+# the method `distill` runs by default: its val-chosen reading is every row's headline reading
+DEFAULT = DistillConfig().method
 METHODS = (*CORESETS, "select", "pds", "pds-published", *OPTIMISATION, "full")
 
 
@@ -58,8 +61,9 @@ def val_choices(results: Path, budget: int, methods: tuple[str, ...] = METHODS) 
     if budget in readings.get("not_run", []) or not any(r["budget"] == budget for r in readings["rows"]):
         raise SystemExit(f"{results / 'world_val_readings.json'}: no reading chosen at {budget} pairs on val yet")
     chosen = {r["method"]: r["chosen"] for r in readings["rows"] if r["budget"] == budget}
-    if "pds" not in chosen:
-        raise SystemExit(f"{results / 'world_val_readings.json'}: the default (pds) has no reading at {budget} pairs")
+    if DEFAULT not in chosen:
+        where = results / "world_val_readings.json"
+        raise SystemExit(f"{where}: no reading of the default ({DEFAULT}) at {budget} pairs")
     presets = _read(results / "baseline_presets_val.json")
     for method in (m for m in OPTIMISATION if m in methods):
         _check_preset(presets, method, budget, results / "baseline_presets_val.json")
@@ -141,7 +145,7 @@ def summarise(budget: int, doc: dict, chosen: dict[str, str]) -> list[dict]:
     (a baseline under its own learned text, which is what it makes, with its images under the default's
     reading beside it), under its own val-chosen reading, the gain over random pairs and the cost."""
     tables = {t["text"]: {r["method"]: r for r in t["methods"]} for t in doc["tables"] if t["recipe"] == "protocol"}
-    headline = chosen["pds"]
+    headline = chosen[DEFAULT]
     rows = []
     for method, at_headline in tables[headline].items():
         main, read = at_headline, headline
@@ -195,7 +199,7 @@ def markdown(doc: dict) -> str:
         f"Command: `{doc['command']}` (commit {doc['commit'][:12]}). r_mean, mean ± sample std over set seeds "
         f"{doc['seeds']} x {doc['repeats']} repeats, percent. Every choice was made on shapes:val before this "
         "run: the readings (world_val_readings.md) and the baselines' world presets (baseline_presets_val.md). "
-        "Headline reading: the one val chose for the default (`pds`), for every method; a baseline's r_mean is "
+        f"Headline reading: the one val chose for the default (`{DEFAULT}`), for every method; a baseline's r_mean is "
         "its own learned text (what it makes), its images read the headline way beside it. Every reading: "
         "compare_world_b<budget>.md; the methods' own recipes: compare_world_b<budget>_own.md.",
         "",
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     choices = {b: val_choices(args.results, b, methods) for b in budgets}  # every budget checked before any work
     started, by_budget = time.time(), {}
     for i, budget in enumerate(budgets):
-        headline = choices[budget]["pds"]
+        headline = choices[budget][DEFAULT]
         compared = run_budget(budget, args, headline, command)
         rows = summarise(budget, compared, choices[budget])
         by_budget[str(budget)] = {"headline": headline, "rows": rows, "render_gain": render_gain(compared)}

@@ -206,7 +206,8 @@ FP16_HELP = (
     ],
 )
 def distill(budget: str, **values) -> None:
-    """Distil a corpus into BUDGET synthetic pairs with prototype-guided synthesis (PDS)."""
+    """Distil a corpus into BUDGET pairs on its CLIP prototypes: each prototype's nearest real pair
+    (the default), or an image rendered for each (--method pds)."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .configs import DistillConfig, EvalConfig, TextChoiceConfig
+from .configs import DEFAULT_METHOD, DistillConfig, EvalConfig, TextChoiceConfig
 from .corpora.source import CorpusReading, as_source
 from .corpus import Corpus, load_source
 from .distill import DEFAULT_STRENGTH, distill_budgets
@@ -65,8 +65,8 @@ LOWER_STRENGTH = DEFAULT_STRENGTH / 2
 # (its start from the nearest member at DEFAULT_STRENGTH)
 RENDER_CANDIDATES = (
     ("select", {"method": "select"}),
-    (f"nearest-{LOWER_STRENGTH}", {"render.strength": LOWER_STRENGTH}),
-    (f"nearest-{DEFAULT_STRENGTH}", {}),
+    (f"nearest-{LOWER_STRENGTH}", {"method": "pds", "render.strength": LOWER_STRENGTH}),
+    (f"nearest-{DEFAULT_STRENGTH}", {"method": "pds"}),
 )
 RENDER_RULE = "cheapest within the leader's noise (larger std over the val repeats)"
 
@@ -121,7 +121,7 @@ def check_render_open(cfg: DistillConfig) -> None:
     must be left open: a value given would be overridden by every candidate but one."""
     given = [
         str(p)
-        for p, value in ((P.method, cfg.method != "pds"), (P.render.strength, cfg.render.strength is not None))
+        for p, value in ((P.method, cfg.method != DEFAULT_METHOD), (P.render.strength, cfg.render.strength is not None))
         if value
     ]
     if cfg.render.init not in (None, "nearest"):
@@ -146,6 +146,8 @@ def distill_on_val(
     check_choice(cfg, choice)
     if choice.val is None:
         return distill_budgets(cfg, budgets, command)
+    if "render" in choice.val_choose:  # its render settings are the rendered candidates' (a selection drops them)
+        cfg = replace(cfg, method="pds")
     return distill_budgets(cfg, budgets, command, chooser=ValChooser(cfg, choice))
 
 

@@ -47,6 +47,7 @@ SOFT_LABELS = ("none", "clip", "members")
 DEFAULT_SOFT_TEMPERATURE = {"clip": 0.25, "members": 0.05}
 MODES = ("matched", "joint", "image", "text")  # prototype modes (DistillConfig.mode)
 METHODS = ("pds", "select")  # DistillConfig.method
+DEFAULT_METHOD = "select"
 CAPTION_RULES = ("prototype", "render", "start")  # DistillConfig.caption
 TEXT_RULES = ("captions", "members", "image", "prototype")  # DistillConfig.text
 # the PDS authors' clustering rules (clustering.PrototypeConfig): protosynth's default first, then the PDS code's
@@ -291,11 +292,13 @@ class DistillConfig(ReadsCorpus):
         "auto", help="Decoder weights: auto (float16 on CUDA for the published decoders), float32, float16, bfloat16."
     )
     mode: str = opt("matched", help="Prototype mode: matched (PDS), joint, image or text.")
-    # "select": each prototype's nearest real member pair, nothing rendered
+    # DEFAULT_METHOD: each prototype's nearest real member pair, nothing rendered ("select"), chosen on
+    # val over rendering ("pds"), whose render gain stayed inside the noise (docs/evaluation.md)
     method: str = opt(
-        "pds",
-        help="pds (default: render each prototype) or select (keep each prototype's nearest real member pair; "
-        "nothing rendered).",
+        DEFAULT_METHOD,
+        help="select (default: keep each prototype's nearest real member pair, nothing rendered; it scored with "
+        "or above rendering on the world's val split at 100, 200 and 500 pairs) or pds (render an image for "
+        "each prototype with the decoder).",
     )
     # the caption paired with each render: "prototype" (PDS), "render" or, with a start image, "start"
     # (the caption of the member the render started from, or of a composite's or tile's most central
@@ -462,7 +465,11 @@ class DistillConfig(ReadsCorpus):
         given += [f"render.{n}" for n in RENDER_SETTINGS if getattr(self.render, n) != getattr(unset_render, n)]
         if given:
             names = ", ".join(str(Param(name)) for name in given)
-            raise ProtosynthError(f"{P.method('select')} renders nothing: {names} do not apply", param="method")
+            raise ProtosynthError(
+                f"{P.method('select')} (the default) renders nothing: {names} do not apply; pass {P.method('pds')} to "
+                "render",
+                param="method",
+            )
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """The main job: corpus -> embeddings -> prototypes -> renders -> distilled set (PDS, training-free).
 
+By default (``DEFAULT_METHOD``, ``method="select"``) the render stage is skipped: each prototype keeps
+its nearest real member pair, which scored with or above the renders on the world's val split at
+every budget (docs/evaluation.md); ``method="pds"`` renders an image for each prototype.
+
 ``distill(DistillConfig(...))`` runs the four stages, each a module of its own, and writes the set
 with its manifest (every setting, per-stage seconds, peak memory, render fidelity, file hashes).
 ``distill_budgets(cfg, [100, 200, 500])`` writes one set per budget from one load and one
@@ -30,8 +34,9 @@ Three levers act on each synthetic pair (``docs/protocols.md`` has PDS's own rul
 - ``soft_labels``: ``none`` (default) or ``clip``, a similarity matrix between the set's pairs from their
   prototypes' CLIP cosines, stored as LoRS stores its S (``protosynth.soft_labels``), so the own and
   soft-labels recipes of ``eval retrieval`` train on it with weighted BCE; the protocol's recipe ignores it.
-- ``method="select"`` renders nothing: each prototype's nearest real member pair, with its own caption
-  (a training-free coreset on the same prototypes, and the start image of ``render.init="nearest"``).
+- ``method="select"`` (the default) renders nothing: each prototype's nearest real member pair, with its
+  own caption (a training-free coreset on the same prototypes, and the start image of
+  ``render.init="nearest"``).
 
 The CLIP and the decoder come as a pair: a decoder declares the CLIP space it was trained on, and
 ``clip=None`` takes the CLIP it names (``sd-unclip-small`` -> ``ViT-L-14-quickgelu:openai``).
@@ -53,6 +58,7 @@ import torch.nn.functional as F
 from .configs import (  # noqa: F401 (re-exported: their public home)
     CAPTION_RULES,
     DEFAULT_CENTRAL,
+    DEFAULT_METHOD,
     IMAGE_STARTS,
     MEMBER_STARTS,
     METHODS,
@@ -153,18 +159,18 @@ class TextChooser(Protocol):
 
 
 def apply_preset(cfg: DistillConfig) -> DistillConfig:
-    """``cfg`` with its preset's settings filled in where unset; a setting given otherwise is an error."""
+    """``cfg`` with its preset's settings filled in where unset; a setting given otherwise is an error.
+    Every preset renders, so it sets ``method`` to ``pds`` over the default ``select``."""
     if cfg.preset is None:
         return cfg
     if cfg.preset not in PRESETS:
         raise ProtosynthError(f"unknown {P.preset} {cfg.preset!r}: use {' or '.join(PRESETS)}")
-    if cfg.method != "pds" or cfg.mode != "matched":
+    if cfg.mode != "matched":
         raise ProtosynthError(
-            f"{P.preset} {cfg.preset} renders matched prototypes: it needs the default "
-            f"{P.method('pds')} and {P.mode('matched')}",
+            f"{P.preset} {cfg.preset} renders matched prototypes: it needs the default {P.mode('matched')}",
             param="preset",
         )
-    top, render = {}, {}
+    top, render = {"method": "pds"}, {}  # a preset is a way to render: it takes pds whatever the default
     for name, value in PRESETS[cfg.preset].items():
         field_name = name.removeprefix("render.")
         holder, into = (cfg.render, render) if name.startswith("render.") else (cfg, top)
@@ -250,7 +256,7 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
 
 
 def set_name(cfg: DistillConfig) -> str:
-    method = "" if cfg.method == "pds" else f"-{cfg.method}"
+    method = "" if cfg.method == DEFAULT_METHOD else f"-{cfg.method}"
     return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.preset or cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 

@@ -373,9 +373,10 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading(tmp_path):
             {"recipe": "own", "text": "members", "methods": [row("pds", 99.0), row("select", 0.0), unsupported]},
         ]
     }
-    rows = world_retrieval.summarise(100, doc, {"pds": "members", "select": "image"})
+    # the headline reading is the default's (select's), every method's own beside it
+    rows = world_retrieval.summarise(100, doc, {"select": "members", "pds": "image"})
     by = {r["method"]: r for r in rows}
-    assert by["pds"]["r_mean"]["mean"] == 31.0 and by["select"]["r_mean_own_reading"]["mean"] == 41.5
+    assert by["pds"]["r_mean"]["mean"] == 31.0 and by["pds"]["r_mean_own_reading"]["mean"] == 40.0
     assert by["lors"]["reading"] == "own learned text" and by["lors"]["r_mean"]["mean"] == 33.0
     assert by["full"]["reading"] == "every caption" and by["full"]["r_mean"]["mean"] == 92.0
     # not under auto: there each set reads its own rule, so pds and select read different text

@@ -28,7 +28,7 @@ from protosynth.choose import (
     leader,
 )
 from protosynth.cli.main import app
-from protosynth.configs import TextChoiceConfig
+from protosynth.configs import DEFAULT_METHOD, TextChoiceConfig
 from protosynth.distill import SELECT_RULE_FITTED_ON, DistillConfig, variant_config
 from protosynth.errors import ProtosynthError
 from protosynth.evaluation.evaluate import EvalConfig, evaluate
@@ -45,7 +45,15 @@ EPOCHS = 2
 
 def make_cfg(models: Path, out: Path, **kw) -> DistillConfig:
     render = kw.pop("render", RenderConfig() if kw.get("method") == "select" else RenderConfig(steps=2))
-    base = dict(budget=12, corpus=CORPUS, clip=f"small:{models}", decoder=f"small:{models}", out=out, render=render)
+    base = dict(
+        method="pds",
+        budget=12,
+        corpus=CORPUS,
+        clip=f"small:{models}",
+        decoder=f"small:{models}",
+        out=out,
+        render=render,
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -172,12 +180,28 @@ def test_val_sharing_images_with_the_set_is_refused(quick_models, tiny_backbone,
 @pytest.mark.parametrize(
     ("cfg", "choose", "message"),
     [
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_repeats=0), r"^val_repeats must be an integer of at least 1"),
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_epochs=0), r"^val_epochs must be an integer of at least 1"),
-        (DistillConfig(), TextChoiceConfig(val_repeats=3), r"^val_repeats needs val=SPEC"),
-        (DistillConfig(text="members"), TextChoiceConfig(val=VAL), r"^val chooses the text reading .* text gives one"),
-        (DistillConfig(preset="pds-published"), TextChoiceConfig(val=VAL), r"^preset pds-published fixes the text"),
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_protocol="tiny"), r"^unknown protocol 'tiny'"),
+        (
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_repeats=0),
+            r"^val_repeats must be an integer of at least 1",
+        ),
+        (
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_epochs=0),
+            r"^val_epochs must be an integer of at least 1",
+        ),
+        (DistillConfig(method="pds"), TextChoiceConfig(val_repeats=3), r"^val_repeats needs val=SPEC"),
+        (
+            DistillConfig(method="pds", text="members"),
+            TextChoiceConfig(val=VAL),
+            r"^val chooses the text reading .* text gives one",
+        ),
+        (
+            DistillConfig(method="pds", preset="pds-published"),
+            TextChoiceConfig(val=VAL),
+            r"^preset pds-published fixes the text",
+        ),
+        (DistillConfig(method="pds"), TextChoiceConfig(val=VAL, val_protocol="tiny"), r"^unknown protocol 'tiny'"),
     ],
 )
 def test_bad_choices_are_one_line_before_any_work(cfg, choose, message, tmp_path):
@@ -206,7 +230,7 @@ def render_choice(backbone: Path, **kw) -> TextChoiceConfig:
 @pytest.fixture(scope="module")
 def rendered(quick_models, tiny_backbone, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rendered") / "set"
-    cfg = make_cfg(quick_models, out, render=RenderConfig(steps=RENDER_STEPS))
+    cfg = make_cfg(quick_models, out, method=DEFAULT_METHOD, render=RenderConfig(steps=RENDER_STEPS))
     assert distill_on_val(cfg, render_choice(tiny_backbone)) == [out]
     return out
 
@@ -301,7 +325,7 @@ def test_card_lists_every_candidate_set(rendered):
 
 
 def test_a_render_choice_rerun_is_byte_identical(rendered, quick_models, tiny_backbone, tmp_path):
-    cfg = make_cfg(quick_models, tmp_path / "again", render=RenderConfig(steps=RENDER_STEPS))
+    cfg = make_cfg(quick_models, tmp_path / "again", method=DEFAULT_METHOD, render=RenderConfig(steps=RENDER_STEPS))
     again = distill_on_val(cfg, render_choice(tiny_backbone))[0]
     for name in sorted(p.relative_to(rendered).as_posix() for p in rendered.rglob("*") if p.is_file()):
         if name != "manifest.json":
@@ -417,7 +441,7 @@ def test_any_candidate_can_be_written_at_the_end(quick_models, tiny_backbone, tm
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "middle" / "set"
-    cfg = make_cfg(quick_models, out, render=RenderConfig(steps=RENDER_STEPS))
+    cfg = make_cfg(quick_models, out, method=DEFAULT_METHOD, render=RenderConfig(steps=RENDER_STEPS))
     assert distill_on_val(cfg, render_choice(tiny_backbone, val_repeats=1, val_epochs=1)) == [out]
     ds = load_distilled(out, verify=True)
     render = ds.manifest["evaluation"]["chosen_on"]["render"]
@@ -435,23 +459,39 @@ def test_any_candidate_can_be_written_at_the_end(quick_models, tiny_backbone, tm
 @pytest.mark.parametrize(
     ("cfg", "choose", "message"),
     [
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("render",)), r"^val_choose render needs text too"),
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("text", "caption")), r"^unknown val_choose caption"),
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=("text", "text")), r"^val_choose \('text', 'text'\)"),
-        (DistillConfig(), TextChoiceConfig(val=VAL, val_choose=()), r"^val_choose \(\): use distinct values"),
-        (DistillConfig(), TextChoiceConfig(val_choose=("text", "render")), r"^val_choose needs val=SPEC"),
         (
-            DistillConfig(method="select"),
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_choose=("render",)),
+            r"^val_choose render needs text too",
+        ),
+        (
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_choose=("text", "caption")),
+            r"^unknown val_choose caption",
+        ),
+        (
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_choose=("text", "text")),
+            r"^val_choose \('text', 'text'\)",
+        ),
+        (
+            DistillConfig(method="pds"),
+            TextChoiceConfig(val=VAL, val_choose=()),
+            r"^val_choose \(\): use distinct values",
+        ),
+        (DistillConfig(method="pds"), TextChoiceConfig(val_choose=("text", "render")), r"^val_choose needs val=SPEC"),
+        (
+            DistillConfig(method="pds"),
             TextChoiceConfig(val=VAL, val_choose=("text", "render")),
             r"^val_choose=render chooses between method=select and renders .* and method sets one",
         ),
         (
-            DistillConfig(render=RenderConfig(strength=0.5)),
+            DistillConfig(method="pds", render=RenderConfig(strength=0.5)),
             TextChoiceConfig(val=VAL, val_choose=("text", "render")),
             r"^val_choose=render chooses .* render.strength sets one",
         ),
         (
-            DistillConfig(render=RenderConfig(init="noise")),
+            DistillConfig(method="pds", render=RenderConfig(init="noise")),
             TextChoiceConfig(val=VAL, val_choose=("text", "render")),
             r"^val_choose=render chooses .* render.init=noise sets one",
         ),

@@ -27,7 +27,7 @@ PROTOSYNTH = Path(sys.executable).parent / "protosynth"
 
 
 def invoke(args: list[str], env: dict | None = None):
-    return CliRunner().invoke(app, ["distill", *args], env=env)
+    return CliRunner().invoke(app, ["distill", "--method", "pds", *args], env=env)
 
 
 def models_args(models: Path) -> list[str]:
@@ -309,7 +309,11 @@ def test_force_replaces_and_success_exits_zero(quick_models, tmp_path):
 def start(args: list[str], cache: Path) -> subprocess.Popen:
     env = dict(os.environ, PROTOSYNTH_CACHE=str(cache))
     return subprocess.Popen(
-        [str(PROTOSYNTH), "distill", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [str(PROTOSYNTH), "distill", "--method", "pds", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

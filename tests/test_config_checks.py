@@ -20,18 +20,18 @@ from protosynth.util import runinfo
 MISSING = Path("/nonexistent/protosynth-check")  # never read: check() touches no folder
 
 CASES = [
-    (DistillConfig(budget=0), "budget"),
-    (DistillConfig(mode="nope"), "mode"),
+    (DistillConfig(method="pds", budget=0), "budget"),
+    (DistillConfig(method="pds", mode="nope"), "mode"),
     (DistillConfig(method="nope"), "method"),
-    (DistillConfig(caption="nope"), "caption"),
-    (DistillConfig(text="nope"), "text"),
+    (DistillConfig(method="pds", caption="nope"), "caption"),
+    (DistillConfig(method="pds", text="nope"), "text"),
     (DistillConfig(method="select", text="prototype"), "text"),
-    (DistillConfig(kmeans="nope"), "kmeans"),
-    (DistillConfig(mode="joint", kmeans="minibatch"), "mode"),
-    (DistillConfig(candidates=0), "candidates"),
+    (DistillConfig(method="pds", kmeans="nope"), "kmeans"),
+    (DistillConfig(method="pds", mode="joint", kmeans="minibatch"), "mode"),
+    (DistillConfig(method="pds", candidates=0), "candidates"),
     (DistillConfig(method="select", candidates=2), "method"),
-    (DistillConfig(render=RenderConfig(strength=2.0)), "render.strength"),
-    (DistillConfig(seed=-1), "seed"),
+    (DistillConfig(method="pds", render=RenderConfig(strength=2.0)), "render.strength"),
+    (DistillConfig(method="pds", seed=-1), "seed"),
     (CoresetConfig(method="nope"), "method"),
     (CoresetConfig(budget=0), "budget"),
     (CoresetConfig(keep="nope"), "keep"),
@@ -71,8 +71,8 @@ def test_check_names_the_parameter_at_fault(cfg, param):
 @pytest.mark.parametrize(
     "cfg",
     [
-        DistillConfig(),
-        DistillConfig(preset="pds-published"),
+        DistillConfig(method="pds"),
+        DistillConfig(method="pds", preset="pds-published"),
         CoresetConfig(),
         EvalConfig(),
         BaselineConfig(buffer=MISSING),

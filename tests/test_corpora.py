@@ -501,13 +501,16 @@ def test_cli_missing_image_is_one_line_exit_2(bad_csv, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
         assert re.search(rf"{re.escape(str(bad_csv))} row 6: image file not found: .*4\.png", lines[0]), lines[0]
         assert not out.exists()
-    r = CliRunner().invoke(app, ["distill", "--corpus", "shapes,n=4", "--image-root", str(tmp_path), "--budget", "2"])
+    r = CliRunner().invoke(
+        app, ["distill", "--method", "pds", "--corpus", "shapes,n=4", "--image-root", str(tmp_path), "--budget", "2"]
+    )
     assert r.exit_code == 2 and "--image-root applies to" in r.stderr
 
 
 def test_skip_count_in_distill_and_coreset_manifests(bad_csv, quick_models, tmp_path):
     out = distill(
         DistillConfig(
+            method="pds",
             budget=4,
             corpus=CorpusSource(str(bad_csv), skip_bad=True),
             clip=f"small:{quick_models}",

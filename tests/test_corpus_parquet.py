@@ -143,7 +143,7 @@ def test_a_missing_column_is_one_line_naming_file_column_and_columns(img2dataset
     assert str(exc.value) == (
         f"{img2dataset}: no caption column 'text' (set caption_column); its columns: key, jpg, caption, status"
     )
-    for verb in (["embed"], ["distill", "--budget", "2"]):
+    for verb in (["embed"], ["distill", "--method", "pds", "--budget", "2"]):
         r = CliRunner().invoke(app, [*verb, "--corpus", str(img2dataset), "--image-column", "image"])
         assert_one_line_error(r, str(img2dataset), r"no image column 'image' \(set --image-column\)", "key, jpg")
     r = CliRunner().invoke(app, ["embed", "--corpus", "shapes,n=4", "--caption-column", "text"])
@@ -279,7 +279,19 @@ def test_distill_a_parquet_corpus_from_the_command_line(tmp_path, world):
         tmp_path / "pairs.parquet", {"image": encoded(world), "text": [c[0] for c in world.captions]}, row_group_size=4
     )
     out = tmp_path / "set"
-    args = ["distill", "--budget", "4", "--corpus", str(path), "--image-column", "image", "--caption-column", "text"]
+    args = [
+        "distill",
+        "--method",
+        "pds",
+        "--budget",
+        "4",
+        "--corpus",
+        str(path),
+        "--image-column",
+        "image",
+        "--caption-column",
+        "text",
+    ]
     r = CliRunner().invoke(app, [*args, "--steps", "2", "--out", str(out)])
     assert r.exit_code == 0, (r.output, r.exception)
     ds = load_distilled(out, verify=True)

@@ -54,6 +54,7 @@ def make_cfg(models: Path, out: Path, **kw) -> DistillConfig:
     render = kw.pop("render", RenderConfig() if kw.get("method") == "select" else RenderConfig(steps=3))
     return DistillConfig(
         **{
+            "method": "pds",
             "budget": BUDGET,
             "corpus": CORPUS,
             "clip": f"small:{models}",
@@ -435,16 +436,16 @@ def test_select_keeps_each_prototypes_nearest_member_pair(quick_models, full_run
 def test_default_text_rule_by_budget_and_start():
     limit, rule = distill_module.MEMBERS_TEXT_MAX_BUDGET, distill_module.text_rule
     near, noise = RenderConfig(init="nearest"), RenderConfig(init="noise")
-    assert rule(DistillConfig(budget=limit), near) == "members"
-    assert rule(DistillConfig(budget=limit + 1), near) == "image"
+    assert rule(DistillConfig(method="pds", budget=limit), near) == "members"
+    assert rule(DistillConfig(method="pds", budget=limit + 1), near) == "image"
     noise_limit = distill_module.NOISE_MEMBERS_TEXT_MAX_BUDGET
-    assert rule(DistillConfig(budget=noise_limit), noise) == "members"
-    assert rule(DistillConfig(budget=noise_limit + 1), noise) == "captions"
+    assert rule(DistillConfig(method="pds", budget=noise_limit), noise) == "members"
+    assert rule(DistillConfig(method="pds", budget=noise_limit + 1), noise) == "captions"
     for start in (near, noise):  # a selection reads as a render from its image, however renders would start
         assert rule(DistillConfig(budget=limit, method="select"), start) == "members"
         assert rule(DistillConfig(budget=limit + 1, method="select"), start) == "image"
-    assert rule(DistillConfig(budget=10, text="captions"), near) == "captions"
-    assert rule(DistillConfig(budget=900, text="members"), noise) == "members"
+    assert rule(DistillConfig(method="pds", budget=10, text="captions"), near) == "captions"
+    assert rule(DistillConfig(method="pds", budget=900, text="members"), noise) == "members"
 
 
 def test_distill_start_default_applies_only_where_the_decoder_can_honour_it(monkeypatch):

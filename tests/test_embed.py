@@ -232,7 +232,21 @@ def test_distill_fp16_reuses_the_store_embed_fp16_wrote(tmp_path, monkeypatch):
     for flag in (["--fp16"], []):
         out = tmp_path / ("f16" if flag else "f32")
         r = CliRunner().invoke(
-            app, ["distill", "--corpus", corpus, "--budget", "2", "--steps", "1", "--out", str(out), *flag]
+            app,
+            [
+                "distill",
+                "--method",
+                "pds",
+                "--corpus",
+                corpus,
+                "--budget",
+                "2",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                *flag,
+            ],
         )
         assert r.exit_code == 0, r.output
         manifests[bool(flag)] = json.loads((out / "manifest.json").read_text())

@@ -206,7 +206,7 @@ def test_every_verb_reports_library_errors_as_itself():
 
 def test_the_library_says_budget_and_the_command_line_says_flag(tmp_path):
     with pytest.raises(ProtosynthError) as exc:
-        validate(DistillConfig(budget=0, out=tmp_path / "out"))
+        validate(DistillConfig(method="pds", budget=0, out=tmp_path / "out"))
     assert str(exc.value) == "budget must be at least 1, got 0" and exc.value.param == "budget"
     assert "--" not in repr(exc.value)
     assert cli_message(exc.value, "distill") == "--budget must be at least 1, got 0"
@@ -215,25 +215,27 @@ def test_the_library_says_budget_and_the_command_line_says_flag(tmp_path):
     with pytest.raises(ProtosynthError, match=r"^budget 21 is larger than the corpus's 20 pairs$"):
         build_prototypes(img, img.copy(), PrototypeConfig(budget=21))
 
-    r = CliRunner().invoke(app, ["distill", "--budget", "0", "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(app, ["distill", "--method", "pds", "--budget", "0", "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == ["error: --budget must be at least 1, got 0"]
     assert not (tmp_path / "out").exists()
 
 
 def test_nested_settings_and_hints(tmp_path):
     with pytest.raises(ProtosynthError) as exc:
-        validate(DistillConfig(budget=4, render=RenderConfig(init="nearest", strength=1.5), out=tmp_path / "o"))
+        validate(
+            DistillConfig(method="pds", budget=4, render=RenderConfig(init="nearest", strength=1.5), out=tmp_path / "o")
+        )
     assert str(exc.value) == "render.strength must be in (0, 1], got 1.5" and exc.value.param == "render.strength"
     assert cli_message(exc.value) == "--strength must be in (0, 1], got 1.5"
 
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "notes.txt").write_text("mine")
     with pytest.raises(ProtosynthError) as exc:
-        validate(DistillConfig(budget=4, out=tmp_path / "o"))
+        validate(DistillConfig(method="pds", budget=4, out=tmp_path / "o"))
     why = "exists and is not a distilled set (no manifest.json); name another folder"
     assert str(exc.value) == f"out {tmp_path / 'o'} {why}"
     assert cli_message(exc.value) == f"--out {tmp_path / 'o'} {why}"
-    r = CliRunner().invoke(app, ["distill", "--budget", "4", "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(app, ["distill", "--method", "pds", "--budget", "4", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and r.stderr.strip() == f"error: {cli_message(exc.value)}"
 
 

@@ -42,6 +42,7 @@ def pds_set(quick_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sets") / "pds"
     return distill(
         DistillConfig(
+            method="pds",
             budget=12,
             corpus=CORPUS,
             clip=f"small:{quick_models}",
@@ -197,6 +198,7 @@ def test_prototype_text_is_the_stored_text_prototype(quick_models, tiny_backbone
     in another space (MiniLM: ``small``), ``auto`` reads the prototype's members there instead."""
     out = distill(
         DistillConfig(
+            method="pds",
             budget=12,
             corpus=CORPUS,
             clip=f"small:{quick_models}",

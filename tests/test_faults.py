@@ -185,7 +185,9 @@ def compare_folder(b: Bench, compare_json: str) -> Path:
 
 def _distill(b: Bench, *args: str) -> Fault:
     out = b.tmp / "out"
-    return Fault(["distill", "--corpus", "shapes,n=5", "--budget", "4", *args, "--out", str(out)], [], out)
+    return Fault(
+        ["distill", "--method", "pds", "--corpus", "shapes,n=5", "--budget", "4", *args, "--out", str(out)], [], out
+    )
 
 
 def _coreset(b: Bench, *args: str) -> Fault:
@@ -292,7 +294,15 @@ CASES: dict[str, Callable[[Bench], Fault]] = {
     # -- corpus files: the file and the row (line, entry) at fault
     "jsonl: bad JSON on line 4": lambda b: named(
         Fault(
-            ["distill", "--corpus", str(b.jsonl_with('{"image": "img/0.png", "caption": "x"')[0]), "--budget", "4"]
+            [
+                "distill",
+                "--method",
+                "pds",
+                "--corpus",
+                str(b.jsonl_with('{"image": "img/0.png", "caption": "x"')[0]),
+                "--budget",
+                "4",
+            ]
             + ["--out", str(b.tmp / "out")],
             [],
             b.tmp / "out",

@@ -62,7 +62,9 @@ def _distill(spec: str, method: str = "pds"):
     def make(out: Path) -> Path:
         if method == "select":
             return distill(DistillConfig(budget=6, corpus=spec, out=out, method=method))
-        return distill(DistillConfig(budget=6, corpus=spec, out=out, render=RenderConfig(steps=2, batch_size=3)))
+        return distill(
+            DistillConfig(method="pds", budget=6, corpus=spec, out=out, render=RenderConfig(steps=2, batch_size=3))
+        )
 
     return make
 

@@ -126,14 +126,15 @@ def test_each_rule_is_a_setting_of_its_own():
 
 
 def test_preset_fills_its_settings_and_refuses_a_conflict():
-    cfg = apply_preset(DistillConfig(budget=8, preset="pds-published"))
+    cfg = apply_preset(DistillConfig(method="pds", budget=8, preset="pds-published"))
     assert (cfg.caption, cfg.text, cfg.render.init, cfg.render.clip_guidance) == ("prototype", "prototype", "noise", 0)
     pcfg = prototype_config(cfg)
     assert {name: getattr(pcfg, name) for name in PUBLISHED} == PUBLISHED
-    assert prototype_config(DistillConfig(budget=8)).is_default()
+    assert prototype_config(DistillConfig(method="pds", budget=8)).is_default()
     with pytest.raises(ProtosynthError, match=r"^preset pds-published sets text to 'prototype'; got 'members'"):
-        apply_preset(DistillConfig(preset="pds-published", text="members"))
+        apply_preset(DistillConfig(method="pds", preset="pds-published", text="members"))
     with pytest.raises(ProtosynthError, match=r"^unknown preset 'pds'"):
-        apply_preset(DistillConfig(preset="pds"))
-    with pytest.raises(ProtosynthError, match=r"needs the default method=pds and mode=matched"):
-        apply_preset(DistillConfig(preset="pds-published", method="select"))
+        apply_preset(DistillConfig(method="pds", preset="pds"))
+    assert apply_preset(DistillConfig(budget=8, preset="pds-published")).method == "pds"  # it renders, over the default
+    with pytest.raises(ProtosynthError, match=r"renders matched prototypes: it needs the default mode=matched"):
+        apply_preset(DistillConfig(preset="pds-published", mode="joint"))

@@ -237,12 +237,20 @@ def test_an_immutable_empty_out_is_one_line_before_any_work(tmp_path):
 def test_select_refuses_every_render_setting_by_name(tmp_path):
     with pytest.raises(ProtosynthError) as exc:
         validate(DistillConfig(method="select", render=RenderConfig(steps=5, strength=0.5), out=tmp_path / "o"))
-    assert str(exc.value) == "method=select renders nothing: render.steps, render.strength do not apply"
-    args = ["distill", "--method", "select", "--steps", "5", "--strength", "0.5", "--negative-prompt", "x"]
-    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2
-    assert r.stderr == "error: --method select renders nothing: --steps, --negative-prompt, --strength do not apply\n"
-    assert not (tmp_path / "o").exists()
+    hint = "pass method=pds to render"
+    assert (
+        str(exc.value)
+        == f"method=select (the default) renders nothing: render.steps, render.strength do not apply; {hint}"
+    )
+    for method in (["--method", "select"], []):  # the default is a selection too, and says how to render
+        args = ["distill", *method, "--steps", "5", "--strength", "0.5", "--negative-prompt", "x"]
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")])
+        assert r.exit_code == 2
+        assert r.stderr == (
+            "error: --method select (the default) renders nothing: --steps, --negative-prompt, --strength do not "
+            "apply; pass --method pds to render\n"
+        )
+        assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("verb", ["distill", "embed"])
@@ -271,14 +279,16 @@ def test_a_user_folder_is_never_answered_with_a_force_that_would_refuse(tmp_path
     (tmp_path / "userdir").mkdir()
     (tmp_path / "userdir" / "notes.txt").write_text("mine")
     for extra in ([], ["--force"]):
-        r = CliRunner().invoke(app, ["distill", "--budget", "4", "--out", str(tmp_path / "userdir"), *extra])
+        r = CliRunner().invoke(
+            app, ["distill", "--method", "pds", "--budget", "4", "--out", str(tmp_path / "userdir"), *extra]
+        )
         assert r.exit_code == 2
         assert r.stderr == (
             f"error: --out {tmp_path / 'userdir'} exists and is not a distilled set (no manifest.json); "
             "name another folder\n"
         )
     set_dir = tiny_set(tmp_path / "a-set")
-    r = CliRunner().invoke(app, ["distill", "--budget", "4", "--out", str(set_dir)])
+    r = CliRunner().invoke(app, ["distill", "--method", "pds", "--budget", "4", "--out", str(set_dir)])
     assert r.stderr == f"error: --out {set_dir} holds a distilled set; pass --force to replace it\n"
 
 

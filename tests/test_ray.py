@@ -333,7 +333,9 @@ def test_engine_flags_are_checked_before_any_work():
 def _distill(out: Path, engine: EngineConfig | None = None) -> Path:
     """A small set with the shipped models and their defaults (start from the nearest member, CLIP
     guidance), 3 render batches of 2: two actors draw different batches."""
-    cfg = DistillConfig(budget=6, corpus="shapes,n=40", out=out, render=RenderConfig(steps=2, batch_size=2))
+    cfg = DistillConfig(
+        method="pds", budget=6, corpus="shapes,n=40", out=out, render=RenderConfig(steps=2, batch_size=2)
+    )
     return distill(cfg if engine is None else replace(cfg, engine=engine))
 
 

@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from protosynth import distill as distill_mod
 from protosynth.choose import distill_on_val
 from protosynth.cli.main import app
-from protosynth.configs import TextChoiceConfig
+from protosynth.configs import DEFAULT_METHOD, TextChoiceConfig
 from protosynth.corpus import load_corpus
 from protosynth.distill import DistillConfig, distill, distill_budgets
 from protosynth.embed import cache_key
@@ -63,6 +63,7 @@ def real_world(tmp_path_factory):
 
 def cfg_for(world, decoder: str, out, **render) -> DistillConfig:
     return DistillConfig(
+        method="pds",
         budget=4,
         corpus=CORPUS,
         clip=str(world["clip"]),
@@ -279,6 +280,7 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
     monkeypatch.setattr(distill_mod, "embed_corpus", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(distill_mod, "resolve_render", lambda *a, **k: resolved.append(1) or real_resolve(*a, **k))
     cfg = DistillConfig(
+        method="pds",
         budget=3,
         corpus=CORPUS,
         clip=f"small:{quick_models}",
@@ -289,7 +291,7 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
     outs = distill_budgets(cfg, [3, 5])
     assert len(calls) == 1
     assert len(resolved) == 1  # render settings too: resolved once, carried to every budget
-    assert [o.name for o in outs] == ["shapes_n=30-matched-b3-s0", "shapes_n=30-matched-b5-s0"]
+    assert [o.name for o in outs] == ["shapes_n=30-pds-matched-b3-s0", "shapes_n=30-pds-matched-b5-s0"]
     for out, budget in zip(outs, (3, 5)):
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["budget"] == budget and manifest["budgets_in_run"] == [3, 5]
@@ -301,11 +303,24 @@ def test_several_budgets_share_one_embedding_pass(quick_models, tmp_path, monkey
 
 def test_cli_budget_list_writes_one_set_per_budget(tmp_path):
     r = CliRunner().invoke(
-        app, ["distill", "--corpus", CORPUS, "--budget", "2,3", "--steps", "1", "--out", str(tmp_path / "sets")]
+        app,
+        [
+            "distill",
+            "--method",
+            "pds",
+            "--corpus",
+            CORPUS,
+            "--budget",
+            "2,3",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "sets"),
+        ],
     )
     assert r.exit_code == 0, r.output
     written = [line.removeprefix("wrote ") for line in r.stdout.splitlines() if line.startswith("wrote ")]
-    assert [p.split("/")[-1] for p in written] == ["shapes_n=30-matched-b2-s0", "shapes_n=30-matched-b3-s0"]
+    assert [p.split("/")[-1] for p in written] == ["shapes_n=30-pds-matched-b2-s0", "shapes_n=30-pds-matched-b3-s0"]
     for path, budget in zip(written, (2, 3)):
         assert len((tmp_path / "sets" / path.split("/")[-1] / "pairs.jsonl").read_text().splitlines()) == budget
 
@@ -348,8 +363,8 @@ for name, space in {[(name, space) for name, _, space in PUBLISHED_CASES]!r}:
     out = Path({str(root)!r}) / name
     out.mkdir()
     try:
-        cfg = DistillConfig(budget=3, corpus={CORPUS!r}, clip={str(real_world["clip"])!r}, clip_arch={TEST_CLIP_ARCH!r},
-                            clip_space=space, decoder=name, out=out / "set",
+        cfg = DistillConfig(method="pds", budget=3, corpus={CORPUS!r}, clip={str(real_world["clip"])!r},
+                            clip_arch={TEST_CLIP_ARCH!r}, clip_space=space, decoder=name, out=out / "set",
                             render=RenderConfig(steps=2, size=32, super_res_steps=2 if name == "karlo" else None))
         print(distill(cfg))
         (out / "error.txt").write_text("")
@@ -388,6 +403,8 @@ def test_published_decoder_without_clip_takes_its_paper_clip(real_world, tmp_pat
             "-c",
             "from protosynth.cli.main import main; main()",
             "distill",
+            "--method",
+            "pds",
             "--decoder",
             "sd-unclip-small",
             "--corpus",
@@ -466,6 +483,8 @@ def test_local_dir_clip_takes_a_declared_space(real_world, tmp_path):
     write_conditioning(decoder, "ViT-L-14:openai", 32)
     base = [
         "distill",
+        "--method",
+        "pds",
         "--corpus",
         CORPUS,
         "--budget",
@@ -500,5 +519,5 @@ def test_val_choose_render_is_refused_for_a_decoder_that_starts_from_noise(real_
     cannot, and would render both the same: one line once it is opened, before any embedding."""
     choice = TextChoiceConfig(val="shapes:val,n=20", val_choose=("text", "render"))
     with pytest.raises(ProtosynthError, match=r"^candidate nearest-0.15 starts each render from its nearest member"):
-        distill_on_val(cfg_for(real_world, "stable", tmp_path / "set"), choice)
+        distill_on_val(replace(cfg_for(real_world, "stable", tmp_path / "set"), method=DEFAULT_METHOD), choice)
     assert list(tmp_path.iterdir()) == []

@@ -62,6 +62,7 @@ def file_set(jsonl_corpus, quick_models, tmp_path) -> Path:
     out = tmp_path / "sets" / "pds"
     return distill(
         DistillConfig(
+            method="pds",
             budget=4,
             corpus=str(jsonl_corpus),
             clip=f"small:{quick_models}",

@@ -43,7 +43,7 @@ BUDGET = 8
 def pds_set(tmp_path_factory) -> Path:
     """A PDS set from the shipped models (no training: seconds), with its render fidelity."""
     out = tmp_path_factory.mktemp("sets") / "pds"
-    return distill(DistillConfig(budget=BUDGET, corpus=CORPUS, out=out, render=RenderConfig(steps=2)))
+    return distill(DistillConfig(method="pds", budget=BUDGET, corpus=CORPUS, out=out, render=RenderConfig(steps=2)))
 
 
 def pairs_of(folder: Path) -> list[dict]:

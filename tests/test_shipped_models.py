@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from protosynth.distill import DistillConfig, distill
+import pytest
+
+import protosynth.distill as distill_module
+from protosynth.distill import MEMBERS_TEXT_MAX_BUDGET, DistillConfig, default_out, distill
 from protosynth.models.clip import SHIPPED_DIR, load_clip
 from protosynth.models.decoders import open_decoder
 from protosynth.models.small_unclip import SHIPPED_DECODER
@@ -47,6 +50,23 @@ def test_shipped_weights_are_small():
 
 
 def test_default_distill_runs(tmp_path):
-    out = distill(DistillConfig(budget=4, corpus="shapes,n=30", out=tmp_path / "set", render=RenderConfig(steps=2)))
+    out = distill(
+        DistillConfig(method="pds", budget=4, corpus="shapes,n=30", out=tmp_path / "set", render=RenderConfig(steps=2))
+    )
     ds = load_distilled(out, verify=True)
     assert len(ds) == 4 and ds.manifest["clip"]["spec"] == "default"
+
+
+def test_the_default_distill_selects_real_pairs_and_reads_them_as_val_chose(tmp_path, monkeypatch):
+    """The default (chosen on the world's val split over rendering) keeps each prototype's nearest
+    real pair, renders nothing (no decoder call), reads its text by the selection's rule, and writes
+    to the default folder without a method suffix; --method pds renders into its own folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distill_module, "render_images", lambda *a, **k: pytest.fail("the default rendered"))
+    cfg = DistillConfig(budget=4, corpus="shapes,n=30")
+    assert cfg.method == "select" and default_out(cfg) == Path("distilled/shapes_n=30-matched-b4-s0")
+    ds = load_distilled(distill(cfg), verify=True)
+    assert ds.manifest["method"] == "select" and "render_fidelity" not in ds.manifest
+    assert 4 <= MEMBERS_TEXT_MAX_BUDGET and ds.manifest["evaluation"]["text"] == "members"
+    rendered = DistillConfig(budget=4, corpus="shapes,n=30", method="pds")
+    assert default_out(rendered).name == "shapes_n=30-pds-matched-b4-s0"

@@ -85,27 +85,30 @@ def test_central_members_rank_by_the_nearest_members_score_one_pair_per_image():
         ({"condition": "mean"}, r"^unknown condition 'mean': use prototype or blend$"),
         ({"condition": "blend", "central": 0}, r"^central must be an integer of at least 1, got 0$"),
         ({"central": 2}, r"^central needs render\.init composite or tile, or condition=blend$"),
-        ({"method": "select", "condition": "blend"}, r"^method=select renders nothing: condition do not apply$"),
+        (
+            {"method": "select", "condition": "blend"},
+            r"^method=select \(the default\) renders nothing: condition do not apply; pass method=pds to render$",
+        ),
         ({"render": RenderConfig(init="mosaic")}, r"^unknown render\.init 'mosaic': use noise or nearest or"),
     ],
 )
 def test_bad_lever_settings_are_one_line_errors(kw, message):
     with pytest.raises(ProtosynthError, match=message) as err:
-        DistillConfig(**kw).check()
+        DistillConfig(**{"method": "pds", **kw}).check()
     assert "\n" not in str(err.value)
 
 
 def test_central_is_accepted_with_each_lever_that_uses_it():
     levers = ({"condition": "blend"}, {"render": RenderConfig(init="composite")}, {"render": RenderConfig(init="tile")})
     for kw in levers:
-        DistillConfig(central=5, **kw).check()
+        DistillConfig(method="pds", central=5, **kw).check()
 
 
 def test_each_rendered_compare_method_is_a_valid_distill():
     made = {m: rendered_distill(m, budget=10) for m in ("select", *RENDERED)}
     for cfg in made.values():
         cfg.check()
-    assert made["select"].method == "select" and made["pds"] == DistillConfig(budget=10)
+    assert made["select"].method == "select" and made["pds"] == DistillConfig(method="pds", budget=10)
     assert made["pds-composite"].render.init == "composite" and made["pds-blend"].condition == "blend"
     assert (made["pds-tile"].render.init, made["pds-tile"].central) == ("tile", 4)
     assert made["pds-published"].preset == "pds-published"

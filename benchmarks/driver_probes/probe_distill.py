@@ -68,6 +68,8 @@ sys.argv = [
     sys.argv[1],
     "--budget",
     "500",
+    "--method",
+    "pds",
     "--steps",
     "5",
     "--out",
