@@ -178,6 +178,10 @@ WORLD_CHOICE: dict[tuple[str, int], str] = {
     ("lors", 200): "earlier-world",  # 45.9, the one candidate left in play at 200 pairs
     ("amd", 200): "earlier-world",  # 37.5, the one candidate left in play at 200 pairs
     ("mtt-vl", 200): "earlier-world",  # 51.2 ± 0.1 (7 min) against official-world-lrs 43.5 ± 1.6 (114 min)
+    ("repblend", 500): "earlier-world",  # 48.3 against official-world-lrs 47.0, official 21.3 (its text wrecked)
+    ("lors", 500): "earlier-world",  # 60.0, the one candidate left in play at 500 pairs
+    ("amd", 500): "earlier-world",  # 66.6, the one candidate left in play at 500 pairs
+    ("mtt-vl", 500): "earlier-world",  # 65.6, the one candidate left in play at 500 pairs
 }
 # MTT-VL's official loop puts the whole set in every inner step; at 200 and 500 pairs that is 2.8 and
 # ~7 s an iteration here (3,000 iterations: hours a set). The world's official candidates cap it at
