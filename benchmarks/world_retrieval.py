@@ -153,6 +153,10 @@ def summarise(budget: int, doc: dict, chosen: dict[str, str]) -> list[dict]:
             read = "every caption"
         elif method in OPTIMISATION:
             main, read = tables["auto"][method], "own learned text"
+        elif "metrics" not in at_headline and "metrics" in tables.get("auto", {}).get(method, {}):
+            # a set that cannot be read the headline way (renders from noise show no one image): its own rule
+            main = tables["auto"][method]
+            read = f"its own rule ({main.get('text', 'auto')})"
         own = chosen.get(method)
         rows.append(
             {

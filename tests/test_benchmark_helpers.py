@@ -357,18 +357,24 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading(tmp_path):
         return {"method": method, "metrics": {"r_mean": {"mean": mean, "std": 0.5}}, **more}
 
     unsupported = {"method": "lors", "unsupported": "text members: a pair has no member pairs"}
+    noise = {"method": "pds-published", "unsupported": "text members: a pair shows no one real image"}
     doc = {
         "tables": [
             {
                 "recipe": "protocol",
                 "text": "members",
-                "methods": [row("pds", 31.0), row("select", 30.0), unsupported, row("full", 92.0)],
+                "methods": [row("pds", 31.0), row("select", 30.0), unsupported, row("full", 92.0), noise],
             },
             {"recipe": "protocol", "text": "image", "methods": [row("pds", 40.0), row("select", 41.5), unsupported]},
             {
                 "recipe": "protocol",
                 "text": "auto",
-                "methods": [row("pds", 20.0), row("select", 19.0), row("lors", 33.0)],
+                "methods": [
+                    row("pds", 20.0),
+                    row("select", 19.0),
+                    row("lors", 33.0),
+                    row("pds-published", 28.0, text="x"),
+                ],
             },
             {"recipe": "own", "text": "members", "methods": [row("pds", 99.0), row("select", 0.0), unsupported]},
         ]
@@ -379,6 +385,8 @@ def test_world_retrieval_reads_every_method_with_the_defaults_reading(tmp_path):
     assert by["pds"]["r_mean"]["mean"] == 31.0 and by["pds"]["r_mean_own_reading"]["mean"] == 40.0
     assert by["lors"]["reading"] == "own learned text" and by["lors"]["r_mean"]["mean"] == 33.0
     assert by["full"]["reading"] == "every caption" and by["full"]["r_mean"]["mean"] == 92.0
+    # a set the headline cannot read is shown as its own rule reads it, and says so
+    assert by["pds-published"]["reading"] == "its own rule (x)" and by["pds-published"]["r_mean"]["mean"] == 28.0
     # not under auto: there each set reads its own rule, so pds and select read different text
     assert world_retrieval.render_gain(doc) == {"members": 1.0, "image": -1.5}
     summary = {
