@@ -23,9 +23,10 @@ wall seconds and peak RSS, and distill's per-stage seconds from its manifest. ``
 models train`` folder, or ``quick``: a tiny CLIP (``ps-tiny-clip``) and decoder trained for a minute
 on 300 world images into the work folder, so that embedding 10M pairs is cheap (the driver's costs do
 not depend on the CLIP's width; its per-pair time does). ``--engine ray --workers N`` runs both stages
-on a local Ray instance. ``--corpus-dir`` keeps the corpus and the cache (the store) there instead of
-a temporary folder: a second run reuses the corpus (written once, marked complete) and a killed
-``embed`` resumes from its finished shards.
+on a local Ray instance. ``--corpus-dir`` keeps the corpus and the cache (the store, one per engine
+and models, so that each run's ``embed`` is timed) there instead of a temporary folder: a second run
+reuses the corpus (written once, marked complete) and a killed ``embed`` resumes from its finished
+shards.
 
 Writes ``benchmarks/results/scale_index-{format}-{pairs}[-stages[-{engine}{workers}][-{models}]].json``
 and ``.md``.
@@ -306,8 +307,9 @@ def main() -> None:
         if stages:
             flags = model_flags(args.models, keep)
             run = Stages(args.budget, args.steps, args.models, flags, args.engine, args.workers)
+            cache = keep / f"cache-{result_name(args)}"  # each engine and models' own store: each embed is timed
             result["stages"] = dict(
-                measure_stages(corpus["spec"], run, args.shard_size, keep / "cache", Path(work)), pairs=corpus["pairs"]
+                measure_stages(corpus["spec"], run, args.shard_size, cache, Path(work)), pairs=corpus["pairs"]
             )
     corpus.pop("spec")  # a path of this machine
     result.update(
