@@ -177,8 +177,7 @@ def measure_stages(spec: str, stages: Stages, shard_size: int, cache: Path, work
     clip = list(stages.model_flags[:2])  # embed takes the CLIP alone
     embed = _child(STAGE, "embed", "--corpus", spec, "--shard-size", str(shard_size), *clip, *stages.engine_flags())
     out = work / "set"
-    args = ["distill", "--corpus", spec, "--budget", str(stages.budget), "--method", "pds"]
-    args += ["--steps", str(stages.steps), "--out", str(out)]  # rendered: the stage costs the budget
+    args = distill_args(spec, out, stages.budget, stages.steps)
     # distill finds embed's store (its key holds no shard size) and its index
     distill = _child(STAGE, *args, *stages.model_flags, *stages.engine_flags())
     manifest = json.loads((out / "manifest.json").read_text())
@@ -188,6 +187,13 @@ def measure_stages(spec: str, stages: Stages, shard_size: int, cache: Path, work
         "distill_seconds": manifest["seconds"],
         **{k: v for k, v in asdict(stages).items() if k != "model_flags"},
     }
+
+
+def distill_args(spec: str, out: Path, budget: int = 500, steps: int = 5) -> list[str]:
+    """The ``distill`` command the driver benchmarks time: rendered (``--method pds``, ``steps`` DDIM
+    steps), since rendering costs the budget whatever the corpus."""
+    return ["distill", "--corpus", str(spec), "--budget", str(budget), "--method", "pds", "--steps", str(steps),
+            "--out", str(out)]  # fmt: skip
 
 
 def scale_corpus(pairs: int, fmt: str, folder: Path) -> dict:

@@ -29,21 +29,7 @@ if what in ("embed", "both"):
     print(out["embed"], flush=True)
 if what in ("distill", "both"):
     s = work / f"set-{Path(sys.argv[1]).stem}"
-    out["distill"] = si._child(
-        si.STAGE,
-        "distill",
-        "--corpus",
-        str(spec),
-        "--budget",
-        "500",
-        "--method",
-        "pds",
-        "--steps",
-        "5",
-        "--out",
-        str(s),
-        "--force",
-    )
+    out["distill"] = si._child(si.STAGE, *si.distill_args(spec, s), "--force")
     out["distill_seconds"] = json.loads((s / "manifest.json").read_text())["seconds"]
 Path(sys.argv[1]).write_text(json.dumps(out, indent=1))
 print(out)
