@@ -167,7 +167,10 @@ class Stages:
     workers: int = 1
 
     def engine_flags(self) -> list[str]:
-        return ["--engine", "ray", "--workers", str(self.workers)] if self.engine == "ray" else []
+        if self.engine != "ray":
+            return []
+        cpus = min(1.0, (os.cpu_count() - 1) / self.workers)  # the actors and a decoding task fit the machine
+        return ["--engine", "ray", "--workers", str(self.workers), "--cpus-per-worker", f"{cpus:g}"]
 
 
 def measure_stages(spec: str, stages: Stages, shard_size: int, cache: Path, work: Path) -> dict:
