@@ -272,7 +272,7 @@ class EmbedConfig:
 class DistillConfig(ReadsCorpus):
     budget: int = opt(
         500,
-        help="Synthetic pairs; a list such as 100,200,500 writes one set per budget from one embedding pass.",
+        help="Pairs in the set; a list such as 100,200,500 writes one set per budget from one embedding pass.",
     )
     corpus: CorpusSource = source()
     # None: the CLIP the decoder was trained on
