@@ -39,7 +39,7 @@ from pathlib import Path
 from protosynth.baselines.compare import CompareConfig, compare_baselines
 from protosynth.baselines.configs import CORESETS, OPTIMISATION
 from protosynth.baselines.presets import WORLD_CANDIDATES, WORLD_CHOICE, preset_budget
-from protosynth.configs import DistillConfig
+from protosynth.configs import DEFAULT_METHOD
 from protosynth.corpora.source import CorpusSource
 from protosynth.util.files import atomic_path, git_commit, write_text_atomic
 
@@ -50,7 +50,7 @@ READINGS = ("members", "image", "captions")
 # text ("auto"): the protocol's table already reads every set every way
 OWN_RECIPES = ("own", "soft-labels", "learned-lrs")
 # the method `distill` runs by default: its val-chosen reading is every row's headline reading
-DEFAULT = DistillConfig().method
+DEFAULT = DEFAULT_METHOD
 METHODS = (*CORESETS, "select", "pds", "pds-published", *OPTIMISATION, "full")
 
 

@@ -223,10 +223,9 @@ def text_choice(cfg: DistillConfig, render: RenderConfig) -> dict:
     text = text_rule(cfg, render)
     if cfg.text is not None:
         return {"text": text, "chosen_by": "given"}
-    if cfg.method != "pds":
-        rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {SELECT_RULE_FITTED_ON}"
-    elif render.init == "nearest":
-        rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {RULE_FITTED_ON}"
+    if cfg.method != "pds" or render.init == "nearest":  # as text_rule: a selection reads as its render would
+        fitted = RULE_FITTED_ON if cfg.method == "pds" else SELECT_RULE_FITTED_ON
+        rule = f"members up to {MEMBERS_TEXT_MAX_BUDGET} pairs, image above, {fitted}"
     elif render.init in MEMBER_STARTS:  # no one image to read: the rule of renders from noise
         rule = (
             f"from several members' images, as from noise: members up to {NOISE_MEMBERS_TEXT_MAX_BUDGET} pairs, "
@@ -256,7 +255,9 @@ def distill_render(render: RenderConfig, decoder: Decoder) -> RenderConfig:
 
 
 def set_name(cfg: DistillConfig) -> str:
-    method = "" if cfg.method == DEFAULT_METHOD else f"-{cfg.method}"
+    """``<corpus>[-<method>]-<preset or mode>-b<budget>-s<seed>``: the method only where neither the
+    default nor the preset (every preset renders) says it."""
+    method = "" if cfg.method == DEFAULT_METHOD or cfg.preset else f"-{cfg.method}"
     return f"{corpus_name(cfg.corpus.spec)}{method}-{cfg.preset or cfg.mode}-b{cfg.budget}-s{cfg.seed}"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import protosynth.distill as distill_module
-from protosynth.distill import MEMBERS_TEXT_MAX_BUDGET, DistillConfig, default_out, distill
+from protosynth.distill import MEMBERS_TEXT_MAX_BUDGET, DistillConfig, apply_preset, default_out, distill
 from protosynth.models.clip import SHIPPED_DIR, load_clip
 from protosynth.models.decoders import open_decoder
 from protosynth.models.small_unclip import SHIPPED_DECODER
@@ -70,3 +70,5 @@ def test_the_default_distill_selects_real_pairs_and_reads_them_as_val_chose(tmp_
     assert 4 <= MEMBERS_TEXT_MAX_BUDGET and ds.manifest["evaluation"]["text"] == "members"
     rendered = DistillConfig(budget=4, corpus="shapes,n=30", method="pds")
     assert default_out(rendered).name == "shapes_n=30-pds-matched-b4-s0"
+    published = apply_preset(DistillConfig(budget=4, corpus="shapes,n=30", preset="pds-published"))
+    assert default_out(published).name == "shapes_n=30-pds-published-b4-s0"  # the preset names the method
